@@ -1,0 +1,56 @@
+/* config.h - crunchd.ini -> CrunchConfig: defaults, strict loading, validation. */
+#pragma once
+
+#include <glib.h>
+#include <sys/socket.h>
+
+/* Exit status for a bad configuration (sysexits.h EX_CONFIG). */
+#define CRUNCH_EXIT_CONFIG 78
+
+typedef enum {
+  CRUNCH_ACCESS_LOG_OFF,
+  CRUNCH_ACCESS_LOG_ON,
+} CrunchAccessLog;
+
+typedef struct {
+  gchar *path; /* file it came from, NULL for built-in defaults */
+
+  /* [server] */
+  gchar **listen; /* "ADDR:PORT", IPv6 as "[ADDR]:PORT" */
+  guint max_connections;
+  guint max_connections_per_ip; /* 0 = no per-IP limit */
+  guint connection_timeout;     /* seconds of idleness before MHD closes */
+  gdouble shutdown_timeout;     /* seconds running jobs get on SIGTERM */
+  guint max_body_size;          /* bytes; larger request bodies get 413 */
+
+  /* [executor] */
+  guint threads;     /* 0 = one per CPU */
+  guint queue_limit; /* jobs waiting for a worker before 503 */
+  gint nice;         /* worker thread niceness, so the polling thread wins */
+
+  /* [fib] */
+  guint fib_max_n;
+  gdouble fib_timeout; /* seconds */
+
+  /* [log] */
+  gchar *log_level; /* error|critical|warning|message|info|debug */
+  gboolean log_access;
+} CrunchConfig;
+
+#define CRUNCH_CONFIG_ERROR (crunch_config_error_quark ())
+GQuark crunch_config_error_quark (void);
+typedef enum {
+  CRUNCH_CONFIG_ERROR_INVALID,
+} CrunchConfigError;
+
+CrunchConfig *crunch_config_new_default (void);
+CrunchConfig *crunch_config_load (const gchar *path, GError **error);
+CrunchConfig *crunch_config_load_data (const gchar *data, const gchar *name, GError **error);
+gboolean crunch_config_validate (const CrunchConfig *config, GError **error);
+gchar *crunch_config_to_string (const CrunchConfig *config);
+guint crunch_config_effective_threads (const CrunchConfig *config);
+void crunch_config_free (CrunchConfig *config);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchConfig, crunch_config_free)
+
+gboolean crunch_parse_listen_address (const gchar *text, struct sockaddr_storage *addr,
+                                      socklen_t *len, GError **error);

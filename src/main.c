@@ -1,0 +1,243 @@
+/* main.c - command line, start-up, the main loop, signals and exit codes.
+ *
+ * The main thread owns the GMainLoop: it handles SIGHUP (reload), SIGINT/SIGTERM (drain and
+ * stop) and talks to systemd. Requests are served on MHD's threads, jobs run on the executor's. */
+#include <glib-unix.h>
+#include <locale.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "config.h"
+#include "functions.h"
+#include "logging.h"
+#include "scheduler.h"
+#include "server.h"
+#include "service.h"
+
+#define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
+
+typedef struct {
+  GMainLoop *loop;
+  CrunchConfig *config;
+  CrunchScheduler *scheduler;
+  CrunchServer *server;
+  gchar *config_path;
+  gboolean config_explicit;
+  gchar **cli_listen;
+  gint cli_threads;
+  gboolean stopping;
+  guint shutdown_timer;
+} Crunchd;
+
+/* Command-line values override the file, on start and on every reload. */
+static CrunchConfig *
+load_config (Crunchd *app, GError **error)
+{
+  g_autoptr (CrunchConfig) config = NULL;
+
+  if (!app->config_explicit && !g_file_test (app->config_path, G_FILE_TEST_EXISTS)) {
+    g_info ("no configuration file at %s: using built-in defaults", app->config_path);
+    config = crunch_config_new_default ();
+  } else {
+    config = crunch_config_load (app->config_path, error);
+    if (config == NULL)
+      return NULL;
+  }
+  if (app->cli_listen != NULL) {
+    g_strfreev (config->listen);
+    config->listen = g_strdupv (app->cli_listen);
+  }
+  if (app->cli_threads >= 0)
+    config->threads = (guint)app->cli_threads;
+  if ((app->cli_listen != NULL || app->cli_threads >= 0) && !crunch_config_validate (config, error))
+    return NULL;
+  return g_steal_pointer (&config);
+}
+
+static void
+apply_live_settings (Crunchd *app, const CrunchConfig *config)
+{
+  crunch_logging_set_level (config->log_level);
+  crunch_logging_set_access (config->log_access);
+  crunch_functions_configure (config);
+  if (app->scheduler != NULL)
+    crunch_scheduler_configure (app->scheduler, crunch_config_effective_threads (config),
+                                config->queue_limit, config->nice);
+  if (app->server != NULL)
+    crunch_server_configure (app->server, config);
+}
+
+/* Settings fixed for the daemon's lifetime; changing them needs a restart, and we say so. */
+static void
+warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
+{
+  g_autofree gchar *a = g_strjoinv (",", old->listen);
+  g_autofree gchar *b = g_strjoinv (",", new->listen);
+
+  if (!g_str_equal (a, b) || old->max_connections != new->max_connections ||
+      old->max_connections_per_ip != new->max_connections_per_ip ||
+      old->connection_timeout != new->connection_timeout)
+    g_warning ("reload: [server] listen, max_connections, max_connections_per_ip and "
+               "connection_timeout apply only after a restart; keeping the old values");
+}
+
+static gboolean
+on_reload (gpointer data)
+{
+  Crunchd *app = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchConfig) config = NULL;
+
+  crunch_service_notifyf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT, g_get_monotonic_time ());
+  config = load_config (app, &error);
+  if (config == NULL) {
+    g_warning ("reload failed, keeping the running configuration: %s", error->message);
+  } else {
+    warn_restart_needed (app->config, config);
+    /* keep what cannot change live, so the next comparison is against what really runs */
+    g_strfreev (config->listen);
+    config->listen = g_strdupv (app->config->listen);
+    config->max_connections = app->config->max_connections;
+    config->max_connections_per_ip = app->config->max_connections_per_ip;
+    config->connection_timeout = app->config->connection_timeout;
+    apply_live_settings (app, config);
+    crunch_config_free (app->config);
+    app->config = g_steal_pointer (&config);
+    g_message ("configuration reloaded from %s", app->config_path);
+  }
+  crunch_service_notify ("READY=1");
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+on_drained (gpointer data)
+{
+  Crunchd *app = data;
+
+  g_main_loop_quit (app->loop);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+on_shutdown_timeout (gpointer data)
+{
+  Crunchd *app = data;
+
+  app->shutdown_timer = 0;
+  g_message ("shutdown_timeout reached: cancelling %u running request(s)",
+             crunch_server_in_flight (app->server));
+  crunch_scheduler_cancel_running (app->scheduler, CRUNCH_JOB_SHUTDOWN);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+on_terminate (gpointer data)
+{
+  Crunchd *app = data;
+
+  if (app->stopping)
+    return G_SOURCE_CONTINUE;
+  app->stopping = TRUE;
+  crunch_service_notify ("STOPPING=1");
+  g_message ("stopping: %u request(s) in flight", crunch_server_in_flight (app->server));
+  crunch_server_drain (app->server, on_drained, app);
+  crunch_scheduler_drain (app->scheduler);
+  app->shutdown_timer =
+      g_timeout_add ((guint)(app->config->shutdown_timeout * 1000), on_shutdown_timeout, app);
+  return G_SOURCE_CONTINUE;
+}
+
+static gint
+run (Crunchd *app)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GArray) fds = crunch_service_listen_fds ();
+  guint threads = crunch_config_effective_threads (app->config);
+
+  app->scheduler = crunch_scheduler_new (threads, app->config->queue_limit, app->config->nice);
+  app->server = crunch_server_new (app->scheduler, app->config);
+  if (!crunch_server_start (app->server, fds, &error)) {
+    g_critical ("%s", error->message);
+    crunch_server_free (app->server);
+    crunch_scheduler_free (app->scheduler);
+    return EXIT_FAILURE;
+  }
+  g_message ("crunchd %s ready: %u worker thread(s), queue limit %u", PACKAGE_VERSION, threads,
+             app->config->queue_limit);
+  app->loop = g_main_loop_new (NULL, FALSE);
+  g_unix_signal_add (SIGHUP, on_reload, app);
+  g_unix_signal_add (SIGINT, on_terminate, app);
+  g_unix_signal_add (SIGTERM, on_terminate, app);
+  crunch_service_notify ("READY=1");
+
+  g_main_loop_run (app->loop);
+
+  if (app->shutdown_timer != 0)
+    g_source_remove (app->shutdown_timer);
+  crunch_server_free (app->server); /* every compute request has been answered */
+  crunch_scheduler_free (app->scheduler);
+  g_main_loop_unref (app->loop);
+  g_message ("stopped");
+  return EXIT_SUCCESS;
+}
+
+int
+main (int argc, char **argv)
+{
+  Crunchd app = {.cli_threads = -1};
+  g_autofree gchar *config_path = NULL;
+  g_auto (GStrv) listen = NULL;
+  gboolean check_config = FALSE, version = FALSE;
+  const GOptionEntry entries[] = {
+      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
+       "Configuration file (default " DEFAULT_CONFIG ")", "FILE"},
+      {"listen", 'l', 0, G_OPTION_ARG_STRING_ARRAY, &listen,
+       "Listen on ADDR:PORT or [ADDR]:PORT (repeatable; overrides [server] listen)", "ADDR:PORT"},
+      {"threads", 't', 0, G_OPTION_ARG_INT, &app.cli_threads,
+       "Worker threads (0 = one per CPU; overrides [executor] threads)", "N"},
+      {"check-config", 0, 0, G_OPTION_ARG_NONE, &check_config,
+       "Validate the configuration, print the effective settings and exit", NULL},
+      {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
+      {NULL}};
+  g_autoptr (GOptionContext) context = g_option_context_new ("- HTTP server for slow computations");
+  g_autoptr (GError) error = NULL;
+  gint status;
+
+  setlocale (LC_ALL, "");
+  g_option_context_add_main_entries (context, entries, NULL);
+  g_option_context_set_description (context, "Signals: SIGHUP reloads the configuration, "
+                                             "SIGTERM/SIGINT drain and stop.\n"
+                                             "Exit status: 0 ok, 1 runtime failure, 64 usage, "
+                                             "78 configuration error.");
+  if (!g_option_context_parse (context, &argc, &argv, &error)) {
+    g_printerr ("crunchd: %s\nTry 'crunchd --help'.\n", error->message);
+    return 64; /* EX_USAGE */
+  }
+  if (version) {
+    g_print ("crunchd %s\n", PACKAGE_VERSION);
+    return EXIT_SUCCESS;
+  }
+  if (app.cli_threads < -1 || app.cli_threads > 1024) {
+    g_printerr ("crunchd: --threads %d: expected 0 to 1024\n", app.cli_threads);
+    return 64;
+  }
+  crunch_logging_init ();
+  app.config_explicit = config_path != NULL;
+  app.config_path = config_path ? config_path : (gchar *)DEFAULT_CONFIG;
+  app.cli_listen = listen;
+  app.config = load_config (&app, &error);
+  if (app.config == NULL) {
+    g_printerr ("crunchd: %s\n", error->message);
+    return CRUNCH_EXIT_CONFIG;
+  }
+  if (check_config) {
+    g_autofree gchar *text = crunch_config_to_string (app.config);
+    g_print ("# %s: configuration OK\n%s", app.config_path, text);
+    crunch_config_free (app.config);
+    return EXIT_SUCCESS;
+  }
+  apply_live_settings (&app, app.config);
+  status = run (&app);
+  crunch_config_free (app.config);
+  return status;
+}

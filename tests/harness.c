@@ -1,0 +1,271 @@
+/* harness.c - see harness.h. */
+#include "harness.h"
+
+#include <curl/curl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <string.h>
+
+#define START_TIMEOUT_US (15 * G_USEC_PER_SEC)
+#define STOP_TIMEOUT_US (30 * G_USEC_PER_SEC)
+
+static const gchar *
+crunchd_path (void)
+{
+  const gchar *path = g_getenv ("CRUNCHD");
+  return path != NULL ? path : "src/crunchd";
+}
+
+static gboolean
+parse_port (const gchar *log, guint16 *port)
+{
+  const gchar *marker = "listening on http://127.0.0.1:";
+  const gchar *at = strstr (log, marker);
+
+  if (at == NULL)
+    return FALSE;
+  *port = (guint16)g_ascii_strtoull (at + strlen (marker), NULL, 10);
+  return *port != 0;
+}
+
+/* If the test aborts, its server must not outlive it. */
+static void
+die_with_parent (gpointer data)
+{
+  prctl (PR_SET_PDEATHSIG, SIGKILL);
+}
+
+TestServer *
+test_server_start (const gchar *ini, const gchar *const *args)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) argv = g_ptr_array_new_with_free_func (g_free);
+  g_autoptr (GSubprocessLauncher) launcher = g_subprocess_launcher_new (G_SUBPROCESS_FLAGS_NONE);
+  TestServer *server = g_new0 (TestServer, 1);
+  g_autofree gchar *ini_path = NULL;
+  gint64 until = g_get_monotonic_time () + START_TIMEOUT_US;
+
+  server->dir = g_dir_make_tmp ("crunchd-test-XXXXXX", &error);
+  g_assert_no_error (error);
+  ini_path = g_build_filename (server->dir, "crunchd.ini", NULL);
+  server->log_path = g_build_filename (server->dir, "crunchd.log", NULL);
+  g_assert_true (g_file_set_contents (ini_path, ini ? ini : "", -1, &error));
+
+  g_ptr_array_add (argv, g_strdup (crunchd_path ()));
+  g_ptr_array_add (argv, g_strdup_printf ("--config=%s", ini_path));
+  g_ptr_array_add (argv, g_strdup ("--listen=127.0.0.1:0"));
+  for (const gchar *const *a = args; a != NULL && *a != NULL; a++)
+    g_ptr_array_add (argv, g_strdup (*a));
+  g_ptr_array_add (argv, NULL);
+
+  g_subprocess_launcher_set_stderr_file_path (launcher, server->log_path);
+  g_subprocess_launcher_set_child_setup (launcher, die_with_parent, NULL, NULL);
+  g_subprocess_launcher_unsetenv (launcher, "NOTIFY_SOCKET");
+  g_subprocess_launcher_unsetenv (launcher, "LISTEN_FDS");
+  server->proc = g_subprocess_launcher_spawnv (launcher, (const gchar *const *)argv->pdata, &error);
+  g_assert_no_error (error);
+
+  while (g_get_monotonic_time () < until) {
+    g_autofree gchar *log = NULL;
+    if (g_file_get_contents (server->log_path, &log, NULL, NULL) && parse_port (log, &server->port))
+      break;
+    if (g_subprocess_get_identifier (server->proc) == NULL) /* exited */
+      g_error ("crunchd exited during start-up:\n%s", log ? log : "");
+    g_usleep (10000);
+  }
+  if (server->port == 0)
+    g_error ("crunchd did not report its port within %d s",
+             (gint)(START_TIMEOUT_US / G_USEC_PER_SEC));
+  server->base = g_strdup_printf ("http://127.0.0.1:%u", server->port);
+  return server;
+}
+
+void
+test_server_signal (TestServer *server, gint signum)
+{
+  g_subprocess_send_signal (server->proc, signum);
+}
+
+gchar *
+test_server_log (TestServer *server)
+{
+  gchar *log = NULL;
+
+  g_file_get_contents (server->log_path, &log, NULL, NULL);
+  return log;
+}
+
+gchar *
+test_server_url (TestServer *server, const gchar *path)
+{
+  return g_strconcat (server->base, path, NULL);
+}
+
+static void
+remove_dir (const gchar *dir)
+{
+  g_autoptr (GDir) d = g_dir_open (dir, 0, NULL);
+  const gchar *name;
+
+  while (d != NULL && (name = g_dir_read_name (d)) != NULL) {
+    g_autofree gchar *path = g_build_filename (dir, name, NULL);
+    g_remove (path);
+  }
+  g_rmdir (dir);
+}
+
+/* Bounded wait: a server that does not stop is killed and the test fails. */
+gint
+test_server_stop (TestServer *server)
+{
+  gint64 until = g_get_monotonic_time () + STOP_TIMEOUT_US;
+  gint status = -1;
+
+  if (g_subprocess_get_identifier (server->proc) != NULL)
+    g_subprocess_send_signal (server->proc, SIGTERM);
+  while (g_subprocess_get_identifier (server->proc) != NULL && g_get_monotonic_time () < until) {
+    g_main_context_iteration (NULL, FALSE);
+    g_usleep (5000);
+  }
+  if (g_subprocess_get_identifier (server->proc) != NULL) {
+    g_subprocess_force_exit (server->proc);
+    g_subprocess_wait (server->proc, NULL, NULL);
+    g_test_message ("crunchd did not stop within %d s", (gint)(STOP_TIMEOUT_US / G_USEC_PER_SEC));
+    g_test_fail ();
+  } else {
+    g_subprocess_wait (server->proc, NULL, NULL);
+    status = g_subprocess_get_if_exited (server->proc)
+                 ? g_subprocess_get_exit_status (server->proc)
+                 : 128 + g_subprocess_get_term_sig (server->proc);
+  }
+  if (status != 0) {
+    g_autofree gchar *log = test_server_log (server);
+    g_test_message ("crunchd exit status %d; its log:\n%s", status, log ? log : "");
+  }
+  remove_dir (server->dir);
+  g_object_unref (server->proc);
+  g_free (server->dir);
+  g_free (server->log_path);
+  g_free (server->base);
+  g_free (server);
+  return status;
+}
+
+gint
+test_run_crunchd (const gchar *const *args, gchar **out, gchar **err)
+{
+  g_autoptr (GPtrArray) argv = g_ptr_array_new ();
+  g_autoptr (GSubprocess) proc = NULL;
+  g_autoptr (GError) error = NULL;
+
+  g_ptr_array_add (argv, (gpointer)crunchd_path ());
+  for (const gchar *const *a = args; *a != NULL; a++)
+    g_ptr_array_add (argv, (gpointer)*a);
+  g_ptr_array_add (argv, NULL);
+  proc =
+      g_subprocess_newv ((const gchar *const *)argv->pdata,
+                         G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_PIPE, &error);
+  g_assert_no_error (error);
+  g_subprocess_communicate_utf8 (proc, NULL, NULL, out, err, &error);
+  g_assert_no_error (error);
+  return g_subprocess_get_exit_status (proc);
+}
+
+/* ---- HTTP ---- */
+
+static size_t
+on_body (char *data, size_t size, size_t n, void *user)
+{
+  g_byte_array_append (user, (const guint8 *)data, size * n);
+  return size * n;
+}
+
+static size_t
+on_header (char *data, size_t size, size_t n, void *user)
+{
+  g_autofree gchar *line = g_strndup (data, size * n);
+  gchar *colon = strchr (line, ':');
+
+  if (colon != NULL) {
+    *colon = '\0';
+    g_hash_table_replace (user, g_ascii_strdown (g_strstrip (line), -1),
+                          g_strdup (g_strstrip (colon + 1)));
+  }
+  return size * n;
+}
+
+TestReply *
+test_http (const gchar *method, const gchar *url, const gchar *const *headers)
+{
+  CURL *curl = curl_easy_init ();
+  struct curl_slist *list = NULL;
+  GByteArray *body = g_byte_array_new ();
+  TestReply *reply = g_new0 (TestReply, 1);
+
+  reply->headers = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  for (const gchar *const *h = headers; h != NULL && *h != NULL; h++)
+    list = curl_slist_append (list, *h);
+  curl_easy_setopt (curl, CURLOPT_URL, url);
+  curl_easy_setopt (curl, CURLOPT_HTTPHEADER, list);
+  curl_easy_setopt (curl, CURLOPT_TIMEOUT, 120L);
+  curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
+  if (g_str_equal (method, "HEAD"))
+    curl_easy_setopt (curl, CURLOPT_NOBODY, 1L);
+  else if (!g_str_equal (method, "GET"))
+    curl_easy_setopt (curl, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt (curl, CURLOPT_WRITEDATA, body);
+  curl_easy_setopt (curl, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt (curl, CURLOPT_HEADERDATA, reply->headers);
+  reply->curl_code = curl_easy_perform (curl);
+  curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &reply->status);
+  curl_easy_getinfo (curl, CURLINFO_TOTAL_TIME, &reply->seconds);
+  curl_slist_free_all (list);
+  curl_easy_cleanup (curl);
+  reply->body_len = body->len;
+  g_byte_array_append (body, (const guint8 *)"", 1);
+  reply->body = (gchar *)g_byte_array_free (body, FALSE);
+  return reply;
+}
+
+void
+test_reply_free (TestReply *reply)
+{
+  if (reply == NULL)
+    return;
+  g_free (reply->body);
+  g_hash_table_unref (reply->headers);
+  g_free (reply);
+}
+
+gdouble
+test_time_fib (TestServer *server, guint n)
+{
+  g_autofree gchar *url = g_strdup_printf ("%s/fib/%u", server->base, n);
+  gdouble times[3];
+
+  for (guint i = 0; i < G_N_ELEMENTS (times); i++) {
+    g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+    times[i] = r->seconds;
+  }
+  /* median of three */
+  gdouble a = times[0], b = times[1], c = times[2];
+  return MAX (MIN (a, b), MIN (MAX (a, b), c));
+}
+
+guint
+test_fib_n_for (TestServer *server, gdouble seconds)
+{
+  const guint base = 30;
+  const gdouble phi = 1.6180339887; /* naive fib(n+1) costs phi times fib(n) */
+  gdouble t = test_time_fib (server, base);
+  guint n = base;
+
+  /* aim 50% above: small fibs pay proportionally more fixed overhead */
+  while (t < seconds * 1.5 && n < 60) {
+    t *= phi;
+    n++;
+  }
+  return n;
+}

@@ -1,0 +1,46 @@
+/* harness.h - start the real crunchd on an ephemeral loopback port and talk HTTP to it. */
+#pragma once
+
+#include <gio/gio.h>
+#include <glib/gstdio.h>
+
+typedef struct {
+  GSubprocess *proc;
+  gchar *dir;      /* temporary directory: crunchd.ini, crunchd.log */
+  gchar *log_path; /* crunchd's stderr */
+  guint16 port;
+  gchar *base; /* "http://127.0.0.1:PORT" */
+} TestServer;
+
+/* Writes `ini` to a temporary crunchd.ini and starts crunchd --listen 127.0.0.1:0 with it,
+ * plus `args` (NULL-terminated, may be NULL). Fails the test if it does not come up. */
+TestServer *test_server_start (const gchar *ini, const gchar *const *args);
+/* SIGTERM, wait (bounded), return the exit status; frees the server. */
+gint test_server_stop (TestServer *server);
+void test_server_signal (TestServer *server, gint signum);
+gchar *test_server_log (TestServer *server);
+gchar *test_server_url (TestServer *server, const gchar *path);
+
+/* Runs crunchd with arguments to completion; returns exit status, stderr/stdout in out params. */
+gint test_run_crunchd (const gchar *const *args, gchar **out, gchar **err);
+
+typedef struct {
+  long status;
+  gchar *body;
+  gsize body_len;
+  GHashTable *headers; /* lower-case name -> value */
+  gdouble seconds;     /* total time */
+  gint curl_code;
+} TestReply;
+
+/* One request on a fresh connection. method: "GET", "HEAD", "POST", ... headers: NULL-terminated
+ * "Name: value" strings or NULL. */
+TestReply *test_http (const gchar *method, const gchar *url, const gchar *const *headers);
+void test_reply_free (TestReply *reply);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestReply, test_reply_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestServer, test_server_stop)
+
+/* The time a single /fib/n takes on this server, median of a few, in seconds. */
+gdouble test_time_fib (TestServer *server, guint n);
+/* The smallest n whose /fib/n is expected to take at least `seconds` (from timing fib(base)). */
+guint test_fib_n_for (TestServer *server, gdouble seconds);
