@@ -27,7 +27,25 @@ typedef struct {
   gint cli_threads;
   gboolean stopping;
   guint shutdown_timer;
+  CrunchHeartbeat *heartbeat;
 } Crunchd;
+
+#define STATUS_INTERVAL_MS 1000
+
+/* systemctl status shows this line: live figures, sent only when they change. */
+static gchar *
+status_text (gpointer data)
+{
+  Crunchd *app = data;
+  CrunchSchedulerStats stats;
+
+  crunch_scheduler_get_stats (app->scheduler, &stats);
+  return g_strdup_printf ("%s%" G_GUINT64_FORMAT " requests served; jobs: %u running on %u "
+                          "threads, %u queued (limit %u)",
+                          app->stopping ? "stopping: " : "",
+                          crunch_server_requests_served (app->server), stats.running, stats.threads,
+                          stats.queued, stats.queue_limit);
+}
 
 /* Command-line values override the file, on start and on every reload. */
 static CrunchConfig *
@@ -105,6 +123,7 @@ on_reload (gpointer data)
     app->config = g_steal_pointer (&config);
     g_message ("configuration reloaded from %s", app->config_path);
   }
+  crunch_heartbeat_update (app->heartbeat);
   crunch_service_notify ("READY=1");
   return G_SOURCE_CONTINUE;
 }
@@ -139,6 +158,7 @@ on_terminate (gpointer data)
     return G_SOURCE_CONTINUE;
   app->stopping = TRUE;
   crunch_service_notify ("STOPPING=1");
+  crunch_heartbeat_update (app->heartbeat);
   g_message ("stopping: %u request(s) in flight", crunch_server_in_flight (app->server));
   crunch_server_drain (app->server, on_drained, app);
   crunch_scheduler_drain (app->scheduler);
@@ -169,9 +189,11 @@ run (Crunchd *app)
   g_unix_signal_add (SIGINT, on_terminate, app);
   g_unix_signal_add (SIGTERM, on_terminate, app);
   crunch_service_notify ("READY=1");
+  app->heartbeat = crunch_heartbeat_new (STATUS_INTERVAL_MS, status_text, app);
 
   g_main_loop_run (app->loop);
 
+  g_clear_pointer (&app->heartbeat, crunch_heartbeat_free);
   if (app->shutdown_timer != 0)
     g_source_remove (app->shutdown_timer);
   crunch_server_free (app->server); /* every compute request has been answered */

@@ -32,6 +32,7 @@ struct CrunchServer {
   gchar **listen;
   gint64 max_body_size; /* atomic */
   gint in_flight;       /* compute requests admitted and not yet completed */
+  guint64 served;       /* requests answered (any status), atomic; for STATUS= */
   gint draining;
   gint drained_fired;
   GSourceFunc drained;
@@ -299,6 +300,7 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
   if (req->status == 0)
     req->status = 499; /* nginx's "client closed request": nothing was sent */
   log_access (req);
+  __atomic_add_fetch (&server->served, 1, __ATOMIC_RELAXED);
   if (req->job != NULL) {
     crunch_job_unref (req->job);
     if (g_atomic_int_dec_and_test (&server->in_flight) && g_atomic_int_get (&server->draining) &&
@@ -438,6 +440,12 @@ guint
 crunch_server_in_flight (CrunchServer *self)
 {
   return (guint)g_atomic_int_get (&self->in_flight);
+}
+
+guint64
+crunch_server_requests_served (CrunchServer *self)
+{
+  return __atomic_load_n (&self->served, __ATOMIC_RELAXED);
 }
 
 void

@@ -17,5 +17,7 @@ void crunch_server_configure (CrunchServer *self, const CrunchConfig *config);
  * once no compute request is left waiting for its answer. */
 void crunch_server_drain (CrunchServer *self, GSourceFunc drained, gpointer data);
 guint crunch_server_in_flight (CrunchServer *self);
+/* Requests that have ended (answered with any status, or abandoned by the client). */
+guint64 crunch_server_requests_served (CrunchServer *self);
 /* Stops the daemons; only after `drained` (MHD aborts on a suspended connection). */
 void crunch_server_free (CrunchServer *self);

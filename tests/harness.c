@@ -2,9 +2,11 @@
 #include "harness.h"
 
 #include <curl/curl.h>
+#include <gio/gunixsocketaddress.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <string.h>
+#include <unistd.h>
 
 #define START_TIMEOUT_US (15 * G_USEC_PER_SEC)
 #define STOP_TIMEOUT_US (30 * G_USEC_PER_SEC)
@@ -35,8 +37,49 @@ die_with_parent (gpointer data)
   prctl (PR_SET_PDEATHSIG, SIGKILL);
 }
 
+/* Socket activation by hand: the shell learns its own pid, which exec hands on to crunchd. */
+static void
+add_listen_fd (GSubprocessLauncher *launcher, GPtrArray *argv, gint fd)
+{
+  g_subprocess_launcher_take_fd (launcher, dup (fd), 3);
+  g_ptr_array_add (argv, g_strdup ("/bin/sh"));
+  g_ptr_array_add (argv, g_strdup ("-c"));
+  g_ptr_array_add (argv, g_strdup ("export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\""));
+}
+
+static void
+apply_setup (GSubprocessLauncher *launcher, GPtrArray *argv, const TestServerSetup *setup)
+{
+  if (setup == NULL)
+    return;
+  for (const gchar *const *e = setup->env; e != NULL && *e != NULL; e++) {
+    g_auto (GStrv) kv = g_strsplit (*e, "=", 2);
+    g_subprocess_launcher_setenv (launcher, kv[0], kv[1] ? kv[1] : "", TRUE);
+  }
+  for (const gchar *const *w = setup->wrapper; w != NULL && *w != NULL; w++)
+    g_ptr_array_add (argv, g_strdup (*w));
+  if (setup->listen_fd > 0)
+    add_listen_fd (launcher, argv, setup->listen_fd);
+}
+
 TestServer *
 test_server_start (const gchar *ini, const gchar *const *args)
+{
+  return test_server_start_with (ini, args, NULL);
+}
+
+void
+test_server_write_config (TestServer *server, const gchar *ini)
+{
+  g_autofree gchar *path = g_build_filename (server->dir, "crunchd.ini", NULL);
+  g_autoptr (GError) error = NULL;
+
+  g_file_set_contents (path, ini, -1, &error);
+  g_assert_no_error (error);
+}
+
+TestServer *
+test_server_start_with (const gchar *ini, const gchar *const *args, const TestServerSetup *setup)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (GPtrArray) argv = g_ptr_array_new_with_free_func (g_free);
@@ -51,6 +94,11 @@ test_server_start (const gchar *ini, const gchar *const *args)
   server->log_path = g_build_filename (server->dir, "crunchd.log", NULL);
   g_assert_true (g_file_set_contents (ini_path, ini ? ini : "", -1, &error));
 
+  g_subprocess_launcher_unsetenv (launcher, "NOTIFY_SOCKET");
+  g_subprocess_launcher_unsetenv (launcher, "LISTEN_FDS");
+  g_subprocess_launcher_unsetenv (launcher, "LISTEN_PID");
+  g_subprocess_launcher_unsetenv (launcher, "WATCHDOG_USEC");
+  apply_setup (launcher, argv, setup);
   g_ptr_array_add (argv, g_strdup (crunchd_path ()));
   g_ptr_array_add (argv, g_strdup_printf ("--config=%s", ini_path));
   g_ptr_array_add (argv, g_strdup ("--listen=127.0.0.1:0"));
@@ -60,12 +108,12 @@ test_server_start (const gchar *ini, const gchar *const *args)
 
   g_subprocess_launcher_set_stderr_file_path (launcher, server->log_path);
   g_subprocess_launcher_set_child_setup (launcher, die_with_parent, NULL, NULL);
-  g_subprocess_launcher_unsetenv (launcher, "NOTIFY_SOCKET");
-  g_subprocess_launcher_unsetenv (launcher, "LISTEN_FDS");
   server->proc = g_subprocess_launcher_spawnv (launcher, (const gchar *const *)argv->pdata, &error);
   g_assert_no_error (error);
 
-  while (g_get_monotonic_time () < until) {
+  if (setup != NULL && setup->lazy_port != 0)
+    server->port = setup->lazy_port;
+  while (server->port == 0 && g_get_monotonic_time () < until) {
     g_autofree gchar *log = NULL;
     if (g_file_get_contents (server->log_path, &log, NULL, NULL) && parse_port (log, &server->port))
       break;
@@ -268,4 +316,96 @@ test_fib_n_for (TestServer *server, gdouble seconds)
     n++;
   }
   return n;
+}
+
+/* ---- NOTIFY_SOCKET ---- */
+
+struct TestNotify {
+  GSocket *socket;
+  gchar *dir;
+  gchar *path;
+};
+
+TestNotify *
+test_notify_new (void)
+{
+  TestNotify *notify = g_new0 (TestNotify, 1);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GSocketAddress) addr = NULL;
+
+  notify->dir = g_dir_make_tmp ("crunchd-notify-XXXXXX", &error);
+  g_assert_no_error (error);
+  notify->path = g_build_filename (notify->dir, "notify", NULL);
+  notify->socket = g_socket_new (G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_DATAGRAM,
+                                 G_SOCKET_PROTOCOL_DEFAULT, &error);
+  g_assert_no_error (error);
+  addr = g_unix_socket_address_new (notify->path);
+  g_socket_bind (notify->socket, addr, FALSE, &error);
+  g_assert_no_error (error);
+  return notify;
+}
+
+const gchar *
+test_notify_path (TestNotify *notify)
+{
+  return notify->path;
+}
+
+gchar *
+test_notify_next (TestNotify *notify, gdouble seconds)
+{
+  gchar buf[4096];
+  gssize n;
+  g_autoptr (GError) error = NULL;
+
+  g_socket_set_timeout (notify->socket, 0);
+  if (!g_socket_condition_timed_wait (notify->socket, G_IO_IN, (gint64)(seconds * G_USEC_PER_SEC),
+                                      NULL, NULL))
+    return NULL;
+  n = g_socket_receive (notify->socket, buf, sizeof buf - 1, NULL, &error);
+  g_assert_no_error (error);
+  buf[n] = '\0';
+  return g_strdup (buf);
+}
+
+static gboolean
+has_line (const gchar *message, const gchar *prefix)
+{
+  g_auto (GStrv) lines = g_strsplit (message, "\n", -1);
+
+  for (gchar **l = lines; *l != NULL; l++) {
+    if (g_str_has_prefix (*l, prefix))
+      return TRUE;
+  }
+  return FALSE;
+}
+
+gchar *
+test_notify_wait (TestNotify *notify, const gchar *prefix, gdouble seconds)
+{
+  gint64 until = g_get_monotonic_time () + (gint64)(seconds * G_USEC_PER_SEC);
+
+  while (g_get_monotonic_time () < until) {
+    gchar *message =
+        test_notify_next (notify, (gdouble)(until - g_get_monotonic_time ()) / G_USEC_PER_SEC);
+    if (message == NULL)
+      return NULL;
+    if (has_line (message, prefix))
+      return message;
+    g_free (message);
+  }
+  return NULL;
+}
+
+void
+test_notify_free (TestNotify *notify)
+{
+  if (notify == NULL)
+    return;
+  g_object_unref (notify->socket);
+  g_remove (notify->path);
+  g_rmdir (notify->dir);
+  g_free (notify->path);
+  g_free (notify->dir);
+  g_free (notify);
 }

@@ -15,6 +15,19 @@ typedef struct {
 /* Writes `ini` to a temporary crunchd.ini and starts crunchd --listen 127.0.0.1:0 with it,
  * plus `args` (NULL-terminated, may be NULL). Fails the test if it does not come up. */
 TestServer *test_server_start (const gchar *ini, const gchar *const *args);
+
+/* How to run crunchd as systemd would; every field is optional (zero = not used). */
+typedef struct {
+  const gchar *const *env;     /* extra "NAME=value" (NOTIFY_SOCKET, WATCHDOG_USEC, ...) */
+  const gchar *const *wrapper; /* argv put in front of crunchd, e.g. systemd-socket-activate */
+  gint listen_fd;              /* > 0: a listening socket handed over as socket activation */
+  guint16 lazy_port;           /* != 0: the wrapper listens here and starts crunchd on the first
+                                * connection (systemd-socket-activate): do not wait for start-up */
+} TestServerSetup;
+TestServer *test_server_start_with (const gchar *ini, const gchar *const *args,
+                                    const TestServerSetup *setup);
+/* Replaces the server's crunchd.ini (for SIGHUP reload tests). */
+void test_server_write_config (TestServer *server, const gchar *ini);
 /* SIGTERM, wait (bounded), return the exit status; frees the server. */
 gint test_server_stop (TestServer *server);
 void test_server_signal (TestServer *server, gint signum);
@@ -39,6 +52,18 @@ TestReply *test_http (const gchar *method, const gchar *url, const gchar *const 
 void test_reply_free (TestReply *reply);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestReply, test_reply_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestServer, test_server_stop)
+
+/* A unix datagram socket standing in for systemd's NOTIFY_SOCKET. */
+typedef struct TestNotify TestNotify;
+TestNotify *test_notify_new (void);
+const gchar *test_notify_path (TestNotify *notify);
+/* The next datagram received within `seconds`, or NULL. */
+gchar *test_notify_next (TestNotify *notify, gdouble seconds);
+/* The next datagram with a line that starts with `prefix` ("READY=1", "STATUS="), skipping
+ * others; NULL if none came within `seconds`. */
+gchar *test_notify_wait (TestNotify *notify, const gchar *prefix, gdouble seconds);
+void test_notify_free (TestNotify *notify);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestNotify, test_notify_free)
 
 /* The time a single /fib/n takes on this server, median of a few, in seconds. */
 gdouble test_time_fib (TestServer *server, guint n);
