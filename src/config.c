@@ -39,6 +39,9 @@ static const KeyDesc keys[] = {
     {"executor", "threads", KEY_UINT, 0, 1024, F (threads), NULL},
     {"executor", "queue_limit", KEY_UINT, 1, 1000000, F (queue_limit), NULL},
     {"executor", "nice", KEY_INT, 0, 19, F (nice), NULL},
+    {"executor", "per_client_limit", KEY_UINT, 0, 1000000, F (per_client_limit), NULL},
+    {"executor", "client_key", KEY_STRING, 0, 0, F (client_key), NULL},
+    {"executor", "coalesce", KEY_BOOL, 0, 0, F (coalesce), NULL},
     {"fib", "max_n", KEY_UINT, 0, 93, F (fib_max_n), NULL},
     {"fib", "timeout", KEY_DOUBLE, 0.001, 86400, F (fib_timeout), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
@@ -56,6 +59,8 @@ static const CrunchConfig defaults = {
     .threads = 0,
     .queue_limit = 256,
     .nice = 10,
+    .per_client_limit = 64,
+    .coalesce = TRUE,
     .fib_max_n = 92,
     .fib_timeout = 30.0,
     .log_access = TRUE,
@@ -72,6 +77,7 @@ crunch_config_new_default (void)
   *config = defaults;
   config->listen = g_strdupv ((gchar **)default_listen);
   config->log_level = g_strdup ("info");
+  config->client_key = g_strdup ("ip");
   return config;
 }
 
@@ -83,6 +89,7 @@ crunch_config_free (CrunchConfig *config)
   g_free (config->path);
   g_strfreev (config->listen);
   g_free (config->log_level);
+  g_free (config->client_key);
   g_free (config);
 }
 
@@ -298,6 +305,14 @@ crunch_config_validate (const CrunchConfig *config, GError **error)
                    "%s: [server] listen = '%s': %s", file, *l, local->message);
       return FALSE;
     }
+  }
+  if (!g_str_equal (config->client_key, "ip") &&
+      !(g_str_has_prefix (config->client_key, "header:") &&
+        g_regex_match_simple ("^header:[A-Za-z0-9-]{1,64}$", config->client_key, 0, 0))) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [executor] client_key = '%s': expected ip or header:NAME", file,
+                 config->client_key);
+    return FALSE;
   }
   /* Parked requests hold connections: if running + queued jobs could use up every connection,
    * slow work would lock out the fast lane. Keep a quarter of the connections for it. */

@@ -24,9 +24,12 @@ typedef struct {
   guint max_body_size;          /* bytes; larger request bodies get 413 */
 
   /* [executor] */
-  guint threads;     /* 0 = one per CPU */
-  guint queue_limit; /* jobs waiting for a worker before 503 */
-  gint nice;         /* worker thread niceness, so the polling thread wins */
+  guint threads;          /* 0 = one per CPU */
+  guint queue_limit;      /* jobs waiting for a worker before 503 */
+  gint nice;              /* worker thread niceness, so the polling thread wins */
+  guint per_client_limit; /* tickets in flight per client before 429; 0 = none */
+  gchar *client_key;      /* "ip" or "header:NAME" */
+  gboolean coalesce;      /* identical jobs of pure functions share one computation */
 
   /* [fib] */
   guint fib_max_n;

@@ -13,15 +13,13 @@
 #include <unistd.h>
 
 CrunchJob *
-crunch_job_new (const CrunchFunction *fn, GVariant *args, const gchar *client, gint64 deadline_us)
+crunch_job_new (const CrunchFunction *fn, GVariant *args)
 {
   CrunchJob *job = g_new0 (CrunchJob, 1);
 
   job->ref = 1;
   job->fn = fn;
   job->args = g_variant_ref_sink (args);
-  job->client = g_strdup (client);
-  job->deadline_us = deadline_us;
   return job;
 }
 
@@ -38,7 +36,6 @@ crunch_job_unref (CrunchJob *job)
   if (job == NULL || !g_atomic_int_dec_and_test (&job->ref))
     return;
   g_variant_unref (job->args);
-  g_free (job->client);
   g_clear_pointer (&job->result, g_bytes_unref);
   g_free (job->error);
   g_free (job);

@@ -17,28 +17,23 @@ typedef enum {
 typedef struct CrunchJob CrunchJob;
 typedef void (*CrunchJobFunc) (CrunchJob *job, gpointer user_data);
 
-/* A job is shared by the request that made it, the scheduler and the executor; each holds a
- * reference. Fields below `outcome` are written by the one thread that finishes the job, before
- * its done callback runs, and only read after it. */
+/* A job is one computation. The scheduler holds a reference while it is queued or running, the
+ * executor while it runs. Fields from `t_started` on are written by the thread that runs it, before
+ * the executor's `finished` callback, and only read after it. */
 struct CrunchJob {
   gint ref;
   const CrunchFunction *fn;
   GVariant *args;
-  gchar *client;       /* fairness key (client address by default) */
-  gint64 deadline_us;  /* monotonic; 0 = none */
-  CrunchCancel cancel; /* its flag holds the CrunchJobOutcome that asked to stop */
+  CrunchCancel cancel;     /* its flag holds the CrunchJobOutcome that asked to stop */
+  gpointer scheduler_data; /* owned by the scheduler */
 
-  gint64 t_submitted, t_started, t_finished; /* monotonic microseconds */
+  gint64 t_started, t_finished; /* monotonic microseconds */
   CrunchJobOutcome outcome;
   GBytes *result;
   gchar *error;
-
-  CrunchJobFunc done; /* called once, on any thread, when the outcome is set */
-  gpointer done_data;
 };
 
-CrunchJob *crunch_job_new (const CrunchFunction *fn, GVariant *args, const gchar *client,
-                           gint64 deadline_us);
+CrunchJob *crunch_job_new (const CrunchFunction *fn, GVariant *args);
 CrunchJob *crunch_job_ref (CrunchJob *job);
 void crunch_job_unref (CrunchJob *job);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchJob, crunch_job_unref)

@@ -72,15 +72,28 @@ load_config (Crunchd *app, GError **error)
   return g_steal_pointer (&config);
 }
 
+static CrunchSchedulerSettings
+scheduler_settings (const CrunchConfig *config)
+{
+  return (CrunchSchedulerSettings){
+      .threads = crunch_config_effective_threads (config),
+      .queue_limit = config->queue_limit,
+      .per_client_limit = config->per_client_limit,
+      .coalesce = config->coalesce,
+      .nice = config->nice,
+  };
+}
+
 static void
 apply_live_settings (Crunchd *app, const CrunchConfig *config)
 {
   crunch_logging_set_level (config->log_level);
   crunch_logging_set_access (config->log_access);
   crunch_functions_configure (config);
-  if (app->scheduler != NULL)
-    crunch_scheduler_configure (app->scheduler, crunch_config_effective_threads (config),
-                                config->queue_limit, config->nice);
+  if (app->scheduler != NULL) {
+    CrunchSchedulerSettings settings = scheduler_settings (config);
+    crunch_scheduler_configure (app->scheduler, &settings);
+  }
   if (app->server != NULL)
     crunch_server_configure (app->server, config);
 }
@@ -94,9 +107,11 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
 
   if (!g_str_equal (a, b) || old->max_connections != new->max_connections ||
       old->max_connections_per_ip != new->max_connections_per_ip ||
-      old->connection_timeout != new->connection_timeout)
-    g_warning ("reload: [server] listen, max_connections, max_connections_per_ip and "
-               "connection_timeout apply only after a restart; keeping the old values");
+      old->connection_timeout != new->connection_timeout ||
+      !g_str_equal (old->client_key, new->client_key))
+    g_warning ("reload: [server] listen, max_connections, max_connections_per_ip, "
+               "connection_timeout and [executor] client_key apply only after a restart; "
+               "keeping the old values");
 }
 
 static gboolean
@@ -118,6 +133,8 @@ on_reload (gpointer data)
     config->max_connections = app->config->max_connections;
     config->max_connections_per_ip = app->config->max_connections_per_ip;
     config->connection_timeout = app->config->connection_timeout;
+    g_free (config->client_key);
+    config->client_key = g_strdup (app->config->client_key);
     apply_live_settings (app, config);
     crunch_config_free (app->config);
     app->config = g_steal_pointer (&config);
@@ -167,6 +184,20 @@ on_terminate (gpointer data)
   return G_SOURCE_CONTINUE;
 }
 
+static void
+log_totals (CrunchScheduler *scheduler)
+{
+  CrunchSchedulerStats st;
+
+  crunch_scheduler_get_stats (scheduler, &st);
+  g_message ("totals: jobs_started=%" G_GUINT64_FORMAT " coalesced=%" G_GUINT64_FORMAT
+             " timed_out=%" G_GUINT64_FORMAT " client_gone=%" G_GUINT64_FORMAT
+             " jobs_cancelled=%" G_GUINT64_FORMAT " rejected_queue_full=%" G_GUINT64_FORMAT
+             " rejected_client_limit=%" G_GUINT64_FORMAT,
+             st.jobs_started, st.tickets_coalesced, st.tickets_timed_out, st.tickets_client_gone,
+             st.jobs_cancelled, st.rejected_queue_full, st.rejected_client_limit);
+}
+
 static gint
 run (Crunchd *app)
 {
@@ -174,7 +205,9 @@ run (Crunchd *app)
   g_autoptr (GArray) fds = crunch_service_listen_fds ();
   guint threads = crunch_config_effective_threads (app->config);
 
-  app->scheduler = crunch_scheduler_new (threads, app->config->queue_limit, app->config->nice);
+  CrunchSchedulerSettings settings = scheduler_settings (app->config);
+
+  app->scheduler = crunch_scheduler_new (&settings);
   app->server = crunch_server_new (app->scheduler, app->config);
   if (!crunch_server_start (app->server, fds, &error)) {
     g_critical ("%s", error->message);
@@ -197,6 +230,7 @@ run (Crunchd *app)
   if (app->shutdown_timer != 0)
     g_source_remove (app->shutdown_timer);
   crunch_server_free (app->server); /* every compute request has been answered */
+  log_totals (app->scheduler);
   crunch_scheduler_free (app->scheduler);
   g_main_loop_unref (app->loop);
   g_message ("stopped");

@@ -3,14 +3,16 @@
  * DESIGN
  * Threads: each MHD daemon (one per listen address) runs its own internal polling thread (epoll).
  * All access-handler calls and all MHD_queue_response() calls happen on those threads. Worker
- * threads touch a connection only through on_job_done(), whose one action is
- * MHD_resume_connection(): the last thing any worker does with a request.
+ * and watcher threads touch a connection only through on_answered(), whose one action is
+ * MHD_resume_connection(): the last thing any of them does with a request.
  *
  * Life of a request (see shared DESIGN): first call allocates a CrunchRequest into *req_cls;
  * body chunks are counted (and discarded) against max_body_size; the final call routes it.
  * Fast lane: answered at once. Compute lane: parse arguments (400), admission (503), then
- * MHD_suspend_connection() *before* the job is submitted; when the job is done the worker
- * resumes the connection, MHD calls the handler again and it queues the job's answer.
+ * MHD_suspend_connection() *before* the ticket is submitted. While suspended, the connection is
+ * "parked" (parked.c watches its deadline and its socket for a hang-up). Whoever answers the
+ * ticket first - its job finishing, the deadline (504), the client leaving - resumes the
+ * connection; MHD calls the handler again and it queues the ticket's answer.
  * on_completed() (MHD_OPTION_NOTIFY_COMPLETED) is the one place a request ends: it writes the
  * access log, frees the request and, while draining, reports when the last compute request is
  * gone, so the main thread knows MHD_stop_daemon() is safe. */
@@ -23,11 +25,17 @@
 #include <unistd.h>
 
 #include "logging.h"
+#include "parked.h"
 #include "routes.h"
+
+/* Longest Request-Timeout / client key header value we look at. */
+#define MAX_HEADER_VALUE 128
 
 struct CrunchServer {
   CrunchScheduler *scheduler;
+  CrunchParked *parked;
   GPtrArray *daemons;
+  gchar *client_key_header; /* NULL: clients are told apart by IP address */
   guint max_connections, max_connections_per_ip, connection_timeout;
   gchar **listen;
   gint64 max_body_size; /* atomic */
@@ -45,7 +53,8 @@ typedef struct {
   gint64 t_start;
   gchar *method, *path;
   guint64 body_bytes;
-  CrunchJob *job; /* compute lane, from submission on */
+  CrunchTicket *ticket;      /* compute lane, from admission on */
+  CrunchParkedEntry *parked; /* while suspended */
   guint status;
   gsize bytes;
 } CrunchRequest;
@@ -98,26 +107,27 @@ free_bytes (void *bytes)
 }
 
 static enum MHD_Result
-respond_job (CrunchRequest *req)
+respond_ticket (CrunchRequest *req)
 {
-  CrunchJob *job = req->job;
+  CrunchTicket *ticket = req->ticket;
   g_autofree gchar *message = NULL;
   gsize size;
   gconstpointer data;
 
-  switch (job->outcome) {
+  crunch_parked_remove (req->server->parked, g_steal_pointer (&req->parked));
+  switch (ticket->outcome) {
   case CRUNCH_JOB_OK:
-    data = g_bytes_get_data (job->result, &size);
+    data = g_bytes_get_data (ticket->result, &size);
     req->bytes = size;
     return queue (req, MHD_HTTP_OK,
                   MHD_create_response_from_buffer_with_free_callback_cls (
-                      size, (void *)data, free_bytes, g_bytes_ref (job->result)),
-                  job->fn->content_type);
+                      size, (void *)data, free_bytes, g_bytes_ref (ticket->result)),
+                  ticket->fn->content_type);
   case CRUNCH_JOB_FAILED:
-    return respond_error (req, MHD_HTTP_INTERNAL_SERVER_ERROR, job->error, NULL);
+    return respond_error (req, MHD_HTTP_INTERNAL_SERVER_ERROR, ticket->error, NULL);
   case CRUNCH_JOB_TIMED_OUT:
-    message = g_strdup_printf ("%s: deadline of %.3g s exceeded", job->fn->name,
-                               (job->deadline_us - job->t_submitted) / 1e6);
+    message = g_strdup_printf ("%s: deadline of %.3g s exceeded", ticket->fn->name,
+                               (ticket->deadline_us - ticket->t_submitted) / 1e6);
     return respond_error (req, MHD_HTTP_GATEWAY_TIMEOUT, message, NULL);
   case CRUNCH_JOB_SHUTDOWN:
     return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down",
@@ -132,9 +142,10 @@ respond_job (CrunchRequest *req)
 
 /* ---- the compute lane ---- */
 
-/* Worker thread: the job has an outcome. Resuming is the last touch of the request. */
+/* Worker or watcher thread: the ticket has its answer. Resuming is the last touch of the
+ * request. */
 static void
-on_job_done (CrunchJob *job, gpointer data)
+on_answered (CrunchTicket *ticket, gpointer data)
 {
   CrunchRequest *req = data;
 
@@ -156,6 +167,52 @@ client_address (struct MHD_Connection *connection)
   return g_strdup (buf);
 }
 
+/* The fairness key: the configured header's value if the request has one, else the address. */
+static gchar *
+client_key (CrunchRequest *req)
+{
+  const gchar *value = NULL;
+
+  if (req->server->client_key_header != NULL)
+    value = MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND,
+                                         req->server->client_key_header);
+  if (value != NULL && *value != '\0')
+    return g_strdup_printf ("key:%.*s", MAX_HEADER_VALUE, value);
+  return client_address (req->connection);
+}
+
+/* The deadline: the function's timeout, or a shorter one the client asks for with
+ * `Request-Timeout: SECONDS`. FALSE (and a message) if the header is malformed. */
+static gboolean
+request_deadline (CrunchRequest *req, const CrunchFunction *fn, gint64 *deadline, gchar **why)
+{
+  gint64 timeout_us = __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED);
+  const gchar *value =
+      MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Request-Timeout");
+  gdouble seconds;
+  gchar *end = NULL;
+
+  if (value != NULL) {
+    seconds = g_ascii_strtod (value, &end);
+    if (end == value || *end != '\0' || !(seconds > 0) || seconds > 1e9) {
+      *why = g_strdup_printf ("Request-Timeout: expected a positive number of seconds, got '%.*s'",
+                              MAX_HEADER_VALUE, value);
+      return FALSE;
+    }
+    timeout_us = MIN (timeout_us, (gint64)(seconds * G_USEC_PER_SEC));
+  }
+  *deadline = g_get_monotonic_time () + MAX (timeout_us, 1);
+  return TRUE;
+}
+
+static gint
+connection_fd (struct MHD_Connection *connection)
+{
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+  return info != NULL ? info->connect_fd : -1;
+}
+
 static enum MHD_Result
 start_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
 {
@@ -163,20 +220,27 @@ start_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   const CrunchFunction *fn = crunch_functions_lookup (route->function);
   g_autoptr (GError) error = NULL;
   g_autoptr (GVariant) args = NULL;
-  g_autofree gchar *client = NULL;
-  gint64 timeout_us;
+  g_autofree gchar *client = NULL, *why = NULL;
+  gint64 deadline;
 
   g_assert (fn != NULL); /* the route table only names registered functions */
   args = fn->parse (fn, arg, &error);
   if (args == NULL)
     return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message, NULL);
   g_variant_ref_sink (args);
+  if (!request_deadline (req, fn, &deadline, &why))
+    return respond_error (req, MHD_HTTP_BAD_REQUEST, why, NULL);
 
-  switch (crunch_scheduler_admit (server->scheduler)) {
+  client = client_key (req);
+  switch (crunch_scheduler_admit (server->scheduler, client)) {
   case CRUNCH_ADMIT_OK:
     break;
   case CRUNCH_ADMIT_QUEUE_FULL:
     return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "job queue is full, retry later",
+                          MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
+  case CRUNCH_ADMIT_CLIENT_LIMIT:
+    return respond_error (req, MHD_HTTP_TOO_MANY_REQUESTS,
+                          "too many requests in flight for this client, retry later",
                           MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
   case CRUNCH_ADMIT_DRAINING:
     return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down",
@@ -184,15 +248,13 @@ start_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
                           NULL);
   }
 
-  client = client_address (req->connection);
-  timeout_us = __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED);
-  req->job = crunch_job_new (fn, args, client, g_get_monotonic_time () + timeout_us);
-  req->job->done = on_job_done;
-  req->job->done_data = req;
+  req->ticket = crunch_ticket_new (fn, args, client, deadline, on_answered, req);
   g_atomic_int_inc (&server->in_flight);
   /* Suspend first: the job may finish (and resume us) before submit() even returns. */
   MHD_suspend_connection (req->connection);
-  crunch_scheduler_submit (server->scheduler, req->job);
+  req->parked =
+      crunch_parked_add (server->parked, connection_fd (req->connection), deadline, req->ticket);
+  crunch_scheduler_submit (server->scheduler, req->ticket);
   return MHD_YES;
 }
 
@@ -263,8 +325,8 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
   }
   if (req->status != 0)
     return MHD_YES; /* answered early (413 on Content-Length) */
-  if (req->job != NULL)
-    return respond_job (req);
+  if (req->ticket != NULL)
+    return respond_ticket (req);
   return route_request (req);
 }
 
@@ -273,14 +335,16 @@ log_access (CrunchRequest *req)
 {
   gint64 now = g_get_monotonic_time ();
   g_autofree gchar *timing = NULL;
-  CrunchJob *job = req->job;
+  CrunchTicket *ticket = req->ticket;
 
   if (!crunch_logging_access_enabled ())
     return;
-  if (job != NULL && job->t_started != 0)
-    timing = g_strdup_printf (" queued=%.3fms computed=%.3fms",
-                              (job->t_started - job->t_submitted) / 1e3,
-                              (job->t_finished - job->t_started) / 1e3);
+  if (ticket != NULL && ticket->t_started != 0)
+    timing = g_strdup_printf (
+        " queued=%.3fms computed=%.3fms%s", MAX (ticket->t_started - ticket->t_submitted, 0) / 1e3,
+        (ticket->t_finished - ticket->t_started) / 1e3, ticket->coalesced ? " coalesced" : "");
+  else if (ticket != NULL)
+    timing = g_strdup_printf (" %s", crunch_job_outcome_name (ticket->outcome));
   g_log_structured (CRUNCH_LOG_ACCESS_DOMAIN, G_LOG_LEVEL_INFO, "ROUTE", req->path, "METHOD",
                     req->method, "MESSAGE", "%s %s %u %zu bytes %.3fms%s", req->method, req->path,
                     req->status, req->bytes, (now - req->t_start) / 1e3, timing ? timing : "");
@@ -301,8 +365,9 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
     req->status = 499; /* nginx's "client closed request": nothing was sent */
   log_access (req);
   __atomic_add_fetch (&server->served, 1, __ATOMIC_RELAXED);
-  if (req->job != NULL) {
-    crunch_job_unref (req->job);
+  if (req->ticket != NULL) {
+    crunch_parked_remove (server->parked, g_steal_pointer (&req->parked));
+    crunch_ticket_unref (req->ticket);
     if (g_atomic_int_dec_and_test (&server->in_flight) && g_atomic_int_get (&server->draining) &&
         g_atomic_int_compare_and_exchange (&server->drained_fired, 0, 1))
       g_idle_add (server->drained, server->drained_data);
@@ -322,12 +387,25 @@ on_mhd_log (void *cls, const char *format, va_list ap)
   g_debug ("libmicrohttpd: %s", g_strchomp (message));
 }
 
+/* Watcher thread: a parked request's deadline passed or its client left. */
+static void
+on_expired (gpointer ticket, CrunchJobOutcome why, gpointer data)
+{
+  CrunchServer *self = data;
+
+  crunch_scheduler_abandon (self->scheduler, ticket, why);
+}
+
 CrunchServer *
 crunch_server_new (CrunchScheduler *scheduler, const CrunchConfig *config)
 {
   CrunchServer *self = g_new0 (CrunchServer, 1);
 
   self->scheduler = scheduler;
+  self->parked = crunch_parked_new (on_expired, self, (gpointer (*) (gpointer))crunch_ticket_ref,
+                                    (GDestroyNotify)crunch_ticket_unref);
+  if (g_str_has_prefix (config->client_key, "header:"))
+    self->client_key_header = g_strdup (config->client_key + strlen ("header:"));
   self->daemons = g_ptr_array_new ();
   self->max_connections = config->max_connections;
   self->max_connections_per_ip = config->max_connections_per_ip;
@@ -457,6 +535,8 @@ crunch_server_free (CrunchServer *self)
   for (guint i = 0; i < self->daemons->len; i++)
     MHD_stop_daemon (self->daemons->pdata[i]);
   g_ptr_array_unref (self->daemons);
+  crunch_parked_free (self->parked);
   g_strfreev (self->listen);
+  g_free (self->client_key_header);
   g_free (self);
 }

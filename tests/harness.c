@@ -166,6 +166,12 @@ remove_dir (const gchar *dir)
 gint
 test_server_stop (TestServer *server)
 {
+  return test_server_stop_with_log (server, NULL);
+}
+
+gint
+test_server_stop_with_log (TestServer *server, gchar **log_out)
+{
   gint64 until = g_get_monotonic_time () + STOP_TIMEOUT_US;
   gint status = -1;
 
@@ -190,6 +196,8 @@ test_server_stop (TestServer *server)
     g_autofree gchar *log = test_server_log (server);
     g_test_message ("crunchd exit status %d; its log:\n%s", status, log ? log : "");
   }
+  if (log_out != NULL)
+    *log_out = test_server_log (server);
   remove_dir (server->dir);
   g_object_unref (server->proc);
   g_free (server->dir);
@@ -408,4 +416,92 @@ test_notify_free (TestNotify *notify)
   g_free (notify->path);
   g_free (notify->dir);
   g_free (notify);
+}
+
+static size_t
+discard (char *data, size_t size, size_t n, void *user)
+{
+  return size * n;
+}
+
+GArray *
+test_http_many (const gchar *url, guint count, const gchar *const *headers, glong timeout_ms)
+{
+  CURLM *multi = curl_multi_init ();
+  CURL **easy = g_new0 (CURL *, count);
+  struct curl_slist *list = NULL;
+  GArray *statuses = g_array_sized_new (FALSE, TRUE, sizeof (glong), count);
+  gint running = 0;
+
+  for (const gchar *const *h = headers; h != NULL && *h != NULL; h++)
+    list = curl_slist_append (list, *h);
+  curl_multi_setopt (multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
+  for (guint i = 0; i < count; i++) {
+    easy[i] = curl_easy_init ();
+    curl_easy_setopt (easy[i], CURLOPT_URL, url);
+    curl_easy_setopt (easy[i], CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt (easy[i], CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt (easy[i], CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt (easy[i], CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt (easy[i], CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt (easy[i], CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 120000L);
+    curl_multi_add_handle (multi, easy[i]);
+  }
+  do {
+    curl_multi_perform (multi, &running);
+    if (running > 0)
+      curl_multi_poll (multi, NULL, 0, 100, NULL);
+  } while (running > 0);
+  for (guint i = 0; i < count; i++) {
+    glong status = 0;
+    curl_easy_getinfo (easy[i], CURLINFO_RESPONSE_CODE, &status);
+    g_array_append_val (statuses, status);
+    curl_multi_remove_handle (multi, easy[i]);
+    curl_easy_cleanup (easy[i]);
+  }
+  curl_slist_free_all (list);
+  curl_multi_cleanup (multi);
+  g_free (easy);
+  return statuses;
+}
+
+typedef struct {
+  gchar *url;
+  guint count;
+  gchar **headers;
+  glong timeout_ms;
+} ManyArgs;
+
+static gpointer
+many_thread (gpointer data)
+{
+  ManyArgs *a = data;
+  GArray *statuses =
+      test_http_many (a->url, a->count, (const gchar *const *)a->headers, a->timeout_ms);
+  g_free (a->url);
+  g_strfreev (a->headers);
+  g_free (a);
+  return statuses;
+}
+
+GThread *
+test_http_many_async (const gchar *url, guint count, const gchar *const *headers, glong timeout_ms)
+{
+  ManyArgs *a = g_new0 (ManyArgs, 1);
+
+  a->url = g_strdup (url);
+  a->count = count;
+  a->headers = g_strdupv ((gchar **)headers);
+  a->timeout_ms = timeout_ms;
+  return g_thread_new ("many", many_thread, a);
+}
+
+gint64
+test_log_total (const gchar *log, const gchar *name)
+{
+  const gchar *totals = g_strrstr (log, "totals:");
+  g_autofree gchar *key = g_strconcat (" ", name, "=", NULL);
+  const gchar *at = totals != NULL ? strstr (totals, key) : NULL;
+
+  return at != NULL ? g_ascii_strtoll (at + strlen (key), NULL, 10) : -1;
 }

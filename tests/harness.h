@@ -30,6 +30,8 @@ TestServer *test_server_start_with (const gchar *ini, const gchar *const *args,
 void test_server_write_config (TestServer *server, const gchar *ini);
 /* SIGTERM, wait (bounded), return the exit status; frees the server. */
 gint test_server_stop (TestServer *server);
+/* The same, and hands over crunchd's whole log (stderr) in *log. */
+gint test_server_stop_with_log (TestServer *server, gchar **log);
 void test_server_signal (TestServer *server, gint signum);
 gchar *test_server_log (TestServer *server);
 gchar *test_server_url (TestServer *server, const gchar *path);
@@ -69,3 +71,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestNotify, test_notify_free)
 gdouble test_time_fib (TestServer *server, guint n);
 /* The smallest n whose /fib/n is expected to take at least `seconds` (from timing fib(base)). */
 guint test_fib_n_for (TestServer *server, gdouble seconds);
+
+/* `count` simultaneous requests for `url`, each on its own connection (curl multi, one thread).
+ * timeout_ms > 0 makes clients hang up after that long. Returns the statuses (0 = no answer). */
+GArray *test_http_many (const gchar *url, guint count, const gchar *const *headers,
+                        glong timeout_ms);
+/* Runs test_http_many() on a thread; join with g_thread_join() to get the GArray. */
+GThread *test_http_many_async (const gchar *url, guint count, const gchar *const *headers,
+                               glong timeout_ms);
+/* The value of `name=` in the log's last "totals:" line, or -1. */
+gint64 test_log_total (const gchar *log, const gchar *name);

@@ -76,7 +76,11 @@ test_bad_files (void)
       {"[server]\nmax_connections = 100\n[executor]\nthreads = 4\nqueue_limit = 80\n",
        "t.ini: [executor] queue_limit = '80': queue_limit + threads (4) must not exceed 3/4 of "
        "[server] max_connections (100), or parked jobs could lock out /fast"},
-      {"not an ini file\n", NULL},
+      {"[executor]\nclient_key = cookie\n",
+     "t.ini: [executor] client_key = 'cookie': expected ip or header:NAME"},
+    {"[executor]\nclient_key = header:X Key\n",
+     "t.ini: [executor] client_key = 'header:X Key': expected ip or header:NAME"},
+    {"not an ini file\n", NULL},
   };
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {

@@ -150,11 +150,11 @@ test_reload_threads (void)
   Fixture f;
   g_autofree gchar *path = NULL;
 
-  fixture_start (&f, "[executor]\nthreads = 1\nqueue_limit = 8\n");
+  fixture_start (&f, "[executor]\nthreads = 1\nqueue_limit = 8\ncoalesce = false\n");
   assert_status (&f, "jobs: 0 running on 1 threads, 0 queued (limit 8)");
   path = g_strdup_printf ("/fib/%u", test_fib_n_for (f.server, 2.0));
   observe_jobs (&f, 2, path, "jobs: 1 running on 1 threads, 1 queued (limit 8)");
-  reload (&f, "[executor]\nthreads = 2\nqueue_limit = 20\n");
+  reload (&f, "[executor]\nthreads = 2\nqueue_limit = 20\ncoalesce = false\n");
   observe_jobs (&f, 2, path, "jobs: 2 running on 2 threads, 0 queued (limit 20)");
   fixture_stop (&f);
 }
@@ -203,7 +203,7 @@ test_reload_in_flight (void)
   Call calls[CALLS];
   GThread *threads[CALLS];
 
-  fixture_start (&f, "[executor]\nthreads = 1\n");
+  fixture_start (&f, "[executor]\nthreads = 1\ncoalesce = false\n");
   path = g_strdup_printf ("/fib/%u", test_fib_n_for (f.server, 0.7));
   for (guint i = 0; i < CALLS; i++) {
     calls[i].url = test_server_url (f.server, path);
