@@ -2,10 +2,12 @@
  *
  * The main thread owns the GMainLoop: it handles SIGHUP (reload), SIGINT/SIGTERM (drain and
  * stop) and talks to systemd. Requests are served on MHD's threads, jobs run on the executor's. */
+#include <errno.h>
 #include <glib-unix.h>
 #include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include "config.h"
 #include "functions.h"
@@ -198,15 +200,45 @@ log_totals (CrunchScheduler *scheduler)
              st.jobs_cancelled, st.rejected_queue_full, st.rejected_client_limit);
 }
 
+/* Descriptors besides client connections: listen sockets, epoll, MHD's and GLib's wake-up pipes,
+ * the log, with room to spare. */
+#define FD_RESERVE 64
+
+/* Every connection is a file descriptor, and the usual soft RLIMIT_NOFILE (1024) is below the
+ * default max_connections: accept() would fail with EMFILE long before MHD's limit. Raise the
+ * soft limit as far as the connection limits need (the hard limit allows it without privilege;
+ * under systemd it is 524288), and say so when even the hard limit is too low. */
+static void
+raise_fd_limit (guint64 connections)
+{
+  struct rlimit rl;
+  rlim_t want = (rlim_t)(connections + FD_RESERVE);
+
+  if (getrlimit (RLIMIT_NOFILE, &rl) != 0 || (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur >= want))
+    return;
+  if (rl.rlim_cur != RLIM_INFINITY) {
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? want : MIN (want, rl.rlim_max);
+    if (setrlimit (RLIMIT_NOFILE, &rl) != 0)
+      g_warning ("cannot raise the open file limit to %lu: %s", (gulong)rl.rlim_cur,
+                 g_strerror (errno));
+  }
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+    g_warning ("[server] max_connections needs %lu open files but RLIMIT_NOFILE allows %lu: "
+               "connections beyond that are refused (raise LimitNOFILE= or ulimit -n)",
+               (gulong)want, (gulong)rl.rlim_cur);
+}
+
 static gint
 run (Crunchd *app)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (GArray) fds = crunch_service_listen_fds ();
   guint threads = crunch_config_effective_threads (app->config);
-
   CrunchSchedulerSettings settings = scheduler_settings (app->config);
 
+  /* one MHD daemon, with its own connection limit, per listening socket */
+  raise_fd_limit ((guint64)app->config->max_connections *
+                  (fds->len > 0 ? fds->len : g_strv_length (app->config->listen)));
   app->scheduler = crunch_scheduler_new (&settings);
   app->server = crunch_server_new (app->scheduler, app->config);
   if (!crunch_server_start (app->server, fds, &error)) {

@@ -76,3 +76,25 @@ crunch_routes_match (const gchar *method, const gchar *path, CrunchRouteMatch *m
   }
   return CRUNCH_ROUTE_NOT_FOUND;
 }
+
+gboolean
+crunch_path_unescape (gchar *path, gsize *len)
+{
+  gchar *out = path;
+
+  for (const gchar *in = path; *in != '\0'; in++) {
+    if (*in != '%') {
+      *out++ = *in;
+      continue;
+    }
+    gint hi = g_ascii_xdigit_value (in[1]);
+    gint lo = hi < 0 ? -1 : g_ascii_xdigit_value (in[2]);
+    if (lo < 0 || (hi == 0 && lo == 0))
+      return FALSE;
+    *out++ = (gchar)(hi * 16 + lo);
+    in += 2;
+  }
+  *out = '\0';
+  *len = (gsize)(out - path);
+  return TRUE;
+}

@@ -46,3 +46,8 @@ typedef struct {
 CrunchMethod crunch_method_parse (const gchar *method);
 CrunchRouteStatus crunch_routes_match (const gchar *method, const gchar *path,
                                        CrunchRouteMatch *match);
+
+/* Decodes %XX escapes in `path` in place and stores the new length in `len`. Returns FALSE for
+ * a '%' not followed by two hex digits and for an encoded NUL (%00), which a C string cannot
+ * carry: such a path gets 400 instead of being matched in a truncated or half-decoded form. */
+gboolean crunch_path_unescape (gchar *path, gsize *len);

@@ -31,6 +31,9 @@
 /* Longest Request-Timeout / client key header value we look at. */
 #define MAX_HEADER_VALUE 128
 
+/* How much of a chunked body past max_body_size is read (and dropped) to be able to answer 413. */
+#define BODY_DISCARD_EXCESS (G_GUINT64_CONSTANT (1) << 20)
+
 struct CrunchServer {
   CrunchScheduler *scheduler;
   CrunchParked *parked;
@@ -267,6 +270,9 @@ route_request (CrunchRequest *req)
 
   if (req->body_bytes > (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED))
     return respond_error (req, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large", NULL);
+  if (*req->path == '\0') /* emptied by unescape_path() */
+    return respond_error (req, MHD_HTTP_BAD_REQUEST,
+                          "malformed percent-encoding (or %00) in the request path", NULL);
 
   switch (crunch_routes_match (req->method, req->path, &match)) {
   case CRUNCH_ROUTE_NOT_FOUND:
@@ -317,9 +323,11 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
   if (*upload_data_size > 0) {
     req->body_bytes += *upload_data_size;
     *upload_data_size = 0;
-    /* a chunked body past the cap: no answer can be queued mid-body, so close */
+    /* A chunked body past the cap: MHD can queue an answer only once the body has ended, so
+     * discard a bounded excess to give the client its 413; a body beyond that is cut off. */
     return req->body_bytes >
-                   (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED)
+                   (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED) +
+                       BODY_DISCARD_EXCESS
                ? MHD_NO
                : MHD_YES;
   }
@@ -378,6 +386,21 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
 }
 
 /* ---- daemons ---- */
+
+/* MHD_OPTION_UNESCAPE_CALLBACK, for the path and the query arguments. MHD's own decoder keeps
+ * malformed escapes as they are and turns %00 into a NUL that silently truncates the path
+ * ("/fib/1%00x" would compute fib(1)); ours empties such a string instead, and an empty path
+ * gets 400 in route_request(). */
+static size_t
+unescape_path (void *cls, struct MHD_Connection *connection, char *s)
+{
+  gsize len;
+
+  if (crunch_path_unescape (s, &len))
+    return len;
+  s[0] = '\0';
+  return 0;
+}
 
 static void
 on_mhd_log (void *cls, const char *format, va_list ap)
@@ -453,6 +476,7 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
       {MHD_OPTION_CONNECTION_TIMEOUT, self->connection_timeout, NULL},
       {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, self},
       {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
+      {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_path, NULL},
       {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
       fd >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL}
               : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)addr},

@@ -2,6 +2,8 @@
 #include "functions.h"
 #include "routes.h"
 
+#include <string.h>
+
 static void
 test_match (void)
 {
@@ -60,11 +62,46 @@ test_fib_parse (void)
   }
 }
 
+static void
+test_path_unescape (void)
+{
+  const struct {
+    const gchar *in, *out; /* out NULL: rejected */
+  } cases[] = {
+      {"/fast", "/fast"},
+      {"/f%61st", "/fast"},
+      {"/fib/%31%30", "/fib/10"},
+      {"%2f%2F", "//"},
+      {"%7e%C3%A9", "~\xc3\xa9"},
+      {"", ""},
+      {"%", NULL},
+      {"%4", NULL},
+      {"%zz", NULL},
+      {"%g0", NULL},
+      {"/fib/1%00", NULL},
+      {"%0", NULL},
+      {"a%%41", NULL},
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autofree gchar *path = g_strdup (cases[i].in);
+    gsize len = 12345;
+    gboolean ok = crunch_path_unescape (path, &len);
+    g_test_message ("'%s'", cases[i].in);
+    g_assert_cmpint (ok, ==, cases[i].out != NULL);
+    if (ok) {
+      g_assert_cmpstr (path, ==, cases[i].out);
+      g_assert_cmpuint (len, ==, strlen (cases[i].out));
+    }
+  }
+}
+
 int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/routes/match", test_match);
   g_test_add_func ("/routes/fib-parse", test_fib_parse);
+  g_test_add_func ("/routes/path-unescape", test_path_unescape);
   return g_test_run ();
 }
