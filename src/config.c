@@ -42,6 +42,7 @@ static const KeyDesc keys[] = {
     {"executor", "per_client_limit", KEY_UINT, 0, 1000000, F (per_client_limit), NULL},
     {"executor", "client_key", KEY_STRING, 0, 0, F (client_key), NULL},
     {"executor", "coalesce", KEY_BOOL, 0, 0, F (coalesce), NULL},
+    {"cache", "entries", KEY_UINT, 0, 10000000, F (cache_entries), NULL},
     {"fib", "max_n", KEY_UINT, 0, 93, F (fib_max_n), NULL},
     {"fib", "timeout", KEY_DOUBLE, 0.001, 86400, F (fib_timeout), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},

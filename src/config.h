@@ -31,6 +31,9 @@ typedef struct {
   gchar *client_key;      /* "ip" or "header:NAME" */
   gboolean coalesce;      /* identical jobs of pure functions share one computation */
 
+  /* [cache] */
+  guint cache_entries; /* LRU results of pure functions; 0 = off */
+
   /* [fib] */
   guint fib_max_n;
   gdouble fib_timeout; /* seconds */

@@ -23,6 +23,17 @@ crunch_functions_configure (const CrunchConfig *config)
   }
 }
 
+gchar *
+crunch_function_key (const CrunchFunction *fn, GVariant *args)
+{
+  g_autofree gchar *printed = NULL;
+
+  if (!fn->pure)
+    return NULL;
+  printed = g_variant_print (args, TRUE);
+  return g_strconcat (fn->name, " ", printed, NULL);
+}
+
 const CrunchFunction *
 crunch_functions_lookup (const gchar *name)
 {

@@ -43,6 +43,10 @@ struct CrunchFunction {
   gint64 timeout_us; /* default deadline */
 };
 
+/* The identity of a call, "name printed-args", for coalescing and caching; NULL if the function
+ * is impure (its calls may not be shared). */
+gchar *crunch_function_key (const CrunchFunction *fn, GVariant *args);
+
 void crunch_functions_init (const CrunchConfig *config);
 void crunch_functions_configure (const CrunchConfig *config);
 const CrunchFunction *crunch_functions_lookup (const gchar *name);

@@ -83,6 +83,7 @@ scheduler_settings (const CrunchConfig *config)
       .per_client_limit = config->per_client_limit,
       .coalesce = config->coalesce,
       .nice = config->nice,
+      .cache_entries = config->cache_entries,
   };
 }
 
@@ -195,9 +196,9 @@ log_totals (CrunchScheduler *scheduler)
   g_message ("totals: jobs_started=%" G_GUINT64_FORMAT " coalesced=%" G_GUINT64_FORMAT
              " timed_out=%" G_GUINT64_FORMAT " client_gone=%" G_GUINT64_FORMAT
              " jobs_cancelled=%" G_GUINT64_FORMAT " rejected_queue_full=%" G_GUINT64_FORMAT
-             " rejected_client_limit=%" G_GUINT64_FORMAT,
+             " rejected_client_limit=%" G_GUINT64_FORMAT " cache_hits=%" G_GUINT64_FORMAT,
              st.jobs_started, st.tickets_coalesced, st.tickets_timed_out, st.tickets_client_gone,
-             st.jobs_cancelled, st.rejected_queue_full, st.rejected_client_limit);
+             st.jobs_cancelled, st.rejected_queue_full, st.rejected_client_limit, st.cache_hits);
 }
 
 /* Descriptors besides client connections: listen sockets, epoll, MHD's and GLib's wake-up pipes,

@@ -16,6 +16,8 @@
  * synchronously (it runs under this mutex). */
 #include "scheduler.h"
 
+#include "cache.h"
+
 enum { TICKET_NEW, TICKET_ATTACHED, TICKET_ANSWERED };
 
 typedef struct {
@@ -27,7 +29,7 @@ typedef struct {
 
 typedef struct {
   CrunchJob *job;
-  gchar *key; /* coalescing key, NULL if the job may not be shared */
+  gchar *key; /* crunch_function_key(): NULL if the job may not be shared or cached */
   Client *owner;
   GList *link; /* in owner->queue while waiting */
   GPtrArray *tickets;
@@ -37,6 +39,7 @@ typedef struct {
 struct CrunchScheduler {
   GMutex lock;
   CrunchExecutor *executor;
+  CrunchCache *cache;
   CrunchSchedulerSettings settings;
   GHashTable *clients;    /* key -> Client */
   GQueue ring;            /* Client* with waiting jobs, round-robin */
@@ -221,6 +224,8 @@ on_finished (CrunchJob *job, gpointer data)
   g_mutex_lock (&self->lock);
   g_hash_table_remove (self->running, sj);
   forget_key (self, sj);
+  if (sj->key != NULL && job->outcome == CRUNCH_JOB_OK)
+    crunch_cache_insert (self->cache, sj->key, job->result);
   for (guint i = 0; i < sj->tickets->len; i++)
     answer_locked (self, sj->tickets->pdata[i], job->outcome, job, answers);
   g_ptr_array_set_size (sj->tickets, 0);
@@ -250,6 +255,7 @@ crunch_scheduler_new (const CrunchSchedulerSettings *settings)
   self->coalescing = g_hash_table_new (g_str_hash, g_str_equal);
   self->running = g_hash_table_new (NULL, NULL);
   self->executor = make_executor (self);
+  self->cache = crunch_cache_new (settings->cache_entries);
   return self;
 }
 
@@ -263,6 +269,7 @@ crunch_scheduler_free (CrunchScheduler *self)
   g_hash_table_unref (self->running);
   g_hash_table_unref (self->coalescing);
   g_hash_table_unref (self->clients);
+  crunch_cache_free (self->cache);
   g_mutex_clear (&self->lock);
   g_free (self);
 }
@@ -274,6 +281,7 @@ crunch_scheduler_configure (CrunchScheduler *self, const CrunchSchedulerSettings
   self->settings = *settings;
   crunch_executor_set_threads (self->executor, settings->threads);
   crunch_local_executor_set_nice (self->executor, settings->nice);
+  crunch_cache_resize (self->cache, settings->cache_entries);
   dispatch_locked (self);
   g_mutex_unlock (&self->lock);
 }
@@ -306,23 +314,23 @@ crunch_scheduler_admit (CrunchScheduler *self, const gchar *client_key)
   return verdict;
 }
 
-static gchar *
-coalescing_key (const CrunchScheduler *self, const CrunchTicket *ticket)
+GBytes *
+crunch_scheduler_cached (CrunchScheduler *self, const CrunchFunction *fn, GVariant *args)
 {
-  g_autofree gchar *args = NULL;
+  g_autofree gchar *key = NULL;
 
-  if (!self->settings.coalesce || !ticket->fn->pure)
+  if (!crunch_cache_enabled (self->cache) || (key = crunch_function_key (fn, args)) == NULL)
     return NULL;
-  args = g_variant_print (ticket->args, TRUE);
-  return g_strconcat (ticket->fn->name, " ", args, NULL);
+  return crunch_cache_lookup (self->cache, key);
 }
 
 /* With the lock held: attach the ticket to a job, an identical one if there is one. */
 static void
 enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
 {
-  g_autofree gchar *key = coalescing_key (self, ticket);
-  SchedJob *sj = key != NULL ? g_hash_table_lookup (self->coalescing, key) : NULL;
+  g_autofree gchar *key = crunch_function_key (ticket->fn, ticket->args);
+  gboolean shared = key != NULL && self->settings.coalesce;
+  SchedJob *sj = shared ? g_hash_table_lookup (self->coalescing, key) : NULL;
 
   if (sj != NULL) {
     ticket->coalesced = TRUE;
@@ -340,10 +348,9 @@ enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
       g_queue_push_tail (&self->ring, sj->owner);
       sj->owner->in_ring = TRUE;
     }
-    if (key != NULL) {
-      sj->key = g_steal_pointer (&key);
+    sj->key = g_steal_pointer (&key);
+    if (shared)
       g_hash_table_insert (self->coalescing, sj->key, sj);
-    }
   }
   g_ptr_array_add (sj->tickets, crunch_ticket_ref (ticket));
   ticket->job = sj;
@@ -467,4 +474,6 @@ crunch_scheduler_get_stats (CrunchScheduler *self, CrunchSchedulerStats *stats)
   stats->queue_limit = self->settings.queue_limit;
   stats->clients = g_hash_table_size (self->clients);
   g_mutex_unlock (&self->lock);
+  crunch_cache_get_stats (self->cache, &stats->cache_size, &stats->cache_hits,
+                          &stats->cache_misses);
 }

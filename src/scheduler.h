@@ -52,6 +52,7 @@ typedef struct {
   guint per_client_limit; /* 0 = none */
   gboolean coalesce;
   gint nice;
+  guint cache_entries; /* LRU result cache; 0 = off */
 } CrunchSchedulerSettings;
 
 typedef struct CrunchScheduler CrunchScheduler;
@@ -64,6 +65,8 @@ void crunch_scheduler_configure (CrunchScheduler *self, const CrunchSchedulerSet
  * for `client` (or refuses at once), submit() hands over the ticket and never fails. */
 CrunchAdmit crunch_scheduler_admit (CrunchScheduler *self, const gchar *client);
 void crunch_scheduler_submit (CrunchScheduler *self, CrunchTicket *ticket);
+/* A cached result for this call, or NULL (checked before admission: a hit needs no job). */
+GBytes *crunch_scheduler_cached (CrunchScheduler *self, const CrunchFunction *fn, GVariant *args);
 /* Answer the ticket now with `why` (TIMED_OUT, CLIENT_GONE); its job is dropped or cancelled
  * if no other ticket waits for it. No-op if the ticket was answered already. Any thread. */
 void crunch_scheduler_abandon (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why);
@@ -87,5 +90,7 @@ typedef struct {
   guint64 jobs_cancelled;      /* dropped from the queue or stopped: nobody waited any more */
   guint64 rejected_queue_full;
   guint64 rejected_client_limit;
+  guint cache_size;
+  guint64 cache_hits, cache_misses;
 } CrunchSchedulerStats;
 void crunch_scheduler_get_stats (CrunchScheduler *self, CrunchSchedulerStats *stats);

@@ -58,6 +58,7 @@ typedef struct {
   guint64 body_bytes;
   CrunchTicket *ticket;      /* compute lane, from admission on */
   CrunchParkedEntry *parked; /* while suspended */
+  gboolean cached;           /* answered from the result cache */
   guint status;
   gsize bytes;
 } CrunchRequest;
@@ -224,6 +225,7 @@ start_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   g_autoptr (GError) error = NULL;
   g_autoptr (GVariant) args = NULL;
   g_autofree gchar *client = NULL, *why = NULL;
+  g_autoptr (GBytes) cached = NULL;
   gint64 deadline;
 
   g_assert (fn != NULL); /* the route table only names registered functions */
@@ -233,6 +235,18 @@ start_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   g_variant_ref_sink (args);
   if (!request_deadline (req, fn, &deadline, &why))
     return respond_error (req, MHD_HTTP_BAD_REQUEST, why, NULL);
+
+  cached = crunch_scheduler_cached (server->scheduler, fn, args);
+  if (cached != NULL) {
+    gsize size;
+    gconstpointer data = g_bytes_get_data (cached, &size);
+    req->bytes = size;
+    req->cached = TRUE;
+    return queue (req, MHD_HTTP_OK,
+                  MHD_create_response_from_buffer_with_free_callback_cls (
+                      size, (void *)data, free_bytes, g_steal_pointer (&cached)),
+                  fn->content_type);
+  }
 
   client = client_key (req);
   switch (crunch_scheduler_admit (server->scheduler, client)) {
@@ -353,6 +367,8 @@ log_access (CrunchRequest *req)
         (ticket->t_finished - ticket->t_started) / 1e3, ticket->coalesced ? " coalesced" : "");
   else if (ticket != NULL)
     timing = g_strdup_printf (" %s", crunch_job_outcome_name (ticket->outcome));
+  else if (req->cached)
+    timing = g_strdup (" cached");
   g_log_structured (CRUNCH_LOG_ACCESS_DOMAIN, G_LOG_LEVEL_INFO, "ROUTE", req->path, "METHOD",
                     req->method, "MESSAGE", "%s %s %u %zu bytes %.3fms%s", req->method, req->path,
                     req->status, req->bytes, (now - req->t_start) / 1e3, timing ? timing : "");

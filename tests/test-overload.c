@@ -184,6 +184,26 @@ compare_doubles (const void *a, const void *b)
   return (x > y) - (x < y);
 }
 
+/* With [cache] entries, a repeated call is answered from the cache without a job. */
+static void
+test_cache (void)
+{
+  TestServer *server = test_server_start ("[cache]\nentries = 4\n", NULL);
+  g_autofree gchar *url = test_server_url (server, "/fib/27");
+  g_autofree gchar *log = NULL;
+
+  for (gint i = 0; i < 3; i++) {
+    g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+    g_assert_cmpstr (r->body, ==, "196418");
+  }
+  g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
+  g_assert_cmpint (test_log_total (log, "jobs_started"), ==, 1);
+  g_assert_cmpint (test_log_total (log, "cache_hits"), ==, 2);
+  g_assert_nonnull (strstr (log, "GET /fib/27 200 6 bytes"));
+  g_assert_nonnull (strstr (log, " cached"));
+}
+
 /* With every worker busy, 200 sequential /fast requests keep a p99 under 20 ms. */
 static void
 test_fast_lane_p99 (void)
@@ -222,5 +242,6 @@ main (int argc, char **argv)
   g_test_add_func ("/overload/fairness", test_fairness);
   g_test_add_func ("/overload/coalescing", test_coalescing);
   g_test_add_func ("/overload/fast-lane-p99", test_fast_lane_p99);
+  g_test_add_func ("/overload/cache", test_cache);
   return g_test_run ();
 }
