@@ -128,6 +128,42 @@ test_hang_up_cancels (void)
   g_assert_cmpint (test_log_total (log, "jobs_cancelled"), ==, 100);
 }
 
+static gint
+compare_doubles (const void *a, const void *b)
+{
+  gdouble x = *(const gdouble *)a, y = *(const gdouble *)b;
+  return (x > y) - (x < y);
+}
+
+/* Three sequential requests; their times sorted in t[]. */
+static void
+time_three (const gchar *url, const gchar *const *headers, gdouble t[3])
+{
+  for (gint i = 0; i < 3; i++) {
+    g_autoptr (TestReply) r = test_http ("GET", url, headers);
+    g_assert_cmpint (r->status, ==, 200);
+    t[i] = r->seconds;
+  }
+  qsort (t, 3, sizeof (gdouble), compare_doubles);
+}
+
+/* Lines of the log containing `what`, up to the fourth line containing `stop` (B's first request
+ * under the flood: its first three are the idle measurement); all lines if `stop` is NULL. */
+static guint
+count_lines (const gchar *log, const gchar *what, const gchar *stop)
+{
+  g_auto (GStrv) lines = g_strsplit (log, "\n", -1);
+  guint n = 0, stops = 0;
+
+  for (gchar **l = lines; *l != NULL; l++) {
+    if (stop != NULL && strstr (*l, stop) != NULL && ++stops > 3)
+      break; /* the first three B lines are the idle measurement */
+    if (strstr (*l, what) != NULL)
+      n++;
+  }
+  return n;
+}
+
 /* Client A floods 200 jobs; client B's one job still completes within 3x its idle time. */
 static void
 test_fairness (void)
@@ -136,27 +172,36 @@ test_fairness (void)
       test_server_start ("[executor]\nqueue_limit = 400\nper_client_limit = 0\ncoalesce = false\n"
                          "client_key = header:X-Api-Key\n[server]\nshutdown_timeout = 0\n",
                          (const gchar *[]){"--threads=2", NULL});
-  guint n = test_fib_n_for (server, 0.03);
-  g_autofree gchar *url = g_strdup_printf ("%s/fib/%u", server->base, n);
+  guint n = test_fib_n_for (server, 0.05);
+  g_autofree gchar *a_url = g_strdup_printf ("%s/fib/%u", server->base, n);
+  g_autofree gchar *b_url = g_strdup_printf ("%s/fib/%u", server->base, n - 1);
+  g_autofree gchar *a_line = g_strdup_printf ("GET /fib/%u 200", n);
+  g_autofree gchar *b_line = g_strdup_printf ("GET /fib/%u 200", n - 1);
+  g_autofree gchar *log = NULL;
+  guint a_before, a_between;
   const gchar *b_key[] = {"X-Api-Key: B", NULL};
-  gdouble idle = 1e9, loaded;
+  gdouble idle[3], loaded[3];
   GThread *flood;
   g_autoptr (GArray) flood_statuses = NULL;
 
-  for (gint i = 0; i < 3; i++) {
-    g_autoptr (TestReply) r = test_http ("GET", url, b_key);
-    idle = MIN (idle, r->seconds);
-  }
-  flood = test_http_many_async (url, 200, (const gchar *[]){"X-Api-Key: A", NULL}, 0);
+  time_three (b_url, b_key, idle);
+  flood = test_http_many_async (a_url, 200, (const gchar *[]){"X-Api-Key: A", NULL}, 0);
   g_usleep (300000); /* A's jobs fill the queue */
-  {
-    g_autoptr (TestReply) r = test_http ("GET", url, b_key);
-    g_assert_cmpint (r->status, ==, 200);
-    loaded = r->seconds;
-  }
-  g_test_message ("fib(%u): B idle %.1f ms, behind A's flood %.1f ms (ratio %.2f)", n, idle * 1000,
-                  loaded * 1000, loaded / idle);
-  g_assert_cmpfloat (loaded, <=, 3 * idle + 0.010);
+  log = test_server_log (server);
+  a_before = count_lines (log, a_line, NULL);
+  g_free (log);
+  time_three (b_url, b_key, loaded);
+  log = test_server_log (server);
+  a_between = count_lines (log, a_line, b_line) - a_before;
+  g_test_message ("fib(%u): B idle %.1f ms, behind A's flood %.1f ms (best of 3; ratio %.2f); "
+                  "A jobs finished before B's first: %u",
+                  n, idle[1] * 1000, loaded[0] * 1000, loaded[0] / idle[1], a_between);
+  /* Deterministic: B's job waited for at most one job per worker plus A's next turn, not for
+   * A's queue of ~200. */
+  g_assert_cmpuint (a_between, <=, 3 + 1);
+  /* Timing, against the idle median; the best of three so that a busy machine's hiccup does not
+   * decide it (bench E9 measures the same on a quiet machine). */
+  g_assert_cmpfloat (loaded[0], <=, 3 * idle[1] + 0.010);
   flood_statuses = g_thread_join (flood);
   g_assert_cmpuint (count_status (flood_statuses, 200), ==, 200);
   g_assert_cmpint (test_server_stop (server), ==, 0);
@@ -175,13 +220,6 @@ test_coalescing (void)
   g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
   g_assert_cmpint (test_log_total (log, "jobs_started"), ==, 1);
   g_assert_cmpint (test_log_total (log, "coalesced"), ==, 19);
-}
-
-static gint
-compare_doubles (const void *a, const void *b)
-{
-  gdouble x = *(const gdouble *)a, y = *(const gdouble *)b;
-  return (x > y) - (x < y);
 }
 
 /* With [cache] entries, a repeated call is answered from the cache without a job. */
