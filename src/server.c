@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "headers.h"
 #include "logging.h"
 #include "parked.h"
 #include "routes.h"
@@ -193,17 +194,15 @@ request_deadline (CrunchRequest *req, const CrunchFunction *fn, gint64 *deadline
   gint64 timeout_us = __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED);
   const gchar *value =
       MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Request-Timeout");
-  gdouble seconds;
-  gchar *end = NULL;
+  gint64 asked_us;
 
   if (value != NULL) {
-    seconds = g_ascii_strtod (value, &end);
-    if (end == value || *end != '\0' || !(seconds > 0) || seconds > 1e9) {
+    if (!crunch_header_request_timeout (value, &asked_us)) {
       *why = g_strdup_printf ("Request-Timeout: expected a positive number of seconds, got '%.*s'",
                               MAX_HEADER_VALUE, value);
       return FALSE;
     }
-    timeout_us = MIN (timeout_us, (gint64)(seconds * G_USEC_PER_SEC));
+    timeout_us = MIN (timeout_us, asked_us);
   }
   *deadline = g_get_monotonic_time () + MAX (timeout_us, 1);
   return TRUE;
@@ -312,7 +311,7 @@ declared_body_too_large (CrunchRequest *req)
                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
   guint64 length;
 
-  return value != NULL && g_ascii_string_to_unsigned (value, 10, 0, G_MAXUINT64, &length, NULL) &&
+  return value != NULL && crunch_header_content_length (value, &length) &&
          length > (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED);
 }
 
