@@ -13,6 +13,8 @@
 static gint max_level = G_LOG_LEVEL_INFO; /* the least severe level still written */
 static gint access_enabled = TRUE;
 static gboolean to_journal;
+static GLogWriterFunc journal_sink = g_log_writer_journald;
+static gpointer journal_sink_data;
 
 static const struct {
   const gchar *name;
@@ -51,7 +53,8 @@ writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer 
   if ((level & G_LOG_LEVEL_MASK) > (GLogLevelFlags)g_atomic_int_get (&max_level) &&
       !(level & G_LOG_FLAG_FATAL))
     return G_LOG_WRITER_HANDLED;
-  if (to_journal && g_log_writer_journald (level, fields, n_fields, NULL) == G_LOG_WRITER_HANDLED)
+  if (to_journal &&
+      journal_sink (level, fields, n_fields, journal_sink_data) == G_LOG_WRITER_HANDLED)
     return G_LOG_WRITER_HANDLED;
 
   g_autofree gchar *line = g_log_writer_format_fields (level, fields, n_fields, FALSE);
@@ -64,4 +67,12 @@ crunch_logging_init (void)
 {
   to_journal = g_log_writer_is_journald (fileno (stderr));
   g_log_set_writer_func (writer, NULL, NULL);
+}
+
+void
+crunch_logging_set_journal_sink (GLogWriterFunc sink, gpointer data)
+{
+  journal_sink = sink;
+  journal_sink_data = data;
+  to_journal = TRUE;
 }

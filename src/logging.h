@@ -10,3 +10,6 @@ void crunch_logging_init (void);
 void crunch_logging_set_level (const gchar *level);
 void crunch_logging_set_access (gboolean enabled);
 gboolean crunch_logging_access_enabled (void);
+/* For tests: treat stderr as the journal and hand journal records (all their fields) to `sink`
+ * instead of journald. Call after crunch_logging_init(). */
+void crunch_logging_set_journal_sink (GLogWriterFunc sink, gpointer data);

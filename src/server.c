@@ -356,6 +356,7 @@ log_access (CrunchRequest *req)
 {
   gint64 now = g_get_monotonic_time ();
   g_autofree gchar *timing = NULL;
+  gchar status[16];
   CrunchTicket *ticket = req->ticket;
 
   if (!crunch_logging_access_enabled ())
@@ -368,9 +369,12 @@ log_access (CrunchRequest *req)
     timing = g_strdup_printf (" %s", crunch_job_outcome_name (ticket->outcome));
   else if (req->cached)
     timing = g_strdup (" cached");
+  g_snprintf (status, sizeof status, "%u", req->status);
+  /* journald fields (see crunchd(8), LOGGING): journalctl -u crunchd STATUS=503 */
   g_log_structured (CRUNCH_LOG_ACCESS_DOMAIN, G_LOG_LEVEL_INFO, "ROUTE", req->path, "METHOD",
-                    req->method, "MESSAGE", "%s %s %u %zu bytes %.3fms%s", req->method, req->path,
-                    req->status, req->bytes, (now - req->t_start) / 1e3, timing ? timing : "");
+                    req->method, "STATUS", status, "MESSAGE", "%s %s %u %zu bytes %.3fms%s",
+                    req->method, req->path, req->status, req->bytes, (now - req->t_start) / 1e3,
+                    timing ? timing : "");
 }
 
 /* MHD_OPTION_NOTIFY_COMPLETED: the single place a request ends. */
