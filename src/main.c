@@ -242,18 +242,20 @@ run (Crunchd *app)
                   (fds->len > 0 ? fds->len : g_strv_length (app->config->listen)));
   app->scheduler = crunch_scheduler_new (&settings);
   app->server = crunch_server_new (app->scheduler, app->config);
-  if (!crunch_server_start (app->server, fds, &error)) {
-    g_critical ("%s", error->message);
-    crunch_server_free (app->server);
-    crunch_scheduler_free (app->scheduler);
-    return EXIT_FAILURE;
-  }
-  g_message ("crunchd %s ready: %u worker thread(s), queue limit %u", PACKAGE_VERSION, threads,
-             app->config->queue_limit);
+  /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
   app->loop = g_main_loop_new (NULL, FALSE);
   g_unix_signal_add (SIGHUP, on_reload, app);
   g_unix_signal_add (SIGINT, on_terminate, app);
   g_unix_signal_add (SIGTERM, on_terminate, app);
+  if (!crunch_server_start (app->server, fds, &error)) {
+    g_critical ("%s", error->message);
+    crunch_server_free (app->server);
+    crunch_scheduler_free (app->scheduler);
+    g_main_loop_unref (app->loop);
+    return EXIT_FAILURE;
+  }
+  g_message ("crunchd %s ready: %u worker thread(s), queue limit %u", PACKAGE_VERSION, threads,
+             app->config->queue_limit);
   crunch_service_notify ("READY=1");
   app->heartbeat = crunch_heartbeat_new (STATUS_INTERVAL_MS, status_text, app);
 

@@ -7,6 +7,8 @@
 #include "harness.h"
 
 #define WAIT_S 15.0
+/* Jobs here take seconds on purpose; on a loaded machine they must not hit the deadline. */
+#define SLOW_JOBS "[fib]\ntimeout = 600\n"
 
 typedef struct {
   TestNotify *notify;
@@ -150,11 +152,11 @@ test_reload_threads (void)
   Fixture f;
   g_autofree gchar *path = NULL;
 
-  fixture_start (&f, "[executor]\nthreads = 1\nqueue_limit = 8\ncoalesce = false\n");
+  fixture_start (&f, "[executor]\nthreads = 1\nqueue_limit = 8\ncoalesce = false\n" SLOW_JOBS);
   assert_status (&f, "jobs: 0 running on 1 threads, 0 queued (limit 8)");
   path = g_strdup_printf ("/fib/%u", test_fib_n_for (f.server, 2.0));
   observe_jobs (&f, 2, path, "jobs: 1 running on 1 threads, 1 queued (limit 8)");
-  reload (&f, "[executor]\nthreads = 2\nqueue_limit = 20\ncoalesce = false\n");
+  reload (&f, "[executor]\nthreads = 2\nqueue_limit = 20\ncoalesce = false\n" SLOW_JOBS);
   observe_jobs (&f, 2, path, "jobs: 2 running on 2 threads, 0 queued (limit 20)");
   fixture_stop (&f);
 }
@@ -203,7 +205,7 @@ test_reload_in_flight (void)
   Call calls[CALLS];
   GThread *threads[CALLS];
 
-  fixture_start (&f, "[executor]\nthreads = 1\ncoalesce = false\n");
+  fixture_start (&f, "[executor]\nthreads = 1\ncoalesce = false\n" SLOW_JOBS);
   path = g_strdup_printf ("/fib/%u", test_fib_n_for (f.server, 0.7));
   for (guint i = 0; i < CALLS; i++) {
     calls[i].url = test_server_url (f.server, path);
@@ -214,7 +216,7 @@ test_reload_in_flight (void)
 #else
   g_usleep (300000);
 #endif
-  reload (&f, "[executor]\nthreads = 2\n[log]\nlevel = debug\n");
+  reload (&f, "[executor]\nthreads = 2\n[log]\nlevel = debug\n" SLOW_JOBS);
   for (guint i = 0; i < CALLS; i++) {
     g_thread_join (threads[i]);
     g_assert_cmpint (calls[i].reply->curl_code, ==, 0);
