@@ -206,13 +206,14 @@ test_reload_in_flight (void)
   GThread *threads[CALLS];
 
   fixture_start (&f, "[executor]\nthreads = 1\ncoalesce = false\n" SLOW_JOBS);
-  path = g_strdup_printf ("/fib/%u", test_fib_n_for (f.server, 0.7));
+  path = g_strdup_printf ("/fib/%u", test_fib_n_for (f.server, 1.5));
   for (guint i = 0; i < CALLS; i++) {
     calls[i].url = test_server_url (f.server, path);
     threads[i] = g_thread_new ("client", call_thread, &calls[i]);
   }
 #ifdef HAVE_SYSTEMD
-  assert_status (&f, "jobs: 1 running on 1 threads, 2 queued");
+  /* the first job runs; the others wait (or are still connecting): all are in flight */
+  assert_status (&f, "jobs: 1 running on 1 threads, ");
 #else
   g_usleep (300000);
 #endif
