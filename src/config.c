@@ -27,6 +27,8 @@ typedef struct {
 
 static const gchar *const log_levels[] = {"error", "critical", "warning", "message",
                                           "info",  "debug",    NULL};
+static const gchar *const backends[] = {"local", "nats", NULL};
+static const gchar *const fallbacks[] = {"none", "local", NULL};
 
 #define F(field) offsetof (CrunchConfig, field)
 static const KeyDesc keys[] = {
@@ -42,6 +44,19 @@ static const KeyDesc keys[] = {
     {"executor", "per_client_limit", KEY_UINT, 0, 1000000, F (per_client_limit), NULL},
     {"executor", "client_key", KEY_STRING, 0, 0, F (client_key), NULL},
     {"executor", "coalesce", KEY_BOOL, 0, 0, F (coalesce), NULL},
+    {"executor", "backend", KEY_STRING, 0, 0, F (backend), backends},
+    {"nats", "servers", KEY_LIST, 0, 0, F (nats_servers), NULL},
+    {"nats", "subject_prefix", KEY_STRING, 0, 0, F (nats_subject_prefix), NULL},
+    {"nats", "retries", KEY_UINT, 0, 100, F (nats_retries), NULL},
+    {"nats", "attempt_timeout", KEY_DOUBLE, 0.05, 3600, F (nats_attempt_timeout), NULL},
+    {"nats", "reconnect_wait", KEY_DOUBLE, 0.001, 600, F (nats_reconnect_wait), NULL},
+    {"nats", "max_reconnect", KEY_INT, -1, 1000000, F (nats_max_reconnect), NULL},
+    {"nats", "reconnect_grace", KEY_DOUBLE, 0, 3600, F (nats_reconnect_grace), NULL},
+    {"nats", "fallback", KEY_STRING, 0, 0, F (nats_fallback), fallbacks},
+    {"worker", "threads", KEY_UINT, 0, 1024, F (worker_threads), NULL},
+    {"worker", "nice", KEY_INT, 0, 19, F (worker_nice), NULL},
+    {"worker", "id", KEY_STRING, 0, 0, F (worker_id), NULL},
+    {"worker", "shutdown_timeout", KEY_DOUBLE, 0, 3600, F (worker_shutdown_timeout), NULL},
     {"cache", "entries", KEY_UINT, 0, 10000000, F (cache_entries), NULL},
     {"fib", "max_n", KEY_UINT, 0, 93, F (fib_max_n), NULL},
     {"fib", "timeout", KEY_DOUBLE, 0.001, 86400, F (fib_timeout), NULL},
@@ -62,11 +77,20 @@ static const CrunchConfig defaults = {
     .nice = 10,
     .per_client_limit = 64,
     .coalesce = TRUE,
+    .nats_retries = 3,
+    .nats_attempt_timeout = 1.0,
+    .nats_reconnect_wait = 0.25,
+    .nats_max_reconnect = -1,
+    .nats_reconnect_grace = 1.0,
+    .worker_threads = 0,
+    .worker_nice = 10,
+    .worker_shutdown_timeout = 10.0,
     .fib_max_n = 92,
     .fib_timeout = 30.0,
     .log_access = TRUE,
 };
 static const gchar *const default_listen[] = {"127.0.0.1:8000", NULL};
+static const gchar *const default_nats_servers[] = {"nats://127.0.0.1:4222", NULL};
 
 #define FIELD(config, desc, type) ((type *)((gchar *)(config) + (desc)->offset))
 
@@ -79,6 +103,11 @@ crunch_config_new_default (void)
   config->listen = g_strdupv ((gchar **)default_listen);
   config->log_level = g_strdup ("info");
   config->client_key = g_strdup ("ip");
+  config->backend = g_strdup ("local");
+  config->nats_servers = g_strdupv ((gchar **)default_nats_servers);
+  config->nats_subject_prefix = g_strdup ("crunchd.v1");
+  config->nats_fallback = g_strdup ("none");
+  config->worker_id = g_strdup ("");
   return config;
 }
 
@@ -91,6 +120,11 @@ crunch_config_free (CrunchConfig *config)
   g_strfreev (config->listen);
   g_free (config->log_level);
   g_free (config->client_key);
+  g_free (config->backend);
+  g_strfreev (config->nats_servers);
+  g_free (config->nats_subject_prefix);
+  g_free (config->nats_fallback);
+  g_free (config->worker_id);
   g_free (config);
 }
 
@@ -290,6 +324,55 @@ crunch_parse_listen_address (const gchar *text, struct sockaddr_storage *addr, s
   return g_socket_address_to_native (sa, addr, sizeof *addr, error);
 }
 
+/* nats.c takes "nats://HOST:PORT" (or tls://); catch typos here rather than at connect time. */
+static gboolean
+valid_nats_url (const gchar *text)
+{
+  g_autoptr (GUri) uri = g_uri_parse (text, G_URI_FLAGS_NONE, NULL);
+
+  return uri != NULL &&
+         (g_strcmp0 (g_uri_get_scheme (uri), "nats") == 0 ||
+          g_strcmp0 (g_uri_get_scheme (uri), "tls") == 0) &&
+         g_uri_get_host (uri) != NULL && *g_uri_get_host (uri) != '\0' &&
+         g_uri_get_port (uri) > 0 && (*g_uri_get_path (uri) == '\0');
+}
+
+/* A subject prefix is one or more dot-separated tokens, without wildcards or white space. */
+static gboolean
+valid_subject_prefix (const gchar *prefix)
+{
+  g_auto (GStrv) tokens = g_strsplit (prefix, ".", -1);
+
+  if (*prefix == '\0' || strlen (prefix) > 200)
+    return FALSE;
+  for (gchar **t = tokens; *t != NULL; t++) {
+    if (**t == '\0' || strpbrk (*t, "*> \t\r\n") != NULL)
+      return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+validate_nats (const CrunchConfig *config, const gchar *file, GError **error)
+{
+  for (gchar **s = config->nats_servers; s != NULL && *s != NULL; s++) {
+    if (!valid_nats_url (*s)) {
+      g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                   "%s: [nats] servers = '%s': expected nats://HOST:PORT (or tls://HOST:PORT)",
+                   file, *s);
+      return FALSE;
+    }
+  }
+  if (!valid_subject_prefix (config->nats_subject_prefix)) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [nats] subject_prefix = '%s': expected dot-separated tokens without "
+                 "wildcards or spaces, such as crunchd.v1",
+                 file, config->nats_subject_prefix);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* Relations between keys: checked after loading and after command-line overrides. */
 gboolean
 crunch_config_validate (const CrunchConfig *config, GError **error)
@@ -297,6 +380,8 @@ crunch_config_validate (const CrunchConfig *config, GError **error)
   const gchar *file = config->path ? config->path : "(command line)";
   guint threads = crunch_config_effective_threads (config);
 
+  if (!validate_nats (config, file, error))
+    return FALSE;
   for (gchar **l = config->listen; l != NULL && *l != NULL; l++) {
     struct sockaddr_storage addr;
     socklen_t len;

@@ -30,6 +30,23 @@ typedef struct {
   guint per_client_limit; /* tickets in flight per client before 429; 0 = none */
   gchar *client_key;      /* "ip" or "header:NAME" */
   gboolean coalesce;      /* identical jobs of pure functions share one computation */
+  gchar *backend;         /* "local" or "nats" (restart) */
+
+  /* [nats]: the NATS executor and crunchd-worker (restart) */
+  gchar **nats_servers;         /* nats://HOST:PORT URLs of one cluster */
+  gchar *nats_subject_prefix;   /* jobs go to PREFIX.job.<function> */
+  guint nats_retries;           /* extra attempts after an attempt was lost */
+  gdouble nats_attempt_timeout; /* seconds without a sign of life before an attempt is lost */
+  gdouble nats_reconnect_wait;  /* seconds between reconnect attempts to one server */
+  gint nats_max_reconnect;      /* -1 = forever */
+  gdouble nats_reconnect_grace; /* seconds a job waits for a lost connection before 503 */
+  gchar *nats_fallback;         /* "none" or "local": where jobs go when no worker listens */
+
+  /* [worker]: crunchd-worker only */
+  guint worker_threads; /* 0 = one per CPU */
+  gint worker_nice;
+  gchar *worker_id;                /* "" = HOSTNAME:PID */
+  gdouble worker_shutdown_timeout; /* seconds running jobs get on SIGTERM */
 
   /* [cache] */
   guint cache_entries; /* LRU results of pure functions; 0 = off */

@@ -71,8 +71,8 @@ crunch_job_run (CrunchJob *job)
 const gchar *
 crunch_job_outcome_name (CrunchJobOutcome outcome)
 {
-  static const gchar *const names[] = {"pending",   "ok",          "failed",
-                                       "timed-out", "client-gone", "shutdown"};
+  static const gchar *const names[] = {"pending",     "ok",       "failed",     "timed-out",
+                                       "client-gone", "shutdown", "unavailable"};
   return names[outcome];
 }
 
@@ -161,6 +161,7 @@ crunch_local_executor_set_nice (CrunchExecutor *parent, gint nice)
 {
   LocalExecutor *self = (LocalExecutor *)parent;
 
-  g_return_if_fail (parent->klass == &local_class);
+  if (parent->klass != &local_class)
+    return; /* niceness is a property of local threads; other executors have none */
   g_atomic_int_set (&self->nice, nice);
 }

@@ -12,6 +12,7 @@ typedef enum {
   CRUNCH_JOB_TIMED_OUT,   /* its deadline passed */
   CRUNCH_JOB_CLIENT_GONE, /* nobody waits for it any more */
   CRUNCH_JOB_SHUTDOWN,    /* the server is stopping */
+  CRUNCH_JOB_UNAVAILABLE, /* no worker could take it (remote executor) */
 } CrunchJobOutcome;
 
 typedef struct CrunchJob CrunchJob;
@@ -26,6 +27,9 @@ struct CrunchJob {
   GVariant *args;
   CrunchCancel cancel;     /* its flag holds the CrunchJobOutcome that asked to stop */
   gpointer scheduler_data; /* owned by the scheduler */
+  /* The latest deadline of the tickets waiting for it (monotonic, 0 = none), for executors that
+   * pass it on (NATS workers). The scheduler raises it as tickets join; read it atomically. */
+  gint64 deadline_us;
 
   gint64 t_started, t_finished; /* monotonic microseconds */
   CrunchJobOutcome outcome;
@@ -45,7 +49,8 @@ const gchar *crunch_job_outcome_name (CrunchJobOutcome outcome);
 typedef struct CrunchExecutor CrunchExecutor;
 typedef struct {
   const gchar *name;
-  /* Start the job; never fails. The executor calls `finished` exactly once per job. */
+  /* Start the job; never fails. The executor calls `finished` exactly once per job, never from
+   * inside submit() (the scheduler calls submit() with its lock held). */
   void (*submit) (CrunchExecutor *self, CrunchJob *job);
   void (*set_threads) (CrunchExecutor *self, guint threads);
   /* Every submitted job has finished when this returns. */

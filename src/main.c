@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 
 #include "config.h"
+#include "executor-nats.h"
 #include "functions.h"
 #include "logging.h"
 #include "scheduler.h"
@@ -115,6 +116,8 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
     g_warning ("reload: [server] listen, max_connections, max_connections_per_ip, "
                "connection_timeout and [executor] client_key apply only after a restart; "
                "keeping the old values");
+  if (!g_str_equal (old->backend, new->backend))
+    g_warning ("reload: [executor] backend and the [nats] group apply only after a restart");
 }
 
 static gboolean
@@ -138,6 +141,8 @@ on_reload (gpointer data)
     config->connection_timeout = app->config->connection_timeout;
     g_free (config->client_key);
     config->client_key = g_strdup (app->config->client_key);
+    g_free (config->backend);
+    config->backend = g_strdup (app->config->backend);
     apply_live_settings (app, config);
     crunch_config_free (app->config);
     app->config = g_steal_pointer (&config);
@@ -229,6 +234,16 @@ raise_fd_limit (guint64 connections)
                (gulong)want, (gulong)rl.rlim_cur);
 }
 
+static CrunchExecutor *
+new_nats_executor (CrunchJobFunc finished, gpointer finished_data, gpointer user_data,
+                   GError **error)
+{
+  Crunchd *app = user_data;
+
+  return crunch_nats_executor_new (app->config, crunch_config_effective_threads (app->config),
+                                   app->config->nice, finished, finished_data, error);
+}
+
 static gint
 run (Crunchd *app)
 {
@@ -236,11 +251,17 @@ run (Crunchd *app)
   g_autoptr (GArray) fds = crunch_service_listen_fds ();
   guint threads = crunch_config_effective_threads (app->config);
   CrunchSchedulerSettings settings = scheduler_settings (app->config);
+  gboolean nats = g_str_equal (app->config->backend, "nats");
 
   /* one MHD daemon, with its own connection limit, per listening socket */
   raise_fd_limit ((guint64)app->config->max_connections *
                   (fds->len > 0 ? fds->len : g_strv_length (app->config->listen)));
-  app->scheduler = crunch_scheduler_new (&settings);
+  app->scheduler =
+      crunch_scheduler_new_full (&settings, nats ? new_nats_executor : NULL, app, &error);
+  if (app->scheduler == NULL) {
+    g_critical ("%s", error->message);
+    return EXIT_FAILURE;
+  }
   app->server = crunch_server_new (app->scheduler, app->config);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
   app->loop = g_main_loop_new (NULL, FALSE);
@@ -268,6 +289,8 @@ run (Crunchd *app)
   log_totals (app->scheduler);
   crunch_scheduler_free (app->scheduler);
   g_main_loop_unref (app->loop);
+  if (nats)
+    crunch_nats_library_close ();
   g_message ("stopped");
   return EXIT_SUCCESS;
 }

@@ -39,6 +39,8 @@ typedef struct {
 struct CrunchScheduler {
   GMutex lock;
   CrunchExecutor *executor;
+  CrunchExecutorFactory factory; /* NULL: the local pool */
+  gpointer factory_data;
   CrunchCache *cache;
   CrunchSchedulerSettings settings;
   GHashTable *clients;    /* key -> Client */
@@ -180,7 +182,7 @@ answer_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome out
     ticket->t_finished = job->t_finished;
     if (outcome == CRUNCH_JOB_OK)
       ticket->result = g_bytes_ref (job->result);
-    else if (outcome == CRUNCH_JOB_FAILED)
+    else if (job->error != NULL) /* FAILED, or why a remote executor gave up */
       ticket->error = g_strdup (job->error);
   }
   if (client != NULL) {
@@ -238,23 +240,38 @@ on_finished (CrunchJob *job, gpointer data)
 /* ---- the public interface ---- */
 
 static CrunchExecutor *
-make_executor (CrunchScheduler *self)
+make_executor (CrunchScheduler *self, GError **error)
 {
+  if (self->factory != NULL)
+    return self->factory (on_finished, self, self->factory_data, error);
   return crunch_local_executor_new (self->settings.threads, self->settings.nice, on_finished, self);
 }
 
 CrunchScheduler *
 crunch_scheduler_new (const CrunchSchedulerSettings *settings)
 {
+  return crunch_scheduler_new_full (settings, NULL, NULL, NULL);
+}
+
+CrunchScheduler *
+crunch_scheduler_new_full (const CrunchSchedulerSettings *settings, CrunchExecutorFactory factory,
+                           gpointer factory_data, GError **error)
+{
   CrunchScheduler *self = g_new0 (CrunchScheduler, 1);
 
-  g_mutex_init (&self->lock);
   self->settings = *settings;
+  self->factory = factory;
+  self->factory_data = factory_data;
+  self->executor = make_executor (self, error);
+  if (self->executor == NULL) {
+    g_free (self);
+    return NULL;
+  }
+  g_mutex_init (&self->lock);
   self->clients = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, client_free);
   g_queue_init (&self->ring);
   self->coalescing = g_hash_table_new (g_str_hash, g_str_equal);
   self->running = g_hash_table_new (NULL, NULL);
-  self->executor = make_executor (self);
   self->cache = crunch_cache_new (settings->cache_entries);
   return self;
 }
@@ -353,6 +370,8 @@ enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
       g_hash_table_insert (self->coalescing, sj->key, sj);
   }
   g_ptr_array_add (sj->tickets, crunch_ticket_ref (ticket));
+  if (ticket->deadline_us > __atomic_load_n (&sj->job->deadline_us, __ATOMIC_RELAXED))
+    __atomic_store_n (&sj->job->deadline_us, ticket->deadline_us, __ATOMIC_RELAXED);
   ticket->job = sj;
   ticket->state = TICKET_ATTACHED;
 }

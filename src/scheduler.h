@@ -58,6 +58,13 @@ typedef struct {
 typedef struct CrunchScheduler CrunchScheduler;
 
 CrunchScheduler *crunch_scheduler_new (const CrunchSchedulerSettings *settings);
+/* Makes the executor jobs go to (NULL + error if it cannot); `finished` is the scheduler's. */
+typedef CrunchExecutor *(*CrunchExecutorFactory) (CrunchJobFunc finished, gpointer finished_data,
+                                                  gpointer user_data, GError **error);
+/* The same with another executor than the local pool (factory NULL = local). */
+CrunchScheduler *crunch_scheduler_new_full (const CrunchSchedulerSettings *settings,
+                                            CrunchExecutorFactory factory, gpointer factory_data,
+                                            GError **error);
 void crunch_scheduler_free (CrunchScheduler *self);
 void crunch_scheduler_configure (CrunchScheduler *self, const CrunchSchedulerSettings *settings);
 

@@ -133,11 +133,16 @@ respond_ticket (CrunchRequest *req)
   case CRUNCH_JOB_TIMED_OUT:
     message = g_strdup_printf ("%s: deadline of %.3g s exceeded", ticket->fn->name,
                                (ticket->deadline_us - ticket->t_submitted) / 1e6);
-    return respond_error (req, MHD_HTTP_GATEWAY_TIMEOUT, message, NULL);
+    return respond_error (req, MHD_HTTP_GATEWAY_TIMEOUT, ticket->error ? ticket->error : message,
+                          NULL);
   case CRUNCH_JOB_SHUTDOWN:
     return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down",
                           MHD_HTTP_HEADER_CONNECTION, "close", MHD_HTTP_HEADER_RETRY_AFTER, "1",
                           NULL);
+  case CRUNCH_JOB_UNAVAILABLE:
+    return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE,
+                          ticket->error ? ticket->error : "no worker available",
+                          MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
   case CRUNCH_JOB_CLIENT_GONE:
   case CRUNCH_JOB_PENDING:
     break;
