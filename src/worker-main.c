@@ -1,7 +1,8 @@
 /* worker-main.c - crunchd-worker: command line, start-up, signals, exit codes.
  *
  * The main thread runs the GMainLoop: SIGTERM/SIGINT stop taking jobs, let running ones finish
- * for [worker] shutdown_timeout seconds, then cancel them (their front ends retry elsewhere). */
+ * for [worker] shutdown_timeout seconds, then cancel them (their front ends retry elsewhere);
+ * it also pings the systemd watchdog. Jobs run on the worker's own threads (worker.c). */
 #include <glib-unix.h>
 #include <locale.h>
 #include <stdlib.h>
@@ -61,10 +62,28 @@ on_terminate (gpointer data)
   return G_SOURCE_CONTINUE;
 }
 
+static gboolean
+on_hangup (gpointer data)
+{
+  g_message ("SIGHUP: crunchd-worker does not reload; restart it to apply new settings");
+  return G_SOURCE_CONTINUE;
+}
+
+/* systemd STATUS= line */
+static gchar *
+status_text (gpointer data)
+{
+  App *app = data;
+
+  return g_strdup_printf ("%u job(s) running%s", crunch_worker_running (app->worker),
+                          app->stopping ? ", stopping" : "");
+}
+
 static gint
 run (App *app, const gchar *id, guint threads)
 {
   g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchHeartbeat) heartbeat = NULL;
 
   app->worker = crunch_worker_new (app->config, threads, id, &error);
   if (app->worker == NULL) {
@@ -74,8 +93,11 @@ run (App *app, const gchar *id, guint threads)
   app->loop = g_main_loop_new (NULL, FALSE);
   g_unix_signal_add (SIGINT, on_terminate, app);
   g_unix_signal_add (SIGTERM, on_terminate, app);
+  g_unix_signal_add (SIGHUP, on_hangup, app);
+  heartbeat = crunch_heartbeat_new (1000, status_text, app);
   crunch_service_notify ("READY=1");
   g_main_loop_run (app->loop);
+  g_clear_pointer (&heartbeat, crunch_heartbeat_free);
   if (app->shutdown_timer != 0)
     g_source_remove (app->shutdown_timer);
   crunch_worker_free (app->worker);

@@ -137,6 +137,65 @@ test_listen_addresses (void)
   g_assert_false (crunch_parse_listen_address ("", &addr, &len, NULL));
 }
 
+/* [executor] backend, [nats] and [worker]: defaults, a good file, and each kind of mistake. */
+static void
+test_nats (void)
+{
+  g_autoptr (CrunchConfig) d = crunch_config_new_default ();
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchConfig) c = crunch_config_load_data (
+      "[executor]\nbackend = nats\n[nats]\nservers = nats://10.0.0.1:4222, tls://n2:4443\n"
+      "subject_prefix = jobs.v2\nfallback = local\nmax_reconnect = 5\n[worker]\nid = w7\n",
+      "t.ini", &error);
+  const struct {
+    const gchar *ini, *message;
+  } bad[] = {
+      {"[executor]\nbackend = ssh\n",
+       "t.ini: [executor] backend = 'ssh': expected one of: local, nats"},
+      {"[nats]\nservers = http://h:1\n",
+       "t.ini: [nats] servers = 'http://h:1': expected nats://HOST:PORT (or tls://HOST:PORT)"},
+      {"[nats]\nservers = nats://h\n",
+       "t.ini: [nats] servers = 'nats://h': expected nats://HOST:PORT (or tls://HOST:PORT)"},
+      {"[nats]\nsubject_prefix = a.*\n",
+       "t.ini: [nats] subject_prefix = 'a.*': expected dot-separated tokens without wildcards or "
+       "spaces, such as crunchd.v1"},
+      {"[nats]\nsubject_prefix = a..b\n",
+       "t.ini: [nats] subject_prefix = 'a..b': expected dot-separated tokens without wildcards or "
+       "spaces, such as crunchd.v1"},
+      {"[nats]\nfallback = remote\n",
+       "t.ini: [nats] fallback = 'remote': expected one of: none, local"},
+      {"[nats]\nattempt_timeout = 0\n",
+       "t.ini: [nats] attempt_timeout = '0': out of range (0.05 to 3600)"},
+      {"[nats]\nmax_reconnect = -2\n",
+       "t.ini: [nats] max_reconnect = '-2': out of range (-1 to 1e+06)"},
+      {"[worker]\nthreads = many\n", "t.ini: [worker] threads = 'many': not an integer"},
+  };
+
+  g_assert_cmpstr (d->backend, ==, "local");
+  g_assert_cmpstr (d->nats_servers[0], ==, "nats://127.0.0.1:4222");
+  g_assert_cmpstr (d->nats_subject_prefix, ==, "crunchd.v1");
+  g_assert_cmpstr (d->nats_fallback, ==, "none");
+  g_assert_cmpuint (d->nats_retries, ==, 3);
+  g_assert_cmpint (d->nats_max_reconnect, ==, -1);
+  g_assert_cmpstr (d->worker_id, ==, "");
+
+  g_assert_no_error (error);
+  g_assert_cmpstr (c->backend, ==, "nats");
+  g_assert_cmpuint (g_strv_length (c->nats_servers), ==, 2);
+  g_assert_cmpstr (c->nats_servers[1], ==, "tls://n2:4443");
+  g_assert_cmpstr (c->nats_subject_prefix, ==, "jobs.v2");
+  g_assert_cmpstr (c->nats_fallback, ==, "local");
+  g_assert_cmpint (c->nats_max_reconnect, ==, 5);
+  g_assert_cmpstr (c->worker_id, ==, "w7");
+
+  for (gsize i = 0; i < G_N_ELEMENTS (bad); i++) {
+    g_autoptr (GError) e = NULL;
+    g_autoptr (CrunchConfig) b = crunch_config_load_data (bad[i].ini, "t.ini", &e);
+    g_assert_null (b);
+    g_assert_cmpstr (e->message, ==, bad[i].message);
+  }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -144,6 +203,7 @@ main (int argc, char **argv)
   g_test_add_func ("/config/defaults", test_defaults);
   g_test_add_func ("/config/good-file", test_good_file);
   g_test_add_func ("/config/bad-files", test_bad_files);
+  g_test_add_func ("/config/nats", test_nats);
   g_test_add_func ("/config/missing-file", test_missing_file);
   g_test_add_func ("/config/round-trip", test_round_trip);
   g_test_add_func ("/config/listen-addresses", test_listen_addresses);

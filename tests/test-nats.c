@@ -307,9 +307,11 @@ test_overhead (void)
 int
 main (int argc, char **argv)
 {
+  g_autofree gchar *nats_server = g_find_program_in_path ("nats-server");
+
   g_test_init (&argc, &argv, NULL);
   curl_global_init (CURL_GLOBAL_ALL);
-  if (g_find_program_in_path ("nats-server") == NULL) {
+  if (nats_server == NULL) {
     g_test_skip ("nats-server is not installed (scripts/install-deps installs it)");
     return g_test_run ();
   }
