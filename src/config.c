@@ -20,7 +20,7 @@ typedef struct {
   const gchar *group;
   const gchar *name;
   KeyType type;
-  gdouble min, max;            /* numeric range, inclusive */
+  gdouble min, max;            /* numeric range, inclusive; KEY_LIST: min = least items */
   gsize offset;                /* into CrunchConfig */
   const gchar *const *choices; /* KEY_STRING: allowed values, NULL = any */
 } KeyDesc;
@@ -32,7 +32,7 @@ static const gchar *const fallbacks[] = {"none", "local", NULL};
 
 #define F(field) offsetof (CrunchConfig, field)
 static const KeyDesc keys[] = {
-    {"server", "listen", KEY_LIST, 0, 0, F (listen), NULL},
+    {"server", "listen", KEY_LIST, 1, 0, F (listen), NULL},
     {"server", "max_connections", KEY_UINT, 4, 1000000, F (max_connections), NULL},
     {"server", "max_connections_per_ip", KEY_UINT, 0, 1000000, F (max_connections_per_ip), NULL},
     {"server", "connection_timeout", KEY_UINT, 0, 86400, F (connection_timeout), NULL},
@@ -60,6 +60,10 @@ static const KeyDesc keys[] = {
     {"cache", "entries", KEY_UINT, 0, 10000000, F (cache_entries), NULL},
     {"fib", "max_n", KEY_UINT, 0, 93, F (fib_max_n), NULL},
     {"fib", "timeout", KEY_DOUBLE, 0.001, 86400, F (fib_timeout), NULL},
+    {"plugins", "dir", KEY_STRING, 0, 0, F (plugins_dir), NULL},
+    {"plugins", "load", KEY_LIST, 0, 0, F (plugins_load), NULL},
+    {"jobs", "ttl", KEY_DOUBLE, 0, 604800, F (jobs_ttl), NULL},
+    {"jobs", "max_stored", KEY_UINT, 1, 10000000, F (jobs_max_stored), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
     {"log", "access", KEY_BOOL, 0, 0, F (log_access), NULL},
 };
@@ -87,6 +91,8 @@ static const CrunchConfig defaults = {
     .worker_shutdown_timeout = 10.0,
     .fib_max_n = 92,
     .fib_timeout = 30.0,
+    .jobs_ttl = 300.0,
+    .jobs_max_stored = 1000,
     .log_access = TRUE,
 };
 static const gchar *const default_listen[] = {"127.0.0.1:8000", NULL};
@@ -108,6 +114,8 @@ crunch_config_new_default (void)
   config->nats_subject_prefix = g_strdup ("crunchd.v1");
   config->nats_fallback = g_strdup ("none");
   config->worker_id = g_strdup ("");
+  config->plugins_dir = g_strdup (CRUNCH_PLUGIN_DIR);
+  config->plugins_load = g_new0 (gchar *, 1);
   return config;
 }
 
@@ -125,6 +133,8 @@ crunch_config_free (CrunchConfig *config)
   g_free (config->nats_subject_prefix);
   g_free (config->nats_fallback);
   g_free (config->worker_id);
+  g_free (config->plugins_dir);
+  g_strfreev (config->plugins_load);
   g_free (config);
 }
 
@@ -200,7 +210,7 @@ load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *fil
       if (**it != '\0')
         g_ptr_array_add (list, g_strdup (*it));
     }
-    if (list->len == 0)
+    if (list->len < k->min)
       return fail (error, file, k, value, "expected a comma-separated list");
     g_ptr_array_add (list, NULL);
     g_strfreev (*FIELD (config, k, gchar **));
@@ -446,7 +456,8 @@ crunch_config_to_string (const CrunchConfig *config)
       g_key_file_set_value (kf, k->group, k->name, *FIELD (config, k, gchar *));
       break;
     case KEY_LIST: {
-      g_autofree gchar *joined = g_strjoinv (", ", *FIELD (config, k, gchar **));
+      gchar **list = *FIELD (config, k, gchar **);
+      g_autofree gchar *joined = list != NULL ? g_strjoinv (", ", list) : g_strdup ("");
       g_key_file_set_value (kf, k->group, k->name, joined);
       break;
     }

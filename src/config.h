@@ -55,6 +55,14 @@ typedef struct {
   guint fib_max_n;
   gdouble fib_timeout; /* seconds */
 
+  /* [plugins] (restart) */
+  gchar *plugins_dir;   /* where plugin names are looked up */
+  gchar **plugins_load; /* plugin names or paths, NULL = none */
+
+  /* [jobs] */
+  gdouble jobs_ttl;      /* seconds a finished job is kept */
+  guint jobs_max_stored; /* jobs kept at once (any state); beyond it POST /jobs gets 503 */
+
   /* [log] */
   gchar *log_level; /* error|critical|warning|message|info|debug */
   gboolean log_access;

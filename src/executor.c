@@ -55,7 +55,7 @@ crunch_job_run (CrunchJob *job)
 
   job->t_started = g_get_monotonic_time ();
   if (!crunch_cancelled (&job->cancel))
-    job->result = job->fn->run (job->args, &job->cancel, &error);
+    job->result = crunch_function_run (job->fn, job->args, &job->cancel, &error);
   job->t_finished = g_get_monotonic_time ();
 
   if (job->result != NULL) {

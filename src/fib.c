@@ -1,7 +1,10 @@
 /* fib.c - the built-in `fib` function: naive doubly recursive Fibonacci.
  *
  * It is exponential on purpose: it stands for any slow computation (a model, a simulation).
- * No memo, no closed form. */
+ * No memo, no closed form. It is declared and registered through the public plugin ABI like any
+ * plugin function (GET /fn/fib?n=30); the legacy route /fib/N only adds a path parser that
+ * produces the same canonical argument tuple, with its historical error messages. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "functions.h"
@@ -26,6 +29,45 @@ crunch_fib (guint n, const CrunchCancel *cancel)
   return fib_rec (n, cancel);
 }
 
+static CrunchdStatus
+fib_run (const CrunchdCall *call, CrunchdResult *result)
+{
+  /* CrunchCancel is a struct around the very int the call points to */
+  const CrunchCancel *cancel = (const CrunchCancel *)call->cancel;
+  guint64 value = crunch_fib ((guint)call->args[0].v.i, cancel);
+
+  if (crunchd_cancelled (call))
+    return CRUNCHD_CANCELLED;
+  result->data = g_strdup_printf ("%" G_GUINT64_FORMAT, value);
+  result->len = strlen (result->data);
+  result->free_data = g_free;
+  return CRUNCHD_OK;
+}
+
+static const CrunchdArg fib_args[] = {
+    {"n", CRUNCHD_ARG_INT, 0, 93, NULL, "index in the sequence; at most [fib] max_n"},
+};
+
+static const CrunchdFunction fib_function = {
+    .name = "fib",
+    .description = "the n-th Fibonacci number, computed the slow way",
+    .args = fib_args,
+    .n_args = G_N_ELEMENTS (fib_args),
+    .pure = 1,
+    .deadline = 30,
+    .content_type = "text/plain; charset=utf-8",
+    .run = fib_run,
+};
+
+static int
+fib_init (CrunchdHost *host)
+{
+  return host->register_function (host, &fib_function);
+}
+
+static const CrunchdPlugin fib_plugin = {CRUNCHD_PLUGIN_ABI_VERSION, "builtin", "1.0", fib_init};
+
+/* /fib/N: the path text, with the messages clients of /fib/N have always seen. */
 static GVariant *
 fib_parse (const CrunchFunction *fn, const gchar *text, GError **error)
 {
@@ -47,36 +89,24 @@ fib_parse (const CrunchFunction *fn, const gchar *text, GError **error)
                  "fib: N = %.64s exceeds the limit max_n = %u", text, max_n);
     return NULL;
   }
-  return g_variant_new_uint32 ((guint32)n);
-}
-
-static GBytes *
-fib_run (GVariant *args, const CrunchCancel *cancel, GError **error)
-{
-  guint64 value = crunch_fib (g_variant_get_uint32 (args), cancel);
-
-  if (crunch_cancelled (cancel)) {
-    g_set_error_literal (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED,
-                         "fib: cancelled");
-    return NULL;
-  }
-  gchar *text = g_strdup_printf ("%" G_GUINT64_FORMAT, value);
-  return g_bytes_new_take (text, strlen (text));
+  GVariant *n_value = g_variant_new_int64 ((gint64)n);
+  return g_variant_new_tuple (&n_value, 1);
 }
 
 static void
 fib_configure (CrunchFunction *fn, const CrunchConfig *config)
 {
+  gdouble max = config->fib_max_n;
+
   g_atomic_int_set (&fn->limit, (gint)config->fib_max_n);
+  __atomic_store (&fn->max[0], &max, __ATOMIC_RELAXED);
   __atomic_store_n (&fn->timeout_us, (gint64)(config->fib_timeout * G_USEC_PER_SEC),
                     __ATOMIC_RELAXED);
 }
 
-CrunchFunction crunch_fib_function = {
-    .name = "fib",
-    .pure = TRUE,
+const CrunchBuiltin crunch_fib_builtin = {
+    .plugin = &fib_plugin,
+    .function = "fib",
     .parse = fib_parse,
-    .run = fib_run,
-    .content_type = "text/plain; charset=utf-8",
     .configure = fib_configure,
 };

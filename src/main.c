@@ -12,6 +12,7 @@
 #include "config.h"
 #include "executor-nats.h"
 #include "functions.h"
+#include "jobs.h"
 #include "logging.h"
 #include "scheduler.h"
 #include "server.h"
@@ -23,6 +24,7 @@ typedef struct {
   GMainLoop *loop;
   CrunchConfig *config;
   CrunchScheduler *scheduler;
+  CrunchJobs *jobs;
   CrunchServer *server;
   gchar *config_path;
   gboolean config_explicit;
@@ -100,6 +102,8 @@ apply_live_settings (Crunchd *app, const CrunchConfig *config)
   }
   if (app->server != NULL)
     crunch_server_configure (app->server, config);
+  if (app->jobs != NULL)
+    crunch_jobs_configure (app->jobs, config);
 }
 
 /* Settings fixed for the daemon's lifetime; changing them needs a restart, and we say so. */
@@ -108,6 +112,8 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
 {
   g_autofree gchar *a = g_strjoinv (",", old->listen);
   g_autofree gchar *b = g_strjoinv (",", new->listen);
+  g_autofree gchar *c = g_strjoinv (",", old->plugins_load);
+  g_autofree gchar *d = g_strjoinv (",", new->plugins_load);
 
   if (!g_str_equal (a, b) || old->max_connections != new->max_connections ||
       old->max_connections_per_ip != new->max_connections_per_ip ||
@@ -118,6 +124,10 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
                "keeping the old values");
   if (!g_str_equal (old->backend, new->backend))
     g_warning ("reload: [executor] backend and the [nats] group apply only after a restart");
+  /* plugins are never loaded or unloaded while serving: see plugins.c */
+  if (!g_str_equal (c, d) || g_strcmp0 (old->plugins_dir, new->plugins_dir) != 0)
+    g_warning ("reload: [plugins] dir and load apply only after a restart; keeping the "
+               "loaded plugins");
 }
 
 static gboolean
@@ -138,6 +148,10 @@ on_reload (gpointer data)
     config->listen = g_strdupv (app->config->listen);
     config->max_connections = app->config->max_connections;
     config->max_connections_per_ip = app->config->max_connections_per_ip;
+    g_strfreev (config->plugins_load);
+    config->plugins_load = g_strdupv (app->config->plugins_load);
+    g_free (config->plugins_dir);
+    config->plugins_dir = g_strdup (app->config->plugins_dir);
     config->connection_timeout = app->config->connection_timeout;
     g_free (config->client_key);
     config->client_key = g_strdup (app->config->client_key);
@@ -262,7 +276,9 @@ run (Crunchd *app)
     g_critical ("%s", error->message);
     return EXIT_FAILURE;
   }
+  app->jobs = crunch_jobs_new (app->scheduler, app->config);
   app->server = crunch_server_new (app->scheduler, app->config);
+  crunch_server_set_jobs (app->server, app->jobs);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
   app->loop = g_main_loop_new (NULL, FALSE);
   g_unix_signal_add (SIGHUP, on_reload, app);
@@ -271,7 +287,9 @@ run (Crunchd *app)
   if (!crunch_server_start (app->server, fds, &error)) {
     g_critical ("%s", error->message);
     crunch_server_free (app->server);
+    crunch_jobs_cancel_all (app->jobs);
     crunch_scheduler_free (app->scheduler);
+    crunch_jobs_free (app->jobs);
     g_main_loop_unref (app->loop);
     return EXIT_FAILURE;
   }
@@ -285,9 +303,11 @@ run (Crunchd *app)
   g_clear_pointer (&app->heartbeat, crunch_heartbeat_free);
   if (app->shutdown_timer != 0)
     g_source_remove (app->shutdown_timer);
-  crunch_server_free (app->server); /* every compute request has been answered */
+  crunch_server_free (app->server);   /* every compute request has been answered */
+  crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
   log_totals (app->scheduler);
   crunch_scheduler_free (app->scheduler);
+  crunch_jobs_free (app->jobs); /* after the scheduler: no ticket can be answered any more */
   g_main_loop_unref (app->loop);
   if (nats)
     crunch_nats_library_close ();
@@ -344,9 +364,16 @@ main (int argc, char **argv)
     g_printerr ("crunchd: %s\n", error->message);
     return CRUNCH_EXIT_CONFIG;
   }
+  if (!crunch_functions_init (app.config, &error)) {
+    g_printerr ("crunchd: %s\n", error->message);
+    crunch_config_free (app.config);
+    return CRUNCH_EXIT_CONFIG;
+  }
   if (check_config) {
     g_autofree gchar *text = crunch_config_to_string (app.config);
-    g_print ("# %s: configuration OK\n%s", app.config_path, text);
+    g_autofree const gchar **names = crunch_functions_list ();
+    g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);
+    g_print ("# %s: configuration OK\n# functions: %s\n%s", app.config_path, list, text);
     crunch_config_free (app.config);
     return EXIT_SUCCESS;
   }

@@ -14,6 +14,9 @@ fast_hello (const gchar *arg)
 static const CrunchRoute routes[] = {
     {"/fast", GET_HEAD, CRUNCH_LANE_FAST, fast_hello, NULL},
     {"/fib/", GET_HEAD, CRUNCH_LANE_COMPUTE, NULL, "fib"},
+    {"/fn/", GET_HEAD | CRUNCH_METHOD_POST, CRUNCH_LANE_COMPUTE, NULL, NULL},
+    {"/jobs", CRUNCH_METHOD_POST, CRUNCH_LANE_JOBS, NULL, NULL},
+    {"/jobs/", GET_HEAD | CRUNCH_METHOD_DELETE, CRUNCH_LANE_JOBS, NULL, NULL},
 };
 
 CrunchMethod
@@ -25,6 +28,8 @@ crunch_method_parse (const gchar *method)
     return CRUNCH_METHOD_HEAD;
   if (g_str_equal (method, "POST"))
     return CRUNCH_METHOD_POST;
+  if (g_str_equal (method, "DELETE"))
+    return CRUNCH_METHOD_DELETE;
   return 0;
 }
 
@@ -38,6 +43,8 @@ allow_header (guint methods)
     return "GET, HEAD, POST";
   case CRUNCH_METHOD_POST:
     return "POST";
+  case GET_HEAD | CRUNCH_METHOD_DELETE:
+    return "GET, HEAD, DELETE";
   default:
     g_return_val_if_reached ("GET, HEAD");
   }

@@ -7,11 +7,13 @@ typedef enum {
   CRUNCH_METHOD_GET = 1 << 0,
   CRUNCH_METHOD_HEAD = 1 << 1,
   CRUNCH_METHOD_POST = 1 << 2,
+  CRUNCH_METHOD_DELETE = 1 << 3,
 } CrunchMethod;
 
 typedef enum {
   CRUNCH_LANE_FAST,    /* answered inline on the MHD thread */
   CRUNCH_LANE_COMPUTE, /* a job for the executor; the connection is suspended */
+  CRUNCH_LANE_JOBS,    /* the asynchronous jobs API (jobs.c), answered inline */
 } CrunchLane;
 
 /* A fast-lane answer: a static body, so it can be sent without copying. */
@@ -28,7 +30,8 @@ typedef struct {
   guint methods;        /* CrunchMethod bits */
   CrunchLane lane;
   CrunchFastHandler handler; /* fast lane */
-  const gchar *function;     /* compute lane: name in the function registry */
+  /* compute lane: name in the function registry; NULL: the name is the argument (/fn/<name>) */
+  const gchar *function;
 } CrunchRoute;
 
 typedef enum {

@@ -419,6 +419,17 @@ detach_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why
   }
 }
 
+gboolean
+crunch_scheduler_ticket_running (CrunchScheduler *self, CrunchTicket *ticket)
+{
+  gboolean running;
+
+  g_mutex_lock (&self->lock);
+  running = ticket->state == TICKET_ATTACHED && ((SchedJob *)ticket->job)->running;
+  g_mutex_unlock (&self->lock);
+  return running;
+}
+
 void
 crunch_scheduler_abandon (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why)
 {

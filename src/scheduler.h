@@ -78,6 +78,9 @@ GBytes *crunch_scheduler_cached (CrunchScheduler *self, const CrunchFunction *fn
  * if no other ticket waits for it. No-op if the ticket was answered already. Any thread. */
 void crunch_scheduler_abandon (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why);
 
+/* Whether the ticket's job is on a thread now (for the jobs API's "running" state). Any thread. */
+gboolean crunch_scheduler_ticket_running (CrunchScheduler *self, CrunchTicket *ticket);
+
 /* Shutdown: refuse new tickets and answer every queued one (CRUNCH_JOB_SHUTDOWN). */
 void crunch_scheduler_drain (CrunchScheduler *self);
 /* Ask every running job to stop. */

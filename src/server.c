@@ -7,8 +7,8 @@
  * MHD_resume_connection(): the last thing any of them does with a request.
  *
  * Life of a request (see shared DESIGN): first call allocates a CrunchRequest into *req_cls;
- * body chunks are counted (and discarded) against max_body_size; the final call routes it.
- * Fast lane: answered at once. Compute lane: parse arguments (400), admission (503), then
+ * body chunks are kept up to max_body_size (beyond it counted and dropped); the final call routes
+ * it. Fast lane: answered at once. Compute lane: parse arguments (400), admission (503), then
  * MHD_suspend_connection() *before* the ticket is submitted. While suspended, the connection is
  * "parked" (parked.c watches its deadline and its socket for a hang-up). Whoever answers the
  * ticket first - its job finishing, the deadline (504), the client leaving - resumes the
@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "headers.h"
 #include "logging.h"
 #include "parked.h"
@@ -37,6 +38,7 @@
 
 struct CrunchServer {
   CrunchScheduler *scheduler;
+  CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
   CrunchParked *parked;
   GPtrArray *daemons;
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
@@ -57,6 +59,7 @@ typedef struct {
   gint64 t_start;
   gchar *method, *path;
   guint64 body_bytes;
+  GByteArray *body;          /* up to max_body_size; POST /fn/<name> and /jobs read it */
   CrunchTicket *ticket;      /* compute lane, from admission on */
   CrunchParkedEntry *parked; /* while suspended */
   gboolean cached;           /* answered from the result cache */
@@ -221,22 +224,70 @@ connection_fd (struct MHD_Connection *connection)
   return info != NULL ? info->connect_fd : -1;
 }
 
+#define REPEATED "\001" /* a key no query string can produce: marks a repeated name */
+
 static enum MHD_Result
-start_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
+collect_query_arg (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
-  CrunchServer *server = req->server;
-  const CrunchFunction *fn = crunch_functions_lookup (route->function);
+  GHashTable *values = cls;
+
+  if (g_hash_table_contains (values, key)) {
+    g_hash_table_insert (values, g_strdup (REPEATED), g_strdup (key));
+    return MHD_NO;
+  }
+  g_hash_table_insert (values, g_strdup (key), g_strdup (value ? value : ""));
+  return MHD_YES;
+}
+
+/* /fn/<name>: arguments from the query string (GET, HEAD) or a JSON object body (POST). */
+static GVariant *
+parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
+{
+  g_autoptr (GHashTable) values = NULL;
+
+  if (g_str_equal (req->method, "POST"))
+    return crunch_args_from_body (fn, req->body ? (const gchar *)req->body->data : "",
+                                  req->body ? req->body->len : 0, error);
+  values = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  MHD_get_connection_values (req->connection, MHD_GET_ARGUMENT_KIND, collect_query_arg, values);
+  if (g_hash_table_contains (values, REPEATED)) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
+                 "%s: argument '%.64s' given more than once", fn->name,
+                 (const gchar *)g_hash_table_lookup (values, REPEATED));
+    return NULL;
+  }
+  return crunch_args_from_query (fn, values, error);
+}
+
+static enum MHD_Result start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args);
+
+/* Resolves the function and its canonical arguments; a bad request is answered here. /fib/N
+ * keeps its own path syntax; /fn/<name> takes declared arguments. */
+static enum MHD_Result
+route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
+{
+  const CrunchFunction *fn = crunch_functions_lookup (route->function ? route->function : arg);
   g_autoptr (GError) error = NULL;
   g_autoptr (GVariant) args = NULL;
+
+  if (fn == NULL) {
+    g_autofree gchar *message = g_strdup_printf ("no such function '%.64s'", arg);
+    return respond_error (req, MHD_HTTP_NOT_FOUND, message, NULL);
+  }
+  args = route->function != NULL ? fn->parse (fn, arg, &error) : parse_fn_call (req, fn, &error);
+  if (args == NULL)
+    return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message, NULL);
+  return start_compute (req, fn, g_variant_ref_sink (args));
+}
+
+static enum MHD_Result
+start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
+{
+  CrunchServer *server = req->server;
   g_autofree gchar *client = NULL, *why = NULL;
   g_autoptr (GBytes) cached = NULL;
   gint64 deadline;
 
-  g_assert (fn != NULL); /* the route table only names registered functions */
-  args = fn->parse (fn, arg, &error);
-  if (args == NULL)
-    return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message, NULL);
-  g_variant_ref_sink (args);
   if (!request_deadline (req, fn, &deadline, &why))
     return respond_error (req, MHD_HTTP_BAD_REQUEST, why, NULL);
 
@@ -279,6 +330,49 @@ start_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   return MHD_YES;
 }
 
+/* ---- the asynchronous jobs API (jobs.c) ---- */
+
+static enum MHD_Result
+respond_jobs (CrunchRequest *req, const gchar *arg)
+{
+  CrunchJobs *jobs = req->server->jobs;
+  CrunchJobsReply reply;
+  struct MHD_Response *resp;
+  gconstpointer data = NULL;
+  gsize size = 0;
+  enum MHD_Result ret;
+
+  if (jobs == NULL)
+    return respond_error (req, MHD_HTTP_NOT_FOUND, "no such route", NULL);
+  if (g_str_equal (req->method, "POST")) {
+    g_autofree gchar *client = client_key (req);
+    reply = crunch_jobs_submit (jobs, req->body ? (const gchar *)req->body->data : "",
+                                req->body ? req->body->len : 0, client);
+  } else if (g_str_equal (req->method, "DELETE")) {
+    reply = crunch_jobs_delete (jobs, arg);
+  } else {
+    reply = crunch_jobs_get (jobs, arg);
+  }
+  if (reply.body != NULL)
+    data = g_bytes_get_data (reply.body, &size);
+  req->bytes = size;
+  resp = MHD_create_response_from_buffer_with_free_callback_cls (
+      size, (void *)data, free_bytes, reply.body ? g_bytes_ref (reply.body) : NULL);
+  if (reply.location != NULL)
+    MHD_add_response_header (resp, MHD_HTTP_HEADER_LOCATION, reply.location);
+  if (reply.retry_after != NULL)
+    MHD_add_response_header (resp, MHD_HTTP_HEADER_RETRY_AFTER, reply.retry_after);
+  ret = queue (req, reply.status, resp, reply.content_type);
+  crunch_jobs_reply_clear (&reply);
+  return ret;
+}
+
+void
+crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs)
+{
+  self->jobs = jobs;
+}
+
 /* ---- the access handler ---- */
 
 static enum MHD_Result
@@ -302,7 +396,9 @@ route_request (CrunchRequest *req)
     break;
   }
   if (match.route->lane == CRUNCH_LANE_COMPUTE)
-    return start_compute (req, match.route, match.arg);
+    return route_compute (req, match.route, match.arg);
+  if (match.route->lane == CRUNCH_LANE_JOBS)
+    return respond_jobs (req, match.arg);
 
   CrunchReply reply = match.route->handler (match.arg);
   return respond_static (req, reply.status, reply.body, reply.content_type);
@@ -340,6 +436,12 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
   }
   if (*upload_data_size > 0) {
     req->body_bytes += *upload_data_size;
+    if (req->body_bytes <=
+        (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED)) {
+      if (req->body == NULL)
+        req->body = g_byte_array_new ();
+      g_byte_array_append (req->body, (const guint8 *)upload_data, *upload_data_size);
+    }
     *upload_data_size = 0;
     /* A chunked body past the cap: MHD can queue an answer only once the body has ended, so
      * discard a bounded excess to give the client its 413; a body beyond that is cut off. */
@@ -404,6 +506,8 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
         g_atomic_int_compare_and_exchange (&server->drained_fired, 0, 1))
       g_idle_add (server->drained, server->drained_data);
   }
+  if (req->body != NULL)
+    g_byte_array_unref (req->body);
   g_free (req->method);
   g_free (req->path);
   g_free (req);

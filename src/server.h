@@ -4,11 +4,14 @@
 #include <glib.h>
 
 #include "config.h"
+#include "jobs.h"
 #include "scheduler.h"
 
 typedef struct CrunchServer CrunchServer;
 
 CrunchServer *crunch_server_new (CrunchScheduler *scheduler, const CrunchConfig *config);
+/* Serve the asynchronous jobs API from `jobs` (not owned). Before start(). */
+void crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs);
 /* Listen on the systemd-passed sockets if any, else on config->listen. */
 gboolean crunch_server_start (CrunchServer *self, GArray *listen_fds, GError **error);
 /* Live settings that need no new daemon (body cap). */

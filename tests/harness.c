@@ -253,6 +253,13 @@ on_header (char *data, size_t size, size_t n, void *user)
 TestReply *
 test_http (const gchar *method, const gchar *url, const gchar *const *headers)
 {
+  return test_http_body (method, url, headers, NULL);
+}
+
+TestReply *
+test_http_body (const gchar *method, const gchar *url, const gchar *const *headers,
+                const gchar *data)
+{
   CURL *curl = curl_easy_init ();
   struct curl_slist *list = NULL;
   GByteArray *body = g_byte_array_new ();
@@ -269,6 +276,10 @@ test_http (const gchar *method, const gchar *url, const gchar *const *headers)
     curl_easy_setopt (curl, CURLOPT_NOBODY, 1L);
   else if (!g_str_equal (method, "GET"))
     curl_easy_setopt (curl, CURLOPT_CUSTOMREQUEST, method);
+  if (data != NULL) {
+    curl_easy_setopt (curl, CURLOPT_POSTFIELDS, data);
+    curl_easy_setopt (curl, CURLOPT_POSTFIELDSIZE, (long)strlen (data));
+  }
   curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt (curl, CURLOPT_WRITEDATA, body);
   curl_easy_setopt (curl, CURLOPT_HEADERFUNCTION, on_header);

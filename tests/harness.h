@@ -51,6 +51,9 @@ typedef struct {
 /* One request on a fresh connection. method: "GET", "HEAD", "POST", ... headers: NULL-terminated
  * "Name: value" strings or NULL. */
 TestReply *test_http (const gchar *method, const gchar *url, const gchar *const *headers);
+/* The same with a request body (NUL-terminated text, e.g. JSON), or none when `data` is NULL. */
+TestReply *test_http_body (const gchar *method, const gchar *url, const gchar *const *headers,
+                           const gchar *data);
 void test_reply_free (TestReply *reply);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestReply, test_reply_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestServer, test_server_stop)

@@ -1,24 +1,34 @@
 /* test-scheduler.c - admission, fairness, coalescing, abandonment, drain, with a fake function. */
 #include "scheduler.h"
 
-/* "nap": sleeps args milliseconds in 1 ms steps, stopping early when cancelled. */
+/* "nap": sleeps `ms` milliseconds in 1 ms steps, stopping early when cancelled. */
 static gint naps_started;
 
-static GBytes *
-nap_run (GVariant *args, const CrunchCancel *cancel, GError **error)
+static CrunchdStatus
+nap_run (const CrunchdCall *call, CrunchdResult *result)
 {
   g_atomic_int_inc (&naps_started);
-  for (guint i = 0; i < g_variant_get_uint32 (args); i++) {
-    if (crunch_cancelled (cancel)) {
-      g_set_error_literal (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED, "nap");
-      return NULL;
-    }
+  for (gint64 i = 0; i < call->args[0].v.i; i++) {
+    if (crunchd_cancelled (call))
+      return CRUNCHD_CANCELLED;
     g_usleep (1000);
   }
-  return g_bytes_new_static ("done", 4);
+  result->data = g_strdup ("done");
+  result->len = 4;
+  result->free_data = g_free;
+  return CRUNCHD_OK;
 }
 
-static CrunchFunction nap = {.name = "nap", .pure = TRUE, .run = nap_run};
+static const CrunchdArg nap_args[] = {{"ms", CRUNCHD_ARG_INT, 0, 100000, NULL, NULL}};
+static const CrunchdFunction nap_decl = {.name = "nap",
+                                         .args = nap_args,
+                                         .n_args = 1,
+                                         .pure = 1,
+                                         .deadline = 10,
+                                         .content_type = "text/plain",
+                                         .run = nap_run};
+static CrunchFunction nap = {
+    .decl = &nap_decl, .name = "nap", .pure = TRUE, .content_type = "text/plain"};
 
 typedef struct {
   GMutex lock;
@@ -54,7 +64,7 @@ submit (CrunchScheduler *s, Results *r, const gchar *client, guint ms)
   CrunchTicket *t;
 
   g_assert_cmpint (crunch_scheduler_admit (s, client), ==, CRUNCH_ADMIT_OK);
-  t = crunch_ticket_new (&nap, g_variant_new_uint32 (ms), client, 0, on_answered, r);
+  t = crunch_ticket_new (&nap, g_variant_new ("(x)", (gint64)ms), client, 0, on_answered, r);
   crunch_scheduler_submit (s, t);
   return t;
 }
@@ -156,8 +166,8 @@ test_per_client_limit (void)
   wait_for (&r, 3);
   g_assert_cmpuint (stats (s).rejected_client_limit, ==, 1);
   g_assert_cmpint (crunch_scheduler_admit (s, "a"), ==, CRUNCH_ADMIT_OK); /* a's slots are back */
-  crunch_scheduler_submit (s, t[0] = crunch_ticket_new (&nap, g_variant_new_uint32 (1), "a", 0,
-                                                        on_answered, &r));
+  crunch_scheduler_submit (s, t[0] = crunch_ticket_new (&nap, g_variant_new ("(x)", (gint64)1), "a",
+                                                        0, on_answered, &r));
   wait_for (&r, 4);
   for (gint i = 0; i < 3; i++)
     crunch_ticket_unref (t[i]);

@@ -11,18 +11,20 @@ int LLVMFuzzerTestOneInput (const guint8 *data, gsize size);
 static void
 check_parse (const CrunchRoute *route, const gchar *arg)
 {
-  const CrunchFunction *fn = crunch_functions_lookup (route->function);
+  const CrunchFunction *fn = crunch_functions_lookup (route->function ? route->function : arg);
   g_autoptr (GError) error = NULL;
   GVariant *args;
 
+  if (route->function == NULL) /* /fn/<name>: its arguments are not in the path */
+    return;
   g_assert (fn != NULL);
   args = fn->parse (fn, arg, &error);
   g_assert ((args == NULL) == (error != NULL));
   if (args != NULL)
     g_variant_unref (g_variant_ref_sink (args));
   else
-    g_assert (g_error_matches (error, CRUNCH_FUNCTION_ERROR,
-                               CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT));
+    g_assert (
+        g_error_matches (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT));
 }
 
 int
@@ -39,7 +41,7 @@ LLVMFuzzerTestOneInput (const guint8 *data, gsize size)
   if (!initialized) {
     g_autoptr (CrunchConfig) config = crunch_config_new_default ();
     config->fib_max_n = 93; /* the largest allowed: the widest range for the parser */
-    crunch_functions_init (config);
+    g_assert (crunch_functions_init (config, NULL));
     initialized = TRUE;
   }
   if (newline != NULL)
@@ -52,7 +54,7 @@ LLVMFuzzerTestOneInput (const guint8 *data, gsize size)
     g_assert (match.route != NULL && match.arg != NULL);
     if (match.route->lane == CRUNCH_LANE_COMPUTE)
       check_parse (match.route, match.arg);
-    else
+    else if (match.route->lane == CRUNCH_LANE_FAST)
       g_assert (match.route->handler (match.arg).body != NULL);
     break;
   case CRUNCH_ROUTE_METHOD_NOT_ALLOWED:

@@ -1,0 +1,467 @@
+/* config.c - load crunchd.ini with GKeyFile.
+ *
+ * Every known key is described once in `keys[]` (group, name, type, range, field). Loading walks
+ * that table, consumes each key it finds, then rejects whatever group or key is left over, so a
+ * typo never silently falls back to a default. Every error names the file, `[group] key` and the
+ * value. */
+#include "config.h"
+
+#include <errno.h>
+#include <gio/gio.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <string.h>
+
+G_DEFINE_QUARK (crunch - config - error - quark, crunch_config_error)
+
+typedef enum { KEY_UINT, KEY_INT, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_LIST } KeyType;
+
+typedef struct {
+  const gchar *group;
+  const gchar *name;
+  KeyType type;
+  gdouble min, max;            /* numeric range, inclusive; KEY_LIST: min = least items */
+  gsize offset;                /* into CrunchConfig */
+  const gchar *const *choices; /* KEY_STRING: allowed values, NULL = any */
+} KeyDesc;
+
+static const gchar *const log_levels[] = {"error", "critical", "warning", "message",
+                                          "info",  "debug",    NULL};
+static const gchar *const backends[] = {"local", "nats", NULL};
+static const gchar *const fallbacks[] = {"none", "local", NULL};
+
+#define F(field) offsetof (CrunchConfig, field)
+static const KeyDesc keys[] = {
+    {"server", "listen", KEY_LIST, 1, 0, F (listen), NULL},
+    {"server", "max_connections", KEY_UINT, 4, 1000000, F (max_connections), NULL},
+    {"server", "max_connections_per_ip", KEY_UINT, 0, 1000000, F (max_connections_per_ip), NULL},
+    {"server", "connection_timeout", KEY_UINT, 0, 86400, F (connection_timeout), NULL},
+    {"server", "shutdown_timeout", KEY_DOUBLE, 0, 3600, F (shutdown_timeout), NULL},
+    {"server", "max_body_size", KEY_UINT, 0, 1073741824, F (max_body_size), NULL},
+    {"executor", "threads", KEY_UINT, 0, 1024, F (threads), NULL},
+    {"executor", "queue_limit", KEY_UINT, 1, 1000000, F (queue_limit), NULL},
+    {"executor", "nice", KEY_INT, 0, 19, F (nice), NULL},
+    {"executor", "per_client_limit", KEY_UINT, 0, 1000000, F (per_client_limit), NULL},
+    {"executor", "client_key", KEY_STRING, 0, 0, F (client_key), NULL},
+    {"executor", "coalesce", KEY_BOOL, 0, 0, F (coalesce), NULL},
+    {"executor", "backend", KEY_STRING, 0, 0, F (backend), backends},
+    {"nats", "servers", KEY_LIST, 0, 0, F (nats_servers), NULL},
+    {"nats", "subject_prefix", KEY_STRING, 0, 0, F (nats_subject_prefix), NULL},
+    {"nats", "retries", KEY_UINT, 0, 100, F (nats_retries), NULL},
+    {"nats", "attempt_timeout", KEY_DOUBLE, 0.05, 3600, F (nats_attempt_timeout), NULL},
+    {"nats", "reconnect_wait", KEY_DOUBLE, 0.001, 600, F (nats_reconnect_wait), NULL},
+    {"nats", "max_reconnect", KEY_INT, -1, 1000000, F (nats_max_reconnect), NULL},
+    {"nats", "reconnect_grace", KEY_DOUBLE, 0, 3600, F (nats_reconnect_grace), NULL},
+    {"nats", "fallback", KEY_STRING, 0, 0, F (nats_fallback), fallbacks},
+    {"worker", "threads", KEY_UINT, 0, 1024, F (worker_threads), NULL},
+    {"worker", "nice", KEY_INT, 0, 19, F (worker_nice), NULL},
+    {"worker", "id", KEY_STRING, 0, 0, F (worker_id), NULL},
+    {"worker", "shutdown_timeout", KEY_DOUBLE, 0, 3600, F (worker_shutdown_timeout), NULL},
+    {"cache", "entries", KEY_UINT, 0, 10000000, F (cache_entries), NULL},
+    {"fib", "max_n", KEY_UINT, 0, 93, F (fib_max_n), NULL},
+    {"fib", "timeout", KEY_DOUBLE, 0.001, 86400, F (fib_timeout), NULL},
+    {"plugins", "dir", KEY_STRING, 0, 0, F (plugins_dir), NULL},
+    {"plugins", "load", KEY_LIST, 0, 0, F (plugins_load), NULL},
+    {"jobs", "ttl", KEY_DOUBLE, 0, 604800, F (jobs_ttl), NULL},
+    {"jobs", "max_stored", KEY_UINT, 1, 10000000, F (jobs_max_stored), NULL},
+    {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
+    {"log", "access", KEY_BOOL, 0, 0, F (log_access), NULL},
+};
+#undef F
+
+/* The defaults, in one place; data/crunchd.ini documents the same values. */
+static const CrunchConfig defaults = {
+    .max_connections = 1024,
+    .max_connections_per_ip = 0,
+    .connection_timeout = 30,
+    .shutdown_timeout = 10.0,
+    .max_body_size = 1048576,
+    .threads = 0,
+    .queue_limit = 256,
+    .nice = 10,
+    .per_client_limit = 64,
+    .coalesce = TRUE,
+    .nats_retries = 3,
+    .nats_attempt_timeout = 1.0,
+    .nats_reconnect_wait = 0.25,
+    .nats_max_reconnect = -1,
+    .nats_reconnect_grace = 1.0,
+    .worker_threads = 0,
+    .worker_nice = 10,
+    .worker_shutdown_timeout = 10.0,
+    .fib_max_n = 92,
+    .fib_timeout = 30.0,
+    .jobs_ttl = 300.0,
+    .jobs_max_stored = 1000,
+    .log_access = TRUE,
+};
+static const gchar *const default_listen[] = {"127.0.0.1:8000", NULL};
+static const gchar *const default_nats_servers[] = {"nats://127.0.0.1:4222", NULL};
+
+#define FIELD(config, desc, type) ((type *)((gchar *)(config) + (desc)->offset))
+
+CrunchConfig *
+crunch_config_new_default (void)
+{
+  CrunchConfig *config = g_new0 (CrunchConfig, 1);
+
+  *config = defaults;
+  config->listen = g_strdupv ((gchar **)default_listen);
+  config->log_level = g_strdup ("info");
+  config->client_key = g_strdup ("ip");
+  config->backend = g_strdup ("local");
+  config->nats_servers = g_strdupv ((gchar **)default_nats_servers);
+  config->nats_subject_prefix = g_strdup ("crunchd.v1");
+  config->nats_fallback = g_strdup ("none");
+  config->worker_id = g_strdup ("");
+  config->plugins_dir = g_strdup (CRUNCH_PLUGIN_DIR);
+  config->plugins_load = g_new0 (gchar *, 1);
+  return config;
+}
+
+void
+crunch_config_free (CrunchConfig *config)
+{
+  if (config == NULL)
+    return;
+  g_free (config->path);
+  g_strfreev (config->listen);
+  g_free (config->log_level);
+  g_free (config->client_key);
+  g_free (config->backend);
+  g_strfreev (config->nats_servers);
+  g_free (config->nats_subject_prefix);
+  g_free (config->nats_fallback);
+  g_free (config->worker_id);
+  g_free (config->plugins_dir);
+  g_strfreev (config->plugins_load);
+  g_free (config);
+}
+
+static gboolean
+fail (GError **error, const gchar *file, const KeyDesc *k, const gchar *value, const gchar *why)
+{
+  g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID, "%s: [%s] %s = '%s': %s",
+               file, k->group, k->name, value, why);
+  return FALSE;
+}
+
+static gboolean
+parse_number (const gchar *raw, const KeyDesc *k, gdouble *out)
+{
+  gchar *end = NULL;
+
+  errno = 0;
+  if (k->type == KEY_DOUBLE)
+    *out = g_ascii_strtod (raw, &end);
+  else
+    *out = (gdouble)g_ascii_strtoll (raw, &end, 10);
+  return errno == 0 && end != raw && *end == '\0';
+}
+
+static gboolean
+load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *file, GError **error)
+{
+  g_autofree gchar *raw = g_key_file_get_value (kf, k->group, k->name, NULL);
+  g_autofree gchar *value = g_strstrip (g_key_file_get_string (kf, k->group, k->name, NULL));
+  gdouble number;
+
+  if (value == NULL)
+    return fail (error, file, k, raw, "not a valid string");
+
+  switch (k->type) {
+  case KEY_UINT:
+  case KEY_INT:
+  case KEY_DOUBLE:
+    if (!parse_number (value, k, &number)) {
+      return fail (error, file, k, value,
+                   k->type == KEY_DOUBLE ? "not a number" : "not an integer");
+    }
+    if (number < k->min || number > k->max) {
+      g_autofree gchar *why = g_strdup_printf ("out of range (%g to %g)", k->min, k->max);
+      return fail (error, file, k, value, why);
+    }
+    if (k->type == KEY_UINT)
+      *FIELD (config, k, guint) = (guint)number;
+    else if (k->type == KEY_INT)
+      *FIELD (config, k, gint) = (gint)number;
+    else
+      *FIELD (config, k, gdouble) = number;
+    return TRUE;
+  case KEY_BOOL:
+    if (g_strcmp0 (value, "true") != 0 && g_strcmp0 (value, "false") != 0)
+      return fail (error, file, k, value, "expected true or false");
+    *FIELD (config, k, gboolean) = g_str_equal (value, "true");
+    return TRUE;
+  case KEY_STRING:
+    if (k->choices != NULL && !g_strv_contains (k->choices, value)) {
+      g_autofree gchar *list = g_strjoinv (", ", (gchar **)k->choices);
+      g_autofree gchar *why = g_strdup_printf ("expected one of: %s", list);
+      return fail (error, file, k, value, why);
+    }
+    g_free (*FIELD (config, k, gchar *));
+    *FIELD (config, k, gchar *) = g_steal_pointer (&value);
+    return TRUE;
+  case KEY_LIST: {
+    g_auto (GStrv) items = g_strsplit (value, ",", -1);
+    g_autoptr (GPtrArray) list = g_ptr_array_new_with_free_func (g_free);
+    for (gchar **it = items; *it != NULL; it++) {
+      g_strstrip (*it);
+      if (**it != '\0')
+        g_ptr_array_add (list, g_strdup (*it));
+    }
+    if (list->len < k->min)
+      return fail (error, file, k, value, "expected a comma-separated list");
+    g_ptr_array_add (list, NULL);
+    g_strfreev (*FIELD (config, k, gchar **));
+    *FIELD (config, k, gchar **) = (gchar **)g_ptr_array_free (g_steal_pointer (&list), FALSE);
+    return TRUE;
+  }
+  }
+  g_assert_not_reached ();
+}
+
+static const KeyDesc *
+find_key (const gchar *group, const gchar *name)
+{
+  for (gsize i = 0; i < G_N_ELEMENTS (keys); i++) {
+    if (g_str_equal (keys[i].group, group) && (name == NULL || g_str_equal (keys[i].name, name)))
+      return &keys[i];
+  }
+  return NULL;
+}
+
+/* Anything not in keys[] is a mistake the user wants to hear about. */
+static gboolean
+reject_unknown (GKeyFile *kf, const gchar *file, GError **error)
+{
+  g_auto (GStrv) groups = g_key_file_get_groups (kf, NULL);
+
+  for (gchar **g = groups; *g != NULL; g++) {
+    if (find_key (*g, NULL) == NULL) {
+      g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                   "%s: [%s]: unknown group", file, *g);
+      return FALSE;
+    }
+    g_auto (GStrv) names = g_key_file_get_keys (kf, *g, NULL, NULL);
+    for (gchar **n = names; *n != NULL; n++) {
+      if (find_key (*g, *n) == NULL) {
+        g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                     "%s: [%s] %s: unknown key", file, *g, *n);
+        return FALSE;
+      }
+    }
+  }
+  return TRUE;
+}
+
+static CrunchConfig *
+load_keyfile (GKeyFile *kf, const gchar *file, GError **error)
+{
+  g_autoptr (CrunchConfig) config = crunch_config_new_default ();
+
+  if (!reject_unknown (kf, file, error))
+    return NULL;
+  for (gsize i = 0; i < G_N_ELEMENTS (keys); i++) {
+    if (g_key_file_has_key (kf, keys[i].group, keys[i].name, NULL) &&
+        !load_key (kf, &keys[i], config, file, error))
+      return NULL;
+  }
+  config->path = g_strdup (file);
+  if (!crunch_config_validate (config, error))
+    return NULL;
+  return g_steal_pointer (&config);
+}
+
+CrunchConfig *
+crunch_config_load_data (const gchar *data, const gchar *name, GError **error)
+{
+  g_autoptr (GKeyFile) kf = g_key_file_new ();
+  g_autoptr (GError) local = NULL;
+
+  if (!g_key_file_load_from_data (kf, data, -1, G_KEY_FILE_NONE, &local)) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID, "%s: %s", name,
+                 local->message);
+    return NULL;
+  }
+  return load_keyfile (kf, name, error);
+}
+
+CrunchConfig *
+crunch_config_load (const gchar *path, GError **error)
+{
+  g_autofree gchar *data = NULL;
+  g_autoptr (GError) local = NULL;
+
+  if (!g_file_get_contents (path, &data, NULL, &local)) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID, "%s", local->message);
+    return NULL;
+  }
+  return crunch_config_load_data (data, path, error);
+}
+
+gboolean
+crunch_parse_listen_address (const gchar *text, struct sockaddr_storage *addr, socklen_t *len,
+                             GError **error)
+{
+  g_autoptr (GSocketConnectable) parsed = g_network_address_parse (text, 0, NULL);
+  g_autoptr (GInetAddress) inet = NULL;
+  g_autoptr (GSocketAddress) sa = NULL;
+  guint16 port;
+
+  const gchar *colon = strrchr (text, ':');
+  gboolean bracketed = text[0] == '[';
+
+  /* an explicit port is required, and an IPv6 host must be bracketed: "[::1]:8000" */
+  if (parsed == NULL || colon == NULL || colon[1] == '\0' ||
+      strspn (colon + 1, "0123456789") != strlen (colon + 1) ||
+      (bracketed ? colon[-1] != ']' : strchr (text, ':') != colon)) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "'%s': expected ADDRESS:PORT or [IPV6]:PORT", text);
+    return FALSE;
+  }
+  port = g_network_address_get_port (G_NETWORK_ADDRESS (parsed));
+  inet =
+      g_inet_address_new_from_string (g_network_address_get_hostname (G_NETWORK_ADDRESS (parsed)));
+  if (inet == NULL) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "'%s': the address must be numeric (for example 127.0.0.1:8000 or [::1]:8000)",
+                 text);
+    return FALSE;
+  }
+  sa = g_inet_socket_address_new (inet, port);
+  *len = (socklen_t)g_socket_address_get_native_size (sa);
+  return g_socket_address_to_native (sa, addr, sizeof *addr, error);
+}
+
+/* nats.c takes "nats://HOST:PORT" (or tls://); catch typos here rather than at connect time. */
+static gboolean
+valid_nats_url (const gchar *text)
+{
+  g_autoptr (GUri) uri = g_uri_parse (text, G_URI_FLAGS_NONE, NULL);
+
+  return uri != NULL &&
+         (g_strcmp0 (g_uri_get_scheme (uri), "nats") == 0 ||
+          g_strcmp0 (g_uri_get_scheme (uri), "tls") == 0) &&
+         g_uri_get_host (uri) != NULL && *g_uri_get_host (uri) != '\0' &&
+         g_uri_get_port (uri) > 0 && (*g_uri_get_path (uri) == '\0');
+}
+
+/* A subject prefix is one or more dot-separated tokens, without wildcards or white space. */
+static gboolean
+valid_subject_prefix (const gchar *prefix)
+{
+  g_auto (GStrv) tokens = g_strsplit (prefix, ".", -1);
+
+  if (*prefix == '\0' || strlen (prefix) > 200)
+    return FALSE;
+  for (gchar **t = tokens; *t != NULL; t++) {
+    if (**t == '\0' || strpbrk (*t, "*> \t\r\n") != NULL)
+      return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+validate_nats (const CrunchConfig *config, const gchar *file, GError **error)
+{
+  for (gchar **s = config->nats_servers; s != NULL && *s != NULL; s++) {
+    if (!valid_nats_url (*s)) {
+      g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                   "%s: [nats] servers = '%s': expected nats://HOST:PORT (or tls://HOST:PORT)",
+                   file, *s);
+      return FALSE;
+    }
+  }
+  if (!valid_subject_prefix (config->nats_subject_prefix)) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [nats] subject_prefix = '%s': expected dot-separated tokens without "
+                 "wildcards or spaces, such as crunchd.v1",
+                 file, config->nats_subject_prefix);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* Relations between keys: checked after loading and after command-line overrides. */
+gboolean
+crunch_config_validate (const CrunchConfig *config, GError **error)
+{
+  const gchar *file = config->path ? config->path : "(command line)";
+  guint threads = crunch_config_effective_threads (config);
+
+  if (!validate_nats (config, file, error))
+    return FALSE;
+  for (gchar **l = config->listen; l != NULL && *l != NULL; l++) {
+    struct sockaddr_storage addr;
+    socklen_t len;
+    g_autoptr (GError) local = NULL;
+    if (!crunch_parse_listen_address (*l, &addr, &len, &local)) {
+      g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                   "%s: [server] listen = '%s': %s", file, *l, local->message);
+      return FALSE;
+    }
+  }
+  if (!g_str_equal (config->client_key, "ip") &&
+      !(g_str_has_prefix (config->client_key, "header:") &&
+        g_regex_match_simple ("^header:[A-Za-z0-9-]{1,64}$", config->client_key, 0, 0))) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [executor] client_key = '%s': expected ip or header:NAME", file,
+                 config->client_key);
+    return FALSE;
+  }
+  /* Parked requests hold connections: if running + queued jobs could use up every connection,
+   * slow work would lock out the fast lane. Keep a quarter of the connections for it. */
+  if ((guint64)config->queue_limit + threads > (guint64)config->max_connections * 3 / 4) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [executor] queue_limit = '%u': queue_limit + threads (%u) must not exceed "
+                 "3/4 of [server] max_connections (%u), or parked jobs could lock out /fast",
+                 file, config->queue_limit, threads, config->max_connections);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+guint
+crunch_config_effective_threads (const CrunchConfig *config)
+{
+  return config->threads != 0 ? config->threads : (guint)g_get_num_processors ();
+}
+
+/* The effective settings as an ini file (for --check-config). */
+gchar *
+crunch_config_to_string (const CrunchConfig *config)
+{
+  g_autoptr (GKeyFile) kf = g_key_file_new ();
+
+  for (gsize i = 0; i < G_N_ELEMENTS (keys); i++) {
+    const KeyDesc *k = &keys[i];
+    switch (k->type) {
+    case KEY_UINT:
+      g_key_file_set_uint64 (kf, k->group, k->name, *FIELD (config, k, guint));
+      break;
+    case KEY_INT:
+      g_key_file_set_integer (kf, k->group, k->name, *FIELD (config, k, gint));
+      break;
+    case KEY_DOUBLE: {
+      gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+      g_key_file_set_value (kf, k->group, k->name,
+                            g_ascii_formatd (buf, sizeof buf, "%g", *FIELD (config, k, gdouble)));
+      break;
+    }
+    case KEY_BOOL:
+      g_key_file_set_value (kf, k->group, k->name, *FIELD (config, k, gboolean) ? "true" : "false");
+      break;
+    case KEY_STRING:
+      g_key_file_set_value (kf, k->group, k->name, *FIELD (config, k, gchar *));
+      break;
+    case KEY_LIST: {
+      gchar **list = *FIELD (config, k, gchar **);
+      g_autofree gchar *joined = list != NULL ? g_strjoinv (", ", list) : g_strdup ("");
+      g_key_file_set_value (kf, k->group, k->name, joined);
+      break;
+    }
+    }
+  }
+  return g_key_file_to_data (kf, NULL, NULL);
+}

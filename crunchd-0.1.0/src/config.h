@@ -1,0 +1,87 @@
+/* config.h - crunchd.ini -> CrunchConfig: defaults, strict loading, validation. */
+#pragma once
+
+#include <glib.h>
+#include <sys/socket.h>
+
+/* Exit status for a bad configuration (sysexits.h EX_CONFIG). */
+#define CRUNCH_EXIT_CONFIG 78
+
+typedef enum {
+  CRUNCH_ACCESS_LOG_OFF,
+  CRUNCH_ACCESS_LOG_ON,
+} CrunchAccessLog;
+
+typedef struct {
+  gchar *path; /* file it came from, NULL for built-in defaults */
+
+  /* [server] */
+  gchar **listen; /* "ADDR:PORT", IPv6 as "[ADDR]:PORT" */
+  guint max_connections;
+  guint max_connections_per_ip; /* 0 = no per-IP limit */
+  guint connection_timeout;     /* seconds of idleness before MHD closes */
+  gdouble shutdown_timeout;     /* seconds running jobs get on SIGTERM */
+  guint max_body_size;          /* bytes; larger request bodies get 413 */
+
+  /* [executor] */
+  guint threads;          /* 0 = one per CPU */
+  guint queue_limit;      /* jobs waiting for a worker before 503 */
+  gint nice;              /* worker thread niceness, so the polling thread wins */
+  guint per_client_limit; /* tickets in flight per client before 429; 0 = none */
+  gchar *client_key;      /* "ip" or "header:NAME" */
+  gboolean coalesce;      /* identical jobs of pure functions share one computation */
+  gchar *backend;         /* "local" or "nats" (restart) */
+
+  /* [nats]: the NATS executor and crunchd-worker (restart) */
+  gchar **nats_servers;         /* nats://HOST:PORT URLs of one cluster */
+  gchar *nats_subject_prefix;   /* jobs go to PREFIX.job.<function> */
+  guint nats_retries;           /* extra attempts after an attempt was lost */
+  gdouble nats_attempt_timeout; /* seconds without a sign of life before an attempt is lost */
+  gdouble nats_reconnect_wait;  /* seconds between reconnect attempts to one server */
+  gint nats_max_reconnect;      /* -1 = forever */
+  gdouble nats_reconnect_grace; /* seconds a job waits for a lost connection before 503 */
+  gchar *nats_fallback;         /* "none" or "local": where jobs go when no worker listens */
+
+  /* [worker]: crunchd-worker only */
+  guint worker_threads; /* 0 = one per CPU */
+  gint worker_nice;
+  gchar *worker_id;                /* "" = HOSTNAME:PID */
+  gdouble worker_shutdown_timeout; /* seconds running jobs get on SIGTERM */
+
+  /* [cache] */
+  guint cache_entries; /* LRU results of pure functions; 0 = off */
+
+  /* [fib] */
+  guint fib_max_n;
+  gdouble fib_timeout; /* seconds */
+
+  /* [plugins] (restart) */
+  gchar *plugins_dir;   /* where plugin names are looked up */
+  gchar **plugins_load; /* plugin names or paths, NULL = none */
+
+  /* [jobs] */
+  gdouble jobs_ttl;      /* seconds a finished job is kept */
+  guint jobs_max_stored; /* jobs kept at once (any state); beyond it POST /jobs gets 503 */
+
+  /* [log] */
+  gchar *log_level; /* error|critical|warning|message|info|debug */
+  gboolean log_access;
+} CrunchConfig;
+
+#define CRUNCH_CONFIG_ERROR (crunch_config_error_quark ())
+GQuark crunch_config_error_quark (void);
+typedef enum {
+  CRUNCH_CONFIG_ERROR_INVALID,
+} CrunchConfigError;
+
+CrunchConfig *crunch_config_new_default (void);
+CrunchConfig *crunch_config_load (const gchar *path, GError **error);
+CrunchConfig *crunch_config_load_data (const gchar *data, const gchar *name, GError **error);
+gboolean crunch_config_validate (const CrunchConfig *config, GError **error);
+gchar *crunch_config_to_string (const CrunchConfig *config);
+guint crunch_config_effective_threads (const CrunchConfig *config);
+void crunch_config_free (CrunchConfig *config);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchConfig, crunch_config_free)
+
+gboolean crunch_parse_listen_address (const gchar *text, struct sockaddr_storage *addr,
+                                      socklen_t *len, GError **error);

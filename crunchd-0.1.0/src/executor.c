@@ -1,0 +1,167 @@
+/* executor.c - jobs, and the local executor: a GThreadPool.
+ *
+ * DESIGN
+ * The scheduler decides *which* job runs next and never hands the executor more jobs than it has
+ * threads, so the pool's own queue stays (almost) empty and fairness is not undone here.
+ * Threads: the pool's workers call crunch_job_run(), then the `finished` callback (the scheduler),
+ * which ends by resuming the waiting connection; after that the worker only drops its reference.
+ * Workers lower their own CPU priority (`nice`) so the MHD polling thread wins the CPU when every
+ * core computes; the value is re-read per job, so a reload applies it. */
+#include "executor.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+CrunchJob *
+crunch_job_new (const CrunchFunction *fn, GVariant *args)
+{
+  CrunchJob *job = g_new0 (CrunchJob, 1);
+
+  job->ref = 1;
+  job->fn = fn;
+  job->args = g_variant_ref_sink (args);
+  return job;
+}
+
+CrunchJob *
+crunch_job_ref (CrunchJob *job)
+{
+  g_atomic_int_inc (&job->ref);
+  return job;
+}
+
+void
+crunch_job_unref (CrunchJob *job)
+{
+  if (job == NULL || !g_atomic_int_dec_and_test (&job->ref))
+    return;
+  g_variant_unref (job->args);
+  g_clear_pointer (&job->result, g_bytes_unref);
+  g_free (job->error);
+  g_free (job);
+}
+
+gboolean
+crunch_job_cancel (CrunchJob *job, CrunchJobOutcome reason)
+{
+  return g_atomic_int_compare_and_exchange (&job->cancel.flag, 0, (gint)reason);
+}
+
+/* Runs the function and records the outcome; any thread. */
+void
+crunch_job_run (CrunchJob *job)
+{
+  g_autoptr (GError) error = NULL;
+
+  job->t_started = g_get_monotonic_time ();
+  if (!crunch_cancelled (&job->cancel))
+    job->result = crunch_function_run (job->fn, job->args, &job->cancel, &error);
+  job->t_finished = g_get_monotonic_time ();
+
+  if (job->result != NULL) {
+    job->outcome = CRUNCH_JOB_OK;
+  } else if (crunch_cancelled (&job->cancel)) {
+    job->outcome = (CrunchJobOutcome)g_atomic_int_get (&job->cancel.flag);
+  } else {
+    job->outcome = CRUNCH_JOB_FAILED;
+    job->error = g_strdup (error ? error->message : "the function returned no result");
+  }
+}
+
+const gchar *
+crunch_job_outcome_name (CrunchJobOutcome outcome)
+{
+  static const gchar *const names[] = {"pending",     "ok",       "failed",     "timed-out",
+                                       "client-gone", "shutdown", "unavailable"};
+  return names[outcome];
+}
+
+/* ---- the local executor ---- */
+
+typedef struct {
+  CrunchExecutor parent;
+  GThreadPool *pool;
+  gint nice;
+} LocalExecutor;
+
+static void
+set_thread_nice (gint nice)
+{
+  static __thread gint applied = 0;
+
+  if (applied == nice)
+    return;
+  /* On Linux, PRIO_PROCESS with a thread id sets that thread's niceness alone. */
+  if (setpriority (PRIO_PROCESS, (id_t)gettid (), nice) != 0)
+    g_debug ("could not set worker niceness to %d: %s", nice, g_strerror (errno));
+  applied = nice;
+}
+
+static void
+local_worker (gpointer data, gpointer user_data)
+{
+  CrunchJob *job = data;
+  LocalExecutor *self = user_data;
+
+  set_thread_nice (g_atomic_int_get (&self->nice));
+  crunch_job_run (job);
+  self->parent.finished (job, self->parent.finished_data);
+  crunch_job_unref (job);
+}
+
+static void
+local_submit (CrunchExecutor *parent, CrunchJob *job)
+{
+  LocalExecutor *self = (LocalExecutor *)parent;
+
+  g_thread_pool_push (self->pool, crunch_job_ref (job), NULL);
+}
+
+static void
+local_set_threads (CrunchExecutor *parent, guint threads)
+{
+  LocalExecutor *self = (LocalExecutor *)parent;
+
+  g_thread_pool_set_max_threads (self->pool, (gint)threads, NULL);
+}
+
+static void
+local_free (CrunchExecutor *parent)
+{
+  LocalExecutor *self = (LocalExecutor *)parent;
+
+  /* wait = TRUE: queued jobs still run, so every job reaches `finished`. */
+  g_thread_pool_free (self->pool, FALSE, TRUE);
+  g_free (self);
+}
+
+static const CrunchExecutorClass local_class = {
+    .name = "local",
+    .submit = local_submit,
+    .set_threads = local_set_threads,
+    .free = local_free,
+};
+
+CrunchExecutor *
+crunch_local_executor_new (guint threads, gint nice, CrunchJobFunc finished, gpointer finished_data)
+{
+  LocalExecutor *self = g_new0 (LocalExecutor, 1);
+
+  self->parent.klass = &local_class;
+  self->parent.finished = finished;
+  self->parent.finished_data = finished_data;
+  self->nice = nice;
+  /* exclusive: the threads are ours, start now, and keep their niceness */
+  self->pool = g_thread_pool_new (local_worker, self, (gint)threads, TRUE, NULL);
+  return &self->parent;
+}
+
+void
+crunch_local_executor_set_nice (CrunchExecutor *parent, gint nice)
+{
+  LocalExecutor *self = (LocalExecutor *)parent;
+
+  if (parent->klass != &local_class)
+    return; /* niceness is a property of local threads; other executors have none */
+  g_atomic_int_set (&self->nice, nice);
+}

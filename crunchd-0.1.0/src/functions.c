@@ -1,0 +1,344 @@
+/* functions.c - name -> CrunchFunction. The table is filled at start-up (built-ins, then the
+ * configured plugins) and read-only after, so lookups from the MHD threads need no lock; live
+ * settings inside entries are atomics. */
+#include "functions.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "args.h"
+#include "plugins.h"
+
+G_DEFINE_QUARK (crunch - function - error - quark, crunch_function_error)
+
+static const CrunchBuiltin *const builtins[] = {
+    &crunch_fib_builtin,
+};
+
+static GHashTable *registry; /* name -> CrunchFunction* */
+static GPtrArray *order;     /* CrunchFunction*, registration order; owns them */
+
+static void
+function_free (gpointer data)
+{
+  CrunchFunction *fn = data;
+
+  for (guint i = 0; i < fn->decl->n_args; i++)
+    g_clear_pointer (&fn->defaults[i], g_variant_unref);
+  g_free (fn->defaults);
+  g_free (fn->max);
+  g_free (fn->plugin);
+  g_free (fn);
+}
+
+void
+crunch_functions_reset (void)
+{
+  g_clear_pointer (&registry, g_hash_table_unref);
+  g_clear_pointer (&order, g_ptr_array_unref);
+}
+
+static gboolean
+valid_name (const gchar *name)
+{
+  return name != NULL && *name != '\0' && strlen (name) <= 64 &&
+         strspn (name, "abcdefghijklmnopqrstuvwxyz0123456789_") == strlen (name);
+}
+
+static gboolean
+bad_decl (GError **error, const gchar *plugin, const gchar *name, const gchar *why)
+{
+  g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_REGISTRATION,
+               "plugin '%s': function '%s': %s", plugin, name ? name : "(null)", why);
+  return FALSE;
+}
+
+static gboolean
+check_arg (const CrunchdArg *arg, const CrunchdFunction *decl, guint i, const gchar *plugin,
+           GError **error)
+{
+  g_autofree gchar *why = NULL;
+
+  if (!valid_name (arg->name))
+    why = g_strdup_printf ("argument %u: name must match [a-z0-9_]+", i);
+  else if (arg->type < CRUNCHD_ARG_INT || arg->type > CRUNCHD_ARG_BYTES)
+    why = g_strdup_printf ("argument '%s': unknown type %d", arg->name, (gint)arg->type);
+  else if (!(arg->min <= arg->max) || !isfinite (arg->min) || !isfinite (arg->max))
+    why = g_strdup_printf ("argument '%s': bounds must be finite with min <= max", arg->name);
+  else if (arg->type >= CRUNCHD_ARG_STRING && arg->min < 0)
+    why = g_strdup_printf ("argument '%s': a length bound cannot be negative", arg->name);
+  for (guint j = 0; why == NULL && j < i; j++) {
+    if (g_str_equal (decl->args[j].name, arg->name))
+      why = g_strdup_printf ("argument '%s' declared twice", arg->name);
+  }
+  return why == NULL || bad_decl (error, plugin, decl->name, why);
+}
+
+static gboolean
+check_decl (const CrunchdFunction *decl, const gchar *plugin, GError **error)
+{
+  if (!valid_name (decl->name))
+    return bad_decl (error, plugin, decl->name, "name must match [a-z0-9_]+ (at most 64)");
+  if (decl->run == NULL)
+    return bad_decl (error, plugin, decl->name, "no run function");
+  if (decl->content_type == NULL || *decl->content_type == '\0')
+    return bad_decl (error, plugin, decl->name, "no content_type");
+  if (!(decl->deadline > 0 && decl->deadline <= 86400))
+    return bad_decl (error, plugin, decl->name, "deadline must be in (0, 86400] seconds");
+  if (decl->n_args > 0 && decl->args == NULL)
+    return bad_decl (error, plugin, decl->name, "n_args > 0 but args is NULL");
+  for (guint i = 0; i < decl->n_args; i++) {
+    if (!check_arg (&decl->args[i], decl, i, plugin, error))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+static CrunchFunction *
+function_new (const CrunchdFunction *decl, const gchar *plugin, GError **error)
+{
+  CrunchFunction *fn = g_new0 (CrunchFunction, 1);
+
+  fn->decl = decl;
+  fn->name = decl->name;
+  fn->plugin = g_strdup (plugin);
+  fn->pure = decl->pure != 0;
+  fn->content_type = decl->content_type;
+  fn->timeout_us = (gint64)(decl->deadline * G_USEC_PER_SEC);
+  fn->defaults = g_new0 (GVariant *, decl->n_args + 1);
+  fn->max = g_new0 (gdouble, decl->n_args + 1);
+  for (guint i = 0; i < decl->n_args; i++) {
+    const CrunchdArg *arg = &decl->args[i];
+    g_autoptr (GError) local = NULL;
+    fn->max[i] = arg->max;
+    if (arg->default_value == NULL)
+      continue;
+    fn->defaults[i] = crunch_arg_from_text (decl->name, arg, arg->max, arg->default_value, &local);
+    if (fn->defaults[i] == NULL) {
+      g_autofree gchar *why = g_strdup_printf ("bad default_value: %s", local->message);
+      bad_decl (error, plugin, decl->name, why);
+      function_free (fn);
+      return NULL;
+    }
+    g_variant_ref_sink (fn->defaults[i]);
+  }
+  return fn;
+}
+
+gboolean
+crunch_functions_add (const CrunchdFunction *decl, const gchar *plugin, GError **error)
+{
+  const CrunchFunction *other;
+  CrunchFunction *fn;
+
+  if (decl == NULL)
+    return bad_decl (error, plugin, NULL, "NULL declaration");
+  if (!check_decl (decl, plugin, error))
+    return FALSE;
+  other = crunch_functions_lookup (decl->name);
+  if (other != NULL) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_REGISTRATION,
+                 "plugin '%s': function '%s' is already registered by plugin '%s'", plugin,
+                 decl->name, other->plugin);
+    return FALSE;
+  }
+  fn = function_new (decl, plugin, error);
+  if (fn == NULL)
+    return FALSE;
+  if (registry == NULL) {
+    registry = g_hash_table_new (g_str_hash, g_str_equal);
+    order = g_ptr_array_new_with_free_func (function_free);
+  }
+  g_hash_table_insert (registry, (gpointer)fn->name, fn);
+  g_ptr_array_add (order, fn);
+  return TRUE;
+}
+
+static gboolean
+add_builtins (GError **error)
+{
+  for (gsize i = 0; i < G_N_ELEMENTS (builtins); i++) {
+    CrunchFunction *fn;
+    if (!crunch_plugins_register (builtins[i]->plugin, "builtin", error))
+      return FALSE;
+    fn = (CrunchFunction *)crunch_functions_lookup (builtins[i]->function);
+    g_assert (fn != NULL);
+    fn->parse = builtins[i]->parse;
+    fn->configure = builtins[i]->configure;
+  }
+  return TRUE;
+}
+
+gboolean
+crunch_functions_init (const CrunchConfig *config, GError **error)
+{
+  crunch_functions_reset ();
+  if (!add_builtins (error) ||
+      !crunch_plugins_load (config->plugins_dir, config->plugins_load, error)) {
+    crunch_functions_reset ();
+    return FALSE;
+  }
+  crunch_functions_configure (config);
+  return TRUE;
+}
+
+void
+crunch_functions_configure (const CrunchConfig *config)
+{
+  for (guint i = 0; order != NULL && i < order->len; i++) {
+    CrunchFunction *fn = order->pdata[i];
+    if (fn->configure != NULL)
+      fn->configure (fn, config);
+  }
+}
+
+gchar *
+crunch_function_key (const CrunchFunction *fn, GVariant *args)
+{
+  g_autofree gchar *printed = NULL;
+
+  if (!fn->pure)
+    return NULL;
+  printed = g_variant_print (args, TRUE);
+  return g_strconcat (fn->name, " ", printed, NULL);
+}
+
+const CrunchFunction *
+crunch_functions_lookup (const gchar *name)
+{
+  return registry != NULL ? g_hash_table_lookup (registry, name) : NULL;
+}
+
+const gchar **
+crunch_functions_list (void)
+{
+  guint n = order != NULL ? order->len : 0;
+  const gchar **names = g_new0 (const gchar *, n + 1);
+
+  for (guint i = 0; i < n; i++)
+    names[i] = ((CrunchFunction *)order->pdata[i])->name;
+  return names;
+}
+
+gdouble
+crunch_function_arg_max (const CrunchFunction *fn, guint i)
+{
+  gdouble max;
+
+  __atomic_load (&fn->max[i], &max, __ATOMIC_RELAXED);
+  return max;
+}
+
+/* The tuple's children stay alive in `args` for the whole call, so values point into it. */
+static void
+to_value (GVariant *child, CrunchdArgType type, CrunchdValue *value)
+{
+  gsize len = 0;
+
+  value->type = type;
+  switch (type) {
+  case CRUNCHD_ARG_INT:
+    value->v.i = g_variant_get_int64 (child);
+    break;
+  case CRUNCHD_ARG_FLOAT:
+    value->v.f = g_variant_get_double (child);
+    break;
+  case CRUNCHD_ARG_STRING:
+    value->v.s.data = g_variant_get_string (child, &len);
+    value->v.s.len = len;
+    break;
+  case CRUNCHD_ARG_BYTES:
+    value->v.s.data = g_variant_get_fixed_array (child, &len, 1);
+    value->v.s.len = len;
+    if (len == 0)
+      value->v.s.data = "";
+    break;
+  }
+}
+
+static void
+free_result (gpointer data)
+{
+  gpointer *pair = data; /* {data, free_data} */
+  void (*free_data) (void *) = pair[1];
+
+  (free_data != NULL ? free_data : free) (pair[0]);
+  g_free (pair);
+}
+
+static const gchar *const type_codes[] = {NULL, "x", "d", "s", "ay"};
+
+/* Arguments that did not come through args.c (a remote worker decodes them from the wire) are
+ * checked again, so `run` never sees a value its declaration excludes. */
+static gboolean
+matches_decl (const CrunchFunction *fn, GVariant *args)
+{
+  g_autoptr (GString) type = g_string_new ("(");
+  const CrunchdArg *decl;
+
+  for (guint i = 0; i < fn->decl->n_args; i++)
+    g_string_append (type, type_codes[fn->decl->args[i].type]);
+  g_string_append_c (type, ')');
+  if (!g_variant_type_string_is_valid (type->str) ||
+      !g_variant_is_of_type (args, G_VARIANT_TYPE (type->str)))
+    return FALSE;
+  for (guint i = 0; i < fn->decl->n_args; i++) {
+    g_autoptr (GVariant) child = g_variant_get_child_value (args, i);
+    gdouble value = 0;
+    gsize len = 0;
+    decl = &fn->decl->args[i];
+    if (decl->type == CRUNCHD_ARG_INT)
+      value = (gdouble)g_variant_get_int64 (child);
+    else if (decl->type == CRUNCHD_ARG_FLOAT)
+      value = g_variant_get_double (child);
+    else if (decl->type == CRUNCHD_ARG_STRING)
+      value = (gdouble)g_utf8_strlen (g_variant_get_string (child, &len), -1);
+    else
+      value = (gdouble)g_variant_get_size (child);
+    if (!(value >= decl->min && value <= decl->max))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+GBytes *
+crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCancel *cancel,
+                     GError **error)
+{
+  guint n = fn->decl->n_args;
+  g_autofree CrunchdValue *values = g_new0 (CrunchdValue, n + 1);
+  g_autoptr (GPtrArray) children = g_ptr_array_new_with_free_func ((GDestroyNotify)g_variant_unref);
+  CrunchdCall call = {values, n, fn->decl->user_data, &cancel->flag};
+  CrunchdResult result = {0};
+  CrunchdStatus status;
+  gpointer *pair;
+
+  if (!matches_decl (fn, args)) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED,
+                 "%s: arguments %s do not match the declaration", fn->name,
+                 g_variant_get_type_string (args));
+    return NULL;
+  }
+  for (guint i = 0; i < n; i++) {
+    GVariant *child = g_variant_get_child_value (args, i);
+    g_ptr_array_add (children, child);
+    to_value (child, fn->decl->args[i].type, &values[i]);
+  }
+  status = fn->decl->run (&call, &result);
+  if (status == CRUNCHD_OK && (result.data != NULL || result.len == 0)) {
+    pair = g_new (gpointer, 2);
+    pair[0] = result.data;
+    pair[1] = (gpointer)result.free_data;
+    return g_bytes_new_with_free_func (result.data, result.len, free_result, pair);
+  }
+  if (result.data != NULL)
+    (result.free_data != NULL ? result.free_data : free) (result.data);
+  if (status == CRUNCHD_CANCELLED || crunch_cancelled (cancel))
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED, "%s: cancelled",
+                 fn->name);
+  else
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED, "%s: %s", fn->name,
+                 result.error[0] != '\0' ? result.error : "failed");
+  return NULL;
+}

@@ -1,0 +1,87 @@
+/* functions.h - the registry of compute functions.
+ *
+ * Every function, the built-in fib included, is declared through the public plugin ABI
+ * (crunchd/crunchd-plugin.h) and registered here by crunch_plugins_register(). A compute function
+ * knows nothing of HTTP: its arguments arrive as a canonical GVariant tuple (one child per declared
+ * argument, in declared order: int x, float d, string s, bytes ay), it runs on a worker thread
+ * while checking a cancellation flag, and returns its result as bytes. Identical calls have equal
+ * tuples, so (name, tuple) is the coalescing key. */
+#pragma once
+
+#include <glib.h>
+
+#include "config.h"
+#include "crunchd/crunchd-plugin.h"
+
+#define CRUNCH_FUNCTION_ERROR (crunch_function_error_quark ())
+GQuark crunch_function_error_quark (void);
+typedef enum {
+  CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT, /* -> 400 */
+  CRUNCH_FUNCTION_ERROR_CANCELLED,        /* the run saw the cancel flag */
+  CRUNCH_FUNCTION_ERROR_FAILED,           /* -> 500 */
+  CRUNCH_FUNCTION_ERROR_REGISTRATION,     /* bad declaration or duplicate name */
+} CrunchFunctionError;
+
+/* Set (to nonzero) by any thread to ask a running function to stop. Functions read it with
+ * crunch_cancelled(), a plain relaxed load, cheap enough for a hot loop. */
+typedef struct {
+  gint flag;
+} CrunchCancel;
+
+static inline gboolean
+crunch_cancelled (const CrunchCancel *cancel)
+{
+  return __atomic_load_n (&cancel->flag, __ATOMIC_RELAXED) != 0;
+}
+
+typedef struct CrunchFunction CrunchFunction;
+struct CrunchFunction {
+  const CrunchdFunction *decl; /* owned by the plugin, which is never unloaded */
+  const gchar *name;           /* decl->name */
+  gchar *plugin;               /* who registered it, for messages */
+  gboolean pure;               /* identical calls may share one computation */
+  const gchar *content_type;   /* of the result */
+  GVariant **defaults;         /* per argument: parsed default_value, or NULL if required */
+  gdouble *max;                /* per argument: live upper bound (atomic; builtins may lower it) */
+  gint64 timeout_us;           /* default deadline (atomic) */
+  /* Built-ins only: the legacy path syntax (/fib/N) -> the same canonical tuple, and live
+   * settings from the configuration. NULL for plugin functions. */
+  GVariant *(*parse) (const CrunchFunction *fn, const gchar *text, GError **error);
+  void (*configure) (CrunchFunction *fn, const CrunchConfig *config);
+  gint limit; /* function-specific live bound (fib: max_n) */
+};
+
+/* A built-in: a plugin linked into crunchd, plus its legacy hooks. */
+typedef struct {
+  const CrunchdPlugin *plugin;
+  const gchar *function; /* the function the hooks belong to */
+  GVariant *(*parse) (const CrunchFunction *fn, const gchar *text, GError **error);
+  void (*configure) (CrunchFunction *fn, const CrunchConfig *config);
+} CrunchBuiltin;
+
+/* The identity of a call, "name printed-args", for coalescing and caching; NULL if the function
+ * is impure (its calls may not be shared). The args tuple is canonical (args.c), so a call by
+ * /fib/N, /fn/fib?n=N, POST /fn/fib or POST /jobs has the same key. */
+gchar *crunch_function_key (const CrunchFunction *fn, GVariant *args);
+
+/* Registers the built-ins, loads [plugins] load from [plugins] dir, applies live settings. On
+ * error (naming the plugin) the registry is left empty. Call once, before serving. */
+gboolean crunch_functions_init (const CrunchConfig *config, GError **error);
+void crunch_functions_configure (const CrunchConfig *config);
+void crunch_functions_reset (void); /* tests */
+const CrunchFunction *crunch_functions_lookup (const gchar *name);
+/* Registered names, in registration order (NULL-terminated, free with g_free only). */
+const gchar **crunch_functions_list (void);
+
+/* Validates the declaration and adds it; `plugin` names the registrant in errors. */
+gboolean crunch_functions_add (const CrunchdFunction *decl, const gchar *plugin, GError **error);
+
+gdouble crunch_function_arg_max (const CrunchFunction *fn, guint i);
+/* Runs on a worker thread: the tuple becomes CrunchdValues, the result a GBytes. NULL with
+ * CANCELLED or FAILED otherwise. */
+GBytes *crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCancel *cancel,
+                             GError **error);
+
+/* fib.c */
+extern const CrunchBuiltin crunch_fib_builtin;
+guint64 crunch_fib (guint n, const CrunchCancel *cancel);

@@ -1,0 +1,384 @@
+/* main.c - command line, start-up, the main loop, signals and exit codes.
+ *
+ * The main thread owns the GMainLoop: it handles SIGHUP (reload), SIGINT/SIGTERM (drain and
+ * stop) and talks to systemd. Requests are served on MHD's threads, jobs run on the executor's. */
+#include <errno.h>
+#include <glib-unix.h>
+#include <locale.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+
+#include "config.h"
+#include "executor-nats.h"
+#include "functions.h"
+#include "jobs.h"
+#include "logging.h"
+#include "scheduler.h"
+#include "server.h"
+#include "service.h"
+
+#define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
+
+typedef struct {
+  GMainLoop *loop;
+  CrunchConfig *config;
+  CrunchScheduler *scheduler;
+  CrunchJobs *jobs;
+  CrunchServer *server;
+  gchar *config_path;
+  gboolean config_explicit;
+  gchar **cli_listen;
+  gint cli_threads;
+  gboolean stopping;
+  guint shutdown_timer;
+  CrunchHeartbeat *heartbeat;
+} Crunchd;
+
+#define STATUS_INTERVAL_MS 1000
+
+/* systemctl status shows this line: live figures, sent only when they change. */
+static gchar *
+status_text (gpointer data)
+{
+  Crunchd *app = data;
+  CrunchSchedulerStats stats;
+
+  crunch_scheduler_get_stats (app->scheduler, &stats);
+  return g_strdup_printf ("%s%" G_GUINT64_FORMAT " requests served; jobs: %u running on %u "
+                          "threads, %u queued (limit %u)",
+                          app->stopping ? "stopping: " : "",
+                          crunch_server_requests_served (app->server), stats.running, stats.threads,
+                          stats.queued, stats.queue_limit);
+}
+
+/* Command-line values override the file, on start and on every reload. */
+static CrunchConfig *
+load_config (Crunchd *app, GError **error)
+{
+  g_autoptr (CrunchConfig) config = NULL;
+
+  if (!app->config_explicit && !g_file_test (app->config_path, G_FILE_TEST_EXISTS)) {
+    g_info ("no configuration file at %s: using built-in defaults", app->config_path);
+    config = crunch_config_new_default ();
+  } else {
+    config = crunch_config_load (app->config_path, error);
+    if (config == NULL)
+      return NULL;
+  }
+  if (app->cli_listen != NULL) {
+    g_strfreev (config->listen);
+    config->listen = g_strdupv (app->cli_listen);
+  }
+  if (app->cli_threads >= 0)
+    config->threads = (guint)app->cli_threads;
+  if ((app->cli_listen != NULL || app->cli_threads >= 0) && !crunch_config_validate (config, error))
+    return NULL;
+  return g_steal_pointer (&config);
+}
+
+static CrunchSchedulerSettings
+scheduler_settings (const CrunchConfig *config)
+{
+  return (CrunchSchedulerSettings){
+      .threads = crunch_config_effective_threads (config),
+      .queue_limit = config->queue_limit,
+      .per_client_limit = config->per_client_limit,
+      .coalesce = config->coalesce,
+      .nice = config->nice,
+      .cache_entries = config->cache_entries,
+  };
+}
+
+static void
+apply_live_settings (Crunchd *app, const CrunchConfig *config)
+{
+  crunch_logging_set_level (config->log_level);
+  crunch_logging_set_access (config->log_access);
+  crunch_functions_configure (config);
+  if (app->scheduler != NULL) {
+    CrunchSchedulerSettings settings = scheduler_settings (config);
+    crunch_scheduler_configure (app->scheduler, &settings);
+  }
+  if (app->server != NULL)
+    crunch_server_configure (app->server, config);
+  if (app->jobs != NULL)
+    crunch_jobs_configure (app->jobs, config);
+}
+
+/* Settings fixed for the daemon's lifetime; changing them needs a restart, and we say so. */
+static void
+warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
+{
+  g_autofree gchar *a = g_strjoinv (",", old->listen);
+  g_autofree gchar *b = g_strjoinv (",", new->listen);
+  g_autofree gchar *c = g_strjoinv (",", old->plugins_load);
+  g_autofree gchar *d = g_strjoinv (",", new->plugins_load);
+
+  if (!g_str_equal (a, b) || old->max_connections != new->max_connections ||
+      old->max_connections_per_ip != new->max_connections_per_ip ||
+      old->connection_timeout != new->connection_timeout ||
+      !g_str_equal (old->client_key, new->client_key))
+    g_warning ("reload: [server] listen, max_connections, max_connections_per_ip, "
+               "connection_timeout and [executor] client_key apply only after a restart; "
+               "keeping the old values");
+  if (!g_str_equal (old->backend, new->backend))
+    g_warning ("reload: [executor] backend and the [nats] group apply only after a restart");
+  /* plugins are never loaded or unloaded while serving: see plugins.c */
+  if (!g_str_equal (c, d) || g_strcmp0 (old->plugins_dir, new->plugins_dir) != 0)
+    g_warning ("reload: [plugins] dir and load apply only after a restart; keeping the "
+               "loaded plugins");
+}
+
+static gboolean
+on_reload (gpointer data)
+{
+  Crunchd *app = data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchConfig) config = NULL;
+
+  crunch_service_notifyf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT, g_get_monotonic_time ());
+  config = load_config (app, &error);
+  if (config == NULL) {
+    g_warning ("reload failed, keeping the running configuration: %s", error->message);
+  } else {
+    warn_restart_needed (app->config, config);
+    /* keep what cannot change live, so the next comparison is against what really runs */
+    g_strfreev (config->listen);
+    config->listen = g_strdupv (app->config->listen);
+    config->max_connections = app->config->max_connections;
+    config->max_connections_per_ip = app->config->max_connections_per_ip;
+    g_strfreev (config->plugins_load);
+    config->plugins_load = g_strdupv (app->config->plugins_load);
+    g_free (config->plugins_dir);
+    config->plugins_dir = g_strdup (app->config->plugins_dir);
+    config->connection_timeout = app->config->connection_timeout;
+    g_free (config->client_key);
+    config->client_key = g_strdup (app->config->client_key);
+    g_free (config->backend);
+    config->backend = g_strdup (app->config->backend);
+    apply_live_settings (app, config);
+    crunch_config_free (app->config);
+    app->config = g_steal_pointer (&config);
+    g_message ("configuration reloaded from %s", app->config_path);
+  }
+  crunch_heartbeat_update (app->heartbeat);
+  crunch_service_notify ("READY=1");
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+on_drained (gpointer data)
+{
+  Crunchd *app = data;
+
+  g_main_loop_quit (app->loop);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+on_shutdown_timeout (gpointer data)
+{
+  Crunchd *app = data;
+
+  app->shutdown_timer = 0;
+  g_message ("shutdown_timeout reached: cancelling %u running request(s)",
+             crunch_server_in_flight (app->server));
+  crunch_scheduler_cancel_running (app->scheduler, CRUNCH_JOB_SHUTDOWN);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+on_terminate (gpointer data)
+{
+  Crunchd *app = data;
+
+  if (app->stopping)
+    return G_SOURCE_CONTINUE;
+  app->stopping = TRUE;
+  crunch_service_notify ("STOPPING=1");
+  crunch_heartbeat_update (app->heartbeat);
+  g_message ("stopping: %u request(s) in flight", crunch_server_in_flight (app->server));
+  crunch_server_drain (app->server, on_drained, app);
+  crunch_scheduler_drain (app->scheduler);
+  app->shutdown_timer =
+      g_timeout_add ((guint)(app->config->shutdown_timeout * 1000), on_shutdown_timeout, app);
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+log_totals (CrunchScheduler *scheduler)
+{
+  CrunchSchedulerStats st;
+
+  crunch_scheduler_get_stats (scheduler, &st);
+  g_message ("totals: jobs_started=%" G_GUINT64_FORMAT " coalesced=%" G_GUINT64_FORMAT
+             " timed_out=%" G_GUINT64_FORMAT " client_gone=%" G_GUINT64_FORMAT
+             " jobs_cancelled=%" G_GUINT64_FORMAT " rejected_queue_full=%" G_GUINT64_FORMAT
+             " rejected_client_limit=%" G_GUINT64_FORMAT " cache_hits=%" G_GUINT64_FORMAT,
+             st.jobs_started, st.tickets_coalesced, st.tickets_timed_out, st.tickets_client_gone,
+             st.jobs_cancelled, st.rejected_queue_full, st.rejected_client_limit, st.cache_hits);
+}
+
+/* Descriptors besides client connections: listen sockets, epoll, MHD's and GLib's wake-up pipes,
+ * the log, with room to spare. */
+#define FD_RESERVE 64
+
+/* Every connection is a file descriptor, and the usual soft RLIMIT_NOFILE (1024) is below the
+ * default max_connections: accept() would fail with EMFILE long before MHD's limit. Raise the
+ * soft limit as far as the connection limits need (the hard limit allows it without privilege;
+ * under systemd it is 524288), and say so when even the hard limit is too low. */
+static void
+raise_fd_limit (guint64 connections)
+{
+  struct rlimit rl;
+  rlim_t want = (rlim_t)(connections + FD_RESERVE);
+
+  if (getrlimit (RLIMIT_NOFILE, &rl) != 0 || (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur >= want))
+    return;
+  if (rl.rlim_cur != RLIM_INFINITY) {
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? want : MIN (want, rl.rlim_max);
+    if (setrlimit (RLIMIT_NOFILE, &rl) != 0)
+      g_warning ("cannot raise the open file limit to %lu: %s", (gulong)rl.rlim_cur,
+                 g_strerror (errno));
+  }
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+    g_warning ("[server] max_connections needs %lu open files but RLIMIT_NOFILE allows %lu: "
+               "connections beyond that are refused (raise LimitNOFILE= or ulimit -n)",
+               (gulong)want, (gulong)rl.rlim_cur);
+}
+
+static CrunchExecutor *
+new_nats_executor (CrunchJobFunc finished, gpointer finished_data, gpointer user_data,
+                   GError **error)
+{
+  Crunchd *app = user_data;
+
+  return crunch_nats_executor_new (app->config, crunch_config_effective_threads (app->config),
+                                   app->config->nice, finished, finished_data, error);
+}
+
+static gint
+run (Crunchd *app)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GArray) fds = crunch_service_listen_fds ();
+  guint threads = crunch_config_effective_threads (app->config);
+  CrunchSchedulerSettings settings = scheduler_settings (app->config);
+  gboolean nats = g_str_equal (app->config->backend, "nats");
+
+  /* one MHD daemon, with its own connection limit, per listening socket */
+  raise_fd_limit ((guint64)app->config->max_connections *
+                  (fds->len > 0 ? fds->len : g_strv_length (app->config->listen)));
+  app->scheduler =
+      crunch_scheduler_new_full (&settings, nats ? new_nats_executor : NULL, app, &error);
+  if (app->scheduler == NULL) {
+    g_critical ("%s", error->message);
+    return EXIT_FAILURE;
+  }
+  app->jobs = crunch_jobs_new (app->scheduler, app->config);
+  app->server = crunch_server_new (app->scheduler, app->config);
+  crunch_server_set_jobs (app->server, app->jobs);
+  /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
+  app->loop = g_main_loop_new (NULL, FALSE);
+  g_unix_signal_add (SIGHUP, on_reload, app);
+  g_unix_signal_add (SIGINT, on_terminate, app);
+  g_unix_signal_add (SIGTERM, on_terminate, app);
+  if (!crunch_server_start (app->server, fds, &error)) {
+    g_critical ("%s", error->message);
+    crunch_server_free (app->server);
+    crunch_jobs_cancel_all (app->jobs);
+    crunch_scheduler_free (app->scheduler);
+    crunch_jobs_free (app->jobs);
+    g_main_loop_unref (app->loop);
+    return EXIT_FAILURE;
+  }
+  g_message ("crunchd %s ready: %u worker thread(s), queue limit %u", PACKAGE_VERSION, threads,
+             app->config->queue_limit);
+  crunch_service_notify ("READY=1");
+  app->heartbeat = crunch_heartbeat_new (STATUS_INTERVAL_MS, status_text, app);
+
+  g_main_loop_run (app->loop);
+
+  g_clear_pointer (&app->heartbeat, crunch_heartbeat_free);
+  if (app->shutdown_timer != 0)
+    g_source_remove (app->shutdown_timer);
+  crunch_server_free (app->server);   /* every compute request has been answered */
+  crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
+  log_totals (app->scheduler);
+  crunch_scheduler_free (app->scheduler);
+  crunch_jobs_free (app->jobs); /* after the scheduler: no ticket can be answered any more */
+  g_main_loop_unref (app->loop);
+  if (nats)
+    crunch_nats_library_close ();
+  g_message ("stopped");
+  return EXIT_SUCCESS;
+}
+
+int
+main (int argc, char **argv)
+{
+  Crunchd app = {.cli_threads = -1};
+  g_autofree gchar *config_path = NULL;
+  g_auto (GStrv) listen = NULL;
+  gboolean check_config = FALSE, version = FALSE;
+  const GOptionEntry entries[] = {
+      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
+       "Configuration file (default " DEFAULT_CONFIG ")", "FILE"},
+      {"listen", 'l', 0, G_OPTION_ARG_STRING_ARRAY, &listen,
+       "Listen on ADDR:PORT or [ADDR]:PORT (repeatable; overrides [server] listen)", "ADDR:PORT"},
+      {"threads", 't', 0, G_OPTION_ARG_INT, &app.cli_threads,
+       "Worker threads (0 = one per CPU; overrides [executor] threads)", "N"},
+      {"check-config", 0, 0, G_OPTION_ARG_NONE, &check_config,
+       "Validate the configuration, print the effective settings and exit", NULL},
+      {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
+      {NULL}};
+  g_autoptr (GOptionContext) context = g_option_context_new ("- HTTP server for slow computations");
+  g_autoptr (GError) error = NULL;
+  gint status;
+
+  setlocale (LC_ALL, "");
+  g_option_context_add_main_entries (context, entries, NULL);
+  g_option_context_set_description (context, "Signals: SIGHUP reloads the configuration, "
+                                             "SIGTERM/SIGINT drain and stop.\n"
+                                             "Exit status: 0 ok, 1 runtime failure, 64 usage, "
+                                             "78 configuration error.");
+  if (!g_option_context_parse (context, &argc, &argv, &error)) {
+    g_printerr ("crunchd: %s\nTry 'crunchd --help'.\n", error->message);
+    return 64; /* EX_USAGE */
+  }
+  if (version) {
+    g_print ("crunchd %s\n", PACKAGE_VERSION);
+    return EXIT_SUCCESS;
+  }
+  if (app.cli_threads < -1 || app.cli_threads > 1024) {
+    g_printerr ("crunchd: --threads %d: expected 0 to 1024\n", app.cli_threads);
+    return 64;
+  }
+  crunch_logging_init ();
+  app.config_explicit = config_path != NULL;
+  app.config_path = config_path ? config_path : (gchar *)DEFAULT_CONFIG;
+  app.cli_listen = listen;
+  app.config = load_config (&app, &error);
+  if (app.config == NULL) {
+    g_printerr ("crunchd: %s\n", error->message);
+    return CRUNCH_EXIT_CONFIG;
+  }
+  if (!crunch_functions_init (app.config, &error)) {
+    g_printerr ("crunchd: %s\n", error->message);
+    crunch_config_free (app.config);
+    return CRUNCH_EXIT_CONFIG;
+  }
+  if (check_config) {
+    g_autofree gchar *text = crunch_config_to_string (app.config);
+    g_autofree const gchar **names = crunch_functions_list ();
+    g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);
+    g_print ("# %s: configuration OK\n# functions: %s\n%s", app.config_path, list, text);
+    crunch_config_free (app.config);
+    return EXIT_SUCCESS;
+  }
+  apply_live_settings (&app, app.config);
+  status = run (&app);
+  crunch_config_free (app.config);
+  return status;
+}

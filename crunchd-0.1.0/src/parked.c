@@ -1,0 +1,237 @@
+/* parked.c - see parked.h.
+ *
+ * DESIGN
+ * Threads: add()/remove() come from MHD threads; the watcher thread waits in epoll_wait() for a
+ * hang-up (EPOLLRDHUP/EPOLLHUP on a parked socket), a wake-up (eventfd: an earlier deadline was
+ * added, or shutdown), or the earliest deadline. Entries live in a hash table keyed by a serial
+ * number that is also the epoll cookie, so an event for an entry removed meanwhile finds nothing
+ * (no dangling pointers). A fired entry stays registered (without events) until remove(), but
+ * never fires twice. `expire` runs without the lock held, on a reference the watcher took. */
+#include "parked.h"
+
+#include <errno.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+struct CrunchParkedEntry {
+  guint64 serial;
+  gint fd;
+  gint64 deadline_us;
+  gpointer item;
+  GSequenceIter *by_deadline; /* NULL once fired or without deadline */
+  gboolean fired;
+};
+
+struct CrunchParked {
+  GMutex lock;
+  GHashTable *entries;  /* serial -> entry */
+  GSequence *deadlines; /* entries ordered by deadline */
+  gint64 next_wake_us;  /* what the watcher sleeps towards; G_MAXINT64 = no deadline */
+  guint64 next_serial;
+  gint epfd, wakefd;
+  gboolean stop;
+  GThread *thread;
+  CrunchParkedExpire expire;
+  gpointer expire_data;
+  gpointer (*ref) (gpointer);
+  GDestroyNotify unref;
+};
+
+#define WAKE_COOKIE G_MAXUINT64
+
+static gint
+by_deadline (gconstpointer a, gconstpointer b, gpointer user_data)
+{
+  const CrunchParkedEntry *x = a, *y = b;
+
+  if (x->deadline_us != y->deadline_us)
+    return x->deadline_us < y->deadline_us ? -1 : 1;
+  return x->serial < y->serial ? -1 : (x->serial > y->serial);
+}
+
+static void
+wake (CrunchParked *self)
+{
+  guint64 one = 1;
+
+  if (write (self->wakefd, &one, sizeof one) < 0 && errno != EAGAIN)
+    g_warning ("parked: eventfd write: %s", g_strerror (errno));
+}
+
+/* With the lock held: mark fired, take a reference for the caller. */
+static gpointer
+fire_locked (CrunchParked *self, CrunchParkedEntry *entry)
+{
+  entry->fired = TRUE;
+  if (entry->by_deadline != NULL) {
+    g_sequence_remove (entry->by_deadline);
+    entry->by_deadline = NULL;
+  }
+  /* stop the level-triggered hang-up event from repeating */
+  epoll_ctl (self->epfd, EPOLL_CTL_DEL, entry->fd, NULL);
+  return self->ref (entry->item);
+}
+
+/* With the lock held: collect the entries whose deadline passed; return ms until the next one. */
+static gint
+collect_expired (CrunchParked *self, GPtrArray *expired)
+{
+  gint64 now = g_get_monotonic_time ();
+
+  while (g_sequence_get_length (self->deadlines) > 0) {
+    CrunchParkedEntry *first = g_sequence_get (g_sequence_get_begin_iter (self->deadlines));
+    if (first->deadline_us > now) {
+      self->next_wake_us = first->deadline_us;
+      /* round up, so we do not wake a hair early and spin */
+      return (gint)MIN ((first->deadline_us - now + 999) / 1000, G_MAXINT);
+    }
+    g_ptr_array_add (expired, fire_locked (self, first));
+  }
+  self->next_wake_us = G_MAXINT64;
+  return -1;
+}
+
+static void
+watch_once (CrunchParked *self)
+{
+  struct epoll_event events[64];
+  g_autoptr (GPtrArray) expired = g_ptr_array_new ();
+  g_autoptr (GPtrArray) gone = g_ptr_array_new ();
+  gint timeout, n;
+
+  g_mutex_lock (&self->lock);
+  timeout = collect_expired (self, expired);
+  g_mutex_unlock (&self->lock);
+  for (guint i = 0; i < expired->len; i++) {
+    self->expire (expired->pdata[i], CRUNCH_JOB_TIMED_OUT, self->expire_data);
+    self->unref (expired->pdata[i]);
+  }
+  if (expired->len > 0)
+    return; /* time moved on: recompute the timeout */
+
+  n = epoll_wait (self->epfd, events, G_N_ELEMENTS (events), timeout);
+  g_mutex_lock (&self->lock);
+  for (gint i = 0; i < n; i++) {
+    CrunchParkedEntry *entry;
+    if (events[i].data.u64 == WAKE_COOKIE) {
+      guint64 count;
+      if (read (self->wakefd, &count, sizeof count) < 0 && errno != EAGAIN)
+        g_warning ("parked: eventfd read: %s", g_strerror (errno));
+      continue;
+    }
+    entry = g_hash_table_lookup (self->entries, &events[i].data.u64);
+    if (entry != NULL && !entry->fired)
+      g_ptr_array_add (gone, fire_locked (self, entry));
+  }
+  g_mutex_unlock (&self->lock);
+  for (guint i = 0; i < gone->len; i++) {
+    self->expire (gone->pdata[i], CRUNCH_JOB_CLIENT_GONE, self->expire_data);
+    self->unref (gone->pdata[i]);
+  }
+}
+
+static gpointer
+watcher (gpointer data)
+{
+  CrunchParked *self = data;
+
+  while (!g_atomic_int_get (&self->stop))
+    watch_once (self);
+  return NULL;
+}
+
+CrunchParked *
+crunch_parked_new (CrunchParkedExpire expire, gpointer data, gpointer (*ref) (gpointer),
+                   GDestroyNotify unref)
+{
+  CrunchParked *self = g_new0 (CrunchParked, 1);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = WAKE_COOKIE};
+
+  g_mutex_init (&self->lock);
+  self->entries = g_hash_table_new (g_int64_hash, g_int64_equal);
+  self->deadlines = g_sequence_new (NULL);
+  self->next_wake_us = G_MAXINT64;
+  self->expire = expire;
+  self->expire_data = data;
+  self->ref = ref;
+  self->unref = unref;
+  self->epfd = epoll_create1 (EPOLL_CLOEXEC);
+  self->wakefd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (self->epfd < 0 || self->wakefd < 0 ||
+      epoll_ctl (self->epfd, EPOLL_CTL_ADD, self->wakefd, &ev) < 0)
+    g_error ("parked: cannot set up epoll: %s", g_strerror (errno));
+  self->thread = g_thread_new ("crunchd-parked", watcher, self);
+  return self;
+}
+
+CrunchParkedEntry *
+crunch_parked_add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer item)
+{
+  CrunchParkedEntry *entry = g_new0 (CrunchParkedEntry, 1);
+  struct epoll_event ev = {.events = EPOLLRDHUP};
+  gboolean earlier;
+
+  entry->fd = fd;
+  entry->deadline_us = deadline_us;
+  entry->item = self->ref (item);
+  g_mutex_lock (&self->lock);
+  entry->serial = self->next_serial++;
+  g_hash_table_insert (self->entries, &entry->serial, entry);
+  if (deadline_us != 0)
+    entry->by_deadline = g_sequence_insert_sorted (self->deadlines, entry, by_deadline, NULL);
+  ev.data.u64 = entry->serial;
+  if (fd >= 0 && epoll_ctl (self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+    g_debug ("parked: cannot watch fd %d: %s", fd, g_strerror (errno));
+  earlier = deadline_us != 0 && deadline_us < self->next_wake_us;
+  if (earlier)
+    self->next_wake_us = deadline_us;
+  g_mutex_unlock (&self->lock);
+  if (earlier)
+    wake (self);
+  return entry;
+}
+
+void
+crunch_parked_remove (CrunchParked *self, CrunchParkedEntry *entry)
+{
+  if (entry == NULL)
+    return;
+  g_mutex_lock (&self->lock);
+  g_hash_table_remove (self->entries, &entry->serial);
+  if (entry->by_deadline != NULL)
+    g_sequence_remove (entry->by_deadline);
+  if (!entry->fired)
+    epoll_ctl (self->epfd, EPOLL_CTL_DEL, entry->fd, NULL);
+  g_mutex_unlock (&self->lock);
+  self->unref (entry->item);
+  g_free (entry);
+}
+
+guint
+crunch_parked_count (CrunchParked *self)
+{
+  guint n;
+
+  g_mutex_lock (&self->lock);
+  n = g_hash_table_size (self->entries);
+  g_mutex_unlock (&self->lock);
+  return n;
+}
+
+void
+crunch_parked_free (CrunchParked *self)
+{
+  if (self == NULL)
+    return;
+  g_atomic_int_set (&self->stop, TRUE);
+  wake (self);
+  g_thread_join (self->thread);
+  g_warn_if_fail (g_hash_table_size (self->entries) == 0);
+  g_hash_table_unref (self->entries);
+  g_sequence_free (self->deadlines);
+  close (self->epfd);
+  close (self->wakefd);
+  g_mutex_clear (&self->lock);
+  g_free (self);
+}

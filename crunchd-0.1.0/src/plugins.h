@@ -1,0 +1,18 @@
+/* plugins.h - loading plugins (GModule) and running their entry point. */
+#pragma once
+
+#include <glib.h>
+
+#include "crunchd/crunchd-plugin.h"
+
+/* Checks the plugin's ABI version and runs its init, which registers its functions in the
+ * function registry. `label` names it in errors ("builtin", or the name from [plugins] load). */
+gboolean crunch_plugins_register (const CrunchdPlugin *plugin, const gchar *label, GError **error);
+
+/* Loads each name in `names` (NULL or empty: none) from `dir`: "name" is `dir`/name.so, a name
+ * with a '/' is a path. Errors name the plugin and the file. Loaded modules stay resident:
+ * worker threads may be running their code at any time. */
+gboolean crunch_plugins_load (const gchar *dir, gchar **names, GError **error);
+
+/* The file a name resolves to. */
+gchar *crunch_plugins_path (const gchar *dir, const gchar *name);

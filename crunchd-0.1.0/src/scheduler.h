@@ -1,0 +1,106 @@
+/* scheduler.h - admission, per-client fairness, coalescing, and dispatch to the executor.
+ *
+ * A *ticket* is one request waiting for an answer; a *job* is one computation. Identical tickets
+ * for a pure function share one job (coalescing). A ticket is answered exactly once: by its job
+ * finishing, or earlier by crunch_scheduler_abandon() (deadline passed, client gone). */
+#pragma once
+
+#include "executor.h"
+
+typedef enum {
+  CRUNCH_ADMIT_OK,
+  CRUNCH_ADMIT_QUEUE_FULL,   /* -> 503 + Retry-After */
+  CRUNCH_ADMIT_CLIENT_LIMIT, /* -> 429 + Retry-After */
+  CRUNCH_ADMIT_DRAINING,     /* -> 503, the server is stopping */
+} CrunchAdmit;
+
+typedef struct CrunchTicket CrunchTicket;
+typedef void (*CrunchTicketFunc) (CrunchTicket *ticket, gpointer data);
+
+/* Fields below `outcome` are written by the scheduler before `answered` is called and only read
+ * after it. */
+struct CrunchTicket {
+  gint ref;
+  const CrunchFunction *fn;
+  GVariant *args;
+  gchar *client;
+  gint64 deadline_us; /* monotonic */
+  gint64 t_submitted;
+  CrunchTicketFunc answered; /* any thread, exactly once */
+  gpointer answered_data;
+
+  CrunchJobOutcome outcome;
+  GBytes *result;
+  gchar *error;
+  gint64 t_started, t_finished; /* of the job that answered it (0 if it never ran) */
+  gboolean coalesced;           /* it joined a job another ticket started */
+
+  /* scheduler-private, under its lock */
+  gint state;
+  gpointer job;
+};
+
+CrunchTicket *crunch_ticket_new (const CrunchFunction *fn, GVariant *args, const gchar *client,
+                                 gint64 deadline_us, CrunchTicketFunc answered, gpointer data);
+CrunchTicket *crunch_ticket_ref (CrunchTicket *ticket);
+void crunch_ticket_unref (CrunchTicket *ticket);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchTicket, crunch_ticket_unref)
+
+typedef struct {
+  guint threads;
+  guint queue_limit;
+  guint per_client_limit; /* 0 = none */
+  gboolean coalesce;
+  gint nice;
+  guint cache_entries; /* LRU result cache; 0 = off */
+} CrunchSchedulerSettings;
+
+typedef struct CrunchScheduler CrunchScheduler;
+
+CrunchScheduler *crunch_scheduler_new (const CrunchSchedulerSettings *settings);
+/* Makes the executor jobs go to (NULL + error if it cannot); `finished` is the scheduler's. */
+typedef CrunchExecutor *(*CrunchExecutorFactory) (CrunchJobFunc finished, gpointer finished_data,
+                                                  gpointer user_data, GError **error);
+/* The same with another executor than the local pool (factory NULL = local). */
+CrunchScheduler *crunch_scheduler_new_full (const CrunchSchedulerSettings *settings,
+                                            CrunchExecutorFactory factory, gpointer factory_data,
+                                            GError **error);
+void crunch_scheduler_free (CrunchScheduler *self);
+void crunch_scheduler_configure (CrunchScheduler *self, const CrunchSchedulerSettings *settings);
+
+/* Two steps, because the connection must be suspended between them: admit() reserves a place
+ * for `client` (or refuses at once), submit() hands over the ticket and never fails. */
+CrunchAdmit crunch_scheduler_admit (CrunchScheduler *self, const gchar *client);
+void crunch_scheduler_submit (CrunchScheduler *self, CrunchTicket *ticket);
+/* A cached result for this call, or NULL (checked before admission: a hit needs no job). */
+GBytes *crunch_scheduler_cached (CrunchScheduler *self, const CrunchFunction *fn, GVariant *args);
+/* Answer the ticket now with `why` (TIMED_OUT, CLIENT_GONE); its job is dropped or cancelled
+ * if no other ticket waits for it. No-op if the ticket was answered already. Any thread. */
+void crunch_scheduler_abandon (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why);
+
+/* Whether the ticket's job is on a thread now (for the jobs API's "running" state). Any thread. */
+gboolean crunch_scheduler_ticket_running (CrunchScheduler *self, CrunchTicket *ticket);
+
+/* Shutdown: refuse new tickets and answer every queued one (CRUNCH_JOB_SHUTDOWN). */
+void crunch_scheduler_drain (CrunchScheduler *self);
+/* Ask every running job to stop. */
+void crunch_scheduler_cancel_running (CrunchScheduler *self, CrunchJobOutcome reason);
+
+typedef struct {
+  guint queued;  /* jobs waiting for a thread */
+  guint running; /* jobs on a thread */
+  guint threads;
+  guint queue_limit;
+  guint clients; /* clients with a ticket in flight */
+  /* since start */
+  guint64 jobs_started;
+  guint64 tickets_coalesced;   /* answered by a job another ticket started */
+  guint64 tickets_timed_out;   /* answered 504 */
+  guint64 tickets_client_gone; /* their client hung up while waiting */
+  guint64 jobs_cancelled;      /* dropped from the queue or stopped: nobody waited any more */
+  guint64 rejected_queue_full;
+  guint64 rejected_client_limit;
+  guint cache_size;
+  guint64 cache_hits, cache_misses;
+} CrunchSchedulerStats;
+void crunch_scheduler_get_stats (CrunchScheduler *self, CrunchSchedulerStats *stats);

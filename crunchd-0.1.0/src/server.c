@@ -1,0 +1,694 @@
+/* server.c - libmicrohttpd front end.
+ *
+ * DESIGN
+ * Threads: each MHD daemon (one per listen address) runs its own internal polling thread (epoll).
+ * All access-handler calls and all MHD_queue_response() calls happen on those threads. Worker
+ * and watcher threads touch a connection only through on_answered(), whose one action is
+ * MHD_resume_connection(): the last thing any of them does with a request.
+ *
+ * Life of a request (see shared DESIGN): first call allocates a CrunchRequest into *req_cls;
+ * body chunks are kept up to max_body_size (beyond it counted and dropped); the final call routes
+ * it. Fast lane: answered at once. Compute lane: parse arguments (400), admission (503), then
+ * MHD_suspend_connection() *before* the ticket is submitted. While suspended, the connection is
+ * "parked" (parked.c watches its deadline and its socket for a hang-up). Whoever answers the
+ * ticket first - its job finishing, the deadline (504), the client leaving - resumes the
+ * connection; MHD calls the handler again and it queues the ticket's answer.
+ * on_completed() (MHD_OPTION_NOTIFY_COMPLETED) is the one place a request ends: it writes the
+ * access log, frees the request and, while draining, reports when the last compute request is
+ * gone, so the main thread knows MHD_stop_daemon() is safe. */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <gio/gio.h>
+#include <microhttpd.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "args.h"
+#include "headers.h"
+#include "logging.h"
+#include "parked.h"
+#include "routes.h"
+
+/* Longest Request-Timeout / client key header value we look at. */
+#define MAX_HEADER_VALUE 128
+
+/* How much of a chunked body past max_body_size is read (and dropped) to be able to answer 413. */
+#define BODY_DISCARD_EXCESS (G_GUINT64_CONSTANT (1) << 20)
+
+struct CrunchServer {
+  CrunchScheduler *scheduler;
+  CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
+  CrunchParked *parked;
+  GPtrArray *daemons;
+  gchar *client_key_header; /* NULL: clients are told apart by IP address */
+  guint max_connections, max_connections_per_ip, connection_timeout;
+  gchar **listen;
+  gint64 max_body_size; /* atomic */
+  gint in_flight;       /* compute requests admitted and not yet completed */
+  guint64 served;       /* requests answered (any status), atomic; for STATUS= */
+  gint draining;
+  gint drained_fired;
+  GSourceFunc drained;
+  gpointer drained_data;
+};
+
+typedef struct {
+  CrunchServer *server;
+  struct MHD_Connection *connection;
+  gint64 t_start;
+  gchar *method, *path;
+  guint64 body_bytes;
+  GByteArray *body;          /* up to max_body_size; POST /fn/<name> and /jobs read it */
+  CrunchTicket *ticket;      /* compute lane, from admission on */
+  CrunchParkedEntry *parked; /* while suspended */
+  gboolean cached;           /* answered from the result cache */
+  guint status;
+  gsize bytes;
+} CrunchRequest;
+
+/* ---- responses: the one place that renders answers and error pages ---- */
+
+static enum MHD_Result
+queue (CrunchRequest *req, guint status, struct MHD_Response *resp, const gchar *content_type)
+{
+  enum MHD_Result ret;
+
+  MHD_add_response_header (resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+  ret = MHD_queue_response (req->connection, status, resp);
+  MHD_destroy_response (resp);
+  req->status = status;
+  return ret;
+}
+
+static enum MHD_Result
+respond_static (CrunchRequest *req, guint status, const gchar *body, const gchar *content_type)
+{
+  req->bytes = strlen (body);
+  return queue (req, status,
+                MHD_create_response_from_buffer (req->bytes, (void *)body, MHD_RESPMEM_PERSISTENT),
+                content_type);
+}
+
+/* A short plain-text error; extra headers come as name, value pairs ending in NULL. */
+static enum MHD_Result
+respond_error (CrunchRequest *req, guint status, const gchar *message, ...)
+{
+  g_autofree gchar *body = g_strconcat (message, "\n", NULL);
+  struct MHD_Response *resp;
+  va_list headers;
+
+  req->bytes = strlen (body);
+  resp = MHD_create_response_from_buffer (req->bytes, body, MHD_RESPMEM_MUST_COPY);
+  va_start (headers, message);
+  for (const gchar *name = va_arg (headers, const gchar *); name != NULL;
+       name = va_arg (headers, const gchar *))
+    MHD_add_response_header (resp, name, va_arg (headers, const gchar *));
+  va_end (headers);
+  return queue (req, status, resp, "text/plain; charset=utf-8");
+}
+
+static void
+free_bytes (void *bytes)
+{
+  g_bytes_unref (bytes);
+}
+
+static enum MHD_Result
+respond_ticket (CrunchRequest *req)
+{
+  CrunchTicket *ticket = req->ticket;
+  g_autofree gchar *message = NULL;
+  gsize size;
+  gconstpointer data;
+
+  crunch_parked_remove (req->server->parked, g_steal_pointer (&req->parked));
+  switch (ticket->outcome) {
+  case CRUNCH_JOB_OK:
+    data = g_bytes_get_data (ticket->result, &size);
+    req->bytes = size;
+    return queue (req, MHD_HTTP_OK,
+                  MHD_create_response_from_buffer_with_free_callback_cls (
+                      size, (void *)data, free_bytes, g_bytes_ref (ticket->result)),
+                  ticket->fn->content_type);
+  case CRUNCH_JOB_FAILED:
+    return respond_error (req, MHD_HTTP_INTERNAL_SERVER_ERROR, ticket->error, NULL);
+  case CRUNCH_JOB_TIMED_OUT:
+    message = g_strdup_printf ("%s: deadline of %.3g s exceeded", ticket->fn->name,
+                               (ticket->deadline_us - ticket->t_submitted) / 1e6);
+    return respond_error (req, MHD_HTTP_GATEWAY_TIMEOUT, ticket->error ? ticket->error : message,
+                          NULL);
+  case CRUNCH_JOB_SHUTDOWN:
+    return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down",
+                          MHD_HTTP_HEADER_CONNECTION, "close", MHD_HTTP_HEADER_RETRY_AFTER, "1",
+                          NULL);
+  case CRUNCH_JOB_UNAVAILABLE:
+    return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE,
+                          ticket->error ? ticket->error : "no worker available",
+                          MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
+  case CRUNCH_JOB_CLIENT_GONE:
+  case CRUNCH_JOB_PENDING:
+    break;
+  }
+  return MHD_NO; /* nobody to answer: close the connection */
+}
+
+/* ---- the compute lane ---- */
+
+/* Worker or watcher thread: the ticket has its answer. Resuming is the last touch of the
+ * request. */
+static void
+on_answered (CrunchTicket *ticket, gpointer data)
+{
+  CrunchRequest *req = data;
+
+  MHD_resume_connection (req->connection);
+}
+
+static gchar *
+client_address (struct MHD_Connection *connection)
+{
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  gchar buf[INET6_ADDRSTRLEN] = "unknown";
+  const struct sockaddr *sa = info ? info->client_addr : NULL;
+
+  if (sa != NULL && sa->sa_family == AF_INET)
+    inet_ntop (AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, sizeof buf);
+  else if (sa != NULL && sa->sa_family == AF_INET6)
+    inet_ntop (AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, sizeof buf);
+  return g_strdup (buf);
+}
+
+/* The fairness key: the configured header's value if the request has one, else the address. */
+static gchar *
+client_key (CrunchRequest *req)
+{
+  const gchar *value = NULL;
+
+  if (req->server->client_key_header != NULL)
+    value = MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND,
+                                         req->server->client_key_header);
+  if (value != NULL && *value != '\0')
+    return g_strdup_printf ("key:%.*s", MAX_HEADER_VALUE, value);
+  return client_address (req->connection);
+}
+
+/* The deadline: the function's timeout, or a shorter one the client asks for with
+ * `Request-Timeout: SECONDS`. FALSE (and a message) if the header is malformed. */
+static gboolean
+request_deadline (CrunchRequest *req, const CrunchFunction *fn, gint64 *deadline, gchar **why)
+{
+  gint64 timeout_us = __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED);
+  const gchar *value =
+      MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Request-Timeout");
+  gint64 asked_us;
+
+  if (value != NULL) {
+    if (!crunch_header_request_timeout (value, &asked_us)) {
+      *why = g_strdup_printf ("Request-Timeout: expected a positive number of seconds, got '%.*s'",
+                              MAX_HEADER_VALUE, value);
+      return FALSE;
+    }
+    timeout_us = MIN (timeout_us, asked_us);
+  }
+  *deadline = g_get_monotonic_time () + MAX (timeout_us, 1);
+  return TRUE;
+}
+
+static gint
+connection_fd (struct MHD_Connection *connection)
+{
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+  return info != NULL ? info->connect_fd : -1;
+}
+
+#define REPEATED "\001" /* a key no query string can produce: marks a repeated name */
+
+static enum MHD_Result
+collect_query_arg (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  GHashTable *values = cls;
+
+  if (g_hash_table_contains (values, key)) {
+    g_hash_table_insert (values, g_strdup (REPEATED), g_strdup (key));
+    return MHD_NO;
+  }
+  g_hash_table_insert (values, g_strdup (key), g_strdup (value ? value : ""));
+  return MHD_YES;
+}
+
+/* /fn/<name>: arguments from the query string (GET, HEAD) or a JSON object body (POST). */
+static GVariant *
+parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
+{
+  g_autoptr (GHashTable) values = NULL;
+
+  if (g_str_equal (req->method, "POST"))
+    return crunch_args_from_body (fn, req->body ? (const gchar *)req->body->data : "",
+                                  req->body ? req->body->len : 0, error);
+  values = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  MHD_get_connection_values (req->connection, MHD_GET_ARGUMENT_KIND, collect_query_arg, values);
+  if (g_hash_table_contains (values, REPEATED)) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
+                 "%s: argument '%.64s' given more than once", fn->name,
+                 (const gchar *)g_hash_table_lookup (values, REPEATED));
+    return NULL;
+  }
+  return crunch_args_from_query (fn, values, error);
+}
+
+static enum MHD_Result start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args);
+
+/* Resolves the function and its canonical arguments; a bad request is answered here. /fib/N
+ * keeps its own path syntax; /fn/<name> takes declared arguments. */
+static enum MHD_Result
+route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
+{
+  const CrunchFunction *fn = crunch_functions_lookup (route->function ? route->function : arg);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GVariant) args = NULL;
+
+  if (fn == NULL) {
+    g_autofree gchar *message = g_strdup_printf ("no such function '%.64s'", arg);
+    return respond_error (req, MHD_HTTP_NOT_FOUND, message, NULL);
+  }
+  args = route->function != NULL ? fn->parse (fn, arg, &error) : parse_fn_call (req, fn, &error);
+  if (args == NULL)
+    return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message, NULL);
+  return start_compute (req, fn, g_variant_ref_sink (args));
+}
+
+static enum MHD_Result
+start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
+{
+  CrunchServer *server = req->server;
+  g_autofree gchar *client = NULL, *why = NULL;
+  g_autoptr (GBytes) cached = NULL;
+  gint64 deadline;
+
+  if (!request_deadline (req, fn, &deadline, &why))
+    return respond_error (req, MHD_HTTP_BAD_REQUEST, why, NULL);
+
+  cached = crunch_scheduler_cached (server->scheduler, fn, args);
+  if (cached != NULL) {
+    gsize size;
+    gconstpointer data = g_bytes_get_data (cached, &size);
+    req->bytes = size;
+    req->cached = TRUE;
+    return queue (req, MHD_HTTP_OK,
+                  MHD_create_response_from_buffer_with_free_callback_cls (
+                      size, (void *)data, free_bytes, g_steal_pointer (&cached)),
+                  fn->content_type);
+  }
+
+  client = client_key (req);
+  switch (crunch_scheduler_admit (server->scheduler, client)) {
+  case CRUNCH_ADMIT_OK:
+    break;
+  case CRUNCH_ADMIT_QUEUE_FULL:
+    return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "job queue is full, retry later",
+                          MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
+  case CRUNCH_ADMIT_CLIENT_LIMIT:
+    return respond_error (req, MHD_HTTP_TOO_MANY_REQUESTS,
+                          "too many requests in flight for this client, retry later",
+                          MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
+  case CRUNCH_ADMIT_DRAINING:
+    return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down",
+                          MHD_HTTP_HEADER_CONNECTION, "close", MHD_HTTP_HEADER_RETRY_AFTER, "1",
+                          NULL);
+  }
+
+  req->ticket = crunch_ticket_new (fn, args, client, deadline, on_answered, req);
+  g_atomic_int_inc (&server->in_flight);
+  /* Suspend first: the job may finish (and resume us) before submit() even returns. */
+  MHD_suspend_connection (req->connection);
+  req->parked =
+      crunch_parked_add (server->parked, connection_fd (req->connection), deadline, req->ticket);
+  crunch_scheduler_submit (server->scheduler, req->ticket);
+  return MHD_YES;
+}
+
+/* ---- the asynchronous jobs API (jobs.c) ---- */
+
+static enum MHD_Result
+respond_jobs (CrunchRequest *req, const gchar *arg)
+{
+  CrunchJobs *jobs = req->server->jobs;
+  CrunchJobsReply reply;
+  struct MHD_Response *resp;
+  gconstpointer data = NULL;
+  gsize size = 0;
+  enum MHD_Result ret;
+
+  if (jobs == NULL)
+    return respond_error (req, MHD_HTTP_NOT_FOUND, "no such route", NULL);
+  if (g_str_equal (req->method, "POST")) {
+    g_autofree gchar *client = client_key (req);
+    reply = crunch_jobs_submit (jobs, req->body ? (const gchar *)req->body->data : "",
+                                req->body ? req->body->len : 0, client);
+  } else if (g_str_equal (req->method, "DELETE")) {
+    reply = crunch_jobs_delete (jobs, arg);
+  } else {
+    reply = crunch_jobs_get (jobs, arg);
+  }
+  if (reply.body != NULL)
+    data = g_bytes_get_data (reply.body, &size);
+  req->bytes = size;
+  resp = MHD_create_response_from_buffer_with_free_callback_cls (
+      size, (void *)data, free_bytes, reply.body ? g_bytes_ref (reply.body) : NULL);
+  if (reply.location != NULL)
+    MHD_add_response_header (resp, MHD_HTTP_HEADER_LOCATION, reply.location);
+  if (reply.retry_after != NULL)
+    MHD_add_response_header (resp, MHD_HTTP_HEADER_RETRY_AFTER, reply.retry_after);
+  ret = queue (req, reply.status, resp, reply.content_type);
+  crunch_jobs_reply_clear (&reply);
+  return ret;
+}
+
+void
+crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs)
+{
+  self->jobs = jobs;
+}
+
+/* ---- the access handler ---- */
+
+static enum MHD_Result
+route_request (CrunchRequest *req)
+{
+  CrunchRouteMatch match;
+
+  if (req->body_bytes > (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED))
+    return respond_error (req, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large", NULL);
+  if (*req->path == '\0') /* emptied by unescape_path() */
+    return respond_error (req, MHD_HTTP_BAD_REQUEST,
+                          "malformed percent-encoding (or %00) in the request path", NULL);
+
+  switch (crunch_routes_match (req->method, req->path, &match)) {
+  case CRUNCH_ROUTE_NOT_FOUND:
+    return respond_error (req, MHD_HTTP_NOT_FOUND, "no such route", NULL);
+  case CRUNCH_ROUTE_METHOD_NOT_ALLOWED:
+    return respond_error (req, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
+                          MHD_HTTP_HEADER_ALLOW, match.allow, NULL);
+  case CRUNCH_ROUTE_FOUND:
+    break;
+  }
+  if (match.route->lane == CRUNCH_LANE_COMPUTE)
+    return route_compute (req, match.route, match.arg);
+  if (match.route->lane == CRUNCH_LANE_JOBS)
+    return respond_jobs (req, match.arg);
+
+  CrunchReply reply = match.route->handler (match.arg);
+  return respond_static (req, reply.status, reply.body, reply.content_type);
+}
+
+/* First call: Content-Length already over the cap can be refused before the body is read. */
+static gboolean
+declared_body_too_large (CrunchRequest *req)
+{
+  const gchar *value = MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_CONTENT_LENGTH);
+  guint64 length;
+
+  return value != NULL && crunch_header_content_length (value, &length) &&
+         length > (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED);
+}
+
+static enum MHD_Result
+on_request (void *cls, struct MHD_Connection *connection, const char *url, const char *method,
+            const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls)
+{
+  CrunchRequest *req = *req_cls;
+
+  if (req == NULL) {
+    req = g_new0 (CrunchRequest, 1);
+    req->server = cls;
+    req->connection = connection;
+    req->t_start = g_get_monotonic_time ();
+    req->method = g_strdup (method);
+    req->path = g_strdup (url);
+    *req_cls = req;
+    if (declared_body_too_large (req))
+      return respond_error (req, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large", NULL);
+    return MHD_YES;
+  }
+  if (*upload_data_size > 0) {
+    req->body_bytes += *upload_data_size;
+    if (req->body_bytes <=
+        (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED)) {
+      if (req->body == NULL)
+        req->body = g_byte_array_new ();
+      g_byte_array_append (req->body, (const guint8 *)upload_data, *upload_data_size);
+    }
+    *upload_data_size = 0;
+    /* A chunked body past the cap: MHD can queue an answer only once the body has ended, so
+     * discard a bounded excess to give the client its 413; a body beyond that is cut off. */
+    return req->body_bytes >
+                   (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED) +
+                       BODY_DISCARD_EXCESS
+               ? MHD_NO
+               : MHD_YES;
+  }
+  if (req->status != 0)
+    return MHD_YES; /* answered early (413 on Content-Length) */
+  if (req->ticket != NULL)
+    return respond_ticket (req);
+  return route_request (req);
+}
+
+static void
+log_access (CrunchRequest *req)
+{
+  gint64 now = g_get_monotonic_time ();
+  g_autofree gchar *timing = NULL;
+  gchar status[16];
+  CrunchTicket *ticket = req->ticket;
+
+  if (!crunch_logging_access_enabled ())
+    return;
+  if (ticket != NULL && ticket->t_started != 0)
+    timing = g_strdup_printf (
+        " queued=%.3fms computed=%.3fms%s", MAX (ticket->t_started - ticket->t_submitted, 0) / 1e3,
+        (ticket->t_finished - ticket->t_started) / 1e3, ticket->coalesced ? " coalesced" : "");
+  else if (ticket != NULL)
+    timing = g_strdup_printf (" %s", crunch_job_outcome_name (ticket->outcome));
+  else if (req->cached)
+    timing = g_strdup (" cached");
+  g_snprintf (status, sizeof status, "%u", req->status);
+  /* journald fields (see crunchd(8), LOGGING): journalctl -u crunchd STATUS=503 */
+  g_log_structured (CRUNCH_LOG_ACCESS_DOMAIN, G_LOG_LEVEL_INFO, "ROUTE", req->path, "METHOD",
+                    req->method, "STATUS", status, "MESSAGE", "%s %s %u %zu bytes %.3fms%s",
+                    req->method, req->path, req->status, req->bytes, (now - req->t_start) / 1e3,
+                    timing ? timing : "");
+}
+
+/* MHD_OPTION_NOTIFY_COMPLETED: the single place a request ends. */
+static void
+on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
+              enum MHD_RequestTerminationCode toe)
+{
+  CrunchServer *server = cls;
+  CrunchRequest *req = *req_cls;
+
+  if (req == NULL)
+    return;
+  *req_cls = NULL;
+  if (req->status == 0)
+    req->status = 499; /* nginx's "client closed request": nothing was sent */
+  log_access (req);
+  __atomic_add_fetch (&server->served, 1, __ATOMIC_RELAXED);
+  if (req->ticket != NULL) {
+    crunch_parked_remove (server->parked, g_steal_pointer (&req->parked));
+    crunch_ticket_unref (req->ticket);
+    if (g_atomic_int_dec_and_test (&server->in_flight) && g_atomic_int_get (&server->draining) &&
+        g_atomic_int_compare_and_exchange (&server->drained_fired, 0, 1))
+      g_idle_add (server->drained, server->drained_data);
+  }
+  if (req->body != NULL)
+    g_byte_array_unref (req->body);
+  g_free (req->method);
+  g_free (req->path);
+  g_free (req);
+}
+
+/* ---- daemons ---- */
+
+/* MHD_OPTION_UNESCAPE_CALLBACK, for the path and the query arguments. MHD's own decoder keeps
+ * malformed escapes as they are and turns %00 into a NUL that silently truncates the path
+ * ("/fib/1%00x" would compute fib(1)); ours empties such a string instead, and an empty path
+ * gets 400 in route_request(). */
+static size_t
+unescape_path (void *cls, struct MHD_Connection *connection, char *s)
+{
+  gsize len;
+
+  if (crunch_path_unescape (s, &len))
+    return len;
+  s[0] = '\0';
+  return 0;
+}
+
+static void
+on_mhd_log (void *cls, const char *format, va_list ap)
+{
+  g_autofree gchar *message = g_strdup_vprintf (format, ap);
+
+  g_debug ("libmicrohttpd: %s", g_strchomp (message));
+}
+
+/* Watcher thread: a parked request's deadline passed or its client left. */
+static void
+on_expired (gpointer ticket, CrunchJobOutcome why, gpointer data)
+{
+  CrunchServer *self = data;
+
+  crunch_scheduler_abandon (self->scheduler, ticket, why);
+}
+
+CrunchServer *
+crunch_server_new (CrunchScheduler *scheduler, const CrunchConfig *config)
+{
+  CrunchServer *self = g_new0 (CrunchServer, 1);
+
+  self->scheduler = scheduler;
+  self->parked = crunch_parked_new (on_expired, self, (gpointer (*) (gpointer))crunch_ticket_ref,
+                                    (GDestroyNotify)crunch_ticket_unref);
+  if (g_str_has_prefix (config->client_key, "header:"))
+    self->client_key_header = g_strdup (config->client_key + strlen ("header:"));
+  self->daemons = g_ptr_array_new ();
+  self->max_connections = config->max_connections;
+  self->max_connections_per_ip = config->max_connections_per_ip;
+  self->connection_timeout = config->connection_timeout;
+  self->listen = g_strdupv (config->listen);
+  crunch_server_configure (self, config);
+  return self;
+}
+
+void
+crunch_server_configure (CrunchServer *self, const CrunchConfig *config)
+{
+  __atomic_store_n (&self->max_body_size, (gint64)config->max_body_size, __ATOMIC_RELAXED);
+}
+
+/* "listening on http://127.0.0.1:8000/": tests read the port from this line. */
+static void
+log_listening (struct MHD_Daemon *daemon)
+{
+  const union MHD_DaemonInfo *info = MHD_get_daemon_info (daemon, MHD_DAEMON_INFO_LISTEN_FD);
+  struct sockaddr_storage addr;
+  socklen_t len = sizeof addr;
+  g_autoptr (GSocketAddress) sa = NULL;
+  g_autofree gchar *host = NULL;
+
+  if (info == NULL || getsockname (info->listen_fd, (struct sockaddr *)&addr, &len) != 0)
+    return;
+  sa = g_socket_address_new_from_native (&addr, len);
+  if (!G_IS_INET_SOCKET_ADDRESS (sa))
+    return;
+  host = g_inet_address_to_string (g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (sa)));
+  g_message ("listening on http://%s%s%s:%u/", addr.ss_family == AF_INET6 ? "[" : "", host,
+             addr.ss_family == AF_INET6 ? "]" : "",
+             g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (sa)));
+}
+
+static gboolean
+start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, GError **error)
+{
+  guint flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                MHD_USE_ERROR_LOG;
+  struct MHD_OptionItem options[] = {
+      {MHD_OPTION_CONNECTION_LIMIT, self->max_connections, NULL},
+      {MHD_OPTION_PER_IP_CONNECTION_LIMIT, self->max_connections_per_ip, NULL},
+      {MHD_OPTION_CONNECTION_TIMEOUT, self->connection_timeout, NULL},
+      {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, self},
+      {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
+      {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_path, NULL},
+      {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
+      fd >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL}
+              : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)addr},
+      {MHD_OPTION_END, 0, NULL},
+  };
+  struct MHD_Daemon *daemon;
+
+  if (fd < 0 && addr->ss_family == AF_INET6)
+    flags |= MHD_USE_IPv6;
+  daemon = MHD_start_daemon (flags, 0, NULL, NULL, on_request, self, MHD_OPTION_ARRAY, options,
+                             MHD_OPTION_END);
+  if (daemon == NULL) {
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "libmicrohttpd could not start: %s",
+                 fd >= 0 ? "bad socket from systemd" : g_strerror (errno));
+    return FALSE;
+  }
+  g_ptr_array_add (self->daemons, daemon);
+  log_listening (daemon);
+  return TRUE;
+}
+
+gboolean
+crunch_server_start (CrunchServer *self, GArray *listen_fds, GError **error)
+{
+  for (guint i = 0; i < listen_fds->len; i++) {
+    if (!start_daemon (self, g_array_index (listen_fds, gint, i), NULL, error))
+      return FALSE;
+  }
+  for (gchar **l = self->listen; listen_fds->len == 0 && *l != NULL; l++) {
+    struct sockaddr_storage addr;
+    socklen_t len;
+    g_autoptr (GError) local = NULL;
+    if (!crunch_parse_listen_address (*l, &addr, &len, error) ||
+        !start_daemon (self, -1, &addr, &local)) {
+      if (local != NULL)
+        g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "cannot listen on %s: %s", *l,
+                     local->message);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+void
+crunch_server_drain (CrunchServer *self, GSourceFunc drained, gpointer data)
+{
+  self->drained = drained;
+  self->drained_data = data;
+  g_atomic_int_set (&self->draining, TRUE);
+  for (guint i = 0; i < self->daemons->len; i++) {
+    /* The daemon hands its listen socket back; closing it refuses new connections (systemd
+     * keeps its own copy of an activated socket, so a restart still finds it). */
+    MHD_socket fd = MHD_quiesce_daemon (self->daemons->pdata[i]);
+    if (fd != MHD_INVALID_SOCKET)
+      close (fd);
+  }
+  if (g_atomic_int_get (&self->in_flight) == 0 &&
+      g_atomic_int_compare_and_exchange (&self->drained_fired, 0, 1))
+    g_idle_add (drained, data);
+}
+
+guint
+crunch_server_in_flight (CrunchServer *self)
+{
+  return (guint)g_atomic_int_get (&self->in_flight);
+}
+
+guint64
+crunch_server_requests_served (CrunchServer *self)
+{
+  return __atomic_load_n (&self->served, __ATOMIC_RELAXED);
+}
+
+void
+crunch_server_free (CrunchServer *self)
+{
+  if (self == NULL)
+    return;
+  g_warn_if_fail (g_atomic_int_get (&self->in_flight) == 0);
+  for (guint i = 0; i < self->daemons->len; i++)
+    MHD_stop_daemon (self->daemons->pdata[i]);
+  g_ptr_array_unref (self->daemons);
+  crunch_parked_free (self->parked);
+  g_strfreev (self->listen);
+  g_free (self->client_key_header);
+  g_free (self);
+}

@@ -1,0 +1,26 @@
+/* server.h - the HTTP front end: libmicrohttpd daemons, the access handler, suspend/resume. */
+#pragma once
+
+#include <glib.h>
+
+#include "config.h"
+#include "jobs.h"
+#include "scheduler.h"
+
+typedef struct CrunchServer CrunchServer;
+
+CrunchServer *crunch_server_new (CrunchScheduler *scheduler, const CrunchConfig *config);
+/* Serve the asynchronous jobs API from `jobs` (not owned). Before start(). */
+void crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs);
+/* Listen on the systemd-passed sockets if any, else on config->listen. */
+gboolean crunch_server_start (CrunchServer *self, GArray *listen_fds, GError **error);
+/* Live settings that need no new daemon (body cap). */
+void crunch_server_configure (CrunchServer *self, const CrunchConfig *config);
+/* Stop accepting, refuse new compute requests with 503, and call `drained` on the main context
+ * once no compute request is left waiting for its answer. */
+void crunch_server_drain (CrunchServer *self, GSourceFunc drained, gpointer data);
+guint crunch_server_in_flight (CrunchServer *self);
+/* Requests that have ended (answered with any status, or abandoned by the client). */
+guint64 crunch_server_requests_served (CrunchServer *self);
+/* Stops the daemons; only after `drained` (MHD aborts on a suspended connection). */
+void crunch_server_free (CrunchServer *self);

@@ -1,0 +1,28 @@
+/* service.h - systemd glue: readiness, status, watchdog and socket activation.
+ * Without libsystemd (--without-systemd) notifications are no-ops and no sockets are passed. */
+#pragma once
+
+#include <glib.h>
+
+/* Send a notify state ("READY=1", "STOPPING=1", ...) if NOTIFY_SOCKET is set. */
+void crunch_service_notify (const gchar *state);
+void crunch_service_notifyf (const gchar *format, ...) G_GNUC_PRINTF (1, 2);
+/* Listening sockets passed by systemd (LISTEN_FDS); empty without activation. */
+GArray *crunch_service_listen_fds (void);
+/* The watchdog interval systemd asked for (WATCHDOG_USEC for this process), 0 when none. */
+guint64 crunch_service_watchdog_usec (void);
+
+/* The main loop's heartbeat to systemd: `WATCHDOG=1` every half watchdog interval (when the unit
+ * sets WatchdogSec=) and `STATUS=<text>` every status_ms milliseconds, but only when the text
+ * returned by status_func (called on the main thread, caller frees) has changed. Both run as
+ * GSources on the thread-default main context, so a wedged main loop stops the pings and
+ * systemd restarts the service. */
+typedef gchar *(*CrunchStatusFunc) (gpointer data);
+typedef struct CrunchHeartbeat CrunchHeartbeat;
+
+CrunchHeartbeat *crunch_heartbeat_new (guint status_ms, CrunchStatusFunc status_func,
+                                       gpointer data);
+/* Sends the status now if it changed (after a reload, on stopping). */
+void crunch_heartbeat_update (CrunchHeartbeat *self);
+void crunch_heartbeat_free (CrunchHeartbeat *self);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchHeartbeat, crunch_heartbeat_free)

@@ -1,0 +1,161 @@
+/* worker-main.c - crunchd-worker: command line, start-up, signals, exit codes.
+ *
+ * The main thread runs the GMainLoop: SIGTERM/SIGINT stop taking jobs, let running ones finish
+ * for [worker] shutdown_timeout seconds, then cancel them (their front ends retry elsewhere). */
+#include <glib-unix.h>
+#include <locale.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "executor-nats.h"
+#include "functions.h"
+#include "logging.h"
+#include "service.h"
+#include "worker.h"
+
+#define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
+
+typedef struct {
+  GMainLoop *loop;
+  CrunchConfig *config;
+  CrunchWorker *worker;
+  gboolean stopping;
+  guint shutdown_timer;
+} App;
+
+static gboolean
+on_stopped (gpointer data)
+{
+  App *app = data;
+
+  g_main_loop_quit (app->loop);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+on_shutdown_timeout (gpointer data)
+{
+  App *app = data;
+
+  app->shutdown_timer = 0;
+  g_message ("shutdown_timeout reached: cancelling %u running job(s)",
+             crunch_worker_running (app->worker));
+  crunch_worker_cancel_running (app->worker);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+on_terminate (gpointer data)
+{
+  App *app = data;
+
+  if (app->stopping)
+    return G_SOURCE_CONTINUE;
+  app->stopping = TRUE;
+  crunch_service_notify ("STOPPING=1");
+  g_message ("stopping: %u job(s) running", crunch_worker_running (app->worker));
+  crunch_worker_stop (app->worker, on_stopped, app);
+  app->shutdown_timer = g_timeout_add ((guint)(app->config->worker_shutdown_timeout * 1000),
+                                       on_shutdown_timeout, app);
+  return G_SOURCE_CONTINUE;
+}
+
+static gint
+run (App *app, const gchar *id, guint threads)
+{
+  g_autoptr (GError) error = NULL;
+
+  app->worker = crunch_worker_new (app->config, threads, id, &error);
+  if (app->worker == NULL) {
+    g_critical ("%s", error->message);
+    return EXIT_FAILURE;
+  }
+  app->loop = g_main_loop_new (NULL, FALSE);
+  g_unix_signal_add (SIGINT, on_terminate, app);
+  g_unix_signal_add (SIGTERM, on_terminate, app);
+  crunch_service_notify ("READY=1");
+  g_main_loop_run (app->loop);
+  if (app->shutdown_timer != 0)
+    g_source_remove (app->shutdown_timer);
+  crunch_worker_free (app->worker);
+  g_main_loop_unref (app->loop);
+  crunch_nats_library_close ();
+  return EXIT_SUCCESS;
+}
+
+int
+main (int argc, char **argv)
+{
+  App app = {0};
+  g_autofree gchar *config_path = NULL, *id = NULL;
+  gint threads = -1;
+  gboolean check_config = FALSE, version = FALSE;
+  const GOptionEntry entries[] = {
+      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
+       "Configuration file (default " DEFAULT_CONFIG ")", "FILE"},
+      {"threads", 't', 0, G_OPTION_ARG_INT, &threads,
+       "Jobs run at once (0 = one per CPU; overrides [worker] threads)", "N"},
+      {"id", 0, 0, G_OPTION_ARG_STRING, &id,
+       "Name in replies and logs (overrides [worker] id; default HOSTNAME:PID)", "ID"},
+      {"check-config", 0, 0, G_OPTION_ARG_NONE, &check_config,
+       "Validate the configuration, print the effective settings and exit", NULL},
+      {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
+      {NULL}};
+  g_autoptr (GOptionContext) context =
+      g_option_context_new ("- run crunchd compute jobs taken from NATS");
+  g_autoptr (GError) error = NULL;
+  const gchar *path;
+  gint status;
+
+  setlocale (LC_ALL, "");
+  g_option_context_add_main_entries (context, entries, NULL);
+  g_option_context_set_description (context, "Signals: SIGTERM/SIGINT finish running jobs and "
+                                             "stop.\nExit status: 0 ok, 1 runtime failure, 64 "
+                                             "usage, 78 configuration error.");
+  if (!g_option_context_parse (context, &argc, &argv, &error)) {
+    g_printerr ("crunchd-worker: %s\nTry 'crunchd-worker --help'.\n", error->message);
+    return 64;
+  }
+  if (version) {
+    g_print ("crunchd-worker %s\n", PACKAGE_VERSION);
+    return EXIT_SUCCESS;
+  }
+  if (threads < -1 || threads > 1024) {
+    g_printerr ("crunchd-worker: --threads %d: expected 0 to 1024\n", threads);
+    return 64;
+  }
+  crunch_logging_init ();
+  path = config_path ? config_path : DEFAULT_CONFIG;
+  if (config_path == NULL && !g_file_test (path, G_FILE_TEST_EXISTS))
+    app.config = crunch_config_new_default ();
+  else
+    app.config = crunch_config_load (path, &error);
+  if (app.config == NULL) {
+    g_printerr ("crunchd-worker: %s\n", error->message);
+    return CRUNCH_EXIT_CONFIG;
+  }
+  if (check_config) {
+    g_autofree gchar *text = crunch_config_to_string (app.config);
+    g_print ("# %s: configuration OK\n%s", path, text);
+    crunch_config_free (app.config);
+    return EXIT_SUCCESS;
+  }
+  if (threads >= 0)
+    app.config->worker_threads = (guint)threads;
+  if (id == NULL && *app.config->worker_id != '\0')
+    id = g_strdup (app.config->worker_id);
+  if (id == NULL)
+    id = g_strdup_printf ("%s:%d", g_get_host_name (), (gint)getpid ());
+  crunch_logging_set_level (app.config->log_level);
+  if (!crunch_functions_init (app.config, &error)) { /* the same plugins as the server */
+    g_printerr ("crunchd-worker: %s\n", error->message);
+    crunch_config_free (app.config);
+    return CRUNCH_EXIT_CONFIG;
+  }
+  status = run (&app, id,
+                app.config->worker_threads ? app.config->worker_threads
+                                           : (guint)g_get_num_processors ());
+  crunch_config_free (app.config);
+  return status;
+}

@@ -1,0 +1,525 @@
+/* worker.c - crunchd-worker: takes jobs from NATS, runs them on a GThreadPool, replies.
+ *
+ * DESIGN
+ * Slots: one per thread. An idle slot holds one queue subscription on PREFIX.job.* (group
+ * crunchd-workers) that the server itself ends after one message (auto-unsubscribe 1). So the
+ * server never hands this worker more jobs than it has idle slots: a busy or frozen worker stops
+ * receiving new jobs without having to do anything. A finished job re-subscribes its slot
+ * *before* its reply is published: the front end sees the answer and sends the next job only
+ * after the server (same connection, in order) knows the slot is free again.
+ * Threads: nats.c's shared delivery thread runs on_job (decode, register, push to the pool),
+ * on_presence and on_cancel; pool threads run the functions, re-subscribe and reply; our timer
+ * thread sends "running" heartbeats and cancels jobs past their deadline; the main thread calls
+ * new, stop and free. `lock` guards the slots, the set of running tasks and the counters; a
+ * timer callback only touches a task it finds in that set. */
+#include "worker.h"
+
+#include <gio/gio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "executor.h"
+#include "functions.h"
+#include "nats-link.h"
+#include "timer-thread.h"
+
+#define CLOSE_WAIT_US (5 * G_USEC_PER_SEC)
+
+typedef struct {
+  CrunchWorker *w;
+  guint index;
+  natsSubscription *sub; /* NULL while busy or stopping */
+} Slot;
+
+typedef struct {
+  Slot *slot;
+  gchar *request_id, *reply;
+  const CrunchFunction *fn;
+  GVariant *args;
+  CrunchCancel cancel; /* holds the CrunchJobOutcome that stopped it */
+  GSource *deadline, *heartbeat;
+  gint64 heartbeat_us;
+} Task;
+
+struct CrunchWorker {
+  natsConnection *nc;
+  gchar *id, *prefix, *job_subject, *servers;
+  Slot *slots;
+  guint n_slots;
+  natsSubscription *presence, *cancel;
+  GThreadPool *pool;
+  gint nice;
+  CrunchTimerThread *timers;
+
+  GMutex lock;
+  GCond cond;
+  GHashTable *running; /* Task* set */
+  guint active;        /* accepted, reply not yet sent */
+  guint64 done;
+  gboolean stopping, conn_closed;
+  GSourceFunc stopped;
+  gpointer stopped_data;
+};
+
+/* ---- replies ---- */
+
+static void
+reply (CrunchWorker *w, const gchar *subject, CrunchWireStatus status, GBytes *result,
+       const gchar *error, gint64 elapsed_us)
+{
+  gsize size = 0;
+  gconstpointer data = result ? g_bytes_get_data (result, &size) : NULL;
+  natsMsg *msg = NULL;
+
+  if (subject == NULL || natsMsg_Create (&msg, subject, NULL, data, (int)size) != NATS_OK)
+    return;
+  natsMsgHeader_Set (msg, CRUNCH_HDR_STATUS, crunch_wire_status_name (status));
+  natsMsgHeader_Set (msg, CRUNCH_HDR_WORKER, w->id);
+  if (error != NULL)
+    natsMsgHeader_Set (msg, CRUNCH_HDR_ERROR, error);
+  if (status != CRUNCH_WIRE_RUNNING)
+    crunch_nats_header_set_int (msg, CRUNCH_HDR_ELAPSED, elapsed_us);
+  natsConnection_PublishMsg (w->nc, msg);
+  natsMsg_Destroy (msg);
+}
+
+/* ---- slots ---- */
+
+static void on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+
+/* With the lock held: listen for exactly one more job on this slot. */
+static void
+subscribe_slot_locked (Slot *slot)
+{
+  CrunchWorker *w = slot->w;
+  natsStatus s;
+
+  g_clear_pointer (&slot->sub, natsSubscription_Destroy);
+  if (w->stopping)
+    return;
+  s = natsConnection_QueueSubscribe (&slot->sub, w->nc, w->job_subject, CRUNCH_NATS_QUEUE_GROUP,
+                                     on_job, slot);
+  if (s == NATS_OK)
+    s = natsSubscription_AutoUnsubscribe (slot->sub, 1);
+  if (s != NATS_OK) {
+    g_warning ("slot %u: cannot subscribe to %s: %s", slot->index, w->job_subject,
+               natsStatus_GetText (s));
+    g_clear_pointer (&slot->sub, natsSubscription_Destroy);
+  }
+}
+
+/* ---- tasks ---- */
+
+static void
+task_free (Task *t)
+{
+  g_free (t->request_id);
+  g_free (t->reply);
+  g_clear_pointer (&t->args, g_variant_unref);
+  g_free (t);
+}
+
+static void
+task_stop_timers_locked (Task *t)
+{
+  if (t->deadline != NULL) {
+    g_source_destroy (t->deadline);
+    g_clear_pointer (&t->deadline, g_source_unref);
+  }
+  if (t->heartbeat != NULL) {
+    g_source_destroy (t->heartbeat);
+    g_clear_pointer (&t->heartbeat, g_source_unref);
+  }
+}
+
+static CrunchWireStatus
+wire_status (CrunchJobOutcome reason)
+{
+  switch (reason) {
+  case CRUNCH_JOB_TIMED_OUT:
+    return CRUNCH_WIRE_TIMED_OUT;
+  case CRUNCH_JOB_SHUTDOWN:
+    return CRUNCH_WIRE_SHUTDOWN;
+  default:
+    return CRUNCH_WIRE_CANCELLED;
+  }
+}
+
+static void
+set_thread_nice (gint nice)
+{
+  static __thread gint applied = 0;
+
+  if (applied != nice && setpriority (PRIO_PROCESS, (id_t)gettid (), nice) == 0)
+    applied = nice;
+}
+
+/* A pool thread: run, free the slot, reply. */
+static void
+run_task (gpointer data, gpointer user_data)
+{
+  Task *t = data;
+  CrunchWorker *w = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) result = NULL;
+  gint64 t0 = g_get_monotonic_time ();
+  CrunchWireStatus status;
+
+  set_thread_nice (w->nice);
+  if (!crunch_cancelled (&t->cancel))
+    result = crunch_function_run (t->fn, t->args, &t->cancel, &error);
+  if (result != NULL)
+    status = CRUNCH_WIRE_OK;
+  else if (crunch_cancelled (&t->cancel))
+    status = wire_status ((CrunchJobOutcome)g_atomic_int_get (&t->cancel.flag));
+  else
+    status = CRUNCH_WIRE_FAILED;
+
+  g_mutex_lock (&w->lock);
+  g_hash_table_remove (w->running, t);
+  task_stop_timers_locked (t);
+  subscribe_slot_locked (t->slot);
+  g_mutex_unlock (&w->lock);
+
+  reply (w, t->reply, status, result,
+         status == CRUNCH_WIRE_FAILED ? (error ? error->message : "the function returned no result")
+                                      : NULL,
+         g_get_monotonic_time () - t0);
+
+  g_mutex_lock (&w->lock);
+  w->active--;
+  w->done++;
+  if (w->stopping && w->active == 0 && w->stopped != NULL)
+    g_idle_add (w->stopped, w->stopped_data);
+  g_mutex_unlock (&w->lock);
+  task_free (t);
+}
+
+static gboolean
+on_heartbeat (gpointer data)
+{
+  Task *t = data;
+  CrunchWorker *w = t->slot->w;
+
+  g_mutex_lock (&w->lock);
+  if (g_hash_table_contains (w->running, t)) {
+    reply (w, t->reply, CRUNCH_WIRE_RUNNING, NULL, NULL, 0);
+    g_source_set_ready_time (t->heartbeat, g_get_monotonic_time () + t->heartbeat_us);
+  }
+  g_mutex_unlock (&w->lock);
+  return G_SOURCE_CONTINUE;
+}
+
+/* First reason wins, as with crunch_job_cancel(). */
+static void
+task_cancel (Task *t, CrunchJobOutcome reason)
+{
+  g_atomic_int_compare_and_exchange (&t->cancel.flag, 0, (gint)reason);
+}
+
+static gboolean
+on_deadline (gpointer data)
+{
+  Task *t = data;
+  CrunchWorker *w = t->slot->w;
+
+  g_mutex_lock (&w->lock);
+  if (g_hash_table_contains (w->running, t))
+    task_cancel (t, CRUNCH_JOB_TIMED_OUT);
+  g_mutex_unlock (&w->lock);
+  return G_SOURCE_CONTINUE;
+}
+
+/* The job message -> a task; NULL + error for a malformed request. */
+static Task *
+task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
+{
+  const gchar *subject = natsMsg_GetSubject (msg);
+  const gchar *name = strrchr (subject, '.') + 1; /* PREFIX.job.<function> */
+  g_autoptr (GError) local = NULL;
+  Task *t;
+  gint64 wall;
+
+  t = g_new0 (Task, 1);
+  t->slot = slot;
+  t->reply = g_strdup (natsMsg_GetReply (msg));
+  t->request_id = g_strdup (crunch_nats_header (msg, CRUNCH_HDR_REQUEST_ID));
+  t->fn = crunch_functions_lookup (name);
+  t->heartbeat_us = crunch_nats_header_int (msg, CRUNCH_HDR_HEARTBEAT, 0);
+  wall = crunch_nats_header_int (msg, CRUNCH_HDR_DEADLINE, 0);
+  /* the front end's wall-clock deadline, on our monotonic clock */
+  *deadline_us = wall > 0 ? g_get_monotonic_time () + (wall - g_get_real_time ()) : 0;
+  if (t->fn == NULL) {
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "worker %s has no function '%s'",
+                 slot->w->id, name);
+  } else if (t->reply == NULL || t->request_id == NULL) {
+    g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                         "malformed job message: no reply subject or request id");
+  } else {
+    t->args =
+        crunch_nats_args_decode (crunch_nats_header (msg, CRUNCH_HDR_ARGS_TYPE),
+                                 natsMsg_GetData (msg), (gsize)natsMsg_GetDataLength (msg), &local);
+    if (t->args == NULL)
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "bad arguments: %s", local->message);
+  }
+  return t;
+}
+
+/* nats.c's delivery thread: the slot's one job. */
+static void
+on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+  Slot *slot = closure;
+  CrunchWorker *w = slot->w;
+  g_autoptr (GError) error = NULL;
+  gint64 deadline_us;
+  Task *t = task_new (slot, msg, &deadline_us, &error);
+  CrunchWireStatus refusal = CRUNCH_WIRE_UNKNOWN;
+
+  natsMsg_Destroy (msg);
+  g_mutex_lock (&w->lock);
+  if (error != NULL)
+    refusal = CRUNCH_WIRE_FAILED;
+  else if (w->stopping)
+    refusal = CRUNCH_WIRE_SHUTDOWN;
+  else if (deadline_us != 0 && deadline_us <= g_get_monotonic_time ())
+    refusal = CRUNCH_WIRE_TIMED_OUT;
+  if (refusal != CRUNCH_WIRE_UNKNOWN) {
+    subscribe_slot_locked (slot);
+    g_mutex_unlock (&w->lock);
+    reply (w, t->reply, refusal, NULL, error ? error->message : NULL, 0);
+    task_free (t);
+    return;
+  }
+  g_hash_table_add (w->running, t);
+  w->active++;
+  if (deadline_us != 0)
+    t->deadline = crunch_timer_thread_add (w->timers, deadline_us, on_deadline, t, NULL);
+  if (t->heartbeat_us > 0)
+    t->heartbeat = crunch_timer_thread_add (w->timers, g_get_monotonic_time () + t->heartbeat_us,
+                                            on_heartbeat, t, NULL);
+  g_mutex_unlock (&w->lock);
+  g_thread_pool_push (w->pool, t, NULL);
+}
+
+/* Any live worker answers at once: tells a front end "workers exist, all busy". */
+static void
+on_presence (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+  const gchar *to = natsMsg_GetReply (msg);
+
+  if (to != NULL)
+    natsConnection_Publish (nc, to, NULL, 0);
+  natsMsg_Destroy (msg);
+}
+
+/* A front end no longer wants a request (client gone, deadline, answered by another worker). */
+static void
+on_cancel (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+  CrunchWorker *w = closure;
+  g_autofree gchar *id = g_strndup (natsMsg_GetData (msg), (gsize)natsMsg_GetDataLength (msg));
+  GHashTableIter iter;
+  gpointer t;
+
+  natsMsg_Destroy (msg);
+  g_mutex_lock (&w->lock);
+  g_hash_table_iter_init (&iter, w->running);
+  while (g_hash_table_iter_next (&iter, &t, NULL)) {
+    if (g_strcmp0 (((Task *)t)->request_id, id) == 0)
+      task_cancel (t, CRUNCH_JOB_CLIENT_GONE);
+  }
+  g_mutex_unlock (&w->lock);
+}
+
+/* ---- connection ---- */
+
+/* Main context: subscriptions are on a server once a flush round trip is done. */
+static gboolean
+announce (gpointer data)
+{
+  CrunchWorker *w = data;
+  g_autofree gchar *url = crunch_nats_connected_url (w->nc);
+
+  natsConnection_FlushTimeout (w->nc, 2000);
+  g_message ("crunchd-worker %s ready: %u slot(s), connected to %s, jobs from %s", w->id,
+             w->n_slots, url, w->job_subject);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+on_connected (natsConnection *nc, void *closure)
+{
+  g_idle_add (announce, closure);
+}
+
+static void
+on_disconnected (natsConnection *nc, void *closure)
+{
+  CrunchWorker *w = closure;
+
+  if (!g_atomic_int_get (&w->stopping))
+    g_warning ("crunchd-worker %s: connection to NATS lost; reconnecting", w->id);
+}
+
+static void
+on_reconnected (natsConnection *nc, void *closure)
+{
+  CrunchWorker *w = closure;
+  g_autofree gchar *url = crunch_nats_connected_url (nc);
+
+  g_message ("crunchd-worker %s: reconnected to %s", w->id, url);
+}
+
+static void
+on_closed (natsConnection *nc, void *closure)
+{
+  CrunchWorker *w = closure;
+
+  g_mutex_lock (&w->lock);
+  if (!w->stopping)
+    g_critical ("crunchd-worker %s: NATS connection closed for good ([nats] max_reconnect)", w->id);
+  w->conn_closed = TRUE;
+  g_cond_broadcast (&w->cond);
+  g_mutex_unlock (&w->lock);
+}
+
+static gboolean
+subscribe_all (CrunchWorker *w, GError **error)
+{
+  g_autofree gchar *presence = crunch_nats_subject (w->prefix, "presence");
+  g_autofree gchar *cancel = crunch_nats_subject (w->prefix, "cancel");
+  natsStatus s;
+
+  /* not a queue group: every worker answers, so one frozen worker cannot stall the probe */
+  s = natsConnection_Subscribe (&w->presence, w->nc, presence, on_presence, w);
+  if (s == NATS_OK)
+    s = natsConnection_Subscribe (&w->cancel, w->nc, cancel, on_cancel, w);
+  if (s != NATS_OK) {
+    crunch_nats_set_error (error, s, "NATS subscribe");
+    return FALSE;
+  }
+  g_mutex_lock (&w->lock);
+  for (guint i = 0; i < w->n_slots; i++)
+    subscribe_slot_locked (&w->slots[i]);
+  g_mutex_unlock (&w->lock);
+  return TRUE;
+}
+
+CrunchWorker *
+crunch_worker_new (const CrunchConfig *config, guint threads, const gchar *id, GError **error)
+{
+  CrunchWorker *w = g_new0 (CrunchWorker, 1);
+  CrunchNatsHandlers handlers = {on_connected, on_disconnected, on_reconnected, on_closed, w};
+  g_autofree gchar *name = NULL;
+  gboolean connected = FALSE;
+
+  w->id = g_strdup (id);
+  w->prefix = g_strdup (config->nats_subject_prefix);
+  w->job_subject = crunch_nats_subject (w->prefix, "job.*");
+  w->servers = g_strjoinv (", ", config->nats_servers);
+  w->nice = config->worker_nice;
+  w->n_slots = threads;
+  w->slots = g_new0 (Slot, threads);
+  for (guint i = 0; i < threads; i++)
+    w->slots[i] = (Slot){w, i, NULL};
+  g_mutex_init (&w->lock);
+  g_cond_init (&w->cond);
+  w->running = g_hash_table_new (NULL, NULL);
+  w->timers = crunch_timer_thread_new ("worker-timers");
+  w->pool = g_thread_pool_new (run_task, w, (gint)threads, TRUE, NULL);
+
+  name = g_strconcat ("crunchd-worker ", id, NULL);
+  /* one delivery thread for all slot subscriptions, not one thread per subscription */
+  w->nc = crunch_nats_connect (config, name, TRUE, &handlers, &connected, error);
+  if (w->nc == NULL || !subscribe_all (w, error)) {
+    w->stopping = TRUE;
+    crunch_worker_free (w);
+    return NULL;
+  }
+  if (connected)
+    announce (w);
+  else
+    g_warning ("crunchd-worker %s: no NATS server reachable at %s yet; retrying", id, w->servers);
+  return w;
+}
+
+const gchar *
+crunch_worker_id (CrunchWorker *self)
+{
+  return self->id;
+}
+
+void
+crunch_worker_stop (CrunchWorker *w, GSourceFunc stopped, gpointer data)
+{
+  g_mutex_lock (&w->lock);
+  w->stopping = TRUE;
+  w->stopped = stopped;
+  w->stopped_data = data;
+  for (guint i = 0; i < w->n_slots; i++)
+    g_clear_pointer (&w->slots[i].sub, natsSubscription_Destroy); /* unsubscribes */
+  g_clear_pointer (&w->presence, natsSubscription_Destroy);
+  if (w->active == 0)
+    g_idle_add (stopped, data);
+  g_mutex_unlock (&w->lock);
+}
+
+void
+crunch_worker_cancel_running (CrunchWorker *w)
+{
+  GHashTableIter iter;
+  gpointer t;
+
+  g_mutex_lock (&w->lock);
+  g_hash_table_iter_init (&iter, w->running);
+  while (g_hash_table_iter_next (&iter, &t, NULL))
+    task_cancel (t, CRUNCH_JOB_SHUTDOWN);
+  g_mutex_unlock (&w->lock);
+}
+
+guint
+crunch_worker_running (CrunchWorker *w)
+{
+  guint n;
+
+  g_mutex_lock (&w->lock);
+  n = w->active;
+  g_mutex_unlock (&w->lock);
+  return n;
+}
+
+void
+crunch_worker_free (CrunchWorker *w)
+{
+  gint64 until = g_get_monotonic_time () + CLOSE_WAIT_US;
+
+  if (w == NULL)
+    return;
+  g_thread_pool_free (w->pool, FALSE, TRUE); /* idle after `stopped`; waits otherwise */
+  g_message ("crunchd-worker %s stopped: %" G_GUINT64_FORMAT " job(s) done", w->id, w->done);
+  if (w->nc != NULL) {
+    natsConnection_FlushTimeout (w->nc, 1000); /* the last replies */
+    natsConnection_Close (w->nc);
+    g_mutex_lock (&w->lock);
+    while (!w->conn_closed && g_cond_wait_until (&w->cond, &w->lock, until))
+      ;
+    g_mutex_unlock (&w->lock);
+  }
+  for (guint i = 0; i < w->n_slots; i++)
+    g_clear_pointer (&w->slots[i].sub, natsSubscription_Destroy);
+  g_clear_pointer (&w->presence, natsSubscription_Destroy);
+  g_clear_pointer (&w->cancel, natsSubscription_Destroy);
+  natsConnection_Destroy (w->nc);
+  crunch_timer_thread_free (w->timers);
+  g_hash_table_unref (w->running);
+  g_mutex_clear (&w->lock);
+  g_cond_clear (&w->cond);
+  g_free (w->slots);
+  g_free (w->id);
+  g_free (w->prefix);
+  g_free (w->job_subject);
+  g_free (w->servers);
+  g_free (w);
+}

@@ -1,0 +1,86 @@
+/* harness.h - start the real crunchd on an ephemeral loopback port and talk HTTP to it. */
+#pragma once
+
+#include <gio/gio.h>
+#include <glib/gstdio.h>
+
+typedef struct {
+  GSubprocess *proc;
+  gchar *dir;      /* temporary directory: crunchd.ini, crunchd.log */
+  gchar *log_path; /* crunchd's stderr */
+  guint16 port;
+  gchar *base; /* "http://127.0.0.1:PORT" */
+} TestServer;
+
+/* Writes `ini` to a temporary crunchd.ini and starts crunchd --listen 127.0.0.1:0 with it,
+ * plus `args` (NULL-terminated, may be NULL). Fails the test if it does not come up. */
+TestServer *test_server_start (const gchar *ini, const gchar *const *args);
+
+/* How to run crunchd as systemd would; every field is optional (zero = not used). */
+typedef struct {
+  const gchar *const *env;     /* extra "NAME=value" (NOTIFY_SOCKET, WATCHDOG_USEC, ...) */
+  const gchar *const *wrapper; /* argv put in front of crunchd, e.g. systemd-socket-activate */
+  gint listen_fd;              /* > 0: a listening socket handed over as socket activation */
+  guint16 lazy_port;           /* != 0: the wrapper listens here and starts crunchd on the first
+                                * connection (systemd-socket-activate): do not wait for start-up */
+} TestServerSetup;
+TestServer *test_server_start_with (const gchar *ini, const gchar *const *args,
+                                    const TestServerSetup *setup);
+/* Replaces the server's crunchd.ini (for SIGHUP reload tests). */
+void test_server_write_config (TestServer *server, const gchar *ini);
+/* SIGTERM, wait (bounded), return the exit status; frees the server. */
+gint test_server_stop (TestServer *server);
+/* The same, and hands over crunchd's whole log (stderr) in *log. */
+gint test_server_stop_with_log (TestServer *server, gchar **log);
+void test_server_signal (TestServer *server, gint signum);
+gchar *test_server_log (TestServer *server);
+gchar *test_server_url (TestServer *server, const gchar *path);
+
+/* Runs crunchd with arguments to completion; returns exit status, stderr/stdout in out params. */
+gint test_run_crunchd (const gchar *const *args, gchar **out, gchar **err);
+
+typedef struct {
+  long status;
+  gchar *body;
+  gsize body_len;
+  GHashTable *headers; /* lower-case name -> value */
+  gdouble seconds;     /* total time */
+  gint curl_code;
+} TestReply;
+
+/* One request on a fresh connection. method: "GET", "HEAD", "POST", ... headers: NULL-terminated
+ * "Name: value" strings or NULL. */
+TestReply *test_http (const gchar *method, const gchar *url, const gchar *const *headers);
+/* The same with a request body (NUL-terminated text, e.g. JSON), or none when `data` is NULL. */
+TestReply *test_http_body (const gchar *method, const gchar *url, const gchar *const *headers,
+                           const gchar *data);
+void test_reply_free (TestReply *reply);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestReply, test_reply_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestServer, test_server_stop)
+
+/* A unix datagram socket standing in for systemd's NOTIFY_SOCKET. */
+typedef struct TestNotify TestNotify;
+TestNotify *test_notify_new (void);
+const gchar *test_notify_path (TestNotify *notify);
+/* The next datagram received within `seconds`, or NULL. */
+gchar *test_notify_next (TestNotify *notify, gdouble seconds);
+/* The next datagram with a line that starts with `prefix` ("READY=1", "STATUS="), skipping
+ * others; NULL if none came within `seconds`. */
+gchar *test_notify_wait (TestNotify *notify, const gchar *prefix, gdouble seconds);
+void test_notify_free (TestNotify *notify);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestNotify, test_notify_free)
+
+/* The time a single /fib/n takes on this server, median of a few, in seconds. */
+gdouble test_time_fib (TestServer *server, guint n);
+/* The smallest n whose /fib/n is expected to take at least `seconds` (from timing fib(base)). */
+guint test_fib_n_for (TestServer *server, gdouble seconds);
+
+/* `count` simultaneous requests for `url`, each on its own connection (curl multi, one thread).
+ * timeout_ms > 0 makes clients hang up after that long. Returns the statuses (0 = no answer). */
+GArray *test_http_many (const gchar *url, guint count, const gchar *const *headers,
+                        glong timeout_ms);
+/* Runs test_http_many() on a thread; join with g_thread_join() to get the GArray. */
+GThread *test_http_many_async (const gchar *url, guint count, const gchar *const *headers,
+                               glong timeout_ms);
+/* The value of `name=` in the log's last "totals:" line, or -1. */
+gint64 test_log_total (const gchar *log, const gchar *name);

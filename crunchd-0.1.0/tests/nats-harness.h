@@ -1,0 +1,53 @@
+/* nats-harness.h - nats-server nodes and crunchd-worker processes for integration tests.
+ * Everything listens on 127.0.0.1 only; every process dies with the test (PR_SET_PDEATHSIG) and
+ * every wait is bounded. */
+#pragma once
+
+#include "harness.h"
+
+/* A port nobody listens on right now (bound and released). */
+guint16 test_free_port (void);
+
+typedef struct {
+  GSubprocess *proc;
+  gchar *dir;
+  guint16 port, cluster_port;
+  gchar *routes; /* "nats://127.0.0.1:P,..." or NULL */
+  gchar *url;    /* "nats://127.0.0.1:PORT" */
+} TestNats;
+
+/* Starts nats-server on a free port (and, with `cluster`, a free cluster port, joining
+ * `routes`); returns once it accepts connections. */
+TestNats *test_nats_start (gboolean cluster, const gchar *routes);
+/* Starts it again on the same ports after test_nats_kill(). */
+void test_nats_restart (TestNats *nats);
+/* SIGKILL and reap; the struct stays usable for a restart. */
+void test_nats_kill (TestNats *nats);
+void test_nats_free (TestNats *nats);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestNats, test_nats_free)
+
+typedef struct {
+  GSubprocess *proc;
+  gchar *dir, *log_path, *id;
+} TestWorker;
+
+/* Writes `ini` and starts crunchd-worker --threads N --id ID; returns once it is ready. */
+TestWorker *test_worker_start (const gchar *ini, const gchar *id, guint threads);
+void test_worker_signal (TestWorker *worker, gint signum);
+/* SIGTERM, bounded wait; returns the jobs it reports done (-1 if it did not say). */
+gint test_worker_stop (TestWorker *worker);
+/* After SIGKILL: reap and free. */
+void test_worker_free (TestWorker *worker);
+
+/* `total` GETs of `url` from `concurrency` threads (keep-alive); adds to `load` (zero it first):
+ * counts[status] (0 = no answer). Latencies in seconds into `latencies` if not NULL. */
+typedef struct {
+  guint counts[600];
+  guint answered;
+  gdouble max_seconds;
+} TestLoad;
+void test_load (const gchar *url, guint total, guint concurrency, TestLoad *load,
+                GArray *latencies);
+/* Runs test_load() on a thread; join with test_load_join(). */
+GThread *test_load_start (const gchar *url, guint total, guint concurrency, TestLoad *load);
+void test_load_join (GThread *thread);

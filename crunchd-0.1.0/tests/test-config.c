@@ -1,0 +1,151 @@
+/* test-config.c - loading crunchd.ini: good files, and each kind of bad one with its exact error.
+ */
+#include "config.h"
+
+static void
+test_defaults (void)
+{
+  g_autoptr (CrunchConfig) c = crunch_config_load_data ("", "empty.ini", NULL);
+
+  g_assert_nonnull (c);
+  g_assert_cmpstr (c->listen[0], ==, "127.0.0.1:8000");
+  g_assert_null (c->listen[1]);
+  g_assert_cmpuint (c->max_connections, ==, 1024);
+  g_assert_cmpuint (c->queue_limit, ==, 256);
+  g_assert_cmpuint (c->threads, ==, 0);
+  g_assert_cmpuint (crunch_config_effective_threads (c), ==, g_get_num_processors ());
+  g_assert_cmpuint (c->fib_max_n, ==, 92);
+  g_assert_cmpfloat (c->fib_timeout, ==, 30.0);
+  g_assert_cmpstr (c->log_level, ==, "info");
+  g_assert_true (c->log_access);
+}
+
+static void
+test_good_file (void)
+{
+  const gchar *ini = "# comment\n"
+                     "[server]\nlisten = 127.0.0.1:9000, [::1]:9001\nmax_connections = 2000\n"
+                     "shutdown_timeout = 2.5\n"
+                     "[executor]\nthreads = 4\nqueue_limit = 100\nnice = 5\n"
+                     "[fib]\nmax_n = 93\ntimeout = 0.5\n"
+                     "[log]\nlevel = debug\naccess = false\n";
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchConfig) c = crunch_config_load_data (ini, "good.ini", &error);
+
+  g_assert_no_error (error);
+  g_assert_cmpstr (c->path, ==, "good.ini");
+  g_assert_cmpstr (c->listen[0], ==, "127.0.0.1:9000");
+  g_assert_cmpstr (c->listen[1], ==, "[::1]:9001");
+  g_assert_cmpuint (c->max_connections, ==, 2000);
+  g_assert_cmpfloat (c->shutdown_timeout, ==, 2.5);
+  g_assert_cmpuint (c->threads, ==, 4);
+  g_assert_cmpuint (c->queue_limit, ==, 100);
+  g_assert_cmpint (c->nice, ==, 5);
+  g_assert_cmpuint (c->fib_max_n, ==, 93);
+  g_assert_cmpfloat (c->fib_timeout, ==, 0.5);
+  g_assert_cmpstr (c->log_level, ==, "debug");
+  g_assert_false (c->log_access);
+}
+
+static void
+test_bad_files (void)
+{
+  const struct {
+    const gchar *ini, *message;
+  } cases[] = {
+      {"[nope]\nx = 1\n", "t.ini: [nope]: unknown group"},
+      {"[server]\nlisten_on = 1\n", "t.ini: [server] listen_on: unknown key"},
+      {"[executor]\nthreads = lots\n", "t.ini: [executor] threads = 'lots': not an integer"},
+      {"[executor]\nthreads = 4x\n", "t.ini: [executor] threads = '4x': not an integer"},
+      {"[executor]\nthreads = -1\n", "t.ini: [executor] threads = '-1': out of range (0 to 1024)"},
+      {"[executor]\nthreads = 99999999999999999999\n",
+       "t.ini: [executor] threads = '99999999999999999999': not an integer"},
+      {"[fib]\nmax_n = 94\n", "t.ini: [fib] max_n = '94': out of range (0 to 93)"},
+      {"[fib]\ntimeout = soon\n", "t.ini: [fib] timeout = 'soon': not a number"},
+      {"[fib]\ntimeout = 0\n", "t.ini: [fib] timeout = '0': out of range (0.001 to 86400)"},
+      {"[log]\naccess = yes\n", "t.ini: [log] access = 'yes': expected true or false"},
+      {"[log]\nlevel = loud\n",
+       "t.ini: [log] level = 'loud': expected one of: error, critical, warning, message, info, "
+       "debug"},
+      {"[server]\nlisten = localhost:80\n",
+       "t.ini: [server] listen = 'localhost:80': 'localhost:80': the address must be numeric (for "
+       "example 127.0.0.1:8000 or [::1]:8000)"},
+      {"[server]\nlisten = 127.0.0.1\n",
+       "t.ini: [server] listen = '127.0.0.1': '127.0.0.1': expected ADDRESS:PORT or [IPV6]:PORT"},
+      {"[server]\nlisten = ,\n", "t.ini: [server] listen = ',': expected a comma-separated list"},
+      {"[server]\nmax_connections = 100\n[executor]\nthreads = 4\nqueue_limit = 80\n",
+       "t.ini: [executor] queue_limit = '80': queue_limit + threads (4) must not exceed 3/4 of "
+       "[server] max_connections (100), or parked jobs could lock out /fast"},
+      {"[executor]\nclient_key = cookie\n",
+     "t.ini: [executor] client_key = 'cookie': expected ip or header:NAME"},
+    {"[executor]\nclient_key = header:X Key\n",
+     "t.ini: [executor] client_key = 'header:X Key': expected ip or header:NAME"},
+    {"not an ini file\n", NULL},
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autoptr (GError) error = NULL;
+    g_autoptr (CrunchConfig) c = crunch_config_load_data (cases[i].ini, "t.ini", &error);
+    g_assert_null (c);
+    g_assert_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID);
+    if (cases[i].message != NULL)
+      g_assert_cmpstr (error->message, ==, cases[i].message);
+    else
+      g_assert_true (g_str_has_prefix (error->message, "t.ini: "));
+  }
+}
+
+static void
+test_missing_file (void)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchConfig) c = crunch_config_load ("/nonexistent/crunchd.ini", &error);
+
+  g_assert_null (c);
+  g_assert_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID);
+  g_assert_nonnull (strstr (error->message, "/nonexistent/crunchd.ini"));
+}
+
+/* --check-config prints the effective settings; they must load back to the same values. */
+static void
+test_round_trip (void)
+{
+  g_autoptr (CrunchConfig) a =
+      crunch_config_load_data ("[executor]\nthreads = 3\n[fib]\ntimeout = 1.25\n", "a.ini", NULL);
+  g_autofree gchar *text = crunch_config_to_string (a);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchConfig) b = crunch_config_load_data (text, "b.ini", &error);
+
+  g_assert_no_error (error);
+  g_assert_cmpuint (b->threads, ==, 3);
+  g_assert_cmpfloat (b->fib_timeout, ==, 1.25);
+  g_assert_cmpstr (b->listen[0], ==, a->listen[0]);
+}
+
+static void
+test_listen_addresses (void)
+{
+  struct sockaddr_storage addr;
+  socklen_t len;
+
+  g_assert_true (crunch_parse_listen_address ("127.0.0.1:8000", &addr, &len, NULL));
+  g_assert_cmpint (addr.ss_family, ==, AF_INET);
+  g_assert_true (crunch_parse_listen_address ("[::1]:0", &addr, &len, NULL));
+  g_assert_cmpint (addr.ss_family, ==, AF_INET6);
+  g_assert_false (crunch_parse_listen_address ("::1", &addr, &len, NULL));
+  g_assert_false (crunch_parse_listen_address ("127.0.0.1:99999", &addr, &len, NULL));
+  g_assert_false (crunch_parse_listen_address ("", &addr, &len, NULL));
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/config/defaults", test_defaults);
+  g_test_add_func ("/config/good-file", test_good_file);
+  g_test_add_func ("/config/bad-files", test_bad_files);
+  g_test_add_func ("/config/missing-file", test_missing_file);
+  g_test_add_func ("/config/round-trip", test_round_trip);
+  g_test_add_func ("/config/listen-addresses", test_listen_addresses);
+  return g_test_run ();
+}

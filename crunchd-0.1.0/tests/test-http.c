@@ -1,0 +1,170 @@
+/* test-http.c - every route and every error, against the real binary. */
+#include <string.h>
+
+#include "harness.h"
+
+static TestServer *server;
+
+#define URL(path) g_autofree gchar *url = test_server_url (server, path)
+
+static void
+test_fast (void)
+{
+  URL ("/fast");
+  g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+
+  g_assert_cmpint (r->status, ==, 200);
+  g_assert_cmpstr (r->body, ==, "Hello!");
+  g_assert_cmpstr (g_hash_table_lookup (r->headers, "content-type"), ==,
+                   "text/plain; charset=utf-8");
+  g_assert_cmpstr (g_hash_table_lookup (r->headers, "content-length"), ==, "6");
+}
+
+static void
+test_head (void)
+{
+  const gchar *paths[] = {"/fast", "/fib/10"};
+
+  for (gsize i = 0; i < G_N_ELEMENTS (paths); i++) {
+    URL (paths[i]);
+    g_autoptr (TestReply) r = test_http ("HEAD", url, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+    g_assert_cmpuint (r->body_len, ==, 0);
+    g_assert_cmpstr (g_hash_table_lookup (r->headers, "content-length"), ==, i == 0 ? "6" : "2");
+  }
+}
+
+static void
+test_fib_values (void)
+{
+  const struct {
+    const gchar *path, *body;
+  } cases[] = {
+      {"/fib/0", "0"},   {"/fib/1", "1"},      {"/fib/2", "1"},
+      {"/fib/10", "55"}, {"/fib/25", "75025"}, {"/fib/007", "13"},
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    URL (cases[i].path);
+    g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+    g_assert_cmpstr (r->body, ==, cases[i].body);
+    g_assert_cmpstr (g_hash_table_lookup (r->headers, "content-type"), ==,
+                     "text/plain; charset=utf-8");
+    g_assert_cmpuint (
+        strlen (cases[i].body), ==,
+        g_ascii_strtoull (g_hash_table_lookup (r->headers, "content-length"), NULL, 10));
+  }
+}
+
+static void
+test_errors (void)
+{
+  const struct {
+    const gchar *method, *path;
+    long status;
+    const gchar *body;
+  } cases[] = {
+      {"GET", "/fib/abc", 400, "fib: N must be a non-negative integer, got 'abc'\n"},
+      {"GET", "/fib/-1", 400, "fib: N must be a non-negative integer, got '-1'\n"},
+      {"GET", "/fib/1x", 400, "fib: N must be a non-negative integer, got '1x'\n"},
+      {"GET", "/fib/", 400, "fib: missing N: use /fib/N with 0 <= N <= 40\n"},
+      {"GET", "/fib/99999999999999999999", 400,
+       "fib: N = 99999999999999999999 exceeds the limit max_n = 40\n"},
+      {"GET", "/fib/41", 400, "fib: N = 41 exceeds the limit max_n = 40\n"},
+      {"GET", "/nope", 404, "no such route\n"},
+      {"GET", "/fib", 404, "no such route\n"},
+      {"GET", "/fastx", 404, "no such route\n"},
+      {"POST", "/fast", 405, "method not allowed\n"},
+      {"DELETE", "/fib/3", 405, "method not allowed\n"},
+      {"BREW", "/fast", 405, "method not allowed\n"},
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    URL (cases[i].path);
+    g_autoptr (TestReply) r = test_http (cases[i].method, url, NULL);
+    g_test_message ("%s %s", cases[i].method, cases[i].path);
+    g_assert_cmpint (r->status, ==, cases[i].status);
+    g_assert_cmpstr (r->body, ==, cases[i].body);
+    g_assert_cmpstr (g_hash_table_lookup (r->headers, "content-type"), ==,
+                     "text/plain; charset=utf-8");
+    if (cases[i].status == 405)
+      g_assert_cmpstr (g_hash_table_lookup (r->headers, "allow"), ==, "GET, HEAD");
+  }
+}
+
+/* Several requests over one connection: curl reuses it if the server keeps it alive. */
+static void
+test_keep_alive (void)
+{
+  g_autoptr (GPtrArray) urls = g_ptr_array_new_with_free_func (g_free);
+  g_autofree gchar *cmd = NULL, *out = NULL;
+  gint status;
+
+  g_ptr_array_add (urls, test_server_url (server, "/fast"));
+  g_ptr_array_add (urls, test_server_url (server, "/fib/20"));
+  g_ptr_array_add (urls, test_server_url (server, "/fast"));
+  g_ptr_array_add (urls, test_server_url (server, "/nope"));
+  g_ptr_array_add (urls, test_server_url (server, "/fib/21"));
+  cmd = g_strdup_printf (
+      "curl -s -w '%%{http_code} %%{num_connects}\\n' %s -o /dev/null %s -o /dev/null "
+      "%s -o /dev/null %s -o /dev/null %s -o /dev/null",
+      (gchar *)urls->pdata[0], (gchar *)urls->pdata[1], (gchar *)urls->pdata[2],
+      (gchar *)urls->pdata[3], (gchar *)urls->pdata[4]);
+  g_assert_true (g_spawn_command_line_sync (cmd, &out, NULL, &status, NULL));
+  g_assert_cmpint (status, ==, 0);
+  /* one new connection for the first request, none after */
+  g_assert_cmpstr (out, ==, "200 1\n200 0\n200 0\n404 0\n200 0\n");
+}
+
+typedef struct {
+  gchar *url;
+  TestReply *reply;
+} Call;
+
+static gpointer
+call_thread (gpointer data)
+{
+  Call *call = data;
+  call->reply = test_http ("GET", call->url, NULL);
+  return NULL;
+}
+
+static void
+test_simultaneous (void)
+{
+  enum { N = 20 };
+  Call calls[N];
+  GThread *threads[N];
+
+  for (gint i = 0; i < N; i++) {
+    calls[i].url = test_server_url (server, "/fib/30");
+    threads[i] = g_thread_new ("client", call_thread, &calls[i]);
+  }
+  for (gint i = 0; i < N; i++) {
+    g_thread_join (threads[i]);
+    g_assert_cmpint (calls[i].reply->status, ==, 200);
+    g_assert_cmpstr (calls[i].reply->body, ==, "832040");
+    test_reply_free (calls[i].reply);
+    g_free (calls[i].url);
+  }
+}
+
+int
+main (int argc, char **argv)
+{
+  const gchar *ini = "[fib]\nmax_n = 40\n[executor]\nqueue_limit = 64\n";
+  gint status;
+
+  g_test_init (&argc, &argv, NULL);
+  server = test_server_start (ini, NULL);
+  g_test_add_func ("/http/fast", test_fast);
+  g_test_add_func ("/http/head", test_head);
+  g_test_add_func ("/http/fib-values", test_fib_values);
+  g_test_add_func ("/http/errors", test_errors);
+  g_test_add_func ("/http/keep-alive", test_keep_alive);
+  g_test_add_func ("/http/simultaneous", test_simultaneous);
+  status = g_test_run ();
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  return status;
+}

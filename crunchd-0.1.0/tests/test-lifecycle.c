@@ -1,0 +1,187 @@
+/* test-lifecycle.c - the fast lane under compute load, graceful stop, start-up failures. */
+#include <signal.h>
+#include <string.h>
+
+#include "harness.h"
+
+typedef struct {
+  gchar *url;
+  TestReply *reply;
+} Call;
+
+static gpointer
+call_thread (gpointer data)
+{
+  Call *call = data;
+  call->reply = test_http ("GET", call->url, NULL);
+  return NULL;
+}
+
+static GThread *
+start_call (Call *call, TestServer *server, const gchar *path)
+{
+  call->url = test_server_url (server, path);
+  return g_thread_new ("client", call_thread, call);
+}
+
+static void
+end_call (Call *call, GThread *thread)
+{
+  g_thread_join (thread);
+  g_free (call->url);
+}
+
+/* The problem crunchd exists to solve: slow jobs on every worker do not delay /fast. */
+static void
+test_fast_lane_not_blocked (void)
+{
+  enum { WORKERS = 2 };
+  g_autoptr (TestServer) server = test_server_start ("", (const gchar *[]){"--threads=2", NULL});
+  guint n = test_fib_n_for (server, 1.0);
+  g_autofree gchar *path = g_strdup_printf ("/fib/%u", n);
+  g_autofree gchar *fast = test_server_url (server, "/fast");
+  Call calls[WORKERS];
+  GThread *threads[WORKERS];
+  gdouble worst = 0;
+
+  for (gint i = 0; i < WORKERS; i++)
+    threads[i] = start_call (&calls[i], server, path);
+  g_usleep (200000); /* both workers are computing now */
+  for (gint i = 0; i < 10; i++) {
+    g_autoptr (TestReply) r = test_http ("GET", fast, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+    worst = MAX (worst, r->seconds);
+  }
+  for (gint i = 0; i < WORKERS; i++) {
+    end_call (&calls[i], threads[i]);
+    g_assert_cmpint (calls[i].reply->status, ==, 200);
+    /* the jobs really were long: they were still running while /fast was answered */
+    g_assert_cmpfloat (calls[i].reply->seconds, >=, 0.8);
+    test_reply_free (calls[i].reply);
+  }
+  g_test_message ("fib(%u) jobs; slowest /fast while they ran: %.3f ms", n, worst * 1000);
+  g_assert_cmpfloat (worst, <, 0.050);
+}
+
+/* SIGTERM with jobs running and queued: running ones finish, queued ones get 503, exit 0. */
+static void
+test_sigterm_drains (void)
+{
+  enum { RUNNING = 2, QUEUED = 3 };
+  TestServer *server = test_server_start ("[server]\nshutdown_timeout = 30\n[executor]\ncoalesce = false\n",
+                                          (const gchar *[]){"--threads=2", NULL});
+  guint n = test_fib_n_for (server, 0.6);
+  g_autofree gchar *path = g_strdup_printf ("/fib/%u", n);
+  Call calls[RUNNING + QUEUED];
+  GThread *threads[RUNNING + QUEUED];
+  guint ok = 0, unavailable = 0;
+
+  for (gint i = 0; i < RUNNING + QUEUED; i++) {
+    threads[i] = start_call (&calls[i], server, path);
+    g_usleep (30000); /* the first two take the workers */
+  }
+  g_usleep (100000);
+  test_server_signal (server, SIGTERM);
+  for (gint i = 0; i < RUNNING + QUEUED; i++) {
+    end_call (&calls[i], threads[i]);
+    g_assert_cmpint (calls[i].reply->curl_code, ==, 0); /* every client got an answer */
+    if (calls[i].reply->status == 200)
+      ok++;
+    else if (calls[i].reply->status == 503)
+      unavailable++;
+    test_reply_free (calls[i].reply);
+  }
+  g_assert_cmpuint (ok, ==, RUNNING);
+  g_assert_cmpuint (unavailable, ==, QUEUED);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* A job longer than shutdown_timeout is cancelled, its client gets 503, and the exit is prompt. */
+static void
+test_shutdown_timeout_cancels (void)
+{
+  TestServer *server = test_server_start ("[server]\nshutdown_timeout = 0.2\n",
+                                          (const gchar *[]){"--threads=1", NULL});
+  g_autofree gchar *path = g_strdup_printf ("/fib/%u", test_fib_n_for (server, 30.0));
+  Call call;
+  GThread *thread = start_call (&call, server, path);
+  gint64 t0;
+
+  g_usleep (200000);
+  t0 = g_get_monotonic_time ();
+  test_server_signal (server, SIGTERM);
+  end_call (&call, thread);
+  g_assert_cmpint (call.reply->status, ==, 503);
+  test_reply_free (call.reply);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 3 * G_USEC_PER_SEC);
+}
+
+static void
+test_bad_config_exits_78 (void)
+{
+  g_autofree gchar *dir = g_dir_make_tmp ("crunchd-test-XXXXXX", NULL);
+  g_autofree gchar *ini = g_build_filename (dir, "bad.ini", NULL);
+  g_autofree gchar *arg = g_strconcat ("--config=", ini, NULL);
+  g_autofree gchar *out = NULL, *err = NULL, *expected = NULL;
+
+  g_assert_true (g_file_set_contents (ini, "[executor]\nthreads = lots\n", -1, NULL));
+  g_assert_cmpint (test_run_crunchd ((const gchar *[]){arg, NULL}, &out, &err), ==, 78);
+  expected = g_strdup_printf ("crunchd: %s: [executor] threads = 'lots': not an integer\n", ini);
+  g_assert_cmpstr (err, ==, expected);
+  g_remove (ini);
+  g_rmdir (dir);
+}
+
+static void
+test_missing_config_exits_78 (void)
+{
+  g_autofree gchar *out = NULL, *err = NULL;
+
+  g_assert_cmpint (
+      test_run_crunchd ((const gchar *[]){"--config=/nonexistent/crunchd.ini", NULL}, &out, &err),
+      ==, 78);
+  g_assert_nonnull (strstr (err, "/nonexistent/crunchd.ini"));
+}
+
+static void
+test_check_config_sample (void)
+{
+  g_autofree gchar *ini = g_build_filename (g_getenv ("CRUNCHD_DATADIR"), "crunchd.ini", NULL);
+  g_autofree gchar *arg = g_strconcat ("--config=", ini, NULL);
+  g_autofree gchar *out = NULL, *err = NULL;
+
+  g_assert_cmpint (test_run_crunchd ((const gchar *[]){arg, "--check-config", NULL}, &out, &err),
+                   ==, 0);
+  g_assert_nonnull (strstr (out, "configuration OK"));
+  g_assert_nonnull (strstr (out, "listen=127.0.0.1:8000"));
+}
+
+static void
+test_usage_errors (void)
+{
+  g_autofree gchar *out = NULL, *err = NULL, *out2 = NULL, *err2 = NULL, *out3 = NULL, *err3 = NULL;
+
+  g_assert_cmpint (test_run_crunchd ((const gchar *[]){"--version", NULL}, &out, &err), ==, 0);
+  g_assert_true (g_str_has_prefix (out, "crunchd "));
+  g_assert_cmpint (test_run_crunchd ((const gchar *[]){"--bogus", NULL}, &out2, &err2), ==, 64);
+  g_assert_cmpint (
+      test_run_crunchd ((const gchar *[]){"--config=/dev/null", "--listen=nowhere", NULL}, &out3,
+                        &err3),
+      ==, 78);
+  g_assert_nonnull (strstr (err3, "'nowhere'"));
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/lifecycle/fast-lane-not-blocked", test_fast_lane_not_blocked);
+  g_test_add_func ("/lifecycle/sigterm-drains", test_sigterm_drains);
+  g_test_add_func ("/lifecycle/shutdown-timeout-cancels", test_shutdown_timeout_cancels);
+  g_test_add_func ("/lifecycle/bad-config-exits-78", test_bad_config_exits_78);
+  g_test_add_func ("/lifecycle/missing-config-exits-78", test_missing_config_exits_78);
+  g_test_add_func ("/lifecycle/check-config-sample", test_check_config_sample);
+  g_test_add_func ("/lifecycle/usage-errors", test_usage_errors);
+  return g_test_run ();
+}

@@ -1,0 +1,324 @@
+/* test-nats.c - crunchd with the NATS executor, crunchd-worker processes and nats-server nodes,
+ * all on 127.0.0.1, including the failures: a worker killed or frozen mid-load, no workers, the
+ * NATS server gone and back, a cluster node lost. */
+#include <curl/curl.h>
+#include <signal.h>
+#include <string.h>
+
+#include "nats-harness.h"
+
+/* Front end: short attempt timeout and grace so that failure tests stay fast. */
+static gchar *
+front_ini (const gchar *servers, const gchar *extra)
+{
+  return g_strdup_printf ("[executor]\nbackend = nats\nthreads = 4\ncoalesce = false\n"
+                          "[nats]\nservers = %s\nattempt_timeout = 0.5\nretries = 6\n"
+                          "reconnect_wait = 0.05\nreconnect_grace = 0.5\n%s"
+                          "[fib]\ntimeout = 10\n[log]\naccess = false\n",
+                          servers, extra ? extra : "");
+}
+
+static gchar *
+worker_ini (const gchar *servers)
+{
+  return g_strdup_printf ("[nats]\nservers = %s\nreconnect_wait = 0.05\n", servers);
+}
+
+static void
+get_expect (TestServer *server, const gchar *path, long status, const gchar *body)
+{
+  g_autofree gchar *url = test_server_url (server, path);
+  g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+
+  g_assert_cmpint (r->status, ==, status);
+  if (body != NULL)
+    g_assert_cmpstr (r->body, ==, body);
+}
+
+/* Polls until /fib/1 answers 200 (workers subscribed, routes settled), bounded. */
+static void
+wait_serving (TestServer *server, gdouble seconds)
+{
+  g_autofree gchar *url = test_server_url (server, "/fib/1");
+  gint64 until = g_get_monotonic_time () + (gint64)(seconds * G_USEC_PER_SEC);
+
+  for (;;) {
+    g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+    if (r->status == 200)
+      return;
+    if (g_get_monotonic_time () > until)
+      g_error ("not serving after %.1f s: last status %ld (%s)", seconds, r->status, r->body);
+    g_usleep (20000);
+  }
+}
+
+static void
+wait_answered (TestLoad *load, guint n)
+{
+  gint64 until = g_get_monotonic_time () + 30 * G_USEC_PER_SEC;
+
+  while (g_atomic_int_get ((gint *)&load->answered) < (gint)n && g_get_monotonic_time () < until)
+    g_usleep (2000);
+}
+
+static void
+test_correct_and_spread (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  TestWorker *w1 = test_worker_start (wini, "w1", 2);
+  TestWorker *w2 = test_worker_start (wini, "w2", 2);
+  TestServer *server = test_server_start (fini, NULL);
+  g_autofree gchar *url = test_server_url (server, "/fib/20");
+  TestLoad load = {0};
+  gint d1, d2;
+
+  get_expect (server, "/fib/0", 200, "0");
+  get_expect (server, "/fib/1", 200, "1");
+  get_expect (server, "/fib/10", 200, "55");
+  get_expect (server, "/fib/25", 200, "75025");
+  get_expect (server, "/fib/abc", 400, "fib: N must be a non-negative integer, got 'abc'\n");
+  get_expect (server, "/fast", 200, "Hello!");
+  test_load (url, 400, 4, &load, NULL);
+  g_assert_cmpuint (load.counts[200], ==, 400);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  d1 = test_worker_stop (w1);
+  d2 = test_worker_stop (w2);
+  g_test_message ("w1 ran %d jobs, w2 ran %d", d1, d2);
+  g_assert_cmpint (d1 + d2, ==, 404);
+  g_assert_cmpint (d1, >=, 404 / 5); /* both take a real share */
+  g_assert_cmpint (d2, >=, 404 / 5);
+}
+
+static void
+test_worker_killed (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  TestWorker *w1 = test_worker_start (wini, "w1", 2);
+  TestWorker *w2 = test_worker_start (wini, "w2", 2);
+  TestServer *server = test_server_start (fini, NULL);
+  /* jobs of ~2 ms: 500 of them on 4 slots outlast the kill */
+  guint n = test_fib_n_for (server, 0.002);
+  g_autofree gchar *path = g_strdup_printf ("/fib/%u", n);
+  g_autofree gchar *url = test_server_url (server, path);
+  TestLoad load = {0};
+  GThread *thread = test_load_start (url, 500, 8, &load);
+  guint at_kill;
+
+  wait_answered (&load, 100);
+  at_kill = g_atomic_int_get ((gint *)&load.answered);
+  test_worker_free (w2); /* SIGKILL mid-load */
+  test_load_join (thread);
+  g_test_message ("fib(%u); w2 killed after %u answers; slowest %.3f s", n, at_kill,
+                  load.max_seconds);
+  g_assert_cmpuint (at_kill, <, 500);
+  g_assert_cmpuint (load.counts[200], ==, 500);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_assert_cmpint (test_worker_stop (w1), >, 0);
+}
+
+static void
+test_no_workers (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  g_autofree gchar *local_ini = front_ini (nats->url, "fallback = local\n");
+  TestServer *server = test_server_start (fini, NULL);
+  g_autofree gchar *url = test_server_url (server, "/fib/1");
+
+  for (guint i = 0; i < 5; i++) {
+    g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+    g_assert_cmpint (r->status, ==, 503);
+    g_assert_nonnull (strstr (r->body, "no crunchd-worker is listening"));
+    g_assert_cmpstr (g_hash_table_lookup (r->headers, "retry-after"), ==, "1");
+    g_test_message ("503 after %.1f ms", r->seconds * 1e3);
+    g_assert_cmpfloat (r->seconds, <, 0.25); /* milliseconds, not the 0.5 s attempt timeout */
+  }
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+
+  server = test_server_start (local_ini, NULL);
+  get_expect (server, "/fib/10", 200, "55");
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+static void
+test_nats_server_lost (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  TestWorker *w1 = test_worker_start (wini, "w1", 2);
+  TestServer *server = test_server_start (fini, NULL);
+  guint n = test_fib_n_for (server, 0.001);
+  g_autofree gchar *path = g_strdup_printf ("/fib/%u", n);
+  g_autofree gchar *url = test_server_url (server, path);
+  TestLoad load = {0};
+  GThread *thread = test_load_start (url, 400, 4, &load);
+
+  wait_answered (&load, 50);
+  test_nats_kill (nats);
+  test_load_join (thread);
+  g_test_message ("fib(%u): %u x 200, %u x 503, %u x 504; slowest %.3f s", n, load.counts[200],
+                  load.counts[503], load.counts[504], load.max_seconds);
+  g_assert_cmpuint (load.counts[200] + load.counts[503] + load.counts[504], ==, 400);
+  g_assert_cmpuint (load.counts[503] + load.counts[504], >, 0);
+  g_assert_cmpfloat (load.max_seconds, <, 3.0); /* reconnect_grace 0.5 s: prompt, not hanging */
+
+  test_nats_restart (nats);
+  wait_serving (server, 15);
+  get_expect (server, "/fib/10", 200, "55");
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_assert_cmpint (test_worker_stop (w1), >, 0);
+}
+
+/* Port of the server the front end says it is connected to, last mention. */
+static guint16
+front_nats_port (TestServer *server)
+{
+  g_autofree gchar *log = test_server_log (server);
+  const gchar *marker = "nats: connected to nats://127.0.0.1:", *at = NULL;
+
+  for (const gchar *p = log; p != NULL && (p = strstr (p, marker)) != NULL; p++)
+    at = p;
+  g_assert_nonnull (at);
+  return (guint16)g_ascii_strtoull (at + strlen (marker), NULL, 10);
+}
+
+static void
+test_cluster_node_lost (void)
+{
+  g_autoptr (TestNats) a = test_nats_start (TRUE, NULL);
+  g_autofree gchar *seed = g_strdup_printf ("nats://127.0.0.1:%u", a->cluster_port);
+  g_autoptr (TestNats) b = test_nats_start (TRUE, seed);
+  g_autoptr (TestNats) c = test_nats_start (TRUE, seed);
+  g_autofree gchar *front_servers = g_strdup_printf ("%s, %s", a->url, b->url);
+  g_autofree gchar *wini = worker_ini (c->url);
+  g_autofree gchar *fini = front_ini (front_servers, NULL);
+  TestWorker *w1 = test_worker_start (wini, "w1", 2);
+  TestWorker *w2 = test_worker_start (wini, "w2", 2);
+  TestServer *server = NULL;
+  g_autofree gchar *url = NULL;
+  TestLoad load = {0};
+  GThread *thread;
+  guint16 before, after;
+
+  /* a longer grace: failing over to the other node must not cost a request */
+  g_free (fini);
+  fini = front_ini (front_servers, "reconnect_grace = 3\n");
+  server = test_server_start (fini, NULL);
+  url = test_server_url (server, "/fib/20");
+  wait_serving (server, 15);
+  before = front_nats_port (server);
+  thread = test_load_start (url, 400, 4, &load);
+  wait_answered (&load, 100);
+  test_nats_kill (before == a->port ? a : b);
+  test_load_join (thread);
+  after = front_nats_port (server);
+  g_test_message ("front end moved from port %u to %u; %u x 200, slowest %.3f s", before, after,
+                  load.counts[200], load.max_seconds);
+  g_assert_cmpuint (after, !=, before);
+  g_assert_cmpuint (load.counts[200], ==, 400);
+  get_expect (server, "/fib/10", 200, "55");
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  test_worker_stop (w1);
+  test_worker_stop (w2);
+}
+
+static void
+test_worker_frozen (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  TestWorker *w1 = test_worker_start (wini, "w1", 2);
+  TestWorker *w2 = test_worker_start (wini, "w2", 2);
+  TestServer *server = test_server_start (fini, NULL);
+  g_autofree gchar *url = test_server_url (server, "/fib/15");
+  TestLoad load = {0};
+  gint d1, d2;
+
+  test_worker_signal (w2, SIGSTOP);
+  test_load (url, 300, 4, &load, NULL);
+  test_worker_signal (w2, SIGCONT);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  d1 = test_worker_stop (w1);
+  d2 = test_worker_stop (w2);
+  g_test_message ("%u x 200, slowest %.3f s; w1 ran %d jobs, frozen w2 got %d", load.counts[200],
+                  load.max_seconds, d1, d2);
+  g_assert_cmpuint (load.counts[200], ==, 300);
+  g_assert_cmpfloat (load.max_seconds, <, 5.0); /* well within the 10 s deadline */
+  g_assert_cmpint (d2, <=, 2); /* no more than its two free slots took while frozen */
+  g_assert_cmpint (d1, >=, 298);
+}
+
+static gint
+cmp_double (gconstpointer a, gconstpointer b)
+{
+  gdouble x = *(const gdouble *)a, y = *(const gdouble *)b;
+  return (x > y) - (x < y);
+}
+
+/* p50 and p99 of `total` sequential keep-alive GETs, in milliseconds. */
+static void
+measure (const gchar *url, guint total, gdouble *p50, gdouble *p99)
+{
+  g_autoptr (GArray) seconds = g_array_new (FALSE, FALSE, sizeof (gdouble));
+  TestLoad load = {0};
+
+  test_load (url, 50, 1, &load, NULL); /* warm up */
+  memset (&load, 0, sizeof load);
+  test_load (url, total, 1, &load, seconds);
+  g_assert_cmpuint (load.counts[200], ==, total);
+  g_array_sort (seconds, cmp_double);
+  *p50 = g_array_index (seconds, gdouble, total / 2) * 1e3;
+  *p99 = g_array_index (seconds, gdouble, total * 99 / 100) * 1e3;
+}
+
+/* Not a pass/fail benchmark: reports what a trivial job pays for the trip through NATS. */
+static void
+test_overhead (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  TestWorker *w1 = test_worker_start (wini, "w1", 2);
+  TestServer *remote = test_server_start (fini, NULL);
+  TestServer *local = test_server_start ("[executor]\nthreads = 2\n[log]\naccess = false\n", NULL);
+  g_autofree gchar *remote_url = test_server_url (remote, "/fib/1");
+  g_autofree gchar *local_url = test_server_url (local, "/fib/1");
+  gdouble l50, l99, r50, r99;
+
+  measure (local_url, 1000, &l50, &l99);
+  measure (remote_url, 1000, &r50, &r99);
+  g_test_message ("GET /fib/1 round trip, 1000 sequential keep-alive requests: local pool p50 "
+                  "%.3f ms p99 %.3f ms; NATS + crunchd-worker p50 %.3f ms p99 %.3f ms",
+                  l50, l99, r50, r99);
+  g_printerr ("# overhead: local p50 %.3f ms p99 %.3f ms; nats p50 %.3f ms p99 %.3f ms\n", l50, l99,
+              r50, r99);
+  g_assert_cmpfloat (r50, <, 50.0); /* sanity only: no per-message flush timer, no blocking */
+  g_assert_cmpint (test_server_stop (local), ==, 0);
+  g_assert_cmpint (test_server_stop (remote), ==, 0);
+  test_worker_stop (w1);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  curl_global_init (CURL_GLOBAL_ALL);
+  if (g_find_program_in_path ("nats-server") == NULL) {
+    g_test_skip ("nats-server is not installed (scripts/install-deps installs it)");
+    return g_test_run ();
+  }
+  g_test_add_func ("/nats/correct-and-spread", test_correct_and_spread);
+  g_test_add_func ("/nats/no-workers", test_no_workers);
+  g_test_add_func ("/nats/worker-killed", test_worker_killed);
+  g_test_add_func ("/nats/worker-frozen", test_worker_frozen);
+  g_test_add_func ("/nats/server-lost", test_nats_server_lost);
+  g_test_add_func ("/nats/cluster-node-lost", test_cluster_node_lost);
+  g_test_add_func ("/nats/overhead", test_overhead);
+  return g_test_run ();
+}

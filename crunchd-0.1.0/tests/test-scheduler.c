@@ -1,0 +1,304 @@
+/* test-scheduler.c - admission, fairness, coalescing, abandonment, drain, with a fake function. */
+#include "scheduler.h"
+
+/* "nap": sleeps `ms` milliseconds in 1 ms steps, stopping early when cancelled. */
+static gint naps_started;
+
+static CrunchdStatus
+nap_run (const CrunchdCall *call, CrunchdResult *result)
+{
+  g_atomic_int_inc (&naps_started);
+  for (gint64 i = 0; i < call->args[0].v.i; i++) {
+    if (crunchd_cancelled (call))
+      return CRUNCHD_CANCELLED;
+    g_usleep (1000);
+  }
+  result->data = g_strdup ("done");
+  result->len = 4;
+  result->free_data = g_free;
+  return CRUNCHD_OK;
+}
+
+static const CrunchdArg nap_args[] = {{"ms", CRUNCHD_ARG_INT, 0, 100000, NULL, NULL}};
+static const CrunchdFunction nap_decl = {.name = "nap",
+                                         .args = nap_args,
+                                         .n_args = 1,
+                                         .pure = 1,
+                                         .deadline = 10,
+                                         .content_type = "text/plain",
+                                         .run = nap_run};
+static CrunchFunction nap = {
+    .decl = &nap_decl, .name = "nap", .pure = TRUE, .content_type = "text/plain"};
+
+typedef struct {
+  GMutex lock;
+  GCond cond;
+  GPtrArray *answered; /* CrunchTicket*, in answer order (a reference each) */
+} Results;
+
+static void
+on_answered (CrunchTicket *ticket, gpointer data)
+{
+  Results *r = data;
+
+  g_mutex_lock (&r->lock);
+  g_ptr_array_add (r->answered, crunch_ticket_ref (ticket));
+  g_cond_signal (&r->cond);
+  g_mutex_unlock (&r->lock);
+}
+
+static void
+wait_for (Results *r, guint count)
+{
+  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
+
+  g_mutex_lock (&r->lock);
+  while (r->answered->len < count)
+    g_assert_true (g_cond_wait_until (&r->cond, &r->lock, until));
+  g_mutex_unlock (&r->lock);
+}
+
+static CrunchTicket *
+submit (CrunchScheduler *s, Results *r, const gchar *client, guint ms)
+{
+  CrunchTicket *t;
+
+  g_assert_cmpint (crunch_scheduler_admit (s, client), ==, CRUNCH_ADMIT_OK);
+  t = crunch_ticket_new (&nap, g_variant_new ("(x)", (gint64)ms), client, 0, on_answered, r);
+  crunch_scheduler_submit (s, t);
+  return t;
+}
+
+static CrunchScheduler *
+scheduler (guint threads, guint queue_limit, guint per_client, gboolean coalesce)
+{
+  CrunchSchedulerSettings settings = {threads, queue_limit, per_client, coalesce, 0, 0};
+  return crunch_scheduler_new (&settings);
+}
+
+static void
+results_init (Results *r)
+{
+  g_mutex_init (&r->lock);
+  g_cond_init (&r->cond);
+  r->answered = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_ticket_unref);
+}
+
+static void
+results_clear (Results *r)
+{
+  g_ptr_array_unref (r->answered);
+  g_mutex_clear (&r->lock);
+  g_cond_clear (&r->cond);
+}
+
+static CrunchSchedulerStats
+stats (CrunchScheduler *s)
+{
+  CrunchSchedulerStats st;
+  crunch_scheduler_get_stats (s, &st);
+  return st;
+}
+
+static void
+test_fifo_and_bound (void)
+{
+  CrunchScheduler *s = scheduler (1, 3, 0, FALSE);
+  Results r;
+  CrunchTicket *t[4];
+
+  results_init (&r);
+  t[0] = submit (s, &r, "a", 100); /* runs */
+  g_usleep (20000);
+  for (gint i = 1; i < 4; i++)
+    t[i] = submit (s, &r, "a", i); /* queued: 3 = queue_limit */
+  g_assert_cmpuint (stats (s).running, ==, 1);
+  g_assert_cmpuint (stats (s).queued, ==, 3);
+  g_assert_cmpint (crunch_scheduler_admit (s, "b"), ==, CRUNCH_ADMIT_QUEUE_FULL);
+  g_assert_cmpuint (stats (s).rejected_queue_full, ==, 1);
+  wait_for (&r, 4);
+  for (gint i = 0; i < 4; i++) {
+    g_assert_true (r.answered->pdata[i] == t[i]); /* one client: first in, first out */
+    g_assert_cmpint (t[i]->outcome, ==, CRUNCH_JOB_OK);
+    g_assert_cmpmem (g_bytes_get_data (t[i]->result, NULL), 4, "done", 4);
+    crunch_ticket_unref (t[i]);
+  }
+  g_assert_cmpuint (stats (s).clients, ==, 0);
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+/* Client a queues 6 jobs, then b queues 1: b runs second, not seventh. */
+static void
+test_round_robin (void)
+{
+  CrunchScheduler *s = scheduler (1, 100, 0, FALSE);
+  Results r;
+  CrunchTicket *a[6], *b;
+
+  results_init (&r);
+  for (gint i = 0; i < 6; i++)
+    a[i] = submit (s, &r, "a", 20 + i);
+  b = submit (s, &r, "b", 20);
+  wait_for (&r, 7);
+  g_assert_true (r.answered->pdata[0] == a[0]);
+  g_assert_true (r.answered->pdata[1] == a[1] || r.answered->pdata[1] == b);
+  g_assert_true (r.answered->pdata[1] == b || r.answered->pdata[2] == b);
+  for (gint i = 0; i < 6; i++)
+    crunch_ticket_unref (a[i]);
+  crunch_ticket_unref (b);
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+static void
+test_per_client_limit (void)
+{
+  CrunchScheduler *s = scheduler (1, 100, 2, FALSE);
+  Results r;
+  CrunchTicket *t[3];
+
+  results_init (&r);
+  t[0] = submit (s, &r, "a", 50);
+  t[1] = submit (s, &r, "a", 51);
+  g_assert_cmpint (crunch_scheduler_admit (s, "a"), ==, CRUNCH_ADMIT_CLIENT_LIMIT);
+  t[2] = submit (s, &r, "b", 52); /* another client is not limited by a */
+  wait_for (&r, 3);
+  g_assert_cmpuint (stats (s).rejected_client_limit, ==, 1);
+  g_assert_cmpint (crunch_scheduler_admit (s, "a"), ==, CRUNCH_ADMIT_OK); /* a's slots are back */
+  crunch_scheduler_submit (s, t[0] = crunch_ticket_new (&nap, g_variant_new ("(x)", (gint64)1), "a",
+                                                        0, on_answered, &r));
+  wait_for (&r, 4);
+  for (gint i = 0; i < 3; i++)
+    crunch_ticket_unref (t[i]);
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+static void
+test_coalescing (void)
+{
+  CrunchScheduler *s = scheduler (2, 100, 0, TRUE);
+  Results r;
+  CrunchTicket *t[10];
+
+  results_init (&r);
+  g_atomic_int_set (&naps_started, 0);
+  for (gint i = 0; i < 10; i++)
+    t[i] = submit (s, &r, i % 2 ? "a" : "b", 100);
+  wait_for (&r, 10);
+  g_assert_cmpint (g_atomic_int_get (&naps_started), ==, 1);
+  g_assert_cmpuint (stats (s).tickets_coalesced, ==, 9);
+  for (gint i = 0; i < 10; i++) {
+    g_assert_cmpint (t[i]->outcome, ==, CRUNCH_JOB_OK);
+    g_assert_cmpint (t[i]->coalesced, ==, i > 0);
+    crunch_ticket_unref (t[i]);
+  }
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+/* A ticket nobody waits for: dropped if queued, cancelled if running, shared jobs go on. */
+static void
+test_abandon (void)
+{
+  CrunchScheduler *s = scheduler (1, 100, 0, TRUE);
+  Results r;
+  CrunchTicket *running, *shared, *queued;
+  gint64 t0;
+
+  results_init (&r);
+  g_atomic_int_set (&naps_started, 0);
+  running = submit (s, &r, "a", 60000);
+  shared = submit (s, &r, "b", 60000); /* coalesced with running */
+  queued = submit (s, &r, "c", 60001);
+  g_usleep (20000);
+  crunch_scheduler_abandon (s, queued, CRUNCH_JOB_CLIENT_GONE);
+  g_assert_cmpint (queued->outcome, ==, CRUNCH_JOB_CLIENT_GONE);
+  g_assert_cmpuint (stats (s).queued, ==, 0);
+  crunch_scheduler_abandon (s, queued, CRUNCH_JOB_TIMED_OUT); /* answered once only */
+  crunch_scheduler_abandon (s, running, CRUNCH_JOB_TIMED_OUT);
+  g_assert_cmpuint (stats (s).running, ==, 1); /* `shared` still waits for it */
+  t0 = g_get_monotonic_time ();
+  crunch_scheduler_abandon (s, shared, CRUNCH_JOB_CLIENT_GONE);
+  wait_for (&r, 3);
+  while (stats (s).running > 0 && g_get_monotonic_time () - t0 < G_USEC_PER_SEC)
+    g_usleep (1000);
+  g_assert_cmpuint (stats (s).running, ==, 0); /* the computation stopped */
+  g_assert_cmpint (running->outcome, ==, CRUNCH_JOB_TIMED_OUT);
+  g_assert_cmpint (shared->outcome, ==, CRUNCH_JOB_CLIENT_GONE);
+  g_assert_cmpuint (stats (s).jobs_cancelled, ==, 2);
+  g_assert_cmpuint (stats (s).tickets_client_gone, ==, 2);
+  g_assert_cmpuint (stats (s).tickets_timed_out, ==, 1);
+  g_assert_cmpint (g_atomic_int_get (&naps_started), ==, 1);
+  crunch_ticket_unref (running);
+  crunch_ticket_unref (shared);
+  crunch_ticket_unref (queued);
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+static void
+test_drain_and_cancel (void)
+{
+  CrunchScheduler *s = scheduler (2, 10, 0, FALSE);
+  Results r;
+  CrunchTicket *t[5];
+
+  results_init (&r);
+  for (gint i = 0; i < 5; i++)
+    t[i] = submit (s, &r, "a", 60000);
+  g_usleep (20000);
+  crunch_scheduler_drain (s);
+  wait_for (&r, 3); /* the queued three are answered at once */
+  for (gint i = 2; i < 5; i++)
+    g_assert_cmpint (t[i]->outcome, ==, CRUNCH_JOB_SHUTDOWN);
+  g_assert_cmpint (crunch_scheduler_admit (s, "a"), ==, CRUNCH_ADMIT_DRAINING);
+  crunch_scheduler_cancel_running (s, CRUNCH_JOB_SHUTDOWN);
+  wait_for (&r, 5);
+  for (gint i = 0; i < 5; i++) {
+    g_assert_cmpint (t[i]->outcome, ==, CRUNCH_JOB_SHUTDOWN);
+    crunch_ticket_unref (t[i]);
+  }
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+/* More threads on reload start queued jobs at once. */
+static void
+test_configure_threads (void)
+{
+  CrunchScheduler *s = scheduler (1, 10, 0, FALSE);
+  CrunchSchedulerSettings more = {3, 10, 0, FALSE, 0, 0};
+  Results r;
+  CrunchTicket *t[3];
+
+  results_init (&r);
+  for (gint i = 0; i < 3; i++)
+    t[i] = submit (s, &r, "a", 300 + i);
+  g_usleep (20000);
+  g_assert_cmpuint (stats (s).running, ==, 1);
+  crunch_scheduler_configure (s, &more);
+  g_usleep (50000);
+  g_assert_cmpuint (stats (s).running, ==, 3);
+  g_assert_cmpuint (stats (s).threads, ==, 3);
+  wait_for (&r, 3);
+  for (gint i = 0; i < 3; i++)
+    crunch_ticket_unref (t[i]);
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/scheduler/fifo-and-bound", test_fifo_and_bound);
+  g_test_add_func ("/scheduler/round-robin", test_round_robin);
+  g_test_add_func ("/scheduler/per-client-limit", test_per_client_limit);
+  g_test_add_func ("/scheduler/coalescing", test_coalescing);
+  g_test_add_func ("/scheduler/abandon", test_abandon);
+  g_test_add_func ("/scheduler/drain-and-cancel", test_drain_and_cancel);
+  g_test_add_func ("/scheduler/configure-threads", test_configure_threads);
+  return g_test_run ();
+}

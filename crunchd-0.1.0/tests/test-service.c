@@ -1,0 +1,251 @@
+/* test-service.c - crunchd as systemd runs it: sd_notify protocol, watchdog, socket activation. */
+#include <signal.h>
+#include <string.h>
+
+#include "harness.h"
+
+#define WAIT_S 15.0 /* generous: start-up under ASan on a loaded machine */
+
+static TestServer *
+start_notified (TestNotify *notify, const gchar *const *extra_env)
+{
+  g_autofree gchar *socket_env = g_strdup_printf ("NOTIFY_SOCKET=%s", test_notify_path (notify));
+  const gchar *env[4] = {socket_env, NULL};
+
+  for (guint i = 0; extra_env != NULL && extra_env[i] != NULL && i < 2; i++)
+    env[i + 1] = extra_env[i];
+  return test_server_start_with ("", (const gchar *[]){"--threads=1", NULL},
+                                 &(TestServerSetup){.env = env});
+}
+
+static void
+assert_notified (TestNotify *notify, const gchar *prefix)
+{
+  g_autofree gchar *message = test_notify_wait (notify, prefix, WAIT_S);
+
+  if (message == NULL)
+    g_error ("no %s notification within %.0f s", prefix, WAIT_S);
+}
+
+static void
+assert_fast (TestServer *server)
+{
+  g_autofree gchar *url = test_server_url (server, "/fast");
+  g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+
+  g_assert_cmpint (r->status, ==, 200);
+  g_assert_cmpstr (r->body, ==, "Hello!");
+}
+
+/* READY=1 once listening, STATUS= follows the traffic, STOPPING=1 on SIGTERM. */
+static void
+test_notify_lifecycle (void)
+{
+  g_autoptr (TestNotify) notify = test_notify_new ();
+  TestServer *server = start_notified (notify, NULL);
+  g_autofree gchar *status = NULL;
+
+  assert_notified (notify, "READY=1");
+  status = test_notify_wait (notify, "STATUS=", WAIT_S);
+  g_assert_nonnull (status);
+  g_assert_nonnull (strstr (status, "0 requests served"));
+  g_assert_nonnull (strstr (status, "on 1 threads"));
+  assert_fast (server);
+  g_clear_pointer (&status, g_free);
+  /* sent on the next 1 s tick, because the figure changed */
+  status = test_notify_wait (notify, "STATUS=1 requests served", 5.0);
+  g_assert_nonnull (status);
+
+  test_server_signal (server, SIGTERM);
+  assert_notified (notify, "STOPPING=1");
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* Without WatchdogSec= there are no pings; WATCHDOG_USEC=200000 gives one every 100 ms. */
+static void
+test_notify_watchdog (void)
+{
+  g_autoptr (TestNotify) quiet = test_notify_new ();
+  g_autoptr (TestNotify) notify = test_notify_new ();
+  TestServer *server = start_notified (quiet, NULL);
+  TestServer *watched = start_notified (notify, (const gchar *[]){"WATCHDOG_USEC=200000", NULL});
+  g_autofree gchar *none = NULL;
+  gint64 start;
+  guint pings = 0;
+
+  assert_notified (quiet, "READY=1");
+  assert_notified (notify, "READY=1");
+  none = test_notify_wait (quiet, "WATCHDOG=1", 1.0);
+  g_assert_null (none);
+
+  while ((none = test_notify_next (notify, 0)) != NULL) /* pings sent so far */
+    g_clear_pointer (&none, g_free);
+  start = g_get_monotonic_time ();
+  while (g_get_monotonic_time () - start < G_USEC_PER_SEC) {
+    g_autofree gchar *ping = test_notify_wait (notify, "WATCHDOG=1", 1.0);
+    if (ping != NULL)
+      pings++;
+  }
+  g_test_message ("%u watchdog pings in %.2f s", pings,
+                  (g_get_monotonic_time () - start) / (gdouble)G_USEC_PER_SEC);
+  g_assert_cmpuint (pings, >=, 4); /* 10 expected; a busy machine may delay a few */
+  g_assert_cmpint (test_server_stop (watched), ==, 0);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* SIGHUP: RELOADING=1 with MONOTONIC_USEC=, then READY=1 again. */
+static void
+test_notify_reload (void)
+{
+  g_autoptr (TestNotify) notify = test_notify_new ();
+  TestServer *server = start_notified (notify, NULL);
+  g_autofree gchar *reloading = NULL;
+
+  assert_notified (notify, "READY=1");
+  test_server_signal (server, SIGHUP);
+  reloading = test_notify_wait (notify, "RELOADING=1", WAIT_S);
+  g_assert_nonnull (reloading);
+  g_assert_nonnull (strstr (reloading, "\nMONOTONIC_USEC="));
+  assert_notified (notify, "READY=1");
+  assert_fast (server);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* A free loopback port (there is a small race until the caller binds it again). */
+static guint16
+free_port (void)
+{
+  g_autoptr (GSocket) s =
+      g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr (GInetAddress) lo = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (lo, 0);
+  g_autoptr (GSocketAddress) bound = NULL;
+
+  g_assert_true (g_socket_bind (s, any, TRUE, NULL));
+  bound = g_socket_get_local_address (s, NULL);
+  return g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
+}
+
+static void
+test_activation_systemd_socket_activate (void)
+{
+  g_autofree gchar *tool = g_find_program_in_path ("systemd-socket-activate");
+  g_autofree gchar *listen = NULL;
+  guint16 port = free_port ();
+  TestServer *server;
+
+  if (tool == NULL) {
+    g_test_skip ("systemd-socket-activate is not installed");
+    return;
+  }
+  g_autofree gchar *log = NULL;
+  g_autofree gchar *expect = NULL;
+
+  listen = g_strdup_printf ("127.0.0.1:%u", port);
+  server = test_server_start_with (
+      "", NULL,
+      &(TestServerSetup){.wrapper = (const gchar *[]){tool, "-l", listen, NULL},
+                         .lazy_port = port});
+  g_usleep (300000); /* let the tool bind before the first connection */
+  assert_fast (server);
+  /* crunchd served on the socket it was given, not on --listen's 127.0.0.1:0 */
+  log = test_server_log (server);
+  expect = g_strdup_printf ("listening on http://%s/", listen);
+  g_assert_nonnull (strstr (log, expect));
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+typedef struct {
+  guint16 port;
+  TestReply *reply;
+} GapCall;
+
+static gpointer
+gap_call (gpointer data)
+{
+  GapCall *call = data;
+  g_autofree gchar *url = g_strdup_printf ("http://127.0.0.1:%u/fast", call->port);
+
+  call->reply = test_http ("GET", url, NULL);
+  return NULL;
+}
+
+/* systemd keeps the socket across a restart: the stopped crunchd must not shut it down, and a
+ * client that connects while no crunchd runs is answered by the next one. */
+static void
+test_activation_survives_restart (void)
+{
+  g_autoptr (GSocket) listener =
+      g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr (GInetAddress) lo = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (lo, 0);
+  g_autoptr (GSocketAddress) bound = NULL;
+  TestServerSetup setup = {0};
+  GapCall call = {0};
+  GThread *thread;
+  TestServer *server;
+
+  g_assert_true (g_socket_bind (listener, any, TRUE, NULL));
+  g_assert_true (g_socket_listen (listener, NULL));
+  bound = g_socket_get_local_address (listener, NULL);
+  call.port = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
+  setup.listen_fd = g_socket_get_fd (listener);
+
+  server = test_server_start_with ("", NULL, &setup);
+  g_assert_cmpuint (server->port, ==, call.port);
+  assert_fast (server);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+
+  thread = g_thread_new ("gap", gap_call, &call); /* waits in the kernel's accept queue */
+  g_usleep (200000);
+  server = test_server_start_with ("", NULL, &setup);
+  g_thread_join (thread);
+  g_assert_cmpint (call.reply->curl_code, ==, 0);
+  g_assert_cmpint (call.reply->status, ==, 200);
+  test_reply_free (call.reply);
+  assert_fast (server);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* Built --without-systemd: the environment systemd would set is ignored, crunchd binds from its
+ * configuration and serves as usual. */
+static void
+test_without_systemd (void)
+{
+  g_autoptr (TestNotify) notify = test_notify_new ();
+  g_autoptr (GSocket) listener =
+      g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autofree gchar *socket_env = g_strdup_printf ("NOTIFY_SOCKET=%s", test_notify_path (notify));
+  g_autofree gchar *ready = NULL;
+  TestServer *server =
+      test_server_start_with ("", NULL,
+                              &(TestServerSetup){.env = (const gchar *[]){socket_env, NULL},
+                                                 .listen_fd = g_socket_get_fd (listener)});
+
+  assert_fast (server);
+  ready = test_notify_wait (notify, "READY=1", 0.5);
+  g_assert_null (ready);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+#ifdef HAVE_SYSTEMD
+  const gboolean with_systemd = TRUE;
+#else
+  const gboolean with_systemd = FALSE;
+#endif
+  if (!with_systemd) {
+    g_test_add_func ("/service/without-systemd", test_without_systemd);
+    return g_test_run ();
+  }
+  g_test_add_func ("/service/notify/lifecycle", test_notify_lifecycle);
+  g_test_add_func ("/service/notify/watchdog", test_notify_watchdog);
+  g_test_add_func ("/service/notify/reload", test_notify_reload);
+  g_test_add_func ("/service/activation/systemd-socket-activate",
+                   test_activation_systemd_socket_activate);
+  g_test_add_func ("/service/activation/survives-restart", test_activation_survives_restart);
+  return g_test_run ();
+}

@@ -1,0 +1,609 @@
+/* jobs.c - the store of asynchronous jobs.
+ *
+ * DESIGN
+ * One mutex guards the table of entries, the queue of finished ones and the limits. Callers:
+ * - the MHD polling threads: submit(), get(), delete() (never block beyond the mutex);
+ * - whichever thread answers a ticket (a worker, the deadline watcher, the scheduler while
+ *   draining, an HTTP thread cancelling it): on_answered(), which only marks the entry finished;
+ * - the main thread: configure() on reload, cancel_all() and free() on shutdown.
+ * A job is a scheduler ticket like a synchronous request's, so admission, per-client limits,
+ * fairness, coalescing and the result cache apply unchanged. No socket waits for it, so its
+ * deadline is watched by a CrunchParked of our own (one watcher thread, no fd), which abandons the
+ * ticket (TIMED_OUT) when it passes; DELETE abandons it with CLIENT_GONE. The scheduler answers
+ * tickets outside its lock and is never called with ours held, except for
+ * crunch_scheduler_ticket_running(), which calls nothing back: no lock-order cycle.
+ * An entry lives from submit() until it is deleted or, once finished, until [jobs] ttl has
+ * passed. Unfinished entries are never freed (their ticket's callback points at them). Expired
+ * entries are purged lazily, at the start of every call: finished ones are queued in the order
+ * they finished, so the oldest is always at the head. */
+#include "jobs.h"
+
+#include <errno.h>
+#include <json-glib/json-glib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "args.h"
+#include "parked.h"
+
+struct CrunchJobs {
+  GMutex lock;
+  CrunchScheduler *scheduler;
+  CrunchParked *deadlines; /* unfinished tickets, by deadline */
+  GHashTable *entries;     /* id -> Entry* (owned) */
+  GQueue finished;         /* Entry*, oldest first */
+  gint64 ttl_us;
+  guint max_stored;
+};
+
+typedef struct {
+  CrunchJobs *store;
+  gchar *id;
+  const CrunchFunction *fn;
+  CrunchTicket *ticket;      /* from admission on; NULL for a cache hit */
+  CrunchParkedEntry *parked; /* its deadline, until answered */
+  GBytes *cached;            /* a cache hit's result */
+  gint64 t_created;          /* wall clock, for humans */
+  gint64 t_submitted, deadline_us;
+  gint64 t_done; /* monotonic; 0 while unfinished */
+  gboolean cancel_requested;
+} Entry;
+
+#define ID_BYTES 16 /* 128 random bits */
+
+static void
+entry_free (gpointer data)
+{
+  Entry *entry = data;
+
+  g_clear_pointer (&entry->ticket, crunch_ticket_unref);
+  g_clear_pointer (&entry->cached, g_bytes_unref);
+  g_free (entry->id);
+  g_free (entry);
+}
+
+void
+crunch_jobs_reply_clear (CrunchJobsReply *reply)
+{
+  g_clear_pointer (&reply->body, g_bytes_unref);
+  g_clear_pointer (&reply->location, g_free);
+  g_clear_pointer (&reply->retry_after, g_free);
+}
+
+/* Watcher thread: a job's deadline passed. */
+static void
+on_deadline (gpointer item, CrunchJobOutcome why, gpointer data)
+{
+  CrunchJobs *self = data;
+
+  crunch_scheduler_abandon (self->scheduler, item, why);
+}
+
+CrunchJobs *
+crunch_jobs_new (CrunchScheduler *scheduler, const CrunchConfig *config)
+{
+  CrunchJobs *self = g_new0 (CrunchJobs, 1);
+
+  g_mutex_init (&self->lock);
+  self->scheduler = scheduler;
+  self->deadlines =
+      crunch_parked_new (on_deadline, self, (gpointer (*) (gpointer))crunch_ticket_ref,
+                         (GDestroyNotify)crunch_ticket_unref);
+  self->entries = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, entry_free);
+  g_queue_init (&self->finished);
+  crunch_jobs_configure (self, config);
+  return self;
+}
+
+void
+crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
+{
+  g_mutex_lock (&self->lock);
+  self->ttl_us = (gint64)(config->jobs_ttl * G_USEC_PER_SEC);
+  self->max_stored = config->jobs_max_stored;
+  g_mutex_unlock (&self->lock);
+}
+
+void
+crunch_jobs_cancel_all (CrunchJobs *self)
+{
+  g_autoptr (GPtrArray) tickets =
+      g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_ticket_unref);
+  GHashTableIter iter;
+  gpointer value;
+
+  g_mutex_lock (&self->lock);
+  g_hash_table_iter_init (&iter, self->entries);
+  while (g_hash_table_iter_next (&iter, NULL, &value)) {
+    Entry *entry = value;
+    if (entry->t_done == 0 && entry->ticket != NULL)
+      g_ptr_array_add (tickets, crunch_ticket_ref (entry->ticket));
+  }
+  g_mutex_unlock (&self->lock);
+  /* outside our lock: abandoning answers the ticket, and on_answered() takes the lock */
+  for (guint i = 0; i < tickets->len; i++)
+    crunch_scheduler_abandon (self->scheduler, tickets->pdata[i], CRUNCH_JOB_SHUTDOWN);
+}
+
+void
+crunch_jobs_free (CrunchJobs *self)
+{
+  if (self == NULL)
+    return;
+  crunch_parked_free (self->deadlines); /* every ticket was answered: no deadline is left */
+  g_queue_clear (&self->finished);
+  g_hash_table_unref (self->entries);
+  g_mutex_clear (&self->lock);
+  g_free (self);
+}
+
+/* With the lock held. */
+static void
+purge_locked (CrunchJobs *self)
+{
+  gint64 now = g_get_monotonic_time ();
+  Entry *oldest;
+
+  while ((oldest = g_queue_peek_head (&self->finished)) != NULL &&
+         now - oldest->t_done >= self->ttl_us) {
+    g_queue_pop_head (&self->finished);
+    g_hash_table_remove (self->entries, oldest->id);
+  }
+}
+
+/* With the lock held. */
+static void
+finish_locked (CrunchJobs *self, Entry *entry)
+{
+  entry->t_done = g_get_monotonic_time ();
+  g_queue_push_tail (&self->finished, entry);
+}
+
+/* Any thread: the ticket has its answer. */
+static void
+on_answered (CrunchTicket *ticket, gpointer data)
+{
+  Entry *entry = data;
+  CrunchJobs *self = entry->store;
+  CrunchParkedEntry *parked;
+
+  g_mutex_lock (&self->lock);
+  parked = g_steal_pointer (&entry->parked);
+  finish_locked (self, entry); /* from here on another thread may purge the entry */
+  g_mutex_unlock (&self->lock);
+  crunch_parked_remove (self->deadlines, parked);
+}
+
+/* ---- replies ---- */
+
+static CrunchJobsReply reply_text (guint status, const gchar *format, ...) G_GNUC_PRINTF (2, 3);
+
+static CrunchJobsReply
+reply_text (guint status, const gchar *format, ...)
+{
+  CrunchJobsReply reply = {status, NULL, "text/plain; charset=utf-8", NULL, NULL};
+  va_list ap;
+  gchar *text;
+
+  va_start (ap, format);
+  text = g_strdup_vprintf (format, ap);
+  va_end (ap);
+  reply.body = g_bytes_new_take (g_strconcat (text, "\n", NULL), strlen (text) + 1);
+  g_free (text);
+  return reply;
+}
+
+static CrunchJobsReply
+reply_json (guint status, JsonBuilder *builder)
+{
+  g_autoptr (JsonGenerator) gen = json_generator_new ();
+  g_autoptr (JsonNode) root = json_builder_get_root (builder);
+  gsize len;
+  gchar *text;
+
+  json_generator_set_root (gen, root);
+  json_generator_set_pretty (gen, TRUE);
+  text = json_generator_to_data (gen, &len);
+  text = g_realloc (text, len + 2);
+  text[len++] = '\n';
+  text[len] = '\0';
+  return (CrunchJobsReply){status, g_bytes_new_take (text, len), "application/json", NULL, NULL};
+}
+
+/* With the lock held. A finished entry's ticket is only read: the scheduler wrote its answer
+ * before calling on_answered(), which took this lock after. */
+static CrunchJobOutcome
+outcome_of (const Entry *entry)
+{
+  return entry->ticket != NULL ? entry->ticket->outcome : CRUNCH_JOB_OK;
+}
+
+static GBytes *
+result_of (const Entry *entry)
+{
+  return entry->ticket != NULL ? entry->ticket->result : entry->cached;
+}
+
+static const gchar *
+state_name (const Entry *entry)
+{
+  if (entry->t_done == 0)
+    return crunch_scheduler_ticket_running (entry->store->scheduler, entry->ticket) ? "running"
+                                                                                    : "queued";
+  switch (outcome_of (entry)) {
+  case CRUNCH_JOB_OK:
+    return "done";
+  case CRUNCH_JOB_FAILED:
+    return "failed";
+  case CRUNCH_JOB_TIMED_OUT:
+    return "expired";
+  case CRUNCH_JOB_CLIENT_GONE:
+  case CRUNCH_JOB_SHUTDOWN:
+  case CRUNCH_JOB_PENDING:
+    break;
+  }
+  return "cancelled";
+}
+
+static gboolean
+is_text (const gchar *content_type)
+{
+  return g_str_has_prefix (content_type, "text/") ||
+         g_str_has_prefix (content_type, "application/json");
+}
+
+static void
+add_seconds (JsonBuilder *b, const gchar *name, gint64 us)
+{
+  json_builder_set_member_name (b, name);
+  json_builder_add_double_value (b, us / 1e6);
+}
+
+static void
+add_timings (JsonBuilder *b, const Entry *entry, gint64 now)
+{
+  const CrunchTicket *ticket = entry->ticket;
+  gint64 started = entry->t_done && ticket ? ticket->t_started : 0;
+  g_autoptr (GDateTime) created = g_date_time_new_from_unix_utc (entry->t_created / G_USEC_PER_SEC);
+  g_autofree gchar *iso = g_date_time_format_iso8601 (created);
+
+  json_builder_set_member_name (b, "created");
+  json_builder_add_string_value (b, iso);
+  /* while it runs only the total is known; once answered, the split */
+  if (entry->t_done == 0) {
+    add_seconds (b, "age_seconds", now - entry->t_submitted);
+  } else if (started != 0) {
+    add_seconds (b, "queued_seconds", MAX (0, started - entry->t_submitted));
+    add_seconds (b, "run_seconds", ticket->t_finished - started);
+  }
+  if (ticket != NULL && ticket->coalesced) {
+    json_builder_set_member_name (b, "coalesced");
+    json_builder_add_boolean_value (b, TRUE);
+  }
+  add_seconds (b, "deadline_seconds", entry->deadline_us - entry->t_submitted);
+  if (entry->t_done)
+    add_seconds (b, "expires_in_seconds", MAX (0, entry->store->ttl_us - (now - entry->t_done)));
+}
+
+static void
+add_string (JsonBuilder *b, const gchar *name, const gchar *value)
+{
+  json_builder_set_member_name (b, name);
+  json_builder_add_string_value (b, value);
+}
+
+static void
+add_outcome (JsonBuilder *b, const Entry *entry)
+{
+  g_autofree gchar *url = g_strconcat ("/jobs/", entry->id, "/result", NULL);
+  CrunchJobOutcome outcome = outcome_of (entry);
+  gsize size;
+  gconstpointer data;
+
+  if (entry->t_done == 0)
+    return;
+  if (outcome == CRUNCH_JOB_OK) {
+    data = g_bytes_get_data (result_of (entry), &size);
+    add_string (b, "content_type", entry->fn->content_type);
+    json_builder_set_member_name (b, "result_size");
+    json_builder_add_int_value (b, (gint64)size);
+    add_string (b, "result_url", url);
+    /* text small enough to read inline; anything else from result_url */
+    if (is_text (entry->fn->content_type) && size <= 65536 && g_utf8_validate (data, size, NULL)) {
+      g_autofree gchar *text = g_strndup (data, size);
+      add_string (b, "result", text);
+    }
+    return;
+  }
+  if (outcome == CRUNCH_JOB_FAILED)
+    add_string (b, "error", entry->ticket->error);
+  else if (outcome == CRUNCH_JOB_TIMED_OUT)
+    add_string (b, "error", "deadline exceeded");
+  else if (outcome == CRUNCH_JOB_SHUTDOWN)
+    add_string (b, "error", "the server stopped");
+  else
+    add_string (b, "error", "cancelled by DELETE");
+}
+
+/* With the lock held. */
+static CrunchJobsReply
+describe_locked (const Entry *entry, guint status)
+{
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+
+  json_builder_begin_object (b);
+  add_string (b, "id", entry->id);
+  add_string (b, "fn", entry->fn->name);
+  add_string (b, "state", state_name (entry));
+  if (entry->cancel_requested) {
+    json_builder_set_member_name (b, "cancel_requested");
+    json_builder_add_boolean_value (b, TRUE);
+  }
+  if (entry->cached != NULL) {
+    json_builder_set_member_name (b, "cached");
+    json_builder_add_boolean_value (b, TRUE);
+  }
+  add_timings (b, entry, g_get_monotonic_time ());
+  add_outcome (b, entry);
+  json_builder_end_object (b);
+  return reply_json (status, b);
+}
+
+/* ---- the three verbs ---- */
+
+static gchar *
+new_id (void)
+{
+  guint8 bytes[ID_BYTES];
+  gchar *id = g_malloc (2 * ID_BYTES + 1);
+
+  /* the kernel's CSPRNG: ids are capabilities, whoever knows one may read or cancel the job */
+  if (getrandom (bytes, sizeof bytes, 0) != sizeof bytes)
+    g_error ("getrandom: %s", g_strerror (errno));
+  for (gsize i = 0; i < ID_BYTES; i++)
+    g_snprintf (id + 2 * i, 3, "%02x", bytes[i]);
+  return id;
+}
+
+static GVariant *
+bad_request (GError **error, const gchar *message)
+{
+  g_set_error_literal (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
+                       message);
+  return NULL;
+}
+
+/* {"fn": NAME, "args": {...}} -> function and canonical arguments, or a 400 message. */
+static GVariant *
+parse_request (const gchar *body, gsize len, const CrunchFunction **fn, GError **error)
+{
+  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
+  JsonNode *root, *name, *args;
+  JsonObject *object;
+
+  if (!json_parser_load_from_data (parser, body, (gssize)len, error))
+    return NULL;
+  root = json_parser_get_root (parser);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT (root))
+    return bad_request (error, "expected a JSON object {\"fn\": NAME, \"args\": {...}}");
+  object = json_node_get_object (root);
+  name = json_object_get_member (object, "fn");
+  args = json_object_get_member (object, "args");
+  if (json_object_get_size (object) != (guint)(name != NULL) + (args != NULL))
+    return bad_request (error, "unknown member: expected only \"fn\" and \"args\"");
+  if (name == NULL || json_node_get_value_type (name) != G_TYPE_STRING)
+    return bad_request (error, "\"fn\" must be the name of a function");
+  *fn = crunch_functions_lookup (json_node_get_string (name));
+  if (*fn == NULL) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
+                 "no such function '%.64s'", json_node_get_string (name));
+    return NULL;
+  }
+  if (args != NULL && !JSON_NODE_HOLDS_OBJECT (args))
+    return bad_request (error, "\"args\" must be a JSON object");
+  return crunch_args_from_json (*fn, args ? json_node_get_object (args) : NULL, error);
+}
+
+/* With the lock held: a place in the store, or NULL when it is full. */
+static Entry *
+reserve_locked (CrunchJobs *self, const CrunchFunction *fn)
+{
+  Entry *entry;
+
+  purge_locked (self);
+  if (g_hash_table_size (self->entries) >= self->max_stored)
+    return NULL;
+  entry = g_new0 (Entry, 1);
+  entry->store = self;
+  entry->id = new_id ();
+  entry->fn = fn;
+  entry->t_created = g_get_real_time ();
+  entry->t_submitted = g_get_monotonic_time ();
+  entry->deadline_us =
+      entry->t_submitted + MAX (__atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED), 1);
+  g_hash_table_insert (self->entries, entry->id, entry);
+  return entry;
+}
+
+static CrunchJobsReply
+store_full_locked (CrunchJobs *self)
+{
+  Entry *oldest = g_queue_peek_head (&self->finished);
+  gint64 wait_us = oldest ? self->ttl_us - (g_get_monotonic_time () - oldest->t_done) : 0;
+  CrunchJobsReply reply = reply_text (
+      503, "too many stored jobs ([jobs] max_stored = %u), retry later", self->max_stored);
+
+  reply.retry_after =
+      g_strdup_printf ("%" G_GINT64_FORMAT, MAX (1, (wait_us + 999999) / G_USEC_PER_SEC));
+  return reply;
+}
+
+static CrunchJobsReply
+refused (CrunchAdmit verdict)
+{
+  CrunchJobsReply reply;
+
+  switch (verdict) {
+  case CRUNCH_ADMIT_DRAINING:
+    reply = reply_text (503, "server is shutting down");
+    break;
+  case CRUNCH_ADMIT_CLIENT_LIMIT:
+    reply = reply_text (429, "too many requests in flight for this client, retry later");
+    break;
+  default:
+    reply = reply_text (503, "job queue is full, retry later");
+    break;
+  }
+  reply.retry_after = g_strdup ("1");
+  return reply;
+}
+
+static CrunchJobsReply
+accepted_locked (const Entry *entry)
+{
+  CrunchJobsReply reply = describe_locked (entry, 202);
+
+  reply.location = g_strconcat ("/jobs/", entry->id, NULL);
+  return reply;
+}
+
+CrunchJobsReply
+crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar *client)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GVariant) args = NULL;
+  g_autoptr (GBytes) cached = NULL;
+  g_autoptr (CrunchTicket) ticket = NULL;
+  const CrunchFunction *fn = NULL;
+  CrunchJobsReply reply;
+  CrunchAdmit verdict;
+  Entry *entry;
+
+  args = parse_request (body, len, &fn, &error);
+  if (args == NULL)
+    return reply_text (400, "POST /jobs: %s", error->message);
+  g_variant_ref_sink (args);
+  cached = crunch_scheduler_cached (self->scheduler, fn, args);
+
+  g_mutex_lock (&self->lock);
+  entry = reserve_locked (self, fn);
+  if (entry == NULL || cached != NULL) {
+    if (entry != NULL) { /* a cache hit needs no job: it is done at once */
+      entry->cached = g_steal_pointer (&cached);
+      finish_locked (self, entry);
+    }
+    reply = entry != NULL ? accepted_locked (entry) : store_full_locked (self);
+    g_mutex_unlock (&self->lock);
+    return reply;
+  }
+  g_mutex_unlock (&self->lock);
+
+  verdict = crunch_scheduler_admit (self->scheduler, client);
+  g_mutex_lock (&self->lock);
+  if (verdict != CRUNCH_ADMIT_OK) {
+    g_hash_table_remove (self->entries, entry->id);
+    g_mutex_unlock (&self->lock);
+    return refused (verdict);
+  }
+  entry->ticket = crunch_ticket_new (fn, args, client, entry->deadline_us, on_answered, entry);
+  entry->parked = crunch_parked_add (self->deadlines, -1, entry->deadline_us, entry->ticket);
+  reply = accepted_locked (entry);
+  ticket = crunch_ticket_ref (entry->ticket);
+  g_mutex_unlock (&self->lock);
+  /* Outside the lock: a refused ticket is answered inside submit(). From here on the entry may
+   * be answered and purged by another thread at any time: only `ticket` is ours. */
+  crunch_scheduler_submit (self->scheduler, ticket);
+  return reply;
+}
+
+/* "<id>" or "<id>/result" -> the entry (lock held), or NULL. */
+static Entry *
+find_locked (CrunchJobs *self, const gchar *path, gboolean *result)
+{
+  g_autofree gchar *id = g_strdup (path);
+  gchar *slash = strchr (id, '/');
+  Entry *entry;
+
+  *result = FALSE;
+  if (slash != NULL) {
+    if (!g_str_equal (slash, "/result"))
+      return NULL;
+    *slash = '\0';
+    *result = TRUE;
+  }
+  purge_locked (self);
+  entry = g_hash_table_lookup (self->entries, id);
+  /* an entry reserved but not yet admitted is not visible: its id has not been handed out */
+  return entry != NULL && (entry->ticket != NULL || entry->cached != NULL) ? entry : NULL;
+}
+
+static CrunchJobsReply
+no_such_job (void)
+{
+  return reply_text (404, "no such job (it never existed, was deleted, or expired after "
+                          "[jobs] ttl)");
+}
+
+static CrunchJobsReply
+result_locked (const Entry *entry)
+{
+  if (entry->t_done == 0 || outcome_of (entry) != CRUNCH_JOB_OK)
+    return reply_text (409, "job %s is %s: no result", entry->id, state_name (entry));
+  return (CrunchJobsReply){200, g_bytes_ref (result_of (entry)), entry->fn->content_type, NULL,
+                           NULL};
+}
+
+CrunchJobsReply
+crunch_jobs_get (CrunchJobs *self, const gchar *path)
+{
+  CrunchJobsReply reply;
+  gboolean result;
+  Entry *entry;
+
+  g_mutex_lock (&self->lock);
+  entry = find_locked (self, path, &result);
+  if (entry == NULL)
+    reply = no_such_job ();
+  else if (result)
+    reply = result_locked (entry);
+  else
+    reply = describe_locked (entry, 200);
+  g_mutex_unlock (&self->lock);
+  return reply;
+}
+
+/* Unfinished: cancel it (202, state "cancelled"). Finished: forget it (204). */
+CrunchJobsReply
+crunch_jobs_delete (CrunchJobs *self, const gchar *path)
+{
+  CrunchJobsReply reply = {204, NULL, "text/plain; charset=utf-8", NULL, NULL};
+  g_autoptr (CrunchTicket) ticket = NULL;
+  g_autofree gchar *id = NULL;
+  gboolean result;
+  Entry *entry;
+
+  g_mutex_lock (&self->lock);
+  entry = find_locked (self, path, &result);
+  if (entry == NULL || result) {
+    g_mutex_unlock (&self->lock);
+    return entry == NULL ? no_such_job () : reply_text (405, "method not allowed");
+  }
+  if (entry->t_done != 0) {
+    g_queue_remove (&self->finished, entry);
+    g_hash_table_remove (self->entries, entry->id);
+    g_mutex_unlock (&self->lock);
+    return reply;
+  }
+  entry->cancel_requested = TRUE;
+  ticket = crunch_ticket_ref (entry->ticket);
+  id = g_strdup (entry->id);
+  g_mutex_unlock (&self->lock);
+
+  /* answers the ticket now (on_answered takes our lock); its job stops if nobody else waits */
+  crunch_scheduler_abandon (self->scheduler, ticket, CRUNCH_JOB_CLIENT_GONE);
+  g_mutex_lock (&self->lock);
+  entry = g_hash_table_lookup (self->entries, id);
+  reply = entry != NULL ? describe_locked (entry, 202) : no_such_job ();
+  g_mutex_unlock (&self->lock);
+  return reply;
+}
