@@ -267,6 +267,41 @@ free_result (gpointer data)
   g_free (pair);
 }
 
+static const gchar *const type_codes[] = {NULL, "x", "d", "s", "ay"};
+
+/* Arguments that did not come through args.c (a remote worker decodes them from the wire) are
+ * checked again, so `run` never sees a value its declaration excludes. */
+static gboolean
+matches_decl (const CrunchFunction *fn, GVariant *args)
+{
+  g_autoptr (GString) type = g_string_new ("(");
+  const CrunchdArg *decl;
+
+  for (guint i = 0; i < fn->decl->n_args; i++)
+    g_string_append (type, type_codes[fn->decl->args[i].type]);
+  g_string_append_c (type, ')');
+  if (!g_variant_type_string_is_valid (type->str) ||
+      !g_variant_is_of_type (args, G_VARIANT_TYPE (type->str)))
+    return FALSE;
+  for (guint i = 0; i < fn->decl->n_args; i++) {
+    g_autoptr (GVariant) child = g_variant_get_child_value (args, i);
+    gdouble value = 0;
+    gsize len = 0;
+    decl = &fn->decl->args[i];
+    if (decl->type == CRUNCHD_ARG_INT)
+      value = (gdouble)g_variant_get_int64 (child);
+    else if (decl->type == CRUNCHD_ARG_FLOAT)
+      value = g_variant_get_double (child);
+    else if (decl->type == CRUNCHD_ARG_STRING)
+      value = (gdouble)g_utf8_strlen (g_variant_get_string (child, &len), -1);
+    else
+      value = (gdouble)g_variant_get_size (child);
+    if (!(value >= decl->min && value <= decl->max))
+      return FALSE;
+  }
+  return TRUE;
+}
+
 GBytes *
 crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCancel *cancel,
                      GError **error)
@@ -279,7 +314,12 @@ crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCance
   CrunchdStatus status;
   gpointer *pair;
 
-  g_return_val_if_fail (g_variant_n_children (args) == n, NULL);
+  if (!matches_decl (fn, args)) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED,
+                 "%s: arguments %s do not match the declaration", fn->name,
+                 g_variant_get_type_string (args));
+    return NULL;
+  }
   for (guint i = 0; i < n; i++) {
     GVariant *child = g_variant_get_child_value (args, i);
     g_ptr_array_add (children, child);

@@ -234,6 +234,7 @@ state_name (const Entry *entry)
   case CRUNCH_JOB_OK:
     return "done";
   case CRUNCH_JOB_FAILED:
+  case CRUNCH_JOB_UNAVAILABLE:
     return "failed";
   case CRUNCH_JOB_TIMED_OUT:
     return "expired";
@@ -315,8 +316,9 @@ add_outcome (JsonBuilder *b, const Entry *entry)
     }
     return;
   }
-  if (outcome == CRUNCH_JOB_FAILED)
-    add_string (b, "error", entry->ticket->error);
+  if (outcome == CRUNCH_JOB_FAILED || outcome == CRUNCH_JOB_UNAVAILABLE)
+    add_string (b, "error", entry->ticket->error ? entry->ticket->error
+                                                 : "no worker could take the job");
   else if (outcome == CRUNCH_JOB_TIMED_OUT)
     add_string (b, "error", "deadline exceeded");
   else if (outcome == CRUNCH_JOB_SHUTDOWN)

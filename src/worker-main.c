@@ -170,7 +170,11 @@ main (int argc, char **argv)
   if (id == NULL)
     id = g_strdup_printf ("%s:%d", g_get_host_name (), (gint)getpid ());
   crunch_logging_set_level (app.config->log_level);
-  crunch_functions_init (app.config);
+  if (!crunch_functions_init (app.config, &error)) { /* the same plugins as the server */
+    g_printerr ("crunchd-worker: %s\n", error->message);
+    crunch_config_free (app.config);
+    return CRUNCH_EXIT_CONFIG;
+  }
   status = run (&app, id,
                 app.config->worker_threads ? app.config->worker_threads
                                            : (guint)g_get_num_processors ());

@@ -168,7 +168,7 @@ run_task (gpointer data, gpointer user_data)
 
   set_thread_nice (w->nice);
   if (!crunch_cancelled (&t->cancel))
-    result = t->fn->run (t->args, &t->cancel, &error);
+    result = crunch_function_run (t->fn, t->args, &t->cancel, &error);
   if (result != NULL)
     status = CRUNCH_WIRE_OK;
   else if (crunch_cancelled (&t->cancel))
