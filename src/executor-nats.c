@@ -81,6 +81,9 @@ struct NatsExecutor {
   CrunchNatsStats stats;
 };
 
+/* Executors without a NATS connection right now, for /readyz: see crunch_nats_ready(). */
+static gint unconnected;
+
 /* What to do once the lock is released. */
 typedef enum { ACT_NONE, ACT_PUBLISH, ACT_PROBE, ACT_COMPLETE, ACT_FALLBACK } Action;
 
@@ -107,6 +110,14 @@ static gint64
 deadline_of (CrunchJob *job)
 {
   return __atomic_load_n (&job->deadline_us, __ATOMIC_RELAXED);
+}
+
+static void
+set_connected_locked (NatsExecutor *self, gboolean connected)
+{
+  if (self->connected != connected)
+    g_atomic_int_add (&unconnected, connected ? -1 : 1);
+  self->connected = connected;
 }
 
 static gchar *
@@ -504,7 +515,7 @@ on_connected (natsConnection *nc, void *closure)
   gpointer value;
 
   g_mutex_lock (&self->lock);
-  self->connected = TRUE;
+  set_connected_locked (self, TRUE);
   g_hash_table_iter_init (&iter, self->pending);
   while (g_hash_table_iter_next (&iter, NULL, &value)) {
     Pending *p = value;
@@ -530,7 +541,7 @@ on_disconnected (natsConnection *nc, void *closure)
   guint waiting;
 
   g_mutex_lock (&self->lock);
-  self->connected = FALSE;
+  set_connected_locked (self, FALSE);
   self->stats.disconnects += !self->freeing;
   g_hash_table_iter_init (&iter, self->pending);
   while (g_hash_table_iter_next (&iter, NULL, &value)) {
@@ -556,7 +567,7 @@ on_closed (natsConnection *nc, void *closure)
     g_critical ("nats: connection closed for good ([nats] max_reconnect reached): "
                 "compute requests now get %s",
                 self->local ? "the local pool" : "503");
-  self->connected = FALSE;
+  set_connected_locked (self, FALSE);
   self->closed = TRUE;
   g_hash_table_iter_init (&iter, self->pending);
   while (g_hash_table_iter_next (&iter, NULL, &value))
@@ -669,6 +680,8 @@ nats_free (CrunchExecutor *parent)
   crunch_timer_thread_free (self->timers); /* after the last re-arm: no more callbacks */
   g_clear_pointer (&self->tick, g_source_unref);
   crunch_executor_free (self->local); /* waits for jobs running locally */
+  if (!self->connected)
+    g_atomic_int_add (&unconnected, -1);
   g_hash_table_unref (self->pending);
   g_mutex_clear (&self->lock);
   g_cond_clear (&self->cond);
@@ -729,6 +742,7 @@ crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
   self->parent.finished_data = finished_data;
   g_mutex_init (&self->lock);
   g_cond_init (&self->cond);
+  g_atomic_int_inc (&unconnected); /* until it connects */
   self->pending = g_hash_table_new (g_int64_hash, g_int64_equal);
   self->prefix = g_strdup (config->nats_subject_prefix);
   self->presence_subject = crunch_nats_subject (self->prefix, "presence");
@@ -751,6 +765,7 @@ crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
       return NULL;
     }
   } else {
+    g_atomic_int_add (&unconnected, -1);
     crunch_timer_thread_free (self->timers);
     crunch_executor_free (self->local);
     g_hash_table_unref (self->pending);
@@ -762,7 +777,8 @@ crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
     return NULL;
   }
   g_mutex_lock (&self->lock);
-  self->connected |= connected; /* on_connected may already have run */
+  if (connected)
+    set_connected_locked (self, TRUE); /* unless on_connected did already */
   g_mutex_unlock (&self->lock);
   if (connected) {
     g_autofree gchar *url = crunch_nats_connected_url (self->nc);
@@ -783,6 +799,12 @@ crunch_nats_executor_get_stats (CrunchExecutor *parent, CrunchNatsStats *stats)
   *stats = self->stats;
   stats->connected = self->connected;
   g_mutex_unlock (&self->lock);
+}
+
+gboolean
+crunch_nats_ready (void)
+{
+  return g_atomic_int_get (&unconnected) == 0;
 }
 
 void

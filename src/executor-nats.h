@@ -23,5 +23,8 @@ typedef struct {
 } CrunchNatsStats;
 
 void crunch_nats_executor_get_stats (CrunchExecutor *self, CrunchNatsStats *stats);
+/* FALSE while a NATS executor exists without a NATS connection (for /readyz); TRUE without
+ * any NATS executor. Any thread. */
+gboolean crunch_nats_ready (void);
 /* Frees nats.c's global state; call once at exit, after every executor is freed. */
 void crunch_nats_library_close (void);

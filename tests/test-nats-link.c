@@ -1,4 +1,5 @@
 /* test-nats-link.c - the NATS job protocol pieces that need no server, and the timer thread. */
+#include "executor-nats.h"
 #include "nats-link.h"
 #include "timer-thread.h"
 
@@ -74,12 +75,90 @@ test_timer_thread (void)
   crunch_timer_thread_free (timers);
 }
 
+typedef struct {
+  GMutex lock;
+  GCond cond;
+  CrunchJob *done;
+} Finished;
+
+static void
+on_finished (CrunchJob *job, gpointer data)
+{
+  Finished *f = data;
+
+  g_mutex_lock (&f->lock);
+  f->done = crunch_job_ref (job);
+  g_cond_signal (&f->cond);
+  g_mutex_unlock (&f->lock);
+}
+
+/* Without a NATS server: not ready, a job waits reconnect_grace and gets 503 (or runs locally),
+ * and an executor can still be freed. */
+static void
+run_without_server (const gchar *fallback, CrunchJobOutcome expect)
+{
+  g_autoptr (CrunchConfig) config = crunch_config_new_default ();
+  g_autoptr (GError) error = NULL;
+  const CrunchFunction *fib = crunch_functions_lookup ("fib");
+  g_autoptr (CrunchJob) job = crunch_job_new (fib, fib->parse (fib, "10", NULL));
+  Finished f = {0};
+  CrunchExecutor *ex;
+  gint64 t0 = g_get_monotonic_time (), until = t0 + 10 * G_USEC_PER_SEC;
+
+  g_strfreev (config->nats_servers);
+  config->nats_servers = g_strsplit ("nats://127.0.0.1:1", ",", -1); /* nobody listens */
+  config->nats_reconnect_grace = 0.05;
+  g_free (config->nats_fallback);
+  config->nats_fallback = g_strdup (fallback);
+  g_mutex_init (&f.lock);
+  g_cond_init (&f.cond);
+
+  g_test_expect_message ("crunchd", G_LOG_LEVEL_WARNING, "nats: no server reachable at *");
+  ex = crunch_nats_executor_new (config, 1, 0, on_finished, &f, &error);
+  g_test_assert_expected_messages ();
+  g_assert_no_error (error);
+  g_assert_false (crunch_nats_ready ());
+  job->deadline_us = t0 + 5 * G_USEC_PER_SEC;
+  crunch_executor_submit (ex, job);
+  g_mutex_lock (&f.lock);
+  while (f.done == NULL && g_cond_wait_until (&f.cond, &f.lock, until))
+    ;
+  g_mutex_unlock (&f.lock);
+  g_assert_true (f.done == job);
+  g_assert_cmpint (job->outcome, ==, expect);
+  if (expect == CRUNCH_JOB_UNAVAILABLE)
+    g_assert_cmpstr (job->error, ==, "no connection to NATS");
+  else
+    g_assert_cmpmem (g_bytes_get_data (job->result, NULL), 2, "55", 2);
+  g_assert_cmpint (g_get_monotonic_time () - t0, >=, 50000); /* it waited for the grace */
+  crunch_executor_free (ex);
+  g_assert_true (crunch_nats_ready ());
+  crunch_job_unref (f.done);
+  g_mutex_clear (&f.lock);
+  g_cond_clear (&f.cond);
+}
+
+static void
+test_no_server (void)
+{
+  run_without_server ("none", CRUNCH_JOB_UNAVAILABLE);
+  run_without_server ("local", CRUNCH_JOB_OK);
+}
+
 int
 main (int argc, char **argv)
 {
+  gint status;
+
+  g_autoptr (CrunchConfig) config = crunch_config_new_default ();
+
   g_test_init (&argc, &argv, NULL);
+  g_assert_true (crunch_functions_init (config, NULL));
   g_test_add_func ("/nats-link/wire-status", test_wire_status);
   g_test_add_func ("/nats-link/args", test_args);
   g_test_add_func ("/timer-thread/once-and-rearm", test_timer_thread);
-  return g_test_run ();
+  g_test_add_func ("/executor-nats/no-server", test_no_server);
+  status = g_test_run ();
+  crunch_nats_library_close (); /* so that leak checkers see nats.c's memory freed */
+  return status;
 }

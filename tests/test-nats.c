@@ -254,6 +254,58 @@ test_worker_frozen (void)
   g_assert_cmpint (d1, >=, 298);
 }
 
+/* A client that gives up after `ms`: curl closes the connection. */
+static void
+get_and_hang_up (const gchar *url, glong ms)
+{
+  CURL *curl = curl_easy_init ();
+
+  curl_easy_setopt (curl, CURLOPT_URL, url);
+  curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, ms);
+  curl_easy_setopt (curl, CURLOPT_NOSIGNAL, 1L);
+  g_assert_cmpint (curl_easy_perform (curl), ==, CURLE_OPERATION_TIMEDOUT);
+  curl_easy_cleanup (curl);
+}
+
+/* A job nobody waits for any more stops on the worker: the next job gets its one thread at
+ * once, instead of after the abandoned one's full run. */
+static void
+test_cancel_reaches_worker (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  TestWorker *w1 = test_worker_start (wini, "w1", 1);
+  TestServer *server = test_server_start (fini, NULL);
+  guint n = test_fib_n_for (server, 4.0);
+  g_autofree gchar *path = g_strdup_printf ("/fib/%u", n);
+  g_autofree gchar *slow = test_server_url (server, path);
+  g_autofree gchar *quick = test_server_url (server, "/fib/10");
+  const gchar *short_deadline[] = {"Request-Timeout: 0.3", NULL};
+
+  /* the client hangs up */
+  get_and_hang_up (slow, 300);
+  {
+    g_autoptr (TestReply) r = test_http ("GET", quick, NULL);
+    g_test_message ("fib(%u) abandoned by its client; next job answered in %.3f s", n, r->seconds);
+    g_assert_cmpint (r->status, ==, 200);
+    g_assert_cmpfloat (r->seconds, <, 2.0);
+  }
+  /* the deadline passes */
+  {
+    g_autoptr (TestReply) r = test_http ("GET", slow, short_deadline);
+    g_autoptr (TestReply) next = test_http ("GET", quick, NULL);
+    g_test_message ("fib(%u) with a 0.3 s deadline: %ld after %.3f s; next job %.3f s", n,
+                    r->status, r->seconds, next->seconds);
+    g_assert_cmpint (r->status, ==, 504);
+    g_assert_cmpfloat (r->seconds, <, 1.5);
+    g_assert_cmpint (next->status, ==, 200);
+    g_assert_cmpfloat (next->seconds, <, 2.0);
+  }
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_assert_cmpint (test_worker_stop (w1), >=, 4); /* 2 abandoned + 2 quick (+ calibration) */
+}
+
 static gint
 cmp_double (gconstpointer a, gconstpointer b)
 {
@@ -319,6 +371,7 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/no-workers", test_no_workers);
   g_test_add_func ("/nats/worker-killed", test_worker_killed);
   g_test_add_func ("/nats/worker-frozen", test_worker_frozen);
+  g_test_add_func ("/nats/cancel-reaches-worker", test_cancel_reaches_worker);
   g_test_add_func ("/nats/server-lost", test_nats_server_lost);
   g_test_add_func ("/nats/cluster-node-lost", test_cluster_node_lost);
   g_test_add_func ("/nats/overhead", test_overhead);
