@@ -376,6 +376,10 @@ run_simultaneous (const Options *o)
           percentile (totals, o->repeat, 50), totals[0], percentile (totals, o->repeat, 10),
           percentile (totals, o->repeat, 90));
   print_latencies (lat, nlat);
+  printf (",\"totals_ms\":[");
+  for (int r = 0; r < o->repeat; r++)
+    printf ("%s%.4f", r ? "," : "", totals[r]);
+  printf ("]");
   if (o->probe != NULL)
     printf (",\"probe_ms\":%.4f,\"probe_max_ms\":%.4f,\"probe_errors\":%d",
             percentile (probes, o->repeat, 50), probes[o->repeat - 1], probe_bad);
@@ -395,10 +399,14 @@ static int
 run_serial (const Options *o)
 {
   double *lat = calloc ((size_t)o->serial, sizeof *lat);
+  /* per path too: interleaving paths on one connection cancels slow drifts in machine load */
+  int per = o->serial / o->npaths + 1;
+  double *by_path = calloc ((size_t)per * (size_t)o->npaths, sizeof *by_path);
+  int *nby = calloc ((size_t)o->npaths, sizeof *nby);
   int epfd = epoll_create1 (EPOLL_CLOEXEC), nlat = 0, errors = 0;
   Conn *c = calloc (1, sizeof *c);
 
-  if (lat == NULL || c == NULL || epfd < 0)
+  if (lat == NULL || by_path == NULL || nby == NULL || c == NULL || epfd < 0)
     die ("out of memory");
   c->fd = -1;
   for (int i = 0; i < o->serial; i++) {
@@ -412,9 +420,11 @@ run_serial (const Options *o)
     c->path = o->paths[i % o->npaths];
     if (send_request (o, c) == 0)
       pump (epfd, 1, now_ms () + o->timeout_ms);
-    if (c->t_done >= 0 && c->status >= 200 && c->status < 300)
+    if (c->t_done >= 0 && c->status >= 200 && c->status < 300) {
+      int k = i % o->npaths;
       lat[nlat++] = c->t_done - c->t_sent;
-    else
+      by_path[k * per + nby[k]++] = c->t_done - c->t_sent;
+    } else
       errors++;
     if (c->t_done < 0 || c->status <= 0 || strcasestr (c->buf, "connection: close") != NULL) {
       close (c->fd);
@@ -423,12 +433,20 @@ run_serial (const Options *o)
   }
   printf ("{\"mode\":\"serial\",\"n\":%d,\"ok\":%d,\"errors\":%d,", o->serial, nlat, errors);
   print_latencies (lat, nlat);
-  printf ("}\n");
+  printf (",\"by_path\":{");
+  for (int k = 0; k < o->npaths; k++) {
+    printf ("%s\"%s\":{", k ? "," : "", o->paths[k]);
+    print_latencies (by_path + k * per, nby[k]);
+    printf ("}");
+  }
+  printf ("}}\n");
   if (c->fd >= 0)
     close (c->fd);
   close (epfd);
   free (c);
   free (lat);
+  free (by_path);
+  free (nby);
   return 0;
 }
 
