@@ -45,10 +45,23 @@ reject (GError **error, const gchar *fn_name, const CrunchdArg *arg, gdouble max
   return NULL;
 }
 
+gchar *
+crunch_args_echo (const gchar *text)
+{
+  g_autofree gchar *valid = g_utf8_make_valid (text, -1);
+
+  if (g_utf8_strlen (valid, -1) <= 64)
+    return g_steal_pointer (&valid);
+  g_autofree gchar *cut = g_utf8_substring (valid, 0, 64);
+  return g_strconcat (cut, "...", NULL);
+}
+
 static gchar *
 quoted (const gchar *text)
 {
-  return g_strdup_printf ("'%.64s%s'", text, strlen (text) > 64 ? "..." : "");
+  g_autofree gchar *echo = crunch_args_echo (text);
+
+  return g_strdup_printf ("'%s'", echo);
 }
 
 /* Strict base64: the standard alphabet, padded to a multiple of 4. */
@@ -182,8 +195,9 @@ check_names (const CrunchFunction *fn, GList *names, GError **error)
       g_autoptr (GString) expected = g_string_new (NULL);
       for (guint i = 0; i < fn->decl->n_args; i++)
         g_string_append_printf (expected, "%s%s", i ? ", " : "", fn->decl->args[i].name);
-      return invalid (error, "%s: unknown argument '%.64s' (arguments: %s)", fn->name,
-                      (const gchar *)l->data, fn->decl->n_args ? expected->str : "none");
+      g_autofree gchar *name = crunch_args_echo (l->data);
+      return invalid (error, "%s: unknown argument '%s' (arguments: %s)", fn->name, name,
+                      fn->decl->n_args ? expected->str : "none");
     }
   }
   return TRUE;

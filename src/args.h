@@ -22,5 +22,8 @@ GVariant *crunch_args_from_json (const CrunchFunction *fn, JsonObject *object, G
 /* A request body holding a JSON object (empty body: no arguments). */
 GVariant *crunch_args_from_body (const CrunchFunction *fn, const gchar *body, gsize len,
                                  GError **error);
+/* User text for an error message: valid UTF-8 (invalid bytes replaced), at most 64 characters
+ * (longer ends in "..."), so a 400 body stays short and stays text. */
+gchar *crunch_args_echo (const gchar *text);
 /* The rule as words: "an integer from 0 to 92". */
 gchar *crunch_arg_describe (const CrunchdArg *arg, gdouble max);

@@ -317,8 +317,8 @@ add_outcome (JsonBuilder *b, const Entry *entry)
     return;
   }
   if (outcome == CRUNCH_JOB_FAILED || outcome == CRUNCH_JOB_UNAVAILABLE)
-    add_string (b, "error", entry->ticket->error ? entry->ticket->error
-                                                 : "no worker could take the job");
+    add_string (b, "error",
+                entry->ticket->error ? entry->ticket->error : "no worker could take the job");
   else if (outcome == CRUNCH_JOB_TIMED_OUT)
     add_string (b, "error", "deadline exceeded");
   else if (outcome == CRUNCH_JOB_SHUTDOWN)
@@ -397,8 +397,9 @@ parse_request (const gchar *body, gsize len, const CrunchFunction **fn, GError *
     return bad_request (error, "\"fn\" must be the name of a function");
   *fn = crunch_functions_lookup (json_node_get_string (name));
   if (*fn == NULL) {
+    g_autofree gchar *echo = crunch_args_echo (json_node_get_string (name));
     g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
-                 "no such function '%.64s'", json_node_get_string (name));
+                 "no such function '%s'", echo);
     return NULL;
   }
   if (args != NULL && !JSON_NODE_HOLDS_OBJECT (args))

@@ -251,9 +251,9 @@ parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
   values = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   MHD_get_connection_values (req->connection, MHD_GET_ARGUMENT_KIND, collect_query_arg, values);
   if (g_hash_table_contains (values, REPEATED)) {
+    g_autofree gchar *name = crunch_args_echo (g_hash_table_lookup (values, REPEATED));
     g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
-                 "%s: argument '%.64s' given more than once", fn->name,
-                 (const gchar *)g_hash_table_lookup (values, REPEATED));
+                 "%s: argument '%s' given more than once", fn->name, name);
     return NULL;
   }
   return crunch_args_from_query (fn, values, error);
@@ -271,7 +271,8 @@ route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   g_autoptr (GVariant) args = NULL;
 
   if (fn == NULL) {
-    g_autofree gchar *message = g_strdup_printf ("no such function '%.64s'", arg);
+    g_autofree gchar *name = crunch_args_echo (arg);
+    g_autofree gchar *message = g_strdup_printf ("no such function '%s'", name);
     return respond_error (req, MHD_HTTP_NOT_FOUND, message, NULL);
   }
   args = route->function != NULL ? fn->parse (fn, arg, &error) : parse_fn_call (req, fn, &error);

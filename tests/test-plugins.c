@@ -161,6 +161,15 @@ test_types_invalid (void)
       {"GET", "/fn/echo?i=1&f=0&s=x&zz=1", NULL,
        "echo: unknown argument 'zz' (arguments: i, f, s, b, d)"},
       {"GET", "/fn/echo?i=1&i=2&f=0&s=x", NULL, "echo: argument 'i' given more than once"},
+      /* echoed input stays valid UTF-8 (the body is text/plain; charset=utf-8) and short */
+      {"GET", "/fn/echo?i=1&f=0&s=x&%FF=1", NULL,
+       "echo: unknown argument '\xEF\xBF\xBD' (arguments: i, f, s, b, d)"},
+      {"GET",
+       "/fn/echo?i=1&f=0&s=x&"
+       "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=1",
+       NULL,
+       "echo: unknown argument 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' "
+       "(arguments: i, f, s, b, d)"},
       {"POST", "/fn/echo", "[1, 2]", "echo: the request body must be a JSON object of arguments"},
       {"POST", "/fn/echo", "{\"i\": ", NULL},
   };

@@ -166,6 +166,7 @@ test_per_client_limit (void)
   wait_for (&r, 3);
   g_assert_cmpuint (stats (s).rejected_client_limit, ==, 1);
   g_assert_cmpint (crunch_scheduler_admit (s, "a"), ==, CRUNCH_ADMIT_OK); /* a's slots are back */
+  crunch_ticket_unref (t[0]);
   crunch_scheduler_submit (s, t[0] = crunch_ticket_new (&nap, g_variant_new ("(x)", (gint64)1), "a",
                                                         0, on_answered, &r));
   wait_for (&r, 4);
