@@ -149,22 +149,21 @@ test_cancel (void)
   g_assert_cmpint (result->status, ==, 409);
 }
 
+/* A job whose deadline passes is stopped and reported "expired", like /fib's 504. */
 static void
-test_failed (void)
+test_expired (void)
 {
   g_autoptr (TestServer) s = start ("[fib]\nmax_n = 92\ntimeout = 0.3\n");
   g_autofree gchar *job = submit (s, "{\"fn\": \"fib\", \"args\": {\"n\": 70}}");
-  g_autoptr (JsonObject) o = NULL;
   g_autoptr (TestReply) sync = call (s, "GET", "/fib/70", NULL);
+  g_autoptr (JsonObject) o = NULL;
+  gint64 t0 = g_get_monotonic_time ();
 
-  /* deadlines are enforced by the core (issue 3); a job must expire exactly when /fib does */
-  if (sync->status != 504) {
-    g_autoptr (TestReply) del = call (s, "DELETE", job, NULL);
-    g_test_skip ("the core does not enforce deadlines yet (issue 3)");
-    return;
-  }
+  g_assert_cmpint (sync->status, ==, 504);
   o = wait_finished (s, job);
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 5 * G_USEC_PER_SEC);
   g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "expired");
+  g_assert_cmpstr (json_object_get_string_member (o, "error"), ==, "deadline exceeded");
 }
 
 static void
@@ -212,6 +211,48 @@ test_bound (void)
   g_assert_cmpint (again->status, ==, 202);
 }
 
+/* The same admission as a synchronous call: the client's in-flight limit (429) and the queue
+ * bound (503) count async jobs too. */
+static void
+test_limits (void)
+{
+  g_autoptr (TestServer) s =
+      start ("[executor]\nthreads = 1\nqueue_limit = 2\nper_client_limit = 2\n");
+  const gchar *spin = "{\"fn\": \"spin\", \"args\": {\"seconds\": 20, \"grain\": 50}}";
+  g_autofree gchar *a = submit (s, spin);
+  g_autofree gchar *b = submit (s, spin);
+  g_autoptr (TestReply) over = call (s, "POST", "/jobs", spin);
+  g_autoptr (TestReply) sync = call (s, "GET", "/fn/spin?seconds=0.01", NULL);
+  g_autoptr (TestReply) da = NULL, db = NULL;
+
+  g_assert_cmpint (over->status, ==, 429);
+  g_assert_nonnull (g_hash_table_lookup (over->headers, "retry-after"));
+  g_assert_cmpint (sync->status, ==, 429); /* the jobs count against the client's share */
+  da = call (s, "DELETE", a, NULL);
+  db = call (s, "DELETE", b, NULL);
+  g_assert_cmpint (da->status, ==, 202);
+  g_assert_cmpint (db->status, ==, 202);
+}
+
+/* A pure function's identical jobs share one computation, as identical requests do. */
+static void
+test_coalescing (void)
+{
+  g_autoptr (TestServer) s = start ("[executor]\nthreads = 1\n");
+  const gchar *body = "{\"fn\": \"mandelbrot\", \"args\": {\"size\": 400, \"iter\": 3000}}";
+  g_autofree gchar *a = submit (s, body);
+  g_autofree gchar *b = submit (s, body);
+  g_autoptr (JsonObject) oa = wait_finished (s, a);
+  g_autoptr (JsonObject) ob = wait_finished (s, b);
+
+  g_assert_cmpstr (json_object_get_string_member (oa, "state"), ==, "done");
+  g_assert_cmpstr (json_object_get_string_member (ob, "state"), ==, "done");
+  g_assert_false (json_object_has_member (oa, "coalesced"));
+  g_assert_true (json_object_get_boolean_member (ob, "coalesced"));
+  g_assert_cmpint (json_object_get_int_member (oa, "result_size"), ==,
+                   json_object_get_int_member (ob, "result_size"));
+}
+
 static void
 test_bad_requests (void)
 {
@@ -255,9 +296,11 @@ main (int argc, char **argv)
   g_test_add_func ("/jobs/lifecycle", test_lifecycle);
   g_test_add_func ("/jobs/binary", test_binary_job);
   g_test_add_func ("/jobs/cancel", test_cancel);
-  g_test_add_func ("/jobs/expired-by-deadline", test_failed);
+  g_test_add_func ("/jobs/expired-by-deadline", test_expired);
   g_test_add_func ("/jobs/ttl", test_expiry);
   g_test_add_func ("/jobs/bound", test_bound);
+  g_test_add_func ("/jobs/limits", test_limits);
+  g_test_add_func ("/jobs/coalescing", test_coalescing);
   g_test_add_func ("/jobs/bad-requests", test_bad_requests);
   return g_test_run ();
 }

@@ -356,6 +356,43 @@ test_overhead (void)
   test_worker_stop (w1);
 }
 
+/* Plugin functions run on workers too: the worker loads the same [plugins] and gets the same
+ * canonical arguments; a binary result crosses NATS intact, and a POST /jobs job runs remotely. */
+static void
+test_plugins_remote (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *plugins = g_strdup_printf ("[plugins]\ndir = %s\nload = mandelbrot, spin\n",
+                                               g_getenv ("CRUNCHD_PLUGINS"));
+  g_autofree gchar *wbase = worker_ini (nats->url);
+  g_autofree gchar *wini = g_strconcat (wbase, plugins, NULL);
+  g_autofree gchar *fini = front_ini (nats->url, plugins);
+  g_autofree gchar *local_ini = g_strconcat ("[log]\naccess = false\n", plugins, NULL);
+  TestWorker *w = test_worker_start (wini, "w1", 2);
+  TestServer *remote = test_server_start (fini, NULL);
+  TestServer *local = test_server_start (local_ini, NULL);
+  const gchar *path = "/fn/mandelbrot?size=48&iter=30&cx=-0.7";
+  g_autofree gchar *remote_url = test_server_url (remote, path);
+  g_autofree gchar *local_url = test_server_url (local, path);
+  g_autofree gchar *jobs_url = test_server_url (remote, "/jobs");
+  g_autoptr (TestReply) a = NULL, b = NULL, job = NULL;
+
+  wait_serving (remote, 10);
+  a = test_http ("GET", remote_url, NULL);
+  b = test_http ("GET", local_url, NULL);
+  g_assert_cmpint (a->status, ==, 200);
+  g_assert_cmpstr (g_hash_table_lookup (a->headers, "content-type"), ==, "image/png");
+  g_assert_cmpmem (a->body, a->body_len, b->body, b->body_len);
+  get_expect (remote, "/fn/mandelbrot?size=0", 400,
+              "mandelbrot: argument 'size' must be an integer from 1 to 2048, got '0'\n");
+  job =
+      test_http_body ("POST", jobs_url, NULL, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.05}}");
+  g_assert_cmpint (job->status, ==, 202);
+  g_assert_cmpint (test_server_stop (local), ==, 0);
+  g_assert_cmpint (test_server_stop (remote), ==, 0);
+  g_assert_cmpint (test_worker_stop (w), >=, 1);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -375,5 +412,6 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/server-lost", test_nats_server_lost);
   g_test_add_func ("/nats/cluster-node-lost", test_cluster_node_lost);
   g_test_add_func ("/nats/overhead", test_overhead);
+  g_test_add_func ("/nats/plugins-remote", test_plugins_remote);
   return g_test_run ();
 }

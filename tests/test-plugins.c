@@ -168,7 +168,8 @@ test_types_invalid (void)
        "/fn/echo?i=1&f=0&s=x&"
        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=1",
        NULL,
-       "echo: unknown argument 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' "
+       "echo: unknown argument "
+       "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' "
        "(arguments: i, f, s, b, d)"},
       {"POST", "/fn/echo", "[1, 2]", "echo: the request body must be a JSON object of arguments"},
       {"POST", "/fn/echo", "{\"i\": ", NULL},
@@ -249,19 +250,13 @@ one_worker_ini (const gchar *extra)
                           env_dir ("CRUNCHD_PLUGINS"), env_dir ("CRUNCHD_TEST_PLUGINS"), extra);
 }
 
-/* Cancellation on client hang-up is issue 3's work in the core: plugin functions must get it
- * exactly as fib does, so the test compares the two and skips when fib does not have it yet. */
+/* Cancellation on client hang-up: plugin functions get it exactly as fib does. */
 static void
 test_cancel_on_hang_up (void)
 {
   g_autofree gchar *ini = one_worker_ini ("[fib]\nmax_n = 92\n");
   g_autoptr (TestServer) s = test_server_start (ini, NULL);
-  gboolean fib_cancelled = abandoned_work_is_cancelled (s, "/fib/70");
-
-  if (!fib_cancelled) {
-    g_test_skip ("the core does not cancel abandoned fib jobs yet (issue 3)");
-    return;
-  }
+  g_assert_true (abandoned_work_is_cancelled (s, "/fib/70"));
   g_assert_true (abandoned_work_is_cancelled (s, "/fn/spin?seconds=20&grain=50"));
 }
 
@@ -274,16 +269,17 @@ test_cancel_on_deadline (void)
   g_autoptr (TestServer) s = test_server_start (ini, NULL);
   g_autofree gchar *fib_url = test_server_url (s, "/fib/70");
   g_autofree gchar *slow_url = test_server_url (s, "/fn/slow?seconds=20");
+  g_autofree gchar *echo_url = test_server_url (s, "/fn/echo?i=1&f=0&s=x");
   g_autoptr (TestReply) fib = test_http ("GET", fib_url, NULL);
   g_autoptr (TestReply) slow = NULL;
 
-  if (fib->status != 504) {
-    g_test_skip ("the core does not enforce fib's deadline yet (issue 3)");
-    return;
-  }
+  g_assert_cmpint (fib->status, ==, 504);
   slow = test_http ("GET", slow_url, NULL);
   g_assert_cmpint (slow->status, ==, 504);
+  g_assert_cmpstr (slow->body, ==, "slow: deadline of 0.5 s exceeded\n");
   g_assert_cmpfloat (slow->seconds, <, 5.0);
+  /* and the one worker is free again: the plugin really stopped */
+  g_assert_cmpint (get_within (echo_url, 3000), ==, 200);
 }
 
 int
