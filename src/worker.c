@@ -58,6 +58,7 @@ struct CrunchWorker {
   guint active;        /* accepted, reply not yet sent */
   guint64 done;
   gboolean stopping, conn_closed;
+  guint live_subs; /* subscriptions nats.c has not finished with (see track_locked) */
   GSourceFunc stopped;
   gpointer stopped_data;
 };
@@ -88,6 +89,31 @@ reply (CrunchWorker *w, const gchar *subject, CrunchWireStatus status, GBytes *r
 
 static void on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
 
+/* nats.c ends a subscription with a message to its shared delivery thread; one still queued at
+ * exit is leaked. So every subscription is counted until that message has been handled (its
+ * completion callback), and crunch_worker_free() waits for the count to reach zero. */
+static void
+on_sub_complete (void *closure)
+{
+  CrunchWorker *w = closure;
+
+  g_mutex_lock (&w->lock);
+  w->live_subs--;
+  g_cond_broadcast (&w->cond);
+  g_mutex_unlock (&w->lock);
+}
+
+/* With the lock held, before any auto-unsubscribe (which could end it). */
+static natsStatus
+track_locked (CrunchWorker *w, natsSubscription *sub)
+{
+  natsStatus s = natsSubscription_SetOnCompleteCB (sub, on_sub_complete, w);
+
+  if (s == NATS_OK)
+    w->live_subs++;
+  return s;
+}
+
 /* With the lock held: listen for exactly one more job on this slot. */
 static void
 subscribe_slot_locked (Slot *slot)
@@ -100,6 +126,8 @@ subscribe_slot_locked (Slot *slot)
     return;
   s = natsConnection_QueueSubscribe (&slot->sub, w->nc, w->job_subject, CRUNCH_NATS_QUEUE_GROUP,
                                      on_job, slot);
+  if (s == NATS_OK)
+    s = track_locked (w, slot->sub);
   if (s == NATS_OK)
     s = natsSubscription_AutoUnsubscribe (slot->sub, 1);
   if (s != NATS_OK) {
@@ -396,11 +424,16 @@ subscribe_all (CrunchWorker *w, GError **error)
   s = natsConnection_Subscribe (&w->presence, w->nc, presence, on_presence, w);
   if (s == NATS_OK)
     s = natsConnection_Subscribe (&w->cancel, w->nc, cancel, on_cancel, w);
+  g_mutex_lock (&w->lock);
+  if (s == NATS_OK)
+    s = track_locked (w, w->presence);
+  if (s == NATS_OK)
+    s = track_locked (w, w->cancel);
   if (s != NATS_OK) {
+    g_mutex_unlock (&w->lock);
     crunch_nats_set_error (error, s, "NATS subscribe");
     return FALSE;
   }
-  g_mutex_lock (&w->lock);
   for (guint i = 0; i < w->n_slots; i++)
     subscribe_slot_locked (&w->slots[i]);
   g_mutex_unlock (&w->lock);
@@ -503,8 +536,11 @@ crunch_worker_free (CrunchWorker *w)
     natsConnection_FlushTimeout (w->nc, 1000); /* the last replies */
     natsConnection_Close (w->nc);
     g_mutex_lock (&w->lock);
-    while (!w->conn_closed && g_cond_wait_until (&w->cond, &w->lock, until))
+    while ((!w->conn_closed || w->live_subs > 0) && g_cond_wait_until (&w->cond, &w->lock, until))
       ;
+    if (w->live_subs > 0)
+      g_warning ("crunchd-worker %s: %u subscription(s) not closed within %d s", w->id,
+                 w->live_subs, (gint)(CLOSE_WAIT_US / G_USEC_PER_SEC));
     g_mutex_unlock (&w->lock);
   }
   for (guint i = 0; i < w->n_slots; i++)
