@@ -14,7 +14,7 @@
 
 G_DEFINE_QUARK (crunch - config - error - quark, crunch_config_error)
 
-typedef enum { KEY_UINT, KEY_INT, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_LIST } KeyType;
+typedef enum { KEY_UINT, KEY_INT, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_LIST, KEY_ENUM } KeyType;
 
 typedef struct {
   const gchar *group;
@@ -22,13 +22,15 @@ typedef struct {
   KeyType type;
   gdouble min, max;            /* numeric range, inclusive; KEY_LIST: min = least items */
   gsize offset;                /* into CrunchConfig */
-  const gchar *const *choices; /* KEY_STRING: allowed values, NULL = any */
+  const gchar *const *choices; /* KEY_STRING: allowed values, NULL = any; KEY_ENUM: names */
 } KeyDesc;
 
 static const gchar *const log_levels[] = {"error", "critical", "warning", "message",
                                           "info",  "debug",    NULL};
 static const gchar *const backends[] = {"local", "nats", NULL};
 static const gchar *const fallbacks[] = {"none", "local", NULL};
+/* indexed by CrunchAccessLog */
+static const gchar *const access_formats[] = {"off", "common", "json", NULL};
 
 #define F(field) offsetof (CrunchConfig, field)
 static const KeyDesc keys[] = {
@@ -65,7 +67,9 @@ static const KeyDesc keys[] = {
     {"jobs", "ttl", KEY_DOUBLE, 0, 604800, F (jobs_ttl), NULL},
     {"jobs", "max_stored", KEY_UINT, 1, 10000000, F (jobs_max_stored), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
-    {"log", "access", KEY_BOOL, 0, 0, F (log_access), NULL},
+    {"log", "access", KEY_ENUM, 0, 0, F (log_access), access_formats},
+    {"metrics", "enabled", KEY_BOOL, 0, 0, F (metrics_enabled), NULL},
+    {"metrics", "listen", KEY_STRING, 0, 0, F (metrics_listen), NULL},
 };
 #undef F
 
@@ -93,7 +97,8 @@ static const CrunchConfig defaults = {
     .fib_timeout = 30.0,
     .jobs_ttl = 300.0,
     .jobs_max_stored = 1000,
-    .log_access = TRUE,
+    .log_access = CRUNCH_ACCESS_LOG_COMMON,
+    .metrics_enabled = TRUE,
 };
 static const gchar *const default_listen[] = {"127.0.0.1:8000", NULL};
 static const gchar *const default_nats_servers[] = {"nats://127.0.0.1:4222", NULL};
@@ -116,6 +121,7 @@ crunch_config_new_default (void)
   config->worker_id = g_strdup ("");
   config->plugins_dir = g_strdup (CRUNCH_PLUGIN_DIR);
   config->plugins_load = g_new0 (gchar *, 1);
+  config->metrics_listen = g_strdup ("");
   return config;
 }
 
@@ -135,6 +141,7 @@ crunch_config_free (CrunchConfig *config)
   g_free (config->worker_id);
   g_free (config->plugins_dir);
   g_strfreev (config->plugins_load);
+  g_free (config->metrics_listen);
   g_free (config);
 }
 
@@ -193,11 +200,19 @@ load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *fil
       return fail (error, file, k, value, "expected true or false");
     *FIELD (config, k, gboolean) = g_str_equal (value, "true");
     return TRUE;
+  case KEY_ENUM:
   case KEY_STRING:
     if (k->choices != NULL && !g_strv_contains (k->choices, value)) {
       g_autofree gchar *list = g_strjoinv (", ", (gchar **)k->choices);
       g_autofree gchar *why = g_strdup_printf ("expected one of: %s", list);
       return fail (error, file, k, value, why);
+    }
+    if (k->type == KEY_ENUM) {
+      gint index = 0;
+      while (!g_str_equal (k->choices[index], value))
+        index++;
+      *FIELD (config, k, gint) = index;
+      return TRUE;
     }
     g_free (*FIELD (config, k, gchar *));
     *FIELD (config, k, gchar *) = g_steal_pointer (&value);
@@ -410,6 +425,16 @@ crunch_config_validate (const CrunchConfig *config, GError **error)
                  config->client_key);
     return FALSE;
   }
+  if (config->metrics_listen != NULL && *config->metrics_listen != '\0') {
+    struct sockaddr_storage addr;
+    socklen_t len;
+    g_autoptr (GError) local = NULL;
+    if (!crunch_parse_listen_address (config->metrics_listen, &addr, &len, &local)) {
+      g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                   "%s: [metrics] listen = '%s': %s", file, config->metrics_listen, local->message);
+      return FALSE;
+    }
+  }
   /* Parked requests hold connections: if running + queued jobs could use up every connection,
    * slow work would lock out the fast lane. Keep a quarter of the connections for it. */
   if ((guint64)config->queue_limit + threads > (guint64)config->max_connections * 3 / 4) {
@@ -454,6 +479,9 @@ crunch_config_to_string (const CrunchConfig *config)
       break;
     case KEY_STRING:
       g_key_file_set_value (kf, k->group, k->name, *FIELD (config, k, gchar *));
+      break;
+    case KEY_ENUM:
+      g_key_file_set_value (kf, k->group, k->name, k->choices[*FIELD (config, k, gint)]);
       break;
     case KEY_LIST: {
       gchar **list = *FIELD (config, k, gchar **);

@@ -9,7 +9,8 @@
 
 typedef enum {
   CRUNCH_ACCESS_LOG_OFF,
-  CRUNCH_ACCESS_LOG_ON,
+  CRUNCH_ACCESS_LOG_COMMON, /* Common Log Format + request id */
+  CRUNCH_ACCESS_LOG_JSON,   /* one JSON object per line */
 } CrunchAccessLog;
 
 typedef struct {
@@ -65,7 +66,11 @@ typedef struct {
 
   /* [log] */
   gchar *log_level; /* error|critical|warning|message|info|debug */
-  gboolean log_access;
+  CrunchAccessLog log_access;
+
+  /* [metrics] */
+  gboolean metrics_enabled;
+  gchar *metrics_listen; /* "" = ops endpoints on the public addresses */
 } CrunchConfig;
 
 #define CRUNCH_CONFIG_ERROR (crunch_config_error_quark ())

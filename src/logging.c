@@ -2,16 +2,16 @@
  *
  * Messages above the configured level are dropped here (cheaply, before any formatting), so
  * `[log] level` works without G_MESSAGES_DEBUG. Under systemd (stderr connected to the journal)
- * records go to journald with their structured fields (REQUEST_ID, ROUTE, STATUS, ...);
- * otherwise one plain line each on stderr. The level is an atomic: a reload changes it while
- * other threads log. */
+ * records go to journald with their structured fields (REQUEST_ID, METHOD, STATUS, ...);
+ * otherwise one plain line each on stderr; access-log records exactly as formatted. The level is an
+ * atomic: a reload changes it while other threads log. */
 #include "logging.h"
 
 #include <stdio.h>
 #include <unistd.h>
 
 static gint max_level = G_LOG_LEVEL_INFO; /* the least severe level still written */
-static gint access_enabled = TRUE;
+static gint access_format = CRUNCH_ACCESS_LOG_COMMON;
 static gboolean to_journal;
 static GLogWriterFunc journal_sink = g_log_writer_journald;
 static gpointer journal_sink_data;
@@ -35,15 +35,31 @@ crunch_logging_set_level (const gchar *level)
 }
 
 void
-crunch_logging_set_access (gboolean enabled)
+crunch_logging_set_access (CrunchAccessLog format)
 {
-  g_atomic_int_set (&access_enabled, enabled);
+  g_atomic_int_set (&access_format, (gint)format);
 }
 
-gboolean
-crunch_logging_access_enabled (void)
+CrunchAccessLog
+crunch_logging_access_format (void)
 {
-  return g_atomic_int_get (&access_enabled);
+  return (CrunchAccessLog)g_atomic_int_get (&access_format);
+}
+
+/* An access-log record's MESSAGE, or NULL for any other record. */
+static const gchar *
+access_line (const GLogField *fields, gsize n_fields)
+{
+  const gchar *message = NULL;
+  gboolean access = FALSE;
+
+  for (gsize i = 0; i < n_fields; i++) {
+    if (g_str_equal (fields[i].key, "GLIB_DOMAIN"))
+      access = g_strcmp0 (fields[i].value, CRUNCH_LOG_ACCESS_DOMAIN) == 0;
+    else if (g_str_equal (fields[i].key, "MESSAGE"))
+      message = fields[i].value;
+  }
+  return access ? message : NULL;
 }
 
 static GLogWriterOutput
@@ -57,6 +73,12 @@ writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer 
       journal_sink (level, fields, n_fields, journal_sink_data) == G_LOG_WRITER_HANDLED)
     return G_LOG_WRITER_HANDLED;
 
+  /* access lines go out exactly as formatted (CLF or JSON), for log tools to parse */
+  const gchar *access = access_line (fields, n_fields);
+  if (access != NULL) {
+    fprintf (stderr, "%s\n", access);
+    return G_LOG_WRITER_HANDLED;
+  }
   g_autofree gchar *line = g_log_writer_format_fields (level, fields, n_fields, FALSE);
   fprintf (stderr, "%s\n", line);
   return G_LOG_WRITER_HANDLED;

@@ -14,6 +14,7 @@
 #include "functions.h"
 #include "jobs.h"
 #include "logging.h"
+#include "metrics.h"
 #include "scheduler.h"
 #include "server.h"
 #include "service.h"
@@ -95,6 +96,7 @@ apply_live_settings (Crunchd *app, const CrunchConfig *config)
 {
   crunch_logging_set_level (config->log_level);
   crunch_logging_set_access (config->log_access);
+  crunch_metrics_set_enabled (config->metrics_enabled);
   crunch_functions_configure (config);
   if (app->scheduler != NULL) {
     CrunchSchedulerSettings settings = scheduler_settings (config);
@@ -115,13 +117,14 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
   g_autofree gchar *c = g_strjoinv (",", old->plugins_load);
   g_autofree gchar *d = g_strjoinv (",", new->plugins_load);
 
-  if (!g_str_equal (a, b) || old->max_connections != new->max_connections ||
+  if (!g_str_equal (a, b) || g_strcmp0 (old->metrics_listen, new->metrics_listen) != 0 ||
+      old->max_connections != new->max_connections ||
       old->max_connections_per_ip != new->max_connections_per_ip ||
       old->connection_timeout != new->connection_timeout ||
       !g_str_equal (old->client_key, new->client_key))
     g_warning ("reload: [server] listen, max_connections, max_connections_per_ip, "
-               "connection_timeout and [executor] client_key apply only after a restart; "
-               "keeping the old values");
+               "connection_timeout, [executor] client_key and [metrics] listen apply only after "
+               "a restart; keeping the old values");
   if (!g_str_equal (old->backend, new->backend))
     g_warning ("reload: [executor] backend and the [nats] group apply only after a restart");
   /* plugins are never loaded or unloaded while serving: see plugins.c */
@@ -146,6 +149,8 @@ on_reload (gpointer data)
     /* keep what cannot change live, so the next comparison is against what really runs */
     g_strfreev (config->listen);
     config->listen = g_strdupv (app->config->listen);
+    g_free (config->metrics_listen);
+    config->metrics_listen = g_strdup (app->config->metrics_listen);
     config->max_connections = app->config->max_connections;
     config->max_connections_per_ip = app->config->max_connections_per_ip;
     g_strfreev (config->plugins_load);
@@ -356,6 +361,7 @@ main (int argc, char **argv)
     return 64;
   }
   crunch_logging_init ();
+  crunch_metrics_init ();
   app.config_explicit = config_path != NULL;
   app.config_path = config_path ? config_path : (gchar *)DEFAULT_CONFIG;
   app.cli_listen = listen;

@@ -6,7 +6,7 @@
 static CrunchReply
 fast_hello (const gchar *arg)
 {
-  return (CrunchReply){200, "Hello!", "text/plain; charset=utf-8"};
+  return (CrunchReply){200, "Hello!", "text/plain; charset=utf-8", NULL};
 }
 
 #define GET_HEAD (CRUNCH_METHOD_GET | CRUNCH_METHOD_HEAD)
@@ -17,7 +17,32 @@ static const CrunchRoute routes[] = {
     {"/fn/", GET_HEAD | CRUNCH_METHOD_POST, CRUNCH_LANE_COMPUTE, NULL, NULL},
     {"/jobs", CRUNCH_METHOD_POST, CRUNCH_LANE_JOBS, NULL, NULL},
     {"/jobs/", GET_HEAD | CRUNCH_METHOD_DELETE, CRUNCH_LANE_JOBS, NULL, NULL},
+    {"/metrics", GET_HEAD, CRUNCH_LANE_OPS, NULL, "metrics"},
+    {"/healthz", GET_HEAD, CRUNCH_LANE_OPS, NULL, "healthz"},
+    {"/readyz", GET_HEAD, CRUNCH_LANE_OPS, NULL, "readyz"},
+    {"/status", GET_HEAD, CRUNCH_LANE_OPS, NULL, "status"},
+    {"/status/", GET_HEAD, CRUNCH_LANE_OPS, NULL, "status-asset"},
+    {"/status.json", GET_HEAD, CRUNCH_LANE_OPS, NULL, "status.json"},
 };
+
+guint
+crunch_routes_count (void)
+{
+  return G_N_ELEMENTS (routes);
+}
+
+const CrunchRoute *
+crunch_routes_nth (guint i)
+{
+  g_return_val_if_fail (i < G_N_ELEMENTS (routes), NULL);
+  return &routes[i];
+}
+
+guint
+crunch_routes_index (const CrunchRoute *route)
+{
+  return (guint)(route - routes);
+}
 
 CrunchMethod
 crunch_method_parse (const gchar *method)

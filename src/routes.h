@@ -14,13 +14,16 @@ typedef enum {
   CRUNCH_LANE_FAST,    /* answered inline on the MHD thread */
   CRUNCH_LANE_COMPUTE, /* a job for the executor; the connection is suspended */
   CRUNCH_LANE_JOBS,    /* the asynchronous jobs API (jobs.c), answered inline */
+  CRUNCH_LANE_OPS,     /* like FAST, but on the [metrics] listen address when one is set */
 } CrunchLane;
 
-/* A fast-lane answer: a static body, so it can be sent without copying. */
+/* A fast-lane answer: a static body, sent without copying, or (bytes != NULL) a body built for
+ * this request, which the reply owns. */
 typedef struct {
   guint status;
   const gchar *body;
   const gchar *content_type;
+  GBytes *bytes;
 } CrunchReply;
 
 typedef CrunchReply (*CrunchFastHandler) (const gchar *arg);
@@ -30,7 +33,8 @@ typedef struct {
   guint methods;        /* CrunchMethod bits */
   CrunchLane lane;
   CrunchFastHandler handler; /* fast lane */
-  /* compute lane: name in the function registry; NULL: the name is the argument (/fn/<name>) */
+  /* compute lane: name in the function registry; NULL: the name is the argument (/fn/<name>);
+   * ops lane: name of the endpoint, see crunch_status_handler() */
   const gchar *function;
 } CrunchRoute;
 
@@ -47,6 +51,10 @@ typedef struct {
 } CrunchRouteMatch;
 
 CrunchMethod crunch_method_parse (const gchar *method);
+/* The table itself, for per-route metrics: routes are numbered 0 .. count-1. */
+guint crunch_routes_count (void);
+const CrunchRoute *crunch_routes_nth (guint i);
+guint crunch_routes_index (const CrunchRoute *route);
 CrunchRouteStatus crunch_routes_match (const gchar *method, const gchar *path,
                                        CrunchRouteMatch *match);
 

@@ -17,6 +17,7 @@
 #include "scheduler.h"
 
 #include "cache.h"
+#include "metrics.h"
 
 enum { TICKET_NEW, TICKET_ATTACHED, TICKET_ANSWERED };
 
@@ -233,6 +234,7 @@ on_finished (CrunchJob *job, gpointer data)
   g_ptr_array_set_size (sj->tickets, 0);
   dispatch_locked (self);
   g_mutex_unlock (&self->lock);
+  crunch_metrics_job_ran (job);
   flush_answers (answers);
   sched_job_free (sj);
 }

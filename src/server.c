@@ -13,9 +13,11 @@
  * "parked" (parked.c watches its deadline and its socket for a hang-up). Whoever answers the
  * ticket first - its job finishing, the deadline (504), the client leaving - resumes the
  * connection; MHD calls the handler again and it queues the ticket's answer.
- * on_completed() (MHD_OPTION_NOTIFY_COMPLETED) is the one place a request ends: it writes the
- * access log, frees the request and, while draining, reports when the last compute request is
- * gone, so the main thread knows MHD_stop_daemon() is safe. */
+ * on_completed() (MHD_OPTION_NOTIFY_COMPLETED) is the one place a request ends: it counts it in
+ * the metrics, writes the access log, frees the request and, while draining, reports when the
+ * last compute request is gone, so the main thread knows MHD_stop_daemon() is safe.
+ * With [metrics] listen, one more daemon serves only the ops routes (CRUNCH_LANE_OPS) and the
+ * public ones stop serving them; it stays up while draining, so /readyz can say 503. */
 #include "server.h"
 
 #include <arpa/inet.h>
@@ -24,17 +26,27 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "accesslog.h"
 #include "args.h"
 #include "headers.h"
 #include "logging.h"
+#include "metrics.h"
 #include "parked.h"
+#include "requestid.h"
 #include "routes.h"
+#include "status.h"
 
 /* Longest Request-Timeout / client key header value we look at. */
 #define MAX_HEADER_VALUE 128
 
 /* How much of a chunked body past max_body_size is read (and dropped) to be able to answer 413. */
 #define BODY_DISCARD_EXCESS (G_GUINT64_CONSTANT (1) << 20)
+
+/* The access handler's closure: which server, and whether this daemon is the ops one. */
+typedef struct {
+  CrunchServer *server;
+  gboolean ops;
+} Listener;
 
 struct CrunchServer {
   CrunchScheduler *scheduler;
@@ -44,6 +56,11 @@ struct CrunchServer {
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
   guint max_connections, max_connections_per_ip, connection_timeout;
   gchar **listen;
+  gchar *metrics_listen;
+  struct MHD_Daemon *ops_daemon; /* NULL: ops routes are served by the public daemons */
+  gboolean has_ops;              /* ops_daemon is wanted; fixed before any daemon starts */
+  Listener public_listener, ops_listener;
+  gint open_connections;
   gint64 max_body_size; /* atomic */
   gint in_flight;       /* compute requests admitted and not yet completed */
   guint64 served;       /* requests answered (any status), atomic; for STATUS= */
@@ -58,6 +75,11 @@ typedef struct {
   struct MHD_Connection *connection;
   gint64 t_start;
   gchar *method, *path;
+  const gchar *protocol;
+  gchar request_id[CRUNCH_REQUEST_ID_MAX + 1];
+  gboolean ops;       /* arrived on the ops daemon */
+  gboolean suspended; /* counted in crunch_metrics_suspended() */
+  const CrunchRoute *route;
   guint64 body_bytes;
   GByteArray *body;          /* up to max_body_size; POST /fn/<name> and /jobs read it */
   CrunchTicket *ticket;      /* compute lane, from admission on */
@@ -75,6 +97,7 @@ queue (CrunchRequest *req, guint status, struct MHD_Response *resp, const gchar 
   enum MHD_Result ret;
 
   MHD_add_response_header (resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+  MHD_add_response_header (resp, CRUNCH_REQUEST_ID_HEADER, req->request_id);
   ret = MHD_queue_response (req->connection, status, resp);
   MHD_destroy_response (resp);
   req->status = status;
@@ -90,11 +113,12 @@ respond_static (CrunchRequest *req, guint status, const gchar *body, const gchar
                 content_type);
 }
 
-/* A short plain-text error; extra headers come as name, value pairs ending in NULL. */
+/* A short plain-text error naming the request id; extra headers come as name, value pairs
+ * ending in NULL. */
 static enum MHD_Result
 respond_error (CrunchRequest *req, guint status, const gchar *message, ...)
 {
-  g_autofree gchar *body = g_strconcat (message, "\n", NULL);
+  g_autofree gchar *body = g_strdup_printf ("%s (request id %s)\n", message, req->request_id);
   struct MHD_Response *resp;
   va_list headers;
 
@@ -115,22 +139,37 @@ free_bytes (void *bytes)
 }
 
 static enum MHD_Result
+respond_bytes (CrunchRequest *req, guint status, GBytes *bytes, const gchar *content_type)
+{
+  gsize size;
+  gconstpointer data = g_bytes_get_data (bytes, &size);
+
+  req->bytes = size;
+  return queue (req, status,
+                MHD_create_response_from_buffer_with_free_callback_cls (
+                    size, (void *)data, free_bytes, g_bytes_ref (bytes)),
+                content_type);
+}
+
+static void
+set_suspended (CrunchRequest *req, gboolean suspended)
+{
+  if (req->suspended != suspended)
+    crunch_metrics_suspended_add (suspended ? 1 : -1);
+  req->suspended = suspended;
+}
+
+static enum MHD_Result
 respond_ticket (CrunchRequest *req)
 {
   CrunchTicket *ticket = req->ticket;
   g_autofree gchar *message = NULL;
-  gsize size;
-  gconstpointer data;
 
   crunch_parked_remove (req->server->parked, g_steal_pointer (&req->parked));
+  set_suspended (req, FALSE);
   switch (ticket->outcome) {
   case CRUNCH_JOB_OK:
-    data = g_bytes_get_data (ticket->result, &size);
-    req->bytes = size;
-    return queue (req, MHD_HTTP_OK,
-                  MHD_create_response_from_buffer_with_free_callback_cls (
-                      size, (void *)data, free_bytes, g_bytes_ref (ticket->result)),
-                  ticket->fn->content_type);
+    return respond_bytes (req, MHD_HTTP_OK, ticket->result, ticket->fn->content_type);
   case CRUNCH_JOB_FAILED:
     return respond_error (req, MHD_HTTP_INTERNAL_SERVER_ERROR, ticket->error, NULL);
   case CRUNCH_JOB_TIMED_OUT:
@@ -294,14 +333,9 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
 
   cached = crunch_scheduler_cached (server->scheduler, fn, args);
   if (cached != NULL) {
-    gsize size;
-    gconstpointer data = g_bytes_get_data (cached, &size);
-    req->bytes = size;
     req->cached = TRUE;
-    return queue (req, MHD_HTTP_OK,
-                  MHD_create_response_from_buffer_with_free_callback_cls (
-                      size, (void *)data, free_bytes, g_steal_pointer (&cached)),
-                  fn->content_type);
+    crunch_metrics_job_event (fn, CRUNCH_JOB_EVENT_CACHE_HIT);
+    return respond_bytes (req, MHD_HTTP_OK, cached, fn->content_type);
   }
 
   client = client_key (req);
@@ -309,13 +343,16 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
   case CRUNCH_ADMIT_OK:
     break;
   case CRUNCH_ADMIT_QUEUE_FULL:
+    crunch_metrics_rejection (CRUNCH_REJECT_QUEUE_FULL);
     return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "job queue is full, retry later",
                           MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
   case CRUNCH_ADMIT_CLIENT_LIMIT:
+    crunch_metrics_rejection (CRUNCH_REJECT_CLIENT_LIMIT);
     return respond_error (req, MHD_HTTP_TOO_MANY_REQUESTS,
                           "too many requests in flight for this client, retry later",
                           MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
   case CRUNCH_ADMIT_DRAINING:
+    crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
     return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down",
                           MHD_HTTP_HEADER_CONNECTION, "close", MHD_HTTP_HEADER_RETRY_AFTER, "1",
                           NULL);
@@ -325,6 +362,8 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
   g_atomic_int_inc (&server->in_flight);
   /* Suspend first: the job may finish (and resume us) before submit() even returns. */
   MHD_suspend_connection (req->connection);
+  set_suspended (req, TRUE);
+  crunch_metrics_job_event (fn, CRUNCH_JOB_EVENT_SUBMITTED);
   req->parked =
       crunch_parked_add (server->parked, connection_fd (req->connection), deadline, req->ticket);
   crunch_scheduler_submit (server->scheduler, req->ticket);
@@ -377,17 +416,54 @@ crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs)
 /* ---- the access handler ---- */
 
 static enum MHD_Result
+respond_too_large (CrunchRequest *req)
+{
+  crunch_metrics_rejection (CRUNCH_REJECT_BODY_TOO_LARGE);
+  return respond_error (req, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large", NULL);
+}
+
+/* With a separate ops daemon, ops routes live there and only there. */
+static gboolean
+served_here (CrunchRequest *req, const CrunchRoute *route)
+{
+  return !req->server->has_ops || (route->lane == CRUNCH_LANE_OPS) == req->ops;
+}
+
+static enum MHD_Result
+respond_fast (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
+{
+  CrunchFastHandler handler =
+      route->lane == CRUNCH_LANE_OPS ? crunch_status_handler (route->function) : route->handler;
+  CrunchReply reply = handler (arg);
+  g_autoptr (GBytes) bytes = reply.bytes;
+
+  if (bytes != NULL)
+    return respond_bytes (req, reply.status, bytes, reply.content_type);
+  if (reply.status >= 400) {
+    /* an error page like any other: plain text naming the request id */
+    g_autofree gchar *message = g_strchomp (g_strdup (reply.body));
+    return respond_error (req, reply.status, message, NULL);
+  }
+  return respond_static (req, reply.status, reply.body, reply.content_type);
+}
+
+static enum MHD_Result
 route_request (CrunchRequest *req)
 {
   CrunchRouteMatch match;
+  CrunchRouteStatus found;
 
   if (req->body_bytes > (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED))
-    return respond_error (req, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large", NULL);
+    return respond_too_large (req);
   if (*req->path == '\0') /* emptied by unescape_path() */
     return respond_error (req, MHD_HTTP_BAD_REQUEST,
                           "malformed percent-encoding (or %00) in the request path", NULL);
 
-  switch (crunch_routes_match (req->method, req->path, &match)) {
+  found = crunch_routes_match (req->method, req->path, &match);
+  if (found != CRUNCH_ROUTE_NOT_FOUND && !served_here (req, match.route))
+    found = CRUNCH_ROUTE_NOT_FOUND;
+  req->route = found != CRUNCH_ROUTE_NOT_FOUND ? match.route : NULL;
+  switch (found) {
   case CRUNCH_ROUTE_NOT_FOUND:
     return respond_error (req, MHD_HTTP_NOT_FOUND, "no such route", NULL);
   case CRUNCH_ROUTE_METHOD_NOT_ALLOWED:
@@ -400,9 +476,7 @@ route_request (CrunchRequest *req)
     return route_compute (req, match.route, match.arg);
   if (match.route->lane == CRUNCH_LANE_JOBS)
     return respond_jobs (req, match.arg);
-
-  CrunchReply reply = match.route->handler (match.arg);
-  return respond_static (req, reply.status, reply.body, reply.content_type);
+  return respond_fast (req, match.route, match.arg);
 }
 
 /* First call: Content-Length already over the cap can be refused before the body is read. */
@@ -421,18 +495,23 @@ static enum MHD_Result
 on_request (void *cls, struct MHD_Connection *connection, const char *url, const char *method,
             const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls)
 {
+  const Listener *listener = cls;
   CrunchRequest *req = *req_cls;
 
   if (req == NULL) {
     req = g_new0 (CrunchRequest, 1);
-    req->server = cls;
+    req->server = listener->server;
+    req->ops = listener->ops;
     req->connection = connection;
     req->t_start = g_get_monotonic_time ();
     req->method = g_strdup (method);
     req->path = g_strdup (url);
+    req->protocol = g_str_equal (version, MHD_HTTP_VERSION_1_0) ? "HTTP/1.0" : "HTTP/1.1";
+    crunch_request_id (req->request_id, MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
+                                                                     CRUNCH_REQUEST_ID_HEADER));
     *req_cls = req;
     if (declared_body_too_large (req))
-      return respond_error (req, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large", NULL);
+      return respond_too_large (req);
     return MHD_YES;
   }
   if (*upload_data_size > 0) {
@@ -460,29 +539,42 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
 }
 
 static void
-log_access (CrunchRequest *req)
+log_access (CrunchRequest *req, gint64 duration_us)
 {
-  gint64 now = g_get_monotonic_time ();
-  g_autofree gchar *timing = NULL;
-  gchar status[16];
+  g_autofree gchar *client = NULL;
   CrunchTicket *ticket = req->ticket;
+  gboolean ran = ticket != NULL && ticket->t_started != 0;
 
-  if (!crunch_logging_access_enabled ())
+  if (crunch_logging_access_format () == CRUNCH_ACCESS_LOG_OFF)
     return;
-  if (ticket != NULL && ticket->t_started != 0)
-    timing = g_strdup_printf (
-        " queued=%.3fms computed=%.3fms%s", MAX (ticket->t_started - ticket->t_submitted, 0) / 1e3,
-        (ticket->t_finished - ticket->t_started) / 1e3, ticket->coalesced ? " coalesced" : "");
-  else if (ticket != NULL)
-    timing = g_strdup_printf (" %s", crunch_job_outcome_name (ticket->outcome));
-  else if (req->cached)
-    timing = g_strdup (" cached");
-  g_snprintf (status, sizeof status, "%u", req->status);
-  /* journald fields (see crunchd(8), LOGGING): journalctl -u crunchd STATUS=503 */
-  g_log_structured (CRUNCH_LOG_ACCESS_DOMAIN, G_LOG_LEVEL_INFO, "ROUTE", req->path, "METHOD",
-                    req->method, "STATUS", status, "MESSAGE", "%s %s %u %zu bytes %.3fms%s",
-                    req->method, req->path, req->status, req->bytes, (now - req->t_start) / 1e3,
-                    timing ? timing : "");
+  client = client_address (req->connection);
+  crunch_access_log (&(CrunchAccessRecord){
+      .client = client,
+      .method = req->method,
+      .path = req->path,
+      .protocol = req->protocol,
+      .status = req->status,
+      .bytes = req->bytes,
+      .duration_us = duration_us,
+      .request_id = req->request_id,
+      .queue_us = ran ? MAX (ticket->t_started - ticket->t_submitted, 0) : -1,
+      .run_us = ran ? ticket->t_finished - ticket->t_started : -1,
+      .outcome = ticket != NULL ? crunch_job_outcome_name (ticket->outcome)
+                 : req->cached  ? "cached"
+                                : NULL,
+      .coalesced = ticket != NULL && ticket->coalesced,
+  });
+}
+
+/* A compute request's share of the job metrics (its job's run time is counted where it ran). */
+static void
+count_ticket (const CrunchTicket *ticket)
+{
+  if (ticket->coalesced)
+    crunch_metrics_job_event (ticket->fn, CRUNCH_JOB_EVENT_COALESCED);
+  crunch_metrics_job_answered (
+      ticket->fn, ticket->outcome,
+      ticket->t_started != 0 ? MAX (ticket->t_started - ticket->t_submitted, 0) : -1);
 }
 
 /* MHD_OPTION_NOTIFY_COMPLETED: the single place a request ends. */
@@ -492,13 +584,19 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
 {
   CrunchServer *server = cls;
   CrunchRequest *req = *req_cls;
+  gint64 duration_us;
 
   if (req == NULL)
     return;
   *req_cls = NULL;
   if (req->status == 0)
     req->status = 499; /* nginx's "client closed request": nothing was sent */
-  log_access (req);
+  duration_us = g_get_monotonic_time () - req->t_start;
+  crunch_metrics_request (req->route, req->method, req->status, duration_us);
+  if (req->ticket != NULL)
+    count_ticket (req->ticket);
+  log_access (req, duration_us);
+  set_suspended (req, FALSE);
   __atomic_add_fetch (&server->served, 1, __ATOMIC_RELAXED);
   if (req->ticket != NULL) {
     crunch_parked_remove (server->parked, g_steal_pointer (&req->parked));
@@ -548,6 +646,33 @@ on_expired (gpointer ticket, CrunchJobOutcome why, gpointer data)
   crunch_scheduler_abandon (self->scheduler, ticket, why);
 }
 
+/* MHD_OPTION_NOTIFY_CONNECTION: a gauge, one atomic per connection (not per request). */
+static void
+on_connection (void *cls, struct MHD_Connection *connection, void **socket_context,
+               enum MHD_ConnectionNotificationCode toe)
+{
+  CrunchServer *server = cls;
+
+  g_atomic_int_add (&server->open_connections, toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
+}
+
+/* The metrics gauge source; any thread that scrapes. */
+static void
+fill_gauges (CrunchGauges *g, gpointer data)
+{
+  CrunchServer *self = data;
+  CrunchSchedulerStats stats;
+
+  crunch_scheduler_get_stats (self->scheduler, &stats);
+  g->jobs_queued = stats.queued;
+  g->jobs_running = stats.running;
+  g->workers_busy = stats.running;
+  g->workers_total = stats.threads;
+  g->queue_limit = stats.queue_limit;
+  g->connections_open = (guint)MAX (g_atomic_int_get (&self->open_connections), 0);
+  g->draining = g_atomic_int_get (&self->draining);
+}
+
 CrunchServer *
 crunch_server_new (CrunchScheduler *scheduler, const CrunchConfig *config)
 {
@@ -563,7 +688,12 @@ crunch_server_new (CrunchScheduler *scheduler, const CrunchConfig *config)
   self->max_connections_per_ip = config->max_connections_per_ip;
   self->connection_timeout = config->connection_timeout;
   self->listen = g_strdupv (config->listen);
+  self->metrics_listen = g_strdup (config->metrics_listen);
+  self->has_ops = *self->metrics_listen != '\0';
+  self->public_listener = (Listener){self, FALSE};
+  self->ops_listener = (Listener){self, TRUE};
   crunch_server_configure (self, config);
+  crunch_metrics_set_gauge_source (fill_gauges, self);
   return self;
 }
 
@@ -573,9 +703,10 @@ crunch_server_configure (CrunchServer *self, const CrunchConfig *config)
   __atomic_store_n (&self->max_body_size, (gint64)config->max_body_size, __ATOMIC_RELAXED);
 }
 
-/* "listening on http://127.0.0.1:8000/": tests read the port from this line. */
+/* "listening on http://127.0.0.1:8000/": tests read the port from this line. The ops daemon
+ * says "ops endpoints (...) on http://...", which does not contain "listening on". */
 static void
-log_listening (struct MHD_Daemon *daemon)
+log_listening (struct MHD_Daemon *daemon, gboolean ops)
 {
   const union MHD_DaemonInfo *info = MHD_get_daemon_info (daemon, MHD_DAEMON_INFO_LISTEN_FD);
   struct sockaddr_storage addr;
@@ -589,13 +720,15 @@ log_listening (struct MHD_Daemon *daemon)
   if (!G_IS_INET_SOCKET_ADDRESS (sa))
     return;
   host = g_inet_address_to_string (g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (sa)));
-  g_message ("listening on http://%s%s%s:%u/", addr.ss_family == AF_INET6 ? "[" : "", host,
-             addr.ss_family == AF_INET6 ? "]" : "",
+  g_message ("%s http://%s%s%s:%u/",
+             ops ? "ops endpoints (/metrics, /healthz, /readyz, /status) on" : "listening on",
+             addr.ss_family == AF_INET6 ? "[" : "", host, addr.ss_family == AF_INET6 ? "]" : "",
              g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (sa)));
 }
 
 static gboolean
-start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, GError **error)
+start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, gboolean ops,
+              GError **error)
 {
   guint flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                 MHD_USE_ERROR_LOG;
@@ -604,6 +737,7 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
       {MHD_OPTION_PER_IP_CONNECTION_LIMIT, self->max_connections_per_ip, NULL},
       {MHD_OPTION_CONNECTION_TIMEOUT, self->connection_timeout, NULL},
       {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, self},
+      {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, self},
       {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
       {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_path, NULL},
       {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
@@ -615,15 +749,36 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
 
   if (fd < 0 && addr->ss_family == AF_INET6)
     flags |= MHD_USE_IPv6;
-  daemon = MHD_start_daemon (flags, 0, NULL, NULL, on_request, self, MHD_OPTION_ARRAY, options,
-                             MHD_OPTION_END);
+  daemon = MHD_start_daemon (flags, 0, NULL, NULL, on_request,
+                             ops ? &self->ops_listener : &self->public_listener, MHD_OPTION_ARRAY,
+                             options, MHD_OPTION_END);
   if (daemon == NULL) {
     g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "libmicrohttpd could not start: %s",
                  fd >= 0 ? "bad socket from systemd" : g_strerror (errno));
     return FALSE;
   }
-  g_ptr_array_add (self->daemons, daemon);
-  log_listening (daemon);
+  if (ops)
+    self->ops_daemon = daemon;
+  else
+    g_ptr_array_add (self->daemons, daemon);
+  log_listening (daemon, ops);
+  return TRUE;
+}
+
+static gboolean
+listen_on (CrunchServer *self, const gchar *address, gboolean ops, GError **error)
+{
+  struct sockaddr_storage addr;
+  socklen_t len;
+  g_autoptr (GError) local = NULL;
+
+  if (!crunch_parse_listen_address (address, &addr, &len, error))
+    return FALSE;
+  if (!start_daemon (self, -1, &addr, ops, &local)) {
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "cannot listen on %s: %s", address,
+                 local->message);
+    return FALSE;
+  }
   return TRUE;
 }
 
@@ -631,22 +786,14 @@ gboolean
 crunch_server_start (CrunchServer *self, GArray *listen_fds, GError **error)
 {
   for (guint i = 0; i < listen_fds->len; i++) {
-    if (!start_daemon (self, g_array_index (listen_fds, gint, i), NULL, error))
+    if (!start_daemon (self, g_array_index (listen_fds, gint, i), NULL, FALSE, error))
       return FALSE;
   }
   for (gchar **l = self->listen; listen_fds->len == 0 && *l != NULL; l++) {
-    struct sockaddr_storage addr;
-    socklen_t len;
-    g_autoptr (GError) local = NULL;
-    if (!crunch_parse_listen_address (*l, &addr, &len, error) ||
-        !start_daemon (self, -1, &addr, &local)) {
-      if (local != NULL)
-        g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "cannot listen on %s: %s", *l,
-                     local->message);
+    if (!listen_on (self, *l, FALSE, error))
       return FALSE;
-    }
   }
-  return TRUE;
+  return !self->has_ops || listen_on (self, self->metrics_listen, TRUE, error);
 }
 
 void
@@ -685,9 +832,13 @@ crunch_server_free (CrunchServer *self)
   if (self == NULL)
     return;
   g_warn_if_fail (g_atomic_int_get (&self->in_flight) == 0);
+  crunch_metrics_set_gauge_source (NULL, NULL);
   for (guint i = 0; i < self->daemons->len; i++)
     MHD_stop_daemon (self->daemons->pdata[i]);
+  if (self->ops_daemon != NULL)
+    MHD_stop_daemon (self->ops_daemon);
   g_ptr_array_unref (self->daemons);
+  g_free (self->metrics_listen);
   crunch_parked_free (self->parked);
   g_strfreev (self->listen);
   g_free (self->client_key_header);

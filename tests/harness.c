@@ -292,7 +292,28 @@ test_http_body (const gchar *method, const gchar *url, const gchar *const *heade
   reply->body_len = body->len;
   g_byte_array_append (body, (const guint8 *)"", 1);
   reply->body = (gchar *)g_byte_array_free (body, FALSE);
+  reply->body_request_id = test_strip_request_id (reply->body);
   return reply;
+}
+
+gchar *
+test_strip_request_id (gchar *body)
+{
+  static GRegex *suffix;
+  g_autoptr (GMatchInfo) match = NULL;
+  gint start;
+  gchar *id;
+
+  if (g_once_init_enter (&suffix))
+    g_once_init_leave (&suffix,
+                       g_regex_new (" \\(request id ([A-Za-z0-9._:-]{1,64})\\)\n$", 0, 0, NULL));
+  if (body == NULL || !g_regex_match (suffix, body, 0, &match))
+    return NULL;
+  id = g_match_info_fetch (match, 1);
+  g_match_info_fetch_pos (match, 0, &start, NULL);
+  body[start] = '\n';
+  body[start + 1] = '\0';
+  return id;
 }
 
 void
@@ -301,6 +322,7 @@ test_reply_free (TestReply *reply)
   if (reply == NULL)
     return;
   g_free (reply->body);
+  g_free (reply->body_request_id);
   g_hash_table_unref (reply->headers);
   g_free (reply);
 }

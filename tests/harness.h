@@ -46,6 +46,7 @@ typedef struct {
   GHashTable *headers; /* lower-case name -> value */
   gdouble seconds;     /* total time */
   gint curl_code;
+  gchar *body_request_id; /* an error body's "(request id X)" suffix, removed from body */
 } TestReply;
 
 /* One request on a fresh connection. method: "GET", "HEAD", "POST", ... headers: NULL-terminated
@@ -55,6 +56,9 @@ TestReply *test_http (const gchar *method, const gchar *url, const gchar *const 
 TestReply *test_http_body (const gchar *method, const gchar *url, const gchar *const *headers,
                            const gchar *data);
 void test_reply_free (TestReply *reply);
+/* Error bodies end with " (request id X)": cuts that off `body` (in place, keeping the final
+ * newline) so tests compare the message alone, and returns X (free it), or NULL if absent. */
+gchar *test_strip_request_id (gchar *body);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestReply, test_reply_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestServer, test_server_stop)
 

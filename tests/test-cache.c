@@ -33,7 +33,7 @@ test_lru (void)
 
   crunch_cache_insert (cache, "a", a);
   crunch_cache_insert (cache, "b", b);
-  assert_cached (cache, "a", "A"); /* a is now the most recent */
+  assert_cached (cache, "a", "A");     /* a is now the most recent */
   crunch_cache_insert (cache, "c", c); /* evicts b, the least recent */
   assert_cached (cache, "b", NULL);
   assert_cached (cache, "a", "A");

@@ -17,18 +17,21 @@ test_defaults (void)
   g_assert_cmpuint (c->fib_max_n, ==, 92);
   g_assert_cmpfloat (c->fib_timeout, ==, 30.0);
   g_assert_cmpstr (c->log_level, ==, "info");
-  g_assert_true (c->log_access);
+  g_assert_cmpint (c->log_access, ==, CRUNCH_ACCESS_LOG_COMMON);
+  g_assert_true (c->metrics_enabled);
+  g_assert_cmpstr (c->metrics_listen, ==, "");
 }
 
 static void
 test_good_file (void)
 {
-  const gchar *ini = "# comment\n"
-                     "[server]\nlisten = 127.0.0.1:9000, [::1]:9001\nmax_connections = 2000\n"
-                     "shutdown_timeout = 2.5\n"
-                     "[executor]\nthreads = 4\nqueue_limit = 100\nnice = 5\n"
-                     "[fib]\nmax_n = 93\ntimeout = 0.5\n"
-                     "[log]\nlevel = debug\naccess = false\n";
+  const gchar *ini =
+      "# comment\n"
+      "[server]\nlisten = 127.0.0.1:9000, [::1]:9001\nmax_connections = 2000\n"
+      "shutdown_timeout = 2.5\n"
+      "[executor]\nthreads = 4\nqueue_limit = 100\nnice = 5\n"
+      "[fib]\nmax_n = 93\ntimeout = 0.5\n"
+      "[log]\nlevel = debug\naccess = json\n[metrics]\nenabled = false\nlisten = 127.0.0.1:9100\n";
   g_autoptr (GError) error = NULL;
   g_autoptr (CrunchConfig) c = crunch_config_load_data (ini, "good.ini", &error);
 
@@ -44,7 +47,9 @@ test_good_file (void)
   g_assert_cmpuint (c->fib_max_n, ==, 93);
   g_assert_cmpfloat (c->fib_timeout, ==, 0.5);
   g_assert_cmpstr (c->log_level, ==, "debug");
-  g_assert_false (c->log_access);
+  g_assert_cmpint (c->log_access, ==, CRUNCH_ACCESS_LOG_JSON);
+  g_assert_false (c->metrics_enabled);
+  g_assert_cmpstr (c->metrics_listen, ==, "127.0.0.1:9100");
 }
 
 static void
@@ -63,7 +68,13 @@ test_bad_files (void)
       {"[fib]\nmax_n = 94\n", "t.ini: [fib] max_n = '94': out of range (0 to 93)"},
       {"[fib]\ntimeout = soon\n", "t.ini: [fib] timeout = 'soon': not a number"},
       {"[fib]\ntimeout = 0\n", "t.ini: [fib] timeout = '0': out of range (0.001 to 86400)"},
-      {"[log]\naccess = yes\n", "t.ini: [log] access = 'yes': expected true or false"},
+      {"[log]\naccess = true\n",
+       "t.ini: [log] access = 'true': expected one of: off, common, json"},
+      {"[metrics]\nenabled = 1\n", "t.ini: [metrics] enabled = '1': expected true or false"},
+      {"[metrics]\nlisten = localhost:9100\n",
+       "t.ini: [metrics] listen = 'localhost:9100': 'localhost:9100': the address must be numeric "
+       "(for example 127.0.0.1:8000 or [::1]:8000)"},
+      {"[metrics]\nport = 9100\n", "t.ini: [metrics] port: unknown key"},
       {"[log]\nlevel = loud\n",
        "t.ini: [log] level = 'loud': expected one of: error, critical, warning, message, info, "
        "debug"},
@@ -77,10 +88,10 @@ test_bad_files (void)
        "t.ini: [executor] queue_limit = '80': queue_limit + threads (4) must not exceed 3/4 of "
        "[server] max_connections (100), or parked jobs could lock out /fast"},
       {"[executor]\nclient_key = cookie\n",
-     "t.ini: [executor] client_key = 'cookie': expected ip or header:NAME"},
-    {"[executor]\nclient_key = header:X Key\n",
-     "t.ini: [executor] client_key = 'header:X Key': expected ip or header:NAME"},
-    {"not an ini file\n", NULL},
+       "t.ini: [executor] client_key = 'cookie': expected ip or header:NAME"},
+      {"[executor]\nclient_key = header:X Key\n",
+       "t.ini: [executor] client_key = 'header:X Key': expected ip or header:NAME"},
+      {"not an ini file\n", NULL},
   };
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {

@@ -82,10 +82,15 @@ test_errors (void)
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
     URL (cases[i].path);
-    g_autoptr (TestReply) r = test_http (cases[i].method, url, NULL);
+    /* error bodies end with the request id, here the one the client sent */
+    g_autofree gchar *id = g_strdup_printf ("X-Request-Id: err-%zu", i);
+    g_autoptr (TestReply) r = test_http (cases[i].method, url, (const gchar *[]){id, NULL});
+    g_autofree gchar *expect_id = g_strdup_printf ("err-%zu", i);
     g_test_message ("%s %s", cases[i].method, cases[i].path);
     g_assert_cmpint (r->status, ==, cases[i].status);
     g_assert_cmpstr (r->body, ==, cases[i].body);
+    g_assert_cmpstr (r->body_request_id, ==, expect_id);
+    g_assert_cmpstr (g_hash_table_lookup (r->headers, "x-request-id"), ==, expect_id);
     g_assert_cmpstr (g_hash_table_lookup (r->headers, "content-type"), ==,
                      "text/plain; charset=utf-8");
     if (cases[i].status == 405)

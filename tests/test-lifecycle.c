@@ -68,8 +68,9 @@ static void
 test_sigterm_drains (void)
 {
   enum { RUNNING = 2, QUEUED = 3 };
-  TestServer *server = test_server_start ("[server]\nshutdown_timeout = 30\n[executor]\ncoalesce = false\n",
-                                          (const gchar *[]){"--threads=2", NULL});
+  TestServer *server =
+      test_server_start ("[server]\nshutdown_timeout = 30\n[executor]\ncoalesce = false\n",
+                         (const gchar *[]){"--threads=2", NULL});
   guint n = test_fib_n_for (server, 0.6);
   g_autofree gchar *path = g_strdup_printf ("/fib/%u", n);
   Call calls[RUNNING + QUEUED];

@@ -1,5 +1,5 @@
 /* test-logging.c - what journald receives: the level filter, and the structured fields of the
- * access log (PRIORITY, METHOD, ROUTE, STATUS) from a server running in this process. */
+ * access log (PRIORITY, METHOD, ROUTE, STATUS, REQUEST_ID) from a server running in this process. */
 #include <gio/gio.h>
 #include <string.h>
 
@@ -115,13 +115,14 @@ test_access_fields (void)
   missing = http_get (port, "/nowhere");
   g_assert_nonnull (strstr (missing, " 404"));
 
-  GHashTable *fast = find_record ("GET /fast 200");
+  GHashTable *fast = find_record ("\"GET /fast HTTP/1.0\" 200");
   assert_field (fast, "PRIORITY", "6"); /* info */
   assert_field (fast, "GLIB_DOMAIN", CRUNCH_LOG_ACCESS_DOMAIN);
   assert_field (fast, "METHOD", "GET");
   assert_field (fast, "ROUTE", "/fast");
   assert_field (fast, "STATUS", "200");
-  GHashTable *nowhere = find_record ("GET /nowhere 404");
+  g_assert_nonnull (g_hash_table_lookup (fast, "REQUEST_ID"));
+  GHashTable *nowhere = find_record ("\"GET /nowhere HTTP/1.0\" 404");
   assert_field (nowhere, "ROUTE", "/nowhere");
   assert_field (nowhere, "STATUS", "404");
 

@@ -14,7 +14,7 @@ front_ini (const gchar *servers, const gchar *extra)
   return g_strdup_printf ("[executor]\nbackend = nats\nthreads = 4\ncoalesce = false\n"
                           "[nats]\nservers = %s\nattempt_timeout = 0.5\nretries = 6\n"
                           "reconnect_wait = 0.05\nreconnect_grace = 0.5\n%s"
-                          "[fib]\ntimeout = 10\n[log]\naccess = false\n",
+                          "[fib]\ntimeout = 10\n[log]\naccess = off\n",
                           servers, extra ? extra : "");
 }
 
@@ -338,7 +338,7 @@ test_overhead (void)
   g_autofree gchar *fini = front_ini (nats->url, NULL);
   TestWorker *w1 = test_worker_start (wini, "w1", 2);
   TestServer *remote = test_server_start (fini, NULL);
-  TestServer *local = test_server_start ("[executor]\nthreads = 2\n[log]\naccess = false\n", NULL);
+  TestServer *local = test_server_start ("[executor]\nthreads = 2\n[log]\naccess = off\n", NULL);
   g_autofree gchar *remote_url = test_server_url (remote, "/fib/1");
   g_autofree gchar *local_url = test_server_url (local, "/fib/1");
   gdouble l50, l99, r50, r99;

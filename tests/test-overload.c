@@ -226,7 +226,7 @@ test_coalescing (void)
 static void
 test_cache (void)
 {
-  TestServer *server = test_server_start ("[cache]\nentries = 4\n", NULL);
+  TestServer *server = test_server_start ("[cache]\nentries = 4\n[log]\naccess = json\n", NULL);
   g_autofree gchar *url = test_server_url (server, "/fib/27");
   g_autofree gchar *log = NULL;
 
@@ -238,8 +238,9 @@ test_cache (void)
   g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
   g_assert_cmpint (test_log_total (log, "jobs_started"), ==, 1);
   g_assert_cmpint (test_log_total (log, "cache_hits"), ==, 2);
-  g_assert_nonnull (strstr (log, "GET /fib/27 200 6 bytes"));
-  g_assert_nonnull (strstr (log, " cached"));
+  g_assert_nonnull (strstr (log, "\"path\":\"/fib/27\",\"protocol\":\"HTTP/1.1\",\"status\":200,"
+                                 "\"bytes\":6,"));
+  g_assert_nonnull (strstr (log, "\"outcome\":\"cached\""));
 }
 
 /* With every worker busy, 200 sequential /fast requests keep a p99 under 20 ms. */

@@ -1,0 +1,101 @@
+/* metrics.h - process-wide counters, gauges and histograms; Prometheus text output.
+ *
+ * Hooks (crunch_metrics_request(), crunch_metrics_job_*(), crunch_metrics_rejection()) may be
+ * called from any thread at any rate: each is a handful of relaxed atomic additions, no lock.
+ * Readers (the /metrics and /status.json handlers) add the counters up when asked. */
+#pragma once
+
+#include <glib.h>
+
+#include "executor.h"
+#include "routes.h"
+
+/* What can happen to a compute request, per function: submitted, then one outcome; coalesced and
+ * cache hits count requests that did not start a computation of their own. */
+typedef enum {
+  CRUNCH_JOB_EVENT_SUBMITTED,
+  CRUNCH_JOB_EVENT_COMPLETED,   /* CRUNCH_JOB_OK */
+  CRUNCH_JOB_EVENT_FAILED,      /* CRUNCH_JOB_FAILED */
+  CRUNCH_JOB_EVENT_TIMED_OUT,   /* CRUNCH_JOB_TIMED_OUT */
+  CRUNCH_JOB_EVENT_CLIENT_GONE, /* CRUNCH_JOB_CLIENT_GONE: cancelled, nobody waited */
+  CRUNCH_JOB_EVENT_SHUTDOWN,    /* CRUNCH_JOB_SHUTDOWN */
+  CRUNCH_JOB_EVENT_COALESCED,   /* a request joined an identical job already under way */
+  CRUNCH_JOB_EVENT_CACHE_HIT,   /* a request was answered from a stored result */
+  CRUNCH_JOB_EVENT_COUNT
+} CrunchJobEvent;
+
+/* Why a request was refused before any work (crunchd_rejections_total{reason=...}). */
+typedef enum {
+  CRUNCH_REJECT_QUEUE_FULL,     /* 503 */
+  CRUNCH_REJECT_DRAINING,       /* 503 */
+  CRUNCH_REJECT_CLIENT_LIMIT,   /* 429: the client's share of the queue is used up */
+  CRUNCH_REJECT_BODY_TOO_LARGE, /* 413 */
+  CRUNCH_REJECT_COUNT
+} CrunchRejection;
+
+/* Point-in-time values the metrics module cannot count itself; filled by the gauge source. */
+typedef struct {
+  guint jobs_queued;
+  guint jobs_running;
+  guint workers_busy;
+  guint workers_total;
+  guint queue_limit;
+  guint connections_open;
+  gboolean draining;
+} CrunchGauges;
+typedef void (*CrunchGaugeFunc) (CrunchGauges *gauges, gpointer data);
+
+/* Records the process start time. */
+void crunch_metrics_init (void);
+void crunch_metrics_set_enabled (gboolean enabled);
+gboolean crunch_metrics_enabled (void);
+/* The server registers where gauges come from; NULL clears it. */
+void crunch_metrics_set_gauge_source (CrunchGaugeFunc func, gpointer data);
+void crunch_metrics_get_gauges (CrunchGauges *gauges);
+
+/* ---- hooks ---- */
+
+/* A request ended. route: the matched route, NULL when none matched. */
+void crunch_metrics_request (const CrunchRoute *route, const gchar *method, guint status,
+                             gint64 duration_us);
+void crunch_metrics_rejection (CrunchRejection reason);
+void crunch_metrics_job_event (const CrunchFunction *fn, CrunchJobEvent event);
+/* A compute request got its answer: counts the outcome, and observes how long it waited for a
+ * worker (queue_wait_us < 0: its job never started). Once per request. */
+void crunch_metrics_job_answered (const CrunchFunction *fn, CrunchJobOutcome outcome,
+                                  gint64 queue_wait_us);
+/* A computation ended on a worker (once per job, however many requests shared it): observes its
+ * run time and keeps it among the recent jobs for the status page. */
+void crunch_metrics_job_ran (const CrunchJob *job);
+/* A compute request parked (+1) or woke up (-1). */
+void crunch_metrics_suspended_add (gint delta);
+
+/* ---- readers ---- */
+
+/* Prometheus text exposition format 0.0.4. */
+GBytes *crunch_metrics_render (void);
+#define CRUNCH_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+guint64 crunch_metrics_requests_total (void);
+guint64 crunch_metrics_jobs_total (CrunchJobEvent event);
+guint crunch_metrics_suspended (void);
+gint64 crunch_metrics_start_time (void); /* real time, microseconds */
+
+/* Per route label ("/fast", "/fib/", ..., and "none" for unmatched requests). */
+guint crunch_metrics_n_routes (void);
+const gchar *crunch_metrics_route_label (guint i);
+guint64 crunch_metrics_route_requests (guint i);
+/* The q-quantile (0..1) of the route's request durations since start, in seconds, interpolated
+ * within histogram buckets; 0 when there were none. */
+gdouble crunch_metrics_route_quantile (guint i, gdouble q);
+
+typedef struct {
+  gchar *function;
+  gchar *args; /* GVariant text */
+  const gchar *outcome;
+  gdouble run_seconds;
+  gint64 finished; /* real time, microseconds */
+} CrunchJobRecord;
+/* The `max` slowest (by run time) of the most recently finished jobs; free with
+ * g_ptr_array_unref. */
+GPtrArray *crunch_metrics_slowest_jobs (guint max);

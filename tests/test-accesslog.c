@@ -1,0 +1,99 @@
+/* test-accesslog.c - access log lines (CLF, JSON), JSON escaping and request ids. */
+#include "accesslog.h"
+#include "json.h"
+#include "requestid.h"
+
+static const CrunchAccessRecord fast = {
+    .client = "127.0.0.1",
+    .method = "GET",
+    .path = "/fast",
+    .protocol = "HTTP/1.1",
+    .status = 200,
+    .bytes = 6,
+    .duration_us = 123,
+    .request_id = "abc-1",
+    .queue_us = -1,
+    .run_us = -1,
+};
+
+static void
+test_common (void)
+{
+  g_autoptr (GDateTime) when = g_date_time_new_utc (2026, 11, 5, 9, 7, 3);
+  CrunchAccessRecord odd = fast;
+  g_autofree gchar *line = crunch_access_format (CRUNCH_ACCESS_LOG_COMMON, &fast, when);
+  g_autofree gchar *odd_line = NULL;
+
+  g_assert_cmpstr (line, ==,
+                   "127.0.0.1 - - [05/Nov/2026:09:07:03 +0000] \"GET /fast HTTP/1.1\" 200 6 "
+                   "\"abc-1\"");
+  odd.path = "/a\"b\n";
+  odd_line = crunch_access_format (CRUNCH_ACCESS_LOG_COMMON, &odd, when);
+  g_assert_nonnull (g_strstr_len (odd_line, -1, "\"GET /a\\\"b\\n HTTP/1.1\""));
+  g_assert_null (crunch_access_format (CRUNCH_ACCESS_LOG_OFF, &fast, when));
+}
+
+static void
+test_json (void)
+{
+  g_autoptr (GDateTime) when = g_date_time_new_utc (2026, 11, 25, 9, 0, 0);
+  CrunchAccessRecord job = fast;
+  g_autofree gchar *line = crunch_access_format (CRUNCH_ACCESS_LOG_JSON, &fast, when);
+  g_autofree gchar *job_line = NULL;
+
+  g_assert_cmpstr (line, ==,
+                   "{\"time\":\"2026-11-25T09:00:00Z\",\"remote\":\"127.0.0.1\",\"method\":\"GET\","
+                   "\"path\":\"/fast\",\"protocol\":\"HTTP/1.1\",\"status\":200,\"bytes\":6,"
+                   "\"request_id\":\"abc-1\",\"duration_ms\":0.123,\"queue_ms\":null,"
+                   "\"run_ms\":null,\"outcome\":null,\"coalesced\":false}");
+  job.path = "/fib/30";
+  job.duration_us = 2501234;
+  job.queue_us = 1500;
+  job.run_us = 2499000;
+  job.outcome = "ok";
+  job.coalesced = TRUE;
+  job_line = crunch_access_format (CRUNCH_ACCESS_LOG_JSON, &job, when);
+  g_assert_nonnull (g_strstr_len (job_line, -1,
+                                  "\"duration_ms\":2501.234,\"queue_ms\":1.500,\"run_ms\":2499.000,"
+                                  "\"outcome\":\"ok\",\"coalesced\":true}"));
+}
+
+static void
+test_json_escape (void)
+{
+  g_autoptr (GString) out = g_string_new (NULL);
+
+  crunch_json_append_string (out, "a\"b\\c\n\t\x01\xc3\xa9\xff");
+  g_assert_cmpstr (out->str, ==, "\"a\\\"b\\\\c\\n\\t\\u0001\xc3\xa9\xef\xbf\xbd\"");
+}
+
+static void
+test_request_id (void)
+{
+  gchar id[CRUNCH_REQUEST_ID_MAX + 1], other[CRUNCH_REQUEST_ID_MAX + 1];
+  g_autofree gchar *longer = g_strnfill (100, 'x');
+  g_autoptr (GRegex) generated = g_regex_new ("^[0-9a-f]{8}-[0-9a-f]{8}$", 0, 0, NULL);
+
+  crunch_request_id (id, "abc-123_X.y:z");
+  g_assert_cmpstr (id, ==, "abc-123_X.y:z");
+  crunch_request_id (id, "a b<c>\"d\r\ne");
+  g_assert_cmpstr (id, ==, "abcde");
+  crunch_request_id (id, longer);
+  g_assert_cmpuint (strlen (id), ==, CRUNCH_REQUEST_ID_MAX);
+  crunch_request_id (id, NULL);
+  crunch_request_id (other, "<<>>");
+  g_assert_true (g_regex_match (generated, id, 0, NULL));
+  g_assert_true (g_regex_match (generated, other, 0, NULL));
+  g_assert_cmpstr (id, !=, other);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/accesslog/common", test_common);
+  g_test_add_func ("/accesslog/json", test_json);
+  g_test_add_func ("/accesslog/json-escape", test_json_escape);
+  g_test_add_func ("/accesslog/request-id", test_request_id);
+  return g_test_run ();
+}
