@@ -175,8 +175,9 @@ test_fairness (void)
   guint n = test_fib_n_for (server, 0.05);
   g_autofree gchar *a_url = g_strdup_printf ("%s/fib/%u", server->base, n);
   g_autofree gchar *b_url = g_strdup_printf ("%s/fib/%u", server->base, n - 1);
-  g_autofree gchar *a_line = g_strdup_printf ("GET /fib/%u 200", n);
-  g_autofree gchar *b_line = g_strdup_printf ("GET /fib/%u 200", n - 1);
+  /* access log lines, Common Log Format: "GET /fib/N HTTP/1.1" 200 */
+  g_autofree gchar *a_line = g_strdup_printf ("GET /fib/%u HTTP/1.1\" 200", n);
+  g_autofree gchar *b_line = g_strdup_printf ("GET /fib/%u HTTP/1.1\" 200", n - 1);
   g_autofree gchar *log = NULL;
   guint a_before, a_between;
   const gchar *b_key[] = {"X-Api-Key: B", NULL};
