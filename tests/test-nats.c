@@ -367,7 +367,7 @@ test_plugins_remote (void)
   g_autofree gchar *wbase = worker_ini (nats->url);
   g_autofree gchar *wini = g_strconcat (wbase, plugins, NULL);
   g_autofree gchar *fini = front_ini (nats->url, plugins);
-  g_autofree gchar *local_ini = g_strconcat ("[log]\naccess = false\n", plugins, NULL);
+  g_autofree gchar *local_ini = g_strconcat ("[log]\naccess = off\n", plugins, NULL);
   TestWorker *w = test_worker_start (wini, "w1", 2);
   TestServer *remote = test_server_start (fini, NULL);
   TestServer *local = test_server_start (local_ini, NULL);
