@@ -186,6 +186,9 @@ crunch_functions_init (const CrunchConfig *config, GError **error)
 void
 crunch_functions_configure (const CrunchConfig *config)
 {
+  /* G_DEFINE_QUARK fills a plain static on first use: do it on the main thread at start-up,
+   * before worker threads could race on it (ThreadSanitizer saw two jobs failing at once) */
+  crunch_function_error_quark ();
   for (guint i = 0; order != NULL && i < order->len; i++) {
     CrunchFunction *fn = order->pdata[i];
     if (fn->configure != NULL)

@@ -1,0 +1,203 @@
+/* tsan-glib.c - make GLib's synchronization visible to ThreadSanitizer (TSan builds only).
+ *
+ * GLib's GMutex and GCond are built on raw futex system calls, which TSan cannot see, so every
+ * access made safe by a GMutex looks like a race, and so does every hand-off through a
+ * GThreadPool or an idle source. Linked into TSan builds only (configure
+ * --enable-sanitizers=thread), this file defines the GLib functions crunchd calls, calls the real
+ * ones (dlsym RTLD_NEXT) and tells TSan the happens-before edge each one creates:
+ *   g_mutex_lock/trylock/unlock   acquire/release on the mutex;
+ *   g_cond_wait/wait_until        release the mutex while waiting, acquire it again after;
+ *   g_thread_pool_push + worker   release on the item when pushed, acquire when a worker gets it;
+ *   g_thread_pool_free            acquire what every worker released after its last item;
+ *   g_idle_add + callback         release on the data when added, acquire when it runs;
+ *   g_bytes_unref, g_variant_unref  an acquire-release on the object, as the atomic count does.
+ * Definitions in the executable take precedence over libglib's for crunchd's own calls, so only
+ * crunchd's uses are annotated; races that remain are real, except for the few inside GLib and
+ * libc listed (each with the reason) in __tsan_default_suppressions() at the end. They are
+ * compiled in rather than given in TSAN_OPTIONS so that they hold however crunchd is started
+ * (systemd-socket-activate, for one, passes no environment on). */
+#include <dlfcn.h>
+#include <glib.h>
+#include <sanitizer/tsan_interface.h>
+
+/* The real function, looked up once (atomically: several threads may get here first). */
+#define REAL(name)                                                                                 \
+  static __typeof__ (&name) real_##name;                                                           \
+  if (__atomic_load_n (&real_##name, __ATOMIC_ACQUIRE) == NULL)                                    \
+    __atomic_store_n (&real_##name, (__typeof__ (&name))dlsym (RTLD_NEXT, #name), __ATOMIC_RELEASE);
+
+void
+g_mutex_lock (GMutex *mutex)
+{
+  REAL (g_mutex_lock);
+  real_g_mutex_lock (mutex);
+  __tsan_acquire (mutex);
+}
+
+gboolean
+g_mutex_trylock (GMutex *mutex)
+{
+  REAL (g_mutex_trylock);
+  if (!real_g_mutex_trylock (mutex))
+    return FALSE;
+  __tsan_acquire (mutex);
+  return TRUE;
+}
+
+void
+g_mutex_unlock (GMutex *mutex)
+{
+  REAL (g_mutex_unlock);
+  __tsan_release (mutex);
+  real_g_mutex_unlock (mutex);
+}
+
+void
+g_cond_wait (GCond *cond, GMutex *mutex)
+{
+  REAL (g_cond_wait);
+  __tsan_release (mutex);
+  real_g_cond_wait (cond, mutex);
+  __tsan_acquire (mutex);
+}
+
+gboolean
+g_cond_wait_until (GCond *cond, GMutex *mutex, gint64 end_time)
+{
+  REAL (g_cond_wait_until);
+  gboolean signalled;
+
+  __tsan_release (mutex);
+  signalled = real_g_cond_wait_until (cond, mutex, end_time);
+  __tsan_acquire (mutex);
+  return signalled;
+}
+
+/* ---- GThreadPool: the item is handed from the pushing thread to a worker ---- */
+
+typedef struct {
+  GFunc func;
+  gpointer user_data;
+} PoolFunc;
+
+/* What every worker has done so far, for g_thread_pool_free(). A single sync object for all
+ * pools: the free must not read the pool, which the last worker frees inside GLib. */
+static gint pools_done;
+
+static void
+pool_trampoline (gpointer item, gpointer data)
+{
+  PoolFunc *pf = data;
+
+  __tsan_acquire (item);
+  pf->func (item, pf->user_data);
+  __tsan_release (&pools_done);
+}
+
+GThreadPool *
+g_thread_pool_new (GFunc func, gpointer user_data, gint max_threads, gboolean exclusive,
+                   GError **error)
+{
+  REAL (g_thread_pool_new);
+  /* one small block per pool, never freed (see pools_done; TSan has no leak checker) */
+  PoolFunc *pf = g_new (PoolFunc, 1);
+
+  pf->func = func;
+  pf->user_data = user_data;
+  return real_g_thread_pool_new (pool_trampoline, pf, max_threads, exclusive, error);
+}
+
+gboolean
+g_thread_pool_push (GThreadPool *pool, gpointer item, GError **error)
+{
+  REAL (g_thread_pool_push);
+  __tsan_release (item);
+  return real_g_thread_pool_push (pool, item, error);
+}
+
+void
+g_thread_pool_free (GThreadPool *pool, gboolean immediate, gboolean wait_)
+{
+  REAL (g_thread_pool_free);
+  real_g_thread_pool_free (pool, immediate, wait_);
+  __tsan_acquire (&pools_done);
+}
+
+/* ---- reference counts: GLib's atomics are not instrumented ---- */
+
+/* The last unref frees, on whichever thread it happens (a job's result is dropped by the worker,
+ * the cache and MHD's response in any order). Each unref releases what its thread did and
+ * acquires what earlier unrefs released, as the atomic decrement does. */
+void
+g_bytes_unref (GBytes *bytes)
+{
+  REAL (g_bytes_unref);
+  if (bytes != NULL) {
+    __tsan_release (bytes);
+    __tsan_acquire (bytes);
+  }
+  real_g_bytes_unref (bytes);
+}
+
+void
+g_variant_unref (GVariant *value)
+{
+  REAL (g_variant_unref);
+  __tsan_release (value);
+  __tsan_acquire (value);
+  real_g_variant_unref (value);
+}
+
+/* ---- g_idle_add: data handed to the thread that runs the main context ---- */
+
+typedef struct {
+  GSourceFunc func;
+  gpointer data;
+} IdleFunc;
+
+static gboolean
+idle_trampoline (gpointer data)
+{
+  IdleFunc *idle = data;
+
+  __tsan_acquire (idle->data);
+  return idle->func (idle->data);
+}
+
+guint
+g_idle_add (GSourceFunc function, gpointer data)
+{
+  IdleFunc *idle = g_new (IdleFunc, 1);
+
+  idle->func = function;
+  idle->data = data;
+  __tsan_release (data);
+  return g_idle_add_full (G_PRIORITY_DEFAULT_IDLE, idle_trampoline, idle, g_free);
+}
+
+/* ---- suppressions: only reports inside GLib or libc internals, each checked by hand ---- */
+
+const char *__tsan_default_suppressions (void);
+const char *
+__tsan_default_suppressions (void)
+{
+  return
+      /* GLib 2.74's default log formatter calls localtime(), whose static struct tm two threads
+       * logging at the same moment share: at worst one stderr line shows the other's time. The
+       * state is libc's, the effect cosmetic, and not crunchd's to fix. */
+      "race:g_log_writer_format_fields\n"
+      /* localtime() -> tzset(): glibc serializes tzset_internal with an internal lock that TSan
+       * does not see (a false positive). */
+      "race:tzset_internal\n"
+      /* GLib's slice allocator (GList and GQueue nodes, g_slice_new) moves freed blocks between
+       * threads through magazines guarded by GLib's futex locks: TSan sees a block written by
+       * one thread reused by another with nothing in between. */
+      "race:g_slice_alloc\n"
+      "race:g_slice_alloc0\n"
+      "race:g_slice_free1\n"
+      /* With G_SLICE=always-malloc (make check sets it) the slices above are plain malloc, but
+       * then GAsyncQueue's own list nodes, which GThreadPool passes between threads under GLib's
+       * futex lock, show up freed on another thread than the one that allocated them. (cache.c
+       * also calls g_queue_pop_tail, under its GMutex, which this file makes visible.) */
+      "race:g_queue_pop_tail\n";
+}
