@@ -297,12 +297,14 @@ static void
 add_outcome (JsonBuilder *b, const Entry *entry)
 {
   g_autofree gchar *url = g_strconcat ("/jobs/", entry->id, "/result", NULL);
-  CrunchJobOutcome outcome = outcome_of (entry);
+  CrunchJobOutcome outcome;
   gsize size;
   gconstpointer data;
 
+  /* not before: until it is done, a worker may be writing the ticket's outcome (TSan saw it) */
   if (entry->t_done == 0)
     return;
+  outcome = outcome_of (entry);
   if (outcome == CRUNCH_JOB_OK) {
     data = g_bytes_get_data (result_of (entry), &size);
     add_string (b, "content_type", entry->fn->content_type);

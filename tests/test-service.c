@@ -144,7 +144,7 @@ test_activation_systemd_socket_activate (void)
   listen = g_strdup_printf ("127.0.0.1:%u", port);
   server = test_server_start_with (
       "", NULL,
-      &(TestServerSetup){.wrapper = (const gchar *[]){tool, "-l", listen, NULL},
+      &(TestServerSetup){.wrapper = (const gchar *[]){tool, "-l", listen, "-E", "G_SLICE", NULL},
                          .lazy_port = port});
   g_usleep (300000); /* let the tool bind before the first connection */
   assert_fast (server);
