@@ -163,7 +163,7 @@ test_soak (void)
   gdouble seconds = env ? g_ascii_strtod (env, NULL) : 60;
   TestServer *server = test_server_start ("[executor]\nthreads = 2\nqueue_limit = 6\n"
                                           "per_client_limit = 10\n"
-                                          "[fib]\ntimeout = 0.5\n[log]\naccess = false\n",
+                                          "[fib]\ntimeout = 0.5\n[log]\naccess = off\n",
                                           NULL);
   gint64 start = g_get_monotonic_time ();
   Client clients[CLIENTS];
