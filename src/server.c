@@ -284,6 +284,13 @@ parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
 {
   g_autoptr (GHashTable) values = NULL;
 
+  if (g_str_equal (req->method, "POST") &&
+      MHD_get_connection_values (req->connection, MHD_GET_ARGUMENT_KIND, NULL, NULL) > 0) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
+                 "%s: with POST the arguments go in the JSON body, not in the query string",
+                 fn->name);
+    return NULL;
+  }
   if (g_str_equal (req->method, "POST"))
     return crunch_args_from_body (fn, req->body ? (const gchar *)req->body->data : "",
                                   req->body ? req->body->len : 0, error);

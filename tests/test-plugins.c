@@ -1,5 +1,6 @@
 /* test-plugins.c - loading plugins, calling functions over /fn/<name>, argument validation. */
 #include <curl/curl.h>
+#include <signal.h>
 #include <string.h>
 
 #include "harness.h"
@@ -189,6 +190,66 @@ test_types_invalid (void)
   }
 }
 
+/* POST bodies are kept up to [server] max_body_size; beyond it 413, as for any route. */
+static void
+test_body_cap (void)
+{
+  g_autofree gchar *ini =
+      g_strdup_printf ("[server]\nmax_body_size = 64\n[plugins]\ndir = %s\n"
+                       "load = %s/types.so\n",
+                       env_dir ("CRUNCHD_PLUGINS"), env_dir ("CRUNCHD_TEST_PLUGINS"));
+  g_autoptr (TestServer) s = test_server_start (ini, NULL);
+  g_autofree gchar *url = test_server_url (s, "/fn/echo");
+  g_autofree gchar *query_url = test_server_url (s, "/fn/echo?i=1");
+  /* 64 bytes exactly, then one more */
+  const gchar *fits = "{\"i\": 1, \"f\": 0.5, \"s\": \"abcdefgh\",     \"b\": \"AAAA\"}            ";
+  g_autofree gchar *over = g_strconcat (fits, " ", NULL);
+  g_autoptr (TestReply) a = test_http_body ("POST", url, NULL, fits);
+  g_autoptr (TestReply) b = test_http_body ("POST", url, NULL, over);
+  g_autoptr (TestReply) c = test_http_body ("POST", query_url, NULL, "{}");
+
+  g_assert_cmpuint (strlen (fits), ==, 64);
+  g_assert_cmpint (a->status, ==, 200);
+  g_assert_cmpstr (a->body, ==, "i=1 f=0.5 s=abcdefgh d=7 b=000000");
+  g_assert_cmpint (b->status, ==, 413);
+  g_assert_cmpstr (b->body, ==, "request body too large\n");
+  g_assert_cmpint (c->status, ==, 400);
+  g_assert_cmpstr (c->body, ==,
+                   "echo: with POST the arguments go in the JSON body, not in the query string\n");
+}
+
+/* Plugins are not loaded or unloaded on SIGHUP: the change is reported, the old set serves. */
+static void
+test_reload_keeps_plugins (void)
+{
+  g_autofree gchar *ini =
+      g_strdup_printf ("[plugins]\ndir = %s\nload = spin\n", env_dir ("CRUNCHD_PLUGINS"));
+  g_autofree gchar *changed =
+      g_strdup_printf ("[plugins]\ndir = %s\nload = mandelbrot\n", env_dir ("CRUNCHD_PLUGINS"));
+  g_autoptr (TestServer) s = test_server_start (ini, NULL);
+  g_autofree gchar *path = g_build_filename (s->dir, "crunchd.ini", NULL);
+  g_autofree gchar *spin = test_server_url (s, "/fn/spin?seconds=0");
+  g_autofree gchar *mandel = test_server_url (s, "/fn/mandelbrot?size=1");
+  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
+  g_autoptr (TestReply) a = NULL, b = NULL;
+
+  g_assert_true (g_file_set_contents (path, changed, -1, NULL));
+  test_server_signal (s, SIGHUP);
+  for (;;) {
+    g_autofree gchar *log = test_server_log (s);
+    if (strstr (log, "configuration reloaded") != NULL) {
+      g_assert_nonnull (strstr (log, "reload: [plugins] dir and load apply only after a restart"));
+      break;
+    }
+    g_assert_cmpint (g_get_monotonic_time (), <, until);
+    g_usleep (20000);
+  }
+  a = test_http ("GET", spin, NULL);
+  b = test_http ("GET", mandel, NULL);
+  g_assert_cmpint (a->status, ==, 200);
+  g_assert_cmpint (b->status, ==, 404);
+}
+
 static void
 test_binary_result (void)
 {
@@ -299,6 +360,8 @@ main (int argc, char **argv)
   g_test_add_func ("/plugins/types-valid", test_types_valid);
   g_test_add_func ("/plugins/types-invalid", test_types_invalid);
   g_test_add_func ("/plugins/binary-result", test_binary_result);
+  g_test_add_func ("/plugins/body-cap", test_body_cap);
+  g_test_add_func ("/plugins/reload-keeps-plugins", test_reload_keeps_plugins);
   g_test_add_func ("/plugins/plugin-error", test_plugin_error);
   g_test_add_func ("/plugins/cancel-on-hang-up", test_cancel_on_hang_up);
   g_test_add_func ("/plugins/cancel-on-deadline", test_cancel_on_deadline);

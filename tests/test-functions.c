@@ -1,0 +1,187 @@
+/* test-functions.c - the function registry: declarations through the plugin ABI, their
+ * validation, the built-in fib's registration, running a declared function, canonical keys. */
+#include <string.h>
+
+#include "args.h"
+#include "functions.h"
+#include "plugins.h"
+
+static CrunchdStatus
+ok_run (const CrunchdCall *call, CrunchdResult *result)
+{
+  /* echoes its first argument's text form, to check what run() receives */
+  char *text =
+      g_strdup_printf ("%" G_GINT64_FORMAT " %s", call->args[0].v.i, call->args[1].v.s.data);
+  result->data = text;
+  result->len = strlen (text);
+  result->free_data = g_free;
+  return crunchd_cancelled (call) ? CRUNCHD_CANCELLED : CRUNCHD_OK;
+}
+
+static const CrunchdArg good_args[] = {
+    {"n", CRUNCHD_ARG_INT, 0, 10, "3", NULL},
+    {"s", CRUNCHD_ARG_STRING, 0, 4, "ab", NULL},
+};
+
+static CrunchdFunction
+good (const gchar *name)
+{
+  return (CrunchdFunction){name, NULL, good_args, 2, 1, 1, "text/plain", ok_run, NULL};
+}
+
+static void
+reset (void)
+{
+  crunch_functions_reset ();
+}
+
+static void
+test_bad_declarations (void)
+{
+  static const CrunchdArg bad_name[] = {{"N", CRUNCHD_ARG_INT, 0, 1, NULL, NULL}};
+  static const CrunchdArg bad_type[] = {{"n", 9, 0, 1, NULL, NULL}};
+  static const CrunchdArg bad_bounds[] = {{"n", CRUNCHD_ARG_INT, 2, 1, NULL, NULL}};
+  static const CrunchdArg neg_len[] = {{"s", CRUNCHD_ARG_STRING, -1, 1, NULL, NULL}};
+  static const CrunchdArg twice[] = {{"n", CRUNCHD_ARG_INT, 0, 1, NULL, NULL},
+                                     {"n", CRUNCHD_ARG_FLOAT, 0, 1, NULL, NULL}};
+  static const CrunchdArg bad_default[] = {{"n", CRUNCHD_ARG_INT, 0, 1, "7", NULL}};
+  const struct {
+    CrunchdFunction decl;
+    const gchar *message;
+  } cases[] = {
+      {{"Bad-Name", NULL, NULL, 0, 0, 1, "text/plain", ok_run, NULL},
+       "plugin 'p': function 'Bad-Name': name must match [a-z0-9_]+ (at most 64)"},
+      {{"f", NULL, NULL, 0, 0, 1, "text/plain", NULL, NULL},
+       "plugin 'p': function 'f': no run function"},
+      {{"f", NULL, NULL, 0, 0, 1, NULL, ok_run, NULL}, "plugin 'p': function 'f': no content_type"},
+      {{"f", NULL, NULL, 0, 0, 0, "text/plain", ok_run, NULL},
+       "plugin 'p': function 'f': deadline must be in (0, 86400] seconds"},
+      {{"f", NULL, NULL, 1, 0, 1, "text/plain", ok_run, NULL},
+       "plugin 'p': function 'f': n_args > 0 but args is NULL"},
+      {{"f", NULL, bad_name, 1, 0, 1, "text/plain", ok_run, NULL},
+       "plugin 'p': function 'f': argument 0: name must match [a-z0-9_]+"},
+      {{"f", NULL, bad_type, 1, 0, 1, "text/plain", ok_run, NULL},
+       "plugin 'p': function 'f': argument 'n': unknown type 9"},
+      {{"f", NULL, bad_bounds, 1, 0, 1, "text/plain", ok_run, NULL},
+       "plugin 'p': function 'f': argument 'n': bounds must be finite with min <= max"},
+      {{"f", NULL, neg_len, 1, 0, 1, "text/plain", ok_run, NULL},
+       "plugin 'p': function 'f': argument 's': a length bound cannot be negative"},
+      {{"f", NULL, twice, 2, 0, 1, "text/plain", ok_run, NULL},
+       "plugin 'p': function 'f': argument 'n' declared twice"},
+      {{"f", NULL, bad_default, 1, 0, 1, "text/plain", ok_run, NULL},
+       "plugin 'p': function 'f': bad default_value: f: argument 'n' must be an integer from 0 to "
+       "1, got '7'"},
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autoptr (GError) error = NULL;
+    reset ();
+    g_assert_false (crunch_functions_add (&cases[i].decl, "p", &error));
+    g_assert_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_REGISTRATION);
+    g_assert_cmpstr (error->message, ==, cases[i].message);
+    g_assert_null (crunch_functions_lookup ("f"));
+  }
+  reset ();
+}
+
+static void
+test_duplicate (void)
+{
+  static CrunchdFunction a, b;
+  g_autoptr (GError) error = NULL;
+
+  reset ();
+  a = good ("same");
+  b = good ("same");
+  g_assert_true (crunch_functions_add (&a, "one", NULL));
+  g_assert_false (crunch_functions_add (&b, "two", &error));
+  g_assert_cmpstr (error->message, ==,
+                   "plugin 'two': function 'same' is already registered by plugin 'one'");
+  reset ();
+}
+
+static int
+abi_init (CrunchdHost *host)
+{
+  return 0;
+}
+
+static void
+test_abi_version (void)
+{
+  const CrunchdPlugin future = {CRUNCHD_PLUGIN_ABI_VERSION + 1, "future", "1", abi_init};
+  const CrunchdPlugin current = {CRUNCHD_PLUGIN_ABI_VERSION, "current", "1", abi_init};
+  g_autoptr (GError) error = NULL;
+
+  g_assert_false (crunch_plugins_register (&future, "future", &error));
+  g_assert_true (g_str_has_prefix (error->message, "plugin 'future': built for plugin ABI 2, "));
+  g_assert_true (crunch_plugins_register (&current, "current", NULL));
+}
+
+static void
+test_run_and_key (void)
+{
+  static CrunchdFunction decl;
+  const CrunchFunction *fn;
+  g_autoptr (GHashTable) q = g_hash_table_new (g_str_hash, g_str_equal);
+  g_autoptr (GVariant) from_query = NULL, from_json = NULL, wrong = NULL;
+  g_autoptr (GBytes) out = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *k1 = NULL, *k2 = NULL;
+  CrunchCancel cancel = {0};
+
+  reset ();
+  decl = good ("f");
+  g_assert_true (crunch_functions_add (&decl, "p", NULL));
+  fn = crunch_functions_lookup ("f");
+  g_hash_table_insert (q, "n", "5");
+  from_query = g_variant_ref_sink (crunch_args_from_query (fn, q, NULL));
+  from_json = g_variant_ref_sink (crunch_args_from_body (fn, "{\"n\": 5}", 8, NULL));
+  /* canonical: the same call written two ways has one key (for coalescing and the cache) */
+  k1 = crunch_function_key (fn, from_query);
+  k2 = crunch_function_key (fn, from_json);
+  g_assert_cmpstr (k1, ==, k2);
+  g_assert_cmpstr (k1, ==, "f (int64 5, 'ab')");
+  out = crunch_function_run (fn, from_query, &cancel, &error);
+  g_assert_no_error (error);
+  g_assert_cmpmem (g_bytes_get_data (out, NULL), g_bytes_get_size (out), "5 ab", 4);
+  /* arguments from elsewhere (a worker's wire) are checked against the declaration again */
+  wrong = g_variant_ref_sink (g_variant_new ("(xs)", (gint64)11, "ab"));
+  g_assert_null (crunch_function_run (fn, wrong, &cancel, &error));
+  g_assert_nonnull (error);
+  g_assert_cmpstr (error->message, ==, "f: arguments (xs) do not match the declaration");
+  reset ();
+}
+
+static void
+test_builtins (void)
+{
+  g_autoptr (CrunchConfig) config = crunch_config_new_default ();
+  g_autofree const gchar **names = NULL;
+  g_autoptr (GError) error = NULL;
+
+  config->fib_max_n = 50;
+  g_assert_true (crunch_functions_init (config, &error));
+  names = crunch_functions_list ();
+  g_assert_cmpstr (names[0], ==, "fib");
+  g_assert_null (names[1]);
+  g_assert_cmpfloat (crunch_function_arg_max (crunch_functions_lookup ("fib"), 0), ==, 50);
+  /* a failed init leaves the registry empty, not half-filled */
+  g_strfreev (config->plugins_load);
+  config->plugins_load = g_strsplit ("missing", ",", -1);
+  g_assert_false (crunch_functions_init (config, &error));
+  g_assert_null (crunch_functions_lookup ("fib"));
+  reset ();
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/functions/bad-declarations", test_bad_declarations);
+  g_test_add_func ("/functions/duplicate", test_duplicate);
+  g_test_add_func ("/functions/abi-version", test_abi_version);
+  g_test_add_func ("/functions/run-and-key", test_run_and_key);
+  g_test_add_func ("/functions/builtins", test_builtins);
+  return g_test_run ();
+}
