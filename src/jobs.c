@@ -12,6 +12,8 @@
  * ticket (TIMED_OUT) when it passes; DELETE abandons it with CLIENT_GONE. The scheduler answers
  * tickets outside its lock and is never called with ours held, except for
  * crunch_scheduler_ticket_running(), which calls nothing back: no lock-order cycle.
+ * Metrics count a job exactly as a synchronous request: submitted, cache hit, coalesced, its
+ * outcome and queue wait (metrics.c); its run time is counted by the scheduler where it ran.
  * An entry lives from submit() until it is deleted or, once finished, until [jobs] ttl has
  * passed. Unfinished entries are never freed (their ticket's callback points at them). Expired
  * entries are purged lazily, at the start of every call: finished ones are queued in the order
@@ -24,6 +26,7 @@
 #include <sys/random.h>
 
 #include "args.h"
+#include "metrics.h"
 #include "parked.h"
 
 struct CrunchJobs {
@@ -167,6 +170,11 @@ on_answered (CrunchTicket *ticket, gpointer data)
   CrunchJobs *self = entry->store;
   CrunchParkedEntry *parked;
 
+  if (ticket->coalesced)
+    crunch_metrics_job_event (ticket->fn, CRUNCH_JOB_EVENT_COALESCED);
+  crunch_metrics_job_answered (
+      ticket->fn, ticket->outcome,
+      ticket->t_started != 0 ? MAX (ticket->t_started - ticket->t_submitted, 0) : -1);
   g_mutex_lock (&self->lock);
   parked = g_steal_pointer (&entry->parked);
   finish_locked (self, entry); /* from here on another thread may purge the entry */
@@ -450,12 +458,15 @@ refused (CrunchAdmit verdict)
 
   switch (verdict) {
   case CRUNCH_ADMIT_DRAINING:
+    crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
     reply = reply_text (503, "server is shutting down");
     break;
   case CRUNCH_ADMIT_CLIENT_LIMIT:
+    crunch_metrics_rejection (CRUNCH_REJECT_CLIENT_LIMIT);
     reply = reply_text (429, "too many requests in flight for this client, retry later");
     break;
   default:
+    crunch_metrics_rejection (CRUNCH_REJECT_QUEUE_FULL);
     reply = reply_text (503, "job queue is full, retry later");
     break;
   }
@@ -494,6 +505,7 @@ crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar 
   entry = reserve_locked (self, fn);
   if (entry == NULL || cached != NULL) {
     if (entry != NULL) { /* a cache hit needs no job: it is done at once */
+      crunch_metrics_job_event (fn, CRUNCH_JOB_EVENT_CACHE_HIT);
       entry->cached = g_steal_pointer (&cached);
       finish_locked (self, entry);
     }
@@ -514,6 +526,7 @@ crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar 
   entry->parked = crunch_parked_add (self->deadlines, -1, entry->deadline_us, entry->ticket);
   reply = accepted_locked (entry);
   ticket = crunch_ticket_ref (entry->ticket);
+  crunch_metrics_job_event (fn, CRUNCH_JOB_EVENT_SUBMITTED);
   g_mutex_unlock (&self->lock);
   /* Outside the lock: a refused ticket is answered inside submit(). From here on the entry may
    * be answered and purged by another thread at any time: only `ticket` is ours. */

@@ -253,6 +253,24 @@ test_coalescing (void)
                    json_object_get_int_member (ob, "result_size"));
 }
 
+/* Metrics count a plugin function's calls, synchronous or as jobs, like fib's. */
+static void
+test_metrics (void)
+{
+  g_autoptr (TestServer) s = start ("");
+  g_autoptr (TestReply) sync = call (s, "GET", "/fn/spin?seconds=0.01", NULL);
+  g_autofree gchar *job = submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01}}");
+  g_autoptr (JsonObject) o = wait_finished (s, job);
+  g_autoptr (TestReply) m = call (s, "GET", "/metrics", NULL);
+
+  g_assert_cmpint (sync->status, ==, 200);
+  g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "done");
+  g_assert_cmpint (m->status, ==, 200);
+  g_assert_nonnull (strstr (m->body, "\ncrunchd_jobs_submitted_total{function=\"spin\"} 2\n"));
+  g_assert_nonnull (
+      strstr (m->body, "\ncrunchd_jobs_finished_total{function=\"spin\",outcome=\"ok\"} 2\n"));
+}
+
 static void
 test_bad_requests (void)
 {
@@ -301,6 +319,7 @@ main (int argc, char **argv)
   g_test_add_func ("/jobs/bound", test_bound);
   g_test_add_func ("/jobs/limits", test_limits);
   g_test_add_func ("/jobs/coalescing", test_coalescing);
+  g_test_add_func ("/jobs/metrics", test_metrics);
   g_test_add_func ("/jobs/bad-requests", test_bad_requests);
   return g_test_run ();
 }
