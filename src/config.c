@@ -28,6 +28,7 @@ typedef struct {
 static const gchar *const log_levels[] = {"error", "critical", "warning", "message",
                                           "info",  "debug",    NULL};
 static const gchar *const backends[] = {"local", "nats", NULL};
+static const gchar *const policies[] = {"other", "batch", "idle", NULL};
 static const gchar *const fallbacks[] = {"none", "local", NULL};
 /* indexed by CrunchAccessLog */
 static const gchar *const access_formats[] = {"off", "common", "json", NULL};
@@ -43,6 +44,7 @@ static const KeyDesc keys[] = {
     {"executor", "threads", KEY_UINT, 0, 1024, F (threads), NULL},
     {"executor", "queue_limit", KEY_UINT, 1, 1000000, F (queue_limit), NULL},
     {"executor", "nice", KEY_INT, 0, 19, F (nice), NULL},
+    {"executor", "policy", KEY_STRING, 0, 0, F (policy), policies},
     {"executor", "per_client_limit", KEY_UINT, 0, 1000000, F (per_client_limit), NULL},
     {"executor", "client_key", KEY_STRING, 0, 0, F (client_key), NULL},
     {"executor", "coalesce", KEY_BOOL, 0, 0, F (coalesce), NULL},
@@ -115,6 +117,7 @@ crunch_config_new_default (void)
   config->log_level = g_strdup ("info");
   config->client_key = g_strdup ("ip");
   config->backend = g_strdup ("local");
+  config->policy = g_strdup ("other");
   config->nats_servers = g_strdupv ((gchar **)default_nats_servers);
   config->nats_subject_prefix = g_strdup ("crunchd.v1");
   config->nats_fallback = g_strdup ("none");
@@ -135,6 +138,7 @@ crunch_config_free (CrunchConfig *config)
   g_free (config->log_level);
   g_free (config->client_key);
   g_free (config->backend);
+  g_free (config->policy);
   g_strfreev (config->nats_servers);
   g_free (config->nats_subject_prefix);
   g_free (config->nats_fallback);

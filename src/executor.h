@@ -67,6 +67,17 @@ CrunchExecutor *crunch_local_executor_new (guint threads, gint nice, CrunchJobFu
                                            gpointer finished_data);
 void crunch_local_executor_set_nice (CrunchExecutor *self, gint nice);
 
+/* How worker threads are scheduled against the polling thread ([executor] policy). */
+typedef enum {
+  CRUNCH_WORKER_POLICY_OTHER, /* SCHED_OTHER at `nice` (the default) */
+  CRUNCH_WORKER_POLICY_BATCH, /* SCHED_BATCH at `nice`: never preempts on wake-up */
+  CRUNCH_WORKER_POLICY_IDLE,  /* SCHED_IDLE: runs only when nothing else wants the CPU */
+} CrunchWorkerPolicy;
+
+/* "other", "batch" or "idle" (validated by the config loader); anything else is "other". */
+CrunchWorkerPolicy crunch_worker_policy_from_string (const gchar *name);
+void crunch_local_executor_set_policy (CrunchExecutor *self, CrunchWorkerPolicy policy);
+
 static inline void
 crunch_executor_submit (CrunchExecutor *self, CrunchJob *job)
 {

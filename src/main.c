@@ -87,6 +87,7 @@ scheduler_settings (const CrunchConfig *config)
       .per_client_limit = config->per_client_limit,
       .coalesce = config->coalesce,
       .nice = config->nice,
+      .policy = crunch_worker_policy_from_string (config->policy),
       .cache_entries = config->cache_entries,
   };
 }

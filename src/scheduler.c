@@ -244,9 +244,14 @@ on_finished (CrunchJob *job, gpointer data)
 static CrunchExecutor *
 make_executor (CrunchScheduler *self, GError **error)
 {
+  CrunchExecutor *executor;
+
   if (self->factory != NULL)
     return self->factory (on_finished, self, self->factory_data, error);
-  return crunch_local_executor_new (self->settings.threads, self->settings.nice, on_finished, self);
+  executor =
+      crunch_local_executor_new (self->settings.threads, self->settings.nice, on_finished, self);
+  crunch_local_executor_set_policy (executor, self->settings.policy);
+  return executor;
 }
 
 CrunchScheduler *
@@ -300,6 +305,7 @@ crunch_scheduler_configure (CrunchScheduler *self, const CrunchSchedulerSettings
   self->settings = *settings;
   crunch_executor_set_threads (self->executor, settings->threads);
   crunch_local_executor_set_nice (self->executor, settings->nice);
+  crunch_local_executor_set_policy (self->executor, settings->policy);
   crunch_cache_resize (self->cache, settings->cache_entries);
   dispatch_locked (self);
   g_mutex_unlock (&self->lock);

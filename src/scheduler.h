@@ -52,7 +52,8 @@ typedef struct {
   guint per_client_limit; /* 0 = none */
   gboolean coalesce;
   gint nice;
-  guint cache_entries; /* LRU result cache; 0 = off */
+  guint cache_entries;       /* LRU result cache; 0 = off */
+  CrunchWorkerPolicy policy; /* of local worker threads */
 } CrunchSchedulerSettings;
 
 typedef struct CrunchScheduler CrunchScheduler;

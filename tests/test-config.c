@@ -29,7 +29,7 @@ test_good_file (void)
       "# comment\n"
       "[server]\nlisten = 127.0.0.1:9000, [::1]:9001\nmax_connections = 2000\n"
       "shutdown_timeout = 2.5\n"
-      "[executor]\nthreads = 4\nqueue_limit = 100\nnice = 5\n"
+      "[executor]\nthreads = 4\nqueue_limit = 100\nnice = 5\npolicy = idle\n"
       "[fib]\nmax_n = 93\ntimeout = 0.5\n"
       "[log]\nlevel = debug\naccess = json\n[metrics]\nenabled = false\nlisten = 127.0.0.1:9100\n";
   g_autoptr (GError) error = NULL;
@@ -44,6 +44,7 @@ test_good_file (void)
   g_assert_cmpuint (c->threads, ==, 4);
   g_assert_cmpuint (c->queue_limit, ==, 100);
   g_assert_cmpint (c->nice, ==, 5);
+  g_assert_cmpstr (c->policy, ==, "idle");
   g_assert_cmpuint (c->fib_max_n, ==, 93);
   g_assert_cmpfloat (c->fib_timeout, ==, 0.5);
   g_assert_cmpstr (c->log_level, ==, "debug");
@@ -163,6 +164,8 @@ test_nats (void)
   } bad[] = {
       {"[executor]\nbackend = ssh\n",
        "t.ini: [executor] backend = 'ssh': expected one of: local, nats"},
+      {"[executor]\npolicy = fifo\n",
+       "t.ini: [executor] policy = 'fifo': expected one of: other, batch, idle"},
       {"[nats]\nservers = http://h:1\n",
        "t.ini: [nats] servers = 'http://h:1': expected nats://HOST:PORT (or tls://HOST:PORT)"},
       {"[nats]\nservers = nats://h\n",
@@ -183,6 +186,7 @@ test_nats (void)
   };
 
   g_assert_cmpstr (d->backend, ==, "local");
+  g_assert_cmpstr (d->policy, ==, "other");
   g_assert_cmpstr (d->nats_servers[0], ==, "nats://127.0.0.1:4222");
   g_assert_cmpstr (d->nats_subject_prefix, ==, "crunchd.v1");
   g_assert_cmpstr (d->nats_fallback, ==, "none");

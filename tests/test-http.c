@@ -1,4 +1,5 @@
 /* test-http.c - every route and every error, against the real binary. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "harness.h"
@@ -155,6 +156,40 @@ test_simultaneous (void)
   }
 }
 
+/* The scheduling policy (field 41 of /proc/PID/task/TID/stat) of crunchd's worker threads. */
+static gint
+worker_policy (TestServer *s)
+{
+  g_autofree gchar *dir = g_strdup_printf ("/proc/%s/task", g_subprocess_get_identifier (s->proc));
+  g_autoptr (GDir) tasks = g_dir_open (dir, 0, NULL);
+  const gchar *tid;
+
+  while (tasks != NULL && (tid = g_dir_read_name (tasks)) != NULL) {
+    g_autofree gchar *path = g_strdup_printf ("%s/%s/stat", dir, tid);
+    g_autofree gchar *stat = NULL;
+    const gchar *after_comm;
+    if (!g_file_get_contents (path, &stat, NULL, NULL) || strstr (stat, "(pool-") == NULL ||
+        (after_comm = strrchr (stat, ')')) == NULL)
+      continue;
+    g_auto (GStrv) fields = g_strsplit (after_comm + 2, " ", -1);
+    if (g_strv_length (fields) > 38)
+      return atoi (fields[38]); /* field 41; fields[0] is field 3 */
+  }
+  return -1;
+}
+
+/* [executor] policy = idle puts the workers under SCHED_IDLE (5) once they have run a job. */
+static void
+test_worker_policy (void)
+{
+  g_autoptr (TestServer) s = test_server_start ("[executor]\nthreads = 1\npolicy = idle\n", NULL);
+  g_autofree gchar *url = test_server_url (s, "/fib/20");
+  g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+
+  g_assert_cmpint (r->status, ==, 200);
+  g_assert_cmpint (worker_policy (s), ==, 5);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -169,6 +204,7 @@ main (int argc, char **argv)
   g_test_add_func ("/http/errors", test_errors);
   g_test_add_func ("/http/keep-alive", test_keep_alive);
   g_test_add_func ("/http/simultaneous", test_simultaneous);
+  g_test_add_func ("/http/worker-policy", test_worker_policy);
   status = g_test_run ();
   g_assert_cmpint (test_server_stop (server), ==, 0);
   return status;

@@ -72,7 +72,7 @@ submit (CrunchScheduler *s, Results *r, const gchar *client, guint ms)
 static CrunchScheduler *
 scheduler (guint threads, guint queue_limit, guint per_client, gboolean coalesce)
 {
-  CrunchSchedulerSettings settings = {threads, queue_limit, per_client, coalesce, 0, 0};
+  CrunchSchedulerSettings settings = {threads, queue_limit, per_client, coalesce, 0, 0, 0};
   return crunch_scheduler_new (&settings);
 }
 
@@ -270,7 +270,7 @@ static void
 test_configure_threads (void)
 {
   CrunchScheduler *s = scheduler (1, 10, 0, FALSE);
-  CrunchSchedulerSettings more = {3, 10, 0, FALSE, 0, 0};
+  CrunchSchedulerSettings more = {3, 10, 0, FALSE, 0, 0, 0};
   Results r;
   CrunchTicket *t[3];
 
