@@ -285,7 +285,7 @@ add_timings (JsonBuilder *b, const Entry *entry, gint64 now)
     add_seconds (b, "queued_seconds", MAX (0, started - entry->t_submitted));
     add_seconds (b, "run_seconds", ticket->t_finished - started);
   }
-  if (ticket != NULL && ticket->coalesced) {
+  if (entry->t_done != 0 && ticket != NULL && ticket->coalesced) { /* set before the answer */
     json_builder_set_member_name (b, "coalesced");
     json_builder_add_boolean_value (b, TRUE);
   }
