@@ -60,6 +60,24 @@ submit (TestServer *s, const gchar *body)
   return g_strdup (location);
 }
 
+/* Polls until the job is in `state` (bounded). */
+static void
+wait_state (TestServer *s, const gchar *location, const gchar *state)
+{
+  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
+
+  for (;;) {
+    g_autoptr (TestReply) r = call (s, "GET", location, NULL);
+    g_autoptr (JsonObject) o = parse (r);
+    if (g_str_equal (json_object_get_string_member (o, "state"), state)) {
+      g_assert_true (json_object_has_member (o, "age_seconds"));
+      return;
+    }
+    g_assert_cmpint (g_get_monotonic_time (), <, until);
+    g_usleep (10000);
+  }
+}
+
 /* Polls until the job leaves queued/running (bounded); returns its description. */
 static JsonObject *
 wait_finished (TestServer *s, const gchar *location)
@@ -136,7 +154,7 @@ test_cancel (void)
   g_autoptr (JsonObject) o = NULL;
   gint64 t0;
 
-  g_usleep (100000);
+  wait_state (s, job, "running");
   t0 = g_get_monotonic_time ();
   del = call (s, "DELETE", job, NULL);
   g_assert_cmpint (del->status, ==, 202);
@@ -228,6 +246,8 @@ test_limits (void)
   g_assert_cmpint (over->status, ==, 429);
   g_assert_nonnull (g_hash_table_lookup (over->headers, "retry-after"));
   g_assert_cmpint (sync->status, ==, 429); /* the jobs count against the client's share */
+  wait_state (s, a, "running");            /* one worker: the first runs, the second waits */
+  wait_state (s, b, "queued");
   da = call (s, "DELETE", a, NULL);
   db = call (s, "DELETE", b, NULL);
   g_assert_cmpint (da->status, ==, 202);
