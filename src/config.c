@@ -67,7 +67,7 @@ static const KeyDesc keys[] = {
     {"plugins", "dir", KEY_STRING, 0, 0, F (plugins_dir), NULL},
     {"plugins", "load", KEY_LIST, 0, 0, F (plugins_load), NULL},
     {"jobs", "ttl", KEY_DOUBLE, 0, 604800, F (jobs_ttl), NULL},
-    {"jobs", "max_stored", KEY_UINT, 1, 10000000, F (jobs_max_stored), NULL},
+    {"jobs", "max_stored", KEY_UINT, 1, 100000, F (jobs_max_stored), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
     {"log", "access", KEY_ENUM, 0, 0, F (log_access), access_formats},
     {"metrics", "enabled", KEY_BOOL, 0, 0, F (metrics_enabled), NULL},

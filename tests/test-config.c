@@ -92,6 +92,9 @@ test_bad_files (void)
        "t.ini: [executor] client_key = 'cookie': expected ip or header:NAME"},
       {"[executor]\nclient_key = header:X Key\n",
        "t.ini: [executor] client_key = 'header:X Key': expected ip or header:NAME"},
+      {"[jobs]\nttl = -1\n", "t.ini: [jobs] ttl = '-1': out of range (0 to 604800)"},
+      {"[jobs]\nmax_stored = 0\n", "t.ini: [jobs] max_stored = '0': out of range (1 to 100000)"},
+      {"[plugins]\nautoload = yes\n", "t.ini: [plugins] autoload: unknown key"},
       {"not an ini file\n", NULL},
   };
 
@@ -105,6 +108,30 @@ test_bad_files (void)
     else
       g_assert_true (g_str_has_prefix (error->message, "t.ini: "));
   }
+}
+
+static void
+test_plugins_and_jobs (void)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchConfig) d = crunch_config_new_default ();
+  g_autoptr (CrunchConfig) c = crunch_config_load_data (
+      "[plugins]\ndir = /opt/fn\nload = a, /x/b.so,\n[jobs]\nttl = 0.5\nmax_stored = 3\n", "t.ini",
+      &error);
+  g_autoptr (CrunchConfig) empty = crunch_config_load_data ("[plugins]\nload =\n", "t.ini", NULL);
+
+  g_assert_no_error (error);
+  g_assert_cmpstr (d->plugins_dir, ==, CRUNCH_PLUGIN_DIR);
+  g_assert_cmpuint (g_strv_length (d->plugins_load), ==, 0);
+  g_assert_cmpfloat (d->jobs_ttl, ==, 300);
+  g_assert_cmpuint (d->jobs_max_stored, ==, 1000);
+  g_assert_cmpstr (c->plugins_dir, ==, "/opt/fn");
+  g_assert_cmpuint (g_strv_length (c->plugins_load), ==, 2);
+  g_assert_cmpstr (c->plugins_load[1], ==, "/x/b.so");
+  g_assert_cmpfloat (c->jobs_ttl, ==, 0.5);
+  g_assert_cmpuint (c->jobs_max_stored, ==, 3);
+  g_assert_nonnull (empty); /* an empty list means no plugins, unlike an empty [server] listen */
+  g_assert_cmpuint (g_strv_length (empty->plugins_load), ==, 0);
 }
 
 static void
@@ -219,6 +246,7 @@ main (int argc, char **argv)
   g_test_add_func ("/config/good-file", test_good_file);
   g_test_add_func ("/config/bad-files", test_bad_files);
   g_test_add_func ("/config/nats", test_nats);
+  g_test_add_func ("/config/plugins-and-jobs", test_plugins_and_jobs);
   g_test_add_func ("/config/missing-file", test_missing_file);
   g_test_add_func ("/config/round-trip", test_round_trip);
   g_test_add_func ("/config/listen-addresses", test_listen_addresses);
