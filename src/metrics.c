@@ -1,23 +1,22 @@
 /* metrics.c - counters, gauges and histograms, and their Prometheus text form.
  *
  * DESIGN
- * Writers are the MHD polling threads (one request ended, one rejection) and worker threads (one
- * job answered or ran). The hot path, crunch_metrics_request(), is three relaxed atomic additions
- * into static arrays indexed by route, method and status slot: no lock, no allocation, no lookup
- * beyond a 600-byte table. Histograms keep per-bucket (not cumulative) counts, so an observation
- * touches one bucket; the reader accumulates, and derives _count from the buckets so that
- * `le="+Inf"` and `_count` always agree even while writers run.
- * Per-function slots are found by pointer in an append-only array: readers and the lookup scan
- * up to the published length without a lock; only the first job of a function takes `lock` to
- * append. The ring of recent jobs (for the status page) is under `lock` too: one short lock per
- * finished job, on a worker thread, never on the polling thread.
- * Gauges owned by other modules (queue, workers, connections) are read at scrape time from the
- * gauge source the server registers. */
+ * Writers are the MHD polling threads (a request ended, a rejection, a compute request's outcome)
+ * and worker threads (a job ran). The hot path, crunch_metrics_request(), is three relaxed atomic
+ * additions into static arrays indexed by route, method and status slot: no lock, no allocation, no
+ * lookup beyond a 600-byte table. Histograms keep per-bucket (not cumulative) counts, so an
+ * observation touches one bucket; the reader accumulates, and derives _count from the buckets so
+ * that `le="+Inf"` and `_count` always agree even while writers run. Per-function slots are found
+ * by pointer in an append-only array: readers and the lookup scan up to the published length
+ * without a lock; only the first job of a function takes `lock` to append. The ring of recent jobs
+ * (for the status page) is under `lock` too: one short lock per finished job, on a worker thread,
+ * never on the polling thread. Gauges owned by other modules (queue, workers, connections) are read
+ * at scrape time from the gauge source the server registers. */
 #include "metrics.h"
 
 #include <string.h>
 
-#define MAX_ROUTES 32 /* routes beyond this are counted under "other" */
+#define MAX_ROUTES 32 /* the table has about a dozen; any beyond would share the last slot */
 #define MAX_FUNCTIONS 64
 #define N_METHODS 4 /* GET, HEAD, POST, other */
 #define RECENT_JOBS 128
