@@ -84,6 +84,7 @@ typedef struct {
   GByteArray *body;          /* up to max_body_size; POST /fn/<name> and /jobs read it */
   CrunchTicket *ticket;      /* compute lane, from admission on */
   CrunchParkedEntry *parked; /* while suspended */
+  gint64 timeout_us;         /* the deadline it was given, for the 504 message */
   gboolean cached;           /* answered from the result cache */
   guint status;
   gsize bytes;
@@ -174,7 +175,7 @@ respond_ticket (CrunchRequest *req)
     return respond_error (req, MHD_HTTP_INTERNAL_SERVER_ERROR, ticket->error, NULL);
   case CRUNCH_JOB_TIMED_OUT:
     message = g_strdup_printf ("%s: deadline of %.3g s exceeded", ticket->fn->name,
-                               (ticket->deadline_us - ticket->t_submitted) / 1e6);
+                               req->timeout_us / 1e6);
     return respond_error (req, MHD_HTTP_GATEWAY_TIMEOUT, ticket->error ? ticket->error : message,
                           NULL);
   case CRUNCH_JOB_SHUTDOWN:
@@ -251,7 +252,8 @@ request_deadline (CrunchRequest *req, const CrunchFunction *fn, gint64 *deadline
     }
     timeout_us = MIN (timeout_us, asked_us);
   }
-  *deadline = g_get_monotonic_time () + MAX (timeout_us, 1);
+  req->timeout_us = MAX (timeout_us, 1);
+  *deadline = g_get_monotonic_time () + req->timeout_us;
   return TRUE;
 }
 
