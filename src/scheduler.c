@@ -6,8 +6,11 @@
  * - worker threads, through on_finished(): a job ended, answer its tickets, start the next job;
  * - the parked-connection watcher thread: abandon() on a deadline or a client hang-up;
  * - the main thread: configure() on reload, drain() and cancel_running() on shutdown.
- * Each client (IP or API key) has its own FIFO of waiting jobs; clients with waiting jobs form a
- * ring served round-robin, so one client's flood cannot starve another. The executor is given at
+ * Each client (IP or API key) has its own FIFO of waiting jobs. Clients with waiting jobs take
+ * turns by start-time fair queuing: each has a virtual start tag, the lowest tag goes next and
+ * then moves one step on; a client that just became active starts at the current virtual time.
+ * So a flood from one client cannot starve another, and a newcomer's job runs at the next free
+ * worker instead of behind a full round. The executor is given at
  * most `threads` jobs, so the order is decided here and the queue bound is exact.
  * A pure function's identical tickets share one job (keyed by function name and printed
  * arguments) while it is queued or running. A job nobody waits for any more is dropped from its
@@ -23,9 +26,11 @@ enum { TICKET_NEW, TICKET_ATTACHED, TICKET_ANSWERED };
 
 typedef struct {
   gchar *key;
-  guint in_flight; /* admitted tickets not yet answered */
-  GQueue queue;    /* SchedJob*, waiting */
-  gboolean in_ring;
+  guint in_flight;     /* admitted tickets not yet answered */
+  GQueue queue;        /* SchedJob*, waiting */
+  GSequenceIter *turn; /* in `active` while it has waiting jobs */
+  guint64 vtag;        /* virtual start time of its next job */
+  guint64 seq;         /* breaks ties: earlier first */
 } Client;
 
 typedef struct {
@@ -44,8 +49,9 @@ struct CrunchScheduler {
   gpointer factory_data;
   CrunchCache *cache;
   CrunchSchedulerSettings settings;
-  GHashTable *clients;    /* key -> Client */
-  GQueue ring;            /* Client* with waiting jobs, round-robin */
+  GHashTable *clients; /* key -> Client */
+  GSequence *active;   /* Client* with waiting jobs, by (vtag, seq) */
+  guint64 vclock, next_seq;
   GHashTable *coalescing; /* key -> SchedJob, queued or running */
   GHashTable *running;    /* SchedJob set */
   guint queued, reserved;
@@ -130,7 +136,7 @@ client_get (CrunchScheduler *self, const gchar *key)
 static void
 client_release (CrunchScheduler *self, Client *client)
 {
-  if (client->in_flight == 0 && client->queue.length == 0 && !client->in_ring)
+  if (client->in_flight == 0 && client->queue.length == 0 && client->turn == NULL)
     g_hash_table_remove (self->clients, client->key);
 }
 
@@ -152,7 +158,33 @@ forget_key (CrunchScheduler *self, SchedJob *sj)
     g_hash_table_remove (self->coalescing, sj->key);
 }
 
-/* Take a waiting job out of its client's queue (and the client out of the ring if idle). */
+static gint
+by_turn (gconstpointer a, gconstpointer b, gpointer user_data)
+{
+  const Client *x = a, *y = b;
+
+  if (x->vtag != y->vtag)
+    return x->vtag < y->vtag ? -1 : 1;
+  return x->seq < y->seq ? -1 : (x->seq > y->seq);
+}
+
+/* With the lock held: the client has waiting jobs; give it its place among the active ones. */
+static void
+take_turn (CrunchScheduler *self, Client *client)
+{
+  client->vtag = MAX (client->vtag, self->vclock);
+  client->seq = self->next_seq++;
+  client->turn = g_sequence_insert_sorted (self->active, client, by_turn, NULL);
+}
+
+static void
+leave_turns (Client *client)
+{
+  g_sequence_remove (client->turn);
+  client->turn = NULL;
+}
+
+/* Take a waiting job out of its client's queue (and the client out of the turns if idle). */
 static void
 unqueue (CrunchScheduler *self, SchedJob *sj)
 {
@@ -161,10 +193,8 @@ unqueue (CrunchScheduler *self, SchedJob *sj)
   g_queue_delete_link (&owner->queue, sj->link);
   sj->link = NULL;
   self->queued--;
-  if (owner->queue.length == 0 && owner->in_ring) {
-    g_queue_remove (&self->ring, owner);
-    owner->in_ring = FALSE;
-  }
+  if (owner->queue.length == 0 && owner->turn != NULL)
+    leave_turns (owner);
 }
 
 /* With the lock held: mark the ticket answered and queue its callback in `answers`. The
@@ -193,21 +223,23 @@ answer_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome out
   g_ptr_array_add (answers, ticket);
 }
 
-/* With the lock held: start as many waiting jobs as there are free threads, one per client in
- * turn. */
+/* With the lock held: start as many waiting jobs as there are free threads, the client with the
+ * lowest tag first. */
 static void
 dispatch_locked (CrunchScheduler *self)
 {
-  while (g_hash_table_size (self->running) < self->settings.threads && self->ring.length > 0) {
-    Client *client = g_queue_pop_head (&self->ring);
+  while (g_hash_table_size (self->running) < self->settings.threads &&
+         g_sequence_get_length (self->active) > 0) {
+    Client *client = g_sequence_get (g_sequence_get_begin_iter (self->active));
     SchedJob *sj = g_queue_pop_head (&client->queue);
 
     sj->link = NULL;
     self->queued--;
+    leave_turns (client);
+    self->vclock = client->vtag;
+    client->vtag++;
     if (client->queue.length > 0)
-      g_queue_push_tail (&self->ring, client);
-    else
-      client->in_ring = FALSE;
+      take_turn (self, client);
     sj->running = TRUE;
     g_hash_table_add (self->running, sj);
     self->counters.jobs_started++;
@@ -276,7 +308,7 @@ crunch_scheduler_new_full (const CrunchSchedulerSettings *settings, CrunchExecut
   }
   g_mutex_init (&self->lock);
   self->clients = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, client_free);
-  g_queue_init (&self->ring);
+  self->active = g_sequence_new (NULL);
   self->coalescing = g_hash_table_new (g_str_hash, g_str_equal);
   self->running = g_hash_table_new (NULL, NULL);
   self->cache = crunch_cache_new (settings->cache_entries);
@@ -293,6 +325,7 @@ crunch_scheduler_free (CrunchScheduler *self)
   g_hash_table_unref (self->running);
   g_hash_table_unref (self->coalescing);
   g_hash_table_unref (self->clients);
+  g_sequence_free (self->active);
   crunch_cache_free (self->cache);
   g_mutex_clear (&self->lock);
   g_free (self);
@@ -369,10 +402,8 @@ enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
     g_queue_push_tail (&sj->owner->queue, sj);
     sj->link = sj->owner->queue.tail;
     self->queued++;
-    if (!sj->owner->in_ring) {
-      g_queue_push_tail (&self->ring, sj->owner);
-      sj->owner->in_ring = TRUE;
-    }
+    if (sj->owner->turn == NULL)
+      take_turn (self, sj->owner);
     sj->key = g_steal_pointer (&key);
     if (shared)
       g_hash_table_insert (self->coalescing, sj->key, sj);
@@ -468,9 +499,10 @@ crunch_scheduler_drain (CrunchScheduler *self)
   g_mutex_lock (&self->lock);
   self->draining = TRUE;
   /* empty every queue first: answering may free idle clients */
-  while ((client = g_queue_pop_head (&self->ring)) != NULL) {
+  while (g_sequence_get_length (self->active) > 0) {
     SchedJob *sj;
-    client->in_ring = FALSE;
+    client = g_sequence_get (g_sequence_get_begin_iter (self->active));
+    leave_turns (client);
     while ((sj = g_queue_pop_head (&client->queue)) != NULL) {
       sj->link = NULL;
       self->queued--;

@@ -128,25 +128,32 @@ test_fifo_and_bound (void)
   results_clear (&r);
 }
 
-/* Client a queues 6 jobs, then b queues 1: b runs second, not seventh. */
+/* Client a queues 6 jobs, then b queues 1: b's runs at the next free worker, not seventh; then
+ * two clients with queued work alternate. */
 static void
-test_round_robin (void)
+test_fair_turns (void)
 {
   CrunchScheduler *s = scheduler (1, 100, 0, FALSE);
   Results r;
-  CrunchTicket *a[6], *b;
+  CrunchTicket *a[6], *b[3];
 
   results_init (&r);
   for (gint i = 0; i < 6; i++)
     a[i] = submit (s, &r, "a", 20 + i);
-  b = submit (s, &r, "b", 20);
-  wait_for (&r, 7);
+  b[0] = submit (s, &r, "b", 20);
+  wait_for (&r, 2);
+  b[1] = submit (s, &r, "b", 21); /* b is active again while a still waits */
+  b[2] = submit (s, &r, "b", 22);
+  wait_for (&r, 9);
   g_assert_true (r.answered->pdata[0] == a[0]);
-  g_assert_true (r.answered->pdata[1] == a[1] || r.answered->pdata[1] == b);
-  g_assert_true (r.answered->pdata[1] == b || r.answered->pdata[2] == b);
+  g_assert_true (r.answered->pdata[1] == b[0]);
+  for (gint i = 2; i < 6; i += 2) /* a and b take turns while both have work */
+    g_assert_cmpstr (((CrunchTicket *)r.answered->pdata[i])->client, !=,
+                     ((CrunchTicket *)r.answered->pdata[i + 1])->client);
   for (gint i = 0; i < 6; i++)
     crunch_ticket_unref (a[i]);
-  crunch_ticket_unref (b);
+  for (gint i = 0; i < 3; i++)
+    crunch_ticket_unref (b[i]);
   crunch_scheduler_free (s);
   results_clear (&r);
 }
@@ -295,7 +302,7 @@ main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/scheduler/fifo-and-bound", test_fifo_and_bound);
-  g_test_add_func ("/scheduler/round-robin", test_round_robin);
+  g_test_add_func ("/scheduler/fair-turns", test_fair_turns);
   g_test_add_func ("/scheduler/per-client-limit", test_per_client_limit);
   g_test_add_func ("/scheduler/coalescing", test_coalescing);
   g_test_add_func ("/scheduler/abandon", test_abandon);
