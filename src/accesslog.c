@@ -9,18 +9,36 @@
 static const gchar *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
 
+/* After the request id, like nginx's $request_time: the total time and, for compute requests,
+ * where it went (queued, running) and how the job ended. */
+static gchar *
+format_timing (const CrunchAccessRecord *r)
+{
+  GString *out = g_string_new (NULL);
+
+  g_string_append_printf (out, "%.3fms", r->duration_us / 1e3);
+  if (r->queue_us >= 0)
+    g_string_append_printf (out, " queued=%.3fms run=%.3fms", r->queue_us / 1e3, r->run_us / 1e3);
+  if (r->outcome != NULL)
+    g_string_append_printf (out, " outcome=%s", r->outcome);
+  if (r->coalesced)
+    g_string_append (out, " coalesced");
+  return g_string_free (out, FALSE);
+}
+
 static gchar *
 format_common (const CrunchAccessRecord *r, GDateTime *when)
 {
   g_autofree gchar *zone = g_date_time_format (when, "%z");
   g_autofree gchar *path = g_strescape (r->path, NULL); /* no raw quotes or controls */
+  g_autofree gchar *timing = format_timing (r);
 
-  return g_strdup_printf ("%s - - [%02d/%s/%04d:%02d:%02d:%02d %s] \"%s %s %s\" %u %zu \"%s\"",
+  return g_strdup_printf ("%s - - [%02d/%s/%04d:%02d:%02d:%02d %s] \"%s %s %s\" %u %zu \"%s\" %s",
                           r->client, g_date_time_get_day_of_month (when),
                           months[g_date_time_get_month (when) - 1], g_date_time_get_year (when),
                           g_date_time_get_hour (when), g_date_time_get_minute (when),
                           g_date_time_get_second (when), zone, r->method, path, r->protocol,
-                          r->status, r->bytes, r->request_id);
+                          r->status, r->bytes, r->request_id, timing);
 }
 
 static void

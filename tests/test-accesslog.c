@@ -26,11 +26,30 @@ test_common (void)
 
   g_assert_cmpstr (line, ==,
                    "127.0.0.1 - - [05/Nov/2026:09:07:03 +0000] \"GET /fast HTTP/1.1\" 200 6 "
-                   "\"abc-1\"");
+                   "\"abc-1\" 0.123ms");
   odd.path = "/a\"b\n";
   odd_line = crunch_access_format (CRUNCH_ACCESS_LOG_COMMON, &odd, when);
   g_assert_nonnull (g_strstr_len (odd_line, -1, "\"GET /a\\\"b\\n HTTP/1.1\""));
   g_assert_null (crunch_access_format (CRUNCH_ACCESS_LOG_OFF, &fast, when));
+}
+
+/* Compute requests also say how long they queued and ran, and how the job ended. */
+static void
+test_common_compute (void)
+{
+  g_autoptr (GDateTime) when = g_date_time_new_utc (2026, 11, 5, 9, 7, 3);
+  CrunchAccessRecord job = fast;
+  g_autofree gchar *line = NULL;
+
+  job.path = "/fib/30";
+  job.duration_us = 2501234;
+  job.queue_us = 1500;
+  job.run_us = 2499000;
+  job.outcome = "ok";
+  job.coalesced = TRUE;
+  line = crunch_access_format (CRUNCH_ACCESS_LOG_COMMON, &job, when);
+  g_assert_true (g_str_has_suffix (line, "\"GET /fib/30 HTTP/1.1\" 200 6 \"abc-1\" 2501.234ms "
+                                         "queued=1.500ms run=2499.000ms outcome=ok coalesced"));
 }
 
 static void
@@ -92,6 +111,7 @@ main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/accesslog/common", test_common);
+  g_test_add_func ("/accesslog/common-compute", test_common_compute);
   g_test_add_func ("/accesslog/json", test_json);
   g_test_add_func ("/accesslog/json-escape", test_json_escape);
   g_test_add_func ("/accesslog/request-id", test_request_id);
