@@ -84,6 +84,10 @@ struct NatsExecutor {
 /* Executors without a NATS connection right now, for /readyz: see crunch_nats_ready(). */
 static gint unconnected;
 
+/* Live NATS executors, for /metrics: see crunch_nats_collect_stats(). */
+static GMutex registry_lock;
+static GList *registry;
+
 /* What to do once the lock is released. */
 typedef enum { ACT_NONE, ACT_PUBLISH, ACT_PROBE, ACT_COMPLETE, ACT_FALLBACK } Action;
 
@@ -652,6 +656,9 @@ nats_free (CrunchExecutor *parent)
   g_autoptr (GArray) steps = g_array_new (FALSE, TRUE, sizeof (Step));
   g_autoptr (GList) all = NULL;
 
+  g_mutex_lock (&registry_lock);
+  registry = g_list_remove (registry, self);
+  g_mutex_unlock (&registry_lock);
   g_mutex_lock (&self->lock);
   self->freeing = TRUE;
   all = g_hash_table_get_values (self->pending);
@@ -780,6 +787,9 @@ crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
   if (connected)
     set_connected_locked (self, TRUE); /* unless on_connected did already */
   g_mutex_unlock (&self->lock);
+  g_mutex_lock (&registry_lock);
+  registry = g_list_prepend (registry, self);
+  g_mutex_unlock (&registry_lock);
   if (connected) {
     g_autofree gchar *url = crunch_nats_connected_url (self->nc);
     g_message ("nats: connected to %s; jobs go to %s.job.<function>", url, self->prefix);
@@ -805,6 +815,32 @@ gboolean
 crunch_nats_ready (void)
 {
   return g_atomic_int_get (&unconnected) == 0;
+}
+
+gboolean
+crunch_nats_collect_stats (CrunchNatsStats *sum)
+{
+  gboolean any;
+
+  memset (sum, 0, sizeof *sum);
+  sum->connected = TRUE;
+  g_mutex_lock (&registry_lock);
+  any = registry != NULL;
+  for (GList *l = registry; l != NULL; l = l->next) {
+    CrunchNatsStats one;
+    crunch_nats_executor_get_stats (l->data, &one);
+    sum->jobs += one.jobs;
+    sum->published += one.published;
+    sum->retries += one.retries;
+    sum->busy += one.busy;
+    sum->no_workers += one.no_workers;
+    sum->fallbacks += one.fallbacks;
+    sum->late += one.late;
+    sum->disconnects += one.disconnects;
+    sum->connected = sum->connected && one.connected;
+  }
+  g_mutex_unlock (&registry_lock);
+  return any;
 }
 
 void

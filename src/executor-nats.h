@@ -26,5 +26,7 @@ void crunch_nats_executor_get_stats (CrunchExecutor *self, CrunchNatsStats *stat
 /* FALSE while a NATS executor exists without a NATS connection (for /readyz); TRUE without
  * any NATS executor. Any thread. */
 gboolean crunch_nats_ready (void);
+/* The sum of every NATS executor's figures (connected: all are); FALSE if there is none. */
+gboolean crunch_nats_collect_stats (CrunchNatsStats *sum);
 /* Frees nats.c's global state; call once at exit, after every executor is freed. */
 void crunch_nats_library_close (void);

@@ -14,6 +14,8 @@
  * at scrape time from the gauge source the server registers. */
 #include "metrics.h"
 
+#include "executor-nats.h"
+
 #include <string.h>
 
 #define MAX_ROUTES 32 /* the table has about a dozen; any beyond would share the last slot */
@@ -629,6 +631,38 @@ render_process (GString *out)
   g_string_append_c (out, '\n');
 }
 
+/* The NATS executor's own figures, when jobs go through NATS. */
+static void
+render_nats (GString *out)
+{
+  CrunchNatsStats st;
+
+  if (!crunch_nats_collect_stats (&st))
+    return;
+  const struct {
+    const gchar *name, *help;
+    guint64 value;
+  } counters[] = {
+      {"crunchd_nats_jobs_total", "Jobs handed to the NATS executor.", st.jobs},
+      {"crunchd_nats_published_total", "Job messages published, retries included.", st.published},
+      {"crunchd_nats_retries_total", "Attempts after a lost one (timeout, worker stopping).",
+       st.retries},
+      {"crunchd_nats_busy_total", "Times every worker was busy and the job was sent again.",
+       st.busy},
+      {"crunchd_nats_no_workers_total", "Times no worker was listening at all.", st.no_workers},
+      {"crunchd_nats_fallbacks_total", "Jobs run by the local pool ([nats] fallback = local).",
+       st.fallbacks},
+      {"crunchd_nats_late_replies_total", "Replies for jobs already answered, dropped.", st.late},
+      {"crunchd_nats_disconnects_total", "Times the NATS connection was lost.", st.disconnects},
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (counters); i++) {
+    header (out, counters[i].name, "counter", counters[i].help);
+    g_string_append_printf (out, "%s %" G_GUINT64_FORMAT "\n", counters[i].name, counters[i].value);
+  }
+  gauge (out, "crunchd_nats_connected", "1 while connected to a NATS server.", st.connected);
+}
+
 GBytes *
 crunch_metrics_render (void)
 {
@@ -638,5 +672,6 @@ crunch_metrics_render (void)
   render_jobs (out);
   render_gauges (out);
   render_process (out);
+  render_nats (out);
   return g_string_free_to_bytes (out);
 }

@@ -11,6 +11,7 @@
 #include <gio/gio.h>
 #include <string.h>
 
+#include "executor-nats.h"
 #include "json.h"
 #include "metrics.h"
 #include "status-resources.h"
@@ -54,6 +55,8 @@ readyz_handler (const gchar *arg)
     return (CrunchReply){503, "not ready: draining\n", TEXT, NULL};
   if (g.jobs_queued >= g.queue_limit)
     return (CrunchReply){503, "not ready: job queue full\n", TEXT, NULL};
+  if (!crunch_nats_ready ())
+    return (CrunchReply){503, "not ready: no NATS connection\n", TEXT, NULL};
   return (CrunchReply){200, "ready\n", TEXT, NULL};
 }
 

@@ -52,6 +52,23 @@ wait_serving (TestServer *server, gdouble seconds)
   }
 }
 
+/* Polls /readyz until it answers `status`, bounded. */
+static void
+wait_readyz (TestServer *server, long status, gdouble seconds)
+{
+  g_autofree gchar *url = test_server_url (server, "/readyz");
+  gint64 until = g_get_monotonic_time () + (gint64)(seconds * G_USEC_PER_SEC);
+
+  for (;;) {
+    g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+    if (r->status == status)
+      return;
+    if (g_get_monotonic_time () > until)
+      g_error ("/readyz still %ld (%s) after %.1f s", r->status, r->body, seconds);
+    g_usleep (20000);
+  }
+}
+
 static void
 wait_answered (TestLoad *load, guint n)
 {
@@ -166,10 +183,21 @@ test_nats_server_lost (void)
   g_assert_cmpuint (load.counts[200] + load.counts[503] + load.counts[504], ==, 400);
   g_assert_cmpuint (load.counts[503] + load.counts[504], >, 0);
   g_assert_cmpfloat (load.max_seconds, <, 3.0); /* reconnect_grace 0.5 s: prompt, not hanging */
+  /* a load balancer sees it: not ready without NATS, ready again with it */
+  wait_readyz (server, 503, 10);
+  get_expect (server, "/readyz", 503, "not ready: no NATS connection\n");
 
   test_nats_restart (nats);
   wait_serving (server, 15);
+  wait_readyz (server, 200, 10);
   get_expect (server, "/fib/10", 200, "55");
+  {
+    g_autofree gchar *metrics_url = test_server_url (server, "/metrics");
+    g_autoptr (TestReply) m = test_http ("GET", metrics_url, NULL);
+    g_assert_nonnull (strstr (m->body, "\ncrunchd_nats_connected 1\n"));
+    g_assert_null (strstr (m->body, "\ncrunchd_nats_disconnects_total 0\n"));
+    g_assert_nonnull (strstr (m->body, "\ncrunchd_nats_late_replies_total "));
+  }
   g_assert_cmpint (test_server_stop (server), ==, 0);
   g_assert_cmpint (test_worker_stop (w1), >, 0);
 }
