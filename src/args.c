@@ -285,7 +285,9 @@ crunch_args_from_body (const CrunchFunction *fn, const gchar *body, gsize len, G
   if (len == 0)
     return crunch_args_from_json (fn, NULL, error);
   if (!json_parser_load_from_data (parser, body, (gssize)len, &local)) {
-    invalid (error, "%s: the request body is not valid JSON: %s", fn->name, local->message);
+    /* json-glib may quote the offending bytes: keep the answer valid UTF-8 */
+    g_autofree gchar *why = g_utf8_make_valid (local->message, -1);
+    invalid (error, "%s: the request body is not valid JSON: %s", fn->name, why);
     return NULL;
   }
   root = json_parser_get_root (parser);

@@ -174,6 +174,26 @@ test_builtins (void)
   reset ();
 }
 
+/* A body json-glib rejects (a lone surrogate escape, found by fuzz-args): the 400 message quotes
+ * json-glib's error, which may carry the bad bytes; it must still be valid UTF-8. */
+static void
+test_json_error_utf8 (void)
+{
+  static const gchar body[] = "{\"n\": 5, \"s\": \"`\\uDDDDDDDDDDDD01e9, \"f\": 0.25\"}";
+  CrunchdFunction decl;
+  const CrunchFunction *fn;
+  g_autoptr (GError) error = NULL;
+
+  reset ();
+  decl = good ("f");
+  g_assert_true (crunch_functions_add (&decl, "p", NULL));
+  fn = crunch_functions_lookup ("f");
+  g_assert_null (crunch_args_from_body (fn, body, strlen (body), &error));
+  g_assert_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT);
+  g_assert_true (g_utf8_validate (error->message, -1, NULL));
+  g_assert_true (g_str_has_prefix (error->message, "f: the request body is not valid JSON: "));
+}
+
 int
 main (int argc, char **argv)
 {
@@ -183,5 +203,6 @@ main (int argc, char **argv)
   g_test_add_func ("/functions/abi-version", test_abi_version);
   g_test_add_func ("/functions/run-and-key", test_run_and_key);
   g_test_add_func ("/functions/builtins", test_builtins);
+  g_test_add_func ("/functions/json-error-utf8", test_json_error_utf8);
   return g_test_run ();
 }
