@@ -168,13 +168,13 @@ count_lines (const gchar *log, const gchar *what, const gchar *stop)
 static void
 test_fairness (void)
 {
-  TestServer
-      *server =
-          test_server_start (
-              "[executor]\nqueue_limit = 400\nper_client_limit = 0\ncoalesce = false\n"
-              "client_key = header:X-Api-Key\n[server]\nshutdown_timeout = 0\n[fib]\ntimeout = "
-              "600\n", /* A's last jobs may wait long on a slow machine: no 504s */
-              (const gchar *[]){"--threads=2", NULL});
+  TestServer *server = test_server_start (
+      "[executor]\nqueue_limit = 400\nper_client_limit = 0\ncoalesce = false\n"
+      "client_key = header:X-Api-Key\n[server]\nshutdown_timeout = 0\n[fib]\ntimeout = "
+      "600\n", /* A's last jobs may wait long on a slow machine: no 504s */
+      /* one worker: B waits for at most the job running when it arrives, and CPU contention from
+       * elsewhere slows the idle and the loaded measurement alike */
+      (const gchar *[]){"--threads=1", NULL});
   guint n = test_fib_n_for (server, 0.05);
   g_autofree gchar *a_url = g_strdup_printf ("%s/fib/%u", server->base, n);
   g_autofree gchar *b_url = g_strdup_printf ("%s/fib/%u", server->base, n - 1);
@@ -200,9 +200,9 @@ test_fairness (void)
   g_test_message ("fib(%u): B idle %.1f ms, behind A's flood %.1f ms (best of 3; ratio %.2f); "
                   "A jobs finished before B's first: %u",
                   n, idle[1] * 1000, loaded[0] * 1000, loaded[0] / idle[1], a_between);
-  /* Deterministic: B's job waited for at most one job per worker plus A's next turn, not for
-   * A's queue of ~200. */
-  g_assert_cmpuint (a_between, <=, 3 + 1);
+  /* Deterministic: B's job waited for the A job running when it arrived (and one more line of
+   * slack for the order in which answers reach the log), not for A's queue of ~200. */
+  g_assert_cmpuint (a_between, <=, 1 + 1);
   /* Timing, against the idle median; the best of three so that a busy machine's hiccup does not
    * decide it (bench E9 measures the same on a quiet machine). */
   g_assert_cmpfloat (loaded[0], <=, (3 * idle[1] + 0.010) * TEST_TIME_SCALE);
