@@ -340,6 +340,43 @@ test_reply_free (TestReply *reply)
   g_free (reply);
 }
 
+struct TestCall {
+  gchar *url;
+  TestReply *reply;
+  GThread *thread;
+};
+
+static gpointer
+call_thread (gpointer data)
+{
+  TestCall *call = data;
+
+  call->reply = test_http ("GET", call->url, NULL);
+  return NULL;
+}
+
+TestCall *
+test_call_start (gchar *url)
+{
+  TestCall *call = g_new0 (TestCall, 1);
+
+  call->url = url;
+  call->thread = g_thread_new ("client", call_thread, call);
+  return call;
+}
+
+TestReply *
+test_call_finish (TestCall *call)
+{
+  TestReply *reply;
+
+  g_thread_join (call->thread);
+  reply = call->reply;
+  g_free (call->url);
+  g_free (call);
+  return reply;
+}
+
 gdouble
 test_time_fib (TestServer *server, guint n)
 {

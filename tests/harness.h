@@ -64,6 +64,12 @@ TestReply *test_http (const gchar *method, const gchar *url, const gchar *const 
 TestReply *test_http_body (const gchar *method, const gchar *url, const gchar *const *headers,
                            const gchar *data);
 void test_reply_free (TestReply *reply);
+
+/* One GET on a thread of its own, for requests that must be in flight together: start it (the
+ * call takes `url`), then collect its reply. */
+typedef struct TestCall TestCall;
+TestCall *test_call_start (gchar *url);
+TestReply *test_call_finish (TestCall *call);
 /* Error bodies end with " (request id X)": cuts that off `body` (in place, keeping the final
  * newline) so tests compare the message alone, and returns X (free it), or NULL if absent. */
 gchar *test_strip_request_id (gchar *body);

@@ -123,36 +123,20 @@ test_keep_alive (void)
   g_assert_cmpstr (out, ==, "200 1\n200 0\n200 0\n404 0\n200 0\n");
 }
 
-typedef struct {
-  gchar *url;
-  TestReply *reply;
-} Call;
-
-static gpointer
-call_thread (gpointer data)
-{
-  Call *call = data;
-  call->reply = test_http ("GET", call->url, NULL);
-  return NULL;
-}
-
 static void
 test_simultaneous (void)
 {
   enum { N = 20 };
-  Call calls[N];
-  GThread *threads[N];
+  TestCall *calls[N];
+  TestReply *replies[N];
 
+  for (gint i = 0; i < N; i++)
+    calls[i] = test_call_start (test_server_url (server, "/fib/30"));
   for (gint i = 0; i < N; i++) {
-    calls[i].url = test_server_url (server, "/fib/30");
-    threads[i] = g_thread_new ("client", call_thread, &calls[i]);
-  }
-  for (gint i = 0; i < N; i++) {
-    g_thread_join (threads[i]);
-    g_assert_cmpint (calls[i].reply->status, ==, 200);
-    g_assert_cmpstr (calls[i].reply->body, ==, "832040");
-    test_reply_free (calls[i].reply);
-    g_free (calls[i].url);
+    replies[i] = test_call_finish (calls[i]);
+    g_assert_cmpint (replies[i]->status, ==, 200);
+    g_assert_cmpstr (replies[i]->body, ==, "832040");
+    test_reply_free (replies[i]);
   }
 }
 

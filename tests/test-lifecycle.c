@@ -4,33 +4,6 @@
 
 #include "harness.h"
 
-typedef struct {
-  gchar *url;
-  TestReply *reply;
-} Call;
-
-static gpointer
-call_thread (gpointer data)
-{
-  Call *call = data;
-  call->reply = test_http ("GET", call->url, NULL);
-  return NULL;
-}
-
-static GThread *
-start_call (Call *call, TestServer *server, const gchar *path)
-{
-  call->url = test_server_url (server, path);
-  return g_thread_new ("client", call_thread, call);
-}
-
-static void
-end_call (Call *call, GThread *thread)
-{
-  g_thread_join (thread);
-  g_free (call->url);
-}
-
 /* The problem crunchd exists to solve: slow jobs on every worker do not delay /fast. */
 static void
 test_fast_lane_not_blocked (void)
@@ -43,12 +16,12 @@ test_fast_lane_not_blocked (void)
   guint n = test_fib_n_for (server, 2.0);
   g_autofree gchar *path = g_strdup_printf ("/fib/%u", n);
   g_autofree gchar *fast = test_server_url (server, "/fast");
-  Call calls[WORKERS];
-  GThread *threads[WORKERS];
+  TestCall *calls[WORKERS];
+  TestReply *replies[WORKERS];
   gdouble worst = 0;
 
   for (gint i = 0; i < WORKERS; i++)
-    threads[i] = start_call (&calls[i], server, path);
+    calls[i] = test_call_start (test_server_url (server, path));
   g_usleep (200000); /* both workers are computing now */
   for (gint i = 0; i < 10; i++) {
     g_autoptr (TestReply) r = test_http ("GET", fast, NULL);
@@ -56,11 +29,11 @@ test_fast_lane_not_blocked (void)
     worst = MAX (worst, r->seconds);
   }
   for (gint i = 0; i < WORKERS; i++) {
-    end_call (&calls[i], threads[i]);
-    g_assert_cmpint (calls[i].reply->status, ==, 200);
+    replies[i] = test_call_finish (calls[i]);
+    g_assert_cmpint (replies[i]->status, ==, 200);
     /* the jobs really were long: they were still running while /fast was answered */
-    g_assert_cmpfloat (calls[i].reply->seconds, >=, 1.0);
-    test_reply_free (calls[i].reply);
+    g_assert_cmpfloat (replies[i]->seconds, >=, 1.0);
+    test_reply_free (replies[i]);
   }
   g_test_message ("fib(%u) jobs; slowest /fast while they ran: %.3f ms", n, worst * 1000);
   g_assert_cmpfloat (worst, <, 0.050 * TEST_TIME_SCALE);
@@ -76,24 +49,24 @@ test_sigterm_drains (void)
                          (const gchar *[]){"--threads=2", NULL});
   guint n = test_fib_n_for (server, 0.6);
   g_autofree gchar *path = g_strdup_printf ("/fib/%u", n);
-  Call calls[RUNNING + QUEUED];
-  GThread *threads[RUNNING + QUEUED];
+  TestCall *calls[RUNNING + QUEUED];
+  TestReply *replies[RUNNING + QUEUED];
   guint ok = 0, unavailable = 0;
 
   for (gint i = 0; i < RUNNING + QUEUED; i++) {
-    threads[i] = start_call (&calls[i], server, path);
+    calls[i] = test_call_start (test_server_url (server, path));
     g_usleep (30000); /* the first two take the workers */
   }
   g_usleep (100000);
   test_server_signal (server, SIGTERM);
   for (gint i = 0; i < RUNNING + QUEUED; i++) {
-    end_call (&calls[i], threads[i]);
-    g_assert_cmpint (calls[i].reply->curl_code, ==, 0); /* every client got an answer */
-    if (calls[i].reply->status == 200)
+    replies[i] = test_call_finish (calls[i]);
+    g_assert_cmpint (replies[i]->curl_code, ==, 0); /* every client got an answer */
+    if (replies[i]->status == 200)
       ok++;
-    else if (calls[i].reply->status == 503)
+    else if (replies[i]->status == 503)
       unavailable++;
-    test_reply_free (calls[i].reply);
+    test_reply_free (replies[i]);
   }
   g_assert_cmpuint (ok, ==, RUNNING);
   g_assert_cmpuint (unavailable, ==, QUEUED);
@@ -107,16 +80,16 @@ test_shutdown_timeout_cancels (void)
   TestServer *server = test_server_start ("[server]\nshutdown_timeout = 0.2\n",
                                           (const gchar *[]){"--threads=1", NULL});
   g_autofree gchar *path = g_strdup_printf ("/fib/%u", test_fib_n_for (server, 30.0));
-  Call call;
-  GThread *thread = start_call (&call, server, path);
+  TestCall *call = test_call_start (test_server_url (server, path));
+  TestReply *reply;
   gint64 t0;
 
   g_usleep (200000);
   t0 = g_get_monotonic_time ();
   test_server_signal (server, SIGTERM);
-  end_call (&call, thread);
-  g_assert_cmpint (call.reply->status, ==, 503);
-  test_reply_free (call.reply);
+  reply = test_call_finish (call);
+  g_assert_cmpint (reply->status, ==, 503);
+  test_reply_free (reply);
   g_assert_cmpint (test_server_stop (server), ==, 0);
   g_assert_cmpint (g_get_monotonic_time () - t0, <, 3 * G_USEC_PER_SEC);
 }

@@ -1,5 +1,6 @@
 /* test-logging.c - what journald receives: the level filter, and the structured fields of the
- * access log (PRIORITY, METHOD, ROUTE, STATUS, REQUEST_ID) from a server running in this process. */
+ * access log (PRIORITY, METHOD, ROUTE, STATUS, REQUEST_ID) from a server running in this process.
+ */
 #include <gio/gio.h>
 #include <string.h>
 

@@ -87,19 +87,6 @@ test_health (void)
   g_assert_cmpstr (r->body, ==, "ready\n");
 }
 
-typedef struct {
-  gchar *url;
-  TestReply *reply;
-} Call;
-
-static gpointer
-call_thread (gpointer data)
-{
-  Call *call = data;
-  call->reply = test_http ("GET", call->url, NULL);
-  return NULL;
-}
-
 /* Polls `path` until its status is `status` (bounded). */
 static TestReply *
 wait_status (TestServer *server, const gchar *path, long status)
@@ -122,14 +109,13 @@ test_readyz_queue_full (void)
   g_autoptr (TestServer) server =
       test_server_start ("[executor]\nthreads = 1\nqueue_limit = 1\n[fib]\nmax_n = 60\n", NULL);
   guint n = test_fib_n_for (server, 1.5);
-  Call calls[2];
-  GThread *threads[2];
+  TestCall *calls[2];
+  TestReply *replies[2];
   g_autoptr (TestReply) ready = NULL, refused = NULL, metrics = NULL;
 
   for (gint i = 0; i < 2; i++) {
     /* different arguments: identical ones would share one job (coalescing) */
-    calls[i].url = g_strdup_printf ("%s/fib/%u", server->base, n - (guint)i);
-    threads[i] = g_thread_new ("client", call_thread, &calls[i]);
+    calls[i] = test_call_start (g_strdup_printf ("%s/fib/%u", server->base, n - (guint)i));
     g_usleep (100000);
   }
   ready = wait_status (server, "/readyz", 503);
@@ -145,10 +131,9 @@ test_readyz_queue_full (void)
   assert_contains (metrics->body, "\ncrunchd_workers_busy 1\n");
   assert_contains (metrics->body, "\ncrunchd_connections_suspended 2\n");
   for (gint i = 0; i < 2; i++) {
-    g_thread_join (threads[i]);
-    g_assert_cmpint (calls[i].reply->status, ==, 200);
-    test_reply_free (calls[i].reply);
-    g_free (calls[i].url);
+    replies[i] = test_call_finish (calls[i]);
+    g_assert_cmpint (replies[i]->status, ==, 200);
+    test_reply_free (replies[i]);
   }
   test_reply_free (wait_status (server, "/readyz", 200));
 }
@@ -187,8 +172,7 @@ test_separate_listen (void)
   g_autoptr (TestReply) f = test_http ("GET", ops_fast, NULL);
   g_autoptr (TestReply) r = NULL;
   guint n = test_fib_n_for (server, 1.5);
-  Call call = {g_strdup_printf ("%s/fib/%u", server->base, n), NULL};
-  GThread *thread = g_thread_new ("client", call_thread, &call);
+  TestCall *call = test_call_start (g_strdup_printf ("%s/fib/%u", server->base, n));
   gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
 
   g_assert_cmpint (pub->status, ==, 404);
@@ -202,10 +186,8 @@ test_separate_listen (void)
   } while (r->status != 503 && g_get_monotonic_time () < until && (g_usleep (20000), TRUE));
   g_assert_cmpint (r->status, ==, 503);
   g_assert_cmpstr (r->body, ==, "not ready: draining\n");
-  g_thread_join (thread);
-  g_assert_cmpint (call.reply->status, ==, 200);
-  test_reply_free (call.reply);
-  g_free (call.url);
+  g_autoptr (TestReply) reply = test_call_finish (call);
+  g_assert_cmpint (reply->status, ==, 200);
 }
 
 static gchar *

@@ -109,38 +109,22 @@ test_reload_max_n (void)
   fixture_stop (&f);
 }
 
-typedef struct {
-  gchar *url;
-  TestReply *reply;
-} Call;
-
-static gpointer
-call_thread (gpointer data)
-{
-  Call *call = data;
-  call->reply = test_http ("GET", call->url, NULL);
-  return NULL;
-}
-
 #ifdef HAVE_SYSTEMD
 /* Starts `n` calls of `path` at once and waits for STATUS= to show `expect` while they run. */
 static void
 observe_jobs (Fixture *f, guint n, const gchar *path, const gchar *expect)
 {
-  Call calls[4];
-  GThread *threads[4];
+  TestCall *calls[4];
+  TestReply *replies[4];
 
   g_assert_cmpuint (n, <=, G_N_ELEMENTS (calls));
-  for (guint i = 0; i < n; i++) {
-    calls[i].url = test_server_url (f->server, path);
-    threads[i] = g_thread_new ("client", call_thread, &calls[i]);
-  }
+  for (guint i = 0; i < n; i++)
+    calls[i] = test_call_start (test_server_url (f->server, path));
   assert_status (f, expect);
   for (guint i = 0; i < n; i++) {
-    g_thread_join (threads[i]);
-    g_assert_cmpint (calls[i].reply->status, ==, 200);
-    test_reply_free (calls[i].reply);
-    g_free (calls[i].url);
+    replies[i] = test_call_finish (calls[i]);
+    g_assert_cmpint (replies[i]->status, ==, 200);
+    test_reply_free (replies[i]);
   }
 }
 
@@ -202,15 +186,13 @@ test_reload_in_flight (void)
   enum { CALLS = 3 };
   Fixture f;
   g_autofree gchar *path = NULL;
-  Call calls[CALLS];
-  GThread *threads[CALLS];
+  TestCall *calls[CALLS];
+  TestReply *replies[CALLS];
 
   fixture_start (&f, "[executor]\nthreads = 1\ncoalesce = false\n" SLOW_JOBS);
   path = g_strdup_printf ("/fib/%u", test_fib_n_for (f.server, 1.5));
-  for (guint i = 0; i < CALLS; i++) {
-    calls[i].url = test_server_url (f.server, path);
-    threads[i] = g_thread_new ("client", call_thread, &calls[i]);
-  }
+  for (guint i = 0; i < CALLS; i++)
+    calls[i] = test_call_start (test_server_url (f.server, path));
 #ifdef HAVE_SYSTEMD
   /* the first job runs; the others wait (or are still connecting): all are in flight */
   assert_status (&f, "jobs: 1 running on 1 threads, ");
@@ -219,11 +201,10 @@ test_reload_in_flight (void)
 #endif
   reload (&f, "[executor]\nthreads = 2\n[log]\nlevel = debug\n" SLOW_JOBS);
   for (guint i = 0; i < CALLS; i++) {
-    g_thread_join (threads[i]);
-    g_assert_cmpint (calls[i].reply->curl_code, ==, 0);
-    g_assert_cmpint (calls[i].reply->status, ==, 200);
-    test_reply_free (calls[i].reply);
-    g_free (calls[i].url);
+    replies[i] = test_call_finish (calls[i]);
+    g_assert_cmpint (replies[i]->curl_code, ==, 0);
+    g_assert_cmpint (replies[i]->status, ==, 200);
+    test_reply_free (replies[i]);
   }
   fixture_stop (&f);
 }
