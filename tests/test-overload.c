@@ -164,48 +164,74 @@ count_lines (const gchar *log, const gchar *what, const gchar *stop)
   return n;
 }
 
+/* For B's requests under the flood (its 4th to 6th log lines): the best (queued + run) / run,
+ * i.e. its completion time in units of its own compute time. Both parts are timed by the server
+ * in the same moment, so load elsewhere on the machine does not skew the ratio. */
+static gdouble
+best_turnaround (const gchar *log, const gchar *b_line)
+{
+  g_auto (GStrv) lines = g_strsplit (log, "\n", -1);
+  gdouble best = G_MAXDOUBLE;
+  guint seen = 0;
+
+  for (gchar **l = lines; *l != NULL; l++) {
+    const gchar *queued = strstr (*l, " queued="), *run = strstr (*l, " run=");
+    if (strstr (*l, b_line) == NULL || ++seen <= 3 || queued == NULL || run == NULL)
+      continue;
+    gdouble q = g_ascii_strtod (queued + strlen (" queued="), NULL);
+    gdouble r = g_ascii_strtod (run + strlen (" run="), NULL);
+    if (r > 0)
+      best = MIN (best, (q + r) / r);
+  }
+  return best;
+}
+
 /* Client A floods 200 jobs; client B's one job still completes within 3x its idle time. */
 static void
 test_fairness (void)
 {
   TestServer *server = test_server_start (
-      "[executor]\nqueue_limit = 400\nper_client_limit = 0\ncoalesce = false\n"
+      /* nice 0: the worker's share of a busy machine is then steadier, and that is not what
+       * this test is about */
+      "[executor]\nqueue_limit = 400\nper_client_limit = 0\ncoalesce = false\nnice = 0\n"
       "client_key = header:X-Api-Key\n[server]\nshutdown_timeout = 0\n[fib]\ntimeout = "
       "600\n", /* A's last jobs may wait long on a slow machine: no 504s */
       /* one worker: B waits for at most the job running when it arrives, and CPU contention from
        * elsewhere slows the idle and the loaded measurement alike */
       (const gchar *[]){"--threads=1", NULL});
   guint n = test_fib_n_for (server, 0.05);
-  g_autofree gchar *a_url = g_strdup_printf ("%s/fib/%u", server->base, n);
-  g_autofree gchar *b_url = g_strdup_printf ("%s/fib/%u", server->base, n - 1);
+  /* A and B ask for the same job size (coalescing is off); the request ids tell them apart */
+  g_autofree gchar *url = g_strdup_printf ("%s/fib/%u", server->base, n);
   /* access log lines, Common Log Format: "GET /fib/N HTTP/1.1" 200 */
-  g_autofree gchar *a_line = g_strdup_printf ("GET /fib/%u HTTP/1.1\" 200", n);
-  g_autofree gchar *b_line = g_strdup_printf ("GET /fib/%u HTTP/1.1\" 200", n - 1);
+  const gchar *a_line = "\"fairness-a\"", *b_line = "\"fairness-b\""; /* their request ids */
   g_autofree gchar *log = NULL;
   guint a_before, a_between;
-  const gchar *b_key[] = {"X-Api-Key: B", NULL};
-  gdouble idle[3], loaded[3];
+  const gchar *b_key[] = {"X-Api-Key: B", "X-Request-Id: fairness-b", NULL};
+  gdouble idle[3], loaded[3], turnaround;
   GThread *flood;
   g_autoptr (GArray) flood_statuses = NULL;
 
-  time_three (b_url, b_key, idle);
-  flood = test_http_many_async (a_url, 200, (const gchar *[]){"X-Api-Key: A", NULL}, 0);
+  time_three (url, b_key, idle);
+  flood = test_http_many_async (
+      url, 200, (const gchar *[]){"X-Api-Key: A", "X-Request-Id: fairness-a", NULL}, 0);
   g_usleep (300000); /* A's jobs fill the queue */
   log = test_server_log (server);
   a_before = count_lines (log, a_line, NULL);
   g_free (log);
-  time_three (b_url, b_key, loaded);
+  time_three (url, b_key, loaded);
   log = test_server_log (server);
   a_between = count_lines (log, a_line, b_line) - a_before;
-  g_test_message ("fib(%u): B idle %.1f ms, behind A's flood %.1f ms (best of 3; ratio %.2f); "
-                  "A jobs finished before B's first: %u",
-                  n, idle[1] * 1000, loaded[0] * 1000, loaded[0] / idle[1], a_between);
+  turnaround = best_turnaround (log, b_line);
+  g_test_message ("fib(%u): B idle %.1f ms, behind A's flood %.1f ms (wall clock, best of 3); "
+                  "B's queued + run = %.2f x its run time; A jobs finished before B's first: %u",
+                  n, idle[1] * 1000, loaded[0] * 1000, turnaround, a_between);
   /* Deterministic: B's job waited for the A job running when it arrived (and one more line of
    * slack for the order in which answers reach the log), not for A's queue of ~200. */
   g_assert_cmpuint (a_between, <=, 1 + 1);
-  /* Timing, against the idle median; the best of three so that a busy machine's hiccup does not
-   * decide it (bench E9 measures the same on a quiet machine). */
-  g_assert_cmpfloat (loaded[0], <=, (3 * idle[1] + 0.010) * TEST_TIME_SCALE);
+  /* Timing: behind the flood, B is answered within 3x its compute time (the wall-clock ratio
+   * above also counts the client and whatever else runs on the machine; bench E9 measures that
+   * on a quiet one). */
+  g_assert_cmpfloat (turnaround, <=, 3.0);
   flood_statuses = g_thread_join (flood);
   g_test_message ("A's flood: %u x 200, %u x 503, %u x 429, %u unanswered",
                   count_status (flood_statuses, 200), count_status (flood_statuses, 503),
