@@ -211,13 +211,28 @@ typedef struct {
   gpointer data;
 } IdleFunc;
 
+/* One sync object for every hand-off: everything the adding thread did before g_idle_add()
+ * (the IdleFunc, GLib's own GSource and list nodes, which TSan cannot see GLib lock) happens
+ * before the callback and the source's destruction on the main thread. */
+static gint idle_handoff;
+
 static gboolean
 idle_trampoline (gpointer data)
 {
-  IdleFunc *idle = data;
+  IdleFunc *idle;
 
+  __tsan_acquire (&idle_handoff);
+  idle = data;
   __tsan_acquire (idle->data);
   return idle->func (idle->data);
+}
+
+/* The destroy notify runs before GLib frees the source on the main thread. */
+static void
+idle_free (gpointer data)
+{
+  __tsan_acquire (&idle_handoff);
+  g_free (data);
 }
 
 guint
@@ -227,8 +242,13 @@ g_idle_add (GSourceFunc function, gpointer data)
 
   idle->func = function;
   idle->data = data;
+  guint id;
+
   __tsan_release (data);
-  return g_idle_add_full (G_PRIORITY_DEFAULT_IDLE, idle_trampoline, idle, g_free);
+  __tsan_release (&idle_handoff);
+  id = g_idle_add_full (G_PRIORITY_DEFAULT_IDLE, idle_trampoline, idle, idle_free);
+  __tsan_release (&idle_handoff); /* GLib allocated the source inside that call */
+  return id;
 }
 
 /* ---- suppressions: only reports inside GLib or libc internals, each checked by hand ---- */
