@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "json.h"
+
 static gboolean invalid (GError **error, const gchar *format, ...) G_GNUC_PRINTF (2, 3);
 
 static gboolean
@@ -275,25 +277,78 @@ crunch_args_from_json (const CrunchFunction *fn, JsonObject *object, GError **er
   return build (fn, lookup_json, object, error);
 }
 
-GVariant *
-crunch_args_from_body (const CrunchFunction *fn, const gchar *body, gsize len, GError **error)
+/* A request body -> its JSON object, parsed by `parser`; NULL (and a 400 message starting with
+ * "`who`: ", if not NULL) if the body is not one. The nesting is bounded before json-glib, whose
+ * parser recurses once per level on this thread's stack, sees a byte. */
+static JsonObject *
+body_object (JsonParser *parser, const gchar *who, const gchar *body, gsize len,
+             const gchar *expected, GError **error)
 {
-  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
   g_autoptr (GError) local = NULL;
   JsonNode *root;
 
-  if (len == 0)
-    return crunch_args_from_json (fn, NULL, error);
+  if (!crunch_json_depth_ok (body, len, CRUNCH_JSON_MAX_DEPTH)) {
+    invalid (error, "%s%sthe request body nests arrays or objects deeper than %d levels",
+             who ? who : "", who ? ": " : "", CRUNCH_JSON_MAX_DEPTH);
+    return NULL;
+  }
   if (!json_parser_load_from_data (parser, body, (gssize)len, &local)) {
     /* json-glib may quote the offending bytes: keep the answer valid UTF-8 */
     g_autofree gchar *why = g_utf8_make_valid (local->message, -1);
-    invalid (error, "%s: the request body is not valid JSON: %s", fn->name, why);
+    invalid (error, "%s%sthe request body is not valid JSON: %s", who ? who : "", who ? ": " : "",
+             why);
     return NULL;
   }
   root = json_parser_get_root (parser);
   if (root == NULL || !JSON_NODE_HOLDS_OBJECT (root)) {
-    invalid (error, "%s: the request body must be a JSON object of arguments", fn->name);
+    invalid (error, "%s%sthe request body must be %s", who ? who : "", who ? ": " : "", expected);
     return NULL;
   }
-  return crunch_args_from_json (fn, json_node_get_object (root), error);
+  return json_node_get_object (root);
+}
+
+GVariant *
+crunch_args_from_body (const CrunchFunction *fn, const gchar *body, gsize len, GError **error)
+{
+  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
+  JsonObject *object;
+
+  if (len == 0)
+    return crunch_args_from_json (fn, NULL, error);
+  object = body_object (parser, fn->name, body, len, "a JSON object of arguments", error);
+  return object != NULL ? crunch_args_from_json (fn, object, error) : NULL;
+}
+
+GVariant *
+crunch_args_from_job_body (const gchar *body, gsize len, const CrunchFunction **fn, GError **error)
+{
+  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
+  JsonObject *object =
+      body_object (parser, NULL, body, len, "a JSON object {\"fn\": NAME, \"args\": {...}}", error);
+  JsonNode *name, *args;
+
+  if (object == NULL)
+    return NULL;
+  name = json_object_get_member (object, "fn");
+  args = json_object_get_member (object, "args");
+  if (json_object_get_size (object) != (guint)(name != NULL) + (args != NULL)) {
+    invalid (error, "unknown member: expected only \"fn\" and \"args\"");
+    return NULL;
+  }
+  if (name == NULL || !JSON_NODE_HOLDS_VALUE (name) ||
+      json_node_get_value_type (name) != G_TYPE_STRING) {
+    invalid (error, "\"fn\" must be the name of a function");
+    return NULL;
+  }
+  *fn = crunch_functions_lookup (json_node_get_string (name));
+  if (*fn == NULL) {
+    g_autofree gchar *echo = crunch_args_echo (json_node_get_string (name));
+    invalid (error, "no such function '%s'", echo);
+    return NULL;
+  }
+  if (args != NULL && !JSON_NODE_HOLDS_OBJECT (args)) {
+    invalid (error, "\"args\" must be a JSON object");
+    return NULL;
+  }
+  return crunch_args_from_json (*fn, args ? json_node_get_object (args) : NULL, error);
 }

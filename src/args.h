@@ -22,6 +22,9 @@ GVariant *crunch_args_from_json (const CrunchFunction *fn, JsonObject *object, G
 /* A request body holding a JSON object (empty body: no arguments). */
 GVariant *crunch_args_from_body (const CrunchFunction *fn, const gchar *body, gsize len,
                                  GError **error);
+/* A POST /jobs body, {"fn": NAME, "args": {...}} -> the function and its canonical arguments. */
+GVariant *crunch_args_from_job_body (const gchar *body, gsize len, const CrunchFunction **fn,
+                                     GError **error);
 /* User text for an error message: valid UTF-8 (invalid bytes replaced), at most 64 characters
  * (longer ends in "..."), so a 400 body stays short and stays text. */
 gchar *crunch_args_echo (const gchar *text);

@@ -39,6 +39,7 @@ static const KeyDesc keys[] = {
     {"server", "max_connections", KEY_UINT, 4, 1000000, F (max_connections), NULL},
     {"server", "max_connections_per_ip", KEY_UINT, 0, 1000000, F (max_connections_per_ip), NULL},
     {"server", "connection_timeout", KEY_UINT, 0, 86400, F (connection_timeout), NULL},
+    {"server", "request_timeout", KEY_UINT, 0, 86400, F (request_timeout), NULL},
     {"server", "shutdown_timeout", KEY_DOUBLE, 0, 3600, F (shutdown_timeout), NULL},
     {"server", "max_body_size", KEY_UINT, 0, 1073741824, F (max_body_size), NULL},
     {"executor", "threads", KEY_UINT, 0, 1024, F (threads), NULL},
@@ -68,6 +69,7 @@ static const KeyDesc keys[] = {
     {"plugins", "load", KEY_LIST, 0, 0, F (plugins_load), NULL},
     {"jobs", "ttl", KEY_DOUBLE, 0, 604800, F (jobs_ttl), NULL},
     {"jobs", "max_stored", KEY_UINT, 1, 100000, F (jobs_max_stored), NULL},
+    {"jobs", "max_stored_per_client", KEY_UINT, 0, 100000, F (jobs_max_stored_per_client), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
     {"log", "access", KEY_ENUM, 0, 0, F (log_access), access_formats},
     {"metrics", "enabled", KEY_BOOL, 0, 0, F (metrics_enabled), NULL},
@@ -78,8 +80,9 @@ static const KeyDesc keys[] = {
 /* The defaults, in one place; data/crunchd.ini documents the same values. */
 static const CrunchConfig defaults = {
     .max_connections = 1024,
-    .max_connections_per_ip = 0,
+    .max_connections_per_ip = 256,
     .connection_timeout = 30,
+    .request_timeout = 10,
     .shutdown_timeout = 10.0,
     .max_body_size = 1048576,
     .threads = 0,
@@ -99,6 +102,7 @@ static const CrunchConfig defaults = {
     .fib_timeout = 30.0,
     .jobs_ttl = 300.0,
     .jobs_max_stored = 1000,
+    .jobs_max_stored_per_client = 100,
     .log_access = CRUNCH_ACCESS_LOG_COMMON,
     .metrics_enabled = TRUE,
 };

@@ -21,6 +21,7 @@ typedef struct {
   guint max_connections;
   guint max_connections_per_ip; /* 0 = no per-IP limit */
   guint connection_timeout;     /* seconds of idleness before MHD closes */
+  guint request_timeout;        /* seconds to complete a request (header and body); 0 = none */
   gdouble shutdown_timeout;     /* seconds running jobs get on SIGTERM */
   guint max_body_size;          /* bytes; larger request bodies get 413 */
 
@@ -64,6 +65,7 @@ typedef struct {
   /* [jobs] */
   gdouble jobs_ttl;      /* seconds a finished job is kept */
   guint jobs_max_stored; /* jobs kept at once (any state); beyond it POST /jobs gets 503 */
+  guint jobs_max_stored_per_client; /* of those, one client's; beyond it 429; 0 = no share */
 
   /* [log] */
   gchar *log_level; /* error|critical|warning|message|info|debug */

@@ -274,17 +274,24 @@ static const gchar *const type_codes[] = {NULL, "x", "d", "s", "ay"};
 
 /* Arguments that did not come through args.c (a remote worker decodes them from the wire) are
  * checked again, so `run` never sees a value its declaration excludes. */
-static gboolean
-matches_decl (const CrunchFunction *fn, GVariant *args)
+gchar *
+crunch_function_args_type (const CrunchFunction *fn)
 {
-  g_autoptr (GString) type = g_string_new ("(");
-  const CrunchdArg *decl;
+  GString *type = g_string_new ("(");
 
   for (guint i = 0; i < fn->decl->n_args; i++)
     g_string_append (type, type_codes[fn->decl->args[i].type]);
   g_string_append_c (type, ')');
-  if (!g_variant_type_string_is_valid (type->str) ||
-      !g_variant_is_of_type (args, G_VARIANT_TYPE (type->str)))
+  return g_string_free (type, FALSE);
+}
+
+static gboolean
+matches_decl (const CrunchFunction *fn, GVariant *args)
+{
+  g_autofree gchar *type = crunch_function_args_type (fn);
+  const CrunchdArg *decl;
+
+  if (!g_variant_type_string_is_valid (type) || !g_variant_is_of_type (args, G_VARIANT_TYPE (type)))
     return FALSE;
   for (guint i = 0; i < fn->decl->n_args; i++) {
     g_autoptr (GVariant) child = g_variant_get_child_value (args, i);

@@ -63,6 +63,8 @@ typedef struct {
  * is impure (its calls may not be shared). The args tuple is canonical (args.c), so a call by
  * /fib/N, /fn/fib?n=N, POST /fn/fib or POST /jobs has the same key. */
 gchar *crunch_function_key (const CrunchFunction *fn, GVariant *args);
+/* The GVariant type string of the function's arguments: a flat tuple, e.g. "(xd)". */
+gchar *crunch_function_args_type (const CrunchFunction *fn);
 
 /* Registers the built-ins, loads [plugins] load from [plugins] dir, applies live settings. On
  * error (naming the plugin) the registry is left empty. Call once, before serving. */

@@ -24,3 +24,12 @@ crunch_header_request_timeout (const gchar *value, gint64 *timeout_us)
   *timeout_us = MAX ((gint64)(seconds * G_USEC_PER_SEC), 1);
   return TRUE;
 }
+
+gboolean
+crunch_header_method_valid (const gchar *method)
+{
+  static const gchar tchar[] = "!#$%&'*+-.^_`|~0123456789"
+                               "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+  return *method != '\0' && strspn (method, tchar) == strlen (method);
+}

@@ -35,14 +35,16 @@ struct CrunchJobs {
   CrunchParked *deadlines; /* unfinished tickets, by deadline */
   GHashTable *entries;     /* id -> Entry* (owned) */
   GQueue finished;         /* Entry*, oldest first */
+  GHashTable *held;        /* client -> entries it holds (GUINT_TO_POINTER) */
   gint64 ttl_us;
-  guint max_stored;
+  guint max_stored, max_per_client;
 };
 
 typedef struct {
   CrunchJobs *store;
   gchar *id;
   const CrunchFunction *fn;
+  gchar *client;             /* who submitted it: its share of the store */
   CrunchTicket *ticket;      /* from admission on; NULL for a cache hit */
   CrunchParkedEntry *parked; /* its deadline, until answered */
   GBytes *cached;            /* a cache hit's result */
@@ -54,11 +56,19 @@ typedef struct {
 
 #define ID_BYTES 16 /* 128 random bits */
 
+/* With the lock held (the table frees entries as they are removed). */
 static void
 entry_free (gpointer data)
 {
   Entry *entry = data;
+  GHashTable *held = entry->store->held;
+  guint count = GPOINTER_TO_UINT (g_hash_table_lookup (held, entry->client));
 
+  if (count > 1)
+    g_hash_table_insert (held, g_strdup (entry->client), GUINT_TO_POINTER (count - 1));
+  else
+    g_hash_table_remove (held, entry->client);
+  g_free (entry->client);
   g_clear_pointer (&entry->ticket, crunch_ticket_unref);
   g_clear_pointer (&entry->cached, g_bytes_unref);
   g_free (entry->id);
@@ -93,6 +103,7 @@ crunch_jobs_new (CrunchScheduler *scheduler, const CrunchConfig *config)
       crunch_parked_new (on_deadline, self, (gpointer (*) (gpointer))crunch_ticket_ref,
                          (GDestroyNotify)crunch_ticket_unref);
   self->entries = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, entry_free);
+  self->held = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   g_queue_init (&self->finished);
   crunch_jobs_configure (self, config);
   return self;
@@ -104,6 +115,7 @@ crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
   g_mutex_lock (&self->lock);
   self->ttl_us = (gint64)(config->jobs_ttl * G_USEC_PER_SEC);
   self->max_stored = config->jobs_max_stored;
+  self->max_per_client = config->jobs_max_stored_per_client;
   g_mutex_unlock (&self->lock);
 }
 
@@ -136,6 +148,7 @@ crunch_jobs_free (CrunchJobs *self)
   crunch_parked_free (self->deadlines); /* every ticket was answered: no deadline is left */
   g_queue_clear (&self->finished);
   g_hash_table_unref (self->entries);
+  g_hash_table_unref (self->held);
   g_mutex_clear (&self->lock);
   g_free (self);
 }
@@ -377,59 +390,26 @@ new_id (void)
   return id;
 }
 
-static GVariant *
-bad_request (GError **error, const gchar *message)
-{
-  g_set_error_literal (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
-                       message);
-  return NULL;
-}
-
-/* {"fn": NAME, "args": {...}} -> function and canonical arguments, or a 400 message. */
-static GVariant *
-parse_request (const gchar *body, gsize len, const CrunchFunction **fn, GError **error)
-{
-  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
-  JsonNode *root, *name, *args;
-  JsonObject *object;
-
-  if (!json_parser_load_from_data (parser, body, (gssize)len, error))
-    return NULL;
-  root = json_parser_get_root (parser);
-  if (root == NULL || !JSON_NODE_HOLDS_OBJECT (root))
-    return bad_request (error, "expected a JSON object {\"fn\": NAME, \"args\": {...}}");
-  object = json_node_get_object (root);
-  name = json_object_get_member (object, "fn");
-  args = json_object_get_member (object, "args");
-  if (json_object_get_size (object) != (guint)(name != NULL) + (args != NULL))
-    return bad_request (error, "unknown member: expected only \"fn\" and \"args\"");
-  if (name == NULL || json_node_get_value_type (name) != G_TYPE_STRING)
-    return bad_request (error, "\"fn\" must be the name of a function");
-  *fn = crunch_functions_lookup (json_node_get_string (name));
-  if (*fn == NULL) {
-    g_autofree gchar *echo = crunch_args_echo (json_node_get_string (name));
-    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
-                 "no such function '%s'", echo);
-    return NULL;
-  }
-  if (args != NULL && !JSON_NODE_HOLDS_OBJECT (args))
-    return bad_request (error, "\"args\" must be a JSON object");
-  return crunch_args_from_json (*fn, args ? json_node_get_object (args) : NULL, error);
-}
-
-/* With the lock held: a place in the store, or NULL when it is full. */
+/* With the lock held: a place in the store, or NULL when it is full (*client_full: when this
+ * client holds its whole share). */
 static Entry *
-reserve_locked (CrunchJobs *self, const CrunchFunction *fn)
+reserve_locked (CrunchJobs *self, const CrunchFunction *fn, const gchar *client,
+                gboolean *client_full)
 {
+  guint held;
   Entry *entry;
 
   purge_locked (self);
-  if (g_hash_table_size (self->entries) >= self->max_stored)
+  held = GPOINTER_TO_UINT (g_hash_table_lookup (self->held, client));
+  *client_full = self->max_per_client > 0 && held >= self->max_per_client;
+  if (*client_full || g_hash_table_size (self->entries) >= self->max_stored)
     return NULL;
+  g_hash_table_insert (self->held, g_strdup (client), GUINT_TO_POINTER (held + 1));
   entry = g_new0 (Entry, 1);
   entry->store = self;
   entry->id = new_id ();
   entry->fn = fn;
+  entry->client = g_strdup (client);
   entry->t_created = g_get_real_time ();
   entry->t_submitted = g_get_monotonic_time ();
   entry->deadline_us =
@@ -438,16 +418,42 @@ reserve_locked (CrunchJobs *self, const CrunchFunction *fn)
   return entry;
 }
 
-static CrunchJobsReply
-store_full_locked (CrunchJobs *self)
+/* With the lock held: seconds until the oldest finished job (of `client`, or anyone's if NULL)
+ * expires and makes room; at least 1. */
+static gchar *
+retry_after_locked (CrunchJobs *self, const gchar *client)
 {
-  Entry *oldest = g_queue_peek_head (&self->finished);
-  gint64 wait_us = oldest ? self->ttl_us - (g_get_monotonic_time () - oldest->t_done) : 0;
-  CrunchJobsReply reply = reply_text (
-      503, "too many stored jobs ([jobs] max_stored = %u), retry later", self->max_stored);
+  gint64 wait_us = 0;
 
-  reply.retry_after =
-      g_strdup_printf ("%" G_GINT64_FORMAT, MAX (1, (wait_us + 999999) / G_USEC_PER_SEC));
+  for (GList *l = self->finished.head; l != NULL; l = l->next) {
+    const Entry *oldest = l->data;
+    if (client == NULL || g_str_equal (oldest->client, client)) {
+      wait_us = self->ttl_us - (g_get_monotonic_time () - oldest->t_done);
+      break;
+    }
+  }
+  return g_strdup_printf ("%" G_GINT64_FORMAT, MAX (1, (wait_us + 999999) / G_USEC_PER_SEC));
+}
+
+/* With the lock held. One client at its share gets 429 alone, rather than having its finished
+ * jobs expire early: a 202 promised the result stays readable for [jobs] ttl. */
+static CrunchJobsReply
+store_full_locked (CrunchJobs *self, const gchar *client, gboolean client_full)
+{
+  CrunchJobsReply reply;
+
+  if (client_full) {
+    crunch_metrics_rejection (CRUNCH_REJECT_STORE_CLIENT_SHARE);
+    reply = reply_text (429,
+                        "this client holds %u stored jobs ([jobs] max_stored_per_client): "
+                        "DELETE finished ones, or retry later",
+                        self->max_per_client);
+  } else {
+    crunch_metrics_rejection (CRUNCH_REJECT_STORE_FULL);
+    reply = reply_text (503, "too many stored jobs ([jobs] max_stored = %u), retry later",
+                        self->max_stored);
+  }
+  reply.retry_after = retry_after_locked (self, client_full ? client : NULL);
   return reply;
 }
 
@@ -493,23 +499,24 @@ crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar 
   const CrunchFunction *fn = NULL;
   CrunchJobsReply reply;
   CrunchAdmit verdict;
+  gboolean client_full;
   Entry *entry;
 
-  args = parse_request (body, len, &fn, &error);
+  args = crunch_args_from_job_body (body, len, &fn, &error);
   if (args == NULL)
     return reply_text (400, "POST /jobs: %s", error->message);
   g_variant_ref_sink (args);
   cached = crunch_scheduler_cached (self->scheduler, fn, args);
 
   g_mutex_lock (&self->lock);
-  entry = reserve_locked (self, fn);
+  entry = reserve_locked (self, fn, client, &client_full);
   if (entry == NULL || cached != NULL) {
     if (entry != NULL) { /* a cache hit needs no job: it is done at once */
       crunch_metrics_job_event (fn, CRUNCH_JOB_EVENT_CACHE_HIT);
       entry->cached = g_steal_pointer (&cached);
       finish_locked (self, entry);
     }
-    reply = entry != NULL ? accepted_locked (entry) : store_full_locked (self);
+    reply = entry != NULL ? accepted_locked (entry) : store_full_locked (self, client, client_full);
     g_mutex_unlock (&self->lock);
     return reply;
   }

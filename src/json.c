@@ -33,3 +33,28 @@ crunch_json_append_string (GString *out, const gchar *value)
   }
   g_string_append_c (out, '"');
 }
+
+gboolean
+crunch_json_depth_ok (const gchar *text, gsize len, guint max_depth)
+{
+  gboolean in_string = FALSE;
+  guint depth = 0;
+
+  for (gsize i = 0; i < len; i++) {
+    gchar c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        i++; /* the escaped character cannot end the string */
+      else if (c == '"')
+        in_string = FALSE;
+    } else if (c == '"') {
+      in_string = TRUE;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth)
+        return FALSE;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      depth--;
+    }
+  }
+  return TRUE;
+}

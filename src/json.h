@@ -7,3 +7,13 @@
 /* Appends `value` as a JSON string, quotes included (RFC 8259 escapes; invalid UTF-8 bytes
  * become U+FFFD so the output is always valid). */
 void crunch_json_append_string (GString *out, const gchar *value);
+
+/* The deepest any JSON text may nest arrays and objects. crunchd's JSON bodies are flat
+ * ({"fn": ..., "args": {...}} at most two levels), and json-glib's parser recurses once per
+ * level on the calling thread's stack: a body nested 100,000 deep would overflow it. */
+#define CRUNCH_JSON_MAX_DEPTH 32
+
+/* TRUE if `text` (len bytes, not necessarily NUL-terminated) nests arrays and objects no deeper
+ * than `max_depth`. A linear scan that skips strings; it does not validate the JSON, so run it
+ * before the parser, which does. */
+gboolean crunch_json_depth_ok (const gchar *text, gsize len, guint max_depth);

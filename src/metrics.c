@@ -81,10 +81,8 @@ static const struct {
   const gchar *reason;
   guint status;
 } rejections[CRUNCH_REJECT_COUNT] = {
-    {"queue_full", 503},
-    {"draining", 503},
-    {"client_limit", 429},
-    {"body_too_large", 413},
+    {"queue_full", 503},     {"draining", 503},   {"client_limit", 429},
+    {"body_too_large", 413}, {"store_full", 503}, {"store_client_share", 429},
 };
 
 void
@@ -609,6 +607,15 @@ render_gauges (GString *out)
          "HTTP connections parked while their job is queued or running.",
          crunch_metrics_suspended ());
   gauge (out, "crunchd_draining", "1 while the server is shutting down.", g.draining ? 1 : 0);
+  header (out, "crunchd_connections_closed_total", "counter",
+          "Connections crunchd closed before they completed a request: past [server] "
+          "request_timeout, or the oldest waiting one when the connection table was nearly full.");
+  g_string_append_printf (out,
+                          "crunchd_connections_closed_total{reason=\"request_timeout\"} "
+                          "%" G_GUINT64_FORMAT "\n"
+                          "crunchd_connections_closed_total{reason=\"made_room\"} "
+                          "%" G_GUINT64_FORMAT "\n",
+                          g.connections_timed_out, g.connections_made_room);
 }
 
 static void

@@ -26,10 +26,12 @@ typedef enum {
 
 /* Why a request was refused before any work (crunchd_rejections_total{reason=...}). */
 typedef enum {
-  CRUNCH_REJECT_QUEUE_FULL,     /* 503 */
-  CRUNCH_REJECT_DRAINING,       /* 503 */
-  CRUNCH_REJECT_CLIENT_LIMIT,   /* 429: the client's share of the queue is used up */
-  CRUNCH_REJECT_BODY_TOO_LARGE, /* 413 */
+  CRUNCH_REJECT_QUEUE_FULL,         /* 503 */
+  CRUNCH_REJECT_DRAINING,           /* 503 */
+  CRUNCH_REJECT_CLIENT_LIMIT,       /* 429: the client's share of the queue is used up */
+  CRUNCH_REJECT_BODY_TOO_LARGE,     /* 413 */
+  CRUNCH_REJECT_STORE_FULL,         /* 503: POST /jobs, [jobs] max_stored */
+  CRUNCH_REJECT_STORE_CLIENT_SHARE, /* 429: POST /jobs, [jobs] max_stored_per_client */
   CRUNCH_REJECT_COUNT
 } CrunchRejection;
 
@@ -41,6 +43,8 @@ typedef struct {
   guint workers_total;
   guint queue_limit;
   guint connections_open;
+  guint64 connections_timed_out; /* closed: no complete request within request_timeout */
+  guint64 connections_made_room; /* closed: waiting, the oldest, when the table was nearly full */
   gboolean draining;
 } CrunchGauges;
 typedef void (*CrunchGaugeFunc) (CrunchGauges *gauges, gpointer data);

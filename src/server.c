@@ -28,6 +28,7 @@
 
 #include "accesslog.h"
 #include "args.h"
+#include "conns.h"
 #include "headers.h"
 #include "logging.h"
 #include "metrics.h"
@@ -53,14 +54,15 @@ struct CrunchServer {
   CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
   CrunchParked *parked;
   GPtrArray *daemons;
+  GPtrArray *guards;        /* CrunchConns, one per daemon, the ops one included */
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
   guint max_connections, max_connections_per_ip, connection_timeout;
+  guint request_timeout; /* atomic */
   gchar **listen;
   gchar *metrics_listen;
   struct MHD_Daemon *ops_daemon; /* NULL: ops routes are served by the public daemons */
   gboolean has_ops;              /* ops_daemon is wanted; fixed before any daemon starts */
   Listener public_listener, ops_listener;
-  gint open_connections;
   gint64 max_body_size; /* atomic */
   gint in_flight;       /* compute requests admitted and not yet completed */
   guint64 served;       /* requests answered (any status), atomic; for STATUS= */
@@ -73,6 +75,7 @@ struct CrunchServer {
 typedef struct {
   CrunchServer *server;
   struct MHD_Connection *connection;
+  CrunchConn *conn; /* the connection guard's record of it */
   gint64 t_start;
   gchar *method, *path;
   const gchar *protocol;
@@ -86,6 +89,7 @@ typedef struct {
   CrunchParkedEntry *parked; /* while suspended */
   gint64 timeout_us;         /* the deadline it was given, for the 504 message */
   gboolean cached;           /* answered from the result cache */
+  gboolean complete;         /* its header and body have arrived */
   guint status;
   gsize bytes;
 } CrunchRequest;
@@ -402,6 +406,16 @@ respond_jobs (CrunchRequest *req, const gchar *arg)
   } else {
     reply = crunch_jobs_get (jobs, arg);
   }
+  if (reply.status >= 400 && reply.body != NULL) {
+    /* an error page like any other: plain text naming the request id */
+    gconstpointer text = g_bytes_get_data (reply.body, &size);
+    g_autofree gchar *message = g_strchomp (g_strndup (text, size));
+    ret = respond_error (req, reply.status, message,
+                         reply.retry_after != NULL ? MHD_HTTP_HEADER_RETRY_AFTER : NULL,
+                         reply.retry_after, NULL);
+    crunch_jobs_reply_clear (&reply);
+    return ret;
+  }
   if (reply.body != NULL)
     data = g_bytes_get_data (reply.body, &size);
   req->bytes = size;
@@ -500,6 +514,63 @@ declared_body_too_large (CrunchRequest *req)
          length > (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED);
 }
 
+typedef struct {
+  guint lengths;           /* Content-Length fields */
+  const gchar *length;     /* the first one's value */
+  gboolean lengths_differ; /* two of them disagree */
+  const gchar *encoding;   /* Transfer-Encoding, the last one */
+} Framing;
+
+static enum MHD_Result
+collect_framing (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  Framing *f = cls;
+
+  if (g_ascii_strcasecmp (key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+    f->lengths_differ |= f->lengths++ > 0 && g_strcmp0 (f->length, value) != 0;
+    f->length = f->length ? f->length : value;
+  } else if (g_ascii_strcasecmp (key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+    f->encoding = value;
+  }
+  return MHD_YES;
+}
+
+/* First call: a request whose end a proxy in front could see elsewhere than MHD does (RFC 9112
+ * 6.1 and 6.3: request smuggling). It is answered 400 and its connection closed, so no byte after
+ * its header is ever read as another request. NULL: the framing is unambiguous. */
+static const gchar *
+ambiguous_framing (struct MHD_Connection *connection)
+{
+  Framing f = {0};
+
+  MHD_get_connection_values (connection, MHD_HEADER_KIND, collect_framing, &f);
+  if (f.encoding != NULL && f.lengths > 0)
+    return "a request must not have both Content-Length and Transfer-Encoding";
+  if (f.lengths_differ)
+    return "a request must not have Content-Length fields that differ";
+  if (f.encoding != NULL && g_ascii_strcasecmp (f.encoding, "chunked") != 0)
+    return "Transfer-Encoding other than 'chunked' is not supported";
+  return NULL;
+}
+
+/* First call: requests that are refused before their body is read. */
+static enum MHD_Result
+check_request_line (CrunchRequest *req)
+{
+  const gchar *framing;
+
+  if (!crunch_header_method_valid (req->method))
+    return respond_error (req, MHD_HTTP_BAD_REQUEST, "malformed request method",
+                          MHD_HTTP_HEADER_CONNECTION, "close", NULL);
+  framing = ambiguous_framing (req->connection);
+  if (framing != NULL)
+    return respond_error (req, MHD_HTTP_BAD_REQUEST, framing, MHD_HTTP_HEADER_CONNECTION, "close",
+                          NULL);
+  if (declared_body_too_large (req))
+    return respond_too_large (req);
+  return MHD_YES;
+}
+
 static enum MHD_Result
 on_request (void *cls, struct MHD_Connection *connection, const char *url, const char *method,
             const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls)
@@ -512,6 +583,8 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
     req->server = listener->server;
     req->ops = listener->ops;
     req->connection = connection;
+    req->conn =
+        MHD_get_connection_info (connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT)->socket_context;
     req->t_start = g_get_monotonic_time ();
     req->method = g_strdup (method);
     req->path = g_strdup (url);
@@ -519,9 +592,7 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
     crunch_request_id (req->request_id, MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
                                                                      CRUNCH_REQUEST_ID_HEADER));
     *req_cls = req;
-    if (declared_body_too_large (req))
-      return respond_too_large (req);
-    return MHD_YES;
+    return check_request_line (req);
   }
   if (*upload_data_size > 0) {
     req->body_bytes += *upload_data_size;
@@ -540,8 +611,12 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
                ? MHD_NO
                : MHD_YES;
   }
+  if (!req->complete) {
+    req->complete = TRUE;
+    crunch_conns_request_complete (req->conn);
+  }
   if (req->status != 0)
-    return MHD_YES; /* answered early (413 on Content-Length) */
+    return MHD_YES; /* answered early (413 on Content-Length, 400 on framing) */
   if (req->ticket != NULL)
     return respond_ticket (req);
   return route_request (req);
@@ -598,6 +673,8 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
   if (req == NULL)
     return;
   *req_cls = NULL;
+  if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+    crunch_conns_request_ended (req->conn); /* waits for its next request */
   if (req->status == 0)
     req->status = 499; /* nginx's "client closed request": nothing was sent */
   duration_us = g_get_monotonic_time () - req->t_start;
@@ -655,14 +732,18 @@ on_expired (gpointer ticket, CrunchJobOutcome why, gpointer data)
   crunch_scheduler_abandon (self->scheduler, ticket, why);
 }
 
-/* MHD_OPTION_NOTIFY_CONNECTION: a gauge, one atomic per connection (not per request). */
+/* MHD_OPTION_NOTIFY_CONNECTION: the daemon's connection guard tracks every connection from its
+ * start (waiting for a complete request) to its close. */
 static void
 on_connection (void *cls, struct MHD_Connection *connection, void **socket_context,
                enum MHD_ConnectionNotificationCode toe)
 {
-  CrunchServer *server = cls;
+  CrunchConns *guard = cls;
 
-  g_atomic_int_add (&server->open_connections, toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
+  if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+    *socket_context = crunch_conns_opened (guard, connection_fd (connection));
+  else
+    crunch_conns_closed (*socket_context);
 }
 
 /* The metrics gauge source; any thread that scrapes. */
@@ -678,7 +759,13 @@ fill_gauges (CrunchGauges *g, gpointer data)
   g->workers_busy = stats.running;
   g->workers_total = stats.threads;
   g->queue_limit = stats.queue_limit;
-  g->connections_open = (guint)MAX (g_atomic_int_get (&self->open_connections), 0);
+  for (guint i = 0; i < self->guards->len; i++) {
+    CrunchConnsStats conns;
+    crunch_conns_get_stats (self->guards->pdata[i], &conns);
+    g->connections_open += conns.open;
+    g->connections_timed_out += conns.timed_out;
+    g->connections_made_room += conns.made_room;
+  }
   g->draining = g_atomic_int_get (&self->draining);
 }
 
@@ -693,6 +780,7 @@ crunch_server_new (CrunchScheduler *scheduler, const CrunchConfig *config)
   if (g_str_has_prefix (config->client_key, "header:"))
     self->client_key_header = g_strdup (config->client_key + strlen ("header:"));
   self->daemons = g_ptr_array_new ();
+  self->guards = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_conns_free);
   self->max_connections = config->max_connections;
   self->max_connections_per_ip = config->max_connections_per_ip;
   self->connection_timeout = config->connection_timeout;
@@ -710,6 +798,9 @@ void
 crunch_server_configure (CrunchServer *self, const CrunchConfig *config)
 {
   __atomic_store_n (&self->max_body_size, (gint64)config->max_body_size, __ATOMIC_RELAXED);
+  __atomic_store_n (&self->request_timeout, config->request_timeout, __ATOMIC_RELAXED);
+  for (guint i = 0; self->guards != NULL && i < self->guards->len; i++)
+    crunch_conns_set_timeout (self->guards->pdata[i], config->request_timeout);
 }
 
 /* "listening on http://127.0.0.1:8000/": tests read the port from this line. The ops daemon
@@ -741,12 +832,13 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
 {
   guint flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                 MHD_USE_ERROR_LOG;
+  CrunchConns *guard = crunch_conns_new (self->max_connections, ops ? "ops" : "http");
   struct MHD_OptionItem options[] = {
       {MHD_OPTION_CONNECTION_LIMIT, self->max_connections, NULL},
       {MHD_OPTION_PER_IP_CONNECTION_LIMIT, self->max_connections_per_ip, NULL},
       {MHD_OPTION_CONNECTION_TIMEOUT, self->connection_timeout, NULL},
       {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, self},
-      {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, self},
+      {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, guard},
       {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
       {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_path, NULL},
       {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
@@ -762,10 +854,13 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
                              ops ? &self->ops_listener : &self->public_listener, MHD_OPTION_ARRAY,
                              options, MHD_OPTION_END);
   if (daemon == NULL) {
+    crunch_conns_free (guard);
     g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "libmicrohttpd could not start: %s",
                  fd >= 0 ? "bad socket from systemd" : g_strerror (errno));
     return FALSE;
   }
+  crunch_conns_set_timeout (guard, __atomic_load_n (&self->request_timeout, __ATOMIC_RELAXED));
+  g_ptr_array_add (self->guards, guard);
   if (ops)
     self->ops_daemon = daemon;
   else
@@ -846,6 +941,7 @@ crunch_server_free (CrunchServer *self)
     MHD_stop_daemon (self->daemons->pdata[i]);
   if (self->ops_daemon != NULL)
     MHD_stop_daemon (self->ops_daemon);
+  g_ptr_array_unref (self->guards); /* after the daemons: every connection is closed */
   g_ptr_array_unref (self->daemons);
   g_free (self->metrics_listen);
   crunch_parked_free (self->parked);

@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "executor.h"
 #include "functions.h"
 #include "nats-link.h"
@@ -259,6 +260,22 @@ on_deadline (gpointer data)
   return G_SOURCE_CONTINUE;
 }
 
+/* Arguments are decoded only as the flat tuple the function declares: whatever type a message
+ * names (a nested one, a huge one), nothing else is ever built from its bytes. */
+static gboolean
+args_type_expected (const CrunchFunction *fn, const gchar *type, GError **error)
+{
+  g_autofree gchar *want = crunch_function_args_type (fn);
+  g_autofree gchar *got = NULL;
+
+  if (g_strcmp0 (type, want) == 0)
+    return TRUE;
+  got = crunch_args_echo (type != NULL ? type : "");
+  g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+               "bad arguments: %s takes %s, the message says '%s'", fn->name, want, got);
+  return FALSE;
+}
+
 /* The job message -> a task; NULL + error for a malformed request. */
 static Task *
 task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
@@ -284,7 +301,7 @@ task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
   } else if (t->reply == NULL || t->request_id == NULL) {
     g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
                          "malformed job message: no reply subject or request id");
-  } else {
+  } else if (args_type_expected (t->fn, crunch_nats_header (msg, CRUNCH_HDR_ARGS_TYPE), error)) {
     t->args =
         crunch_nats_args_decode (crunch_nats_header (msg, CRUNCH_HDR_ARGS_TYPE),
                                  natsMsg_GetData (msg), (gsize)natsMsg_GetDataLength (msg), &local);

@@ -1,5 +1,8 @@
 /* test-accesslog.c - access log lines (CLF, JSON), JSON escaping and request ids. */
 #include "accesslog.h"
+
+#include <string.h>
+
 #include "json.h"
 #include "requestid.h"
 
@@ -106,6 +109,31 @@ test_request_id (void)
   g_assert_cmpstr (id, !=, other);
 }
 
+/* The nesting bound checked before json-glib's recursive parser sees a body. */
+static void
+test_json_depth (void)
+{
+  g_autoptr (GString) deep = g_string_new (NULL);
+  const gchar *text;
+
+  g_assert_true (crunch_json_depth_ok ("", 0, 2));
+  g_assert_true (crunch_json_depth_ok ("{\"a\": [1, {\"b\": 2}]}", 22, 3));
+  g_assert_false (crunch_json_depth_ok ("{\"a\": [1, {\"b\": 2}]}", 22, 2));
+  /* brackets inside strings, escaped quotes included, do not count */
+  text = "{\"a\": \"[[[[\\\"{{{{\"}";
+  g_assert_true (crunch_json_depth_ok (text, strlen (text), 1));
+  /* closing brackets never go below zero, and siblings do not add up */
+  g_assert_true (crunch_json_depth_ok ("]]]][[", 6, 2));
+  g_assert_false (crunch_json_depth_ok ("]]]][[[", 7, 2));
+  g_assert_true (crunch_json_depth_ok ("[[]][[]][[]]", 12, 2));
+  /* the length is respected: no NUL needed */
+  g_assert_true (crunch_json_depth_ok ("[[[", 2, 2));
+  for (guint i = 0; i < 100000; i++)
+    g_string_append_c (deep, '[');
+  g_assert_false (crunch_json_depth_ok (deep->str, deep->len, CRUNCH_JSON_MAX_DEPTH));
+  g_assert_true (crunch_json_depth_ok (deep->str, CRUNCH_JSON_MAX_DEPTH, CRUNCH_JSON_MAX_DEPTH));
+}
+
 int
 main (int argc, char **argv)
 {
@@ -114,6 +142,7 @@ main (int argc, char **argv)
   g_test_add_func ("/accesslog/common-compute", test_common_compute);
   g_test_add_func ("/accesslog/json", test_json);
   g_test_add_func ("/accesslog/json-escape", test_json_escape);
+  g_test_add_func ("/json/depth", test_json_depth);
   g_test_add_func ("/accesslog/request-id", test_request_id);
   return g_test_run ();
 }

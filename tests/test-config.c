@@ -11,6 +11,9 @@ test_defaults (void)
   g_assert_cmpstr (c->listen[0], ==, "127.0.0.1:8000");
   g_assert_null (c->listen[1]);
   g_assert_cmpuint (c->max_connections, ==, 1024);
+  g_assert_cmpuint (c->max_connections_per_ip, ==, 256);
+  g_assert_cmpuint (c->request_timeout, ==, 10);
+  g_assert_cmpuint (c->jobs_max_stored_per_client, ==, 100);
   g_assert_cmpuint (c->queue_limit, ==, 256);
   g_assert_cmpuint (c->threads, ==, 0);
   g_assert_cmpuint (crunch_config_effective_threads (c), ==, g_get_num_processors ());
@@ -134,6 +137,22 @@ test_plugins_and_jobs (void)
   g_assert_cmpuint (g_strv_length (empty->plugins_load), ==, 0);
 }
 
+/* data/crunchd.ini shows every key with its default value: loaded, it is the defaults. */
+static void
+test_sample_is_defaults (void)
+{
+  g_autofree gchar *path = g_build_filename (g_getenv ("CRUNCHD_DATADIR"), "crunchd.ini", NULL);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchConfig) sample = crunch_config_load (path, &error);
+  g_autoptr (CrunchConfig) defaults = crunch_config_new_default ();
+  g_autofree gchar *a = NULL, *b = NULL;
+
+  g_assert_no_error (error);
+  a = crunch_config_to_string (sample);
+  b = crunch_config_to_string (defaults);
+  g_assert_cmpstr (a, ==, b);
+}
+
 static void
 test_missing_file (void)
 {
@@ -248,6 +267,7 @@ main (int argc, char **argv)
   g_test_add_func ("/config/nats", test_nats);
   g_test_add_func ("/config/plugins-and-jobs", test_plugins_and_jobs);
   g_test_add_func ("/config/missing-file", test_missing_file);
+  g_test_add_func ("/config/sample-is-defaults", test_sample_is_defaults);
   g_test_add_func ("/config/round-trip", test_round_trip);
   g_test_add_func ("/config/listen-addresses", test_listen_addresses);
   return g_test_run ();

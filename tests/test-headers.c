@@ -39,11 +39,25 @@ test_request_timeout (void)
   }
 }
 
+static void
+test_method (void)
+{
+  for (const gchar *const *good =
+           (const gchar *const[]){"GET", "POST", "M-SEARCH", "X!#$%&'*+.^_`|~9", NULL};
+       *good != NULL; good++)
+    g_assert_true (crunch_header_method_valid (*good));
+  for (const gchar *const *bad =
+           (const gchar *const[]){"", "G\001T", "G T", "G(T", "GET\r", "G\x80T", "G\"T", NULL};
+       *bad != NULL; bad++)
+    g_assert_false (crunch_header_method_valid (*bad));
+}
+
 int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/headers/content-length", test_content_length);
   g_test_add_func ("/headers/request-timeout", test_request_timeout);
+  g_test_add_func ("/headers/method", test_method);
   return g_test_run ();
 }

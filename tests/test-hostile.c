@@ -19,6 +19,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <glib-unix.h>
+
 #include "harness.h"
 
 #define TIMEOUT_S 10.0 /* generous: ASan and a busy machine */
@@ -678,9 +680,10 @@ count_fds (GPid pid)
   return n;
 }
 
-/* Opens `n` connections at once (non-blocking connects, then waits for all). */
+/* Opens `n` connections at once (non-blocking connects, then waits for all), from `source`
+ * (a loopback address) or 127.0.0.1 if NULL. */
 static gint *
-open_many (TestServer *s, guint n)
+open_many_from (TestServer *s, guint n, const gchar *source)
 {
   gint *fds = g_new (gint, n);
   struct sockaddr_in to = server_addr (s);
@@ -689,8 +692,8 @@ open_many (TestServer *s, guint n)
   guint pending = n;
 
   for (guint i = 0; i < n; i++) {
-    fds[i] = socket (AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    g_assert_cmpint (fds[i], >=, 0);
+    fds[i] = tcp_socket (source);
+    g_unix_set_fd_nonblocking (fds[i], TRUE, NULL);
     if (connect (fds[i], (struct sockaddr *)&to, sizeof to) != 0)
       g_assert_cmpint (errno, ==, EINPROGRESS);
     pfds[i] = (struct pollfd){.fd = fds[i], .events = POLLOUT};
@@ -710,6 +713,12 @@ open_many (TestServer *s, guint n)
   }
   g_assert_cmpuint (pending, ==, 0);
   return fds;
+}
+
+static gint *
+open_many (TestServer *s, guint n)
+{
+  return open_many_from (s, n, NULL);
 }
 
 /* 5,000 idle connections at once. crunchd is started with the common soft limit of 1024 open
@@ -733,7 +742,9 @@ test_idle_connections (void)
   low = rl;
   low.rlim_cur = 1024;
   g_assert_cmpint (setrlimit (RLIMIT_NOFILE, &low), ==, 0); /* crunchd inherits this */
-  s = test_server_start ("[server]\nmax_connections = 6000\nconnection_timeout = 120\n", NULL);
+  s = test_server_start ("[server]\nmax_connections = 6000\nconnection_timeout = 120\n"
+                         "request_timeout = 120\nmax_connections_per_ip = 0\n",
+                         NULL);
   rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? 2 * N + 200 : rl.rlim_max;
   g_assert_cmpint (setrlimit (RLIMIT_NOFILE, &rl), ==, 0);
   pid = (GPid)g_ascii_strtoll (g_subprocess_get_identifier (s->proc), NULL, 10);
@@ -763,6 +774,335 @@ test_idle_connections (void)
   g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
 }
 
+/* ---- attacks on the shipped defaults (data/crunchd.ini as it is) ---- */
+
+static TestServer *
+start_sample (void)
+{
+  g_autofree gchar *path = g_build_filename (g_getenv ("CRUNCHD_DATADIR"), "crunchd.ini", NULL);
+  g_autofree gchar *ini = NULL;
+
+  g_assert_true (g_file_get_contents (path, &ini, NULL, NULL));
+  return test_server_start (ini, NULL);
+}
+
+/* The value of one sample line of /metrics ("name{labels}"), or -1. */
+static gint64
+metric (TestServer *s, const gchar *sample)
+{
+  g_autofree gchar *url = test_server_url (s, "/metrics");
+  g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+  g_autofree gchar *needle = g_strconcat ("\n", sample, " ", NULL);
+  const gchar *at = r->body != NULL ? strstr (r->body, needle) : NULL;
+
+  return at != NULL ? g_ascii_strtoll (at + strlen (needle), NULL, 10) : -1;
+}
+
+/* A legitimate client (from 127.0.0.1, an address the attack does not use) asks for /fast on a
+ * fresh connection: it must be answered within 1 s. Returns the time taken. */
+static gdouble
+legit_fast (TestServer *s)
+{
+  g_autofree gchar *url = test_server_url (s, "/fast");
+  g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+
+  g_assert_cmpint (r->status, ==, 200);
+  g_assert_cmpfloat (r->seconds, <, 1.0 * TEST_TIME_SCALE);
+  return r->seconds;
+}
+
+/* Open connections that MHD has not closed yet (EOF or reset not seen). */
+static guint
+count_open (gint *fds, guint n)
+{
+  guint open = 0;
+
+  for (guint i = 0; i < n; i++) {
+    gchar buf[256];
+    gssize got;
+    if (fds[i] < 0)
+      continue;
+    got = recv (fds[i], buf, sizeof buf, MSG_DONTWAIT);
+    if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+      close (fds[i]);
+      fds[i] = -1;
+    } else {
+      open++;
+    }
+  }
+  return open;
+}
+
+static void
+close_all (gint *fds, guint n)
+{
+  for (guint i = 0; i < n; i++)
+    if (fds[i] >= 0)
+      close (fds[i]);
+}
+
+/* 1,000 connections from one address, each sending its request header one byte a second. The
+ * per-address default (256) caps how many it holds, request_timeout (10 s, counted from the
+ * connection's start, not its last byte) closes those it has, and a client from another address
+ * is answered within 1 s all along. */
+static void
+test_trickle_flood (void)
+{
+  enum { N = 1000 };
+  g_autoptr (TestServer) s = start_sample ();
+  const gchar *request = "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n";
+  g_autofree gint *fds = open_many_from (s, N, "127.0.0.2");
+  gint64 start = g_get_monotonic_time ();
+  gdouble worst = 0;
+  guint open = N, held = 0;
+
+  for (guint second = 0; open > 0 && second < 20; second++) {
+    for (guint i = 0; i < N; i++)
+      if (fds[i] >= 0)
+        send (fds[i], request + second, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    worst = MAX (worst, legit_fast (s));
+    g_usleep (G_USEC_PER_SEC);
+    open = count_open (fds, N);
+    if (second == 2)
+      held = open;
+  }
+  g_test_message ("trickle flood: %u of %d held after 3 s, all closed after %.1f s; "
+                  "legitimate /fast at worst %.1f ms",
+                  held, N, (g_get_monotonic_time () - start) / 1e6, worst * 1e3);
+  g_assert_cmpuint (held, <=, 256); /* max_connections_per_ip */
+  g_assert_cmpuint (held, >, 0);
+  g_assert_cmpuint (open, ==, 0);
+  /* closed by the deadline, not by the idle timeout (30 s), which a trickle never reaches */
+  g_assert_cmpfloat ((g_get_monotonic_time () - start) / 1e6, <, 10 + 3 * TEST_TIME_SCALE);
+  g_assert_cmpint (metric (s, "crunchd_connections_closed_total{reason=\"request_timeout\"}"), >=,
+                   held);
+  close_all (fds, N);
+  worst = legit_fast (s);
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
+}
+
+/* 3,000 connections from 50 addresses that send nothing: three times the connection table.
+ * The oldest waiting connections make room for new ones, so a new client is answered within 1 s,
+ * and when the attackers leave every slot comes back. */
+static void
+test_silent_flood (void)
+{
+  enum { ADDRESSES = 50, PER_ADDRESS = 60 };
+  g_autoptr (TestServer) s = start_sample ();
+  gint *fds[ADDRESSES];
+  gdouble worst = 0;
+  gint64 made_room;
+
+  for (guint a = 0; a < ADDRESSES; a++) {
+    g_autofree gchar *source = g_strdup_printf ("127.0.1.%u", a + 1);
+    fds[a] = open_many_from (s, PER_ADDRESS, source);
+    if (a % 10 == 9)
+      worst = MAX (worst, legit_fast (s));
+  }
+  for (guint i = 0; i < 5; i++) {
+    worst = MAX (worst, legit_fast (s));
+    g_usleep (G_USEC_PER_SEC / 5);
+  }
+  made_room = metric (s, "crunchd_connections_closed_total{reason=\"made_room\"}");
+  g_test_message ("silent flood: %d connections, %" G_GINT64_FORMAT
+                  " closed to make room; legitimate /fast at worst %.1f ms",
+                  ADDRESSES * PER_ADDRESS, made_room, worst * 1e3);
+  g_assert_cmpint (made_room, >=, ADDRESSES * PER_ADDRESS - 1024);
+  for (guint a = 0; a < ADDRESSES; a++) {
+    close_all (fds[a], PER_ADDRESS);
+    g_free (fds[a]);
+  }
+  /* recovered: the table empties, and a burst of clients is served */
+  for (gint64 until = g_get_monotonic_time () + 5 * G_USEC_PER_SEC;
+       metric (s, "crunchd_connections_open") > 1 && g_get_monotonic_time () < until;)
+    g_usleep (50000);
+  g_assert_cmpint (metric (s, "crunchd_connections_open"), <=, 1);
+  {
+    g_autofree gchar *url = test_server_url (s, "/fast");
+    g_autoptr (GArray) statuses = test_http_many (url, 200, NULL, 0);
+    for (guint i = 0; i < statuses->len; i++)
+      g_assert_cmpint (g_array_index (statuses, long, i), ==, 200);
+  }
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
+}
+
+/* A parked connection (its request is computing) is never the one closed, neither by the request
+ * deadline nor to make room. */
+static void
+test_parked_kept (void)
+{
+  g_autoptr (TestServer) s = test_server_start ("[server]\nrequest_timeout = 1\n"
+                                                "max_connections = 64\n"
+                                                "[executor]\nthreads = 1\nqueue_limit = 8\n",
+                                                NULL);
+  guint n = test_fib_n_for (s, 2.5);
+  g_autofree gchar *request = g_strdup_printf ("GET /fib/%u HTTP/1.1\r\nHost: x\r\n\r\n", n);
+  g_autoptr (Conn) parked = conn_open_from (s, "127.0.0.3");
+  g_autoptr (Response) r = NULL;
+  g_autofree gint *fds = NULL;
+
+  conn_send_str (parked, request);
+  g_usleep (G_USEC_PER_SEC / 5);
+  fds = open_many_from (s, 120, "127.0.0.4"); /* twice the table: room is made, oldest first */
+  r = conn_read_response (parked, 10 * TEST_TIME_SCALE);
+  g_assert_nonnull (r);
+  g_assert_cmpuint (r->status, ==, 200);
+  close_all (fds, 120);
+  assert_serving (s);
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
+}
+
+/* JSON nested 100,000 levels deep (a 200 KB body, far below max_body_size) on both routes that
+ * read JSON: 400 naming the limit, never a crash (json-glib's parser recurses per level). */
+static void
+test_deep_json (void)
+{
+  enum { DEPTH = 100000 };
+  g_autoptr (TestServer) s = start_sample ();
+  g_autoptr (GString) body = g_string_new ("{\"fn\": \"fib\", \"args\": {\"n\": ");
+  g_autofree gchar *jobs = test_server_url (s, "/jobs");
+  g_autofree gchar *fn = test_server_url (s, "/fn/fib");
+  const gchar *json[] = {"Content-Type: application/json", NULL};
+
+  for (guint i = 0; i < DEPTH; i++)
+    g_string_append_c (body, '[');
+  for (guint i = 0; i < DEPTH; i++)
+    g_string_append_c (body, ']');
+  g_string_append (body, "}}");
+  g_assert_cmpuint (body->len, >, 200000);
+  {
+    g_autoptr (TestReply) r = test_http_body ("POST", jobs, json, body->str);
+    g_assert_cmpint (r->status, ==, 400);
+    g_assert_nonnull (strstr (r->body, "deeper than 32 levels"));
+    g_assert_nonnull (r->body_request_id);
+  }
+  {
+    g_autoptr (TestReply) r =
+        test_http_body ("POST", fn, json, body->str + strlen ("{\"fn\": \"fib\", \"args\": "));
+    g_assert_cmpint (r->status, ==, 400);
+    g_assert_nonnull (strstr (r->body, "deeper than 32 levels"));
+  }
+  {
+    /* 32 levels are fine for the parser: the answer is about the argument, not the nesting */
+    g_autoptr (GString) ok = g_string_new ("{\"n\": ");
+    for (guint i = 0; i < 31; i++)
+      g_string_append_c (ok, '[');
+    for (guint i = 0; i < 31; i++)
+      g_string_append_c (ok, ']');
+    g_string_append_c (ok, '}');
+    g_autoptr (TestReply) r = test_http_body ("POST", fn, json, ok->str);
+    g_assert_cmpint (r->status, ==, 400);
+    g_assert_nonnull (strstr (r->body, "argument 'n' must be an integer"));
+  }
+  assert_serving (s);
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
+}
+
+/* RFC 9112 6.1, 6.3: framing a proxy could read differently is refused and the connection
+ * closed, so the bytes after the header never become a second request (request smuggling). */
+static void
+test_ambiguous_framing (void)
+{
+  static const gchar *const cases[] = {
+      /* Content-Length and Transfer-Encoding, with a smuggled request behind */
+      "POST /fn/fib HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+      "\r\n0\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      "POST /jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n"
+      "\r\n0\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      /* two Content-Length values */
+      "POST /fn/fib HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n"
+      "{}GET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      /* a transfer coding crunchd does not speak */
+      "POST /jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"
+      "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      /* a method that is no token */
+      "G\001T /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      "G(T /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autoptr (Conn) c = conn_open ();
+    g_autoptr (Response) r = NULL;
+    g_test_message ("case %u", i);
+    conn_send_str (c, cases[i]);
+    r = conn_read_response (c, TIMEOUT_S);
+    g_assert_nonnull (r);
+    g_assert_cmpuint (r->status, ==, 400);
+    g_assert_true (has_header (r, "connection: close"));
+    g_assert_true (conn_wait_closed (c, TIMEOUT_S));
+    g_assert_null (strstr (c->in->str, "Hello!")); /* the second request was never served */
+  }
+  {
+    /* the same length twice is one length (RFC 9110 8.6) */
+    g_autoptr (Response) r = EXCHANGE ("POST /fn/fib HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n"
+                                       "Content-Length: 8\r\n\r\n{\"n\": 7}");
+    g_assert_nonnull (r);
+    g_assert_cmpuint (r->status, ==, 200);
+    g_assert_cmpstr (r->body, ==, "13");
+  }
+  assert_serving (server);
+}
+
+/* A JSON POST /jobs body for fib(n) on a kept-alive raw connection; the status. */
+static guint
+post_job (Conn *c, guint n, gchar **retry_after)
+{
+  g_autofree gchar *body = g_strdup_printf ("{\"fn\": \"fib\", \"args\": {\"n\": %u}}", n);
+  g_autofree gchar *request = g_strdup_printf ("POST /jobs HTTP/1.1\r\nHost: x\r\n"
+                                               "Content-Type: application/json\r\n"
+                                               "Content-Length: %zu\r\n\r\n%s",
+                                               strlen (body), body);
+  g_autoptr (Response) r = NULL;
+  const gchar *at;
+
+  conn_send_str (c, request);
+  r = conn_read_response (c, TIMEOUT_S);
+  g_assert_nonnull (r);
+  at = strstr (r->headers, "\r\nretry-after: ");
+  if (retry_after != NULL)
+    *retry_after = at != NULL ? g_strndup (at + 15, strcspn (at + 15, "\r")) : NULL;
+  return r->status;
+}
+
+/* 1,000 trivial jobs from one address: that client stops at its share of the store (100 of
+ * max_stored 1000) with 429 and a Retry-After, and another client still gets 202. */
+static void
+test_job_store_share (void)
+{
+  g_autoptr (TestServer) s = start_sample ();
+  g_autoptr (Conn) greedy = conn_open_from (s, "127.0.0.5");
+  g_autoptr (Conn) other = conn_open_from (s, "127.0.0.6");
+  g_autofree gchar *retry_after = NULL;
+  guint accepted = 0, refused = 0;
+
+  for (guint i = 0; i < 1000; i++) {
+    g_autofree gchar *ra = NULL;
+    guint status = post_job (greedy, i % 20, &ra);
+    if (status == 202)
+      accepted++;
+    else if (status == 429) {
+      refused++;
+      g_assert_nonnull (ra);
+      g_clear_pointer (&retry_after, g_free);
+      retry_after = g_steal_pointer (&ra);
+    } else
+      g_assert_cmpuint (status, ==, 202);
+  }
+  g_test_message ("one client: %u accepted, %u refused (Retry-After: %s)", accepted, refused,
+                  retry_after);
+  g_assert_cmpuint (accepted, ==, 100);
+  g_assert_cmpuint (refused, ==, 900);
+  /* its oldest finished job expires after [jobs] ttl (300 s) */
+  g_assert_cmpint (g_ascii_strtoll (retry_after, NULL, 10), >, 250);
+  g_assert_cmpint (g_ascii_strtoll (retry_after, NULL, 10), <=, 300);
+  for (guint i = 0; i < 10; i++)
+    g_assert_cmpuint (post_job (other, i, NULL), ==, 202);
+  g_assert_cmpint (metric (s, "crunchd_rejections_total{reason=\"store_client_share\",status="
+                              "\"429\"}"),
+                   ==, 900);
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -770,7 +1110,14 @@ main (int argc, char **argv)
       g_strdup_printf ("[fib]\nmax_n = 40\n[server]\nmax_body_size = %d\n", MAX_BODY);
   gint status;
 
+  struct rlimit rl;
+
   g_test_init (&argc, &argv, NULL);
+  /* the floods hold thousands of sockets */
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit (RLIMIT_NOFILE, &rl);
+  }
   server = test_server_start (ini, NULL);
   g_test_add_func ("/hostile/oversized-headers", test_oversized_headers);
   g_test_add_func ("/hostile/long-uri", test_long_uri);
@@ -786,6 +1133,12 @@ main (int argc, char **argv)
   g_test_add_func ("/hostile/disconnect-mid-response", test_disconnect_mid_response);
   g_test_add_func ("/hostile/slowloris", test_slowloris);
   g_test_add_func ("/hostile/idle-connections", test_idle_connections);
+  g_test_add_func ("/hostile/deep-json", test_deep_json);
+  g_test_add_func ("/hostile/ambiguous-framing", test_ambiguous_framing);
+  g_test_add_func ("/hostile/trickle-flood", test_trickle_flood);
+  g_test_add_func ("/hostile/silent-flood", test_silent_flood);
+  g_test_add_func ("/hostile/parked-kept", test_parked_kept);
+  g_test_add_func ("/hostile/job-store-share", test_job_store_share);
   status = g_test_run ();
   g_assert_cmpint (test_server_stop (server), ==, 0);
   return status;

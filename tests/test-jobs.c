@@ -302,7 +302,7 @@ test_bad_requests (void)
   } cases[] = {
       {"POST", "/jobs", "{", 400, NULL},
       {"POST", "/jobs", "[]", 400,
-       "POST /jobs: expected a JSON object {\"fn\": NAME, \"args\": {...}}\n"},
+       "POST /jobs: the request body must be a JSON object {\"fn\": NAME, \"args\": {...}}\n"},
       {"POST", "/jobs", "{\"args\": {}}", 400,
        "POST /jobs: \"fn\" must be the name of a function\n"},
       {"POST", "/jobs", "{\"fn\": \"nope\"}", 400, "POST /jobs: no such function 'nope'\n"},

@@ -1,8 +1,11 @@
 /* fuzz-args.c - libFuzzer target: declared-argument validation (args.c).
- * The input is tried twice against a function with one argument of every type: as a JSON body
- * (POST /fn/<name>) and as a query string "a=1&b=x" (GET), already split the way MHD splits it.
- * Either the arguments are refused with INVALID_ARGUMENT, or the canonical tuple has the declared
- * types and every value is within its bounds. */
+ * The input is tried three times against a function with one argument of every type: as a JSON
+ * body (POST /fn/<name>), as a POST /jobs body ({"fn": "every", "args": {...}}) and as a query
+ * string "a=1&b=x" (GET), already split the way MHD splits it. Either the arguments are refused
+ * with INVALID_ARGUMENT, or the canonical tuple has the declared types and every value is within
+ * its bounds. tests/fuzz/run gives this target inputs as long as a request body (-max_len), and
+ * its seeds nest 100,000 levels deep: a recursive parser reached without the nesting bound
+ * overflows the stack here too. */
 #include <math.h>
 #include <string.h>
 
@@ -81,6 +84,13 @@ LLVMFuzzerTestOneInput (const guint8 *data, gsize size)
   }
   check (crunch_args_from_body (fn, (const gchar *)data, size, &error), error);
   g_clear_error (&error);
+  {
+    const CrunchFunction *job_fn = NULL;
+    GVariant *v = crunch_args_from_job_body ((const gchar *)data, size, &job_fn, &error);
+    g_assert (v == NULL || job_fn == fn);
+    check (v, error);
+    g_clear_error (&error);
+  }
   query = split_query (text);
   check (crunch_args_from_query (fn, query, &error), error);
   g_clear_error (&error);

@@ -4,16 +4,26 @@
  * ASan+UBSan build. CLIENTS threads loop over: /fast; /fib/N with random N and often a short
  * `Request-Timeout`; and requests whose client hangs up (FIN or reset) before the answer. The
  * server has 2 workers, a small queue and a per-client cap, so there are 504s, 503s and 429s.
+ * Alongside them an attacker (from other loopback addresses, so the per-address limit does not
+ * shield the clients from it) runs in waves: 1,200 silent connections from 6 addresses, 100
+ * connections trickling a header one byte a second, JSON bodies nested 100,000 levels deep on
+ * POST /jobs and POST /fn/fib (each must get 400), and POST /jobs in a loop from one address
+ * (202 until that client's share of the job store is full, then 429). It stops 5 s before the
+ * end, so the late RSS is measured without its connections.
  *
  * It asserts: every request that was not rejected got its right answer (/fast "Hello!", /fib/N
  * its value, or a 504 past its deadline); the server's RSS late in the run is not much above
  * its RSS early in the run (both are printed); and on SIGTERM the server drains and exits 0,
  * so ASan found no error and LSan no leak (either makes the exit status non-zero). */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <glib-unix.h>
 
 #include "harness.h"
 
@@ -142,6 +152,153 @@ client_thread (gpointer data)
   return NULL;
 }
 
+/* ---- the attacker ---- */
+
+typedef struct {
+  TestServer *server;
+  gint64 until;
+  guint64 silent, trickled, deep_refused, jobs_accepted, jobs_refused, jobs_queue_full, wrong;
+} Attacker;
+
+/* A non-blocking connection from `source` (a loopback address); -1 if the server refused it. */
+static gint
+attack_connect (TestServer *server, const gchar *source)
+{
+  struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons (server->port)};
+  struct sockaddr_in from = {.sin_family = AF_INET};
+  gint fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+  g_assert_cmpint (fd, >=, 0);
+  to.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+  inet_pton (AF_INET, source, &from.sin_addr);
+  g_assert_cmpint (bind (fd, (struct sockaddr *)&from, sizeof from), ==, 0);
+  if (connect (fd, (struct sockaddr *)&to, sizeof to) != 0 && errno != EINPROGRESS) {
+    close (fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* One request on a fresh connection from `source`; the status, 0 if none came. */
+static guint
+attack_request (TestServer *server, const gchar *source, const gchar *request, gsize len)
+{
+  gint fd = attack_connect (server, source);
+  g_autoptr (GString) in = g_string_new (NULL);
+  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
+  guint status = 0;
+
+  g_unix_set_fd_nonblocking (fd, FALSE, NULL);
+  for (gsize sent = 0; sent < len;) {
+    gssize n = send (fd, request + sent, len - sent, MSG_NOSIGNAL);
+    if (n <= 0)
+      break;
+    sent += (gsize)n;
+  }
+  while (strstr (in->str, "\r\n") == NULL && g_get_monotonic_time () < until) {
+    gchar buf[4096];
+    struct timeval tv = {.tv_sec = 1};
+    gssize n;
+    setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    n = recv (fd, buf, sizeof buf, 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN))
+      break;
+    if (n > 0)
+      g_string_append_len (in, buf, n);
+  }
+  close (fd);
+  if (g_str_has_prefix (in->str, "HTTP/1.1 "))
+    status = (guint)g_ascii_strtoull (in->str + 9, NULL, 10);
+  return status;
+}
+
+static gchar *
+deep_request (const gchar *path, const gchar *prefix, const gchar *suffix)
+{
+  enum { DEPTH = 100000 };
+  g_autoptr (GString) body = g_string_new (prefix);
+
+  for (guint i = 0; i < DEPTH; i++)
+    g_string_append_c (body, '[');
+  for (guint i = 0; i < DEPTH; i++)
+    g_string_append_c (body, ']');
+  g_string_append (body, suffix);
+  return g_strdup_printf ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                          path, body->len, body->str);
+}
+
+/* One wave (about 4 s): silent and trickling connections held while the bodies and the jobs go
+ * in, then all closed. */
+static void
+attack_wave (Attacker *a, const gchar *deep_jobs, const gchar *deep_fn)
+{
+  enum { SILENT_ADDRESSES = 6, SILENT_EACH = 200, TRICKLE = 100 };
+  static const gchar header[] = "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n";
+  g_autoptr (GArray) held = g_array_new (FALSE, FALSE, sizeof (gint));
+  const gchar *job = "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 31\r\nConnection: close\r\n\r\n"
+                     "{\"fn\": \"fib\", \"args\": {\"n\": 9}}";
+
+  for (guint i = 0; i < SILENT_ADDRESSES * SILENT_EACH; i++) {
+    g_autofree gchar *source = g_strdup_printf ("127.0.2.%u", 1 + i / SILENT_EACH);
+    gint fd = attack_connect (a->server, source);
+    if (fd >= 0) {
+      g_array_append_val (held, fd);
+      a->silent++;
+    }
+  }
+  for (guint i = 0; i < TRICKLE; i++) {
+    gint fd = attack_connect (a->server, "127.0.3.1");
+    if (fd >= 0)
+      g_array_append_val (held, fd);
+  }
+  for (guint second = 0; second < 4 && g_get_monotonic_time () < a->until; second++) {
+    for (guint i = SILENT_ADDRESSES * SILENT_EACH; i < held->len; i++)
+      if (send (g_array_index (held, gint, i), header + second, 1, MSG_NOSIGNAL) == 1)
+        a->trickled++;
+    for (const gchar *const *deep = (const gchar *const[]){deep_jobs, deep_fn, NULL}; *deep;
+         deep++) {
+      guint status = attack_request (a->server, "127.0.3.2", *deep, strlen (*deep));
+      if (status == 400)
+        a->deep_refused++;
+      else {
+        a->wrong++;
+        g_printerr ("attacker: deep body answered %u\n", status);
+      }
+    }
+    for (guint i = 0; i < 20; i++) {
+      guint status = attack_request (a->server, "127.0.3.3", job, strlen (job));
+      if (status == 202)
+        a->jobs_accepted++;
+      else if (status == 429)
+        a->jobs_refused++;
+      else if (status == 503)
+        a->jobs_queue_full++; /* the soak's small job queue */
+      else {
+        a->wrong++;
+        g_printerr ("attacker: POST /jobs answered %u\n", status);
+      }
+    }
+    g_usleep (G_USEC_PER_SEC);
+  }
+  for (guint i = 0; i < held->len; i++)
+    close (g_array_index (held, gint, i));
+}
+
+static gpointer
+attacker_thread (gpointer data)
+{
+  Attacker *a = data;
+  g_autofree gchar *deep_jobs =
+      deep_request ("/jobs", "{\"fn\": \"fib\", \"args\": {\"n\": ", "}}");
+  g_autofree gchar *deep_fn = deep_request ("/fn/fib", "{\"n\": ", "}");
+
+  while (g_get_monotonic_time () < a->until)
+    attack_wave (a, deep_jobs, deep_fn);
+  return NULL;
+}
+
 static gdouble
 rss_mib (TestServer *server)
 {
@@ -171,8 +328,12 @@ test_soak (void)
   Counts total = {0};
   gdouble early = 0, late, peak = 0;
   gboolean sampled = FALSE;
+  Attacker attacker = {.server = server,
+                       .until = start + (gint64)(MAX (seconds - 5, 1) * G_USEC_PER_SEC)};
+  GThread *attack;
 
   g_assert_cmpfloat (seconds, >, 0);
+  attack = g_thread_new ("soak-attacker", attacker_thread, &attacker);
   for (gint i = 0; i < CLIENTS; i++) {
     clients[i] = (Client){.server = server,
                           .until = start + (gint64)(seconds * G_USEC_PER_SEC),
@@ -199,6 +360,7 @@ test_soak (void)
     total.aborted += clients[i].counts.aborted;
     total.wrong += clients[i].counts.wrong;
   }
+  g_thread_join (attack);
   late = rss_mib (server);
   g_test_message ("soak %.0f s, %d clients: /fast 200 %" G_GUINT64_FORMAT
                   ", /fib 200 %" G_GUINT64_FORMAT ", 504 %" G_GUINT64_FORMAT
@@ -207,7 +369,19 @@ test_soak (void)
                   seconds, CLIENTS, total.fast, total.fib_ok, total.timed_out, total.queue_full,
                   total.client_limit, total.aborted, total.wrong);
   g_test_message ("server RSS: early %.1f MiB, late %.1f MiB, peak %.1f MiB", early, late, peak);
+  g_test_message ("attacker: %" G_GUINT64_FORMAT " silent connections, %" G_GUINT64_FORMAT
+                  " trickled bytes, %" G_GUINT64_FORMAT
+                  " deep bodies refused; jobs %" G_GUINT64_FORMAT " accepted, %" G_GUINT64_FORMAT
+                  " refused (store share), %" G_GUINT64_FORMAT
+                  " refused (queue full); %" G_GUINT64_FORMAT " unexpected answers",
+                  attacker.silent, attacker.trickled, attacker.deep_refused, attacker.jobs_accepted,
+                  attacker.jobs_refused, attacker.jobs_queue_full, attacker.wrong);
   g_assert_cmpuint (total.wrong, ==, 0);
+  g_assert_cmpuint (attacker.wrong, ==, 0);
+  g_assert_cmpuint (attacker.deep_refused, >, 0);
+  g_assert_cmpuint (attacker.silent, >, 0);
+  g_assert_cmpuint (attacker.jobs_accepted, <=, 100); /* [jobs] max_stored_per_client */
+  g_assert_cmpuint (attacker.jobs_refused, >, 0);
   /* the load really was mixed: every kind of outcome happened */
   g_assert_cmpuint (total.fast, >, 0);
   g_assert_cmpuint (total.fib_ok, >, 0);
@@ -223,7 +397,14 @@ test_soak (void)
 int
 main (int argc, char **argv)
 {
+  struct rlimit rl;
+
   g_test_init (&argc, &argv, NULL);
+  /* the attacker holds over a thousand sockets at once */
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit (RLIMIT_NOFILE, &rl);
+  }
   g_test_add_func ("/soak/mixed-load", test_soak);
   return g_test_run ();
 }

@@ -1,0 +1,247 @@
+/* conns.c - see conns.h.
+ *
+ * DESIGN
+ * Threads: the daemon's MHD polling thread opens, completes, ends and closes connections; the
+ * main thread runs the deadline timer (a GSource on the default main context, whose ready time
+ * is the oldest waiting connection's deadline); /metrics readers take the stats. One mutex
+ * guards the queue, the counts and each connection's state; it is never held while calling out.
+ * A connection is WAITING (in the queue, oldest first: a connection joins at the tail when it
+ * opens or when its request ends, so the queue is also in deadline order), BUSY (its request is
+ * complete) or CLOSING (shut down by us; MHD has yet to notice). MHD tells us a connection is
+ * closed before it closes the socket, so the fd we shut down is always still that connection's.
+ * The timer is armed only when it is not already: it may fire for a connection that has left the
+ * queue since, and then re-arms for the new head; at most one wake-up per deadline. */
+#include "conns.h"
+
+#include <sys/socket.h>
+
+/* Connections kept free for newcomers: past max_connections - HEADROOM, a new connection closes
+ * the oldest waiting one. */
+#define HEADROOM(max) MAX ((max) / 16, 1)
+/* Closes are logged at most this often, as counts. */
+#define REPORT_INTERVAL_US (10 * G_USEC_PER_SEC)
+
+typedef enum { WAITING, BUSY, CLOSING } ConnState;
+
+struct CrunchConn {
+  CrunchConns *guard;
+  gint fd;
+  ConnState state;
+  gint64 since; /* monotonic: opened, or its last request ended */
+  GList link;   /* in guard->waiting while WAITING */
+};
+
+struct CrunchConns {
+  GMutex lock;
+  gchar *name;
+  guint max_connections;
+  gint64 timeout_us; /* 0 = none */
+  GQueue waiting;    /* CrunchConn, oldest first */
+  guint open, closing;
+  guint64 timed_out, made_room;
+  guint64 reported_timed_out, reported_made_room;
+  gint64 next_report;
+  GSource *timer;
+  gint64 armed; /* the timer's ready time; -1: not armed */
+};
+
+static gboolean on_timer (gpointer data);
+static void arm_locked (CrunchConns *self);
+
+static gboolean
+dispatch (GSource *source, GSourceFunc callback, gpointer data)
+{
+  g_source_set_ready_time (source, -1);
+  return callback (data);
+}
+
+static GSourceFuncs timer_funcs = {.dispatch = dispatch};
+
+CrunchConns *
+crunch_conns_new (guint max_connections, const gchar *name)
+{
+  CrunchConns *self = g_new0 (CrunchConns, 1);
+
+  g_mutex_init (&self->lock);
+  self->name = g_strdup (name);
+  self->max_connections = max_connections;
+  g_queue_init (&self->waiting);
+  self->armed = -1;
+  self->timer = g_source_new (&timer_funcs, sizeof (GSource));
+  g_source_set_callback (self->timer, on_timer, self, NULL);
+  g_source_attach (self->timer, NULL);
+  return self;
+}
+
+void
+crunch_conns_set_timeout (CrunchConns *self, guint seconds)
+{
+  g_mutex_lock (&self->lock);
+  self->timeout_us = (gint64)seconds * G_USEC_PER_SEC;
+  self->armed = -1;
+  arm_locked (self); /* for the new deadline */
+  g_mutex_unlock (&self->lock);
+}
+
+/* With the lock held: the timer fires at the oldest deadline, or to report closes not yet
+ * logged. Only moved earlier (or set): a late wake-up re-arms itself. */
+static void
+arm_locked (CrunchConns *self)
+{
+  CrunchConn *oldest = g_queue_peek_head (&self->waiting);
+  gint64 when = -1;
+
+  if (oldest != NULL && self->timeout_us > 0)
+    when = oldest->since + self->timeout_us;
+  if (self->timed_out + self->made_room > self->reported_timed_out + self->reported_made_room)
+    when = when < 0 ? self->next_report : MIN (when, self->next_report);
+  if (when >= 0 && (self->armed < 0 || when < self->armed)) {
+    self->armed = when;
+    g_source_set_ready_time (self->timer, when);
+  }
+}
+
+static void
+wait_locked (CrunchConns *self, CrunchConn *conn)
+{
+  conn->state = WAITING;
+  conn->since = g_get_monotonic_time ();
+  g_queue_push_tail_link (&self->waiting, &conn->link);
+  arm_locked (self);
+}
+
+/* With the lock held: a waiting connection is closed; MHD will report it closed. */
+static void
+close_locked (CrunchConns *self, CrunchConn *conn)
+{
+  g_queue_unlink (&self->waiting, &conn->link);
+  conn->state = CLOSING;
+  self->closing++;
+  shutdown (conn->fd, SHUT_RDWR);
+}
+
+CrunchConn *
+crunch_conns_opened (CrunchConns *self, gint fd)
+{
+  CrunchConn *conn = g_new0 (CrunchConn, 1);
+
+  conn->guard = self;
+  conn->fd = fd;
+  conn->link.data = conn;
+  g_mutex_lock (&self->lock);
+  self->open++;
+  /* closing ones still count in MHD's table, but they are on their way out */
+  if (self->open - self->closing > self->max_connections - HEADROOM (self->max_connections) &&
+      self->waiting.head != NULL) {
+    close_locked (self, self->waiting.head->data);
+    self->made_room++;
+  }
+  wait_locked (self, conn);
+  g_mutex_unlock (&self->lock);
+  return conn;
+}
+
+void
+crunch_conns_request_complete (CrunchConn *conn)
+{
+  CrunchConns *self = conn->guard;
+
+  g_mutex_lock (&self->lock);
+  if (conn->state == WAITING) {
+    g_queue_unlink (&self->waiting, &conn->link);
+    conn->state = BUSY;
+  }
+  g_mutex_unlock (&self->lock);
+}
+
+void
+crunch_conns_request_ended (CrunchConn *conn)
+{
+  CrunchConns *self = conn->guard;
+
+  g_mutex_lock (&self->lock);
+  if (conn->state == WAITING) /* answered before it was complete (413, 400) */
+    g_queue_unlink (&self->waiting, &conn->link);
+  if (conn->state != CLOSING)
+    wait_locked (self, conn);
+  g_mutex_unlock (&self->lock);
+}
+
+void
+crunch_conns_closed (CrunchConn *conn)
+{
+  CrunchConns *self = conn->guard;
+
+  g_mutex_lock (&self->lock);
+  if (conn->state == WAITING)
+    g_queue_unlink (&self->waiting, &conn->link);
+  else if (conn->state == CLOSING)
+    self->closing--;
+  self->open--;
+  g_mutex_unlock (&self->lock);
+  g_free (conn);
+}
+
+/* With the lock held: one line for the closes since the last one, at most every 10 s. */
+static void
+report_locked (CrunchConns *self, gint64 now)
+{
+  guint64 timed_out = self->timed_out - self->reported_timed_out;
+  guint64 made_room = self->made_room - self->reported_made_room;
+
+  if (timed_out + made_room == 0 || now < self->next_report)
+    return;
+  g_message ("%s: closed %" G_GUINT64_FORMAT " connection(s) that sent no complete request "
+             "within [server] request_timeout (%" G_GINT64_FORMAT " s) and %" G_GUINT64_FORMAT
+             " to make room for newer ones (the table was nearly full)",
+             self->name, timed_out, self->timeout_us / G_USEC_PER_SEC, made_room);
+  self->reported_timed_out = self->timed_out;
+  self->reported_made_room = self->made_room;
+  self->next_report = now + REPORT_INTERVAL_US;
+}
+
+/* Main thread: the oldest deadline (or a report) is due. */
+static gboolean
+on_timer (gpointer data)
+{
+  CrunchConns *self = data;
+  gint64 now = g_get_monotonic_time ();
+  CrunchConn *oldest;
+
+  g_mutex_lock (&self->lock);
+  self->armed = -1;
+  while (self->timeout_us > 0 && (oldest = g_queue_peek_head (&self->waiting)) != NULL &&
+         now >= oldest->since + self->timeout_us) {
+    close_locked (self, oldest);
+    self->timed_out++;
+  }
+  report_locked (self, now);
+  arm_locked (self);
+  g_mutex_unlock (&self->lock);
+  return G_SOURCE_CONTINUE;
+}
+
+void
+crunch_conns_get_stats (CrunchConns *self, CrunchConnsStats *stats)
+{
+  g_mutex_lock (&self->lock);
+  *stats = (CrunchConnsStats){self->open, self->timed_out, self->made_room};
+  g_mutex_unlock (&self->lock);
+}
+
+void
+crunch_conns_free (CrunchConns *self)
+{
+  if (self == NULL)
+    return;
+  g_warn_if_fail (self->open == 0);
+  g_mutex_lock (&self->lock);
+  self->next_report = 0;
+  report_locked (self, g_get_monotonic_time ()); /* what the last interval has not said yet */
+  g_mutex_unlock (&self->lock);
+  g_source_destroy (self->timer);
+  g_source_unref (self->timer);
+  g_mutex_clear (&self->lock);
+  g_free (self->name);
+  g_free (self);
+}
