@@ -741,6 +741,9 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
 {
   guint flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                 MHD_USE_ERROR_LOG;
+  /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: it sets SO_REUSEPORT, and a second crunchd on the
+   * same address would then start and share the traffic. MHD's default is SO_REUSEADDR alone,
+   * which is what a fast restart over connections in TIME_WAIT needs. */
   struct MHD_OptionItem options[] = {
       {MHD_OPTION_CONNECTION_LIMIT, self->max_connections, NULL},
       {MHD_OPTION_PER_IP_CONNECTION_LIMIT, self->max_connections_per_ip, NULL},
@@ -749,7 +752,6 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
       {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, self},
       {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
       {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_path, NULL},
-      {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
       fd >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL}
               : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)addr},
       {MHD_OPTION_END, 0, NULL},

@@ -149,6 +149,55 @@ test_usage_errors (void)
   g_assert_nonnull (strstr (err3, "'nowhere'"));
 }
 
+/* A second crunchd on an address in use exits 1 and says so: it must not share the port (no
+ * SO_REUSEPORT) and split the traffic with the first. */
+static void
+test_second_instance_exits_1 (void)
+{
+  g_autoptr (TestServer) server = test_server_start ("", NULL);
+  g_autofree gchar *listen = g_strdup_printf ("--listen=127.0.0.1:%u", server->port);
+  g_autofree gchar *out = NULL, *err = NULL;
+
+  g_assert_cmpint (
+      test_run_crunchd ((const gchar *[]){"--config=/dev/null", listen, NULL}, &out, &err), ==, 1);
+  g_assert_nonnull (strstr (err, "Address already in use"));
+  g_assert_nonnull (strstr (err, listen + strlen ("--listen=")));
+}
+
+/* A restart right after a stop binds the same port again, with the old server's side of a
+ * connection it closed still in TIME_WAIT. */
+static void
+test_fast_restart (void)
+{
+  TestServer *server = test_server_start ("", NULL);
+  guint16 port = server->port;
+  g_autofree gchar *listen = g_strdup_printf ("--listen=127.0.0.1:%u", port);
+  g_autofree gchar *fast = g_strdup_printf ("http://127.0.0.1:%u/fast", port);
+  g_autoptr (GSocketClient) client = g_socket_client_new ();
+  g_autoptr (GSocketConnection) conn =
+      g_socket_client_connect_to_host (client, "127.0.0.1", port, NULL, NULL);
+  const gchar *request = "GET /fast HTTP/1.1\r\nHost: t\r\n\r\n";
+  gchar buf[512];
+
+  g_assert_nonnull (conn);
+  g_assert_true (g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (conn)),
+                                            request, strlen (request), NULL, NULL, NULL));
+  g_assert_cmpint (g_input_stream_read (g_io_stream_get_input_stream (G_IO_STREAM (conn)), buf,
+                                        sizeof buf, NULL, NULL),
+                   >, 0);
+  /* the server closes this kept-alive connection first, then the client: the server's side of
+   * it is left in TIME_WAIT */
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_io_stream_close (G_IO_STREAM (conn), NULL, NULL);
+  g_usleep (50000);
+  server = test_server_start ("", (const gchar *[]){listen, NULL});
+  {
+    g_autoptr (TestReply) r = test_http ("GET", fast, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+  }
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -160,5 +209,7 @@ main (int argc, char **argv)
   g_test_add_func ("/lifecycle/missing-config-exits-78", test_missing_config_exits_78);
   g_test_add_func ("/lifecycle/check-config-sample", test_check_config_sample);
   g_test_add_func ("/lifecycle/usage-errors", test_usage_errors);
+  g_test_add_func ("/lifecycle/second-instance-exits-1", test_second_instance_exits_1);
+  g_test_add_func ("/lifecycle/fast-restart", test_fast_restart);
   return g_test_run ();
 }
