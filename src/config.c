@@ -331,6 +331,14 @@ crunch_parse_listen_address (const gchar *text, struct sockaddr_storage *addr, s
   const gchar *colon = strrchr (text, ':');
   gboolean bracketed = text[0] == '[';
 
+  /* g_network_address_parse() refuses a port above 65535 like any other typo: say which it is */
+  if (colon != NULL && colon[1] != '\0' && strspn (colon + 1, "0123456789") == strlen (colon + 1) &&
+      g_ascii_strtoull (colon + 1, NULL, 10) > 65535) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "'%s': port out of range (0 to 65535)", text);
+    return FALSE;
+  }
+
   /* an explicit port is required, and an IPv6 host must be bracketed: "[::1]:8000" */
   if (parsed == NULL || colon == NULL || colon[1] == '\0' ||
       strspn (colon + 1, "0123456789") != strlen (colon + 1) ||

@@ -85,6 +85,9 @@ test_bad_files (void)
       {"[server]\nlisten = 127.0.0.1\n",
        "t.ini: [server] listen = '127.0.0.1': '127.0.0.1': expected ADDRESS:PORT or [IPV6]:PORT"},
       {"[server]\nlisten = ,\n", "t.ini: [server] listen = ',': expected a comma-separated list"},
+      {"[server]\nlisten = 127.0.0.1:80000\n",
+       "t.ini: [server] listen = '127.0.0.1:80000': '127.0.0.1:80000': port out of range (0 to "
+       "65535)"},
       {"[server]\nmax_connections = 100\n[executor]\nthreads = 4\nqueue_limit = 80\n",
        "t.ini: [executor] queue_limit = '80': queue_limit + threads (4) must not exceed 3/4 of "
        "[server] max_connections (100), or parked jobs could lock out /fast"},
@@ -172,8 +175,15 @@ test_listen_addresses (void)
   g_assert_true (crunch_parse_listen_address ("[::1]:0", &addr, &len, NULL));
   g_assert_cmpint (addr.ss_family, ==, AF_INET6);
   g_assert_false (crunch_parse_listen_address ("::1", &addr, &len, NULL));
-  g_assert_false (crunch_parse_listen_address ("127.0.0.1:99999", &addr, &len, NULL));
   g_assert_false (crunch_parse_listen_address ("", &addr, &len, NULL));
+  g_assert_true (crunch_parse_listen_address ("127.0.0.1:65535", &addr, &len, NULL));
+  for (gsize i = 0; i < 3; i++) {
+    const gchar *big[] = {"127.0.0.1:65536", "[::1]:99999", "127.0.0.1:99999999999999999999999"};
+    g_autoptr (GError) error = NULL;
+    g_autofree gchar *expected = g_strdup_printf ("'%s': port out of range (0 to 65535)", big[i]);
+    g_assert_false (crunch_parse_listen_address (big[i], &addr, &len, &error));
+    g_assert_cmpstr (error->message, ==, expected);
+  }
 }
 
 /* [executor] backend, [nats] and [worker]: defaults, a good file, and each kind of mistake. */

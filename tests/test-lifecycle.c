@@ -1,6 +1,7 @@
 /* test-lifecycle.c - the fast lane under compute load, graceful stop, start-up failures. */
 #include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "harness.h"
 
@@ -134,19 +135,50 @@ test_check_config_sample (void)
   g_assert_nonnull (strstr (out, "listen=127.0.0.1:8000"));
 }
 
+/* Command-line mistakes exit 64 and name the option or the argument, never a config file. */
 static void
 test_usage_errors (void)
 {
-  g_autofree gchar *out = NULL, *err = NULL, *out2 = NULL, *err2 = NULL, *out3 = NULL, *err3 = NULL;
+  const struct {
+    const gchar *args[3];
+    const gchar *message;
+  } cases[] = {
+      {{"--bogus"}, "crunchd: Unknown option --bogus\n"},
+      {{"some.ini"},
+       "crunchd: unexpected argument 'some.ini' (a configuration file is given with --config "
+       "FILE)\n"},
+      {{"--config=/dev/null", "--listen=nowhere"},
+       "crunchd: --listen 'nowhere': expected ADDRESS:PORT or [IPV6]:PORT\n"},
+      {{"--listen", "127.0.0.1:65536"},
+       "crunchd: --listen '127.0.0.1:65536': port out of range (0 to 65535)\n"},
+      {{"--threads", "-1"},
+       "crunchd: --threads -1: expected an integer from 0 to 1024 (0 = one per CPU)\n"},
+      {{"--threads=-5"},
+       "crunchd: --threads -5: expected an integer from 0 to 1024 (0 = one per CPU)\n"},
+      {{"--threads=1025"},
+       "crunchd: --threads 1025: expected an integer from 0 to 1024 (0 = one per CPU)\n"},
+      {{"--threads=two"},
+       "crunchd: --threads two: expected an integer from 0 to 1024 (0 = one per CPU)\n"},
+  };
+  g_autofree gchar *out = NULL, *err = NULL;
 
   g_assert_cmpint (test_run_crunchd ((const gchar *[]){"--version", NULL}, &out, &err), ==, 0);
   g_assert_true (g_str_has_prefix (out, "crunchd "));
-  g_assert_cmpint (test_run_crunchd ((const gchar *[]){"--bogus", NULL}, &out2, &err2), ==, 64);
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autofree gchar *o = NULL, *e = NULL;
+    g_autofree gchar *expected = g_strconcat (cases[i].message, "Try 'crunchd --help'.\n", NULL);
+    g_assert_cmpint (test_run_crunchd (cases[i].args, &o, &e), ==, 64);
+    g_assert_cmpstr (e, ==, expected);
+  }
+  /* values in range are accepted */
+  g_clear_pointer (&out, g_free);
+  g_clear_pointer (&err, g_free);
   g_assert_cmpint (
-      test_run_crunchd ((const gchar *[]){"--config=/dev/null", "--listen=nowhere", NULL}, &out3,
-                        &err3),
-      ==, 78);
-  g_assert_nonnull (strstr (err3, "'nowhere'"));
+      test_run_crunchd ((const gchar *[]){"--config=/dev/null", "--threads=512",
+                                          "--listen=127.0.0.1:65535", "--check-config", NULL},
+                        &out, &err),
+      ==, 0);
+  g_assert_nonnull (strstr (out, "threads=512"));
 }
 
 /* A second crunchd on an address in use exits 1 and says so: it must not share the port (no
@@ -198,6 +230,34 @@ test_fast_restart (void)
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
+/* crunchd-worker follows the same rules for its command line. */
+static void
+test_worker_usage_errors (void)
+{
+  const gchar *worker = g_getenv ("CRUNCHD_WORKER");
+  const gchar *cases[][2] = {
+      {"x.ini", "crunchd-worker: unexpected argument 'x.ini'"},
+      {"--threads=-1", "crunchd-worker: --threads -1: expected an integer from 0 to 1024"},
+      {"--threads=-5", "crunchd-worker: --threads -5: expected an integer from 0 to 1024"},
+  };
+
+  if (worker == NULL) {
+    g_test_skip ("CRUNCHD_WORKER is not set");
+    return;
+  }
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    const gchar *argv[] = {worker, cases[i][0], NULL};
+    g_autofree gchar *err = NULL;
+    gint status = 0;
+    g_autoptr (GError) error = NULL;
+    g_assert_true (g_spawn_sync (NULL, (gchar **)argv, NULL, G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL,
+                                 NULL, &err, &status, &error));
+    g_assert_true (WIFEXITED (status));
+    g_assert_cmpint (WEXITSTATUS (status), ==, 64);
+    g_assert_true (g_str_has_prefix (err, cases[i][1]));
+  }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -209,6 +269,7 @@ main (int argc, char **argv)
   g_test_add_func ("/lifecycle/missing-config-exits-78", test_missing_config_exits_78);
   g_test_add_func ("/lifecycle/check-config-sample", test_check_config_sample);
   g_test_add_func ("/lifecycle/usage-errors", test_usage_errors);
+  g_test_add_func ("/lifecycle/worker-usage-errors", test_worker_usage_errors);
   g_test_add_func ("/lifecycle/second-instance-exits-1", test_second_instance_exits_1);
   g_test_add_func ("/lifecycle/fast-restart", test_fast_restart);
   return g_test_run ();
