@@ -170,6 +170,18 @@ parse_number (const gchar *raw, const KeyDesc *k, gdouble *out)
   return errno == 0 && end != raw && *end == '\0';
 }
 
+/* GKeyFile has no inline comments: in "threads = 32  # in flight" the comment is part of the
+ * value. No value of ours contains " #", so say what happened instead of "not an integer". */
+static gboolean
+has_inline_comment (const gchar *value)
+{
+  for (const gchar *hash = strchr (value, '#'); hash != NULL; hash = strchr (hash + 1, '#')) {
+    if (hash > value && g_ascii_isspace (hash[-1]))
+      return TRUE;
+  }
+  return FALSE;
+}
+
 static gboolean
 load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *file, GError **error)
 {
@@ -179,6 +191,8 @@ load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *fil
 
   if (value == NULL)
     return fail (error, file, k, raw, "not a valid string");
+  if (has_inline_comment (value))
+    return fail (error, file, k, value, "inline comments are not allowed; put it on its own line");
 
   switch (k->type) {
   case KEY_UINT:

@@ -98,6 +98,19 @@ test_bad_files (void)
       {"[jobs]\nttl = -1\n", "t.ini: [jobs] ttl = '-1': out of range (0 to 604800)"},
       {"[jobs]\nmax_stored = 0\n", "t.ini: [jobs] max_stored = '0': out of range (1 to 100000)"},
       {"[plugins]\nautoload = yes\n", "t.ini: [plugins] autoload: unknown key"},
+      /* GKeyFile has no inline comments: say so, whatever the key's type */
+      {"[executor]\nthreads = 32          # jobs in flight\n",
+       "t.ini: [executor] threads = '32          # jobs in flight': inline comments are not "
+       "allowed; put it on its own line"},
+      {"[executor]\ncoalesce = true # share\n",
+       "t.ini: [executor] coalesce = 'true # share': inline comments are not allowed; put it on "
+       "its own line"},
+      {"[server]\nlisten = 127.0.0.1:8000\t# public\n",
+       "t.ini: [server] listen = '127.0.0.1:8000\t# public': inline comments are not allowed; put "
+       "it on its own line"},
+      {"[plugins]\ndir = /opt/fn # mine\n",
+       "t.ini: [plugins] dir = '/opt/fn # mine': inline comments are not allowed; put it on its "
+       "own line"},
       {"not an ini file\n", NULL},
   };
 
