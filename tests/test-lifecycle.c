@@ -122,17 +122,28 @@ test_missing_config_exits_78 (void)
   g_assert_nonnull (strstr (err, "/nonexistent/crunchd.ini"));
 }
 
+/* The sample (data/crunchd.ini, made from data/crunchd.ini.in) loads, and the plugin directory
+ * it shows commented out is the one this build uses by default. */
 static void
 test_check_config_sample (void)
 {
-  g_autofree gchar *ini = g_build_filename (g_getenv ("CRUNCHD_DATADIR"), "crunchd.ini", NULL);
+  const gchar *ini = g_getenv ("CRUNCHD_SAMPLE_INI");
   g_autofree gchar *arg = g_strconcat ("--config=", ini, NULL);
-  g_autofree gchar *out = NULL, *err = NULL;
+  g_autofree gchar *out = NULL, *err = NULL, *sample = NULL, *dir = NULL, *shown = NULL;
+  const gchar *at;
 
+  g_assert_nonnull (ini);
   g_assert_cmpint (test_run_crunchd ((const gchar *[]){arg, "--check-config", NULL}, &out, &err),
                    ==, 0);
   g_assert_nonnull (strstr (out, "configuration OK"));
   g_assert_nonnull (strstr (out, "listen=127.0.0.1:8000"));
+  at = strstr (out, "\n[plugins]\ndir=");
+  g_assert_nonnull (at);
+  dir = g_strndup (at + strlen ("\n[plugins]\ndir="),
+                   strcspn (at + strlen ("\n[plugins]\ndir="), "\n"));
+  g_assert_true (g_file_get_contents (ini, &sample, NULL, NULL));
+  shown = g_strdup_printf ("\n#dir = %s\n", dir);
+  g_assert_nonnull (strstr (sample, shown));
 }
 
 /* Command-line mistakes exit 64 and name the option or the argument, never a config file. */
