@@ -382,6 +382,20 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
 /* ---- the asynchronous jobs API (jobs.c) ---- */
 
 static enum MHD_Result
+respond_jobs_error (CrunchRequest *req, CrunchJobsReply *reply)
+{
+  gsize size = 0;
+  gconstpointer data = reply->body ? g_bytes_get_data (reply->body, &size) : NULL;
+  g_autofree gchar *message = g_strchomp (g_strndup (data, size));
+  enum MHD_Result ret;
+
+  ret = respond_error (req, reply->status, message, MHD_HTTP_HEADER_RETRY_AFTER, reply->retry_after,
+                       NULL); /* no Retry-After: the list ends there */
+  crunch_jobs_reply_clear (reply);
+  return ret;
+}
+
+static enum MHD_Result
 respond_jobs (CrunchRequest *req, const gchar *arg)
 {
   CrunchJobs *jobs = req->server->jobs;
@@ -402,6 +416,8 @@ respond_jobs (CrunchRequest *req, const gchar *arg)
   } else {
     reply = crunch_jobs_get (jobs, arg);
   }
+  if (reply.status >= 400) /* an error page like any other: it ends with the request id */
+    return respond_jobs_error (req, &reply);
   if (reply.body != NULL)
     data = g_bytes_get_data (reply.body, &size);
   req->bytes = size;
