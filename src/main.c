@@ -264,12 +264,25 @@ new_nats_executor (CrunchJobFunc finished, gpointer finished_data, gpointer user
                                    app->config->nice, finished, finished_data, error);
 }
 
+static void
+log_ready (const CrunchConfig *config, gboolean nats)
+{
+  guint threads = crunch_config_effective_threads (config);
+
+  /* with NATS, [executor] threads is the number of jobs in flight to the workers */
+  if (nats)
+    g_message ("crunchd %s ready: up to %u job(s) in flight to NATS workers, queue limit %u",
+               PACKAGE_VERSION, threads, config->queue_limit);
+  else
+    g_message ("crunchd %s ready: %u worker thread(s), queue limit %u", PACKAGE_VERSION, threads,
+               config->queue_limit);
+}
+
 static gint
 run (Crunchd *app)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (GArray) fds = crunch_service_listen_fds ();
-  guint threads = crunch_config_effective_threads (app->config);
   CrunchSchedulerSettings settings = scheduler_settings (app->config);
   gboolean nats = g_str_equal (app->config->backend, "nats");
 
@@ -299,8 +312,7 @@ run (Crunchd *app)
     g_main_loop_unref (app->loop);
     return EXIT_FAILURE;
   }
-  g_message ("crunchd %s ready: %u worker thread(s), queue limit %u", PACKAGE_VERSION, threads,
-             app->config->queue_limit);
+  log_ready (app->config, nats);
   crunch_service_notify ("READY=1");
   app->heartbeat = crunch_heartbeat_new (STATUS_INTERVAL_MS, status_text, app);
 
