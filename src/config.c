@@ -174,6 +174,18 @@ parse_number (const gchar *raw, const KeyDesc *k, gdouble *out)
   return errno == 0 && end != raw && *end == '\0';
 }
 
+/* GKeyFile has no inline comments: in "threads = 32  # in flight" the comment is part of the
+ * value. No value of ours contains " #", so say what happened instead of "not an integer". */
+static gboolean
+has_inline_comment (const gchar *value)
+{
+  for (const gchar *hash = strchr (value, '#'); hash != NULL; hash = strchr (hash + 1, '#')) {
+    if (hash > value && g_ascii_isspace (hash[-1]))
+      return TRUE;
+  }
+  return FALSE;
+}
+
 static gboolean
 load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *file, GError **error)
 {
@@ -183,6 +195,8 @@ load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *fil
 
   if (value == NULL)
     return fail (error, file, k, raw, "not a valid string");
+  if (has_inline_comment (value))
+    return fail (error, file, k, value, "inline comments are not allowed; put it on its own line");
 
   switch (k->type) {
   case KEY_UINT:
@@ -334,6 +348,14 @@ crunch_parse_listen_address (const gchar *text, struct sockaddr_storage *addr, s
 
   const gchar *colon = strrchr (text, ':');
   gboolean bracketed = text[0] == '[';
+
+  /* g_network_address_parse() refuses a port above 65535 like any other typo: say which it is */
+  if (colon != NULL && colon[1] != '\0' && strspn (colon + 1, "0123456789") == strlen (colon + 1) &&
+      g_ascii_strtoull (colon + 1, NULL, 10) > 65535) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "'%s': port out of range (0 to 65535)", text);
+    return FALSE;
+  }
 
   /* an explicit port is required, and an IPv6 host must be bracketed: "[::1]:8000" */
   if (parsed == NULL || colon == NULL || colon[1] == '\0' ||

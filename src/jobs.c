@@ -26,6 +26,7 @@
 #include <sys/random.h>
 
 #include "args.h"
+#include "json.h"
 #include "metrics.h"
 #include "parked.h"
 
@@ -217,18 +218,13 @@ reply_text (guint status, const gchar *format, ...)
 static CrunchJobsReply
 reply_json (guint status, JsonBuilder *builder)
 {
-  g_autoptr (JsonGenerator) gen = json_generator_new ();
   g_autoptr (JsonNode) root = json_builder_get_root (builder);
-  gsize len;
-  gchar *text;
+  GString *text = g_string_new (NULL);
 
-  json_generator_set_root (gen, root);
-  json_generator_set_pretty (gen, TRUE);
-  text = json_generator_to_data (gen, &len);
-  text = g_realloc (text, len + 2);
-  text[len++] = '\n';
-  text[len] = '\0';
-  return (CrunchJobsReply){status, g_bytes_new_take (text, len), "application/json", NULL, NULL};
+  /* not JsonGenerator: it prints 4.9e-05 s as 4.8999999999999998e-05 */
+  crunch_json_append_object (text, json_node_get_object (root));
+  g_string_append_c (text, '\n');
+  return (CrunchJobsReply){status, g_string_free_to_bytes (text), "application/json", NULL, NULL};
 }
 
 /* With the lock held. A finished entry's ticket is only read: the scheduler wrote its answer
@@ -303,7 +299,9 @@ add_timings (JsonBuilder *b, const Entry *entry, gint64 now)
     json_builder_add_boolean_value (b, TRUE);
   }
   add_seconds (b, "deadline_seconds", entry->deadline_us - entry->t_submitted);
-  if (entry->t_done)
+  /* when a finished job is forgotten; not said of an "expired" one, which reads as a
+   * contradiction (its deadline passed; it is still kept [jobs] ttl) */
+  if (entry->t_done && outcome_of (entry) != CRUNCH_JOB_TIMED_OUT)
     add_seconds (b, "expires_in_seconds", MAX (0, entry->store->ttl_us - (now - entry->t_done)));
 }
 

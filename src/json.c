@@ -1,6 +1,8 @@
 /* json.c - see json.h. */
 #include "json.h"
 
+#include <string.h>
+
 void
 crunch_json_append_string (GString *out, const gchar *value)
 {
@@ -57,4 +59,65 @@ crunch_json_depth_ok (const gchar *text, gsize len, guint max_depth)
     }
   }
   return TRUE;
+}
+
+void
+crunch_json_append_seconds (GString *out, gdouble seconds)
+{
+  static const gchar *const formats[] = {"%.0f", "%.1f", "%.2f", "%.3f", "%.4f", "%.5f", "%.6f"};
+  gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+  gdouble magnitude = seconds < 0 ? -seconds : seconds;
+  gint decimals = 3; /* four significant digits for 1 <= |seconds| < 10 */
+  gsize len;
+
+  if (seconds != seconds || magnitude > 1e15) { /* NaN, or no duration of ours */
+    g_string_append (out, "null");
+    return;
+  }
+  for (gdouble m = magnitude; m >= 10 && decimals > 0; m /= 10)
+    decimals--;
+  for (gdouble m = magnitude; m > 0 && m < 1 && decimals < 6; m *= 10)
+    decimals++;
+  g_ascii_formatd (buf, sizeof buf, formats[decimals], seconds);
+  len = strlen (buf);
+  while (decimals > 0 && buf[len - 1] == '0') /* 30.000 -> 30, 2.100 -> 2.1 */
+    buf[--len] = '\0';
+  if (buf[len - 1] == '.')
+    buf[--len] = '\0';
+  g_string_append (out, g_str_equal (buf, "-0") ? "0" : buf);
+}
+
+static void
+append_value (GString *out, JsonNode *node)
+{
+  GType type = json_node_get_value_type (node);
+
+  if (JSON_NODE_HOLDS_NULL (node))
+    g_string_append (out, "null");
+  else if (!JSON_NODE_HOLDS_VALUE (node)) {
+    g_autofree gchar *text = json_to_string (node, FALSE);
+    g_string_append (out, text);
+  } else if (type == G_TYPE_STRING)
+    crunch_json_append_string (out, json_node_get_string (node));
+  else if (type == G_TYPE_DOUBLE)
+    crunch_json_append_seconds (out, json_node_get_double (node));
+  else if (type == G_TYPE_BOOLEAN)
+    g_string_append (out, json_node_get_boolean (node) ? "true" : "false");
+  else
+    g_string_append_printf (out, "%" G_GINT64_FORMAT, json_node_get_int (node));
+}
+
+void
+crunch_json_append_object (GString *out, JsonObject *object)
+{
+  g_autoptr (GList) names = json_object_get_members (object); /* in insertion order */
+
+  g_string_append_c (out, '{');
+  for (GList *n = names; n != NULL; n = n->next) {
+    g_string_append (out, n == names ? "\n  " : ",\n  ");
+    crunch_json_append_string (out, n->data);
+    g_string_append (out, ": ");
+    append_value (out, json_object_get_member (object, n->data));
+  }
+  g_string_append (out, names != NULL ? "\n}" : "}");
 }

@@ -264,12 +264,25 @@ new_nats_executor (CrunchJobFunc finished, gpointer finished_data, gpointer user
                                    app->config->nice, finished, finished_data, error);
 }
 
+static void
+log_ready (const CrunchConfig *config, gboolean nats)
+{
+  guint threads = crunch_config_effective_threads (config);
+
+  /* with NATS, [executor] threads is the number of jobs in flight to the workers */
+  if (nats)
+    g_message ("crunchd %s ready: up to %u job(s) in flight to NATS workers, queue limit %u",
+               PACKAGE_VERSION, threads, config->queue_limit);
+  else
+    g_message ("crunchd %s ready: %u worker thread(s), queue limit %u", PACKAGE_VERSION, threads,
+               config->queue_limit);
+}
+
 static gint
 run (Crunchd *app)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (GArray) fds = crunch_service_listen_fds ();
-  guint threads = crunch_config_effective_threads (app->config);
   CrunchSchedulerSettings settings = scheduler_settings (app->config);
   gboolean nats = g_str_equal (app->config->backend, "nats");
 
@@ -299,8 +312,7 @@ run (Crunchd *app)
     g_main_loop_unref (app->loop);
     return EXIT_FAILURE;
   }
-  g_message ("crunchd %s ready: %u worker thread(s), queue limit %u", PACKAGE_VERSION, threads,
-             app->config->queue_limit);
+  log_ready (app->config, nats);
   crunch_service_notify ("READY=1");
   app->heartbeat = crunch_heartbeat_new (STATUS_INTERVAL_MS, status_text, app);
 
@@ -321,45 +333,104 @@ run (Crunchd *app)
   return EXIT_SUCCESS;
 }
 
-int
-main (int argc, char **argv)
+/* --threads N: the same rule as [executor] threads, 0 to 1024; anything else is a usage error. */
+static gboolean
+parse_threads (const gchar *name, const gchar *value, gpointer data, GError **error)
 {
-  Crunchd app = {.cli_threads = -1};
-  g_autofree gchar *config_path = NULL;
-  g_auto (GStrv) listen = NULL;
-  gboolean check_config = FALSE, version = FALSE;
+  Crunchd *app = data;
+  guint64 n;
+
+  if (!g_ascii_string_to_unsigned (value, 10, 0, 1024, &n, NULL)) {
+    g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                 "%s %s: expected an integer from 0 to 1024 (0 = one per CPU)", name, value);
+    return FALSE;
+  }
+  app->cli_threads = (gint)n;
+  return TRUE;
+}
+
+/* Checks what GOption cannot: no stray arguments, and well-formed --listen addresses (a
+ * command-line mistake is reported as one, exit 64, not as an error in the file). */
+static gboolean
+check_command_line (gint argc, gchar **argv, gchar **listen, GError **error)
+{
+  if (argc > 1) {
+    g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                 "unexpected argument '%s' (a configuration file is given with --config FILE)",
+                 argv[1]);
+    return FALSE;
+  }
+  for (gchar **l = listen; l != NULL && *l != NULL; l++) {
+    struct sockaddr_storage addr;
+    socklen_t len;
+    g_autoptr (GError) local = NULL;
+    if (!crunch_parse_listen_address (*l, &addr, &len, &local)) {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "--listen %s", local->message);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+typedef struct {
+  gchar *config_path;
+  gchar **listen;
+  gboolean check_config, version;
+} CommandLine;
+
+/* GOption, then check_command_line(); on a usage error says so and returns FALSE (exit 64). */
+static gboolean
+parse_command_line (Crunchd *app, CommandLine *cl, gint *argc, gchar ***argv)
+{
   const GOptionEntry entries[] = {
-      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
+      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &cl->config_path,
        "Configuration file (default " DEFAULT_CONFIG ")", "FILE"},
-      {"listen", 'l', 0, G_OPTION_ARG_STRING_ARRAY, &listen,
+      {"listen", 'l', 0, G_OPTION_ARG_STRING_ARRAY, &cl->listen,
        "Listen on ADDR:PORT or [ADDR]:PORT (repeatable; overrides [server] listen)", "ADDR:PORT"},
-      {"threads", 't', 0, G_OPTION_ARG_INT, &app.cli_threads,
-       "Worker threads (0 = one per CPU; overrides [executor] threads)", "N"},
-      {"check-config", 0, 0, G_OPTION_ARG_NONE, &check_config,
+      {"threads", 't', 0, G_OPTION_ARG_CALLBACK, parse_threads,
+       "Worker threads, 0 to 1024 (0 = one per CPU; overrides [executor] threads)", "N"},
+      {"check-config", 0, 0, G_OPTION_ARG_NONE, &cl->check_config,
        "Validate the configuration, print the effective settings and exit", NULL},
-      {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
+      {"version", 'V', 0, G_OPTION_ARG_NONE, &cl->version, "Print the version and exit", NULL},
       {NULL}};
   g_autoptr (GOptionContext) context = g_option_context_new ("- HTTP server for slow computations");
+  GOptionGroup *group = g_option_group_new (NULL, NULL, NULL, app, NULL);
   g_autoptr (GError) error = NULL;
-  gint status;
 
-  setlocale (LC_ALL, "");
-  g_option_context_add_main_entries (context, entries, NULL);
+  g_option_group_add_entries (group, entries);
+  g_option_context_set_main_group (context, group);
   g_option_context_set_description (context, "Signals: SIGHUP reloads the configuration, "
                                              "SIGTERM/SIGINT drain and stop.\n"
                                              "Exit status: 0 ok, 1 runtime failure, 64 usage, "
                                              "78 configuration error.");
-  if (!g_option_context_parse (context, &argc, &argv, &error)) {
+  if (!g_option_context_parse (context, argc, argv, &error) ||
+      (!cl->version && !check_command_line (*argc, *argv, cl->listen, &error))) {
     g_printerr ("crunchd: %s\nTry 'crunchd --help'.\n", error->message);
-    return 64; /* EX_USAGE */
+    return FALSE;
   }
-  if (version) {
+  return TRUE;
+}
+
+int
+main (int argc, char **argv)
+{
+  Crunchd app = {.cli_threads = -1};
+  CommandLine cl = {0};
+  g_autofree gchar *config_path = NULL;
+  g_auto (GStrv) listen = NULL;
+  g_autoptr (GError) error = NULL;
+  gboolean ok;
+  gint status;
+
+  setlocale (LC_ALL, "");
+  ok = parse_command_line (&app, &cl, &argc, &argv);
+  config_path = cl.config_path;
+  listen = cl.listen;
+  if (!ok)
+    return 64; /* EX_USAGE */
+  if (cl.version) {
     g_print ("crunchd %s\n", PACKAGE_VERSION);
     return EXIT_SUCCESS;
-  }
-  if (app.cli_threads < -1 || app.cli_threads > 1024) {
-    g_printerr ("crunchd: --threads %d: expected 0 to 1024\n", app.cli_threads);
-    return 64;
   }
   crunch_logging_init ();
   crunch_metrics_init ();
@@ -376,7 +447,7 @@ main (int argc, char **argv)
     crunch_config_free (app.config);
     return CRUNCH_EXIT_CONFIG;
   }
-  if (check_config) {
+  if (cl.check_config) {
     g_autofree gchar *text = crunch_config_to_string (app.config);
     g_autofree const gchar **names = crunch_functions_list ();
     g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);

@@ -386,6 +386,21 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
 /* ---- the asynchronous jobs API (jobs.c) ---- */
 
 static enum MHD_Result
+respond_jobs_error (CrunchRequest *req, CrunchJobsReply *reply)
+{
+  gsize size = 0;
+  gconstpointer data = reply->body ? g_bytes_get_data (reply->body, &size) : NULL;
+  g_autofree gchar *message = g_strchomp (g_strndup (data, size));
+  enum MHD_Result ret;
+
+  ret = respond_error (req, reply->status, message,
+                       reply->retry_after != NULL ? MHD_HTTP_HEADER_RETRY_AFTER : NULL,
+                       reply->retry_after, NULL);
+  crunch_jobs_reply_clear (reply);
+  return ret;
+}
+
+static enum MHD_Result
 respond_jobs (CrunchRequest *req, const gchar *arg)
 {
   CrunchJobs *jobs = req->server->jobs;
@@ -406,16 +421,8 @@ respond_jobs (CrunchRequest *req, const gchar *arg)
   } else {
     reply = crunch_jobs_get (jobs, arg);
   }
-  if (reply.status >= 400 && reply.body != NULL) {
-    /* an error page like any other: plain text naming the request id */
-    gconstpointer text = g_bytes_get_data (reply.body, &size);
-    g_autofree gchar *message = g_strchomp (g_strndup (text, size));
-    ret = respond_error (req, reply.status, message,
-                         reply.retry_after != NULL ? MHD_HTTP_HEADER_RETRY_AFTER : NULL,
-                         reply.retry_after, NULL);
-    crunch_jobs_reply_clear (&reply);
-    return ret;
-  }
+  if (reply.status >= 400) /* an error page like any other: it ends with the request id */
+    return respond_jobs_error (req, &reply);
   if (reply.body != NULL)
     data = g_bytes_get_data (reply.body, &size);
   req->bytes = size;
@@ -832,6 +839,9 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
 {
   guint flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                 MHD_USE_ERROR_LOG;
+  /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: it sets SO_REUSEPORT, and a second crunchd on the
+   * same address would then start and share the traffic. MHD's default is SO_REUSEADDR alone,
+   * which is what a fast restart over connections in TIME_WAIT needs. */
   CrunchConns *guard = crunch_conns_new (self->max_connections, ops ? "ops" : "http");
   struct MHD_OptionItem options[] = {
       {MHD_OPTION_CONNECTION_LIMIT, self->max_connections, NULL},
@@ -841,7 +851,6 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
       {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, guard},
       {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
       {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_path, NULL},
-      {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
       fd >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL}
               : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)addr},
       {MHD_OPTION_END, 0, NULL},

@@ -111,13 +111,14 @@ main (int argc, char **argv)
 {
   App app = {0};
   g_autofree gchar *config_path = NULL, *id = NULL;
-  gint threads = -1;
+  g_autofree gchar *threads_arg = NULL;
+  guint64 threads = 0;
   gboolean check_config = FALSE, version = FALSE;
   const GOptionEntry entries[] = {
       {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
        "Configuration file (default " DEFAULT_CONFIG ")", "FILE"},
-      {"threads", 't', 0, G_OPTION_ARG_INT, &threads,
-       "Jobs run at once (0 = one per CPU; overrides [worker] threads)", "N"},
+      {"threads", 't', 0, G_OPTION_ARG_STRING, &threads_arg,
+       "Jobs run at once, 0 to 1024 (0 = one per CPU; overrides [worker] threads)", "N"},
       {"id", 0, 0, G_OPTION_ARG_STRING, &id,
        "Name in replies and logs (overrides [worker] id; default HOSTNAME:PID)", "ID"},
       {"check-config", 0, 0, G_OPTION_ARG_NONE, &check_config,
@@ -143,8 +144,18 @@ main (int argc, char **argv)
     g_print ("crunchd-worker %s\n", PACKAGE_VERSION);
     return EXIT_SUCCESS;
   }
-  if (threads < -1 || threads > 1024) {
-    g_printerr ("crunchd-worker: --threads %d: expected 0 to 1024\n", threads);
+  if (argc > 1) {
+    g_printerr ("crunchd-worker: unexpected argument '%s' (a configuration file is given with "
+                "--config FILE)\nTry 'crunchd-worker --help'.\n",
+                argv[1]);
+    return 64;
+  }
+  /* the rule of [worker] threads: 0 to 1024, nothing negative */
+  if (threads_arg != NULL &&
+      !g_ascii_string_to_unsigned (threads_arg, 10, 0, 1024, &threads, NULL)) {
+    g_printerr ("crunchd-worker: --threads %s: expected an integer from 0 to 1024 (0 = one per "
+                "CPU)\nTry 'crunchd-worker --help'.\n",
+                threads_arg);
     return 64;
   }
   crunch_logging_init ();
@@ -163,7 +174,7 @@ main (int argc, char **argv)
     crunch_config_free (app.config);
     return EXIT_SUCCESS;
   }
-  if (threads >= 0)
+  if (threads_arg != NULL)
     app.config->worker_threads = (guint)threads;
   if (id == NULL && *app.config->worker_id != '\0')
     id = g_strdup (app.config->worker_id);

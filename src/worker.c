@@ -550,7 +550,10 @@ crunch_worker_free (CrunchWorker *w)
   g_thread_pool_free (w->pool, FALSE, TRUE); /* idle after `stopped`; waits otherwise */
   g_message ("crunchd-worker %s stopped: %" G_GUINT64_FORMAT " job(s) done", w->id, w->done);
   if (w->nc != NULL) {
-    natsConnection_FlushTimeout (w->nc, 1000); /* the last replies */
+    /* the last replies; without a connection there is nothing to flush to, and waiting would
+     * only delay the exit by the whole timeout */
+    if (natsConnection_Status (w->nc) == NATS_CONN_STATUS_CONNECTED)
+      natsConnection_FlushTimeout (w->nc, 1000);
     natsConnection_Close (w->nc);
     g_mutex_lock (&w->lock);
     while ((!w->conn_closed || w->live_subs > 0) && g_cond_wait_until (&w->cond, &w->lock, until))

@@ -89,6 +89,60 @@ test_json_escape (void)
   g_assert_cmpstr (out->str, ==, "\"a\\\"b\\\\c\\n\\t\\u0001\xc3\xa9\xef\xbf\xbd\"");
 }
 
+/* Durations as people read them: 4 significant digits, plain notation, microseconds at most. */
+static void
+test_json_seconds (void)
+{
+  const struct {
+    gdouble in;
+    const gchar *out;
+  } cases[] = {
+      {4.8999999999999998e-05, "0.000049"},
+      {2.12345, "2.123"},
+      {2.1, "2.1"},
+      {299.53, "299.5"},
+      {30.0, "30"},
+      {0, "0"},
+      {0.0000004, "0"},
+      {12345.6, "12346"},
+      {0.1, "0.1"},
+      {0.00123456, "0.001235"},
+      {-0.5, "-0.5"},
+      {9.99999, "10"},
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autoptr (GString) out = g_string_new (NULL);
+    crunch_json_append_seconds (out, cases[i].in);
+    g_assert_cmpstr (out->str, ==, cases[i].out);
+  }
+}
+
+/* A flat object, members in order, doubles as seconds. */
+static void
+test_json_object (void)
+{
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+  g_autoptr (JsonNode) root = NULL;
+  g_autoptr (GString) out = g_string_new (NULL);
+
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "id");
+  json_builder_add_string_value (b, "a\"b");
+  json_builder_set_member_name (b, "run_seconds");
+  json_builder_add_double_value (b, 2.1);
+  json_builder_set_member_name (b, "size");
+  json_builder_add_int_value (b, 9);
+  json_builder_set_member_name (b, "cached");
+  json_builder_add_boolean_value (b, TRUE);
+  json_builder_end_object (b);
+  root = json_builder_get_root (b);
+  crunch_json_append_object (out, json_node_get_object (root));
+  g_assert_cmpstr (out->str, ==,
+                   "{\n  \"id\": \"a\\\"b\",\n  \"run_seconds\": 2.1,\n  \"size\": 9,\n  "
+                   "\"cached\": true\n}");
+}
+
 static void
 test_request_id (void)
 {
@@ -143,6 +197,8 @@ main (int argc, char **argv)
   g_test_add_func ("/accesslog/json", test_json);
   g_test_add_func ("/accesslog/json-escape", test_json_escape);
   g_test_add_func ("/json/depth", test_json_depth);
+  g_test_add_func ("/accesslog/json-seconds", test_json_seconds);
+  g_test_add_func ("/accesslog/json-object", test_json_object);
   g_test_add_func ("/accesslog/request-id", test_request_id);
   return g_test_run ();
 }

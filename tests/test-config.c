@@ -88,6 +88,9 @@ test_bad_files (void)
       {"[server]\nlisten = 127.0.0.1\n",
        "t.ini: [server] listen = '127.0.0.1': '127.0.0.1': expected ADDRESS:PORT or [IPV6]:PORT"},
       {"[server]\nlisten = ,\n", "t.ini: [server] listen = ',': expected a comma-separated list"},
+      {"[server]\nlisten = 127.0.0.1:80000\n",
+       "t.ini: [server] listen = '127.0.0.1:80000': '127.0.0.1:80000': port out of range (0 to "
+       "65535)"},
       {"[server]\nmax_connections = 100\n[executor]\nthreads = 4\nqueue_limit = 80\n",
        "t.ini: [executor] queue_limit = '80': queue_limit + threads (4) must not exceed 3/4 of "
        "[server] max_connections (100), or parked jobs could lock out /fast"},
@@ -98,6 +101,19 @@ test_bad_files (void)
       {"[jobs]\nttl = -1\n", "t.ini: [jobs] ttl = '-1': out of range (0 to 604800)"},
       {"[jobs]\nmax_stored = 0\n", "t.ini: [jobs] max_stored = '0': out of range (1 to 100000)"},
       {"[plugins]\nautoload = yes\n", "t.ini: [plugins] autoload: unknown key"},
+      /* GKeyFile has no inline comments: say so, whatever the key's type */
+      {"[executor]\nthreads = 32          # jobs in flight\n",
+       "t.ini: [executor] threads = '32          # jobs in flight': inline comments are not "
+       "allowed; put it on its own line"},
+      {"[executor]\ncoalesce = true # share\n",
+       "t.ini: [executor] coalesce = 'true # share': inline comments are not allowed; put it on "
+       "its own line"},
+      {"[server]\nlisten = 127.0.0.1:8000\t# public\n",
+       "t.ini: [server] listen = '127.0.0.1:8000\t# public': inline comments are not allowed; put "
+       "it on its own line"},
+      {"[plugins]\ndir = /opt/fn # mine\n",
+       "t.ini: [plugins] dir = '/opt/fn # mine': inline comments are not allowed; put it on its "
+       "own line"},
       {"not an ini file\n", NULL},
   };
 
@@ -141,7 +157,7 @@ test_plugins_and_jobs (void)
 static void
 test_sample_is_defaults (void)
 {
-  g_autofree gchar *path = g_build_filename (g_getenv ("CRUNCHD_DATADIR"), "crunchd.ini", NULL);
+  const gchar *path = g_getenv ("CRUNCHD_SAMPLE_INI");
   g_autoptr (GError) error = NULL;
   g_autoptr (CrunchConfig) sample = crunch_config_load (path, &error);
   g_autoptr (CrunchConfig) defaults = crunch_config_new_default ();
@@ -191,8 +207,15 @@ test_listen_addresses (void)
   g_assert_true (crunch_parse_listen_address ("[::1]:0", &addr, &len, NULL));
   g_assert_cmpint (addr.ss_family, ==, AF_INET6);
   g_assert_false (crunch_parse_listen_address ("::1", &addr, &len, NULL));
-  g_assert_false (crunch_parse_listen_address ("127.0.0.1:99999", &addr, &len, NULL));
   g_assert_false (crunch_parse_listen_address ("", &addr, &len, NULL));
+  g_assert_true (crunch_parse_listen_address ("127.0.0.1:65535", &addr, &len, NULL));
+  for (gsize i = 0; i < 3; i++) {
+    const gchar *big[] = {"127.0.0.1:65536", "[::1]:99999", "127.0.0.1:99999999999999999999999"};
+    g_autoptr (GError) error = NULL;
+    g_autofree gchar *expected = g_strdup_printf ("'%s': port out of range (0 to 65535)", big[i]);
+    g_assert_false (crunch_parse_listen_address (big[i], &addr, &len, &error));
+    g_assert_cmpstr (error->message, ==, expected);
+  }
 }
 
 /* [executor] backend, [nats] and [worker]: defaults, a good file, and each kind of mistake. */

@@ -779,7 +779,7 @@ test_idle_connections (void)
 static TestServer *
 start_sample (void)
 {
-  g_autofree gchar *path = g_build_filename (g_getenv ("CRUNCHD_DATADIR"), "crunchd.ini", NULL);
+  const gchar *path = g_getenv ("CRUNCHD_SAMPLE_INI");
   g_autofree gchar *ini = NULL;
 
   g_assert_true (g_file_get_contents (path, &ini, NULL, NULL));

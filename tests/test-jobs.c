@@ -98,6 +98,30 @@ wait_finished (TestServer *s, const gchar *location)
   g_error ("job %s did not finish within 20 s", location);
 }
 
+/* Durations read as people write them (0.000049, 2.1, 299.5), never 4.8999999999999998e-05:
+ * plain notation, at most 4 significant digits. */
+static void
+assert_readable_seconds (TestServer *s, const gchar *location)
+{
+  g_autoptr (TestReply) r = call (s, "GET", location, NULL);
+  g_autoptr (GRegex) member = g_regex_new ("\"([a-z_]+_seconds)\": ([^,\n]*)", 0, 0, NULL);
+  g_autoptr (GMatchInfo) match = NULL;
+  guint seen = 0;
+
+  g_regex_match (member, r->body, 0, &match);
+  for (; g_match_info_matches (match); g_match_info_next (match, NULL), seen++) {
+    g_autofree gchar *name = g_match_info_fetch (match, 1);
+    g_autofree gchar *value = g_match_info_fetch (match, 2);
+    const gchar *d;
+    g_test_message ("%s: %s", name, value);
+    g_assert_true (g_regex_match_simple ("^[0-9]+(\\.[0-9]{1,6})?$", value, 0, 0));
+    /* significant digits: after the leading zeros, not counting the point */
+    d = value + strspn (value, "0.");
+    g_assert_cmpuint (strlen (d) - (strchr (d, '.') ? 1 : 0), <=, strchr (value, '.') ? 4 : 5);
+  }
+  g_assert_cmpuint (seen, >=, 3); /* queued, run, deadline, expires_in */
+}
+
 static void
 test_lifecycle (void)
 {
@@ -115,6 +139,7 @@ test_lifecycle (void)
   g_assert_true (json_object_has_member (o, "queued_seconds"));
   g_assert_cmpfloat (json_object_get_double_member (o, "run_seconds"), >=, 0);
   g_assert_cmpfloat (json_object_get_double_member (o, "expires_in_seconds"), >, 0);
+  assert_readable_seconds (s, job);
   g_assert_cmpint (raw->status, ==, 200);
   g_assert_cmpstr (raw->body, ==, "196418");
 
@@ -152,6 +177,7 @@ test_cancel (void)
   g_autofree gchar *result_path = g_strconcat (job, "/result", NULL);
   g_autoptr (TestReply) del = NULL, result = NULL;
   g_autoptr (JsonObject) o = NULL;
+  g_autofree gchar *expected = NULL;
   gint64 t0;
 
   wait_state (s, job, "running");
@@ -165,6 +191,11 @@ test_cancel (void)
   g_assert_cmpint (g_get_monotonic_time () - t0, <, 5 * G_USEC_PER_SEC);
   result = call (s, "GET", result_path, NULL);
   g_assert_cmpint (result->status, ==, 409);
+  expected = g_strdup_printf ("job %s is cancelled: no result\n", job + strlen ("/jobs/"));
+  g_assert_cmpstr (result->body, ==, expected);
+  g_assert_nonnull (result->body_request_id); /* like every error body */
+  g_assert_cmpstr (result->body_request_id, ==,
+                   g_hash_table_lookup (result->headers, "x-request-id"));
 }
 
 /* A job whose deadline passes is stopped and reported "expired", like /fib's 504. */
@@ -182,6 +213,9 @@ test_expired (void)
   g_assert_cmpint (g_get_monotonic_time () - t0, <, 5 * G_USEC_PER_SEC);
   g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "expired");
   g_assert_cmpstr (json_object_get_string_member (o, "error"), ==, "deadline exceeded");
+  /* an expired job does not also say when it "expires" (it is kept [jobs] ttl all the same) */
+  g_assert_false (json_object_has_member (o, "expires_in_seconds"));
+  g_assert_true (json_object_has_member (o, "deadline_seconds"));
 }
 
 static void

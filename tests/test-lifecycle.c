@@ -1,6 +1,7 @@
 /* test-lifecycle.c - the fast lane under compute load, graceful stop, start-up failures. */
 #include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "harness.h"
 
@@ -121,32 +122,151 @@ test_missing_config_exits_78 (void)
   g_assert_nonnull (strstr (err, "/nonexistent/crunchd.ini"));
 }
 
+/* The sample (data/crunchd.ini, made from data/crunchd.ini.in) loads, and the plugin directory
+ * it shows commented out is the one this build uses by default. */
 static void
 test_check_config_sample (void)
 {
-  g_autofree gchar *ini = g_build_filename (g_getenv ("CRUNCHD_DATADIR"), "crunchd.ini", NULL);
+  const gchar *ini = g_getenv ("CRUNCHD_SAMPLE_INI");
   g_autofree gchar *arg = g_strconcat ("--config=", ini, NULL);
-  g_autofree gchar *out = NULL, *err = NULL;
+  g_autofree gchar *out = NULL, *err = NULL, *sample = NULL, *dir = NULL, *shown = NULL;
+  const gchar *at;
 
+  g_assert_nonnull (ini);
   g_assert_cmpint (test_run_crunchd ((const gchar *[]){arg, "--check-config", NULL}, &out, &err),
                    ==, 0);
   g_assert_nonnull (strstr (out, "configuration OK"));
   g_assert_nonnull (strstr (out, "listen=127.0.0.1:8000"));
+  at = strstr (out, "\n[plugins]\ndir=");
+  g_assert_nonnull (at);
+  dir = g_strndup (at + strlen ("\n[plugins]\ndir="),
+                   strcspn (at + strlen ("\n[plugins]\ndir="), "\n"));
+  g_assert_true (g_file_get_contents (ini, &sample, NULL, NULL));
+  shown = g_strdup_printf ("\n#dir = %s\n", dir);
+  g_assert_nonnull (strstr (sample, shown));
 }
 
+/* Command-line mistakes exit 64 and name the option or the argument, never a config file. */
 static void
 test_usage_errors (void)
 {
-  g_autofree gchar *out = NULL, *err = NULL, *out2 = NULL, *err2 = NULL, *out3 = NULL, *err3 = NULL;
+  const struct {
+    const gchar *args[3];
+    const gchar *message;
+  } cases[] = {
+      {{"--bogus"}, "crunchd: Unknown option --bogus\n"},
+      {{"some.ini"},
+       "crunchd: unexpected argument 'some.ini' (a configuration file is given with --config "
+       "FILE)\n"},
+      {{"--config=/dev/null", "--listen=nowhere"},
+       "crunchd: --listen 'nowhere': expected ADDRESS:PORT or [IPV6]:PORT\n"},
+      {{"--listen", "127.0.0.1:65536"},
+       "crunchd: --listen '127.0.0.1:65536': port out of range (0 to 65535)\n"},
+      {{"--threads", "-1"},
+       "crunchd: --threads -1: expected an integer from 0 to 1024 (0 = one per CPU)\n"},
+      {{"--threads=-5"},
+       "crunchd: --threads -5: expected an integer from 0 to 1024 (0 = one per CPU)\n"},
+      {{"--threads=1025"},
+       "crunchd: --threads 1025: expected an integer from 0 to 1024 (0 = one per CPU)\n"},
+      {{"--threads=two"},
+       "crunchd: --threads two: expected an integer from 0 to 1024 (0 = one per CPU)\n"},
+  };
+  g_autofree gchar *out = NULL, *err = NULL;
 
   g_assert_cmpint (test_run_crunchd ((const gchar *[]){"--version", NULL}, &out, &err), ==, 0);
   g_assert_true (g_str_has_prefix (out, "crunchd "));
-  g_assert_cmpint (test_run_crunchd ((const gchar *[]){"--bogus", NULL}, &out2, &err2), ==, 64);
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autofree gchar *o = NULL, *e = NULL;
+    g_autofree gchar *expected = g_strconcat (cases[i].message, "Try 'crunchd --help'.\n", NULL);
+    g_assert_cmpint (test_run_crunchd (cases[i].args, &o, &e), ==, 64);
+    g_assert_cmpstr (e, ==, expected);
+  }
+  /* values in range are accepted */
+  g_clear_pointer (&out, g_free);
+  g_clear_pointer (&err, g_free);
   g_assert_cmpint (
-      test_run_crunchd ((const gchar *[]){"--config=/dev/null", "--listen=nowhere", NULL}, &out3,
-                        &err3),
-      ==, 78);
-  g_assert_nonnull (strstr (err3, "'nowhere'"));
+      test_run_crunchd ((const gchar *[]){"--config=/dev/null", "--threads=512",
+                                          "--listen=127.0.0.1:65535", "--check-config", NULL},
+                        &out, &err),
+      ==, 0);
+  g_assert_nonnull (strstr (out, "threads=512"));
+}
+
+/* A second crunchd on an address in use exits 1 and says so: it must not share the port (no
+ * SO_REUSEPORT) and split the traffic with the first. */
+static void
+test_second_instance_exits_1 (void)
+{
+  g_autoptr (TestServer) server = test_server_start ("", NULL);
+  g_autofree gchar *listen = g_strdup_printf ("--listen=127.0.0.1:%u", server->port);
+  g_autofree gchar *out = NULL, *err = NULL;
+
+  g_assert_cmpint (
+      test_run_crunchd ((const gchar *[]){"--config=/dev/null", listen, NULL}, &out, &err), ==, 1);
+  g_assert_nonnull (strstr (err, "Address already in use"));
+  g_assert_nonnull (strstr (err, listen + strlen ("--listen=")));
+}
+
+/* A restart right after a stop binds the same port again, with the old server's side of a
+ * connection it closed still in TIME_WAIT. */
+static void
+test_fast_restart (void)
+{
+  TestServer *server = test_server_start ("", NULL);
+  guint16 port = server->port;
+  g_autofree gchar *listen = g_strdup_printf ("--listen=127.0.0.1:%u", port);
+  g_autofree gchar *fast = g_strdup_printf ("http://127.0.0.1:%u/fast", port);
+  g_autoptr (GSocketClient) client = g_socket_client_new ();
+  g_autoptr (GSocketConnection) conn =
+      g_socket_client_connect_to_host (client, "127.0.0.1", port, NULL, NULL);
+  const gchar *request = "GET /fast HTTP/1.1\r\nHost: t\r\n\r\n";
+  gchar buf[512];
+
+  g_assert_nonnull (conn);
+  g_assert_true (g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (conn)),
+                                            request, strlen (request), NULL, NULL, NULL));
+  g_assert_cmpint (g_input_stream_read (g_io_stream_get_input_stream (G_IO_STREAM (conn)), buf,
+                                        sizeof buf, NULL, NULL),
+                   >, 0);
+  /* the server closes this kept-alive connection first, then the client: the server's side of
+   * it is left in TIME_WAIT */
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_io_stream_close (G_IO_STREAM (conn), NULL, NULL);
+  g_usleep (50000);
+  server = test_server_start ("", (const gchar *[]){listen, NULL});
+  {
+    g_autoptr (TestReply) r = test_http ("GET", fast, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+  }
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* crunchd-worker follows the same rules for its command line. */
+static void
+test_worker_usage_errors (void)
+{
+  const gchar *worker = g_getenv ("CRUNCHD_WORKER");
+  const gchar *cases[][2] = {
+      {"x.ini", "crunchd-worker: unexpected argument 'x.ini'"},
+      {"--threads=-1", "crunchd-worker: --threads -1: expected an integer from 0 to 1024"},
+      {"--threads=-5", "crunchd-worker: --threads -5: expected an integer from 0 to 1024"},
+  };
+
+  if (worker == NULL) {
+    g_test_skip ("CRUNCHD_WORKER is not set");
+    return;
+  }
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
+    const gchar *argv[] = {worker, cases[i][0], NULL};
+    g_autofree gchar *err = NULL;
+    gint status = 0;
+    g_autoptr (GError) error = NULL;
+    g_assert_true (g_spawn_sync (NULL, (gchar **)argv, NULL, G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL,
+                                 NULL, &err, &status, &error));
+    g_assert_true (WIFEXITED (status));
+    g_assert_cmpint (WEXITSTATUS (status), ==, 64);
+    g_assert_true (g_str_has_prefix (err, cases[i][1]));
+  }
 }
 
 int
@@ -160,5 +280,8 @@ main (int argc, char **argv)
   g_test_add_func ("/lifecycle/missing-config-exits-78", test_missing_config_exits_78);
   g_test_add_func ("/lifecycle/check-config-sample", test_check_config_sample);
   g_test_add_func ("/lifecycle/usage-errors", test_usage_errors);
+  g_test_add_func ("/lifecycle/worker-usage-errors", test_worker_usage_errors);
+  g_test_add_func ("/lifecycle/second-instance-exits-1", test_second_instance_exits_1);
+  g_test_add_func ("/lifecycle/fast-restart", test_fast_restart);
   return g_test_run ();
 }

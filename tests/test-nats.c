@@ -421,6 +421,40 @@ test_plugins_remote (void)
   g_assert_cmpint (test_worker_stop (w), >=, 1);
 }
 
+/* Both processes exit promptly after SIGTERM: after traffic, and a worker also when its NATS
+ * server is gone (it used to wait a whole second to flush replies to nowhere). The front end
+ * says what [executor] threads means with NATS: jobs in flight, not threads of its own. */
+static void
+test_prompt_exit (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  TestWorker *w1 = test_worker_start (wini, "w1", 2);
+  TestWorker *w2 = test_worker_start (wini, "w2", 2);
+  TestServer *server = test_server_start (fini, NULL);
+  g_autofree gchar *log = NULL;
+  gint64 t0;
+
+  wait_serving (server, 15);
+  get_expect (server, "/fib/20", 200, "6765");
+  t0 = g_get_monotonic_time ();
+  g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
+  g_test_message ("front end exit: %.3f s", (g_get_monotonic_time () - t0) / 1e6);
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 0.8 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+  g_assert_nonnull (strstr (log, "ready: up to 4 job(s) in flight to NATS workers"));
+  t0 = g_get_monotonic_time ();
+  g_assert_cmpint (test_worker_stop (w1), >=, 1);
+  g_test_message ("worker exit: %.3f s", (g_get_monotonic_time () - t0) / 1e6);
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 0.8 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+  test_nats_kill (nats);
+  g_usleep (200000); /* w2 notices: reconnecting */
+  t0 = g_get_monotonic_time ();
+  g_assert_cmpint (test_worker_stop (w2), >=, 0);
+  g_test_message ("worker exit without NATS: %.3f s", (g_get_monotonic_time () - t0) / 1e6);
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 0.8 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -441,5 +475,6 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/cluster-node-lost", test_cluster_node_lost);
   g_test_add_func ("/nats/overhead", test_overhead);
   g_test_add_func ("/nats/plugins-remote", test_plugins_remote);
+  g_test_add_func ("/nats/prompt-exit", test_prompt_exit);
   return g_test_run ();
 }
