@@ -22,9 +22,10 @@
  * callback thread; timers on our timer thread. Each decides under `lock` and publishes or
  * completes after releasing it (a Step). Whoever removes an entry from the table completes its
  * job, so that happens exactly once; replies for entries no longer there are late: dropped and
- * counted. The executor interface has no cancel call, so a 20 ms tick, running only while jobs
- * are pending, notices jobs cancelled by a client hang-up or shutdown, answers them and tells
- * the workers (PREFIX.cancel) to stop. */
+ * counted. A job cancelled by the scheduler (client gone, deadline, shutdown) has its timer
+ * moved to now: the timer thread answers it and tells the workers (PREFIX.cancel) to stop.
+ * Figures: /metrics gets crunchd_nats_* through render_metrics(), /readyz "no NATS connection"
+ * through not_ready(); both read this executor only. */
 #include "executor-nats.h"
 
 #include <string.h>
@@ -32,7 +33,6 @@
 #include "nats-link.h"
 #include "timer-thread.h"
 
-#define TICK_US (20 * 1000)
 #define BACKOFF_MIN_US 2000
 #define BACKOFF_MAX_US (100 * 1000)
 #define CLOSE_WAIT_US (5 * G_USEC_PER_SEC)
@@ -77,16 +77,8 @@ struct NatsExecutor {
   guint64 next_id;
   gboolean connected, closed, freeing;
   gboolean sub_done, conn_closed; /* nats.c will not call us again */
-  GSource *tick;
   CrunchNatsStats stats;
 };
-
-/* Executors without a NATS connection right now, for /readyz: see crunch_nats_ready(). */
-static gint unconnected;
-
-/* Live NATS executors, for /metrics: see crunch_nats_collect_stats(). */
-static GMutex registry_lock;
-static GList *registry;
 
 /* What to do once the lock is released. */
 typedef enum { ACT_NONE, ACT_PUBLISH, ACT_PROBE, ACT_COMPLETE, ACT_FALLBACK } Action;
@@ -119,8 +111,6 @@ deadline_of (CrunchJob *job)
 static void
 set_connected_locked (NatsExecutor *self, gboolean connected)
 {
-  if (self->connected != connected)
-    g_atomic_int_add (&unconnected, connected ? -1 : 1);
   self->connected = connected;
 }
 
@@ -260,8 +250,6 @@ retry_locked (NatsExecutor *self, Step *step, Pending *p)
   self->stats.retries++;
   send_locked (self, step, p);
 }
-
-static void ensure_tick_locked (NatsExecutor *self);
 
 /* ---- replies (nats.c's delivery thread) ---- */
 
@@ -403,7 +391,10 @@ on_timer (gpointer data)
   p = g_hash_table_lookup (self->pending, &key->id);
   if (p != NULL) {
     gint64 t = now ();
-    if (t < p->due) {
+    if (crunch_cancelled (&p->job->cancel)) {
+      step_take (self, &step, p, ACT_COMPLETE,
+                 (CrunchJobOutcome)g_atomic_int_get (&p->job->cancel.flag), NULL);
+    } else if (t < p->due) {
       g_source_set_ready_time (p->timer, p->due); /* re-armed while it fired */
     } else if (deadline_of (p->job) != 0 && t >= deadline_of (p->job)) {
       step_take (self, &step, p, ACT_COMPLETE, CRUNCH_JOB_TIMED_OUT, NULL);
@@ -420,50 +411,6 @@ on_timer (gpointer data)
   g_mutex_unlock (&self->lock);
   perform (self, &step);
   return G_SOURCE_CONTINUE;
-}
-
-/* Answers jobs whose cancel flag was set (client gone, shutdown). */
-static gboolean
-on_tick (gpointer data)
-{
-  NatsExecutor *self = data;
-  g_autoptr (GArray) steps = g_array_new (FALSE, TRUE, sizeof (Step));
-  g_autoptr (GPtrArray) cancelled = g_ptr_array_new ();
-  gboolean keep = TRUE;
-  GHashTableIter iter;
-  gpointer value;
-
-  g_mutex_lock (&self->lock);
-  g_hash_table_iter_init (&iter, self->pending);
-  while (g_hash_table_iter_next (&iter, NULL, &value)) {
-    if (crunch_cancelled (&((Pending *)value)->job->cancel))
-      g_ptr_array_add (cancelled, value);
-  }
-  for (guint i = 0; i < cancelled->len; i++) {
-    Pending *p = cancelled->pdata[i];
-    Step step = {0};
-    step_take (self, &step, p, ACT_COMPLETE,
-               (CrunchJobOutcome)g_atomic_int_get (&p->job->cancel.flag), NULL);
-    g_array_append_val (steps, step);
-  }
-  if (g_hash_table_size (self->pending) == 0) {
-    g_source_unref (self->tick);
-    self->tick = NULL;
-    keep = FALSE;
-  } else {
-    g_source_set_ready_time (self->tick, now () + TICK_US);
-  }
-  g_mutex_unlock (&self->lock);
-  for (guint i = 0; i < steps->len; i++)
-    perform (self, &g_array_index (steps, Step, i));
-  return keep;
-}
-
-static void
-ensure_tick_locked (NatsExecutor *self)
-{
-  if (self->tick == NULL)
-    self->tick = crunch_timer_thread_add (self->timers, now () + TICK_US, on_tick, self, NULL);
 }
 
 /* ---- steps (no lock) ---- */
@@ -605,24 +552,96 @@ nats_submit (CrunchExecutor *parent, CrunchJob *job)
   p->job = crunch_job_ref (job);
   key->self = self;
   g_mutex_lock (&self->lock);
-  p->id = key->id = ++self->next_id;
+  p->id = key->id = job->executor_key = ++self->next_id;
   p->timer = crunch_timer_thread_add (self->timers, -1, on_timer, key, g_free);
   g_hash_table_insert (self->pending, &p->id, p);
   self->stats.jobs++;
   send_locked (self, &step, p);
-  ensure_tick_locked (self);
   g_mutex_unlock (&self->lock);
   perform (self, &step);
 }
 
+/* With the scheduler's lock held: only re-arms the job's timer, which answers it. A job that
+ * runs in the local fallback pool is not ours any more (it sees its flag there). */
 static void
-nats_set_threads (CrunchExecutor *parent, guint threads)
+nats_cancel (CrunchExecutor *parent, CrunchJob *job)
+{
+  NatsExecutor *self = (NatsExecutor *)parent;
+  Pending *p;
+
+  g_mutex_lock (&self->lock);
+  p = g_hash_table_lookup (self->pending, &job->executor_key);
+  if (p != NULL && p->job == job) {
+    p->due = now ();
+    g_source_set_ready_time (p->timer, p->due);
+  }
+  g_mutex_unlock (&self->lock);
+}
+
+/* Remote capacity is the workers' business (the scheduler caps jobs in flight); the rest is for
+ * the local fallback pool. */
+static void
+nats_apply (CrunchExecutor *parent, const CrunchExecutorSettings *settings)
 {
   NatsExecutor *self = (NatsExecutor *)parent;
 
-  /* remote capacity is the workers' business; the scheduler caps jobs in flight */
   if (self->local != NULL)
-    crunch_executor_set_threads (self->local, threads);
+    crunch_executor_apply (self->local, settings);
+}
+
+static void
+get_stats (NatsExecutor *self, CrunchNatsStats *stats)
+{
+  g_mutex_lock (&self->lock);
+  *stats = self->stats;
+  stats->connected = self->connected;
+  g_mutex_unlock (&self->lock);
+}
+
+static void
+nats_render_metrics (CrunchExecutor *parent, GString *out)
+{
+  CrunchNatsStats st;
+
+  get_stats ((NatsExecutor *)parent, &st);
+  const struct {
+    const gchar *name, *type, *help;
+    guint64 value;
+  } families[] = {
+      {"crunchd_nats_jobs_total", "counter", "Jobs handed to the NATS executor.", st.jobs},
+      {"crunchd_nats_published_total", "counter", "Job messages published, retries included.",
+       st.published},
+      {"crunchd_nats_retries_total", "counter",
+       "Attempts after a lost one (timeout, worker stopping).", st.retries},
+      {"crunchd_nats_busy_total", "counter",
+       "Times every worker was busy and the job was sent again.", st.busy},
+      {"crunchd_nats_no_workers_total", "counter", "Times no worker was listening at all.",
+       st.no_workers},
+      {"crunchd_nats_fallbacks_total", "counter",
+       "Jobs run by the local pool ([nats] fallback = local).", st.fallbacks},
+      {"crunchd_nats_late_replies_total", "counter", "Replies for jobs already answered, dropped.",
+       st.late},
+      {"crunchd_nats_disconnects_total", "counter", "Times the NATS connection was lost.",
+       st.disconnects},
+      {"crunchd_nats_connected", "gauge", "1 while connected to a NATS server.", st.connected},
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (families); i++)
+    g_string_append_printf (out, "# HELP %s %s\n# TYPE %s %s\n%s %" G_GUINT64_FORMAT "\n",
+                            families[i].name, families[i].help, families[i].name, families[i].type,
+                            families[i].name, families[i].value);
+}
+
+static const gchar *
+nats_not_ready (CrunchExecutor *parent)
+{
+  NatsExecutor *self = (NatsExecutor *)parent;
+  gboolean connected;
+
+  g_mutex_lock (&self->lock);
+  connected = self->connected;
+  g_mutex_unlock (&self->lock);
+  return connected ? NULL : "no NATS connection";
 }
 
 static void
@@ -656,9 +675,6 @@ nats_free (CrunchExecutor *parent)
   g_autoptr (GArray) steps = g_array_new (FALSE, TRUE, sizeof (Step));
   g_autoptr (GList) all = NULL;
 
-  g_mutex_lock (&registry_lock);
-  registry = g_list_remove (registry, self);
-  g_mutex_unlock (&registry_lock);
   g_mutex_lock (&self->lock);
   self->freeing = TRUE;
   all = g_hash_table_get_values (self->pending);
@@ -685,10 +701,7 @@ nats_free (CrunchExecutor *parent)
   natsSubscription_Destroy (self->replies);
   natsConnection_Destroy (self->nc);
   crunch_timer_thread_free (self->timers); /* after the last re-arm: no more callbacks */
-  g_clear_pointer (&self->tick, g_source_unref);
-  crunch_executor_free (self->local); /* waits for jobs running locally */
-  if (!self->connected)
-    g_atomic_int_add (&unconnected, -1);
+  crunch_executor_free (self->local);      /* waits for jobs running locally */
   g_hash_table_unref (self->pending);
   g_mutex_clear (&self->lock);
   g_cond_clear (&self->cond);
@@ -702,7 +715,10 @@ nats_free (CrunchExecutor *parent)
 static const CrunchExecutorClass nats_class = {
     .name = "nats",
     .submit = nats_submit,
-    .set_threads = nats_set_threads,
+    .cancel = nats_cancel,
+    .apply = nats_apply,
+    .render_metrics = nats_render_metrics,
+    .not_ready = nats_not_ready,
     .free = nats_free,
 };
 
@@ -736,7 +752,7 @@ new_inbox (void)
 }
 
 CrunchExecutor *
-crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
+crunch_nats_executor_new (const CrunchConfig *config, const CrunchExecutorSettings *settings,
                           CrunchJobFunc finished, gpointer finished_data, GError **error)
 {
   NatsExecutor *self = g_new0 (NatsExecutor, 1);
@@ -749,7 +765,6 @@ crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
   self->parent.finished_data = finished_data;
   g_mutex_init (&self->lock);
   g_cond_init (&self->cond);
-  g_atomic_int_inc (&unconnected); /* until it connects */
   self->pending = g_hash_table_new (g_int64_hash, g_int64_equal);
   self->prefix = g_strdup (config->nats_subject_prefix);
   self->presence_subject = crunch_nats_subject (self->prefix, "presence");
@@ -758,7 +773,7 @@ crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
   self->grace_us = (gint64)(config->nats_reconnect_grace * G_USEC_PER_SEC);
   self->retries = config->nats_retries;
   if (g_str_equal (config->nats_fallback, "local"))
-    self->local = crunch_local_executor_new (threads, nice, on_local_finished, self);
+    self->local = crunch_local_executor_new (settings, on_local_finished, self);
   self->timers = crunch_timer_thread_new ("crunchd-nats");
   self->inbox = new_inbox ();
   self->sub_done = self->conn_closed = TRUE; /* until there is something to wait for */
@@ -772,7 +787,6 @@ crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
       return NULL;
     }
   } else {
-    g_atomic_int_add (&unconnected, -1);
     crunch_timer_thread_free (self->timers);
     crunch_executor_free (self->local);
     g_hash_table_unref (self->pending);
@@ -787,9 +801,6 @@ crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
   if (connected)
     set_connected_locked (self, TRUE); /* unless on_connected did already */
   g_mutex_unlock (&self->lock);
-  g_mutex_lock (&registry_lock);
-  registry = g_list_prepend (registry, self);
-  g_mutex_unlock (&registry_lock);
   if (connected) {
     g_autofree gchar *url = crunch_nats_connected_url (self->nc);
     g_message ("nats: connected to %s; jobs go to %s.job.<function>", url, self->prefix);
@@ -802,45 +813,8 @@ crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
 void
 crunch_nats_executor_get_stats (CrunchExecutor *parent, CrunchNatsStats *stats)
 {
-  NatsExecutor *self = (NatsExecutor *)parent;
-
   g_return_if_fail (parent->klass == &nats_class);
-  g_mutex_lock (&self->lock);
-  *stats = self->stats;
-  stats->connected = self->connected;
-  g_mutex_unlock (&self->lock);
-}
-
-gboolean
-crunch_nats_ready (void)
-{
-  return g_atomic_int_get (&unconnected) == 0;
-}
-
-gboolean
-crunch_nats_collect_stats (CrunchNatsStats *sum)
-{
-  gboolean any;
-
-  memset (sum, 0, sizeof *sum);
-  sum->connected = TRUE;
-  g_mutex_lock (&registry_lock);
-  any = registry != NULL;
-  for (GList *l = registry; l != NULL; l = l->next) {
-    CrunchNatsStats one;
-    crunch_nats_executor_get_stats (l->data, &one);
-    sum->jobs += one.jobs;
-    sum->published += one.published;
-    sum->retries += one.retries;
-    sum->busy += one.busy;
-    sum->no_workers += one.no_workers;
-    sum->fallbacks += one.fallbacks;
-    sum->late += one.late;
-    sum->disconnects += one.disconnects;
-    sum->connected = sum->connected && one.connected;
-  }
-  g_mutex_unlock (&registry_lock);
-  return any;
+  get_stats ((NatsExecutor *)parent, stats);
 }
 
 void

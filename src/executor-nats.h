@@ -4,9 +4,10 @@
 #include "config.h"
 #include "executor.h"
 
-/* Connects (or keeps trying in the background) to [nats] servers. `threads` and `nice` size the
- * local pool used when [nats] fallback = local. NULL + error only on settings nats.c refuses. */
-CrunchExecutor *crunch_nats_executor_new (const CrunchConfig *config, guint threads, gint nice,
+/* Connects (or keeps trying in the background) to [nats] servers. `settings` go to the local
+ * pool used when [nats] fallback = local. NULL + error only on settings nats.c refuses. */
+CrunchExecutor *crunch_nats_executor_new (const CrunchConfig *config,
+                                          const CrunchExecutorSettings *settings,
                                           CrunchJobFunc finished, gpointer finished_data,
                                           GError **error);
 
@@ -23,10 +24,5 @@ typedef struct {
 } CrunchNatsStats;
 
 void crunch_nats_executor_get_stats (CrunchExecutor *self, CrunchNatsStats *stats);
-/* FALSE while a NATS executor exists without a NATS connection (for /readyz); TRUE without
- * any NATS executor. Any thread. */
-gboolean crunch_nats_ready (void);
-/* The sum of every NATS executor's figures (connected: all are); FALSE if there is none. */
-gboolean crunch_nats_collect_stats (CrunchNatsStats *sum);
 /* Frees nats.c's global state; call once at exit, after every executor is freed. */
 void crunch_nats_library_close (void);

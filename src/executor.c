@@ -130,14 +130,21 @@ set_thread_nice (gint nice)
   applied = nice;
 }
 
+void
+crunch_worker_thread_prepare (gint nice, CrunchWorkerPolicy policy)
+{
+  set_thread_policy (policy);
+  set_thread_nice (nice);
+}
+
 static void
 local_worker (gpointer data, gpointer user_data)
 {
   CrunchJob *job = data;
   LocalExecutor *self = user_data;
 
-  set_thread_policy ((CrunchWorkerPolicy)g_atomic_int_get (&self->policy));
-  set_thread_nice (g_atomic_int_get (&self->nice));
+  crunch_worker_thread_prepare (g_atomic_int_get (&self->nice),
+                                (CrunchWorkerPolicy)g_atomic_int_get (&self->policy));
   crunch_job_run (job);
   self->parent.finished (job, self->parent.finished_data);
   crunch_job_unref (job);
@@ -151,12 +158,21 @@ local_submit (CrunchExecutor *parent, CrunchJob *job)
   g_thread_pool_push (self->pool, crunch_job_ref (job), NULL);
 }
 
+/* The flag is all a function on one of our threads needs, and the scheduler never hands us
+ * more jobs than threads, so nothing waits in the pool's queue to be dropped. */
 static void
-local_set_threads (CrunchExecutor *parent, guint threads)
+local_cancel (CrunchExecutor *parent, CrunchJob *job)
+{
+}
+
+static void
+local_apply (CrunchExecutor *parent, const CrunchExecutorSettings *settings)
 {
   LocalExecutor *self = (LocalExecutor *)parent;
 
-  g_thread_pool_set_max_threads (self->pool, (gint)threads, NULL);
+  g_thread_pool_set_max_threads (self->pool, (gint)settings->threads, NULL);
+  g_atomic_int_set (&self->nice, settings->nice);
+  g_atomic_int_set (&self->policy, (gint)settings->policy);
 }
 
 static void
@@ -172,40 +188,23 @@ local_free (CrunchExecutor *parent)
 static const CrunchExecutorClass local_class = {
     .name = "local",
     .submit = local_submit,
-    .set_threads = local_set_threads,
+    .cancel = local_cancel,
+    .apply = local_apply,
     .free = local_free,
 };
 
 CrunchExecutor *
-crunch_local_executor_new (guint threads, gint nice, CrunchJobFunc finished, gpointer finished_data)
+crunch_local_executor_new (const CrunchExecutorSettings *settings, CrunchJobFunc finished,
+                           gpointer finished_data)
 {
   LocalExecutor *self = g_new0 (LocalExecutor, 1);
 
   self->parent.klass = &local_class;
   self->parent.finished = finished;
   self->parent.finished_data = finished_data;
-  self->nice = nice;
+  self->nice = settings->nice;
+  self->policy = (gint)settings->policy;
   /* exclusive: the threads are ours, start now, and keep their niceness */
-  self->pool = g_thread_pool_new (local_worker, self, (gint)threads, TRUE, NULL);
+  self->pool = g_thread_pool_new (local_worker, self, (gint)settings->threads, TRUE, NULL);
   return &self->parent;
-}
-
-void
-crunch_local_executor_set_nice (CrunchExecutor *parent, gint nice)
-{
-  LocalExecutor *self = (LocalExecutor *)parent;
-
-  if (parent->klass != &local_class)
-    return; /* niceness is a property of local threads; other executors have none */
-  g_atomic_int_set (&self->nice, nice);
-}
-
-void
-crunch_local_executor_set_policy (CrunchExecutor *parent, CrunchWorkerPolicy policy)
-{
-  LocalExecutor *self = (LocalExecutor *)parent;
-
-  if (parent->klass != &local_class)
-    return; /* as for niceness */
-  g_atomic_int_set (&self->policy, (gint)policy);
 }

@@ -1,4 +1,6 @@
-/* executor.h - a job, and the interface of whatever runs jobs (local threads, later NATS). */
+/* executor.h - a job, and the interface of whatever runs jobs: local threads (executor.c) and
+ * NATS workers (executor-nats.c). An executor contributes its own metrics and readiness through
+ * its class, so the ops endpoints never name a backend. */
 #pragma once
 
 #include <glib.h>
@@ -27,6 +29,7 @@ struct CrunchJob {
   GVariant *args;
   CrunchCancel cancel;     /* its flag holds the CrunchJobOutcome that asked to stop */
   gpointer scheduler_data; /* owned by the scheduler */
+  guint64 executor_key;    /* the executor's name for it while it runs there */
   /* The latest deadline of the tickets waiting for it (monotonic, 0 = none), for executors that
    * pass it on (NATS workers). The scheduler raises it as tickets join; read it atomically. */
   gint64 deadline_us;
@@ -46,13 +49,41 @@ gboolean crunch_job_cancel (CrunchJob *job, CrunchJobOutcome reason);
 void crunch_job_run (CrunchJob *job);
 const gchar *crunch_job_outcome_name (CrunchJobOutcome outcome);
 
+/* How worker threads are scheduled against the polling thread ([executor] policy). */
+typedef enum {
+  CRUNCH_WORKER_POLICY_OTHER, /* SCHED_OTHER at `nice` (the default) */
+  CRUNCH_WORKER_POLICY_BATCH, /* SCHED_BATCH at `nice`: never preempts on wake-up */
+  CRUNCH_WORKER_POLICY_IDLE,  /* SCHED_IDLE: runs only when nothing else wants the CPU */
+} CrunchWorkerPolicy;
+
+/* "other", "batch" or "idle" (validated by the config loader); anything else is "other". */
+CrunchWorkerPolicy crunch_worker_policy_from_string (const gchar *name);
+/* Gives the calling thread this niceness and policy (cheap when they are already in force): a
+ * thread that runs jobs calls it before each job, so a reload applies to the next one. */
+void crunch_worker_thread_prepare (gint nice, CrunchWorkerPolicy policy);
+
+/* What an executor can be told, at start and on reload. */
+typedef struct {
+  guint threads;             /* jobs it runs at once (local threads; NATS: jobs in flight) */
+  gint nice;                 /* of threads that run jobs in this process */
+  CrunchWorkerPolicy policy; /* likewise */
+} CrunchExecutorSettings;
+
 typedef struct CrunchExecutor CrunchExecutor;
 typedef struct {
   const gchar *name;
   /* Start the job; never fails. The executor calls `finished` exactly once per job, never from
-   * inside submit() (the scheduler calls submit() with its lock held). */
+   * inside submit() or cancel() (the scheduler calls both with its lock held). */
   void (*submit) (CrunchExecutor *self, CrunchJob *job);
-  void (*set_threads) (CrunchExecutor *self, guint threads);
+  /* The job's cancel flag has just been set (crunch_job_cancel()): make it stop or answer it
+   * soon. A job running a function sees the flag itself; this is for what the flag cannot
+   * reach (a remote worker, a queue of the executor's own). */
+  void (*cancel) (CrunchExecutor *self, CrunchJob *job);
+  void (*apply) (CrunchExecutor *self, const CrunchExecutorSettings *settings);
+  /* Optional: Prometheus families of its own, appended to /metrics (any thread). */
+  void (*render_metrics) (CrunchExecutor *self, GString *out);
+  /* Optional: why it cannot take jobs now (for /readyz), or NULL when it can (any thread). */
+  const gchar *(*not_ready) (CrunchExecutor *self);
   /* Every submitted job has finished when this returns. */
   void (*free) (CrunchExecutor *self);
 } CrunchExecutorClass;
@@ -63,20 +94,8 @@ struct CrunchExecutor {
   gpointer finished_data;
 };
 
-CrunchExecutor *crunch_local_executor_new (guint threads, gint nice, CrunchJobFunc finished,
-                                           gpointer finished_data);
-void crunch_local_executor_set_nice (CrunchExecutor *self, gint nice);
-
-/* How worker threads are scheduled against the polling thread ([executor] policy). */
-typedef enum {
-  CRUNCH_WORKER_POLICY_OTHER, /* SCHED_OTHER at `nice` (the default) */
-  CRUNCH_WORKER_POLICY_BATCH, /* SCHED_BATCH at `nice`: never preempts on wake-up */
-  CRUNCH_WORKER_POLICY_IDLE,  /* SCHED_IDLE: runs only when nothing else wants the CPU */
-} CrunchWorkerPolicy;
-
-/* "other", "batch" or "idle" (validated by the config loader); anything else is "other". */
-CrunchWorkerPolicy crunch_worker_policy_from_string (const gchar *name);
-void crunch_local_executor_set_policy (CrunchExecutor *self, CrunchWorkerPolicy policy);
+CrunchExecutor *crunch_local_executor_new (const CrunchExecutorSettings *settings,
+                                           CrunchJobFunc finished, gpointer finished_data);
 
 static inline void
 crunch_executor_submit (CrunchExecutor *self, CrunchJob *job)
@@ -85,9 +104,28 @@ crunch_executor_submit (CrunchExecutor *self, CrunchJob *job)
 }
 
 static inline void
-crunch_executor_set_threads (CrunchExecutor *self, guint threads)
+crunch_executor_cancel (CrunchExecutor *self, CrunchJob *job)
 {
-  self->klass->set_threads (self, threads);
+  self->klass->cancel (self, job);
+}
+
+static inline void
+crunch_executor_apply (CrunchExecutor *self, const CrunchExecutorSettings *settings)
+{
+  self->klass->apply (self, settings);
+}
+
+static inline void
+crunch_executor_render_metrics (CrunchExecutor *self, GString *out)
+{
+  if (self->klass->render_metrics != NULL)
+    self->klass->render_metrics (self, out);
+}
+
+static inline const gchar *
+crunch_executor_not_ready (CrunchExecutor *self)
+{
+  return self->klass->not_ready != NULL ? self->klass->not_ready (self) : NULL;
 }
 
 static inline void

@@ -255,13 +255,40 @@ raise_fd_limit (guint64 connections)
 }
 
 static CrunchExecutor *
-new_nats_executor (CrunchJobFunc finished, gpointer finished_data, gpointer user_data,
-                   GError **error)
+new_nats_executor (const CrunchExecutorSettings *settings, CrunchJobFunc finished,
+                   gpointer finished_data, gpointer user_data, GError **error)
 {
   Crunchd *app = user_data;
 
-  return crunch_nats_executor_new (app->config, crunch_config_effective_threads (app->config),
-                                   app->config->nice, finished, finished_data, error);
+  return crunch_nats_executor_new (app->config, settings, finished, finished_data, error);
+}
+
+static void
+render_executor (GString *out, gpointer scheduler)
+{
+  crunch_executor_render_metrics (crunch_scheduler_executor (scheduler), out);
+}
+
+static const gchar *
+executor_not_ready (gpointer scheduler)
+{
+  return crunch_executor_not_ready (crunch_scheduler_executor (scheduler));
+}
+
+/* The ops endpoints are handed their figures: the server's gauges, and the executor's own
+ * families and readiness. */
+static void
+wire_metrics (Crunchd *app, gboolean on)
+{
+  if (!on) {
+    crunch_metrics_remove_source (app->server);
+    crunch_metrics_remove_source (app->scheduler);
+    return;
+  }
+  crunch_metrics_add_source (
+      &(CrunchMetricsSource){.gauges = crunch_server_fill_gauges, .data = app->server});
+  crunch_metrics_add_source (&(CrunchMetricsSource){
+      .render = render_executor, .not_ready = executor_not_ready, .data = app->scheduler});
 }
 
 static void
@@ -298,6 +325,7 @@ run (Crunchd *app)
   app->jobs = crunch_jobs_new (app->scheduler, app->config);
   app->server = crunch_server_new (app->scheduler, app->config);
   crunch_server_set_jobs (app->server, app->jobs);
+  wire_metrics (app, TRUE);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
   app->loop = g_main_loop_new (NULL, FALSE);
   g_unix_signal_add (SIGHUP, on_reload, app);
@@ -305,6 +333,7 @@ run (Crunchd *app)
   g_unix_signal_add (SIGTERM, on_terminate, app);
   if (!crunch_server_start (app->server, fds, &error)) {
     g_critical ("%s", error->message);
+    wire_metrics (app, FALSE);
     crunch_server_free (app->server);
     crunch_jobs_cancel_all (app->jobs);
     crunch_scheduler_free (app->scheduler);
@@ -321,6 +350,7 @@ run (Crunchd *app)
   g_clear_pointer (&app->heartbeat, crunch_heartbeat_free);
   if (app->shutdown_timer != 0)
     g_source_remove (app->shutdown_timer);
+  wire_metrics (app, FALSE);
   crunch_server_free (app->server);   /* every compute request has been answered */
   crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
   log_totals (app->scheduler);

@@ -10,11 +10,10 @@
  * by pointer in an append-only array: readers and the lookup scan up to the published length
  * without a lock; only the first job of a function takes `lock` to append. The ring of recent jobs
  * (for the status page) is under `lock` too: one short lock per finished job, on a worker thread,
- * never on the polling thread. Gauges owned by other modules (queue, workers, connections) are read
- * at scrape time from the gauge source the server registers. */
+ * never on the polling thread. Gauges owned by other modules (queue, workers, connections), the
+ * families an executor adds and readiness are read at scrape time from the sources main.c hands
+ * over (CrunchMetricsSource); this module names none of them. */
 #include "metrics.h"
-
-#include "executor-nats.h"
 
 #include <string.h>
 
@@ -22,6 +21,7 @@
 #define MAX_FUNCTIONS 64
 #define N_METHODS 4 /* GET, HEAD, POST, other */
 #define RECENT_JOBS 128
+#define MAX_SOURCES 8
 
 /* Seconds, as integer microseconds so an observation compares integers. */
 static const gint64 bounds_us[] = {
@@ -69,8 +69,8 @@ static struct {
   CrunchJobRecord recent[RECENT_JOBS];
   guint recent_next;
 
-  CrunchGaugeFunc gauge_func;
-  gpointer gauge_data;
+  CrunchMetricsSource sources[MAX_SOURCES];
+  guint n_sources;
 } m = {.enabled = TRUE};
 
 static const gchar *const method_names[N_METHODS] = {"GET", "HEAD", "POST", "other"};
@@ -293,27 +293,65 @@ crunch_metrics_job_ran (const CrunchJob *job)
 /* ---- readers ---- */
 
 void
-crunch_metrics_set_gauge_source (CrunchGaugeFunc func, gpointer data)
+crunch_metrics_add_source (const CrunchMetricsSource *source)
 {
   g_mutex_lock (&m.lock);
-  m.gauge_func = func;
-  m.gauge_data = data;
+  g_warn_if_fail (m.n_sources < MAX_SOURCES);
+  if (m.n_sources < MAX_SOURCES)
+    m.sources[m.n_sources++] = *source;
   g_mutex_unlock (&m.lock);
+}
+
+void
+crunch_metrics_remove_source (gpointer data)
+{
+  guint kept = 0;
+
+  g_mutex_lock (&m.lock);
+  for (guint i = 0; i < m.n_sources; i++)
+    if (m.sources[i].data != data)
+      m.sources[kept++] = m.sources[i];
+  m.n_sources = kept;
+  g_mutex_unlock (&m.lock);
+}
+
+/* A copy of the sources, to call without the lock. */
+static guint
+sources (CrunchMetricsSource *copy)
+{
+  guint n;
+
+  g_mutex_lock (&m.lock);
+  n = m.n_sources;
+  memcpy (copy, m.sources, n * sizeof *copy);
+  g_mutex_unlock (&m.lock);
+  return n;
 }
 
 void
 crunch_metrics_get_gauges (CrunchGauges *gauges)
 {
-  CrunchGaugeFunc func;
-  gpointer data;
+  CrunchMetricsSource copy[MAX_SOURCES];
+  guint n = sources (copy);
 
   memset (gauges, 0, sizeof *gauges);
-  g_mutex_lock (&m.lock);
-  func = m.gauge_func;
-  data = m.gauge_data;
-  g_mutex_unlock (&m.lock);
-  if (func != NULL)
-    func (gauges, data);
+  for (guint i = 0; i < n; i++)
+    if (copy[i].gauges != NULL)
+      copy[i].gauges (gauges, copy[i].data);
+}
+
+const gchar *
+crunch_metrics_not_ready (void)
+{
+  CrunchMetricsSource copy[MAX_SOURCES];
+  guint n = sources (copy);
+
+  for (guint i = 0; i < n; i++) {
+    const gchar *why = copy[i].not_ready != NULL ? copy[i].not_ready (copy[i].data) : NULL;
+    if (why != NULL)
+      return why;
+  }
+  return NULL;
 }
 
 guint
@@ -638,36 +676,16 @@ render_process (GString *out)
   g_string_append_c (out, '\n');
 }
 
-/* The NATS executor's own figures, when jobs go through NATS. */
+/* Families the sources contribute (an executor's own figures). */
 static void
-render_nats (GString *out)
+render_sources (GString *out)
 {
-  CrunchNatsStats st;
+  CrunchMetricsSource copy[MAX_SOURCES];
+  guint n = sources (copy);
 
-  if (!crunch_nats_collect_stats (&st))
-    return;
-  const struct {
-    const gchar *name, *help;
-    guint64 value;
-  } counters[] = {
-      {"crunchd_nats_jobs_total", "Jobs handed to the NATS executor.", st.jobs},
-      {"crunchd_nats_published_total", "Job messages published, retries included.", st.published},
-      {"crunchd_nats_retries_total", "Attempts after a lost one (timeout, worker stopping).",
-       st.retries},
-      {"crunchd_nats_busy_total", "Times every worker was busy and the job was sent again.",
-       st.busy},
-      {"crunchd_nats_no_workers_total", "Times no worker was listening at all.", st.no_workers},
-      {"crunchd_nats_fallbacks_total", "Jobs run by the local pool ([nats] fallback = local).",
-       st.fallbacks},
-      {"crunchd_nats_late_replies_total", "Replies for jobs already answered, dropped.", st.late},
-      {"crunchd_nats_disconnects_total", "Times the NATS connection was lost.", st.disconnects},
-  };
-
-  for (gsize i = 0; i < G_N_ELEMENTS (counters); i++) {
-    header (out, counters[i].name, "counter", counters[i].help);
-    g_string_append_printf (out, "%s %" G_GUINT64_FORMAT "\n", counters[i].name, counters[i].value);
-  }
-  gauge (out, "crunchd_nats_connected", "1 while connected to a NATS server.", st.connected);
+  for (guint i = 0; i < n; i++)
+    if (copy[i].render != NULL)
+      copy[i].render (out, copy[i].data);
 }
 
 GBytes *
@@ -679,6 +697,6 @@ crunch_metrics_render (void)
   render_jobs (out);
   render_gauges (out);
   render_process (out);
-  render_nats (out);
+  render_sources (out);
   return g_string_free_to_bytes (out);
 }

@@ -47,15 +47,28 @@ typedef struct {
   guint64 connections_made_room; /* closed: waiting, the oldest, when the table was nearly full */
   gboolean draining;
 } CrunchGauges;
-typedef void (*CrunchGaugeFunc) (CrunchGauges *gauges, gpointer data);
+
+/* What the owners of figures hand the ops endpoints (h2o's status handlers): gauges they fill
+ * in, Prometheus families of their own, and whether they are ready. main.c wires them up, so
+ * neither this module nor status.c names a server, scheduler or executor. Every member is
+ * optional; each is called from whichever thread reads /metrics, /readyz or /status.json. */
+typedef struct {
+  void (*gauges) (CrunchGauges *gauges, gpointer data);
+  void (*render) (GString *out, gpointer data);
+  const gchar *(*not_ready) (gpointer data); /* why not, or NULL when ready */
+  gpointer data;
+} CrunchMetricsSource;
 
 /* Records the process start time. */
 void crunch_metrics_init (void);
 void crunch_metrics_set_enabled (gboolean enabled);
 gboolean crunch_metrics_enabled (void);
-/* The server registers where gauges come from; NULL clears it. */
-void crunch_metrics_set_gauge_source (CrunchGaugeFunc func, gpointer data);
+/* Adds a source (copied); removes every source with this data. At most 8 at once. */
+void crunch_metrics_add_source (const CrunchMetricsSource *source);
+void crunch_metrics_remove_source (gpointer data);
 void crunch_metrics_get_gauges (CrunchGauges *gauges);
+/* The first source's reason not to be ready, or NULL. */
+const gchar *crunch_metrics_not_ready (void);
 
 /* ---- hooks ---- */
 

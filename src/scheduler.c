@@ -273,17 +273,20 @@ on_finished (CrunchJob *job, gpointer data)
 
 /* ---- the public interface ---- */
 
+static CrunchExecutorSettings
+executor_settings (const CrunchSchedulerSettings *settings)
+{
+  return (CrunchExecutorSettings){settings->threads, settings->nice, settings->policy};
+}
+
 static CrunchExecutor *
 make_executor (CrunchScheduler *self, GError **error)
 {
-  CrunchExecutor *executor;
+  CrunchExecutorSettings settings = executor_settings (&self->settings);
 
   if (self->factory != NULL)
-    return self->factory (on_finished, self, self->factory_data, error);
-  executor =
-      crunch_local_executor_new (self->settings.threads, self->settings.nice, on_finished, self);
-  crunch_local_executor_set_policy (executor, self->settings.policy);
-  return executor;
+    return self->factory (&settings, on_finished, self, self->factory_data, error);
+  return crunch_local_executor_new (&settings, on_finished, self);
 }
 
 CrunchScheduler *
@@ -334,11 +337,11 @@ crunch_scheduler_free (CrunchScheduler *self)
 void
 crunch_scheduler_configure (CrunchScheduler *self, const CrunchSchedulerSettings *settings)
 {
+  CrunchExecutorSettings applied = executor_settings (settings);
+
   g_mutex_lock (&self->lock);
   self->settings = *settings;
-  crunch_executor_set_threads (self->executor, settings->threads);
-  crunch_local_executor_set_nice (self->executor, settings->nice);
-  crunch_local_executor_set_policy (self->executor, settings->policy);
+  crunch_executor_apply (self->executor, &applied);
   crunch_cache_resize (self->cache, settings->cache_entries);
   dispatch_locked (self);
   g_mutex_unlock (&self->lock);
@@ -449,7 +452,8 @@ detach_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why
   self->counters.jobs_cancelled++;
   forget_key (self, sj);
   if (sj->running) {
-    crunch_job_cancel (sj->job, why);
+    if (crunch_job_cancel (sj->job, why))
+      crunch_executor_cancel (self->executor, sj->job);
   } else {
     Client *owner = sj->owner;
     unqueue (self, sj);
@@ -529,8 +533,15 @@ crunch_scheduler_cancel_running (CrunchScheduler *self, CrunchJobOutcome reason)
   g_mutex_lock (&self->lock);
   g_hash_table_iter_init (&iter, self->running);
   while (g_hash_table_iter_next (&iter, &sj, NULL))
-    crunch_job_cancel (((SchedJob *)sj)->job, reason);
+    if (crunch_job_cancel (((SchedJob *)sj)->job, reason))
+      crunch_executor_cancel (self->executor, ((SchedJob *)sj)->job);
   g_mutex_unlock (&self->lock);
+}
+
+CrunchExecutor *
+crunch_scheduler_executor (CrunchScheduler *self)
+{
+  return self->executor;
 }
 
 void

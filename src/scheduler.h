@@ -60,7 +60,8 @@ typedef struct CrunchScheduler CrunchScheduler;
 
 CrunchScheduler *crunch_scheduler_new (const CrunchSchedulerSettings *settings);
 /* Makes the executor jobs go to (NULL + error if it cannot); `finished` is the scheduler's. */
-typedef CrunchExecutor *(*CrunchExecutorFactory) (CrunchJobFunc finished, gpointer finished_data,
+typedef CrunchExecutor *(*CrunchExecutorFactory) (const CrunchExecutorSettings *settings,
+                                                  CrunchJobFunc finished, gpointer finished_data,
                                                   gpointer user_data, GError **error);
 /* The same with another executor than the local pool (factory NULL = local). */
 CrunchScheduler *crunch_scheduler_new_full (const CrunchSchedulerSettings *settings,
@@ -81,6 +82,10 @@ void crunch_scheduler_abandon (CrunchScheduler *self, CrunchTicket *ticket, Crun
 
 /* Whether the ticket's job is on a thread now (for the jobs API's "running" state). Any thread. */
 gboolean crunch_scheduler_ticket_running (CrunchScheduler *self, CrunchTicket *ticket);
+
+/* The executor jobs go to, for its metrics and readiness (crunch_executor_render_metrics(),
+ * crunch_executor_not_ready()). */
+CrunchExecutor *crunch_scheduler_executor (CrunchScheduler *self);
 
 /* Shutdown: refuse new tickets and answer every queued one (CRUNCH_JOB_SHUTDOWN). */
 void crunch_scheduler_drain (CrunchScheduler *self);

@@ -753,9 +753,8 @@ on_connection (void *cls, struct MHD_Connection *connection, void **socket_conte
     crunch_conns_closed (*socket_context);
 }
 
-/* The metrics gauge source; any thread that scrapes. */
-static void
-fill_gauges (CrunchGauges *g, gpointer data)
+void
+crunch_server_fill_gauges (CrunchGauges *g, gpointer data)
 {
   CrunchServer *self = data;
   CrunchSchedulerStats stats;
@@ -797,7 +796,6 @@ crunch_server_new (CrunchScheduler *scheduler, const CrunchConfig *config)
   self->public_listener = (Listener){self, FALSE};
   self->ops_listener = (Listener){self, TRUE};
   crunch_server_configure (self, config);
-  crunch_metrics_set_gauge_source (fill_gauges, self);
   return self;
 }
 
@@ -945,7 +943,6 @@ crunch_server_free (CrunchServer *self)
   if (self == NULL)
     return;
   g_warn_if_fail (g_atomic_int_get (&self->in_flight) == 0);
-  crunch_metrics_set_gauge_source (NULL, NULL);
   for (guint i = 0; i < self->daemons->len; i++)
     MHD_stop_daemon (self->daemons->pdata[i]);
   if (self->ops_daemon != NULL)

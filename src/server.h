@@ -5,6 +5,7 @@
 
 #include "config.h"
 #include "jobs.h"
+#include "metrics.h"
 #include "scheduler.h"
 
 typedef struct CrunchServer CrunchServer;
@@ -22,5 +23,7 @@ void crunch_server_drain (CrunchServer *self, GSourceFunc drained, gpointer data
 guint crunch_server_in_flight (CrunchServer *self);
 /* Requests that have ended (answered with any status, or abandoned by the client). */
 guint64 crunch_server_requests_served (CrunchServer *self);
+/* A CrunchMetricsSource gauges function (data: the server): queue, workers, connections. */
+void crunch_server_fill_gauges (CrunchGauges *gauges, gpointer server);
 /* Stops the daemons; only after `drained` (MHD aborts on a suspended connection). */
 void crunch_server_free (CrunchServer *self);

@@ -11,7 +11,6 @@
 #include <gio/gio.h>
 #include <string.h>
 
-#include "executor-nats.h"
 #include "json.h"
 #include "metrics.h"
 #include "status-resources.h"
@@ -49,14 +48,18 @@ static CrunchReply
 readyz_handler (const gchar *arg)
 {
   CrunchGauges g;
+  const gchar *why;
 
   crunch_metrics_get_gauges (&g);
   if (g.draining)
     return (CrunchReply){503, "not ready: draining\n", TEXT, NULL};
   if (g.jobs_queued >= g.queue_limit)
     return (CrunchReply){503, "not ready: job queue full\n", TEXT, NULL};
-  if (!crunch_nats_ready ())
-    return (CrunchReply){503, "not ready: no NATS connection\n", TEXT, NULL};
+  why = crunch_metrics_not_ready ();
+  if (why != NULL)
+    return (CrunchReply){503, NULL, TEXT,
+                         g_bytes_new_take (g_strdup_printf ("not ready: %s\n", why),
+                                           strlen (why) + strlen ("not ready: \n"))};
   return (CrunchReply){200, "ready\n", TEXT, NULL};
 }
 

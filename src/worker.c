@@ -37,8 +37,7 @@ typedef struct {
   Slot *slot;
   gchar *request_id, *reply;
   const CrunchFunction *fn;
-  GVariant *args;
-  CrunchCancel cancel; /* holds the CrunchJobOutcome that stopped it */
+  CrunchJob *job; /* NULL for a malformed message; its cancel flag says what stopped it */
   GSource *deadline, *heartbeat;
   gint64 heartbeat_us;
 } Task;
@@ -145,7 +144,7 @@ task_free (Task *t)
 {
   g_free (t->request_id);
   g_free (t->reply);
-  g_clear_pointer (&t->args, g_variant_unref);
+  g_clear_pointer (&t->job, crunch_job_unref);
   g_free (t);
 }
 
@@ -175,35 +174,23 @@ wire_status (CrunchJobOutcome reason)
   }
 }
 
-static void
-set_thread_nice (gint nice)
-{
-  static __thread gint applied = 0;
-
-  if (applied != nice && setpriority (PRIO_PROCESS, (id_t)gettid (), nice) == 0)
-    applied = nice;
-}
-
-/* A pool thread: run, free the slot, reply. */
+/* A pool thread: run (as the front end's local threads do), free the slot, reply. */
 static void
 run_task (gpointer data, gpointer user_data)
 {
   Task *t = data;
   CrunchWorker *w = user_data;
-  g_autoptr (GError) error = NULL;
-  g_autoptr (GBytes) result = NULL;
-  gint64 t0 = g_get_monotonic_time ();
+  CrunchJob *job = t->job;
   CrunchWireStatus status;
 
-  set_thread_nice (w->nice);
-  if (!crunch_cancelled (&t->cancel))
-    result = crunch_function_run (t->fn, t->args, &t->cancel, &error);
-  if (result != NULL)
+  crunch_worker_thread_prepare (w->nice, CRUNCH_WORKER_POLICY_OTHER);
+  crunch_job_run (job);
+  if (job->outcome == CRUNCH_JOB_OK)
     status = CRUNCH_WIRE_OK;
-  else if (crunch_cancelled (&t->cancel))
-    status = wire_status ((CrunchJobOutcome)g_atomic_int_get (&t->cancel.flag));
-  else
+  else if (job->outcome == CRUNCH_JOB_FAILED)
     status = CRUNCH_WIRE_FAILED;
+  else
+    status = wire_status (job->outcome);
 
   g_mutex_lock (&w->lock);
   g_hash_table_remove (w->running, t);
@@ -211,10 +198,7 @@ run_task (gpointer data, gpointer user_data)
   subscribe_slot_locked (t->slot);
   g_mutex_unlock (&w->lock);
 
-  reply (w, t->reply, status, result,
-         status == CRUNCH_WIRE_FAILED ? (error ? error->message : "the function returned no result")
-                                      : NULL,
-         g_get_monotonic_time () - t0);
+  reply (w, t->reply, status, job->result, job->error, job->t_finished - job->t_started);
 
   g_mutex_lock (&w->lock);
   w->active--;
@@ -231,12 +215,16 @@ on_heartbeat (gpointer data)
   Task *t = data;
   CrunchWorker *w = t->slot->w;
 
+  g_autofree gchar *subject = NULL;
+
   g_mutex_lock (&w->lock);
   if (g_hash_table_contains (w->running, t)) {
-    reply (w, t->reply, CRUNCH_WIRE_RUNNING, NULL, NULL, 0);
+    subject = g_strdup (t->reply);
     g_source_set_ready_time (t->heartbeat, g_get_monotonic_time () + t->heartbeat_us);
   }
   g_mutex_unlock (&w->lock);
+  if (subject != NULL) /* published outside the lock; a late one is ignored by the front end */
+    reply (w, subject, CRUNCH_WIRE_RUNNING, NULL, NULL, 0);
   return G_SOURCE_CONTINUE;
 }
 
@@ -244,7 +232,7 @@ on_heartbeat (gpointer data)
 static void
 task_cancel (Task *t, CrunchJobOutcome reason)
 {
-  g_atomic_int_compare_and_exchange (&t->cancel.flag, 0, (gint)reason);
+  crunch_job_cancel (t->job, reason);
 }
 
 static gboolean
@@ -302,10 +290,12 @@ task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
     g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
                          "malformed job message: no reply subject or request id");
   } else if (args_type_expected (t->fn, crunch_nats_header (msg, CRUNCH_HDR_ARGS_TYPE), error)) {
-    t->args =
+    g_autoptr (GVariant) args =
         crunch_nats_args_decode (crunch_nats_header (msg, CRUNCH_HDR_ARGS_TYPE),
                                  natsMsg_GetData (msg), (gsize)natsMsg_GetDataLength (msg), &local);
-    if (t->args == NULL)
+    if (args != NULL)
+      t->job = crunch_job_new (t->fn, args);
+    else
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "bad arguments: %s", local->message);
   }
   return t;

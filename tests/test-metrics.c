@@ -134,14 +134,15 @@ test_gauges_and_rejections (void)
 {
   g_autofree gchar *text = NULL;
 
-  crunch_metrics_set_gauge_source (fake_gauges, GUINT_TO_POINTER (4));
+  crunch_metrics_add_source (
+      &(CrunchMetricsSource){.gauges = fake_gauges, .data = GUINT_TO_POINTER (4)});
   crunch_metrics_rejection (CRUNCH_REJECT_QUEUE_FULL);
   crunch_metrics_rejection (CRUNCH_REJECT_QUEUE_FULL);
   crunch_metrics_rejection (CRUNCH_REJECT_CLIENT_LIMIT);
   crunch_metrics_suspended_add (3);
   crunch_metrics_suspended_add (-1);
   text = render ();
-  crunch_metrics_set_gauge_source (NULL, NULL);
+  crunch_metrics_remove_source (GUINT_TO_POINTER (4));
   assert_has (text, "crunchd_jobs_queued 7");
   assert_has (text, "crunchd_workers 4");
   assert_has (text, "crunchd_draining 1");
