@@ -3,19 +3,16 @@
  * DESIGN
  * One mutex guards the table of entries, the queue of finished ones and the limits. Callers:
  * - the MHD polling threads: submit(), get(), delete() (never block beyond the mutex);
- * - whichever thread answers a ticket (a worker, the deadline watcher, the scheduler while
+ * - whichever thread answers a call (a worker, the deadline watcher, the scheduler while
  *   draining, an HTTP thread cancelling it): on_answered(), which only marks the entry finished;
  * - the main thread: configure() on reload, cancel_all() and free() on shutdown.
- * A job is a scheduler ticket like a synchronous request's, so admission, per-client limits,
- * fairness, coalescing and the result cache apply unchanged. No socket waits for it, so its
- * deadline is watched by a CrunchParked of our own (one watcher thread, no fd), which abandons the
- * ticket (TIMED_OUT) when it passes; DELETE abandons it with CLIENT_GONE. The scheduler answers
- * tickets outside its lock and is never called with ours held, except for
- * crunch_scheduler_ticket_running(), which calls nothing back: no lock-order cycle.
- * Metrics count a job exactly as a synchronous request: submitted, cache hit, coalesced, its
- * outcome and queue wait (metrics.c); its run time is counted by the scheduler where it ran.
+ * A job is a compute call like a synchronous request's (call.c), so the cache, admission,
+ * per-client limits, fairness, coalescing, its deadline and its metrics apply unchanged; only no
+ * socket waits for it. DELETE cancels it with CLIENT_GONE. Calls are admitted, submitted and
+ * cancelled outside our lock (the scheduler may answer at once, and on_answered() takes it);
+ * crunch_call_running() calls nothing back: no lock-order cycle.
  * An entry lives from submit() until it is deleted or, once finished, until [jobs] ttl has
- * passed. Unfinished entries are never freed (their ticket's callback points at them). Expired
+ * passed. Unfinished entries are never freed (their call's callback points at them). Expired
  * entries are purged lazily, at the start of every call: finished ones are queued in the order
  * they finished, so the oldest is always at the head. */
 #include "jobs.h"
@@ -28,15 +25,13 @@
 #include "args.h"
 #include "json.h"
 #include "metrics.h"
-#include "parked.h"
 
 struct CrunchJobs {
   GMutex lock;
-  CrunchScheduler *scheduler;
-  CrunchParked *deadlines; /* unfinished tickets, by deadline */
-  GHashTable *entries;     /* id -> Entry* (owned) */
-  GQueue finished;         /* Entry*, oldest first */
-  GHashTable *held;        /* client -> entries it holds (GUINT_TO_POINTER) */
+  CrunchCalls *calls;
+  GHashTable *entries; /* id -> Entry* (owned) */
+  GQueue finished;     /* Entry*, oldest first */
+  GHashTable *held;    /* client -> entries it holds (GUINT_TO_POINTER) */
   gint64 ttl_us;
   guint max_stored, max_per_client;
 };
@@ -45,11 +40,10 @@ typedef struct {
   CrunchJobs *store;
   gchar *id;
   const CrunchFunction *fn;
-  gchar *client;             /* who submitted it: its share of the store */
-  CrunchTicket *ticket;      /* from admission on; NULL for a cache hit */
-  CrunchParkedEntry *parked; /* its deadline, until answered */
-  GBytes *cached;            /* a cache hit's result */
-  gint64 t_created;          /* wall clock, for humans */
+  gchar *client;    /* who submitted it: its share of the store */
+  CrunchCall *call; /* its compute call (the jobs' `answered` marks it finished) */
+  gboolean visible; /* admitted (or answered from the cache): its id is handed out */
+  gint64 t_created; /* wall clock, for humans */
   gint64 t_submitted, deadline_us;
   gint64 t_done; /* monotonic; 0 while unfinished */
   gboolean cancel_requested;
@@ -70,8 +64,7 @@ entry_free (gpointer data)
   else
     g_hash_table_remove (held, entry->client);
   g_free (entry->client);
-  g_clear_pointer (&entry->ticket, crunch_ticket_unref);
-  g_clear_pointer (&entry->cached, g_bytes_unref);
+  g_clear_pointer (&entry->call, crunch_call_unref);
   g_free (entry->id);
   g_free (entry);
 }
@@ -84,25 +77,13 @@ crunch_jobs_reply_clear (CrunchJobsReply *reply)
   g_clear_pointer (&reply->retry_after, g_free);
 }
 
-/* Watcher thread: a job's deadline passed. */
-static void
-on_deadline (gpointer item, CrunchJobOutcome why, gpointer data)
-{
-  CrunchJobs *self = data;
-
-  crunch_scheduler_abandon (self->scheduler, item, why);
-}
-
 CrunchJobs *
-crunch_jobs_new (CrunchScheduler *scheduler, const CrunchConfig *config)
+crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config)
 {
   CrunchJobs *self = g_new0 (CrunchJobs, 1);
 
   g_mutex_init (&self->lock);
-  self->scheduler = scheduler;
-  self->deadlines =
-      crunch_parked_new (on_deadline, self, (gpointer (*) (gpointer))crunch_ticket_ref,
-                         (GDestroyNotify)crunch_ticket_unref);
+  self->calls = calls;
   self->entries = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, entry_free);
   self->held = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   g_queue_init (&self->finished);
@@ -123,8 +104,7 @@ crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
 void
 crunch_jobs_cancel_all (CrunchJobs *self)
 {
-  g_autoptr (GPtrArray) tickets =
-      g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_ticket_unref);
+  g_autoptr (GPtrArray) calls = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_call_unref);
   GHashTableIter iter;
   gpointer value;
 
@@ -132,13 +112,13 @@ crunch_jobs_cancel_all (CrunchJobs *self)
   g_hash_table_iter_init (&iter, self->entries);
   while (g_hash_table_iter_next (&iter, NULL, &value)) {
     Entry *entry = value;
-    if (entry->t_done == 0 && entry->ticket != NULL)
-      g_ptr_array_add (tickets, crunch_ticket_ref (entry->ticket));
+    if (entry->t_done == 0 && entry->visible)
+      g_ptr_array_add (calls, crunch_call_ref (entry->call));
   }
   g_mutex_unlock (&self->lock);
-  /* outside our lock: abandoning answers the ticket, and on_answered() takes the lock */
-  for (guint i = 0; i < tickets->len; i++)
-    crunch_scheduler_abandon (self->scheduler, tickets->pdata[i], CRUNCH_JOB_SHUTDOWN);
+  /* outside our lock: cancelling answers the call, and on_answered() takes the lock */
+  for (guint i = 0; i < calls->len; i++)
+    crunch_call_cancel (calls->pdata[i], CRUNCH_JOB_SHUTDOWN);
 }
 
 void
@@ -146,7 +126,6 @@ crunch_jobs_free (CrunchJobs *self)
 {
   if (self == NULL)
     return;
-  crunch_parked_free (self->deadlines); /* every ticket was answered: no deadline is left */
   g_queue_clear (&self->finished);
   g_hash_table_unref (self->entries);
   g_hash_table_unref (self->held);
@@ -176,24 +155,16 @@ finish_locked (CrunchJobs *self, Entry *entry)
   g_queue_push_tail (&self->finished, entry);
 }
 
-/* Any thread: the ticket has its answer. */
+/* Any thread: the call has its answer (counted in the metrics by call.c). */
 static void
-on_answered (CrunchTicket *ticket, gpointer data)
+on_answered (CrunchCall *call, gpointer data)
 {
   Entry *entry = data;
   CrunchJobs *self = entry->store;
-  CrunchParkedEntry *parked;
 
-  if (ticket->coalesced)
-    crunch_metrics_job_event (ticket->fn, CRUNCH_JOB_EVENT_COALESCED);
-  crunch_metrics_job_answered (
-      ticket->fn, ticket->outcome,
-      ticket->t_started != 0 ? MAX (ticket->t_started - ticket->t_submitted, 0) : -1);
   g_mutex_lock (&self->lock);
-  parked = g_steal_pointer (&entry->parked);
   finish_locked (self, entry); /* from here on another thread may purge the entry */
   g_mutex_unlock (&self->lock);
-  crunch_parked_remove (self->deadlines, parked);
 }
 
 /* ---- replies ---- */
@@ -228,25 +199,30 @@ reply_json (guint status, JsonBuilder *builder)
 }
 
 /* With the lock held. A finished entry's ticket is only read: the scheduler wrote its answer
- * before calling on_answered(), which took this lock after. */
+ * before calling on_answered(), which took this lock after. NULL for a cache hit. */
+static const CrunchTicket *
+ticket_of (const Entry *entry)
+{
+  return crunch_call_ticket (entry->call);
+}
+
 static CrunchJobOutcome
 outcome_of (const Entry *entry)
 {
-  return entry->ticket != NULL ? entry->ticket->outcome : CRUNCH_JOB_OK;
+  return ticket_of (entry) != NULL ? ticket_of (entry)->outcome : CRUNCH_JOB_OK;
 }
 
 static GBytes *
 result_of (const Entry *entry)
 {
-  return entry->ticket != NULL ? entry->ticket->result : entry->cached;
+  return ticket_of (entry) != NULL ? ticket_of (entry)->result : crunch_call_cached (entry->call);
 }
 
 static const gchar *
 state_name (const Entry *entry)
 {
   if (entry->t_done == 0)
-    return crunch_scheduler_ticket_running (entry->store->scheduler, entry->ticket) ? "running"
-                                                                                    : "queued";
+    return crunch_call_running (entry->call) ? "running" : "queued";
   switch (outcome_of (entry)) {
   case CRUNCH_JOB_OK:
     return "done";
@@ -280,7 +256,7 @@ add_seconds (JsonBuilder *b, const gchar *name, gint64 us)
 static void
 add_timings (JsonBuilder *b, const Entry *entry, gint64 now)
 {
-  const CrunchTicket *ticket = entry->ticket;
+  const CrunchTicket *ticket = ticket_of (entry);
   gint64 started = entry->t_done && ticket ? ticket->t_started : 0;
   g_autoptr (GDateTime) created = g_date_time_new_from_unix_utc (entry->t_created / G_USEC_PER_SEC);
   g_autofree gchar *iso = g_date_time_format_iso8601 (created);
@@ -339,7 +315,8 @@ add_outcome (JsonBuilder *b, const Entry *entry)
   }
   if (outcome == CRUNCH_JOB_FAILED || outcome == CRUNCH_JOB_UNAVAILABLE)
     add_string (b, "error",
-                entry->ticket->error ? entry->ticket->error : "no worker could take the job");
+                ticket_of (entry)->error ? ticket_of (entry)->error
+                                         : "no worker could take the job");
   else if (outcome == CRUNCH_JOB_TIMED_OUT)
     add_string (b, "error", "deadline exceeded");
   else if (outcome == CRUNCH_JOB_SHUTDOWN)
@@ -362,7 +339,7 @@ describe_locked (const Entry *entry, guint status)
     json_builder_set_member_name (b, "cancel_requested");
     json_builder_add_boolean_value (b, TRUE);
   }
-  if (entry->cached != NULL) {
+  if (crunch_call_cached (entry->call) != NULL) {
     json_builder_set_member_name (b, "cached");
     json_builder_add_boolean_value (b, TRUE);
   }
@@ -456,25 +433,11 @@ store_full_locked (CrunchJobs *self, const gchar *client, gboolean client_full)
 }
 
 static CrunchJobsReply
-refused (CrunchAdmit verdict)
+refused (const CrunchCallRefusal *refusal)
 {
-  CrunchJobsReply reply;
+  CrunchJobsReply reply = reply_text (refusal->status, "%s", refusal->message);
 
-  switch (verdict) {
-  case CRUNCH_ADMIT_DRAINING:
-    crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
-    reply = reply_text (503, "server is shutting down");
-    break;
-  case CRUNCH_ADMIT_CLIENT_LIMIT:
-    crunch_metrics_rejection (CRUNCH_REJECT_CLIENT_LIMIT);
-    reply = reply_text (429, "too many requests in flight for this client, retry later");
-    break;
-  default:
-    crunch_metrics_rejection (CRUNCH_REJECT_QUEUE_FULL);
-    reply = reply_text (503, "job queue is full, retry later");
-    break;
-  }
-  reply.retry_after = g_strdup ("1");
+  reply.retry_after = g_strdup (refusal->retry_after);
   return reply;
 }
 
@@ -487,16 +450,30 @@ accepted_locked (const Entry *entry)
   return reply;
 }
 
+/* With the lock held: the call, or the reason there is none. */
+static CrunchJobsReply
+admitted_locked (CrunchJobs *self, Entry *entry, CrunchCallAdmission admission)
+{
+  if (admission == CRUNCH_CALL_REFUSED) {
+    CrunchJobsReply reply = refused (crunch_call_refusal (entry->call));
+    g_hash_table_remove (self->entries, entry->id);
+    return reply;
+  }
+  entry->visible = TRUE;
+  if (admission == CRUNCH_CALL_CACHED) /* a cache hit needs no job: it is done at once */
+    finish_locked (self, entry);
+  return accepted_locked (entry);
+}
+
 CrunchJobsReply
 crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar *client)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (GVariant) args = NULL;
-  g_autoptr (GBytes) cached = NULL;
-  g_autoptr (CrunchTicket) ticket = NULL;
+  g_autoptr (CrunchCall) call = NULL;
   const CrunchFunction *fn = NULL;
+  CrunchCallAdmission admission;
   CrunchJobsReply reply;
-  CrunchAdmit verdict;
   gboolean client_full;
   Entry *entry;
 
@@ -504,38 +481,28 @@ crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar 
   if (args == NULL)
     return reply_text (400, "POST /jobs: %s", error->message);
   g_variant_ref_sink (args);
-  cached = crunch_scheduler_cached (self->scheduler, fn, args);
 
   g_mutex_lock (&self->lock);
   entry = reserve_locked (self, fn, client, &client_full);
-  if (entry == NULL || cached != NULL) {
-    if (entry != NULL) { /* a cache hit needs no job: it is done at once */
-      crunch_metrics_job_event (fn, CRUNCH_JOB_EVENT_CACHE_HIT);
-      entry->cached = g_steal_pointer (&cached);
-      finish_locked (self, entry);
-    }
-    reply = entry != NULL ? accepted_locked (entry) : store_full_locked (self, client, client_full);
+  if (entry == NULL) {
+    reply = store_full_locked (self, client, client_full);
     g_mutex_unlock (&self->lock);
     return reply;
   }
+  entry->call = crunch_call_new (
+      self->calls, &(CrunchCallSpec){fn, args, client, entry->deadline_us, -1, on_answered, entry});
+  call = crunch_call_ref (entry->call);
   g_mutex_unlock (&self->lock);
 
-  verdict = crunch_scheduler_admit (self->scheduler, client);
+  /* Outside the lock, here and below: the scheduler may answer the call at once, and
+   * on_answered() takes the lock. */
+  admission = crunch_call_admit (call);
   g_mutex_lock (&self->lock);
-  if (verdict != CRUNCH_ADMIT_OK) {
-    g_hash_table_remove (self->entries, entry->id);
-    g_mutex_unlock (&self->lock);
-    return refused (verdict);
-  }
-  entry->ticket = crunch_ticket_new (fn, args, client, entry->deadline_us, on_answered, entry);
-  entry->parked = crunch_parked_add (self->deadlines, -1, entry->deadline_us, entry->ticket);
-  reply = accepted_locked (entry);
-  ticket = crunch_ticket_ref (entry->ticket);
-  crunch_metrics_job_event (fn, CRUNCH_JOB_EVENT_SUBMITTED);
+  reply = admitted_locked (self, entry, admission);
   g_mutex_unlock (&self->lock);
-  /* Outside the lock: a refused ticket is answered inside submit(). From here on the entry may
-   * be answered and purged by another thread at any time: only `ticket` is ours. */
-  crunch_scheduler_submit (self->scheduler, ticket);
+  /* From here on the entry may be answered and purged by another thread: only `call` is ours. */
+  if (admission == CRUNCH_CALL_ADMITTED)
+    crunch_call_submit (call);
   return reply;
 }
 
@@ -557,7 +524,7 @@ find_locked (CrunchJobs *self, const gchar *path, gboolean *result)
   purge_locked (self);
   entry = g_hash_table_lookup (self->entries, id);
   /* an entry reserved but not yet admitted is not visible: its id has not been handed out */
-  return entry != NULL && (entry->ticket != NULL || entry->cached != NULL) ? entry : NULL;
+  return entry != NULL && entry->visible ? entry : NULL;
 }
 
 static CrunchJobsReply
@@ -600,7 +567,7 @@ CrunchJobsReply
 crunch_jobs_delete (CrunchJobs *self, const gchar *path)
 {
   CrunchJobsReply reply = {204, NULL, "text/plain; charset=utf-8", NULL, NULL};
-  g_autoptr (CrunchTicket) ticket = NULL;
+  g_autoptr (CrunchCall) call = NULL;
   g_autofree gchar *id = NULL;
   gboolean result;
   Entry *entry;
@@ -618,12 +585,12 @@ crunch_jobs_delete (CrunchJobs *self, const gchar *path)
     return reply;
   }
   entry->cancel_requested = TRUE;
-  ticket = crunch_ticket_ref (entry->ticket);
+  call = crunch_call_ref (entry->call);
   id = g_strdup (entry->id);
   g_mutex_unlock (&self->lock);
 
-  /* answers the ticket now (on_answered takes our lock); its job stops if nobody else waits */
-  crunch_scheduler_abandon (self->scheduler, ticket, CRUNCH_JOB_CLIENT_GONE);
+  /* answers the call now (on_answered takes our lock); its job stops if nobody else waits */
+  crunch_call_cancel (call, CRUNCH_JOB_CLIENT_GONE);
   g_mutex_lock (&self->lock);
   entry = g_hash_table_lookup (self->entries, id);
   reply = entry != NULL ? describe_locked (entry, 202) : no_such_job ();

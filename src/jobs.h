@@ -6,8 +6,8 @@
  * [jobs] ttl seconds after it finishes, and the store holds at most [jobs] max_stored jobs. */
 #pragma once
 
+#include "call.h"
 #include "config.h"
-#include "scheduler.h"
 
 typedef struct CrunchJobs CrunchJobs;
 
@@ -22,11 +22,11 @@ typedef struct {
 
 void crunch_jobs_reply_clear (CrunchJobsReply *reply);
 
-CrunchJobs *crunch_jobs_new (CrunchScheduler *scheduler, const CrunchConfig *config);
+CrunchJobs *crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config);
 void crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config);
 /* Cancels every unfinished job (the server is stopping); their outcomes arrive later. */
 void crunch_jobs_cancel_all (CrunchJobs *self);
-/* Call after the scheduler is freed: no job can finish any more. */
+/* Call after the scheduler is freed (no job can finish any more), before the calls service. */
 void crunch_jobs_free (CrunchJobs *self);
 
 /* `body` is {"fn": NAME, "args": {...}}; `client` is the fairness key. */

@@ -25,6 +25,7 @@ typedef struct {
   GMainLoop *loop;
   CrunchConfig *config;
   CrunchScheduler *scheduler;
+  CrunchCalls *calls;
   CrunchJobs *jobs;
   CrunchServer *server;
   gchar *config_path;
@@ -322,8 +323,9 @@ run (Crunchd *app)
     g_critical ("%s", error->message);
     return EXIT_FAILURE;
   }
-  app->jobs = crunch_jobs_new (app->scheduler, app->config);
-  app->server = crunch_server_new (app->scheduler, app->config);
+  app->calls = crunch_calls_new (app->scheduler);
+  app->jobs = crunch_jobs_new (app->calls, app->config);
+  app->server = crunch_server_new (app->scheduler, app->calls, app->config);
   crunch_server_set_jobs (app->server, app->jobs);
   wire_metrics (app, TRUE);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
@@ -338,6 +340,7 @@ run (Crunchd *app)
     crunch_jobs_cancel_all (app->jobs);
     crunch_scheduler_free (app->scheduler);
     crunch_jobs_free (app->jobs);
+    crunch_calls_free (app->calls);
     g_main_loop_unref (app->loop);
     return EXIT_FAILURE;
   }
@@ -355,7 +358,8 @@ run (Crunchd *app)
   crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
   log_totals (app->scheduler);
   crunch_scheduler_free (app->scheduler);
-  crunch_jobs_free (app->jobs); /* after the scheduler: no ticket can be answered any more */
+  crunch_jobs_free (app->jobs);   /* after the scheduler: no ticket can be answered any more */
+  crunch_calls_free (app->calls); /* every call has been freed */
   g_main_loop_unref (app->loop);
   if (nats)
     crunch_nats_library_close ();

@@ -8,11 +8,11 @@
  *
  * Life of a request (see shared DESIGN): first call allocates a CrunchRequest into *req_cls;
  * body chunks are kept up to max_body_size (beyond it counted and dropped); the final call routes
- * it. Fast lane: answered at once. Compute lane: parse arguments (400), admission (503), then
- * MHD_suspend_connection() *before* the ticket is submitted. While suspended, the connection is
- * "parked" (parked.c watches its deadline and its socket for a hang-up). Whoever answers the
- * ticket first - its job finishing, the deadline (504), the client leaving - resumes the
- * connection; MHD calls the handler again and it queues the ticket's answer.
+ * it. Fast lane: answered at once. Compute lane: parse arguments (400), then a compute call
+ * (call.c): admission (cache hit, or 503/429), MHD_suspend_connection() *before* the call is
+ * submitted. While suspended, the connection is "parked": the call watches its deadline and its
+ * socket for a hang-up. Whoever answers first - its job finishing, the deadline (504), the
+ * client leaving - resumes the connection; MHD calls the handler again and it queues the answer.
  * on_completed() (MHD_OPTION_NOTIFY_COMPLETED) is the one place a request ends: it counts it in
  * the metrics, writes the access log, frees the request and, while draining, reports when the
  * last compute request is gone, so the main thread knows MHD_stop_daemon() is safe.
@@ -28,11 +28,11 @@
 
 #include "accesslog.h"
 #include "args.h"
+#include "call.h"
 #include "conns.h"
 #include "headers.h"
 #include "logging.h"
 #include "metrics.h"
-#include "parked.h"
 #include "requestid.h"
 #include "routes.h"
 #include "status.h"
@@ -50,9 +50,9 @@ typedef struct {
 } Listener;
 
 struct CrunchServer {
-  CrunchScheduler *scheduler;
+  CrunchScheduler *scheduler; /* for its gauges */
+  CrunchCalls *calls;
   CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
-  CrunchParked *parked;
   GPtrArray *daemons;
   GPtrArray *guards;        /* CrunchConns, one per daemon, the ops one included */
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
@@ -84,12 +84,12 @@ typedef struct {
   gboolean suspended; /* counted in crunch_metrics_suspended() */
   const CrunchRoute *route;
   guint64 body_bytes;
-  GByteArray *body;          /* up to max_body_size; POST /fn/<name> and /jobs read it */
-  CrunchTicket *ticket;      /* compute lane, from admission on */
-  CrunchParkedEntry *parked; /* while suspended */
-  gint64 timeout_us;         /* the deadline it was given, for the 504 message */
-  gboolean cached;           /* answered from the result cache */
-  gboolean complete;         /* its header and body have arrived */
+  GByteArray *body;   /* up to max_body_size; POST /fn/<name> and /jobs read it */
+  CrunchCall *call;   /* compute lane */
+  gboolean in_flight; /* admitted: counted in server->in_flight until it ends */
+  gint64 timeout_us;  /* the deadline it was given, for the 504 message */
+  gboolean cached;    /* answered from the result cache */
+  gboolean complete;  /* its header and body have arrived */
   guint status;
   gsize bytes;
 } CrunchRequest;
@@ -167,10 +167,9 @@ set_suspended (CrunchRequest *req, gboolean suspended)
 static enum MHD_Result
 respond_ticket (CrunchRequest *req)
 {
-  CrunchTicket *ticket = req->ticket;
+  const CrunchTicket *ticket = crunch_call_ticket (req->call);
   g_autofree gchar *message = NULL;
 
-  crunch_parked_remove (req->server->parked, g_steal_pointer (&req->parked));
   set_suspended (req, FALSE);
   switch (ticket->outcome) {
   case CRUNCH_JOB_OK:
@@ -199,10 +198,10 @@ respond_ticket (CrunchRequest *req)
 
 /* ---- the compute lane ---- */
 
-/* Worker or watcher thread: the ticket has its answer. Resuming is the last touch of the
+/* Worker or watcher thread: the call has its answer. Resuming is the last touch of the
  * request. */
 static void
-on_answered (CrunchTicket *ticket, gpointer data)
+on_answered (CrunchCall *call, gpointer data)
 {
   CrunchRequest *req = data;
 
@@ -334,52 +333,41 @@ route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
 }
 
 static enum MHD_Result
+respond_refusal (CrunchRequest *req, const CrunchCallRefusal *refusal)
+{
+  return respond_error (req, refusal->status, refusal->message, MHD_HTTP_HEADER_RETRY_AFTER,
+                        refusal->retry_after, refusal->close ? MHD_HTTP_HEADER_CONNECTION : NULL,
+                        "close", NULL);
+}
+
+static enum MHD_Result
 start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
 {
   CrunchServer *server = req->server;
   g_autofree gchar *client = NULL, *why = NULL;
-  g_autoptr (GBytes) cached = NULL;
   gint64 deadline;
 
   if (!request_deadline (req, fn, &deadline, &why))
     return respond_error (req, MHD_HTTP_BAD_REQUEST, why, NULL);
-
-  cached = crunch_scheduler_cached (server->scheduler, fn, args);
-  if (cached != NULL) {
-    req->cached = TRUE;
-    crunch_metrics_job_event (fn, CRUNCH_JOB_EVENT_CACHE_HIT);
-    return respond_bytes (req, MHD_HTTP_OK, cached, fn->content_type);
-  }
-
   client = client_key (req);
-  switch (crunch_scheduler_admit (server->scheduler, client)) {
-  case CRUNCH_ADMIT_OK:
+  req->call = crunch_call_new (server->calls, &(CrunchCallSpec){fn, args, client, deadline,
+                                                                connection_fd (req->connection),
+                                                                on_answered, req});
+  switch (crunch_call_admit (req->call)) {
+  case CRUNCH_CALL_CACHED:
+    req->cached = TRUE;
+    return respond_bytes (req, MHD_HTTP_OK, crunch_call_cached (req->call), fn->content_type);
+  case CRUNCH_CALL_REFUSED:
+    return respond_refusal (req, crunch_call_refusal (req->call));
+  case CRUNCH_CALL_ADMITTED:
     break;
-  case CRUNCH_ADMIT_QUEUE_FULL:
-    crunch_metrics_rejection (CRUNCH_REJECT_QUEUE_FULL);
-    return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "job queue is full, retry later",
-                          MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
-  case CRUNCH_ADMIT_CLIENT_LIMIT:
-    crunch_metrics_rejection (CRUNCH_REJECT_CLIENT_LIMIT);
-    return respond_error (req, MHD_HTTP_TOO_MANY_REQUESTS,
-                          "too many requests in flight for this client, retry later",
-                          MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
-  case CRUNCH_ADMIT_DRAINING:
-    crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
-    return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down",
-                          MHD_HTTP_HEADER_CONNECTION, "close", MHD_HTTP_HEADER_RETRY_AFTER, "1",
-                          NULL);
   }
-
-  req->ticket = crunch_ticket_new (fn, args, client, deadline, on_answered, req);
   g_atomic_int_inc (&server->in_flight);
+  req->in_flight = TRUE;
   /* Suspend first: the job may finish (and resume us) before submit() even returns. */
   MHD_suspend_connection (req->connection);
   set_suspended (req, TRUE);
-  crunch_metrics_job_event (fn, CRUNCH_JOB_EVENT_SUBMITTED);
-  req->parked =
-      crunch_parked_add (server->parked, connection_fd (req->connection), deadline, req->ticket);
-  crunch_scheduler_submit (server->scheduler, req->ticket);
+  crunch_call_submit (req->call);
   return MHD_YES;
 }
 
@@ -624,7 +612,7 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
   }
   if (req->status != 0)
     return MHD_YES; /* answered early (413 on Content-Length, 400 on framing) */
-  if (req->ticket != NULL)
+  if (req->call != NULL)
     return respond_ticket (req);
   return route_request (req);
 }
@@ -633,7 +621,7 @@ static void
 log_access (CrunchRequest *req, gint64 duration_us)
 {
   g_autofree gchar *client = NULL;
-  CrunchTicket *ticket = req->ticket;
+  const CrunchTicket *ticket = req->call != NULL ? crunch_call_ticket (req->call) : NULL;
   gboolean ran = ticket != NULL && ticket->t_started != 0;
 
   if (crunch_logging_access_format () == CRUNCH_ACCESS_LOG_OFF)
@@ -657,17 +645,6 @@ log_access (CrunchRequest *req, gint64 duration_us)
   });
 }
 
-/* A compute request's share of the job metrics (its job's run time is counted where it ran). */
-static void
-count_ticket (const CrunchTicket *ticket)
-{
-  if (ticket->coalesced)
-    crunch_metrics_job_event (ticket->fn, CRUNCH_JOB_EVENT_COALESCED);
-  crunch_metrics_job_answered (
-      ticket->fn, ticket->outcome,
-      ticket->t_started != 0 ? MAX (ticket->t_started - ticket->t_submitted, 0) : -1);
-}
-
 /* MHD_OPTION_NOTIFY_COMPLETED: the single place a request ends. */
 static void
 on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
@@ -686,14 +663,11 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
     req->status = 499; /* nginx's "client closed request": nothing was sent */
   duration_us = g_get_monotonic_time () - req->t_start;
   crunch_metrics_request (req->route, req->method, req->status, duration_us);
-  if (req->ticket != NULL)
-    count_ticket (req->ticket);
   log_access (req, duration_us);
   set_suspended (req, FALSE);
   __atomic_add_fetch (&server->served, 1, __ATOMIC_RELAXED);
-  if (req->ticket != NULL) {
-    crunch_parked_remove (server->parked, g_steal_pointer (&req->parked));
-    crunch_ticket_unref (req->ticket);
+  g_clear_pointer (&req->call, crunch_call_unref);
+  if (req->in_flight) {
     if (g_atomic_int_dec_and_test (&server->in_flight) && g_atomic_int_get (&server->draining) &&
         g_atomic_int_compare_and_exchange (&server->drained_fired, 0, 1))
       g_idle_add (server->drained, server->drained_data);
@@ -728,15 +702,6 @@ on_mhd_log (void *cls, const char *format, va_list ap)
   g_autofree gchar *message = g_strdup_vprintf (format, ap);
 
   g_debug ("libmicrohttpd: %s", g_strchomp (message));
-}
-
-/* Watcher thread: a parked request's deadline passed or its client left. */
-static void
-on_expired (gpointer ticket, CrunchJobOutcome why, gpointer data)
-{
-  CrunchServer *self = data;
-
-  crunch_scheduler_abandon (self->scheduler, ticket, why);
 }
 
 /* MHD_OPTION_NOTIFY_CONNECTION: the daemon's connection guard tracks every connection from its
@@ -776,13 +741,12 @@ crunch_server_fill_gauges (CrunchGauges *g, gpointer data)
 }
 
 CrunchServer *
-crunch_server_new (CrunchScheduler *scheduler, const CrunchConfig *config)
+crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchConfig *config)
 {
   CrunchServer *self = g_new0 (CrunchServer, 1);
 
   self->scheduler = scheduler;
-  self->parked = crunch_parked_new (on_expired, self, (gpointer (*) (gpointer))crunch_ticket_ref,
-                                    (GDestroyNotify)crunch_ticket_unref);
+  self->calls = calls;
   if (g_str_has_prefix (config->client_key, "header:"))
     self->client_key_header = g_strdup (config->client_key + strlen ("header:"));
   self->daemons = g_ptr_array_new ();
@@ -950,7 +914,6 @@ crunch_server_free (CrunchServer *self)
   g_ptr_array_unref (self->guards); /* after the daemons: every connection is closed */
   g_ptr_array_unref (self->daemons);
   g_free (self->metrics_listen);
-  crunch_parked_free (self->parked);
   g_strfreev (self->listen);
   g_free (self->client_key_header);
   g_free (self);

@@ -95,6 +95,7 @@ test_access_fields (void)
   g_autoptr (GError) error = NULL;
   CrunchScheduler *scheduler =
       crunch_scheduler_new (&(CrunchSchedulerSettings){.threads = 1, .queue_limit = 8});
+  CrunchCalls *calls = crunch_calls_new (scheduler);
   CrunchServer *server;
   GHashTable *listening;
   const gchar *port_text;
@@ -104,7 +105,7 @@ test_access_fields (void)
 
   g_strfreev (config->listen);
   config->listen = g_strsplit ("127.0.0.1:0", ",", -1);
-  server = crunch_server_new (scheduler, config);
+  server = crunch_server_new (scheduler, calls, config);
   g_assert_true (crunch_server_start (server, no_fds, &error));
   listening = find_record ("listening on http://127.0.0.1:");
   g_assert_nonnull (listening);
@@ -129,6 +130,7 @@ test_access_fields (void)
 
   crunch_server_free (server); /* no compute request was made: nothing is suspended */
   crunch_scheduler_free (scheduler);
+  crunch_calls_free (calls);
 }
 
 int

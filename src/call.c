@@ -1,0 +1,215 @@
+/* call.c - see call.h.
+ *
+ * DESIGN
+ * Threads: new(), admit() and submit() run on the caller's thread (an MHD polling thread);
+ * `answered` runs on whichever thread answers the ticket (a worker, the watcher, the scheduler
+ * while draining, a thread that cancels). Calls are reference-counted: the jobs API keeps one
+ * in its store and takes another around submit() and cancel(), done outside its own lock.
+ * The watch entry is handed over through one atomic pointer: submit() stores it after adding it,
+ * the answer swaps in ANSWERED and removes what it found; whoever comes second removes it, so
+ * it is removed exactly once and always before `answered` runs. The watcher (parked.c) holds
+ * its own ticket reference while it watches. */
+#include "call.h"
+
+#include "metrics.h"
+#include "parked.h"
+
+struct CrunchCalls {
+  CrunchScheduler *scheduler;
+  CrunchParked *watcher; /* deadlines and sockets of submitted calls */
+};
+
+struct CrunchCall {
+  gint ref;
+  CrunchCalls *calls;
+  CrunchCallSpec spec;
+  GVariant *args;
+  gchar *client;
+  GBytes *cached;
+  CrunchAdmit verdict;
+  CrunchTicket *ticket;
+  gpointer watch; /* CrunchParkedEntry*, NULL before submit(), ANSWERED after the answer */
+};
+
+static gchar answered_mark;
+#define ANSWERED ((gpointer)&answered_mark)
+
+/* Watcher thread: the deadline passed or the client left. */
+static void
+on_expired (gpointer ticket, CrunchJobOutcome why, gpointer data)
+{
+  CrunchCalls *self = data;
+
+  crunch_scheduler_abandon (self->scheduler, ticket, why);
+}
+
+CrunchCalls *
+crunch_calls_new (CrunchScheduler *scheduler)
+{
+  CrunchCalls *self = g_new0 (CrunchCalls, 1);
+
+  self->scheduler = scheduler;
+  self->watcher = crunch_parked_new (on_expired, self, (gpointer (*) (gpointer))crunch_ticket_ref,
+                                     (GDestroyNotify)crunch_ticket_unref);
+  return self;
+}
+
+void
+crunch_calls_free (CrunchCalls *self)
+{
+  if (self == NULL)
+    return;
+  crunch_parked_free (self->watcher);
+  g_free (self);
+}
+
+CrunchCall *
+crunch_call_new (CrunchCalls *calls, const CrunchCallSpec *spec)
+{
+  CrunchCall *call = g_new0 (CrunchCall, 1);
+
+  call->ref = 1;
+  call->calls = calls;
+  call->spec = *spec;
+  call->args = g_variant_ref (spec->args);
+  call->client = g_strdup (spec->client);
+  call->spec.args = NULL;
+  call->spec.client = NULL;
+  return call;
+}
+
+static void
+count_refusal (CrunchAdmit verdict)
+{
+  switch (verdict) {
+  case CRUNCH_ADMIT_QUEUE_FULL:
+    crunch_metrics_rejection (CRUNCH_REJECT_QUEUE_FULL);
+    break;
+  case CRUNCH_ADMIT_CLIENT_LIMIT:
+    crunch_metrics_rejection (CRUNCH_REJECT_CLIENT_LIMIT);
+    break;
+  case CRUNCH_ADMIT_DRAINING:
+    crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
+    break;
+  case CRUNCH_ADMIT_OK:
+    break;
+  }
+}
+
+CrunchCallAdmission
+crunch_call_admit (CrunchCall *call)
+{
+  CrunchScheduler *scheduler = call->calls->scheduler;
+
+  call->cached = crunch_scheduler_cached (scheduler, call->spec.fn, call->args);
+  if (call->cached != NULL) {
+    crunch_metrics_job_event (call->spec.fn, CRUNCH_JOB_EVENT_CACHE_HIT);
+    return CRUNCH_CALL_CACHED;
+  }
+  call->verdict = crunch_scheduler_admit (scheduler, call->client);
+  count_refusal (call->verdict);
+  return call->verdict == CRUNCH_ADMIT_OK ? CRUNCH_CALL_ADMITTED : CRUNCH_CALL_REFUSED;
+}
+
+/* Any thread, once: count, stop watching, then hand over. */
+static void
+on_answered (CrunchTicket *ticket, gpointer data)
+{
+  CrunchCall *call = data;
+  gpointer watch = g_atomic_pointer_exchange (&call->watch, ANSWERED);
+
+  if (ticket->coalesced)
+    crunch_metrics_job_event (ticket->fn, CRUNCH_JOB_EVENT_COALESCED);
+  crunch_metrics_job_answered (
+      ticket->fn, ticket->outcome,
+      ticket->t_started != 0 ? MAX (ticket->t_started - ticket->t_submitted, 0) : -1);
+  if (watch != NULL)
+    crunch_parked_remove (call->calls->watcher, watch);
+  call->spec.answered (call, call->spec.data);
+}
+
+void
+crunch_call_submit (CrunchCall *call)
+{
+  CrunchCalls *calls = call->calls;
+  CrunchParkedEntry *watch;
+
+  g_return_if_fail (call->verdict == CRUNCH_ADMIT_OK && call->ticket == NULL);
+  call->ticket = crunch_ticket_new (call->spec.fn, call->args, call->client, call->spec.deadline_us,
+                                    on_answered, call);
+  crunch_metrics_job_event (call->spec.fn, CRUNCH_JOB_EVENT_SUBMITTED);
+  watch =
+      crunch_parked_add (calls->watcher, call->spec.watch_fd, call->spec.deadline_us, call->ticket);
+  if (!g_atomic_pointer_compare_and_exchange (&call->watch, NULL, watch))
+    crunch_parked_remove (calls->watcher, watch); /* answered already (deadline passed) */
+  crunch_scheduler_submit (calls->scheduler, call->ticket);
+}
+
+void
+crunch_call_cancel (CrunchCall *call, CrunchJobOutcome why)
+{
+  if (call->ticket != NULL)
+    crunch_scheduler_abandon (call->calls->scheduler, call->ticket, why);
+}
+
+CrunchCall *
+crunch_call_ref (CrunchCall *call)
+{
+  g_atomic_int_inc (&call->ref);
+  return call;
+}
+
+void
+crunch_call_unref (CrunchCall *call)
+{
+  gpointer watch;
+
+  if (call == NULL || !g_atomic_int_dec_and_test (&call->ref))
+    return;
+  /* never answered (not submitted, or still running at exit): stop watching here */
+  watch = g_atomic_pointer_exchange (&call->watch, ANSWERED);
+  if (watch != NULL && watch != ANSWERED)
+    crunch_parked_remove (call->calls->watcher, watch);
+  g_clear_pointer (&call->ticket, crunch_ticket_unref);
+  g_clear_pointer (&call->cached, g_bytes_unref);
+  g_variant_unref (call->args);
+  g_free (call->client);
+  g_free (call);
+}
+
+GBytes *
+crunch_call_cached (CrunchCall *call)
+{
+  return call->cached;
+}
+
+const CrunchCallRefusal *
+crunch_call_refusal (CrunchCall *call)
+{
+  static const CrunchCallRefusal queue_full = {503, "job queue is full, retry later", "1", FALSE};
+  static const CrunchCallRefusal client_limit = {
+      429, "too many requests in flight for this client, retry later", "1", FALSE};
+  static const CrunchCallRefusal draining = {503, "server is shutting down", "1", TRUE};
+
+  switch (call->verdict) {
+  case CRUNCH_ADMIT_CLIENT_LIMIT:
+    return &client_limit;
+  case CRUNCH_ADMIT_DRAINING:
+    return &draining;
+  default:
+    return &queue_full;
+  }
+}
+
+const CrunchTicket *
+crunch_call_ticket (CrunchCall *call)
+{
+  return call->ticket;
+}
+
+gboolean
+crunch_call_running (CrunchCall *call)
+{
+  return call->ticket != NULL &&
+         crunch_scheduler_ticket_running (call->calls->scheduler, call->ticket);
+}
