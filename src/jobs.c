@@ -69,14 +69,6 @@ entry_free (gpointer data)
   g_free (entry);
 }
 
-void
-crunch_jobs_reply_clear (CrunchJobsReply *reply)
-{
-  g_clear_pointer (&reply->body, g_bytes_unref);
-  g_clear_pointer (&reply->location, g_free);
-  g_clear_pointer (&reply->retry_after, g_free);
-}
-
 CrunchJobs *
 crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config)
 {
@@ -169,24 +161,7 @@ on_answered (CrunchCall *call, gpointer data)
 
 /* ---- replies ---- */
 
-static CrunchJobsReply reply_text (guint status, const gchar *format, ...) G_GNUC_PRINTF (2, 3);
-
-static CrunchJobsReply
-reply_text (guint status, const gchar *format, ...)
-{
-  CrunchJobsReply reply = {status, NULL, "text/plain; charset=utf-8", NULL, NULL};
-  va_list ap;
-  gchar *text;
-
-  va_start (ap, format);
-  text = g_strdup_vprintf (format, ap);
-  va_end (ap);
-  reply.body = g_bytes_new_take (g_strconcat (text, "\n", NULL), strlen (text) + 1);
-  g_free (text);
-  return reply;
-}
-
-static CrunchJobsReply
+static CrunchReply
 reply_json (guint status, JsonBuilder *builder)
 {
   g_autoptr (JsonNode) root = json_builder_get_root (builder);
@@ -195,7 +170,7 @@ reply_json (guint status, JsonBuilder *builder)
   /* not JsonGenerator: it prints 4.9e-05 s as 4.8999999999999998e-05 */
   crunch_json_append_object (text, json_node_get_object (root));
   g_string_append_c (text, '\n');
-  return (CrunchJobsReply){status, g_string_free_to_bytes (text), "application/json", NULL, NULL};
+  return crunch_reply_bytes (status, g_string_free_to_bytes (text), "application/json");
 }
 
 /* With the lock held. A finished entry's ticket is only read: the scheduler wrote its answer
@@ -326,7 +301,7 @@ add_outcome (JsonBuilder *b, const Entry *entry)
 }
 
 /* With the lock held. */
-static CrunchJobsReply
+static CrunchReply
 describe_locked (const Entry *entry, guint status)
 {
   g_autoptr (JsonBuilder) b = json_builder_new ();
@@ -412,50 +387,50 @@ retry_after_locked (CrunchJobs *self, const gchar *client)
 
 /* With the lock held. One client at its share gets 429 alone, rather than having its finished
  * jobs expire early: a 202 promised the result stays readable for [jobs] ttl. */
-static CrunchJobsReply
+static CrunchReply
 store_full_locked (CrunchJobs *self, const gchar *client, gboolean client_full)
 {
-  CrunchJobsReply reply;
+  CrunchReply reply;
 
   if (client_full) {
     crunch_metrics_rejection (CRUNCH_REJECT_STORE_CLIENT_SHARE);
-    reply = reply_text (429,
-                        "this client holds %u stored jobs ([jobs] max_stored_per_client): "
-                        "DELETE finished ones, or retry later",
-                        self->max_per_client);
+    reply = crunch_reply_text (429,
+                               "this client holds %u stored jobs ([jobs] max_stored_per_client): "
+                               "DELETE finished ones, or retry later",
+                               self->max_per_client);
   } else {
     crunch_metrics_rejection (CRUNCH_REJECT_STORE_FULL);
-    reply = reply_text (503, "too many stored jobs ([jobs] max_stored = %u), retry later",
-                        self->max_stored);
+    reply = crunch_reply_text (503, "too many stored jobs ([jobs] max_stored = %u), retry later",
+                               self->max_stored);
   }
   reply.retry_after = retry_after_locked (self, client_full ? client : NULL);
   return reply;
 }
 
-static CrunchJobsReply
+static CrunchReply
 refused (const CrunchCallRefusal *refusal)
 {
-  CrunchJobsReply reply = reply_text (refusal->status, "%s", refusal->message);
+  CrunchReply reply = crunch_reply_text (refusal->status, "%s", refusal->message);
 
   reply.retry_after = g_strdup (refusal->retry_after);
   return reply;
 }
 
-static CrunchJobsReply
+static CrunchReply
 accepted_locked (const Entry *entry)
 {
-  CrunchJobsReply reply = describe_locked (entry, 202);
+  CrunchReply reply = describe_locked (entry, 202);
 
   reply.location = g_strconcat ("/jobs/", entry->id, NULL);
   return reply;
 }
 
 /* With the lock held: the call, or the reason there is none. */
-static CrunchJobsReply
+static CrunchReply
 admitted_locked (CrunchJobs *self, Entry *entry, CrunchCallAdmission admission)
 {
   if (admission == CRUNCH_CALL_REFUSED) {
-    CrunchJobsReply reply = refused (crunch_call_refusal (entry->call));
+    CrunchReply reply = refused (crunch_call_refusal (entry->call));
     g_hash_table_remove (self->entries, entry->id);
     return reply;
   }
@@ -465,7 +440,7 @@ admitted_locked (CrunchJobs *self, Entry *entry, CrunchCallAdmission admission)
   return accepted_locked (entry);
 }
 
-CrunchJobsReply
+CrunchReply
 crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar *client)
 {
   g_autoptr (GError) error = NULL;
@@ -473,13 +448,13 @@ crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar 
   g_autoptr (CrunchCall) call = NULL;
   const CrunchFunction *fn = NULL;
   CrunchCallAdmission admission;
-  CrunchJobsReply reply;
+  CrunchReply reply;
   gboolean client_full;
   Entry *entry;
 
   args = crunch_args_from_job_body (body, len, &fn, &error);
   if (args == NULL)
-    return reply_text (400, "POST /jobs: %s", error->message);
+    return crunch_reply_text (400, "POST /jobs: %s", error->message);
   g_variant_ref_sink (args);
 
   g_mutex_lock (&self->lock);
@@ -506,94 +481,115 @@ crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar 
   return reply;
 }
 
-/* "<id>" or "<id>/result" -> the entry (lock held), or NULL. */
+/* The entry whose id was handed out (lock held), or NULL. */
 static Entry *
-find_locked (CrunchJobs *self, const gchar *path, gboolean *result)
+find_locked (CrunchJobs *self, const gchar *id)
 {
-  g_autofree gchar *id = g_strdup (path);
-  gchar *slash = strchr (id, '/');
   Entry *entry;
 
-  *result = FALSE;
-  if (slash != NULL) {
-    if (!g_str_equal (slash, "/result"))
-      return NULL;
-    *slash = '\0';
-    *result = TRUE;
-  }
   purge_locked (self);
   entry = g_hash_table_lookup (self->entries, id);
   /* an entry reserved but not yet admitted is not visible: its id has not been handed out */
   return entry != NULL && entry->visible ? entry : NULL;
 }
 
-static CrunchJobsReply
+static CrunchReply
 no_such_job (void)
 {
-  return reply_text (404, "no such job (it never existed, was deleted, or expired after "
-                          "[jobs] ttl)");
+  return crunch_reply_text (404, "no such job (it never existed, was deleted, or expired after "
+                                 "[jobs] ttl)");
 }
 
-static CrunchJobsReply
-result_locked (const Entry *entry)
+/* GET /jobs/ID */
+static CrunchReply
+describe_handler (const CrunchRequestInfo *request, gpointer context)
 {
-  if (entry->t_done == 0 || outcome_of (entry) != CRUNCH_JOB_OK)
-    return reply_text (409, "job %s is %s: no result", entry->id, state_name (entry));
-  return (CrunchJobsReply){200, g_bytes_ref (result_of (entry)), entry->fn->content_type, NULL,
-                           NULL};
-}
-
-CrunchJobsReply
-crunch_jobs_get (CrunchJobs *self, const gchar *path)
-{
-  CrunchJobsReply reply;
-  gboolean result;
+  CrunchJobs *self = context;
+  CrunchReply reply;
   Entry *entry;
 
   g_mutex_lock (&self->lock);
-  entry = find_locked (self, path, &result);
-  if (entry == NULL)
-    reply = no_such_job ();
-  else if (result)
-    reply = result_locked (entry);
-  else
-    reply = describe_locked (entry, 200);
+  entry = find_locked (self, request->arg);
+  reply = entry != NULL ? describe_locked (entry, 200) : no_such_job ();
   g_mutex_unlock (&self->lock);
   return reply;
 }
 
-/* Unfinished: cancel it (202, state "cancelled"). Finished: forget it (204). */
-CrunchJobsReply
-crunch_jobs_delete (CrunchJobs *self, const gchar *path)
+/* GET /jobs/ID/result */
+static CrunchReply
+result_handler (const CrunchRequestInfo *request, gpointer context)
 {
-  CrunchJobsReply reply = {204, NULL, "text/plain; charset=utf-8", NULL, NULL};
-  g_autoptr (CrunchCall) call = NULL;
-  g_autofree gchar *id = NULL;
-  gboolean result;
+  CrunchJobs *self = context;
+  CrunchReply reply;
   Entry *entry;
 
   g_mutex_lock (&self->lock);
-  entry = find_locked (self, path, &result);
-  if (entry == NULL || result) {
+  entry = find_locked (self, request->arg);
+  if (entry == NULL)
+    reply = no_such_job ();
+  else if (entry->t_done == 0 || outcome_of (entry) != CRUNCH_JOB_OK)
+    reply = crunch_reply_text (409, "job %s is %s: no result", entry->id, state_name (entry));
+  else
+    reply = crunch_reply_bytes (200, g_bytes_ref (result_of (entry)), entry->fn->content_type);
+  g_mutex_unlock (&self->lock);
+  return reply;
+}
+
+/* DELETE /jobs/ID. Unfinished: cancel it (202, state "cancelled"). Finished: forget it (204). */
+static CrunchReply
+delete_handler (const CrunchRequestInfo *request, gpointer context)
+{
+  CrunchJobs *self = context;
+  g_autoptr (CrunchCall) call = NULL;
+  CrunchReply reply;
+  Entry *entry;
+
+  g_mutex_lock (&self->lock);
+  entry = find_locked (self, request->arg);
+  if (entry == NULL || entry->t_done != 0) {
+    if (entry != NULL) {
+      g_queue_remove (&self->finished, entry);
+      g_hash_table_remove (self->entries, entry->id);
+    }
     g_mutex_unlock (&self->lock);
-    return entry == NULL ? no_such_job () : reply_text (405, "method not allowed");
-  }
-  if (entry->t_done != 0) {
-    g_queue_remove (&self->finished, entry);
-    g_hash_table_remove (self->entries, entry->id);
-    g_mutex_unlock (&self->lock);
-    return reply;
+    return entry != NULL ? (CrunchReply){.status = 204, .content_type = CRUNCH_TEXT_PLAIN}
+                         : no_such_job ();
   }
   entry->cancel_requested = TRUE;
   call = crunch_call_ref (entry->call);
-  id = g_strdup (entry->id);
   g_mutex_unlock (&self->lock);
 
   /* answers the call now (on_answered takes our lock); its job stops if nobody else waits */
   crunch_call_cancel (call, CRUNCH_JOB_CLIENT_GONE);
   g_mutex_lock (&self->lock);
-  entry = g_hash_table_lookup (self->entries, id);
+  entry = find_locked (self, request->arg);
   reply = entry != NULL ? describe_locked (entry, 202) : no_such_job ();
   g_mutex_unlock (&self->lock);
   return reply;
+}
+
+/* POST /jobs */
+static CrunchReply
+submit_handler (const CrunchRequestInfo *request, gpointer context)
+{
+  return crunch_jobs_submit (context, request->body, request->body_len, request->client);
+}
+
+CrunchHandler
+crunch_jobs_handler (const gchar *verb)
+{
+  static const struct {
+    const gchar *verb;
+    CrunchHandler handler;
+  } handlers[] = {
+      {"submit", submit_handler},
+      {"describe", describe_handler},
+      {"result", result_handler},
+      {"delete", delete_handler},
+  };
+
+  for (gsize i = 0; i < G_N_ELEMENTS (handlers); i++)
+    if (g_str_equal (handlers[i].verb, verb))
+      return handlers[i].handler;
+  return NULL;
 }

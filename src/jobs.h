@@ -8,19 +8,9 @@
 
 #include "call.h"
 #include "config.h"
+#include "routes.h"
 
 typedef struct CrunchJobs CrunchJobs;
-
-/* An answer for the server to send. */
-typedef struct {
-  guint status;
-  GBytes *body;
-  const gchar *content_type;
-  gchar *location;    /* Location header, or NULL */
-  gchar *retry_after; /* Retry-After header, or NULL */
-} CrunchJobsReply;
-
-void crunch_jobs_reply_clear (CrunchJobsReply *reply);
 
 CrunchJobs *crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config);
 void crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config);
@@ -30,8 +20,8 @@ void crunch_jobs_cancel_all (CrunchJobs *self);
 void crunch_jobs_free (CrunchJobs *self);
 
 /* `body` is {"fn": NAME, "args": {...}}; `client` is the fairness key. */
-CrunchJobsReply crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len,
-                                    const gchar *client);
-/* `path` is what follows "/jobs/": "<id>" or "<id>/result". */
-CrunchJobsReply crunch_jobs_get (CrunchJobs *self, const gchar *path);
-CrunchJobsReply crunch_jobs_delete (CrunchJobs *self, const gchar *path);
+CrunchReply crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len,
+                                const gchar *client);
+/* The handler of a jobs route by its verb in the route table ("submit", "describe", "result",
+ * "delete"); its context is the CrunchJobs. NULL for an unknown verb. */
+CrunchHandler crunch_jobs_handler (const gchar *verb);

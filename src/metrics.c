@@ -147,7 +147,7 @@ method_index (const gchar *method)
 static guint
 route_index (const CrunchRoute *route)
 {
-  return route != NULL ? MIN (crunch_routes_index (route), MAX_ROUTES - 1) : MAX_ROUTES;
+  return route != NULL ? MIN (crunch_routes_label_index (route), MAX_ROUTES - 1) : MAX_ROUTES;
 }
 
 void
@@ -369,7 +369,7 @@ crunch_metrics_start_time (void)
 guint
 crunch_metrics_n_routes (void)
 {
-  return MIN (crunch_routes_count (), MAX_ROUTES) + 1;
+  return MIN (crunch_routes_n_labels (), MAX_ROUTES) + 1;
 }
 
 /* Index n_routes - 1 is the "none" pseudo-route. */
@@ -382,7 +382,7 @@ route_at (guint i)
 const gchar *
 crunch_metrics_route_label (guint i)
 {
-  return i + 1 == crunch_metrics_n_routes () ? "none" : crunch_routes_nth (i)->pattern;
+  return i + 1 == crunch_metrics_n_routes () ? "none" : crunch_routes_label (i);
 }
 
 guint64

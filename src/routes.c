@@ -4,9 +4,9 @@
 #include <string.h>
 
 static CrunchReply
-fast_hello (const gchar *arg)
+fast_hello (const CrunchRequestInfo *request, gpointer context)
 {
-  return (CrunchReply){200, "Hello!", "text/plain; charset=utf-8", NULL};
+  return crunch_reply_static (200, "Hello!", CRUNCH_TEXT_PLAIN);
 }
 
 #define GET_HEAD (CRUNCH_METHOD_GET | CRUNCH_METHOD_HEAD)
@@ -15,8 +15,10 @@ static const CrunchRoute routes[] = {
     {"/fast", GET_HEAD, CRUNCH_LANE_FAST, fast_hello, NULL},
     {"/fib/", GET_HEAD, CRUNCH_LANE_COMPUTE, NULL, "fib"},
     {"/fn/", GET_HEAD | CRUNCH_METHOD_POST, CRUNCH_LANE_COMPUTE, NULL, NULL},
-    {"/jobs", CRUNCH_METHOD_POST, CRUNCH_LANE_JOBS, NULL, NULL},
-    {"/jobs/", GET_HEAD | CRUNCH_METHOD_DELETE, CRUNCH_LANE_JOBS, NULL, NULL},
+    {"/jobs", CRUNCH_METHOD_POST, CRUNCH_LANE_JOBS, NULL, "submit"},
+    {"/jobs/*", GET_HEAD, CRUNCH_LANE_JOBS, NULL, "describe"},
+    {"/jobs/*", CRUNCH_METHOD_DELETE, CRUNCH_LANE_JOBS, NULL, "delete"},
+    {"/jobs/*/result", GET_HEAD, CRUNCH_LANE_JOBS, NULL, "result"},
     {"/metrics", GET_HEAD, CRUNCH_LANE_OPS, NULL, "metrics"},
     {"/healthz", GET_HEAD, CRUNCH_LANE_OPS, NULL, "healthz"},
     {"/readyz", GET_HEAD, CRUNCH_LANE_OPS, NULL, "readyz"},
@@ -38,10 +40,49 @@ crunch_routes_nth (guint i)
   return &routes[i];
 }
 
-guint
-crunch_routes_index (const CrunchRoute *route)
+/* Labels: the distinct patterns, in table order (rows that share one are adjacent). Numbered
+ * once: the metrics look one up per request. */
+static const guint *
+labels (guint *n_labels)
 {
-  return (guint)(route - routes);
+  static guint index[G_N_ELEMENTS (routes)], n;
+  static gsize done;
+
+  if (g_once_init_enter (&done)) {
+    for (gsize i = 1; i < G_N_ELEMENTS (routes); i++)
+      index[i] = index[i - 1] + !g_str_equal (routes[i].pattern, routes[i - 1].pattern);
+    n = index[G_N_ELEMENTS (routes) - 1] + 1;
+    g_once_init_leave (&done, 1);
+  }
+  if (n_labels != NULL)
+    *n_labels = n;
+  return index;
+}
+
+guint
+crunch_routes_n_labels (void)
+{
+  guint n;
+
+  labels (&n);
+  return n;
+}
+
+guint
+crunch_routes_label_index (const CrunchRoute *route)
+{
+  return labels (NULL)[route - routes];
+}
+
+const gchar *
+crunch_routes_label (guint i)
+{
+  const guint *index = labels (NULL);
+
+  for (gsize r = 0; r < G_N_ELEMENTS (routes); r++)
+    if (index[r] == i)
+      return routes[r].pattern;
+  g_return_val_if_reached ("none");
 }
 
 CrunchMethod
@@ -58,55 +99,71 @@ crunch_method_parse (const gchar *method)
   return 0;
 }
 
+/* The Allow value for a set of CrunchMethod bits, in the order GET, HEAD, POST, DELETE. */
 static const gchar *
 allow_header (guint methods)
 {
-  switch (methods) {
-  case GET_HEAD:
-    return "GET, HEAD";
-  case GET_HEAD | CRUNCH_METHOD_POST:
-    return "GET, HEAD, POST";
-  case CRUNCH_METHOD_POST:
-    return "POST";
-  case GET_HEAD | CRUNCH_METHOD_DELETE:
-    return "GET, HEAD, DELETE";
-  default:
-    g_return_val_if_reached ("GET, HEAD");
-  }
+  static const gchar *const names[16] = {
+      "",
+      "GET",
+      "HEAD",
+      "GET, HEAD",
+      "POST",
+      "GET, POST",
+      "HEAD, POST",
+      "GET, HEAD, POST",
+      "DELETE",
+      "GET, DELETE",
+      "HEAD, DELETE",
+      "GET, HEAD, DELETE",
+      "POST, DELETE",
+      "GET, POST, DELETE",
+      "HEAD, POST, DELETE",
+      "GET, HEAD, POST, DELETE",
+  };
+
+  return names[methods & 15];
 }
 
+/* `pattern` against `path`: exact, a prefix ending in '/', or with one '*' for a segment. */
 static gboolean
-pattern_matches (const gchar *pattern, const gchar *path, const gchar **arg)
+pattern_matches (const gchar *pattern, const gchar *path, const gchar **arg, gsize *arg_len)
 {
-  gsize len = strlen (pattern);
+  const gchar *star = strchr (pattern, '*');
+  gsize len = star != NULL ? (gsize)(star - pattern) : strlen (pattern);
 
-  if (pattern[len - 1] != '/') {
-    *arg = "";
-    return g_str_equal (pattern, path);
-  }
   if (strncmp (pattern, path, len) != 0)
     return FALSE;
   *arg = path + len;
-  return TRUE;
+  if (star != NULL) {
+    *arg_len = strcspn (*arg, "/");
+    return g_str_equal (*arg + *arg_len, star + 1);
+  }
+  *arg_len = strlen (*arg);
+  return pattern[len - 1] == '/' || *arg_len == 0;
 }
 
 CrunchRouteStatus
 crunch_routes_match (const gchar *method, const gchar *path, CrunchRouteMatch *match)
 {
   CrunchMethod m = crunch_method_parse (method);
+  guint allowed = 0;
 
   memset (match, 0, sizeof *match);
   for (gsize i = 0; i < G_N_ELEMENTS (routes); i++) {
-    if (!pattern_matches (routes[i].pattern, path, &match->arg))
+    if (!pattern_matches (routes[i].pattern, path, &match->arg, &match->arg_len))
       continue;
     match->route = &routes[i];
-    if ((routes[i].methods & m) == 0) {
-      match->allow = allow_header (routes[i].methods);
-      return CRUNCH_ROUTE_METHOD_NOT_ALLOWED;
-    }
-    return CRUNCH_ROUTE_FOUND;
+    if ((routes[i].methods & m) != 0)
+      return CRUNCH_ROUTE_FOUND;
+    allowed |= routes[i].methods;
   }
-  return CRUNCH_ROUTE_NOT_FOUND;
+  if (allowed == 0) {
+    memset (match, 0, sizeof *match);
+    return CRUNCH_ROUTE_NOT_FOUND;
+  }
+  match->allow = allow_header (allowed);
+  return CRUNCH_ROUTE_METHOD_NOT_ALLOWED;
 }
 
 gboolean

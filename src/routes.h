@@ -3,6 +3,8 @@
 
 #include <glib.h>
 
+#include "reply.h"
+
 typedef enum {
   CRUNCH_METHOD_GET = 1 << 0,
   CRUNCH_METHOD_HEAD = 1 << 1,
@@ -17,25 +19,32 @@ typedef enum {
   CRUNCH_LANE_OPS,     /* like FAST, but on the [metrics] listen address when one is set */
 } CrunchLane;
 
-/* A fast-lane answer: a static body, sent without copying, or (bytes != NULL) a body built for
- * this request, which the reply owns. */
+/* What a handler may read of its request. */
 typedef struct {
-  guint status;
+  const gchar *method;
+  const gchar *arg; /* the path's variable part: after a prefix pattern, or the '*' segment */
   const gchar *body;
-  const gchar *content_type;
-  GBytes *bytes;
-} CrunchReply;
+  gsize body_len;
+  const gchar *client; /* the fairness key (jobs lane) */
+} CrunchRequestInfo;
 
-typedef CrunchReply (*CrunchFastHandler) (const gchar *arg);
+/* `context` is what the server holds for the route's lane: the jobs store for the jobs lane,
+ * NULL for the others. */
+typedef CrunchReply (*CrunchHandler) (const CrunchRequestInfo *request, gpointer context);
 
+/* A row of the table. Rows may share a pattern with other methods; the first row whose pattern
+ * and method match answers, and a pattern matched only with other methods is a 405. */
 typedef struct {
-  const gchar *pattern; /* exact path, or a prefix when it ends in '/' (the rest is the argument) */
-  guint methods;        /* CrunchMethod bits */
+  /* exact path; a prefix when it ends in '/' (the rest is the argument); a '*' stands for one
+   * path segment (the argument), e.g. "/jobs/" "*" "/result" */
+  const gchar *pattern;
+  guint methods; /* CrunchMethod bits */
   CrunchLane lane;
-  CrunchFastHandler handler; /* fast lane */
-  /* compute lane: name in the function registry; NULL: the name is the argument (/fn/<name>);
-   * ops lane: name of the endpoint, see crunch_status_handler() */
-  const gchar *function;
+  CrunchHandler handler; /* fast lane */
+  /* the lane's owner resolves it: compute lane, the function (NULL: the argument is its name,
+   * /fn/<name>); ops lane, the endpoint (crunch_status_handler()); jobs lane, the verb
+   * (crunch_jobs_handler()) */
+  const gchar *name;
 } CrunchRoute;
 
 typedef enum {
@@ -46,17 +55,21 @@ typedef enum {
 
 typedef struct {
   const CrunchRoute *route;
-  const gchar *arg;   /* points into the path: what follows a prefix pattern */
+  const gchar *arg; /* points into the path: the variable part, `arg_len` bytes */
+  gsize arg_len;
   const gchar *allow; /* for 405: the Allow header value */
 } CrunchRouteMatch;
 
 CrunchMethod crunch_method_parse (const gchar *method);
-/* The table itself, for per-route metrics: routes are numbered 0 .. count-1. */
+/* The table itself: rows numbered 0 .. count-1. */
 guint crunch_routes_count (void);
 const CrunchRoute *crunch_routes_nth (guint i);
-guint crunch_routes_index (const CrunchRoute *route);
 CrunchRouteStatus crunch_routes_match (const gchar *method, const gchar *path,
                                        CrunchRouteMatch *match);
+/* Route labels for metrics: one per distinct pattern, numbered 0 .. n-1 in table order. */
+guint crunch_routes_n_labels (void);
+const gchar *crunch_routes_label (guint i);
+guint crunch_routes_label_index (const CrunchRoute *route);
 
 /* Decodes %XX escapes in `path` in place and stores the new length in `len`. Returns FALSE for
  * a '%' not followed by two hex digits and for an encoded NUL (%00), which a C string cannot

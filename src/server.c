@@ -109,51 +109,76 @@ queue (CrunchRequest *req, guint status, struct MHD_Response *resp, const gchar 
   return ret;
 }
 
-static enum MHD_Result
-respond_static (CrunchRequest *req, guint status, const gchar *body, const gchar *content_type)
-{
-  req->bytes = strlen (body);
-  return queue (req, status,
-                MHD_create_response_from_buffer (req->bytes, (void *)body, MHD_RESPMEM_PERSISTENT),
-                content_type);
-}
-
-/* A short plain-text error naming the request id; extra headers come as name, value pairs
- * ending in NULL. */
-static enum MHD_Result
-respond_error (CrunchRequest *req, guint status, const gchar *message, ...)
-{
-  g_autofree gchar *body = g_strdup_printf ("%s (request id %s)\n", message, req->request_id);
-  struct MHD_Response *resp;
-  va_list headers;
-
-  req->bytes = strlen (body);
-  resp = MHD_create_response_from_buffer (req->bytes, body, MHD_RESPMEM_MUST_COPY);
-  va_start (headers, message);
-  for (const gchar *name = va_arg (headers, const gchar *); name != NULL;
-       name = va_arg (headers, const gchar *))
-    MHD_add_response_header (resp, name, va_arg (headers, const gchar *));
-  va_end (headers);
-  return queue (req, status, resp, "text/plain; charset=utf-8");
-}
-
 static void
 free_bytes (void *bytes)
 {
   g_bytes_unref (bytes);
 }
 
+static void
+add_header (struct MHD_Response *resp, const gchar *name, const gchar *value)
+{
+  if (value != NULL)
+    MHD_add_response_header (resp, name, value);
+}
+
+/* The one place an answer becomes an MHD response (and consumes the reply). An error (status
+ * >= 400 with a text body) is an error page: its line and " (request id ID)". */
+static enum MHD_Result
+respond_reply (CrunchRequest *req, CrunchReply *reply)
+{
+  gsize size = reply->text != NULL ? strlen (reply->text) : 0;
+  gconstpointer data = reply->bytes != NULL ? g_bytes_get_data (reply->bytes, &size) : reply->text;
+  struct MHD_Response *resp;
+  enum MHD_Result ret;
+
+  if (reply->status >= 400 && g_str_has_prefix (reply->content_type, "text/plain")) {
+    g_autofree gchar *line = g_strchomp (g_strndup (data, size));
+    g_autofree gchar *page = g_strdup_printf ("%s (request id %s)\n", line, req->request_id);
+    size = strlen (page);
+    resp = MHD_create_response_from_buffer (size, page, MHD_RESPMEM_MUST_COPY);
+  } else if (reply->bytes != NULL) {
+    resp = MHD_create_response_from_buffer_with_free_callback_cls (size, (void *)data, free_bytes,
+                                                                   g_bytes_ref (reply->bytes));
+  } else {
+    resp = MHD_create_response_from_buffer (size, (void *)data, MHD_RESPMEM_PERSISTENT);
+  }
+  add_header (resp, MHD_HTTP_HEADER_ALLOW, reply->allow);
+  add_header (resp, MHD_HTTP_HEADER_LOCATION, reply->location);
+  add_header (resp, MHD_HTTP_HEADER_RETRY_AFTER, reply->retry_after);
+  add_header (resp, MHD_HTTP_HEADER_CONNECTION, reply->close ? "close" : NULL);
+  req->bytes = size;
+  ret = queue (req, reply->status, resp, reply->content_type);
+  crunch_reply_clear (reply);
+  return ret;
+}
+
+/* A short plain-text error; the request id is added by respond_reply(). */
+static enum MHD_Result
+respond_error (CrunchRequest *req, guint status, const gchar *message)
+{
+  CrunchReply reply = crunch_reply_text (status, "%s", message);
+
+  return respond_reply (req, &reply);
+}
+
 static enum MHD_Result
 respond_bytes (CrunchRequest *req, guint status, GBytes *bytes, const gchar *content_type)
 {
-  gsize size;
-  gconstpointer data = g_bytes_get_data (bytes, &size);
+  CrunchReply reply = crunch_reply_bytes (status, g_bytes_ref (bytes), content_type);
 
-  req->bytes = size;
-  return queue (req, status,
-                MHD_create_response_from_buffer_with_free_callback_cls (
-                    size, (void *)data, free_bytes, g_bytes_ref (bytes)),
-                content_type);
+  return respond_reply (req, &reply);
+}
+
+/* 503 with Retry-After: 1, closing the connection when the server is stopping. */
+static enum MHD_Result
+respond_unavailable (CrunchRequest *req, const gchar *message, gboolean close)
+{
+  CrunchReply reply = crunch_reply_text (MHD_HTTP_SERVICE_UNAVAILABLE, "%s", message);
+
+  reply.retry_after = g_strdup ("1");
+  reply.close = close;
+  return respond_reply (req, &reply);
 }
 
 static void
@@ -175,20 +200,15 @@ respond_ticket (CrunchRequest *req)
   case CRUNCH_JOB_OK:
     return respond_bytes (req, MHD_HTTP_OK, ticket->result, ticket->fn->content_type);
   case CRUNCH_JOB_FAILED:
-    return respond_error (req, MHD_HTTP_INTERNAL_SERVER_ERROR, ticket->error, NULL);
+    return respond_error (req, MHD_HTTP_INTERNAL_SERVER_ERROR, ticket->error);
   case CRUNCH_JOB_TIMED_OUT:
     message = g_strdup_printf ("%s: deadline of %.3g s exceeded", ticket->fn->name,
                                req->timeout_us / 1e6);
-    return respond_error (req, MHD_HTTP_GATEWAY_TIMEOUT, ticket->error ? ticket->error : message,
-                          NULL);
+    return respond_error (req, MHD_HTTP_GATEWAY_TIMEOUT, ticket->error ? ticket->error : message);
   case CRUNCH_JOB_SHUTDOWN:
-    return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE, "server is shutting down",
-                          MHD_HTTP_HEADER_CONNECTION, "close", MHD_HTTP_HEADER_RETRY_AFTER, "1",
-                          NULL);
+    return respond_unavailable (req, "server is shutting down", TRUE);
   case CRUNCH_JOB_UNAVAILABLE:
-    return respond_error (req, MHD_HTTP_SERVICE_UNAVAILABLE,
-                          ticket->error ? ticket->error : "no worker available",
-                          MHD_HTTP_HEADER_RETRY_AFTER, "1", NULL);
+    return respond_unavailable (req, ticket->error ? ticket->error : "no worker available", FALSE);
   case CRUNCH_JOB_CLIENT_GONE:
   case CRUNCH_JOB_PENDING:
     break;
@@ -317,27 +337,29 @@ static enum MHD_Result start_compute (CrunchRequest *req, const CrunchFunction *
 static enum MHD_Result
 route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
 {
-  const CrunchFunction *fn = crunch_functions_lookup (route->function ? route->function : arg);
+  const CrunchFunction *fn = crunch_functions_lookup (route->name ? route->name : arg);
   g_autoptr (GError) error = NULL;
   g_autoptr (GVariant) args = NULL;
 
   if (fn == NULL) {
     g_autofree gchar *name = crunch_args_echo (arg);
     g_autofree gchar *message = g_strdup_printf ("no such function '%s'", name);
-    return respond_error (req, MHD_HTTP_NOT_FOUND, message, NULL);
+    return respond_error (req, MHD_HTTP_NOT_FOUND, message);
   }
-  args = route->function != NULL ? fn->parse (fn, arg, &error) : parse_fn_call (req, fn, &error);
+  args = route->name != NULL ? fn->parse (fn, arg, &error) : parse_fn_call (req, fn, &error);
   if (args == NULL)
-    return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message, NULL);
+    return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message);
   return start_compute (req, fn, g_variant_ref_sink (args));
 }
 
 static enum MHD_Result
 respond_refusal (CrunchRequest *req, const CrunchCallRefusal *refusal)
 {
-  return respond_error (req, refusal->status, refusal->message, MHD_HTTP_HEADER_RETRY_AFTER,
-                        refusal->retry_after, refusal->close ? MHD_HTTP_HEADER_CONNECTION : NULL,
-                        "close", NULL);
+  CrunchReply reply = crunch_reply_text (refusal->status, "%s", refusal->message);
+
+  reply.retry_after = g_strdup (refusal->retry_after);
+  reply.close = refusal->close;
+  return respond_reply (req, &reply);
 }
 
 static enum MHD_Result
@@ -348,7 +370,7 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
   gint64 deadline;
 
   if (!request_deadline (req, fn, &deadline, &why))
-    return respond_error (req, MHD_HTTP_BAD_REQUEST, why, NULL);
+    return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
   client = client_key (req);
   req->call = crunch_call_new (server->calls, &(CrunchCallSpec){fn, args, client, deadline,
                                                                 connection_fd (req->connection),
@@ -371,60 +393,6 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
   return MHD_YES;
 }
 
-/* ---- the asynchronous jobs API (jobs.c) ---- */
-
-static enum MHD_Result
-respond_jobs_error (CrunchRequest *req, CrunchJobsReply *reply)
-{
-  gsize size = 0;
-  gconstpointer data = reply->body ? g_bytes_get_data (reply->body, &size) : NULL;
-  g_autofree gchar *message = g_strchomp (g_strndup (data, size));
-  enum MHD_Result ret;
-
-  ret = respond_error (req, reply->status, message,
-                       reply->retry_after != NULL ? MHD_HTTP_HEADER_RETRY_AFTER : NULL,
-                       reply->retry_after, NULL);
-  crunch_jobs_reply_clear (reply);
-  return ret;
-}
-
-static enum MHD_Result
-respond_jobs (CrunchRequest *req, const gchar *arg)
-{
-  CrunchJobs *jobs = req->server->jobs;
-  CrunchJobsReply reply;
-  struct MHD_Response *resp;
-  gconstpointer data = NULL;
-  gsize size = 0;
-  enum MHD_Result ret;
-
-  if (jobs == NULL)
-    return respond_error (req, MHD_HTTP_NOT_FOUND, "no such route", NULL);
-  if (g_str_equal (req->method, "POST")) {
-    g_autofree gchar *client = client_key (req);
-    reply = crunch_jobs_submit (jobs, req->body ? (const gchar *)req->body->data : "",
-                                req->body ? req->body->len : 0, client);
-  } else if (g_str_equal (req->method, "DELETE")) {
-    reply = crunch_jobs_delete (jobs, arg);
-  } else {
-    reply = crunch_jobs_get (jobs, arg);
-  }
-  if (reply.status >= 400) /* an error page like any other: it ends with the request id */
-    return respond_jobs_error (req, &reply);
-  if (reply.body != NULL)
-    data = g_bytes_get_data (reply.body, &size);
-  req->bytes = size;
-  resp = MHD_create_response_from_buffer_with_free_callback_cls (
-      size, (void *)data, free_bytes, reply.body ? g_bytes_ref (reply.body) : NULL);
-  if (reply.location != NULL)
-    MHD_add_response_header (resp, MHD_HTTP_HEADER_LOCATION, reply.location);
-  if (reply.retry_after != NULL)
-    MHD_add_response_header (resp, MHD_HTTP_HEADER_RETRY_AFTER, reply.retry_after);
-  ret = queue (req, reply.status, resp, reply.content_type);
-  crunch_jobs_reply_clear (&reply);
-  return ret;
-}
-
 void
 crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs)
 {
@@ -437,7 +405,7 @@ static enum MHD_Result
 respond_too_large (CrunchRequest *req)
 {
   crunch_metrics_rejection (CRUNCH_REJECT_BODY_TOO_LARGE);
-  return respond_error (req, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large", NULL);
+  return respond_error (req, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large");
 }
 
 /* With a separate ops daemon, ops routes live there and only there. */
@@ -447,27 +415,34 @@ served_here (CrunchRequest *req, const CrunchRoute *route)
   return !req->server->has_ops || (route->lane == CRUNCH_LANE_OPS) == req->ops;
 }
 
+/* The fast, ops and jobs lanes: the row's handler, resolved by the lane's owner. */
 static enum MHD_Result
-respond_fast (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
+respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
 {
-  CrunchFastHandler handler =
-      route->lane == CRUNCH_LANE_OPS ? crunch_status_handler (route->function) : route->handler;
-  CrunchReply reply = handler (arg);
-  g_autoptr (GBytes) bytes = reply.bytes;
+  g_autofree gchar *client = NULL;
+  CrunchRequestInfo info = {req->method, arg, req->body ? (const gchar *)req->body->data : "",
+                            req->body ? req->body->len : 0, NULL};
+  CrunchHandler handler = route->handler;
+  gpointer context = NULL;
+  CrunchReply reply;
 
-  if (bytes != NULL)
-    return respond_bytes (req, reply.status, bytes, reply.content_type);
-  if (reply.status >= 400) {
-    /* an error page like any other: plain text naming the request id */
-    g_autofree gchar *message = g_strchomp (g_strdup (reply.body));
-    return respond_error (req, reply.status, message, NULL);
+  if (route->lane == CRUNCH_LANE_OPS) {
+    handler = crunch_status_handler (route->name);
+  } else if (route->lane == CRUNCH_LANE_JOBS) {
+    if (req->server->jobs == NULL)
+      return respond_error (req, MHD_HTTP_NOT_FOUND, "no such route");
+    handler = crunch_jobs_handler (route->name);
+    context = req->server->jobs;
+    info.client = client = client_key (req);
   }
-  return respond_static (req, reply.status, reply.body, reply.content_type);
+  reply = handler (&info, context);
+  return respond_reply (req, &reply);
 }
 
 static enum MHD_Result
 route_request (CrunchRequest *req)
 {
+  g_autofree gchar *arg = NULL;
   CrunchRouteMatch match;
   CrunchRouteStatus found;
 
@@ -475,7 +450,7 @@ route_request (CrunchRequest *req)
     return respond_too_large (req);
   if (*req->path == '\0') /* emptied by unescape_path() */
     return respond_error (req, MHD_HTTP_BAD_REQUEST,
-                          "malformed percent-encoding (or %00) in the request path", NULL);
+                          "malformed percent-encoding (or %00) in the request path");
 
   found = crunch_routes_match (req->method, req->path, &match);
   if (found != CRUNCH_ROUTE_NOT_FOUND && !served_here (req, match.route))
@@ -483,18 +458,19 @@ route_request (CrunchRequest *req)
   req->route = found != CRUNCH_ROUTE_NOT_FOUND ? match.route : NULL;
   switch (found) {
   case CRUNCH_ROUTE_NOT_FOUND:
-    return respond_error (req, MHD_HTTP_NOT_FOUND, "no such route", NULL);
-  case CRUNCH_ROUTE_METHOD_NOT_ALLOWED:
-    return respond_error (req, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed",
-                          MHD_HTTP_HEADER_ALLOW, match.allow, NULL);
+    return respond_error (req, MHD_HTTP_NOT_FOUND, "no such route");
+  case CRUNCH_ROUTE_METHOD_NOT_ALLOWED: {
+    CrunchReply reply = crunch_reply_text (MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
+    reply.allow = match.allow;
+    return respond_reply (req, &reply);
+  }
   case CRUNCH_ROUTE_FOUND:
     break;
   }
+  arg = match.arg_len > 0 ? g_strndup (match.arg, match.arg_len) : NULL;
   if (match.route->lane == CRUNCH_LANE_COMPUTE)
-    return route_compute (req, match.route, match.arg);
-  if (match.route->lane == CRUNCH_LANE_JOBS)
-    return respond_jobs (req, match.arg);
-  return respond_fast (req, match.route, match.arg);
+    return route_compute (req, match.route, arg ? arg : "");
+  return respond_handler (req, match.route, arg ? arg : "");
 }
 
 /* First call: Content-Length already over the cap can be refused before the body is read. */
@@ -555,12 +531,14 @@ check_request_line (CrunchRequest *req)
   const gchar *framing;
 
   if (!crunch_header_method_valid (req->method))
-    return respond_error (req, MHD_HTTP_BAD_REQUEST, "malformed request method",
-                          MHD_HTTP_HEADER_CONNECTION, "close", NULL);
-  framing = ambiguous_framing (req->connection);
-  if (framing != NULL)
-    return respond_error (req, MHD_HTTP_BAD_REQUEST, framing, MHD_HTTP_HEADER_CONNECTION, "close",
-                          NULL);
+    framing = "malformed request method";
+  else
+    framing = ambiguous_framing (req->connection);
+  if (framing != NULL) {
+    CrunchReply reply = crunch_reply_text (MHD_HTTP_BAD_REQUEST, "%s", framing);
+    reply.close = TRUE;
+    return respond_reply (req, &reply);
+  }
   if (declared_body_too_large (req))
     return respond_too_large (req);
   return MHD_YES;

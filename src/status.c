@@ -21,17 +21,17 @@
 static CrunchReply
 reply_bytes (guint status, GBytes *bytes, const gchar *content_type)
 {
-  return (CrunchReply){status, NULL, content_type, bytes};
+  return crunch_reply_bytes (status, bytes, content_type);
 }
 
 static CrunchReply
 metrics_disabled (void)
 {
-  return (CrunchReply){404, "metrics are disabled ([metrics] enabled = false)\n", TEXT, NULL};
+  return crunch_reply_static (404, "metrics are disabled ([metrics] enabled = false)\n", TEXT);
 }
 
 static CrunchReply
-metrics_handler (const gchar *arg)
+metrics_handler (const CrunchRequestInfo *request, gpointer context)
 {
   if (!crunch_metrics_enabled ())
     return metrics_disabled ();
@@ -39,28 +39,26 @@ metrics_handler (const gchar *arg)
 }
 
 static CrunchReply
-healthz_handler (const gchar *arg)
+healthz_handler (const CrunchRequestInfo *request, gpointer context)
 {
-  return (CrunchReply){200, "ok\n", TEXT, NULL};
+  return crunch_reply_static (200, "ok\n", TEXT);
 }
 
 static CrunchReply
-readyz_handler (const gchar *arg)
+readyz_handler (const CrunchRequestInfo *request, gpointer context)
 {
   CrunchGauges g;
   const gchar *why;
 
   crunch_metrics_get_gauges (&g);
   if (g.draining)
-    return (CrunchReply){503, "not ready: draining\n", TEXT, NULL};
+    return crunch_reply_static (503, "not ready: draining\n", TEXT);
   if (g.jobs_queued >= g.queue_limit)
-    return (CrunchReply){503, "not ready: job queue full\n", TEXT, NULL};
+    return crunch_reply_static (503, "not ready: job queue full\n", TEXT);
   why = crunch_metrics_not_ready ();
   if (why != NULL)
-    return (CrunchReply){503, NULL, TEXT,
-                         g_bytes_new_take (g_strdup_printf ("not ready: %s\n", why),
-                                           strlen (why) + strlen ("not ready: \n"))};
-  return (CrunchReply){200, "ready\n", TEXT, NULL};
+    return crunch_reply_text (503, "not ready: %s", why);
+  return crunch_reply_static (200, "ready\n", TEXT);
 }
 
 static GBytes *
@@ -73,13 +71,13 @@ lookup (const gchar *name)
 }
 
 static CrunchReply
-page_handler (const gchar *arg)
+page_handler (const CrunchRequestInfo *request, gpointer context)
 {
   return reply_bytes (200, lookup ("index.html"), "text/html; charset=utf-8");
 }
 
 static CrunchReply
-asset_handler (const gchar *arg)
+asset_handler (const CrunchRequestInfo *request, gpointer context)
 {
   static const struct {
     const gchar *suffix, *type;
@@ -90,27 +88,27 @@ asset_handler (const gchar *arg)
   GBytes *bytes = NULL;
 
   for (gsize i = 0; i < G_N_ELEMENTS (types); i++) {
-    if (strchr (arg, '/') == NULL && g_str_has_suffix (arg, types[i].suffix) &&
-        (bytes = lookup (arg)) != NULL)
+    if (strchr (request->arg, '/') == NULL && g_str_has_suffix (request->arg, types[i].suffix) &&
+        (bytes = lookup (request->arg)) != NULL)
       return reply_bytes (200, bytes, types[i].type);
   }
-  return (CrunchReply){404, "no such file\n", TEXT, NULL};
+  return crunch_reply_static (404, "no such file\n", TEXT);
 }
 
 static CrunchReply
-json_handler (const gchar *arg)
+json_handler (const CrunchRequestInfo *request, gpointer context)
 {
   if (!crunch_metrics_enabled ())
     return metrics_disabled ();
   return reply_bytes (200, crunch_status_render_json (), "application/json");
 }
 
-CrunchFastHandler
+CrunchHandler
 crunch_status_handler (const gchar *name)
 {
   static const struct {
     const gchar *name;
-    CrunchFastHandler handler;
+    CrunchHandler handler;
   } handlers[] = {
       {"metrics", metrics_handler}, {"healthz", healthz_handler},    {"readyz", readyz_handler},
       {"status", page_handler},     {"status-asset", asset_handler}, {"status.json", json_handler},

@@ -7,7 +7,7 @@
 
 /* The handler of an ops route by its name in the route table ("metrics", "healthz", "readyz",
  * "status", "status-asset", "status.json"); NULL for an unknown name. */
-CrunchFastHandler crunch_status_handler (const gchar *name);
+CrunchHandler crunch_status_handler (const gchar *name);
 
 /* The body of /status.json (exposed for tests). */
 GBytes *crunch_status_render_json (void);

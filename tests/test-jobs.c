@@ -350,14 +350,21 @@ test_bad_requests (void)
       {"DELETE", "/jobs/nope", NULL, 404, NULL},
       {"GET", "/jobs", NULL, 405, "method not allowed\n"},
       {"PUT", "/jobs/x", NULL, 405, "method not allowed\n"},
+      {"DELETE", "/jobs/x/result", NULL, 405, "method not allowed\n"},
+      {"GET", "/jobs/x/other", NULL, 404, "no such route\n"},
   };
+  /* every error names the request id; a 405 says what is allowed */
+  const gchar *allow[G_N_ELEMENTS (cases)] = {
+      [9] = "POST", [10] = "GET, HEAD, DELETE", [11] = "GET, HEAD"};
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
     g_autoptr (TestReply) r = call (s, cases[i].method, cases[i].path, cases[i].body);
     g_test_message ("%s %s %s", cases[i].method, cases[i].path, cases[i].body);
     g_assert_cmpint (r->status, ==, cases[i].status);
+    g_assert_nonnull (r->body_request_id);
     if (cases[i].message != NULL)
       g_assert_cmpstr (r->body, ==, cases[i].message);
+    g_assert_cmpstr (g_hash_table_lookup (r->headers, "allow"), ==, allow[i]);
   }
 }
 

@@ -64,7 +64,7 @@ static void
 test_quantile (void)
 {
   const CrunchRoute *r = route ("/healthz");
-  guint i = crunch_routes_index (r);
+  guint i = crunch_routes_label_index (r);
 
   g_assert_cmpfloat (crunch_metrics_route_quantile (i, 0.5), ==, 0);
   for (gint n = 0; n < 100; n++)
@@ -175,7 +175,7 @@ test_ops_routes (void)
     const CrunchRoute *r = crunch_routes_nth (i);
     if (r->lane != CRUNCH_LANE_OPS)
       continue;
-    g_assert_nonnull (crunch_status_handler (r->function));
+    g_assert_nonnull (crunch_status_handler (r->name));
     ops++;
   }
   g_assert_cmpuint (ops, ==, 6);

@@ -14,10 +14,10 @@ test_match (void)
   g_assert_cmpint (crunch_routes_match ("HEAD", "/fast", &m), ==, CRUNCH_ROUTE_FOUND);
   g_assert_cmpint (crunch_routes_match ("GET", "/fib/42", &m), ==, CRUNCH_ROUTE_FOUND);
   g_assert_cmpint (m.route->lane, ==, CRUNCH_LANE_COMPUTE);
-  g_assert_cmpstr (m.route->function, ==, "fib");
-  g_assert_cmpstr (m.arg, ==, "42");
+  g_assert_cmpstr (m.route->name, ==, "fib");
+  g_assert_cmpmem (m.arg, m.arg_len, "42", 2);
   g_assert_cmpint (crunch_routes_match ("GET", "/fib/", &m), ==, CRUNCH_ROUTE_FOUND);
-  g_assert_cmpstr (m.arg, ==, "");
+  g_assert_cmpuint (m.arg_len, ==, 0);
   g_assert_cmpint (crunch_routes_match ("GET", "/fib", &m), ==, CRUNCH_ROUTE_NOT_FOUND);
   g_assert_cmpint (crunch_routes_match ("GET", "/", &m), ==, CRUNCH_ROUTE_NOT_FOUND);
   g_assert_cmpint (crunch_routes_match ("GET", "/fast/", &m), ==, CRUNCH_ROUTE_NOT_FOUND);
@@ -26,6 +26,26 @@ test_match (void)
   g_assert_cmpstr (m.allow, ==, "GET, HEAD");
   g_assert_cmpint (crunch_routes_match ("get", "/fast", &m), ==, CRUNCH_ROUTE_METHOD_NOT_ALLOWED);
   g_assert_cmpint (crunch_routes_match ("PUT", "/fib/1", &m), ==, CRUNCH_ROUTE_METHOD_NOT_ALLOWED);
+  /* one pattern, a row per verb; '*' is one segment */
+  g_assert_cmpint (crunch_routes_match ("GET", "/jobs/abc", &m), ==, CRUNCH_ROUTE_FOUND);
+  g_assert_cmpstr (m.route->name, ==, "describe");
+  g_assert_cmpmem (m.arg, m.arg_len, "abc", 3);
+  g_assert_cmpint (crunch_routes_match ("DELETE", "/jobs/abc", &m), ==, CRUNCH_ROUTE_FOUND);
+  g_assert_cmpstr (m.route->name, ==, "delete");
+  g_assert_cmpint (crunch_routes_match ("GET", "/jobs/abc/result", &m), ==, CRUNCH_ROUTE_FOUND);
+  g_assert_cmpstr (m.route->name, ==, "result");
+  g_assert_cmpmem (m.arg, m.arg_len, "abc", 3);
+  g_assert_cmpint (crunch_routes_match ("DELETE", "/jobs/abc/result", &m), ==,
+                   CRUNCH_ROUTE_METHOD_NOT_ALLOWED);
+  g_assert_cmpstr (m.allow, ==, "GET, HEAD");
+  g_assert_cmpint (crunch_routes_match ("PUT", "/jobs/abc", &m), ==,
+                   CRUNCH_ROUTE_METHOD_NOT_ALLOWED);
+  g_assert_cmpstr (m.allow, ==, "GET, HEAD, DELETE");
+  g_assert_cmpint (crunch_routes_match ("GET", "/jobs/abc/other", &m), ==, CRUNCH_ROUTE_NOT_FOUND);
+  g_assert_cmpint (crunch_routes_match ("GET", "/jobs", &m), ==, CRUNCH_ROUTE_METHOD_NOT_ALLOWED);
+  g_assert_cmpstr (m.allow, ==, "POST");
+  /* rows that share a pattern share a metrics label */
+  g_assert_cmpuint (crunch_routes_n_labels (), ==, crunch_routes_count () - 1);
 }
 
 static void
