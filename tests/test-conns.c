@@ -1,6 +1,6 @@
 /* test-conns.c - the connection guard: request deadlines, making room, never a busy
- * connection. Socket pairs stand in for MHD's connections; the guard's timer runs on the default
- * main context, iterated here as crunchd's main loop would. */
+ * connection. Socket pairs stand in for MHD's connections; the guard's timer runs on a timer
+ * thread of its own, as in crunchd. */
 #include "conns.h"
 
 #include <errno.h>
@@ -41,19 +41,18 @@ pair_close (Pair *p)
   close (p->peer);
 }
 
+static CrunchTimerThread *timers;
+
 static void
 iterate_for (gdouble seconds)
 {
-  gint64 until = g_get_monotonic_time () + (gint64)(seconds * G_USEC_PER_SEC);
-
-  while (g_get_monotonic_time () < until)
-    g_main_context_iteration (NULL, FALSE), g_usleep (10000);
+  g_usleep ((gulong)(seconds * G_USEC_PER_SEC));
 }
 
 static void
 test_deadline (void)
 {
-  CrunchConns *guard = crunch_conns_new (100, "test");
+  CrunchConns *guard = crunch_conns_new (100, "test", timers);
   CrunchConnsStats stats;
   Pair waiting, busy, again;
 
@@ -91,7 +90,7 @@ static void
 test_make_room (void)
 {
   enum { MAX = 32 };
-  CrunchConns *guard = crunch_conns_new (MAX, "test");
+  CrunchConns *guard = crunch_conns_new (MAX, "test", timers);
   CrunchConnsStats stats;
   Pair p[MAX + 4];
 
@@ -122,7 +121,7 @@ test_make_room (void)
 static void
 test_reconfigure (void)
 {
-  CrunchConns *guard = crunch_conns_new (100, "test");
+  CrunchConns *guard = crunch_conns_new (100, "test", timers);
   Pair a;
 
   crunch_conns_set_timeout (guard, 0);
@@ -140,9 +139,14 @@ test_reconfigure (void)
 int
 main (int argc, char **argv)
 {
+  gint status;
+
   g_test_init (&argc, &argv, NULL);
+  timers = crunch_timer_thread_new ("test-timers");
   g_test_add_func ("/conns/deadline", test_deadline);
   g_test_add_func ("/conns/make-room", test_make_room);
   g_test_add_func ("/conns/reconfigure", test_reconfigure);
-  return g_test_run ();
+  status = g_test_run ();
+  crunch_timer_thread_free (timers);
+  return status;
 }

@@ -14,13 +14,15 @@
 #pragma once
 
 #include "scheduler.h"
+#include "timer-thread.h"
 
 typedef struct CrunchCalls CrunchCalls;
 typedef struct CrunchCall CrunchCall;
 typedef void (*CrunchCallFunc) (CrunchCall *call, gpointer data);
 
-/* The service: the scheduler, and one watcher thread for every call's deadline and socket. */
-CrunchCalls *crunch_calls_new (CrunchScheduler *scheduler);
+/* The service: the scheduler, and one watcher for every call's deadline and socket, run on
+ * `timers`. */
+CrunchCalls *crunch_calls_new (CrunchScheduler *scheduler, CrunchTimerThread *timers);
 /* Every call has been freed. */
 void crunch_calls_free (CrunchCalls *self);
 

@@ -2,8 +2,10 @@
  *
  * DESIGN
  * Threads: the daemon's MHD polling thread opens, completes, ends and closes connections; the
- * main thread runs the deadline timer (a GSource on the default main context, whose ready time
- * is the oldest waiting connection's deadline); /metrics readers take the stats. One mutex
+ * timer thread it is handed (timer-thread.c, shared with the deadline watcher) runs the deadline
+ * timer, whose ready time is the oldest waiting connection's deadline; /metrics readers take
+ * the stats. free() removes the timer; the memory goes when GLib drops the timer's callback
+ * data, after any dispatch under way. One mutex
  * guards the queue, the counts and each connection's state; it is never held while calling out.
  * A connection is WAITING (in the queue, oldest first: a connection joins at the tail when it
  * opens or when its request ends, so the queue is also in deadline order), BUSY (its request is
@@ -14,6 +16,8 @@
 #include "conns.h"
 
 #include <sys/socket.h>
+
+#include "timer-thread.h"
 
 /* Connections kept free for newcomers: past max_connections - HEADROOM, a new connection closes
  * the oldest waiting one. */
@@ -48,17 +52,19 @@ struct CrunchConns {
 static gboolean on_timer (gpointer data);
 static void arm_locked (CrunchConns *self);
 
-static gboolean
-dispatch (GSource *source, GSourceFunc callback, gpointer data)
+/* When GLib lets go of the timer's callback data: no callback runs any more. */
+static void
+release (gpointer data)
 {
-  g_source_set_ready_time (source, -1);
-  return callback (data);
+  CrunchConns *self = data;
+
+  g_mutex_clear (&self->lock);
+  g_free (self->name);
+  g_free (self);
 }
 
-static GSourceFuncs timer_funcs = {.dispatch = dispatch};
-
 CrunchConns *
-crunch_conns_new (guint max_connections, const gchar *name)
+crunch_conns_new (guint max_connections, const gchar *name, CrunchTimerThread *timers)
 {
   CrunchConns *self = g_new0 (CrunchConns, 1);
 
@@ -67,9 +73,7 @@ crunch_conns_new (guint max_connections, const gchar *name)
   self->max_connections = max_connections;
   g_queue_init (&self->waiting);
   self->armed = -1;
-  self->timer = g_source_new (&timer_funcs, sizeof (GSource));
-  g_source_set_callback (self->timer, on_timer, self, NULL);
-  g_source_attach (self->timer, NULL);
+  self->timer = crunch_timer_thread_add (timers, -1, on_timer, self, release);
   return self;
 }
 
@@ -200,7 +204,7 @@ report_locked (CrunchConns *self, gint64 now)
   self->next_report = now + REPORT_INTERVAL_US;
 }
 
-/* Main thread: the oldest deadline (or a report) is due. */
+/* Timer thread: the oldest deadline (or a report) is due. */
 static gboolean
 on_timer (gpointer data)
 {
@@ -239,9 +243,5 @@ crunch_conns_free (CrunchConns *self)
   self->next_report = 0;
   report_locked (self, g_get_monotonic_time ()); /* what the last interval has not said yet */
   g_mutex_unlock (&self->lock);
-  g_source_destroy (self->timer);
-  g_source_unref (self->timer);
-  g_mutex_clear (&self->lock);
-  g_free (self->name);
-  g_free (self);
+  crunch_timer_thread_remove (self->timer); /* release() frees the rest */
 }

@@ -16,6 +16,8 @@
 
 #include <glib.h>
 
+#include "timer-thread.h"
+
 typedef struct CrunchConns CrunchConns;
 typedef struct CrunchConn CrunchConn;
 
@@ -25,8 +27,9 @@ typedef struct {
   guint64 made_room; /* closed to make room for a newer connection */
 } CrunchConnsStats;
 
-/* `max_connections`: the daemon's MHD_OPTION_CONNECTION_LIMIT. `name` tags its log lines. */
-CrunchConns *crunch_conns_new (guint max_connections, const gchar *name);
+/* `max_connections`: the daemon's MHD_OPTION_CONNECTION_LIMIT. `name` tags its log lines. Its
+ * deadlines run on `timers`. */
+CrunchConns *crunch_conns_new (guint max_connections, const gchar *name, CrunchTimerThread *timers);
 /* Seconds a connection has to complete a request; 0 = no deadline. Any thread. */
 void crunch_conns_set_timeout (CrunchConns *self, guint seconds);
 

@@ -6,7 +6,7 @@
  * and watcher threads touch a connection only through on_answered(), whose one action is
  * MHD_resume_connection(): the last thing any of them does with a request.
  *
- * Life of a request (see shared DESIGN): first call allocates a CrunchRequest into *req_cls;
+ * Life of a request: first call allocates a CrunchRequest into *req_cls;
  * body chunks are kept up to max_body_size (beyond it counted and dropped); the final call routes
  * it. Fast lane: answered at once. Compute lane: parse arguments (400), then a compute call
  * (call.c): admission (cache hit, or 503/429), MHD_suspend_connection() *before* the call is
@@ -17,7 +17,9 @@
  * the metrics, writes the access log, frees the request and, while draining, reports when the
  * last compute request is gone, so the main thread knows MHD_stop_daemon() is safe.
  * With [metrics] listen, one more daemon serves only the ops routes (CRUNCH_LANE_OPS) and the
- * public ones stop serving them; it stays up while draining, so /readyz can say 503. */
+ * public ones stop serving them; it stays up while draining, so /readyz can say 503.
+ * Locks: this file holds none of its own; the order of the others is in the README
+ * ("Source code layout"). */
 #include "server.h"
 
 #include <arpa/inet.h>
@@ -52,7 +54,8 @@ typedef struct {
 struct CrunchServer {
   CrunchScheduler *scheduler; /* for its gauges */
   CrunchCalls *calls;
-  CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
+  CrunchTimerThread *timers; /* the connection guards' deadlines */
+  CrunchJobs *jobs;          /* the asynchronous jobs API; NULL: not served */
   GPtrArray *daemons;
   GPtrArray *guards;        /* CrunchConns, one per daemon, the ops one included */
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
@@ -719,12 +722,14 @@ crunch_server_fill_gauges (CrunchGauges *g, gpointer data)
 }
 
 CrunchServer *
-crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchConfig *config)
+crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, CrunchTimerThread *timers,
+                   const CrunchConfig *config)
 {
   CrunchServer *self = g_new0 (CrunchServer, 1);
 
   self->scheduler = scheduler;
   self->calls = calls;
+  self->timers = timers;
   if (g_str_has_prefix (config->client_key, "header:"))
     self->client_key_header = g_strdup (config->client_key + strlen ("header:"));
   self->daemons = g_ptr_array_new ();
@@ -782,7 +787,7 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
   /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: it sets SO_REUSEPORT, and a second crunchd on the
    * same address would then start and share the traffic. MHD's default is SO_REUSEADDR alone,
    * which is what a fast restart over connections in TIME_WAIT needs. */
-  CrunchConns *guard = crunch_conns_new (self->max_connections, ops ? "ops" : "http");
+  CrunchConns *guard = crunch_conns_new (self->max_connections, ops ? "ops" : "http", self->timers);
   struct MHD_OptionItem options[] = {
       {MHD_OPTION_CONNECTION_LIMIT, self->max_connections, NULL},
       {MHD_OPTION_PER_IP_CONNECTION_LIMIT, self->max_connections_per_ip, NULL},
