@@ -26,7 +26,6 @@ typedef struct {
   CrunchConfig *config;
   CrunchScheduler *scheduler;
   CrunchCalls *calls;
-  CrunchTimerThread *timers; /* deadlines of calls and of incomplete requests */
   CrunchJobs *jobs;
   CrunchServer *server;
   gchar *config_path;
@@ -324,10 +323,9 @@ run (Crunchd *app)
     g_critical ("%s", error->message);
     return EXIT_FAILURE;
   }
-  app->timers = crunch_timer_thread_new ("crunchd-timers");
-  app->calls = crunch_calls_new (app->scheduler, app->timers);
+  app->calls = crunch_calls_new (app->scheduler);
   app->jobs = crunch_jobs_new (app->calls, app->config);
-  app->server = crunch_server_new (app->scheduler, app->calls, app->timers, app->config);
+  app->server = crunch_server_new (app->scheduler, app->calls, app->config);
   crunch_server_set_jobs (app->server, app->jobs);
   wire_metrics (app, TRUE);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
@@ -343,7 +341,6 @@ run (Crunchd *app)
     crunch_scheduler_free (app->scheduler);
     crunch_jobs_free (app->jobs);
     crunch_calls_free (app->calls);
-    crunch_timer_thread_free (app->timers);
     g_main_loop_unref (app->loop);
     return EXIT_FAILURE;
   }
@@ -363,7 +360,6 @@ run (Crunchd *app)
   crunch_scheduler_free (app->scheduler);
   crunch_jobs_free (app->jobs);   /* after the scheduler: no ticket can be answered any more */
   crunch_calls_free (app->calls); /* every call has been freed */
-  crunch_timer_thread_free (app->timers);
   g_main_loop_unref (app->loop);
   if (nats)
     crunch_nats_library_close ();

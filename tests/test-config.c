@@ -17,8 +17,8 @@ test_defaults (void)
   g_assert_cmpuint (c->queue_limit, ==, 256);
   g_assert_cmpuint (c->threads, ==, 0);
   g_assert_cmpuint (crunch_config_effective_threads (c), ==, g_get_num_processors ());
-  g_assert_cmpuint (c->fib_max_n, ==, 92);
-  g_assert_cmpfloat (c->fib_timeout, ==, 30.0);
+  g_assert_cmpuint (c->fib.max_n, ==, 92);
+  g_assert_cmpfloat (c->fib.timeout, ==, 30.0);
   g_assert_cmpstr (c->log_level, ==, "info");
   g_assert_cmpint (c->log_access, ==, CRUNCH_ACCESS_LOG_COMMON);
   g_assert_true (c->metrics_enabled);
@@ -48,8 +48,8 @@ test_good_file (void)
   g_assert_cmpuint (c->queue_limit, ==, 100);
   g_assert_cmpint (c->nice, ==, 5);
   g_assert_cmpstr (c->policy, ==, "idle");
-  g_assert_cmpuint (c->fib_max_n, ==, 93);
-  g_assert_cmpfloat (c->fib_timeout, ==, 0.5);
+  g_assert_cmpuint (c->fib.max_n, ==, 93);
+  g_assert_cmpfloat (c->fib.timeout, ==, 0.5);
   g_assert_cmpstr (c->log_level, ==, "debug");
   g_assert_cmpint (c->log_access, ==, CRUNCH_ACCESS_LOG_JSON);
   g_assert_false (c->metrics_enabled);
@@ -192,7 +192,7 @@ test_round_trip (void)
 
   g_assert_no_error (error);
   g_assert_cmpuint (b->threads, ==, 3);
-  g_assert_cmpfloat (b->fib_timeout, ==, 1.25);
+  g_assert_cmpfloat (b->fib.timeout, ==, 1.25);
   g_assert_cmpstr (b->listen[0], ==, a->listen[0]);
 }
 
@@ -256,21 +256,21 @@ test_nats (void)
 
   g_assert_cmpstr (d->backend, ==, "local");
   g_assert_cmpstr (d->policy, ==, "other");
-  g_assert_cmpstr (d->nats_servers[0], ==, "nats://127.0.0.1:4222");
-  g_assert_cmpstr (d->nats_subject_prefix, ==, "crunchd.v1");
-  g_assert_cmpstr (d->nats_fallback, ==, "none");
-  g_assert_cmpuint (d->nats_retries, ==, 3);
-  g_assert_cmpint (d->nats_max_reconnect, ==, -1);
-  g_assert_cmpstr (d->worker_id, ==, "");
+  g_assert_cmpstr (d->nats.servers[0], ==, "nats://127.0.0.1:4222");
+  g_assert_cmpstr (d->nats.subject_prefix, ==, "crunchd.v1");
+  g_assert_cmpstr (d->nats.fallback, ==, "none");
+  g_assert_cmpuint (d->nats.retries, ==, 3);
+  g_assert_cmpint (d->nats.max_reconnect, ==, -1);
+  g_assert_cmpstr (d->worker.id, ==, "");
 
   g_assert_no_error (error);
   g_assert_cmpstr (c->backend, ==, "nats");
-  g_assert_cmpuint (g_strv_length (c->nats_servers), ==, 2);
-  g_assert_cmpstr (c->nats_servers[1], ==, "tls://n2:4443");
-  g_assert_cmpstr (c->nats_subject_prefix, ==, "jobs.v2");
-  g_assert_cmpstr (c->nats_fallback, ==, "local");
-  g_assert_cmpint (c->nats_max_reconnect, ==, 5);
-  g_assert_cmpstr (c->worker_id, ==, "w7");
+  g_assert_cmpuint (g_strv_length (c->nats.servers), ==, 2);
+  g_assert_cmpstr (c->nats.servers[1], ==, "tls://n2:4443");
+  g_assert_cmpstr (c->nats.subject_prefix, ==, "jobs.v2");
+  g_assert_cmpstr (c->nats.fallback, ==, "local");
+  g_assert_cmpint (c->nats.max_reconnect, ==, 5);
+  g_assert_cmpstr (c->worker.id, ==, "w7");
 
   for (gsize i = 0; i < G_N_ELEMENTS (bad); i++) {
     g_autoptr (GError) e = NULL;

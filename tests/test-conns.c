@@ -1,6 +1,6 @@
 /* test-conns.c - the connection guard: request deadlines, making room, never a busy
- * connection. Socket pairs stand in for MHD's connections; the guard's timer runs on a timer
- * thread of its own, as in crunchd. */
+ * connection. Socket pairs stand in for MHD's connections; the guard's timer runs on a watcher
+ * thread (parked.c) of its own, as on crunchd's. */
 #include "conns.h"
 
 #include <errno.h>
@@ -41,7 +41,24 @@ pair_close (Pair *p)
   close (p->peer);
 }
 
-static CrunchTimerThread *timers;
+static CrunchParked *timers;
+
+static void
+never (gpointer item, CrunchJobOutcome why, gpointer data)
+{
+  g_assert_not_reached ();
+}
+
+static gpointer
+same (gpointer item)
+{
+  return item;
+}
+
+static void
+nothing (gpointer item)
+{
+}
 
 static void
 iterate_for (gdouble seconds)
@@ -142,11 +159,11 @@ main (int argc, char **argv)
   gint status;
 
   g_test_init (&argc, &argv, NULL);
-  timers = crunch_timer_thread_new ("test-timers");
+  timers = crunch_parked_new (never, NULL, same, nothing);
   g_test_add_func ("/conns/deadline", test_deadline);
   g_test_add_func ("/conns/make-room", test_make_room);
   g_test_add_func ("/conns/reconfigure", test_reconfigure);
   status = g_test_run ();
-  crunch_timer_thread_free (timers);
+  crunch_parked_free (timers);
   return status;
 }

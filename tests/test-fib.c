@@ -37,7 +37,7 @@ test_reference_limit (void)
 static void
 test_run_formats (void)
 {
-  CrunchConfig config = {.fib_max_n = 93, .fib_timeout = 1};
+  CrunchConfig config = {.fib.max_n = 93, .fib.timeout = 1};
   CrunchCancel cancel = {0};
   const CrunchFunction *fib;
   g_autoptr (GError) error = NULL;

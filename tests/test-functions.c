@@ -160,7 +160,7 @@ test_builtins (void)
   g_autofree const gchar **names = NULL;
   g_autoptr (GError) error = NULL;
 
-  config->fib_max_n = 50;
+  config->fib.max_n = 50;
   g_assert_true (crunch_functions_init (config, &error));
   names = crunch_functions_list ();
   g_assert_cmpstr (names[0], ==, "fib");

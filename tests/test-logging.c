@@ -95,8 +95,7 @@ test_access_fields (void)
   g_autoptr (GError) error = NULL;
   CrunchScheduler *scheduler =
       crunch_scheduler_new (&(CrunchSchedulerSettings){.threads = 1, .queue_limit = 8});
-  CrunchTimerThread *timers = crunch_timer_thread_new ("test-timers");
-  CrunchCalls *calls = crunch_calls_new (scheduler, timers);
+  CrunchCalls *calls = crunch_calls_new (scheduler);
   CrunchServer *server;
   GHashTable *listening;
   const gchar *port_text;
@@ -106,7 +105,7 @@ test_access_fields (void)
 
   g_strfreev (config->listen);
   config->listen = g_strsplit ("127.0.0.1:0", ",", -1);
-  server = crunch_server_new (scheduler, calls, timers, config);
+  server = crunch_server_new (scheduler, calls, config);
   g_assert_true (crunch_server_start (server, no_fds, &error));
   listening = find_record ("listening on http://127.0.0.1:");
   g_assert_nonnull (listening);
@@ -132,7 +131,6 @@ test_access_fields (void)
   crunch_server_free (server); /* no compute request was made: nothing is suspended */
   crunch_scheduler_free (scheduler);
   crunch_calls_free (calls);
-  crunch_timer_thread_free (timers);
 }
 
 int

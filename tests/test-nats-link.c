@@ -105,11 +105,11 @@ run_without_server (const gchar *fallback, CrunchJobOutcome expect)
   CrunchExecutor *ex;
   gint64 t0 = g_get_monotonic_time (), until = t0 + 10 * G_USEC_PER_SEC;
 
-  g_strfreev (config->nats_servers);
-  config->nats_servers = g_strsplit ("nats://127.0.0.1:1", ",", -1); /* nobody listens */
-  config->nats_reconnect_grace = 0.05;
-  g_free (config->nats_fallback);
-  config->nats_fallback = g_strdup (fallback);
+  g_strfreev (config->nats.servers);
+  config->nats.servers = g_strsplit ("nats://127.0.0.1:1", ",", -1); /* nobody listens */
+  config->nats.reconnect_grace = 0.05;
+  g_free (config->nats.fallback);
+  config->nats.fallback = g_strdup (fallback);
   g_mutex_init (&f.lock);
   g_cond_init (&f.cond);
 

@@ -202,7 +202,8 @@ test_body_cap (void)
   g_autofree gchar *url = test_server_url (s, "/fn/echo");
   g_autofree gchar *query_url = test_server_url (s, "/fn/echo?i=1");
   /* 64 bytes exactly, then one more */
-  const gchar *fits = "{\"i\": 1, \"f\": 0.5, \"s\": \"abcdefgh\",     \"b\": \"AAAA\"}            ";
+  const gchar *fits =
+      "{\"i\": 1, \"f\": 0.5, \"s\": \"abcdefgh\",     \"b\": \"AAAA\"}            ";
   g_autofree gchar *over = g_strconcat (fits, " ", NULL);
   g_autoptr (TestReply) a = test_http_body ("POST", url, NULL, fits);
   g_autoptr (TestReply) b = test_http_body ("POST", url, NULL, over);

@@ -51,7 +51,7 @@ test_match (void)
 static void
 test_fib_parse (void)
 {
-  CrunchConfig config = {.fib_max_n = 50, .fib_timeout = 1};
+  CrunchConfig config = {.fib.max_n = 50, .fib.timeout = 1};
   const CrunchFunction *fib;
   const struct {
     const gchar *text;

@@ -44,15 +44,20 @@ on_expired (gpointer ticket, CrunchJobOutcome why, gpointer data)
 }
 
 CrunchCalls *
-crunch_calls_new (CrunchScheduler *scheduler, CrunchTimerThread *timers)
+crunch_calls_new (CrunchScheduler *scheduler)
 {
   CrunchCalls *self = g_new0 (CrunchCalls, 1);
 
   self->scheduler = scheduler;
-  self->watcher =
-      crunch_parked_new (timers, on_expired, self, (gpointer (*) (gpointer))crunch_ticket_ref,
-                         (GDestroyNotify)crunch_ticket_unref);
+  self->watcher = crunch_parked_new (on_expired, self, (gpointer (*) (gpointer))crunch_ticket_ref,
+                                     (GDestroyNotify)crunch_ticket_unref);
   return self;
+}
+
+CrunchParked *
+crunch_calls_watcher (CrunchCalls *self)
+{
+  return self->watcher;
 }
 
 void

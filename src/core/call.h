@@ -13,16 +13,17 @@
  * touch of whatever it owns (HTTP resumes its connection there). */
 #pragma once
 
+#include "parked.h"
 #include "scheduler.h"
-#include "timer-thread.h"
 
 typedef struct CrunchCalls CrunchCalls;
 typedef struct CrunchCall CrunchCall;
 typedef void (*CrunchCallFunc) (CrunchCall *call, gpointer data);
 
-/* The service: the scheduler, and one watcher for every call's deadline and socket, run on
- * `timers`. */
-CrunchCalls *crunch_calls_new (CrunchScheduler *scheduler, CrunchTimerThread *timers);
+/* The service: the scheduler, and one watcher thread for every call's deadline and socket. */
+CrunchCalls *crunch_calls_new (CrunchScheduler *scheduler);
+/* That watcher: the front end's one timer thread, which the connection guard shares. */
+CrunchParked *crunch_calls_watcher (CrunchCalls *self);
 /* Every call has been freed. */
 void crunch_calls_free (CrunchCalls *self);
 

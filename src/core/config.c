@@ -50,21 +50,21 @@ static const KeyDesc keys[] = {
     {"executor", "client_key", KEY_STRING, 0, 0, F (client_key), NULL},
     {"executor", "coalesce", KEY_BOOL, 0, 0, F (coalesce), NULL},
     {"executor", "backend", KEY_STRING, 0, 0, F (backend), backends},
-    {"nats", "servers", KEY_LIST, 0, 0, F (nats_servers), NULL},
-    {"nats", "subject_prefix", KEY_STRING, 0, 0, F (nats_subject_prefix), NULL},
-    {"nats", "retries", KEY_UINT, 0, 100, F (nats_retries), NULL},
-    {"nats", "attempt_timeout", KEY_DOUBLE, 0.05, 3600, F (nats_attempt_timeout), NULL},
-    {"nats", "reconnect_wait", KEY_DOUBLE, 0.001, 600, F (nats_reconnect_wait), NULL},
-    {"nats", "max_reconnect", KEY_INT, -1, 1000000, F (nats_max_reconnect), NULL},
-    {"nats", "reconnect_grace", KEY_DOUBLE, 0, 3600, F (nats_reconnect_grace), NULL},
-    {"nats", "fallback", KEY_STRING, 0, 0, F (nats_fallback), fallbacks},
-    {"worker", "threads", KEY_UINT, 0, 1024, F (worker_threads), NULL},
-    {"worker", "nice", KEY_INT, 0, 19, F (worker_nice), NULL},
-    {"worker", "id", KEY_STRING, 0, 0, F (worker_id), NULL},
-    {"worker", "shutdown_timeout", KEY_DOUBLE, 0, 3600, F (worker_shutdown_timeout), NULL},
+    {"nats", "servers", KEY_LIST, 0, 0, F (nats.servers), NULL},
+    {"nats", "subject_prefix", KEY_STRING, 0, 0, F (nats.subject_prefix), NULL},
+    {"nats", "retries", KEY_UINT, 0, 100, F (nats.retries), NULL},
+    {"nats", "attempt_timeout", KEY_DOUBLE, 0.05, 3600, F (nats.attempt_timeout), NULL},
+    {"nats", "reconnect_wait", KEY_DOUBLE, 0.001, 600, F (nats.reconnect_wait), NULL},
+    {"nats", "max_reconnect", KEY_INT, -1, 1000000, F (nats.max_reconnect), NULL},
+    {"nats", "reconnect_grace", KEY_DOUBLE, 0, 3600, F (nats.reconnect_grace), NULL},
+    {"nats", "fallback", KEY_STRING, 0, 0, F (nats.fallback), fallbacks},
+    {"worker", "threads", KEY_UINT, 0, 1024, F (worker.threads), NULL},
+    {"worker", "nice", KEY_INT, 0, 19, F (worker.nice), NULL},
+    {"worker", "id", KEY_STRING, 0, 0, F (worker.id), NULL},
+    {"worker", "shutdown_timeout", KEY_DOUBLE, 0, 3600, F (worker.shutdown_timeout), NULL},
     {"cache", "entries", KEY_UINT, 0, 10000000, F (cache_entries), NULL},
-    {"fib", "max_n", KEY_UINT, 0, 93, F (fib_max_n), NULL},
-    {"fib", "timeout", KEY_DOUBLE, 0.001, 86400, F (fib_timeout), NULL},
+    {"fib", "max_n", KEY_UINT, 0, 93, F (fib.max_n), NULL},
+    {"fib", "timeout", KEY_DOUBLE, 0.001, 86400, F (fib.timeout), NULL},
     {"plugins", "dir", KEY_STRING, 0, 0, F (plugins_dir), NULL},
     {"plugins", "load", KEY_LIST, 0, 0, F (plugins_load), NULL},
     {"jobs", "ttl", KEY_DOUBLE, 0, 604800, F (jobs_ttl), NULL},
@@ -90,16 +90,16 @@ static const CrunchConfig defaults = {
     .nice = 10,
     .per_client_limit = 64,
     .coalesce = TRUE,
-    .nats_retries = 3,
-    .nats_attempt_timeout = 1.0,
-    .nats_reconnect_wait = 0.25,
-    .nats_max_reconnect = -1,
-    .nats_reconnect_grace = 1.0,
-    .worker_threads = 0,
-    .worker_nice = 10,
-    .worker_shutdown_timeout = 10.0,
-    .fib_max_n = 92,
-    .fib_timeout = 30.0,
+    .nats.retries = 3,
+    .nats.attempt_timeout = 1.0,
+    .nats.reconnect_wait = 0.25,
+    .nats.max_reconnect = -1,
+    .nats.reconnect_grace = 1.0,
+    .worker.threads = 0,
+    .worker.nice = 10,
+    .worker.shutdown_timeout = 10.0,
+    .fib.max_n = 92,
+    .fib.timeout = 30.0,
     .jobs_ttl = 300.0,
     .jobs_max_stored = 1000,
     .jobs_max_stored_per_client = 100,
@@ -122,10 +122,10 @@ crunch_config_new_default (void)
   config->client_key = g_strdup ("ip");
   config->backend = g_strdup ("local");
   config->policy = g_strdup ("other");
-  config->nats_servers = g_strdupv ((gchar **)default_nats_servers);
-  config->nats_subject_prefix = g_strdup ("crunchd.v1");
-  config->nats_fallback = g_strdup ("none");
-  config->worker_id = g_strdup ("");
+  config->nats.servers = g_strdupv ((gchar **)default_nats_servers);
+  config->nats.subject_prefix = g_strdup ("crunchd.v1");
+  config->nats.fallback = g_strdup ("none");
+  config->worker.id = g_strdup ("");
   config->plugins_dir = g_strdup (CRUNCH_PLUGIN_DIR);
   config->plugins_load = g_new0 (gchar *, 1);
   config->metrics_listen = g_strdup ("");
@@ -143,10 +143,10 @@ crunch_config_free (CrunchConfig *config)
   g_free (config->client_key);
   g_free (config->backend);
   g_free (config->policy);
-  g_strfreev (config->nats_servers);
-  g_free (config->nats_subject_prefix);
-  g_free (config->nats_fallback);
-  g_free (config->worker_id);
+  g_strfreev (config->nats.servers);
+  g_free (config->nats.subject_prefix);
+  g_free (config->nats.fallback);
+  g_free (config->worker.id);
   g_free (config->plugins_dir);
   g_strfreev (config->plugins_load);
   g_free (config->metrics_listen);
@@ -410,7 +410,7 @@ valid_subject_prefix (const gchar *prefix)
 static gboolean
 validate_nats (const CrunchConfig *config, const gchar *file, GError **error)
 {
-  for (gchar **s = config->nats_servers; s != NULL && *s != NULL; s++) {
+  for (gchar **s = config->nats.servers; s != NULL && *s != NULL; s++) {
     if (!valid_nats_url (*s)) {
       g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
                    "%s: [nats] servers = '%s': expected nats://HOST:PORT (or tls://HOST:PORT)",
@@ -418,11 +418,11 @@ validate_nats (const CrunchConfig *config, const gchar *file, GError **error)
       return FALSE;
     }
   }
-  if (!valid_subject_prefix (config->nats_subject_prefix)) {
+  if (!valid_subject_prefix (config->nats.subject_prefix)) {
     g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
                  "%s: [nats] subject_prefix = '%s': expected dot-separated tokens without "
                  "wildcards or spaces, such as crunchd.v1",
-                 file, config->nats_subject_prefix);
+                 file, config->nats.subject_prefix);
     return FALSE;
   }
   return TRUE;

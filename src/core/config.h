@@ -4,6 +4,8 @@
 #include <glib.h>
 #include <sys/socket.h>
 
+#include "fib.h"
+
 /* Exit status for a bad configuration (sysexits.h EX_CONFIG). */
 #define CRUNCH_EXIT_CONFIG 78
 
@@ -12,6 +14,30 @@ typedef enum {
   CRUNCH_ACCESS_LOG_COMMON, /* Common Log Format + request id */
   CRUNCH_ACCESS_LOG_JSON,   /* one JSON object per line */
 } CrunchAccessLog;
+
+/* crunchd.ini holds the settings of two programs. CrunchConfig is crunchd's view: its own groups
+ * as fields, the groups it shares with crunchd-worker ([nats], [plugins], [log]) and the ones
+ * that belong to one program or function as sections of their own. */
+
+/* [nats]: how crunchd and crunchd-worker reach the cluster (restart). */
+typedef struct {
+  gchar **servers;         /* nats://HOST:PORT URLs of one cluster */
+  gchar *subject_prefix;   /* jobs go to PREFIX.job.<function> */
+  guint retries;           /* crunchd: extra attempts after an attempt was lost */
+  gdouble attempt_timeout; /* crunchd: seconds without a sign of life before an attempt is lost */
+  gdouble reconnect_wait;  /* seconds between reconnect attempts to one server */
+  gint max_reconnect;      /* -1 = forever */
+  gdouble reconnect_grace; /* crunchd: seconds a job waits for a lost connection before 503 */
+  gchar *fallback;         /* crunchd: "none" or "local", where jobs go when no worker listens */
+} CrunchNatsConfig;
+
+/* [worker]: crunchd-worker only. */
+typedef struct {
+  guint threads; /* 0 = one per CPU */
+  gint nice;
+  gchar *id;                /* "" = HOSTNAME:PID */
+  gdouble shutdown_timeout; /* seconds running jobs get on SIGTERM */
+} CrunchWorkerConfig;
 
 typedef struct {
   gchar *path; /* file it came from, NULL for built-in defaults */
@@ -35,28 +61,13 @@ typedef struct {
   gboolean coalesce;      /* identical jobs of pure functions share one computation */
   gchar *backend;         /* "local" or "nats" (restart) */
 
-  /* [nats]: the NATS executor and crunchd-worker (restart) */
-  gchar **nats_servers;         /* nats://HOST:PORT URLs of one cluster */
-  gchar *nats_subject_prefix;   /* jobs go to PREFIX.job.<function> */
-  guint nats_retries;           /* extra attempts after an attempt was lost */
-  gdouble nats_attempt_timeout; /* seconds without a sign of life before an attempt is lost */
-  gdouble nats_reconnect_wait;  /* seconds between reconnect attempts to one server */
-  gint nats_max_reconnect;      /* -1 = forever */
-  gdouble nats_reconnect_grace; /* seconds a job waits for a lost connection before 503 */
-  gchar *nats_fallback;         /* "none" or "local": where jobs go when no worker listens */
-
-  /* [worker]: crunchd-worker only */
-  guint worker_threads; /* 0 = one per CPU */
-  gint worker_nice;
-  gchar *worker_id;                /* "" = HOSTNAME:PID */
-  gdouble worker_shutdown_timeout; /* seconds running jobs get on SIGTERM */
+  CrunchNatsConfig nats;     /* [nats]: crunchd's NATS executor and crunchd-worker (restart) */
+  CrunchWorkerConfig worker; /* [worker]: crunchd-worker only */
 
   /* [cache] */
   guint cache_entries; /* LRU results of pure functions; 0 = off */
 
-  /* [fib] */
-  guint fib_max_n;
-  gdouble fib_timeout; /* seconds */
+  CrunchFibConfig fib; /* [fib]: the built-in function's own settings (fib.h) */
 
   /* [plugins] (restart) */
   gchar *plugins_dir;   /* where plugin names are looked up */

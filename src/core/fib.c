@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fib.h"
 #include "functions.h"
 
 /* Below this n a subtree takes well under a millisecond, so checking the cancel flag only above
@@ -96,11 +97,11 @@ fib_parse (const CrunchFunction *fn, const gchar *text, GError **error)
 static void
 fib_configure (CrunchFunction *fn, const CrunchConfig *config)
 {
-  gdouble max = config->fib_max_n;
+  gdouble max = config->fib.max_n;
 
-  g_atomic_int_set (&fn->limit, (gint)config->fib_max_n);
+  g_atomic_int_set (&fn->limit, (gint)config->fib.max_n);
   __atomic_store (&fn->max[0], &max, __ATOMIC_RELAXED);
-  __atomic_store_n (&fn->timeout_us, (gint64)(config->fib_timeout * G_USEC_PER_SEC),
+  __atomic_store_n (&fn->timeout_us, (gint64)(config->fib.timeout * G_USEC_PER_SEC),
                     __ATOMIC_RELAXED);
 }
 

@@ -1,20 +1,19 @@
 /* parked.c - see parked.h.
  *
  * DESIGN
- * Threads: add()/remove() come from MHD threads (and whichever thread answers a call); the
- * watching runs on the timer thread it is handed (timer-thread.c, shared with the connection
- * guard): one timer whose ready time is the earliest deadline and which also fires when the
- * epoll set of parked sockets has a hang-up (EPOLLRDHUP/EPOLLHUP). add() moves the ready time
- * earlier when it must; both it and the timer set it under the lock, so neither undoes the
- * other. Entries live in a hash table keyed by a serial number that is also the epoll cookie, so
- * an event for an entry removed meanwhile finds nothing (no dangling pointers). A fired entry
- * stays registered (without events) until remove(), but never fires twice. `expire` runs without
- * the lock held, on a reference the timer took. free() removes the timer; the memory goes when
- * GLib drops the timer's callback data, after any dispatch under way. */
+ * Threads: add()/remove() come from MHD threads; the watcher thread waits in epoll_wait() for a
+ * hang-up (EPOLLRDHUP/EPOLLHUP on a parked socket), a wake-up (eventfd: an earlier deadline was
+ * added, or shutdown), or the earliest deadline. Entries live in a hash table keyed by a serial
+ * number that is also the epoll cookie, so an event for an entry removed meanwhile finds nothing
+ * (no dangling pointers). A fired entry stays registered (without events) until remove(), but
+ * never fires twice. `expire` runs without the lock held, on a reference the watcher took. An
+ * entry may bring a kind of its own (add_timer()): the connection guard's deadline timer shares
+ * this thread with the compute calls' deadlines and hang-ups. */
 #include "parked.h"
 
 #include <errno.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 struct CrunchParkedEntry {
@@ -22,6 +21,7 @@ struct CrunchParkedEntry {
   gint fd;
   gint64 deadline_us;
   gpointer item;
+  const CrunchParkedKind *kind;
   GSequenceIter *by_deadline; /* NULL once fired or without deadline */
   gboolean fired;
 };
@@ -30,15 +30,21 @@ struct CrunchParked {
   GMutex lock;
   GHashTable *entries;  /* serial -> entry */
   GSequence *deadlines; /* entries ordered by deadline */
-  gint64 next_wake_us;  /* the timer's ready time; G_MAXINT64 = no deadline */
+  gint64 next_wake_us;  /* what the watcher sleeps towards; G_MAXINT64 = no deadline */
   guint64 next_serial;
-  gint epfd;
-  GSource *timer;
-  CrunchParkedExpire expire;
-  gpointer expire_data;
-  gpointer (*ref) (gpointer);
-  GDestroyNotify unref;
+  gint epfd, wakefd;
+  gboolean stop;
+  GThread *thread;
+  CrunchParkedKind kind; /* of entries added without one */
 };
+
+/* A fired entry's item (a reference) and what to do with it, collected under the lock. */
+typedef struct {
+  gpointer item;
+  const CrunchParkedKind *kind;
+} Fired;
+
+#define WAKE_COOKIE G_MAXUINT64
 
 static gint
 by_deadline (gconstpointer a, gconstpointer b, gpointer user_data)
@@ -50,16 +56,17 @@ by_deadline (gconstpointer a, gconstpointer b, gpointer user_data)
   return x->serial < y->serial ? -1 : (x->serial > y->serial);
 }
 
-/* With the lock held: the timer fires at `when` (monotonic), or only for a hang-up. */
 static void
-arm_locked (CrunchParked *self, gint64 when)
+wake (CrunchParked *self)
 {
-  self->next_wake_us = when;
-  g_source_set_ready_time (self->timer, when == G_MAXINT64 ? -1 : when);
+  guint64 one = 1;
+
+  if (write (self->wakefd, &one, sizeof one) < 0 && errno != EAGAIN)
+    g_warning ("parked: eventfd write: %s", g_strerror (errno));
 }
 
 /* With the lock held: mark fired, take a reference for the caller. */
-static gpointer
+static Fired
 fire_locked (CrunchParked *self, CrunchParkedEntry *entry)
 {
   entry->fired = TRUE;
@@ -68,114 +75,118 @@ fire_locked (CrunchParked *self, CrunchParkedEntry *entry)
     entry->by_deadline = NULL;
   }
   /* stop the level-triggered hang-up event from repeating */
-  epoll_ctl (self->epfd, EPOLL_CTL_DEL, entry->fd, NULL);
-  return self->ref (entry->item);
+  if (entry->fd >= 0)
+    epoll_ctl (self->epfd, EPOLL_CTL_DEL, entry->fd, NULL);
+  return (Fired){entry->kind->ref (entry->item), entry->kind};
 }
 
-/* With the lock held: collect the entries whose deadline passed; re-arm for the next one. */
 static void
-collect_expired_locked (CrunchParked *self, GPtrArray *expired)
+expire_all (GArray *fired, CrunchJobOutcome why)
+{
+  for (guint i = 0; i < fired->len; i++) {
+    Fired *f = &g_array_index (fired, Fired, i);
+    f->kind->expire (f->item, why, f->kind->data);
+    f->kind->unref (f->item);
+  }
+}
+
+/* With the lock held: collect the entries whose deadline passed; return ms until the next one. */
+static gint
+collect_expired (CrunchParked *self, GArray *expired)
 {
   gint64 now = g_get_monotonic_time ();
 
   while (g_sequence_get_length (self->deadlines) > 0) {
     CrunchParkedEntry *first = g_sequence_get (g_sequence_get_begin_iter (self->deadlines));
     if (first->deadline_us > now) {
-      arm_locked (self, first->deadline_us);
-      return;
+      self->next_wake_us = first->deadline_us;
+      /* round up, so we do not wake a hair early and spin */
+      return (gint)MIN ((first->deadline_us - now + 999) / 1000, G_MAXINT);
     }
-    g_ptr_array_add (expired, fire_locked (self, first));
+    Fired f = fire_locked (self, first);
+    g_array_append_val (expired, f);
   }
-  arm_locked (self, G_MAXINT64);
+  self->next_wake_us = G_MAXINT64;
+  return -1;
 }
 
-/* With the lock held: the parked sockets whose client hung up. */
 static void
-collect_gone_locked (CrunchParked *self, GPtrArray *gone)
+watch_once (CrunchParked *self)
 {
   struct epoll_event events[64];
-  gint n;
-
-  do {
-    n = epoll_wait (self->epfd, events, G_N_ELEMENTS (events), 0);
-    for (gint i = 0; i < n; i++) {
-      CrunchParkedEntry *entry = g_hash_table_lookup (self->entries, &events[i].data.u64);
-      if (entry != NULL && !entry->fired)
-        g_ptr_array_add (gone, fire_locked (self, entry));
-    }
-  } while (n == G_N_ELEMENTS (events));
-}
-
-static void
-expire_all (CrunchParked *self, GPtrArray *items, CrunchJobOutcome why)
-{
-  for (guint i = 0; i < items->len; i++) {
-    self->expire (items->pdata[i], why, self->expire_data);
-    self->unref (items->pdata[i]);
-  }
-}
-
-/* The timer thread: a deadline passed, or a parked client hung up. */
-static gboolean
-on_timer (gpointer data)
-{
-  CrunchParked *self = data;
-  g_autoptr (GPtrArray) expired = g_ptr_array_new ();
-  g_autoptr (GPtrArray) gone = g_ptr_array_new ();
+  g_autoptr (GArray) expired = g_array_new (FALSE, FALSE, sizeof (Fired));
+  g_autoptr (GArray) gone = g_array_new (FALSE, FALSE, sizeof (Fired));
+  gint timeout, n;
 
   g_mutex_lock (&self->lock);
-  collect_expired_locked (self, expired);
-  collect_gone_locked (self, gone);
+  timeout = collect_expired (self, expired);
   g_mutex_unlock (&self->lock);
-  expire_all (self, expired, CRUNCH_JOB_TIMED_OUT);
-  expire_all (self, gone, CRUNCH_JOB_CLIENT_GONE);
-  return G_SOURCE_CONTINUE;
+  expire_all (expired, CRUNCH_JOB_TIMED_OUT);
+  if (expired->len > 0)
+    return; /* time moved on: recompute the timeout */
+
+  n = epoll_wait (self->epfd, events, G_N_ELEMENTS (events), timeout);
+  g_mutex_lock (&self->lock);
+  for (gint i = 0; i < n; i++) {
+    CrunchParkedEntry *entry;
+    if (events[i].data.u64 == WAKE_COOKIE) {
+      guint64 count;
+      if (read (self->wakefd, &count, sizeof count) < 0 && errno != EAGAIN)
+        g_warning ("parked: eventfd read: %s", g_strerror (errno));
+      continue;
+    }
+    entry = g_hash_table_lookup (self->entries, &events[i].data.u64);
+    if (entry != NULL && !entry->fired) {
+      Fired f = fire_locked (self, entry);
+      g_array_append_val (gone, f);
+    }
+  }
+  g_mutex_unlock (&self->lock);
+  expire_all (gone, CRUNCH_JOB_CLIENT_GONE);
 }
 
-/* When GLib lets go of the timer's callback data: no callback runs any more. */
-static void
-release (gpointer data)
+static gpointer
+watcher (gpointer data)
 {
   CrunchParked *self = data;
 
-  g_warn_if_fail (g_hash_table_size (self->entries) == 0);
-  g_hash_table_unref (self->entries);
-  g_sequence_free (self->deadlines);
-  close (self->epfd);
-  g_mutex_clear (&self->lock);
-  g_free (self);
+  while (!g_atomic_int_get (&self->stop))
+    watch_once (self);
+  return NULL;
 }
 
 CrunchParked *
-crunch_parked_new (CrunchTimerThread *timers, CrunchParkedExpire expire, gpointer data,
-                   gpointer (*ref) (gpointer), GDestroyNotify unref)
+crunch_parked_new (CrunchParkedExpire expire, gpointer data, gpointer (*ref) (gpointer),
+                   GDestroyNotify unref)
 {
   CrunchParked *self = g_new0 (CrunchParked, 1);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = WAKE_COOKIE};
 
   g_mutex_init (&self->lock);
   self->entries = g_hash_table_new (g_int64_hash, g_int64_equal);
   self->deadlines = g_sequence_new (NULL);
   self->next_wake_us = G_MAXINT64;
-  self->expire = expire;
-  self->expire_data = data;
-  self->ref = ref;
-  self->unref = unref;
+  self->kind = (CrunchParkedKind){expire, data, ref, unref};
   self->epfd = epoll_create1 (EPOLL_CLOEXEC);
-  if (self->epfd < 0)
+  self->wakefd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (self->epfd < 0 || self->wakefd < 0 ||
+      epoll_ctl (self->epfd, EPOLL_CTL_ADD, self->wakefd, &ev) < 0)
     g_error ("parked: cannot set up epoll: %s", g_strerror (errno));
-  self->timer = crunch_timer_thread_add_fd (timers, self->epfd, -1, on_timer, self, release);
+  self->thread = g_thread_new ("crunchd-parked", watcher, self);
   return self;
 }
 
-CrunchParkedEntry *
-crunch_parked_add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer item)
+static CrunchParkedEntry *
+add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer item, const CrunchParkedKind *kind)
 {
   CrunchParkedEntry *entry = g_new0 (CrunchParkedEntry, 1);
   struct epoll_event ev = {.events = EPOLLRDHUP};
+  gboolean earlier;
 
   entry->fd = fd;
   entry->deadline_us = deadline_us;
-  entry->item = self->ref (item);
+  entry->kind = kind;
+  entry->item = kind->ref (item);
   g_mutex_lock (&self->lock);
   entry->serial = self->next_serial++;
   g_hash_table_insert (self->entries, &entry->serial, entry);
@@ -184,10 +195,26 @@ crunch_parked_add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer ite
   ev.data.u64 = entry->serial;
   if (fd >= 0 && epoll_ctl (self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
     g_debug ("parked: cannot watch fd %d: %s", fd, g_strerror (errno));
-  if (deadline_us != 0 && deadline_us < self->next_wake_us)
-    arm_locked (self, deadline_us);
+  earlier = deadline_us != 0 && deadline_us < self->next_wake_us;
+  if (earlier)
+    self->next_wake_us = deadline_us;
   g_mutex_unlock (&self->lock);
+  if (earlier)
+    wake (self);
   return entry;
+}
+
+CrunchParkedEntry *
+crunch_parked_add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer item)
+{
+  return add (self, fd, deadline_us, item, &self->kind);
+}
+
+CrunchParkedEntry *
+crunch_parked_add_timer (CrunchParked *self, gint64 deadline_us, gpointer item,
+                         const CrunchParkedKind *kind)
+{
+  return add (self, -1, deadline_us, item, kind);
 }
 
 void
@@ -199,10 +226,10 @@ crunch_parked_remove (CrunchParked *self, CrunchParkedEntry *entry)
   g_hash_table_remove (self->entries, &entry->serial);
   if (entry->by_deadline != NULL)
     g_sequence_remove (entry->by_deadline);
-  if (!entry->fired)
+  if (!entry->fired && entry->fd >= 0)
     epoll_ctl (self->epfd, EPOLL_CTL_DEL, entry->fd, NULL);
   g_mutex_unlock (&self->lock);
-  self->unref (entry->item);
+  entry->kind->unref (entry->item);
   g_free (entry);
 }
 
@@ -220,6 +247,16 @@ crunch_parked_count (CrunchParked *self)
 void
 crunch_parked_free (CrunchParked *self)
 {
-  if (self != NULL)
-    crunch_timer_thread_remove (self->timer); /* release() frees the rest */
+  if (self == NULL)
+    return;
+  g_atomic_int_set (&self->stop, TRUE);
+  wake (self);
+  g_thread_join (self->thread);
+  g_warn_if_fail (g_hash_table_size (self->entries) == 0);
+  g_hash_table_unref (self->entries);
+  g_sequence_free (self->deadlines);
+  close (self->epfd);
+  close (self->wakefd);
+  g_mutex_clear (&self->lock);
+  g_free (self);
 }

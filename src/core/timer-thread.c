@@ -70,31 +70,13 @@ dispatch (GSource *source, GSourceFunc callback, gpointer data)
 static GSourceFuncs timer_funcs = {.dispatch = dispatch};
 
 GSource *
-crunch_timer_thread_add_fd (CrunchTimerThread *self, gint fd, gint64 ready_us, GSourceFunc callback,
-                            gpointer data, GDestroyNotify destroy)
+crunch_timer_thread_add (CrunchTimerThread *self, gint64 ready_us, GSourceFunc callback,
+                         gpointer data, GDestroyNotify destroy)
 {
   GSource *source = g_source_new (&timer_funcs, sizeof (GSource));
 
   g_source_set_callback (source, callback, data, destroy);
   g_source_set_ready_time (source, ready_us);
-  if (fd >= 0)
-    g_source_add_unix_fd (source, fd, G_IO_IN);
   g_source_attach (source, self->context);
   return source;
-}
-
-GSource *
-crunch_timer_thread_add (CrunchTimerThread *self, gint64 ready_us, GSourceFunc callback,
-                         gpointer data, GDestroyNotify destroy)
-{
-  return crunch_timer_thread_add_fd (self, -1, ready_us, callback, data, destroy);
-}
-
-void
-crunch_timer_thread_remove (GSource *timer)
-{
-  /* GLib holds the callback data while a dispatch runs and releases it (calling `destroy`)
-   * after: whoever frees what the callback uses does it in `destroy` */
-  g_source_destroy (timer);
-  g_source_unref (timer);
 }

@@ -1,7 +1,4 @@
-/* timer-thread.h - one thread running a private GMainContext, for timers other threads arm:
- * crunchd's one timer mechanism. The front end's deadline watcher (parked.c) and connection guard
- * (conns.c) share one; the NATS executor and crunchd-worker each run their own, which they stop
- * when they are freed, so that none of their callbacks can outlive them. */
+/* timer-thread.h - one thread running a private GMainContext, for timers other threads arm. */
 #pragma once
 
 #include <glib.h>
@@ -17,9 +14,3 @@ void crunch_timer_thread_free (CrunchTimerThread *self);
  * removes it, and a kept timer stays disarmed until armed again. Returns a new reference. */
 GSource *crunch_timer_thread_add (CrunchTimerThread *self, gint64 ready_us, GSourceFunc callback,
                                   gpointer data, GDestroyNotify destroy);
-/* The same timer, also fired when `fd` is readable (an epoll or event fd). */
-GSource *crunch_timer_thread_add_fd (CrunchTimerThread *self, gint fd, gint64 ready_us,
-                                     GSourceFunc callback, gpointer data, GDestroyNotify destroy);
-/* Stops a timer from any thread: its callback does not run again, and `destroy` runs once no
- * callback is running any more (possibly on the timer thread). Drops the caller's reference. */
-void crunch_timer_thread_remove (GSource *timer);

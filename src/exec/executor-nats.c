@@ -758,7 +758,7 @@ crunch_nats_executor_new (const CrunchConfig *config, const CrunchExecutorSettin
   NatsExecutor *self = g_new0 (NatsExecutor, 1);
   CrunchNatsHandlers handlers = {on_connected, on_disconnected, on_connected, on_closed, self};
   gboolean connected = FALSE;
-  g_autofree gchar *servers = g_strjoinv (", ", config->nats_servers);
+  g_autofree gchar *servers = g_strjoinv (", ", config->nats.servers);
 
   self->parent.klass = &nats_class;
   self->parent.finished = finished;
@@ -766,13 +766,13 @@ crunch_nats_executor_new (const CrunchConfig *config, const CrunchExecutorSettin
   g_mutex_init (&self->lock);
   g_cond_init (&self->cond);
   self->pending = g_hash_table_new (g_int64_hash, g_int64_equal);
-  self->prefix = g_strdup (config->nats_subject_prefix);
+  self->prefix = g_strdup (config->nats.subject_prefix);
   self->presence_subject = crunch_nats_subject (self->prefix, "presence");
   self->cancel_subject = crunch_nats_subject (self->prefix, "cancel");
-  self->attempt_timeout_us = (gint64)(config->nats_attempt_timeout * G_USEC_PER_SEC);
-  self->grace_us = (gint64)(config->nats_reconnect_grace * G_USEC_PER_SEC);
-  self->retries = config->nats_retries;
-  if (g_str_equal (config->nats_fallback, "local"))
+  self->attempt_timeout_us = (gint64)(config->nats.attempt_timeout * G_USEC_PER_SEC);
+  self->grace_us = (gint64)(config->nats.reconnect_grace * G_USEC_PER_SEC);
+  self->retries = config->nats.retries;
+  if (g_str_equal (config->nats.fallback, "local"))
     self->local = crunch_local_executor_new (settings, on_local_finished, self);
   self->timers = crunch_timer_thread_new ("crunchd-nats");
   self->inbox = new_inbox ();

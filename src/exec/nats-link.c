@@ -45,17 +45,17 @@ set_options (natsOptions *opts, const CrunchConfig *config, const gchar *name,
 {
   natsStatus s;
 
-  s = natsOptions_SetServers (opts, (const char **)config->nats_servers,
-                              (int)g_strv_length (config->nats_servers));
+  s = natsOptions_SetServers (opts, (const char **)config->nats.servers,
+                              (int)g_strv_length (config->nats.servers));
   if (s == NATS_OK)
     s = natsOptions_SetName (opts, name);
   /* Without this nats.c buffers outgoing messages and flushes them from a timer: ~1 ms each. */
   if (s == NATS_OK)
     s = natsOptions_SetSendAsap (opts, true);
   if (s == NATS_OK)
-    s = natsOptions_SetMaxReconnect (opts, config->nats_max_reconnect);
+    s = natsOptions_SetMaxReconnect (opts, config->nats.max_reconnect);
   if (s == NATS_OK)
-    s = natsOptions_SetReconnectWait (opts, (int64_t)(config->nats_reconnect_wait * 1000));
+    s = natsOptions_SetReconnectWait (opts, (int64_t)(config->nats.reconnect_wait * 1000));
   /* A server that vanishes without closing TCP is noticed within two pings. */
   if (s == NATS_OK)
     s = natsOptions_SetPingInterval (opts, 2000);

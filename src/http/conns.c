@@ -2,10 +2,10 @@
  *
  * DESIGN
  * Threads: the daemon's MHD polling thread opens, completes, ends and closes connections; the
- * timer thread it is handed (timer-thread.c, shared with the deadline watcher) runs the deadline
- * timer, whose ready time is the oldest waiting connection's deadline; /metrics readers take
- * the stats. free() removes the timer; the memory goes when GLib drops the timer's callback
- * data, after any dispatch under way. One mutex
+ * deadline timer (one entry on the compute calls' watcher thread, parked.c, due at the oldest
+ * waiting connection's deadline) runs on that thread; /metrics readers take the stats. The
+ * guard is reference-counted: a timer that fires holds a reference, so free() never pulls it
+ * from under one. One mutex
  * guards the queue, the counts and each connection's state; it is never held while calling out.
  * A connection is WAITING (in the queue, oldest first: a connection joins at the tail when it
  * opens or when its request ends, so the queue is also in deadline order), BUSY (its request is
@@ -16,8 +16,6 @@
 #include "conns.h"
 
 #include <sys/socket.h>
-
-#include "timer-thread.h"
 
 /* Connections kept free for newcomers: past max_connections - HEADROOM, a new connection closes
  * the oldest waiting one. */
@@ -36,6 +34,7 @@ struct CrunchConn {
 };
 
 struct CrunchConns {
+  gint ref;
   GMutex lock;
   gchar *name;
   guint max_connections;
@@ -45,26 +44,40 @@ struct CrunchConns {
   guint64 timed_out, made_room;
   guint64 reported_timed_out, reported_made_room;
   gint64 next_report;
-  GSource *timer;
-  gint64 armed; /* the timer's ready time; -1: not armed */
+  CrunchParked *watcher;
+  CrunchParkedEntry *timer; /* NULL: not armed */
+  gint64 armed;             /* its deadline; -1: not armed */
+  gboolean stopped;         /* freed: fire no more */
 };
 
-static gboolean on_timer (gpointer data);
+static void on_timer (gpointer item, CrunchJobOutcome why, gpointer data);
 static void arm_locked (CrunchConns *self);
 
-/* When GLib lets go of the timer's callback data: no callback runs any more. */
-static void
-release (gpointer data)
+static gpointer
+conns_ref (gpointer data)
 {
   CrunchConns *self = data;
 
+  g_atomic_int_inc (&self->ref);
+  return self;
+}
+
+static void
+conns_unref (gpointer data)
+{
+  CrunchConns *self = data;
+
+  if (!g_atomic_int_dec_and_test (&self->ref))
+    return;
   g_mutex_clear (&self->lock);
   g_free (self->name);
   g_free (self);
 }
 
+static const CrunchParkedKind timer_kind = {on_timer, NULL, conns_ref, conns_unref};
+
 CrunchConns *
-crunch_conns_new (guint max_connections, const gchar *name, CrunchTimerThread *timers)
+crunch_conns_new (guint max_connections, const gchar *name, CrunchParked *watcher)
 {
   CrunchConns *self = g_new0 (CrunchConns, 1);
 
@@ -73,7 +86,8 @@ crunch_conns_new (guint max_connections, const gchar *name, CrunchTimerThread *t
   self->max_connections = max_connections;
   g_queue_init (&self->waiting);
   self->armed = -1;
-  self->timer = crunch_timer_thread_add (timers, -1, on_timer, self, release);
+  self->ref = 1;
+  self->watcher = watcher;
   return self;
 }
 
@@ -99,9 +113,10 @@ arm_locked (CrunchConns *self)
     when = oldest->since + self->timeout_us;
   if (self->timed_out + self->made_room > self->reported_timed_out + self->reported_made_room)
     when = when < 0 ? self->next_report : MIN (when, self->next_report);
-  if (when >= 0 && (self->armed < 0 || when < self->armed)) {
+  if (when >= 0 && !self->stopped && (self->armed < 0 || when < self->armed)) {
+    crunch_parked_remove (self->watcher, self->timer);
+    self->timer = crunch_parked_add_timer (self->watcher, when, self, &timer_kind);
     self->armed = when;
-    g_source_set_ready_time (self->timer, when);
   }
 }
 
@@ -204,15 +219,20 @@ report_locked (CrunchConns *self, gint64 now)
   self->next_report = now + REPORT_INTERVAL_US;
 }
 
-/* Timer thread: the oldest deadline (or a report) is due. */
-static gboolean
-on_timer (gpointer data)
+/* The watcher thread: the oldest deadline (or a report) is due. */
+static void
+on_timer (gpointer item, CrunchJobOutcome why, gpointer data)
 {
-  CrunchConns *self = data;
+  CrunchConns *self = item;
   gint64 now = g_get_monotonic_time ();
   CrunchConn *oldest;
 
   g_mutex_lock (&self->lock);
+  if (self->stopped) {
+    g_mutex_unlock (&self->lock);
+    return;
+  }
+  crunch_parked_remove (self->watcher, g_steal_pointer (&self->timer));
   self->armed = -1;
   while (self->timeout_us > 0 && (oldest = g_queue_peek_head (&self->waiting)) != NULL &&
          now >= oldest->since + self->timeout_us) {
@@ -222,7 +242,6 @@ on_timer (gpointer data)
   report_locked (self, now);
   arm_locked (self);
   g_mutex_unlock (&self->lock);
-  return G_SOURCE_CONTINUE;
 }
 
 void
@@ -242,6 +261,8 @@ crunch_conns_free (CrunchConns *self)
   g_mutex_lock (&self->lock);
   self->next_report = 0;
   report_locked (self, g_get_monotonic_time ()); /* what the last interval has not said yet */
+  self->stopped = TRUE;
+  crunch_parked_remove (self->watcher, g_steal_pointer (&self->timer));
   g_mutex_unlock (&self->lock);
-  crunch_timer_thread_remove (self->timer); /* release() frees the rest */
+  conns_unref (self); /* a timer firing now holds another reference */
 }

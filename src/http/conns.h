@@ -16,7 +16,7 @@
 
 #include <glib.h>
 
-#include "timer-thread.h"
+#include "parked.h"
 
 typedef struct CrunchConns CrunchConns;
 typedef struct CrunchConn CrunchConn;
@@ -28,8 +28,8 @@ typedef struct {
 } CrunchConnsStats;
 
 /* `max_connections`: the daemon's MHD_OPTION_CONNECTION_LIMIT. `name` tags its log lines. Its
- * deadlines run on `timers`. */
-CrunchConns *crunch_conns_new (guint max_connections, const gchar *name, CrunchTimerThread *timers);
+ * deadline timer runs on `watcher`'s thread, which must outlive the guard. */
+CrunchConns *crunch_conns_new (guint max_connections, const gchar *name, CrunchParked *watcher);
 /* Seconds a connection has to complete a request; 0 = no deadline. Any thread. */
 void crunch_conns_set_timeout (CrunchConns *self, guint seconds);
 

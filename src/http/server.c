@@ -54,8 +54,7 @@ typedef struct {
 struct CrunchServer {
   CrunchScheduler *scheduler; /* for its gauges */
   CrunchCalls *calls;
-  CrunchTimerThread *timers; /* the connection guards' deadlines */
-  CrunchJobs *jobs;          /* the asynchronous jobs API; NULL: not served */
+  CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
   GPtrArray *daemons;
   GPtrArray *guards;        /* CrunchConns, one per daemon, the ops one included */
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
@@ -722,14 +721,12 @@ crunch_server_fill_gauges (CrunchGauges *g, gpointer data)
 }
 
 CrunchServer *
-crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, CrunchTimerThread *timers,
-                   const CrunchConfig *config)
+crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchConfig *config)
 {
   CrunchServer *self = g_new0 (CrunchServer, 1);
 
   self->scheduler = scheduler;
   self->calls = calls;
-  self->timers = timers;
   if (g_str_has_prefix (config->client_key, "header:"))
     self->client_key_header = g_strdup (config->client_key + strlen ("header:"));
   self->daemons = g_ptr_array_new ();
@@ -787,7 +784,8 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
   /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: it sets SO_REUSEPORT, and a second crunchd on the
    * same address would then start and share the traffic. MHD's default is SO_REUSEADDR alone,
    * which is what a fast restart over connections in TIME_WAIT needs. */
-  CrunchConns *guard = crunch_conns_new (self->max_connections, ops ? "ops" : "http", self->timers);
+  CrunchConns *guard = crunch_conns_new (self->max_connections, ops ? "ops" : "http",
+                                         crunch_calls_watcher (self->calls));
   struct MHD_OptionItem options[] = {
       {MHD_OPTION_CONNECTION_LIMIT, self->max_connections, NULL},
       {MHD_OPTION_PER_IP_CONNECTION_LIMIT, self->max_connections_per_ip, NULL},

@@ -12,7 +12,7 @@ typedef struct CrunchServer CrunchServer;
 
 /* Compute requests go through `calls`; `scheduler` is read for the gauges. */
 CrunchServer *crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls,
-                                 CrunchTimerThread *timers, const CrunchConfig *config);
+                                 const CrunchConfig *config);
 /* Serve the asynchronous jobs API from `jobs` (not owned). Before start(). */
 void crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs);
 /* Listen on the systemd-passed sockets if any, else on config->listen. */

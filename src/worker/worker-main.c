@@ -57,7 +57,7 @@ on_terminate (gpointer data)
   crunch_service_notify ("STOPPING=1");
   g_message ("stopping: %u job(s) running", crunch_worker_running (app->worker));
   crunch_worker_stop (app->worker, on_stopped, app);
-  app->shutdown_timer = g_timeout_add ((guint)(app->config->worker_shutdown_timeout * 1000),
+  app->shutdown_timer = g_timeout_add ((guint)(app->config->worker.shutdown_timeout * 1000),
                                        on_shutdown_timeout, app);
   return G_SOURCE_CONTINUE;
 }
@@ -175,9 +175,9 @@ main (int argc, char **argv)
     return EXIT_SUCCESS;
   }
   if (threads_arg != NULL)
-    app.config->worker_threads = (guint)threads;
-  if (id == NULL && *app.config->worker_id != '\0')
-    id = g_strdup (app.config->worker_id);
+    app.config->worker.threads = (guint)threads;
+  if (id == NULL && *app.config->worker.id != '\0')
+    id = g_strdup (app.config->worker.id);
   if (id == NULL)
     id = g_strdup_printf ("%s:%d", g_get_host_name (), (gint)getpid ());
   crunch_logging_set_level (app.config->log_level);
@@ -187,7 +187,7 @@ main (int argc, char **argv)
     return CRUNCH_EXIT_CONFIG;
   }
   status = run (&app, id,
-                app.config->worker_threads ? app.config->worker_threads
+                app.config->worker.threads ? app.config->worker.threads
                                            : (guint)g_get_num_processors ());
   crunch_config_free (app.config);
   return status;

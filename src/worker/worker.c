@@ -456,10 +456,10 @@ crunch_worker_new (const CrunchConfig *config, guint threads, const gchar *id, G
   gboolean connected = FALSE;
 
   w->id = g_strdup (id);
-  w->prefix = g_strdup (config->nats_subject_prefix);
+  w->prefix = g_strdup (config->nats.subject_prefix);
   w->job_subject = crunch_nats_subject (w->prefix, "job.*");
-  w->servers = g_strjoinv (", ", config->nats_servers);
-  w->nice = config->worker_nice;
+  w->servers = g_strjoinv (", ", config->nats.servers);
+  w->nice = config->worker.nice;
   w->n_slots = threads;
   w->slots = g_new0 (Slot, threads);
   for (guint i = 0; i < threads; i++)

@@ -41,7 +41,7 @@ LLVMFuzzerTestOneInput (const guint8 *data, gsize size)
 
   if (!initialized) {
     g_autoptr (CrunchConfig) config = crunch_config_new_default ();
-    config->fib_max_n = 93; /* the largest allowed: the widest range for the parser */
+    config->fib.max_n = 93; /* the largest allowed: the widest range for the parser */
     g_assert (crunch_functions_init (config, NULL));
     initialized = TRUE;
   }
