@@ -12,7 +12,8 @@
  *   g_idle_add + callback         release on the data when added, acquire when it runs;
  *   g_source_attach/set_ready_time + the callback set with g_source_set_callback: the same,
  *                                 on the source (timer-thread.c arms sources from other threads);
- *   g_bytes_unref, g_variant_unref  an acquire-release on the object, as the atomic count does.
+ *   g_bytes_unref, g_variant_unref, g_atomic_rc_box_release_full  an acquire-release on the
+ *                                 object, as the atomic count does.
  * Definitions in the executable take precedence over libglib's for crunchd's own calls, so only
  * crunchd's uses are annotated; races that remain are real, except for the few inside GLib and
  * libc listed (each with the reason) in __tsan_default_suppressions() at the end. They are
@@ -193,6 +194,17 @@ g_bytes_unref (GBytes *bytes)
     __tsan_acquire (bytes);
   }
   real_g_bytes_unref (bytes);
+}
+
+void
+g_atomic_rc_box_release_full (gpointer mem_block, GDestroyNotify clear_func)
+{
+  REAL (g_atomic_rc_box_release_full);
+  if (mem_block != NULL) {
+    __tsan_release (mem_block);
+    __tsan_acquire (mem_block);
+  }
+  real_g_atomic_rc_box_release_full (mem_block, clear_func);
 }
 
 void

@@ -19,8 +19,8 @@ struct CrunchCalls {
   CrunchParked *watcher; /* deadlines and sockets of submitted calls */
 };
 
+/* A GLib atomic reference-counted box (g_atomic_rc_box). */
 struct CrunchCall {
-  gint ref;
   CrunchCalls *calls;
   CrunchCallSpec spec;
   GVariant *args;
@@ -72,9 +72,8 @@ crunch_calls_free (CrunchCalls *self)
 CrunchCall *
 crunch_call_new (CrunchCalls *calls, const CrunchCallSpec *spec)
 {
-  CrunchCall *call = g_new0 (CrunchCall, 1);
+  CrunchCall *call = g_atomic_rc_box_new0 (CrunchCall);
 
-  call->ref = 1;
   call->calls = calls;
   call->spec = *spec;
   call->args = g_variant_ref (spec->args);
@@ -161,26 +160,29 @@ crunch_call_cancel (CrunchCall *call, CrunchJobOutcome why)
 CrunchCall *
 crunch_call_ref (CrunchCall *call)
 {
-  g_atomic_int_inc (&call->ref);
-  return call;
+  return g_atomic_rc_box_acquire (call);
 }
 
-void
-crunch_call_unref (CrunchCall *call)
+static void
+call_clear (gpointer data)
 {
-  gpointer watch;
-
-  if (call == NULL || !g_atomic_int_dec_and_test (&call->ref))
-    return;
+  CrunchCall *call = data;
   /* never answered (not submitted, or still running at exit): stop watching here */
-  watch = g_atomic_pointer_exchange (&call->watch, ANSWERED);
+  gpointer watch = g_atomic_pointer_exchange (&call->watch, ANSWERED);
+
   if (watch != NULL && watch != ANSWERED)
     crunch_parked_remove (call->calls->watcher, watch);
   g_clear_pointer (&call->ticket, crunch_ticket_unref);
   g_clear_pointer (&call->cached, g_bytes_unref);
   g_variant_unref (call->args);
   g_free (call->client);
-  g_free (call);
+}
+
+void
+crunch_call_unref (CrunchCall *call)
+{
+  if (call != NULL)
+    g_atomic_rc_box_release_full (call, call_clear);
 }
 
 GBytes *

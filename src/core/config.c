@@ -187,36 +187,85 @@ has_inline_comment (const gchar *value)
 }
 
 static gboolean
+load_number (const KeyDesc *k, const gchar *value, CrunchConfig *config, const gchar *file,
+             GError **error)
+{
+  gdouble number;
+
+  if (!parse_number (value, k, &number))
+    return fail (error, file, k, value, k->type == KEY_DOUBLE ? "not a number" : "not an integer");
+  if (number < k->min || number > k->max) {
+    g_autofree gchar *why = g_strdup_printf ("out of range (%g to %g)", k->min, k->max);
+    return fail (error, file, k, value, why);
+  }
+  if (k->type == KEY_UINT)
+    *FIELD (config, k, guint) = (guint)number;
+  else if (k->type == KEY_INT)
+    *FIELD (config, k, gint) = (gint)number;
+  else
+    *FIELD (config, k, gdouble) = number;
+  return TRUE;
+}
+
+/* A string, or (KEY_ENUM) its index among the choices. Takes `value`. */
+static gboolean
+load_string (const KeyDesc *k, gchar *value, CrunchConfig *config, const gchar *file,
+             GError **error)
+{
+  g_autofree gchar *owned = value;
+
+  if (k->choices != NULL && !g_strv_contains (k->choices, value)) {
+    g_autofree gchar *list = g_strjoinv (", ", (gchar **)k->choices);
+    g_autofree gchar *why = g_strdup_printf ("expected one of: %s", list);
+    return fail (error, file, k, value, why);
+  }
+  if (k->type == KEY_ENUM) {
+    gint index = 0;
+    while (!g_str_equal (k->choices[index], value))
+      index++;
+    *FIELD (config, k, gint) = index;
+    return TRUE;
+  }
+  g_free (*FIELD (config, k, gchar *));
+  *FIELD (config, k, gchar *) = g_steal_pointer (&owned);
+  return TRUE;
+}
+
+static gboolean
+load_list (const KeyDesc *k, const gchar *value, CrunchConfig *config, const gchar *file,
+           GError **error)
+{
+  g_auto (GStrv) items = g_strsplit (value, ",", -1);
+  g_autoptr (GPtrArray) list = g_ptr_array_new_with_free_func (g_free);
+
+  for (gchar **it = items; *it != NULL; it++) {
+    g_strstrip (*it);
+    if (**it != '\0')
+      g_ptr_array_add (list, g_strdup (*it));
+  }
+  if (list->len < k->min)
+    return fail (error, file, k, value, "expected a comma-separated list");
+  g_ptr_array_add (list, NULL);
+  g_strfreev (*FIELD (config, k, gchar **));
+  *FIELD (config, k, gchar **) = (gchar **)g_ptr_array_free (g_steal_pointer (&list), FALSE);
+  return TRUE;
+}
+
+static gboolean
 load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *file, GError **error)
 {
   g_autofree gchar *raw = g_key_file_get_value (kf, k->group, k->name, NULL);
   g_autofree gchar *value = g_strstrip (g_key_file_get_string (kf, k->group, k->name, NULL));
-  gdouble number;
 
   if (value == NULL)
     return fail (error, file, k, raw, "not a valid string");
   if (has_inline_comment (value))
     return fail (error, file, k, value, "inline comments are not allowed; put it on its own line");
-
   switch (k->type) {
   case KEY_UINT:
   case KEY_INT:
   case KEY_DOUBLE:
-    if (!parse_number (value, k, &number)) {
-      return fail (error, file, k, value,
-                   k->type == KEY_DOUBLE ? "not a number" : "not an integer");
-    }
-    if (number < k->min || number > k->max) {
-      g_autofree gchar *why = g_strdup_printf ("out of range (%g to %g)", k->min, k->max);
-      return fail (error, file, k, value, why);
-    }
-    if (k->type == KEY_UINT)
-      *FIELD (config, k, guint) = (guint)number;
-    else if (k->type == KEY_INT)
-      *FIELD (config, k, gint) = (gint)number;
-    else
-      *FIELD (config, k, gdouble) = number;
-    return TRUE;
+    return load_number (k, value, config, file, error);
   case KEY_BOOL:
     if (g_strcmp0 (value, "true") != 0 && g_strcmp0 (value, "false") != 0)
       return fail (error, file, k, value, "expected true or false");
@@ -224,36 +273,9 @@ load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *fil
     return TRUE;
   case KEY_ENUM:
   case KEY_STRING:
-    if (k->choices != NULL && !g_strv_contains (k->choices, value)) {
-      g_autofree gchar *list = g_strjoinv (", ", (gchar **)k->choices);
-      g_autofree gchar *why = g_strdup_printf ("expected one of: %s", list);
-      return fail (error, file, k, value, why);
-    }
-    if (k->type == KEY_ENUM) {
-      gint index = 0;
-      while (!g_str_equal (k->choices[index], value))
-        index++;
-      *FIELD (config, k, gint) = index;
-      return TRUE;
-    }
-    g_free (*FIELD (config, k, gchar *));
-    *FIELD (config, k, gchar *) = g_steal_pointer (&value);
-    return TRUE;
-  case KEY_LIST: {
-    g_auto (GStrv) items = g_strsplit (value, ",", -1);
-    g_autoptr (GPtrArray) list = g_ptr_array_new_with_free_func (g_free);
-    for (gchar **it = items; *it != NULL; it++) {
-      g_strstrip (*it);
-      if (**it != '\0')
-        g_ptr_array_add (list, g_strdup (*it));
-    }
-    if (list->len < k->min)
-      return fail (error, file, k, value, "expected a comma-separated list");
-    g_ptr_array_add (list, NULL);
-    g_strfreev (*FIELD (config, k, gchar **));
-    *FIELD (config, k, gchar **) = (gchar **)g_ptr_array_free (g_steal_pointer (&list), FALSE);
-    return TRUE;
-  }
+    return load_string (k, g_steal_pointer (&value), config, file, error);
+  case KEY_LIST:
+    return load_list (k, value, config, file, error);
   }
   g_assert_not_reached ();
 }

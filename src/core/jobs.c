@@ -500,19 +500,24 @@ no_such_job (void)
                                  "[jobs] ttl)");
 }
 
-/* GET /jobs/ID */
 static CrunchReply
-describe_handler (const CrunchRequestInfo *request, gpointer context)
+describe_id (CrunchJobs *self, const gchar *id, guint status)
 {
-  CrunchJobs *self = context;
   CrunchReply reply;
   Entry *entry;
 
   g_mutex_lock (&self->lock);
-  entry = find_locked (self, request->arg);
-  reply = entry != NULL ? describe_locked (entry, 200) : no_such_job ();
+  entry = find_locked (self, id);
+  reply = entry != NULL ? describe_locked (entry, status) : no_such_job ();
   g_mutex_unlock (&self->lock);
   return reply;
+}
+
+/* GET /jobs/ID */
+static CrunchReply
+describe_handler (const CrunchRequestInfo *request, gpointer context)
+{
+  return describe_id (context, request->arg, 200);
 }
 
 /* GET /jobs/ID/result */
@@ -541,7 +546,6 @@ delete_handler (const CrunchRequestInfo *request, gpointer context)
 {
   CrunchJobs *self = context;
   g_autoptr (CrunchCall) call = NULL;
-  CrunchReply reply;
   Entry *entry;
 
   g_mutex_lock (&self->lock);
@@ -561,11 +565,7 @@ delete_handler (const CrunchRequestInfo *request, gpointer context)
 
   /* answers the call now (on_answered takes our lock); its job stops if nobody else waits */
   crunch_call_cancel (call, CRUNCH_JOB_CLIENT_GONE);
-  g_mutex_lock (&self->lock);
-  entry = find_locked (self, request->arg);
-  reply = entry != NULL ? describe_locked (entry, 202) : no_such_job ();
-  g_mutex_unlock (&self->lock);
-  return reply;
+  return describe_id (self, request->arg, 202);
 }
 
 /* POST /jobs */
@@ -578,18 +578,13 @@ submit_handler (const CrunchRequestInfo *request, gpointer context)
 CrunchHandler
 crunch_jobs_handler (const gchar *verb)
 {
-  static const struct {
-    const gchar *verb;
-    CrunchHandler handler;
-  } handlers[] = {
+  static const CrunchNamedHandler handlers[] = {
       {"submit", submit_handler},
       {"describe", describe_handler},
       {"result", result_handler},
       {"delete", delete_handler},
+      {NULL, NULL},
   };
 
-  for (gsize i = 0; i < G_N_ELEMENTS (handlers); i++)
-    if (g_str_equal (handlers[i].verb, verb))
-      return handlers[i].handler;
-  return NULL;
+  return crunch_handler_find (handlers, verb);
 }

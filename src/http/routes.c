@@ -85,6 +85,15 @@ crunch_routes_label (guint i)
   g_return_val_if_reached ("none");
 }
 
+CrunchHandler
+crunch_handler_find (const CrunchNamedHandler *table, const gchar *name)
+{
+  for (; table->name != NULL; table++)
+    if (g_str_equal (table->name, name))
+      return table->handler;
+  return NULL;
+}
+
 CrunchMethod
 crunch_method_parse (const gchar *method)
 {

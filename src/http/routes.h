@@ -32,6 +32,14 @@ typedef struct {
  * NULL for the others. */
 typedef CrunchReply (*CrunchHandler) (const CrunchRequestInfo *request, gpointer context);
 
+/* The handlers a lane's owner serves by name (the route table names them). */
+typedef struct {
+  const gchar *name;
+  CrunchHandler handler;
+} CrunchNamedHandler;
+/* The handler of that name in a table ending with {NULL, NULL}, or NULL. */
+CrunchHandler crunch_handler_find (const CrunchNamedHandler *table, const gchar *name);
+
 /* A row of the table. Rows may share a pattern with other methods; the first row whose pattern
  * and method match answers, and a pattern matched only with other methods is a 405. */
 typedef struct {

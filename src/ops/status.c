@@ -106,19 +106,17 @@ json_handler (const CrunchRequestInfo *request, gpointer context)
 CrunchHandler
 crunch_status_handler (const gchar *name)
 {
-  static const struct {
-    const gchar *name;
-    CrunchHandler handler;
-  } handlers[] = {
-      {"metrics", metrics_handler}, {"healthz", healthz_handler},    {"readyz", readyz_handler},
-      {"status", page_handler},     {"status-asset", asset_handler}, {"status.json", json_handler},
+  static const CrunchNamedHandler handlers[] = {
+      {"metrics", metrics_handler},
+      {"healthz", healthz_handler},
+      {"readyz", readyz_handler},
+      {"status", page_handler},
+      {"status-asset", asset_handler},
+      {"status.json", json_handler},
+      {NULL, NULL},
   };
 
-  for (gsize i = 0; i < G_N_ELEMENTS (handlers); i++) {
-    if (g_str_equal (handlers[i].name, name))
-      return handlers[i].handler;
-  }
-  return NULL;
+  return crunch_handler_find (handlers, name);
 }
 
 /* ---- /status.json ---- */

@@ -106,89 +106,121 @@ run (App *app, const gchar *id, guint threads)
   return EXIT_SUCCESS;
 }
 
-int
-main (int argc, char **argv)
+typedef struct {
+  gchar *config_path, *id, *threads_arg;
+  guint64 threads;
+  gboolean check_config, version;
+} Options;
+
+static void
+options_clear (Options *o)
 {
-  App app = {0};
-  g_autofree gchar *config_path = NULL, *id = NULL;
-  g_autofree gchar *threads_arg = NULL;
-  guint64 threads = 0;
-  gboolean check_config = FALSE, version = FALSE;
+  g_free (o->config_path);
+  g_free (o->id);
+  g_free (o->threads_arg);
+}
+
+/* The command line: -1 to go on, or the status to exit with. */
+static gint
+parse_options (gint *argc, gchar ***argv, Options *o)
+{
   const GOptionEntry entries[] = {
-      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
+      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &o->config_path,
        "Configuration file (default " DEFAULT_CONFIG ")", "FILE"},
-      {"threads", 't', 0, G_OPTION_ARG_STRING, &threads_arg,
+      {"threads", 't', 0, G_OPTION_ARG_STRING, &o->threads_arg,
        "Jobs run at once, 0 to 1024 (0 = one per CPU; overrides [worker] threads)", "N"},
-      {"id", 0, 0, G_OPTION_ARG_STRING, &id,
+      {"id", 0, 0, G_OPTION_ARG_STRING, &o->id,
        "Name in replies and logs (overrides [worker] id; default HOSTNAME:PID)", "ID"},
-      {"check-config", 0, 0, G_OPTION_ARG_NONE, &check_config,
+      {"check-config", 0, 0, G_OPTION_ARG_NONE, &o->check_config,
        "Validate the configuration, print the effective settings and exit", NULL},
-      {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
+      {"version", 'V', 0, G_OPTION_ARG_NONE, &o->version, "Print the version and exit", NULL},
       {NULL}};
   g_autoptr (GOptionContext) context =
       g_option_context_new ("- run crunchd compute jobs taken from NATS");
   g_autoptr (GError) error = NULL;
-  const gchar *path;
-  gint status;
 
-  setlocale (LC_ALL, "");
   g_option_context_add_main_entries (context, entries, NULL);
   g_option_context_set_description (context, "Signals: SIGTERM/SIGINT finish running jobs and "
                                              "stop.\nExit status: 0 ok, 1 runtime failure, 64 "
                                              "usage, 78 configuration error.");
-  if (!g_option_context_parse (context, &argc, &argv, &error)) {
+  if (!g_option_context_parse (context, argc, argv, &error)) {
     g_printerr ("crunchd-worker: %s\nTry 'crunchd-worker --help'.\n", error->message);
     return 64;
   }
-  if (version) {
+  if (o->version) {
     g_print ("crunchd-worker %s\n", PACKAGE_VERSION);
     return EXIT_SUCCESS;
   }
-  if (argc > 1) {
+  if (*argc > 1) {
     g_printerr ("crunchd-worker: unexpected argument '%s' (a configuration file is given with "
                 "--config FILE)\nTry 'crunchd-worker --help'.\n",
-                argv[1]);
+                (*argv)[1]);
     return 64;
   }
   /* the rule of [worker] threads: 0 to 1024, nothing negative */
-  if (threads_arg != NULL &&
-      !g_ascii_string_to_unsigned (threads_arg, 10, 0, 1024, &threads, NULL)) {
+  if (o->threads_arg != NULL &&
+      !g_ascii_string_to_unsigned (o->threads_arg, 10, 0, 1024, &o->threads, NULL)) {
     g_printerr ("crunchd-worker: --threads %s: expected an integer from 0 to 1024 (0 = one per "
                 "CPU)\nTry 'crunchd-worker --help'.\n",
-                threads_arg);
+                o->threads_arg);
     return 64;
   }
-  crunch_logging_init ();
-  path = config_path ? config_path : DEFAULT_CONFIG;
-  if (config_path == NULL && !g_file_test (path, G_FILE_TEST_EXISTS))
-    app.config = crunch_config_new_default ();
+  return -1;
+}
+
+/* The configuration with the command line's overrides, and the plugins loaded: -1 to go on,
+ * or the status to exit with. */
+static gint
+configure (App *app, Options *o)
+{
+  const gchar *path = o->config_path ? o->config_path : DEFAULT_CONFIG;
+  g_autoptr (GError) error = NULL;
+
+  if (o->config_path == NULL && !g_file_test (path, G_FILE_TEST_EXISTS))
+    app->config = crunch_config_new_default ();
   else
-    app.config = crunch_config_load (path, &error);
-  if (app.config == NULL) {
+    app->config = crunch_config_load (path, &error);
+  if (app->config == NULL) {
     g_printerr ("crunchd-worker: %s\n", error->message);
     return CRUNCH_EXIT_CONFIG;
   }
-  if (check_config) {
-    g_autofree gchar *text = crunch_config_to_string (app.config);
+  if (o->check_config) {
+    g_autofree gchar *text = crunch_config_to_string (app->config);
     g_print ("# %s: configuration OK\n%s", path, text);
-    crunch_config_free (app.config);
     return EXIT_SUCCESS;
   }
-  if (threads_arg != NULL)
-    app.config->worker.threads = (guint)threads;
-  if (id == NULL && *app.config->worker.id != '\0')
-    id = g_strdup (app.config->worker.id);
-  if (id == NULL)
-    id = g_strdup_printf ("%s:%d", g_get_host_name (), (gint)getpid ());
-  crunch_logging_set_level (app.config->log_level);
-  if (!crunch_functions_init (app.config, &error)) { /* the same plugins as the server */
+  if (o->threads_arg != NULL)
+    app->config->worker.threads = (guint)o->threads;
+  if (o->id == NULL && *app->config->worker.id != '\0')
+    o->id = g_strdup (app->config->worker.id);
+  if (o->id == NULL)
+    o->id = g_strdup_printf ("%s:%d", g_get_host_name (), (gint)getpid ());
+  crunch_logging_set_level (app->config->log_level);
+  if (!crunch_functions_init (app->config, &error)) { /* the same plugins as the server */
     g_printerr ("crunchd-worker: %s\n", error->message);
-    crunch_config_free (app.config);
     return CRUNCH_EXIT_CONFIG;
   }
-  status = run (&app, id,
-                app.config->worker.threads ? app.config->worker.threads
-                                           : (guint)g_get_num_processors ());
-  crunch_config_free (app.config);
+  return -1;
+}
+
+int
+main (int argc, char **argv)
+{
+  App app = {0};
+  Options options = {0};
+  gint status;
+
+  setlocale (LC_ALL, "");
+  status = parse_options (&argc, &argv, &options);
+  if (status < 0) {
+    crunch_logging_init ();
+    status = configure (&app, &options);
+  }
+  if (status < 0)
+    status = run (&app, options.id,
+                  app.config->worker.threads ? app.config->worker.threads
+                                             : (guint)g_get_num_processors ());
+  g_clear_pointer (&app.config, crunch_config_free);
+  options_clear (&options);
   return status;
 }
