@@ -983,6 +983,26 @@ test_deep_json (void)
     g_assert_nonnull (strstr (r->body, "deeper than 32 levels"));
   }
   {
+    /* json-glib reads 'single quotes' and comments, which would hide brackets from a scan that
+     * knows only "strings": such bodies nested 200,000 deep crashed crunchd (attack review) */
+    const gchar *hiding[] = {"{\"x\": ['\"', ", "{\"x\": /* \" */ "};
+    for (guint h = 0; h < G_N_ELEMENTS (hiding); h++) {
+      g_autoptr (GString) sneaky = g_string_new (hiding[h]);
+      for (guint i = 0; i < 2 * DEPTH; i++)
+        g_string_append_c (sneaky, '[');
+      g_autoptr (TestReply) r = test_http_body ("POST", h == 0 ? fn : jobs, json, sneaky->str);
+      g_assert_cmpint (r->status, ==, 400);
+      g_assert_nonnull (strstr (r->body, "not strict JSON"));
+    }
+    g_autoptr (GString) quoted = g_string_new ("{'n':");
+    for (guint i = 0; i < 3500; i++)
+      g_string_append (quoted, "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[['" /* 30 deep */
+                               "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]',");
+    g_autoptr (TestReply) r = test_http_body ("POST", jobs, json, quoted->str);
+    g_assert_cmpint (r->status, ==, 400);
+    g_assert_nonnull (strstr (r->body, "not strict JSON"));
+  }
+  {
     /* 32 levels are fine for the parser: the answer is about the argument, not the nesting */
     g_autoptr (GString) ok = g_string_new ("{\"n\": ");
     for (guint i = 0; i < 31; i++)

@@ -287,10 +287,19 @@ body_object (JsonParser *parser, const gchar *who, const gchar *body, gsize len,
   g_autoptr (GError) local = NULL;
   JsonNode *root;
 
-  if (!crunch_json_depth_ok (body, len, CRUNCH_JSON_MAX_DEPTH)) {
+  switch (crunch_json_check (body, len, CRUNCH_JSON_MAX_DEPTH)) {
+  case CRUNCH_JSON_TOO_DEEP:
     invalid (error, "%s%sthe request body nests arrays or objects deeper than %d levels",
              who ? who : "", who ? ": " : "", CRUNCH_JSON_MAX_DEPTH);
     return NULL;
+  case CRUNCH_JSON_NOT_STRICT:
+    invalid (error,
+             "%s%sthe request body is not strict JSON (RFC 8259: no single quotes, comments or "
+             "other extensions)",
+             who ? who : "", who ? ": " : "");
+    return NULL;
+  case CRUNCH_JSON_OK:
+    break;
   }
   if (!json_parser_load_from_data (parser, body, (gssize)len, &local)) {
     /* json-glib may quote the offending bytes: keep the answer valid UTF-8 */

@@ -36,9 +36,11 @@ crunch_json_append_string (GString *out, const gchar *value)
   g_string_append_c (out, '"');
 }
 
-gboolean
-crunch_json_depth_ok (const gchar *text, gsize len, guint max_depth)
+CrunchJsonCheck
+crunch_json_check (const gchar *text, gsize len, guint max_depth)
 {
+  /* what RFC 8259 allows outside strings: whitespace, structure, numbers, true/false/null */
+  static const gchar outside[] = " \t\n\r,:0123456789+-.Eabcdefghijklmnopqrstuvwxyz";
   gboolean in_string = FALSE;
   guint depth = 0;
 
@@ -53,12 +55,14 @@ crunch_json_depth_ok (const gchar *text, gsize len, guint max_depth)
       in_string = TRUE;
     } else if (c == '[' || c == '{') {
       if (++depth > max_depth)
-        return FALSE;
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      depth--;
+        return CRUNCH_JSON_TOO_DEEP;
+    } else if (c == ']' || c == '}') {
+      depth -= depth > 0;
+    } else if (c == '\0' || strchr (outside, c) == NULL) {
+      return CRUNCH_JSON_NOT_STRICT;
     }
   }
-  return TRUE;
+  return CRUNCH_JSON_OK;
 }
 
 void

@@ -14,10 +14,18 @@ void crunch_json_append_string (GString *out, const gchar *value);
  * level on the calling thread's stack: a body nested 100,000 deep would overflow it. */
 #define CRUNCH_JSON_MAX_DEPTH 32
 
-/* TRUE if `text` (len bytes, not necessarily NUL-terminated) nests arrays and objects no deeper
- * than `max_depth`. A linear scan that skips strings; it does not validate the JSON, so run it
- * before the parser, which does. */
-gboolean crunch_json_depth_ok (const gchar *text, gsize len, guint max_depth);
+typedef enum {
+  CRUNCH_JSON_OK,
+  CRUNCH_JSON_TOO_DEEP,   /* arrays and objects nest deeper than asked */
+  CRUNCH_JSON_NOT_STRICT, /* outside a "string", a byte RFC 8259 does not allow there */
+} CrunchJsonCheck;
+
+/* A linear scan of `text` (len bytes, not necessarily NUL-terminated) before json-glib sees it.
+ * json-glib's parser recurses once per level, and its lexer accepts more than RFC 8259 ('single
+ * quoted' strings, comments), which would hide brackets from a scan that knows only "strings".
+ * So: outside "strings" only whitespace, structure, numbers and lower-case literals are allowed,
+ * and arrays and objects nest at most `max_depth` deep. Anything else the parser still checks. */
+CrunchJsonCheck crunch_json_check (const gchar *text, gsize len, guint max_depth);
 
 /* Appends seconds rounded to 4 significant digits, in plain notation and to the microsecond at
  * most: 4.8999999999999998e-05 -> 0.000049, 2.12345 -> 2.123, 299.53 -> 299.5, 30.0 -> 30. */
