@@ -926,6 +926,49 @@ test_silent_flood (void)
   g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
 }
 
+/* 600 identical slow requests from 12 addresses (50 each, under the per-client limit) share one
+ * job: before, every one of them parked a connection, past queue_limit (which counts jobs), until
+ * the table was full. Now every ticket counts: at most queue_limit + threads park, the rest get
+ * 503 at once, and a new client is answered. */
+static void
+test_coalesced_flood (void)
+{
+  enum { ADDRESSES = 12, EACH = 50 };
+  g_autoptr (TestServer) s = start_sample ();
+  const gchar *request = "GET /fib/92 HTTP/1.1\r\nHost: x\r\n\r\n";
+  gint *fds[ADDRESSES];
+  guint refused = 0;
+  gint64 parked, limit = 256 + g_get_num_processors (); /* queue_limit + threads */
+
+  for (guint a = 0; a < ADDRESSES; a++) {
+    g_autofree gchar *source = g_strdup_printf ("127.0.2.%u", a + 1);
+    fds[a] = open_many_from (s, EACH, source);
+    for (guint i = 0; i < EACH; i++)
+      send (fds[a][i], request, strlen (request), MSG_NOSIGNAL);
+  }
+  g_usleep (G_USEC_PER_SEC / 2 * TEST_TIME_SCALE);
+  parked = metric (s, "crunchd_connections_suspended");
+  for (guint a = 0; a < ADDRESSES; a++)
+    for (guint i = 0; i < EACH; i++) { /* the refused are answered already: no waiting */
+      Conn c = {.fd = fds[a][i], .in = g_string_new (NULL)};
+      g_autoptr (Response) r = conn_read_response (&c, 0.001);
+      refused += r != NULL && r->status == 503;
+      g_string_free (c.in, TRUE);
+    }
+  g_test_message ("coalesced flood: %d requests, %u refused at once, %" G_GINT64_FORMAT
+                  " parked; legitimate /fast in %.1f ms",
+                  ADDRESSES * EACH, refused, parked, legit_fast (s) * 1e3);
+  g_assert_cmpint (parked, <=, limit);
+  g_assert_cmpint (parked, >, 0);
+  g_assert_cmpuint (refused, >=, ADDRESSES * EACH - limit);
+  for (guint a = 0; a < ADDRESSES; a++) {
+    close_all (fds[a], EACH);
+    g_free (fds[a]);
+  }
+  assert_serving (s);
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
+}
+
 /* A parked connection (its request is computing) is never the one closed, neither by the request
  * deadline nor to make room. */
 static void
@@ -1158,6 +1201,7 @@ main (int argc, char **argv)
   g_test_add_func ("/hostile/trickle-flood", test_trickle_flood);
   g_test_add_func ("/hostile/silent-flood", test_silent_flood);
   g_test_add_func ("/hostile/parked-kept", test_parked_kept);
+  g_test_add_func ("/hostile/coalesced-flood", test_coalesced_flood);
   g_test_add_func ("/hostile/job-store-share", test_job_store_share);
   status = g_test_run ();
   g_assert_cmpint (test_server_stop (server), ==, 0);

@@ -55,6 +55,9 @@ struct CrunchScheduler {
   GHashTable *coalescing; /* key -> SchedJob, queued or running */
   GHashTable *running;    /* SchedJob set */
   guint queued, reserved;
+  /* admitted tickets not yet answered, coalesced ones included: each may hold a parked
+   * connection, so they are bounded like jobs (queue_limit + threads), not only per client */
+  guint tickets;
   gboolean draining;
   CrunchSchedulerStats counters; /* the cumulative fields */
 };
@@ -218,6 +221,7 @@ answer_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome out
   }
   if (client != NULL) {
     client->in_flight--;
+    self->tickets--;
     client_release (self, client);
   }
   g_ptr_array_add (answers, ticket);
@@ -356,7 +360,8 @@ crunch_scheduler_admit (CrunchScheduler *self, const gchar *client_key)
   g_mutex_lock (&self->lock);
   if (self->draining) {
     verdict = CRUNCH_ADMIT_DRAINING;
-  } else if (self->queued + self->reserved >= self->settings.queue_limit) {
+  } else if (self->queued + self->reserved >= self->settings.queue_limit ||
+             self->tickets >= self->settings.queue_limit + self->settings.threads) {
     verdict = CRUNCH_ADMIT_QUEUE_FULL;
     self->counters.rejected_queue_full++;
   } else {
@@ -368,6 +373,7 @@ crunch_scheduler_admit (CrunchScheduler *self, const gchar *client_key)
       client_release (self, client);
     } else {
       client->in_flight++;
+      self->tickets++;
       self->reserved++;
     }
   }
