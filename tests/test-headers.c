@@ -45,11 +45,11 @@ test_method (void)
   for (const gchar *const *good =
            (const gchar *const[]){"GET", "POST", "M-SEARCH", "X!#$%&'*+.^_`|~9", NULL};
        *good != NULL; good++)
-    g_assert_true (crunch_header_method_valid (*good));
+    g_assert_true (crunch_header_token_valid (*good));
   for (const gchar *const *bad =
            (const gchar *const[]){"", "G\001T", "G T", "G(T", "GET\r", "G\x80T", "G\"T", NULL};
        *bad != NULL; bad++)
-    g_assert_false (crunch_header_method_valid (*bad));
+    g_assert_false (crunch_header_token_valid (*bad));
 }
 
 int

@@ -1078,6 +1078,18 @@ test_ambiguous_framing (void)
       /* a transfer coding crunchd does not speak */
       "POST /jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"
       "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      /* two transfer codings: MHD reads the first, a proxy may read the last (attack review) */
+      "POST /jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n0\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      /* a field name with a space before the colon, and a folded line glued onto a name */
+      "POST /jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 4\r\n"
+      "\r\n0\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nX-A: 1\r\n Transfer-Encoding: "
+      "chunked\r\n\r\n0\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      /* a bare CR in a value; no Host, two Hosts (RFC 9112 3.2) */
+      "GET /fast HTTP/1.1\r\nHost: x\r\nX-B: a\rb\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET /fast HTTP/1.1\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET /fast HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
       /* a method that is no token */
       "G\001T /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",
       "G(T /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n",

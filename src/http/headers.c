@@ -26,7 +26,7 @@ crunch_header_request_timeout (const gchar *value, gint64 *timeout_us)
 }
 
 gboolean
-crunch_header_method_valid (const gchar *method)
+crunch_header_token_valid (const gchar *method)
 {
   static const gchar tchar[] = "!#$%&'*+-.^_`|~0123456789"
                                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";

@@ -12,6 +12,7 @@ gboolean crunch_header_content_length (const gchar *value, guint64 *length);
  * seconds. Stores the timeout in microseconds, at least 1. */
 gboolean crunch_header_request_timeout (const gchar *value, gint64 *timeout_us);
 
-/* An HTTP method is a token (RFC 9110 5.6.2): letters, digits and !#$%&'*+-.^_`|~, at least one.
- * Anything else (a control byte, a space) makes the request line malformed: 400, not 405. */
-gboolean crunch_header_method_valid (const gchar *method);
+/* A token (RFC 9110 5.6.2): letters, digits and !#$%&'*+-.^_`|~, at least one. A method and a
+ * header name are tokens; anything else (a control byte, a space) makes the request malformed:
+ * 400 (not 405 for a method). */
+gboolean crunch_header_token_valid (const gchar *method);

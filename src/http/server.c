@@ -491,18 +491,40 @@ typedef struct {
   guint lengths;           /* Content-Length fields */
   const gchar *length;     /* the first one's value */
   gboolean lengths_differ; /* two of them disagree */
-  const gchar *encoding;   /* Transfer-Encoding, the last one */
+  guint encodings;         /* Transfer-Encoding fields */
+  const gchar *encoding;   /* the last one */
+  guint hosts;             /* Host fields */
+  const gchar *malformed;  /* what is wrong with a field, if anything */
 } Framing;
+
+/* `key` starts as `name` does but is longer: a folded or padded field name. */
+static gboolean
+almost (const gchar *key, const gchar *name)
+{
+  gsize n = strlen (name);
+
+  return g_ascii_strncasecmp (key, name, n) == 0 && key[n] != '\0';
+}
 
 static enum MHD_Result
 collect_framing (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
   Framing *f = cls;
 
+  /* MHD keeps "Transfer-Encoding " (a space before the colon) and glues a folded line onto the
+   * name ("Transfer-Encodingchunked"): a proxy may read either as the real field */
+  if (!crunch_header_token_valid (key) || almost (key, MHD_HTTP_HEADER_TRANSFER_ENCODING) ||
+      almost (key, MHD_HTTP_HEADER_CONTENT_LENGTH))
+    f->malformed = "malformed header field name";
+  else if (value != NULL && strpbrk (value, "\r\n") != NULL)
+    f->malformed = "malformed header field value";
+  if (g_ascii_strcasecmp (key, MHD_HTTP_HEADER_HOST) == 0)
+    f->hosts++;
   if (g_ascii_strcasecmp (key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
     f->lengths_differ |= f->lengths++ > 0 && g_strcmp0 (f->length, value) != 0;
     f->length = f->length ? f->length : value;
   } else if (g_ascii_strcasecmp (key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+    f->encodings++;
     f->encoding = value;
   }
   return MHD_YES;
@@ -512,11 +534,17 @@ collect_framing (void *cls, enum MHD_ValueKind kind, const char *key, const char
  * 6.1 and 6.3: request smuggling). It is answered 400 and its connection closed, so no byte after
  * its header is ever read as another request. NULL: the framing is unambiguous. */
 static const gchar *
-ambiguous_framing (struct MHD_Connection *connection)
+ambiguous_framing (struct MHD_Connection *connection, gboolean http11)
 {
   Framing f = {0};
 
   MHD_get_connection_values (connection, MHD_HEADER_KIND, collect_framing, &f);
+  if (f.malformed != NULL)
+    return f.malformed;
+  if (http11 && f.hosts != 1) /* RFC 9112 3.2 */
+    return "an HTTP/1.1 request must have exactly one Host field";
+  if (f.encodings > 1)
+    return "a request must not have more than one Transfer-Encoding field";
   if (f.encoding != NULL && f.lengths > 0)
     return "a request must not have both Content-Length and Transfer-Encoding";
   if (f.lengths_differ)
@@ -532,10 +560,10 @@ check_request_line (CrunchRequest *req)
 {
   const gchar *framing;
 
-  if (!crunch_header_method_valid (req->method))
+  if (!crunch_header_token_valid (req->method))
     framing = "malformed request method";
   else
-    framing = ambiguous_framing (req->connection);
+    framing = ambiguous_framing (req->connection, g_str_equal (req->protocol, "HTTP/1.1"));
   if (framing != NULL) {
     CrunchReply reply = crunch_reply_text (MHD_HTTP_BAD_REQUEST, "%s", framing);
     reply.close = TRUE;

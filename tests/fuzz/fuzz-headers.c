@@ -18,7 +18,7 @@ LLVMFuzzerTestOneInput (const guint8 *data, gsize size)
     g_assert (*value != '\0' && strspn (value, "0123456789") == strlen (value));
   gchar id[CRUNCH_REQUEST_ID_MAX + 1];
 
-  if (crunch_header_method_valid (value))
+  if (crunch_header_token_valid (value))
     for (const gchar *c = value; *c != '\0'; c++)
       g_assert (g_ascii_isalnum (*c) || strchr ("!#$%&'*+-.^_`|~", *c) != NULL);
   if (crunch_header_request_timeout (value, &timeout_us))
