@@ -969,6 +969,38 @@ test_coalesced_flood (void)
   g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
 }
 
+/* A request every 0.3 s for the same slow result keeps its shared job wanted; the job still
+ * stops at its function's deadline (1 s here), so another client's job gets the one worker. */
+static void
+test_coalesced_deadline (void)
+{
+  g_autoptr (TestServer) s =
+      test_server_start ("[executor]\nthreads = 1\n[fib]\ntimeout = 1\n", NULL);
+  const gchar *slow = "GET /fib/92 HTTP/1.1\r\nHost: x\r\n\r\n";
+  g_autoptr (GPtrArray) keep = g_ptr_array_new_with_free_func ((GDestroyNotify)conn_free);
+  g_autofree gchar *url = test_server_url (s, "/fib/20");
+  TestCall *other = NULL;
+  g_autoptr (TestReply) r = NULL;
+
+  for (guint i = 0; i < 10; i++) {
+    Conn *c = conn_open_from (s, "127.0.0.7");
+    conn_send_str (c, slow);
+    g_ptr_array_add (keep, c);
+    if (i == 1)
+      other = test_call_start (g_steal_pointer (&url)); /* from 127.0.0.1, one worker busy */
+    g_usleep (G_USEC_PER_SEC * 3 / 10);
+  }
+  r = test_call_finish (other);
+  g_assert_cmpint (r->status, ==, 200);
+  g_assert_cmpstr (r->body, ==, "6765");
+  for (guint i = 0; i < keep->len; i++) {
+    g_autoptr (Response) slow_answer = conn_read_response (keep->pdata[i], 3 * TEST_TIME_SCALE);
+    g_assert_nonnull (slow_answer);
+    g_assert_cmpuint (slow_answer->status, ==, 504);
+  }
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
+}
+
 /* A parked connection (its request is computing) is never the one closed, neither by the request
  * deadline nor to make room. */
 static void
@@ -1214,6 +1246,7 @@ main (int argc, char **argv)
   g_test_add_func ("/hostile/silent-flood", test_silent_flood);
   g_test_add_func ("/hostile/parked-kept", test_parked_kept);
   g_test_add_func ("/hostile/coalesced-flood", test_coalesced_flood);
+  g_test_add_func ("/hostile/coalesced-deadline", test_coalesced_deadline);
   g_test_add_func ("/hostile/job-store-share", test_job_store_share);
   status = g_test_run ();
   g_assert_cmpint (test_server_stop (server), ==, 0);

@@ -40,6 +40,7 @@ typedef struct {
   GList *link; /* in owner->queue while waiting */
   GPtrArray *tickets;
   gboolean running;
+  gint64 started_us; /* monotonic, when it went to the executor */
 } SchedJob;
 
 struct CrunchScheduler {
@@ -245,6 +246,7 @@ dispatch_locked (CrunchScheduler *self)
     if (client->queue.length > 0)
       take_turn (self, client);
     sj->running = TRUE;
+    sj->started_us = g_get_monotonic_time ();
     g_hash_table_add (self->running, sj);
     self->counters.jobs_started++;
     crunch_executor_submit (self->executor, sj->job);
@@ -444,8 +446,19 @@ crunch_scheduler_submit (CrunchScheduler *self, CrunchTicket *ticket)
   flush_answers (answers);
 }
 
+/* With the lock held: a running job has taken longer than its function's own deadline. Identical
+ * requests that join it later keep it wanted, each with a deadline of its own; without this, a
+ * request every few seconds would keep a worker on one job forever (attack review). */
+static gboolean
+overran_locked (SchedJob *sj)
+{
+  return sj->running && g_get_monotonic_time () - sj->started_us >=
+                            __atomic_load_n (&sj->job->fn->timeout_us, __ATOMIC_RELAXED);
+}
+
 /* With the lock held: the ticket no longer waits for its job; drop or stop the job if nobody
- * else does. */
+ * else does, or if it has overrun its function's deadline (its other tickets then get its
+ * TIMED_OUT answer when it stops). */
 static void
 detach_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why)
 {
@@ -453,7 +466,7 @@ detach_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why
 
   g_ptr_array_remove_fast (sj->tickets, ticket);
   crunch_ticket_unref (ticket); /* the job's reference; the caller holds another */
-  if (sj->tickets->len > 0)
+  if (sj->tickets->len > 0 && !(why == CRUNCH_JOB_TIMED_OUT && overran_locked (sj)))
     return;
   self->counters.jobs_cancelled++;
   forget_key (self, sj);
