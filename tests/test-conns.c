@@ -134,6 +134,38 @@ test_make_room (void)
   crunch_conns_free (guard);
 }
 
+/* When no connection waits, the one answering longest (a slow reader) makes room, once it has
+ * been answering for a second; a parked one never does. */
+static void
+test_make_room_answering (void)
+{
+  enum { MAX = 32 };
+  CrunchConns *guard = crunch_conns_new (MAX, "test", timers);
+  CrunchConnsStats stats;
+  Pair p[MAX];
+
+  crunch_conns_set_timeout (guard, 0);
+  for (guint i = 0; i < MAX - 2; i++) {
+    pair_open (guard, &p[i]);
+    crunch_conns_request_complete (p[i].conn);
+  }
+  crunch_conns_request_parked (p[0].conn, TRUE);
+  pair_open (guard, &p[MAX - 2]); /* the answers are young: nobody is closed */
+  crunch_conns_get_stats (guard, &stats);
+  g_assert_cmpuint (stats.made_room, ==, 0);
+  crunch_conns_request_complete (p[MAX - 2].conn);
+  iterate_for (1.1);
+  pair_open (guard, &p[MAX - 1]);
+  g_assert_false (pair_shut (&p[0])); /* parked */
+  g_assert_true (pair_shut (&p[1]));  /* the oldest answering */
+  g_assert_false (pair_shut (&p[2]));
+  crunch_conns_get_stats (guard, &stats);
+  g_assert_cmpuint (stats.made_room, ==, 1);
+  for (guint i = 0; i < MAX; i++)
+    pair_close (&p[i]);
+  crunch_conns_free (guard);
+}
+
 /* A longer deadline set while connections wait applies to them; 0 turns the deadline off. */
 static void
 test_reconfigure (void)
@@ -162,6 +194,7 @@ main (int argc, char **argv)
   timers = crunch_parked_new (never, NULL, same, nothing);
   g_test_add_func ("/conns/deadline", test_deadline);
   g_test_add_func ("/conns/make-room", test_make_room);
+  g_test_add_func ("/conns/make-room-answering", test_make_room_answering);
   g_test_add_func ("/conns/reconfigure", test_reconfigure);
   status = g_test_run ();
   crunch_parked_free (timers);

@@ -41,6 +41,7 @@ typedef struct {
   GPtrArray *tickets;
   gboolean running;
   gint64 started_us; /* monotonic, when it went to the executor */
+  gboolean stopping; /* cancelled while tickets still waited (it overran): count it once */
 } SchedJob;
 
 struct CrunchScheduler {
@@ -452,8 +453,9 @@ crunch_scheduler_submit (CrunchScheduler *self, CrunchTicket *ticket)
 static gboolean
 overran_locked (SchedJob *sj)
 {
-  return sj->running && g_get_monotonic_time () - sj->started_us >=
-                            __atomic_load_n (&sj->job->fn->timeout_us, __ATOMIC_RELAXED);
+  gint64 timeout_us = __atomic_load_n (&sj->job->fn->timeout_us, __ATOMIC_RELAXED);
+
+  return sj->running && timeout_us > 0 && g_get_monotonic_time () - sj->started_us >= timeout_us;
 }
 
 /* With the lock held: the ticket no longer waits for its job; drop or stop the job if nobody
@@ -466,8 +468,10 @@ detach_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why
 
   g_ptr_array_remove_fast (sj->tickets, ticket);
   crunch_ticket_unref (ticket); /* the job's reference; the caller holds another */
-  if (sj->tickets->len > 0 && !(why == CRUNCH_JOB_TIMED_OUT && overran_locked (sj)))
+  if (sj->stopping ||
+      (sj->tickets->len > 0 && !(why == CRUNCH_JOB_TIMED_OUT && overran_locked (sj))))
     return;
+  sj->stopping = sj->tickets->len > 0;
   self->counters.jobs_cancelled++;
   forget_key (self, sj);
   if (sj->running) {

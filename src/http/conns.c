@@ -7,12 +7,16 @@
  * guard is reference-counted: a timer that fires holds a reference, so free() never pulls it
  * from under one. One mutex
  * guards the queue, the counts and each connection's state; it is never held while calling out.
- * A connection is WAITING (in the queue, oldest first: a connection joins at the tail when it
- * opens or when its request ends, so the queue is also in deadline order), BUSY (its request is
- * complete) or CLOSING (shut down by us; MHD has yet to notice). MHD tells us a connection is
- * closed before it closes the socket, so the fd we shut down is always still that connection's.
- * The timer is armed only when it is not already: it may fire for a connection that has left the
- * queue since, and then re-arms for the new head; at most one wake-up per deadline. */
+ * A connection is WAITING (in the waiting queue, oldest first: a connection joins at the tail
+ * when it opens or when its request ends, so the queue is also in deadline order), ANSWERING
+ * (its request is complete and its answer is being sent: in the answering queue, oldest first),
+ * PARKED (its request is computing: in no queue, never closed) or CLOSING (shut down by us; MHD
+ * has yet to notice). To make room, the oldest waiting connection goes first; only when none
+ * waits, the oldest one answering for at least a second (a slow reader of pipelined answers). MHD
+ * tells us a connection is closed before it closes the socket, so the fd we shut down is always
+ * still that connection's. The timer is armed only when it is not already: it may fire for a
+ * connection that has left the queue since, and then re-arms for the new head; at most one wake-up
+ * per deadline. */
 #include "conns.h"
 
 #include <sys/socket.h>
@@ -20,17 +24,20 @@
 /* Connections kept free for newcomers: past max_connections - HEADROOM, a new connection closes
  * the oldest waiting one. */
 #define HEADROOM(max) MAX ((max) / 16, 1)
+/* A connection answering for less than this is not closed to make room: its answer is on its
+ * way. */
+#define MIN_ANSWERING_US G_USEC_PER_SEC
 /* Closes are logged at most this often, as counts. */
 #define REPORT_INTERVAL_US (10 * G_USEC_PER_SEC)
 
-typedef enum { WAITING, BUSY, CLOSING } ConnState;
+typedef enum { WAITING, ANSWERING, PARKED, CLOSING } ConnState;
 
 struct CrunchConn {
   CrunchConns *guard;
   gint fd;
   ConnState state;
-  gint64 since; /* monotonic: opened, or its last request ended */
-  GList link;   /* in guard->waiting while WAITING */
+  gint64 since; /* monotonic: when it entered its queue */
+  GList link;   /* in guard->waiting while WAITING, guard->answering while ANSWERING */
 };
 
 struct CrunchConns {
@@ -40,6 +47,7 @@ struct CrunchConns {
   guint max_connections;
   gint64 timeout_us; /* 0 = none */
   GQueue waiting;    /* CrunchConn, oldest first */
+  GQueue answering;  /* CrunchConn, oldest first */
   guint open, closing;
   guint64 timed_out, made_room;
   guint64 reported_timed_out, reported_made_room;
@@ -85,6 +93,7 @@ crunch_conns_new (guint max_connections, const gchar *name, CrunchParked *watche
   self->name = g_strdup (name);
   self->max_connections = max_connections;
   g_queue_init (&self->waiting);
+  g_queue_init (&self->answering);
   self->armed = -1;
   self->ref = 1;
   self->watcher = watcher;
@@ -120,23 +129,53 @@ arm_locked (CrunchConns *self)
   }
 }
 
-static void
-wait_locked (CrunchConns *self, CrunchConn *conn)
+/* With the lock held: the queue the connection is in, if any. */
+static GQueue *
+queue_of (CrunchConns *self, CrunchConn *conn)
 {
-  conn->state = WAITING;
-  conn->since = g_get_monotonic_time ();
-  g_queue_push_tail_link (&self->waiting, &conn->link);
-  arm_locked (self);
+  return conn->state == WAITING     ? &self->waiting
+         : conn->state == ANSWERING ? &self->answering
+                                    : NULL;
 }
 
-/* With the lock held: a waiting connection is closed; MHD will report it closed. */
+/* With the lock held: out of its queue, into `state`'s (at the tail). */
+static void
+move_locked (CrunchConns *self, CrunchConn *conn, ConnState state)
+{
+  GQueue *from = queue_of (self, conn), *to;
+
+  if (from != NULL)
+    g_queue_unlink (from, &conn->link);
+  conn->state = state;
+  to = queue_of (self, conn);
+  if (to != NULL) {
+    conn->since = g_get_monotonic_time ();
+    g_queue_push_tail_link (to, &conn->link);
+  }
+  if (state == WAITING)
+    arm_locked (self);
+}
+
+/* With the lock held: a connection is closed; MHD will report it closed. */
 static void
 close_locked (CrunchConns *self, CrunchConn *conn)
 {
-  g_queue_unlink (&self->waiting, &conn->link);
-  conn->state = CLOSING;
+  move_locked (self, conn, CLOSING);
   self->closing++;
   shutdown (conn->fd, SHUT_RDWR);
+}
+
+/* With the lock held: who makes room for a newcomer, or NULL. */
+static CrunchConn *
+victim_locked (CrunchConns *self)
+{
+  CrunchConn *answering = g_queue_peek_head (&self->answering);
+
+  if (self->waiting.head != NULL)
+    return self->waiting.head->data;
+  if (answering != NULL && g_get_monotonic_time () - answering->since >= MIN_ANSWERING_US)
+    return answering;
+  return NULL;
 }
 
 CrunchConn *
@@ -150,12 +189,14 @@ crunch_conns_opened (CrunchConns *self, gint fd)
   g_mutex_lock (&self->lock);
   self->open++;
   /* closing ones still count in MHD's table, but they are on their way out */
-  if (self->open - self->closing > self->max_connections - HEADROOM (self->max_connections) &&
-      self->waiting.head != NULL) {
-    close_locked (self, self->waiting.head->data);
-    self->made_room++;
+  if (self->open - self->closing > self->max_connections - HEADROOM (self->max_connections)) {
+    CrunchConn *victim = victim_locked (self);
+    if (victim != NULL) {
+      close_locked (self, victim);
+      self->made_room++;
+    }
   }
-  wait_locked (self, conn);
+  move_locked (self, conn, WAITING);
   g_mutex_unlock (&self->lock);
   return conn;
 }
@@ -166,10 +207,19 @@ crunch_conns_request_complete (CrunchConn *conn)
   CrunchConns *self = conn->guard;
 
   g_mutex_lock (&self->lock);
-  if (conn->state == WAITING) {
-    g_queue_unlink (&self->waiting, &conn->link);
-    conn->state = BUSY;
-  }
+  if (conn->state == WAITING)
+    move_locked (self, conn, ANSWERING);
+  g_mutex_unlock (&self->lock);
+}
+
+void
+crunch_conns_request_parked (CrunchConn *conn, gboolean parked)
+{
+  CrunchConns *self = conn->guard;
+
+  g_mutex_lock (&self->lock);
+  if (conn->state != CLOSING)
+    move_locked (self, conn, parked ? PARKED : ANSWERING);
   g_mutex_unlock (&self->lock);
 }
 
@@ -179,10 +229,8 @@ crunch_conns_request_ended (CrunchConn *conn)
   CrunchConns *self = conn->guard;
 
   g_mutex_lock (&self->lock);
-  if (conn->state == WAITING) /* answered before it was complete (413, 400) */
-    g_queue_unlink (&self->waiting, &conn->link);
-  if (conn->state != CLOSING)
-    wait_locked (self, conn);
+  if (conn->state != CLOSING) /* answered, or answered before it was complete (413, 400) */
+    move_locked (self, conn, WAITING);
   g_mutex_unlock (&self->lock);
 }
 
@@ -192,10 +240,10 @@ crunch_conns_closed (CrunchConn *conn)
   CrunchConns *self = conn->guard;
 
   g_mutex_lock (&self->lock);
-  if (conn->state == WAITING)
-    g_queue_unlink (&self->waiting, &conn->link);
-  else if (conn->state == CLOSING)
+  if (conn->state == CLOSING)
     self->closing--;
+  else
+    move_locked (self, conn, PARKED); /* out of its queue */
   self->open--;
   g_mutex_unlock (&self->lock);
   g_free (conn);

@@ -9,9 +9,10 @@
  * - it has not completed a request [server] request_timeout seconds after it opened or after
  *   its previous request ended (as HAProxy's `timeout http-request`), or
  * - the table is nearly full and a new connection arrives: the oldest waiting one makes room.
- * A connection whose request is complete (being computed and parked, or being answered) is never
- * one of them. Closing is shutdown(2) on its socket: MHD then sees the end of the stream and
- * closes the connection itself, in its own thread. */
+ * A connection whose request is being computed (parked) is never one of them. When no connection
+ * waits, the one that has been answering longest (at least a second: a client reading pipelined
+ * answers slowly) makes room instead. Closing is shutdown(2) on its socket: MHD then sees the end
+ * of the stream and closes the connection itself, in its own thread. */
 #pragma once
 
 #include <glib.h>
@@ -36,8 +37,10 @@ void crunch_conns_set_timeout (CrunchConns *self, guint seconds);
 /* The daemon's polling thread, from MHD_OPTION_NOTIFY_CONNECTION and the access handler. */
 CrunchConn *crunch_conns_opened (CrunchConns *self, gint fd);
 void crunch_conns_request_complete (CrunchConn *conn); /* final access-handler call */
-void crunch_conns_request_ended (CrunchConn *conn);    /* answered; the connection stays open */
-void crunch_conns_closed (CrunchConn *conn);           /* before MHD closes the socket */
+/* Its request is computing (suspended: never closed), or it is answering again (resumed). */
+void crunch_conns_request_parked (CrunchConn *conn, gboolean parked);
+void crunch_conns_request_ended (CrunchConn *conn); /* answered; the connection stays open */
+void crunch_conns_closed (CrunchConn *conn);        /* before MHD closes the socket */
 
 void crunch_conns_get_stats (CrunchConns *self, CrunchConnsStats *stats);
 /* After the daemon has stopped: every connection is closed. */

@@ -198,6 +198,7 @@ respond_ticket (CrunchRequest *req)
   g_autofree gchar *message = NULL;
 
   set_suspended (req, FALSE);
+  crunch_conns_request_parked (req->conn, FALSE);
   switch (ticket->outcome) {
   case CRUNCH_JOB_OK:
     return respond_bytes (req, MHD_HTTP_OK, ticket->result, ticket->fn->content_type);
@@ -391,6 +392,7 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
   /* Suspend first: the job may finish (and resume us) before submit() even returns. */
   MHD_suspend_connection (req->connection);
   set_suspended (req, TRUE);
+  crunch_conns_request_parked (req->conn, TRUE);
   crunch_call_submit (req->call);
   return MHD_YES;
 }
