@@ -162,8 +162,8 @@ test_server_url (TestServer *server, const gchar *path)
   return g_strconcat (server->base, path, NULL);
 }
 
-static void
-remove_dir (const gchar *dir)
+void
+test_remove_dir (const gchar *dir)
 {
   g_autoptr (GDir) d = g_dir_open (dir, 0, NULL);
   const gchar *name;
@@ -211,7 +211,7 @@ test_server_stop_with_log (TestServer *server, gchar **log_out)
   }
   if (log_out != NULL)
     *log_out = test_server_log (server);
-  remove_dir (server->dir);
+  test_remove_dir (server->dir);
   g_object_unref (server->proc);
   g_free (server->dir);
   g_free (server->log_path);

@@ -44,6 +44,9 @@ void test_server_signal (TestServer *server, gint signum);
 gchar *test_server_log (TestServer *server);
 gchar *test_server_url (TestServer *server, const gchar *path);
 
+/* Removes a temporary directory and the files in it (not subdirectories). */
+void test_remove_dir (const gchar *dir);
+
 /* Runs crunchd with arguments to completion; returns exit status, stderr/stdout in out params. */
 gint test_run_crunchd (const gchar *const *args, gchar **out, gchar **err);
 

@@ -68,19 +68,6 @@ reap (GSubprocess *proc, gint signum)
                                            : 128 + g_subprocess_get_term_sig (proc);
 }
 
-static void
-remove_dir (const gchar *dir)
-{
-  g_autoptr (GDir) d = g_dir_open (dir, 0, NULL);
-  const gchar *name;
-
-  while (d != NULL && (name = g_dir_read_name (d)) != NULL) {
-    g_autofree gchar *path = g_build_filename (dir, name, NULL);
-    g_remove (path);
-  }
-  g_rmdir (dir);
-}
-
 /* ---- nats-server ---- */
 
 static gboolean
@@ -162,7 +149,7 @@ test_nats_free (TestNats *nats)
   if (nats->proc != NULL)
     reap (nats->proc, SIGTERM);
   g_clear_object (&nats->proc);
-  remove_dir (nats->dir);
+  test_remove_dir (nats->dir);
   g_free (nats->dir);
   g_free (nats->routes);
   g_free (nats->url);
@@ -223,7 +210,7 @@ test_worker_free (TestWorker *w)
   if (g_subprocess_get_identifier (w->proc) != NULL)
     reap (w->proc, SIGKILL);
   g_object_unref (w->proc);
-  remove_dir (w->dir);
+  test_remove_dir (w->dir);
   g_free (w->dir);
   g_free (w->log_path);
   g_free (w->id);

@@ -435,6 +435,7 @@ test_prompt_exit (void)
   TestServer *server = test_server_start (fini, NULL);
   g_autofree gchar *log = NULL;
   gint64 t0;
+  gint done;
 
   wait_serving (server, 15);
   get_expect (server, "/fib/20", 200, "6765");
@@ -444,15 +445,17 @@ test_prompt_exit (void)
   g_assert_cmpint (g_get_monotonic_time () - t0, <, 0.8 * TEST_TIME_SCALE * G_USEC_PER_SEC);
   g_assert_nonnull (strstr (log, "ready: up to 4 job(s) in flight to NATS workers"));
   t0 = g_get_monotonic_time ();
-  g_assert_cmpint (test_worker_stop (w1), >=, 1);
+  done = test_worker_stop (w1); /* the queue group gave the job to w1 or to w2 */
+  g_assert_cmpint (done, >=, 0);
   g_test_message ("worker exit: %.3f s", (g_get_monotonic_time () - t0) / 1e6);
   g_assert_cmpint (g_get_monotonic_time () - t0, <, 0.8 * TEST_TIME_SCALE * G_USEC_PER_SEC);
   test_nats_kill (nats);
   g_usleep (200000); /* w2 notices: reconnecting */
   t0 = g_get_monotonic_time ();
-  g_assert_cmpint (test_worker_stop (w2), >=, 0);
+  done += test_worker_stop (w2);
   g_test_message ("worker exit without NATS: %.3f s", (g_get_monotonic_time () - t0) / 1e6);
   g_assert_cmpint (g_get_monotonic_time () - t0, <, 0.8 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+  g_assert_cmpint (done, >=, 1);
 }
 
 int

@@ -61,19 +61,6 @@ write_temp (const gchar *dir, const gchar *name, const gchar *contents)
   return path;
 }
 
-static void
-remove_dir (const gchar *dir)
-{
-  g_autoptr (GDir) d = g_dir_open (dir, 0, NULL);
-  const gchar *name;
-
-  while (d != NULL && (name = g_dir_read_name (d)) != NULL) {
-    g_autofree gchar *path = g_build_filename (dir, name, NULL);
-    g_remove (path);
-  }
-  g_rmdir (dir);
-}
-
 /* Every configuration snippet passes crunchd --check-config, the scale-out one included. */
 static void
 test_ini_snippets (void)
@@ -101,7 +88,7 @@ test_ini_snippets (void)
     }
     checked++;
   }
-  remove_dir (dir);
+  test_remove_dir (dir);
   g_assert_cmpuint (checked, >=, 1);
   g_assert_true (scale_out);
 }
@@ -261,7 +248,7 @@ test_plugin_example (void)
   g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "done");
   g_assert_cmpstr (json_object_get_string_member (o, "result"), ==, "664579\n");
   g_assert_cmpint (test_server_stop (server), ==, 0);
-  remove_dir (dir);
+  test_remove_dir (dir);
 }
 
 int
