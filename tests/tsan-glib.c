@@ -23,11 +23,16 @@
 #include <glib.h>
 #include <sanitizer/tsan_interface.h>
 
-/* The real function, looked up once (atomically: several threads may get here first). */
+/* The real function, looked up once; several threads may get here first, so the pointer is
+ * only ever read and written atomically (a plain read of it raced with another thread's first
+ * store, found in CI). `real_NAME` is a local copy. */
 #define REAL(name)                                                                                 \
-  static __typeof__ (&name) real_##name;                                                           \
-  if (__atomic_load_n (&real_##name, __ATOMIC_ACQUIRE) == NULL)                                    \
-    __atomic_store_n (&real_##name, (__typeof__ (&name))dlsym (RTLD_NEXT, #name), __ATOMIC_RELEASE);
+  static __typeof__ (&name) real_##name##_once;                                                    \
+  __typeof__ (&name) real_##name = __atomic_load_n (&real_##name##_once, __ATOMIC_ACQUIRE);        \
+  if (real_##name == NULL) {                                                                       \
+    real_##name = (__typeof__ (&name))dlsym (RTLD_NEXT, #name);                                    \
+    __atomic_store_n (&real_##name##_once, real_##name, __ATOMIC_RELEASE);                         \
+  }
 
 void
 g_mutex_lock (GMutex *mutex)
