@@ -440,7 +440,8 @@ admitted_locked (CrunchJobs *self, Entry *entry, CrunchCallAdmission admission)
   return accepted_locked (entry);
 }
 
-CrunchReply
+/* {"fn": NAME, "args": {...}}; `client` is the fairness key. */
+static CrunchReply
 crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar *client)
 {
   g_autoptr (GError) error = NULL;

@@ -19,9 +19,6 @@ void crunch_jobs_cancel_all (CrunchJobs *self);
 /* Call after the scheduler is freed (no job can finish any more), before the calls service. */
 void crunch_jobs_free (CrunchJobs *self);
 
-/* `body` is {"fn": NAME, "args": {...}}; `client` is the fairness key. */
-CrunchReply crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len,
-                                const gchar *client);
 /* The handler of a jobs route by its verb in the route table ("submit", "describe", "result",
  * "delete"); its context is the CrunchJobs. NULL for an unknown verb. */
 CrunchHandler crunch_jobs_handler (const gchar *verb);

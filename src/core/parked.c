@@ -233,17 +233,6 @@ crunch_parked_remove (CrunchParked *self, CrunchParkedEntry *entry)
   g_free (entry);
 }
 
-guint
-crunch_parked_count (CrunchParked *self)
-{
-  guint n;
-
-  g_mutex_lock (&self->lock);
-  n = g_hash_table_size (self->entries);
-  g_mutex_unlock (&self->lock);
-  return n;
-}
-
 void
 crunch_parked_free (CrunchParked *self)
 {

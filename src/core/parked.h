@@ -35,6 +35,5 @@ CrunchParkedEntry *crunch_parked_add_timer (CrunchParked *self, gint64 deadline_
                                             const CrunchParkedKind *kind);
 /* Stop watching; call while the socket is still open. Any thread; NULL is a no-op. */
 void crunch_parked_remove (CrunchParked *self, CrunchParkedEntry *entry);
-guint crunch_parked_count (CrunchParked *self);
 /* Stops the watcher thread; entries must have been removed. */
 void crunch_parked_free (CrunchParked *self);

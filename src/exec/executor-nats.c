@@ -42,6 +42,19 @@
 
 typedef enum { WAIT_REPLY, WAIT_PRESENCE, WAIT_BACKOFF, WAIT_CONNECTION } Stage;
 
+/* Its figures, for crunchd_nats_* in /metrics (render_metrics()). */
+typedef struct {
+  guint64 jobs;        /* submitted */
+  guint64 published;   /* job messages sent, retries included */
+  guint64 retries;     /* attempts after the first lost one (timeout, worker stopping) */
+  guint64 busy;        /* no free worker, but workers exist: tried again shortly */
+  guint64 no_workers;  /* no worker at all: answered 503 or run locally */
+  guint64 fallbacks;   /* run by the local pool */
+  guint64 late;        /* final replies for jobs already answered: dropped */
+  guint64 disconnects; /* times the NATS connection was lost */
+  gboolean connected;
+} CrunchNatsStats;
+
 typedef struct NatsExecutor NatsExecutor;
 
 typedef struct {
@@ -808,13 +821,6 @@ crunch_nats_executor_new (const CrunchConfig *config, const CrunchExecutorSettin
     g_warning ("nats: no server reachable at %s yet; retrying in the background", servers);
   }
   return &self->parent;
-}
-
-void
-crunch_nats_executor_get_stats (CrunchExecutor *parent, CrunchNatsStats *stats)
-{
-  g_return_if_fail (parent->klass == &nats_class);
-  get_stats ((NatsExecutor *)parent, stats);
 }
 
 void
