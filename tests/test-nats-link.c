@@ -1,7 +1,6 @@
-/* test-nats-link.c - the NATS job protocol pieces that need no server, and the timer thread. */
+/* test-nats-link.c - the NATS job protocol pieces that need no server. */
 #include "executor-nats.h"
 #include "nats-link.h"
-#include "timer-thread.h"
 
 static void
 test_wire_status (void)
@@ -39,40 +38,6 @@ test_args (void)
   junk = crunch_nats_args_decode ("u", "abcdefg", 7, &error);
   g_assert_no_error (error);
   g_assert_cmpuint (g_variant_get_uint32 (junk), ==, 0);
-}
-
-static gboolean
-count (gpointer data)
-{
-  g_atomic_int_inc ((gint *)data);
-  return G_SOURCE_CONTINUE;
-}
-
-static void
-test_timer_thread (void)
-{
-  CrunchTimerThread *timers = crunch_timer_thread_new ("test-timers");
-  gint fired = 0, never = 0;
-  GSource *t =
-      crunch_timer_thread_add (timers, g_get_monotonic_time () + 20000, count, &fired, NULL);
-  GSource *idle = crunch_timer_thread_add (timers, -1, count, &never, NULL);
-  gint64 until = g_get_monotonic_time () + 5 * G_USEC_PER_SEC;
-
-  while (g_atomic_int_get (&fired) == 0 && g_get_monotonic_time () < until)
-    g_usleep (1000);
-  g_assert_cmpint (g_atomic_int_get (&fired), ==, 1);
-  g_usleep (50000); /* one shot: it stays disarmed */
-  g_assert_cmpint (g_atomic_int_get (&fired), ==, 1);
-  g_source_set_ready_time (t, g_get_monotonic_time ()); /* re-armed from another thread */
-  while (g_atomic_int_get (&fired) == 1 && g_get_monotonic_time () < until)
-    g_usleep (1000);
-  g_assert_cmpint (g_atomic_int_get (&fired), ==, 2);
-  g_assert_cmpint (g_atomic_int_get (&never), ==, 0);
-  g_source_destroy (t);
-  g_source_unref (t);
-  g_source_destroy (idle);
-  g_source_unref (idle);
-  crunch_timer_thread_free (timers);
 }
 
 typedef struct {
@@ -156,7 +121,6 @@ main (int argc, char **argv)
   g_assert_true (crunch_functions_init (config, NULL));
   g_test_add_func ("/nats-link/wire-status", test_wire_status);
   g_test_add_func ("/nats-link/args", test_args);
-  g_test_add_func ("/timer-thread/once-and-rearm", test_timer_thread);
   g_test_add_func ("/executor-nats/no-server", test_no_server);
   status = g_test_run ();
   crunch_nats_library_close (); /* so that leak checkers see nats.c's memory freed */

@@ -10,8 +10,6 @@
  *   g_thread_pool_push + worker   release on the item when pushed, acquire when a worker gets it;
  *   g_thread_pool_free            acquire what every worker released after its last item;
  *   g_idle_add + callback         release on the data when added, acquire when it runs;
- *   g_source_attach/set_ready_time + the callback set with g_source_set_callback: the same,
- *                                 on the source (timer-thread.c arms sources from other threads);
  *   g_bytes_unref, g_variant_unref, g_atomic_rc_box_release_full  an acquire-release on the
  *                                 object, as the atomic count does.
  * Definitions in the executable take precedence over libglib's for crunchd's own calls, so only
@@ -129,60 +127,6 @@ g_thread_pool_free (GThreadPool *pool, gboolean immediate, gboolean wait_)
   REAL (g_thread_pool_free);
   real_g_thread_pool_free (pool, immediate, wait_);
   __tsan_acquire (&pools_done);
-}
-
-/* ---- GSource: a callback handed to the thread that runs another main context ---- */
-
-typedef struct {
-  GSourceFunc func;
-  gpointer data;
-  GDestroyNotify notify;
-  GSource *source;
-} SourceCallback;
-
-static gboolean
-source_trampoline (gpointer data)
-{
-  SourceCallback *cb = data;
-
-  __tsan_acquire (cb->source);
-  return cb->func (cb->data);
-}
-
-static void
-source_callback_free (gpointer data)
-{
-  SourceCallback *cb = data;
-
-  if (cb->notify != NULL)
-    cb->notify (cb->data);
-  g_free (cb);
-}
-
-void
-g_source_set_callback (GSource *source, GSourceFunc func, gpointer data, GDestroyNotify notify)
-{
-  REAL (g_source_set_callback);
-  SourceCallback *cb = g_new (SourceCallback, 1);
-
-  *cb = (SourceCallback){func, data, notify, source};
-  real_g_source_set_callback (source, source_trampoline, cb, source_callback_free);
-}
-
-guint
-g_source_attach (GSource *source, GMainContext *context)
-{
-  REAL (g_source_attach);
-  __tsan_release (source);
-  return real_g_source_attach (source, context);
-}
-
-void
-g_source_set_ready_time (GSource *source, gint64 ready_time)
-{
-  REAL (g_source_set_ready_time);
-  __tsan_release (source);
-  real_g_source_set_ready_time (source, ready_time);
 }
 
 /* ---- reference counts: GLib's atomics are not instrumented ---- */

@@ -8,7 +8,10 @@
  * (no dangling pointers). A fired entry stays registered (without events) until remove(), but
  * never fires twice. `expire` runs without the lock held, on a reference the watcher took. An
  * entry may bring a kind of its own (add_timer()): the connection guard's deadline timer shares
- * this thread with the compute calls' deadlines and hang-ups. */
+ * this thread with the compute calls' deadlines and hang-ups. A timer entry can be re-armed
+ * (rearm()), fired or not, which is all the NATS executor and crunchd-worker need: they run a
+ * CrunchParked of their own as their timer service, so every deadline, retry and heartbeat in
+ * both programs goes through this one mechanism. */
 #include "parked.h"
 
 #include <errno.h>
@@ -215,6 +218,29 @@ crunch_parked_add_timer (CrunchParked *self, gint64 deadline_us, gpointer item,
                          const CrunchParkedKind *kind)
 {
   return add (self, -1, deadline_us, item, kind);
+}
+
+void
+crunch_parked_rearm (CrunchParked *self, CrunchParkedEntry *entry, gint64 deadline_us)
+{
+  gboolean earlier;
+
+  g_return_if_fail (entry->fd < 0);
+  g_mutex_lock (&self->lock);
+  if (entry->by_deadline != NULL) {
+    g_sequence_remove (entry->by_deadline);
+    entry->by_deadline = NULL;
+  }
+  entry->deadline_us = deadline_us;
+  entry->fired = FALSE;
+  if (deadline_us != 0)
+    entry->by_deadline = g_sequence_insert_sorted (self->deadlines, entry, by_deadline, NULL);
+  earlier = deadline_us != 0 && deadline_us < self->next_wake_us;
+  if (earlier)
+    self->next_wake_us = deadline_us;
+  g_mutex_unlock (&self->lock);
+  if (earlier)
+    wake (self);
 }
 
 void

@@ -1,4 +1,5 @@
-/* parked.h - watch suspended connections for their deadline and for the client hanging up.
+/* parked.h - watch suspended connections for their deadline and for the client hanging up; and
+ * the one timer service of both programs.
  *
  * libmicrohttpd neither times out a suspended connection nor notices its client leaving, so
  * crunchd does both here: one watcher thread, one epoll set of parked sockets (EPOLLRDHUP) plus a
@@ -33,6 +34,9 @@ CrunchParkedEntry *crunch_parked_add (CrunchParked *self, gint fd, gint64 deadli
  * thread serves as a timer. `expire` gets CRUNCH_JOB_TIMED_OUT. Any thread. */
 CrunchParkedEntry *crunch_parked_add_timer (CrunchParked *self, gint64 deadline_us, gpointer item,
                                             const CrunchParkedKind *kind);
+/* Move a timer entry's deadline (0 = disarm), whether or not it has fired: it fires (again) at
+ * the new time. The caller keeps the entry valid (no concurrent remove()). Any thread. */
+void crunch_parked_rearm (CrunchParked *self, CrunchParkedEntry *entry, gint64 deadline_us);
 /* Stop watching; call while the socket is still open. Any thread; NULL is a no-op. */
 void crunch_parked_remove (CrunchParked *self, CrunchParkedEntry *entry);
 /* Stops the watcher thread; entries must have been removed. */

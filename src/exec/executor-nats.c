@@ -2,9 +2,9 @@
  *
  * DESIGN
  * Every submitted job is a Pending entry in `pending` (id -> entry, guarded by `lock`) until it
- * has its outcome. An entry has one timer (a ready-time source on our timer thread) whose due
- * time depends on the entry's stage, and is never later than the job's deadline (firing there
- * means 504):
+ * has its outcome. An entry has one timer (an entry of our own CrunchParked, the timer service of
+ * parked.c) whose due time depends on the entry's stage, and is never later than the job's
+ * deadline (firing there means 504):
  *   WAIT_REPLY      a job message is out. Due at now + attempt_timeout, pushed back by every
  *                   "running" heartbeat of the worker; firing means the attempt is lost (worker
  *                   died or froze): publish again, at most `retries` times, then 504.
@@ -19,7 +19,7 @@
  * Threads: submit() runs on the MHD thread under the scheduler's lock, so it never completes a
  * job itself (the scheduler's `finished` callback takes that lock). Replies arrive on nats.c's
  * delivery thread for our one wildcard subscription <inbox>.>; connection events on nats.c's
- * callback thread; timers on our timer thread. Each decides under `lock` and publishes or
+ * callback thread; timers on our timer service's thread. Each decides under `lock` and publishes or
  * completes after releasing it (a Step). Whoever removes an entry from the table completes its
  * job, so that happens exactly once; replies for entries no longer there are late: dropped and
  * counted. A job cancelled by the scheduler (client gone, deadline, shutdown) has its timer
@@ -31,7 +31,7 @@
 #include <string.h>
 
 #include "nats-link.h"
-#include "timer-thread.h"
+#include "parked.h"
 
 #define BACKOFF_MIN_US 2000
 #define BACKOFF_MAX_US (100 * 1000)
@@ -65,9 +65,11 @@ typedef struct {
   guint busy;    /* "all workers busy" in a row: sets the backoff */
   Stage stage;
   gint64 due; /* when the timer should act; it may fire early after a re-arm */
-  GSource *timer;
+  CrunchParkedEntry *timer;
 } Pending;
 
+/* A timer's item: which entry it belongs to (reference-counted, g_atomic_rc_box). A timer that
+ * fires after its entry is gone finds nothing under that id. */
 typedef struct {
   NatsExecutor *self;
   guint64 id;
@@ -82,7 +84,8 @@ struct NatsExecutor {
   gchar *prefix, *presence_subject, *cancel_subject;
   gint64 attempt_timeout_us, grace_us;
   guint retries;
-  CrunchTimerThread *timers;
+  CrunchParked *timers; /* our timer service: one entry per Pending */
+  CrunchParkedKind timer_kind;
 
   GMutex lock;
   GCond cond;
@@ -188,13 +191,13 @@ publish_cancel (NatsExecutor *self, guint64 id)
 /* ---- entries (lock held) ---- */
 
 static void
-arm_locked (Pending *p, Stage stage, gint64 due)
+arm_locked (NatsExecutor *self, Pending *p, Stage stage, gint64 due)
 {
   gint64 deadline = deadline_of (p->job);
 
   p->stage = stage;
   p->due = deadline != 0 ? MIN (due, deadline) : due;
-  g_source_set_ready_time (p->timer, p->due);
+  crunch_parked_rearm (self->timers, p->timer, p->due);
 }
 
 /* Prepares a step that keeps the entry: the step gets what it needs, not the entry. */
@@ -213,8 +216,7 @@ step_take (NatsExecutor *self, Step *step, Pending *p, Action action, CrunchJobO
            gchar *error)
 {
   g_hash_table_remove (self->pending, &p->id);
-  g_source_destroy (p->timer);
-  g_source_unref (p->timer);
+  crunch_parked_remove (self->timers, p->timer);
   step->action = action;
   step->job = p->job; /* the entry's reference */
   step->id = p->id;
@@ -240,12 +242,12 @@ static void
 send_locked (NatsExecutor *self, Step *step, Pending *p)
 {
   if (!self->connected) {
-    arm_locked (p, WAIT_CONNECTION, now () + (self->closed ? 0 : self->grace_us));
+    arm_locked (self, p, WAIT_CONNECTION, now () + (self->closed ? 0 : self->grace_us));
     return;
   }
   p->attempt++;
   self->stats.published++;
-  arm_locked (p, WAIT_REPLY, now () + self->attempt_timeout_us);
+  arm_locked (self, p, WAIT_REPLY, now () + self->attempt_timeout_us);
   step_keep (step, ACT_PUBLISH, p);
 }
 
@@ -296,7 +298,7 @@ on_probe_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attem
     return;
   }
   self->stats.busy++;
-  arm_locked (p, WAIT_BACKOFF, now () + MIN (BACKOFF_MIN_US << MIN (p->busy, 6), BACKOFF_MAX_US));
+  arm_locked (self, p, WAIT_BACKOFF, now () + MIN (BACKOFF_MIN_US << MIN (p->busy, 6), BACKOFF_MAX_US));
   p->busy++;
 }
 
@@ -336,7 +338,7 @@ on_job_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attempt
 
   if (natsMsg_IsNoResponders (msg)) {
     if (p->stage == WAIT_REPLY && attempt == p->attempt) {
-      arm_locked (p, WAIT_PRESENCE, now () + MIN (self->attempt_timeout_us, PROBE_TIMEOUT_US));
+      arm_locked (self, p, WAIT_PRESENCE, now () + MIN (self->attempt_timeout_us, PROBE_TIMEOUT_US));
       step_keep (step, ACT_PROBE, p);
     }
     return;
@@ -346,7 +348,7 @@ on_job_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attempt
   switch (status) {
   case CRUNCH_WIRE_RUNNING:
     if (p->stage == WAIT_REPLY)
-      arm_locked (p, WAIT_REPLY, now () + self->attempt_timeout_us);
+      arm_locked (self, p, WAIT_REPLY, now () + self->attempt_timeout_us);
     break;
   case CRUNCH_WIRE_SHUTDOWN:
   case CRUNCH_WIRE_CANCELLED:
@@ -392,10 +394,10 @@ on_reply (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure
 
 /* ---- timers (our timer thread) ---- */
 
-static gboolean
-on_timer (gpointer data)
+static void
+on_timer (gpointer item, CrunchJobOutcome why, gpointer data)
 {
-  TimerKey *key = data;
+  TimerKey *key = item;
   NatsExecutor *self = key->self;
   Step step = {0};
   Pending *p;
@@ -408,7 +410,7 @@ on_timer (gpointer data)
       step_take (self, &step, p, ACT_COMPLETE,
                  (CrunchJobOutcome)g_atomic_int_get (&p->job->cancel.flag), NULL);
     } else if (t < p->due) {
-      g_source_set_ready_time (p->timer, p->due); /* re-armed while it fired */
+      crunch_parked_rearm (self->timers, p->timer, p->due); /* re-armed while it fired */
     } else if (deadline_of (p->job) != 0 && t >= deadline_of (p->job)) {
       step_take (self, &step, p, ACT_COMPLETE, CRUNCH_JOB_TIMED_OUT, NULL);
     } else if (p->stage == WAIT_REPLY) {
@@ -423,7 +425,18 @@ on_timer (gpointer data)
   }
   g_mutex_unlock (&self->lock);
   perform (self, &step);
-  return G_SOURCE_CONTINUE;
+}
+
+static gpointer
+timer_key_ref (gpointer key)
+{
+  return g_atomic_rc_box_acquire (key);
+}
+
+static void
+timer_key_unref (gpointer key)
+{
+  g_atomic_rc_box_release_full (key, NULL);
 }
 
 /* ---- steps (no lock) ---- */
@@ -510,7 +523,7 @@ on_disconnected (natsConnection *nc, void *closure)
   g_hash_table_iter_init (&iter, self->pending);
   while (g_hash_table_iter_next (&iter, NULL, &value)) {
     if (((Pending *)value)->stage != WAIT_CONNECTION)
-      arm_locked (value, WAIT_CONNECTION, now () + self->grace_us);
+      arm_locked (self, value, WAIT_CONNECTION, now () + self->grace_us);
   }
   waiting = g_hash_table_size (self->pending);
   g_mutex_unlock (&self->lock);
@@ -535,7 +548,7 @@ on_closed (natsConnection *nc, void *closure)
   self->closed = TRUE;
   g_hash_table_iter_init (&iter, self->pending);
   while (g_hash_table_iter_next (&iter, NULL, &value))
-    arm_locked (value, WAIT_CONNECTION, now ());
+    arm_locked (self, value, WAIT_CONNECTION, now ());
   self->conn_closed = TRUE;
   g_cond_broadcast (&self->cond);
   g_mutex_unlock (&self->lock);
@@ -559,14 +572,15 @@ nats_submit (CrunchExecutor *parent, CrunchJob *job)
 {
   NatsExecutor *self = (NatsExecutor *)parent;
   Pending *p = g_new0 (Pending, 1);
-  TimerKey *key = g_new0 (TimerKey, 1);
+  TimerKey *key = g_atomic_rc_box_new0 (TimerKey);
   Step step = {0};
 
   p->job = crunch_job_ref (job);
   key->self = self;
   g_mutex_lock (&self->lock);
   p->id = key->id = job->executor_key = ++self->next_id;
-  p->timer = crunch_timer_thread_add (self->timers, -1, on_timer, key, g_free);
+  p->timer = crunch_parked_add_timer (self->timers, 0, key, &self->timer_kind);
+  g_atomic_rc_box_release_full (key, NULL); /* the timer holds it now */
   g_hash_table_insert (self->pending, &p->id, p);
   self->stats.jobs++;
   send_locked (self, &step, p);
@@ -586,7 +600,7 @@ nats_cancel (CrunchExecutor *parent, CrunchJob *job)
   p = g_hash_table_lookup (self->pending, &job->executor_key);
   if (p != NULL && p->job == job) {
     p->due = now ();
-    g_source_set_ready_time (p->timer, p->due);
+    crunch_parked_rearm (self->timers, p->timer, p->due);
   }
   g_mutex_unlock (&self->lock);
 }
@@ -713,7 +727,7 @@ nats_free (CrunchExecutor *parent)
              self->stats.disconnects);
   natsSubscription_Destroy (self->replies);
   natsConnection_Destroy (self->nc);
-  crunch_timer_thread_free (self->timers); /* after the last re-arm: no more callbacks */
+  crunch_parked_free (self->timers); /* after the last re-arm: no more callbacks */
   crunch_executor_free (self->local);      /* waits for jobs running locally */
   g_hash_table_unref (self->pending);
   g_mutex_clear (&self->lock);
@@ -787,7 +801,8 @@ crunch_nats_executor_new (const CrunchConfig *config, const CrunchExecutorSettin
   self->retries = config->nats.retries;
   if (g_str_equal (config->nats.fallback, "local"))
     self->local = crunch_local_executor_new (settings, on_local_finished, self);
-  self->timers = crunch_timer_thread_new ("crunchd-nats");
+  self->timer_kind = (CrunchParkedKind){on_timer, NULL, timer_key_ref, timer_key_unref};
+  self->timers = crunch_parked_new (on_timer, NULL, timer_key_ref, timer_key_unref);
   self->inbox = new_inbox ();
   self->sub_done = self->conn_closed = TRUE; /* until there is something to wait for */
 
@@ -800,7 +815,7 @@ crunch_nats_executor_new (const CrunchConfig *config, const CrunchExecutorSettin
       return NULL;
     }
   } else {
-    crunch_timer_thread_free (self->timers);
+    crunch_parked_free (self->timers);
     crunch_executor_free (self->local);
     g_hash_table_unref (self->pending);
     g_free (self->inbox);

@@ -8,10 +8,12 @@
  * *before* its reply is published: the front end sees the answer and sends the next job only
  * after the server (same connection, in order) knows the slot is free again.
  * Threads: nats.c's shared delivery thread runs on_job (decode, register, push to the pool),
- * on_presence and on_cancel; pool threads run the functions, re-subscribe and reply; our timer
- * thread sends "running" heartbeats and cancels jobs past their deadline; the main thread calls
- * new, stop and free. `lock` guards the slots, the set of running tasks and the counters; a
- * timer callback only touches a task it finds in that set. */
+ * on_presence and on_cancel; pool threads run the functions, re-subscribe and reply; the thread
+ * of our timer service (a CrunchParked of parked.c, the same timers crunchd uses) sends "running"
+ * heartbeats and cancels jobs past their deadline; the main thread calls new, stop and free.
+ * `lock` guards the slots, the set of running tasks, each task's timer entries and the counters.
+ * A timer holds a reference to its task and acts only while the task still has that timer (a
+ * finished task's timers are removed under `lock`). Lock order: `lock`, then the timers'. */
 #include "worker.h"
 
 #include <gio/gio.h>
@@ -23,7 +25,7 @@
 #include "executor.h"
 #include "functions.h"
 #include "nats-link.h"
-#include "timer-thread.h"
+#include "parked.h"
 
 #define CLOSE_WAIT_US (5 * G_USEC_PER_SEC)
 
@@ -38,7 +40,7 @@ typedef struct {
   gchar *request_id, *reply;
   const CrunchFunction *fn;
   CrunchJob *job; /* NULL for a malformed message; its cancel flag says what stopped it */
-  GSource *deadline, *heartbeat;
+  CrunchParkedEntry *deadline, *heartbeat; /* timers on w->timers */
   gint64 heartbeat_us;
 } Task;
 
@@ -50,7 +52,7 @@ struct CrunchWorker {
   natsSubscription *presence, *cancel;
   GThreadPool *pool;
   gint nice;
-  CrunchTimerThread *timers;
+  CrunchParked *timers; /* our timer service (parked.c): deadlines and heartbeats */
 
   GMutex lock;
   GCond cond;
@@ -140,25 +142,35 @@ subscribe_slot_locked (Slot *slot)
 /* ---- tasks ---- */
 
 static void
-task_free (Task *t)
+task_clear (gpointer data)
 {
+  Task *t = data;
+
   g_free (t->request_id);
   g_free (t->reply);
   g_clear_pointer (&t->job, crunch_job_unref);
-  g_free (t);
+}
+
+/* A task is reference-counted (g_atomic_rc_box): a timer that fires holds it while it looks. */
+static gpointer
+task_ref (gpointer t)
+{
+  return g_atomic_rc_box_acquire (t);
+}
+
+static void
+task_free (gpointer t)
+{
+  g_atomic_rc_box_release_full (t, task_clear);
 }
 
 static void
 task_stop_timers_locked (Task *t)
 {
-  if (t->deadline != NULL) {
-    g_source_destroy (t->deadline);
-    g_clear_pointer (&t->deadline, g_source_unref);
-  }
-  if (t->heartbeat != NULL) {
-    g_source_destroy (t->heartbeat);
-    g_clear_pointer (&t->heartbeat, g_source_unref);
-  }
+  CrunchParked *timers = t->slot->w->timers;
+
+  crunch_parked_remove (timers, g_steal_pointer (&t->deadline));
+  crunch_parked_remove (timers, g_steal_pointer (&t->heartbeat));
 }
 
 static CrunchWireStatus
@@ -209,23 +221,22 @@ run_task (gpointer data, gpointer user_data)
   task_free (t);
 }
 
-static gboolean
-on_heartbeat (gpointer data)
+static void
+on_heartbeat (gpointer item, CrunchJobOutcome why, gpointer data)
 {
-  Task *t = data;
+  Task *t = item;
   CrunchWorker *w = t->slot->w;
 
   g_autofree gchar *subject = NULL;
 
   g_mutex_lock (&w->lock);
-  if (g_hash_table_contains (w->running, t)) {
+  if (t->heartbeat != NULL) { /* still running */
     subject = g_strdup (t->reply);
-    g_source_set_ready_time (t->heartbeat, g_get_monotonic_time () + t->heartbeat_us);
+    crunch_parked_rearm (w->timers, t->heartbeat, g_get_monotonic_time () + t->heartbeat_us);
   }
   g_mutex_unlock (&w->lock);
   if (subject != NULL) /* published outside the lock; a late one is ignored by the front end */
     reply (w, subject, CRUNCH_WIRE_RUNNING, NULL, NULL, 0);
-  return G_SOURCE_CONTINUE;
 }
 
 /* First reason wins, as with crunch_job_cancel(). */
@@ -235,18 +246,20 @@ task_cancel (Task *t, CrunchJobOutcome reason)
   crunch_job_cancel (t->job, reason);
 }
 
-static gboolean
-on_deadline (gpointer data)
+static void
+on_deadline (gpointer item, CrunchJobOutcome why, gpointer data)
 {
-  Task *t = data;
+  Task *t = item;
   CrunchWorker *w = t->slot->w;
 
   g_mutex_lock (&w->lock);
-  if (g_hash_table_contains (w->running, t))
+  if (t->deadline != NULL) /* still running */
     task_cancel (t, CRUNCH_JOB_TIMED_OUT);
   g_mutex_unlock (&w->lock);
-  return G_SOURCE_CONTINUE;
 }
+
+static const CrunchParkedKind deadline_kind = {on_deadline, NULL, task_ref, task_free};
+static const CrunchParkedKind heartbeat_kind = {on_heartbeat, NULL, task_ref, task_free};
 
 /* Arguments are decoded only as the flat tuple the function declares: whatever type a message
  * names (a nested one, a huge one), nothing else is ever built from its bytes. */
@@ -274,7 +287,7 @@ task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
   Task *t;
   gint64 wall;
 
-  t = g_new0 (Task, 1);
+  t = g_atomic_rc_box_new0 (Task);
   t->slot = slot;
   t->reply = g_strdup (natsMsg_GetReply (msg));
   t->request_id = g_strdup (crunch_nats_header (msg, CRUNCH_HDR_REQUEST_ID));
@@ -330,10 +343,10 @@ on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
   g_hash_table_add (w->running, t);
   w->active++;
   if (deadline_us != 0)
-    t->deadline = crunch_timer_thread_add (w->timers, deadline_us, on_deadline, t, NULL);
+    t->deadline = crunch_parked_add_timer (w->timers, deadline_us, t, &deadline_kind);
   if (t->heartbeat_us > 0)
-    t->heartbeat = crunch_timer_thread_add (w->timers, g_get_monotonic_time () + t->heartbeat_us,
-                                            on_heartbeat, t, NULL);
+    t->heartbeat = crunch_parked_add_timer (w->timers, g_get_monotonic_time () + t->heartbeat_us,
+                                            t, &heartbeat_kind);
   g_mutex_unlock (&w->lock);
   g_thread_pool_push (w->pool, t, NULL);
 }
@@ -467,7 +480,7 @@ crunch_worker_new (const CrunchConfig *config, guint threads, const gchar *id, G
   g_mutex_init (&w->lock);
   g_cond_init (&w->cond);
   w->running = g_hash_table_new (NULL, NULL);
-  w->timers = crunch_timer_thread_new ("worker-timers");
+  w->timers = crunch_parked_new (on_deadline, NULL, task_ref, task_free);
   w->pool = g_thread_pool_new (run_task, w, (gint)threads, TRUE, NULL);
 
   name = g_strconcat ("crunchd-worker ", id, NULL);
@@ -558,7 +571,7 @@ crunch_worker_free (CrunchWorker *w)
   g_clear_pointer (&w->presence, natsSubscription_Destroy);
   g_clear_pointer (&w->cancel, natsSubscription_Destroy);
   natsConnection_Destroy (w->nc);
-  crunch_timer_thread_free (w->timers);
+  crunch_parked_free (w->timers);
   g_hash_table_unref (w->running);
   g_mutex_clear (&w->lock);
   g_cond_clear (&w->cond);

@@ -1,0 +1,141 @@
+/* test-parked.c - parked.c as a timer service: the one timer mechanism of crunchd, its NATS
+ * executor and crunchd-worker (deadlines, retries, heartbeats). */
+#include "parked.h"
+
+typedef struct {
+  gint fired;
+  gint last_why;
+} Counter;
+
+static void
+on_fire (gpointer item, CrunchJobOutcome why, gpointer data)
+{
+  Counter *c = item;
+
+  g_atomic_int_set (&c->last_why, why);
+  g_atomic_int_inc (&c->fired);
+}
+
+static gpointer
+same (gpointer item)
+{
+  return item;
+}
+
+static void
+nothing (gpointer item)
+{
+}
+
+static const CrunchParkedKind kind = {on_fire, NULL, same, nothing};
+
+/* Waits up to 5 s for the count to reach `n`. */
+static gint
+wait_fired (Counter *c, gint n)
+{
+  gint64 until = g_get_monotonic_time () + 5 * G_USEC_PER_SEC;
+
+  while (g_atomic_int_get (&c->fired) < n && g_get_monotonic_time () < until)
+    g_usleep (1000);
+  return g_atomic_int_get (&c->fired);
+}
+
+static void
+test_once_and_rearm (void)
+{
+  CrunchParked *timers = crunch_parked_new (on_fire, NULL, same, nothing);
+  Counter c = {0}, never = {0};
+  CrunchParkedEntry *t = crunch_parked_add_timer (timers, g_get_monotonic_time () + 20000, &c, &kind);
+  CrunchParkedEntry *idle = crunch_parked_add_timer (timers, 0, &never, &kind);
+
+  g_assert_cmpint (wait_fired (&c, 1), ==, 1);
+  g_assert_cmpint (g_atomic_int_get (&c.last_why), ==, CRUNCH_JOB_TIMED_OUT);
+  g_usleep (50000); /* one shot: it stays disarmed */
+  g_assert_cmpint (g_atomic_int_get (&c.fired), ==, 1);
+  crunch_parked_rearm (timers, t, g_get_monotonic_time ()); /* fired, armed again */
+  g_assert_cmpint (wait_fired (&c, 2), ==, 2);
+  crunch_parked_rearm (timers, t, g_get_monotonic_time () + 30000);
+  crunch_parked_rearm (timers, t, 0); /* disarmed before it fires */
+  g_usleep (60000);
+  g_assert_cmpint (g_atomic_int_get (&c.fired), ==, 2);
+  g_assert_cmpint (g_atomic_int_get (&never.fired), ==, 0);
+  crunch_parked_remove (timers, t);
+  crunch_parked_remove (timers, idle);
+  crunch_parked_free (timers);
+}
+
+/* A re-arm to an earlier time than the watcher sleeps towards wakes it: the timer is not held
+ * back by a later one. */
+static void
+test_rearm_earlier (void)
+{
+  CrunchParked *timers = crunch_parked_new (on_fire, NULL, same, nothing);
+  Counter late = {0}, soon = {0};
+  gint64 start = g_get_monotonic_time ();
+  CrunchParkedEntry *a = crunch_parked_add_timer (timers, start + 10 * G_USEC_PER_SEC, &late, &kind);
+  CrunchParkedEntry *b = crunch_parked_add_timer (timers, start + 10 * G_USEC_PER_SEC, &soon, &kind);
+
+  g_usleep (20000); /* the watcher sleeps towards +10 s */
+  crunch_parked_rearm (timers, b, g_get_monotonic_time () + 10000);
+  g_assert_cmpint (wait_fired (&soon, 1), ==, 1);
+  g_assert_cmpint (g_get_monotonic_time () - start, <, 2 * G_USEC_PER_SEC);
+  g_assert_cmpint (g_atomic_int_get (&late.fired), ==, 0);
+  crunch_parked_remove (timers, a);
+  crunch_parked_remove (timers, b);
+  crunch_parked_free (timers);
+}
+
+/* Many timers re-armed from several threads at once (the NATS executor's heartbeats and
+ * cancels): each fires exactly once per arming, in time. */
+#define N_TIMERS 64
+
+typedef struct {
+  CrunchParked *timers;
+  CrunchParkedEntry **entries;
+  guint first;
+} Rearmer;
+
+static gpointer
+rearm_half (gpointer data)
+{
+  Rearmer *r = data;
+
+  for (guint i = r->first; i < N_TIMERS; i += 2)
+    crunch_parked_rearm (r->timers, r->entries[i], g_get_monotonic_time () + 1000 * (i % 7));
+  return NULL;
+}
+
+static void
+test_rearm_threads (void)
+{
+  CrunchParked *timers = crunch_parked_new (on_fire, NULL, same, nothing);
+  Counter c[N_TIMERS] = {0};
+  CrunchParkedEntry *entries[N_TIMERS];
+  Rearmer r[2] = {{timers, entries, 0}, {timers, entries, 1}};
+  GThread *threads[2];
+
+  for (guint i = 0; i < N_TIMERS; i++)
+    entries[i] = crunch_parked_add_timer (timers, 0, &c[i], &kind);
+  for (guint i = 0; i < 2; i++)
+    threads[i] = g_thread_new ("rearm", rearm_half, &r[i]);
+  for (guint i = 0; i < 2; i++)
+    g_thread_join (threads[i]);
+  for (guint i = 0; i < N_TIMERS; i++)
+    g_assert_cmpint (wait_fired (&c[i], 1), ==, 1);
+  g_usleep (20000);
+  for (guint i = 0; i < N_TIMERS; i++) {
+    g_assert_cmpint (g_atomic_int_get (&c[i].fired), ==, 1);
+    crunch_parked_remove (timers, entries[i]);
+  }
+  crunch_parked_free (timers);
+}
+
+int
+main (int argc, char *argv[])
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/parked/timer/once-and-rearm", test_once_and_rearm);
+  g_test_add_func ("/parked/timer/rearm-earlier", test_rearm_earlier);
+  g_test_add_func ("/parked/timer/rearm-from-threads", test_rearm_threads);
+  return g_test_run ();
+}
