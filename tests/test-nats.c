@@ -255,6 +255,36 @@ test_cluster_node_lost (void)
   test_worker_stop (w2);
 }
 
+/* More jobs in flight (4) than worker slots (1): the jobs that find the worker busy are served
+ * oldest first as the slot frees, so no request waits much longer than its turn. Before, a job in
+ * back-off lost every race for the slot to jobs submitted after it, and could wait until its
+ * deadline (10 s) while younger jobs were served. */
+static void
+test_busy_workers_in_order (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  TestWorker *w1 = test_worker_start (wini, "w1", 1);
+  TestServer *server = test_server_start (fini, NULL);
+  guint n = test_fib_n_for (server, 0.01);
+  g_autofree gchar *path = g_strdup_printf ("/fib/%u", n);
+  g_autofree gchar *url = test_server_url (server, path);
+  TestLoad load = {0};
+  gint64 t0 = g_get_monotonic_time ();
+  gdouble total;
+
+  test_load (url, 120, 8, &load, NULL);
+  total = (gdouble)(g_get_monotonic_time () - t0) / G_USEC_PER_SEC;
+  g_test_message ("fib(%u): 120 jobs on one slot in %.2f s; slowest request %.3f s", n, total,
+                  load.max_seconds);
+  g_assert_cmpuint (load.counts[200], ==, 120);
+  /* fair: about 8 jobs ahead of each request (~0.2 of the run); a starved one waits it all */
+  g_assert_cmpfloat (load.max_seconds, <, MAX (0.5 * total, 0.5));
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_assert_cmpint (test_worker_stop (w1), >=, 120); /* and the calibration's */
+}
+
 static void
 test_worker_frozen (void)
 {
@@ -472,6 +502,7 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/correct-and-spread", test_correct_and_spread);
   g_test_add_func ("/nats/no-workers", test_no_workers);
   g_test_add_func ("/nats/worker-killed", test_worker_killed);
+  g_test_add_func ("/nats/busy-workers-in-order", test_busy_workers_in_order);
   g_test_add_func ("/nats/worker-frozen", test_worker_frozen);
   g_test_add_func ("/nats/cancel-reaches-worker", test_cancel_reaches_worker);
   g_test_add_func ("/nats/server-lost", test_nats_server_lost);

@@ -66,6 +66,8 @@ typedef struct {
   Stage stage;
   gint64 due; /* when the timer should act; it may fire early after a re-arm */
   CrunchParkedEntry *timer;
+  GList link;      /* in `waiting` while `queued` */
+  gboolean queued; /* found every worker busy and no worker has taken it since */
 } Pending;
 
 /* A timer's item: which entry it belongs to (reference-counted, g_atomic_rc_box). A timer that
@@ -90,6 +92,7 @@ struct NatsExecutor {
   GMutex lock;
   GCond cond;
   GHashTable *pending; /* &Pending.id -> Pending */
+  GQueue waiting;      /* of Pending: jobs that found every worker busy, oldest first */
   guint64 next_id;
   gboolean connected, closed, freeing;
   gboolean sub_done, conn_closed; /* nats.c will not call us again */
@@ -200,6 +203,39 @@ arm_locked (NatsExecutor *self, Pending *p, Stage stage, gint64 due)
   crunch_parked_rearm (self->timers, p->timer, p->due);
 }
 
+/* The queue of jobs waiting for a free worker. A worker frees a slot only by answering, so each
+ * final reply hands the slot to the oldest job waiting (handoff_locked()), and a new job does not
+ * overtake waiting ones: without this, jobs in back-off lose every race for a slot to fresh ones
+ * and can wait until their deadline while workers are busy with younger jobs. */
+static void
+wait_join_locked (NatsExecutor *self, Pending *p)
+{
+  if (!p->queued) {
+    p->link.data = p;
+    g_queue_push_tail_link (&self->waiting, &p->link);
+    p->queued = TRUE;
+  }
+}
+
+static void
+wait_leave_locked (NatsExecutor *self, Pending *p)
+{
+  if (p->queued) {
+    g_queue_unlink (&self->waiting, &p->link);
+    p->queued = FALSE;
+  }
+}
+
+/* The oldest job that waits in back-off (not one already sent again), or NULL. */
+static Pending *
+first_waiting_locked (NatsExecutor *self)
+{
+  for (GList *l = self->waiting.head; l != NULL; l = l->next)
+    if (((Pending *)l->data)->stage == WAIT_BACKOFF)
+      return l->data;
+  return NULL;
+}
+
 /* Prepares a step that keeps the entry: the step gets what it needs, not the entry. */
 static void
 step_keep (Step *step, Action action, Pending *p)
@@ -216,6 +252,7 @@ step_take (NatsExecutor *self, Step *step, Pending *p, Action action, CrunchJobO
            gchar *error)
 {
   g_hash_table_remove (self->pending, &p->id);
+  wait_leave_locked (self, p);
   crunch_parked_remove (self->timers, p->timer);
   step->action = action;
   step->job = p->job; /* the entry's reference */
@@ -298,6 +335,7 @@ on_probe_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attem
     return;
   }
   self->stats.busy++;
+  wait_join_locked (self, p);
   arm_locked (self, p, WAIT_BACKOFF, now () + MIN (BACKOFF_MIN_US << MIN (p->busy, 6), BACKOFF_MAX_US));
   p->busy++;
 }
@@ -344,6 +382,7 @@ on_job_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attempt
     return;
   }
   p->busy = 0;
+  wait_leave_locked (self, p); /* a worker has it */
   status = crunch_wire_status_parse (crunch_nats_header (msg, CRUNCH_HDR_STATUS));
   switch (status) {
   case CRUNCH_WIRE_RUNNING:
@@ -365,6 +404,26 @@ on_job_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attempt
 
 static void perform (NatsExecutor *self, Step *step);
 
+/* A worker's answer that ends its job on that worker: it subscribed its slot again before
+ * sending it (a stopping worker does not). */
+static gboolean
+frees_slot (natsMsg *msg)
+{
+  CrunchWireStatus status = crunch_wire_status_parse (crunch_nats_header (msg, CRUNCH_HDR_STATUS));
+
+  return status != CRUNCH_WIRE_RUNNING && status != CRUNCH_WIRE_SHUTDOWN;
+}
+
+/* A slot just came free: the oldest job waiting in back-off gets it now. */
+static void
+handoff_locked (NatsExecutor *self, Step *step)
+{
+  Pending *p = first_waiting_locked (self);
+
+  if (p != NULL)
+    send_locked (self, step, p);
+}
+
 static void
 on_reply (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
@@ -375,19 +434,24 @@ on_reply (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure
   gboolean probe;
 
   if (parse_reply_subject (self, natsMsg_GetSubject (msg), &id, &attempt, &probe)) {
+    Step handoff = {0};
+    gboolean answer = !probe && !natsMsg_IsNoResponders (msg);
+    gboolean freed = answer && frees_slot (msg);
     g_mutex_lock (&self->lock);
     Pending *p = g_hash_table_lookup (self->pending, &id);
     if (p == NULL) {
-      const gchar *status = crunch_nats_header (msg, CRUNCH_HDR_STATUS);
-      if (!probe && !natsMsg_IsNoResponders (msg) && g_strcmp0 (status, "running") != 0)
+      if (answer && g_strcmp0 (crunch_nats_header (msg, CRUNCH_HDR_STATUS), "running") != 0)
         self->stats.late++;
     } else if (probe) {
       on_probe_reply_locked (self, p, msg, attempt, &step);
     } else {
       on_job_reply_locked (self, p, msg, attempt, &step);
     }
+    if (freed) /* that worker's slot is free again */
+      handoff_locked (self, &handoff);
     g_mutex_unlock (&self->lock);
     perform (self, &step);
+    perform (self, &handoff);
   }
   natsMsg_Destroy (msg);
 }
@@ -583,7 +647,13 @@ nats_submit (CrunchExecutor *parent, CrunchJob *job)
   g_atomic_rc_box_release_full (key, NULL); /* the timer holds it now */
   g_hash_table_insert (self->pending, &p->id, p);
   self->stats.jobs++;
-  send_locked (self, &step, p);
+  if (self->connected && first_waiting_locked (self) != NULL) {
+    /* older jobs wait for a free worker: queue behind them (a free slot goes to the oldest) */
+    wait_join_locked (self, p);
+    arm_locked (self, p, WAIT_BACKOFF, now () + BACKOFF_MAX_US);
+  } else {
+    send_locked (self, &step, p);
+  }
   g_mutex_unlock (&self->lock);
   perform (self, &step);
 }

@@ -508,7 +508,7 @@ void
 crunch_worker_stop (CrunchWorker *w, GSourceFunc stopped, gpointer data)
 {
   g_mutex_lock (&w->lock);
-  w->stopping = TRUE;
+  g_atomic_int_set (&w->stopping, TRUE); /* on_disconnected reads it without the lock */
   w->stopped = stopped;
   w->stopped_data = data;
   for (guint i = 0; i < w->n_slots; i++)
