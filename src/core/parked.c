@@ -179,6 +179,21 @@ crunch_parked_new (CrunchParkedExpire expire, gpointer data, gpointer (*ref) (gp
   return self;
 }
 
+/* With the lock held: put the entry in the deadline order; TRUE if the watcher must wake up
+ * because it sleeps towards a later time. */
+static gboolean
+schedule_locked (CrunchParked *self, CrunchParkedEntry *entry, gint64 deadline_us)
+{
+  entry->deadline_us = deadline_us;
+  if (deadline_us == 0)
+    return FALSE;
+  entry->by_deadline = g_sequence_insert_sorted (self->deadlines, entry, by_deadline, NULL);
+  if (deadline_us >= self->next_wake_us)
+    return FALSE;
+  self->next_wake_us = deadline_us;
+  return TRUE;
+}
+
 static CrunchParkedEntry *
 add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer item, const CrunchParkedKind *kind)
 {
@@ -187,20 +202,15 @@ add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer item, const Crunc
   gboolean earlier;
 
   entry->fd = fd;
-  entry->deadline_us = deadline_us;
   entry->kind = kind;
   entry->item = kind->ref (item);
   g_mutex_lock (&self->lock);
   entry->serial = self->next_serial++;
   g_hash_table_insert (self->entries, &entry->serial, entry);
-  if (deadline_us != 0)
-    entry->by_deadline = g_sequence_insert_sorted (self->deadlines, entry, by_deadline, NULL);
   ev.data.u64 = entry->serial;
   if (fd >= 0 && epoll_ctl (self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
     g_debug ("parked: cannot watch fd %d: %s", fd, g_strerror (errno));
-  earlier = deadline_us != 0 && deadline_us < self->next_wake_us;
-  if (earlier)
-    self->next_wake_us = deadline_us;
+  earlier = schedule_locked (self, entry, deadline_us);
   g_mutex_unlock (&self->lock);
   if (earlier)
     wake (self);
@@ -231,13 +241,8 @@ crunch_parked_rearm (CrunchParked *self, CrunchParkedEntry *entry, gint64 deadli
     g_sequence_remove (entry->by_deadline);
     entry->by_deadline = NULL;
   }
-  entry->deadline_us = deadline_us;
   entry->fired = FALSE;
-  if (deadline_us != 0)
-    entry->by_deadline = g_sequence_insert_sorted (self->deadlines, entry, by_deadline, NULL);
-  earlier = deadline_us != 0 && deadline_us < self->next_wake_us;
-  if (earlier)
-    self->next_wake_us = deadline_us;
+  earlier = schedule_locked (self, entry, deadline_us);
   g_mutex_unlock (&self->lock);
   if (earlier)
     wake (self);
