@@ -149,9 +149,9 @@ class TestHello(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_every_type_declared(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         hello = w.hello()
-        self.assertEqual((hello["name"], hello["version"]), ("types", "2.5"))
+        self.assertEqual((hello["name"], hello["version"]), ("argtypes", "2.5"))
         args = hello["functions"][0]["args"]
         self.assertEqual([(a["name"], a["type"]) for a in args],
                          [("i", "int"), ("x", "float"), ("s", "string"), ("b1", "bytes"),
@@ -177,7 +177,7 @@ class TestCalls(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_args_of_every_type(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         payload = b"xx" + bytes(range(256)) + b"\x00\xff"
         call_id = w.call("pyargs", {"i": -(1 << 62), "x": 2.5, "s": "h\u00e9 \u2603",
@@ -196,7 +196,7 @@ class TestCalls(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_results_bytes_and_str(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         for kind, expected in (("bytes", b"\x00\x01\xfe\xff"), ("bytearray", b"ba"),
                                ("str", "h\u00e9llo \u2603".encode())):
@@ -206,7 +206,7 @@ class TestCalls(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_results_of_other_types_are_errors(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         for kind, message in (("int", "pyreturn returned int, not bytes or str"),
                               ("none", "pyreturn returned NoneType, not bytes or str")):
@@ -221,7 +221,7 @@ class TestCalls(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_exception_is_an_error_with_one_line(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         call_id = w.call("pyfail", {"message": "n must be odd\nsecond line"})
         header, body, _ = w.reply(call_id)
@@ -240,7 +240,7 @@ class TestCalls(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_memory_error_has_kind_memory(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         call_id = w.call("pymemory", {})
         header, _, _ = w.reply(call_id)
@@ -260,7 +260,7 @@ class TestCalls(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_print_does_not_corrupt_the_stream(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         call_id = w.call("pyprint", {})
         header, body, _ = w.reply(call_id)
@@ -276,7 +276,7 @@ class TestCalls(WorkerTest):
 
 class TestCancelAndProgress(WorkerTest):
     def test_cancel_of_a_cooperative_function(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         call_id = w.call("pywait", {"seconds": 30})
         time.sleep(0.1)
@@ -313,7 +313,7 @@ class TestCancelAndProgress(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_cancel_of_another_id_is_ignored(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         w.send({"type": "cancel", "id": 99})  # nothing runs
         call_id = w.call("pywait", {"seconds": 0.3})
@@ -323,7 +323,7 @@ class TestCancelAndProgress(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_progress_frames_are_rate_limited(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         call_id = w.call("pyprogress", {"steps": 100})  # 100 reports in about 1 s
         header, body, progress = w.reply(call_id)
@@ -359,7 +359,7 @@ class TestEndOfStream(WorkerTest):
         self.assertEqual(w.close(), 0)
 
     def test_eof_during_a_call_cancels_it_and_exits_0(self):
-        w = self.start(program("types.py"))
+        w = self.start(program("argtypes.py"))
         w.hello()
         call_id = w.call("pywait", {"seconds": 30})
         time.sleep(0.1)
@@ -433,14 +433,14 @@ class TestProtocolErrors(WorkerTest):
                 "b2": {"offset": 0, "length": 0}}
         self.broken(frame({"type": "call", "id": 1, "function": "pyargs", "args": args}, b"abcd"),
                     "call of pyargs: argument 'b1': 1+4 is outside the 4-byte payload",
-                    path=program("types.py"))
+                    path=program("argtypes.py"))
 
     def test_call_out_of_turn(self):
         self.broken(frame({"type": "call", "id": 2, "function": "pywait", "args": {"seconds": 1}}),
-                    "call 2 while call 1 runs", path=program("types.py"), during_call=True)
+                    "call 2 while call 1 runs", path=program("argtypes.py"), during_call=True)
 
     def test_garbage_during_a_call_exits_at_once(self):
-        self.broken(b"garbage garbage", "header length", path=program("types.py"),
+        self.broken(b"garbage garbage", "header length", path=program("argtypes.py"),
                     during_call=True)
 
 
@@ -527,6 +527,41 @@ class TestDeclarations(unittest.TestCase):
         self.assertEqual((proc.returncode, proc.stdout, proc.stderr), (0, b"3False\n", b""))
 
 
+class TestReadme(WorkerTest):
+    def test_numpy_example(self):
+        """README's Python example, as printed but for where its weights are: the model's
+        answers, its progress, and a bad length answered with the ValueError."""
+        try:
+            import numpy as np
+        except ImportError:
+            self.skipTest("numpy is not installed for this Python")
+        with open(os.path.join(SRCDIR, "README"), encoding="utf-8") as f:
+            text = f.read()
+        source = text.split("\n```python\n", 1)[1].split("\n```\n", 1)[0] + "\n"
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(lambda: [os.remove(os.path.join(tmp, n)) for n in os.listdir(tmp)]
+                        and os.rmdir(tmp))
+        rng = np.random.default_rng(1)
+        W, b = rng.normal(size=64).astype("<f4"), np.float32(0.5)
+        np.savez(os.path.join(tmp, "churn.npz"), W=W, b=b)
+        path = os.path.join(tmp, "churn.py")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(source.replace("/srv/models/churn.npz", os.path.join(tmp, "churn.npz")))
+        w = self.start(path)
+        self.assertEqual([f["name"] for f in w.hello()["functions"]], ["churn"])
+        x = rng.normal(size=(10000, 64)).astype("<f4")
+        call_id = w.call("churn", {"rows": {"offset": 0, "length": x.nbytes}}, x.tobytes())
+        header, body, progress = w.reply(call_id)
+        self.assertEqual(header["type"], "result")
+        self.assertTrue(np.allclose(np.frombuffer(body, "<f4"), 1 / (1 + np.exp(-(x @ W + b))),
+                                    atol=1e-6))
+        self.assertEqual(progress[0]["message"], "row 0 of 10000")
+        call_id = w.call("churn", {"rows": {"offset": 0, "length": 300}}, bytes(300))
+        self.assertEqual(w.reply(call_id)[0]["message"],
+                         "ValueError: cannot reshape array of size 75 into shape (64)")
+        self.assertEqual(w.close(), 0)
+
+
 class TapResult(unittest.TextTestResult):
     """One TAP line per test; a failing subtest fails its test."""
 
@@ -543,7 +578,8 @@ class TapResult(unittest.TextTestResult):
         super().stopTest(test)
         self.count += 1
         name = f"{type(test).__name__}.{test._testMethodName}"
-        print(f"{'not ok' if self.problems else 'ok'} {self.count} - {name}", flush=True)
+        skip = "".join(f" # SKIP {reason}" for t, reason in self.skipped if t is test)
+        print(f"{'not ok' if self.problems else 'ok'} {self.count} - {name}{skip}", flush=True)
         for text in self.problems:
             print("# " + text.rstrip("\n").replace("\n", "\n# "), flush=True)
 

@@ -74,4 +74,4 @@ def pywait(seconds):
     return "timed out\n"
 
 
-serve(name="types", version="2.5")
+serve(name="argtypes", version="2.5")
