@@ -214,6 +214,8 @@ def function(*, args=(), pure=False, deadline=60.0, content_type="text/plain; ch
         if not isinstance(content_type, str) or not content_type:
             raise DeclarationError(f"{where}: content_type must be a non-empty str")
         _one_line_text(content_type, "content_type", where)
+        if not content_type.isascii():
+            raise DeclarationError(f"{where}: content_type must be ASCII (an HTTP header value)")
         text = description
         if text is None:
             doc = inspect.getdoc(fn) or ""
@@ -272,6 +274,15 @@ def _take_stdio():
     _in_file = os.fdopen(in_fd, "rb")
     sys.stdout = sys.stderr
     sys.stdin = open(os.devnull, "r")
+
+
+def _ignore_sigint():
+    """crunchd stops a worker by closing its stdin. A Ctrl-C meant for a crunchd in the
+    foreground reaches its workers too, and must not kill the calls it lets finish."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        pass  # imported from another thread than the main one: serve() does it
 
 
 def _write_all(data):
@@ -493,12 +504,14 @@ def _run(call):
         except UnicodeEncodeError as e:
             return {"type": "error", "id": call.id,
                     "message": _one_line(f"{fn.name} returned a str that is not valid Unicode: {e}")}, b""
-    elif isinstance(value, (bytes, bytearray, memoryview)):
+    elif isinstance(value, (bytes, bytearray)):
         body = value
+    elif isinstance(value, memoryview):
+        body = value.tobytes()  # any shape or item size: its bytes, in C order
     else:
         return {"type": "error", "id": call.id,
                 "message": f"{fn.name} returned {type(value).__name__}, not bytes or str"}, b""
-    size = memoryview(body).nbytes
+    size = len(body)
     if size > MAX_PAYLOAD:
         return {"type": "error", "id": call.id,
                 "message": f"{fn.name}: result of {size} bytes is above crunchd's limit of {MAX_PAYLOAD}"}, b""
@@ -572,9 +585,7 @@ def serve(name=None, version="0"):
         sys.stderr.write(f"{name}: a crunchd worker program (protocol {PROTOCOL}): list it in "
                          "[plugins] load of crunchd.ini, see crunchd-worker-protocol(7)\n")
         raise SystemExit(64)
-    # crunchd stops a worker by closing its stdin; a Ctrl-C meant for a crunchd in the
-    # foreground must not kill the call it is letting finish
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _ignore_sigint()
     _send(hello)
     calls = queue.SimpleQueue()
     threading.Thread(target=_reader, args=(calls,), name="crunchd-reader", daemon=True).start()
@@ -591,3 +602,4 @@ def serve(name=None, version="0"):
 # a REPL), stdin and stdout stay as they are until serve().
 if os.environ.get("CRUNCHD_WORKER_PROTOCOL"):
     _take_stdio()
+    _ignore_sigint()

@@ -9,6 +9,7 @@ import json
 import os
 import resource
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -199,6 +200,7 @@ class TestCalls(WorkerTest):
         w = self.start(program("argtypes.py"))
         w.hello()
         for kind, expected in (("bytes", b"\x00\x01\xfe\xff"), ("bytearray", b"ba"),
+                               ("memoryview", struct.pack("=ii", 1, -1)),
                                ("str", "h\u00e9llo \u2603".encode())):
             call_id = w.call("pyreturn", {"kind": kind})
             header, body, _ = w.reply(call_id)
@@ -370,6 +372,19 @@ class TestEndOfStream(WorkerTest):
         self.assertEqual(header, {"type": "cancelled", "id": call_id})
 
 
+class TestSignals(WorkerTest):
+    def test_sigint_is_ignored(self):
+        """Ctrl-C on a crunchd in the foreground reaches its workers: they keep serving, and
+        stop when crunchd closes their input."""
+        w = self.start(program("argtypes.py"))
+        w.hello()
+        call_id = w.call("pywait", {"seconds": 0.5})
+        time.sleep(0.1)
+        w.proc.send_signal(signal.SIGINT)
+        self.assertEqual(w.reply(call_id)[1], b"timed out\n")
+        self.assertEqual(w.close(), 0)
+
+
 class TestProtocolErrors(WorkerTest):
     """crunchd breaking the protocol: a message on stderr, exit 1, even during a call."""
 
@@ -496,6 +511,7 @@ class TestDeclarations(unittest.TestCase):
             ("content_type='text/plain\\r\\nX: y'",
              "function 'f': content_type must be one line without control characters"),
             ("description='two\\nlines'", "function 'f': description must be one line"),
+            ("content_type='text/plain; x=\u00e9'", "function 'f': content_type must be ASCII"),
         ]
         for declaration, message in cases:
             with self.subTest(declaration=declaration):

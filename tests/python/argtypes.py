@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A worker for tests/test-python.py: every argument type, errors, results of the wrong type,
 print() from a function and from module-level code."""
+import array
 import json
 import os
 import subprocess
@@ -32,6 +33,7 @@ def pyfail(message):
 def pyreturn(kind):
     """Returns a value of the kind asked for."""
     return {"int": 42, "none": None, "bytes": b"\x00\x01\xfe\xff", "bytearray": bytearray(b"ba"),
+            "memoryview": memoryview(array.array("i", [1, -1])),
             "str": "h\u00e9llo \u2603", "surrogate": "\ud800"}[kind]
 
 
