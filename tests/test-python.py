@@ -196,6 +196,16 @@ class TestCalls(WorkerTest):
         self.assertEqual(json.loads(body)["b2"], "0102")
         self.assertEqual(w.close(), 0)
 
+    def test_large_frames_both_ways(self):
+        w = self.start(program("argtypes.py"))
+        w.hello()
+        blob = os.urandom(1 << 20) * 8  # 8 MiB: many pipe buffers each way
+        call_id = w.call("pyreverse", {"blob": {"offset": 3, "length": len(blob)}}, b"xyz" + blob)
+        header, body, _ = w.reply(call_id)
+        self.assertEqual(header["type"], "result")
+        self.assertTrue(body == blob[::-1])
+        self.assertEqual(w.close(), 0)
+
     def test_results_bytes_and_str(self):
         w = self.start(program("argtypes.py"))
         w.hello()
@@ -370,6 +380,35 @@ class TestEndOfStream(WorkerTest):
         self.assertLess(time.monotonic() - start, 1.0)
         header, _ = w.recv()
         self.assertEqual(header, {"type": "cancelled", "id": call_id})
+
+
+class TestProgramsForCrunchd(WorkerTest):
+    """The programs the process executor's tests run under crunchd do what they say."""
+
+    def test_crash_aborts_or_exits_on_chosen_arguments(self):
+        w = self.start(program("crash.py"))
+        w.hello()
+        call_id = w.call("pycrash", {"n": 12})
+        self.assertEqual(w.reply(call_id)[1], b"12\n")
+        w.call("pycrash", {"n": 13})
+        self.assertEqual(w.proc.wait(TIMEOUT), -signal.SIGABRT)
+        w = self.start(program("crash.py"))
+        w.hello()
+        w.call("pycrash", {"n": 14})
+        self.assertEqual(w.proc.wait(TIMEOUT), 3)
+
+    def test_garbage_writes_into_the_stream(self):
+        for kind, check in (("bytes", lambda data: data.startswith(b"this is not a frame")),
+                            ("json", lambda data: data[:17] == b"\0\0\0\t\0\0\0\0{not json"),
+                            ("wrong_id", lambda data: b'"id": 1001}stolen' in data)):
+            with self.subTest(kind=kind):
+                w = self.start(program("garbage.py"))
+                w.hello()
+                w.call("pygarbage", {"kind": kind})
+                time.sleep(0.2)
+                data = os.read(w.proc.stdout.fileno(), 65536)
+                self.assertTrue(check(data), data)
+                w.kill()
 
 
 class TestSignals(WorkerTest):

@@ -23,6 +23,13 @@ def pyargs(i, x, s, b1, b2):
     return json.dumps({"i": i, "x": x, "s": s, "b1": b1.hex(), "b2": b2.hex()})
 
 
+@function(args=[Arg("blob", bytes, max=64 << 20)], pure=True, deadline=30,
+          content_type="application/octet-stream")
+def pyreverse(blob):
+    """Returns blob reversed (large frames both ways)."""
+    return blob[::-1]
+
+
 @function(args=[Arg("message", str, max=1000)], deadline=5)
 def pyfail(message):
     """Raises ValueError(message)."""
