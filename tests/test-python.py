@@ -296,7 +296,7 @@ class TestCancelAndProgress(WorkerTest):
         w.send({"type": "cancel", "id": call_id})
         header, body, _ = w.reply(call_id)
         self.assertEqual((header, body), ({"type": "cancelled", "id": call_id}, b""))
-        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertLess(time.monotonic() - start, 2.0)  # 10 ms of work, on a loaded machine
         self.assertEqual(w.close(), 0)
 
     def test_cancel_of_fib(self):
@@ -308,7 +308,7 @@ class TestCancelAndProgress(WorkerTest):
         w.send({"type": "cancel", "id": call_id})
         header, _, _ = w.reply(call_id)
         self.assertEqual(header["type"], "cancelled")
-        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertLess(time.monotonic() - start, 2.0)  # 10 ms of work, on a loaded machine
         self.assertEqual(w.close(), 0)
 
     def test_cancel_of_a_spinning_function_after_it_returns(self):
@@ -337,11 +337,14 @@ class TestCancelAndProgress(WorkerTest):
     def test_progress_frames_are_rate_limited(self):
         w = self.start(program("argtypes.py"))
         w.hello()
-        call_id = w.call("pyprogress", {"steps": 100})  # 100 reports in about 1 s
+        start = time.monotonic()
+        call_id = w.call("pyprogress", {"steps": 100})  # 100 reports in 1 s or more
         header, body, progress = w.reply(call_id)
+        elapsed = time.monotonic() - start
         self.assertEqual((header["type"], body), ("result", b"100 steps\n"))
+        # the first at once, then at most one per 0.2 s
         self.assertGreaterEqual(len(progress), 3)
-        self.assertLessEqual(len(progress), 8)
+        self.assertLessEqual(len(progress), elapsed / 0.2 + 1)
         self.assertEqual(progress[0], {"type": "progress", "id": call_id, "fraction": 0.0,
                                        "message": "step 0"})
         fractions = [p["fraction"] for p in progress]
@@ -377,7 +380,7 @@ class TestEndOfStream(WorkerTest):
         time.sleep(0.1)
         start = time.monotonic()
         self.assertEqual(w.close(), 0)
-        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertLess(time.monotonic() - start, 2.0)  # 10 ms of work, on a loaded machine
         header, _ = w.recv()
         self.assertEqual(header, {"type": "cancelled", "id": call_id})
 
