@@ -607,13 +607,13 @@ class TestReadme(WorkerTest):
             f.write(source.replace("/srv/models/churn.npz", os.path.join(tmp, "churn.npz")))
         w = self.start(path)
         self.assertEqual([f["name"] for f in w.hello()["functions"]], ["churn"])
-        x = rng.normal(size=(10000, 64)).astype("<f4")
+        x = rng.normal(size=(3000, 64)).astype("<f4")
         call_id = w.call("churn", {"rows": {"offset": 0, "length": x.nbytes}}, x.tobytes())
         header, body, progress = w.reply(call_id)
         self.assertEqual(header["type"], "result")
         self.assertTrue(np.allclose(np.frombuffer(body, "<f4"), 1 / (1 + np.exp(-(x @ W + b))),
                                     atol=1e-6))
-        self.assertEqual(progress[0]["message"], "row 0 of 10000")
+        self.assertEqual(progress[0]["message"], "row 0 of 3000")
         call_id = w.call("churn", {"rows": {"offset": 0, "length": 300}}, bytes(300))
         self.assertEqual(w.reply(call_id)[0]["message"],
                          "ValueError: cannot reshape array of size 75 into shape (64)")
