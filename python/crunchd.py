@@ -473,6 +473,18 @@ def _one_line(text):
     return data[:MAX_MESSAGE - 3].decode("utf-8", "ignore") + "..."
 
 
+def _describe(e):
+    """"ValueError: n must be odd", or just the type when the exception has no text."""
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _print_traceback(e):
+    """The traceback from the user's function down (this module's frame is left out)."""
+    tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+    traceback.print_exception(type(e), e, tb or e.__traceback__)
+    sys.stderr.flush()
+
+
 def _run(call):
     """The final reply for one call: (header, payload)."""
     fn = call.function
@@ -484,18 +496,16 @@ def _run(call):
         traceback.clear_frames(e.__traceback__)
         if not call.cancelled:
             try:
-                traceback.print_exc()
+                _print_traceback(e)
             except MemoryError:
                 pass
-            text = f"MemoryError: {str(e) or 'out of memory'}"
-            return {"type": "error", "id": call.id, "message": _one_line(text),
+            return {"type": "error", "id": call.id, "message": _one_line(_describe(e)),
                     "kind": "memory"}, b""
     except Exception as e:
         value = None
         if not call.cancelled:
-            traceback.print_exc()
-            text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            return {"type": "error", "id": call.id, "message": _one_line(text)}, b""
+            _print_traceback(e)
+            return {"type": "error", "id": call.id, "message": _one_line(_describe(e))}, b""
     if call.cancelled:
         return {"type": "cancelled", "id": call.id}, b""
     if isinstance(value, str):
