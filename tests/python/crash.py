@@ -1,0 +1,20 @@
+#!/usr/bin/env python3
+"""A worker that dies on a chosen argument: pycrash(n) calls os.abort() (SIGABRT) when n is 13,
+os._exit(3) without answering when n is 14, and otherwise answers str(n). crunchd must fail only
+that call (502 naming the signal or status) and respawn the process."""
+import os
+
+from crunchd import Arg, function, serve
+
+
+@function(args=[Arg("n", int, min=-1000, max=1000)], deadline=10)
+def pycrash(n):
+    """Aborts on 13, exits on 14."""
+    if n == 13:
+        os.abort()
+    if n == 14:
+        os._exit(3)
+    return f"{n}\n"
+
+
+serve(version="1.0")
