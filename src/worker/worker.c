@@ -169,6 +169,10 @@ wire_status (CrunchJobOutcome reason)
     return CRUNCH_WIRE_TIMED_OUT;
   case CRUNCH_JOB_SHUTDOWN:
     return CRUNCH_WIRE_SHUTDOWN;
+  case CRUNCH_JOB_CRASHED:
+    return CRUNCH_WIRE_CRASHED;
+  case CRUNCH_JOB_UNAVAILABLE:
+    return CRUNCH_WIRE_UNAVAILABLE;
   default:
     return CRUNCH_WIRE_CANCELLED;
   }
