@@ -13,6 +13,7 @@
 #include "functions.h"
 #include "logging.h"
 #include "service.h"
+#include "stdio-worker.h"
 #include "worker.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
@@ -109,7 +110,7 @@ run (App *app, const gchar *id, guint threads)
 typedef struct {
   gchar *config_path, *id, *threads_arg;
   guint64 threads;
-  gboolean check_config, version;
+  gboolean check_config, version, stdio;
 } Options;
 
 static void
@@ -131,6 +132,9 @@ parse_options (gint *argc, gchar ***argv, Options *o)
        "Jobs run at once, 0 to 1024 (0 = one per CPU; overrides [worker] threads)", "N"},
       {"id", 0, 0, G_OPTION_ARG_STRING, &o->id,
        "Name in replies and logs (overrides [worker] id; default HOSTNAME:PID)", "ID"},
+      {"stdio", 0, 0, G_OPTION_ARG_NONE, &o->stdio,
+       "Serve one crunchd process pool on stdin/stdout (the worker protocol) instead of NATS",
+       NULL},
       {"check-config", 0, 0, G_OPTION_ARG_NONE, &o->check_config,
        "Validate the configuration, print the effective settings and exit", NULL},
       {"version", 'V', 0, G_OPTION_ARG_NONE, &o->version, "Print the version and exit", NULL},
@@ -216,6 +220,8 @@ main (int argc, char **argv)
     crunch_logging_init ();
     status = configure (&app, &options);
   }
+  if (status < 0 && options.stdio)
+    status = crunch_stdio_worker_run ();
   if (status < 0)
     status = run (&app, options.id,
                   app.config->worker.threads ? app.config->worker.threads
