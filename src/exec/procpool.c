@@ -1,0 +1,874 @@
+/* procpool.c - see procpool.h.
+ *
+ * DESIGN
+ * A Proc (one child process) is owned by exactly one thread at a time: the pool's idle queue
+ * (under `lock`), or the job thread that took it for a call. That thread alone writes its stdin,
+ * reads its stdout, kills and reaps it, so a Proc has no lock of its own. While a call runs the
+ * job thread polls the child's stdout in steps of 10 ms (wire.c) and looks at the job's cancel
+ * flag between steps: a set flag sends `cancel`; no final reply within kill_grace -> SIGKILL,
+ * waitpid, and the slot is free for a fresh process.
+ * Children are forked by one spawner thread that lives as long as crunchd, because
+ * PR_SET_PDEATHSIG fires when the *thread* that forked exits (pool threads may come and go).
+ * Each child's stderr is read by a small detached thread that logs it line by line, tagged with
+ * the program; it ends at the child's exit (EOF).
+ * Pool figures (alive, busy, events, unavailable functions) are under `lock`; the list of pools
+ * is under `pools_lock` (taken before a pool's `lock`, never after).
+ * Lifecycle: new() at start-up, call() from job threads, free() after the executor has drained
+ * (closes every stdin, waits kill_grace, SIGKILLs the rest). */
+#include "procpool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { EV_START, EV_CRASH, EV_KILL, EV_RECYCLE, EV_PROTOCOL, EV_OOM, EV_COUNT };
+static const gchar *const event_names[] = {"start",   "crash",          "kill",
+                                           "recycle", "protocol_error", "oom"};
+
+#define CRASH_LOOP_COUNT 5
+#define CRASH_LOOP_WINDOW_US (60 * G_USEC_PER_SEC)
+#define UNAVAILABLE_US (60 * G_USEC_PER_SEC)
+#define LOG_LINE_MAX 4096
+
+typedef struct {
+  GPid pid;
+  int in_fd, out_fd;
+  CrunchWireReader *reader;
+  guint jobs;
+} Proc;
+
+typedef struct {
+  gint64 times[CRASH_LOOP_COUNT]; /* ring of the latest crashes */
+  guint next;
+  gint64 until; /* unavailable until (monotonic), 0 = available */
+} CrashRecord;
+
+struct CrunchProcPool {
+  CrunchProcPoolSettings s;
+  GMutex lock;
+  GCond freed;     /* an idle process or a free slot */
+  GQueue idle;     /* Proc* */
+  guint alive;     /* processes (and slots reserved for a start) */
+  guint busy;      /* running a call */
+  guint crash_run; /* crashes since the last good reply (back-off) */
+  gint64 next_start_us;
+  GHashTable *crashes; /* function name -> CrashRecord* */
+  guint64 events[EV_COUNT];
+  gint64 next_id;
+};
+
+static GMutex pools_lock;
+static GPtrArray *pools; /* CrunchProcPool*, under pools_lock */
+
+static void
+count (CrunchProcPool *pool, guint event)
+{
+  g_mutex_lock (&pool->lock);
+  pool->events[event]++;
+  g_mutex_unlock (&pool->lock);
+}
+
+/* ---- spawning (the spawner thread) ---- */
+
+typedef struct {
+  CrunchProcPool *pool;
+  Proc *proc;
+  int err_fd;
+  GError *error;
+  gboolean done;
+  GMutex lock;
+  GCond cond;
+} SpawnRequest;
+
+typedef struct {
+  pid_t parent;
+  guint memory_limit_mb;
+} ChildSetup;
+
+/* In the child, between fork and exec: async-signal-safe calls only. */
+static void
+child_setup (gpointer data)
+{
+  const ChildSetup *c = data;
+
+  prctl (PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid () != c->parent)
+    _exit (1); /* crunchd died before prctl took effect */
+  signal (SIGPIPE, SIG_DFL);
+  if (c->memory_limit_mb > 0) {
+    struct rlimit r = {(rlim_t)c->memory_limit_mb << 20, (rlim_t)c->memory_limit_mb << 20};
+    setrlimit (RLIMIT_AS, &r);
+  }
+}
+
+static gchar **
+child_environ (void)
+{
+  gchar **env = g_environ_setenv (g_get_environ (), CRUNCH_WIRE_ENV, "1", TRUE);
+  const gchar *old = g_environ_getenv (env, "PYTHONPATH");
+  g_autofree gchar *path = old != NULL && *old != '\0'
+                               ? g_strconcat (CRUNCHD_PYTHONDIR, ":", old, NULL)
+                               : g_strdup (CRUNCHD_PYTHONDIR);
+
+  return g_environ_setenv (env, "PYTHONPATH", path, TRUE);
+}
+
+static void
+spawn_now (SpawnRequest *r)
+{
+  ChildSetup setup = {getpid (), r->pool->s.memory_limit_mb};
+  g_auto (GStrv) env = child_environ ();
+  Proc *p = g_new0 (Proc, 1);
+
+  if (!g_spawn_async_with_pipes_and_fds (NULL, (const gchar *const *)r->pool->s.argv,
+                                         (const gchar *const *)env, G_SPAWN_DO_NOT_REAP_CHILD,
+                                         child_setup, &setup, -1, -1, -1, NULL, NULL, 0, &p->pid,
+                                         &p->in_fd, &p->out_fd, &r->err_fd, &r->error)) {
+    g_free (p);
+    return;
+  }
+  p->reader = crunch_wire_reader_new (CRUNCH_WIRE_MAX_PAYLOAD);
+  r->proc = p;
+}
+
+static gpointer
+spawner_thread (gpointer data)
+{
+  GAsyncQueue *requests = data;
+
+  for (;;) {
+    SpawnRequest *r = g_async_queue_pop (requests);
+    spawn_now (r);
+    g_mutex_lock (&r->lock);
+    r->done = TRUE;
+    g_cond_signal (&r->cond);
+    g_mutex_unlock (&r->lock);
+  }
+  return NULL;
+}
+
+static GAsyncQueue *
+spawner (void)
+{
+  static gsize once;
+  static GAsyncQueue *requests;
+
+  if (g_once_init_enter (&once)) {
+    requests = g_async_queue_new ();
+    g_thread_unref (g_thread_new ("crunchd-spawner", spawner_thread, requests));
+    g_once_init_leave (&once, 1);
+  }
+  return requests;
+}
+
+/* ---- the child's stderr ---- */
+
+typedef struct {
+  gchar *program;
+  GPid pid;
+  int fd;
+} LogTail;
+
+static gpointer
+stderr_thread (gpointer data)
+{
+  LogTail *t = data;
+  gchar buf[LOG_LINE_MAX + 1];
+  gsize len = 0;
+  ssize_t got;
+
+  while ((got = read (t->fd, buf + len, LOG_LINE_MAX - len)) > 0 || (got < 0 && errno == EINTR)) {
+    gchar *start = buf, *nl;
+    len += got > 0 ? (gsize)got : 0;
+    while ((nl = memchr (start, '\n', len - (gsize)(start - buf))) != NULL) {
+      *nl = '\0';
+      g_message ("%s[%d]: %s", t->program, (gint)t->pid, start);
+      start = nl + 1;
+    }
+    len -= (gsize)(start - buf);
+    memmove (buf, start, len);
+    if (len == LOG_LINE_MAX) { /* a line too long: log it in pieces */
+      buf[len] = '\0';
+      g_message ("%s[%d]: %s", t->program, (gint)t->pid, buf);
+      len = 0;
+    }
+  }
+  if (len > 0)
+    g_message ("%s[%d]: %.*s", t->program, (gint)t->pid, (gint)len, buf);
+  close (t->fd);
+  g_free (t->program);
+  g_free (t);
+  return NULL;
+}
+
+static Proc *
+spawn (CrunchProcPool *pool, GError **error)
+{
+  SpawnRequest r = {.pool = pool, .err_fd = -1};
+  LogTail *tail;
+
+  g_mutex_init (&r.lock);
+  g_cond_init (&r.cond);
+  g_mutex_lock (&r.lock);
+  g_async_queue_push (spawner (), &r);
+  while (!r.done)
+    g_cond_wait (&r.cond, &r.lock);
+  g_mutex_unlock (&r.lock);
+  g_mutex_clear (&r.lock);
+  g_cond_clear (&r.cond);
+  if (r.proc == NULL) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
+                 "cannot start %s: %s", pool->s.program, r.error->message);
+    g_error_free (r.error);
+    return NULL;
+  }
+  tail = g_new0 (LogTail, 1);
+  tail->program = g_strdup (pool->s.program);
+  tail->pid = r.proc->pid;
+  tail->fd = r.err_fd;
+  g_thread_unref (g_thread_new ("crunchd-stderr", stderr_thread, tail));
+  count (pool, EV_START);
+  return r.proc;
+}
+
+/* ---- ending processes ---- */
+
+static void
+proc_free (Proc *p)
+{
+  if (p->in_fd >= 0)
+    close (p->in_fd);
+  close (p->out_fd);
+  crunch_wire_reader_free (p->reader);
+  g_free (p);
+}
+
+/* Waits up to `grace_us` for the child to exit, then SIGKILLs it; returns its wait status. */
+static gint
+reap (Proc *p, gint64 grace_us)
+{
+  gint64 until = g_get_monotonic_time () + grace_us;
+  gint status = 0;
+
+  for (;;) {
+    pid_t got = waitpid (p->pid, &status, WNOHANG);
+    if (got == p->pid || (got < 0 && errno != EINTR))
+      return status;
+    if (got == 0 && g_get_monotonic_time () >= until)
+      break;
+    g_usleep (2000);
+  }
+  kill (p->pid, SIGKILL);
+  while (waitpid (p->pid, &status, 0) < 0 && errno == EINTR)
+    ;
+  return status;
+}
+
+/* The process is gone (or going): its slot is free. */
+static void
+drop (CrunchProcPool *pool, Proc *p, gint64 grace_us)
+{
+  if (p->in_fd >= 0) {
+    close (p->in_fd); /* the protocol's way to say stop */
+    p->in_fd = -1;
+  }
+  reap (p, grace_us);
+  proc_free (p);
+  g_mutex_lock (&pool->lock);
+  pool->alive--;
+  g_cond_signal (&pool->freed);
+  g_mutex_unlock (&pool->lock);
+}
+
+static void
+kill_now (CrunchProcPool *pool, Proc *p, guint event)
+{
+  kill (p->pid, SIGKILL);
+  count (pool, event);
+  drop (pool, p, 0);
+}
+
+/* "killed by signal SIGSEGV", "exited with status 3" */
+static gchar *
+describe_exit (gint status)
+{
+  if (WIFSIGNALED (status)) {
+    const gchar *name = sigabbrev_np (WTERMSIG (status));
+    return name != NULL ? g_strdup_printf ("killed by signal SIG%s", name)
+                        : g_strdup_printf ("killed by signal %d", WTERMSIG (status));
+  }
+  if (WIFEXITED (status))
+    return g_strdup_printf ("exited with status %d", WEXITSTATUS (status));
+  return g_strdup ("ended");
+}
+
+/* The child closed its stdout or died: reap it and say how it ended. */
+static void
+crashed (CrunchProcPool *pool, Proc *p, const gchar *what, GError **error)
+{
+  gint status;
+  g_autofree gchar *how = NULL;
+
+  close (p->in_fd);
+  p->in_fd = -1;
+  status = reap (p, (gint64)(pool->s.kill_grace * G_USEC_PER_SEC));
+  how = describe_exit (status);
+  g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CRASHED, "%s crashed (%s)",
+               what, how);
+  g_warning ("%s[%d]: %s crashed (%s)", pool->s.program, (gint)p->pid, what, how);
+  proc_free (p);
+  g_mutex_lock (&pool->lock);
+  pool->alive--;
+  pool->events[EV_CRASH]++;
+  pool->crash_run++;
+  /* back-off for the next start after crashes in a row: 0, 25 ms, 50 ms ... 1 s */
+  pool->next_start_us = g_get_monotonic_time () +
+                        (pool->crash_run <= 1 ? 0 : MIN (25000 << MIN (pool->crash_run - 2, 6),
+                                                         G_USEC_PER_SEC));
+  g_cond_signal (&pool->freed);
+  g_mutex_unlock (&pool->lock);
+}
+
+static void
+protocol_broken (CrunchProcPool *pool, Proc *p, const gchar *what, const GError *why,
+                 GError **error)
+{
+  g_warning ("%s[%d]: protocol error: %s; killing it", pool->s.program, (gint)p->pid,
+             why->message);
+  g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_PROTOCOL,
+               "%s: protocol error: %s", what, why->message);
+  kill_now (pool, p, EV_PROTOCOL);
+}
+
+/* ---- starting processes ---- */
+
+typedef struct {
+  const CrunchCancel *cancel; /* may be NULL */
+  gint64 deadline;
+} StartWait;
+
+static gboolean
+start_check (gpointer data)
+{
+  StartWait *w = data;
+
+  return !(w->cancel != NULL && crunch_cancelled (w->cancel)) &&
+         g_get_monotonic_time () < w->deadline;
+}
+
+/* A new process that has said hello; its hello in *hello if asked for. */
+static Proc *
+start_proc (CrunchProcPool *pool, const CrunchCancel *cancel, CrunchWireHello **hello,
+            GError **error)
+{
+  StartWait w = {cancel, g_get_monotonic_time () + (gint64)(pool->s.start_timeout * 1e6)};
+  g_autoptr (GError) local = NULL;
+  g_autoptr (CrunchWireFrame) frame = NULL;
+  g_autoptr (CrunchWireHello) parsed = NULL;
+  Proc *p = spawn (pool, error);
+
+  if (p == NULL)
+    return NULL;
+  frame = crunch_wire_read (p->reader, p->out_fd, start_check, &w, &local);
+  if (frame != NULL)
+    parsed = crunch_wire_parse_hello (frame, &local);
+  if (parsed == NULL) {
+    if (g_error_matches (local, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED))
+      g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
+                   "%s sent no hello within %g s", pool->s.program, pool->s.start_timeout);
+    else
+      g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
+                   "%s: bad hello: %s", pool->s.program, local->message);
+    kill (p->pid, SIGKILL);
+    reap (p, 0);
+    proc_free (p);
+    return NULL;
+  }
+  if (hello != NULL)
+    *hello = g_steal_pointer (&parsed);
+  return p;
+}
+
+/* An idle process, or a new one if the pool has room; waits while every process is busy. */
+static Proc *
+acquire (CrunchProcPool *pool, const CrunchFunction *fn, const CrunchCancel *cancel,
+         GError **error)
+{
+  Proc *p = NULL;
+
+  g_mutex_lock (&pool->lock);
+  while (!crunch_cancelled (cancel)) {
+    gint64 now = g_get_monotonic_time ();
+    if ((p = g_queue_pop_head (&pool->idle)) != NULL)
+      break;
+    if (pool->alive < pool->s.size && now >= pool->next_start_us) {
+      pool->alive++;
+      g_mutex_unlock (&pool->lock);
+      p = start_proc (pool, cancel, NULL, error);
+      g_mutex_lock (&pool->lock);
+      if (p == NULL) {
+        pool->alive--;
+        g_mutex_unlock (&pool->lock);
+        return NULL;
+      }
+      break;
+    }
+    g_cond_wait_until (&pool->freed, &pool->lock, now + CRUNCH_WIRE_STEP_MS * 1000);
+  }
+  if (p != NULL)
+    pool->busy++;
+  g_mutex_unlock (&pool->lock);
+  if (p == NULL)
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED, "%s: cancelled",
+                 fn->name);
+  return p;
+}
+
+/* After a final reply: back to the idle queue, or replaced after max_jobs calls. */
+static void
+release (CrunchProcPool *pool, Proc *p)
+{
+  gboolean recycle = pool->s.max_jobs > 0 && ++p->jobs >= pool->s.max_jobs;
+
+  g_mutex_lock (&pool->lock);
+  pool->crash_run = 0;
+  if (recycle) {
+    pool->events[EV_RECYCLE]++;
+  } else {
+    g_queue_push_tail (&pool->idle, p);
+    g_cond_signal (&pool->freed);
+  }
+  g_mutex_unlock (&pool->lock);
+  if (recycle)
+    drop (pool, p, (gint64)(pool->s.kill_grace * G_USEC_PER_SEC));
+}
+
+/* ---- one call ---- */
+
+typedef struct {
+  CrunchProcPool *pool;
+  Proc *proc;
+  const CrunchCancel *cancel;
+  gint64 id;
+  gint64 kill_at; /* 0 until `cancel` was sent */
+} CallWait;
+
+/* Between poll steps: pass a set cancel flag on once, then give the call kill_grace. */
+static gboolean
+call_check (gpointer data)
+{
+  CallWait *w = data;
+  gint64 now = g_get_monotonic_time ();
+
+  if (w->kill_at == 0 && crunch_cancelled (w->cancel)) {
+    g_autoptr (JsonObject) cancel = crunch_wire_header ("cancel", w->id);
+    crunch_wire_write (w->proc->in_fd, cancel, NULL, NULL); /* a dead child shows as EOF */
+    w->kill_at = now + MAX ((gint64)(w->pool->s.kill_grace * G_USEC_PER_SEC), 1);
+  }
+  return w->kill_at == 0 || now < w->kill_at;
+}
+
+/* A final reply (TRUE, with the result or *error), or a progress frame (FALSE). Anything else is
+ * a protocol error (FALSE, *broken set). */
+static gboolean
+on_reply (CrunchProcPool *pool, const CrunchFunction *fn, CrunchWireFrame *frame, gint64 id,
+          GBytes **result, GError **broken, GError **error)
+{
+  gint64 got;
+  const gchar *message, *kind;
+
+  if (!crunch_wire_get_int (frame->header, "id", &got, broken))
+    return FALSE;
+  if (got != id) {
+    g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
+                 "a \"%s\" for call %" G_GINT64_FORMAT " while call %" G_GINT64_FORMAT " runs",
+                 frame->type, got, id);
+    return FALSE;
+  }
+  if (g_str_equal (frame->type, "progress"))
+    return FALSE;
+  if (g_str_equal (frame->type, "result")) {
+    *result = g_bytes_ref (frame->payload);
+  } else if (g_str_equal (frame->type, "cancelled")) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED, "%s: cancelled",
+                 fn->name);
+  } else if (g_str_equal (frame->type, "error")) {
+    message = crunch_wire_get_string (frame->header, "message", broken);
+    if (message == NULL)
+      return FALSE;
+    kind = json_object_get_string_member_with_default (frame->header, "kind", "");
+    if (g_strcmp0 (kind, "memory") == 0)
+      count (pool, EV_OOM);
+    g_set_error (error, CRUNCH_FUNCTION_ERROR,
+                 g_strcmp0 (kind, "memory") == 0 ? CRUNCH_FUNCTION_ERROR_OUT_OF_MEMORY
+                                                 : CRUNCH_FUNCTION_ERROR_FAILED,
+                 "%s: %s%s", fn->name, g_strcmp0 (kind, "memory") == 0 ? "out of memory: " : "",
+                 message);
+  } else {
+    g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL, "unexpected \"%s\"",
+                 frame->type);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gint64
+next_id (CrunchProcPool *pool)
+{
+  gint64 id;
+
+  g_mutex_lock (&pool->lock);
+  id = ++pool->next_id;
+  g_mutex_unlock (&pool->lock);
+  return id;
+}
+
+/* Sends the call and waits for its final reply. *gone: the process was killed or died (its
+ * slot is free again); otherwise it is the caller's to release. */
+static GBytes *
+exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *args,
+          const CrunchCancel *cancel, gboolean *gone, GError **error)
+{
+  CallWait w = {pool, p, cancel, next_id (pool), 0};
+  g_autoptr (GBytes) payload = NULL;
+  g_autoptr (JsonObject) call =
+      crunch_wire_encode_call (fn, args, w.id, (gdouble)fn->timeout_us / 1e6, &payload);
+  GBytes *result = NULL;
+
+  *gone = TRUE;
+  if (!crunch_wire_write (p->in_fd, call, payload, NULL)) {
+    crashed (pool, p, fn->name, error);
+    return NULL;
+  }
+  for (;;) {
+    g_autoptr (GError) broken = NULL;
+    g_autoptr (CrunchWireFrame) frame = crunch_wire_read (p->reader, p->out_fd, call_check, &w,
+                                                          &broken);
+    if (frame != NULL && on_reply (pool, fn, frame, w.id, &result, &broken, error)) {
+      *gone = FALSE;
+      return result;
+    }
+    if (frame != NULL && broken == NULL)
+      continue; /* progress */
+    if (g_error_matches (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED)) {
+      g_message ("%s[%d]: %s did not stop within %g s of its cancel: killed", pool->s.program,
+                 (gint)p->pid, fn->name, pool->s.kill_grace);
+      kill_now (pool, p, EV_KILL);
+      g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED,
+                   "%s: cancelled (killed)", fn->name);
+    } else if (g_error_matches (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL)) {
+      protocol_broken (pool, p, fn->name, broken, error);
+    } else {
+      crashed (pool, p, fn->name, error);
+    }
+    return NULL;
+  }
+}
+
+/* ---- crash loops ---- */
+
+/* TRUE if the function is available; a record whose time is up is forgotten. */
+static gboolean
+available (CrunchProcPool *pool, const CrunchFunction *fn, GError **error)
+{
+  CrashRecord *rec;
+  gint64 now = g_get_monotonic_time (), left = 0;
+
+  g_mutex_lock (&pool->lock);
+  rec = g_hash_table_lookup (pool->crashes, fn->name);
+  if (rec != NULL && rec->until != 0 && rec->until <= now)
+    g_hash_table_remove (pool->crashes, fn->name);
+  else if (rec != NULL && rec->until != 0)
+    left = rec->until - now;
+  g_mutex_unlock (&pool->lock);
+  if (left == 0)
+    return TRUE;
+  g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
+               "%s is unavailable: it crashed %d times within %d s (retry in %d s)", fn->name,
+               CRASH_LOOP_COUNT, (gint)(CRASH_LOOP_WINDOW_US / G_USEC_PER_SEC),
+               (gint)((left + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC));
+  return FALSE;
+}
+
+/* Counts a crash of `fn`; TRUE if it is now unavailable. */
+static gboolean
+record_crash (CrunchProcPool *pool, const CrunchFunction *fn)
+{
+  gint64 now = g_get_monotonic_time ();
+  CrashRecord *rec;
+  gboolean loop;
+
+  g_mutex_lock (&pool->lock);
+  rec = g_hash_table_lookup (pool->crashes, fn->name);
+  if (rec == NULL) {
+    rec = g_new0 (CrashRecord, 1);
+    g_hash_table_insert (pool->crashes, (gpointer)fn->name, rec);
+  }
+  rec->times[rec->next] = now;
+  rec->next = (rec->next + 1) % CRASH_LOOP_COUNT;
+  /* the oldest of the last five, if there are five */
+  loop = rec->times[rec->next] != 0 && now - rec->times[rec->next] <= CRASH_LOOP_WINDOW_US;
+  if (loop && rec->until == 0)
+    rec->until = now + UNAVAILABLE_US;
+  g_mutex_unlock (&pool->lock);
+  if (loop)
+    g_warning ("%s: %s crashed %d times within %d s: unavailable for %d s (or until SIGHUP)",
+               pool->s.program, fn->name, CRASH_LOOP_COUNT,
+               (gint)(CRASH_LOOP_WINDOW_US / G_USEC_PER_SEC), (gint)(UNAVAILABLE_US / G_USEC_PER_SEC));
+  return loop;
+}
+
+/* ---- the pool ---- */
+
+GBytes *
+crunch_procpool_call (const CrunchFunction *fn, GVariant *args, const CrunchCancel *cancel,
+                      gpointer data, GError **error)
+{
+  CrunchProcPool *pool = data;
+  guint attempts = fn->pure && pool->s.retries > 0 ? 2 : 1;
+
+  for (guint attempt = 1;; attempt++) {
+    g_autoptr (GError) local = NULL;
+    gboolean gone = FALSE;
+    GBytes *result;
+    Proc *p;
+
+    if (!available (pool, fn, error) || (p = acquire (pool, fn, cancel, error)) == NULL)
+      return NULL;
+    result = exchange (pool, p, fn, args, cancel, &gone, &local);
+    g_mutex_lock (&pool->lock);
+    pool->busy--;
+    g_mutex_unlock (&pool->lock);
+    if (!gone)
+      release (pool, p);
+    if (result != NULL || !g_error_matches (local, CRUNCH_FUNCTION_ERROR,
+                                            CRUNCH_FUNCTION_ERROR_CRASHED) ||
+        record_crash (pool, fn) || attempt >= attempts || crunch_cancelled (cancel)) {
+      if (local != NULL)
+        g_propagate_error (error, g_steal_pointer (&local));
+      return result;
+    }
+    g_message ("%s: retrying %s on a fresh process", pool->s.program, fn->name);
+  }
+}
+
+void
+crunch_procpool_settings_from_config (const CrunchConfig *config, const gchar *program,
+                                      gchar **argv, CrunchProcPoolSettings *settings)
+{
+  *settings = (CrunchProcPoolSettings){
+      .program = program,
+      .argv = argv,
+      .size = crunch_config_effective_threads (config),
+      .kill_grace = config->kill_grace,
+      .start_timeout = config->start_timeout,
+      .memory_limit_mb = config->memory_limit,
+      .max_jobs = config->max_jobs_per_process,
+      .retries = config->retries,
+  };
+}
+
+CrunchProcPool *
+crunch_procpool_new (const CrunchProcPoolSettings *settings)
+{
+  CrunchProcPool *pool = g_new0 (CrunchProcPool, 1);
+
+  pool->s = *settings;
+  pool->s.program = g_strdup (settings->program);
+  pool->s.argv = g_strdupv (settings->argv);
+  g_mutex_init (&pool->lock);
+  g_cond_init (&pool->freed);
+  g_queue_init (&pool->idle);
+  pool->crashes = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, g_free);
+  g_mutex_lock (&pools_lock);
+  if (pools == NULL)
+    pools = g_ptr_array_new ();
+  g_ptr_array_add (pools, pool);
+  g_mutex_unlock (&pools_lock);
+  return pool;
+}
+
+CrunchWireHello *
+crunch_procpool_start (CrunchProcPool *pool, GError **error)
+{
+  CrunchWireHello *hello = NULL;
+  Proc *p;
+
+  g_mutex_lock (&pool->lock);
+  pool->alive++;
+  g_mutex_unlock (&pool->lock);
+  p = start_proc (pool, NULL, &hello, error);
+  g_mutex_lock (&pool->lock);
+  if (p != NULL)
+    g_queue_push_tail (&pool->idle, p);
+  else
+    pool->alive--;
+  g_mutex_unlock (&pool->lock);
+  return hello;
+}
+
+void
+crunch_procpool_set_size (CrunchProcPool *pool, guint size)
+{
+  g_mutex_lock (&pool->lock);
+  pool->s.size = MAX (size, 1);
+  g_cond_broadcast (&pool->freed);
+  g_mutex_unlock (&pool->lock);
+}
+
+void
+crunch_procpool_free (CrunchProcPool *pool)
+{
+  gint64 until = g_get_monotonic_time () + (gint64)(pool->s.kill_grace * G_USEC_PER_SEC);
+  Proc *p;
+
+  if (pool == NULL)
+    return;
+  g_mutex_lock (&pools_lock);
+  g_ptr_array_remove (pools, pool);
+  g_mutex_unlock (&pools_lock);
+  /* close every stdin first, so they all stop at once, then wait for each */
+  for (GList *l = pool->idle.head; l != NULL; l = l->next) {
+    Proc *q = l->data;
+    close (q->in_fd);
+    q->in_fd = -1;
+  }
+  while ((p = g_queue_pop_head (&pool->idle)) != NULL) {
+    reap (p, MAX (until - g_get_monotonic_time (), 0));
+    proc_free (p);
+  }
+  g_hash_table_unref (pool->crashes);
+  g_mutex_clear (&pool->lock);
+  g_cond_clear (&pool->freed);
+  g_free ((gchar *)pool->s.program);
+  g_strfreev (pool->s.argv);
+  g_free (pool);
+}
+
+void
+crunch_procpools_free_all (void)
+{
+  g_mutex_lock (&pools_lock);
+  while (pools != NULL && pools->len > 0) {
+    CrunchProcPool *pool = pools->pdata[pools->len - 1];
+    g_mutex_unlock (&pools_lock);
+    crunch_procpool_free (pool);
+    g_mutex_lock (&pools_lock);
+  }
+  g_mutex_unlock (&pools_lock);
+}
+
+void
+crunch_procpools_forgive (void)
+{
+  g_mutex_lock (&pools_lock);
+  for (guint i = 0; pools != NULL && i < pools->len; i++) {
+    CrunchProcPool *pool = pools->pdata[i];
+    g_mutex_lock (&pool->lock);
+    g_hash_table_remove_all (pool->crashes);
+    g_mutex_unlock (&pool->lock);
+  }
+  g_mutex_unlock (&pools_lock);
+}
+
+/* ---- figures ---- */
+
+static void
+append_program (GString *out, const gchar *program)
+{
+  g_string_append (out, "program=\"");
+  for (const gchar *c = program; *c != '\0'; c++) {
+    if (*c == '"' || *c == '\\')
+      g_string_append_c (out, '\\');
+    if (*c == '\n')
+      g_string_append (out, "\\n");
+    else
+      g_string_append_c (out, *c);
+  }
+  g_string_append_c (out, '"');
+}
+
+static void
+render_pool (CrunchProcPool *pool, GString *gauges, GString *events, GString *down)
+{
+  gint64 now = g_get_monotonic_time ();
+  GHashTableIter iter;
+  gpointer name, value;
+
+  g_mutex_lock (&pool->lock);
+  for (guint i = 0; i < 2; i++) {
+    g_string_append (gauges, "crunchd_processes{");
+    append_program (gauges, pool->s.program);
+    g_string_append_printf (gauges, ",state=\"%s\"} %u\n", i ? "busy" : "alive",
+                            i ? pool->busy : pool->alive);
+  }
+  for (guint e = 0; e < EV_COUNT; e++) {
+    g_string_append (events, "crunchd_process_events_total{");
+    append_program (events, pool->s.program);
+    g_string_append_printf (events, ",event=\"%s\"} %" G_GUINT64_FORMAT "\n", event_names[e],
+                            pool->events[e]);
+  }
+  g_hash_table_iter_init (&iter, pool->crashes);
+  while (g_hash_table_iter_next (&iter, &name, &value)) {
+    const CrashRecord *rec = value;
+    g_string_append_printf (down, "crunchd_function_unavailable{function=\"%s\"} %d\n",
+                            (const gchar *)name, rec->until > now ? 1 : 0);
+  }
+  g_mutex_unlock (&pool->lock);
+}
+
+void
+crunch_procpools_render_metrics (GString *out, gpointer data)
+{
+  g_autoptr (GString) gauges = g_string_new (NULL);
+  g_autoptr (GString) events = g_string_new (NULL);
+  g_autoptr (GString) down = g_string_new (NULL);
+
+  g_mutex_lock (&pools_lock);
+  for (guint i = 0; pools != NULL && i < pools->len; i++)
+    render_pool (pools->pdata[i], gauges, events, down);
+  g_mutex_unlock (&pools_lock);
+  if (gauges->len == 0)
+    return;
+  g_string_append_printf (out,
+                          "# HELP crunchd_processes Worker processes, by program: alive, and busy "
+                          "running a call.\n# TYPE crunchd_processes gauge\n%s"
+                          "# HELP crunchd_process_events_total Worker process events, by program: "
+                          "start, crash, kill (a cancelled call ignored its cancel), recycle "
+                          "(max_jobs_per_process), protocol_error, oom.\n"
+                          "# TYPE crunchd_process_events_total counter\n%s"
+                          "# HELP crunchd_function_unavailable 1 while a crash-looping function "
+                          "is refused (503).\n# TYPE crunchd_function_unavailable gauge\n%s",
+                          gauges->str, events->str, down->str);
+}
+
+gchar *
+crunch_procpools_summary (void)
+{
+  GString *text = g_string_new (NULL);
+  gint64 now = g_get_monotonic_time ();
+
+  g_mutex_lock (&pools_lock);
+  for (guint i = 0; pools != NULL && i < pools->len; i++) {
+    CrunchProcPool *pool = pools->pdata[i];
+    GHashTableIter iter;
+    gpointer name, value;
+    g_mutex_lock (&pool->lock);
+    g_string_append_printf (text, "%s%s: %u alive, %u busy, %" G_GUINT64_FORMAT " crashes",
+                            text->len ? "; " : "", pool->s.program, pool->alive, pool->busy,
+                            pool->events[EV_CRASH]);
+    g_hash_table_iter_init (&iter, pool->crashes);
+    while (g_hash_table_iter_next (&iter, &name, &value)) {
+      if (((CrashRecord *)value)->until > now)
+        g_string_append_printf (text, ", %s unavailable", (const gchar *)name);
+    }
+    g_mutex_unlock (&pool->lock);
+  }
+  g_mutex_unlock (&pools_lock);
+  return g_string_free (text, text->len == 0);
+}
