@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "wire.h"
@@ -87,16 +88,21 @@ reader_thread (gpointer data)
 }
 
 static JsonObject *
-reply_for (gint64 id, GBytes *result, const GError *error)
+reply_for (const CrunchFunction *fn, gint64 id, GBytes *result, const GError *error)
 {
   JsonObject *header;
+  const gchar *message = error != NULL ? error->message : "failed";
 
   if (result != NULL)
     return crunch_wire_header ("result", id);
   if (g_error_matches (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED))
     return crunch_wire_header ("cancelled", id);
   header = crunch_wire_header ("error", id);
-  json_object_set_string_member (header, "message", error ? error->message : "failed");
+  /* crunchd names the function itself: "fib: bad n", not "fib: fib: bad n" */
+  if (error != NULL && g_str_has_prefix (error->message, fn->name) &&
+      g_str_has_prefix (error->message + strlen (fn->name), ": "))
+    message = error->message + strlen (fn->name) + 2;
+  json_object_set_string_member (header, "message", message);
   return header;
 }
 
@@ -116,7 +122,7 @@ run_call (Worker *w, CrunchWireFrame *frame)
     broken ("call", error);
   g_variant_ref_sink (args);
   result = crunch_function_run (fn, args, &w->cancel, &error);
-  header = reply_for (id, result, error);
+  header = reply_for (fn, id, result, error);
   g_mutex_lock (&w->lock);
   w->running_id = -1;
   g_mutex_unlock (&w->lock);

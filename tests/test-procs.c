@@ -1,0 +1,240 @@
+/* test-procs.c - [executor] backend = processes against the real binary: C functions run in
+ * crunchd-worker --stdio children. Crashes fail one call (502) and nothing else, a function that
+ * ignores its cancel flag is killed within kill_grace + 100 ms, crash loops get 503 for that
+ * function alone (until SIGHUP), the memory limit holds, processes are recycled and replaced,
+ * and no child outlives crunchd. Uses tests/plugins/hostile.so. */
+#include <signal.h>
+#include <string.h>
+
+#include "harness.h"
+
+static TestServer *
+start (const gchar *executor_extra)
+{
+  g_autofree gchar *ini = g_strdup_printf ("[executor]\nbackend = processes\nthreads = 1\n%s\n"
+                                           "[plugins]\ndir = %s\nload = hostile\n",
+                                           executor_extra, g_getenv ("CRUNCHD_TEST_PLUGINS"));
+
+  g_assert_nonnull (g_getenv ("CRUNCHD_WORKER")); /* set by make check */
+  return test_server_start (ini, NULL);
+}
+
+static TestReply *
+get (TestServer *server, const gchar *path)
+{
+  g_autofree gchar *url = test_server_url (server, path);
+
+  return test_http ("GET", url, NULL);
+}
+
+static void
+expect (TestServer *server, const gchar *path, long status, const gchar *body)
+{
+  g_autoptr (TestReply) r = get (server, path);
+
+  g_test_message ("GET %s -> %ld %s", path, r->status, r->body);
+  g_assert_cmpint (r->status, ==, status);
+  if (body != NULL)
+    g_assert_cmpstr (r->body, ==, body);
+}
+
+static GPid
+child_pid (TestServer *server)
+{
+  g_autoptr (TestReply) r = get (server, "/fn/pid");
+
+  g_assert_cmpint (r->status, ==, 200);
+  return (GPid)g_ascii_strtoll (r->body, NULL, 10);
+}
+
+/* A zombie is dead: once crunchd is gone, its reaper is whoever adopted it. */
+static gboolean
+alive (GPid pid)
+{
+  g_autofree gchar *path = g_strdup_printf ("/proc/%d/stat", (gint)pid);
+  g_autofree gchar *stat = NULL;
+  const gchar *state;
+
+  if (!g_file_get_contents (path, &stat, NULL, NULL))
+    return FALSE;
+  state = strrchr (stat, ')');
+  return state != NULL && state[1] == ' ' && state[2] != 'Z' && state[2] != 'X';
+}
+
+/* Waits up to `seconds` for the process to be gone; TRUE if it is. */
+static gboolean
+gone_within (GPid pid, gdouble seconds)
+{
+  gint64 until = g_get_monotonic_time () + (gint64)(seconds * TEST_TIME_SCALE * G_USEC_PER_SEC);
+
+  while (alive (pid) && g_get_monotonic_time () < until)
+    g_usleep (2000);
+  return !alive (pid);
+}
+
+/* A metric's value in /metrics, or -1. */
+static gdouble
+metric (TestServer *server, const gchar *sample)
+{
+  g_autoptr (TestReply) r = get (server, "/metrics");
+  g_autofree gchar *needle = g_strconcat ("\n", sample, " ", NULL);
+  const gchar *at = strstr (r->body, needle);
+
+  return at != NULL ? g_ascii_strtod (at + strlen (needle), NULL) : -1;
+}
+
+#define EVENTS(e) "crunchd_process_events_total{program=\"crunchd-worker\",event=\"" e "\"}"
+
+static void
+test_crash_statuses (void)
+{
+  g_autoptr (TestServer) server = start ("retries = 0");
+
+  expect (server, "/fn/crash?n=0", 200, "ok");
+  expect (server, "/fn/crash?n=1", 502, "crash crashed (killed by signal SIGSEGV)\n");
+  expect (server, "/fast", 200, NULL);
+  expect (server, "/fib/20", 200, "6765");
+  expect (server, "/fn/crash?n=2", 502, "crash crashed (killed by signal SIGABRT)\n");
+  expect (server, "/fn/crash?n=3", 502, "crash crashed (exited with status 3)\n");
+  expect (server, "/fn/crash?n=0", 200, "ok");
+  g_assert_cmpfloat (metric (server, EVENTS ("crash")), ==, 3);
+  g_assert_cmpfloat (metric (server, EVENTS ("start")), ==, 4);
+}
+
+/* A pure function's crashed call runs once more on a fresh process. */
+static void
+test_retry (void)
+{
+  g_autoptr (TestServer) server = start ("retries = 1");
+
+  expect (server, "/fn/crash?n=1", 502, "crash crashed (killed by signal SIGSEGV)\n");
+  g_assert_cmpfloat (metric (server, EVENTS ("crash")), ==, 2);
+}
+
+/* A function that ignores its cancel flag: killed within kill_grace + 100 ms of its deadline
+ * (stubborn: 0.3 s), and the next call gets a fresh process. */
+static void
+test_hard_kill (void)
+{
+  g_autoptr (TestServer) server = start ("kill_grace = 0.2");
+  GPid before = child_pid (server), after;
+  g_autoptr (TestReply) r = get (server, "/fn/stubborn");
+
+  g_assert_cmpint (r->status, ==, 504);
+  g_assert_true (gone_within (before, 0.2 + 0.1));
+  g_assert_cmpfloat (metric (server, EVENTS ("kill")), ==, 1);
+  after = child_pid (server);
+  g_assert_cmpint (after, !=, before);
+  expect (server, "/fast", 200, NULL);
+}
+
+static void
+test_memory_limit (void)
+{
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  g_test_skip ("sanitizers reserve more address space than the limit");
+#else
+  g_autoptr (TestServer) server = start ("memory_limit = 256");
+  GPid pid = child_pid (server);
+
+  expect (server, "/fn/hog", 500, "hog: out of memory\n");
+  g_assert_cmpint (child_pid (server), ==, pid); /* the process gave its memory back */
+#endif
+}
+
+static void
+test_recycle (void)
+{
+  g_autoptr (TestServer) server = start ("max_jobs_per_process = 2");
+  GPid first = child_pid (server);
+
+  g_assert_cmpint (child_pid (server), ==, first);
+  g_assert_true (gone_within (first, 1.0));
+  g_assert_cmpint (child_pid (server), !=, first);
+  g_assert_cmpfloat (metric (server, EVENTS ("recycle")), ==, 1);
+}
+
+/* 5 crashes within 60 s: 503 for that function alone, until SIGHUP. */
+static void
+test_crash_loop (void)
+{
+  g_autoptr (TestServer) server = start ("retries = 0");
+
+  for (guint i = 0; i < 5; i++)
+    expect (server, "/fn/crash?n=3", 502, NULL);
+  expect (server, "/fn/crash?n=0", 503,
+          "crash is unavailable: it crashed 5 times within 60 s (retry in 60 s)\n");
+  expect (server, "/fn/pid", 200, NULL);
+  expect (server, "/fib/10", 200, "55");
+  g_assert_cmpfloat (metric (server, "crunchd_function_unavailable{function=\"crash\"}"), ==, 1);
+  test_server_signal (server, SIGHUP);
+  g_usleep (300000);
+  expect (server, "/fn/crash?n=0", 200, "ok");
+}
+
+/* printf() in a function goes to the log, never into the protocol. */
+static void
+test_stdout_is_protected (void)
+{
+  g_autoptr (TestServer) server = start ("");
+  gint64 until = g_get_monotonic_time () + G_USEC_PER_SEC;
+  gboolean logged = FALSE;
+
+  expect (server, "/fn/noisy", 200, "still fine");
+  /* the child's stderr is logged by a thread of its own: the line may come after the reply */
+  while (!logged && g_get_monotonic_time () < until) {
+    g_autofree gchar *log = test_server_log (server);
+    logged = strstr (log, "crunchd-worker[") != NULL && strstr (log, "garbage on stdout") != NULL;
+    g_usleep (10000);
+  }
+  g_assert_true (logged);
+}
+
+/* Crashes and kills while other requests run: every request gets its answer. */
+static void
+test_no_request_lost (void)
+{
+  g_autoptr (TestServer) server = start ("retries = 0\nkill_grace = 0.1");
+  g_autofree gchar *fib = test_server_url (server, "/fib/15");
+  GThread *many = test_http_many_async (fib, 20, NULL, 0);
+  g_autoptr (GArray) statuses = NULL;
+
+  expect (server, "/fn/crash?n=1", 502, NULL);
+  expect (server, "/fn/stubborn", 504, NULL);
+  statuses = g_thread_join (many);
+  for (guint i = 0; i < statuses->len; i++)
+    g_assert_cmpint (g_array_index (statuses, glong, i), ==, 200);
+}
+
+/* SIGTERM: crunchd closes its children's stdin and they are gone when it exits; SIGKILL:
+ * PR_SET_PDEATHSIG takes them along. */
+static void
+test_no_child_left (void)
+{
+  TestServer *server = start ("");
+  GPid pid = child_pid (server);
+
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_assert_true (gone_within (pid, 0.5));
+  server = start ("");
+  pid = child_pid (server);
+  test_server_signal (server, SIGKILL);
+  g_assert_true (gone_within (pid, 1.0));
+  test_server_stop (server);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/procs/crash-statuses", test_crash_statuses);
+  g_test_add_func ("/procs/retry", test_retry);
+  g_test_add_func ("/procs/hard-kill", test_hard_kill);
+  g_test_add_func ("/procs/memory-limit", test_memory_limit);
+  g_test_add_func ("/procs/recycle", test_recycle);
+  g_test_add_func ("/procs/crash-loop", test_crash_loop);
+  g_test_add_func ("/procs/stdout-is-protected", test_stdout_is_protected);
+  g_test_add_func ("/procs/no-request-lost", test_no_request_lost);
+  g_test_add_func ("/procs/no-child-left", test_no_child_left);
+  return g_test_run ();
+}
