@@ -110,8 +110,7 @@ apply_live_settings (Crunchd *app, const CrunchConfig *config)
     crunch_server_configure (app->server, config);
   if (app->jobs != NULL)
     crunch_jobs_configure (app->jobs, config);
-  if (app->worker_pool != NULL)
-    crunch_procpool_set_size (app->worker_pool, crunch_config_effective_threads (config));
+  crunch_procpools_resize (crunch_config_effective_threads (config));
 }
 
 /* Settings fixed for the daemon's lifetime; changing them needs a restart, and we say so. */
@@ -504,7 +503,7 @@ main (int argc, char **argv)
     g_printerr ("crunchd: %s\n", error->message);
     return CRUNCH_EXIT_CONFIG;
   }
-  if (!crunch_functions_init (app.config, &error)) {
+  if (!crunch_functions_init (app.config, &error)) { /* starts program plugins */
     g_printerr ("crunchd: %s\n", error->message);
     crunch_config_free (app.config);
     return CRUNCH_EXIT_CONFIG;
@@ -514,6 +513,7 @@ main (int argc, char **argv)
     g_autofree const gchar **names = crunch_functions_list ();
     g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);
     g_print ("# %s: configuration OK\n# functions: %s\n%s", app.config_path, list, text);
+    crunch_procpools_free_all (); /* program plugins were started to read their hello */
     crunch_config_free (app.config);
     return EXIT_SUCCESS;
   }

@@ -5,6 +5,7 @@
  * and no child outlives crunchd. Uses tests/plugins/hostile.so. */
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -223,6 +224,144 @@ test_no_child_left (void)
   test_server_stop (server);
 }
 
+/* ---- program plugins: tests/plugins/proto-test.py, under the names that pick its mode ---- */
+
+typedef struct {
+  gchar *dir; /* symlinks to the script */
+} Programs;
+
+static void
+programs_free (Programs *p)
+{
+  test_remove_dir (p->dir);
+  g_free (p->dir);
+  g_free (p);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (Programs, programs_free)
+
+static Programs *
+programs_new (void)
+{
+  Programs *p = g_new0 (Programs, 1);
+  g_autofree gchar *script =
+      g_build_filename (g_getenv ("CRUNCHD_SRCDIR"), "tests", "plugins", "proto-test.py", NULL);
+  const gchar *names[] = {"proto-test", "proto-bad", "proto-silent"};
+
+  p->dir = g_dir_make_tmp ("crunchd-programs-XXXXXX", NULL);
+  for (guint i = 0; i < G_N_ELEMENTS (names); i++) {
+    g_autofree gchar *link = g_build_filename (p->dir, names[i], NULL);
+    g_assert_cmpint (symlink (script, link), ==, 0);
+  }
+  return p;
+}
+
+static TestServer *
+start_program (Programs *p, const gchar *name, const gchar *executor_extra)
+{
+  g_autofree gchar *ini = g_strdup_printf ("[executor]\nthreads = 1\n%s\n"
+                                           "[plugins]\ndir = %s\nload = %s\n",
+                                           executor_extra, p->dir, name);
+
+  return test_server_start (ini, NULL);
+}
+
+#define PROGRAM_EVENTS(e) "crunchd_process_events_total{program=\"proto-test\",event=\"" e "\"}"
+
+static void
+test_program_calls (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "");
+  g_autoptr (TestReply) echo = get (server, "/fn/pecho?s=abc&b=AAEC&x=0.25");
+  gint64 until = g_get_monotonic_time () + G_USEC_PER_SEC;
+  gboolean logged = FALSE;
+
+  g_assert_cmpint (echo->status, ==, 200);
+  g_assert_cmpmem (echo->body, echo->body_len, "abc 000102 0.25 \0\1\2", 19);
+  expect (server, "/fn/pecho", 200, NULL); /* defaults */
+  expect (server, "/fn/pprogress", 200, "done");
+  expect (server, "/fn/pbits?n=1", 500, "pbits: n must be odd\n");
+  expect (server, "/fn/pbits?n=2", 400, NULL); /* bounds come from the hello */
+  expect (server, "/fn/pmemory", 500, "pmemory: out of memory: MemoryError\n");
+  g_assert_cmpfloat (metric (server, PROGRAM_EVENTS ("oom")), ==, 1);
+  expect (server, "/fib/10", 200, "55");
+  while (!logged && g_get_monotonic_time () < until) {
+    g_autofree gchar *log = test_server_log (server);
+    logged = strstr (log, "proto-test[") != NULL && strstr (log, "proto-test started") != NULL;
+    g_usleep (10000);
+  }
+  g_assert_true (logged);
+}
+
+/* Garbage on stdout, or a reply to another call: that process is killed, its call alone fails. */
+static void
+test_program_protocol_errors (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "");
+  GPid before = child_pid (server);
+  g_autoptr (TestReply) garbage = get (server, "/fn/pgarbage");
+  g_autoptr (TestReply) wrong = NULL;
+
+  g_assert_cmpint (garbage->status, ==, 502);
+  g_assert_true (g_str_has_prefix (garbage->body, "pgarbage: protocol error: header length"));
+  g_assert_true (gone_within (before, 0.5));
+  wrong = get (server, "/fn/pwrongid");
+  g_assert_cmpint (wrong->status, ==, 502);
+  g_assert_nonnull (strstr (wrong->body, "protocol error: a \"result\" for call"));
+  g_assert_cmpfloat (metric (server, PROGRAM_EVENTS ("protocol_error")), ==, 2);
+  g_assert_cmpint (child_pid (server), !=, before);
+  expect (server, "/fib/10", 200, "55");
+}
+
+/* A program that ignores cancel (sleeps through it): killed within kill_grace + 100 ms. */
+static void
+test_program_kill (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "kill_grace = 0.2");
+  GPid before = child_pid (server);
+  g_autoptr (TestReply) r = get (server, "/fn/psleep");
+
+  g_assert_cmpint (r->status, ==, 504);
+  g_assert_true (gone_within (before, 0.2 + 0.1));
+  g_assert_cmpint (child_pid (server), !=, before);
+}
+
+static void
+expect_check_config_fails (Programs *p, const gchar *extra, const gchar *name,
+                           const gchar *message)
+{
+  g_autofree gchar *path = g_build_filename (p->dir, "crunchd.ini", NULL);
+  g_autofree gchar *ini =
+      g_strdup_printf ("[executor]\n%s\n[plugins]\ndir = %s\nload = %s\n", extra, p->dir, name);
+  g_autofree gchar *arg = g_strdup_printf ("--config=%s", path);
+  g_autofree gchar *out = NULL;
+  g_autofree gchar *err = NULL;
+
+  g_assert_true (g_file_set_contents (path, ini, -1, NULL));
+  g_assert_cmpint (test_run_crunchd ((const gchar *const[]){arg, "--check-config", NULL}, &out,
+                                     &err),
+                   ==, 78);
+  if (strstr (err, message) == NULL)
+    g_error ("expected '%s' in: %s", message, err);
+}
+
+/* A bad declaration, or none: exit 78 naming the program. */
+static void
+test_program_bad_hello (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+
+  expect_check_config_fails (p, "", "proto-bad",
+                             "plugin 'proto-bad': function 'pbits': argument 'n': bounds must be "
+                             "finite with min <= max");
+  expect_check_config_fails (p, "start_timeout = 0.3", "proto-silent",
+                             "plugin 'proto-silent': program ");
+  expect_check_config_fails (p, "start_timeout = 0.3", "proto-silent",
+                             "proto-silent sent no hello within 0.3 s");
+}
+
 int
 main (int argc, char **argv)
 {
@@ -236,5 +375,9 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/stdout-is-protected", test_stdout_is_protected);
   g_test_add_func ("/procs/no-request-lost", test_no_request_lost);
   g_test_add_func ("/procs/no-child-left", test_no_child_left);
+  g_test_add_func ("/procs/program-calls", test_program_calls);
+  g_test_add_func ("/procs/program-protocol-errors", test_program_protocol_errors);
+  g_test_add_func ("/procs/program-kill", test_program_kill);
+  g_test_add_func ("/procs/program-bad-hello", test_program_bad_hello);
   return g_test_run ();
 }

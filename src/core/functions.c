@@ -9,6 +9,7 @@
 
 #include "args.h"
 #include "plugins.h"
+#include "procpool.h"
 
 G_DEFINE_QUARK (crunch - function - error - quark, crunch_function_error)
 
@@ -191,13 +192,27 @@ add_builtins (GError **error)
   return TRUE;
 }
 
+static gboolean
+load_program (const gchar *name, const gchar *path, gpointer data, GError **error)
+{
+  return crunch_procpool_load_program (data, name, path, error);
+}
+
 gboolean
 crunch_functions_init (const CrunchConfig *config, GError **error)
 {
+  return crunch_functions_init_full (config, TRUE, error);
+}
+
+gboolean
+crunch_functions_init_full (const CrunchConfig *config, gboolean programs, GError **error)
+{
   crunch_functions_reset ();
   if (!add_builtins (error) ||
-      !crunch_plugins_load (config->plugins_dir, config->plugins_load, error)) {
+      !crunch_plugins_load (config->plugins_dir, config->plugins_load,
+                            programs ? load_program : NULL, (gpointer)config, error)) {
     crunch_functions_reset ();
+    crunch_procpools_free_all (); /* after the registry: its entries point into their hellos */
     return FALSE;
   }
   crunch_functions_configure (config);

@@ -82,6 +82,10 @@ gchar *crunch_function_args_type (const CrunchFunction *fn);
 /* Registers the built-ins, loads [plugins] load from [plugins] dir, applies live settings. On
  * error (naming the plugin) the registry is left empty. Call once, before serving. */
 gboolean crunch_functions_init (const CrunchConfig *config, GError **error);
+/* programs = FALSE: program plugins are skipped (crunchd-worker --stdio hosts C plugins only);
+ * TRUE: each is started, and its functions run in its processes (procpool.c). */
+gboolean crunch_functions_init_full (const CrunchConfig *config, gboolean programs,
+                                     GError **error);
 void crunch_functions_configure (const CrunchConfig *config);
 void crunch_functions_reset (void); /* tests */
 const CrunchFunction *crunch_functions_lookup (const gchar *name);

@@ -60,6 +60,7 @@ struct CrunchProcPool {
   GHashTable *crashes; /* function name -> CrashRecord* */
   guint64 events[EV_COUNT];
   gint64 next_id;
+  CrunchWireHello *hello; /* a program plugin's declaration: the registry points into it */
 };
 
 static GMutex pools_lock;
@@ -712,6 +713,45 @@ crunch_procpool_start (CrunchProcPool *pool, GError **error)
   return hello;
 }
 
+gboolean
+crunch_procpool_load_program (const CrunchConfig *config, const gchar *name, const gchar *path,
+                              GError **error)
+{
+  const gchar *argv[] = {path, NULL};
+  CrunchProcPoolSettings settings;
+  CrunchProcPool *pool;
+  g_autoptr (GError) local = NULL;
+
+  crunch_procpool_settings_from_config (config, name, (gchar **)argv, &settings);
+  pool = crunch_procpool_new (&settings);
+  pool->hello = crunch_procpool_start (pool, &local);
+  if (pool->hello == NULL) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_REGISTRATION,
+                 "plugin '%s': program %s: %s", name, path, local->message);
+    return FALSE; /* the pool is freed with the others (crunch_procpools_free_all) */
+  }
+  for (guint i = 0; i < pool->hello->n_functions; i++) {
+    if (!crunch_functions_add_hooked (&pool->hello->functions[i], name, crunch_procpool_call,
+                                      pool, &local)) {
+      g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_REGISTRATION, "%s (%s)",
+                   local->message, path);
+      return FALSE;
+    }
+  }
+  g_info ("plugin '%s': program %s (%s %s) declared %u function(s)", name, path,
+          pool->hello->name, pool->hello->version, pool->hello->n_functions);
+  return TRUE;
+}
+
+void
+crunch_procpools_resize (guint size)
+{
+  g_mutex_lock (&pools_lock);
+  for (guint i = 0; pools != NULL && i < pools->len; i++)
+    crunch_procpool_set_size (pools->pdata[i], size);
+  g_mutex_unlock (&pools_lock);
+}
+
 void
 crunch_procpool_set_size (CrunchProcPool *pool, guint size)
 {
@@ -743,6 +783,7 @@ crunch_procpool_free (CrunchProcPool *pool)
     proc_free (p);
   }
   g_hash_table_unref (pool->crashes);
+  crunch_wire_hello_free (pool->hello);
   g_mutex_clear (&pool->lock);
   g_cond_clear (&pool->freed);
   g_free ((gchar *)pool->s.program);

@@ -42,6 +42,14 @@ void crunch_procpool_set_size (CrunchProcPool *pool, guint size);
  * when no call runs. */
 void crunch_procpool_free (CrunchProcPool *pool);
 
+/* A program plugin ([plugins] load): a pool of its processes, one started now; its hello's
+ * functions registered with crunch_procpool_call. FALSE with an error naming the plugin and
+ * the program (crunchd exits 78). */
+gboolean crunch_procpool_load_program (const CrunchConfig *config, const gchar *name,
+                                       const gchar *path, GError **error);
+/* Reload: [executor] threads -> the size of every pool. */
+void crunch_procpools_resize (guint size);
+
 /* Every pool's figures, as Prometheus families (a CrunchMetricsSource render). */
 void crunch_procpools_render_metrics (GString *out, gpointer data);
 /* One line for the status page: processes alive/busy, unavailable functions. */

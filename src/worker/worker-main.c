@@ -12,6 +12,7 @@
 #include "executor-nats.h"
 #include "functions.h"
 #include "logging.h"
+#include "procpool.h"
 #include "service.h"
 #include "stdio-worker.h"
 #include "worker.h"
@@ -102,6 +103,7 @@ run (App *app, const gchar *id, guint threads)
   if (app->shutdown_timer != 0)
     g_source_remove (app->shutdown_timer);
   crunch_worker_free (app->worker);
+  crunch_procpools_free_all (); /* program plugins' processes */
   g_main_loop_unref (app->loop);
   crunch_nats_library_close ();
   return EXIT_SUCCESS;
@@ -200,7 +202,8 @@ configure (App *app, Options *o)
   if (o->id == NULL)
     o->id = g_strdup_printf ("%s:%d", g_get_host_name (), (gint)getpid ());
   crunch_logging_set_level (app->config->log_level);
-  if (!crunch_functions_init (app->config, &error)) { /* the same plugins as the server */
+  /* the same plugins as the server; under --stdio, C plugins only (crunchd runs programs) */
+  if (!crunch_functions_init_full (app->config, !o->stdio, &error)) {
     g_printerr ("crunchd-worker: %s\n", error->message);
     return CRUNCH_EXIT_CONFIG;
   }
