@@ -321,8 +321,7 @@ start_worker_pool (Crunchd *app)
 {
   const gchar *worker = g_getenv ("CRUNCHD_WORKER");
   const gchar *argv[] = {worker != NULL && *worker != '\0' ? worker : CRUNCHD_WORKER_PATH,
-                         "--stdio", app->config->path ? "--config" : NULL, app->config->path,
-                         NULL};
+                         "--stdio", app->config->path ? "--config" : NULL, app->config->path, NULL};
   CrunchProcPoolSettings settings;
 
   crunch_procpool_settings_from_config (app->config, "crunchd-worker", (gchar **)argv, &settings);

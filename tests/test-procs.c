@@ -329,8 +329,7 @@ test_program_kill (void)
 }
 
 static void
-expect_check_config_fails (Programs *p, const gchar *extra, const gchar *name,
-                           const gchar *message)
+expect_check_config_fails (Programs *p, const gchar *extra, const gchar *name, const gchar *message)
 {
   g_autofree gchar *path = g_build_filename (p->dir, "crunchd.ini", NULL);
   g_autofree gchar *ini =
@@ -340,9 +339,8 @@ expect_check_config_fails (Programs *p, const gchar *extra, const gchar *name,
   g_autofree gchar *err = NULL;
 
   g_assert_true (g_file_set_contents (path, ini, -1, NULL));
-  g_assert_cmpint (test_run_crunchd ((const gchar *const[]){arg, "--check-config", NULL}, &out,
-                                     &err),
-                   ==, 78);
+  g_assert_cmpint (
+      test_run_crunchd ((const gchar *const[]){arg, "--check-config", NULL}, &out, &err), ==, 78);
   if (strstr (err, message) == NULL)
     g_error ("expected '%s' in: %s", message, err);
 }

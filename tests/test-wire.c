@@ -20,8 +20,8 @@ static const CrunchdArg all_args[] = {
     {"s", CRUNCHD_ARG_STRING, 0, 8, "ab", NULL},
     {"b", CRUNCHD_ARG_BYTES, 0, 8, NULL, NULL},
 };
-static const CrunchdFunction all_decl = {
-    "all", "every type", all_args, 4, 1, 2.5, "text/plain", echo_run, NULL};
+static const CrunchdFunction all_decl = {"all", "every type", all_args, 4,   1,
+                                         2.5,   "text/plain", echo_run, NULL};
 
 static const CrunchFunction *
 setup (void)
@@ -286,7 +286,8 @@ test_hello_round_trip (void)
   g_assert_null (hello->functions[0].args[3].default_value);
   crunch_functions_reset ();
   /* what crunchd does with a program's hello: register with a hook, then run through it */
-  g_assert_true (crunch_functions_add_hooked (&hello->functions[0], "prog", hook_run, "hi", &error));
+  g_assert_true (
+      crunch_functions_add_hooked (&hello->functions[0], "prog", hook_run, "hi", &error));
   again = crunch_functions_lookup ("all");
   g_assert_true (again->pure);
   g_assert_cmpfloat (again->timeout_us, ==, 2500000);
@@ -297,10 +298,12 @@ test_hello_round_trip (void)
   crunch_wire_hello_free (hello);
 }
 
-#define HELLO(fns) "{\"type\":\"hello\",\"protocol\":1,\"name\":\"p\",\"version\":\"1\"," \
-                   "\"functions\":" fns "}"
-#define FN(extra) "[{\"name\":\"f\",\"pure\":true,\"deadline\":1,\"content_type\":\"text/plain\"," \
-                  "\"args\":[" extra "]}]"
+#define HELLO(fns)                                                                                 \
+  "{\"type\":\"hello\",\"protocol\":1,\"name\":\"p\",\"version\":\"1\","                           \
+  "\"functions\":" fns "}"
+#define FN(extra)                                                                                  \
+  "[{\"name\":\"f\",\"pure\":true,\"deadline\":1,\"content_type\":\"text/plain\","                 \
+  "\"args\":[" extra "]}]"
 
 static void
 test_hello_hostile (void)
@@ -343,8 +346,9 @@ test_hello_rules (void)
   crunch_functions_reset ();
   g_assert_false (crunch_functions_add_hooked (&hello->functions[0], "prog", hook_run, "", &error));
   g_assert_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_REGISTRATION);
-  g_assert_cmpstr (error->message, ==,
-                   "plugin 'prog': function 'f': argument 'n': bounds must be finite with min <= max");
+  g_assert_cmpstr (
+      error->message, ==,
+      "plugin 'prog': function 'f': argument 'n': bounds must be finite with min <= max");
 }
 
 int

@@ -61,11 +61,11 @@ typedef struct {
   gboolean coalesce;      /* identical jobs of pure functions share one computation */
   gchar *backend;         /* "local", "nats" or "processes" (restart) */
   /* worker processes (backend = processes, and program plugins); restart */
-  gdouble kill_grace;          /* seconds a cancelled call gets before SIGKILL */
-  gdouble start_timeout;       /* seconds a new process gets to send its hello */
-  guint memory_limit;          /* MiB of address space per process (RLIMIT_AS), 0 = none */
-  guint max_jobs_per_process;  /* calls before a process is replaced, 0 = no limit */
-  guint retries;               /* 0 or 1: a pure function's call retried on a fresh process */
+  gdouble kill_grace;         /* seconds a cancelled call gets before SIGKILL */
+  gdouble start_timeout;      /* seconds a new process gets to send its hello */
+  guint memory_limit;         /* MiB of address space per process (RLIMIT_AS), 0 = none */
+  guint max_jobs_per_process; /* calls before a process is replaced, 0 = no limit */
+  guint retries;              /* 0 or 1: a pure function's call retried on a fresh process */
 
   CrunchNatsConfig nats;     /* [nats]: crunchd's NATS executor and crunchd-worker (restart) */
   CrunchWorkerConfig worker; /* [worker]: crunchd-worker only */

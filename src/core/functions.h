@@ -84,8 +84,7 @@ gchar *crunch_function_args_type (const CrunchFunction *fn);
 gboolean crunch_functions_init (const CrunchConfig *config, GError **error);
 /* programs = FALSE: program plugins are skipped (crunchd-worker --stdio hosts C plugins only);
  * TRUE: each is started, and its functions run in its processes (procpool.c). */
-gboolean crunch_functions_init_full (const CrunchConfig *config, gboolean programs,
-                                     GError **error);
+gboolean crunch_functions_init_full (const CrunchConfig *config, gboolean programs, GError **error);
 void crunch_functions_configure (const CrunchConfig *config);
 void crunch_functions_reset (void); /* tests */
 const CrunchFunction *crunch_functions_lookup (const gchar *name);

@@ -76,7 +76,8 @@ program_path (const gchar *dir, const gchar *name)
   g_autofree gchar *path =
       strchr (name, '/') != NULL ? g_strdup (name) : g_build_filename (dir, name, NULL);
 
-  if (g_str_has_suffix (path, ".so") || (strchr (name, '/') == NULL && g_file_test (so, G_FILE_TEST_EXISTS)))
+  if (g_str_has_suffix (path, ".so") ||
+      (strchr (name, '/') == NULL && g_file_test (so, G_FILE_TEST_EXISTS)))
     return NULL;
   if (g_file_test (path, G_FILE_TEST_IS_REGULAR) && g_file_test (path, G_FILE_TEST_IS_EXECUTABLE))
     return g_steal_pointer (&path);

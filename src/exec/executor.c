@@ -89,7 +89,7 @@ crunch_job_run (CrunchJob *job)
 const gchar *
 crunch_job_outcome_name (CrunchJobOutcome outcome)
 {
-  static const gchar *const names[] = {"pending",     "ok",       "failed",     "timed-out",
+  static const gchar *const names[] = {"pending",     "ok",       "failed",      "timed-out",
                                        "client-gone", "shutdown", "unavailable", "crashed"};
   return names[outcome];
 }

@@ -319,8 +319,8 @@ crashed (CrunchProcPool *pool, Proc *p, const gchar *what, GError **error)
   p->in_fd = -1;
   status = reap (p, (gint64)(pool->s.kill_grace * G_USEC_PER_SEC));
   how = describe_exit (status);
-  g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CRASHED, "%s crashed (%s)",
-               what, how);
+  g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CRASHED, "%s crashed (%s)", what,
+               how);
   g_warning ("%s[%d]: %s crashed (%s)", pool->s.program, (gint)p->pid, what, how);
   proc_free (p);
   g_mutex_lock (&pool->lock);
@@ -328,9 +328,9 @@ crashed (CrunchProcPool *pool, Proc *p, const gchar *what, GError **error)
   pool->events[EV_CRASH]++;
   pool->crash_run++;
   /* back-off for the next start after crashes in a row: 0, 25 ms, 50 ms ... 1 s */
-  pool->next_start_us = g_get_monotonic_time () +
-                        (pool->crash_run <= 1 ? 0 : MIN (25000 << MIN (pool->crash_run - 2, 6),
-                                                         G_USEC_PER_SEC));
+  pool->next_start_us =
+      g_get_monotonic_time () +
+      (pool->crash_run <= 1 ? 0 : MIN (25000 << MIN (pool->crash_run - 2, 6), G_USEC_PER_SEC));
   g_cond_signal (&pool->freed);
   g_mutex_unlock (&pool->lock);
 }
@@ -339,8 +339,7 @@ static void
 protocol_broken (CrunchProcPool *pool, Proc *p, const gchar *what, const GError *why,
                  GError **error)
 {
-  g_warning ("%s[%d]: protocol error: %s; killing it", pool->s.program, (gint)p->pid,
-             why->message);
+  g_warning ("%s[%d]: protocol error: %s; killing it", pool->s.program, (gint)p->pid, why->message);
   g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_PROTOCOL,
                "%s: protocol error: %s", what, why->message);
   kill_now (pool, p, EV_PROTOCOL);
@@ -397,8 +396,7 @@ start_proc (CrunchProcPool *pool, const CrunchCancel *cancel, CrunchWireHello **
 
 /* An idle process, or a new one if the pool has room; waits while every process is busy. */
 static Proc *
-acquire (CrunchProcPool *pool, const CrunchFunction *fn, const CrunchCancel *cancel,
-         GError **error)
+acquire (CrunchProcPool *pool, const CrunchFunction *fn, const CrunchCancel *cancel, GError **error)
 {
   Proc *p = NULL;
 
@@ -548,8 +546,8 @@ exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *arg
   }
   for (;;) {
     g_autoptr (GError) broken = NULL;
-    g_autoptr (CrunchWireFrame) frame = crunch_wire_read (p->reader, p->out_fd, call_check, &w,
-                                                          &broken);
+    g_autoptr (CrunchWireFrame) frame =
+        crunch_wire_read (p->reader, p->out_fd, call_check, &w, &broken);
     if (frame != NULL && on_reply (pool, fn, frame, w.id, &result, &broken, error)) {
       *gone = FALSE;
       return result;
@@ -620,7 +618,8 @@ record_crash (CrunchProcPool *pool, const CrunchFunction *fn)
   if (loop)
     g_warning ("%s: %s crashed %d times within %d s: unavailable for %d s (or until SIGHUP)",
                pool->s.program, fn->name, CRASH_LOOP_COUNT,
-               (gint)(CRASH_LOOP_WINDOW_US / G_USEC_PER_SEC), (gint)(UNAVAILABLE_US / G_USEC_PER_SEC));
+               (gint)(CRASH_LOOP_WINDOW_US / G_USEC_PER_SEC),
+               (gint)(UNAVAILABLE_US / G_USEC_PER_SEC));
   return loop;
 }
 
@@ -647,8 +646,8 @@ crunch_procpool_call (const CrunchFunction *fn, GVariant *args, const CrunchCanc
     g_mutex_unlock (&pool->lock);
     if (!gone)
       release (pool, p);
-    if (result != NULL || !g_error_matches (local, CRUNCH_FUNCTION_ERROR,
-                                            CRUNCH_FUNCTION_ERROR_CRASHED) ||
+    if (result != NULL ||
+        !g_error_matches (local, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CRASHED) ||
         record_crash (pool, fn) || attempt >= attempts || crunch_cancelled (cancel)) {
       if (local != NULL)
         g_propagate_error (error, g_steal_pointer (&local));
@@ -731,15 +730,15 @@ crunch_procpool_load_program (const CrunchConfig *config, const gchar *name, con
     return FALSE; /* the pool is freed with the others (crunch_procpools_free_all) */
   }
   for (guint i = 0; i < pool->hello->n_functions; i++) {
-    if (!crunch_functions_add_hooked (&pool->hello->functions[i], name, crunch_procpool_call,
-                                      pool, &local)) {
+    if (!crunch_functions_add_hooked (&pool->hello->functions[i], name, crunch_procpool_call, pool,
+                                      &local)) {
       g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_REGISTRATION, "%s (%s)",
                    local->message, path);
       return FALSE;
     }
   }
-  g_info ("plugin '%s': program %s (%s %s) declared %u function(s)", name, path,
-          pool->hello->name, pool->hello->version, pool->hello->n_functions);
+  g_info ("plugin '%s': program %s (%s %s) declared %u function(s)", name, path, pool->hello->name,
+          pool->hello->version, pool->hello->n_functions);
   return TRUE;
 }
 

@@ -16,8 +16,7 @@ G_DEFINE_QUARK (crunch - wire - error - quark, crunch_wire_error)
 
 #define PREFIX 8
 
-static gboolean
-protocol_error (GError **error, const gchar *format, ...) G_GNUC_PRINTF (2, 3);
+static gboolean protocol_error (GError **error, const gchar *format, ...) G_GNUC_PRINTF (2, 3);
 
 static gboolean
 protocol_error (GError **error, const gchar *format, ...)
@@ -371,8 +370,8 @@ static GVariant *
 decode_bytes (JsonObject *values, const gchar *name, GBytes *payload, GError **error)
 {
   JsonNode *node = json_object_get_member (values, name);
-  JsonObject *span = node != NULL && JSON_NODE_HOLDS_OBJECT (node) ? json_node_get_object (node)
-                                                                   : NULL;
+  JsonObject *span =
+      node != NULL && JSON_NODE_HOLDS_OBJECT (node) ? json_node_get_object (node) : NULL;
   gint64 offset, length;
   gsize size = 0;
   const guint8 *data = g_bytes_get_data (payload, &size);
@@ -385,8 +384,10 @@ decode_bytes (JsonObject *values, const gchar *name, GBytes *payload, GError **e
       !crunch_wire_get_int (span, "length", &length, error))
     return NULL;
   if (offset < 0 || length < 0 || (guint64)offset > size || (guint64)length > size - offset) {
-    protocol_error (error, "argument \"%s\": bytes %" G_GINT64_FORMAT "+%" G_GINT64_FORMAT
-                    " outside the payload of %zu", name, offset, length, size);
+    protocol_error (error,
+                    "argument \"%s\": bytes %" G_GINT64_FORMAT "+%" G_GINT64_FORMAT
+                    " outside the payload of %zu",
+                    name, offset, length, size);
     return NULL;
   }
   return g_variant_new_fixed_array (G_VARIANT_TYPE_BYTE, data + offset, (gsize)length, 1);

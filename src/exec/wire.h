@@ -61,8 +61,7 @@ CrunchWireFrame *crunch_wire_read (CrunchWireReader *reader, int fd, CrunchWireC
 
 /* Strict member access for received headers: missing or mistyped members are protocol errors
  * naming the member. */
-gboolean crunch_wire_get_int (JsonObject *object, const gchar *name, gint64 *value,
-                              GError **error);
+gboolean crunch_wire_get_int (JsonObject *object, const gchar *name, gint64 *value, GError **error);
 gboolean crunch_wire_get_number (JsonObject *object, const gchar *name, gdouble *value,
                                  GError **error);
 const gchar *crunch_wire_get_string (JsonObject *object, const gchar *name, GError **error);

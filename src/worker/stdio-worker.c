@@ -1,5 +1,5 @@
-/* stdio-worker.c - `crunchd-worker --stdio`: the C side of the worker protocol (wire.h), hosting the
- * built-in fib and the configured C plugins for a process pool in crunchd.
+/* stdio-worker.c - `crunchd-worker --stdio`: the C side of the worker protocol (wire.h), hosting
+ * the built-in fib and the configured C plugins for a process pool in crunchd.
  *
  * DESIGN
  * Two threads. The reader thread owns stdin: it reads frames, hands each `call` to the main
