@@ -7,24 +7,17 @@
  * job thread polls the child's stdout in steps of 10 ms (wire.c) and looks at the job's cancel
  * flag between steps: a set flag sends `cancel`; no final reply within kill_grace -> SIGKILL,
  * waitpid, and the slot is free for a fresh process.
- * Children are forked by one spawner thread that lives as long as crunchd, because
- * PR_SET_PDEATHSIG fires when the *thread* that forked exits (pool threads may come and go).
- * Each child's stderr is read by a small detached thread that logs it line by line, tagged with
- * the program; it ends at the child's exit (EOF).
+ * Starting children (the spawner thread) and logging their stderr is child.c's.
  * Pool figures (alive, busy, events, unavailable functions) are under `lock`; the list of pools
  * is under `pools_lock` (taken before a pool's `lock`, never after).
  * Lifecycle: new() at start-up, call() from job threads, free() after the executor has drained
  * (closes every stdin, waits kill_grace, SIGKILLs the rest). */
 #include "procpool.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
+
+#include "child.h"
 
 enum { EV_START, EV_CRASH, EV_KILL, EV_RECYCLE, EV_PROTOCOL, EV_OOM, EV_COUNT };
 static const gchar *const event_names[] = {"start",   "crash",          "kill",
@@ -33,7 +26,6 @@ static const gchar *const event_names[] = {"start",   "crash",          "kill",
 #define CRASH_LOOP_COUNT 5
 #define CRASH_LOOP_WINDOW_US (60 * G_USEC_PER_SEC)
 #define UNAVAILABLE_US (60 * G_USEC_PER_SEC)
-#define LOG_LINE_MAX 4096
 
 typedef struct {
   GPid pid;
@@ -74,167 +66,26 @@ count (CrunchProcPool *pool, guint event)
   g_mutex_unlock (&pool->lock);
 }
 
-/* ---- spawning (the spawner thread) ---- */
-
-typedef struct {
-  CrunchProcPool *pool;
-  Proc *proc;
-  int err_fd;
-  GError *error;
-  gboolean done;
-  GMutex lock;
-  GCond cond;
-} SpawnRequest;
-
-typedef struct {
-  pid_t parent;
-  guint memory_limit_mb;
-} ChildSetup;
-
-/* In the child, between fork and exec: async-signal-safe calls only. */
-static void
-child_setup (gpointer data)
-{
-  const ChildSetup *c = data;
-
-  prctl (PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid () != c->parent)
-    _exit (1); /* crunchd died before prctl took effect */
-  signal (SIGPIPE, SIG_DFL);
-  if (c->memory_limit_mb > 0) {
-    struct rlimit r = {(rlim_t)c->memory_limit_mb << 20, (rlim_t)c->memory_limit_mb << 20};
-    setrlimit (RLIMIT_AS, &r);
-  }
-}
-
-static gchar **
-child_environ (void)
-{
-  gchar **env = g_environ_setenv (g_get_environ (), CRUNCH_WIRE_ENV, "1", TRUE);
-  const gchar *old = g_environ_getenv (env, "PYTHONPATH");
-  g_autofree gchar *path = old != NULL && *old != '\0'
-                               ? g_strconcat (CRUNCHD_PYTHONDIR, ":", old, NULL)
-                               : g_strdup (CRUNCHD_PYTHONDIR);
-
-  return g_environ_setenv (env, "PYTHONPATH", path, TRUE);
-}
-
-static void
-spawn_now (SpawnRequest *r)
-{
-  ChildSetup setup = {getpid (), r->pool->s.memory_limit_mb};
-  g_auto (GStrv) env = child_environ ();
-  Proc *p = g_new0 (Proc, 1);
-
-  if (!g_spawn_async_with_pipes_and_fds (NULL, (const gchar *const *)r->pool->s.argv,
-                                         (const gchar *const *)env, G_SPAWN_DO_NOT_REAP_CHILD,
-                                         child_setup, &setup, -1, -1, -1, NULL, NULL, 0, &p->pid,
-                                         &p->in_fd, &p->out_fd, &r->err_fd, &r->error)) {
-    g_free (p);
-    return;
-  }
-  p->reader = crunch_wire_reader_new (CRUNCH_WIRE_MAX_PAYLOAD);
-  r->proc = p;
-}
-
-static gpointer
-spawner_thread (gpointer data)
-{
-  GAsyncQueue *requests = data;
-
-  for (;;) {
-    SpawnRequest *r = g_async_queue_pop (requests);
-    spawn_now (r);
-    g_mutex_lock (&r->lock);
-    r->done = TRUE;
-    g_cond_signal (&r->cond);
-    g_mutex_unlock (&r->lock);
-  }
-  return NULL;
-}
-
-static GAsyncQueue *
-spawner (void)
-{
-  static gsize once;
-  static GAsyncQueue *requests;
-
-  if (g_once_init_enter (&once)) {
-    requests = g_async_queue_new ();
-    g_thread_unref (g_thread_new ("crunchd-spawner", spawner_thread, requests));
-    g_once_init_leave (&once, 1);
-  }
-  return requests;
-}
-
-/* ---- the child's stderr ---- */
-
-typedef struct {
-  gchar *program;
-  GPid pid;
-  int fd;
-} LogTail;
-
-static gpointer
-stderr_thread (gpointer data)
-{
-  LogTail *t = data;
-  gchar buf[LOG_LINE_MAX + 1];
-  gsize len = 0;
-  ssize_t got;
-
-  while ((got = read (t->fd, buf + len, LOG_LINE_MAX - len)) > 0 || (got < 0 && errno == EINTR)) {
-    gchar *start = buf, *nl;
-    len += got > 0 ? (gsize)got : 0;
-    while ((nl = memchr (start, '\n', len - (gsize)(start - buf))) != NULL) {
-      *nl = '\0';
-      g_message ("%s[%d]: %s", t->program, (gint)t->pid, start);
-      start = nl + 1;
-    }
-    len -= (gsize)(start - buf);
-    memmove (buf, start, len);
-    if (len == LOG_LINE_MAX) { /* a line too long: log it in pieces */
-      buf[len] = '\0';
-      g_message ("%s[%d]: %s", t->program, (gint)t->pid, buf);
-      len = 0;
-    }
-  }
-  if (len > 0)
-    g_message ("%s[%d]: %.*s", t->program, (gint)t->pid, (gint)len, buf);
-  close (t->fd);
-  g_free (t->program);
-  g_free (t);
-  return NULL;
-}
-
 static Proc *
 spawn (CrunchProcPool *pool, GError **error)
 {
-  SpawnRequest r = {.pool = pool, .err_fd = -1};
-  LogTail *tail;
+  CrunchChild child;
+  g_autoptr (GError) local = NULL;
+  Proc *p;
 
-  g_mutex_init (&r.lock);
-  g_cond_init (&r.cond);
-  g_mutex_lock (&r.lock);
-  g_async_queue_push (spawner (), &r);
-  while (!r.done)
-    g_cond_wait (&r.cond, &r.lock);
-  g_mutex_unlock (&r.lock);
-  g_mutex_clear (&r.lock);
-  g_cond_clear (&r.cond);
-  if (r.proc == NULL) {
+  if (!crunch_child_spawn (pool->s.argv, pool->s.program, pool->s.memory_limit_mb, &child,
+                           &local)) {
     g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
-                 "cannot start %s: %s", pool->s.program, r.error->message);
-    g_error_free (r.error);
+                 "cannot start %s: %s", pool->s.program, local->message);
     return NULL;
   }
-  tail = g_new0 (LogTail, 1);
-  tail->program = g_strdup (pool->s.program);
-  tail->pid = r.proc->pid;
-  tail->fd = r.err_fd;
-  g_thread_unref (g_thread_new ("crunchd-stderr", stderr_thread, tail));
+  p = g_new0 (Proc, 1);
+  p->pid = child.pid;
+  p->in_fd = child.in_fd;
+  p->out_fd = child.out_fd;
+  p->reader = crunch_wire_reader_new (CRUNCH_WIRE_MAX_PAYLOAD);
   count (pool, EV_START);
-  return r.proc;
+  return p;
 }
 
 /* ---- ending processes ---- */
@@ -249,27 +100,6 @@ proc_free (Proc *p)
   g_free (p);
 }
 
-/* Waits up to `grace_us` for the child to exit, then SIGKILLs it; returns its wait status. */
-static gint
-reap (Proc *p, gint64 grace_us)
-{
-  gint64 until = g_get_monotonic_time () + grace_us;
-  gint status = 0;
-
-  for (;;) {
-    pid_t got = waitpid (p->pid, &status, WNOHANG);
-    if (got == p->pid || (got < 0 && errno != EINTR))
-      return status;
-    if (got == 0 && g_get_monotonic_time () >= until)
-      break;
-    g_usleep (2000);
-  }
-  kill (p->pid, SIGKILL);
-  while (waitpid (p->pid, &status, 0) < 0 && errno == EINTR)
-    ;
-  return status;
-}
-
 /* The process is gone (or going): its slot is free. */
 static void
 drop (CrunchProcPool *pool, Proc *p, gint64 grace_us)
@@ -278,7 +108,7 @@ drop (CrunchProcPool *pool, Proc *p, gint64 grace_us)
     close (p->in_fd); /* the protocol's way to say stop */
     p->in_fd = -1;
   }
-  reap (p, grace_us);
+  crunch_child_reap (p->pid, grace_us);
   proc_free (p);
   g_mutex_lock (&pool->lock);
   pool->alive--;
@@ -294,20 +124,6 @@ kill_now (CrunchProcPool *pool, Proc *p, guint event)
   drop (pool, p, 0);
 }
 
-/* "killed by signal SIGSEGV", "exited with status 3" */
-static gchar *
-describe_exit (gint status)
-{
-  if (WIFSIGNALED (status)) {
-    const gchar *name = sigabbrev_np (WTERMSIG (status));
-    return name != NULL ? g_strdup_printf ("killed by signal SIG%s", name)
-                        : g_strdup_printf ("killed by signal %d", WTERMSIG (status));
-  }
-  if (WIFEXITED (status))
-    return g_strdup_printf ("exited with status %d", WEXITSTATUS (status));
-  return g_strdup ("ended");
-}
-
 /* The child closed its stdout or died: reap it and say how it ended. */
 static void
 crashed (CrunchProcPool *pool, Proc *p, const gchar *what, GError **error)
@@ -317,8 +133,8 @@ crashed (CrunchProcPool *pool, Proc *p, const gchar *what, GError **error)
 
   close (p->in_fd);
   p->in_fd = -1;
-  status = reap (p, (gint64)(pool->s.kill_grace * G_USEC_PER_SEC));
-  how = describe_exit (status);
+  status = crunch_child_reap (p->pid, (gint64)(pool->s.kill_grace * G_USEC_PER_SEC));
+  how = crunch_child_describe_exit (status);
   g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CRASHED, "%s crashed (%s)", what,
                how);
   g_warning ("%s[%d]: %s crashed (%s)", pool->s.program, (gint)p->pid, what, how);
@@ -385,7 +201,7 @@ start_proc (CrunchProcPool *pool, const CrunchCancel *cancel, CrunchWireHello **
       g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
                    "%s: bad hello: %s", pool->s.program, local->message);
     kill (p->pid, SIGKILL);
-    reap (p, 0);
+    crunch_child_reap (p->pid, 0);
     proc_free (p);
     return NULL;
   }
@@ -778,7 +594,7 @@ crunch_procpool_free (CrunchProcPool *pool)
     q->in_fd = -1;
   }
   while ((p = g_queue_pop_head (&pool->idle)) != NULL) {
-    reap (p, MAX (until - g_get_monotonic_time (), 0));
+    crunch_child_reap (p->pid, MAX (until - g_get_monotonic_time (), 0));
     proc_free (p);
   }
   g_hash_table_unref (pool->crashes);
