@@ -1,6 +1,7 @@
 /* test-wire.c - the worker protocol (src/exec/wire.c): frames over a socketpair, calls and hello
  * encoded and decoded, and hostile frames (lengths out of range, truncated, not a JSON object,
  * wrong member types, bytes outside the payload). */
+#include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -132,6 +133,24 @@ test_round_trip (void)
   p.fds[0] = -1;
   g_assert_null (crunch_wire_read (p.reader, p.fds[1], NULL, NULL, &error));
   g_assert_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_EOF);
+  pair_close (&p);
+}
+
+/* A peer that never reads: the write gives up when the check says so. */
+static void
+test_write_stalled (void)
+{
+  Pair p;
+  g_autoptr (JsonObject) header = crunch_wire_header ("call", 1);
+  g_autoptr (GBytes) big = g_bytes_new_take (g_malloc0 (8 << 20), 8 << 20);
+  g_autoptr (GError) error = NULL;
+  gint steps = 0;
+
+  pair_open (&p);
+  g_assert_cmpint (fcntl (p.fds[0], F_SETFL, O_NONBLOCK), ==, 0);
+  g_assert_false (crunch_wire_write_checked (p.fds[0], header, big, give_up, &steps, &error));
+  g_assert_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED);
+  g_assert_cmpint (steps, ==, 3);
   pair_close (&p);
 }
 
@@ -356,6 +375,7 @@ main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/wire/round-trip", test_round_trip);
+  g_test_add_func ("/wire/write-stalled", test_write_stalled);
   g_test_add_func ("/wire/hostile-frames", test_hostile_frames);
   g_test_add_func ("/wire/truncated", test_truncated);
   g_test_add_func ("/wire/call", test_call);

@@ -11,6 +11,7 @@
 #include "child.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -169,6 +170,8 @@ crunch_child_spawn (gchar **argv, const gchar *program, guint memory_limit_mb, C
     g_propagate_error (error, r.error);
     return FALSE;
   }
+  /* writes to a child that stalls must not block its caller for good (wire.c waits with poll) */
+  fcntl (child->in_fd, F_SETFL, fcntl (child->in_fd, F_GETFL) | O_NONBLOCK);
   tail = g_new0 (LogTail, 1);
   tail->program = g_strdup (program);
   tail->pid = child->pid;

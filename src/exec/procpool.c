@@ -273,19 +273,35 @@ typedef struct {
   gint64 kill_at; /* 0 until `cancel` was sent */
 } CallWait;
 
-/* Between poll steps: pass a set cancel flag on once, then give the call kill_grace. */
+/* While a frame is written to a child that does not read: a set cancel flag starts the
+ * kill_grace clock (no cancel frame can be sent in the middle of another). */
 static gboolean
-call_check (gpointer data)
+write_check (gpointer data)
 {
   CallWait *w = data;
   gint64 now = g_get_monotonic_time ();
 
-  if (w->kill_at == 0 && crunch_cancelled (w->cancel)) {
-    g_autoptr (JsonObject) cancel = crunch_wire_header ("cancel", w->id);
-    crunch_wire_write (w->proc->in_fd, cancel, NULL, NULL); /* a dead child shows as EOF */
+  if (w->kill_at == 0 && crunch_cancelled (w->cancel))
     w->kill_at = now + MAX ((gint64)(w->pool->s.kill_grace * G_USEC_PER_SEC), 1);
-  }
   return w->kill_at == 0 || now < w->kill_at;
+}
+
+/* Between poll steps for the reply: pass a set cancel flag on once, then give the call
+ * kill_grace. */
+static gboolean
+call_check (gpointer data)
+{
+  CallWait *w = data;
+  g_autoptr (JsonObject) cancel = NULL;
+  g_autoptr (GError) error = NULL;
+
+  if (w->kill_at != 0 || !crunch_cancelled (w->cancel))
+    return write_check (w);
+  write_check (w); /* starts the clock */
+  cancel = crunch_wire_header ("cancel", w->id);
+  /* a dead child shows as EOF on the next read; a full pipe, after kill_grace */
+  return crunch_wire_write_checked (w->proc->in_fd, cancel, NULL, write_check, w, &error) ||
+         !g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED);
 }
 
 /* A final reply (TRUE, with the result or *error), or a progress frame (FALSE). Anything else is
@@ -343,6 +359,27 @@ next_id (CrunchProcPool *pool)
   return id;
 }
 
+/* FALSE: the child died (crash) or stopped reading its stdin until the call was cancelled and
+ * kill_grace passed (killed); either way it is gone. */
+static gboolean
+send_call (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, JsonObject *call,
+           GBytes *payload, CallWait *w, GError **error)
+{
+  g_autoptr (GError) write_error = NULL;
+
+  if (crunch_wire_write_checked (p->in_fd, call, payload, write_check, w, &write_error))
+    return TRUE;
+  if (!g_error_matches (write_error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED)) {
+    crashed (pool, p, fn->name, error);
+    return FALSE;
+  }
+  g_message ("%s[%d]: does not read its stdin: killed", pool->s.program, (gint)p->pid);
+  kill_now (pool, p, EV_KILL);
+  g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED,
+               "%s: cancelled (killed)", fn->name);
+  return FALSE;
+}
+
 /* Sends the call and waits for its final reply. *gone: the process was killed or died (its
  * slot is free again); otherwise it is the caller's to release. */
 static GBytes *
@@ -356,10 +393,8 @@ exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *arg
   GBytes *result = NULL;
 
   *gone = TRUE;
-  if (!crunch_wire_write (p->in_fd, call, payload, NULL)) {
-    crashed (pool, p, fn->name, error);
+  if (!send_call (pool, p, fn, call, payload, &w, error))
     return NULL;
-  }
   for (;;) {
     g_autoptr (GError) broken = NULL;
     g_autoptr (CrunchWireFrame) frame =

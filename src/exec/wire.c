@@ -44,26 +44,32 @@ crunch_wire_frame_free (CrunchWireFrame *frame)
 /* ---- writing ---- */
 
 static gboolean
-wait_fd (int fd, short events, GError **error)
+wait_writable (int fd, CrunchWireCheck check, gpointer data, GError **error)
 {
-  struct pollfd p = {.fd = fd, .events = events};
+  struct pollfd p = {.fd = fd, .events = POLLOUT};
 
-  while (poll (&p, 1, -1) < 0) {
-    if (errno != EINTR) {
+  for (;;) {
+    int ready = poll (&p, 1, check != NULL ? CRUNCH_WIRE_STEP_MS : -1);
+    if (ready > 0)
+      return TRUE;
+    if (ready < 0 && errno != EINTR) {
       g_set_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_IO, "poll: %s", g_strerror (errno));
       return FALSE;
     }
+    if (ready == 0 && !check (data)) {
+      g_set_error_literal (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED, "stopped");
+      return FALSE;
+    }
   }
-  return TRUE;
 }
 
 static gboolean
-write_all (int fd, struct iovec *iov, int n, GError **error)
+write_all (int fd, struct iovec *iov, int n, CrunchWireCheck check, gpointer data, GError **error)
 {
   while (n > 0) {
     ssize_t done = writev (fd, iov, n);
     if (done < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (!wait_fd (fd, POLLOUT, error))
+      if (!wait_writable (fd, check, data, error))
         return FALSE;
       continue;
     }
@@ -88,10 +94,17 @@ write_all (int fd, struct iovec *iov, int n, GError **error)
 gboolean
 crunch_wire_write (int fd, JsonObject *header, GBytes *payload, GError **error)
 {
+  return crunch_wire_write_checked (fd, header, payload, NULL, NULL, error);
+}
+
+gboolean
+crunch_wire_write_checked (int fd, JsonObject *header, GBytes *payload, CrunchWireCheck check,
+                           gpointer data, GError **error)
+{
   g_autoptr (JsonNode) node = json_node_init_object (json_node_alloc (), header);
   gsize header_len = 0, payload_len = 0;
   g_autofree gchar *text = json_to_string (node, FALSE);
-  gconstpointer data = payload != NULL ? g_bytes_get_data (payload, &payload_len) : NULL;
+  gconstpointer bytes = payload != NULL ? g_bytes_get_data (payload, &payload_len) : NULL;
   guint32 prefix[2];
   struct iovec iov[3];
 
@@ -101,8 +114,8 @@ crunch_wire_write (int fd, JsonObject *header, GBytes *payload, GError **error)
   prefix[1] = GUINT32_TO_BE ((guint32)payload_len);
   iov[0] = (struct iovec){prefix, sizeof prefix};
   iov[1] = (struct iovec){text, header_len};
-  iov[2] = (struct iovec){(gpointer)data, payload_len};
-  return write_all (fd, iov, payload_len > 0 ? 3 : 2, error);
+  iov[2] = (struct iovec){(gpointer)bytes, payload_len};
+  return write_all (fd, iov, payload_len > 0 ? 3 : 2, check, data, error);
 }
 
 /* ---- reading ---- */

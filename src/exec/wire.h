@@ -38,10 +38,19 @@ typedef struct {
 void crunch_wire_frame_free (CrunchWireFrame *frame);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchWireFrame, crunch_wire_frame_free)
 
+/* Called between poll steps of crunch_wire_read() and crunch_wire_write_checked(); return FALSE
+ * to stop waiting. */
+typedef gboolean (*CrunchWireCheck) (gpointer data);
+
 /* Writes one frame (writev; a non-blocking fd is waited for with poll()). `header` is serialised
  * as is; payload may be NULL. Never raises SIGPIPE on a socket; callers that write to pipes
  * ignore SIGPIPE. */
 gboolean crunch_wire_write (int fd, JsonObject *header, GBytes *payload, GError **error);
+/* The same on a non-blocking fd that may stay full (a stalled peer): while it is, `check` is
+ * called every CRUNCH_WIRE_STEP_MS, and FALSE stops (CRUNCH_WIRE_ERROR_STOPPED, the frame cut
+ * short: the caller ends that peer). */
+gboolean crunch_wire_write_checked (int fd, JsonObject *header, GBytes *payload,
+                                    CrunchWireCheck check, gpointer data, GError **error);
 
 /* Incremental reader: bytes accumulate until a whole frame is there, so a peer that stalls
  * mid-frame never blocks the reading thread longer than one poll step. */
@@ -49,9 +58,6 @@ typedef struct CrunchWireReader CrunchWireReader;
 CrunchWireReader *crunch_wire_reader_new (gsize max_payload);
 void crunch_wire_reader_free (CrunchWireReader *reader);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchWireReader, crunch_wire_reader_free)
-
-/* Called between poll steps of crunch_wire_read(); return FALSE to stop waiting. */
-typedef gboolean (*CrunchWireCheck) (gpointer data);
 
 /* Waits for and returns the next frame from `fd`, polling in steps of CRUNCH_WIRE_STEP_MS and
  * calling `check` (if not NULL) after each step that brought no whole frame. NULL with an error
