@@ -227,7 +227,7 @@ expect_bad_call (const gchar *json, gsize payload_len, const gchar *message_part
 {
   const CrunchFunction *fn = NULL;
   g_autoptr (JsonParser) parser = json_parser_new ();
-  g_autoptr (GBytes) payload = g_bytes_new (g_malloc0 (payload_len), payload_len);
+  g_autoptr (GBytes) payload = g_bytes_new_take (g_malloc0 (payload_len), payload_len);
   g_autoptr (CrunchWireFrame) frame = NULL;
   g_autoptr (GError) error = NULL;
   gint64 id;
