@@ -101,6 +101,29 @@ metric (TestServer *server, const gchar *sample)
   return at != NULL ? g_ascii_strtod (at + strlen (needle), NULL) : -1;
 }
 
+/* The families the pools add pass promtool (when installed; CI has it). */
+static void
+promtool_check (TestServer *server)
+{
+  g_autofree gchar *promtool = g_find_program_in_path ("promtool");
+  g_autoptr (TestReply) r = get (server, "/metrics");
+  g_autoptr (GSubprocess) proc = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *out = NULL;
+
+  if (promtool == NULL) {
+    g_test_message ("promtool not found: format not checked");
+    return;
+  }
+  proc = g_subprocess_new (G_SUBPROCESS_FLAGS_STDIN_PIPE | G_SUBPROCESS_FLAGS_STDOUT_PIPE |
+                               G_SUBPROCESS_FLAGS_STDERR_MERGE,
+                           &error, promtool, "check", "metrics", NULL);
+  g_assert_no_error (error);
+  g_assert_true (g_subprocess_communicate_utf8 (proc, r->body, NULL, &out, NULL, &error));
+  if (g_subprocess_get_exit_status (proc) != 0)
+    g_error ("promtool check metrics failed:\n%s", out);
+}
+
 #define EVENTS(e) "crunchd_process_events_total{program=\"crunchd-worker\",event=\"" e "\"}"
 
 static void
@@ -185,6 +208,7 @@ test_crash_loop (void)
   expect (server, "/fn/pid", 200, NULL);
   expect (server, "/fib/10", 200, "55");
   g_assert_cmpfloat (metric (server, "crunchd_function_unavailable{function=\"crash\"}"), ==, 1);
+  promtool_check (server);
   test_server_signal (server, SIGHUP);
   g_usleep (300000);
   expect (server, "/fn/crash?n=0", 200, "ok");
@@ -233,6 +257,17 @@ test_no_child_left (void)
   GPid pid = child_pid (server);
 
   g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_assert_true (gone_within (pid, 0.5));
+  /* a child busy with a call that ignores cancel: shutdown_timeout, then kill_grace */
+  server = start ("kill_grace = 0.1");
+  pid = child_pid (server);
+  {
+    g_autofree gchar *url = test_server_url (server, "/fn/stubborn");
+    TestCall *call = test_call_start (g_steal_pointer (&url));
+    g_usleep (100000);
+    g_assert_cmpint (test_server_stop (server), ==, 0);
+    test_reply_free (test_call_finish (call));
+  }
   g_assert_true (gone_within (pid, 0.5));
   server = start ("");
   pid = child_pid (server);
