@@ -13,7 +13,7 @@ static TestServer *
 start (const gchar *executor_extra)
 {
   g_autofree gchar *ini = g_strdup_printf ("[executor]\nbackend = processes\nthreads = 1\n%s\n"
-                                           "[plugins]\ndir = %s\nload = hostile\n",
+                                           "[plugins]\ndir = %s\nload = hostile, types\n",
                                            executor_extra, g_getenv ("CRUNCHD_TEST_PLUGINS"));
 
   g_assert_nonnull (g_getenv ("CRUNCHD_WORKER")); /* set by make check */
@@ -167,6 +167,20 @@ test_hard_kill (void)
   after = child_pid (server);
   g_assert_cmpint (after, !=, before);
   expect (server, "/fast", 200, NULL);
+}
+
+/* A function that checks its cancel flag stops by itself: 504, and its process lives on. */
+static void
+test_cooperative_cancel (void)
+{
+  g_autoptr (TestServer) server = start ("kill_grace = 1");
+  GPid before = child_pid (server);
+  g_autoptr (TestReply) r = get (server, "/fn/slow?seconds=5");
+
+  g_assert_cmpint (r->status, ==, 504);
+  g_assert_cmpint (child_pid (server), ==, before);
+  g_assert_cmpfloat (metric (server, EVENTS ("kill")), ==, 0);
+  g_assert_cmpfloat (metric (server, EVENTS ("start")), ==, 1);
 }
 
 static void
@@ -419,6 +433,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/crash-statuses", test_crash_statuses);
   g_test_add_func ("/procs/retry", test_retry);
   g_test_add_func ("/procs/hard-kill", test_hard_kill);
+  g_test_add_func ("/procs/cooperative-cancel", test_cooperative_cancel);
   g_test_add_func ("/procs/memory-limit", test_memory_limit);
   g_test_add_func ("/procs/recycle", test_recycle);
   g_test_add_func ("/procs/crash-loop", test_crash_loop);
