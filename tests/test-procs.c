@@ -350,6 +350,16 @@ test_program_calls (void)
   expect (server, "/fn/pbits?n=2", 400, NULL); /* bounds come from the hello */
   expect (server, "/fn/pmemory", 500, "pmemory: out of memory: MemoryError\n");
   g_assert_cmpfloat (metric (server, PROGRAM_EVENTS ("oom")), ==, 1);
+  {
+    /* "deadline": the seconds the request has left (5 declared; 2 asked for by the client) */
+    g_autofree gchar *url = test_server_url (server, "/fn/pdeadline");
+    g_autoptr (TestReply) dflt = test_http ("GET", url, NULL);
+    g_autoptr (TestReply) asked =
+        test_http ("GET", url, (const gchar *const[]){"Request-Timeout: 2", NULL});
+    gdouble d = g_ascii_strtod (dflt->body, NULL), a = g_ascii_strtod (asked->body, NULL);
+    g_assert_true (d > 4.0 && d <= 5.0);
+    g_assert_true (a > 1.0 && a <= 2.0);
+  }
   expect (server, "/fib/10", 200, "55");
   while (!logged && g_get_monotonic_time () < until) {
     g_autofree gchar *log = test_server_log (server);

@@ -31,6 +31,9 @@ typedef enum {
  * crunch_cancelled(), a plain relaxed load, cheap enough for a hot loop. */
 typedef struct {
   gint flag;
+  /* When the caller stops waiting (monotonic, 0 = not known), set before the run: for
+   * functions that run elsewhere and pass it on (the worker protocol's "deadline"). */
+  gint64 deadline_us;
 } CrunchCancel;
 
 static inline gboolean

@@ -72,6 +72,7 @@ crunch_job_run (CrunchJob *job)
   g_autoptr (GError) error = NULL;
 
   job->t_started = g_get_monotonic_time ();
+  job->cancel.deadline_us = __atomic_load_n (&job->deadline_us, __ATOMIC_RELAXED);
   if (!crunch_cancelled (&job->cancel))
     job->result = crunch_function_run (job->fn, job->args, &job->cancel, &error);
   job->t_finished = g_get_monotonic_time ();

@@ -387,9 +387,11 @@ exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *arg
           const CrunchCancel *cancel, gboolean *gone, GError **error)
 {
   CallWait w = {pool, p, cancel, next_id (pool), 0};
+  gint64 left = cancel->deadline_us != 0 ? cancel->deadline_us - g_get_monotonic_time ()
+                                         : __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED);
   g_autoptr (GBytes) payload = NULL;
   g_autoptr (JsonObject) call =
-      crunch_wire_encode_call (fn, args, w.id, (gdouble)fn->timeout_us / 1e6, &payload);
+      crunch_wire_encode_call (fn, args, w.id, (gdouble)left / 1e6, &payload);
   GBytes *result = NULL;
 
   *gone = TRUE;

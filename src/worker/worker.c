@@ -332,6 +332,7 @@ on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
     return;
   }
   g_hash_table_add (w->running, t);
+  t->job->deadline_us = deadline_us; /* passed on to program plugins' processes */
   w->active++;
   if (deadline_us != 0)
     t->deadline = crunch_timer_thread_add (w->timers, deadline_us, on_deadline, t, NULL);

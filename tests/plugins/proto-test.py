@@ -38,7 +38,7 @@ functions = [
                  {"name": "b", "type": "bytes", "min": 0, "max": 16, "default": "AAE="},
                  {"name": "x", "type": "float", "min": -1, "max": 1, "default": "0.5"}], pure=True),
     fn("pgarbage"), fn("pwrongid"), fn("pmemory"), fn("pprogress"), fn("pid"),
-    fn("pbits", [n_arg]), fn("psleep", deadline=0.3),
+    fn("pbits", [n_arg]), fn("psleep", deadline=0.3), fn("pdeadline"),
 ]
 send({"type": "hello", "protocol": 1, "name": mode, "version": "1.0", "functions": functions})
 print("proto-test started", file=sys.stderr, flush=True)
@@ -64,6 +64,8 @@ while True:
         send({"type": "result", "id": i}, b"done")
     elif f == "pid":
         send({"type": "result", "id": i}, str(os.getpid()).encode())
+    elif f == "pdeadline":
+        send({"type": "result", "id": i}, ("%.3f" % call["deadline"]).encode())
     elif f == "psleep":
         time.sleep(30)  # never looks at cancel: crunchd kills it
     else:
