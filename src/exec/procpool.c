@@ -332,7 +332,11 @@ on_reply (CrunchProcPool *pool, const CrunchFunction *fn, CrunchWireFrame *frame
     message = crunch_wire_get_string (frame->header, "message", broken);
     if (message == NULL)
       return FALSE;
-    kind = json_object_get_string_member_with_default (frame->header, "kind", "");
+    kind = json_object_has_member (frame->header, "kind")
+               ? crunch_wire_get_string (frame->header, "kind", broken)
+               : "";
+    if (kind == NULL)
+      return FALSE;
     if (g_strcmp0 (kind, "memory") == 0)
       count (pool, EV_OOM);
     g_set_error (error, CRUNCH_FUNCTION_ERROR,
