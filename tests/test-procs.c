@@ -390,6 +390,23 @@ test_program_protocol_errors (void)
   expect (server, "/fib/10", 200, "55");
 }
 
+/* A later process of the program that declares other functions is not used: 503. */
+static void
+test_program_changed (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "");
+  g_autofree gchar *extra = g_build_filename (p->dir, "extra", NULL);
+
+  expect (server, "/fn/pgarbage", 502, NULL); /* the first process is gone */
+  g_assert_true (g_file_set_contents (extra, "", 0, NULL));
+  expect (server, "/fn/pprogress", 503,
+          "proto-test: bad hello: it declares other functions than at start-up\n");
+  g_remove (extra);
+  g_usleep (100000); /* the back-off after a bad start */
+  expect (server, "/fn/pprogress", 200, "done");
+}
+
 /* A program that ignores cancel (sleeps through it): killed within kill_grace + 100 ms. */
 static void
 test_program_kill (void)
@@ -452,6 +469,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/no-child-left", test_no_child_left);
   g_test_add_func ("/procs/program-calls", test_program_calls);
   g_test_add_func ("/procs/program-protocol-errors", test_program_protocol_errors);
+  g_test_add_func ("/procs/program-changed", test_program_changed);
   g_test_add_func ("/procs/program-kill", test_program_kill);
   g_test_add_func ("/procs/program-bad-hello", test_program_bad_hello);
   return g_test_run ();

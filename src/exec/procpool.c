@@ -177,6 +177,42 @@ start_check (gpointer data)
          g_get_monotonic_time () < w->deadline;
 }
 
+/* A program's later processes must declare what its first one did (the registry holds that). */
+static gboolean
+same_functions (const CrunchWireHello *first, const CrunchWireHello *again, GError **error)
+{
+  gboolean same = first == NULL || first->n_functions == again->n_functions;
+
+  for (guint i = 0; same && first != NULL && i < first->n_functions; i++)
+    same = g_str_equal (first->functions[i].name, again->functions[i].name) &&
+           first->functions[i].n_args == again->functions[i].n_args;
+  if (!same)
+    g_set_error_literal (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
+                         "it declares other functions than at start-up");
+  return same;
+}
+
+/* A process that did not start well: killed, and the next start backs off as after a crash. */
+static void
+start_failed (CrunchProcPool *pool, Proc *p, const GError *why, GError **error)
+{
+  if (g_error_matches (why, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED))
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
+                 "%s sent no hello within %g s", pool->s.program, pool->s.start_timeout);
+  else
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
+                 "%s: bad hello: %s", pool->s.program, why->message);
+  g_warning ("%s[%d]: %s", pool->s.program, (gint)p->pid, (*error)->message);
+  kill (p->pid, SIGKILL);
+  crunch_child_reap (p->pid, 0);
+  proc_free (p);
+  g_mutex_lock (&pool->lock);
+  pool->crash_run++;
+  pool->next_start_us =
+      g_get_monotonic_time () + MIN (25000 << MIN (pool->crash_run, 6), G_USEC_PER_SEC);
+  g_mutex_unlock (&pool->lock);
+}
+
 /* A new process that has said hello; its hello in *hello if asked for. */
 static Proc *
 start_proc (CrunchProcPool *pool, const CrunchCancel *cancel, CrunchWireHello **hello,
@@ -193,16 +229,8 @@ start_proc (CrunchProcPool *pool, const CrunchCancel *cancel, CrunchWireHello **
   frame = crunch_wire_read (p->reader, p->out_fd, start_check, &w, &local);
   if (frame != NULL)
     parsed = crunch_wire_parse_hello (frame, &local);
-  if (parsed == NULL) {
-    if (g_error_matches (local, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED))
-      g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
-                   "%s sent no hello within %g s", pool->s.program, pool->s.start_timeout);
-    else
-      g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
-                   "%s: bad hello: %s", pool->s.program, local->message);
-    kill (p->pid, SIGKILL);
-    crunch_child_reap (p->pid, 0);
-    proc_free (p);
+  if (parsed == NULL || !same_functions (pool->hello, parsed, &local)) {
+    start_failed (pool, p, local, error);
     return NULL;
   }
   if (hello != NULL)

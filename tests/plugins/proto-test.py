@@ -2,7 +2,7 @@
 # proto-test.py - a program plugin written directly against the worker protocol (struct + json
 # only), for tests/test-procs.c. Its behaviour is chosen by its file name (symlinks in the test):
 # "proto-test" declares good functions; "proto-bad" declares min > max; "proto-silent" never
-# says hello.
+# says hello. A file "extra" beside it adds a function (a program that changed under crunchd).
 import json, os, struct, sys, time
 
 out = sys.stdout.buffer
@@ -40,6 +40,8 @@ functions = [
     fn("pgarbage"), fn("pwrongid"), fn("pmemory"), fn("pprogress"), fn("pid"),
     fn("pbits", [n_arg]), fn("psleep", deadline=0.3), fn("pdeadline"),
 ]
+if os.path.exists(os.path.join(os.path.dirname(sys.argv[0]), "extra")):
+    functions.append(fn("pextra"))  # a later process that declares more than the first one
 send({"type": "hello", "protocol": 1, "name": mode, "version": "1.0", "functions": functions})
 print("proto-test started", file=sys.stderr, flush=True)
 while True:
