@@ -222,10 +222,13 @@ test_crash_loop (void)
   expect (server, "/fn/pid", 200, NULL);
   expect (server, "/fib/10", 200, "55");
   g_assert_cmpfloat (metric (server, "crunchd_function_unavailable{function=\"crash\"}"), ==, 1);
+  g_assert_cmpfloat (metric (server, "crunchd_function_crashes_total{function=\"crash\"}"), ==, 5);
   promtool_check (server);
   test_server_signal (server, SIGHUP);
   g_usleep (300000);
   expect (server, "/fn/crash?n=0", 200, "ok");
+  g_assert_cmpfloat (metric (server, "crunchd_function_unavailable{function=\"crash\"}"), ==, 0);
+  promtool_check (server);
 }
 
 /* printf() in a function goes to the log, never into the protocol. */

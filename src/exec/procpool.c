@@ -15,6 +15,7 @@
 #include "procpool.h"
 
 #include <signal.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "child.h"
@@ -36,6 +37,7 @@ typedef struct {
 
 typedef struct {
   gint64 times[CRASH_LOOP_COUNT]; /* ring of the latest crashes */
+  guint64 total;                  /* crashes since start (crunchd_function_crashes_total) */
   guint next;
   gint64 until; /* unavailable until (monotonic), 0 = available */
 } CrashRecord;
@@ -457,6 +459,14 @@ exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *arg
 /* ---- crash loops ---- */
 
 /* TRUE if the function is available; a record whose time is up is forgotten. */
+/* Available again, with a clean slate for the crash-loop rule. */
+static void
+forgive (CrashRecord *rec)
+{
+  memset (rec->times, 0, sizeof rec->times);
+  rec->until = 0;
+}
+
 static gboolean
 available (CrunchProcPool *pool, const CrunchFunction *fn, GError **error)
 {
@@ -466,7 +476,7 @@ available (CrunchProcPool *pool, const CrunchFunction *fn, GError **error)
   g_mutex_lock (&pool->lock);
   rec = g_hash_table_lookup (pool->crashes, fn->name);
   if (rec != NULL && rec->until != 0 && rec->until <= now)
-    g_hash_table_remove (pool->crashes, fn->name);
+    forgive (rec);
   else if (rec != NULL && rec->until != 0)
     left = rec->until - now;
   g_mutex_unlock (&pool->lock);
@@ -493,6 +503,7 @@ record_crash (CrunchProcPool *pool, const CrunchFunction *fn)
     rec = g_new0 (CrashRecord, 1);
     g_hash_table_insert (pool->crashes, (gpointer)fn->name, rec);
   }
+  rec->total++;
   rec->times[rec->next] = now;
   rec->next = (rec->next + 1) % CRASH_LOOP_COUNT;
   /* the oldest of the last five, if there are five */
@@ -694,8 +705,12 @@ crunch_procpools_forgive (void)
   g_mutex_lock (&pools_lock);
   for (guint i = 0; pools != NULL && i < pools->len; i++) {
     CrunchProcPool *pool = pools->pdata[i];
+    GHashTableIter iter;
+    gpointer rec;
     g_mutex_lock (&pool->lock);
-    g_hash_table_remove_all (pool->crashes);
+    g_hash_table_iter_init (&iter, pool->crashes);
+    while (g_hash_table_iter_next (&iter, NULL, &rec))
+      forgive (rec);
     g_mutex_unlock (&pool->lock);
   }
   g_mutex_unlock (&pools_lock);
@@ -719,7 +734,8 @@ append_program (GString *out, const gchar *program)
 }
 
 static void
-render_pool (CrunchProcPool *pool, GString *gauges, GString *events, GString *down)
+render_pool (CrunchProcPool *pool, GString *gauges, GString *events, GString *down,
+             GString *crashes)
 {
   gint64 now = g_get_monotonic_time ();
   GHashTableIter iter;
@@ -743,6 +759,9 @@ render_pool (CrunchProcPool *pool, GString *gauges, GString *events, GString *do
     const CrashRecord *rec = value;
     g_string_append_printf (down, "crunchd_function_unavailable{function=\"%s\"} %d\n",
                             (const gchar *)name, rec->until > now ? 1 : 0);
+    g_string_append_printf (
+        crashes, "crunchd_function_crashes_total{function=\"%s\"} %" G_GUINT64_FORMAT "\n",
+        (const gchar *)name, rec->total);
   }
   g_mutex_unlock (&pool->lock);
 }
@@ -753,10 +772,11 @@ crunch_procpools_render_metrics (GString *out, gpointer data)
   g_autoptr (GString) gauges = g_string_new (NULL);
   g_autoptr (GString) events = g_string_new (NULL);
   g_autoptr (GString) down = g_string_new (NULL);
+  g_autoptr (GString) crashes = g_string_new (NULL);
 
   g_mutex_lock (&pools_lock);
   for (guint i = 0; pools != NULL && i < pools->len; i++)
-    render_pool (pools->pdata[i], gauges, events, down);
+    render_pool (pools->pdata[i], gauges, events, down, crashes);
   g_mutex_unlock (&pools_lock);
   if (gauges->len == 0)
     return;
@@ -768,8 +788,10 @@ crunch_procpools_render_metrics (GString *out, gpointer data)
                           "(max_jobs_per_process), protocol_error, oom.\n"
                           "# TYPE crunchd_process_events_total counter\n%s"
                           "# HELP crunchd_function_unavailable 1 while a crash-looping function "
-                          "is refused (503).\n# TYPE crunchd_function_unavailable gauge\n%s",
-                          gauges->str, events->str, down->str);
+                          "is refused (503).\n# TYPE crunchd_function_unavailable gauge\n%s"
+                          "# HELP crunchd_function_crashes_total Calls whose worker process died, "
+                          "by function.\n# TYPE crunchd_function_crashes_total counter\n%s",
+                          gauges->str, events->str, down->str, crashes->str);
 }
 
 gchar *
