@@ -102,6 +102,7 @@ expect_protocol_error (guint32 h, guint32 p, const gchar *header, const gchar *m
 
   g_assert_null (frame);
   g_assert_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL);
+  g_assert_true (g_utf8_validate (error->message, -1, NULL));
   if (strstr (error->message, message_part) == NULL)
     g_error ("'%s' does not say '%s'", error->message, message_part);
 }
@@ -166,6 +167,8 @@ test_hostile_frames (void)
   expect_protocol_error (2, 0, "{}", "\"type\" is missing");
   expect_protocol_error (10, 0, "{\"type\":1}", "\"type\" must be a string");
   expect_protocol_error (14, 0, "{\"type\":\"\xff\"}  ", "not UTF-8");
+  /* json-glib decodes a lone surrogate escape into bytes that are not UTF-8 */
+  expect_protocol_error (18, 0, "{\"type\":\"\\ud800x\"}", "\"type\" is not valid UTF-8");
   /* nesting bounded before json-glib recurses */
   g_autofree gchar *deep = g_strnfill (1000, '[');
   expect_protocol_error (1000, 0, deep, "not JSON");

@@ -177,8 +177,9 @@ parse_header (const gchar *text, gsize len, GError **error)
   }
   if (crunch_json_check (text, len, CRUNCH_JSON_MAX_DEPTH) != CRUNCH_JSON_OK ||
       !json_parser_load_from_data (parser, text, (gssize)len, &local)) {
-    protocol_error (error, "header is not JSON%s%s", local ? ": " : "",
-                    local ? local->message : "");
+    /* json-glib may quote what it read, lone surrogates decoded: keep the message UTF-8 */
+    g_autofree gchar *why = local ? g_utf8_make_valid (local->message, -1) : NULL;
+    protocol_error (error, "header is not JSON%s%s", why ? ": " : "", why ? why : "");
     return NULL;
   }
   root = json_parser_get_root (parser);
@@ -316,6 +317,11 @@ crunch_wire_get_string (JsonObject *object, const gchar *name, GError **error)
     return NULL;
   if (json_node_get_value_type (node) != G_TYPE_STRING) {
     protocol_error (error, "member \"%s\" must be a string", name);
+    return NULL;
+  }
+  /* json-glib decodes a lone surrogate escape (\ud800) into bytes that are not UTF-8 */
+  if (!g_utf8_validate (json_node_get_string (node), -1, NULL)) {
+    protocol_error (error, "member \"%s\" is not valid UTF-8", name);
     return NULL;
   }
   return json_node_get_string (node);
