@@ -315,9 +315,10 @@ log_ready (const CrunchConfig *config, gboolean nats)
 }
 
 /* [executor] backend = processes: every C function runs in crunchd-worker --stdio children
- * ($CRUNCHD_WORKER, or the installed one), which load the same configuration file. */
-static void
-start_worker_pool (Crunchd *app)
+ * ($CRUNCHD_WORKER, or the installed one), which load the same configuration file. One is
+ * started now: a worker that cannot start, or lacks a function, stops crunchd (exit 1). */
+static gboolean
+start_worker_pool (Crunchd *app, GError **error)
 {
   const gchar *worker = g_getenv ("CRUNCHD_WORKER");
   const gchar *argv[] = {worker != NULL && *worker != '\0' ? worker : CRUNCHD_WORKER_PATH,
@@ -326,7 +327,7 @@ start_worker_pool (Crunchd *app)
 
   crunch_procpool_settings_from_config (app->config, "crunchd-worker", (gchar **)argv, &settings);
   app->worker_pool = crunch_procpool_new (&settings);
-  crunch_functions_run_elsewhere (crunch_procpool_call, app->worker_pool);
+  return crunch_procpool_host_functions (app->worker_pool, error);
 }
 
 static gint
@@ -340,8 +341,11 @@ run (Crunchd *app)
   /* one MHD daemon, with its own connection limit, per listening socket */
   raise_fd_limit ((guint64)app->config->max_connections *
                   (fds->len > 0 ? fds->len : g_strv_length (app->config->listen)));
-  if (g_str_equal (app->config->backend, "processes"))
-    start_worker_pool (app);
+  if (g_str_equal (app->config->backend, "processes") && !start_worker_pool (app, &error)) {
+    g_critical ("[executor] backend = processes: %s", error->message);
+    crunch_procpools_free_all ();
+    return EXIT_FAILURE;
+  }
   app->scheduler =
       crunch_scheduler_new_full (&settings, nats ? new_nats_executor : NULL, app, &error);
   if (app->scheduler == NULL) {

@@ -293,6 +293,26 @@ test_no_child_left (void)
   test_server_stop (server);
 }
 
+/* crunchd-worker cannot start: crunchd says so and stops at once (exit 1), serving nothing. */
+static void
+test_worker_missing (void)
+{
+  g_autofree gchar *dir = g_dir_make_tmp ("crunchd-procs-XXXXXX", NULL);
+  g_autofree gchar *path = g_build_filename (dir, "crunchd.ini", NULL);
+  g_autofree gchar *arg = g_strdup_printf ("--config=%s", path);
+  g_autofree gchar *saved = g_strdup (g_getenv ("CRUNCHD_WORKER"));
+  g_autofree gchar *out = NULL;
+  g_autofree gchar *err = NULL;
+
+  g_assert_true (g_file_set_contents (
+      path, "[server]\nlisten = 127.0.0.1:0\n[executor]\nbackend = processes\n", -1, NULL));
+  g_setenv ("CRUNCHD_WORKER", "/nonexistent/crunchd-worker", TRUE);
+  g_assert_cmpint (test_run_crunchd ((const gchar *const[]){arg, NULL}, &out, &err), ==, 1);
+  g_setenv ("CRUNCHD_WORKER", saved, TRUE);
+  g_assert_nonnull (strstr (err, "[executor] backend = processes: cannot start crunchd-worker: "));
+  test_remove_dir (dir);
+}
+
 /* ---- program plugins: tests/plugins/proto-test.py, under the names that pick its mode ---- */
 
 typedef struct {
@@ -470,6 +490,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/stdout-is-protected", test_stdout_is_protected);
   g_test_add_func ("/procs/no-request-lost", test_no_request_lost);
   g_test_add_func ("/procs/no-child-left", test_no_child_left);
+  g_test_add_func ("/procs/worker-missing", test_worker_missing);
   g_test_add_func ("/procs/program-calls", test_program_calls);
   g_test_add_func ("/procs/program-protocol-errors", test_program_protocol_errors);
   g_test_add_func ("/procs/program-changed", test_program_changed);

@@ -638,6 +638,29 @@ crunch_procpool_load_program (const CrunchConfig *config, const gchar *name, con
   return TRUE;
 }
 
+gboolean
+crunch_procpool_host_functions (CrunchProcPool *pool, GError **error)
+{
+  g_autoptr (CrunchWireHello) hello = crunch_procpool_start (pool, error);
+  g_autofree const gchar **names = crunch_functions_list ();
+
+  if (hello == NULL)
+    return FALSE;
+  for (guint i = 0; names[i] != NULL; i++) {
+    gboolean declared = crunch_functions_lookup (names[i])->run != NULL; /* a program's */
+    for (guint j = 0; !declared && j < hello->n_functions; j++)
+      declared = g_str_equal (hello->functions[j].name, names[i]);
+    if (!declared) {
+      g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_REGISTRATION,
+                   "%s does not declare function '%s' (does it load the same [plugins]?)",
+                   pool->s.program, names[i]);
+      return FALSE;
+    }
+  }
+  crunch_functions_run_elsewhere (crunch_procpool_call, pool);
+  return TRUE;
+}
+
 void
 crunch_procpools_resize (guint size)
 {

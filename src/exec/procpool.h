@@ -47,6 +47,10 @@ void crunch_procpool_free (CrunchProcPool *pool);
  * the program (crunchd exits 78). */
 gboolean crunch_procpool_load_program (const CrunchConfig *config, const gchar *name,
                                        const gchar *path, GError **error);
+/* [executor] backend = processes: starts one process of the pool (crunchd-worker --stdio), checks
+ * that it declares every function of the registry that runs in-thread now, and makes them all
+ * run in the pool. FALSE with an error naming the program or the missing function. */
+gboolean crunch_procpool_host_functions (CrunchProcPool *pool, GError **error);
 /* Reload: [executor] threads -> the size of every pool. */
 void crunch_procpools_resize (guint size);
 
