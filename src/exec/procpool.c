@@ -121,8 +121,8 @@ drop (CrunchProcPool *pool, Proc *p, gint64 grace_us)
 static void
 kill_now (CrunchProcPool *pool, Proc *p, guint event)
 {
+  count (pool, event); /* first: whoever sees the process gone sees it counted */
   kill (p->pid, SIGKILL);
-  count (pool, event);
   drop (pool, p, 0);
 }
 
