@@ -137,6 +137,49 @@ test_round_trip (void)
   pair_close (&p);
 }
 
+typedef struct {
+  int fd;
+  GBytes *payload;
+} Writer;
+
+static gpointer
+write_thread (gpointer data)
+{
+  Writer *w = data;
+  g_autoptr (JsonObject) header = crunch_wire_header ("result", 2);
+
+  g_assert_true (crunch_wire_write (w->fd, header, w->payload, NULL));
+  g_assert_true (crunch_wire_write (w->fd, header, NULL, NULL));
+  return NULL;
+}
+
+/* A payload bigger than the socket buffer, written while it is read; then a small frame. */
+static void
+test_big_payload (void)
+{
+  Pair p;
+  guint8 *bytes = g_malloc (3 << 20);
+  Writer w;
+  GThread *writer;
+  g_autoptr (CrunchWireFrame) big = NULL;
+  g_autoptr (CrunchWireFrame) small = NULL;
+
+  for (gsize i = 0; i < (3 << 20); i++)
+    bytes[i] = (guint8)(i * 7);
+  pair_open (&p);
+  crunch_wire_reader_free (p.reader);
+  p.reader = crunch_wire_reader_new (4 << 20);
+  w = (Writer){p.fds[0], g_bytes_new_take (bytes, 3 << 20)};
+  writer = g_thread_new ("writer", write_thread, &w);
+  big = crunch_wire_read (p.reader, p.fds[1], NULL, NULL, NULL);
+  small = crunch_wire_read (p.reader, p.fds[1], NULL, NULL, NULL);
+  g_thread_join (writer);
+  g_assert_true (g_bytes_equal (big->payload, w.payload));
+  g_assert_cmpuint (g_bytes_get_size (small->payload), ==, 0);
+  g_bytes_unref (w.payload);
+  pair_close (&p);
+}
+
 /* A peer that never reads: the write gives up when the check says so. */
 static void
 test_write_stalled (void)
@@ -378,6 +421,7 @@ main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/wire/round-trip", test_round_trip);
+  g_test_add_func ("/wire/big-payload", test_big_payload);
   g_test_add_func ("/wire/write-stalled", test_write_stalled);
   g_test_add_func ("/wire/hostile-frames", test_hostile_frames);
   g_test_add_func ("/wire/truncated", test_truncated);

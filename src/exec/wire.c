@@ -198,12 +198,21 @@ take_frame (CrunchWireReader *reader, GError **error)
   guint32 h;
   g_autoptr (CrunchWireFrame) frame = g_new0 (CrunchWireFrame, 1);
 
+  gsize len = reader->buf->len;
+
   memcpy (&h, data, 4);
   h = GUINT32_FROM_BE (h);
   reader->need = PREFIX;
-  frame->payload = g_bytes_new (data + PREFIX + h, reader->buf->len - PREFIX - h);
   frame->header = parse_header (data + PREFIX, h, error);
-  g_byte_array_set_size (reader->buf, 0);
+  if (len > (1u << 20)) {
+    /* a big payload is handed over without a copy, and its buffer not kept for small frames */
+    g_autoptr (GBytes) all = g_byte_array_free_to_bytes (reader->buf);
+    frame->payload = g_bytes_new_from_bytes (all, PREFIX + h, len - PREFIX - h);
+    reader->buf = g_byte_array_new ();
+  } else {
+    frame->payload = g_bytes_new (data + PREFIX + h, len - PREFIX - h);
+    g_byte_array_set_size (reader->buf, 0);
+  }
   if (frame->header == NULL)
     return NULL;
   frame->type = crunch_wire_get_string (frame->header, "type", error);
