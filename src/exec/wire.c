@@ -254,16 +254,23 @@ CrunchWireFrame *
 crunch_wire_read (CrunchWireReader *reader, int fd, CrunchWireCheck check, gpointer data,
                   GError **error)
 {
+  return crunch_wire_read_or_wake (reader, fd, -1, check, data, error);
+}
+
+CrunchWireFrame *
+crunch_wire_read_or_wake (CrunchWireReader *reader, int fd, int wake_fd, CrunchWireCheck check,
+                          gpointer data, GError **error)
+{
   for (;;) {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
+    struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
     gboolean complete = FALSE;
-    int ready = poll (&p, 1, CRUNCH_WIRE_STEP_MS);
+    int ready = poll (p, wake_fd >= 0 ? 2 : 1, CRUNCH_WIRE_STEP_MS);
 
     if (ready < 0 && errno != EINTR) {
       g_set_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_IO, "poll: %s", g_strerror (errno));
       return NULL;
     }
-    if (ready > 0 && !fill (reader, fd, &complete, error))
+    if (ready > 0 && p[0].revents != 0 && !fill (reader, fd, &complete, error))
       return NULL;
     if (complete)
       return take_frame (reader, error);

@@ -65,6 +65,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchWireReader, crunch_wire_reader_free)
 CrunchWireFrame *crunch_wire_read (CrunchWireReader *reader, int fd, CrunchWireCheck check,
                                    gpointer data, GError **error);
 
+/* The same, also waking (to call `check` at once) when `wake_fd` becomes readable; the caller
+ * drains it. */
+CrunchWireFrame *crunch_wire_read_or_wake (CrunchWireReader *reader, int fd, int wake_fd,
+                                           CrunchWireCheck check, gpointer data, GError **error);
+
 /* Strict member access for received headers: missing or mistyped members are protocol errors
  * naming the member. */
 gboolean crunch_wire_get_int (JsonObject *object, const gchar *name, gint64 *value, GError **error);

@@ -14,6 +14,7 @@
  * a plugin's printf() ends up in crunchd's log instead of corrupting the stream. */
 #include "stdio-worker.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -22,16 +23,26 @@
 
 #include "wire.h"
 
+typedef enum {
+  WATCH_IDLE, /* the runner has stdin */
+  WATCH_ON,   /* the watcher has stdin while a call runs */
+  WATCH_STOP, /* the runner wants stdin back */
+  WATCH_QUIT,
+} WatchState;
+
 typedef struct {
-  GAsyncQueue *calls; /* CrunchWireFrame*, or the stop mark */
+  CrunchWireReader *reader; /* stdin's: used by whoever has stdin */
   GMutex lock;
-  gint64 running_id; /* under lock; -1 = none */
+  GCond changed;
+  WatchState state;
+  gboolean reading;         /* the watcher is inside a read */
+  gint64 running_id;        /* -1: no call in flight */
+  CrunchWireFrame *pending; /* a call the watcher read after the running one answered */
+  gboolean eof;             /* the watcher saw the end of stdin */
   CrunchCancel cancel;
   int out_fd;
+  int wake[2]; /* a byte wakes the watcher out of its read */
 } Worker;
-
-static gchar stop_mark;
-#define STOP ((gpointer)&stop_mark)
 
 static G_NORETURN void
 broken (const gchar *what, const GError *error)
@@ -40,51 +51,143 @@ broken (const gchar *what, const GError *error)
   exit (EXIT_FAILURE);
 }
 
-/* Reader thread: TRUE to keep reading. */
-static gboolean
-on_frame (Worker *w, CrunchWireFrame *frame)
+/* A frame's id; anything but a call or a cancel is a protocol error. */
+static gint64
+frame_id (const CrunchWireFrame *frame)
 {
   gint64 id = -1;
   g_autoptr (GError) error = NULL;
 
   if (!crunch_wire_get_int (frame->header, "id", &id, &error))
     broken (frame->type, error);
+  if (!g_str_equal (frame->type, "call") && !g_str_equal (frame->type, "cancel"))
+    broken ("unknown message type", NULL);
+  return id;
+}
+
+/* ---- the watcher thread ---- */
+
+static gboolean
+keep_watching (gpointer data)
+{
+  Worker *w = data;
+  gboolean on;
+
   g_mutex_lock (&w->lock);
+  on = w->state == WATCH_ON;
+  g_mutex_unlock (&w->lock);
+  return on;
+}
+
+/* Under lock: a frame read while watching. FALSE: stop until the runner takes stdin back. */
+static gboolean
+on_watched (Worker *w, CrunchWireFrame *frame)
+{
+  gint64 id = frame_id (frame);
+
   if (g_str_equal (frame->type, "cancel")) {
     if (id == w->running_id)
       g_atomic_int_set (&w->cancel.flag, 1);
-    g_mutex_unlock (&w->lock);
     crunch_wire_frame_free (frame);
     return TRUE;
   }
-  if (!g_str_equal (frame->type, "call"))
-    broken ("unknown message type", NULL);
-  if (w->running_id >= 0)
+  if (w->running_id >= 0 || w->pending != NULL)
     broken ("a call while another is in flight", NULL);
-  w->running_id = id;
-  g_atomic_int_set (&w->cancel.flag, 0);
+  w->pending = frame;
+  return FALSE;
+}
+
+static void
+drain (int fd)
+{
+  gchar buf[64];
+
+  while (read (fd, buf, sizeof buf) > 0)
+    ;
+}
+
+/* One read of stdin while a call runs, under lock on entry and exit. */
+static void
+watch_once (Worker *w)
+{
+  g_autoptr (GError) error = NULL;
+  CrunchWireFrame *frame;
+  gboolean more = TRUE;
+
+  w->reading = TRUE;
   g_mutex_unlock (&w->lock);
-  g_async_queue_push (w->calls, frame);
-  return TRUE;
+  frame = crunch_wire_read_or_wake (w->reader, STDIN_FILENO, w->wake[0], keep_watching, w, &error);
+  g_mutex_lock (&w->lock);
+  w->reading = FALSE;
+  drain (w->wake[0]);
+  if (frame != NULL)
+    more = on_watched (w, frame);
+  else if (g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_EOF))
+    w->eof = TRUE, more = FALSE;
+  else if (!g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED))
+    broken ("reading stdin", error);
+  if (!more && w->state == WATCH_ON)
+    w->state = WATCH_IDLE;
+  g_cond_broadcast (&w->changed);
 }
 
 static gpointer
-reader_thread (gpointer data)
+watcher_thread (gpointer data)
 {
   Worker *w = data;
-  g_autoptr (CrunchWireReader) reader = crunch_wire_reader_new (CRUNCH_WIRE_MAX_PAYLOAD);
 
+  g_mutex_lock (&w->lock);
+  while (w->state != WATCH_QUIT) {
+    if (w->state == WATCH_ON)
+      watch_once (w);
+    else
+      g_cond_wait (&w->changed, &w->lock);
+  }
+  g_mutex_unlock (&w->lock);
+  return NULL;
+}
+
+/* ---- the runner (main thread) ---- */
+
+/* Under lock: the watcher leaves stdin (at once: the wake pipe), unless it already has. */
+static void
+stop_watching (Worker *w)
+{
+  if (w->state == WATCH_ON) {
+    w->state = WATCH_STOP;
+    if (w->reading && write (w->wake[1], "", 1) < 0 && errno != EAGAIN)
+      broken ("wake", NULL);
+  }
+}
+
+/* The next call: one the watcher kept, or read from stdin once the watcher has left it. NULL at
+ * the end of input. */
+static CrunchWireFrame *
+next_call (Worker *w)
+{
+  CrunchWireFrame *frame;
+
+  g_mutex_lock (&w->lock);
+  stop_watching (w);
+  while (w->reading)
+    g_cond_wait (&w->changed, &w->lock);
+  w->state = WATCH_IDLE;
+  frame = g_steal_pointer (&w->pending);
+  g_mutex_unlock (&w->lock);
+  if (frame != NULL || w->eof)
+    return frame;
   for (;;) {
     g_autoptr (GError) error = NULL;
-    CrunchWireFrame *frame = crunch_wire_read (reader, STDIN_FILENO, NULL, NULL, &error);
+    frame = crunch_wire_read (w->reader, STDIN_FILENO, NULL, NULL, &error);
     if (frame == NULL && g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_EOF))
-      break;
+      return NULL;
     if (frame == NULL)
       broken ("reading stdin", error);
-    on_frame (w, frame);
+    frame_id (frame);
+    if (g_str_equal (frame->type, "call"))
+      return frame;
+    crunch_wire_frame_free (frame); /* a cancel for a call already answered */
   }
-  g_async_queue_push (w->calls, STOP);
-  return NULL;
 }
 
 static JsonObject *
@@ -121,10 +224,19 @@ run_call (Worker *w, CrunchWireFrame *frame)
   if (args == NULL)
     broken ("call", error);
   g_variant_ref_sink (args);
+  g_mutex_lock (&w->lock);
+  w->running_id = id;
+  g_atomic_int_set (&w->cancel.flag, 0);
+  w->state = WATCH_ON;
+  g_cond_broadcast (&w->changed);
+  g_mutex_unlock (&w->lock);
   result = crunch_function_run (fn, args, &w->cancel, &error);
   header = reply_for (fn, id, result, error);
+  /* before the reply: a call crunchd sends once it has it is not out of turn, and the watcher
+   * starts leaving stdin while the reply travels */
   g_mutex_lock (&w->lock);
   w->running_id = -1;
+  stop_watching (w);
   g_mutex_unlock (&w->lock);
   if (!crunch_wire_write (w->out_fd, header, result, &write_error))
     broken ("writing stdout", write_error);
@@ -162,23 +274,33 @@ send_hello (int fd)
 gint
 crunch_stdio_worker_run (void)
 {
-  Worker w = {.running_id = -1};
-  GThread *reader;
-  gpointer item;
+  Worker w = {.running_id = -1, .state = WATCH_IDLE};
+  GThread *watcher;
+  CrunchWireFrame *frame;
 
   signal (SIGPIPE, SIG_IGN); /* a closed stdout is a write error, then exit */
   w.out_fd = take_stdout ();
-  w.calls = g_async_queue_new ();
+  if (pipe2 (w.wake, O_CLOEXEC | O_NONBLOCK) != 0)
+    broken ("pipe", NULL);
+  w.reader = crunch_wire_reader_new (CRUNCH_WIRE_MAX_PAYLOAD);
   g_mutex_init (&w.lock);
+  g_cond_init (&w.changed);
   send_hello (w.out_fd);
-  reader = g_thread_new ("stdio-reader", reader_thread, &w);
-  while ((item = g_async_queue_pop (w.calls)) != STOP) {
-    run_call (&w, item);
-    crunch_wire_frame_free (item);
+  watcher = g_thread_new ("stdio-watcher", watcher_thread, &w);
+  while ((frame = next_call (&w)) != NULL) {
+    run_call (&w, frame);
+    crunch_wire_frame_free (frame);
   }
-  g_thread_join (reader);
-  g_async_queue_unref (w.calls);
+  g_mutex_lock (&w.lock);
+  w.state = WATCH_QUIT;
+  g_cond_broadcast (&w.changed);
+  g_mutex_unlock (&w.lock);
+  g_thread_join (watcher);
+  crunch_wire_reader_free (w.reader);
   g_mutex_clear (&w.lock);
+  g_cond_clear (&w.changed);
+  close (w.wake[0]);
+  close (w.wake[1]);
   close (w.out_fd);
   return EXIT_SUCCESS;
 }
