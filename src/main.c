@@ -15,6 +15,7 @@
 #include "jobs.h"
 #include "logging.h"
 #include "metrics.h"
+#include "procpool.h"
 #include "scheduler.h"
 #include "server.h"
 #include "service.h"
@@ -35,6 +36,7 @@ typedef struct {
   gboolean stopping;
   guint shutdown_timer;
   CrunchHeartbeat *heartbeat;
+  CrunchProcPool *worker_pool; /* [executor] backend = processes */
 } Crunchd;
 
 #define STATUS_INTERVAL_MS 1000
@@ -108,6 +110,7 @@ apply_live_settings (Crunchd *app, const CrunchConfig *config)
     crunch_server_configure (app->server, config);
   if (app->jobs != NULL)
     crunch_jobs_configure (app->jobs, config);
+  crunch_procpools_resize (crunch_config_effective_threads (config));
 }
 
 /* Settings fixed for the daemon's lifetime; changing them needs a restart, and we say so. */
@@ -165,6 +168,7 @@ on_reload (gpointer data)
     g_free (config->backend);
     config->backend = g_strdup (app->config->backend);
     apply_live_settings (app, config);
+    crunch_procpools_forgive (); /* crash-looping functions get another chance */
     crunch_config_free (app->config);
     app->config = g_steal_pointer (&config);
     g_message ("configuration reloaded from %s", app->config_path);
@@ -284,8 +288,12 @@ wire_metrics (Crunchd *app, gboolean on)
   if (!on) {
     crunch_metrics_remove_source (app->server);
     crunch_metrics_remove_source (app->scheduler);
+    crunch_metrics_remove_source (&app->worker_pool);
     return;
   }
+  crunch_metrics_add_source (&(CrunchMetricsSource){.render = crunch_procpools_render_metrics,
+                                                    .summary = crunch_procpools_summary,
+                                                    .data = &app->worker_pool});
   crunch_metrics_add_source (
       &(CrunchMetricsSource){.gauges = crunch_server_fill_gauges, .data = app->server});
   crunch_metrics_add_source (&(CrunchMetricsSource){
@@ -306,6 +314,22 @@ log_ready (const CrunchConfig *config, gboolean nats)
                config->queue_limit);
 }
 
+/* [executor] backend = processes: every C function runs in crunchd-worker --stdio children
+ * ($CRUNCHD_WORKER, or the installed one), which load the same configuration file. One is
+ * started now: a worker that cannot start, or lacks a function, stops crunchd (exit 1). */
+static gboolean
+start_worker_pool (Crunchd *app, GError **error)
+{
+  const gchar *worker = g_getenv ("CRUNCHD_WORKER");
+  const gchar *argv[] = {worker != NULL && *worker != '\0' ? worker : CRUNCHD_WORKER_PATH,
+                         "--stdio", app->config->path ? "--config" : NULL, app->config->path, NULL};
+  CrunchProcPoolSettings settings;
+
+  crunch_procpool_settings_from_config (app->config, "crunchd-worker", (gchar **)argv, &settings);
+  app->worker_pool = crunch_procpool_new (&settings);
+  return crunch_procpool_host_functions (app->worker_pool, error);
+}
+
 static gint
 run (Crunchd *app)
 {
@@ -317,6 +341,11 @@ run (Crunchd *app)
   /* one MHD daemon, with its own connection limit, per listening socket */
   raise_fd_limit ((guint64)app->config->max_connections *
                   (fds->len > 0 ? fds->len : g_strv_length (app->config->listen)));
+  if (g_str_equal (app->config->backend, "processes") && !start_worker_pool (app, &error)) {
+    g_critical ("[executor] backend = processes: %s", error->message);
+    crunch_procpools_free_all ();
+    return EXIT_FAILURE;
+  }
   app->scheduler =
       crunch_scheduler_new_full (&settings, nats ? new_nats_executor : NULL, app, &error);
   if (app->scheduler == NULL) {
@@ -360,6 +389,7 @@ run (Crunchd *app)
   crunch_scheduler_free (app->scheduler);
   crunch_jobs_free (app->jobs);   /* after the scheduler: no ticket can be answered any more */
   crunch_calls_free (app->calls); /* every call has been freed */
+  crunch_procpools_free_all ();   /* no call runs: stop the worker processes */
   g_main_loop_unref (app->loop);
   if (nats)
     crunch_nats_library_close ();
@@ -476,7 +506,7 @@ main (int argc, char **argv)
     g_printerr ("crunchd: %s\n", error->message);
     return CRUNCH_EXIT_CONFIG;
   }
-  if (!crunch_functions_init (app.config, &error)) {
+  if (!crunch_functions_init (app.config, &error)) { /* starts program plugins */
     g_printerr ("crunchd: %s\n", error->message);
     crunch_config_free (app.config);
     return CRUNCH_EXIT_CONFIG;
@@ -486,6 +516,7 @@ main (int argc, char **argv)
     g_autofree const gchar **names = crunch_functions_list ();
     g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);
     g_print ("# %s: configuration OK\n# functions: %s\n%s", app.config_path, list, text);
+    crunch_procpools_free_all (); /* program plugins were started to read their hello */
     crunch_config_free (app.config);
     return EXIT_SUCCESS;
   }

@@ -99,6 +99,15 @@ test_bad_files (void)
       {"[executor]\nclient_key = header:X Key\n",
        "t.ini: [executor] client_key = 'header:X Key': expected ip or header:NAME"},
       {"[jobs]\nttl = -1\n", "t.ini: [jobs] ttl = '-1': out of range (0 to 604800)"},
+      {"[executor]\nkill_grace = 0\n",
+       "t.ini: [executor] kill_grace = '0': out of range (0.01 to 60)"},
+      {"[executor]\nstart_timeout = never\n",
+       "t.ini: [executor] start_timeout = 'never': not a number"},
+      {"[executor]\nmemory_limit = 1000000\n",
+       "t.ini: [executor] memory_limit = '1000000': out of range (0 to 999999)"},
+      {"[executor]\nmax_jobs_per_process = -1\n",
+       "t.ini: [executor] max_jobs_per_process = '-1': out of range (0 to 999999)"},
+      {"[executor]\nretries = 2\n", "t.ini: [executor] retries = '2': out of range (0 to 1)"},
       {"[jobs]\nmax_stored = 0\n", "t.ini: [jobs] max_stored = '0': out of range (1 to 100000)"},
       {"[plugins]\nautoload = yes\n", "t.ini: [plugins] autoload: unknown key"},
       /* GKeyFile has no inline comments: say so, whatever the key's type */
@@ -232,7 +241,7 @@ test_nats (void)
     const gchar *ini, *message;
   } bad[] = {
       {"[executor]\nbackend = ssh\n",
-       "t.ini: [executor] backend = 'ssh': expected one of: local, nats"},
+       "t.ini: [executor] backend = 'ssh': expected one of: local, nats, processes"},
       {"[executor]\npolicy = fifo\n",
        "t.ini: [executor] policy = 'fifo': expected one of: other, batch, idle"},
       {"[nats]\nservers = http://h:1\n",

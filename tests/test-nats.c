@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "nats-harness.h"
 
@@ -451,6 +452,43 @@ test_plugins_remote (void)
   g_assert_cmpint (test_worker_stop (w), >=, 1);
 }
 
+/* A program plugin on a NATS worker: the worker runs its functions in the program's processes,
+ * and a protocol error there (a process killed) reaches the front end as 502, not as a lost
+ * attempt; the worker keeps serving. */
+static void
+test_program_remote (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *dir = g_dir_make_tmp ("crunchd-programs-XXXXXX", NULL);
+  g_autofree gchar *link = g_build_filename (dir, "proto-test", NULL);
+  g_autofree gchar *script =
+      g_build_filename (g_getenv ("CRUNCHD_SRCDIR"), "tests", "plugins", "proto-test.py", NULL);
+  g_autofree gchar *plugins = g_strdup_printf ("[plugins]\ndir = %s\nload = proto-test\n", dir);
+  g_autofree gchar *wbase = worker_ini (nats->url);
+  g_autofree gchar *wini = g_strconcat (wbase, plugins, NULL);
+  g_autofree gchar *fini = front_ini (nats->url, plugins);
+  TestWorker *w;
+  TestServer *front;
+  g_autoptr (TestReply) echo = NULL;
+
+  g_assert_cmpint (symlink (script, link), ==, 0);
+  w = test_worker_start (wini, "w1", 1);
+  front = test_server_start (fini, NULL);
+  wait_serving (front, 10);
+  {
+    g_autofree gchar *url = test_server_url (front, "/fn/pecho?s=remote&b=AAE%3D&x=0.5");
+    echo = test_http ("GET", url, NULL);
+  }
+  g_assert_cmpint (echo->status, ==, 200);
+  g_assert_true (g_str_has_prefix (echo->body, "remote 0001 0.5 "));
+  get_expect (front, "/fn/pgarbage", 502, NULL);
+  get_expect (front, "/fn/pbits?n=1", 500, NULL);
+  get_expect (front, "/fn/pprogress", 200, "done");
+  g_assert_cmpint (test_server_stop (front), ==, 0);
+  g_assert_cmpint (test_worker_stop (w), >=, 1);
+  test_remove_dir (dir);
+}
+
 /* Both processes exit promptly after SIGTERM: after traffic, and a worker also when its NATS
  * server is gone (it used to wait a whole second to flush replies to nowhere). The front end
  * says what [executor] threads means with NATS: jobs in flight, not threads of its own. */
@@ -509,6 +547,7 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/cluster-node-lost", test_cluster_node_lost);
   g_test_add_func ("/nats/overhead", test_overhead);
   g_test_add_func ("/nats/plugins-remote", test_plugins_remote);
+  g_test_add_func ("/nats/program-remote", test_program_remote);
   g_test_add_func ("/nats/prompt-exit", test_prompt_exit);
   return g_test_run ();
 }

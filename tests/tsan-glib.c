@@ -9,6 +9,8 @@
  *   g_cond_wait/wait_until        release the mutex while waiting, acquire it again after;
  *   g_thread_pool_push + worker   release on the item when pushed, acquire when a worker gets it;
  *   g_thread_pool_free            acquire what every worker released after its last item;
+ *   g_async_queue_push + pop      release on the item when pushed, acquire when it is popped
+ *                                 (child.c's spawn requests, stdio-worker.c's calls);
  *   g_idle_add + callback         release on the data when added, acquire when it runs;
  *   g_bytes_unref, g_variant_unref, g_atomic_rc_box_release_full  an acquire-release on the
  *                                 object, as the atomic count does.
@@ -119,6 +121,24 @@ g_thread_pool_push (GThreadPool *pool, gpointer item, GError **error)
   REAL (g_thread_pool_push);
   __tsan_release (item);
   return real_g_thread_pool_push (pool, item, error);
+}
+
+void
+g_async_queue_push (GAsyncQueue *queue, gpointer data)
+{
+  REAL (g_async_queue_push);
+  __tsan_release (data);
+  real_g_async_queue_push (queue, data);
+}
+
+gpointer
+g_async_queue_pop (GAsyncQueue *queue)
+{
+  REAL (g_async_queue_pop);
+  gpointer data = real_g_async_queue_pop (queue);
+
+  __tsan_acquire (data);
+  return data;
 }
 
 void

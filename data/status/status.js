@@ -121,6 +121,8 @@ function render(s) {
   $('jobs-timed-out').textContent = s.jobs.timed_out;
   $('jobs-client-gone').textContent = s.jobs.client_gone;
   $('jobs-shared').textContent = s.jobs.coalesced + ' / ' + s.jobs.cache_hit;
+  // lines the executors contribute, e.g. worker processes alive / busy and unavailable functions
+  $('notes').textContent = (s.notes || []).join('; ');
   renderRoutes(s.routes);
   renderSlowest(s.slowest_jobs);
   drawChart($('chart-workers'), history.workers, '#2f6fdb', Math.max(1, s.workers_total));

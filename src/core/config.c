@@ -27,7 +27,7 @@ typedef struct {
 
 static const gchar *const log_levels[] = {"error", "critical", "warning", "message",
                                           "info",  "debug",    NULL};
-static const gchar *const backends[] = {"local", "nats", NULL};
+static const gchar *const backends[] = {"local", "nats", "processes", NULL};
 static const gchar *const policies[] = {"other", "batch", "idle", NULL};
 static const gchar *const fallbacks[] = {"none", "local", NULL};
 /* indexed by CrunchAccessLog */
@@ -50,6 +50,11 @@ static const KeyDesc keys[] = {
     {"executor", "client_key", KEY_STRING, 0, 0, F (client_key), NULL},
     {"executor", "coalesce", KEY_BOOL, 0, 0, F (coalesce), NULL},
     {"executor", "backend", KEY_STRING, 0, 0, F (backend), backends},
+    {"executor", "kill_grace", KEY_DOUBLE, 0.01, 60, F (kill_grace), NULL},
+    {"executor", "start_timeout", KEY_DOUBLE, 0.1, 3600, F (start_timeout), NULL},
+    {"executor", "memory_limit", KEY_UINT, 0, 999999, F (memory_limit), NULL},
+    {"executor", "max_jobs_per_process", KEY_UINT, 0, 999999, F (max_jobs_per_process), NULL},
+    {"executor", "retries", KEY_UINT, 0, 1, F (retries), NULL},
     {"nats", "servers", KEY_LIST, 0, 0, F (nats.servers), NULL},
     {"nats", "subject_prefix", KEY_STRING, 0, 0, F (nats.subject_prefix), NULL},
     {"nats", "retries", KEY_UINT, 0, 100, F (nats.retries), NULL},
@@ -90,6 +95,9 @@ static const CrunchConfig defaults = {
     .nice = 10,
     .per_client_limit = 64,
     .coalesce = TRUE,
+    .kill_grace = 1.0,
+    .start_timeout = 30.0,
+    .retries = 1,
     .nats.retries = 3,
     .nats.attempt_timeout = 1.0,
     .nats.reconnect_wait = 0.25,

@@ -59,7 +59,13 @@ typedef struct {
   guint per_client_limit; /* tickets in flight per client before 429; 0 = none */
   gchar *client_key;      /* "ip" or "header:NAME" */
   gboolean coalesce;      /* identical jobs of pure functions share one computation */
-  gchar *backend;         /* "local" or "nats" (restart) */
+  gchar *backend;         /* "local", "nats" or "processes" (restart) */
+  /* worker processes (backend = processes, and program plugins); restart */
+  gdouble kill_grace;         /* seconds a cancelled call gets before SIGKILL */
+  gdouble start_timeout;      /* seconds a new process gets to send its hello */
+  guint memory_limit;         /* MiB of address space per process (RLIMIT_AS), 0 = none */
+  guint max_jobs_per_process; /* calls before a process is replaced, 0 = no limit */
+  guint retries;              /* 0 or 1: a pure function's call retried on a fresh process */
 
   CrunchNatsConfig nats;     /* [nats]: crunchd's NATS executor and crunchd-worker (restart) */
   CrunchWorkerConfig worker; /* [worker]: crunchd-worker only */

@@ -9,6 +9,7 @@
 
 #include "args.h"
 #include "plugins.h"
+#include "procpool.h"
 
 G_DEFINE_QUARK (crunch - function - error - quark, crunch_function_error)
 
@@ -76,11 +77,11 @@ check_arg (const CrunchdArg *arg, const CrunchdFunction *decl, guint i, const gc
 }
 
 static gboolean
-check_decl (const CrunchdFunction *decl, const gchar *plugin, GError **error)
+check_decl (const CrunchdFunction *decl, gboolean hooked, const gchar *plugin, GError **error)
 {
   if (!valid_name (decl->name))
     return bad_decl (error, plugin, decl->name, "name must match [a-z0-9_]+ (at most 64)");
-  if (decl->run == NULL)
+  if (decl->run == NULL && !hooked)
     return bad_decl (error, plugin, decl->name, "no run function");
   if (decl->content_type == NULL || *decl->content_type == '\0')
     return bad_decl (error, plugin, decl->name, "no content_type");
@@ -129,12 +130,31 @@ function_new (const CrunchdFunction *decl, const gchar *plugin, GError **error)
 gboolean
 crunch_functions_add (const CrunchdFunction *decl, const gchar *plugin, GError **error)
 {
+  return crunch_functions_add_hooked (decl, plugin, NULL, NULL, error);
+}
+
+void
+crunch_functions_run_elsewhere (CrunchRunHook run, gpointer data)
+{
+  for (guint i = 0; order != NULL && i < order->len; i++) {
+    CrunchFunction *fn = order->pdata[i];
+    if (fn->run == NULL) {
+      fn->run = run;
+      fn->run_data = data;
+    }
+  }
+}
+
+gboolean
+crunch_functions_add_hooked (const CrunchdFunction *decl, const gchar *plugin, CrunchRunHook run,
+                             gpointer data, GError **error)
+{
   const CrunchFunction *other;
   CrunchFunction *fn;
 
   if (decl == NULL)
     return bad_decl (error, plugin, NULL, "NULL declaration");
-  if (!check_decl (decl, plugin, error))
+  if (!check_decl (decl, run != NULL, plugin, error))
     return FALSE;
   other = crunch_functions_lookup (decl->name);
   if (other != NULL) {
@@ -146,6 +166,8 @@ crunch_functions_add (const CrunchdFunction *decl, const gchar *plugin, GError *
   fn = function_new (decl, plugin, error);
   if (fn == NULL)
     return FALSE;
+  fn->run = run;
+  fn->run_data = data;
   if (registry == NULL) {
     registry = g_hash_table_new (g_str_hash, g_str_equal);
     order = g_ptr_array_new_with_free_func (function_free);
@@ -170,13 +192,27 @@ add_builtins (GError **error)
   return TRUE;
 }
 
+static gboolean
+load_program (const gchar *name, const gchar *path, gpointer data, GError **error)
+{
+  return crunch_procpool_load_program (data, name, path, error);
+}
+
 gboolean
 crunch_functions_init (const CrunchConfig *config, GError **error)
 {
+  return crunch_functions_init_full (config, TRUE, error);
+}
+
+gboolean
+crunch_functions_init_full (const CrunchConfig *config, gboolean programs, GError **error)
+{
   crunch_functions_reset ();
   if (!add_builtins (error) ||
-      !crunch_plugins_load (config->plugins_dir, config->plugins_load, error)) {
+      !crunch_plugins_load (config->plugins_dir, config->plugins_load,
+                            programs ? load_program : NULL, (gpointer)config, error)) {
     crunch_functions_reset ();
+    crunch_procpools_free_all (); /* after the registry: its entries point into their hellos */
     return FALSE;
   }
   crunch_functions_configure (config);
@@ -330,6 +366,8 @@ crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCance
                  g_variant_get_type_string (args));
     return NULL;
   }
+  if (fn->run != NULL)
+    return fn->run (fn, args, cancel, fn->run_data, error);
   for (guint i = 0; i < n; i++) {
     GVariant *child = g_variant_get_child_value (args, i);
     g_ptr_array_add (children, child);

@@ -20,12 +20,20 @@ typedef enum {
   CRUNCH_FUNCTION_ERROR_CANCELLED,        /* the run saw the cancel flag */
   CRUNCH_FUNCTION_ERROR_FAILED,           /* -> 500 */
   CRUNCH_FUNCTION_ERROR_REGISTRATION,     /* bad declaration or duplicate name */
+  /* Functions that run in worker processes (procpool.c): */
+  CRUNCH_FUNCTION_ERROR_CRASHED,       /* its process died under it -> 502 */
+  CRUNCH_FUNCTION_ERROR_PROTOCOL,      /* its process broke the worker protocol -> 502 */
+  CRUNCH_FUNCTION_ERROR_UNAVAILABLE,   /* crash-looping, or no process could start -> 503 */
+  CRUNCH_FUNCTION_ERROR_OUT_OF_MEMORY, /* ran past [executor] memory_limit -> 500 */
 } CrunchFunctionError;
 
 /* Set (to nonzero) by any thread to ask a running function to stop. Functions read it with
  * crunch_cancelled(), a plain relaxed load, cheap enough for a hot loop. */
 typedef struct {
   gint flag;
+  /* When the caller stops waiting (monotonic, 0 = not known), set before the run: for
+   * functions that run elsewhere and pass it on (the worker protocol's "deadline"). */
+  gint64 deadline_us;
 } CrunchCancel;
 
 static inline gboolean
@@ -35,6 +43,10 @@ crunch_cancelled (const CrunchCancel *cancel)
 }
 
 typedef struct CrunchFunction CrunchFunction;
+/* Runs a call somewhere other than in this thread (a worker process); same contract as
+ * crunch_function_run(). */
+typedef GBytes *(*CrunchRunHook) (const CrunchFunction *fn, GVariant *args,
+                                  const CrunchCancel *cancel, gpointer data, GError **error);
 struct CrunchFunction {
   const CrunchdFunction *decl; /* owned by the plugin, which is never unloaded */
   const gchar *name;           /* decl->name */
@@ -49,6 +61,10 @@ struct CrunchFunction {
   GVariant *(*parse) (const CrunchFunction *fn, const gchar *text, GError **error);
   void (*configure) (CrunchFunction *fn, const CrunchConfig *config);
   gint limit; /* function-specific live bound (fib: max_n) */
+  /* Set before serving for functions that run elsewhere (program plugins, and every function
+   * under [executor] backend = processes); NULL: decl->run in the calling thread. */
+  CrunchRunHook run;
+  gpointer run_data;
 };
 
 /* A built-in: a plugin linked into crunchd, plus its legacy hooks. */
@@ -69,6 +85,9 @@ gchar *crunch_function_args_type (const CrunchFunction *fn);
 /* Registers the built-ins, loads [plugins] load from [plugins] dir, applies live settings. On
  * error (naming the plugin) the registry is left empty. Call once, before serving. */
 gboolean crunch_functions_init (const CrunchConfig *config, GError **error);
+/* programs = FALSE: program plugins are skipped (crunchd-worker --stdio hosts C plugins only);
+ * TRUE: each is started, and its functions run in its processes (procpool.c). */
+gboolean crunch_functions_init_full (const CrunchConfig *config, gboolean programs, GError **error);
 void crunch_functions_configure (const CrunchConfig *config);
 void crunch_functions_reset (void); /* tests */
 const CrunchFunction *crunch_functions_lookup (const gchar *name);
@@ -77,6 +96,12 @@ const gchar **crunch_functions_list (void);
 
 /* Validates the declaration and adds it; `plugin` names the registrant in errors. */
 gboolean crunch_functions_add (const CrunchdFunction *decl, const gchar *plugin, GError **error);
+/* The same for a declaration without decl->run (a program plugin's): `run` runs its calls. */
+gboolean crunch_functions_add_hooked (const CrunchdFunction *decl, const gchar *plugin,
+                                      CrunchRunHook run, gpointer data, GError **error);
+/* Start-up, before serving: every function without a hook runs through `run` from now on
+ * ([executor] backend = processes). */
+void crunch_functions_run_elsewhere (CrunchRunHook run, gpointer data);
 
 gdouble crunch_function_arg_max (const CrunchFunction *fn, guint i);
 /* Runs on a worker thread: the tuple becomes CrunchdValues, the result a GBytes. NULL with

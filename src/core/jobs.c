@@ -203,6 +203,7 @@ state_name (const Entry *entry)
     return "done";
   case CRUNCH_JOB_FAILED:
   case CRUNCH_JOB_UNAVAILABLE:
+  case CRUNCH_JOB_CRASHED:
     return "failed";
   case CRUNCH_JOB_TIMED_OUT:
     return "expired";
@@ -288,7 +289,8 @@ add_outcome (JsonBuilder *b, const Entry *entry)
     }
     return;
   }
-  if (outcome == CRUNCH_JOB_FAILED || outcome == CRUNCH_JOB_UNAVAILABLE)
+  if (outcome == CRUNCH_JOB_FAILED || outcome == CRUNCH_JOB_UNAVAILABLE ||
+      outcome == CRUNCH_JOB_CRASHED)
     add_string (b, "error",
                 ticket_of (entry)->error ? ticket_of (entry)->error
                                          : "no worker could take the job");

@@ -67,6 +67,23 @@ crunch_plugins_register (const CrunchdPlugin *plugin, const gchar *label, GError
   return TRUE;
 }
 
+/* A program plugin: an executable regular file, `dir`/name or a path, when no shared object
+ * `dir`/name.so exists and the path does not end in ".so". NULL otherwise. */
+static gchar *
+program_path (const gchar *dir, const gchar *name)
+{
+  g_autofree gchar *so = crunch_plugins_path (dir, name);
+  g_autofree gchar *path =
+      strchr (name, '/') != NULL ? g_strdup (name) : g_build_filename (dir, name, NULL);
+
+  if (g_str_has_suffix (path, ".so") ||
+      (strchr (name, '/') == NULL && g_file_test (so, G_FILE_TEST_EXISTS)))
+    return NULL;
+  if (g_file_test (path, G_FILE_TEST_IS_REGULAR) && g_file_test (path, G_FILE_TEST_IS_EXECUTABLE))
+    return g_steal_pointer (&path);
+  return NULL;
+}
+
 gchar *
 crunch_plugins_path (const gchar *dir, const gchar *name)
 {
@@ -121,10 +138,16 @@ load_one (const gchar *dir, const gchar *name, GError **error)
 }
 
 gboolean
-crunch_plugins_load (const gchar *dir, gchar **names, GError **error)
+crunch_plugins_load (const gchar *dir, gchar **names, CrunchProgramLoader programs, gpointer data,
+                     GError **error)
 {
   for (gchar **n = names; n != NULL && *n != NULL; n++) {
-    if (!load_one (dir, *n, error))
+    g_autofree gchar *program = program_path (dir, *n);
+    if (program != NULL && programs == NULL)
+      g_info ("plugin '%s': program %s is not loaded here", *n, program);
+    else if (program != NULL && !programs (*n, program, data, error))
+      return FALSE;
+    else if (program == NULL && !load_one (dir, *n, error))
       return FALSE;
   }
   return TRUE;

@@ -359,6 +359,12 @@ on_final_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, CrunchWireS
     }
     step_take (self, step, p, ACT_COMPLETE, CRUNCH_JOB_TIMED_OUT, NULL);
     break;
+  case CRUNCH_WIRE_CRASHED:
+  case CRUNCH_WIRE_UNAVAILABLE:
+    step_take (self, step, p, ACT_COMPLETE,
+               status == CRUNCH_WIRE_CRASHED ? CRUNCH_JOB_CRASHED : CRUNCH_JOB_UNAVAILABLE,
+               g_strdup (error ? error : p->job->fn->name));
+    break;
   default:
     step_take (self, step, p, ACT_COMPLETE, CRUNCH_JOB_FAILED,
                g_strdup_printf ("%s: %s", p->job->fn->name,

@@ -49,6 +49,22 @@ crunch_job_cancel (CrunchJob *job, CrunchJobOutcome reason)
   return g_atomic_int_compare_and_exchange (&job->cancel.flag, 0, (gint)reason);
 }
 
+static CrunchJobOutcome
+outcome_of_error (const GError *error)
+{
+  if (error == NULL || error->domain != CRUNCH_FUNCTION_ERROR)
+    return CRUNCH_JOB_FAILED;
+  switch (error->code) {
+  case CRUNCH_FUNCTION_ERROR_CRASHED:
+  case CRUNCH_FUNCTION_ERROR_PROTOCOL:
+    return CRUNCH_JOB_CRASHED;
+  case CRUNCH_FUNCTION_ERROR_UNAVAILABLE:
+    return CRUNCH_JOB_UNAVAILABLE;
+  default:
+    return CRUNCH_JOB_FAILED;
+  }
+}
+
 /* Runs the function and records the outcome; any thread. */
 void
 crunch_job_run (CrunchJob *job)
@@ -56,6 +72,7 @@ crunch_job_run (CrunchJob *job)
   g_autoptr (GError) error = NULL;
 
   job->t_started = g_get_monotonic_time ();
+  job->cancel.deadline_us = __atomic_load_n (&job->deadline_us, __ATOMIC_RELAXED);
   if (!crunch_cancelled (&job->cancel))
     job->result = crunch_function_run (job->fn, job->args, &job->cancel, &error);
   job->t_finished = g_get_monotonic_time ();
@@ -65,7 +82,7 @@ crunch_job_run (CrunchJob *job)
   } else if (crunch_cancelled (&job->cancel)) {
     job->outcome = (CrunchJobOutcome)g_atomic_int_get (&job->cancel.flag);
   } else {
-    job->outcome = CRUNCH_JOB_FAILED;
+    job->outcome = outcome_of_error (error);
     job->error = g_strdup (error ? error->message : "the function returned no result");
   }
 }
@@ -73,8 +90,8 @@ crunch_job_run (CrunchJob *job)
 const gchar *
 crunch_job_outcome_name (CrunchJobOutcome outcome)
 {
-  static const gchar *const names[] = {"pending",     "ok",       "failed",     "timed-out",
-                                       "client-gone", "shutdown", "unavailable"};
+  static const gchar *const names[] = {"pending",     "ok",       "failed",      "timed-out",
+                                       "client-gone", "shutdown", "unavailable", "crashed"};
   return names[outcome];
 }
 

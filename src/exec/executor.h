@@ -14,7 +14,9 @@ typedef enum {
   CRUNCH_JOB_TIMED_OUT,   /* its deadline passed */
   CRUNCH_JOB_CLIENT_GONE, /* nobody waits for it any more */
   CRUNCH_JOB_SHUTDOWN,    /* the server is stopping */
-  CRUNCH_JOB_UNAVAILABLE, /* no worker could take it (remote executor) */
+  CRUNCH_JOB_UNAVAILABLE, /* no worker could take it (remote executor), or the function is
+                           * unavailable (crash-looping in worker processes) -> 503 */
+  CRUNCH_JOB_CRASHED,     /* its worker process died or broke the protocol -> 502 */
 } CrunchJobOutcome;
 
 typedef struct CrunchJob CrunchJob;

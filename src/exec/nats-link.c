@@ -10,6 +10,8 @@ static const gchar *const status_names[] = {
     [CRUNCH_WIRE_CANCELLED] = "cancelled",
     [CRUNCH_WIRE_SHUTDOWN] = "shutdown",
     [CRUNCH_WIRE_RUNNING] = "running",
+    [CRUNCH_WIRE_CRASHED] = "crashed",
+    [CRUNCH_WIRE_UNAVAILABLE] = "unavailable",
 };
 
 const gchar *

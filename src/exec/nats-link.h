@@ -29,12 +29,14 @@
 #define CRUNCH_HDR_WORKER "Crunch-Worker"
 
 typedef enum {
-  CRUNCH_WIRE_OK,        /* payload = result */
-  CRUNCH_WIRE_FAILED,    /* the function failed, or the request was malformed: Crunch-Error */
-  CRUNCH_WIRE_TIMED_OUT, /* the deadline passed on the worker */
-  CRUNCH_WIRE_CANCELLED, /* a cancel message stopped it */
-  CRUNCH_WIRE_SHUTDOWN,  /* the worker is stopping: try another one */
-  CRUNCH_WIRE_RUNNING,   /* heartbeat: still working */
+  CRUNCH_WIRE_OK,          /* payload = result */
+  CRUNCH_WIRE_FAILED,      /* the function failed, or the request was malformed: Crunch-Error */
+  CRUNCH_WIRE_TIMED_OUT,   /* the deadline passed on the worker */
+  CRUNCH_WIRE_CANCELLED,   /* a cancel message stopped it */
+  CRUNCH_WIRE_SHUTDOWN,    /* the worker is stopping: try another one */
+  CRUNCH_WIRE_RUNNING,     /* heartbeat: still working */
+  CRUNCH_WIRE_CRASHED,     /* its worker process crashed (502 at the front end): Crunch-Error */
+  CRUNCH_WIRE_UNAVAILABLE, /* the function is crash-looping on that worker (503): Crunch-Error */
   CRUNCH_WIRE_UNKNOWN,
 } CrunchWireStatus;
 

@@ -204,6 +204,8 @@ respond_ticket (CrunchRequest *req)
     return respond_bytes (req, MHD_HTTP_OK, ticket->result, ticket->fn->content_type);
   case CRUNCH_JOB_FAILED:
     return respond_error (req, MHD_HTTP_INTERNAL_SERVER_ERROR, ticket->error);
+  case CRUNCH_JOB_CRASHED:
+    return respond_error (req, MHD_HTTP_BAD_GATEWAY, ticket->error);
   case CRUNCH_JOB_TIMED_OUT:
     message = g_strdup_printf ("%s: deadline of %.3g s exceeded", ticket->fn->name,
                                req->timeout_us / 1e6);

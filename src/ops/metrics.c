@@ -354,6 +354,22 @@ crunch_metrics_not_ready (void)
   return NULL;
 }
 
+gchar **
+crunch_metrics_summaries (void)
+{
+  CrunchMetricsSource copy[MAX_SOURCES];
+  guint n = sources (copy);
+  GPtrArray *lines = g_ptr_array_new ();
+
+  for (guint i = 0; i < n; i++) {
+    gchar *line = copy[i].summary != NULL ? copy[i].summary () : NULL;
+    if (line != NULL)
+      g_ptr_array_add (lines, line);
+  }
+  g_ptr_array_add (lines, NULL);
+  return (gchar **)g_ptr_array_free (lines, FALSE);
+}
+
 guint
 crunch_metrics_suspended (void)
 {

@@ -56,6 +56,7 @@ typedef struct {
   void (*gauges) (CrunchGauges *gauges, gpointer data);
   void (*render) (GString *out, gpointer data);
   const gchar *(*not_ready) (gpointer data); /* why not, or NULL when ready */
+  gchar *(*summary) (void);                  /* a line for the status page, or NULL */
   gpointer data;
 } CrunchMetricsSource;
 
@@ -67,6 +68,8 @@ gboolean crunch_metrics_enabled (void);
 void crunch_metrics_add_source (const CrunchMetricsSource *source);
 void crunch_metrics_remove_source (gpointer data);
 void crunch_metrics_get_gauges (CrunchGauges *gauges);
+/* The sources' status-page lines (free with g_strfreev). */
+gchar **crunch_metrics_summaries (void);
 /* The first source's reason not to be ready, or NULL. */
 const gchar *crunch_metrics_not_ready (void);
 

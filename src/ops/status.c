@@ -185,6 +185,21 @@ append_slowest (GString *out)
   g_string_append (out, "]");
 }
 
+/* "notes": lines the figures' owners contribute (worker processes, ...). */
+static void
+append_notes (GString *out)
+{
+  g_auto (GStrv) notes = crunch_metrics_summaries ();
+
+  g_string_append (out, "\"notes\":[");
+  for (guint i = 0; notes[i] != NULL; i++) {
+    if (i > 0)
+      g_string_append_c (out, ',');
+    crunch_json_append_string (out, notes[i]);
+  }
+  g_string_append (out, "],");
+}
+
 GBytes *
 crunch_status_render_json (void)
 {
@@ -205,6 +220,7 @@ crunch_status_render_json (void)
   append_number (out, "connections_open", g.connections_open);
   append_number (out, "connections_suspended", crunch_metrics_suspended ());
   g_string_append_printf (out, "\"draining\":%s,", g.draining ? "true" : "false");
+  append_notes (out);
   append_jobs (out);
   append_routes (out);
   append_slowest (out);

@@ -12,7 +12,9 @@
 #include "executor-nats.h"
 #include "functions.h"
 #include "logging.h"
+#include "procpool.h"
 #include "service.h"
+#include "stdio-worker.h"
 #include "worker.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
@@ -101,6 +103,7 @@ run (App *app, const gchar *id, guint threads)
   if (app->shutdown_timer != 0)
     g_source_remove (app->shutdown_timer);
   crunch_worker_free (app->worker);
+  crunch_procpools_free_all (); /* program plugins' processes */
   g_main_loop_unref (app->loop);
   crunch_nats_library_close ();
   return EXIT_SUCCESS;
@@ -109,7 +112,7 @@ run (App *app, const gchar *id, guint threads)
 typedef struct {
   gchar *config_path, *id, *threads_arg;
   guint64 threads;
-  gboolean check_config, version;
+  gboolean check_config, version, stdio;
 } Options;
 
 static void
@@ -131,6 +134,9 @@ parse_options (gint *argc, gchar ***argv, Options *o)
        "Jobs run at once, 0 to 1024 (0 = one per CPU; overrides [worker] threads)", "N"},
       {"id", 0, 0, G_OPTION_ARG_STRING, &o->id,
        "Name in replies and logs (overrides [worker] id; default HOSTNAME:PID)", "ID"},
+      {"stdio", 0, 0, G_OPTION_ARG_NONE, &o->stdio,
+       "Serve one crunchd process pool on stdin/stdout (the worker protocol) instead of NATS",
+       NULL},
       {"check-config", 0, 0, G_OPTION_ARG_NONE, &o->check_config,
        "Validate the configuration, print the effective settings and exit", NULL},
       {"version", 'V', 0, G_OPTION_ARG_NONE, &o->version, "Print the version and exit", NULL},
@@ -196,7 +202,8 @@ configure (App *app, Options *o)
   if (o->id == NULL)
     o->id = g_strdup_printf ("%s:%d", g_get_host_name (), (gint)getpid ());
   crunch_logging_set_level (app->config->log_level);
-  if (!crunch_functions_init (app->config, &error)) { /* the same plugins as the server */
+  /* the same plugins as the server; under --stdio, C plugins only (crunchd runs programs) */
+  if (!crunch_functions_init_full (app->config, !o->stdio, &error)) {
     g_printerr ("crunchd-worker: %s\n", error->message);
     return CRUNCH_EXIT_CONFIG;
   }
@@ -216,6 +223,8 @@ main (int argc, char **argv)
     crunch_logging_init ();
     status = configure (&app, &options);
   }
+  if (status < 0 && options.stdio)
+    status = crunch_stdio_worker_run ();
   if (status < 0)
     status = run (&app, options.id,
                   app.config->worker.threads ? app.config->worker.threads

@@ -181,6 +181,10 @@ wire_status (CrunchJobOutcome reason)
     return CRUNCH_WIRE_TIMED_OUT;
   case CRUNCH_JOB_SHUTDOWN:
     return CRUNCH_WIRE_SHUTDOWN;
+  case CRUNCH_JOB_CRASHED:
+    return CRUNCH_WIRE_CRASHED;
+  case CRUNCH_JOB_UNAVAILABLE:
+    return CRUNCH_WIRE_UNAVAILABLE;
   default:
     return CRUNCH_WIRE_CANCELLED;
   }
@@ -341,6 +345,7 @@ on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
     return;
   }
   g_hash_table_add (w->running, t);
+  t->job->deadline_us = deadline_us; /* passed on to program plugins' processes */
   w->active++;
   if (deadline_us != 0)
     t->deadline = crunch_parked_add_timer (w->timers, deadline_us, t, &deadline_kind);

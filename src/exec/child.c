@@ -1,0 +1,214 @@
+/* child.c - see child.h.
+ *
+ * DESIGN
+ * Children are forked by one spawner thread that lives as long as the process, because
+ * PR_SET_PDEATHSIG fires when the *thread* that forked exits, and the threads that ask for a
+ * child (job threads of a GThreadPool) may come and go. A caller queues a request and waits on
+ * its condition variable until the spawner has forked.
+ * Each child's stderr is read by a small detached thread that logs it line by line (at most
+ * 4096 bytes a line), tagged with the program and pid; it ends at EOF, when the child has
+ * exited. */
+#include "child.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "wire.h"
+
+#define LOG_LINE_MAX 4096
+
+typedef struct {
+  gchar **argv;
+  guint memory_limit_mb;
+  CrunchChild *child;
+  int err_fd;
+  gboolean ok;
+  GError *error;
+  gboolean done;
+  GMutex lock;
+  GCond cond;
+} SpawnRequest;
+
+typedef struct {
+  pid_t parent;
+  guint memory_limit_mb;
+} ChildSetup;
+
+/* In the child, between fork and exec: async-signal-safe calls only. */
+static void
+child_setup (gpointer data)
+{
+  const ChildSetup *c = data;
+
+  prctl (PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid () != c->parent)
+    _exit (1); /* crunchd died before prctl took effect */
+  signal (SIGPIPE, SIG_DFL);
+  if (c->memory_limit_mb > 0) {
+    struct rlimit r = {(rlim_t)c->memory_limit_mb << 20, (rlim_t)c->memory_limit_mb << 20};
+    setrlimit (RLIMIT_AS, &r);
+  }
+}
+
+static gchar **
+child_environ (void)
+{
+  gchar **env = g_environ_setenv (g_get_environ (), CRUNCH_WIRE_ENV, "1", TRUE);
+  const gchar *old = g_environ_getenv (env, "PYTHONPATH");
+  g_autofree gchar *path = old != NULL && *old != '\0'
+                               ? g_strconcat (CRUNCHD_PYTHONDIR, ":", old, NULL)
+                               : g_strdup (CRUNCHD_PYTHONDIR);
+
+  return g_environ_setenv (env, "PYTHONPATH", path, TRUE);
+}
+
+static void
+spawn_now (SpawnRequest *r)
+{
+  ChildSetup setup = {getpid (), r->memory_limit_mb};
+  g_auto (GStrv) env = child_environ ();
+
+  r->ok = g_spawn_async_with_pipes_and_fds (
+      NULL, (const gchar *const *)r->argv, (const gchar *const *)env, G_SPAWN_DO_NOT_REAP_CHILD,
+      child_setup, &setup, -1, -1, -1, NULL, NULL, 0, &r->child->pid, &r->child->in_fd,
+      &r->child->out_fd, &r->err_fd, &r->error);
+}
+
+static gpointer
+spawner_thread (gpointer data)
+{
+  GAsyncQueue *requests = data;
+
+  for (;;) {
+    SpawnRequest *r = g_async_queue_pop (requests);
+    spawn_now (r);
+    g_mutex_lock (&r->lock);
+    r->done = TRUE;
+    g_cond_signal (&r->cond);
+    g_mutex_unlock (&r->lock);
+  }
+  return NULL;
+}
+
+static GAsyncQueue *
+spawner (void)
+{
+  static gsize once;
+  static GAsyncQueue *requests;
+
+  if (g_once_init_enter (&once)) {
+    requests = g_async_queue_new ();
+    g_thread_unref (g_thread_new ("crunchd-spawner", spawner_thread, requests));
+    g_once_init_leave (&once, 1);
+  }
+  return requests;
+}
+
+/* ---- the child's stderr ---- */
+
+typedef struct {
+  gchar *program;
+  GPid pid;
+  int fd;
+} LogTail;
+
+static gpointer
+stderr_thread (gpointer data)
+{
+  LogTail *t = data;
+  gchar buf[LOG_LINE_MAX + 1];
+  gsize len = 0;
+  ssize_t got;
+
+  while ((got = read (t->fd, buf + len, LOG_LINE_MAX - len)) > 0 || (got < 0 && errno == EINTR)) {
+    gchar *start = buf, *nl;
+    len += got > 0 ? (gsize)got : 0;
+    while ((nl = memchr (start, '\n', len - (gsize)(start - buf))) != NULL) {
+      *nl = '\0';
+      g_message ("%s[%d]: %s", t->program, (gint)t->pid, start);
+      start = nl + 1;
+    }
+    len -= (gsize)(start - buf);
+    memmove (buf, start, len);
+    if (len == LOG_LINE_MAX) { /* a line too long: log it in pieces */
+      buf[len] = '\0';
+      g_message ("%s[%d]: %s", t->program, (gint)t->pid, buf);
+      len = 0;
+    }
+  }
+  if (len > 0)
+    g_message ("%s[%d]: %.*s", t->program, (gint)t->pid, (gint)len, buf);
+  close (t->fd);
+  g_free (t->program);
+  g_free (t);
+  return NULL;
+}
+
+gboolean
+crunch_child_spawn (gchar **argv, const gchar *program, guint memory_limit_mb, CrunchChild *child,
+                    GError **error)
+{
+  SpawnRequest r = {.argv = argv, .memory_limit_mb = memory_limit_mb, .child = child, .err_fd = -1};
+  LogTail *tail;
+
+  g_mutex_init (&r.lock);
+  g_cond_init (&r.cond);
+  g_mutex_lock (&r.lock);
+  g_async_queue_push (spawner (), &r);
+  while (!r.done)
+    g_cond_wait (&r.cond, &r.lock);
+  g_mutex_unlock (&r.lock);
+  g_mutex_clear (&r.lock);
+  g_cond_clear (&r.cond);
+  if (!r.ok) {
+    g_propagate_error (error, r.error);
+    return FALSE;
+  }
+  /* writes to a child that stalls must not block its caller for good (wire.c waits with poll) */
+  fcntl (child->in_fd, F_SETFL, fcntl (child->in_fd, F_GETFL) | O_NONBLOCK);
+  tail = g_new0 (LogTail, 1);
+  tail->program = g_strdup (program);
+  tail->pid = child->pid;
+  tail->fd = r.err_fd;
+  g_thread_unref (g_thread_new ("crunchd-stderr", stderr_thread, tail));
+  return TRUE;
+}
+
+gint
+crunch_child_reap (GPid pid, gint64 grace_us)
+{
+  gint64 until = g_get_monotonic_time () + grace_us;
+  gint status = 0;
+
+  for (;;) {
+    pid_t got = waitpid (pid, &status, WNOHANG);
+    if (got == pid || (got < 0 && errno != EINTR))
+      return status;
+    if (got == 0 && g_get_monotonic_time () >= until)
+      break;
+    g_usleep (2000);
+  }
+  kill (pid, SIGKILL);
+  while (waitpid (pid, &status, 0) < 0 && errno == EINTR)
+    ;
+  return status;
+}
+
+gchar *
+crunch_child_describe_exit (gint status)
+{
+  if (WIFSIGNALED (status)) {
+    const gchar *name = sigabbrev_np (WTERMSIG (status));
+    return name != NULL ? g_strdup_printf ("killed by signal SIG%s", name)
+                        : g_strdup_printf ("killed by signal %d", WTERMSIG (status));
+  }
+  if (WIFEXITED (status))
+    return g_strdup_printf ("exited with status %d", WEXITSTATUS (status));
+  return g_strdup ("ended");
+}

@@ -1,0 +1,306 @@
+/* stdio-worker.c - `crunchd-worker --stdio`: the C side of the worker protocol (wire.h), hosting
+ * the built-in fib and the configured C plugins for a process pool in crunchd.
+ *
+ * DESIGN
+ * Two threads. The reader thread owns stdin: it reads frames, hands each `call` to the main
+ * thread through an async queue, sets the running call's cancel flag on a `cancel` for its id,
+ * and queues a stop mark at end of input. A frame out of turn (a call while one is in flight), an
+ * unknown type or a broken frame is a protocol error: the worker logs it and exits 1 at once.
+ * The main thread owns the protocol's output: it runs one call at a time through
+ * crunch_function_run() and writes the final reply. `lock` guards the id in flight and its cancel
+ * flag; the main thread clears the id *before* writing the reply, so a next call that crunchd
+ * sends as soon as it reads the reply is never taken for one out of turn.
+ * stdout is the protocol alone: its fd is moved away at start-up and fd 1 points at stderr, so
+ * a plugin's printf() ends up in crunchd's log instead of corrupting the stream. */
+#include "stdio-worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "wire.h"
+
+typedef enum {
+  WATCH_IDLE, /* the runner has stdin */
+  WATCH_ON,   /* the watcher has stdin while a call runs */
+  WATCH_STOP, /* the runner wants stdin back */
+  WATCH_QUIT,
+} WatchState;
+
+typedef struct {
+  CrunchWireReader *reader; /* stdin's: used by whoever has stdin */
+  GMutex lock;
+  GCond changed;
+  WatchState state;
+  gboolean reading;         /* the watcher is inside a read */
+  gint64 running_id;        /* -1: no call in flight */
+  CrunchWireFrame *pending; /* a call the watcher read after the running one answered */
+  gboolean eof;             /* the watcher saw the end of stdin */
+  CrunchCancel cancel;
+  int out_fd;
+  int wake[2]; /* a byte wakes the watcher out of its read */
+} Worker;
+
+static G_NORETURN void
+broken (const gchar *what, const GError *error)
+{
+  g_warning ("crunchd-worker --stdio: %s: %s", what, error ? error->message : "protocol error");
+  exit (EXIT_FAILURE);
+}
+
+/* A frame's id; anything but a call or a cancel is a protocol error. */
+static gint64
+frame_id (const CrunchWireFrame *frame)
+{
+  gint64 id = -1;
+  g_autoptr (GError) error = NULL;
+
+  if (!crunch_wire_get_int (frame->header, "id", &id, &error))
+    broken (frame->type, error);
+  if (!g_str_equal (frame->type, "call") && !g_str_equal (frame->type, "cancel"))
+    broken ("unknown message type", NULL);
+  return id;
+}
+
+/* ---- the watcher thread ---- */
+
+static gboolean
+keep_watching (gpointer data)
+{
+  Worker *w = data;
+  gboolean on;
+
+  g_mutex_lock (&w->lock);
+  on = w->state == WATCH_ON;
+  g_mutex_unlock (&w->lock);
+  return on;
+}
+
+/* Under lock: a frame read while watching. FALSE: stop until the runner takes stdin back. */
+static gboolean
+on_watched (Worker *w, CrunchWireFrame *frame)
+{
+  gint64 id = frame_id (frame);
+
+  if (g_str_equal (frame->type, "cancel")) {
+    if (id == w->running_id)
+      g_atomic_int_set (&w->cancel.flag, 1);
+    crunch_wire_frame_free (frame);
+    return TRUE;
+  }
+  if (w->running_id >= 0 || w->pending != NULL)
+    broken ("a call while another is in flight", NULL);
+  w->pending = frame;
+  return FALSE;
+}
+
+static void
+drain (int fd)
+{
+  gchar buf[64];
+
+  while (read (fd, buf, sizeof buf) > 0)
+    ;
+}
+
+/* One read of stdin while a call runs, under lock on entry and exit. */
+static void
+watch_once (Worker *w)
+{
+  g_autoptr (GError) error = NULL;
+  CrunchWireFrame *frame;
+  gboolean more = TRUE;
+
+  w->reading = TRUE;
+  g_mutex_unlock (&w->lock);
+  frame = crunch_wire_read_or_wake (w->reader, STDIN_FILENO, w->wake[0], keep_watching, w, &error);
+  g_mutex_lock (&w->lock);
+  w->reading = FALSE;
+  drain (w->wake[0]);
+  if (frame != NULL)
+    more = on_watched (w, frame);
+  else if (g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_EOF))
+    w->eof = TRUE, more = FALSE;
+  else if (!g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED))
+    broken ("reading stdin", error);
+  if (!more && w->state == WATCH_ON)
+    w->state = WATCH_IDLE;
+  g_cond_broadcast (&w->changed);
+}
+
+static gpointer
+watcher_thread (gpointer data)
+{
+  Worker *w = data;
+
+  g_mutex_lock (&w->lock);
+  while (w->state != WATCH_QUIT) {
+    if (w->state == WATCH_ON)
+      watch_once (w);
+    else
+      g_cond_wait (&w->changed, &w->lock);
+  }
+  g_mutex_unlock (&w->lock);
+  return NULL;
+}
+
+/* ---- the runner (main thread) ---- */
+
+/* Under lock: the watcher leaves stdin (at once: the wake pipe), unless it already has. */
+static void
+stop_watching (Worker *w)
+{
+  if (w->state == WATCH_ON) {
+    w->state = WATCH_STOP;
+    if (w->reading && write (w->wake[1], "", 1) < 0 && errno != EAGAIN)
+      broken ("wake", NULL);
+  }
+}
+
+/* The next call: one the watcher kept, or read from stdin once the watcher has left it. NULL at
+ * the end of input. */
+static CrunchWireFrame *
+next_call (Worker *w)
+{
+  CrunchWireFrame *frame;
+
+  g_mutex_lock (&w->lock);
+  stop_watching (w);
+  while (w->reading)
+    g_cond_wait (&w->changed, &w->lock);
+  w->state = WATCH_IDLE;
+  frame = g_steal_pointer (&w->pending);
+  g_mutex_unlock (&w->lock);
+  if (frame != NULL || w->eof)
+    return frame;
+  for (;;) {
+    g_autoptr (GError) error = NULL;
+    frame = crunch_wire_read (w->reader, STDIN_FILENO, NULL, NULL, &error);
+    if (frame == NULL && g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_EOF))
+      return NULL;
+    if (frame == NULL)
+      broken ("reading stdin", error);
+    frame_id (frame);
+    if (g_str_equal (frame->type, "call"))
+      return frame;
+    crunch_wire_frame_free (frame); /* a cancel for a call already answered */
+  }
+}
+
+static JsonObject *
+reply_for (const CrunchFunction *fn, gint64 id, GBytes *result, const GError *error)
+{
+  JsonObject *header;
+  const gchar *message = error != NULL ? error->message : "failed";
+
+  if (result != NULL)
+    return crunch_wire_header ("result", id);
+  if (g_error_matches (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED))
+    return crunch_wire_header ("cancelled", id);
+  header = crunch_wire_header ("error", id);
+  /* crunchd names the function itself: "fib: bad n", not "fib: fib: bad n" */
+  if (error != NULL && g_str_has_prefix (error->message, fn->name) &&
+      g_str_has_prefix (error->message + strlen (fn->name), ": "))
+    message = error->message + strlen (fn->name) + 2;
+  json_object_set_string_member (header, "message", message);
+  return header;
+}
+
+/* Main thread: one call, then its final reply. */
+static void
+run_call (Worker *w, CrunchWireFrame *frame)
+{
+  const CrunchFunction *fn = NULL;
+  gint64 id = -1;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GError) write_error = NULL;
+  g_autoptr (GVariant) args = crunch_wire_decode_call (frame, &fn, &id, &error);
+  g_autoptr (GBytes) result = NULL;
+  g_autoptr (JsonObject) header = NULL;
+
+  if (args == NULL)
+    broken ("call", error);
+  g_variant_ref_sink (args);
+  g_mutex_lock (&w->lock);
+  w->running_id = id;
+  g_atomic_int_set (&w->cancel.flag, 0);
+  w->state = WATCH_ON;
+  g_cond_broadcast (&w->changed);
+  g_mutex_unlock (&w->lock);
+  result = crunch_function_run (fn, args, &w->cancel, &error);
+  header = reply_for (fn, id, result, error);
+  /* before the reply: a call crunchd sends once it has it is not out of turn, and the watcher
+   * starts leaving stdin while the reply travels */
+  g_mutex_lock (&w->lock);
+  w->running_id = -1;
+  stop_watching (w);
+  g_mutex_unlock (&w->lock);
+  if (!crunch_wire_write (w->out_fd, header, result, &write_error))
+    broken ("writing stdout", write_error);
+}
+
+/* stdout's fd becomes the protocol's alone; fd 1 becomes a second stderr. */
+static int
+take_stdout (void)
+{
+  int fd = fcntl (STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+
+  if (fd < 0 || dup2 (STDERR_FILENO, STDOUT_FILENO) < 0) {
+    g_critical ("crunchd-worker --stdio: cannot set up stdout: %s", g_strerror (errno));
+    exit (EXIT_FAILURE);
+  }
+  return fd;
+}
+
+static void
+send_hello (int fd)
+{
+  g_autofree const gchar **names = crunch_functions_list ();
+  g_autoptr (GPtrArray) fns = g_ptr_array_new ();
+  g_autoptr (JsonObject) hello = NULL;
+  g_autoptr (GError) error = NULL;
+
+  for (guint i = 0; names[i] != NULL; i++)
+    g_ptr_array_add (fns, (gpointer)crunch_functions_lookup (names[i]));
+  hello = crunch_wire_encode_hello ("crunchd-worker", PACKAGE_VERSION,
+                                    (const CrunchFunction *const *)fns->pdata, fns->len);
+  if (!crunch_wire_write (fd, hello, NULL, &error))
+    broken ("writing hello", error);
+}
+
+gint
+crunch_stdio_worker_run (void)
+{
+  Worker w = {.running_id = -1, .state = WATCH_IDLE};
+  GThread *watcher;
+  CrunchWireFrame *frame;
+
+  signal (SIGPIPE, SIG_IGN); /* a closed stdout is a write error, then exit */
+  w.out_fd = take_stdout ();
+  if (pipe2 (w.wake, O_CLOEXEC | O_NONBLOCK) != 0)
+    broken ("pipe", NULL);
+  w.reader = crunch_wire_reader_new (CRUNCH_WIRE_MAX_PAYLOAD);
+  g_mutex_init (&w.lock);
+  g_cond_init (&w.changed);
+  send_hello (w.out_fd);
+  watcher = g_thread_new ("stdio-watcher", watcher_thread, &w);
+  while ((frame = next_call (&w)) != NULL) {
+    run_call (&w, frame);
+    crunch_wire_frame_free (frame);
+  }
+  g_mutex_lock (&w.lock);
+  w.state = WATCH_QUIT;
+  g_cond_broadcast (&w.changed);
+  g_mutex_unlock (&w.lock);
+  g_thread_join (watcher);
+  crunch_wire_reader_free (w.reader);
+  g_mutex_clear (&w.lock);
+  g_cond_clear (&w.changed);
+  close (w.wake[0]);
+  close (w.wake[1]);
+  close (w.out_fd);
+  return EXIT_SUCCESS;
+}

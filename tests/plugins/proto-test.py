@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+# proto-test.py - a program plugin written directly against the worker protocol (struct + json
+# only), for tests/test-procs.c. Its behaviour is chosen by its file name (symlinks in the test):
+# "proto-test" declares good functions; "proto-bad" declares min > max; "proto-silent" never
+# says hello. A file "extra" beside it adds a function (a program that changed under crunchd).
+import json, os, struct, sys, time
+
+out = sys.stdout.buffer
+inp = sys.stdin.buffer
+mode = os.path.basename(sys.argv[0]).split(".")[0]
+
+
+def send(header, payload=b""):
+    h = json.dumps(header).encode()
+    out.write(struct.pack(">II", len(h), len(payload)) + h + payload)
+    out.flush()
+
+
+def read():
+    prefix = inp.read(8)
+    if len(prefix) < 8:
+        return None, None
+    h, p = struct.unpack(">II", prefix)
+    return json.loads(inp.read(h)), inp.read(p)
+
+
+def fn(name, args=(), pure=False, deadline=5.0):
+    return {"name": name, "description": name, "pure": pure, "deadline": deadline,
+            "content_type": "application/octet-stream", "args": list(args)}
+
+
+if mode == "proto-silent":
+    time.sleep(60)
+    sys.exit(0)
+n_arg = {"name": "n", "type": "int", "min": 5 if mode == "proto-bad" else 0, "max": 1}
+functions = [
+    fn("pecho", [{"name": "s", "type": "string", "min": 0, "max": 16, "default": "hi"},
+                 {"name": "b", "type": "bytes", "min": 0, "max": 16, "default": "AAE="},
+                 {"name": "x", "type": "float", "min": -1, "max": 1, "default": "0.5"}], pure=True),
+    fn("pgarbage"), fn("pwrongid"), fn("pmemory"), fn("pprogress"), fn("pid"),
+    fn("pbits", [n_arg]), fn("psleep", deadline=0.3), fn("pdeadline"),
+]
+if os.path.exists(os.path.join(os.path.dirname(sys.argv[0]), "extra")):
+    functions.append(fn("pextra"))  # a later process that declares more than the first one
+send({"type": "hello", "protocol": 1, "name": mode, "version": "1.0", "functions": functions})
+print("proto-test started", file=sys.stderr, flush=True)
+while True:
+    call, payload = read()
+    if call is None:
+        sys.exit(0)
+    if call["type"] == "cancel":
+        continue
+    i, f, a = call["id"], call["function"], call["args"]
+    if f == "pecho":
+        b = payload[a["b"]["offset"]:a["b"]["offset"] + a["b"]["length"]]
+        send({"type": "result", "id": i}, ("%s %s %g " % (a["s"], b.hex(), a["x"])).encode() + b)
+    elif f == "pgarbage":
+        out.write(b"this is not a frame at all")
+        out.flush()
+    elif f == "pwrongid":
+        send({"type": "result", "id": i + 1000})
+    elif f == "pmemory":
+        send({"type": "error", "id": i, "message": "MemoryError", "kind": "memory"})
+    elif f == "pprogress":
+        send({"type": "progress", "id": i, "fraction": 0.5})
+        send({"type": "result", "id": i}, b"done")
+    elif f == "pid":
+        send({"type": "result", "id": i}, str(os.getpid()).encode())
+    elif f == "pdeadline":
+        send({"type": "result", "id": i}, ("%.3f" % call["deadline"]).encode())
+    elif f == "psleep":
+        time.sleep(30)  # never looks at cancel: crunchd kills it
+    else:
+        send({"type": "error", "id": i, "message": "n must be odd"})

@@ -1,0 +1,500 @@
+/* test-procs.c - [executor] backend = processes against the real binary: C functions run in
+ * crunchd-worker --stdio children. Crashes fail one call (502) and nothing else, a function that
+ * ignores its cancel flag is killed within kill_grace + 100 ms, crash loops get 503 for that
+ * function alone (until SIGHUP), the memory limit holds, processes are recycled and replaced,
+ * and no child outlives crunchd. Uses tests/plugins/hostile.so. */
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static TestServer *
+start (const gchar *executor_extra)
+{
+  g_autofree gchar *ini = g_strdup_printf ("[executor]\nbackend = processes\nthreads = 1\n%s\n"
+                                           "[plugins]\ndir = %s\nload = hostile, types\n",
+                                           executor_extra, g_getenv ("CRUNCHD_TEST_PLUGINS"));
+
+  g_assert_nonnull (g_getenv ("CRUNCHD_WORKER")); /* set by make check */
+  return test_server_start (ini, NULL);
+}
+
+static TestReply *
+get (TestServer *server, const gchar *path)
+{
+  g_autofree gchar *url = test_server_url (server, path);
+
+  return test_http ("GET", url, NULL);
+}
+
+static void
+expect (TestServer *server, const gchar *path, long status, const gchar *body)
+{
+  g_autoptr (TestReply) r = get (server, path);
+
+  g_test_message ("GET %s -> %ld %s", path, r->status, r->body);
+  g_assert_cmpint (r->status, ==, status);
+  if (body != NULL)
+    g_assert_cmpstr (r->body, ==, body);
+}
+
+/* A crash's 502 message. Under sanitizers the child's runtime turns a SIGSEGV into its own
+ * report and exit status, and exit() may run the leak checker: only the start is certain. */
+static void
+expect_crash (TestServer *server, const gchar *path, const gchar *message)
+{
+  g_autoptr (TestReply) r = get (server, path);
+
+  g_test_message ("GET %s -> %ld %s", path, r->status, r->body);
+  g_assert_cmpint (r->status, ==, 502);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  g_assert_true (g_str_has_prefix (r->body, "crash crashed ("));
+  (void)message;
+#else
+  g_assert_cmpstr (r->body, ==, message);
+#endif
+}
+
+static GPid
+child_pid (TestServer *server)
+{
+  g_autoptr (TestReply) r = get (server, "/fn/pid");
+
+  g_assert_cmpint (r->status, ==, 200);
+  return (GPid)g_ascii_strtoll (r->body, NULL, 10);
+}
+
+/* A zombie is dead: once crunchd is gone, its reaper is whoever adopted it. */
+static gboolean
+alive (GPid pid)
+{
+  g_autofree gchar *path = g_strdup_printf ("/proc/%d/stat", (gint)pid);
+  g_autofree gchar *stat = NULL;
+  const gchar *state;
+
+  if (!g_file_get_contents (path, &stat, NULL, NULL))
+    return FALSE;
+  state = strrchr (stat, ')');
+  return state != NULL && state[1] == ' ' && state[2] != 'Z' && state[2] != 'X';
+}
+
+/* Waits up to `seconds` for the process to be gone; TRUE if it is. */
+static gboolean
+gone_within (GPid pid, gdouble seconds)
+{
+  gint64 until = g_get_monotonic_time () + (gint64)(seconds * TEST_TIME_SCALE * G_USEC_PER_SEC);
+
+  while (alive (pid) && g_get_monotonic_time () < until)
+    g_usleep (2000);
+  return !alive (pid);
+}
+
+/* A metric's value in /metrics, or -1. */
+static gdouble
+metric (TestServer *server, const gchar *sample)
+{
+  g_autoptr (TestReply) r = get (server, "/metrics");
+  g_autofree gchar *needle = g_strconcat ("\n", sample, " ", NULL);
+  const gchar *at = strstr (r->body, needle);
+
+  return at != NULL ? g_ascii_strtod (at + strlen (needle), NULL) : -1;
+}
+
+/* The families the pools add pass promtool (when installed; CI has it). */
+static void
+promtool_check (TestServer *server)
+{
+  g_autofree gchar *promtool = g_find_program_in_path ("promtool");
+  g_autoptr (TestReply) r = get (server, "/metrics");
+  g_autoptr (GSubprocess) proc = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *out = NULL;
+
+  if (promtool == NULL) {
+    g_test_message ("promtool not found: format not checked");
+    return;
+  }
+  proc = g_subprocess_new (G_SUBPROCESS_FLAGS_STDIN_PIPE | G_SUBPROCESS_FLAGS_STDOUT_PIPE |
+                               G_SUBPROCESS_FLAGS_STDERR_MERGE,
+                           &error, promtool, "check", "metrics", NULL);
+  g_assert_no_error (error);
+  g_assert_true (g_subprocess_communicate_utf8 (proc, r->body, NULL, &out, NULL, &error));
+  if (g_subprocess_get_exit_status (proc) != 0)
+    g_error ("promtool check metrics failed:\n%s", out);
+}
+
+#define EVENTS(e) "crunchd_process_events_total{program=\"crunchd-worker\",event=\"" e "\"}"
+
+static void
+test_crash_statuses (void)
+{
+  g_autoptr (TestServer) server = start ("retries = 0");
+
+  expect (server, "/fn/crash?n=0", 200, "ok");
+  expect_crash (server, "/fn/crash?n=1", "crash crashed (killed by signal SIGSEGV)\n");
+  expect (server, "/fast", 200, NULL);
+  expect (server, "/fib/20", 200, "6765");
+  expect_crash (server, "/fn/crash?n=2", "crash crashed (killed by signal SIGABRT)\n");
+  expect_crash (server, "/fn/crash?n=3", "crash crashed (exited with status 3)\n");
+  expect (server, "/fn/crash?n=0", 200, "ok");
+  g_assert_cmpfloat (metric (server, EVENTS ("crash")), ==, 3);
+  g_assert_cmpfloat (metric (server, EVENTS ("start")), ==, 4);
+}
+
+/* A pure function's crashed call runs once more on a fresh process. */
+static void
+test_retry (void)
+{
+  g_autoptr (TestServer) server = start ("retries = 1");
+
+  expect_crash (server, "/fn/crash?n=1", "crash crashed (killed by signal SIGSEGV)\n");
+  g_assert_cmpfloat (metric (server, EVENTS ("crash")), ==, 2);
+}
+
+/* A function that ignores its cancel flag: killed within kill_grace + 100 ms of its deadline
+ * (stubborn: 0.3 s), and the next call gets a fresh process. */
+static void
+test_hard_kill (void)
+{
+  g_autoptr (TestServer) server = start ("kill_grace = 0.2");
+  GPid before = child_pid (server), after;
+  g_autoptr (TestReply) r = get (server, "/fn/stubborn");
+
+  g_assert_cmpint (r->status, ==, 504);
+  g_assert_true (gone_within (before, 0.2 + 0.1));
+  g_assert_cmpfloat (metric (server, EVENTS ("kill")), ==, 1);
+  after = child_pid (server);
+  g_assert_cmpint (after, !=, before);
+  expect (server, "/fast", 200, NULL);
+}
+
+/* A function that checks its cancel flag stops by itself: 504, and its process lives on. */
+static void
+test_cooperative_cancel (void)
+{
+  g_autoptr (TestServer) server = start ("kill_grace = 1");
+  GPid before = child_pid (server);
+  g_autoptr (TestReply) r = get (server, "/fn/slow?seconds=5");
+
+  g_assert_cmpint (r->status, ==, 504);
+  g_assert_cmpint (child_pid (server), ==, before);
+  g_assert_cmpfloat (metric (server, EVENTS ("kill")), ==, 0);
+  g_assert_cmpfloat (metric (server, EVENTS ("start")), ==, 1);
+}
+
+static void
+test_memory_limit (void)
+{
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  g_test_skip ("sanitizers reserve more address space than the limit");
+#else
+  g_autoptr (TestServer) server = start ("memory_limit = 256");
+  GPid pid = child_pid (server);
+
+  expect (server, "/fn/hog", 500, "hog: out of memory\n");
+  g_assert_cmpint (child_pid (server), ==, pid); /* the process gave its memory back */
+#endif
+}
+
+static void
+test_recycle (void)
+{
+  g_autoptr (TestServer) server = start ("max_jobs_per_process = 2");
+  GPid first = child_pid (server);
+
+  g_assert_cmpint (child_pid (server), ==, first);
+  g_assert_true (gone_within (first, 1.0));
+  g_assert_cmpint (child_pid (server), !=, first);
+  g_assert_cmpfloat (metric (server, EVENTS ("recycle")), ==, 1);
+}
+
+/* 5 crashes within 60 s: 503 for that function alone, until SIGHUP. */
+static void
+test_crash_loop (void)
+{
+  g_autoptr (TestServer) server = start ("retries = 0");
+
+  for (guint i = 0; i < 5; i++)
+    expect (server, "/fn/crash?n=3", 502, NULL);
+  expect (server, "/fn/crash?n=0", 503,
+          "crash is unavailable: it crashed 5 times within 60 s (retry in 60 s)\n");
+  expect (server, "/fn/pid", 200, NULL);
+  expect (server, "/fib/10", 200, "55");
+  g_assert_cmpfloat (metric (server, "crunchd_function_unavailable{function=\"crash\"}"), ==, 1);
+  g_assert_cmpfloat (metric (server, "crunchd_function_crashes_total{function=\"crash\"}"), ==, 5);
+  promtool_check (server);
+  test_server_signal (server, SIGHUP);
+  g_usleep (300000);
+  expect (server, "/fn/crash?n=0", 200, "ok");
+  g_assert_cmpfloat (metric (server, "crunchd_function_unavailable{function=\"crash\"}"), ==, 0);
+  promtool_check (server);
+}
+
+/* printf() in a function goes to the log, never into the protocol. */
+static void
+test_stdout_is_protected (void)
+{
+  g_autoptr (TestServer) server = start ("");
+  gint64 until = g_get_monotonic_time () + G_USEC_PER_SEC;
+  gboolean logged = FALSE;
+
+  expect (server, "/fn/noisy", 200, "still fine");
+  /* the child's stderr is logged by a thread of its own: the line may come after the reply */
+  while (!logged && g_get_monotonic_time () < until) {
+    g_autofree gchar *log = test_server_log (server);
+    logged = strstr (log, "crunchd-worker[") != NULL && strstr (log, "garbage on stdout") != NULL;
+    g_usleep (10000);
+  }
+  g_assert_true (logged);
+}
+
+/* Crashes and kills while other requests run: every request gets its answer. */
+static void
+test_no_request_lost (void)
+{
+  g_autoptr (TestServer) server = start ("retries = 0\nkill_grace = 0.1");
+  g_autofree gchar *fib = test_server_url (server, "/fib/15");
+  GThread *many = test_http_many_async (fib, 20, NULL, 0);
+  g_autoptr (GArray) statuses = NULL;
+
+  expect (server, "/fn/crash?n=1", 502, NULL);
+  expect (server, "/fn/stubborn", 504, NULL);
+  statuses = g_thread_join (many);
+  for (guint i = 0; i < statuses->len; i++)
+    g_assert_cmpint (g_array_index (statuses, glong, i), ==, 200);
+}
+
+/* SIGTERM: crunchd closes its children's stdin and they are gone when it exits; SIGKILL:
+ * PR_SET_PDEATHSIG takes them along. */
+static void
+test_no_child_left (void)
+{
+  TestServer *server = start ("");
+  GPid pid = child_pid (server);
+
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_assert_true (gone_within (pid, 0.5));
+  /* a child busy with a call that ignores cancel: shutdown_timeout, then kill_grace */
+  server = start ("kill_grace = 0.1");
+  pid = child_pid (server);
+  {
+    g_autofree gchar *url = test_server_url (server, "/fn/stubborn");
+    TestCall *call = test_call_start (g_steal_pointer (&url));
+    g_usleep (100000);
+    g_assert_cmpint (test_server_stop (server), ==, 0);
+    test_reply_free (test_call_finish (call));
+  }
+  g_assert_true (gone_within (pid, 0.5));
+  server = start ("");
+  pid = child_pid (server);
+  test_server_signal (server, SIGKILL);
+  g_assert_true (gone_within (pid, 1.0));
+  test_server_stop (server);
+}
+
+/* crunchd-worker cannot start: crunchd says so and stops at once (exit 1), serving nothing. */
+static void
+test_worker_missing (void)
+{
+  g_autofree gchar *dir = g_dir_make_tmp ("crunchd-procs-XXXXXX", NULL);
+  g_autofree gchar *path = g_build_filename (dir, "crunchd.ini", NULL);
+  g_autofree gchar *arg = g_strdup_printf ("--config=%s", path);
+  g_autofree gchar *saved = g_strdup (g_getenv ("CRUNCHD_WORKER"));
+  g_autofree gchar *out = NULL;
+  g_autofree gchar *err = NULL;
+
+  g_assert_true (g_file_set_contents (
+      path, "[server]\nlisten = 127.0.0.1:0\n[executor]\nbackend = processes\n", -1, NULL));
+  g_setenv ("CRUNCHD_WORKER", "/nonexistent/crunchd-worker", TRUE);
+  g_assert_cmpint (test_run_crunchd ((const gchar *const[]){arg, NULL}, &out, &err), ==, 1);
+  g_setenv ("CRUNCHD_WORKER", saved, TRUE);
+  g_assert_nonnull (strstr (err, "[executor] backend = processes: cannot start crunchd-worker: "));
+  test_remove_dir (dir);
+}
+
+/* ---- program plugins: tests/plugins/proto-test.py, under the names that pick its mode ---- */
+
+typedef struct {
+  gchar *dir; /* symlinks to the script */
+} Programs;
+
+static void
+programs_free (Programs *p)
+{
+  test_remove_dir (p->dir);
+  g_free (p->dir);
+  g_free (p);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (Programs, programs_free)
+
+static Programs *
+programs_new (void)
+{
+  Programs *p = g_new0 (Programs, 1);
+  g_autofree gchar *script =
+      g_build_filename (g_getenv ("CRUNCHD_SRCDIR"), "tests", "plugins", "proto-test.py", NULL);
+  const gchar *names[] = {"proto-test", "proto-bad", "proto-silent"};
+
+  p->dir = g_dir_make_tmp ("crunchd-programs-XXXXXX", NULL);
+  for (guint i = 0; i < G_N_ELEMENTS (names); i++) {
+    g_autofree gchar *link = g_build_filename (p->dir, names[i], NULL);
+    g_assert_cmpint (symlink (script, link), ==, 0);
+  }
+  return p;
+}
+
+static TestServer *
+start_program (Programs *p, const gchar *name, const gchar *executor_extra)
+{
+  g_autofree gchar *ini = g_strdup_printf ("[executor]\nthreads = 1\n%s\n"
+                                           "[plugins]\ndir = %s\nload = %s\n",
+                                           executor_extra, p->dir, name);
+
+  return test_server_start (ini, NULL);
+}
+
+#define PROGRAM_EVENTS(e) "crunchd_process_events_total{program=\"proto-test\",event=\"" e "\"}"
+
+static void
+test_program_calls (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "");
+  g_autoptr (TestReply) echo = get (server, "/fn/pecho?s=abc&b=AAEC&x=0.25");
+  gint64 until = g_get_monotonic_time () + G_USEC_PER_SEC;
+  gboolean logged = FALSE;
+
+  g_assert_cmpint (echo->status, ==, 200);
+  g_assert_cmpmem (echo->body, echo->body_len, "abc 000102 0.25 \0\1\2", 19);
+  expect (server, "/fn/pecho", 200, NULL); /* defaults */
+  expect (server, "/fn/pprogress", 200, "done");
+  expect (server, "/fn/pbits?n=1", 500, "pbits: n must be odd\n");
+  expect (server, "/fn/pbits?n=2", 400, NULL); /* bounds come from the hello */
+  expect (server, "/fn/pmemory", 500, "pmemory: out of memory: MemoryError\n");
+  g_assert_cmpfloat (metric (server, PROGRAM_EVENTS ("oom")), ==, 1);
+  {
+    /* "deadline": the seconds the request has left (5 declared; 2 asked for by the client) */
+    g_autofree gchar *url = test_server_url (server, "/fn/pdeadline");
+    g_autoptr (TestReply) dflt = test_http ("GET", url, NULL);
+    g_autoptr (TestReply) asked =
+        test_http ("GET", url, (const gchar *const[]){"Request-Timeout: 2", NULL});
+    gdouble d = g_ascii_strtod (dflt->body, NULL), a = g_ascii_strtod (asked->body, NULL);
+    g_assert_true (d > 4.0 && d <= 5.0);
+    g_assert_true (a > 1.0 && a <= 2.0);
+  }
+  expect (server, "/fib/10", 200, "55");
+  while (!logged && g_get_monotonic_time () < until) {
+    g_autofree gchar *log = test_server_log (server);
+    logged = strstr (log, "proto-test[") != NULL && strstr (log, "proto-test started") != NULL;
+    g_usleep (10000);
+  }
+  g_assert_true (logged);
+}
+
+/* Garbage on stdout, or a reply to another call: that process is killed, its call alone fails. */
+static void
+test_program_protocol_errors (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "");
+  GPid before = child_pid (server);
+  g_autoptr (TestReply) garbage = get (server, "/fn/pgarbage");
+  g_autoptr (TestReply) wrong = NULL;
+
+  g_assert_cmpint (garbage->status, ==, 502);
+  g_assert_true (g_str_has_prefix (garbage->body, "pgarbage: protocol error: header length"));
+  g_assert_true (gone_within (before, 0.5));
+  wrong = get (server, "/fn/pwrongid");
+  g_assert_cmpint (wrong->status, ==, 502);
+  g_assert_nonnull (strstr (wrong->body, "protocol error: a \"result\" for call"));
+  g_assert_cmpfloat (metric (server, PROGRAM_EVENTS ("protocol_error")), ==, 2);
+  g_assert_cmpint (child_pid (server), !=, before);
+  expect (server, "/fib/10", 200, "55");
+}
+
+/* A later process of the program that declares other functions is not used: 503. */
+static void
+test_program_changed (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "");
+  g_autofree gchar *extra = g_build_filename (p->dir, "extra", NULL);
+
+  expect (server, "/fn/pgarbage", 502, NULL); /* the first process is gone */
+  g_assert_true (g_file_set_contents (extra, "", 0, NULL));
+  expect (server, "/fn/pprogress", 503,
+          "proto-test: bad hello: it declares other functions than at start-up\n");
+  g_remove (extra);
+  g_usleep (100000); /* the back-off after a bad start */
+  expect (server, "/fn/pprogress", 200, "done");
+}
+
+/* A program that ignores cancel (sleeps through it): killed within kill_grace + 100 ms. */
+static void
+test_program_kill (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "kill_grace = 0.2");
+  GPid before = child_pid (server);
+  g_autoptr (TestReply) r = get (server, "/fn/psleep");
+
+  g_assert_cmpint (r->status, ==, 504);
+  g_assert_true (gone_within (before, 0.2 + 0.1));
+  g_assert_cmpint (child_pid (server), !=, before);
+}
+
+static void
+expect_check_config_fails (Programs *p, const gchar *extra, const gchar *name, const gchar *message)
+{
+  g_autofree gchar *path = g_build_filename (p->dir, "crunchd.ini", NULL);
+  g_autofree gchar *ini =
+      g_strdup_printf ("[executor]\n%s\n[plugins]\ndir = %s\nload = %s\n", extra, p->dir, name);
+  g_autofree gchar *arg = g_strdup_printf ("--config=%s", path);
+  g_autofree gchar *out = NULL;
+  g_autofree gchar *err = NULL;
+
+  g_assert_true (g_file_set_contents (path, ini, -1, NULL));
+  g_assert_cmpint (
+      test_run_crunchd ((const gchar *const[]){arg, "--check-config", NULL}, &out, &err), ==, 78);
+  if (strstr (err, message) == NULL)
+    g_error ("expected '%s' in: %s", message, err);
+}
+
+/* A bad declaration, or none: exit 78 naming the program. */
+static void
+test_program_bad_hello (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+
+  expect_check_config_fails (p, "", "proto-bad",
+                             "plugin 'proto-bad': function 'pbits': argument 'n': bounds must be "
+                             "finite with min <= max");
+  expect_check_config_fails (p, "start_timeout = 0.3", "proto-silent",
+                             "plugin 'proto-silent': program ");
+  expect_check_config_fails (p, "start_timeout = 0.3", "proto-silent",
+                             "proto-silent sent no hello within 0.3 s");
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/procs/crash-statuses", test_crash_statuses);
+  g_test_add_func ("/procs/retry", test_retry);
+  g_test_add_func ("/procs/hard-kill", test_hard_kill);
+  g_test_add_func ("/procs/cooperative-cancel", test_cooperative_cancel);
+  g_test_add_func ("/procs/memory-limit", test_memory_limit);
+  g_test_add_func ("/procs/recycle", test_recycle);
+  g_test_add_func ("/procs/crash-loop", test_crash_loop);
+  g_test_add_func ("/procs/stdout-is-protected", test_stdout_is_protected);
+  g_test_add_func ("/procs/no-request-lost", test_no_request_lost);
+  g_test_add_func ("/procs/no-child-left", test_no_child_left);
+  g_test_add_func ("/procs/worker-missing", test_worker_missing);
+  g_test_add_func ("/procs/program-calls", test_program_calls);
+  g_test_add_func ("/procs/program-protocol-errors", test_program_protocol_errors);
+  g_test_add_func ("/procs/program-changed", test_program_changed);
+  g_test_add_func ("/procs/program-kill", test_program_kill);
+  g_test_add_func ("/procs/program-bad-hello", test_program_bad_hello);
+  return g_test_run ();
+}
