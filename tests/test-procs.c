@@ -476,10 +476,162 @@ test_program_bad_hello (void)
                              "proto-silent sent no hello within 0.3 s");
 }
 
+/* ---- Python functions written with the crunchd module (python/crunchd.py), end to end ---- */
+
+#define PY_EVENTS(program, e)                                                                      \
+  "crunchd_process_events_total{program=\"" program "\",event=\"" e "\"}"
+
+/* The pid of crunchd's (one) child running `script`, waiting up to 5 s for it to appear. */
+static GPid
+child_pid_of (TestServer *server, const gchar *script)
+{
+  const gchar *server_pid = g_subprocess_get_identifier (server->proc);
+  gint64 until = g_get_monotonic_time () + 5 * G_USEC_PER_SEC;
+
+  do {
+    g_autoptr (GDir) proc = g_dir_open ("/proc", 0, NULL);
+    const gchar *name;
+    while ((name = g_dir_read_name (proc)) != NULL) {
+      g_autofree gchar *stat_path = g_build_filename ("/proc", name, "stat", NULL);
+      g_autofree gchar *cmd_path = g_build_filename ("/proc", name, "cmdline", NULL);
+      g_autofree gchar *stat = NULL, *cmd = NULL;
+      gsize len = 0;
+      const gchar *after;
+      if (!g_ascii_isdigit (name[0]) || !g_file_get_contents (stat_path, &stat, NULL, NULL) ||
+          !g_file_get_contents (cmd_path, &cmd, &len, NULL) || (after = strrchr (stat, ')')) == NULL)
+        continue;
+      for (gsize i = 0; i + 1 < len; i++)
+        if (cmd[i] == '\0')
+          cmd[i] = ' ';
+      /* ") S PPID ..." */
+      if (after[1] == ' ' && after[2] != 'Z' &&
+          g_ascii_strtoll (after + 4, NULL, 10) == g_ascii_strtoll (server_pid, NULL, 10) &&
+          strstr (cmd, script) != NULL)
+        return (GPid)g_ascii_strtoll (name, NULL, 10);
+    }
+    g_usleep (10000);
+  } while (g_get_monotonic_time () < until);
+  g_error ("no child of crunchd runs %s", script);
+}
+
+static TestServer *
+start_python (const gchar *dir, const gchar *load, const gchar *executor_extra)
+{
+  g_autofree gchar *ini = g_strdup_printf ("[executor]\nthreads = 1\n%s\n"
+                                           "[plugins]\ndir = %s\nload = %s\n",
+                                           executor_extra, dir, load);
+
+  return test_server_start (ini, NULL);
+}
+
+/* Polls an async job's result for up to 10 s. */
+static void
+expect_job_result (TestServer *server, const gchar *location, const gchar *body)
+{
+  g_autofree gchar *path = g_strconcat (location, "/result", NULL);
+  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
+
+  while (g_get_monotonic_time () < until) {
+    g_autoptr (TestReply) r = get (server, path);
+    if (r->status == 200) {
+      g_assert_cmpstr (r->body, ==, body);
+      return;
+    }
+    g_usleep (20000);
+  }
+  g_error ("%s: no result within 10 s", path);
+}
+
+/* The shipped example: pyfib (pure, cancellable) and pyprimes (progress), through every entry
+ * point a C function has, with bounds from its declaration; a cancelled pyfib stops by itself. */
+static void
+test_python_example (void)
+{
+  g_autofree gchar *dir = g_build_filename (g_getenv ("CRUNCHD_SRCDIR"), "plugins", NULL);
+  g_autoptr (TestServer) server = start_python (dir, "pyexample.py", "kill_grace = 2");
+  g_autofree gchar *jobs = test_server_url (server, "/jobs");
+  g_autoptr (TestReply) posted = NULL;
+  g_autoptr (TestReply) slow = NULL;
+  g_autofree gchar *slow_url = test_server_url (server, "/fn/pyfib?n=60");
+  GPid pid = child_pid_of (server, "pyexample.py");
+
+  expect (server, "/fn/pyfib?n=10", 200, "55\n");
+  expect (server, "/fn/pyfib", 200, "55\n"); /* the declared default */
+  expect (server, "/fn/pyfib?n=91", 400, NULL);
+  expect (server, "/fn/pyprimes?n=100", 200, "25\n");
+  posted = test_http_body ("POST", jobs, NULL, "{\"fn\":\"pyfib\",\"args\":{\"n\":20}}");
+  g_assert_cmpint (posted->status, ==, 202);
+  expect_job_result (server, g_hash_table_lookup (posted->headers, "location"), "6765\n");
+  /* deep enough to outlast 1 s in Python: the deadline cancels it, the function stops itself
+   * (no kill: the process lives on) */
+  slow = test_http ("GET", slow_url, (const gchar *const[]){"Request-Timeout: 1", NULL});
+  g_assert_cmpint (slow->status, ==, 504);
+  g_assert_cmpint (child_pid_of (server, "pyexample.py"), ==, pid);
+  g_assert_cmpfloat (metric (server, PY_EVENTS ("pyexample.py", "kill")), ==, 0);
+  expect (server, "/fn/pyfib?n=12", 200, "144\n");
+}
+
+/* A Python function that ignores cancellation is killed within kill_grace + 100 ms, and a
+ * fresh process serves the next call. */
+static void
+test_python_ignores_cancel (void)
+{
+  g_autoptr (TestServer) server =
+      start_python (g_getenv ("CRUNCHD_TEST_PYTHON"), "spin.py", "kill_grace = 0.3");
+  GPid before = child_pid_of (server, "spin.py");
+  g_autofree gchar *url = test_server_url (server, "/fn/pyspin?seconds=30");
+  g_autoptr (TestReply) r =
+      test_http ("GET", url, (const gchar *const[]){"Request-Timeout: 0.5", NULL});
+
+  g_assert_cmpint (r->status, ==, 504);
+  g_assert_true (gone_within (before, 0.3 + 0.1));
+  g_assert_cmpfloat (metric (server, PY_EVENTS ("spin.py", "kill")), ==, 1);
+  expect (server, "/fn/pyecho?s=hi", 200, "hi");
+  g_assert_cmpint (child_pid_of (server, "spin.py"), !=, before);
+  expect (server, "/fast", 200, NULL);
+}
+
+/* A crash (abort, exit), garbage on the real stdout, unbounded allocation: each fails its own
+ * call with the right status, the server and the other functions carry on. */
+static void
+test_python_failures (void)
+{
+  g_autoptr (TestServer) server =
+      start_python (g_getenv ("CRUNCHD_TEST_PYTHON"), "crash.py, garbage.py, hog.py",
+                    "retries = 0\nmemory_limit = 256");
+  g_autoptr (TestReply) abrt = get (server, "/fn/pycrash?n=13");
+  g_autoptr (TestReply) exit3 = get (server, "/fn/pycrash?n=14");
+  g_autoptr (TestReply) junk = get (server, "/fn/pygarbage?kind=bytes");
+  g_autoptr (TestReply) wrong = get (server, "/fn/pygarbage?kind=wrong_id");
+
+  g_assert_cmpint (abrt->status, ==, 502);
+  g_assert_nonnull (strstr (abrt->body, "SIGABRT"));
+  g_assert_cmpint (exit3->status, ==, 502);
+  g_assert_nonnull (strstr (exit3->body, "status 3"));
+  g_assert_cmpint (junk->status, ==, 502);
+  g_assert_nonnull (strstr (junk->body, "protocol error"));
+  g_assert_cmpint (wrong->status, ==, 502);
+  g_assert_nonnull (strstr (wrong->body, "protocol error"));
+  expect (server, "/fn/pycrash?n=5", 200, "5\n");
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  {
+    g_autoptr (TestReply) hog = get (server, "/fn/pyhog");
+    g_assert_cmpint (hog->status, ==, 500);
+    g_assert_nonnull (strstr (hog->body, "out of memory"));
+  }
+#endif
+  expect (server, "/fib/10", 200, "55");
+  expect (server, "/fast", 200, NULL);
+}
+
 int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
+  /* crunchd puts its installed module dir first on its programs' PYTHONPATH; in the build tree
+   * the module is in the source tree (set by make check) */
+  if (g_getenv ("CRUNCHD_PYTHONDIR") != NULL)
+    g_setenv ("PYTHONPATH", g_getenv ("CRUNCHD_PYTHONDIR"), TRUE);
   g_test_add_func ("/procs/crash-statuses", test_crash_statuses);
   g_test_add_func ("/procs/retry", test_retry);
   g_test_add_func ("/procs/hard-kill", test_hard_kill);
@@ -496,5 +648,8 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/program-changed", test_program_changed);
   g_test_add_func ("/procs/program-kill", test_program_kill);
   g_test_add_func ("/procs/program-bad-hello", test_program_bad_hello);
+  g_test_add_func ("/procs/python-example", test_python_example);
+  g_test_add_func ("/procs/python-ignores-cancel", test_python_ignores_cancel);
+  g_test_add_func ("/procs/python-failures", test_python_failures);
   return g_test_run ();
 }
