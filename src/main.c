@@ -330,6 +330,27 @@ start_worker_pool (Crunchd *app, GError **error)
   return crunch_procpool_host_functions (app->worker_pool, error);
 }
 
+/* After the main loop: the server drained, in the order that answers everything once. */
+static void
+shut_down (Crunchd *app, gboolean nats)
+{
+  g_clear_pointer (&app->heartbeat, crunch_heartbeat_free);
+  if (app->shutdown_timer != 0)
+    g_source_remove (app->shutdown_timer);
+  wire_metrics (app, FALSE);
+  crunch_server_free (app->server);   /* every compute request has been answered */
+  crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
+  log_totals (app->scheduler);
+  crunch_scheduler_free (app->scheduler);
+  crunch_jobs_free (app->jobs);   /* after the scheduler: no ticket can be answered any more */
+  crunch_calls_free (app->calls); /* every call has been freed */
+  crunch_procpools_free_all ();   /* no call runs: stop the worker processes */
+  g_main_loop_unref (app->loop);
+  if (nats)
+    crunch_nats_library_close ();
+  g_message ("stopped");
+}
+
 static gint
 run (Crunchd *app)
 {
@@ -378,22 +399,7 @@ run (Crunchd *app)
   app->heartbeat = crunch_heartbeat_new (STATUS_INTERVAL_MS, status_text, app);
 
   g_main_loop_run (app->loop);
-
-  g_clear_pointer (&app->heartbeat, crunch_heartbeat_free);
-  if (app->shutdown_timer != 0)
-    g_source_remove (app->shutdown_timer);
-  wire_metrics (app, FALSE);
-  crunch_server_free (app->server);   /* every compute request has been answered */
-  crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
-  log_totals (app->scheduler);
-  crunch_scheduler_free (app->scheduler);
-  crunch_jobs_free (app->jobs);   /* after the scheduler: no ticket can be answered any more */
-  crunch_calls_free (app->calls); /* every call has been freed */
-  crunch_procpools_free_all ();   /* no call runs: stop the worker processes */
-  g_main_loop_unref (app->loop);
-  if (nats)
-    crunch_nats_library_close ();
-  g_message ("stopped");
+  shut_down (app, nats);
   return EXIT_SUCCESS;
 }
 
