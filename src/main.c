@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <glib-unix.h>
 #include <locale.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -492,6 +493,9 @@ main (int argc, char **argv)
   gboolean ok;
   gint status;
 
+  /* a worker process that died leaves a pipe with no reader: writing to it must fail that
+   * call (EPIPE), not kill us; children get the default back (child.c) */
+  signal (SIGPIPE, SIG_IGN);
   setlocale (LC_ALL, "");
   ok = parse_command_line (&app, &cl, &argc, &argv);
   config_path = cl.config_path;

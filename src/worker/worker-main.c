@@ -5,6 +5,7 @@
  * it also pings the systemd watchdog. Jobs run on the worker's own threads (worker.c). */
 #include <glib-unix.h>
 #include <locale.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -217,6 +218,9 @@ main (int argc, char **argv)
   Options options = {0};
   gint status;
 
+  /* a worker process that died leaves a pipe with no reader: writing to it must fail that
+   * call (EPIPE), not kill us; children get the default back (child.c) */
+  signal (SIGPIPE, SIG_IGN);
   setlocale (LC_ALL, "");
   status = parse_options (&argc, &argv, &options);
   if (status < 0) {
