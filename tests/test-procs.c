@@ -476,6 +476,32 @@ test_program_bad_hello (void)
                              "proto-silent sent no hello within 0.3 s");
 }
 
+/* Arguments whose call would not fit a frame's header (200,000 DEL characters are 1.2 MB as
+ * JSON escapes): that call fails with a clear message, the process and the function are fine. */
+static void
+test_call_too_large (void)
+{
+  g_autoptr (TestServer) server = start ("retries = 1");
+  GPid pid = child_pid (server);
+  g_autofree gchar *url = test_server_url (server, "/fn/length");
+  GString *body = g_string_new ("{\"s\":\"");
+  g_autoptr (TestReply) r = NULL;
+
+  for (guint i = 0; i < 200000; i++)
+    g_string_append_c (body, 0x7f);
+  g_string_append (body, "\"}");
+  for (guint i = 0; i < 6; i++) { /* more than the crash-loop rule's 5 */
+    g_clear_pointer (&r, test_reply_free);
+    r = test_http_body ("POST", url, NULL, body->str);
+    g_assert_cmpint (r->status, ==, 500);
+    g_assert_nonnull (strstr (r->body, "length: arguments too large for a worker process"));
+  }
+  g_string_free (body, TRUE);
+  expect (server, "/fn/length?s=abc", 200, "3");
+  g_assert_cmpint (child_pid (server), ==, pid);
+  g_assert_cmpfloat (metric (server, EVENTS ("crash")), ==, 0);
+}
+
 /* ---- Python functions written with the crunchd module (python/crunchd.py), end to end ---- */
 
 #define PY_EVENTS(program, e)                                                                      \
@@ -613,6 +639,11 @@ test_python_failures (void)
   g_assert_cmpint (wrong->status, ==, 502);
   g_assert_nonnull (strstr (wrong->body, "protocol error"));
   expect (server, "/fn/pycrash?n=5", 200, "5\n");
+  /* a process that dies while idle: the next call gets a fresh one (and crunchd survives the
+   * write to its closed pipe) */
+  expect (server, "/fn/pycrash?n=15", 200, "15\n");
+  g_usleep (300000);
+  expect (server, "/fn/pycrash?n=6", 200, "6\n");
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
   {
     g_autoptr (TestReply) hog = get (server, "/fn/pyhog");
@@ -648,6 +679,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/program-changed", test_program_changed);
   g_test_add_func ("/procs/program-kill", test_program_kill);
   g_test_add_func ("/procs/program-bad-hello", test_program_bad_hello);
+  g_test_add_func ("/procs/call-too-large", test_call_too_large);
   g_test_add_func ("/procs/python-example", test_python_example);
   g_test_add_func ("/procs/python-ignores-cancel", test_python_ignores_cancel);
   g_test_add_func ("/procs/python-failures", test_python_failures);

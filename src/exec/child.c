@@ -47,6 +47,7 @@ child_setup (gpointer data)
   const ChildSetup *c = data;
 
   prctl (PR_SET_PDEATHSIG, SIGKILL);
+  setpgid (0, 0); /* its own group: whatever it starts is stopped with it (crunch_child_kill) */
   if (getppid () != c->parent)
     _exit (1); /* crunchd died before prctl took effect */
   signal (SIGPIPE, SIG_DFL);
@@ -188,16 +189,25 @@ crunch_child_reap (GPid pid, gint64 grace_us)
 
   for (;;) {
     pid_t got = waitpid (pid, &status, WNOHANG);
-    if (got == pid || (got < 0 && errno != EINTR))
+    if (got == pid || (got < 0 && errno != EINTR)) {
+      kill (-pid, SIGKILL); /* what it started and left behind */
       return status;
+    }
     if (got == 0 && g_get_monotonic_time () >= until)
       break;
     g_usleep (2000);
   }
-  kill (pid, SIGKILL);
+  crunch_child_kill (pid);
   while (waitpid (pid, &status, 0) < 0 && errno == EINTR)
     ;
   return status;
+}
+
+void
+crunch_child_kill (GPid pid)
+{
+  kill (-pid, SIGKILL); /* its group: the process and whatever it started */
+  kill (pid, SIGKILL);  /* in case it could not have a group of its own */
 }
 
 gchar *

@@ -17,5 +17,7 @@ gboolean crunch_child_spawn (gchar **argv, const gchar *program, guint memory_li
                              CrunchChild *child, GError **error);
 /* Waits up to `grace_us` for the child to exit, then SIGKILLs it; its wait status. */
 gint crunch_child_reap (GPid pid, gint64 grace_us);
+/* SIGKILL to the child and to every process it started (its process group). */
+void crunch_child_kill (GPid pid);
 /* "killed by signal SIGSEGV", "exited with status 3" */
 gchar *crunch_child_describe_exit (gint status);

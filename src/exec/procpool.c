@@ -14,6 +14,8 @@
  * (closes every stdin, waits kill_grace, SIGKILLs the rest). */
 #include "procpool.h"
 
+#include <poll.h>
+
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -122,7 +124,7 @@ static void
 kill_now (CrunchProcPool *pool, Proc *p, guint event)
 {
   count (pool, event); /* first: whoever sees the process gone sees it counted */
-  kill (p->pid, SIGKILL);
+  crunch_child_kill (p->pid);
   drop (pool, p, 0);
 }
 
@@ -205,7 +207,7 @@ start_failed (CrunchProcPool *pool, Proc *p, const GError *why, GError **error)
     g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
                  "%s: bad hello: %s", pool->s.program, why->message);
   g_warning ("%s[%d]: %s", pool->s.program, (gint)p->pid, (*error)->message);
-  kill (p->pid, SIGKILL);
+  crunch_child_kill (p->pid);
   crunch_child_reap (p->pid, 0);
   proc_free (p);
   g_mutex_lock (&pool->lock);
@@ -240,6 +242,41 @@ start_proc (CrunchProcPool *pool, const CrunchCancel *cancel, CrunchWireHello **
   return p;
 }
 
+/* An idle process must be quiet: one that hung up or wrote out of turn died (or broke the
+ * protocol) while nobody asked it anything. It is reaped and counted as a crash of the program,
+ * not blamed on the call that would have been sent to it. */
+static gboolean
+idle_healthy (CrunchProcPool *pool, Proc *p)
+{
+  struct pollfd pfd = {.fd = p->out_fd, .events = POLLIN};
+
+  if (poll (&pfd, 1, 0) == 0)
+    return TRUE;
+  g_warning ("%s[%d]: died or wrote out of turn while idle; replacing it", pool->s.program,
+             (gint)p->pid);
+  kill_now (pool, p, EV_CRASH);
+  return FALSE;
+}
+
+/* A started process for the pool. The start is not bound by the caller's deadline (a model may
+ * take longer to load than one call may wait), only by start_timeout: if the caller has given
+ * up meanwhile, the process joins the idle queue for the next call. */
+static Proc *
+start_for (CrunchProcPool *pool, const CrunchCancel *cancel, GError **error)
+{
+  Proc *p = start_proc (pool, NULL, NULL, error);
+
+  g_mutex_lock (&pool->lock);
+  if (p == NULL) {
+    pool->alive--;
+  } else if (crunch_cancelled (cancel)) {
+    g_queue_push_tail (&pool->idle, p);
+    g_cond_signal (&pool->freed);
+    p = NULL;
+  }
+  return p; /* with the lock held */
+}
+
 /* An idle process, or a new one if the pool has room; waits while every process is busy. */
 static Proc *
 acquire (CrunchProcPool *pool, const CrunchFunction *fn, const CrunchCancel *cancel, GError **error)
@@ -249,15 +286,21 @@ acquire (CrunchProcPool *pool, const CrunchFunction *fn, const CrunchCancel *can
   g_mutex_lock (&pool->lock);
   while (!crunch_cancelled (cancel)) {
     gint64 now = g_get_monotonic_time ();
-    if ((p = g_queue_pop_head (&pool->idle)) != NULL)
-      break;
+    if ((p = g_queue_pop_head (&pool->idle)) != NULL) {
+      g_mutex_unlock (&pool->lock);
+      if (idle_healthy (pool, p)) {
+        g_mutex_lock (&pool->lock);
+        break;
+      }
+      p = NULL;
+      g_mutex_lock (&pool->lock);
+      continue;
+    }
     if (pool->alive < pool->s.size && now >= pool->next_start_us) {
       pool->alive++;
       g_mutex_unlock (&pool->lock);
-      p = start_proc (pool, cancel, NULL, error);
-      g_mutex_lock (&pool->lock);
-      if (p == NULL) {
-        pool->alive--;
+      p = start_for (pool, cancel, error);
+      if (p == NULL && error != NULL && *error != NULL) {
         g_mutex_unlock (&pool->lock);
         return NULL;
       }
@@ -394,15 +437,25 @@ next_id (CrunchProcPool *pool)
 }
 
 /* FALSE: the child died (crash) or stopped reading its stdin until the call was cancelled and
- * kill_grace passed (killed); either way it is gone. */
+ * kill_grace passed (killed), and *gone; or the call cannot be sent (its arguments are too
+ * large for a frame's header: the call fails, 500 with that message), and the process is
+ * untouched. */
 static gboolean
 send_call (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, JsonObject *call,
-           GBytes *payload, CallWait *w, GError **error)
+           GBytes *payload, CallWait *w, gboolean *gone, GError **error)
 {
   g_autoptr (GError) write_error = NULL;
 
+  *gone = TRUE;
   if (crunch_wire_write_checked (p->in_fd, call, payload, write_check, w, &write_error))
     return TRUE;
+  if (g_error_matches (write_error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_TOO_LARGE)) {
+    *gone = FALSE;
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
+                 "%s: arguments too large for a worker process: %s", fn->name,
+                 write_error->message);
+    return FALSE;
+  }
   if (!g_error_matches (write_error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED)) {
     crashed (pool, p, fn->name, error);
     return FALSE;
@@ -428,9 +481,9 @@ exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *arg
       crunch_wire_encode_call (fn, args, w.id, (gdouble)left / 1e6, &payload);
   GBytes *result = NULL;
 
-  *gone = TRUE;
-  if (!send_call (pool, p, fn, call, payload, &w, error))
+  if (!send_call (pool, p, fn, call, payload, &w, gone, error))
     return NULL;
+  *gone = TRUE;
   for (;;) {
     g_autoptr (GError) broken = NULL;
     g_autoptr (CrunchWireFrame) frame =

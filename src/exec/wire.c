@@ -109,7 +109,12 @@ crunch_wire_write_checked (int fd, JsonObject *header, GBytes *payload, CrunchWi
   struct iovec iov[3];
 
   header_len = strlen (text);
-  g_return_val_if_fail (header_len <= CRUNCH_WIRE_MAX_HEADER, FALSE);
+  if (header_len > CRUNCH_WIRE_MAX_HEADER) {
+    g_set_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_TOO_LARGE,
+                 "its JSON header would be %zu bytes, more than the protocol's %u", header_len,
+                 CRUNCH_WIRE_MAX_HEADER);
+    return FALSE;
+  }
   prefix[0] = GUINT32_TO_BE ((guint32)header_len);
   prefix[1] = GUINT32_TO_BE ((guint32)payload_len);
   iov[0] = (struct iovec){prefix, sizeof prefix};

@@ -27,6 +27,7 @@ typedef enum {
   CRUNCH_WIRE_ERROR_IO,       /* read/write failed, or EOF inside a frame */
   CRUNCH_WIRE_ERROR_PROTOCOL, /* the peer broke the protocol */
   CRUNCH_WIRE_ERROR_STOPPED,  /* the caller's check said stop (deadline, cancel) */
+  CRUNCH_WIRE_ERROR_TOO_LARGE, /* write: the header would pass CRUNCH_WIRE_MAX_HEADER; nothing sent */
 } CrunchWireError;
 
 typedef struct {

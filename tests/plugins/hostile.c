@@ -86,12 +86,27 @@ pid_run (const CrunchdCall *call, CrunchdResult *result)
   return answer (result, text);
 }
 
+/* The length of a long string: its call's JSON header can pass the protocol's 1 MiB. */
+static const CrunchdArg length_args[] = {
+    {"s", CRUNCHD_ARG_STRING, 0, 1 << 20, "", "any text"},
+};
+
+static CrunchdStatus
+length_run (const CrunchdCall *call, CrunchdResult *result)
+{
+  char text[32];
+
+  snprintf (text, sizeof text, "%zu", call->args[0].v.s.len);
+  return answer (result, text);
+}
+
 static const CrunchdFunction functions[] = {
     {"crash", "crashes on request", crash_args, 1, 1, 10, "text/plain", crash_run, NULL},
     {"stubborn", "ignores cancel", NULL, 0, 0, 0.3, "text/plain", stubborn_run, NULL},
     {"hog", "allocates without bound", NULL, 0, 0, 10, "text/plain", hog_run, NULL},
     {"noisy", "printf garbage", NULL, 0, 0, 10, "text/plain", noisy_run, NULL},
     {"pid", "its process id", NULL, 0, 0, 10, "text/plain", pid_run, NULL},
+    {"length", "the length of s", length_args, 1, 1, 10, "text/plain", length_run, NULL},
 };
 
 static int

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """A worker that dies on a chosen argument: pycrash(n) calls os.abort() (SIGABRT) when n is 13,
-os._exit(3) without answering when n is 14, and otherwise answers str(n). crunchd must fail only
-that call (502 naming the signal or status) and respawn the process."""
+os._exit(3) without answering when n is 14, answers and then exits while idle when n is 15, and
+otherwise answers str(n). crunchd must fail only that call (502 naming the signal or status) and
+respawn the process; a process that died while idle must not hurt the next call (nor crunchd:
+writing to its pipe raised SIGPIPE)."""
 import os
+import threading
 
 from crunchd import Arg, function, serve
 
@@ -14,6 +17,8 @@ def pycrash(n):
         os.abort()
     if n == 14:
         os._exit(3)
+    if n == 15:
+        threading.Timer(0.05, os._exit, args=(0,)).start()  # after the answer is out
     return f"{n}\n"
 
 
