@@ -54,6 +54,8 @@ test_bad_declarations (void)
       {{"f", NULL, NULL, 0, 0, 1, "text/plain", NULL, NULL},
        "plugin 'p': function 'f': no run function"},
       {{"f", NULL, NULL, 0, 0, 1, NULL, ok_run, NULL}, "plugin 'p': function 'f': no content_type"},
+      {{"f", NULL, NULL, 0, 0, 1, "text/plain\r\nSet-Cookie: x=1", ok_run, NULL},
+       "plugin 'p': function 'f': content_type must be printable ASCII of at most 255 characters"},
       {{"f", NULL, NULL, 0, 0, 0, "text/plain", ok_run, NULL},
        "plugin 'p': function 'f': deadline must be in (0, 86400] seconds"},
       {{"f", NULL, NULL, 1, 0, 1, "text/plain", ok_run, NULL},

@@ -76,6 +76,18 @@ check_arg (const CrunchdArg *arg, const CrunchdFunction *decl, guint i, const gc
   return why == NULL || bad_decl (error, plugin, decl->name, why);
 }
 
+/* It becomes a header value: printable ASCII only (no CR/LF), as HTTP field values. */
+static gboolean
+content_type_valid (const gchar *text)
+{
+  gsize n = 0;
+
+  for (; text[n] != '\0'; n++)
+    if (!g_ascii_isprint (text[n]))
+      return FALSE;
+  return n <= 255;
+}
+
 static gboolean
 check_decl (const CrunchdFunction *decl, gboolean hooked, const gchar *plugin, GError **error)
 {
@@ -85,6 +97,9 @@ check_decl (const CrunchdFunction *decl, gboolean hooked, const gchar *plugin, G
     return bad_decl (error, plugin, decl->name, "no run function");
   if (decl->content_type == NULL || *decl->content_type == '\0')
     return bad_decl (error, plugin, decl->name, "no content_type");
+  if (!content_type_valid (decl->content_type))
+    return bad_decl (error, plugin, decl->name,
+                     "content_type must be printable ASCII of at most 255 characters");
   if (!(decl->deadline > 0 && decl->deadline <= 86400))
     return bad_decl (error, plugin, decl->name, "deadline must be in (0, 86400] seconds");
   if (decl->n_args > 0 && decl->args == NULL)
