@@ -273,6 +273,8 @@ def _take_stdio():
     os.close(null)
     _in_file = os.fdopen(in_fd, "rb")
     sys.stdout = sys.stderr
+    # the program's own child processes are not crunchd's workers, even if they import us
+    os.environ.pop("CRUNCHD_WORKER_PROTOCOL", None)
     sys.stdin = open(os.devnull, "r")
 
 
@@ -466,7 +468,8 @@ def _reader(calls):
 # ---- running calls (the main thread) ----
 
 def _one_line(text):
-    line = " ".join(str(text).split())
+    # a message may hold anything, lone surrogates from undecodable file names included
+    line = " ".join(str(text).split()).encode("utf-8", "backslashreplace").decode("utf-8")
     data = line.encode("utf-8")
     if len(data) <= MAX_MESSAGE:
         return line
@@ -602,7 +605,9 @@ def serve(name=None, version="0"):
     while True:
         call = calls.get()
         if call is None:
-            raise SystemExit(0)
+            # crunchd closed the stream: exit now, whatever threads the functions left running
+            sys.stderr.flush()
+            os._exit(0)
         header, payload = _run(call)
         _finish(call, header, payload)
 

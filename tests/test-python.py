@@ -247,6 +247,10 @@ class TestCalls(WorkerTest):
         header, _, _ = w.reply(call_id)
         self.assertLessEqual(len(header["message"].encode()), 255)
         self.assertTrue(header["message"].endswith("..."))
+        # a message with a lone surrogate (an undecodable file name) is escaped, not fatal
+        call_id = w.call("pyfail", {"message": "surrogate"})
+        header, _, _ = w.reply(call_id)
+        self.assertEqual(header["message"], "ValueError: cannot parse \\udcff.csv")
         # the worker goes on serving
         call_id = w.call("pyreturn", {"kind": "str"})
         self.assertEqual(w.reply(call_id)[0]["type"], "result")

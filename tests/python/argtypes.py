@@ -32,7 +32,9 @@ def pyreverse(blob):
 
 @function(args=[Arg("message", str, max=1000)], deadline=5)
 def pyfail(message):
-    """Raises ValueError(message)."""
+    """Raises ValueError(message); "surrogate": one naming an undecodable file name."""
+    if message == "surrogate":
+        raise ValueError("cannot parse " + b"\xff.csv".decode("utf-8", "surrogateescape"))
     raise ValueError(message)
 
 
