@@ -40,7 +40,7 @@ typedef struct {
   CrunchWireFrame *pending; /* a call the watcher read after the running one answered */
   gboolean eof;             /* the watcher saw the end of stdin */
   CrunchCancel cancel;
-  int out_fd;
+  int in_fd, out_fd; /* the protocol's: the original stdin and stdout */
   int wake[2]; /* a byte wakes the watcher out of its read */
 } Worker;
 
@@ -116,7 +116,7 @@ watch_once (Worker *w)
 
   w->reading = TRUE;
   g_mutex_unlock (&w->lock);
-  frame = crunch_wire_read_or_wake (w->reader, STDIN_FILENO, w->wake[0], keep_watching, w, &error);
+  frame = crunch_wire_read_or_wake (w->reader, w->in_fd, w->wake[0], keep_watching, w, &error);
   g_mutex_lock (&w->lock);
   w->reading = FALSE;
   drain (w->wake[0]);
@@ -178,7 +178,7 @@ next_call (Worker *w)
     return frame;
   for (;;) {
     g_autoptr (GError) error = NULL;
-    frame = crunch_wire_read (w->reader, STDIN_FILENO, NULL, NULL, &error);
+    frame = crunch_wire_read (w->reader, w->in_fd, NULL, NULL, &error);
     if (frame == NULL && g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_EOF))
       return NULL;
     if (frame == NULL)
@@ -242,17 +242,22 @@ run_call (Worker *w, CrunchWireFrame *frame)
     broken ("writing stdout", write_error);
 }
 
-/* stdout's fd becomes the protocol's alone; fd 1 becomes a second stderr. */
-static int
-take_stdout (void)
+/* stdin's and stdout's fds become the protocol's alone; fd 0 reads /dev/null and fd 1 is a
+ * second stderr, so a plugin's printf() or a child it runs (system()) can neither write into
+ * nor read from the stream. */
+static void
+take_stdio (int *in_fd, int *out_fd)
 {
-  int fd = fcntl (STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+  int null = open ("/dev/null", O_RDONLY | O_CLOEXEC);
 
-  if (fd < 0 || dup2 (STDERR_FILENO, STDOUT_FILENO) < 0) {
-    g_critical ("crunchd-worker --stdio: cannot set up stdout: %s", g_strerror (errno));
+  *in_fd = fcntl (STDIN_FILENO, F_DUPFD_CLOEXEC, 3);
+  *out_fd = fcntl (STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+  if (null < 0 || *in_fd < 0 || *out_fd < 0 || dup2 (null, STDIN_FILENO) < 0 ||
+      dup2 (STDERR_FILENO, STDOUT_FILENO) < 0) {
+    g_critical ("crunchd-worker --stdio: cannot set up stdin and stdout: %s", g_strerror (errno));
     exit (EXIT_FAILURE);
   }
-  return fd;
+  close (null);
 }
 
 static void
@@ -279,7 +284,7 @@ crunch_stdio_worker_run (void)
   CrunchWireFrame *frame;
 
   signal (SIGPIPE, SIG_IGN); /* a closed stdout is a write error, then exit */
-  w.out_fd = take_stdout ();
+  take_stdio (&w.in_fd, &w.out_fd);
   if (pipe2 (w.wake, O_CLOEXEC | O_NONBLOCK) != 0)
     broken ("pipe", NULL);
   w.reader = crunch_wire_reader_new (CRUNCH_WIRE_MAX_PAYLOAD);
@@ -301,6 +306,7 @@ crunch_stdio_worker_run (void)
   g_cond_clear (&w.changed);
   close (w.wake[0]);
   close (w.wake[1]);
+  close (w.in_fd);
   close (w.out_fd);
   return EXIT_SUCCESS;
 }
