@@ -56,6 +56,8 @@ struct CrunchServer {
   CrunchCalls *calls;
   CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
   GPtrArray *daemons;
+  GArray *quiesced;         /* listen sockets handed back by MHD at drain: closed in free() */
+  gboolean activated;       /* the listen sockets came from systemd */
   GPtrArray *guards;        /* CrunchConns, one per daemon, the ops one included */
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
   guint max_connections, max_connections_per_ip, connection_timeout;
@@ -762,6 +764,7 @@ crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchC
   if (g_str_has_prefix (config->client_key, "header:"))
     self->client_key_header = g_strdup (config->client_key + strlen ("header:"));
   self->daemons = g_ptr_array_new ();
+  self->quiesced = g_array_new (FALSE, FALSE, sizeof (MHD_socket));
   self->guards = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_conns_free);
   self->max_connections = config->max_connections;
   self->max_connections_per_ip = config->max_connections_per_ip;
@@ -873,6 +876,7 @@ listen_on (CrunchServer *self, const gchar *address, gboolean ops, GError **erro
 gboolean
 crunch_server_start (CrunchServer *self, GArray *listen_fds, GError **error)
 {
+  self->activated = listen_fds->len > 0;
   for (guint i = 0; i < listen_fds->len; i++) {
     if (!start_daemon (self, g_array_index (listen_fds, gint, i), NULL, FALSE, error))
       return FALSE;
@@ -891,11 +895,16 @@ crunch_server_drain (CrunchServer *self, GSourceFunc drained, gpointer data)
   self->drained_data = data;
   g_atomic_int_set (&self->draining, TRUE);
   for (guint i = 0; i < self->daemons->len; i++) {
-    /* The daemon hands its listen socket back; closing it refuses new connections (systemd
-     * keeps its own copy of an activated socket, so a restart still finds it). */
+    /* The daemon hands its listen socket back. Our own socket is shut down now, which refuses
+     * new connections; an activated one is left to systemd, whose copy keeps new connections
+     * queued for the next instance. Either fd is closed only after MHD_stop_daemon(): MHD's
+     * thread may still touch it (epoll_ctl) for a moment after quiesce, and TSan saw the race. */
     MHD_socket fd = MHD_quiesce_daemon (self->daemons->pdata[i]);
-    if (fd != MHD_INVALID_SOCKET)
-      close (fd);
+    if (fd == MHD_INVALID_SOCKET)
+      continue;
+    if (!self->activated)
+      shutdown (fd, SHUT_RD);
+    g_array_append_val (self->quiesced, fd);
   }
   if (g_atomic_int_get (&self->in_flight) == 0 &&
       g_atomic_int_compare_and_exchange (&self->drained_fired, 0, 1))
@@ -922,6 +931,9 @@ crunch_server_free (CrunchServer *self)
   g_warn_if_fail (g_atomic_int_get (&self->in_flight) == 0);
   for (guint i = 0; i < self->daemons->len; i++)
     MHD_stop_daemon (self->daemons->pdata[i]);
+  for (guint i = 0; i < self->quiesced->len; i++)
+    close (g_array_index (self->quiesced, MHD_socket, i));
+  g_array_unref (self->quiesced);
   if (self->ops_daemon != NULL)
     MHD_stop_daemon (self->ops_daemon);
   g_ptr_array_unref (self->guards); /* after the daemons: every connection is closed */
