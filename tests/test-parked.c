@@ -45,7 +45,8 @@ test_once_and_rearm (void)
 {
   CrunchParked *timers = crunch_parked_new (on_fire, NULL, same, nothing);
   Counter c = {0}, never = {0};
-  CrunchParkedEntry *t = crunch_parked_add_timer (timers, g_get_monotonic_time () + 20000, &c, &kind);
+  CrunchParkedEntry *t =
+      crunch_parked_add_timer (timers, g_get_monotonic_time () + 20000, &c, &kind);
   CrunchParkedEntry *idle = crunch_parked_add_timer (timers, 0, &never, &kind);
 
   g_assert_cmpint (wait_fired (&c, 1), ==, 1);
@@ -72,8 +73,10 @@ test_rearm_earlier (void)
   CrunchParked *timers = crunch_parked_new (on_fire, NULL, same, nothing);
   Counter late = {0}, soon = {0};
   gint64 start = g_get_monotonic_time ();
-  CrunchParkedEntry *a = crunch_parked_add_timer (timers, start + 10 * G_USEC_PER_SEC, &late, &kind);
-  CrunchParkedEntry *b = crunch_parked_add_timer (timers, start + 10 * G_USEC_PER_SEC, &soon, &kind);
+  CrunchParkedEntry *a =
+      crunch_parked_add_timer (timers, start + 10 * G_USEC_PER_SEC, &late, &kind);
+  CrunchParkedEntry *b =
+      crunch_parked_add_timer (timers, start + 10 * G_USEC_PER_SEC, &soon, &kind);
 
   g_usleep (20000); /* the watcher sleeps towards +10 s */
   crunch_parked_rearm (timers, b, g_get_monotonic_time () + 10000);

@@ -524,7 +524,8 @@ child_pid_of (TestServer *server, const gchar *script)
       gsize len = 0;
       const gchar *after;
       if (!g_ascii_isdigit (name[0]) || !g_file_get_contents (stat_path, &stat, NULL, NULL) ||
-          !g_file_get_contents (cmd_path, &cmd, &len, NULL) || (after = strrchr (stat, ')')) == NULL)
+          !g_file_get_contents (cmd_path, &cmd, &len, NULL) ||
+          (after = strrchr (stat, ')')) == NULL)
         continue;
       for (gsize i = 0; i + 1 < len; i++)
         if (cmd[i] == '\0')
@@ -548,6 +549,19 @@ start_python (const gchar *dir, const gchar *load, const gchar *executor_extra)
                                            executor_extra, dir, load);
 
   return test_server_start (ini, NULL);
+}
+
+/* A process's niceness (field 19 of /proc/PID/stat). */
+static gint
+niceness (GPid pid)
+{
+  g_autofree gchar *path = g_strdup_printf ("/proc/%d/stat", (gint)pid);
+  g_autofree gchar *stat = NULL;
+  g_auto (GStrv) fields = NULL;
+
+  g_assert_true (g_file_get_contents (path, &stat, NULL, NULL));
+  fields = g_strsplit (strrchr (stat, ')') + 2, " ", -1); /* from field 3, the state */
+  return (gint)g_ascii_strtoll (fields[16], NULL, 10);
 }
 
 /* Polls an async job's result for up to 10 s. */
@@ -574,13 +588,14 @@ static void
 test_python_example (void)
 {
   g_autofree gchar *dir = g_build_filename (g_getenv ("CRUNCHD_SRCDIR"), "plugins", NULL);
-  g_autoptr (TestServer) server = start_python (dir, "pyexample.py", "kill_grace = 2");
+  g_autoptr (TestServer) server = start_python (dir, "pyexample.py", "kill_grace = 2\nnice = 7");
   g_autofree gchar *jobs = test_server_url (server, "/jobs");
   g_autoptr (TestReply) posted = NULL;
   g_autoptr (TestReply) slow = NULL;
   g_autofree gchar *slow_url = test_server_url (server, "/fn/pyfib?n=60");
   GPid pid = child_pid_of (server, "pyexample.py");
 
+  g_assert_cmpint (niceness (pid), ==, 7); /* [executor] nice, as the worker threads */
   expect (server, "/fn/pyfib?n=10", 200, "55\n");
   expect (server, "/fn/pyfib", 200, "55\n"); /* the declared default */
   expect (server, "/fn/pyfib?n=91", 400, NULL);

@@ -26,6 +26,7 @@
 typedef struct {
   gchar **argv;
   guint memory_limit_mb;
+  gint nice;
   CrunchChild *child;
   int err_fd;
   gboolean ok;
@@ -38,6 +39,7 @@ typedef struct {
 typedef struct {
   pid_t parent;
   guint memory_limit_mb;
+  gint nice;
 } ChildSetup;
 
 /* In the child, between fork and exec: async-signal-safe calls only. */
@@ -51,6 +53,8 @@ child_setup (gpointer data)
   if (getppid () != c->parent)
     _exit (1); /* crunchd died before prctl took effect */
   signal (SIGPIPE, SIG_DFL);
+  /* the niceness of crunchd's worker threads ([executor] nice), not the spawner thread's */
+  setpriority (PRIO_PROCESS, 0, c->nice);
   if (c->memory_limit_mb > 0) {
     struct rlimit r = {(rlim_t)c->memory_limit_mb << 20, (rlim_t)c->memory_limit_mb << 20};
     setrlimit (RLIMIT_AS, &r);
@@ -72,7 +76,7 @@ child_environ (void)
 static void
 spawn_now (SpawnRequest *r)
 {
-  ChildSetup setup = {getpid (), r->memory_limit_mb};
+  ChildSetup setup = {getpid (), r->memory_limit_mb, r->nice};
   g_auto (GStrv) env = child_environ ();
 
   r->ok = g_spawn_async_with_pipes_and_fds (
@@ -152,10 +156,11 @@ stderr_thread (gpointer data)
 }
 
 gboolean
-crunch_child_spawn (gchar **argv, const gchar *program, guint memory_limit_mb, CrunchChild *child,
-                    GError **error)
+crunch_child_spawn (gchar **argv, const gchar *program, guint memory_limit_mb, gint nice,
+                    CrunchChild *child, GError **error)
 {
-  SpawnRequest r = {.argv = argv, .memory_limit_mb = memory_limit_mb, .child = child, .err_fd = -1};
+  SpawnRequest r = {
+      .argv = argv, .memory_limit_mb = memory_limit_mb, .nice = nice, .child = child, .err_fd = -1};
   LogTail *tail;
 
   g_mutex_init (&r.lock);

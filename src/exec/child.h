@@ -12,8 +12,9 @@ typedef struct {
 } CrunchChild;
 
 /* Starts argv; `program` tags its stderr lines ("program[pid]: line") in the log. Every fd but
- * the three pipes is closed in the child. Blocks until the fork is done. */
-gboolean crunch_child_spawn (gchar **argv, const gchar *program, guint memory_limit_mb,
+ * the three pipes is closed in the child, which runs at niceness `nice` in a process group of
+ * its own. Blocks until the fork is done. */
+gboolean crunch_child_spawn (gchar **argv, const gchar *program, guint memory_limit_mb, gint nice,
                              CrunchChild *child, GError **error);
 /* Waits up to `grace_us` for the child to exit, then SIGKILLs it; its wait status. */
 gint crunch_child_reap (GPid pid, gint64 grace_us);

@@ -336,7 +336,8 @@ on_probe_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attem
   }
   self->stats.busy++;
   wait_join_locked (self, p);
-  arm_locked (self, p, WAIT_BACKOFF, now () + MIN (BACKOFF_MIN_US << MIN (p->busy, 6), BACKOFF_MAX_US));
+  arm_locked (self, p, WAIT_BACKOFF,
+              now () + MIN (BACKOFF_MIN_US << MIN (p->busy, 6), BACKOFF_MAX_US));
   p->busy++;
 }
 
@@ -382,7 +383,8 @@ on_job_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attempt
 
   if (natsMsg_IsNoResponders (msg)) {
     if (p->stage == WAIT_REPLY && attempt == p->attempt) {
-      arm_locked (self, p, WAIT_PRESENCE, now () + MIN (self->attempt_timeout_us, PROBE_TIMEOUT_US));
+      arm_locked (self, p, WAIT_PRESENCE,
+                  now () + MIN (self->attempt_timeout_us, PROBE_TIMEOUT_US));
       step_keep (step, ACT_PROBE, p);
     }
     return;
@@ -803,8 +805,8 @@ nats_free (CrunchExecutor *parent)
              self->stats.disconnects);
   natsSubscription_Destroy (self->replies);
   natsConnection_Destroy (self->nc);
-  crunch_parked_free (self->timers); /* after the last re-arm: no more callbacks */
-  crunch_executor_free (self->local);      /* waits for jobs running locally */
+  crunch_parked_free (self->timers);  /* after the last re-arm: no more callbacks */
+  crunch_executor_free (self->local); /* waits for jobs running locally */
   g_hash_table_unref (self->pending);
   g_mutex_clear (&self->lock);
   g_cond_clear (&self->cond);

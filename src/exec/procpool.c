@@ -77,8 +77,8 @@ spawn (CrunchProcPool *pool, GError **error)
   g_autoptr (GError) local = NULL;
   Proc *p;
 
-  if (!crunch_child_spawn (pool->s.argv, pool->s.program, pool->s.memory_limit_mb, &child,
-                           &local)) {
+  if (!crunch_child_spawn (pool->s.argv, pool->s.program, pool->s.memory_limit_mb, pool->s.nice,
+                           &child, &local)) {
     g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_UNAVAILABLE,
                  "cannot start %s: %s", pool->s.program, local->message);
     return NULL;
@@ -617,6 +617,7 @@ crunch_procpool_settings_from_config (const CrunchConfig *config, const gchar *p
       .kill_grace = config->kill_grace,
       .start_timeout = config->start_timeout,
       .memory_limit_mb = config->memory_limit,
+      .nice = config->nice,
       .max_jobs = config->max_jobs_per_process,
       .retries = config->retries,
   };

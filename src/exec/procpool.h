@@ -21,6 +21,7 @@ typedef struct {
   gdouble kill_grace;   /* seconds */
   gdouble start_timeout;
   guint memory_limit_mb; /* RLIMIT_AS of each process, 0 = none */
+  gint nice;             /* of each process, as crunchd's worker threads ([executor] nice) */
   guint max_jobs;        /* per process before it is replaced, 0 = no limit */
   guint retries;         /* 0 or 1: retry a pure function's crashed call on a fresh process */
 } CrunchProcPoolSettings;

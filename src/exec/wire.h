@@ -23,11 +23,12 @@
 #define CRUNCH_WIRE_ERROR (crunch_wire_error_quark ())
 GQuark crunch_wire_error_quark (void);
 typedef enum {
-  CRUNCH_WIRE_ERROR_EOF,      /* the peer closed its end between frames */
-  CRUNCH_WIRE_ERROR_IO,       /* read/write failed, or EOF inside a frame */
-  CRUNCH_WIRE_ERROR_PROTOCOL, /* the peer broke the protocol */
-  CRUNCH_WIRE_ERROR_STOPPED,  /* the caller's check said stop (deadline, cancel) */
-  CRUNCH_WIRE_ERROR_TOO_LARGE, /* write: the header would pass CRUNCH_WIRE_MAX_HEADER; nothing sent */
+  CRUNCH_WIRE_ERROR_EOF,       /* the peer closed its end between frames */
+  CRUNCH_WIRE_ERROR_IO,        /* read/write failed, or EOF inside a frame */
+  CRUNCH_WIRE_ERROR_PROTOCOL,  /* the peer broke the protocol */
+  CRUNCH_WIRE_ERROR_STOPPED,   /* the caller's check said stop (deadline, cancel) */
+  CRUNCH_WIRE_ERROR_TOO_LARGE, /* write: the header would pass CRUNCH_WIRE_MAX_HEADER; nothing sent
+                                */
 } CrunchWireError;
 
 typedef struct {

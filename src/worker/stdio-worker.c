@@ -41,7 +41,7 @@ typedef struct {
   gboolean eof;             /* the watcher saw the end of stdin */
   CrunchCancel cancel;
   int in_fd, out_fd; /* the protocol's: the original stdin and stdout */
-  int wake[2]; /* a byte wakes the watcher out of its read */
+  int wake[2];       /* a byte wakes the watcher out of its read */
 } Worker;
 
 static G_NORETURN void

@@ -350,8 +350,8 @@ on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
   if (deadline_us != 0)
     t->deadline = crunch_parked_add_timer (w->timers, deadline_us, t, &deadline_kind);
   if (t->heartbeat_us > 0)
-    t->heartbeat = crunch_parked_add_timer (w->timers, g_get_monotonic_time () + t->heartbeat_us,
-                                            t, &heartbeat_kind);
+    t->heartbeat = crunch_parked_add_timer (w->timers, g_get_monotonic_time () + t->heartbeat_us, t,
+                                            &heartbeat_kind);
   g_mutex_unlock (&w->lock);
   g_thread_pool_push (w->pool, t, NULL);
 }
