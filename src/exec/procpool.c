@@ -21,7 +21,6 @@
 #include <unistd.h>
 
 #include "child.h"
-#include "metrics.h"
 
 enum { EV_START, EV_CRASH, EV_KILL, EV_RECYCLE, EV_PROTOCOL, EV_OOM, EV_COUNT };
 static const gchar *const event_names[] = {"start",   "crash",          "kill",
@@ -797,6 +796,21 @@ crunch_procpools_forgive (void)
 /* ---- figures ---- */
 
 static void
+append_program (GString *out, const gchar *program)
+{
+  g_string_append (out, "program=\"");
+  for (const gchar *c = program; *c != '\0'; c++) {
+    if (*c == '"' || *c == '\\')
+      g_string_append_c (out, '\\');
+    if (*c == '\n')
+      g_string_append (out, "\\n");
+    else
+      g_string_append_c (out, *c);
+  }
+  g_string_append_c (out, '"');
+}
+
+static void
 render_pool (CrunchProcPool *pool, GString *gauges, GString *events, GString *down,
              GString *crashes)
 {
@@ -807,13 +821,13 @@ render_pool (CrunchProcPool *pool, GString *gauges, GString *events, GString *do
   g_mutex_lock (&pool->lock);
   for (guint i = 0; i < 2; i++) {
     g_string_append (gauges, "crunchd_processes{");
-    crunch_metrics_append_label (gauges, "program", pool->s.program);
+    append_program (gauges, pool->s.program);
     g_string_append_printf (gauges, ",state=\"%s\"} %u\n", i ? "busy" : "alive",
                             i ? pool->busy : pool->alive);
   }
   for (guint e = 0; e < EV_COUNT; e++) {
     g_string_append (events, "crunchd_process_events_total{");
-    crunch_metrics_append_label (events, "program", pool->s.program);
+    append_program (events, pool->s.program);
     g_string_append_printf (events, ",event=\"%s\"} %" G_GUINT64_FORMAT "\n", event_names[e],
                             pool->events[e]);
   }

@@ -502,8 +502,8 @@ crunch_metrics_slowest_jobs (guint max)
 /* ---- Prometheus text format 0.0.4 ---- */
 
 /* A label value: backslash, double quote and newline escaped. */
-void
-crunch_metrics_append_label (GString *out, const gchar *name, const gchar *value)
+static void
+append_label (GString *out, const gchar *name, const gchar *value)
 {
   g_string_append_printf (out, "%s=\"", name);
   for (const gchar *c = value; *c != '\0'; c++) {
@@ -566,8 +566,8 @@ render_requests (GString *out)
         if (n == 0)
           continue;
         g_string_append (out, "crunchd_http_requests_total{");
-        crunch_metrics_append_label (out, "route", crunch_metrics_route_label (i));
-        crunch_metrics_append_label (g_string_append_c (out, ','), "method", method_names[mi]);
+        append_label (out, "route", crunch_metrics_route_label (i));
+        append_label (g_string_append_c (out, ','), "method", method_names[mi]);
         if (s == 0)
           g_string_append (out, ",status=\"other\"");
         else
@@ -580,7 +580,7 @@ render_requests (GString *out)
           "Time from the first byte of a request to the end of its answer, by route pattern.");
   for (guint i = 0; i < crunch_metrics_n_routes (); i++) {
     g_autoptr (GString) labels = g_string_new (NULL);
-    crunch_metrics_append_label (labels, "route", crunch_metrics_route_label (i));
+    append_label (labels, "route", crunch_metrics_route_label (i));
     render_histogram (out, "crunchd_http_request_duration_seconds", labels->str,
                       &route_at (i)->duration);
   }
@@ -612,9 +612,9 @@ render_jobs (GString *out)
     for (guint i = 0; i < n; i++) {
       for (CrunchJobEvent e = families[f].first; e <= families[f].last; e++) {
         g_string_append_printf (out, "%s{", families[f].name);
-        crunch_metrics_append_label (out, "function", m.functions[i].fn->name);
+        append_label (out, "function", m.functions[i].fn->name);
         if (families[f].first != families[f].last)
-          crunch_metrics_append_label (g_string_append_c (out, ','), "outcome", event_names[e]);
+          append_label (g_string_append_c (out, ','), "outcome", event_names[e]);
         g_string_append_printf (out, "} %" G_GUINT64_FORMAT "\n", get (&m.functions[i].events[e]));
       }
     }
@@ -623,7 +623,7 @@ render_jobs (GString *out)
           "Time compute requests waited for their job to start, by function.");
   for (guint i = 0; i < n; i++) {
     g_autoptr (GString) labels = g_string_new (NULL);
-    crunch_metrics_append_label (labels, "function", m.functions[i].fn->name);
+    append_label (labels, "function", m.functions[i].fn->name);
     render_histogram (out, "crunchd_job_queue_wait_seconds", labels->str,
                       &m.functions[i].queue_wait);
   }
@@ -631,7 +631,7 @@ render_jobs (GString *out)
           "Time computations ran on a worker (once per job, shared or not), by function.");
   for (guint i = 0; i < n; i++) {
     g_autoptr (GString) labels = g_string_new (NULL);
-    crunch_metrics_append_label (labels, "function", m.functions[i].fn->name);
+    append_label (labels, "function", m.functions[i].fn->name);
     render_histogram (out, "crunchd_job_run_seconds", labels->str, &m.functions[i].run);
   }
 }
@@ -683,7 +683,7 @@ render_process (GString *out)
         rejections[r].reason, rejections[r].status, get (&m.rejections[r]));
   header (out, "crunchd_build_info", "gauge", "Always 1; the labels describe the build.");
   g_string_append (out, "crunchd_build_info{");
-  crunch_metrics_append_label (out, "version", PACKAGE_VERSION);
+  append_label (out, "version", PACKAGE_VERSION);
   g_string_append (out, "} 1\n");
   header (out, "process_start_time_seconds", "gauge",
           "Start time of the process since the Unix epoch, in seconds.");

@@ -61,9 +61,6 @@ typedef struct {
 } CrunchMetricsSource;
 
 /* Records the process start time. */
-/* Appends name="value" in the Prometheus text format (value escaped), for the families a
- * source renders itself. */
-void crunch_metrics_append_label (GString *out, const gchar *name, const gchar *value);
 void crunch_metrics_init (void);
 void crunch_metrics_set_enabled (gboolean enabled);
 gboolean crunch_metrics_enabled (void);
