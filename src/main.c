@@ -20,6 +20,7 @@
 #include "scheduler.h"
 #include "server.h"
 #include "service.h"
+#include "sqlite.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
 
@@ -29,6 +30,7 @@ typedef struct {
   CrunchScheduler *scheduler;
   CrunchCalls *calls;
   CrunchJobs *jobs;
+  CrunchStore *store; /* the jobs' (they own it); NULL: [jobs] store = memory */
   CrunchServer *server;
   gchar *config_path;
   gboolean config_explicit;
@@ -131,6 +133,12 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
     g_warning ("reload: [server] listen, max_connections, max_connections_per_ip, "
                "connection_timeout, [executor] client_key and [metrics] listen apply only after "
                "a restart; keeping the old values");
+  if (!g_str_equal (old->jobs_store, new->jobs_store) ||
+      !g_str_equal (old->jobs_database, new->jobs_database) ||
+      !g_str_equal (old->jobs_synchronous, new->jobs_synchronous) ||
+      old->jobs_max_database_size != new->jobs_max_database_size)
+    g_warning ("reload: [jobs] store, database, synchronous and max_database_size apply only "
+               "after a restart");
   if (!g_str_equal (old->backend, new->backend))
     g_warning ("reload: [executor] backend and the [nats] group apply only after a restart");
   /* plugins are never loaded or unloaded while serving: see plugins.c */
@@ -281,6 +289,12 @@ executor_not_ready (gpointer scheduler)
   return crunch_executor_not_ready (crunch_scheduler_executor (scheduler));
 }
 
+static void
+render_store (GString *out, gpointer store)
+{
+  crunch_store_render_metrics (store, out);
+}
+
 /* The ops endpoints are handed their figures: the server's gauges, and the executor's own
  * families and readiness. */
 static void
@@ -290,8 +304,11 @@ wire_metrics (Crunchd *app, gboolean on)
     crunch_metrics_remove_source (app->server);
     crunch_metrics_remove_source (app->scheduler);
     crunch_metrics_remove_source (&app->worker_pool);
+    crunch_metrics_remove_source (app->store);
     return;
   }
+  if (app->store != NULL)
+    crunch_metrics_add_source (&(CrunchMetricsSource){.render = render_store, .data = app->store});
   crunch_metrics_add_source (&(CrunchMetricsSource){.render = crunch_procpools_render_metrics,
                                                     .summary = crunch_procpools_summary,
                                                     .data = &app->worker_pool});
@@ -329,6 +346,38 @@ start_worker_pool (Crunchd *app, GError **error)
   crunch_procpool_settings_from_config (app->config, "crunchd-worker", (gchar **)argv, &settings);
   app->worker_pool = crunch_procpool_new (&settings);
   return crunch_procpool_host_functions (app->worker_pool, error);
+}
+
+/* [jobs] store = sqlite: the database, opened and checked. NULL without an error for memory. */
+static CrunchStore *
+open_store (const CrunchConfig *config, GError **error)
+{
+  g_autofree gchar *path = NULL;
+  CrunchStore *store;
+
+  if (!g_str_equal (config->jobs_store, "sqlite"))
+    return NULL;
+  path = crunch_config_jobs_database (config);
+  store = crunch_store_sqlite_open (
+      &(CrunchSqliteSettings){path, g_str_equal (config->jobs_synchronous, "full"),
+                              (guint64)config->jobs_max_database_size << 20},
+      error);
+  if (store != NULL)
+    g_message ("jobs are kept in %s (SQLite, synchronous = %s)", path, config->jobs_synchronous);
+  return store;
+}
+
+/* The jobs API over its store, rebuilt from it; FALSE (error set) if the store is unusable. */
+static gboolean
+start_jobs (Crunchd *app, GError **error)
+{
+  CrunchStore *store = open_store (app->config, error);
+
+  if (store == NULL && *error != NULL)
+    return FALSE;
+  app->store = store;
+  app->jobs = crunch_jobs_new (app->calls, app->config, store);
+  return crunch_jobs_recover (app->jobs, error);
 }
 
 /* After the main loop: the server drained, in the order that answers everything once. */
@@ -375,7 +424,15 @@ run (Crunchd *app)
     return EXIT_FAILURE;
   }
   app->calls = crunch_calls_new (app->scheduler);
-  app->jobs = crunch_jobs_new (app->calls, app->config);
+  if (!start_jobs (app, &error)) {
+    /* a database that cannot be read is a configuration problem: never start empty */
+    g_critical ("[jobs] store = %s: %s", app->config->jobs_store, error->message);
+    crunch_jobs_free (app->jobs);
+    crunch_scheduler_free (app->scheduler);
+    crunch_calls_free (app->calls);
+    crunch_procpools_free_all ();
+    return CRUNCH_EXIT_CONFIG;
+  }
   app->server = crunch_server_new (app->scheduler, app->calls, app->config);
   crunch_server_set_jobs (app->server, app->jobs);
   wire_metrics (app, TRUE);

@@ -111,6 +111,8 @@ test_server_start_with (const gchar *ini, const gchar *const *args, const TestSe
   g_subprocess_launcher_unsetenv (launcher, "LISTEN_FDS");
   g_subprocess_launcher_unsetenv (launcher, "LISTEN_PID");
   g_subprocess_launcher_unsetenv (launcher, "WATCHDOG_USEC");
+  /* as systemd's StateDirectory=: each server's default job database in its own directory */
+  g_subprocess_launcher_setenv (launcher, "STATE_DIRECTORY", server->dir, TRUE);
   apply_setup (launcher, argv, setup);
   g_ptr_array_add (argv, g_strdup (crunchd_path ()));
   g_ptr_array_add (argv, g_strdup_printf ("--config=%s", ini_path));

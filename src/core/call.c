@@ -133,6 +133,15 @@ on_answered (CrunchTicket *ticket, gpointer data)
   call->spec.answered (call, call->spec.data);
 }
 
+/* The scheduler's lock is held. */
+static void
+on_started (CrunchTicket *ticket, gpointer data)
+{
+  CrunchCall *call = data;
+
+  call->spec.started (call, call->spec.data);
+}
+
 void
 crunch_call_submit (CrunchCall *call)
 {
@@ -142,6 +151,8 @@ crunch_call_submit (CrunchCall *call)
   g_return_if_fail (call->verdict == CRUNCH_ADMIT_OK && call->ticket == NULL);
   call->ticket = crunch_ticket_new (call->spec.fn, call->args, call->client, call->spec.deadline_us,
                                     on_answered, call);
+  if (call->spec.started != NULL)
+    call->ticket->started = on_started;
   crunch_metrics_job_event (call->spec.fn, CRUNCH_JOB_EVENT_SUBMITTED);
   watch =
       crunch_parked_add (calls->watcher, call->spec.watch_fd, call->spec.deadline_us, call->ticket);

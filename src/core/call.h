@@ -35,6 +35,9 @@ typedef struct {
   gint watch_fd;           /* a socket whose hang-up abandons the call; -1 for none */
   CrunchCallFunc answered; /* exactly once after submit(), any thread */
   gpointer data;
+  /* Optional: its computation started (see CrunchTicket.started: the scheduler's lock is held,
+   * only pass the news on). */
+  CrunchCallFunc started;
 } CrunchCallSpec;
 
 typedef enum {

@@ -30,6 +30,8 @@ static const gchar *const log_levels[] = {"error", "critical", "warning", "messa
 static const gchar *const backends[] = {"local", "nats", "processes", NULL};
 static const gchar *const policies[] = {"other", "batch", "idle", NULL};
 static const gchar *const fallbacks[] = {"none", "local", NULL};
+static const gchar *const stores[] = {"memory", "sqlite", NULL};
+static const gchar *const sync_levels[] = {"normal", "full", NULL};
 /* indexed by CrunchAccessLog */
 static const gchar *const access_formats[] = {"off", "common", "json", NULL};
 
@@ -75,6 +77,12 @@ static const KeyDesc keys[] = {
     {"jobs", "ttl", KEY_DOUBLE, 0, 604800, F (jobs_ttl), NULL},
     {"jobs", "max_stored", KEY_UINT, 1, 100000, F (jobs_max_stored), NULL},
     {"jobs", "max_stored_per_client", KEY_UINT, 0, 100000, F (jobs_max_stored_per_client), NULL},
+    {"jobs", "max_result_size", KEY_UINT, 0, 1073741824, F (jobs_max_result_size), NULL},
+    {"jobs", "max_crashes", KEY_UINT, 1, 1000, F (jobs_max_crashes), NULL},
+    {"jobs", "store", KEY_STRING, 0, 0, F (jobs_store), stores},
+    {"jobs", "database", KEY_STRING, 0, 0, F (jobs_database), NULL},
+    {"jobs", "synchronous", KEY_STRING, 0, 0, F (jobs_synchronous), sync_levels},
+    {"jobs", "max_database_size", KEY_UINT, 0, 1048576, F (jobs_max_database_size), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
     {"log", "access", KEY_ENUM, 0, 0, F (log_access), access_formats},
     {"metrics", "enabled", KEY_BOOL, 0, 0, F (metrics_enabled), NULL},
@@ -111,6 +119,8 @@ static const CrunchConfig defaults = {
     .jobs_ttl = 300.0,
     .jobs_max_stored = 1000,
     .jobs_max_stored_per_client = 100,
+    .jobs_max_result_size = 8388608,
+    .jobs_max_crashes = 3,
     .log_access = CRUNCH_ACCESS_LOG_COMMON,
     .metrics_enabled = TRUE,
 };
@@ -137,6 +147,9 @@ crunch_config_new_default (void)
   config->plugins_dir = g_strdup (CRUNCH_PLUGIN_DIR);
   config->plugins_load = g_new0 (gchar *, 1);
   config->metrics_listen = g_strdup ("");
+  config->jobs_store = g_strdup ("sqlite");
+  config->jobs_database = g_strdup ("");
+  config->jobs_synchronous = g_strdup ("normal");
   return config;
 }
 
@@ -158,6 +171,9 @@ crunch_config_free (CrunchConfig *config)
   g_free (config->plugins_dir);
   g_strfreev (config->plugins_load);
   g_free (config->metrics_listen);
+  g_free (config->jobs_store);
+  g_free (config->jobs_database);
+  g_free (config->jobs_synchronous);
   g_free (config);
 }
 
@@ -552,4 +568,19 @@ crunch_config_to_string (const CrunchConfig *config)
     }
   }
   return g_key_file_to_data (kf, NULL, NULL);
+}
+
+gchar *
+crunch_config_jobs_database (const CrunchConfig *config)
+{
+  const gchar *state = g_getenv ("STATE_DIRECTORY");
+
+  if (config->jobs_database != NULL && *config->jobs_database != '\0')
+    return g_strdup (config->jobs_database);
+  if (state != NULL && *state != '\0') {
+    /* systemd lists every StateDirectory= it made, separated by ':': the first is ours */
+    g_auto (GStrv) dirs = g_strsplit (state, ":", 2);
+    return g_build_filename (dirs[0], "jobs.db", NULL);
+  }
+  return g_build_filename (g_get_user_state_dir (), "crunchd", "jobs.db", NULL);
 }

@@ -83,6 +83,12 @@ typedef struct {
   gdouble jobs_ttl;      /* seconds a finished job is kept */
   guint jobs_max_stored; /* jobs kept at once (any state); beyond it POST /jobs gets 503 */
   guint jobs_max_stored_per_client; /* of those, one client's; beyond it 429; 0 = no share */
+  guint jobs_max_result_size;       /* bytes; a larger result fails its job; 0 = no bound */
+  guint jobs_max_crashes;  /* start-ups that may find a job running before it fails as poison */
+  gchar *jobs_store;       /* "sqlite" (the default) or "memory" (restart) */
+  gchar *jobs_database;    /* sqlite: the file; "" = crunch_config_jobs_database() (restart) */
+  gchar *jobs_synchronous; /* sqlite: "normal" or "full" (restart) */
+  guint jobs_max_database_size; /* sqlite: MiB, 0 = no bound (restart) */
 
   /* [log] */
   gchar *log_level; /* error|critical|warning|message|info|debug */
@@ -105,6 +111,9 @@ CrunchConfig *crunch_config_load_data (const gchar *data, const gchar *name, GEr
 gboolean crunch_config_validate (const CrunchConfig *config, GError **error);
 gchar *crunch_config_to_string (const CrunchConfig *config);
 guint crunch_config_effective_threads (const CrunchConfig *config);
+/* [jobs] database, or where it goes by default: $STATE_DIRECTORY/jobs.db (systemd's
+ * StateDirectory=), else $XDG_STATE_HOME/crunchd/jobs.db (~/.local/state/crunchd/jobs.db). */
+gchar *crunch_config_jobs_database (const CrunchConfig *config);
 void crunch_config_free (CrunchConfig *config);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchConfig, crunch_config_free)
 

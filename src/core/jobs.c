@@ -1,16 +1,32 @@
-/* jobs.c - the store of asynchronous jobs.
+/* jobs.c - the asynchronous jobs API and its table of jobs.
  *
  * DESIGN
- * One mutex guards the table of entries, the queue of finished ones and the limits. Callers:
+ * One mutex guards the table of entries, the queue of finished ones, the idempotency keys, the
+ * backlog and the limits. Callers:
  * - the MHD polling threads: submit(), get(), delete() (never block beyond the mutex);
  * - whichever thread answers a call (a worker, the deadline watcher, the scheduler while
- *   draining, an HTTP thread cancelling it): on_answered(), which only marks the entry finished;
- * - the main thread: configure() on reload, cancel_all() and free() on shutdown.
+ *   draining, an HTTP thread cancelling it): on_answered(), which marks the entry finished;
+ * - the scheduler, with its lock held, when a job starts: on_started(), which takes no lock of
+ *   ours (attempts is atomic) and only queues a store write;
+ * - the store thread, once a new job is on disk: on_stored(), which admits and submits it and
+ *   answers the deferred POST;
+ * - the main thread: recover() at start, the backlog timer, configure() on reload, cancel_all()
+ *   and free() on shutdown.
+ * Lock order: jobs -> scheduler (describe asks whether a call runs) -> store queue (a leaf).
  * A job is a compute call like a synchronous request's (call.c), so the cache, admission,
  * per-client limits, fairness, coalescing, its deadline and its metrics apply unchanged; only no
- * socket waits for it. DELETE cancels it with CLIENT_GONE. Calls are admitted, submitted and
- * cancelled outside our lock (the scheduler may answer at once, and on_answered() takes it);
- * crunch_call_running() calls nothing back: no lock-order cycle.
+ * socket waits for it. Calls are admitted, submitted and cancelled outside our lock (the
+ * scheduler may answer at once, and on_answered() takes it).
+ *
+ * With a store (sqlite.c), the table is rebuilt from it at start and every change is written
+ * through it: POST /jobs answers 202 only once the job is on disk (the connection is parked
+ * meanwhile), the start of each run and the outcome follow. A job found unfinished at start runs
+ * again (attempts counts the runs); one found *running* counts a crash, and at [jobs]
+ * max_crashes it fails as poison instead of taking the server down again. After a crash, local
+ * threads wait for the store before each job (crunch_executor_set_gate()) until the recovered
+ * jobs are done, so a job that crashes the process at once is on disk as running when it does.
+ * A stop by SIGTERM puts interrupted jobs back as queued: no crash is counted.
+ *
  * An entry lives from submit() until it is deleted or, once finished, until [jobs] ttl has
  * passed. Unfinished entries are never freed (their call's callback points at them). Expired
  * entries are purged lazily, at the start of every call: finished ones are queued in the order
@@ -23,30 +39,54 @@
 #include <sys/random.h>
 
 #include "args.h"
+#include "executor.h"
 #include "json.h"
 #include "metrics.h"
+
+#define BACKLOG_RETRY_MS 100
+#define IDEMPOTENCY_KEY_MAX 255
 
 struct CrunchJobs {
   GMutex lock;
   CrunchCalls *calls;
+  CrunchStore *store;  /* NULL: memory only */
   GHashTable *entries; /* id -> Entry* (owned) */
   GQueue finished;     /* Entry*, oldest first */
   GHashTable *held;    /* client -> entries it holds (GUINT_TO_POINTER) */
+  GHashTable *keys;    /* "client\nIdempotency-Key" -> Entry* */
+  GQueue backlog;      /* recovered Entry* waiting for admission, oldest first */
+  guint backlog_timer; /* main loop source retrying the backlog, 0 = none */
+  gint careful;        /* recovered jobs after a crash still unfinished (atomic) */
   gint64 ttl_us;
-  guint max_stored, max_per_client;
+  guint max_stored, max_per_client, max_result_size, max_crashes;
 };
 
 typedef struct {
-  CrunchJobs *store;
+  CrunchJobs *jobs;
   gchar *id;
-  const CrunchFunction *fn;
-  gchar *client;    /* who submitted it: its share of the store */
-  CrunchCall *call; /* its compute call (the jobs' `answered` marks it finished) */
-  gboolean visible; /* admitted (or answered from the cache): its id is handed out */
-  gint64 t_created; /* wall clock, for humans */
-  gint64 t_submitted, deadline_us;
-  gint64 t_done; /* monotonic; 0 while unfinished */
+  const CrunchFunction *fn; /* NULL: recovered, and its function is no longer registered */
+  gchar *fn_name;
+  GVariant *args;
+  gchar *client;                   /* who submitted it: its share of the store */
+  gchar *key;                      /* its place in jobs->keys, or NULL */
+  gchar *body_hash;                /* of the function and arguments, with an idempotency key */
+  CrunchCall *call;                /* its compute call, NULL before one is made */
+  CrunchLater *later;              /* the POST waiting for the store, NULL once answered */
+  gboolean visible;                /* its id has been handed out */
+  gboolean careful;                /* counted in jobs->careful */
+  gint64 t_created;                /* wall clock, for humans */
+  gint64 t_submitted, deadline_us; /* monotonic, of the current run */
+  gint64 t_done;                   /* monotonic; 0 while unfinished */
   gboolean cancel_requested;
+  guint attempts; /* runs started (atomic: on_started() has no lock) */
+  guint crashes;
+  /* the outcome, from t_done on */
+  CrunchJobOutcome outcome;
+  gboolean cached, coalesced;
+  gboolean interrupted; /* stopped by a shutdown: queued again in the store */
+  GBytes *result;
+  gchar *error;
+  gint64 queued_us, run_us; /* -1: it never ran */
 } Entry;
 
 #define ID_BYTES 16 /* 128 random bits */
@@ -56,30 +96,52 @@ static void
 entry_free (gpointer data)
 {
   Entry *entry = data;
-  GHashTable *held = entry->store->held;
-  guint count = GPOINTER_TO_UINT (g_hash_table_lookup (held, entry->client));
+  CrunchJobs *self = entry->jobs;
+  guint count = GPOINTER_TO_UINT (g_hash_table_lookup (self->held, entry->client));
 
   if (count > 1)
-    g_hash_table_insert (held, g_strdup (entry->client), GUINT_TO_POINTER (count - 1));
+    g_hash_table_insert (self->held, g_strdup (entry->client), GUINT_TO_POINTER (count - 1));
   else
-    g_hash_table_remove (held, entry->client);
+    g_hash_table_remove (self->held, entry->client);
+  if (entry->key != NULL && g_hash_table_lookup (self->keys, entry->key) == entry)
+    g_hash_table_remove (self->keys, entry->key);
+  g_free (entry->key);
+  g_free (entry->body_hash);
   g_free (entry->client);
+  g_free (entry->fn_name);
+  g_clear_pointer (&entry->args, g_variant_unref);
   g_clear_pointer (&entry->call, crunch_call_unref);
+  g_clear_pointer (&entry->result, g_bytes_unref);
+  g_free (entry->error);
   g_free (entry->id);
   g_free (entry);
 }
 
+static void
+gate_wait (gpointer data)
+{
+  CrunchJobs *self = data;
+
+  if (g_atomic_int_get (&self->careful) > 0)
+    crunch_store_barrier (self->store);
+}
+
 CrunchJobs *
-crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config)
+crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *store)
 {
   CrunchJobs *self = g_new0 (CrunchJobs, 1);
 
   g_mutex_init (&self->lock);
   self->calls = calls;
+  self->store = store;
   self->entries = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, entry_free);
   self->held = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  self->keys = g_hash_table_new (g_str_hash, g_str_equal);
   g_queue_init (&self->finished);
+  g_queue_init (&self->backlog);
   crunch_jobs_configure (self, config);
+  if (store != NULL)
+    crunch_executor_set_gate (gate_wait, self);
   return self;
 }
 
@@ -90,6 +152,8 @@ crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
   self->ttl_us = (gint64)(config->jobs_ttl * G_USEC_PER_SEC);
   self->max_stored = config->jobs_max_stored;
   self->max_per_client = config->jobs_max_stored_per_client;
+  self->max_result_size = config->jobs_max_result_size;
+  self->max_crashes = config->jobs_max_crashes;
   g_mutex_unlock (&self->lock);
 }
 
@@ -104,7 +168,7 @@ crunch_jobs_cancel_all (CrunchJobs *self)
   g_hash_table_iter_init (&iter, self->entries);
   while (g_hash_table_iter_next (&iter, NULL, &value)) {
     Entry *entry = value;
-    if (entry->t_done == 0 && entry->visible)
+    if (entry->t_done == 0 && entry->visible && entry->call != NULL)
       g_ptr_array_add (calls, crunch_call_ref (entry->call));
   }
   g_mutex_unlock (&self->lock);
@@ -118,12 +182,59 @@ crunch_jobs_free (CrunchJobs *self)
 {
   if (self == NULL)
     return;
+  if (self->backlog_timer != 0)
+    g_source_remove (self->backlog_timer);
+  if (self->store != NULL)
+    crunch_executor_set_gate (NULL, NULL);
+  crunch_store_free (self->store); /* every write made so far reaches the disk */
   g_queue_clear (&self->finished);
+  g_queue_clear (&self->backlog);
   g_hash_table_unref (self->entries);
   g_hash_table_unref (self->held);
+  g_hash_table_unref (self->keys);
   g_mutex_clear (&self->lock);
   g_free (self);
 }
+
+/* ---- the store ---- */
+
+/* The entry as a record (borrowing its strings). */
+static CrunchStoredJob
+record_of (Entry *entry, CrunchStoredState state)
+{
+  return (CrunchStoredJob){
+      .id = entry->id,
+      .fn = entry->fn_name,
+      .args = entry->args,
+      .client = entry->client,
+      .idempotency_key = entry->key ? strchr (entry->key, '\n') + 1 : NULL,
+      .body_hash = entry->body_hash,
+      .created = entry->t_created,
+      .state = state,
+      .attempts = g_atomic_int_get (&entry->attempts),
+      .crashes = entry->crashes,
+      .outcome =
+          state == CRUNCH_STORED_FINISHED
+              ? (gchar *)(entry->cached ? "cached" : crunch_job_outcome_name (entry->outcome))
+              : NULL,
+      .error = entry->error,
+      .result = entry->result,
+      .finished = g_get_real_time (),
+      .queued_us = entry->queued_us,
+      .run_us = entry->run_us,
+      .coalesced = entry->coalesced,
+  };
+}
+
+/* With the lock held. */
+static void
+store_forget (CrunchJobs *self, Entry *entry)
+{
+  if (self->store != NULL)
+    crunch_store_remove (self->store, entry->id);
+}
+
+/* ---- finishing ---- */
 
 /* With the lock held. */
 static void
@@ -135,28 +246,84 @@ purge_locked (CrunchJobs *self)
   while ((oldest = g_queue_peek_head (&self->finished)) != NULL &&
          now - oldest->t_done >= self->ttl_us) {
     g_queue_pop_head (&self->finished);
+    store_forget (self, oldest);
     g_hash_table_remove (self->entries, oldest->id);
   }
 }
 
-/* With the lock held. */
+/* With the lock held: the entry has its outcome; it is kept [jobs] ttl from now, and the store
+ * learns it (a job interrupted by a shutdown goes back to queued there, to run after the
+ * restart). */
 static void
 finish_locked (CrunchJobs *self, Entry *entry)
 {
   entry->t_done = g_get_monotonic_time ();
   g_queue_push_tail (&self->finished, entry);
+  if (entry->careful) {
+    entry->careful = FALSE;
+    g_atomic_int_add (&self->careful, -1);
+  }
+  if (self->store == NULL)
+    return;
+  if (entry->interrupted) {
+    crunch_store_set_state (self->store, entry->id, CRUNCH_STORED_QUEUED,
+                            g_atomic_int_get (&entry->attempts), entry->crashes, NULL, NULL);
+  } else {
+    CrunchStoredJob record = record_of (entry, CRUNCH_STORED_FINISHED);
+    crunch_store_put (self->store, &record, NULL, NULL);
+  }
 }
 
-/* Any thread: the call has its answer (counted in the metrics by call.c). */
+/* With the lock held: the ticket's answer, copied (a result over [jobs] max_result_size fails
+ * the job instead: it would not fit where results are kept). */
+static void
+take_answer_locked (CrunchJobs *self, Entry *entry, const CrunchTicket *ticket)
+{
+  gboolean ran = ticket->t_started != 0;
+
+  entry->outcome = ticket->outcome;
+  entry->coalesced = ticket->coalesced;
+  entry->queued_us = ran ? MAX (0, ticket->t_started - ticket->t_submitted) : -1;
+  entry->run_us = ran ? ticket->t_finished - ticket->t_started : -1;
+  entry->error = g_strdup (ticket->error);
+  if (ticket->outcome == CRUNCH_JOB_OK) {
+    gsize size = g_bytes_get_size (ticket->result);
+    if (self->max_result_size > 0 && size > self->max_result_size) {
+      entry->outcome = CRUNCH_JOB_FAILED;
+      entry->error = g_strdup_printf ("%s: result of %" G_GSIZE_FORMAT
+                                      " bytes is larger than [jobs] max_result_size (%u)",
+                                      entry->fn_name, size, self->max_result_size);
+    } else {
+      entry->result = g_bytes_ref (ticket->result);
+    }
+  }
+  entry->interrupted = ticket->outcome == CRUNCH_JOB_SHUTDOWN && self->store != NULL;
+}
+
+/* Any thread: the call has its answer (counted in the metrics by call.c). The scheduler wrote
+ * the ticket before calling us. */
 static void
 on_answered (CrunchCall *call, gpointer data)
 {
   Entry *entry = data;
-  CrunchJobs *self = entry->store;
+  CrunchJobs *self = entry->jobs;
 
   g_mutex_lock (&self->lock);
+  take_answer_locked (self, entry, crunch_call_ticket (call));
   finish_locked (self, entry); /* from here on another thread may purge the entry */
   g_mutex_unlock (&self->lock);
+}
+
+/* The scheduler's lock is held: count the run and record it, nothing more. */
+static void
+on_started (CrunchCall *call, gpointer data)
+{
+  Entry *entry = data;
+  guint attempts = (guint)g_atomic_int_add (&entry->attempts, 1) + 1;
+
+  if (entry->jobs->store != NULL)
+    crunch_store_set_state (entry->jobs->store, entry->id, CRUNCH_STORED_RUNNING, attempts,
+                            entry->crashes, NULL, NULL);
 }
 
 /* ---- replies ---- */
@@ -173,32 +340,14 @@ reply_json (guint status, JsonBuilder *builder)
   return crunch_reply_bytes (status, g_string_free_to_bytes (text), "application/json");
 }
 
-/* With the lock held. A finished entry's ticket is only read: the scheduler wrote its answer
- * before calling on_answered(), which took this lock after. NULL for a cache hit. */
-static const CrunchTicket *
-ticket_of (const Entry *entry)
-{
-  return crunch_call_ticket (entry->call);
-}
-
-static CrunchJobOutcome
-outcome_of (const Entry *entry)
-{
-  return ticket_of (entry) != NULL ? ticket_of (entry)->outcome : CRUNCH_JOB_OK;
-}
-
-static GBytes *
-result_of (const Entry *entry)
-{
-  return ticket_of (entry) != NULL ? ticket_of (entry)->result : crunch_call_cached (entry->call);
-}
-
 static const gchar *
 state_name (const Entry *entry)
 {
   if (entry->t_done == 0)
-    return crunch_call_running (entry->call) ? "running" : "queued";
-  switch (outcome_of (entry)) {
+    return entry->call != NULL && crunch_call_running (entry->call) ? "running" : "queued";
+  if (entry->interrupted)
+    return "queued"; /* it runs again after the restart */
+  switch (entry->outcome) {
   case CRUNCH_JOB_OK:
     return "done";
   case CRUNCH_JOB_FAILED:
@@ -222,39 +371,17 @@ is_text (const gchar *content_type)
          g_str_has_prefix (content_type, "application/json");
 }
 
+static const gchar *
+content_type_of (const Entry *entry)
+{
+  return entry->fn != NULL ? entry->fn->content_type : "application/octet-stream";
+}
+
 static void
 add_seconds (JsonBuilder *b, const gchar *name, gint64 us)
 {
   json_builder_set_member_name (b, name);
   json_builder_add_double_value (b, us / 1e6);
-}
-
-static void
-add_timings (JsonBuilder *b, const Entry *entry, gint64 now)
-{
-  const CrunchTicket *ticket = ticket_of (entry);
-  gint64 started = entry->t_done && ticket ? ticket->t_started : 0;
-  g_autoptr (GDateTime) created = g_date_time_new_from_unix_utc (entry->t_created / G_USEC_PER_SEC);
-  g_autofree gchar *iso = g_date_time_format_iso8601 (created);
-
-  json_builder_set_member_name (b, "created");
-  json_builder_add_string_value (b, iso);
-  /* while it runs only the total is known; once answered, the split */
-  if (entry->t_done == 0) {
-    add_seconds (b, "age_seconds", now - entry->t_submitted);
-  } else if (started != 0) {
-    add_seconds (b, "queued_seconds", MAX (0, started - entry->t_submitted));
-    add_seconds (b, "run_seconds", ticket->t_finished - started);
-  }
-  if (entry->t_done != 0 && ticket != NULL && ticket->coalesced) { /* set before the answer */
-    json_builder_set_member_name (b, "coalesced");
-    json_builder_add_boolean_value (b, TRUE);
-  }
-  add_seconds (b, "deadline_seconds", entry->deadline_us - entry->t_submitted);
-  /* when a finished job is forgotten; not said of an "expired" one, which reads as a
-   * contradiction (its deadline passed; it is still kept [jobs] ttl) */
-  if (entry->t_done && outcome_of (entry) != CRUNCH_JOB_TIMED_OUT)
-    add_seconds (b, "expires_in_seconds", MAX (0, entry->store->ttl_us - (now - entry->t_done)));
 }
 
 static void
@@ -265,38 +392,66 @@ add_string (JsonBuilder *b, const gchar *name, const gchar *value)
 }
 
 static void
+add_uint (JsonBuilder *b, const gchar *name, guint value)
+{
+  json_builder_set_member_name (b, name);
+  json_builder_add_int_value (b, value);
+}
+
+static void
+add_timings (JsonBuilder *b, const Entry *entry, gint64 now)
+{
+  g_autoptr (GDateTime) created = g_date_time_new_from_unix_utc (entry->t_created / G_USEC_PER_SEC);
+  g_autofree gchar *iso = g_date_time_format_iso8601 (created);
+
+  add_string (b, "created", iso);
+  /* while it runs only the total is known; once answered, the split */
+  if (entry->t_done == 0) {
+    add_seconds (b, "age_seconds", MAX (0, g_get_real_time () - entry->t_created));
+  } else if (entry->run_us >= 0) {
+    add_seconds (b, "queued_seconds", entry->queued_us);
+    add_seconds (b, "run_seconds", entry->run_us);
+  }
+  if (entry->t_done != 0 && entry->coalesced) {
+    json_builder_set_member_name (b, "coalesced");
+    json_builder_add_boolean_value (b, TRUE);
+  }
+  if (entry->deadline_us != 0)
+    add_seconds (b, "deadline_seconds", entry->deadline_us - entry->t_submitted);
+  /* when a finished job is forgotten; not said of an "expired" one, which reads as a
+   * contradiction (its deadline passed; it is still kept [jobs] ttl) */
+  if (entry->t_done && entry->outcome != CRUNCH_JOB_TIMED_OUT && !entry->interrupted)
+    add_seconds (b, "expires_in_seconds", MAX (0, entry->jobs->ttl_us - (now - entry->t_done)));
+}
+
+static void
 add_outcome (JsonBuilder *b, const Entry *entry)
 {
   g_autofree gchar *url = g_strconcat ("/jobs/", entry->id, "/result", NULL);
-  CrunchJobOutcome outcome;
   gsize size;
   gconstpointer data;
 
-  /* not before: until it is done, a worker may be writing the ticket's outcome (TSan saw it) */
-  if (entry->t_done == 0)
+  if (entry->t_done == 0 || entry->interrupted)
     return;
-  outcome = outcome_of (entry);
-  if (outcome == CRUNCH_JOB_OK) {
-    data = g_bytes_get_data (result_of (entry), &size);
-    add_string (b, "content_type", entry->fn->content_type);
+  if (entry->outcome == CRUNCH_JOB_OK) {
+    data = g_bytes_get_data (entry->result, &size);
+    add_string (b, "content_type", content_type_of (entry));
     json_builder_set_member_name (b, "result_size");
     json_builder_add_int_value (b, (gint64)size);
     add_string (b, "result_url", url);
     /* text small enough to read inline; anything else from result_url */
-    if (is_text (entry->fn->content_type) && size <= 65536 && g_utf8_validate (data, size, NULL)) {
+    if (is_text (content_type_of (entry)) && size <= 65536 && g_utf8_validate (data, size, NULL)) {
       g_autofree gchar *text = g_strndup (data, size);
       add_string (b, "result", text);
     }
     return;
   }
-  if (outcome == CRUNCH_JOB_FAILED || outcome == CRUNCH_JOB_UNAVAILABLE ||
-      outcome == CRUNCH_JOB_CRASHED)
-    add_string (b, "error",
-                ticket_of (entry)->error ? ticket_of (entry)->error
-                                         : "no worker could take the job");
-  else if (outcome == CRUNCH_JOB_TIMED_OUT)
+  if (entry->outcome == CRUNCH_JOB_FAILED || entry->outcome == CRUNCH_JOB_UNAVAILABLE ||
+      entry->outcome == CRUNCH_JOB_CRASHED)
+    add_string (b, "error", entry->error ? entry->error : "no worker could take the job");
+  else if (entry->outcome == CRUNCH_JOB_TIMED_OUT)
     add_string (b, "error", "deadline exceeded");
-  else if (outcome == CRUNCH_JOB_SHUTDOWN)
+  else if (entry->outcome == CRUNCH_JOB_SHUTDOWN)
     add_string (b, "error", "the server stopped");
   else
     add_string (b, "error", "cancelled by DELETE");
@@ -307,16 +462,20 @@ static CrunchReply
 describe_locked (const Entry *entry, guint status)
 {
   g_autoptr (JsonBuilder) b = json_builder_new ();
+  guint attempts = g_atomic_int_get (&entry->attempts);
 
   json_builder_begin_object (b);
   add_string (b, "id", entry->id);
-  add_string (b, "fn", entry->fn->name);
+  add_string (b, "fn", entry->fn_name);
   add_string (b, "state", state_name (entry));
+  add_uint (b, "attempts", attempts);
+  if (entry->crashes > 0)
+    add_uint (b, "crashes", entry->crashes);
   if (entry->cancel_requested) {
     json_builder_set_member_name (b, "cancel_requested");
     json_builder_add_boolean_value (b, TRUE);
   }
-  if (crunch_call_cached (entry->call) != NULL) {
+  if (entry->cached) {
     json_builder_set_member_name (b, "cached");
     json_builder_add_boolean_value (b, TRUE);
   }
@@ -326,7 +485,7 @@ describe_locked (const Entry *entry, guint status)
   return reply_json (status, b);
 }
 
-/* ---- the three verbs ---- */
+/* ---- submitting ---- */
 
 static gchar *
 new_id (void)
@@ -342,31 +501,40 @@ new_id (void)
   return id;
 }
 
+/* With the lock held: a new entry in the table (not yet visible). */
+static Entry *
+add_entry_locked (CrunchJobs *self, gchar *id, const gchar *fn_name, GVariant *args,
+                  const gchar *client)
+{
+  Entry *entry = g_new0 (Entry, 1);
+  guint held = GPOINTER_TO_UINT (g_hash_table_lookup (self->held, client));
+
+  g_hash_table_insert (self->held, g_strdup (client), GUINT_TO_POINTER (held + 1));
+  entry->jobs = self;
+  entry->id = id;
+  entry->fn_name = g_strdup (fn_name);
+  entry->fn = crunch_functions_lookup (fn_name);
+  entry->args = g_variant_ref (args);
+  entry->client = g_strdup (client);
+  entry->queued_us = entry->run_us = -1;
+  g_hash_table_insert (self->entries, entry->id, entry);
+  return entry;
+}
+
 /* With the lock held: a place in the store, or NULL when it is full (*client_full: when this
  * client holds its whole share). */
 static Entry *
-reserve_locked (CrunchJobs *self, const CrunchFunction *fn, const gchar *client,
+reserve_locked (CrunchJobs *self, const CrunchFunction *fn, GVariant *args, const gchar *client,
                 gboolean *client_full)
 {
-  guint held;
+  guint held = GPOINTER_TO_UINT (g_hash_table_lookup (self->held, client));
   Entry *entry;
 
-  purge_locked (self);
-  held = GPOINTER_TO_UINT (g_hash_table_lookup (self->held, client));
   *client_full = self->max_per_client > 0 && held >= self->max_per_client;
   if (*client_full || g_hash_table_size (self->entries) >= self->max_stored)
     return NULL;
-  g_hash_table_insert (self->held, g_strdup (client), GUINT_TO_POINTER (held + 1));
-  entry = g_new0 (Entry, 1);
-  entry->store = self;
-  entry->id = new_id ();
-  entry->fn = fn;
-  entry->client = g_strdup (client);
+  entry = add_entry_locked (self, new_id (), fn->name, args, client);
   entry->t_created = g_get_real_time ();
-  entry->t_submitted = g_get_monotonic_time ();
-  entry->deadline_us =
-      entry->t_submitted + MAX (__atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED), 1);
-  g_hash_table_insert (self->entries, entry->id, entry);
   return entry;
 }
 
@@ -410,15 +578,6 @@ store_full_locked (CrunchJobs *self, const gchar *client, gboolean client_full)
 }
 
 static CrunchReply
-refused (const CrunchCallRefusal *refusal)
-{
-  CrunchReply reply = crunch_reply_text (refusal->status, "%s", refusal->message);
-
-  reply.retry_after = g_strdup (refusal->retry_after);
-  return reply;
-}
-
-static CrunchReply
 accepted_locked (const Entry *entry)
 {
   CrunchReply reply = describe_locked (entry, 202);
@@ -427,62 +586,420 @@ accepted_locked (const Entry *entry)
   return reply;
 }
 
-/* With the lock held: the call, or the reason there is none. */
-static CrunchReply
-admitted_locked (CrunchJobs *self, Entry *entry, CrunchCallAdmission admission)
+/* With the lock held: a call for the entry's next run (a reference for the caller). */
+static CrunchCall *
+new_call_locked (CrunchJobs *self, Entry *entry)
 {
+  entry->t_submitted = g_get_monotonic_time ();
+  entry->deadline_us =
+      entry->t_submitted + MAX (__atomic_load_n (&entry->fn->timeout_us, __ATOMIC_RELAXED), 1);
+  entry->call = crunch_call_new (
+      self->calls, &(CrunchCallSpec){entry->fn, entry->args, entry->client, entry->deadline_us, -1,
+                                     on_answered, entry, on_started});
+  return crunch_call_ref (entry->call);
+}
+
+/* With the lock held: answered from the result cache, no run needed. */
+static void
+finish_cached_locked (CrunchJobs *self, Entry *entry, GBytes *cached)
+{
+  CrunchTicket answer = {.outcome = CRUNCH_JOB_OK, .result = cached};
+
+  take_answer_locked (self, entry, &answer);
+  entry->cached = TRUE;
+  finish_locked (self, entry);
+}
+
+/* After submit(): a DELETE that came between admission and submit() found no ticket to cancel
+ * and left the request with the entry (which may be gone by now: looked up by id). */
+static void
+cancel_if_requested (CrunchJobs *self, const gchar *id, CrunchCall *call)
+{
+  Entry *entry;
+  gboolean cancel;
+
+  g_mutex_lock (&self->lock);
+  entry = g_hash_table_lookup (self->entries, id);
+  cancel = entry != NULL && entry->call == call && entry->cancel_requested && entry->t_done == 0;
+  g_mutex_unlock (&self->lock);
+  if (cancel)
+    crunch_call_cancel (call, CRUNCH_JOB_CLIENT_GONE);
+}
+
+/* Admission, outside the lock: the entry becomes visible with its 202, or is forgotten with the
+ * refusal. Consumes `call`. With `later` (a POST waiting for the store), the answer goes there,
+ * before the job is submitted: a job that takes the process down must not take its 202 along. */
+static CrunchReply
+admit_and_submit (CrunchJobs *self, Entry *entry, CrunchCall *call, CrunchLater *later)
+{
+  CrunchCallAdmission admission = crunch_call_admit (call);
+  g_autofree gchar *id = g_strdup (entry->id);
+  CrunchReply reply;
+
+  g_mutex_lock (&self->lock);
   if (admission == CRUNCH_CALL_REFUSED) {
-    CrunchReply reply = refused (crunch_call_refusal (entry->call));
+    const CrunchCallRefusal *refusal = crunch_call_refusal (call);
+    reply = crunch_reply_text (refusal->status, "%s", refusal->message);
+    reply.retry_after = g_strdup (refusal->retry_after);
+    store_forget (self, entry);
     g_hash_table_remove (self->entries, entry->id);
-    return reply;
+  } else {
+    entry->visible = TRUE;
+    if (admission == CRUNCH_CALL_CACHED) /* a cache hit needs no job: it is done at once */
+      finish_cached_locked (self, entry, crunch_call_cached (call));
+    reply = accepted_locked (entry);
   }
-  entry->visible = TRUE;
-  if (admission == CRUNCH_CALL_CACHED) /* a cache hit needs no job: it is done at once */
-    finish_locked (self, entry);
-  return accepted_locked (entry);
+  g_mutex_unlock (&self->lock);
+  if (later != NULL) {
+    later->answer (later, &reply);
+    reply = crunch_reply_later ();
+  }
+  /* From here on the entry may be answered and purged by another thread: only `call` is ours. */
+  if (admission == CRUNCH_CALL_ADMITTED) {
+    crunch_call_submit (call);
+    cancel_if_requested (self, id, call);
+  }
+  crunch_call_unref (call);
+  return reply;
+}
+
+/* Store thread: the new job is on disk (or could not be written). Answers its POST. */
+static void
+on_stored (const GError *error, gpointer data)
+{
+  Entry *entry = data;
+  CrunchJobs *self = entry->jobs;
+  CrunchCall *call = NULL;
+  CrunchLater *later;
+  CrunchReply reply;
+
+  g_mutex_lock (&self->lock);
+  later = g_steal_pointer (&entry->later);
+  if (error != NULL)
+    g_hash_table_remove (self->entries, entry->id);
+  else
+    call = new_call_locked (self, entry);
+  g_mutex_unlock (&self->lock);
+  if (error == NULL) {
+    admit_and_submit (self, entry, call, later);
+    return;
+  }
+  crunch_metrics_rejection (CRUNCH_REJECT_STORE_ERROR);
+  reply = crunch_reply_text (503, "the job store could not record the job: %s", error->message);
+  reply.retry_after = g_strdup ("5");
+  later->answer (later, &reply);
+}
+
+/* The Idempotency-Key's job for this client, when there is one (lock held): `*reply` is what to
+ * answer instead of making a new job. */
+static gboolean
+idempotent_locked (CrunchJobs *self, const gchar *key, const gchar *hash, CrunchReply *reply)
+{
+  Entry *entry = g_hash_table_lookup (self->keys, key);
+
+  if (entry == NULL)
+    return FALSE;
+  if (!entry->visible)
+    *reply = crunch_reply_text (409, "a request with this Idempotency-Key is still being "
+                                     "accepted: retry in a moment");
+  else if (!g_str_equal (entry->body_hash, hash))
+    *reply = crunch_reply_text (422,
+                                "this Idempotency-Key was used for a different request (job %s): "
+                                "use a new key for a new job",
+                                entry->id);
+  else
+    *reply = accepted_locked (entry);
+  return TRUE;
+}
+
+/* NULL, or why the header cannot be a key. */
+static const gchar *
+bad_idempotency_key (const gchar *key)
+{
+  gsize len = strlen (key);
+
+  if (len == 0 || len > IDEMPOTENCY_KEY_MAX)
+    return "Idempotency-Key: expected 1 to 255 characters";
+  for (gsize i = 0; i < len; i++)
+    if (key[i] < 0x20 || key[i] > 0x7e)
+      return "Idempotency-Key: expected printable ASCII characters";
+  return NULL;
+}
+
+/* What an Idempotency-Key promises: the same function and (canonical) arguments. */
+static gchar *
+request_hash (const CrunchFunction *fn, GVariant *args)
+{
+  g_autoptr (GChecksum) sum = g_checksum_new (G_CHECKSUM_SHA256);
+
+  g_checksum_update (sum, (const guchar *)fn->name, strlen (fn->name) + 1);
+  g_checksum_update (sum, g_variant_get_data (args), g_variant_get_size (args));
+  return g_strdup (g_checksum_get_string (sum));
+}
+
+/* With the lock held: the job is written; the POST waits for the store (on_stored()). */
+static CrunchReply
+store_new_locked (CrunchJobs *self, Entry *entry, const CrunchRequestInfo *info)
+{
+  CrunchStoredJob record = record_of (entry, CRUNCH_STORED_QUEUED);
+
+  entry->later = info->defer (info->request); /* parked before the work is handed over */
+  crunch_store_put (self->store, &record, on_stored, entry);
+  return crunch_reply_later ();
 }
 
 /* {"fn": NAME, "args": {...}}; `client` is the fairness key. */
 static CrunchReply
-crunch_jobs_submit (CrunchJobs *self, const gchar *body, gsize len, const gchar *client)
+crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (GVariant) args = NULL;
-  g_autoptr (CrunchCall) call = NULL;
+  g_autofree gchar *key = NULL, *hash = NULL;
   const CrunchFunction *fn = NULL;
-  CrunchCallAdmission admission;
   CrunchReply reply;
   gboolean client_full;
+  CrunchCall *call;
   Entry *entry;
 
-  args = crunch_args_from_job_body (body, len, &fn, &error);
+  args = crunch_args_from_job_body (info->body, info->body_len, &fn, &error);
   if (args == NULL)
     return crunch_reply_text (400, "POST /jobs: %s", error->message);
   g_variant_ref_sink (args);
+  if (info->idempotency_key != NULL) {
+    const gchar *why = bad_idempotency_key (info->idempotency_key);
+    if (why != NULL)
+      return crunch_reply_text (400, "POST /jobs: %s", why);
+    key = g_strconcat (info->client, "\n", info->idempotency_key, NULL);
+    hash = request_hash (fn, args);
+  }
 
   g_mutex_lock (&self->lock);
-  entry = reserve_locked (self, fn, client, &client_full);
-  if (entry == NULL) {
-    reply = store_full_locked (self, client, client_full);
+  purge_locked (self);
+  if (key != NULL && idempotent_locked (self, key, hash, &reply)) {
     g_mutex_unlock (&self->lock);
     return reply;
   }
-  entry->call = crunch_call_new (
-      self->calls, &(CrunchCallSpec){fn, args, client, entry->deadline_us, -1, on_answered, entry});
-  call = crunch_call_ref (entry->call);
+  entry = reserve_locked (self, fn, args, info->client, &client_full);
+  if (entry == NULL) {
+    reply = store_full_locked (self, info->client, client_full);
+    g_mutex_unlock (&self->lock);
+    return reply;
+  }
+  if (key != NULL) {
+    entry->key = g_steal_pointer (&key);
+    entry->body_hash = g_steal_pointer (&hash);
+    g_hash_table_insert (self->keys, entry->key, entry);
+  }
+  if (self->store != NULL) {
+    reply = store_new_locked (self, entry, info);
+    g_mutex_unlock (&self->lock);
+    return reply;
+  }
+  call = new_call_locked (self, entry);
   g_mutex_unlock (&self->lock);
-
-  /* Outside the lock, here and below: the scheduler may answer the call at once, and
-   * on_answered() takes the lock. */
-  admission = crunch_call_admit (call);
-  g_mutex_lock (&self->lock);
-  reply = admitted_locked (self, entry, admission);
-  g_mutex_unlock (&self->lock);
-  /* From here on the entry may be answered and purged by another thread: only `call` is ours. */
-  if (admission == CRUNCH_CALL_ADMITTED)
-    crunch_call_submit (call);
-  return reply;
+  /* Outside the lock: the scheduler may answer the call at once, and on_answered() takes it. */
+  return admit_and_submit (self, entry, call, NULL);
 }
+
+/* ---- recovery ---- */
+
+static gboolean pump_backlog (gpointer data);
+
+/* With the lock held: recovered work is admitted like new work; what is refused now (the queue
+ * is full) is retried every BACKLOG_RETRY_MS, never dropped. */
+static void
+retry_backlog_later_locked (CrunchJobs *self)
+{
+  if (self->backlog_timer == 0)
+    self->backlog_timer = g_timeout_add (BACKLOG_RETRY_MS, pump_backlog, self);
+}
+
+/* With the lock held: admission refused a recovered job. */
+static void
+refused_recovered_locked (CrunchJobs *self, Entry *entry)
+{
+  g_clear_pointer (&entry->call, crunch_call_unref);
+  if (entry->cancel_requested) { /* DELETE came meanwhile */
+    entry->outcome = CRUNCH_JOB_CLIENT_GONE;
+    finish_locked (self, entry);
+    return;
+  }
+  g_queue_push_head (&self->backlog, entry);
+  retry_backlog_later_locked (self);
+}
+
+/* Main thread: submits recovered jobs, oldest first, while admission takes them. */
+static gboolean
+pump_backlog (gpointer data)
+{
+  CrunchJobs *self = data;
+  gboolean refused = FALSE;
+
+  while (!refused) {
+    CrunchCallAdmission admission;
+    g_autofree gchar *id = NULL;
+    CrunchCall *call;
+    Entry *entry;
+
+    g_mutex_lock (&self->lock);
+    self->backlog_timer = 0;
+    entry = g_queue_pop_head (&self->backlog);
+    if (entry != NULL) {
+      call = new_call_locked (self, entry);
+      id = g_strdup (entry->id);
+    }
+    g_mutex_unlock (&self->lock);
+    if (entry == NULL)
+      break;
+
+    admission = crunch_call_admit (call);
+    g_mutex_lock (&self->lock);
+    refused = admission == CRUNCH_CALL_REFUSED && !entry->cancel_requested;
+    if (admission == CRUNCH_CALL_REFUSED)
+      refused_recovered_locked (self, entry);
+    else if (admission == CRUNCH_CALL_CACHED)
+      finish_cached_locked (self, entry, crunch_call_cached (call));
+    g_mutex_unlock (&self->lock);
+    if (admission == CRUNCH_CALL_ADMITTED) {
+      crunch_call_submit (call);
+      cancel_if_requested (self, id, call);
+    }
+    crunch_call_unref (call);
+  }
+  return G_SOURCE_REMOVE;
+}
+
+/* With the lock held: an unfinished job that will not run again. */
+static void
+fail_recovered_locked (CrunchJobs *self, Entry *entry, gchar *error)
+{
+  entry->outcome = CRUNCH_JOB_FAILED;
+  entry->error = error;
+  finish_locked (self, entry);
+}
+
+/* With the lock held: a job the last process did not finish. */
+static void
+recover_unfinished_locked (CrunchJobs *self, Entry *entry, const CrunchStoredJob *r,
+                           gboolean clean_stop, guint *counts)
+{
+  entry->crashes = r->crashes + (r->state == CRUNCH_STORED_RUNNING);
+  if (entry->crashes >= self->max_crashes) {
+    fail_recovered_locked (
+        self, entry,
+        g_strdup_printf ("poison: it was running each of the %u times crunchd stopped "
+                         "unexpectedly ([jobs] max_crashes), so it is not run again",
+                         entry->crashes));
+    counts[2]++;
+  } else if (entry->fn == NULL) {
+    fail_recovered_locked (self, entry,
+                           g_strdup_printf ("function '%s' is no longer registered", r->fn));
+    counts[2]++;
+  } else {
+    crunch_store_set_state (self->store, entry->id, CRUNCH_STORED_QUEUED,
+                            g_atomic_int_get (&entry->attempts), entry->crashes, NULL, NULL);
+    g_queue_push_tail (&self->backlog, entry);
+    if (!clean_stop) {
+      entry->careful = TRUE;
+      g_atomic_int_inc (&self->careful);
+    }
+    counts[1]++;
+  }
+}
+
+static CrunchJobOutcome
+outcome_from_name (const gchar *name, gboolean *cached)
+{
+  *cached = g_strcmp0 (name, "cached") == 0;
+  for (gint o = CRUNCH_JOB_OK; o <= CRUNCH_JOB_CRASHED; o++)
+    if (g_strcmp0 (name, crunch_job_outcome_name (o)) == 0)
+      return o;
+  return *cached ? CRUNCH_JOB_OK : CRUNCH_JOB_FAILED;
+}
+
+/* With the lock held: a finished job, kept until its ttl runs out (FALSE: it already has). */
+static gboolean
+recover_finished_locked (CrunchJobs *self, Entry *entry, const CrunchStoredJob *r)
+{
+  gint64 age = MAX (0, g_get_real_time () - r->finished);
+
+  if (age >= self->ttl_us)
+    return FALSE;
+  entry->outcome = outcome_from_name (r->outcome, &entry->cached);
+  entry->error = g_strdup (r->error);
+  entry->result = r->result ? g_bytes_ref (r->result) : g_bytes_new (NULL, 0);
+  entry->queued_us = r->queued_us;
+  entry->run_us = r->run_us;
+  entry->coalesced = r->coalesced;
+  entry->t_done = g_get_monotonic_time () - age;
+  return TRUE;
+}
+
+static gint
+by_finish (gconstpointer a, gconstpointer b)
+{
+  const Entry *x = *(Entry *const *)a, *y = *(Entry *const *)b;
+
+  return (x->t_done > y->t_done) - (x->t_done < y->t_done);
+}
+
+/* With the lock held: the table as the store has it. counts: finished, to run, failed. */
+static void
+rebuild_locked (CrunchJobs *self, GPtrArray *records, gboolean clean_stop, guint *counts)
+{
+  g_autoptr (GPtrArray) finished = g_ptr_array_new ();
+
+  for (guint i = 0; i < records->len; i++) {
+    const CrunchStoredJob *r = records->pdata[i];
+    Entry *entry = add_entry_locked (self, g_strdup (r->id), r->fn, r->args, r->client);
+    entry->visible = TRUE;
+    entry->t_created = r->created;
+    entry->attempts = r->attempts;
+    entry->crashes = r->crashes;
+    if (r->idempotency_key != NULL && r->body_hash != NULL) {
+      entry->key = g_strconcat (r->client, "\n", r->idempotency_key, NULL);
+      entry->body_hash = g_strdup (r->body_hash);
+      g_hash_table_insert (self->keys, entry->key, entry);
+    }
+    if (r->state != CRUNCH_STORED_FINISHED) {
+      recover_unfinished_locked (self, entry, r, clean_stop, counts);
+    } else if (recover_finished_locked (self, entry, r)) {
+      g_ptr_array_add (finished, entry);
+      counts[0]++;
+    } else {
+      store_forget (self, entry);
+      g_hash_table_remove (self->entries, entry->id);
+    }
+  }
+  /* the finished queue is in the order they finished: oldest (first to expire) at the head */
+  g_ptr_array_sort (finished, by_finish);
+  for (guint i = 0; i < finished->len; i++)
+    g_queue_push_head (&self->finished, finished->pdata[finished->len - 1 - i]);
+}
+
+gboolean
+crunch_jobs_recover (CrunchJobs *self, GError **error)
+{
+  g_autoptr (GPtrArray) records = NULL;
+  gboolean clean_stop = TRUE;
+  guint counts[3] = {0, 0, 0};
+
+  if (self->store == NULL)
+    return TRUE;
+  records = crunch_store_load (self->store, &clean_stop, error);
+  if (records == NULL)
+    return FALSE;
+  g_mutex_lock (&self->lock);
+  rebuild_locked (self, records, clean_stop, counts);
+  g_mutex_unlock (&self->lock);
+  if (records->len > 0)
+    g_message ("jobs: %u finished kept, %u to run again, %u failed%s", counts[0], counts[1],
+               counts[2], clean_stop ? "" : " (the last stop was not clean)");
+  pump_backlog (self);
+  return TRUE;
+}
+
+/* ---- the other verbs ---- */
 
 /* The entry whose id was handed out (lock held), or NULL. */
 static Entry *
@@ -535,10 +1052,10 @@ result_handler (const CrunchRequestInfo *request, gpointer context)
   entry = find_locked (self, request->arg);
   if (entry == NULL)
     reply = no_such_job ();
-  else if (entry->t_done == 0 || outcome_of (entry) != CRUNCH_JOB_OK)
+  else if (entry->t_done == 0 || entry->interrupted || entry->outcome != CRUNCH_JOB_OK)
     reply = crunch_reply_text (409, "job %s is %s: no result", entry->id, state_name (entry));
   else
-    reply = crunch_reply_bytes (200, g_bytes_ref (result_of (entry)), entry->fn->content_type);
+    reply = crunch_reply_bytes (200, g_bytes_ref (entry->result), content_type_of (entry));
   g_mutex_unlock (&self->lock);
   return reply;
 }
@@ -556,6 +1073,7 @@ delete_handler (const CrunchRequestInfo *request, gpointer context)
   if (entry == NULL || entry->t_done != 0) {
     if (entry != NULL) {
       g_queue_remove (&self->finished, entry);
+      store_forget (self, entry);
       g_hash_table_remove (self->entries, entry->id);
     }
     g_mutex_unlock (&self->lock);
@@ -563,6 +1081,16 @@ delete_handler (const CrunchRequestInfo *request, gpointer context)
                          : no_such_job ();
   }
   entry->cancel_requested = TRUE;
+  if (entry->call == NULL) { /* recovered, waiting for admission: in no queue but ours */
+    g_queue_remove (&self->backlog, entry);
+    entry->outcome = CRUNCH_JOB_CLIENT_GONE;
+    finish_locked (self, entry);
+  }
+  if (entry->call == NULL || crunch_call_ticket (entry->call) == NULL) {
+    /* (or being admitted: its submitter cancels it right after submit()) */
+    g_mutex_unlock (&self->lock);
+    return describe_id (self, request->arg, 202);
+  }
   call = crunch_call_ref (entry->call);
   g_mutex_unlock (&self->lock);
 
@@ -575,7 +1103,7 @@ delete_handler (const CrunchRequestInfo *request, gpointer context)
 static CrunchReply
 submit_handler (const CrunchRequestInfo *request, gpointer context)
 {
-  return crunch_jobs_submit (context, request->body, request->body_len, request->client);
+  return crunch_jobs_submit (context, request);
 }
 
 CrunchHandler

@@ -3,20 +3,27 @@
  * An async job is an ordinary CrunchJob that goes through the same admission and scheduler as a
  * synchronous call (same queue bound, fairness, deadline, cancellation), only nobody's connection
  * waits for it: its outcome is kept in a store under an unguessable id (128 random bits) for
- * [jobs] ttl seconds after it finishes, and the store holds at most [jobs] max_stored jobs. */
+ * [jobs] ttl seconds after it finishes, and the store holds at most [jobs] max_stored jobs.
+ * With a durable store (store.h) jobs survive restarts: see jobs.c. */
 #pragma once
 
 #include "call.h"
 #include "config.h"
 #include "routes.h"
+#include "store.h"
 
 typedef struct CrunchJobs CrunchJobs;
 
-CrunchJobs *crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config);
+/* `store` (taken; NULL: jobs live in memory only) keeps jobs across restarts. */
+CrunchJobs *crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *store);
+/* Rebuilds the jobs from the store and runs the unfinished ones again; FALSE (and an error that
+ * names the file) if the store cannot be read. Before serving. */
+gboolean crunch_jobs_recover (CrunchJobs *self, GError **error);
 void crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config);
 /* Cancels every unfinished job (the server is stopping); their outcomes arrive later. */
 void crunch_jobs_cancel_all (CrunchJobs *self);
-/* Call after the scheduler is freed (no job can finish any more), before the calls service. */
+/* Call after the scheduler is freed (no job can finish any more), before the calls service.
+ * Writes everything to the store and closes it. */
 void crunch_jobs_free (CrunchJobs *self);
 
 /* The handler of a jobs route by its verb in the route table ("submit", "describe", "result",

@@ -229,6 +229,13 @@ answer_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome out
   g_ptr_array_add (answers, ticket);
 }
 
+static void
+ticket_started (CrunchTicket *ticket)
+{
+  if (ticket->started != NULL)
+    ticket->started (ticket, ticket->answered_data);
+}
+
 /* With the lock held: start as many waiting jobs as there are free threads, the client with the
  * lowest tag first. */
 static void
@@ -248,6 +255,8 @@ dispatch_locked (CrunchScheduler *self)
       take_turn (self, client);
     sj->running = TRUE;
     sj->started_us = g_get_monotonic_time ();
+    for (guint i = 0; i < sj->tickets->len; i++)
+      ticket_started (sj->tickets->pdata[i]);
     g_hash_table_add (self->running, sj);
     self->counters.jobs_started++;
     crunch_executor_submit (self->executor, sj->job);
@@ -425,6 +434,8 @@ enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
     __atomic_store_n (&sj->job->deadline_us, ticket->deadline_us, __ATOMIC_RELAXED);
   ticket->job = sj;
   ticket->state = TICKET_ATTACHED;
+  if (sj->running)
+    ticket_started (ticket);
 }
 
 void

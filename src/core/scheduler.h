@@ -28,6 +28,10 @@ struct CrunchTicket {
   gint64 t_submitted;
   CrunchTicketFunc answered; /* any thread, exactly once */
   gpointer answered_data;
+  /* Optional: its job went to the executor, or it joined a running job. Called with the
+   * scheduler's lock held (on the thread that dispatched it): it may only pass the news on, never
+   * call the scheduler. Same data as `answered`. */
+  CrunchTicketFunc started;
 
   CrunchJobOutcome outcome;
   GBytes *result;

@@ -154,11 +154,27 @@ crunch_worker_thread_prepare (gint nice, CrunchWorkerPolicy policy)
   set_thread_nice (nice);
 }
 
+static struct {
+  void (*wait) (gpointer data);
+  gpointer data;
+} gate;
+
+void
+crunch_executor_set_gate (void (*wait) (gpointer data), gpointer data)
+{
+  gate.data = data;
+  __atomic_store_n (&gate.wait, wait, __ATOMIC_RELEASE);
+}
+
 static void
 local_worker (gpointer data, gpointer user_data)
 {
   CrunchJob *job = data;
   LocalExecutor *self = user_data;
+  void (*wait) (gpointer) = __atomic_load_n (&gate.wait, __ATOMIC_ACQUIRE);
+
+  if (wait != NULL)
+    wait (gate.data);
 
   crunch_worker_thread_prepare (g_atomic_int_get (&self->nice),
                                 (CrunchWorkerPolicy)g_atomic_int_get (&self->policy));

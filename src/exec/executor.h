@@ -51,6 +51,11 @@ gboolean crunch_job_cancel (CrunchJob *job, CrunchJobOutcome reason);
 void crunch_job_run (CrunchJob *job);
 const gchar *crunch_job_outcome_name (CrunchJobOutcome outcome);
 
+/* A wait every job run by local threads passes just before it runs (NULL: none). The jobs API
+ * installs it with a durable store: after a crash, the start of a job is on disk before the job
+ * can take the process down again. */
+void crunch_executor_set_gate (void (*gate) (gpointer data), gpointer data);
+
 /* How worker threads are scheduled against the polling thread ([executor] policy). */
 typedef enum {
   CRUNCH_WORKER_POLICY_OTHER, /* SCHED_OTHER at `nice` (the default) */

@@ -25,6 +25,13 @@ crunch_reply_static (guint status, const gchar *text, const gchar *content_type)
   return (CrunchReply){.status = status, .text = text, .content_type = content_type};
 }
 
+/* What a handler returns once it has deferred its reply (CrunchRequestInfo.defer). */
+static inline CrunchReply
+crunch_reply_later (void)
+{
+  return (CrunchReply){.status = 0};
+}
+
 /* A one-line text/plain body (a newline is added). Errors (status >= 400) are such lines: the
  * server appends " (request id ID)" when it sends them. */
 CrunchReply crunch_reply_text (guint status, const gchar *format, ...) G_GNUC_PRINTF (2, 3);

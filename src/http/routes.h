@@ -19,13 +19,25 @@ typedef enum {
   CRUNCH_LANE_OPS,     /* like FAST, but on the [metrics] listen address when one is set */
 } CrunchLane;
 
+/* A reply that another thread gives later (the jobs lane waits for its store this way). */
+typedef struct CrunchLater CrunchLater;
+struct CrunchLater {
+  /* Once, from any thread: takes the reply and resumes the connection; the last touch. */
+  void (*answer) (CrunchLater *later, CrunchReply *reply);
+};
+
 /* What a handler may read of its request. */
 typedef struct {
   const gchar *method;
   const gchar *arg; /* the path's variable part: after a prefix pattern, or the '*' segment */
   const gchar *body;
   gsize body_len;
-  const gchar *client; /* the fairness key (jobs lane) */
+  const gchar *client;          /* the fairness key (jobs lane) */
+  const gchar *idempotency_key; /* the Idempotency-Key header (jobs lane), or NULL */
+  /* Jobs lane: parks the connection (before the work is handed over) and returns the handle
+   * whose answer() completes the request; the handler then returns crunch_reply_later(). */
+  CrunchLater *(*defer) (gpointer request);
+  gpointer request;
 } CrunchRequestInfo;
 
 /* `context` is what the server holds for the route's lane: the jobs store for the jobs lane,

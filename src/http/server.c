@@ -94,6 +94,9 @@ typedef struct {
   gint64 timeout_us;  /* the deadline it was given, for the 504 message */
   gboolean cached;    /* answered from the result cache */
   gboolean complete;  /* its header and body have arrived */
+  CrunchLater later;  /* jobs lane: a reply given later by another thread */
+  CrunchReply later_reply;
+  gboolean deferred;
   guint status;
   gsize bytes;
 } CrunchRequest;
@@ -381,7 +384,7 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
   client = client_key (req);
   req->call = crunch_call_new (server->calls, &(CrunchCallSpec){fn, args, client, deadline,
                                                                 connection_fd (req->connection),
-                                                                on_answered, req});
+                                                                on_answered, req, NULL});
   switch (crunch_call_admit (req->call)) {
   case CRUNCH_CALL_CACHED:
     req->cached = TRUE;
@@ -423,13 +426,51 @@ served_here (CrunchRequest *req, const CrunchRoute *route)
   return !req->server->has_ops || (route->lane == CRUNCH_LANE_OPS) == req->ops;
 }
 
+/* Any thread, once: the deferred reply; resuming is the last touch of the request. */
+static void
+later_answer (CrunchLater *later, CrunchReply *reply)
+{
+  CrunchRequest *req = (CrunchRequest *)((gchar *)later - G_STRUCT_OFFSET (CrunchRequest, later));
+
+  req->later_reply = *reply;
+  MHD_resume_connection (req->connection);
+}
+
+/* CrunchRequestInfo.defer: parked like a compute request, and counted in flight so that a drain
+ * waits for its answer. */
+static CrunchLater *
+request_defer (gpointer data)
+{
+  CrunchRequest *req = data;
+
+  g_atomic_int_inc (&req->server->in_flight);
+  req->in_flight = TRUE;
+  req->deferred = TRUE;
+  req->later.answer = later_answer;
+  MHD_suspend_connection (req->connection);
+  set_suspended (req, TRUE);
+  crunch_conns_request_parked (req->conn, TRUE);
+  return &req->later;
+}
+
+/* The handler's deferred reply has come: the request resumed. */
+static enum MHD_Result
+respond_later (CrunchRequest *req)
+{
+  set_suspended (req, FALSE);
+  crunch_conns_request_parked (req->conn, FALSE);
+  return respond_reply (req, &req->later_reply);
+}
+
 /* The fast, ops and jobs lanes: the row's handler, resolved by the lane's owner. */
 static enum MHD_Result
 respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
 {
   g_autofree gchar *client = NULL;
-  CrunchRequestInfo info = {req->method, arg, req->body ? (const gchar *)req->body->data : "",
-                            req->body ? req->body->len : 0, NULL};
+  CrunchRequestInfo info = {.method = req->method,
+                            .arg = arg,
+                            .body = req->body ? (const gchar *)req->body->data : "",
+                            .body_len = req->body ? req->body->len : 0};
   CrunchHandler handler = route->handler;
   gpointer context = NULL;
   CrunchReply reply;
@@ -442,8 +483,14 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
     handler = crunch_jobs_handler (route->name);
     context = req->server->jobs;
     info.client = client = client_key (req);
+    info.idempotency_key =
+        MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Idempotency-Key");
+    info.defer = request_defer;
+    info.request = req;
   }
   reply = handler (&info, context);
+  if (reply.status == 0) /* deferred: answered by later_answer() */
+    return MHD_YES;
   return respond_reply (req, &reply);
 }
 
@@ -628,6 +675,8 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
     return MHD_YES; /* answered early (413 on Content-Length, 400 on framing) */
   if (req->call != NULL)
     return respond_ticket (req);
+  if (req->deferred)
+    return respond_later (req);
   return route_request (req);
 }
 

@@ -32,6 +32,7 @@ typedef enum {
   CRUNCH_REJECT_BODY_TOO_LARGE,     /* 413 */
   CRUNCH_REJECT_STORE_FULL,         /* 503: POST /jobs, [jobs] max_stored */
   CRUNCH_REJECT_STORE_CLIENT_SHARE, /* 429: POST /jobs, [jobs] max_stored_per_client */
+  CRUNCH_REJECT_STORE_ERROR,        /* 503: POST /jobs, the job store could not record it */
   CRUNCH_REJECT_COUNT
 } CrunchRejection;
 

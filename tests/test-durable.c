@@ -1,0 +1,425 @@
+/* test-durable.c - async jobs that survive restarts ([jobs] store = sqlite), against the real
+ * crunchd: kill -9 and SIGTERM with 200 jobs in flight, a poison job, idempotent retries, a full
+ * database, a damaged or foreign one, a second crunchd on the same file, and
+ * [jobs] max_result_size. */
+#include <json-glib/json-glib.h>
+#include <signal.h>
+#include <string.h>
+
+#include "harness.h"
+
+typedef struct {
+  gchar *dir; /* holds jobs.db: outlives each server */
+  gchar *db;
+} Fixture;
+
+static void
+fixture_set_up (Fixture *f, gconstpointer data)
+{
+  f->dir = g_dir_make_tmp ("crunchd-durable-XXXXXX", NULL);
+  g_assert_nonnull (f->dir);
+  f->db = g_build_filename (f->dir, "jobs.db", NULL);
+}
+
+static void
+fixture_tear_down (Fixture *f, gconstpointer data)
+{
+  test_remove_dir (f->dir);
+  g_free (f->db);
+  g_free (f->dir);
+}
+
+static gchar *
+ini_for (Fixture *f, const gchar *extra)
+{
+  return g_strdup_printf ("[executor]\nthreads = 2\nqueue_limit = 400\nper_client_limit = 400\n"
+                          "coalesce = false\n[cache]\nentries = 0\n"
+                          "[plugins]\ndir = %s\nload = spin, %s/hostile.so\n"
+                          "[jobs]\nstore = sqlite\ndatabase = %s\nmax_stored_per_client = 0\n"
+                          "[log]\naccess = off\n%s",
+                          g_getenv ("CRUNCHD_PLUGINS"), g_getenv ("CRUNCHD_TEST_PLUGINS"), f->db,
+                          extra);
+}
+
+static TestServer *
+start (Fixture *f, const gchar *extra)
+{
+  g_autofree gchar *ini = ini_for (f, extra);
+  return test_server_start (ini, NULL);
+}
+
+static TestReply *
+call (TestServer *s, const gchar *method, const gchar *path, const gchar *const *headers,
+      const gchar *body)
+{
+  g_autofree gchar *url = test_server_url (s, path);
+  return test_http_body (method, url, headers, body);
+}
+
+static JsonObject *
+parse (const TestReply *r)
+{
+  g_autoptr (JsonParser) parser = json_parser_new ();
+  g_autoptr (GError) error = NULL;
+
+  json_parser_load_from_data (parser, r->body, (gssize)r->body_len, &error);
+  g_assert_no_error (error);
+  return json_object_ref (json_node_get_object (json_parser_get_root (parser)));
+}
+
+static gchar *
+submit (TestServer *s, const gchar *body, const gchar *const *headers)
+{
+  g_autoptr (TestReply) r = call (s, "POST", "/jobs", headers, body);
+
+  g_assert_cmpint (r->status, ==, 202);
+  g_assert_nonnull (g_hash_table_lookup (r->headers, "location"));
+  return g_strdup (g_hash_table_lookup (r->headers, "location"));
+}
+
+static JsonObject *
+describe (TestServer *s, const gchar *location)
+{
+  g_autoptr (TestReply) r = call (s, "GET", location, NULL, NULL);
+
+  g_assert_cmpint (r->status, ==, 200);
+  return parse (r);
+}
+
+/* Polls until every job has left queued/running; returns how many ended in each state. */
+static GHashTable *
+wait_all_finished (TestServer *s, GPtrArray *jobs, gdouble seconds)
+{
+  GHashTable *states = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  gint64 until = g_get_monotonic_time () + (gint64)(seconds * TEST_TIME_SCALE * G_USEC_PER_SEC);
+
+  for (guint i = 0; i < jobs->len; i++) {
+    for (;;) {
+      g_autoptr (JsonObject) o = describe (s, jobs->pdata[i]);
+      const gchar *state = json_object_get_string_member (o, "state");
+      if (!g_str_equal (state, "queued") && !g_str_equal (state, "running")) {
+        guint n = GPOINTER_TO_UINT (g_hash_table_lookup (states, state));
+        g_hash_table_insert (states, g_strdup (state), GUINT_TO_POINTER (n + 1));
+        break;
+      }
+      g_assert_cmpint (g_get_monotonic_time (), <, until);
+      g_usleep (20000);
+    }
+  }
+  return states;
+}
+
+static guint
+count_of (GHashTable *states, const gchar *state)
+{
+  return GPOINTER_TO_UINT (g_hash_table_lookup (states, state));
+}
+
+/* 200 jobs of about 10 ms on 2 threads: most are queued, two running, some done. */
+static GPtrArray *
+submit_many (TestServer *s, guint n)
+{
+  GPtrArray *jobs = g_ptr_array_new_with_free_func (g_free);
+
+  for (guint i = 0; i < n; i++)
+    g_ptr_array_add (
+        jobs, submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01, \"grain\": 5}}", NULL));
+  return jobs;
+}
+
+/* Every job got its 202 before the kill; after the restart each reaches "done", and its
+ * result is readable. Jobs that were running count a crash; the others do not. */
+static void
+check_all_done (TestServer *s, GPtrArray *jobs)
+{
+  g_autoptr (GHashTable) states = wait_all_finished (s, jobs, 60);
+  guint crashed = 0, rerun = 0;
+
+  g_assert_cmpuint (count_of (states, "done"), ==, jobs->len);
+  for (guint i = 0; i < jobs->len; i++) {
+    g_autoptr (JsonObject) o = describe (s, jobs->pdata[i]);
+    g_autofree gchar *result = g_strconcat (jobs->pdata[i], "/result", NULL);
+    g_autoptr (TestReply) r = call (s, "GET", result, NULL, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+    g_assert_cmpint (json_object_get_int_member (o, "attempts"), >=, 1);
+    crashed += json_object_has_member (o, "crashes");
+    rerun += json_object_get_int_member (o, "attempts") > 1;
+  }
+  g_test_message ("%u jobs: %u were running at the crash, %u ran more than once", jobs->len,
+                  crashed, rerun);
+  g_assert_cmpuint (crashed, <=, 2 * 2); /* at most the running ones (2 threads) */
+}
+
+static void
+test_kill9 (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "");
+  g_autoptr (GPtrArray) jobs = submit_many (s, 200);
+  g_autofree gchar *log = NULL;
+
+  test_server_signal (s, SIGKILL);
+  test_server_stop (s);
+  s = start (f, "");
+  check_all_done (s, jobs);
+  log = test_server_log (s);
+  g_assert_nonnull (strstr (log, "the last stop was not clean"));
+  test_server_stop (s);
+}
+
+static void
+test_sigterm (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "[server]\nshutdown_timeout = 0.05\n");
+  g_autoptr (GPtrArray) jobs = submit_many (s, 200);
+  g_autoptr (GHashTable) states = NULL;
+
+  g_assert_cmpint (test_server_stop (s), ==, 0);
+  s = start (f, "");
+  states = wait_all_finished (s, jobs, 60);
+  g_assert_cmpuint (count_of (states, "done"), ==, jobs->len);
+  for (guint i = 0; i < jobs->len; i++) {
+    g_autoptr (JsonObject) o = describe (s, jobs->pdata[i]);
+    g_assert_false (json_object_has_member (o, "crashes")); /* a clean stop is no crash */
+  }
+  test_server_stop (s);
+}
+
+/* Runs crunchd until it stays up for a second (it crashes while its poison job runs); returns
+ * how many times it died. */
+static guint
+crash_loop (Fixture *f, const gchar *ini_path, guint max)
+{
+  guint deaths = 0;
+
+  for (guint i = 0; i < max; i++) {
+    g_autoptr (GError) error = NULL;
+    g_autoptr (GSubprocess) p =
+        g_subprocess_new (G_SUBPROCESS_FLAGS_STDERR_SILENCE, &error, g_getenv ("CRUNCHD"),
+                          "--config", ini_path, "--listen", "127.0.0.1:0", NULL);
+    gint64 until = g_get_monotonic_time () + (gint64)(1.5 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+
+    g_assert_no_error (error);
+    /* an identifier until it has exited (and been reaped) */
+    while (g_get_monotonic_time () < until && g_subprocess_get_identifier (p) != NULL)
+      g_usleep (20000);
+    if (g_subprocess_get_identifier (p) == NULL) {
+      deaths++;
+      continue;
+    }
+    g_subprocess_send_signal (p, SIGTERM);
+    g_subprocess_wait (p, NULL, NULL);
+    return deaths;
+  }
+  return deaths;
+}
+
+/* A job that takes crunchd down (a plugin crashing in a worker thread) is run again after each
+ * restart until it has been found running [jobs] max_crashes times; then it fails as poison and
+ * the server stays up. */
+static void
+test_poison (Fixture *f, gconstpointer data)
+{
+  g_autofree gchar *ini = ini_for (f, "[jobs]\nmax_crashes = 2\n");
+  g_autofree gchar *ini_path = g_build_filename (f->dir, "crunchd.ini", NULL);
+  TestServer *s = start (f, "[jobs]\nmax_crashes = 2\n");
+  g_autofree gchar *ok = submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01}}", NULL);
+  g_autofree gchar *poison = NULL;
+  g_autoptr (JsonObject) o = NULL, good = NULL;
+  static const gchar *const key[] = {"Idempotency-Key: poison-1", NULL};
+  g_autoptr (TestReply) r = NULL;
+  guint deaths;
+
+  g_assert_true (g_file_set_contents (ini_path, ini, -1, NULL));
+  g_usleep (200000);
+  /* its 202 may or may not get out before the crash: the key finds it again */
+  g_clear_pointer (&r, test_reply_free);
+  r = call (s, "POST", "/jobs", key, "{\"fn\": \"crash\", \"args\": {\"n\": 1}}");
+  g_test_message ("POST /jobs of the poison job: %ld", r->status);
+  while (g_subprocess_get_identifier (s->proc) != NULL) /* it dies */
+    g_usleep (10000);
+  test_server_stop (s);
+  deaths = crash_loop (f, ini_path, 8);
+  g_test_message ("crunchd died %u more times before the poison job was failed", deaths);
+  g_assert_cmpuint (deaths, >=, 1);
+  g_assert_cmpuint (deaths, <=, 4);
+
+  s = start (f, "[jobs]\nmax_crashes = 2\n");
+  poison = submit (s, "{\"fn\": \"crash\", \"args\": {\"n\": 1}}", key);
+  o = describe (s, poison);
+  g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "failed");
+  g_assert_nonnull (strstr (json_object_get_string_member (o, "error"), "poison"));
+  g_assert_cmpint (json_object_get_int_member (o, "crashes"), ==, 2);
+  good = describe (s, ok); /* the job done before is still there */
+  g_assert_cmpstr (json_object_get_string_member (good, "state"), ==, "done");
+  test_server_stop (s);
+}
+
+static void
+test_idempotency (Fixture *f, gconstpointer data)
+{
+  static const gchar *const key_a[] = {"Idempotency-Key: order-17", NULL};
+  static const gchar *const bad_key[] = {"Idempotency-Key: \x01", NULL};
+  TestServer *s = start (f, "");
+  g_autofree gchar *first = submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01}}", key_a);
+  /* the same call, written differently: the same job */
+  g_autofree gchar *again =
+      submit (s, "{ \"args\": {\"seconds\": 0.010}, \"fn\": \"spin\" }", key_a);
+  g_autoptr (TestReply) other =
+      call (s, "POST", "/jobs", key_a, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.02}}");
+  g_autoptr (TestReply) bad =
+      call (s, "POST", "/jobs", bad_key, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.02}}");
+  g_autofree gchar *after = NULL;
+  g_autoptr (JsonObject) o = NULL;
+  g_autoptr (GPtrArray) jobs = g_ptr_array_new ();
+  g_autoptr (GHashTable) states = NULL;
+
+  g_assert_cmpstr (first, ==, again);
+  g_assert_cmpint (other->status, ==, 422);
+  g_assert_nonnull (strstr (other->body, "Idempotency-Key was used for a different request"));
+  g_assert_cmpint (bad->status, ==, 400);
+  g_ptr_array_add (jobs, first);
+  g_clear_pointer (&states, g_hash_table_unref);
+  states = wait_all_finished (s, jobs, 10); /* done before the stop: not interrupted */
+  g_assert_cmpint (test_server_stop (s), ==, 0);
+
+  s = start (f, ""); /* the key outlives a restart */
+  after = submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01}}", key_a);
+  g_assert_cmpstr (after, ==, first);
+  o = describe (s, after);
+  g_assert_cmpint (json_object_get_int_member (o, "attempts"), ==, 1); /* it ran once */
+  test_server_stop (s);
+}
+
+/* [jobs] max_database_size reached: POST /jobs gets 503 with the reason, the server goes on,
+ * and /metrics counts it. */
+static void
+test_full (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "[jobs]\nmax_database_size = 1\n");
+  g_autofree gchar *text = g_strnfill (200000, 'x');
+  g_autofree gchar *body =
+      g_strdup_printf ("{\"fn\": \"length\", \"args\": {\"s\": \"%s\"}}", text);
+  g_autoptr (TestReply) fast = NULL, metrics = NULL;
+  guint accepted = 0;
+  gboolean refused = FALSE;
+
+  for (guint i = 0; i < 40 && !refused; i++) {
+    g_autoptr (TestReply) r = call (s, "POST", "/jobs", NULL, body);
+    if (r->status == 202) {
+      accepted++;
+      continue;
+    }
+    g_assert_cmpint (r->status, ==, 503);
+    g_assert_nonnull (strstr (r->body, "the job store could not record the job"));
+    g_assert_nonnull (strstr (r->body, "full"));
+    g_assert_nonnull (g_hash_table_lookup (r->headers, "retry-after"));
+    refused = TRUE;
+  }
+  g_test_message ("%u jobs of 200 kB fitted in 1 MiB", accepted);
+  g_assert_true (refused);
+  g_assert_cmpuint (accepted, >=, 1);
+  fast = call (s, "GET", "/fast", NULL, NULL);
+  g_assert_cmpint (fast->status, ==, 200);
+  metrics = call (s, "GET", "/metrics", NULL, NULL);
+  g_assert_nonnull (strstr (metrics->body, "reason=\"store_error\",status=\"503\"} 1"));
+  g_assert_null (strstr (metrics->body, "crunchd_store_errors_total 0\n"));
+  test_server_stop (s);
+}
+
+/* Exit 78 and a message naming the file; the file is left as it was. */
+static void
+assert_refused (Fixture *f, const gchar *why)
+{
+  g_autofree gchar *ini = ini_for (f, "");
+  g_autofree gchar *ini_path = g_build_filename (f->dir, "crunchd.ini", NULL);
+  g_autofree gchar *out = NULL, *err = NULL;
+  gint status;
+
+  g_assert_true (g_file_set_contents (ini_path, ini, -1, NULL));
+  status = test_run_crunchd (
+      (const gchar *const[]){"--config", ini_path, "--listen", "127.0.0.1:0", NULL}, &out, &err);
+  g_test_message ("%s", err);
+  g_assert_cmpint (status, ==, 78);
+  g_assert_nonnull (strstr (err, f->db));
+  g_assert_nonnull (strstr (err, why));
+}
+
+static void
+test_damaged (Fixture *f, gconstpointer data)
+{
+  g_autofree gchar *garbage = g_strnfill (8192, 'J');
+  g_autofree gchar *kept = NULL;
+  gsize len;
+
+  g_assert_true (g_file_set_contents (f->db, garbage, -1, NULL));
+  assert_refused (f, "not a database");
+  g_assert_true (g_file_get_contents (f->db, &kept, &len, NULL));
+  g_assert_cmpmem (kept, len, garbage, strlen (garbage)); /* never started empty over it */
+}
+
+static void
+test_foreign (Fixture *f, gconstpointer data)
+{
+  /* an SQLite file of some other program */
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GSubprocess) p = g_subprocess_new (
+      G_SUBPROCESS_FLAGS_NONE, &error, "python3", "-c",
+      "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
+      f->db, "CREATE TABLE accounts (id INTEGER)", NULL);
+
+  g_assert_no_error (error);
+  g_assert_true (g_subprocess_wait_check (p, NULL, NULL));
+  assert_refused (f, "not a crunchd job database");
+}
+
+static void
+test_in_use (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "");
+
+  assert_refused (f, "in use by another process");
+  test_server_stop (s);
+}
+
+static void
+test_max_result_size (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "[jobs]\nmax_result_size = 3\n");
+  g_autofree gchar *small = submit (s, "{\"fn\": \"length\", \"args\": {\"s\": \"abc\"}}", NULL);
+  g_autofree gchar *big = NULL;
+  g_autoptr (JsonObject) o = NULL, p = NULL;
+  g_autoptr (GPtrArray) jobs = g_ptr_array_new ();
+  g_autoptr (GHashTable) states = NULL;
+
+  g_autofree gchar *text = g_strnfill (1000, 'x');
+  g_autofree gchar *body =
+      g_strdup_printf ("{\"fn\": \"length\", \"args\": {\"s\": \"%s\"}}", text);
+
+  big = submit (s, body, NULL); /* "1000": 4 bytes */
+  g_ptr_array_add (jobs, small);
+  g_ptr_array_add (jobs, big);
+  states = wait_all_finished (s, jobs, 10);
+  o = describe (s, big);
+  g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "failed");
+  g_assert_nonnull (strstr (json_object_get_string_member (o, "error"), "max_result_size"));
+  p = describe (s, small);
+  g_assert_cmpstr (json_object_get_string_member (p, "state"), ==, "done");
+  test_server_stop (s);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+#define ADD(path, fn) g_test_add (path, Fixture, NULL, fixture_set_up, fn, fixture_tear_down)
+  ADD ("/durable/kill9-200-in-flight", test_kill9);
+  ADD ("/durable/sigterm-200-in-flight", test_sigterm);
+  ADD ("/durable/poison", test_poison);
+  ADD ("/durable/idempotency", test_idempotency);
+  ADD ("/durable/full-database", test_full);
+  ADD ("/durable/damaged-file", test_damaged);
+  ADD ("/durable/foreign-file", test_foreign);
+  ADD ("/durable/in-use", test_in_use);
+  ADD ("/durable/max-result-size", test_max_result_size);
+  return g_test_run ();
+}
