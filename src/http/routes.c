@@ -3,10 +3,26 @@
 
 #include <string.h>
 
+#include "describe.h"
+
 static CrunchReply
 fast_hello (const CrunchRequestInfo *request, gpointer context)
 {
   return crunch_reply_static (200, "Hello!", CRUNCH_TEXT_PLAIN);
+}
+
+/* GET /fn: the registered functions, their arguments and bounds. */
+static CrunchReply
+fast_functions (const CrunchRequestInfo *request, gpointer context)
+{
+  return crunch_reply_bytes (200, crunch_describe_functions (), "application/json");
+}
+
+/* GET /openapi.json: the API, generated from the same registry. */
+static CrunchReply
+fast_openapi (const CrunchRequestInfo *request, gpointer context)
+{
+  return crunch_reply_bytes (200, crunch_describe_openapi (), "application/json");
 }
 
 #define GET_HEAD (CRUNCH_METHOD_GET | CRUNCH_METHOD_HEAD)
@@ -14,6 +30,7 @@ fast_hello (const CrunchRequestInfo *request, gpointer context)
 static const CrunchRoute routes[] = {
     {"/fast", GET_HEAD, CRUNCH_LANE_FAST, fast_hello, NULL},
     {"/fib/", GET_HEAD, CRUNCH_LANE_COMPUTE, NULL, "fib"},
+    {"/fn", GET_HEAD, CRUNCH_LANE_FAST, fast_functions, NULL},
     {"/fn/", GET_HEAD | CRUNCH_METHOD_POST, CRUNCH_LANE_COMPUTE, NULL, NULL},
     {"/jobs", CRUNCH_METHOD_POST, CRUNCH_LANE_JOBS, NULL, "submit"},
     {"/jobs/*", GET_HEAD, CRUNCH_LANE_JOBS, NULL, "describe"},
@@ -25,6 +42,7 @@ static const CrunchRoute routes[] = {
     {"/status", GET_HEAD, CRUNCH_LANE_OPS, NULL, "status"},
     {"/status/", GET_HEAD, CRUNCH_LANE_OPS, NULL, "status-asset"},
     {"/status.json", GET_HEAD, CRUNCH_LANE_OPS, NULL, "status.json"},
+    {"/openapi.json", GET_HEAD, CRUNCH_LANE_FAST, fast_openapi, NULL},
 };
 
 guint
