@@ -43,6 +43,7 @@ typedef struct {
 } Crunchd;
 
 #define STATUS_INTERVAL_MS 1000
+#define DRAIN_POLL_MS 20
 
 /* systemctl status shows this line: live figures, sent only when they change. */
 static gchar *
@@ -187,11 +188,19 @@ on_reload (gpointer data)
   return G_SOURCE_CONTINUE;
 }
 
+/* Every request has its answer; asynchronous jobs still running get the rest of
+ * shutdown_timeout too (the timer cancels them), then the loop ends. */
 static gboolean
 on_drained (gpointer data)
 {
   Crunchd *app = data;
+  CrunchSchedulerStats stats;
 
+  crunch_scheduler_get_stats (app->scheduler, &stats);
+  if (stats.running > 0) {
+    g_timeout_add (DRAIN_POLL_MS, on_drained, app);
+    return G_SOURCE_REMOVE;
+  }
   g_main_loop_quit (app->loop);
   return G_SOURCE_REMOVE;
 }

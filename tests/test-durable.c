@@ -184,6 +184,33 @@ test_sigterm (Fixture *f, gconstpointer data)
   test_server_stop (s);
 }
 
+/* SIGTERM lets a running async job finish within shutdown_timeout, as it does a synchronous
+ * request: after the restart it is done, and ran once. */
+static void
+test_sigterm_lets_running_finish (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "[server]\nshutdown_timeout = 10\n");
+  g_autofree gchar *job =
+      submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.5, \"grain\": 10}}", NULL);
+  g_autoptr (JsonObject) o = NULL;
+  gint64 t0;
+
+  for (;;) { /* running */
+    g_autoptr (JsonObject) d = describe (s, job);
+    if (g_str_equal (json_object_get_string_member (d, "state"), "running"))
+      break;
+    g_usleep (10000);
+  }
+  t0 = g_get_monotonic_time ();
+  g_assert_cmpint (test_server_stop (s), ==, 0);
+  g_test_message ("stopped after %.3f s", (g_get_monotonic_time () - t0) / 1e6);
+  s = start (f, "");
+  o = describe (s, job);
+  g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "done");
+  g_assert_cmpint (json_object_get_int_member (o, "attempts"), ==, 1);
+  test_server_stop (s);
+}
+
 /* Runs crunchd until it stays up for a second (it crashes while its poison job runs); returns
  * how many times it died. */
 static guint
@@ -414,6 +441,7 @@ main (int argc, char **argv)
 #define ADD(path, fn) g_test_add (path, Fixture, NULL, fixture_set_up, fn, fixture_tear_down)
   ADD ("/durable/kill9-200-in-flight", test_kill9);
   ADD ("/durable/sigterm-200-in-flight", test_sigterm);
+  ADD ("/durable/sigterm-lets-running-finish", test_sigterm_lets_running_finish);
   ADD ("/durable/poison", test_poison);
   ADD ("/durable/idempotency", test_idempotency);
   ADD ("/durable/full-database", test_full);
