@@ -85,11 +85,20 @@ load_config (Crunchd *app, GError **error)
   return g_steal_pointer (&config);
 }
 
+/* After a crash, while the jobs it interrupted run again, local threads run one job at a time:
+ * should it happen again, the crash is pinned on the one job that was running (jobs.c). */
+static gboolean
+one_at_a_time (const Crunchd *app, const CrunchConfig *config)
+{
+  return app->jobs != NULL && g_str_equal (config->backend, "local") &&
+         crunch_jobs_recovering (app->jobs);
+}
+
 static CrunchSchedulerSettings
-scheduler_settings (const CrunchConfig *config)
+scheduler_settings (const Crunchd *app, const CrunchConfig *config)
 {
   return (CrunchSchedulerSettings){
-      .threads = crunch_config_effective_threads (config),
+      .threads = one_at_a_time (app, config) ? 1 : crunch_config_effective_threads (config),
       .queue_limit = config->queue_limit,
       .per_client_limit = config->per_client_limit,
       .coalesce = config->coalesce,
@@ -107,7 +116,7 @@ apply_live_settings (Crunchd *app, const CrunchConfig *config)
   crunch_metrics_set_enabled (config->metrics_enabled);
   crunch_functions_configure (config);
   if (app->scheduler != NULL) {
-    CrunchSchedulerSettings settings = scheduler_settings (config);
+    CrunchSchedulerSettings settings = scheduler_settings (app, config);
     crunch_scheduler_configure (app->scheduler, &settings);
   }
   if (app->server != NULL)
@@ -376,17 +385,39 @@ open_store (const CrunchConfig *config, GError **error)
   return store;
 }
 
-/* The jobs API over its store, rebuilt from it; FALSE (error set) if the store is unusable. */
+/* Main loop: the jobs recovered after a crash are done; every thread works again. */
+static gboolean
+on_recovered (gpointer data)
+{
+  Crunchd *app = data;
+  CrunchSchedulerSettings settings = scheduler_settings (app, app->config);
+
+  g_message ("jobs: the recovered jobs are done; back to %u worker thread(s)", settings.threads);
+  crunch_scheduler_configure (app->scheduler, &settings);
+  return G_SOURCE_REMOVE;
+}
+
+/* The jobs API over its store, rebuilt from it and resumed; FALSE (error set) if the store is
+ * unusable. */
 static gboolean
 start_jobs (Crunchd *app, GError **error)
 {
   CrunchStore *store = open_store (app->config, error);
+  CrunchSchedulerSettings settings;
 
   if (store == NULL && *error != NULL)
     return FALSE;
   app->store = store;
   app->jobs = crunch_jobs_new (app->calls, app->config, store);
-  return crunch_jobs_recover (app->jobs, error);
+  if (!crunch_jobs_recover (app->jobs, error))
+    return FALSE;
+  if (one_at_a_time (app, app->config)) {
+    g_message ("jobs: after a crash, one job at a time until the recovered jobs are done");
+    settings = scheduler_settings (app, app->config);
+    crunch_scheduler_configure (app->scheduler, &settings);
+  }
+  crunch_jobs_resume (app->jobs, on_recovered, app);
+  return TRUE;
 }
 
 /* After the main loop: the server drained, in the order that answers everything once. */
@@ -415,7 +446,7 @@ run (Crunchd *app)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (GArray) fds = crunch_service_listen_fds ();
-  CrunchSchedulerSettings settings = scheduler_settings (app->config);
+  CrunchSchedulerSettings settings = scheduler_settings (app, app->config);
   gboolean nats = g_str_equal (app->config->backend, "nats");
 
   /* one MHD daemon, with its own connection limit, per listening socket */

@@ -10,7 +10,8 @@
  *   g_thread_pool_push + worker   release on the item when pushed, acquire when a worker gets it;
  *   g_thread_pool_free            acquire what every worker released after its last item;
  *   g_async_queue_push + pop      release on the item when pushed, acquire when it is popped
- *                                 (child.c's spawn requests, stdio-worker.c's calls);
+ *   (and try_pop)                 (child.c's spawn requests, stdio-worker.c's calls, the job
+ *                                 store's writes);
  *   g_idle_add + callback         release on the data when added, acquire when it runs;
  *   g_bytes_unref, g_variant_unref, g_atomic_rc_box_release_full  an acquire-release on the
  *                                 object, as the atomic count does.
@@ -138,6 +139,17 @@ g_async_queue_pop (GAsyncQueue *queue)
   gpointer data = real_g_async_queue_pop (queue);
 
   __tsan_acquire (data);
+  return data;
+}
+
+gpointer
+g_async_queue_try_pop (GAsyncQueue *queue)
+{
+  REAL (g_async_queue_try_pop);
+  gpointer data = real_g_async_queue_try_pop (queue);
+
+  if (data != NULL)
+    __tsan_acquire (data);
   return data;
 }
 

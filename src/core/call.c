@@ -147,12 +147,15 @@ crunch_call_submit (CrunchCall *call)
 {
   CrunchCalls *calls = call->calls;
   CrunchParkedEntry *watch;
+  CrunchTicket *ticket;
 
   g_return_if_fail (call->verdict == CRUNCH_ADMIT_OK && call->ticket == NULL);
-  call->ticket = crunch_ticket_new (call->spec.fn, call->args, call->client, call->spec.deadline_us,
-                                    on_answered, call);
+  ticket = crunch_ticket_new (call->spec.fn, call->args, call->client, call->spec.deadline_us,
+                              on_answered, call);
   if (call->spec.started != NULL)
-    call->ticket->started = on_started;
+    ticket->started = on_started;
+  /* published whole: the jobs API reads it from other threads (crunch_call_ticket()) */
+  g_atomic_pointer_set (&call->ticket, ticket);
   crunch_metrics_job_event (call->spec.fn, CRUNCH_JOB_EVENT_SUBMITTED);
   watch =
       crunch_parked_add (calls->watcher, call->spec.watch_fd, call->spec.deadline_us, call->ticket);
@@ -164,8 +167,10 @@ crunch_call_submit (CrunchCall *call)
 void
 crunch_call_cancel (CrunchCall *call, CrunchJobOutcome why)
 {
-  if (call->ticket != NULL)
-    crunch_scheduler_abandon (call->calls->scheduler, call->ticket, why);
+  CrunchTicket *ticket = g_atomic_pointer_get (&call->ticket);
+
+  if (ticket != NULL)
+    crunch_scheduler_abandon (call->calls->scheduler, ticket, why);
 }
 
 CrunchCall *
@@ -223,12 +228,13 @@ crunch_call_refusal (CrunchCall *call)
 const CrunchTicket *
 crunch_call_ticket (CrunchCall *call)
 {
-  return call->ticket;
+  return g_atomic_pointer_get (&call->ticket);
 }
 
 gboolean
 crunch_call_running (CrunchCall *call)
 {
-  return call->ticket != NULL &&
-         crunch_scheduler_ticket_running (call->calls->scheduler, call->ticket);
+  CrunchTicket *ticket = g_atomic_pointer_get (&call->ticket);
+
+  return ticket != NULL && crunch_scheduler_ticket_running (call->calls->scheduler, ticket);
 }

@@ -22,9 +22,10 @@
  * through it: POST /jobs answers 202 only once the job is on disk (the connection is parked
  * meanwhile), the start of each run and the outcome follow. A job found unfinished at start runs
  * again (attempts counts the runs); one found *running* counts a crash, and at [jobs]
- * max_crashes it fails as poison instead of taking the server down again. After a crash, local
- * threads wait for the store before each job (crunch_executor_set_gate()) until the recovered
- * jobs are done, so a job that crashes the process at once is on disk as running when it does.
+ * max_crashes it fails as poison instead of taking the server down again. After a crash, until
+ * the recovered jobs are done, main.c runs one job at a time and local threads pass a gate
+ * (crunch_executor_set_gate(): the serial mutex, then the store's barrier) before each job, so
+ * the one job running when the process dies is the only one on disk as running.
  * A stop by SIGTERM puts interrupted jobs back as queued: no crash is counted.
  *
  * An entry lives from submit() until it is deleted or, once finished, until [jobs] ttl has
@@ -49,14 +50,17 @@
 struct CrunchJobs {
   GMutex lock;
   CrunchCalls *calls;
-  CrunchStore *store;  /* NULL: memory only */
-  GHashTable *entries; /* id -> Entry* (owned) */
-  GQueue finished;     /* Entry*, oldest first */
-  GHashTable *held;    /* client -> entries it holds (GUINT_TO_POINTER) */
-  GHashTable *keys;    /* "client\nIdempotency-Key" -> Entry* */
-  GQueue backlog;      /* recovered Entry* waiting for admission, oldest first */
-  guint backlog_timer; /* main loop source retrying the backlog, 0 = none */
-  gint careful;        /* recovered jobs after a crash still unfinished (atomic) */
+  CrunchStore *store;    /* NULL: memory only */
+  GHashTable *entries;   /* id -> Entry* (owned) */
+  GQueue finished;       /* Entry*, oldest first */
+  GHashTable *held;      /* client -> entries it holds (GUINT_TO_POINTER) */
+  GHashTable *keys;      /* "client\nIdempotency-Key" -> Entry* */
+  GQueue backlog;        /* recovered Entry* waiting for admission, oldest first */
+  guint backlog_timer;   /* main loop source retrying the backlog, 0 = none */
+  gint careful;          /* recovered jobs after a crash still unfinished (atomic) */
+  GMutex serial;         /* held by the one job running while careful (gate_enter()) */
+  GSourceFunc recovered; /* main loop, once careful is back to 0 */
+  gpointer recovered_data;
   gint64 ttl_us;
   guint max_stored, max_per_client, max_result_size, max_crashes;
 };
@@ -117,13 +121,28 @@ entry_free (gpointer data)
   g_free (entry);
 }
 
-static void
-gate_wait (gpointer data)
+/* A local worker thread, before a job runs. After a crash (until the recovered jobs are done)
+ * jobs pass one at a time, and each runs only once everything written before it is on disk: its
+ * own start, and the end of the one before (written when that one's `finished` callback
+ * returned, just before gate_leave()). A crash is then pinned on the one job running. */
+static gboolean
+gate_enter (gpointer data)
 {
   CrunchJobs *self = data;
 
-  if (g_atomic_int_get (&self->careful) > 0)
-    crunch_store_barrier (self->store);
+  if (g_atomic_int_get (&self->careful) == 0)
+    return FALSE;
+  g_mutex_lock (&self->serial);
+  crunch_store_barrier (self->store);
+  return TRUE;
+}
+
+static void
+gate_leave (gpointer data)
+{
+  CrunchJobs *self = data;
+
+  g_mutex_unlock (&self->serial);
 }
 
 CrunchJobs *
@@ -132,6 +151,7 @@ crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *st
   CrunchJobs *self = g_new0 (CrunchJobs, 1);
 
   g_mutex_init (&self->lock);
+  g_mutex_init (&self->serial);
   self->calls = calls;
   self->store = store;
   self->entries = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, entry_free);
@@ -141,7 +161,7 @@ crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *st
   g_queue_init (&self->backlog);
   crunch_jobs_configure (self, config);
   if (store != NULL)
-    crunch_executor_set_gate (gate_wait, self);
+    crunch_executor_set_gate (gate_enter, gate_leave, self);
   return self;
 }
 
@@ -164,6 +184,10 @@ crunch_jobs_cancel_all (CrunchJobs *self)
   GHashTableIter iter;
   gpointer value;
 
+  /* the store thread's callbacks (admitting and submitting new jobs) are done: every job is
+   * either submitted (cancelled below) or refused */
+  if (self->store != NULL)
+    crunch_store_barrier (self->store);
   g_mutex_lock (&self->lock);
   g_hash_table_iter_init (&iter, self->entries);
   while (g_hash_table_iter_next (&iter, NULL, &value)) {
@@ -185,13 +209,14 @@ crunch_jobs_free (CrunchJobs *self)
   if (self->backlog_timer != 0)
     g_source_remove (self->backlog_timer);
   if (self->store != NULL)
-    crunch_executor_set_gate (NULL, NULL);
+    crunch_executor_set_gate (NULL, NULL, NULL);
   crunch_store_free (self->store); /* every write made so far reaches the disk */
   g_queue_clear (&self->finished);
   g_queue_clear (&self->backlog);
   g_hash_table_unref (self->entries);
   g_hash_table_unref (self->held);
   g_hash_table_unref (self->keys);
+  g_mutex_clear (&self->serial);
   g_mutex_clear (&self->lock);
   g_free (self);
 }
@@ -258,10 +283,13 @@ static void
 finish_locked (CrunchJobs *self, Entry *entry)
 {
   entry->t_done = g_get_monotonic_time ();
-  g_queue_push_tail (&self->finished, entry);
+  /* an interrupted job is not finished: never purged, it runs again after the restart */
+  if (!entry->interrupted)
+    g_queue_push_tail (&self->finished, entry);
   if (entry->careful) {
     entry->careful = FALSE;
-    g_atomic_int_add (&self->careful, -1);
+    if (g_atomic_int_dec_and_test (&self->careful) && self->recovered != NULL)
+      g_idle_add (self->recovered, self->recovered_data);
   }
   if (self->store == NULL)
     return;
@@ -703,10 +731,9 @@ idempotent_locked (CrunchJobs *self, const gchar *key, const gchar *hash, Crunch
     *reply = crunch_reply_text (409, "a request with this Idempotency-Key is still being "
                                      "accepted: retry in a moment");
   else if (!g_str_equal (entry->body_hash, hash))
-    *reply = crunch_reply_text (422,
-                                "this Idempotency-Key was used for a different request (job %s): "
-                                "use a new key for a new job",
-                                entry->id);
+    /* not the job's id: it is a capability, and the key may have been guessed */
+    *reply = crunch_reply_text (422, "this Idempotency-Key was used for a different request: "
+                                     "use a new key for a new job");
   else
     *reply = accepted_locked (entry);
   return TRUE;
@@ -742,8 +769,16 @@ static CrunchReply
 store_new_locked (CrunchJobs *self, Entry *entry, const CrunchRequestInfo *info)
 {
   CrunchStoredJob record = record_of (entry, CRUNCH_STORED_QUEUED);
+  CrunchReply reply;
 
   entry->later = info->defer (info->request); /* parked before the work is handed over */
+  if (entry->later == NULL) {                 /* the server is stopping */
+    g_hash_table_remove (self->entries, entry->id);
+    crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
+    reply = crunch_reply_text (503, "server is shutting down");
+    reply.close = TRUE;
+    return reply;
+  }
   crunch_store_put (self->store, &record, on_stored, entry);
   return crunch_reply_later ();
 }
@@ -883,7 +918,9 @@ static void
 recover_unfinished_locked (CrunchJobs *self, Entry *entry, const CrunchStoredJob *r,
                            gboolean clean_stop, guint *counts)
 {
-  entry->crashes = r->crashes + (r->state == CRUNCH_STORED_RUNNING);
+  /* found running after a crash: counted (after a clean stop a running record is only a write
+   * that failed) */
+  entry->crashes = r->crashes + (r->state == CRUNCH_STORED_RUNNING && !clean_stop);
   if (entry->crashes >= self->max_crashes) {
     fail_recovered_locked (
         self, entry,
@@ -959,7 +996,7 @@ rebuild_locked (CrunchJobs *self, GPtrArray *records, gboolean clean_stop, guint
     if (r->idempotency_key != NULL && r->body_hash != NULL) {
       entry->key = g_strconcat (r->client, "\n", r->idempotency_key, NULL);
       entry->body_hash = g_strdup (r->body_hash);
-      g_hash_table_insert (self->keys, entry->key, entry);
+      g_hash_table_replace (self->keys, entry->key, entry); /* the table keeps this key string */
     }
     if (r->state != CRUNCH_STORED_FINISHED) {
       recover_unfinished_locked (self, entry, r, clean_stop, counts);
@@ -995,8 +1032,23 @@ crunch_jobs_recover (CrunchJobs *self, GError **error)
   if (records->len > 0)
     g_message ("jobs: %u finished kept, %u to run again, %u failed%s", counts[0], counts[1],
                counts[2], clean_stop ? "" : " (the last stop was not clean)");
-  pump_backlog (self);
   return TRUE;
+}
+
+gboolean
+crunch_jobs_recovering (CrunchJobs *self)
+{
+  return g_atomic_int_get (&self->careful) > 0;
+}
+
+void
+crunch_jobs_resume (CrunchJobs *self, GSourceFunc recovered, gpointer data)
+{
+  g_mutex_lock (&self->lock);
+  self->recovered = recovered;
+  self->recovered_data = data;
+  g_mutex_unlock (&self->lock);
+  pump_backlog (self);
 }
 
 /* ---- the other verbs ---- */

@@ -16,9 +16,15 @@ typedef struct CrunchJobs CrunchJobs;
 
 /* `store` (taken; NULL: jobs live in memory only) keeps jobs across restarts. */
 CrunchJobs *crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *store);
-/* Rebuilds the jobs from the store and runs the unfinished ones again; FALSE (and an error that
- * names the file) if the store cannot be read. Before serving. */
+/* Rebuilds the jobs from the store; FALSE (and an error that names the file) if the store
+ * cannot be read. Before serving. */
 gboolean crunch_jobs_recover (CrunchJobs *self, GError **error);
+/* Whether jobs recovered after an unclean stop (a crash) are still unfinished: while they are,
+ * the caller runs one job at a time, so that a crash is pinned on the one job that caused it. */
+gboolean crunch_jobs_recovering (CrunchJobs *self);
+/* Starts the recovered jobs again; `recovered` runs on the main loop once no recovered job is left
+ * unfinished (if crunch_jobs_recovering() was TRUE). */
+void crunch_jobs_resume (CrunchJobs *self, GSourceFunc recovered, gpointer data);
 void crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config);
 /* Cancels every unfinished job (the server is stopping); their outcomes arrive later. */
 void crunch_jobs_cancel_all (CrunchJobs *self);

@@ -155,15 +155,18 @@ crunch_worker_thread_prepare (gint nice, CrunchWorkerPolicy policy)
 }
 
 static struct {
-  void (*wait) (gpointer data);
+  gboolean (*enter) (gpointer data);
+  void (*leave) (gpointer data);
   gpointer data;
 } gate;
 
 void
-crunch_executor_set_gate (void (*wait) (gpointer data), gpointer data)
+crunch_executor_set_gate (gboolean (*enter) (gpointer data), void (*leave) (gpointer data),
+                          gpointer data)
 {
+  gate.leave = leave;
   gate.data = data;
-  __atomic_store_n (&gate.wait, wait, __ATOMIC_RELEASE);
+  __atomic_store_n (&gate.enter, enter, __ATOMIC_RELEASE);
 }
 
 static void
@@ -171,15 +174,15 @@ local_worker (gpointer data, gpointer user_data)
 {
   CrunchJob *job = data;
   LocalExecutor *self = user_data;
-  void (*wait) (gpointer) = __atomic_load_n (&gate.wait, __ATOMIC_ACQUIRE);
-
-  if (wait != NULL)
-    wait (gate.data);
+  gboolean (*enter) (gpointer) = __atomic_load_n (&gate.enter, __ATOMIC_ACQUIRE);
+  gboolean held = enter != NULL && enter (gate.data);
 
   crunch_worker_thread_prepare (g_atomic_int_get (&self->nice),
                                 (CrunchWorkerPolicy)g_atomic_int_get (&self->policy));
   crunch_job_run (job);
   self->parent.finished (job, self->parent.finished_data);
+  if (held)
+    gate.leave (gate.data);
   crunch_job_unref (job);
 }
 

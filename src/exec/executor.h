@@ -51,10 +51,12 @@ gboolean crunch_job_cancel (CrunchJob *job, CrunchJobOutcome reason);
 void crunch_job_run (CrunchJob *job);
 const gchar *crunch_job_outcome_name (CrunchJobOutcome outcome);
 
-/* A wait every job run by local threads passes just before it runs (NULL: none). The jobs API
- * installs it with a durable store: after a crash, the start of a job is on disk before the job
- * can take the process down again. */
-void crunch_executor_set_gate (void (*gate) (gpointer data), gpointer data);
+/* A gate every job run by local threads passes (NULL: none): enter() just before it runs,
+ * and, when enter() returned TRUE, leave() once its `finished` callback has returned. The jobs
+ * API installs it with a durable store: after a crash, jobs pass one at a time, each with its
+ * start on disk and the previous one's end written before it runs. */
+void crunch_executor_set_gate (gboolean (*enter) (gpointer data), void (*leave) (gpointer data),
+                               gpointer data);
 
 /* How worker threads are scheduled against the polling thread ([executor] policy). */
 typedef enum {

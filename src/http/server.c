@@ -438,12 +438,26 @@ later_answer (CrunchLater *later, CrunchReply *reply)
 
 /* CrunchRequestInfo.defer: parked like a compute request, and counted in flight so that a drain
  * waits for its answer. */
+static void
+leave_flight (CrunchServer *server)
+{
+  if (g_atomic_int_dec_and_test (&server->in_flight) && g_atomic_int_get (&server->draining) &&
+      g_atomic_int_compare_and_exchange (&server->drained_fired, 0, 1))
+    g_idle_add (server->drained, server->drained_data);
+}
+
 static CrunchLater *
 request_defer (gpointer data)
 {
   CrunchRequest *req = data;
 
+  /* counted first, then the drain looked at (both sequentially consistent, as in drain()): either
+   * the drain waits for us, or we see it and refuse (NULL) */
   g_atomic_int_inc (&req->server->in_flight);
+  if (g_atomic_int_get (&req->server->draining)) {
+    leave_flight (req->server);
+    return NULL;
+  }
   req->in_flight = TRUE;
   req->deferred = TRUE;
   req->later.answer = later_answer;
@@ -457,9 +471,12 @@ request_defer (gpointer data)
 static enum MHD_Result
 respond_later (CrunchRequest *req)
 {
+  CrunchReply reply = req->later_reply;
+
+  req->later_reply = (CrunchReply){0};
   set_suspended (req, FALSE);
   crunch_conns_request_parked (req->conn, FALSE);
-  return respond_reply (req, &req->later_reply);
+  return respond_reply (req, &reply);
 }
 
 /* The fast, ops and jobs lanes: the row's handler, resolved by the lane's owner. */
@@ -730,11 +747,9 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
   set_suspended (req, FALSE);
   __atomic_add_fetch (&server->served, 1, __ATOMIC_RELAXED);
   g_clear_pointer (&req->call, crunch_call_unref);
-  if (req->in_flight) {
-    if (g_atomic_int_dec_and_test (&server->in_flight) && g_atomic_int_get (&server->draining) &&
-        g_atomic_int_compare_and_exchange (&server->drained_fired, 0, 1))
-      g_idle_add (server->drained, server->drained_data);
-  }
+  if (req->in_flight)
+    leave_flight (server);
+  crunch_reply_clear (&req->later_reply); /* a deferred reply never sent (the client left) */
   if (req->body != NULL)
     g_byte_array_unref (req->body);
   g_free (req->method);

@@ -291,7 +291,7 @@ crunch_store_sqlite_open (const CrunchSqliteSettings *settings, GError **error)
     /* said */
   } else if (sqlite3_open_v2 (self->path, &self->db, flags, NULL) != SQLITE_OK) {
     fail (error, self, "cannot open it");
-  } else if (set_journal (self, settings, error) && check_file (self, error) &&
+  } else if (check_file (self, error) && set_journal (self, settings, error) &&
              bound_size (self, settings->max_size, error) && prepare (self, error)) {
     self->queue = g_async_queue_new ();
     g_mutex_init (&self->seq_lock);
@@ -328,7 +328,10 @@ column_args (sqlite3_stmt *stmt)
   g_autoptr (GBytes) bytes = column_bytes (stmt, 3);
   GVariant *args;
 
-  if (type == NULL || bytes == NULL || !g_variant_type_string_is_valid (type))
+  /* a definite tuple, or g_variant_new_from_bytes() asserts */
+  if (type == NULL || bytes == NULL || !g_variant_type_string_is_valid (type) ||
+      !g_variant_type_is_definite (G_VARIANT_TYPE (type)) ||
+      !g_variant_type_is_tuple (G_VARIANT_TYPE (type)))
     return NULL;
   args = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE (type), bytes, FALSE));
   if (!g_variant_is_normal_form (args)) {
@@ -360,8 +363,9 @@ read_row (sqlite3_stmt *stmt)
   r->queued_us = sqlite3_column_int64 (stmt, 15);
   r->run_us = sqlite3_column_int64 (stmt, 16);
   r->coalesced = sqlite3_column_int (stmt, 17) != 0;
-  if (r->id == NULL || r->fn == NULL || r->args == NULL || r->client == NULL ||
-      r->state > CRUNCH_STORED_FINISHED ||
+  /* ids go into Location headers and URLs: 32 lower-case hex digits or the row is damaged */
+  if (r->id == NULL || strlen (r->id) != 32 || strspn (r->id, "0123456789abcdef") != 32 ||
+      r->fn == NULL || r->args == NULL || r->client == NULL || r->state > CRUNCH_STORED_FINISHED ||
       (r->state == CRUNCH_STORED_FINISHED && r->outcome == NULL))
     return NULL;
   return g_steal_pointer (&r);
@@ -541,6 +545,10 @@ write_batch (SqliteStore *self, Op **ops, guint n)
       finish_op (self, ops[i], NULL);
     return;
   }
+  if (n == 1) { /* it failed alone: no need to try it again */
+    finish_op (self, ops[0], error);
+    return;
+  }
   for (guint i = 0; i < n; i++) {
     g_clear_error (&error);
     transaction (self, &ops[i], 1, &error);
@@ -573,6 +581,12 @@ store_thread (gpointer data)
       write_batch (self, batch, n);
       publish_done (self, last);
     }
+  }
+  /* writes the last batch's callbacks made after the stop was queued */
+  for (Op *op; (op = g_async_queue_try_pop (self->queue)) != NULL;) {
+    guint64 seq = op->seq;
+    write_batch (self, &op, 1);
+    publish_done (self, seq);
   }
   return NULL;
 }
