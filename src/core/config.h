@@ -39,6 +39,15 @@ typedef struct {
   gdouble shutdown_timeout; /* seconds running jobs get on SIGTERM */
 } CrunchWorkerConfig;
 
+/* [tls]: HTTPS on the public listeners (tls.c). Paths; "" = not set. A relative path is taken
+ * from $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when set, else from the directory of
+ * the configuration file. */
+typedef struct {
+  gchar *certificate; /* PEM: the server's certificate, then its chain */
+  gchar *key;         /* PEM: its private key */
+  gchar *client_ca;   /* PEM: CA certificate(s) client certificates must be signed by */
+} CrunchTlsConfig;
+
 typedef struct {
   gchar *path; /* file it came from, NULL for built-in defaults */
 
@@ -50,6 +59,9 @@ typedef struct {
   guint request_timeout;        /* seconds to complete a request (header and body); 0 = none */
   gdouble shutdown_timeout;     /* seconds running jobs get on SIGTERM */
   guint max_body_size;          /* bytes; larger request bodies get 413 */
+  gchar **trusted_proxies;      /* CIDR blocks whose Forwarded/X-Forwarded-For are believed */
+
+  CrunchTlsConfig tls; /* [tls] */
 
   /* [executor] */
   guint threads;          /* 0 = one per CPU */

@@ -32,6 +32,7 @@
 #include "args.h"
 #include "call.h"
 #include "conns.h"
+#include "forwarded.h"
 #include "headers.h"
 #include "logging.h"
 #include "metrics.h"
@@ -60,6 +61,8 @@ struct CrunchServer {
   gboolean activated;       /* the listen sockets came from systemd */
   GPtrArray *guards;        /* CrunchConns, one per daemon, the ops one included */
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
+  GRWLock proxies_lock;     /* guards proxies: read per request, replaced on reload */
+  CrunchProxies *proxies;   /* [server] trusted_proxies */
   guint max_connections, max_connections_per_ip, connection_timeout;
   guint request_timeout; /* atomic */
   gchar **listen;
@@ -84,8 +87,9 @@ typedef struct {
   gchar *method, *path;
   const gchar *protocol;
   gchar request_id[CRUNCH_REQUEST_ID_MAX + 1];
-  gboolean ops;       /* arrived on the ops daemon */
-  gboolean suspended; /* counted in crunch_metrics_suspended() */
+  gchar client[CRUNCH_ADDRESS_MAX]; /* its address, behind trusted proxies the one they name */
+  gboolean ops;                     /* arrived on the ops daemon */
+  gboolean suspended;               /* counted in crunch_metrics_suspended() */
   const CrunchRoute *route;
   guint64 body_bytes;
   GByteArray *body;   /* up to max_body_size; POST /fn/<name> and /jobs read it */
@@ -235,19 +239,69 @@ on_answered (CrunchCall *call, gpointer data)
   MHD_resume_connection (req->connection);
 }
 
-static gchar *
-client_address (struct MHD_Connection *connection)
+static void
+peer_address (struct MHD_Connection *connection, gchar buf[CRUNCH_ADDRESS_MAX])
 {
   const union MHD_ConnectionInfo *info =
       MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-  gchar buf[INET6_ADDRSTRLEN] = "unknown";
   const struct sockaddr *sa = info ? info->client_addr : NULL;
 
+  g_strlcpy (buf, "unknown", CRUNCH_ADDRESS_MAX);
   if (sa != NULL && sa->sa_family == AF_INET)
-    inet_ntop (AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, sizeof buf);
+    inet_ntop (AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, CRUNCH_ADDRESS_MAX);
   else if (sa != NULL && sa->sa_family == AF_INET6)
-    inet_ntop (AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, sizeof buf);
-  return g_strdup (buf);
+    inet_ntop (AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, CRUNCH_ADDRESS_MAX);
+}
+
+typedef struct {
+  const gchar *name;
+  GString *joined; /* NULL: no such field */
+} JoinedField;
+
+static enum MHD_Result
+join_field (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  JoinedField *f = cls;
+
+  if (g_ascii_strcasecmp (key, f->name) != 0)
+    return MHD_YES;
+  if (f->joined == NULL)
+    f->joined = g_string_new (value);
+  else
+    g_string_append_printf (f->joined, ", %s", value ? value : "");
+  return MHD_YES;
+}
+
+/* Every field `name` of the request, joined with ", " (RFC 9110 5.3), or NULL. */
+static gchar *
+joined_header (struct MHD_Connection *connection, const gchar *name)
+{
+  JoinedField f = {name, NULL};
+
+  MHD_get_connection_values (connection, MHD_HEADER_KIND, join_field, &f);
+  return f.joined != NULL ? g_string_free (f.joined, FALSE) : NULL;
+}
+
+/* The client's address: the peer's, or behind a trusted proxy the one its headers name. */
+static void
+resolve_client (CrunchRequest *req)
+{
+  CrunchServer *server = req->server;
+  gchar peer[CRUNCH_ADDRESS_MAX];
+  g_autofree gchar *forwarded = NULL, *xff = NULL;
+
+  peer_address (req->connection, peer);
+  g_strlcpy (req->client, peer, sizeof req->client);
+  g_rw_lock_reader_lock (&server->proxies_lock);
+  if (crunch_proxies_contains (server->proxies, peer)) {
+    forwarded = joined_header (req->connection, "Forwarded");
+    xff = forwarded == NULL ? joined_header (req->connection, "X-Forwarded-For") : NULL;
+    if (crunch_forwarded_client (server->proxies, peer, forwarded, xff, req->client) ==
+        CRUNCH_FORWARDED_MALFORMED)
+      g_debug ("request %s from trusted proxy %s: unreadable %s header, using the proxy's address",
+               req->request_id, peer, forwarded != NULL ? "Forwarded" : "X-Forwarded-For");
+  }
+  g_rw_lock_reader_unlock (&server->proxies_lock);
 }
 
 /* The fairness key: the configured header's value if the request has one, else the address. */
@@ -261,7 +315,7 @@ client_key (CrunchRequest *req)
                                          req->server->client_key_header);
   if (value != NULL && *value != '\0')
     return g_strdup_printf ("key:%.*s", MAX_HEADER_VALUE, value);
-  return client_address (req->connection);
+  return g_strdup (req->client);
 }
 
 /* The deadline: the function's timeout, or a shorter one the client asks for with
@@ -600,6 +654,7 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
     req->protocol = g_str_equal (version, MHD_HTTP_VERSION_1_0) ? "HTTP/1.0" : "HTTP/1.1";
     crunch_request_id (req->request_id, MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
                                                                      CRUNCH_REQUEST_ID_HEADER));
+    resolve_client (req);
     *req_cls = req;
     return check_request_line (req);
   }
@@ -634,15 +689,13 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
 static void
 log_access (CrunchRequest *req, gint64 duration_us)
 {
-  g_autofree gchar *client = NULL;
   const CrunchTicket *ticket = req->call != NULL ? crunch_call_ticket (req->call) : NULL;
   gboolean ran = ticket != NULL && ticket->t_started != 0;
 
   if (crunch_logging_access_format () == CRUNCH_ACCESS_LOG_OFF)
     return;
-  client = client_address (req->connection);
   crunch_access_log (&(CrunchAccessRecord){
-      .client = client,
+      .client = req->client,
       .method = req->method,
       .path = req->path,
       .protocol = req->protocol,
@@ -763,6 +816,7 @@ crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchC
   self->calls = calls;
   if (g_str_has_prefix (config->client_key, "header:"))
     self->client_key_header = g_strdup (config->client_key + strlen ("header:"));
+  g_rw_lock_init (&self->proxies_lock);
   self->daemons = g_ptr_array_new ();
   self->quiesced = g_array_new (FALSE, FALSE, sizeof (MHD_socket));
   self->guards = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_conns_free);
@@ -781,8 +835,17 @@ crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchC
 void
 crunch_server_configure (CrunchServer *self, const CrunchConfig *config)
 {
+  CrunchProxies *proxies, *old;
+
   __atomic_store_n (&self->max_body_size, (gint64)config->max_body_size, __ATOMIC_RELAXED);
   __atomic_store_n (&self->request_timeout, config->request_timeout, __ATOMIC_RELAXED);
+  /* validated with the configuration: cannot fail here */
+  proxies = crunch_proxies_new ((const gchar *const *)config->trusted_proxies, NULL);
+  g_rw_lock_writer_lock (&self->proxies_lock);
+  old = self->proxies;
+  self->proxies = proxies;
+  g_rw_lock_writer_unlock (&self->proxies_lock);
+  crunch_proxies_free (old);
   for (guint i = 0; self->guards != NULL && i < self->guards->len; i++)
     crunch_conns_set_timeout (self->guards->pdata[i], config->request_timeout);
 }
@@ -941,5 +1004,7 @@ crunch_server_free (CrunchServer *self)
   g_free (self->metrics_listen);
   g_strfreev (self->listen);
   g_free (self->client_key_header);
+  crunch_proxies_free (self->proxies);
+  g_rw_lock_clear (&self->proxies_lock);
   g_free (self);
 }
