@@ -20,6 +20,7 @@
 #include "scheduler.h"
 #include "server.h"
 #include "service.h"
+#include "tls.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
 
@@ -30,6 +31,7 @@ typedef struct {
   CrunchCalls *calls;
   CrunchJobs *jobs;
   CrunchServer *server;
+  CrunchTls *tls; /* [tls]: NULL = plain HTTP */
   gchar *config_path;
   gboolean config_explicit;
   gchar **cli_listen;
@@ -131,6 +133,8 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
     g_warning ("reload: [server] listen, max_connections, max_connections_per_ip, "
                "connection_timeout, [executor] client_key and [metrics] listen apply only after "
                "a restart; keeping the old values");
+  if ((*old->tls.certificate == '\0') != (*new->tls.certificate == '\0'))
+    g_warning ("reload: turning HTTPS on or off ([tls] certificate) applies only after a restart");
   if (!g_str_equal (old->backend, new->backend))
     g_warning ("reload: [executor] backend and the [nats] group apply only after a restart");
   /* plugins are never loaded or unloaded while serving: see plugins.c */
@@ -148,6 +152,9 @@ on_reload (gpointer data)
 
   crunch_service_notifyf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT, g_get_monotonic_time ());
   config = load_config (app, &error);
+  /* a certificate that cannot be read fails the whole reload, like any other error */
+  if (config != NULL && !crunch_tls_reload (app->tls, config, &error))
+    g_clear_pointer (&config, crunch_config_free);
   if (config == NULL) {
     g_warning ("reload failed, keeping the running configuration: %s", error->message);
   } else {
@@ -378,6 +385,7 @@ run (Crunchd *app)
   app->jobs = crunch_jobs_new (app->calls, app->config);
   app->server = crunch_server_new (app->scheduler, app->calls, app->config);
   crunch_server_set_jobs (app->server, app->jobs);
+  crunch_server_set_tls (app->server, app->tls);
   wire_metrics (app, TRUE);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
   app->loop = g_main_loop_new (NULL, FALSE);
@@ -516,8 +524,14 @@ main (int argc, char **argv)
     g_printerr ("crunchd: %s\n", error->message);
     return CRUNCH_EXIT_CONFIG;
   }
+  if (!crunch_tls_new (app.config, &app.tls, &error)) { /* reads the certificate files */
+    g_printerr ("crunchd: %s\n", error->message);
+    crunch_config_free (app.config);
+    return CRUNCH_EXIT_CONFIG;
+  }
   if (!crunch_functions_init (app.config, &error)) { /* starts program plugins */
     g_printerr ("crunchd: %s\n", error->message);
+    crunch_tls_free (app.tls);
     crunch_config_free (app.config);
     return CRUNCH_EXIT_CONFIG;
   }
@@ -527,11 +541,13 @@ main (int argc, char **argv)
     g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);
     g_print ("# %s: configuration OK\n# functions: %s\n%s", app.config_path, list, text);
     crunch_procpools_free_all (); /* program plugins were started to read their hello */
+    crunch_tls_free (app.tls);
     crunch_config_free (app.config);
     return EXIT_SUCCESS;
   }
   apply_live_settings (&app, app.config);
   status = run (&app);
+  crunch_tls_free (app.tls); /* the daemons have stopped: no handshake is running */
   crunch_config_free (app.config);
   return status;
 }

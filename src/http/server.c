@@ -39,6 +39,7 @@
 #include "requestid.h"
 #include "routes.h"
 #include "status.h"
+#include "tls.h"
 
 /* Longest Request-Timeout / client key header value we look at. */
 #define MAX_HEADER_VALUE 128
@@ -56,6 +57,7 @@ struct CrunchServer {
   CrunchScheduler *scheduler; /* for its gauges */
   CrunchCalls *calls;
   CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
+  CrunchTls *tls;   /* HTTPS on the public daemons; NULL: plain HTTP */
   GPtrArray *daemons;
   GArray *quiesced;         /* listen sockets handed back by MHD at drain: closed in free() */
   gboolean activated;       /* the listen sockets came from systemd */
@@ -461,6 +463,24 @@ crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs)
   self->jobs = jobs;
 }
 
+void
+crunch_server_set_tls (CrunchServer *self, CrunchTls *tls)
+{
+  self->tls = tls;
+}
+
+/* With [tls] client_ca, a public request must come with a client certificate that verifies. */
+static gboolean
+client_certificate_missing (CrunchRequest *req)
+{
+  const union MHD_ConnectionInfo *info;
+
+  if (req->ops || crunch_tls_client_ca (req->server->tls) == NULL)
+    return FALSE;
+  info = MHD_get_connection_info (req->connection, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+  return info == NULL || !crunch_tls_client_verified (info->tls_session);
+}
+
 /* ---- the access handler ---- */
 
 static enum MHD_Result
@@ -620,6 +640,13 @@ check_request_line (CrunchRequest *req)
 {
   const gchar *framing;
 
+  if (client_certificate_missing (req)) {
+    CrunchReply reply = crunch_reply_text (
+        MHD_HTTP_FORBIDDEN,
+        "a client certificate signed by the server's [tls] client_ca is required");
+    reply.close = TRUE;
+    return respond_reply (req, &reply);
+  }
   if (!crunch_header_token_valid (req->method))
     framing = "malformed request method";
   else
@@ -850,10 +877,10 @@ crunch_server_configure (CrunchServer *self, const CrunchConfig *config)
     crunch_conns_set_timeout (self->guards->pdata[i], config->request_timeout);
 }
 
-/* "listening on http://127.0.0.1:8000/": tests read the port from this line. The ops daemon
- * says "ops endpoints (...) on http://...", which does not contain "listening on". */
+/* "listening on http://127.0.0.1:8000/" (https:// with [tls]): tests read the port from this
+ * line. The ops daemon says "ops endpoints (...) on http://...", without "listening on". */
 static void
-log_listening (struct MHD_Daemon *daemon, gboolean ops)
+log_listening (struct MHD_Daemon *daemon, gboolean ops, gboolean tls)
 {
   const union MHD_DaemonInfo *info = MHD_get_daemon_info (daemon, MHD_DAEMON_INFO_LISTEN_FD);
   struct sockaddr_storage addr;
@@ -867,10 +894,29 @@ log_listening (struct MHD_Daemon *daemon, gboolean ops)
   if (!G_IS_INET_SOCKET_ADDRESS (sa))
     return;
   host = g_inet_address_to_string (g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (sa)));
-  g_message ("%s http://%s%s%s:%u/",
+  g_message ("%s %s://%s%s%s:%u/",
              ops ? "ops endpoints (/metrics, /healthz, /readyz, /status) on" : "listening on",
-             addr.ss_family == AF_INET6 ? "[" : "", host, addr.ss_family == AF_INET6 ? "]" : "",
+             tls ? "https" : "http", addr.ss_family == AF_INET6 ? "[" : "", host,
+             addr.ss_family == AF_INET6 ? "]" : "",
              g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (sa)));
+}
+
+/* HTTPS options for a public daemon: the certificate callback, the priorities and the client CA.
+ * Writes at most 3 items to `out`; returns how many. */
+static guint
+tls_options (CrunchServer *self, gboolean ops, struct MHD_OptionItem *out)
+{
+  guint n = 0;
+
+  if (self->tls == NULL || ops)
+    return 0;
+  out[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
+                                     crunch_tls_certificate_callback ()};
+  out[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)CRUNCH_TLS_PRIORITIES};
+  if (crunch_tls_client_ca (self->tls) != NULL)
+    out[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0,
+                                       (void *)crunch_tls_client_ca (self->tls)};
+  return n;
 }
 
 static gboolean
@@ -894,10 +940,15 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
       {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_path, NULL},
       fd >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL}
               : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)addr},
+      {MHD_OPTION_END, 0, NULL}, /* room for tls_options() */
+      {MHD_OPTION_END, 0, NULL},
+      {MHD_OPTION_END, 0, NULL},
       {MHD_OPTION_END, 0, NULL},
   };
   struct MHD_Daemon *daemon;
 
+  if (tls_options (self, ops, &options[G_N_ELEMENTS (options) - 4]) > 0)
+    flags |= MHD_USE_TLS;
   if (fd < 0 && addr->ss_family == AF_INET6)
     flags |= MHD_USE_IPv6;
   daemon = MHD_start_daemon (flags, 0, NULL, NULL, on_request,
@@ -915,7 +966,7 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
     self->ops_daemon = daemon;
   else
     g_ptr_array_add (self->daemons, daemon);
-  log_listening (daemon, ops);
+  log_listening (daemon, ops, self->tls != NULL && !ops);
   return TRUE;
 }
 
