@@ -18,8 +18,11 @@
  * last compute request is gone, so the main thread knows MHD_stop_daemon() is safe.
  * With [metrics] listen, one more daemon serves only the ops routes (CRUNCH_LANE_OPS) and the
  * public ones stop serving them; it stays up while draining, so /readyz can say 503.
- * Locks: this file holds none of its own; the order of the others is in the README
- * ("Source code layout"). */
+ * Locks: proxies_lock only, a leaf: a polling thread reads [server] trusted_proxies under it
+ * for each request's client address, the main thread replaces them on reload. The order of the
+ * others is in the README ("Source code layout"). With [tls], the public daemons speak HTTPS:
+ * tls.c hands GnuTLS the certificate, and a request without a verified client certificate (with
+ * [tls] client_ca) is refused before anything else. */
 #include "server.h"
 
 #include <arpa/inet.h>
