@@ -61,31 +61,49 @@ test_untrusted_ignored (void)
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
-static void
-test_trusted_used (void)
-{
-  TestServer *server = test_server_start (
-      "[server]\ntrusted_proxies = 10.0.0.0/8, 127.0.0.1/32, ::1/128\n[log]\naccess = common\n",
-      NULL);
-  const struct {
-    const gchar *header, *client;
-  } cases[] = {
-      {"X-Forwarded-For: 203.0.113.7", "203.0.113.7"},
-      {"X-Forwarded-For: 198.51.100.1, 203.0.113.7, 10.1.2.3", "203.0.113.7"},
-      {"Forwarded: for=\"[2001:db8::5]:4711\";proto=https", "2001:db8::5"},
-      {"Forwarded: for=192.0.2.60, for=10.0.0.1", "192.0.2.60"},
-      /* malformed from a trusted proxy: the proxy's own address */
-      {"X-Forwarded-For: not-an-address", "127.0.0.1"},
-      {"Forwarded: for=\"192.0.2.60", "127.0.0.1"},
-      {"X-Api-Nothing: 1", "127.0.0.1"},
-  };
+typedef struct {
+  const gchar *header, *client;
+} Expect;
 
-  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+static void
+check_clients (const gchar *ini, const Expect *cases, guint n)
+{
+  TestServer *server = test_server_start (ini, NULL);
+
+  for (guint i = 0; i < n; i++) {
     g_autofree gchar *client = logged_client (server, cases[i].header, i);
     g_test_message ("%s", cases[i].header);
     g_assert_cmpstr (client, ==, cases[i].client);
   }
   g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+static void
+test_trusted_used (void)
+{
+  const Expect xff[] = {
+      {"X-Forwarded-For: 203.0.113.7", "203.0.113.7"},
+      {"X-Forwarded-For: 198.51.100.1, 203.0.113.7, 10.1.2.3", "203.0.113.7"},
+      {"X-Forwarded-For: [2001:db8::5]:4711", "2001:db8::5"},
+      /* a client's own Forwarded, passed on by a proxy that writes X-Forwarded-For: ignored */
+      {"Forwarded: for=192.0.2.60", "127.0.0.1"},
+      /* malformed from a trusted proxy: the proxy's own address */
+      {"X-Forwarded-For: not-an-address", "127.0.0.1"},
+      {"X-Api-Nothing: 1", "127.0.0.1"},
+  };
+  const Expect rfc[] = {
+      {"Forwarded: for=\"[2001:db8::5]:4711\";proto=https", "2001:db8::5"},
+      {"Forwarded: for=192.0.2.60, for=10.0.0.1", "192.0.2.60"},
+      {"X-Forwarded-For: 203.0.113.7", "127.0.0.1"},
+      {"Forwarded: for=\"192.0.2.60", "127.0.0.1"},
+  };
+
+  check_clients ("[server]\ntrusted_proxies = 10.0.0.0/8, 127.0.0.1/32, ::1/128\n"
+                 "[log]\naccess = common\n",
+                 xff, G_N_ELEMENTS (xff));
+  check_clients ("[server]\ntrusted_proxies = 10.0.0.0/8, 127.0.0.1\nproxy_header = Forwarded\n"
+                 "[log]\naccess = common\n",
+                 rfc, G_N_ELEMENTS (rfc));
 }
 
 /* With one slow request in flight for 203.0.113.1 and per_client_limit = 1: another client behind

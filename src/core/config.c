@@ -32,6 +32,8 @@ static const gchar *const log_levels[] = {"error", "critical", "warning", "messa
 static const gchar *const backends[] = {"local", "nats", "processes", NULL};
 static const gchar *const policies[] = {"other", "batch", "idle", NULL};
 static const gchar *const fallbacks[] = {"none", "local", NULL};
+/* indexed by CrunchProxyHeader */
+static const gchar *const proxy_headers[] = {"X-Forwarded-For", "Forwarded", NULL};
 /* indexed by CrunchAccessLog */
 static const gchar *const access_formats[] = {"off", "common", "json", NULL};
 
@@ -45,6 +47,7 @@ static const KeyDesc keys[] = {
     {"server", "shutdown_timeout", KEY_DOUBLE, 0, 3600, F (shutdown_timeout), NULL},
     {"server", "max_body_size", KEY_UINT, 0, 1073741824, F (max_body_size), NULL},
     {"server", "trusted_proxies", KEY_LIST, 0, 0, F (trusted_proxies), NULL},
+    {"server", "proxy_header", KEY_ENUM, 0, 0, F (proxy_header), proxy_headers},
     {"tls", "certificate", KEY_STRING, 0, 0, F (tls.certificate), NULL},
     {"tls", "key", KEY_STRING, 0, 0, F (tls.key), NULL},
     {"tls", "client_ca", KEY_STRING, 0, 0, F (tls.client_ca), NULL},

@@ -30,7 +30,9 @@ typedef enum {
 
 /* The client address of a request whose TCP peer is `peer` (numeric). Only when the peer is in
  * `trusted` are the headers read: `forwarded` (all Forwarded fields, joined with ", "; it wins
- * when present) or else `x_forwarded_for` (likewise); either may be NULL. Their hops are walked
+ * when present) or else `x_forwarded_for` (likewise); either may be NULL. A server passes only
+ * the one its proxies write ([server] proxy_header): a proxy passes the other on as the client
+ * sent it. Their hops are walked
  * right to left, skipping trusted addresses: the first untrusted one is the client (if all are
  * trusted, the leftmost). A hop that is not a numeric address ("unknown", an obfuscated name) or
  * a malformed header means the peer itself is used. The result, a canonical address (an

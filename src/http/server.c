@@ -68,6 +68,7 @@ struct CrunchServer {
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
   GRWLock proxies_lock;     /* guards proxies: read per request, replaced on reload */
   CrunchProxies *proxies;   /* [server] trusted_proxies */
+  gint proxy_header;        /* atomic: a CrunchProxyHeader, the one header they write */
   guint max_connections, max_connections_per_ip, connection_timeout;
   guint request_timeout; /* atomic */
   gchar **listen;
@@ -292,19 +293,22 @@ static void
 resolve_client (CrunchRequest *req)
 {
   CrunchServer *server = req->server;
+  gboolean rfc =
+      __atomic_load_n (&server->proxy_header, __ATOMIC_RELAXED) == CRUNCH_PROXY_HEADER_FORWARDED;
+  const gchar *name = rfc ? "Forwarded" : "X-Forwarded-For";
   gchar peer[CRUNCH_ADDRESS_MAX];
-  g_autofree gchar *forwarded = NULL, *xff = NULL;
+  g_autofree gchar *value = NULL;
 
   peer_address (req->connection, peer);
   g_strlcpy (req->client, peer, sizeof req->client);
   g_rw_lock_reader_lock (&server->proxies_lock);
+  /* only the header the proxies write: the other one a client may have sent through them */
   if (crunch_proxies_contains (server->proxies, peer)) {
-    forwarded = joined_header (req->connection, "Forwarded");
-    xff = forwarded == NULL ? joined_header (req->connection, "X-Forwarded-For") : NULL;
-    if (crunch_forwarded_client (server->proxies, peer, forwarded, xff, req->client) ==
-        CRUNCH_FORWARDED_MALFORMED)
+    value = joined_header (req->connection, name);
+    if (crunch_forwarded_client (server->proxies, peer, rfc ? value : NULL, rfc ? NULL : value,
+                                 req->client) == CRUNCH_FORWARDED_MALFORMED)
       g_debug ("request %s from trusted proxy %s: unreadable %s header, using the proxy's address",
-               req->request_id, peer, forwarded != NULL ? "Forwarded" : "X-Forwarded-For");
+               req->request_id, peer, name);
   }
   g_rw_lock_reader_unlock (&server->proxies_lock);
 }
@@ -869,6 +873,7 @@ crunch_server_configure (CrunchServer *self, const CrunchConfig *config)
 
   __atomic_store_n (&self->max_body_size, (gint64)config->max_body_size, __ATOMIC_RELAXED);
   __atomic_store_n (&self->request_timeout, config->request_timeout, __ATOMIC_RELAXED);
+  __atomic_store_n (&self->proxy_header, (gint)config->proxy_header, __ATOMIC_RELAXED);
   /* validated with the configuration: cannot fail here */
   proxies = crunch_proxies_new ((const gchar *const *)config->trusted_proxies, NULL);
   g_rw_lock_writer_lock (&self->proxies_lock);
