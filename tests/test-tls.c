@@ -236,6 +236,23 @@ test_reload (void)
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
+/* A client certificate is checked once per connection: the next requests on it pass too. */
+static void
+assert_kept_connection (TestServer *server)
+{
+  CURL *kept = curl_easy_init ();
+  g_autofree gchar *url = test_server_url (server, "/fast");
+
+  setup (kept, &(Client){.ca = "ca.pem", .cert = "client.pem", .key = "client.key"});
+  for (guint i = 0; i < 3; i++) {
+    g_auto (Result) again = {0};
+    get (kept, url, &again);
+    g_assert_cmpint (again.status, ==, 200);
+    g_assert_cmpint (again.connects, ==, i == 0 ? 1 : 0);
+  }
+  curl_easy_cleanup (kept);
+}
+
 static void
 test_client_certificates (void)
 {
@@ -258,6 +275,7 @@ test_client_certificates (void)
   fetch (server, "/fib/10", &(Client){.ca = "ca.pem", .cert = "client.pem", .key = "client.key"},
          &fib);
   g_assert_cmpstr (fib.body->str, ==, "55");
+  assert_kept_connection (server);
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 

@@ -476,16 +476,21 @@ crunch_server_set_tls (CrunchServer *self, CrunchTls *tls)
   self->tls = tls;
 }
 
-/* With [tls] client_ca, a public request must come with a client certificate that verifies. */
+/* With [tls] client_ca, a public request must come with a client certificate that verifies:
+ * checked on a connection's first request (a signature check), remembered for the rest. */
 static gboolean
 client_certificate_missing (CrunchRequest *req)
 {
   const union MHD_ConnectionInfo *info;
 
-  if (req->ops || crunch_tls_client_ca (req->server->tls) == NULL)
+  if (req->ops || crunch_tls_client_ca (req->server->tls) == NULL ||
+      crunch_conns_client_verified (req->conn))
     return FALSE;
   info = MHD_get_connection_info (req->connection, MHD_CONNECTION_INFO_GNUTLS_SESSION);
-  return info == NULL || !crunch_tls_client_verified (info->tls_session);
+  if (info == NULL || !crunch_tls_client_verified (info->tls_session))
+    return TRUE;
+  crunch_conns_set_client_verified (req->conn);
+  return FALSE;
 }
 
 /* ---- the access handler ---- */
