@@ -21,6 +21,7 @@
 #include "server.h"
 #include "service.h"
 #include "sqlite.h"
+#include "tls.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
 
@@ -32,6 +33,7 @@ typedef struct {
   CrunchJobs *jobs;
   CrunchStore *store; /* the jobs' (they own it); NULL: [jobs] store = memory */
   CrunchServer *server;
+  CrunchTls *tls; /* [tls]: NULL = plain HTTP */
   gchar *config_path;
   gboolean config_explicit;
   gchar **cli_listen;
@@ -149,6 +151,8 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
       old->jobs_max_database_size != new->jobs_max_database_size)
     g_warning ("reload: [jobs] store, database, synchronous and max_database_size apply only "
                "after a restart");
+  if ((*old->tls.certificate == '\0') != (*new->tls.certificate == '\0'))
+    g_warning ("reload: turning HTTPS on or off ([tls] certificate) applies only after a restart");
   if (!g_str_equal (old->backend, new->backend))
     g_warning ("reload: [executor] backend and the [nats] group apply only after a restart");
   /* plugins are never loaded or unloaded while serving: see plugins.c */
@@ -166,6 +170,9 @@ on_reload (gpointer data)
 
   crunch_service_notifyf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT, g_get_monotonic_time ());
   config = load_config (app, &error);
+  /* a certificate that cannot be read fails the whole reload, like any other error */
+  if (config != NULL && !crunch_tls_reload (app->tls, config, &error))
+    g_clear_pointer (&config, crunch_config_free);
   if (config == NULL) {
     g_warning ("reload failed, keeping the running configuration: %s", error->message);
   } else {
@@ -475,6 +482,7 @@ run (Crunchd *app)
   }
   app->server = crunch_server_new (app->scheduler, app->calls, app->config);
   crunch_server_set_jobs (app->server, app->jobs);
+  crunch_server_set_tls (app->server, app->tls);
   wire_metrics (app, TRUE);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
   app->loop = g_main_loop_new (NULL, FALSE);
@@ -613,8 +621,14 @@ main (int argc, char **argv)
     g_printerr ("crunchd: %s\n", error->message);
     return CRUNCH_EXIT_CONFIG;
   }
+  if (!crunch_tls_new (app.config, &app.tls, &error)) { /* reads the certificate files */
+    g_printerr ("crunchd: %s\n", error->message);
+    crunch_config_free (app.config);
+    return CRUNCH_EXIT_CONFIG;
+  }
   if (!crunch_functions_init (app.config, &error)) { /* starts program plugins */
     g_printerr ("crunchd: %s\n", error->message);
+    crunch_tls_free (app.tls);
     crunch_config_free (app.config);
     return CRUNCH_EXIT_CONFIG;
   }
@@ -624,11 +638,13 @@ main (int argc, char **argv)
     g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);
     g_print ("# %s: configuration OK\n# functions: %s\n%s", app.config_path, list, text);
     crunch_procpools_free_all (); /* program plugins were started to read their hello */
+    crunch_tls_free (app.tls);
     crunch_config_free (app.config);
     return EXIT_SUCCESS;
   }
   apply_live_settings (&app, app.config);
   status = run (&app);
+  crunch_tls_free (app.tls); /* the daemons have stopped: no handshake is running */
   crunch_config_free (app.config);
   return status;
 }

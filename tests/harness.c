@@ -31,15 +31,18 @@ crunchd_path (void)
   return path != NULL ? path : "src/crunchd";
 }
 
+/* "listening on http://127.0.0.1:PORT/", or https:// with [tls] (sets *tls) */
 static gboolean
-parse_port (const gchar *log, guint16 *port)
+parse_port (const gchar *log, guint16 *port, gboolean *tls)
 {
   const gchar *marker = "listening on http://127.0.0.1:";
+  const gchar *tls_marker = "listening on https://127.0.0.1:";
   const gchar *at = strstr (log, marker);
 
+  *tls = at == NULL && (at = strstr (log, tls_marker)) != NULL;
   if (at == NULL)
     return FALSE;
-  *port = (guint16)g_ascii_strtoull (at + strlen (marker), NULL, 10);
+  *port = (guint16)g_ascii_strtoull (at + strlen (*tls ? tls_marker : marker), NULL, 10);
   return *port != 0;
 }
 
@@ -100,6 +103,7 @@ test_server_start_with (const gchar *ini, const gchar *const *args, const TestSe
   TestServer *server = g_new0 (TestServer, 1);
   g_autofree gchar *ini_path = NULL;
   gint64 until = g_get_monotonic_time () + START_TIMEOUT_US;
+  gboolean tls = FALSE;
 
   server->dir = g_dir_make_tmp ("crunchd-test-XXXXXX", &error);
   g_assert_no_error (error);
@@ -130,7 +134,8 @@ test_server_start_with (const gchar *ini, const gchar *const *args, const TestSe
     server->port = setup->lazy_port;
   while (server->port == 0 && g_get_monotonic_time () < until) {
     g_autofree gchar *log = NULL;
-    if (g_file_get_contents (server->log_path, &log, NULL, NULL) && parse_port (log, &server->port))
+    if (g_file_get_contents (server->log_path, &log, NULL, NULL) &&
+        parse_port (log, &server->port, &tls))
       break;
     if (g_subprocess_get_identifier (server->proc) == NULL) /* exited */
       g_error ("crunchd exited during start-up:\n%s", log ? log : "");
@@ -139,7 +144,7 @@ test_server_start_with (const gchar *ini, const gchar *const *args, const TestSe
   if (server->port == 0)
     g_error ("crunchd did not report its port within %d s",
              (gint)(START_TIMEOUT_US / G_USEC_PER_SEC));
-  server->base = g_strdup_printf ("http://127.0.0.1:%u", server->port);
+  server->base = g_strdup_printf ("%s://127.0.0.1:%u", tls ? "https" : "http", server->port);
   return server;
 }
 

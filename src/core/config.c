@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "forwarded.h"
+
 G_DEFINE_QUARK (crunch - config - error - quark, crunch_config_error)
 
 typedef enum { KEY_UINT, KEY_INT, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_LIST, KEY_ENUM } KeyType;
@@ -32,6 +34,8 @@ static const gchar *const policies[] = {"other", "batch", "idle", NULL};
 static const gchar *const fallbacks[] = {"none", "local", NULL};
 static const gchar *const stores[] = {"memory", "sqlite", NULL};
 static const gchar *const sync_levels[] = {"normal", "full", NULL};
+/* indexed by CrunchProxyHeader */
+static const gchar *const proxy_headers[] = {"X-Forwarded-For", "Forwarded", NULL};
 /* indexed by CrunchAccessLog */
 static const gchar *const access_formats[] = {"off", "common", "json", NULL};
 
@@ -44,6 +48,11 @@ static const KeyDesc keys[] = {
     {"server", "request_timeout", KEY_UINT, 0, 86400, F (request_timeout), NULL},
     {"server", "shutdown_timeout", KEY_DOUBLE, 0, 3600, F (shutdown_timeout), NULL},
     {"server", "max_body_size", KEY_UINT, 0, 1073741824, F (max_body_size), NULL},
+    {"server", "trusted_proxies", KEY_LIST, 0, 0, F (trusted_proxies), NULL},
+    {"server", "proxy_header", KEY_ENUM, 0, 0, F (proxy_header), proxy_headers},
+    {"tls", "certificate", KEY_STRING, 0, 0, F (tls.certificate), NULL},
+    {"tls", "key", KEY_STRING, 0, 0, F (tls.key), NULL},
+    {"tls", "client_ca", KEY_STRING, 0, 0, F (tls.client_ca), NULL},
     {"executor", "threads", KEY_UINT, 0, 1024, F (threads), NULL},
     {"executor", "queue_limit", KEY_UINT, 1, 1000000, F (queue_limit), NULL},
     {"executor", "nice", KEY_INT, 0, 19, F (nice), NULL},
@@ -136,6 +145,10 @@ crunch_config_new_default (void)
 
   *config = defaults;
   config->listen = g_strdupv ((gchar **)default_listen);
+  config->trusted_proxies = g_new0 (gchar *, 1);
+  config->tls.certificate = g_strdup ("");
+  config->tls.key = g_strdup ("");
+  config->tls.client_ca = g_strdup ("");
   config->log_level = g_strdup ("info");
   config->client_key = g_strdup ("ip");
   config->backend = g_strdup ("local");
@@ -160,6 +173,10 @@ crunch_config_free (CrunchConfig *config)
     return;
   g_free (config->path);
   g_strfreev (config->listen);
+  g_strfreev (config->trusted_proxies);
+  g_free (config->tls.certificate);
+  g_free (config->tls.key);
+  g_free (config->tls.client_ca);
   g_free (config->log_level);
   g_free (config->client_key);
   g_free (config->backend);
@@ -474,6 +491,47 @@ validate_nats (const CrunchConfig *config, const gchar *file, GError **error)
   return TRUE;
 }
 
+static gboolean
+validate_server (const CrunchConfig *config, const gchar *file, GError **error)
+{
+  g_autoptr (GError) local = NULL;
+  g_autoptr (CrunchProxies) proxies =
+      crunch_proxies_new ((const gchar *const *)config->trusted_proxies, &local);
+  g_autofree gchar *list = NULL;
+
+  if (proxies == NULL) {
+    list = g_strjoinv (", ", config->trusted_proxies);
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [server] trusted_proxies = '%s': %s", file, list, local->message);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* [tls]: the files themselves are read by tls.c (crunch_tls_load), which names them. */
+static gboolean
+validate_tls (const CrunchConfig *config, const gchar *file, GError **error)
+{
+  const CrunchTlsConfig *tls = &config->tls;
+
+  if ((*tls->certificate == '\0') != (*tls->key == '\0')) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [tls] %s = '%s': [tls] certificate and key go together (set both for "
+                 "HTTPS, or neither)",
+                 file, *tls->key == '\0' ? "certificate" : "key",
+                 *tls->key == '\0' ? tls->certificate : tls->key);
+    return FALSE;
+  }
+  if (*tls->client_ca != '\0' && *tls->certificate == '\0') {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [tls] client_ca = '%s': client certificates need HTTPS: set [tls] "
+                 "certificate and key too",
+                 file, tls->client_ca);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* Relations between keys: checked after loading and after command-line overrides. */
 gboolean
 crunch_config_validate (const CrunchConfig *config, GError **error)
@@ -481,7 +539,8 @@ crunch_config_validate (const CrunchConfig *config, GError **error)
   const gchar *file = config->path ? config->path : "(command line)";
   guint threads = crunch_config_effective_threads (config);
 
-  if (!validate_nats (config, file, error))
+  if (!validate_nats (config, file, error) || !validate_server (config, file, error) ||
+      !validate_tls (config, file, error))
     return FALSE;
   for (gchar **l = config->listen; l != NULL && *l != NULL; l++) {
     struct sockaddr_storage addr;

@@ -15,6 +15,12 @@ typedef enum {
   CRUNCH_ACCESS_LOG_JSON,   /* one JSON object per line */
 } CrunchAccessLog;
 
+/* [server] proxy_header: the header trusted proxies write the client address into. */
+typedef enum {
+  CRUNCH_PROXY_HEADER_X_FORWARDED_FOR, /* X-Forwarded-For (nginx, HAProxy, most load balancers) */
+  CRUNCH_PROXY_HEADER_FORWARDED,       /* Forwarded, RFC 7239 */
+} CrunchProxyHeader;
+
 /* crunchd.ini holds the settings of two programs. CrunchConfig is crunchd's view: its own groups
  * as fields, the groups it shares with crunchd-worker ([nats], [plugins], [log]) and the ones
  * that belong to one program or function as sections of their own. */
@@ -39,6 +45,15 @@ typedef struct {
   gdouble shutdown_timeout; /* seconds running jobs get on SIGTERM */
 } CrunchWorkerConfig;
 
+/* [tls]: HTTPS on the public listeners (tls.c). Paths; "" = not set. A relative path is taken
+ * from $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when set, else from the directory of
+ * the configuration file. */
+typedef struct {
+  gchar *certificate; /* PEM: the server's certificate, then its chain */
+  gchar *key;         /* PEM: its private key */
+  gchar *client_ca;   /* PEM: CA certificate(s) client certificates must be signed by */
+} CrunchTlsConfig;
+
 typedef struct {
   gchar *path; /* file it came from, NULL for built-in defaults */
 
@@ -50,6 +65,10 @@ typedef struct {
   guint request_timeout;        /* seconds to complete a request (header and body); 0 = none */
   gdouble shutdown_timeout;     /* seconds running jobs get on SIGTERM */
   guint max_body_size;          /* bytes; larger request bodies get 413 */
+  gchar **trusted_proxies;      /* CIDR blocks whose proxy_header is believed */
+  CrunchProxyHeader proxy_header;
+
+  CrunchTlsConfig tls; /* [tls] */
 
   /* [executor] */
   guint threads;          /* 0 = one per CPU */

@@ -36,8 +36,9 @@ struct CrunchConn {
   CrunchConns *guard;
   gint fd;
   ConnState state;
-  gint64 since; /* monotonic: when it entered its queue */
-  GList link;   /* in guard->waiting while WAITING, guard->answering while ANSWERING */
+  gint64 since;             /* monotonic: when it entered its queue */
+  GList link;               /* in guard->waiting while WAITING, guard->answering while ANSWERING */
+  gboolean client_verified; /* its TLS client certificate passed ([tls] client_ca) */
 };
 
 struct CrunchConns {
@@ -221,6 +222,18 @@ crunch_conns_request_parked (CrunchConn *conn, gboolean parked)
   if (conn->state != CLOSING)
     move_locked (self, conn, parked ? PARKED : ANSWERING);
   g_mutex_unlock (&self->lock);
+}
+
+gboolean
+crunch_conns_client_verified (const CrunchConn *conn)
+{
+  return conn->client_verified;
+}
+
+void
+crunch_conns_set_client_verified (CrunchConn *conn)
+{
+  conn->client_verified = TRUE;
 }
 
 void

@@ -41,6 +41,11 @@ void crunch_conns_request_complete (CrunchConn *conn); /* final access-handler c
 void crunch_conns_request_parked (CrunchConn *conn, gboolean parked);
 void crunch_conns_request_ended (CrunchConn *conn); /* answered; the connection stays open */
 void crunch_conns_closed (CrunchConn *conn);        /* before MHD closes the socket */
+/* With [tls] client_ca: the connection's client certificate has been verified, once for all its
+ * requests (a TLS session keeps its certificate: libmicrohttpd does not renegotiate). Polling
+ * thread. */
+gboolean crunch_conns_client_verified (const CrunchConn *conn);
+void crunch_conns_set_client_verified (CrunchConn *conn);
 
 void crunch_conns_get_stats (CrunchConns *self, CrunchConnsStats *stats);
 /* After the daemon has stopped: every connection is closed. */

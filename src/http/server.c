@@ -18,8 +18,11 @@
  * last compute request is gone, so the main thread knows MHD_stop_daemon() is safe.
  * With [metrics] listen, one more daemon serves only the ops routes (CRUNCH_LANE_OPS) and the
  * public ones stop serving them; it stays up while draining, so /readyz can say 503.
- * Locks: this file holds none of its own; the order of the others is in the README
- * ("Source code layout"). */
+ * Locks: proxies_lock only, a leaf: a polling thread reads [server] trusted_proxies under it
+ * for each request's client address, the main thread replaces them on reload. The order of the
+ * others is in the README ("Source code layout"). With [tls], the public daemons speak HTTPS:
+ * tls.c hands GnuTLS the certificate, and a request without a verified client certificate (with
+ * [tls] client_ca) is refused before anything else. */
 #include "server.h"
 
 #include <arpa/inet.h>
@@ -32,12 +35,14 @@
 #include "args.h"
 #include "call.h"
 #include "conns.h"
+#include "forwarded.h"
 #include "headers.h"
 #include "logging.h"
 #include "metrics.h"
 #include "requestid.h"
 #include "routes.h"
 #include "status.h"
+#include "tls.h"
 
 /* Longest Request-Timeout / client key header value we look at. */
 #define MAX_HEADER_VALUE 128
@@ -55,11 +60,15 @@ struct CrunchServer {
   CrunchScheduler *scheduler; /* for its gauges */
   CrunchCalls *calls;
   CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
+  CrunchTls *tls;   /* HTTPS on the public daemons; NULL: plain HTTP */
   GPtrArray *daemons;
   GArray *quiesced;         /* listen sockets handed back by MHD at drain: closed in free() */
   gboolean activated;       /* the listen sockets came from systemd */
   GPtrArray *guards;        /* CrunchConns, one per daemon, the ops one included */
   gchar *client_key_header; /* NULL: clients are told apart by IP address */
+  GRWLock proxies_lock;     /* guards proxies: read per request, replaced on reload */
+  CrunchProxies *proxies;   /* [server] trusted_proxies */
+  gint proxy_header;        /* atomic: a CrunchProxyHeader, the one header they write */
   guint max_connections, max_connections_per_ip, connection_timeout;
   guint request_timeout; /* atomic */
   gchar **listen;
@@ -84,8 +93,9 @@ typedef struct {
   gchar *method, *path;
   const gchar *protocol;
   gchar request_id[CRUNCH_REQUEST_ID_MAX + 1];
-  gboolean ops;       /* arrived on the ops daemon */
-  gboolean suspended; /* counted in crunch_metrics_suspended() */
+  gchar client[CRUNCH_ADDRESS_MAX]; /* its address, behind trusted proxies the one they name */
+  gboolean ops;                     /* arrived on the ops daemon */
+  gboolean suspended;               /* counted in crunch_metrics_suspended() */
   const CrunchRoute *route;
   guint64 body_bytes;
   GByteArray *body;   /* up to max_body_size; POST /fn/<name> and /jobs read it */
@@ -238,19 +248,72 @@ on_answered (CrunchCall *call, gpointer data)
   MHD_resume_connection (req->connection);
 }
 
-static gchar *
-client_address (struct MHD_Connection *connection)
+static void
+peer_address (struct MHD_Connection *connection, gchar buf[CRUNCH_ADDRESS_MAX])
 {
   const union MHD_ConnectionInfo *info =
       MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-  gchar buf[INET6_ADDRSTRLEN] = "unknown";
   const struct sockaddr *sa = info ? info->client_addr : NULL;
 
+  g_strlcpy (buf, "unknown", CRUNCH_ADDRESS_MAX);
   if (sa != NULL && sa->sa_family == AF_INET)
-    inet_ntop (AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, sizeof buf);
+    inet_ntop (AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, CRUNCH_ADDRESS_MAX);
   else if (sa != NULL && sa->sa_family == AF_INET6)
-    inet_ntop (AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, sizeof buf);
-  return g_strdup (buf);
+    inet_ntop (AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, CRUNCH_ADDRESS_MAX);
+}
+
+typedef struct {
+  const gchar *name;
+  GString *joined; /* NULL: no such field */
+} JoinedField;
+
+static enum MHD_Result
+join_field (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+  JoinedField *f = cls;
+
+  if (g_ascii_strcasecmp (key, f->name) != 0)
+    return MHD_YES;
+  if (f->joined == NULL)
+    f->joined = g_string_new (value);
+  else
+    g_string_append_printf (f->joined, ", %s", value ? value : "");
+  return MHD_YES;
+}
+
+/* Every field `name` of the request, joined with ", " (RFC 9110 5.3), or NULL. */
+static gchar *
+joined_header (struct MHD_Connection *connection, const gchar *name)
+{
+  JoinedField f = {name, NULL};
+
+  MHD_get_connection_values (connection, MHD_HEADER_KIND, join_field, &f);
+  return f.joined != NULL ? g_string_free (f.joined, FALSE) : NULL;
+}
+
+/* The client's address: the peer's, or behind a trusted proxy the one its headers name. */
+static void
+resolve_client (CrunchRequest *req)
+{
+  CrunchServer *server = req->server;
+  gboolean rfc =
+      __atomic_load_n (&server->proxy_header, __ATOMIC_RELAXED) == CRUNCH_PROXY_HEADER_FORWARDED;
+  const gchar *name = rfc ? "Forwarded" : "X-Forwarded-For";
+  gchar peer[CRUNCH_ADDRESS_MAX];
+  g_autofree gchar *value = NULL;
+
+  peer_address (req->connection, peer);
+  g_strlcpy (req->client, peer, sizeof req->client);
+  g_rw_lock_reader_lock (&server->proxies_lock);
+  /* only the header the proxies write: the other one a client may have sent through them */
+  if (crunch_proxies_contains (server->proxies, peer)) {
+    value = joined_header (req->connection, name);
+    if (crunch_forwarded_client (server->proxies, peer, rfc ? value : NULL, rfc ? NULL : value,
+                                 req->client) == CRUNCH_FORWARDED_MALFORMED)
+      g_debug ("request %s from trusted proxy %s: unreadable %s header, using the proxy's address",
+               req->request_id, peer, name);
+  }
+  g_rw_lock_reader_unlock (&server->proxies_lock);
 }
 
 /* The fairness key: the configured header's value if the request has one, else the address. */
@@ -264,7 +327,7 @@ client_key (CrunchRequest *req)
                                          req->server->client_key_header);
   if (value != NULL && *value != '\0')
     return g_strdup_printf ("key:%.*s", MAX_HEADER_VALUE, value);
-  return client_address (req->connection);
+  return g_strdup (req->client);
 }
 
 /* The deadline: the function's timeout, or a shorter one the client asks for with
@@ -408,6 +471,29 @@ void
 crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs)
 {
   self->jobs = jobs;
+}
+
+void
+crunch_server_set_tls (CrunchServer *self, CrunchTls *tls)
+{
+  self->tls = tls;
+}
+
+/* With [tls] client_ca, a public request must come with a client certificate that verifies:
+ * checked on a connection's first request (a signature check), remembered for the rest. */
+static gboolean
+client_certificate_missing (CrunchRequest *req)
+{
+  const union MHD_ConnectionInfo *info;
+
+  if (req->ops || crunch_tls_client_ca (req->server->tls) == NULL ||
+      crunch_conns_client_verified (req->conn))
+    return FALSE;
+  info = MHD_get_connection_info (req->connection, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+  if (info == NULL || !crunch_tls_client_verified (info->tls_session))
+    return TRUE;
+  crunch_conns_set_client_verified (req->conn);
+  return FALSE;
 }
 
 /* ---- the access handler ---- */
@@ -630,6 +716,13 @@ check_request_line (CrunchRequest *req)
 {
   const gchar *framing;
 
+  if (client_certificate_missing (req)) {
+    CrunchReply reply = crunch_reply_text (
+        MHD_HTTP_FORBIDDEN,
+        "a client certificate signed by the server's [tls] client_ca is required");
+    reply.close = TRUE;
+    return respond_reply (req, &reply);
+  }
   if (!crunch_header_token_valid (req->method))
     framing = "malformed request method";
   else
@@ -664,6 +757,7 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
     req->protocol = g_str_equal (version, MHD_HTTP_VERSION_1_0) ? "HTTP/1.0" : "HTTP/1.1";
     crunch_request_id (req->request_id, MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
                                                                      CRUNCH_REQUEST_ID_HEADER));
+    resolve_client (req);
     *req_cls = req;
     return check_request_line (req);
   }
@@ -700,15 +794,13 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
 static void
 log_access (CrunchRequest *req, gint64 duration_us)
 {
-  g_autofree gchar *client = NULL;
   const CrunchTicket *ticket = req->call != NULL ? crunch_call_ticket (req->call) : NULL;
   gboolean ran = ticket != NULL && ticket->t_started != 0;
 
   if (crunch_logging_access_format () == CRUNCH_ACCESS_LOG_OFF)
     return;
-  client = client_address (req->connection);
   crunch_access_log (&(CrunchAccessRecord){
-      .client = client,
+      .client = req->client,
       .method = req->method,
       .path = req->path,
       .protocol = req->protocol,
@@ -827,6 +919,7 @@ crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchC
   self->calls = calls;
   if (g_str_has_prefix (config->client_key, "header:"))
     self->client_key_header = g_strdup (config->client_key + strlen ("header:"));
+  g_rw_lock_init (&self->proxies_lock);
   self->daemons = g_ptr_array_new ();
   self->quiesced = g_array_new (FALSE, FALSE, sizeof (MHD_socket));
   self->guards = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_conns_free);
@@ -845,16 +938,26 @@ crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchC
 void
 crunch_server_configure (CrunchServer *self, const CrunchConfig *config)
 {
+  CrunchProxies *proxies, *old;
+
   __atomic_store_n (&self->max_body_size, (gint64)config->max_body_size, __ATOMIC_RELAXED);
   __atomic_store_n (&self->request_timeout, config->request_timeout, __ATOMIC_RELAXED);
+  __atomic_store_n (&self->proxy_header, (gint)config->proxy_header, __ATOMIC_RELAXED);
+  /* validated with the configuration: cannot fail here */
+  proxies = crunch_proxies_new ((const gchar *const *)config->trusted_proxies, NULL);
+  g_rw_lock_writer_lock (&self->proxies_lock);
+  old = self->proxies;
+  self->proxies = proxies;
+  g_rw_lock_writer_unlock (&self->proxies_lock);
+  crunch_proxies_free (old);
   for (guint i = 0; self->guards != NULL && i < self->guards->len; i++)
     crunch_conns_set_timeout (self->guards->pdata[i], config->request_timeout);
 }
 
-/* "listening on http://127.0.0.1:8000/": tests read the port from this line. The ops daemon
- * says "ops endpoints (...) on http://...", which does not contain "listening on". */
+/* "listening on http://127.0.0.1:8000/" (https:// with [tls]): tests read the port from this
+ * line. The ops daemon says "ops endpoints (...) on http://...", without "listening on". */
 static void
-log_listening (struct MHD_Daemon *daemon, gboolean ops)
+log_listening (struct MHD_Daemon *daemon, gboolean ops, gboolean tls)
 {
   const union MHD_DaemonInfo *info = MHD_get_daemon_info (daemon, MHD_DAEMON_INFO_LISTEN_FD);
   struct sockaddr_storage addr;
@@ -868,10 +971,29 @@ log_listening (struct MHD_Daemon *daemon, gboolean ops)
   if (!G_IS_INET_SOCKET_ADDRESS (sa))
     return;
   host = g_inet_address_to_string (g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (sa)));
-  g_message ("%s http://%s%s%s:%u/",
+  g_message ("%s %s://%s%s%s:%u/",
              ops ? "ops endpoints (/metrics, /healthz, /readyz, /status) on" : "listening on",
-             addr.ss_family == AF_INET6 ? "[" : "", host, addr.ss_family == AF_INET6 ? "]" : "",
+             tls ? "https" : "http", addr.ss_family == AF_INET6 ? "[" : "", host,
+             addr.ss_family == AF_INET6 ? "]" : "",
              g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (sa)));
+}
+
+/* HTTPS options for a public daemon: the certificate callback, the priorities and the client CA.
+ * Writes at most 3 items to `out`; returns how many. */
+static guint
+tls_options (CrunchServer *self, gboolean ops, struct MHD_OptionItem *out)
+{
+  guint n = 0;
+
+  if (self->tls == NULL || ops)
+    return 0;
+  out[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
+                                     crunch_tls_certificate_callback ()};
+  out[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)CRUNCH_TLS_PRIORITIES};
+  if (crunch_tls_client_ca (self->tls) != NULL)
+    out[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0,
+                                       (void *)crunch_tls_client_ca (self->tls)};
+  return n;
 }
 
 static gboolean
@@ -895,10 +1017,15 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
       {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_path, NULL},
       fd >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL}
               : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)addr},
+      {MHD_OPTION_END, 0, NULL}, /* room for tls_options() */
+      {MHD_OPTION_END, 0, NULL},
+      {MHD_OPTION_END, 0, NULL},
       {MHD_OPTION_END, 0, NULL},
   };
   struct MHD_Daemon *daemon;
 
+  if (tls_options (self, ops, &options[G_N_ELEMENTS (options) - 4]) > 0)
+    flags |= MHD_USE_TLS;
   if (fd < 0 && addr->ss_family == AF_INET6)
     flags |= MHD_USE_IPv6;
   daemon = MHD_start_daemon (flags, 0, NULL, NULL, on_request,
@@ -916,7 +1043,7 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
     self->ops_daemon = daemon;
   else
     g_ptr_array_add (self->daemons, daemon);
-  log_listening (daemon, ops);
+  log_listening (daemon, ops, self->tls != NULL && !ops);
   return TRUE;
 }
 
@@ -1005,5 +1132,7 @@ crunch_server_free (CrunchServer *self)
   g_free (self->metrics_listen);
   g_strfreev (self->listen);
   g_free (self->client_key_header);
+  crunch_proxies_free (self->proxies);
+  g_rw_lock_clear (&self->proxies_lock);
   g_free (self);
 }

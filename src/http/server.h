@@ -7,6 +7,7 @@
 #include "jobs.h"
 #include "metrics.h"
 #include "scheduler.h"
+#include "tls.h"
 
 typedef struct CrunchServer CrunchServer;
 
@@ -15,6 +16,9 @@ CrunchServer *crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls,
                                  const CrunchConfig *config);
 /* Serve the asynchronous jobs API from `jobs` (not owned). Before start(). */
 void crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs);
+/* Serve HTTPS on the public daemons with `tls` (not owned; it outlives the server). Before
+ * start(). */
+void crunch_server_set_tls (CrunchServer *self, CrunchTls *tls);
 /* Listen on the systemd-passed sockets if any, else on config->listen. */
 gboolean crunch_server_start (CrunchServer *self, GArray *listen_fds, GError **error);
 /* Live settings that need no new daemon (body cap). */
