@@ -20,6 +20,7 @@
 #include "scheduler.h"
 #include "server.h"
 #include "service.h"
+#include "nats.h"
 #include "sqlite.h"
 #include "tls.h"
 
@@ -148,9 +149,10 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
   if (!g_str_equal (old->jobs_store, new->jobs_store) ||
       !g_str_equal (old->jobs_database, new->jobs_database) ||
       !g_str_equal (old->jobs_synchronous, new->jobs_synchronous) ||
+      !g_str_equal (old->jobs_bucket, new->jobs_bucket) || old->jobs_lease != new->jobs_lease ||
       old->jobs_max_database_size != new->jobs_max_database_size)
-    g_warning ("reload: [jobs] store, database, synchronous and max_database_size apply only "
-               "after a restart");
+    g_warning ("reload: [jobs] store, database, synchronous, max_database_size, bucket and lease "
+               "apply only after a restart");
   if ((*old->tls.certificate == '\0') != (*new->tls.certificate == '\0'))
     g_warning ("reload: turning HTTPS on or off ([tls] certificate) applies only after a restart");
   if (!g_str_equal (old->backend, new->backend))
@@ -380,6 +382,16 @@ open_store (const CrunchConfig *config, GError **error)
   g_autofree gchar *path = NULL;
   CrunchStore *store;
 
+  if (g_str_equal (config->jobs_store, "nats")) {
+    store =
+        crunch_store_nats_open (&(CrunchNatsStoreSettings){config, config->jobs_bucket,
+                                                           config->jobs_lease, config->jobs_ttl},
+                                error);
+    if (store != NULL)
+      g_message ("jobs are kept in NATS JetStream bucket %s, shared with every front end on it",
+                 config->jobs_bucket);
+    return store;
+  }
   if (!g_str_equal (config->jobs_store, "sqlite"))
     return NULL;
   path = crunch_config_jobs_database (config);
@@ -443,7 +455,7 @@ shut_down (Crunchd *app, gboolean nats)
   crunch_calls_free (app->calls); /* every call has been freed */
   crunch_procpools_free_all ();   /* no call runs: stop the worker processes */
   g_main_loop_unref (app->loop);
-  if (nats)
+  if (nats || g_str_equal (app->config->jobs_store, "nats"))
     crunch_nats_library_close ();
   g_message ("stopped");
 }

@@ -177,7 +177,10 @@ test_remove_dir (const gchar *dir)
 
   while (d != NULL && (name = g_dir_read_name (d)) != NULL) {
     g_autofree gchar *path = g_build_filename (dir, name, NULL);
-    g_remove (path);
+    if (g_file_test (path, G_FILE_TEST_IS_DIR) && !g_file_test (path, G_FILE_TEST_IS_SYMLINK))
+      test_remove_dir (path);
+    else
+      g_remove (path);
   }
   g_rmdir (dir);
 }

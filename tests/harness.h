@@ -44,7 +44,7 @@ void test_server_signal (TestServer *server, gint signum);
 gchar *test_server_log (TestServer *server);
 gchar *test_server_url (TestServer *server, const gchar *path);
 
-/* Removes a temporary directory and the files in it (not subdirectories). */
+/* Removes a temporary directory and everything in it. */
 void test_remove_dir (const gchar *dir);
 
 /* Runs crunchd with arguments to completion; returns exit status, stderr/stdout in out params. */

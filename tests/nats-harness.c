@@ -97,6 +97,10 @@ nats_spawn (TestNats *nats)
     if (nats->routes != NULL)
       g_ptr_array_add (argv, g_strdup_printf ("--routes=%s", nats->routes));
   }
+  if (nats->jetstream) {
+    g_ptr_array_add (argv, g_strdup ("-js"));
+    g_ptr_array_add (argv, g_strdup_printf ("--store_dir=%s", nats->dir));
+  }
   g_ptr_array_add (argv, NULL);
   nats->proc = spawn ((const gchar *const *)argv->pdata, log);
   while (!port_open (nats->port)) {
@@ -109,8 +113,8 @@ nats_spawn (TestNats *nats)
   }
 }
 
-TestNats *
-test_nats_start (gboolean cluster, const gchar *routes)
+static TestNats *
+nats_start (gboolean cluster, const gchar *routes, gboolean jetstream)
 {
   TestNats *nats = g_new0 (TestNats, 1);
   g_autoptr (GError) error = NULL;
@@ -122,8 +126,21 @@ test_nats_start (gboolean cluster, const gchar *routes)
     nats->cluster_port = test_free_port ();
   nats->routes = g_strdup (routes);
   nats->url = g_strdup_printf ("nats://127.0.0.1:%u", nats->port);
+  nats->jetstream = jetstream;
   nats_spawn (nats);
   return nats;
+}
+
+TestNats *
+test_nats_start (gboolean cluster, const gchar *routes)
+{
+  return nats_start (cluster, routes, FALSE);
+}
+
+TestNats *
+test_nats_start_js (void)
+{
+  return nats_start (FALSE, NULL, TRUE);
 }
 
 void

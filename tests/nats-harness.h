@@ -14,11 +14,14 @@ typedef struct {
   guint16 port, cluster_port;
   gchar *routes; /* "nats://127.0.0.1:P,..." or NULL */
   gchar *url;    /* "nats://127.0.0.1:PORT" */
+  gboolean jetstream;
 } TestNats;
 
 /* Starts nats-server on a free port (and, with `cluster`, a free cluster port, joining
  * `routes`); returns once it accepts connections. */
 TestNats *test_nats_start (gboolean cluster, const gchar *routes);
+/* A single node with JetStream on (its store in the node's directory). */
+TestNats *test_nats_start_js (void);
 /* Starts it again on the same ports after test_nats_kill(). */
 void test_nats_restart (TestNats *nats);
 /* SIGKILL and reap; the struct stays usable for a restart. */

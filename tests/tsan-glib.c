@@ -10,7 +10,7 @@
  *   g_thread_pool_push + worker   release on the item when pushed, acquire when a worker gets it;
  *   g_thread_pool_free            acquire what every worker released after its last item;
  *   g_async_queue_push + pop      release on the item when pushed, acquire when it is popped
- *   (and try_pop)                 (child.c's spawn requests, stdio-worker.c's calls, the job
+ *   (and try_pop, timeout_pop)    (child.c's spawn requests, stdio-worker.c's calls, the job
  *                                 store's writes);
  *   g_idle_add + callback         release on the data when added, acquire when it runs;
  *   g_bytes_unref, g_variant_unref, g_atomic_rc_box_release_full  an acquire-release on the
@@ -147,6 +147,17 @@ g_async_queue_try_pop (GAsyncQueue *queue)
 {
   REAL (g_async_queue_try_pop);
   gpointer data = real_g_async_queue_try_pop (queue);
+
+  if (data != NULL)
+    __tsan_acquire (data);
+  return data;
+}
+
+gpointer
+g_async_queue_timeout_pop (GAsyncQueue *queue, guint64 timeout)
+{
+  REAL (g_async_queue_timeout_pop);
+  gpointer data = real_g_async_queue_timeout_pop (queue, timeout);
 
   if (data != NULL)
     __tsan_acquire (data);

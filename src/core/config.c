@@ -32,7 +32,7 @@ static const gchar *const log_levels[] = {"error", "critical", "warning", "messa
 static const gchar *const backends[] = {"local", "nats", "processes", NULL};
 static const gchar *const policies[] = {"other", "batch", "idle", NULL};
 static const gchar *const fallbacks[] = {"none", "local", NULL};
-static const gchar *const stores[] = {"memory", "sqlite", NULL};
+static const gchar *const stores[] = {"memory", "sqlite", "nats", NULL};
 static const gchar *const sync_levels[] = {"normal", "full", NULL};
 /* indexed by CrunchProxyHeader */
 static const gchar *const proxy_headers[] = {"X-Forwarded-For", "Forwarded", NULL};
@@ -92,6 +92,8 @@ static const KeyDesc keys[] = {
     {"jobs", "database", KEY_STRING, 0, 0, F (jobs_database), NULL},
     {"jobs", "synchronous", KEY_STRING, 0, 0, F (jobs_synchronous), sync_levels},
     {"jobs", "max_database_size", KEY_UINT, 0, 1048576, F (jobs_max_database_size), NULL},
+    {"jobs", "bucket", KEY_STRING, 0, 0, F (jobs_bucket), NULL},
+    {"jobs", "lease", KEY_DOUBLE, 0.3, 3600, F (jobs_lease), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
     {"log", "access", KEY_ENUM, 0, 0, F (log_access), access_formats},
     {"metrics", "enabled", KEY_BOOL, 0, 0, F (metrics_enabled), NULL},
@@ -130,6 +132,7 @@ static const CrunchConfig defaults = {
     .jobs_max_stored_per_client = 100,
     .jobs_max_result_size = 8388608,
     .jobs_max_crashes = 3,
+    .jobs_lease = 10.0,
     .log_access = CRUNCH_ACCESS_LOG_COMMON,
     .metrics_enabled = TRUE,
 };
@@ -163,6 +166,7 @@ crunch_config_new_default (void)
   config->jobs_store = g_strdup ("sqlite");
   config->jobs_database = g_strdup ("");
   config->jobs_synchronous = g_strdup ("normal");
+  config->jobs_bucket = g_strdup ("crunchd_jobs");
   return config;
 }
 
@@ -191,6 +195,7 @@ crunch_config_free (CrunchConfig *config)
   g_free (config->jobs_store);
   g_free (config->jobs_database);
   g_free (config->jobs_synchronous);
+  g_free (config->jobs_bucket);
   g_free (config);
 }
 

@@ -108,6 +108,8 @@ typedef struct {
   gchar *jobs_database;    /* sqlite: the file; "" = crunch_config_jobs_database() (restart) */
   gchar *jobs_synchronous; /* sqlite: "normal" or "full" (restart) */
   guint jobs_max_database_size; /* sqlite: MiB, 0 = no bound (restart) */
+  gchar *jobs_bucket;           /* nats: the JetStream key-value bucket (restart) */
+  gdouble jobs_lease;           /* nats: seconds a front end owns a job unrenewed (restart) */
 
   /* [log] */
   gchar *log_level; /* error|critical|warning|message|info|debug */

@@ -87,13 +87,20 @@ typedef struct {
   /* the outcome, from t_done on */
   CrunchJobOutcome outcome;
   gboolean cached, coalesced;
-  gboolean interrupted; /* stopped by a shutdown: queued again in the store */
+  gboolean interrupted;    /* stopped by a shutdown: queued again in the store */
+  gboolean lost;           /* shared store: another front end took it over (not ours to write) */
+  gboolean remote_running; /* a copy read from a shared store: its owner runs it */
   GBytes *result;
   gchar *error;
   gint64 queued_us, run_us; /* -1: it never ran */
 } Entry;
 
 #define ID_BYTES 16 /* 128 random bits */
+
+/* a shared store's hooks (below) */
+static void on_claimed (CrunchStoredJob *record, gpointer data);
+static void on_cancel_requested (const gchar *id, gpointer data);
+static void on_lost (const gchar *id, gpointer data);
 
 /* With the lock held (the table frees entries as they are removed). */
 static void
@@ -162,6 +169,9 @@ crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *st
   crunch_jobs_configure (self, config);
   if (store != NULL)
     crunch_executor_set_gate (gate_enter, gate_leave, self);
+  if (crunch_store_shared (store))
+    store->klass->set_hooks (store,
+                             &(CrunchStoreHooks){on_claimed, on_cancel_requested, on_lost, self});
   return self;
 }
 
@@ -291,7 +301,7 @@ finish_locked (CrunchJobs *self, Entry *entry)
     if (g_atomic_int_dec_and_test (&self->careful) && self->recovered != NULL)
       g_idle_add (self->recovered, self->recovered_data);
   }
-  if (self->store == NULL)
+  if (self->store == NULL || entry->lost)
     return;
   if (entry->interrupted) {
     crunch_store_set_state (self->store, entry->id, CRUNCH_STORED_QUEUED,
@@ -316,11 +326,21 @@ take_answer_locked (CrunchJobs *self, Entry *entry, const CrunchTicket *ticket)
   entry->error = g_strdup (ticket->error);
   if (ticket->outcome == CRUNCH_JOB_OK) {
     gsize size = g_bytes_get_size (ticket->result);
+    guint64 store_max = self->store != NULL && self->store->klass->max_result_size != NULL
+                            ? self->store->klass->max_result_size (self->store)
+                            : 0;
     if (self->max_result_size > 0 && size > self->max_result_size) {
       entry->outcome = CRUNCH_JOB_FAILED;
       entry->error = g_strdup_printf ("%s: result of %" G_GSIZE_FORMAT
                                       " bytes is larger than [jobs] max_result_size (%u)",
                                       entry->fn_name, size, self->max_result_size);
+    } else if (store_max > 0 && size > store_max) {
+      entry->outcome = CRUNCH_JOB_FAILED;
+      entry->error =
+          g_strdup_printf ("%s: result of %" G_GSIZE_FORMAT
+                           " bytes is larger than the job store can keep (%" G_GUINT64_FORMAT
+                           " bytes, one NATS message): results are not split",
+                           entry->fn_name, size, store_max);
     } else {
       entry->result = g_bytes_ref (ticket->result);
     }
@@ -372,7 +392,9 @@ static const gchar *
 state_name (const Entry *entry)
 {
   if (entry->t_done == 0)
-    return entry->call != NULL && crunch_call_running (entry->call) ? "running" : "queued";
+    return entry->remote_running || (entry->call != NULL && crunch_call_running (entry->call))
+               ? "running"
+               : "queued";
   if (entry->interrupted)
     return "queued"; /* it runs again after the restart */
   switch (entry->outcome) {
@@ -840,13 +862,24 @@ crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
 
 static gboolean pump_backlog (gpointer data);
 
+static gboolean
+backlog_timer_fired (gpointer data)
+{
+  CrunchJobs *self = data;
+
+  g_mutex_lock (&self->lock);
+  self->backlog_timer = 0;
+  g_mutex_unlock (&self->lock);
+  return pump_backlog (self);
+}
+
 /* With the lock held: recovered work is admitted like new work; what is refused now (the queue
  * is full) is retried every BACKLOG_RETRY_MS, never dropped. */
 static void
 retry_backlog_later_locked (CrunchJobs *self)
 {
   if (self->backlog_timer == 0)
-    self->backlog_timer = g_timeout_add (BACKLOG_RETRY_MS, pump_backlog, self);
+    self->backlog_timer = g_timeout_add (BACKLOG_RETRY_MS, backlog_timer_fired, self);
 }
 
 /* With the lock held: admission refused a recovered job. */
@@ -877,7 +910,6 @@ pump_backlog (gpointer data)
     Entry *entry;
 
     g_mutex_lock (&self->lock);
-    self->backlog_timer = 0;
     entry = g_queue_pop_head (&self->backlog);
     if (entry != NULL) {
       call = new_call_locked (self, entry);
@@ -980,6 +1012,24 @@ by_finish (gconstpointer a, gconstpointer b)
   return (x->t_done > y->t_done) - (x->t_done < y->t_done);
 }
 
+/* With the lock held: a stored job in the table (visible: its id was handed out). */
+static Entry *
+entry_from_record_locked (CrunchJobs *self, const CrunchStoredJob *r)
+{
+  Entry *entry = add_entry_locked (self, g_strdup (r->id), r->fn, r->args, r->client);
+
+  entry->visible = TRUE;
+  entry->t_created = r->created;
+  entry->attempts = r->attempts;
+  entry->crashes = r->crashes;
+  if (r->idempotency_key != NULL && r->body_hash != NULL) {
+    entry->key = g_strconcat (r->client, "\n", r->idempotency_key, NULL);
+    entry->body_hash = g_strdup (r->body_hash);
+    g_hash_table_replace (self->keys, entry->key, entry); /* the table keeps this key string */
+  }
+  return entry;
+}
+
 /* With the lock held: the table as the store has it. counts: finished, to run, failed. */
 static void
 rebuild_locked (CrunchJobs *self, GPtrArray *records, gboolean clean_stop, guint *counts)
@@ -988,16 +1038,7 @@ rebuild_locked (CrunchJobs *self, GPtrArray *records, gboolean clean_stop, guint
 
   for (guint i = 0; i < records->len; i++) {
     const CrunchStoredJob *r = records->pdata[i];
-    Entry *entry = add_entry_locked (self, g_strdup (r->id), r->fn, r->args, r->client);
-    entry->visible = TRUE;
-    entry->t_created = r->created;
-    entry->attempts = r->attempts;
-    entry->crashes = r->crashes;
-    if (r->idempotency_key != NULL && r->body_hash != NULL) {
-      entry->key = g_strconcat (r->client, "\n", r->idempotency_key, NULL);
-      entry->body_hash = g_strdup (r->body_hash);
-      g_hash_table_replace (self->keys, entry->key, entry); /* the table keeps this key string */
-    }
+    Entry *entry = entry_from_record_locked (self, r);
     if (r->state != CRUNCH_STORED_FINISHED) {
       recover_unfinished_locked (self, entry, r, clean_stop, counts);
     } else if (recover_finished_locked (self, entry, r)) {
@@ -1051,6 +1092,190 @@ crunch_jobs_resume (CrunchJobs *self, GSourceFunc recovered, gpointer data)
   pump_backlog (self);
 }
 
+/* ---- a shared store: jobs of other front ends (nats.c) ---- */
+
+/* Store thread: this front end took a job over (its owner died): run it, or fail it. */
+static void
+on_claimed (CrunchStoredJob *record, gpointer data)
+{
+  CrunchJobs *self = data;
+  guint counts[3] = {0, 0, 0};
+  Entry *old;
+
+  g_mutex_lock (&self->lock);
+  old = g_hash_table_lookup (self->entries, record->id);
+  if (old != NULL && old->lost && old->t_done != 0) { /* ours once, lost, now back */
+    g_queue_remove (&self->finished, old);
+    g_hash_table_remove (self->entries, record->id);
+    old = NULL;
+  }
+  if (old == NULL)
+    recover_unfinished_locked (self, entry_from_record_locked (self, record), record, TRUE, counts);
+  g_mutex_unlock (&self->lock);
+  g_message ("jobs: took over job %s (%s, attempt %u) from a front end that stopped renewing it",
+             record->id, record->fn, record->attempts + 1);
+  crunch_stored_job_free (record);
+  g_idle_add (pump_backlog, self);
+}
+
+/* Store thread: another front end asked for a job this one runs to stop (`lost`: it took the
+ * job over, so this run's outcome is not written). */
+static void
+stop_owned (CrunchJobs *self, const gchar *id, gboolean lost)
+{
+  g_autoptr (CrunchCall) call = NULL;
+  Entry *entry;
+
+  g_mutex_lock (&self->lock);
+  entry = g_hash_table_lookup (self->entries, id);
+  if (entry != NULL && entry->t_done == 0) {
+    entry->lost |= lost;
+    entry->cancel_requested = TRUE;
+    if (entry->call == NULL) { /* waiting for admission */
+      g_queue_remove (&self->backlog, entry);
+      entry->outcome = CRUNCH_JOB_CLIENT_GONE;
+      finish_locked (self, entry);
+    } else if (crunch_call_ticket (entry->call) != NULL) {
+      call = crunch_call_ref (entry->call);
+    }
+  }
+  g_mutex_unlock (&self->lock);
+  if (call != NULL)
+    crunch_call_cancel (call, CRUNCH_JOB_CLIENT_GONE);
+}
+
+static void
+on_cancel_requested (const gchar *id, gpointer data)
+{
+  stop_owned (data, id, FALSE);
+}
+
+static void
+on_lost (const gchar *id, gpointer data)
+{
+  stop_owned (data, id, TRUE);
+}
+
+typedef enum { REMOTE_DESCRIBE, REMOTE_RESULT, REMOTE_DELETE } RemoteVerb;
+
+typedef struct {
+  CrunchJobs *jobs;
+  CrunchLater *later;
+  RemoteVerb verb;
+} Remote;
+
+/* A job read from the shared store, as an entry outside the table; NULL when its ttl has run
+ * out. Free with remote_entry_free(). */
+static Entry *
+remote_entry (CrunchJobs *self, const CrunchStoredJob *r)
+{
+  Entry *entry = g_new0 (Entry, 1);
+
+  entry->jobs = self;
+  entry->id = g_strdup (r->id);
+  entry->fn_name = g_strdup (r->fn);
+  entry->fn = crunch_functions_lookup (r->fn);
+  entry->args = g_variant_ref (r->args);
+  entry->client = g_strdup (r->client);
+  entry->visible = TRUE;
+  entry->t_created = r->created;
+  entry->attempts = r->attempts;
+  entry->crashes = r->crashes;
+  entry->cancel_requested = r->cancel_requested;
+  entry->queued_us = entry->run_us = -1;
+  entry->remote_running = r->state == CRUNCH_STORED_RUNNING;
+  if (r->state == CRUNCH_STORED_FINISHED && !recover_finished_locked (self, entry, r)) {
+    entry->t_done = 1;
+    entry->lost = TRUE; /* expired: say so with a 404 */
+  }
+  return entry;
+}
+
+static void
+remote_entry_free (Entry *entry)
+{
+  g_free (entry->id);
+  g_free (entry->fn_name);
+  g_variant_unref (entry->args);
+  g_free (entry->client);
+  g_clear_pointer (&entry->result, g_bytes_unref);
+  g_free (entry->error);
+  g_free (entry);
+}
+
+static CrunchReply no_such_job (void);
+
+/* Under the lock (for the limits it reads). */
+static CrunchReply
+remote_reply_locked (CrunchJobs *self, Entry *entry, RemoteVerb verb)
+{
+  if (entry->lost)
+    return no_such_job ();
+  switch (verb) {
+  case REMOTE_DESCRIBE:
+    return describe_locked (entry, 200);
+  case REMOTE_RESULT:
+    if (entry->t_done == 0 || entry->outcome != CRUNCH_JOB_OK)
+      return crunch_reply_text (409, "job %s is %s: no result", entry->id, state_name (entry));
+    return crunch_reply_bytes (200, g_bytes_ref (entry->result), content_type_of (entry));
+  case REMOTE_DELETE:
+    if (entry->t_done != 0) {
+      crunch_store_remove (self->store, entry->id);
+      return (CrunchReply){.status = 204, .content_type = CRUNCH_TEXT_PLAIN};
+    }
+    /* its owner sees the request at its next lease renewal and cancels it */
+    self->store->klass->request_cancel (self->store, entry->id, NULL, NULL);
+    entry->cancel_requested = TRUE;
+    return describe_locked (entry, 202);
+  }
+  return no_such_job ();
+}
+
+/* Store thread: the job as the shared store has it; answers the parked request. */
+static void
+on_remote_got (CrunchStoredJob *record, const GError *error, gpointer data)
+{
+  Remote *remote = data;
+  CrunchJobs *self = remote->jobs;
+  CrunchReply reply;
+
+  if (error != NULL) {
+    reply = crunch_reply_text (503, "the job store could not be read: %s", error->message);
+    reply.retry_after = g_strdup ("1");
+  } else if (record == NULL) {
+    reply = no_such_job ();
+  } else {
+    Entry *entry = remote_entry (self, record);
+    g_mutex_lock (&self->lock);
+    reply = remote_reply_locked (self, entry, remote->verb);
+    g_mutex_unlock (&self->lock);
+    remote_entry_free (entry);
+  }
+  crunch_stored_job_free (record);
+  remote->later->answer (remote->later, &reply);
+  g_free (remote);
+}
+
+/* A job this front end does not have: ask the shared store (the request waits, parked). */
+static CrunchReply
+remote (CrunchJobs *self, const CrunchRequestInfo *request, RemoteVerb verb)
+{
+  Remote *r = g_new0 (Remote, 1);
+  CrunchReply reply;
+
+  r->jobs = self;
+  r->verb = verb;
+  r->later = request->defer (request->request);
+  if (r->later == NULL) {
+    g_free (r);
+    reply = crunch_reply_text (503, "server is shutting down");
+    reply.close = TRUE;
+    return reply;
+  }
+  self->store->klass->get (self->store, request->arg, on_remote_got, r);
+  return crunch_reply_later ();
+}
+
 /* ---- the other verbs ---- */
 
 /* The entry whose id was handed out (lock held), or NULL. */
@@ -1062,7 +1287,7 @@ find_locked (CrunchJobs *self, const gchar *id)
   purge_locked (self);
   entry = g_hash_table_lookup (self->entries, id);
   /* an entry reserved but not yet admitted is not visible: its id has not been handed out */
-  return entry != NULL && entry->visible ? entry : NULL;
+  return entry != NULL && entry->visible && !entry->lost ? entry : NULL;
 }
 
 static CrunchReply
@@ -1085,10 +1310,26 @@ describe_id (CrunchJobs *self, const gchar *id, guint status)
   return reply;
 }
 
+/* Whether a job this front end does not have is to be asked of the shared store. */
+static gboolean
+elsewhere (CrunchJobs *self, const gchar *id)
+{
+  gboolean absent;
+
+  if (!crunch_store_shared (self->store) || !crunch_store_id_valid (id))
+    return FALSE;
+  g_mutex_lock (&self->lock);
+  absent = find_locked (self, id) == NULL;
+  g_mutex_unlock (&self->lock);
+  return absent;
+}
+
 /* GET /jobs/ID */
 static CrunchReply
 describe_handler (const CrunchRequestInfo *request, gpointer context)
 {
+  if (elsewhere (context, request->arg))
+    return remote (context, request, REMOTE_DESCRIBE);
   return describe_id (context, request->arg, 200);
 }
 
@@ -1100,6 +1341,8 @@ result_handler (const CrunchRequestInfo *request, gpointer context)
   CrunchReply reply;
   Entry *entry;
 
+  if (elsewhere (self, request->arg))
+    return remote (self, request, REMOTE_RESULT);
   g_mutex_lock (&self->lock);
   entry = find_locked (self, request->arg);
   if (entry == NULL)
@@ -1120,6 +1363,8 @@ delete_handler (const CrunchRequestInfo *request, gpointer context)
   g_autoptr (CrunchCall) call = NULL;
   Entry *entry;
 
+  if (elsewhere (self, request->arg))
+    return remote (self, request, REMOTE_DELETE);
   g_mutex_lock (&self->lock);
   entry = find_locked (self, request->arg);
   if (entry == NULL || entry->t_done != 0) {

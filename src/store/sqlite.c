@@ -68,41 +68,6 @@ static const gchar schema[] =
   "id, fn, args_type, args, client, idempotency_key, body_hash, created, state, attempts, "        \
   "crashes, outcome, error, result, finished, queued_us, run_us, coalesced"
 
-void
-crunch_stored_job_free (CrunchStoredJob *record)
-{
-  if (record == NULL)
-    return;
-  g_free (record->id);
-  g_free (record->fn);
-  g_clear_pointer (&record->args, g_variant_unref);
-  g_free (record->client);
-  g_free (record->idempotency_key);
-  g_free (record->body_hash);
-  g_free (record->outcome);
-  g_free (record->error);
-  g_clear_pointer (&record->result, g_bytes_unref);
-  g_free (record);
-}
-
-static CrunchStoredJob *
-record_copy (const CrunchStoredJob *r)
-{
-  CrunchStoredJob *copy = g_new (CrunchStoredJob, 1);
-
-  *copy = *r;
-  copy->id = g_strdup (r->id);
-  copy->fn = g_strdup (r->fn);
-  copy->args = r->args ? g_variant_ref (r->args) : NULL;
-  copy->client = g_strdup (r->client);
-  copy->idempotency_key = g_strdup (r->idempotency_key);
-  copy->body_hash = g_strdup (r->body_hash);
-  copy->outcome = g_strdup (r->outcome);
-  copy->error = g_strdup (r->error);
-  copy->result = r->result ? g_bytes_ref (r->result) : NULL;
-  return copy;
-}
-
 /* ---- opening ---- */
 
 static gboolean
@@ -324,21 +289,9 @@ column_bytes (sqlite3_stmt *stmt, gint i)
 static GVariant *
 column_args (sqlite3_stmt *stmt)
 {
-  const gchar *type = column_text (stmt, 2);
   g_autoptr (GBytes) bytes = column_bytes (stmt, 3);
-  GVariant *args;
 
-  /* a definite tuple, or g_variant_new_from_bytes() asserts */
-  if (type == NULL || bytes == NULL || !g_variant_type_string_is_valid (type) ||
-      !g_variant_type_is_definite (G_VARIANT_TYPE (type)) ||
-      !g_variant_type_is_tuple (G_VARIANT_TYPE (type)))
-    return NULL;
-  args = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE (type), bytes, FALSE));
-  if (!g_variant_is_normal_form (args)) {
-    g_variant_unref (args);
-    return NULL;
-  }
-  return args;
+  return crunch_store_args_from_bytes (column_text (stmt, 2), bytes);
 }
 
 static CrunchStoredJob *
@@ -364,8 +317,7 @@ read_row (sqlite3_stmt *stmt)
   r->run_us = sqlite3_column_int64 (stmt, 16);
   r->coalesced = sqlite3_column_int (stmt, 17) != 0;
   /* ids go into Location headers and URLs: 32 lower-case hex digits or the row is damaged */
-  if (r->id == NULL || strlen (r->id) != 32 || strspn (r->id, "0123456789abcdef") != 32 ||
-      r->fn == NULL || r->args == NULL || r->client == NULL || r->state > CRUNCH_STORED_FINISHED ||
+  if (!crunch_store_id_valid (r->id) || r->fn == NULL || r->args == NULL || r->client == NULL || r->state > CRUNCH_STORED_FINISHED ||
       (r->state == CRUNCH_STORED_FINISHED && r->outcome == NULL))
     return NULL;
   return g_steal_pointer (&r);
@@ -632,7 +584,7 @@ publish_done (SqliteStore *self, guint64 seq)
 static void
 sqlite_put (CrunchStore *store, const CrunchStoredJob *record, CrunchStoreDone done, gpointer data)
 {
-  push ((SqliteStore *)store, OP_PUT, record_copy (record), done, data);
+  push ((SqliteStore *)store, OP_PUT, crunch_stored_job_copy (record), done, data);
 }
 
 static void

@@ -36,13 +36,36 @@ typedef struct {
   gint64 finished;          /* wall clock, microseconds */
   gint64 queued_us, run_us; /* -1: it never ran */
   gboolean coalesced;
+  /* shared stores (nats.c) only */
+  gchar *owner;              /* the front end that runs it */
+  gint64 lease_until;        /* wall clock, microseconds: the owner renews it while it lives */
+  gboolean cancel_requested; /* another front end asked for it to stop */
 } CrunchStoredJob;
 
+CrunchStoredJob *crunch_stored_job_copy (const CrunchStoredJob *record);
+/* Stored arguments back: NULL unless `type` is a definite tuple type and `bytes` a value of it
+ * in normal form (the file or message may be damaged or hostile). */
+GVariant *crunch_store_args_from_bytes (const gchar *type, GBytes *bytes);
+/* A job id as crunchd makes them: 32 lower-case hex digits. */
+gboolean crunch_store_id_valid (const gchar *id);
 void crunch_stored_job_free (CrunchStoredJob *record);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchStoredJob, crunch_stored_job_free)
 
 typedef struct CrunchStore CrunchStore;
 typedef void (*CrunchStoreDone) (const GError *error, gpointer data);
+/* A job read from a shared store: `record` is the callee's (NULL: there is no such job). */
+typedef void (*CrunchStoreGot) (CrunchStoredJob *record, const GError *error, gpointer data);
+
+/* What a shared store tells the jobs API, on its thread. */
+typedef struct {
+  /* This front end now owns the job (its owner stopped renewing its lease): run it. Takes it. */
+  void (*claimed) (CrunchStoredJob *record, gpointer data);
+  /* Another front end asked for a job this one runs to be cancelled. */
+  void (*cancel) (const gchar *id, gpointer data);
+  /* Another front end took over a job this one was running (its lease lapsed): drop it. */
+  void (*lost) (const gchar *id, gpointer data);
+  gpointer data;
+} CrunchStoreHooks;
 
 typedef struct {
   const gchar *name;
@@ -58,6 +81,15 @@ typedef struct {
   void (*remove) (CrunchStore *self, const gchar *id);
   /* Blocks until every write queued before it has been applied (or has failed). */
   void (*barrier) (CrunchStore *self);
+  /* Shared stores only (several front ends), NULL for the others. Reads the job, wherever it
+   * runs; `got` on the store thread. */
+  void (*get) (CrunchStore *self, const gchar *id, CrunchStoreGot got, gpointer data);
+  /* Marks the job cancelled for its owner, wherever it runs. */
+  void (*request_cancel) (CrunchStore *self, const gchar *id, CrunchStoreDone done,
+                          gpointer data);
+  void (*set_hooks) (CrunchStore *self, const CrunchStoreHooks *hooks);
+  /* The largest result the store can keep, in bytes (0: no bound of its own). */
+  guint64 (*max_result_size) (CrunchStore *self);
   /* Prometheus families (crunchd_store_*), from any thread. */
   void (*render_metrics) (CrunchStore *self, GString *out);
   /* Applies every queued write, records a clean stop, then closes (blocks). */
@@ -98,6 +130,12 @@ static inline void
 crunch_store_remove (CrunchStore *self, const gchar *id)
 {
   self->klass->remove (self, id);
+}
+
+static inline gboolean
+crunch_store_shared (CrunchStore *self)
+{
+  return self != NULL && self->klass->get != NULL;
 }
 
 static inline void
