@@ -125,7 +125,8 @@ test_kill9_a (Fixture *f, gconstpointer data)
 {
   g_autofree gchar *job =
       submit (f->a, "{\"fn\": \"spin\", \"args\": {\"seconds\": 1, \"grain\": 10}}");
-  g_autoptr (JsonObject) running = wait_state (f->a, job, "running", 10);
+  /* running, and written so in the store (B reads it there) */
+  g_autoptr (JsonObject) running = wait_state (f->b, job, "running", 10);
   g_autoptr (JsonObject) done = NULL;
   g_autofree gchar *log = NULL;
   gint64 t0;
@@ -157,8 +158,10 @@ test_result_too_large (Fixture *f, gconstpointer data)
 int
 main (int argc, char **argv)
 {
+  g_autofree gchar *server = g_find_program_in_path ("nats-server");
+
   g_test_init (&argc, &argv, NULL);
-  if (g_find_program_in_path ("nats-server") == NULL) {
+  if (server == NULL) {
     g_test_skip ("nats-server is not installed");
     return g_test_run ();
   }

@@ -52,16 +52,12 @@ typedef struct {
   gchar *bucket, *owner;
   gint64 lease_us, ttl_us;
   guint64 max_value;
-  GAsyncQueue *queue;
+  CrunchStoreQueue queue; /* Op* */
   GThread *thread;
   GHashTable *own; /* id -> Own*, store thread only */
   CrunchStoreHooks hooks;
   gint64 next_scan;
-  GMutex seq_lock;
-  GCond seq_cond;
-  guint64 queued_seq, done_seq;
   guint64 writes, errors, claims, lost; /* atomic */
-  gint pending;
 } NatsStore;
 
 static void
@@ -509,26 +505,15 @@ release_all (NatsStore *self)
 /* ---- the store thread ---- */
 
 static void
-publish_done (NatsStore *self, guint64 seq)
-{
-  g_mutex_lock (&self->seq_lock);
-  self->done_seq = MAX (self->done_seq, seq);
-  g_cond_broadcast (&self->seq_cond);
-  g_mutex_unlock (&self->seq_lock);
-}
-
-static void
 finish_op (NatsStore *self, Op *op, const GError *error)
 {
   if (error != NULL) {
     __atomic_add_fetch (&self->errors, 1, __ATOMIC_RELAXED);
     g_warning ("%s", error->message);
   }
-  if (op->kind != OP_STOP)
-    g_atomic_int_dec_and_test (&self->pending);
   if (op->done != NULL)
     op->done (error, op->data);
-  publish_done (self, op->seq);
+  crunch_store_queue_done (&self->queue, op->seq); /* after the callback: see barrier() */
   crunch_stored_job_free (op->record);
   g_free (op);
 }
@@ -572,7 +557,7 @@ store_thread (gpointer data)
 
   while (!stop) {
     gint64 wait = MAX (next_tick - g_get_monotonic_time (), 0);
-    Op *op = g_async_queue_timeout_pop (self->queue, (guint64)wait);
+    Op *op = g_async_queue_timeout_pop (self->queue.queue, (guint64)wait);
     if (op != NULL) {
       stop = op->kind == OP_STOP;
       apply (self, op);
@@ -583,7 +568,7 @@ store_thread (gpointer data)
       next_tick = g_get_monotonic_time () + self->lease_us / 3;
     }
   }
-  for (Op *op; (op = g_async_queue_try_pop (self->queue)) != NULL;) /* queued by callbacks */
+  for (Op *op; (op = g_async_queue_try_pop (self->queue.queue)) != NULL;) /* by callbacks */
     apply (self, op);
   return NULL;
 }
@@ -599,12 +584,7 @@ push (NatsStore *self, OpKind kind, CrunchStoredJob *record, CrunchStoreDone don
   op->done = done;
   op->got = got;
   op->data = data;
-  if (kind != OP_STOP)
-    g_atomic_int_inc (&self->pending);
-  g_mutex_lock (&self->seq_lock);
-  op->seq = ++self->queued_seq;
-  g_async_queue_push (self->queue, op);
-  g_mutex_unlock (&self->seq_lock);
+  crunch_store_queue_push (&self->queue, op, &op->seq);
 }
 
 static CrunchStoredJob *
@@ -683,12 +663,7 @@ nats_max_result_size (CrunchStore *store)
 static void
 nats_barrier (CrunchStore *store)
 {
-  NatsStore *self = (NatsStore *)store;
-
-  g_mutex_lock (&self->seq_lock);
-  for (guint64 mine = self->queued_seq; self->done_seq < mine;)
-    g_cond_wait (&self->seq_cond, &self->seq_lock);
-  g_mutex_unlock (&self->seq_lock);
+  crunch_store_queue_barrier (&((NatsStore *)store)->queue);
 }
 
 static void
@@ -716,7 +691,7 @@ nats_render_metrics (CrunchStore *store, GString *out)
       __atomic_load_n (&self->writes, __ATOMIC_RELAXED),
       __atomic_load_n (&self->errors, __ATOMIC_RELAXED),
       __atomic_load_n (&self->claims, __ATOMIC_RELAXED),
-      __atomic_load_n (&self->lost, __ATOMIC_RELAXED), g_atomic_int_get (&self->pending));
+      __atomic_load_n (&self->lost, __ATOMIC_RELAXED), g_atomic_int_get (&self->queue.pending));
 }
 
 static void
@@ -743,11 +718,9 @@ nats_free (CrunchStore *store)
     push (self, OP_STOP, NULL, NULL, NULL, NULL);
     g_thread_join (self->thread);
   }
-  g_async_queue_unref (self->queue);
+  crunch_store_queue_clear (&self->queue);
   g_hash_table_unref (self->own);
   close_nats (self);
-  g_mutex_clear (&self->seq_lock);
-  g_cond_clear (&self->seq_cond);
   g_free (self->bucket);
   g_free (self->owner);
   g_free (self);
@@ -802,9 +775,7 @@ crunch_store_nats_open (const CrunchNatsStoreSettings *settings, GError **error)
   self->lease_us = (gint64)(settings->lease * G_USEC_PER_SEC);
   self->ttl_us = (gint64)(settings->ttl * G_USEC_PER_SEC);
   self->own = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, own_free);
-  self->queue = g_async_queue_new ();
-  g_mutex_init (&self->seq_lock);
-  g_cond_init (&self->seq_cond);
+  crunch_store_queue_init (&self->queue);
   self->nc = crunch_nats_connect (settings->config, "crunchd job store", FALSE,
                                   &(CrunchNatsHandlers){0}, &connected, error);
   if (self->nc != NULL && !connected) {

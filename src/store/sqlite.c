@@ -41,17 +41,11 @@ typedef struct {
   gint lock_fd; /* flock()ed: this process owns the file */
   sqlite3 *db;
   sqlite3_stmt *put, *state, *remove;
-  GAsyncQueue *queue; /* Op* */
+  CrunchStoreQueue queue; /* Op* */
   GThread *thread;
   /* figures, atomic */
   guint64 writes, transactions, errors;
-  gint pending;
   gint64 last_warning; /* monotonic, store thread only */
-  /* barrier(): writes are numbered as they are queued; the store thread publishes the highest
-   * number committed (or failed) */
-  GMutex seq_lock;
-  GCond seq_cond;
-  guint64 queued_seq, done_seq;
 } SqliteStore;
 
 static const gchar schema[] =
@@ -258,9 +252,7 @@ crunch_store_sqlite_open (const CrunchSqliteSettings *settings, GError **error)
     fail (error, self, "cannot open it");
   } else if (check_file (self, error) && set_journal (self, settings, error) &&
              bound_size (self, settings->max_size, error) && prepare (self, error)) {
-    self->queue = g_async_queue_new ();
-    g_mutex_init (&self->seq_lock);
-    g_cond_init (&self->seq_cond);
+    crunch_store_queue_init (&self->queue);
     return &self->parent;
   }
   close_db (self);
@@ -317,7 +309,8 @@ read_row (sqlite3_stmt *stmt)
   r->run_us = sqlite3_column_int64 (stmt, 16);
   r->coalesced = sqlite3_column_int (stmt, 17) != 0;
   /* ids go into Location headers and URLs: 32 lower-case hex digits or the row is damaged */
-  if (!crunch_store_id_valid (r->id) || r->fn == NULL || r->args == NULL || r->client == NULL || r->state > CRUNCH_STORED_FINISHED ||
+  if (!crunch_store_id_valid (r->id) || r->fn == NULL || r->args == NULL || r->client == NULL ||
+      r->state > CRUNCH_STORED_FINISHED ||
       (r->state == CRUNCH_STORED_FINISHED && r->outcome == NULL))
     return NULL;
   return g_steal_pointer (&r);
@@ -479,9 +472,9 @@ finish_op (SqliteStore *self, Op *op, const GError *error)
     }
   }
   __atomic_add_fetch (&self->writes, 1, __ATOMIC_RELAXED);
-  g_atomic_int_dec_and_test (&self->pending);
   if (op->done != NULL)
     op->done (error, op->data);
+  crunch_store_queue_done (&self->queue, op->seq); /* after the callback: see barrier() */
   crunch_stored_job_free (op->record);
   g_free (op);
 }
@@ -508,8 +501,6 @@ write_batch (SqliteStore *self, Op **ops, guint n)
   }
 }
 
-static void publish_done (SqliteStore *self, guint64 seq);
-
 static gpointer
 store_thread (gpointer data)
 {
@@ -519,27 +510,22 @@ store_thread (gpointer data)
 
   while (!stop) {
     guint n = 0;
-    Op *op = g_async_queue_pop (self->queue);
+    Op *op = g_async_queue_pop (self->queue.queue);
     do {
       if (op->kind == OP_STOP) {
         stop = TRUE;
+        crunch_store_queue_done (&self->queue, op->seq);
         g_free (op);
         break;
       }
       batch[n++] = op;
-    } while (n < BATCH_MAX && (op = g_async_queue_try_pop (self->queue)) != NULL);
-    if (n > 0) {
-      guint64 last = batch[n - 1]->seq;
+    } while (n < BATCH_MAX && (op = g_async_queue_try_pop (self->queue.queue)) != NULL);
+    if (n > 0)
       write_batch (self, batch, n);
-      publish_done (self, last);
-    }
   }
   /* writes the last batch's callbacks made after the stop was queued */
-  for (Op *op; (op = g_async_queue_try_pop (self->queue)) != NULL;) {
-    guint64 seq = op->seq;
+  for (Op *op; (op = g_async_queue_try_pop (self->queue.queue)) != NULL;)
     write_batch (self, &op, 1);
-    publish_done (self, seq);
-  }
   return NULL;
 }
 
@@ -552,33 +538,13 @@ push (SqliteStore *self, OpKind kind, CrunchStoredJob *record, CrunchStoreDone d
   op->record = record;
   op->done = done;
   op->data = data;
-  if (kind != OP_STOP)
-    g_atomic_int_inc (&self->pending);
-  /* numbered and queued under one lock, so numbers reach the store thread in order */
-  g_mutex_lock (&self->seq_lock);
-  op->seq = ++self->queued_seq;
-  g_async_queue_push (self->queue, op);
-  g_mutex_unlock (&self->seq_lock);
+  crunch_store_queue_push (&self->queue, op, &op->seq);
 }
 
 static void
 sqlite_barrier (CrunchStore *store)
 {
-  SqliteStore *self = (SqliteStore *)store;
-
-  g_mutex_lock (&self->seq_lock);
-  for (guint64 mine = self->queued_seq; self->done_seq < mine;)
-    g_cond_wait (&self->seq_cond, &self->seq_lock);
-  g_mutex_unlock (&self->seq_lock);
-}
-
-static void
-publish_done (SqliteStore *self, guint64 seq)
-{
-  g_mutex_lock (&self->seq_lock);
-  self->done_seq = MAX (self->done_seq, seq);
-  g_cond_broadcast (&self->seq_cond);
-  g_mutex_unlock (&self->seq_lock);
+  crunch_store_queue_barrier (&((SqliteStore *)store)->queue);
 }
 
 static void
@@ -631,7 +597,7 @@ sqlite_render_metrics (CrunchStore *store, GString *out)
       "crunchd_store_pending %d\n",
       __atomic_load_n (&self->writes, __ATOMIC_RELAXED),
       __atomic_load_n (&self->transactions, __ATOMIC_RELAXED),
-      __atomic_load_n (&self->errors, __ATOMIC_RELAXED), g_atomic_int_get (&self->pending));
+      __atomic_load_n (&self->errors, __ATOMIC_RELAXED), g_atomic_int_get (&self->queue.pending));
 }
 
 static void
@@ -646,9 +612,7 @@ sqlite_free (CrunchStore *store)
     if (!exec (self, "UPDATE meta SET value = 1 WHERE key = 'clean_stop'", &error))
       g_warning ("%s", error->message);
   }
-  g_async_queue_unref (self->queue);
-  g_mutex_clear (&self->seq_lock);
-  g_cond_clear (&self->seq_cond);
+  crunch_store_queue_clear (&self->queue);
   close_db (self);
   g_free (self->path);
   g_free (self);

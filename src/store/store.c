@@ -63,3 +63,50 @@ crunch_store_id_valid (const gchar *id)
 {
   return id != NULL && strlen (id) == 32 && strspn (id, "0123456789abcdef") == 32;
 }
+
+void
+crunch_store_queue_init (CrunchStoreQueue *q)
+{
+  q->queue = g_async_queue_new ();
+  g_mutex_init (&q->lock);
+  g_cond_init (&q->cond);
+  q->pushed = q->done = 0;
+  q->pending = 0;
+}
+
+void
+crunch_store_queue_clear (CrunchStoreQueue *q)
+{
+  g_async_queue_unref (q->queue);
+  g_mutex_clear (&q->lock);
+  g_cond_clear (&q->cond);
+}
+
+void
+crunch_store_queue_push (CrunchStoreQueue *q, gpointer item, guint64 *seq)
+{
+  g_atomic_int_inc (&q->pending);
+  g_mutex_lock (&q->lock);
+  *seq = ++q->pushed;
+  g_async_queue_push (q->queue, item);
+  g_mutex_unlock (&q->lock);
+}
+
+void
+crunch_store_queue_done (CrunchStoreQueue *q, guint64 seq)
+{
+  g_atomic_int_add (&q->pending, -1);
+  g_mutex_lock (&q->lock);
+  q->done = MAX (q->done, seq);
+  g_cond_broadcast (&q->cond);
+  g_mutex_unlock (&q->lock);
+}
+
+void
+crunch_store_queue_barrier (CrunchStoreQueue *q)
+{
+  g_mutex_lock (&q->lock);
+  for (guint64 mine = q->pushed; q->done < mine;)
+    g_cond_wait (&q->cond, &q->lock);
+  g_mutex_unlock (&q->lock);
+}

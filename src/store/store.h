@@ -85,8 +85,7 @@ typedef struct {
    * runs; `got` on the store thread. */
   void (*get) (CrunchStore *self, const gchar *id, CrunchStoreGot got, gpointer data);
   /* Marks the job cancelled for its owner, wherever it runs. */
-  void (*request_cancel) (CrunchStore *self, const gchar *id, CrunchStoreDone done,
-                          gpointer data);
+  void (*request_cancel) (CrunchStore *self, const gchar *id, CrunchStoreDone done, gpointer data);
   void (*set_hooks) (CrunchStore *self, const CrunchStoreHooks *hooks);
   /* The largest result the store can keep, in bytes (0: no bound of its own). */
   guint64 (*max_result_size) (CrunchStore *self);
@@ -150,3 +149,21 @@ crunch_store_free (CrunchStore *self)
   if (self != NULL)
     self->klass->free (self);
 }
+
+/* The ordered queue of a store's operations, as both stores use it: any thread pushes (each
+ * item numbered in order), the store's thread pops and marks each done after its callback;
+ * barrier() waits for everything pushed before it. */
+typedef struct {
+  GAsyncQueue *queue;
+  GMutex lock;
+  GCond cond;
+  guint64 pushed, done;
+  gint pending; /* pushed, not yet done (atomic) */
+} CrunchStoreQueue;
+
+void crunch_store_queue_init (CrunchStoreQueue *q);
+void crunch_store_queue_clear (CrunchStoreQueue *q);
+/* Numbers `item` (*seq, a member of it) and queues it, under one lock: in order. */
+void crunch_store_queue_push (CrunchStoreQueue *q, gpointer item, guint64 *seq);
+void crunch_store_queue_done (CrunchStoreQueue *q, guint64 seq);
+void crunch_store_queue_barrier (CrunchStoreQueue *q);
