@@ -18,8 +18,8 @@ front_end (Fixture *f)
 {
   g_autofree gchar *ini = g_strdup_printf (
       "[executor]\nthreads = 2\n[nats]\nservers = %s\n[plugins]\ndir = %s\nload = spin, "
-      "mandelbrot\n[jobs]\nstore = nats\nlease = 1\n[log]\naccess = off\n",
-      f->nats->url, g_getenv ("CRUNCHD_PLUGINS"));
+      "mandelbrot\n[jobs]\nstore = nats\nlease = %g\n[log]\naccess = off\n",
+      f->nats->url, g_getenv ("CRUNCHD_PLUGINS"), 1.0 * TEST_TIME_SCALE);
   return test_server_start (ini, NULL);
 }
 
@@ -124,7 +124,7 @@ static void
 test_kill9_a (Fixture *f, gconstpointer data)
 {
   g_autofree gchar *job =
-      submit (f->a, "{\"fn\": \"spin\", \"args\": {\"seconds\": 1, \"grain\": 10}}");
+      submit (f->a, "{\"fn\": \"spin\", \"args\": {\"seconds\": 2, \"grain\": 10}}");
   /* running, and written so in the store (B reads it there) */
   g_autoptr (JsonObject) running = wait_state (f->b, job, "running", 10);
   g_autoptr (JsonObject) done = NULL;

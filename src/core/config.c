@@ -93,7 +93,7 @@ static const KeyDesc keys[] = {
     {"jobs", "synchronous", KEY_STRING, 0, 0, F (jobs_synchronous), sync_levels},
     {"jobs", "max_database_size", KEY_UINT, 0, 1048576, F (jobs_max_database_size), NULL},
     {"jobs", "bucket", KEY_STRING, 0, 0, F (jobs_bucket), NULL},
-    {"jobs", "lease", KEY_DOUBLE, 0.3, 3600, F (jobs_lease), NULL},
+    {"jobs", "lease", KEY_DOUBLE, 1, 3600, F (jobs_lease), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
     {"log", "access", KEY_ENUM, 0, 0, F (log_access), access_formats},
     {"metrics", "enabled", KEY_BOOL, 0, 0, F (metrics_enabled), NULL},

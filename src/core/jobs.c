@@ -265,7 +265,8 @@ record_of (Entry *entry, CrunchStoredState state)
 static void
 store_forget (CrunchJobs *self, Entry *entry)
 {
-  if (self->store != NULL)
+  /* a lost job is another front end's now: its record is not ours to remove */
+  if (self->store != NULL && !entry->lost)
     crunch_store_remove (self->store, entry->id);
 }
 
@@ -329,6 +330,11 @@ take_answer_locked (CrunchJobs *self, Entry *entry, const CrunchTicket *ticket)
     guint64 store_max = self->store != NULL && self->store->klass->max_result_size != NULL
                             ? self->store->klass->max_result_size (self->store)
                             : 0;
+    gsize args_size = g_variant_get_size (entry->args);
+
+    /* the job's record holds its arguments too */
+    if (store_max > 0)
+      store_max = store_max > args_size + 1 ? store_max - args_size : 1;
     if (self->max_result_size > 0 && size > self->max_result_size) {
       entry->outcome = CRUNCH_JOB_FAILED;
       entry->error = g_strdup_printf ("%s: result of %" G_GSIZE_FORMAT
@@ -725,9 +731,10 @@ on_stored (const GError *error, gpointer data)
 
   g_mutex_lock (&self->lock);
   later = g_steal_pointer (&entry->later);
-  if (error != NULL)
+  if (error != NULL) {
+    g_queue_remove (&self->finished, entry);
     g_hash_table_remove (self->entries, entry->id);
-  else
+  } else
     call = new_call_locked (self, entry);
   g_mutex_unlock (&self->lock);
   if (error == NULL) {
@@ -1109,8 +1116,21 @@ on_claimed (CrunchStoredJob *record, gpointer data)
     g_hash_table_remove (self->entries, record->id);
     old = NULL;
   }
-  if (old == NULL)
+  if (old != NULL) {
+    /* still here: running (ours again) or finished (its end was not written: write it) */
+    old->lost = FALSE;
+    if (old->t_done != 0 && !old->interrupted) {
+      CrunchStoredJob again = record_of (old, CRUNCH_STORED_FINISHED);
+      crunch_store_put (self->store, &again, NULL, NULL);
+    }
+  } else if (record->cancel_requested) { /* cancelled through another front end */
+    Entry *entry = entry_from_record_locked (self, record);
+    entry->cancel_requested = TRUE;
+    entry->outcome = CRUNCH_JOB_CLIENT_GONE;
+    finish_locked (self, entry);
+  } else {
     recover_unfinished_locked (self, entry_from_record_locked (self, record), record, TRUE, counts);
+  }
   g_mutex_unlock (&self->lock);
   g_message ("jobs: took over job %s (%s, attempt %u) from a front end that stopped renewing it",
              record->id, record->fn, record->attempts + 1);
@@ -1128,8 +1148,12 @@ stop_owned (CrunchJobs *self, const gchar *id, gboolean lost)
 
   g_mutex_lock (&self->lock);
   entry = g_hash_table_lookup (self->entries, id);
+  /* not yet accepted (on_stored() owns it until then): nothing to stop */
+  if (entry != NULL && (!entry->visible || entry->later != NULL))
+    entry = NULL;
+  if (entry != NULL && lost)
+    entry->lost = TRUE; /* finished or not: its record is another front end's now */
   if (entry != NULL && entry->t_done == 0) {
-    entry->lost |= lost;
     entry->cancel_requested = TRUE;
     if (entry->call == NULL) { /* waiting for admission */
       g_queue_remove (&self->backlog, entry);

@@ -27,6 +27,8 @@
 #define MAGIC "CJ1\n"
 #define HEADER_ROOM 4096 /* bytes kept for the header and NATS's own headers */
 #define CAS_TRIES 5
+#define MAX_TIME_US G_GINT64_CONSTANT (253402300799000000) /* 9999-12-31 */
+#define MAX_COUNT 1000000
 
 typedef enum { OP_PUT, OP_STATE, OP_REMOVE, OP_GET, OP_CANCEL, OP_STOP } OpKind;
 
@@ -171,15 +173,21 @@ get_string (JsonObject *o, const gchar *name)
 static void
 read_header (CrunchStoredJob *r, JsonObject *o)
 {
+  gint64 state;
+
   r->id = get_string (o, "id");
   r->fn = get_string (o, "fn");
   r->client = get_string (o, "client");
   r->idempotency_key = get_string (o, "idempotency_key");
   r->body_hash = get_string (o, "body_hash");
   r->created = json_object_get_int_member_with_default (o, "created", 0);
-  r->state = (CrunchStoredState)json_object_get_int_member_with_default (o, "state", 0);
-  r->attempts = (guint)json_object_get_int_member_with_default (o, "attempts", 0);
-  r->crashes = (guint)json_object_get_int_member_with_default (o, "crashes", 0);
+  state = json_object_get_int_member_with_default (o, "state", 0);
+  r->state = state >= 0 && state <= CRUNCH_STORED_FINISHED ? (CrunchStoredState)state
+                                                           : CRUNCH_STORED_FINISHED + 1;
+  r->attempts =
+      (guint)CLAMP (json_object_get_int_member_with_default (o, "attempts", 0), 0, MAX_COUNT + 1);
+  r->crashes =
+      (guint)CLAMP (json_object_get_int_member_with_default (o, "crashes", 0), 0, MAX_COUNT + 1);
   r->outcome = get_string (o, "outcome");
   r->error = get_string (o, "error");
   r->finished = json_object_get_int_member_with_default (o, "finished", 0);
@@ -189,6 +197,16 @@ read_header (CrunchStoredJob *r, JsonObject *o)
   r->owner = get_string (o, "owner");
   r->lease_until = json_object_get_int_member_with_default (o, "lease_until", 0);
   r->cancel_requested = json_object_get_int_member_with_default (o, "cancel_requested", 0) != 0;
+}
+
+/* Numbers another program may have put in the bucket, bounded before anyone computes with them. */
+static gboolean
+in_range (const CrunchStoredJob *r)
+{
+  return r->created >= 0 && r->created <= MAX_TIME_US && r->finished >= 0 &&
+         r->finished <= MAX_TIME_US && r->lease_until >= 0 && r->lease_until <= MAX_TIME_US &&
+         r->attempts <= MAX_COUNT && r->crashes <= MAX_COUNT && r->queued_us >= -1 &&
+         r->run_us >= -1;
 }
 
 /* The stored job, or NULL when the value is not one (never trusted: another program may write
@@ -222,7 +240,7 @@ decode (const guint8 *p, gsize left)
   r->result = g_bytes_new (p + alen, left - alen);
   if (!crunch_store_id_valid (r->id) || r->fn == NULL || r->args == NULL || r->client == NULL ||
       r->state > CRUNCH_STORED_FINISHED ||
-      (r->state == CRUNCH_STORED_FINISHED && r->outcome == NULL))
+      (r->state == CRUNCH_STORED_FINISHED && r->outcome == NULL) || !in_range (r))
     return NULL;
   return g_steal_pointer (&r);
 }
@@ -251,6 +269,10 @@ kv_read (NatsStore *self, const gchar *id, guint64 *revision, natsStatus *status
   r = decode (kvEntry_Value (entry), (gsize)kvEntry_ValueLen (entry));
   *revision = kvEntry_Revision (entry);
   kvEntry_Destroy (entry);
+  if (r != NULL && !g_str_equal (r->id, id)) { /* a value under another job's key */
+    crunch_stored_job_free (r);
+    r = NULL;
+  }
   return r;
 }
 
@@ -270,23 +292,34 @@ kv_write (NatsStore *self, const CrunchStoredJob *r, guint64 last, guint64 *revi
   return kvStore_Update (revision, self->kv, r->id, data, (int)len, last);
 }
 
+typedef enum {
+  OURS,    /* still ours, own->revision up to date */
+  LOST,    /* another front end took it over, or it is gone: dropped (lost() called) */
+  UNKNOWN, /* the bucket could not be read now (or the job was never written): try later */
+} Reconciled;
+
 /* Someone else wrote a job we own (its revision moved): a cancel request is taken (the hooks'
- * cancel()) and the write goes on; a takeover (another owner) drops the job (lost()). TRUE when
- * it is still ours, with own->revision up to date. */
-static gboolean
+ * cancel()) and the write goes on; a takeover (another owner) drops the job (lost()). A read that
+ * fails (NATS unreachable for a moment) proves nothing: UNKNOWN, and the job stays ours. */
+static Reconciled
 reconcile (NatsStore *self, Own *own)
 {
   guint64 revision = 0;
-  natsStatus s;
-  g_autoptr (CrunchStoredJob) now = kv_read (self, own->record->id, &revision, &s);
+  natsStatus s = NATS_OK;
+  g_autoptr (CrunchStoredJob) now = NULL;
 
+  if (own->revision == 0)
+    return UNKNOWN;
+  now = kv_read (self, own->record->id, &revision, &s);
+  if (now == NULL && s != NATS_OK && s != NATS_NOT_FOUND)
+    return UNKNOWN;
   if (now == NULL || g_strcmp0 (now->owner, self->owner) != 0) {
     g_autofree gchar *id = g_strdup (own->record->id);
     __atomic_add_fetch (&self->lost, 1, __ATOMIC_RELAXED);
     g_hash_table_remove (self->own, id);
     if (self->hooks.lost != NULL)
       self->hooks.lost (id, self->hooks.data);
-    return FALSE;
+    return LOST;
   }
   if (now->cancel_requested && !own->record->cancel_requested) {
     own->record->cancel_requested = TRUE;
@@ -294,7 +327,7 @@ reconcile (NatsStore *self, Own *own)
       self->hooks.cancel (own->record->id, self->hooks.data);
   }
   own->revision = revision;
-  return TRUE;
+  return OURS;
 }
 
 /* Writes a job we own (own->record, updated by the caller) with its lease renewed; a finished
@@ -314,12 +347,30 @@ write_own (NatsStore *self, Own *own)
       own->revision = revision;
       break;
     }
-    if (s == NATS_MAX_PAYLOAD || !reconcile (self, own))
+    if (s == NATS_MAX_PAYLOAD || reconcile (self, own) != OURS)
       return s;
   }
   if (s == NATS_OK && finished)
     g_hash_table_remove (self->own, id);
   return s;
+}
+
+/* A finished job too large for one message: stored failed, without its result, rather than
+ * left unfinished (it would run again and again). */
+static natsStatus
+write_without_result (NatsStore *self, Own *own)
+{
+  gsize size = own->record->result ? g_bytes_get_size (own->record->result) : 0;
+
+  g_clear_pointer (&own->record->result, g_bytes_unref);
+  g_free (own->record->outcome);
+  own->record->outcome = g_strdup ("failed");
+  g_free (own->record->error);
+  own->record->error = g_strdup_printf ("the job and its result (%" G_GSIZE_FORMAT
+                                        " bytes) are larger than one NATS message "
+                                        "(%" G_GUINT64_FORMAT " bytes): results are not split",
+                                        size, self->max_value);
+  return write_own (self, own);
 }
 
 static void
@@ -340,6 +391,8 @@ apply_put (NatsStore *self, Op *op, GError **error)
   own->record = g_steal_pointer (&op->record);
   id = g_strdup (own->record->id);
   s = write_own (self, own); /* may drop `own` */
+  if (s == NATS_MAX_PAYLOAD && own->record->state == CRUNCH_STORED_FINISHED)
+    s = write_without_result (self, own);
   if (s == NATS_MAX_PAYLOAD)
     g_set_error (error, G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE,
                  "job store (NATS bucket %s): the job is larger than a NATS message may be "
@@ -413,7 +466,7 @@ renew_leases (NatsStore *self)
   for (guint i = 0; i < ids->len; i++) {
     Own *own = g_hash_table_lookup (self->own, ids->pdata[i]);
     /* a renewal also sees what others wrote: reconcile() first */
-    if (own != NULL && reconcile (self, own))
+    if (own != NULL && reconcile (self, own) == OURS)
       write_own (self, own);
   }
 }
@@ -781,7 +834,11 @@ crunch_store_nats_open (const CrunchNatsStoreSettings *settings, GError **error)
   if (self->nc != NULL && !connected) {
     set_error (error, self, NATS_NO_SERVER, "no NATS server answers ([nats] servers)");
   } else if (self->nc != NULL) {
-    s = natsConnection_JetStream (&self->js, self->nc, NULL);
+    jsOptions options;
+    jsOptions_Init (&options);
+    /* a request that hangs must not outlast the lease it is renewing */
+    options.Wait = MAX (self->lease_us / 4000, 100);
+    s = natsConnection_JetStream (&self->js, self->nc, &options);
     if (s == NATS_OK)
       s = open_bucket (self);
     if (s == NATS_OK) {
