@@ -301,10 +301,11 @@ static gboolean
 load_key (GKeyFile *kf, const KeyDesc *k, CrunchConfig *config, const gchar *file, GError **error)
 {
   g_autofree gchar *raw = g_key_file_get_value (kf, k->group, k->name, NULL);
-  g_autofree gchar *value = g_strstrip (g_key_file_get_string (kf, k->group, k->name, NULL));
+  g_autofree gchar *value = g_key_file_get_string (kf, k->group, k->name, NULL);
 
   if (value == NULL)
     return fail (error, file, k, raw, "not a valid string");
+  g_strstrip (value);
   if (has_inline_comment (value))
     return fail (error, file, k, value, "inline comments are not allowed; put it on its own line");
   switch (k->type) {
@@ -617,8 +618,8 @@ crunch_config_to_string (const CrunchConfig *config)
     case KEY_BOOL:
       g_key_file_set_value (kf, k->group, k->name, *FIELD (config, k, gboolean) ? "true" : "false");
       break;
-    case KEY_STRING:
-      g_key_file_set_value (kf, k->group, k->name, *FIELD (config, k, gchar *));
+    case KEY_STRING: /* escaped as load_key() reads it back (g_key_file_get_string) */
+      g_key_file_set_string (kf, k->group, k->name, *FIELD (config, k, gchar *));
       break;
     case KEY_ENUM:
       g_key_file_set_value (kf, k->group, k->name, k->choices[*FIELD (config, k, gint)]);
@@ -626,7 +627,7 @@ crunch_config_to_string (const CrunchConfig *config)
     case KEY_LIST: {
       gchar **list = *FIELD (config, k, gchar **);
       g_autofree gchar *joined = list != NULL ? g_strjoinv (", ", list) : g_strdup ("");
-      g_key_file_set_value (kf, k->group, k->name, joined);
+      g_key_file_set_string (kf, k->group, k->name, joined);
       break;
     }
     }
