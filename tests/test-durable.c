@@ -86,6 +86,21 @@ describe (TestServer *s, const gchar *location)
   return parse (r);
 }
 
+/* Polls until the job runs (bounded). */
+static void
+wait_running (TestServer *s, const gchar *location)
+{
+  gint64 until = g_get_monotonic_time () + (gint64)(20 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+
+  for (;;) {
+    g_autoptr (JsonObject) d = describe (s, location);
+    if (g_str_equal (json_object_get_string_member (d, "state"), "running"))
+      return;
+    g_assert_cmpint (g_get_monotonic_time (), <, until);
+    g_usleep (10000);
+  }
+}
+
 /* Polls until every job has left queued/running; returns how many ended in each state. */
 static GHashTable *
 wait_all_finished (TestServer *s, GPtrArray *jobs, gdouble seconds)
@@ -212,12 +227,7 @@ test_sigterm_lets_running_finish (Fixture *f, gconstpointer data)
   g_autoptr (JsonObject) o = NULL;
   gint64 t0;
 
-  for (;;) { /* running */
-    g_autoptr (JsonObject) d = describe (s, job);
-    if (g_str_equal (json_object_get_string_member (d, "state"), "running"))
-      break;
-    g_usleep (10000);
-  }
+  wait_running (s, job);
   t0 = g_get_monotonic_time ();
   g_assert_cmpint (test_server_stop (s), ==, 0);
   g_test_message ("stopped after %.3f s", (g_get_monotonic_time () - t0) / 1e6);
@@ -340,12 +350,7 @@ test_poison (Fixture *f, gconstpointer data)
   guint deaths;
 
   g_assert_true (g_file_set_contents (ini_path, ini, -1, NULL));
-  for (;;) { /* the bystander runs when the crash comes */
-    g_autoptr (JsonObject) d = describe (s, bystander);
-    if (g_str_equal (json_object_get_string_member (d, "state"), "running"))
-      break;
-    g_usleep (10000);
-  }
+  wait_running (s, bystander); /* the bystander runs when the crash comes */
   /* its 202 may or may not get out before the crash: the key finds it again */
   r = call (s, "POST", "/jobs", key, "{\"fn\": \"crash\", \"args\": {\"n\": 1}}");
   g_test_message ("POST /jobs of the poison job: %ld", r->status);

@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "functions.h"
+#include "json.h"
 
 static const gchar *const type_names[] = {
     [CRUNCHD_ARG_INT] = "int",
@@ -13,13 +14,6 @@ static const gchar *const type_names[] = {
     [CRUNCHD_ARG_STRING] = "string",
     [CRUNCHD_ARG_BYTES] = "bytes",
 };
-
-static void
-member_string (JsonBuilder *b, const gchar *name, const gchar *value)
-{
-  json_builder_set_member_name (b, name);
-  json_builder_add_string_value (b, value);
-}
 
 /* Integral values as integers: json-glib writes every double with 17 digits. */
 static void
@@ -36,13 +30,6 @@ member_number (JsonBuilder *b, const gchar *name, gdouble v)
 {
   json_builder_set_member_name (b, name);
   add_number (b, v);
-}
-
-static void
-member_bool (JsonBuilder *b, const gchar *name, gboolean v)
-{
-  json_builder_set_member_name (b, name);
-  json_builder_add_boolean_value (b, v);
 }
 
 /* The default as JSON: int, float, string, or base64 for bytes. */
@@ -71,13 +58,13 @@ describe_arg (JsonBuilder *b, const CrunchFunction *fn, guint i)
   const CrunchdArg *arg = &fn->decl->args[i];
 
   json_builder_begin_object (b);
-  member_string (b, "name", arg->name);
-  member_string (b, "type", type_names[arg->type]);
+  crunch_json_member_string (b, "name", arg->name);
+  crunch_json_member_string (b, "type", type_names[arg->type]);
   if (arg->description != NULL)
-    member_string (b, "description", arg->description);
+    crunch_json_member_string (b, "description", arg->description);
   member_number (b, "min", arg->min);
   member_number (b, "max", crunch_function_arg_max (fn, i));
-  member_bool (b, "required", fn->defaults[i] == NULL);
+  crunch_json_member_bool (b, "required", fn->defaults[i] == NULL);
   if (fn->defaults[i] != NULL) {
     json_builder_set_member_name (b, "default");
     add_default (b, fn->defaults[i]);
@@ -91,14 +78,14 @@ describe_function (JsonBuilder *b, const CrunchFunction *fn)
   g_autofree gchar *url = g_strconcat ("/fn/", fn->name, NULL);
 
   json_builder_begin_object (b);
-  member_string (b, "name", fn->name);
-  member_string (b, "description", fn->decl->description ? fn->decl->description : "");
-  member_string (b, "plugin", fn->plugin);
-  member_string (b, "url", url);
-  member_bool (b, "pure", fn->pure);
+  crunch_json_member_string (b, "name", fn->name);
+  crunch_json_member_string (b, "description", fn->decl->description ? fn->decl->description : "");
+  crunch_json_member_string (b, "plugin", fn->plugin);
+  crunch_json_member_string (b, "url", url);
+  crunch_json_member_bool (b, "pure", fn->pure);
   member_number (b, "deadline_seconds",
                  __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED) / (gdouble)G_USEC_PER_SEC);
-  member_string (b, "content_type", fn->content_type);
+  crunch_json_member_string (b, "content_type", fn->content_type);
   json_builder_set_member_name (b, "args");
   json_builder_begin_array (b);
   for (guint i = 0; i < fn->decl->n_args; i++)
@@ -151,23 +138,23 @@ arg_schema (JsonBuilder *b, const CrunchFunction *fn, guint i)
 
   json_builder_begin_object (b);
   if (arg->description != NULL)
-    member_string (b, "description", arg->description);
+    crunch_json_member_string (b, "description", arg->description);
   switch (arg->type) {
   case CRUNCHD_ARG_INT:
   case CRUNCHD_ARG_FLOAT:
-    member_string (b, "type", arg->type == CRUNCHD_ARG_INT ? "integer" : "number");
-    member_string (b, "format", arg->type == CRUNCHD_ARG_INT ? "int64" : "double");
+    crunch_json_member_string (b, "type", arg->type == CRUNCHD_ARG_INT ? "integer" : "number");
+    crunch_json_member_string (b, "format", arg->type == CRUNCHD_ARG_INT ? "int64" : "double");
     member_number (b, "minimum", arg->min);
     member_number (b, "maximum", max);
     break;
   case CRUNCHD_ARG_STRING:
-    member_string (b, "type", "string");
+    crunch_json_member_string (b, "type", "string");
     member_number (b, "minLength", arg->min);
     member_number (b, "maxLength", max);
     break;
   case CRUNCHD_ARG_BYTES: /* base64: 4 characters per 3 bytes */
-    member_string (b, "type", "string");
-    member_string (b, "format", "byte");
+    crunch_json_member_string (b, "type", "string");
+    crunch_json_member_string (b, "format", "byte");
     member_number (b, "maxLength", 4 * ceil (max / 3));
     break;
   }
@@ -187,9 +174,9 @@ content (JsonBuilder *b, const gchar *type, const gchar *schema_type, const gcha
   json_builder_begin_object (b);
   json_builder_set_member_name (b, "schema");
   json_builder_begin_object (b);
-  member_string (b, "type", schema_type);
+  crunch_json_member_string (b, "type", schema_type);
   if (format != NULL)
-    member_string (b, "format", format);
+    crunch_json_member_string (b, "format", format);
   json_builder_end_object (b);
   json_builder_end_object (b);
   json_builder_end_object (b);
@@ -204,7 +191,7 @@ response (JsonBuilder *b, const gchar *code, const gchar *description, const gch
 
   json_builder_set_member_name (b, code);
   json_builder_begin_object (b);
-  member_string (b, "description", description);
+  crunch_json_member_string (b, "description", description);
   if (type != NULL)
     content (b, type, g_str_has_prefix (type, "application/json") ? "object" : "string",
              text ? NULL : "binary");
@@ -230,16 +217,16 @@ begin_operation (JsonBuilder *b, const gchar *method, const gchar *id, const gch
 {
   json_builder_set_member_name (b, method);
   json_builder_begin_object (b);
-  member_string (b, "operationId", id);
-  member_string (b, "summary", summary);
+  crunch_json_member_string (b, "operationId", id);
+  crunch_json_member_string (b, "summary", summary);
 }
 
 static void
 parameter (JsonBuilder *b, const gchar *name, const gchar *in, gboolean required)
 {
-  member_string (b, "name", name);
-  member_string (b, "in", in);
-  member_bool (b, "required", required);
+  crunch_json_member_string (b, "name", name);
+  crunch_json_member_string (b, "in", in);
+  crunch_json_member_bool (b, "required", required);
 }
 
 /* GET /fn/NAME?ARG=VALUE... */
@@ -272,8 +259,8 @@ static void
 arguments_schema (JsonBuilder *b, const CrunchFunction *fn)
 {
   json_builder_begin_object (b);
-  member_string (b, "type", "object");
-  member_bool (b, "additionalProperties", FALSE);
+  crunch_json_member_string (b, "type", "object");
+  crunch_json_member_bool (b, "additionalProperties", FALSE);
   json_builder_set_member_name (b, "properties");
   json_builder_begin_object (b);
   for (guint i = 0; i < fn->decl->n_args; i++) {
@@ -295,7 +282,7 @@ json_request_body (JsonBuilder *b, const CrunchFunction *fn)
 {
   json_builder_set_member_name (b, "requestBody");
   json_builder_begin_object (b);
-  member_bool (b, "required", TRUE);
+  crunch_json_member_bool (b, "required", TRUE);
   json_builder_set_member_name (b, "content");
   json_builder_begin_object (b);
   json_builder_set_member_name (b, "application/json");
@@ -392,8 +379,8 @@ id_parameter (JsonBuilder *b)
   parameter (b, "id", "path", TRUE);
   json_builder_set_member_name (b, "schema");
   json_builder_begin_object (b);
-  member_string (b, "type", "string");
-  member_string (b, "pattern", "^[0-9a-f]{32}$");
+  crunch_json_member_string (b, "type", "string");
+  crunch_json_member_string (b, "pattern", "^[0-9a-f]{32}$");
   json_builder_end_object (b);
   json_builder_end_object (b);
   json_builder_end_array (b);
@@ -404,7 +391,7 @@ static void
 job_body_schema (JsonBuilder *b, const gchar **names)
 {
   json_builder_begin_object (b);
-  member_string (b, "type", "object");
+  crunch_json_member_string (b, "type", "object");
   json_builder_set_member_name (b, "required");
   json_builder_begin_array (b);
   json_builder_add_string_value (b, "fn");
@@ -413,7 +400,7 @@ job_body_schema (JsonBuilder *b, const gchar **names)
   json_builder_begin_object (b);
   json_builder_set_member_name (b, "fn");
   json_builder_begin_object (b);
-  member_string (b, "type", "string");
+  crunch_json_member_string (b, "type", "string");
   json_builder_set_member_name (b, "enum");
   json_builder_begin_array (b);
   for (const gchar **n = names; *n != NULL; n++)
@@ -422,8 +409,8 @@ job_body_schema (JsonBuilder *b, const gchar **names)
   json_builder_end_object (b);
   json_builder_set_member_name (b, "args");
   json_builder_begin_object (b);
-  member_string (b, "type", "object");
-  member_string (b, "description", "the function's arguments, as for POST /fn/NAME");
+  crunch_json_member_string (b, "type", "object");
+  crunch_json_member_string (b, "description", "the function's arguments, as for POST /fn/NAME");
   json_builder_end_object (b);
   json_builder_end_object (b);
   json_builder_end_object (b);
@@ -439,7 +426,7 @@ submit_job (JsonBuilder *b, const gchar **names)
   parameter (b, "Idempotency-Key", "header", FALSE);
   json_builder_set_member_name (b, "schema");
   json_builder_begin_object (b);
-  member_string (b, "type", "string");
+  crunch_json_member_string (b, "type", "string");
   member_number (b, "minLength", 1);
   member_number (b, "maxLength", 255);
   json_builder_end_object (b);
@@ -447,7 +434,7 @@ submit_job (JsonBuilder *b, const gchar **names)
   json_builder_end_array (b);
   json_builder_set_member_name (b, "requestBody");
   json_builder_begin_object (b);
-  member_bool (b, "required", TRUE);
+  crunch_json_member_bool (b, "required", TRUE);
   json_builder_set_member_name (b, "content");
   json_builder_begin_object (b);
   json_builder_set_member_name (b, "application/json");
@@ -526,17 +513,18 @@ info (JsonBuilder *b)
 {
   json_builder_set_member_name (b, "info");
   json_builder_begin_object (b);
-  member_string (b, "title", "crunchd");
-  member_string (b, "version", PACKAGE_VERSION);
-  member_string (b, "description",
-                 "HTTP server for work that is slow to compute: cheap routes answered inline, "
-                 "functions run on workers, asynchronous jobs. Generated from the running "
-                 "server's function registry. Errors are one line of text/plain ending with the "
-                 "request id. With [metrics] listen set, the ops routes are on that address only.");
+  crunch_json_member_string (b, "title", "crunchd");
+  crunch_json_member_string (b, "version", PACKAGE_VERSION);
+  crunch_json_member_string (
+      b, "description",
+      "HTTP server for work that is slow to compute: cheap routes answered inline, "
+      "functions run on workers, asynchronous jobs. Generated from the running "
+      "server's function registry. Errors are one line of text/plain ending with the "
+      "request id. With [metrics] listen set, the ops routes are on that address only.");
   json_builder_set_member_name (b, "license");
   json_builder_begin_object (b);
-  member_string (b, "name", "MIT");
-  member_string (b, "url", "https://opensource.org/licenses/MIT");
+  crunch_json_member_string (b, "name", "MIT");
+  crunch_json_member_string (b, "url", "https://opensource.org/licenses/MIT");
   json_builder_end_object (b);
   json_builder_end_object (b);
 }
@@ -548,12 +536,12 @@ crunch_describe_openapi (void)
   g_autofree const gchar **names = crunch_functions_list ();
 
   json_builder_begin_object (b);
-  member_string (b, "openapi", "3.0.3");
+  crunch_json_member_string (b, "openapi", "3.0.3");
   info (b);
   json_builder_set_member_name (b, "servers");
   json_builder_begin_array (b);
   json_builder_begin_object (b);
-  member_string (b, "url", "/");
+  crunch_json_member_string (b, "url", "/");
   json_builder_end_object (b);
   json_builder_end_array (b);
   /* no authentication: every operation is open to whoever reaches the port */

@@ -441,26 +441,12 @@ add_seconds (JsonBuilder *b, const gchar *name, gint64 us)
 }
 
 static void
-add_string (JsonBuilder *b, const gchar *name, const gchar *value)
-{
-  json_builder_set_member_name (b, name);
-  json_builder_add_string_value (b, value);
-}
-
-static void
-add_uint (JsonBuilder *b, const gchar *name, guint value)
-{
-  json_builder_set_member_name (b, name);
-  json_builder_add_int_value (b, value);
-}
-
-static void
 add_timings (JsonBuilder *b, const Entry *entry, gint64 now)
 {
   g_autoptr (GDateTime) created = g_date_time_new_from_unix_utc (entry->t_created / G_USEC_PER_SEC);
   g_autofree gchar *iso = g_date_time_format_iso8601 (created);
 
-  add_string (b, "created", iso);
+  crunch_json_member_string (b, "created", iso);
   /* while it runs only the total is known; once answered, the split */
   if (entry->t_done == 0) {
     add_seconds (b, "age_seconds", MAX (0, g_get_real_time () - entry->t_created));
@@ -469,8 +455,7 @@ add_timings (JsonBuilder *b, const Entry *entry, gint64 now)
     add_seconds (b, "run_seconds", entry->run_us);
   }
   if (entry->t_done != 0 && entry->coalesced) {
-    json_builder_set_member_name (b, "coalesced");
-    json_builder_add_boolean_value (b, TRUE);
+    crunch_json_member_bool (b, "coalesced", TRUE);
   }
   if (entry->deadline_us != 0)
     add_seconds (b, "deadline_seconds", entry->deadline_us - entry->t_submitted);
@@ -491,26 +476,26 @@ add_outcome (JsonBuilder *b, const Entry *entry)
     return;
   if (entry->outcome == CRUNCH_JOB_OK) {
     data = g_bytes_get_data (entry->result, &size);
-    add_string (b, "content_type", content_type_of (entry));
-    json_builder_set_member_name (b, "result_size");
-    json_builder_add_int_value (b, (gint64)size);
-    add_string (b, "result_url", url);
+    crunch_json_member_string (b, "content_type", content_type_of (entry));
+    crunch_json_member_int (b, "result_size", (gint64)size);
+    crunch_json_member_string (b, "result_url", url);
     /* text small enough to read inline; anything else from result_url */
     if (is_text (content_type_of (entry)) && size <= 65536 && g_utf8_validate (data, size, NULL)) {
       g_autofree gchar *text = g_strndup (data, size);
-      add_string (b, "result", text);
+      crunch_json_member_string (b, "result", text);
     }
     return;
   }
   if (entry->outcome == CRUNCH_JOB_FAILED || entry->outcome == CRUNCH_JOB_UNAVAILABLE ||
       entry->outcome == CRUNCH_JOB_CRASHED)
-    add_string (b, "error", entry->error ? entry->error : "no worker could take the job");
+    crunch_json_member_string (b, "error",
+                               entry->error ? entry->error : "no worker could take the job");
   else if (entry->outcome == CRUNCH_JOB_TIMED_OUT)
-    add_string (b, "error", "deadline exceeded");
+    crunch_json_member_string (b, "error", "deadline exceeded");
   else if (entry->outcome == CRUNCH_JOB_SHUTDOWN)
-    add_string (b, "error", "the server stopped");
+    crunch_json_member_string (b, "error", "the server stopped");
   else
-    add_string (b, "error", "cancelled by DELETE");
+    crunch_json_member_string (b, "error", "cancelled by DELETE");
 }
 
 /* With the lock held. */
@@ -521,19 +506,17 @@ describe_locked (const Entry *entry, guint status)
   guint attempts = g_atomic_int_get (&entry->attempts);
 
   json_builder_begin_object (b);
-  add_string (b, "id", entry->id);
-  add_string (b, "fn", entry->fn_name);
-  add_string (b, "state", state_name (entry));
-  add_uint (b, "attempts", attempts);
+  crunch_json_member_string (b, "id", entry->id);
+  crunch_json_member_string (b, "fn", entry->fn_name);
+  crunch_json_member_string (b, "state", state_name (entry));
+  crunch_json_member_int (b, "attempts", attempts);
   if (entry->crashes > 0)
-    add_uint (b, "crashes", entry->crashes);
+    crunch_json_member_int (b, "crashes", entry->crashes);
   if (entry->cancel_requested) {
-    json_builder_set_member_name (b, "cancel_requested");
-    json_builder_add_boolean_value (b, TRUE);
+    crunch_json_member_bool (b, "cancel_requested", TRUE);
   }
   if (entry->cached) {
-    json_builder_set_member_name (b, "cached");
-    json_builder_add_boolean_value (b, TRUE);
+    crunch_json_member_bool (b, "cached", TRUE);
   }
   add_timings (b, entry, g_get_monotonic_time ());
   add_outcome (b, entry);

@@ -125,3 +125,26 @@ crunch_json_append_object (GString *out, JsonObject *object)
   }
   g_string_append (out, names != NULL ? "\n}" : "}");
 }
+
+void
+crunch_json_member_string (JsonBuilder *b, const gchar *name, const gchar *value)
+{
+  if (value == NULL)
+    return;
+  json_builder_set_member_name (b, name);
+  json_builder_add_string_value (b, value);
+}
+
+void
+crunch_json_member_int (JsonBuilder *b, const gchar *name, gint64 value)
+{
+  json_builder_set_member_name (b, name);
+  json_builder_add_int_value (b, value);
+}
+
+void
+crunch_json_member_bool (JsonBuilder *b, const gchar *name, gboolean value)
+{
+  json_builder_set_member_name (b, name);
+  json_builder_add_boolean_value (b, value);
+}

@@ -35,3 +35,9 @@ void crunch_json_append_seconds (GString *out, gdouble seconds);
  * written by json-glib), one member per line. Doubles are taken to be durations and written with
  * crunch_json_append_seconds(). */
 void crunch_json_append_object (GString *out, JsonObject *object);
+
+/* Members of the object a JsonBuilder is building (the jobs API, /fn, /openapi.json, the NATS
+ * store's records). A NULL string adds nothing. */
+void crunch_json_member_string (JsonBuilder *b, const gchar *name, const gchar *value);
+void crunch_json_member_int (JsonBuilder *b, const gchar *name, gint64 value);
+void crunch_json_member_bool (JsonBuilder *b, const gchar *name, gboolean value);

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "json.h"
 #include "nats-link.h"
 
 #define MAGIC "CJ1\n"
@@ -73,22 +74,6 @@ own_free (gpointer data)
 
 /* ---- the value: "CJ1\n", u32 header length, JSON header, u32 args length, args, result ---- */
 
-static void
-member (JsonBuilder *b, const gchar *name, const gchar *value)
-{
-  if (value == NULL)
-    return;
-  json_builder_set_member_name (b, name);
-  json_builder_add_string_value (b, value);
-}
-
-static void
-member_int (JsonBuilder *b, const gchar *name, gint64 value)
-{
-  json_builder_set_member_name (b, name);
-  json_builder_add_int_value (b, value);
-}
-
 static gchar *
 header_json (const CrunchStoredJob *r)
 {
@@ -96,25 +81,25 @@ header_json (const CrunchStoredJob *r)
   g_autoptr (JsonNode) root = NULL;
 
   json_builder_begin_object (b);
-  member (b, "id", r->id);
-  member (b, "fn", r->fn);
-  member (b, "args_type", g_variant_get_type_string (r->args));
-  member (b, "client", r->client);
-  member (b, "idempotency_key", r->idempotency_key);
-  member (b, "body_hash", r->body_hash);
-  member_int (b, "created", r->created);
-  member_int (b, "state", r->state);
-  member_int (b, "attempts", r->attempts);
-  member_int (b, "crashes", r->crashes);
-  member (b, "outcome", r->outcome);
-  member (b, "error", r->error);
-  member_int (b, "finished", r->finished);
-  member_int (b, "queued_us", r->queued_us);
-  member_int (b, "run_us", r->run_us);
-  member_int (b, "coalesced", r->coalesced);
-  member (b, "owner", r->owner);
-  member_int (b, "lease_until", r->lease_until);
-  member_int (b, "cancel_requested", r->cancel_requested);
+  crunch_json_member_string (b, "id", r->id);
+  crunch_json_member_string (b, "fn", r->fn);
+  crunch_json_member_string (b, "args_type", g_variant_get_type_string (r->args));
+  crunch_json_member_string (b, "client", r->client);
+  crunch_json_member_string (b, "idempotency_key", r->idempotency_key);
+  crunch_json_member_string (b, "body_hash", r->body_hash);
+  crunch_json_member_int (b, "created", r->created);
+  crunch_json_member_int (b, "state", r->state);
+  crunch_json_member_int (b, "attempts", r->attempts);
+  crunch_json_member_int (b, "crashes", r->crashes);
+  crunch_json_member_string (b, "outcome", r->outcome);
+  crunch_json_member_string (b, "error", r->error);
+  crunch_json_member_int (b, "finished", r->finished);
+  crunch_json_member_int (b, "queued_us", r->queued_us);
+  crunch_json_member_int (b, "run_us", r->run_us);
+  crunch_json_member_int (b, "coalesced", r->coalesced);
+  crunch_json_member_string (b, "owner", r->owner);
+  crunch_json_member_int (b, "lease_until", r->lease_until);
+  crunch_json_member_int (b, "cancel_requested", r->cancel_requested);
   json_builder_end_object (b);
   root = json_builder_get_root (b);
   return json_to_string (root, FALSE);
