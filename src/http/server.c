@@ -522,8 +522,7 @@ later_answer (CrunchLater *later, CrunchReply *reply)
   MHD_resume_connection (req->connection);
 }
 
-/* CrunchRequestInfo.defer: parked like a compute request, and counted in flight so that a drain
- * waits for its answer. */
+/* A request counted in flight has ended: the last one while draining fires `drained`. */
 static void
 leave_flight (CrunchServer *server)
 {
@@ -532,6 +531,8 @@ leave_flight (CrunchServer *server)
     g_idle_add (server->drained, server->drained_data);
 }
 
+/* CrunchRequestInfo.defer: parked like a compute request, and counted in flight so that a drain
+ * waits for its answer. */
 static CrunchLater *
 request_defer (gpointer data)
 {
