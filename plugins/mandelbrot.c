@@ -1,7 +1,8 @@
 /* mandelbrot.c - example crunchd plugin: a Mandelbrot tile as a grayscale PNG.
  *
  * CPU-bound and binary: GET /fn/mandelbrot?cx=-0.5&cy=0&width=3&size=256&iter=256 returns
- * image/png. It checks for cancellation once per row, so a cancelled tile stops within one row.
+ * image/png. It checks for cancellation once per row, so a cancelled tile stops within one row,
+ * and reports the rows done as its progress (crunchd_progress(), ABI 2).
  * The PNG is written by hand with "stored" (uncompressed) deflate blocks, so the plugin needs
  * nothing beyond the C library. Build: cc -shared -fPIC $(pkg-config --cflags crunchd-plugin) */
 #include <crunchd/crunchd-plugin.h>
@@ -118,10 +119,14 @@ mandelbrot_run (const CrunchdCall *call, CrunchdResult *result)
     return crunchd_result_error (result, "out of memory for a %u x %u tile", size, size);
   for (uint32_t row = 0; row < size; row++) {
     unsigned char *line = raw + (size_t)row * (size + 1);
+    char message[48];
+
     if (crunchd_cancelled (call)) { /* coarse enough: one check per row */
       free (raw);
       return CRUNCHD_CANCELLED;
     }
+    snprintf (message, sizeof message, "row %u of %u", row, size);
+    crunchd_progress (call, (double)row / size, message);
     line[0] = 0; /* PNG filter: none */
     for (uint32_t col = 0; col < size; col++) {
       double x0 = cx - width / 2 + (col + 0.5) * step, y0 = cy + width / 2 - (row + 0.5) * step;

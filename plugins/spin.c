@@ -3,6 +3,7 @@
  * GET /fn/spin?seconds=2&grain=100 keeps one core busy for `seconds`, looking at the cancel flag
  * only once every `grain` milliseconds: the pattern for work that cannot be interrupted at a fine
  * grain (a solver step, a batch, a call into a library). A cancelled call stops within one grain.
+ * It reports its progress (seconds spun) at every grain with crunchd_progress() (ABI 2).
  * Build: cc -shared -fPIC $(pkg-config --cflags crunchd-plugin) -o spin.so spin.c */
 #include <crunchd/crunchd-plugin.h>
 #include <stdlib.h>
@@ -43,9 +44,13 @@ spin_run (const CrunchdCall *call, CrunchdResult *result)
   int len;
 
   for (double t = start; t < end; t = now ()) {
+    char message[64];
+
     checks++;
     if (crunchd_cancelled (call))
       return CRUNCHD_CANCELLED;
+    snprintf (message, sizeof message, "%.1f of %.1f s", t - start, seconds);
+    crunchd_progress (call, (t - start) / seconds, message); /* crunchd keeps a few a second */
     busy_until (t + grain < end ? t + grain : end);
   }
   len = snprintf (NULL, 0, "spun %.3f s, %lu checks\n", now () - start, checks);

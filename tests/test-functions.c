@@ -112,12 +112,18 @@ static void
 test_abi_version (void)
 {
   const CrunchdPlugin future = {CRUNCHD_PLUGIN_ABI_VERSION + 1, "future", "1", abi_init};
+  const CrunchdPlugin ancient = {0, "ancient", "1", abi_init};
   const CrunchdPlugin current = {CRUNCHD_PLUGIN_ABI_VERSION, "current", "1", abi_init};
-  g_autoptr (GError) error = NULL;
+  const CrunchdPlugin v1 = {1, "v1", "1", abi_init};
+  g_autoptr (GError) error = NULL, error0 = NULL;
 
   g_assert_false (crunch_plugins_register (&future, "future", &error));
-  g_assert_true (g_str_has_prefix (error->message, "plugin 'future': built for plugin ABI 2, "));
+  g_assert_cmpstr (error->message, ==,
+                   "plugin 'future': built for plugin ABI 3, this crunchd loads ABI 1 to 2: "
+                   "rebuild it against this crunchd's crunchd-plugin.h");
+  g_assert_false (crunch_plugins_register (&ancient, "ancient", &error0));
   g_assert_true (crunch_plugins_register (&current, "current", NULL));
+  g_assert_true (crunch_plugins_register (&v1, "v1", NULL)); /* the version policy: still loads */
 }
 
 static void

@@ -57,7 +57,7 @@ test_load_failures (void)
   } cases[] = {
       {"nosuch", "plugin 'nosuch': no such file @/nosuch.so ([plugins] dir = @)"},
       {"noentry", "plugin 'noentry': @/noentry.so has no entry point 'crunchd_plugin'"},
-      {"badabi", "plugin 'badabi': built for plugin ABI 2, this crunchd speaks ABI 1"},
+      {"badabi", "plugin 'badabi': built for plugin ABI 3, this crunchd loads ABI 1 to 2"},
       {"dup", "plugin 'dup': function 'fib' is already registered by plugin 'builtin'"},
       {"types, types", "plugin 'types': function 'slow' is already registered by plugin 'types'"},
   };

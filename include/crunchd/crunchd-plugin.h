@@ -9,7 +9,13 @@
  * `run` is called on a worker thread, possibly on several threads at once: it must be reentrant.
  * It checks crunchd_cancelled() now and then (the deadline passed, the client went away, the job
  * was deleted, the server is stopping) and returns CRUNCHD_CANCELLED soon after it turns true.
- * The header needs only the C standard library; a plugin never links against crunchd. */
+ * It may report how far it got with crunchd_progress() (ABI 2), as often as it likes.
+ * The header needs only the C standard library; a plugin never links against crunchd.
+ *
+ * Versions: a plugin records the ABI it was built for. crunchd loads plugins built for any
+ * version from CRUNCHD_PLUGIN_ABI_VERSION_MIN to its own, and refuses newer ones. Structures only
+ * grow at their end, and crunchd never reads a member that the plugin's version lacks, so a
+ * version-1 plugin keeps working unchanged; it just cannot report progress. */
 #ifndef CRUNCHD_PLUGIN_H
 #define CRUNCHD_PLUGIN_H
 
@@ -22,8 +28,10 @@
 extern "C" {
 #endif
 
-/* Bumped on every incompatible change to the structures below. */
-#define CRUNCHD_PLUGIN_ABI_VERSION 1u
+/* Bumped whenever the structures below grow or change. 2 added CrunchdCall.progress. */
+#define CRUNCHD_PLUGIN_ABI_VERSION 2u
+/* The oldest version this header's crunchd still loads. */
+#define CRUNCHD_PLUGIN_ABI_VERSION_MIN 1u
 
 typedef enum {
   CRUNCHD_ARG_INT = 1, /* 64-bit signed; bounds: value range (exact up to 2^53) */
@@ -54,12 +62,16 @@ typedef struct {
   } v;
 } CrunchdValue;
 
-typedef struct {
+typedef struct CrunchdCall CrunchdCall;
+struct CrunchdCall {
   const CrunchdValue *args; /* one per declared argument, in declared order */
   unsigned n_args;
   void *user_data;   /* CrunchdFunction.user_data */
   const int *cancel; /* read it with crunchd_cancelled() */
-} CrunchdCall;
+  /* ABI 2: call it through crunchd_progress(). */
+  void (*progress) (const CrunchdCall *call, double fraction, const char *message);
+  void *host; /* crunchd's */
+};
 
 typedef enum {
   CRUNCHD_OK = 0,
@@ -118,6 +130,17 @@ static inline int
 crunchd_cancelled (const CrunchdCall *call)
 {
   return __atomic_load_n (call->cancel, __ATOMIC_RELAXED) != 0;
+}
+
+/* ABI 2: how far the call has got, `fraction` from 0 to 1 (never going back), with an optional
+ * one-line `message` (UTF-8, copied; NULL for none), e.g. "row 42 of 100". Cheap enough to call on
+ * every iteration: crunchd keeps at most a few reports a second per call and drops the rest, so
+ * the last report before a long silence may be one it dropped. Watchers see it in
+ * GET /jobs/ID and as `progress` events of GET /jobs/ID/events. */
+static inline void
+crunchd_progress (const CrunchdCall *call, double fraction, const char *message)
+{
+  call->progress (call, fraction, message);
 }
 
 __attribute__ ((format (printf, 2, 3))) static inline CrunchdStatus

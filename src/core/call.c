@@ -142,6 +142,15 @@ on_started (CrunchTicket *ticket, gpointer data)
   call->spec.started (call, call->spec.data);
 }
 
+/* The scheduler's lock is held. */
+static void
+on_progress (CrunchTicket *ticket, gdouble fraction, const gchar *message, gpointer data)
+{
+  CrunchCall *call = data;
+
+  call->spec.progress (call, fraction, message, call->spec.data);
+}
+
 void
 crunch_call_submit (CrunchCall *call)
 {
@@ -154,6 +163,8 @@ crunch_call_submit (CrunchCall *call)
                               on_answered, call);
   if (call->spec.started != NULL)
     ticket->started = on_started;
+  if (call->spec.progress != NULL)
+    ticket->progress = on_progress;
   /* published whole: the jobs API reads it from other threads (crunch_call_ticket()) */
   g_atomic_pointer_set (&call->ticket, ticket);
   crunch_metrics_job_event (call->spec.fn, CRUNCH_JOB_EVENT_SUBMITTED);

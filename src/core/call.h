@@ -19,6 +19,8 @@
 typedef struct CrunchCalls CrunchCalls;
 typedef struct CrunchCall CrunchCall;
 typedef void (*CrunchCallFunc) (CrunchCall *call, gpointer data);
+typedef void (*CrunchCallProgressFunc) (CrunchCall *call, gdouble fraction, const gchar *message,
+                                        gpointer data);
 
 /* The service: the scheduler, and one watcher thread for every call's deadline and socket. */
 CrunchCalls *crunch_calls_new (CrunchScheduler *scheduler);
@@ -38,6 +40,9 @@ typedef struct {
   /* Optional: its computation started (see CrunchTicket.started: the scheduler's lock is held,
    * only pass the news on). */
   CrunchCallFunc started;
+  /* Optional: a progress report of its computation (see CrunchTicket.progress: the scheduler's
+   * lock is held, only pass it on). */
+  CrunchCallProgressFunc progress;
 } CrunchCallSpec;
 
 typedef enum {

@@ -94,6 +94,8 @@ static const KeyDesc keys[] = {
     {"jobs", "max_database_size", KEY_UINT, 0, 1048576, F (jobs_max_database_size), NULL},
     {"jobs", "bucket", KEY_STRING, 0, 0, F (jobs_bucket), NULL},
     {"jobs", "lease", KEY_DOUBLE, 1, 3600, F (jobs_lease), NULL},
+    {"jobs", "max_streams", KEY_UINT, 0, 100000, F (jobs_max_streams), NULL},
+    {"jobs", "stream_heartbeat", KEY_DOUBLE, 0.1, 3600, F (jobs_stream_heartbeat), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
     {"log", "access", KEY_ENUM, 0, 0, F (log_access), access_formats},
     {"metrics", "enabled", KEY_BOOL, 0, 0, F (metrics_enabled), NULL},
@@ -133,6 +135,8 @@ static const CrunchConfig defaults = {
     .jobs_max_result_size = 8388608,
     .jobs_max_crashes = 3,
     .jobs_lease = 10.0,
+    .jobs_max_streams = 256,
+    .jobs_stream_heartbeat = 15.0,
     .log_access = CRUNCH_ACCESS_LOG_COMMON,
     .metrics_enabled = TRUE,
 };

@@ -107,9 +107,11 @@ typedef struct {
   gchar *jobs_store;       /* "sqlite" (the default) or "memory" (restart) */
   gchar *jobs_database;    /* sqlite: the file; "" = crunch_config_jobs_database() (restart) */
   gchar *jobs_synchronous; /* sqlite: "normal" or "full" (restart) */
-  guint jobs_max_database_size; /* sqlite: MiB, 0 = no bound (restart) */
-  gchar *jobs_bucket;           /* nats: the JetStream key-value bucket (restart) */
-  gdouble jobs_lease;           /* nats: seconds a front end owns a job unrenewed (restart) */
+  guint jobs_max_database_size;  /* sqlite: MiB, 0 = no bound (restart) */
+  gchar *jobs_bucket;            /* nats: the JetStream key-value bucket (restart) */
+  gdouble jobs_lease;            /* nats: seconds a front end owns a job unrenewed (restart) */
+  guint jobs_max_streams;        /* event streams open at once; beyond it 503 */
+  gdouble jobs_stream_heartbeat; /* seconds between comment lines on an idle stream */
 
   /* [log] */
   gchar *log_level; /* error|critical|warning|message|info|debug */

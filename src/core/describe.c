@@ -456,6 +456,36 @@ submit_job (JsonBuilder *b, const gchar **names)
   json_builder_end_object (b);
 }
 
+/* GET /jobs/{id}/events: Server-Sent Events, resumable with Last-Event-ID. */
+static void
+job_events_path (JsonBuilder *b)
+{
+  json_builder_set_member_name (b, "/jobs/{id}/events");
+  json_builder_begin_object (b);
+  id_parameter (b);
+  begin_operation (b, "get", "get_job_events",
+                   "the job's state and progress as Server-Sent Events, then its outcome");
+  json_builder_set_member_name (b, "parameters");
+  json_builder_begin_array (b);
+  json_builder_begin_object (b);
+  parameter (b, "Last-Event-ID", "header", FALSE);
+  json_builder_set_member_name (b, "schema");
+  json_builder_begin_object (b);
+  crunch_json_member_string (b, "type", "string");
+  json_builder_end_object (b);
+  json_builder_end_object (b);
+  json_builder_end_array (b);
+  json_builder_set_member_name (b, "responses");
+  json_builder_begin_object (b);
+  response (b, "200", "events: state, progress, outcome", "text/event-stream");
+  response (b, "204", "the client has seen the outcome already", NULL);
+  response (b, "404", "no such job", ERROR_TYPE);
+  response (b, "503", "[jobs] max_streams are open", ERROR_TYPE);
+  json_builder_end_object (b);
+  json_builder_end_object (b);
+  json_builder_end_object (b);
+}
+
 static void
 job_paths (JsonBuilder *b, const gchar **names)
 {
@@ -496,6 +526,7 @@ job_paths (JsonBuilder *b, const gchar **names)
   json_builder_end_object (b);
   json_builder_end_object (b);
   json_builder_end_object (b);
+  job_events_path (b);
 }
 
 static void

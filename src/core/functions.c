@@ -363,6 +363,60 @@ matches_decl (const CrunchFunction *fn, GVariant *args)
   return TRUE;
 }
 
+gboolean
+crunch_progress_due (gint64 *last_us, gdouble fraction)
+{
+  gint64 now = g_get_monotonic_time ();
+
+  if (fraction < 1.0 && *last_us != 0 &&
+      now - *last_us < G_USEC_PER_SEC / CRUNCH_PROGRESS_PER_SECOND)
+    return FALSE;
+  *last_us = now;
+  return TRUE;
+}
+
+void
+crunch_progress_report (const CrunchCancel *cancel, gdouble fraction, const gchar *message)
+{
+  g_autofree gchar *line = NULL;
+  const gchar *end;
+
+  if (cancel->progress == NULL || isnan (fraction))
+    return;
+  fraction = CLAMP (fraction, 0.0, 1.0);
+  if (message != NULL) {
+    line = g_utf8_make_valid (message, MIN (strlen (message), CRUNCH_PROGRESS_MESSAGE_MAX + 4));
+    if (strlen (line) > CRUNCH_PROGRESS_MESSAGE_MAX) {
+      g_utf8_validate (line, CRUNCH_PROGRESS_MESSAGE_MAX, &end); /* stops at a whole character */
+      line[end - line] = '\0';
+    }
+    g_strdelimit (line, "\r\n", ' ');
+  }
+  cancel->progress (cancel->progress_data, fraction, line);
+}
+
+/* The CrunchdCall a C function gets, with what its progress reports need. */
+typedef struct {
+  CrunchdCall call; /* first: the plugin's pointer is ours */
+  const CrunchCancel *cancel;
+  gint64 last_us; /* the last report passed on (the run's thread; a plugin's own threads too) */
+  GMutex lock;    /* for a plugin that reports from several threads */
+} HostCall;
+
+/* CrunchdCall.progress (ABI 2). */
+static void
+host_progress (const CrunchdCall *call, double fraction, const char *message)
+{
+  HostCall *host = (HostCall *)call;
+  gboolean due;
+
+  g_mutex_lock (&host->lock);
+  due = crunch_progress_due (&host->last_us, fraction);
+  if (due)
+    crunch_progress_report (host->cancel, fraction, message);
+  g_mutex_unlock (&host->lock);
+}
+
 GBytes *
 crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCancel *cancel,
                      GError **error)
@@ -370,7 +424,9 @@ crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCance
   guint n = fn->decl->n_args;
   g_autofree CrunchdValue *values = g_new0 (CrunchdValue, n + 1);
   g_autoptr (GPtrArray) children = g_ptr_array_new_with_free_func ((GDestroyNotify)g_variant_unref);
-  CrunchdCall call = {values, n, fn->decl->user_data, &cancel->flag};
+  HostCall host = {
+      {values, n, fn->decl->user_data, &cancel->flag, host_progress, NULL}, cancel, 0, {0}};
+  CrunchdCall *call = &host.call;
   CrunchdResult result = {0};
   CrunchdStatus status;
   gpointer *pair;
@@ -388,7 +444,9 @@ crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCance
     g_ptr_array_add (children, child);
     to_value (child, fn->decl->args[i].type, &values[i]);
   }
-  status = fn->decl->run (&call, &result);
+  g_mutex_init (&host.lock);
+  status = fn->decl->run (call, &result);
+  g_mutex_clear (&host.lock);
   if (status == CRUNCHD_OK && (result.data != NULL || result.len == 0)) {
     pair = g_new (gpointer, 2);
     pair[0] = result.data;

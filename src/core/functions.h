@@ -27,14 +27,36 @@ typedef enum {
   CRUNCH_FUNCTION_ERROR_OUT_OF_MEMORY, /* ran past [executor] memory_limit -> 500 */
 } CrunchFunctionError;
 
-/* Set (to nonzero) by any thread to ask a running function to stop. Functions read it with
- * crunch_cancelled(), a plain relaxed load, cheap enough for a hot loop. */
+/* Where a run's progress reports go (crunchd_progress(), a worker's "progress" frame or NATS
+ * message): called on the thread that runs the call, or the thread that reads its worker. */
+typedef void (*CrunchProgressFunc) (gpointer data, gdouble fraction, const gchar *message);
+
+/* The run's side channel. `flag` is set (to nonzero) by any thread to ask a running function to
+ * stop. Functions read it with crunch_cancelled(), a plain relaxed load, cheap enough for a hot
+ * loop. */
 typedef struct {
   gint flag;
   /* When the caller stops waiting (monotonic, 0 = not known), set before the run: for
    * functions that run elsewhere and pass it on (the worker protocol's "deadline"). */
   gint64 deadline_us;
+  /* Set before the run (NULL: reports are dropped). crunch_progress_report() throttles and
+   * checks what reaches it. */
+  CrunchProgressFunc progress;
+  gpointer progress_data;
 } CrunchCancel;
+
+/* At most this many progress reports a second per run pass on; the others are dropped. */
+#define CRUNCH_PROGRESS_PER_SECOND 5
+/* Longest progress message passed on, in bytes (cut at a character boundary). */
+#define CRUNCH_PROGRESS_MESSAGE_MAX 200
+
+/* Whether a report may pass now, given when the last one did (*last_us, monotonic; updated).
+ * A report of 1 (done) always passes. */
+gboolean crunch_progress_due (gint64 *last_us, gdouble fraction);
+/* A progress report from a function or a worker: a fraction outside [0, 1] is clamped, NaN
+ * dropped; the message is made valid UTF-8 on one line and cut to CRUNCH_PROGRESS_MESSAGE_MAX.
+ * Passes it to cancel->progress. Throttling is the caller's (crunch_progress_due()). */
+void crunch_progress_report (const CrunchCancel *cancel, gdouble fraction, const gchar *message);
 
 static inline gboolean
 crunch_cancelled (const CrunchCancel *cancel)

@@ -43,6 +43,7 @@
 #include "executor.h"
 #include "json.h"
 #include "metrics.h"
+#include "stream.h"
 
 #define BACKLOG_RETRY_MS 100
 #define IDEMPOTENCY_KEY_MAX 255
@@ -63,6 +64,9 @@ struct CrunchJobs {
   gpointer recovered_data;
   gint64 ttl_us;
   guint max_stored, max_per_client, max_result_size, max_crashes;
+  /* A leaf under both our lock and the scheduler's (which holds it when a job starts or reports
+   * progress): every entry's news, below. */
+  GMutex news;
 };
 
 typedef struct {
@@ -93,9 +97,22 @@ typedef struct {
   GBytes *result;
   gchar *error;
   gint64 queued_us, run_us; /* -1: it never ran */
+  /* Its news, under jobs->news. Every event has the next number (`seq`); a watcher that comes
+   * back with Last-Event-ID N is sent what changed after N. */
+  guint64 seq, state_seq, progress_seq, outcome_seq; /* 0: no such event yet */
+  gboolean started;                                  /* a run has started ("running") */
+  gboolean unwatched_stop;      /* a streamed call: cancelled when its last watcher leaves */
+  gdouble progress;             /* the latest report, valid once progress_seq != 0 */
+  gchar *progress_message;      /* or NULL */
+  CrunchStream *pending_stream; /* a streamed call's, until it is accepted (our lock) */
+  GPtrArray *streams;           /* CrunchStream*, watching it (NULL: none yet) */
 } Entry;
 
 #define ID_BYTES 16 /* 128 random bits */
+
+/* its news (below) */
+static void news_started (Entry *entry);
+static void news_finished_locked (Entry *entry);
 
 /* a shared store's hooks (below) */
 static void on_claimed (CrunchStoredJob *record, gpointer data);
@@ -124,6 +141,13 @@ entry_free (gpointer data)
   g_clear_pointer (&entry->call, crunch_call_unref);
   g_clear_pointer (&entry->result, g_bytes_unref);
   g_free (entry->error);
+  g_free (entry->progress_message);
+  g_clear_pointer (&entry->pending_stream, crunch_stream_unref);
+  if (entry->streams != NULL) { /* a watched job that goes away unfinished (shutdown) */
+    for (guint i = 0; i < entry->streams->len; i++)
+      crunch_stream_end (entry->streams->pdata[i]);
+    g_ptr_array_unref (entry->streams);
+  }
   g_free (entry->id);
   g_free (entry);
 }
@@ -159,6 +183,7 @@ crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *st
 
   g_mutex_init (&self->lock);
   g_mutex_init (&self->serial);
+  g_mutex_init (&self->news);
   self->calls = calls;
   self->store = store;
   self->entries = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, entry_free);
@@ -185,6 +210,7 @@ crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
   self->max_result_size = config->jobs_max_result_size;
   self->max_crashes = config->jobs_max_crashes;
   g_mutex_unlock (&self->lock);
+  crunch_streams_configure (config->jobs_max_streams, config->jobs_stream_heartbeat);
 }
 
 void
@@ -227,6 +253,7 @@ crunch_jobs_free (CrunchJobs *self)
   g_hash_table_unref (self->held);
   g_hash_table_unref (self->keys);
   g_mutex_clear (&self->serial);
+  g_mutex_clear (&self->news);
   g_mutex_clear (&self->lock);
   g_free (self);
 }
@@ -302,6 +329,7 @@ finish_locked (CrunchJobs *self, Entry *entry)
     if (g_atomic_int_dec_and_test (&self->careful) && self->recovered != NULL)
       g_idle_add (self->recovered, self->recovered_data);
   }
+  news_finished_locked (entry);
   if (self->store == NULL || entry->lost)
     return;
   if (entry->interrupted) {
@@ -375,24 +403,13 @@ on_started (CrunchCall *call, gpointer data)
   Entry *entry = data;
   guint attempts = (guint)g_atomic_int_add (&entry->attempts, 1) + 1;
 
+  news_started (entry);
   if (entry->jobs->store != NULL)
     crunch_store_set_state (entry->jobs->store, entry->id, CRUNCH_STORED_RUNNING, attempts,
                             entry->crashes, NULL, NULL);
 }
 
 /* ---- replies ---- */
-
-static CrunchReply
-reply_json (guint status, JsonBuilder *builder)
-{
-  g_autoptr (JsonNode) root = json_builder_get_root (builder);
-  GString *text = g_string_new (NULL);
-
-  /* not JsonGenerator: it prints 4.9e-05 s as 4.8999999999999998e-05 */
-  crunch_json_append_object (text, json_node_get_object (root));
-  g_string_append_c (text, '\n');
-  return crunch_reply_bytes (status, g_string_free_to_bytes (text), "application/json");
-}
 
 static const gchar *
 state_name (const Entry *entry)
@@ -498,9 +515,49 @@ add_outcome (JsonBuilder *b, const Entry *entry)
     crunch_json_member_string (b, "error", "cancelled by DELETE");
 }
 
-/* With the lock held. */
-static CrunchReply
-describe_locked (const Entry *entry, guint status)
+/* The latest progress report, if any ("progress": {"fraction": F, "message": M}). */
+static void
+add_progress (JsonBuilder *b, Entry *entry)
+{
+  CrunchJobs *self = entry->jobs;
+
+  g_mutex_lock (&self->news);
+  if (entry->progress_seq != 0 && entry->t_done == 0) {
+    json_builder_set_member_name (b, "progress");
+    json_builder_begin_object (b);
+    json_builder_set_member_name (b, "fraction");
+    json_builder_add_double_value (b, entry->progress);
+    if (entry->progress_message != NULL)
+      crunch_json_member_string (b, "message", entry->progress_message);
+    json_builder_end_object (b);
+  }
+  g_mutex_unlock (&self->news);
+}
+
+/* The builder's object as text (not JsonGenerator: it prints 4.9e-05 s as
+ * 4.8999999999999998e-05): one member per line, or all on one line (no newline at the end). */
+static gchar *
+json_text (JsonBuilder *b, gboolean one_line)
+{
+  g_autoptr (JsonNode) root = json_builder_get_root (b);
+  GString *text = g_string_new (NULL);
+
+  if (one_line)
+    crunch_json_append_object_line (text, json_node_get_object (root));
+  else
+    crunch_json_append_object (text, json_node_get_object (root));
+  return g_string_free (text, FALSE);
+}
+
+static gchar *
+json_line (JsonBuilder *b)
+{
+  return json_text (b, TRUE);
+}
+
+/* With the lock held: GET /jobs/ID's document. */
+static gchar *
+describe_json_locked (Entry *entry, gboolean one_line)
 {
   g_autoptr (JsonBuilder) b = json_builder_new ();
   guint attempts = g_atomic_int_get (&entry->attempts);
@@ -519,9 +576,248 @@ describe_locked (const Entry *entry, guint status)
     crunch_json_member_bool (b, "cached", TRUE);
   }
   add_timings (b, entry, g_get_monotonic_time ());
+  add_progress (b, entry);
   add_outcome (b, entry);
   json_builder_end_object (b);
-  return reply_json (status, b);
+  return json_text (b, one_line);
+}
+
+/* With the lock held. */
+static CrunchReply
+describe_locked (Entry *entry, guint status)
+{
+  gchar *line = describe_json_locked (entry, FALSE);
+  gsize len = strlen (line);
+
+  line = g_realloc (line, len + 2);
+  line[len] = '\n';
+  line[len + 1] = '\0';
+  return crunch_reply_bytes (status, g_bytes_new_take (line, len + 1), "application/json");
+}
+
+/* ---- news: progress reports and event streams (GET /jobs/ID/events) ---- */
+
+/* With jobs->news held: an event to every watcher (`end`: the last one, the streams end). A
+ * stream that has closed (its client left or reads nothing) is dropped. */
+static void
+broadcast_locked (Entry *entry, guint64 id, const gchar *event, const gchar *data, gboolean end)
+{
+  if (entry->streams == NULL)
+    return;
+  for (guint i = entry->streams->len; i-- > 0;) {
+    CrunchStream *stream = entry->streams->pdata[i];
+    gboolean sent = crunch_stream_event (stream, id, event, data);
+    if (end)
+      crunch_stream_end (stream);
+    if (!sent || end)
+      g_ptr_array_remove_index_fast (entry->streams, i);
+  }
+}
+
+static gchar *
+state_data (const Entry *entry, const gchar *state, guint attempts)
+{
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+
+  json_builder_begin_object (b);
+  crunch_json_member_string (b, "id", entry->id);
+  crunch_json_member_string (b, "state", state);
+  crunch_json_member_int (b, "attempts", attempts);
+  json_builder_end_object (b);
+  return json_line (b);
+}
+
+static gchar *
+progress_data (gdouble fraction, const gchar *message)
+{
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+
+  json_builder_begin_object (b);
+  json_builder_set_member_name (b, "fraction");
+  json_builder_add_double_value (b, fraction);
+  if (message != NULL)
+    crunch_json_member_string (b, "message", message);
+  json_builder_end_object (b);
+  return json_line (b);
+}
+
+/* The scheduler's lock is held (on_started()): the job runs. */
+static void
+news_started (Entry *entry)
+{
+  CrunchJobs *self = entry->jobs;
+  g_autofree gchar *data = state_data (entry, "running", g_atomic_int_get (&entry->attempts));
+
+  g_mutex_lock (&self->news);
+  entry->started = TRUE;
+  entry->state_seq = ++entry->seq;
+  broadcast_locked (entry, entry->seq, "state", data, FALSE);
+  g_mutex_unlock (&self->news);
+}
+
+/* CrunchCallSpec.progress: the scheduler's lock is held. */
+static void
+on_progress (CrunchCall *call, gdouble fraction, const gchar *message, gpointer data)
+{
+  Entry *entry = data;
+  CrunchJobs *self = entry->jobs;
+  g_autofree gchar *json = progress_data (fraction, message);
+
+  g_mutex_lock (&self->news);
+  entry->progress = fraction;
+  g_free (entry->progress_message);
+  entry->progress_message = g_strdup (message);
+  entry->progress_seq = ++entry->seq;
+  broadcast_locked (entry, entry->seq, "progress", json, FALSE);
+  g_mutex_unlock (&self->news);
+}
+
+/* With the lock held (finish_locked()): the outcome is the last event. A job interrupted by a
+ * shutdown has none here: its watchers reconnect to the next process. */
+static void
+news_finished_locked (Entry *entry)
+{
+  CrunchJobs *self = entry->jobs;
+  g_autofree gchar *outcome = NULL;
+  gboolean watched;
+
+  g_mutex_lock (&self->news);
+  watched = entry->streams != NULL && entry->streams->len > 0;
+  g_mutex_unlock (&self->news);
+  /* (no watcher can come meanwhile: watching takes our lock) */
+  if (watched && !entry->interrupted)
+    outcome = describe_json_locked (entry, TRUE);
+  g_mutex_lock (&self->news);
+  entry->outcome_seq = ++entry->seq;
+  if (outcome != NULL)
+    broadcast_locked (entry, entry->seq, "outcome", outcome, TRUE);
+  else if (entry->streams != NULL)
+    for (guint i = 0; i < entry->streams->len; i++)
+      crunch_stream_end (entry->streams->pdata[i]);
+  g_clear_pointer (&entry->streams, g_ptr_array_unref);
+  g_mutex_unlock (&self->news);
+}
+
+/* A watcher's stream, for its `gone` callback. */
+typedef struct {
+  CrunchJobs *jobs;
+  gchar *id;
+  CrunchStream *stream; /* not a reference: the stream calls us */
+} Watcher;
+
+static void
+watcher_free (gpointer data)
+{
+  Watcher *w = data;
+
+  g_free (w->id);
+  g_free (w);
+}
+
+/* CrunchStreamGone: a watcher left. A streamed call nobody watches any more is cancelled, as a
+ * synchronous call is when its client hangs up. Any thread, no lock held. */
+static void
+on_watcher_gone (gpointer data)
+{
+  Watcher *w = data;
+  CrunchJobs *self = w->jobs;
+  g_autoptr (CrunchCall) call = NULL;
+  Entry *entry;
+
+  g_mutex_lock (&self->lock);
+  entry = g_hash_table_lookup (self->entries, w->id);
+  if (entry != NULL) {
+    g_mutex_lock (&self->news);
+    if (entry->streams != NULL && g_ptr_array_remove (entry->streams, w->stream) &&
+        entry->streams->len == 0 && entry->unwatched_stop && entry->t_done == 0) {
+      entry->cancel_requested = TRUE; /* (not submitted yet: its submitter cancels it) */
+      if (entry->call != NULL && crunch_call_ticket (entry->call) != NULL)
+        call = crunch_call_ref (entry->call);
+    }
+    g_mutex_unlock (&self->news);
+  }
+  g_mutex_unlock (&self->lock);
+  if (call != NULL)
+    crunch_call_cancel (call, CRUNCH_JOB_CLIENT_GONE);
+}
+
+/* Last-Event-ID as an event number; 0 when absent or not one of ours. */
+static guint64
+last_event_id (const gchar *text)
+{
+  guint64 id = 0;
+
+  if (text == NULL || !g_ascii_string_to_unsigned (text, 10, 1, G_MAXUINT64, &id, NULL))
+    return 0;
+  return id;
+}
+
+/* With both locks held: what a watcher that saw up to event `last` missed, oldest first. */
+static void
+catch_up_locked (Entry *entry, CrunchStream *stream, guint64 last, const gchar *outcome)
+{
+  g_autofree gchar *state = NULL, *progress = NULL;
+  gboolean state_first;
+
+  if (outcome == NULL && entry->state_seq > last)
+    state = state_data (entry, entry->started ? "running" : "queued",
+                        g_atomic_int_get (&entry->attempts));
+  if (entry->progress_seq > last && outcome == NULL)
+    progress = progress_data (entry->progress, entry->progress_message);
+  state_first = state != NULL && (progress == NULL || entry->state_seq < entry->progress_seq);
+  if (state_first)
+    crunch_stream_event (stream, entry->state_seq, "state", state);
+  if (progress != NULL)
+    crunch_stream_event (stream, entry->progress_seq, "progress", progress);
+  if (state != NULL && !state_first)
+    crunch_stream_event (stream, entry->state_seq, "state", state);
+  if (outcome != NULL)
+    crunch_stream_event (stream, entry->outcome_seq, "outcome", outcome);
+}
+
+static CrunchReply
+streams_full (void)
+{
+  CrunchReply reply = crunch_reply_text (503, "too many event streams open ([jobs] max_streams)");
+
+  crunch_metrics_rejection (CRUNCH_REJECT_STREAMS);
+  reply.retry_after = g_strdup ("5");
+  return reply;
+}
+
+/* With the lock held: the job's events, from `last` on, in `stream` (NULL: a new one). */
+static CrunchReply
+watch_locked (CrunchJobs *self, Entry *entry, const gchar *last_id, CrunchStream *stream)
+{
+  gboolean done = entry->t_done != 0 && !entry->interrupted;
+  g_autofree gchar *outcome = done ? describe_json_locked (entry, TRUE) : NULL;
+  guint64 last = last_event_id (last_id);
+  Watcher *w;
+
+  g_mutex_lock (&self->news);
+  if (done && entry->outcome_seq == 0) /* recovered finished: its outcome is news here */
+    entry->outcome_seq = ++entry->seq;
+  if (last > entry->seq)
+    last = 0; /* a number from before a restart: start over */
+  g_mutex_unlock (&self->news);
+  if (done && last != 0 && last >= entry->outcome_seq) /* it has the end: an EventSource stops */
+    return (CrunchReply){.status = 204, .content_type = CRUNCH_TEXT_PLAIN};
+  if (stream == NULL && (stream = crunch_stream_new ()) == NULL)
+    return streams_full ();
+  w = g_new0 (Watcher, 1);
+  *w = (Watcher){self, g_strdup (entry->id), stream};
+  crunch_stream_set_gone (stream, on_watcher_gone, w, watcher_free);
+  g_mutex_lock (&self->news);
+  catch_up_locked (entry, stream, last, outcome);
+  if (done) {
+    crunch_stream_end (stream);
+  } else {
+    if (entry->streams == NULL)
+      entry->streams = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_stream_unref);
+    g_ptr_array_add (entry->streams, crunch_stream_ref (stream));
+  }
+  g_mutex_unlock (&self->news);
+  return crunch_reply_stream (stream);
 }
 
 /* ---- submitting ---- */
@@ -556,6 +852,7 @@ add_entry_locked (CrunchJobs *self, gchar *id, const gchar *fn_name, GVariant *a
   entry->args = g_variant_ref (args);
   entry->client = g_strdup (client);
   entry->queued_us = entry->run_us = -1;
+  entry->seq = entry->state_seq = 1; /* "queued" */
   g_hash_table_insert (self->entries, entry->id, entry);
   return entry;
 }
@@ -617,7 +914,7 @@ store_full_locked (CrunchJobs *self, const gchar *client, gboolean client_full)
 }
 
 static CrunchReply
-accepted_locked (const Entry *entry)
+accepted_locked (Entry *entry)
 {
   CrunchReply reply = describe_locked (entry, 202);
 
@@ -634,7 +931,7 @@ new_call_locked (CrunchJobs *self, Entry *entry)
       entry->t_submitted + MAX (__atomic_load_n (&entry->fn->timeout_us, __ATOMIC_RELAXED), 1);
   entry->call = crunch_call_new (
       self->calls, &(CrunchCallSpec){entry->fn, entry->args, entry->client, entry->deadline_us, -1,
-                                     on_answered, entry, on_started});
+                                     on_answered, entry, on_started, on_progress});
   return crunch_call_ref (entry->call);
 }
 
@@ -678,6 +975,7 @@ admit_and_submit (CrunchJobs *self, Entry *entry, CrunchCall *call, CrunchLater 
   g_mutex_lock (&self->lock);
   if (admission == CRUNCH_CALL_REFUSED) {
     const CrunchCallRefusal *refusal = crunch_call_refusal (call);
+    g_clear_pointer (&entry->pending_stream, crunch_stream_unref);
     reply = crunch_reply_text (refusal->status, "%s", refusal->message);
     reply.retry_after = g_strdup (refusal->retry_after);
     store_forget (self, entry);
@@ -686,7 +984,10 @@ admit_and_submit (CrunchJobs *self, Entry *entry, CrunchCall *call, CrunchLater 
     entry->visible = TRUE;
     if (admission == CRUNCH_CALL_CACHED) /* a cache hit needs no job: it is done at once */
       finish_cached_locked (self, entry, crunch_call_cached (call));
-    reply = accepted_locked (entry);
+    if (entry->pending_stream != NULL) /* a streamed call: its answer is the job's events */
+      reply = watch_locked (self, entry, NULL, g_steal_pointer (&entry->pending_stream));
+    else
+      reply = accepted_locked (entry);
   }
   g_mutex_unlock (&self->lock);
   if (later != NULL) {
@@ -795,23 +1096,18 @@ store_new_locked (CrunchJobs *self, Entry *entry, const CrunchRequestInfo *info)
   return crunch_reply_later ();
 }
 
-/* {"fn": NAME, "args": {...}}; `client` is the fairness key. */
+/* A new job for the call; with `stream` (taken), a streamed call whose answer is its events. */
 static CrunchReply
-crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
+submit_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchFunction *fn,
+             GVariant *args, CrunchStream *stream)
 {
-  g_autoptr (GError) error = NULL;
-  g_autoptr (GVariant) args = NULL;
+  g_autoptr (CrunchStream) owned = stream;
   g_autofree gchar *key = NULL, *hash = NULL;
-  const CrunchFunction *fn = NULL;
   CrunchReply reply;
   gboolean client_full;
   CrunchCall *call;
   Entry *entry;
 
-  args = crunch_args_from_job_body (info->body, info->body_len, &fn, &error);
-  if (args == NULL)
-    return crunch_reply_text (400, "POST /jobs: %s", error->message);
-  g_variant_ref_sink (args);
   if (info->idempotency_key != NULL) {
     const gchar *why = bad_idempotency_key (info->idempotency_key);
     if (why != NULL)
@@ -837,6 +1133,8 @@ crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
     entry->body_hash = g_steal_pointer (&hash);
     g_hash_table_insert (self->keys, entry->key, entry);
   }
+  entry->pending_stream = g_steal_pointer (&owned);
+  entry->unwatched_stop = entry->pending_stream != NULL;
   if (self->store != NULL) {
     reply = store_new_locked (self, entry, info);
     g_mutex_unlock (&self->lock);
@@ -846,6 +1144,32 @@ crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
   g_mutex_unlock (&self->lock);
   /* Outside the lock: the scheduler may answer the call at once, and on_answered() takes it. */
   return admit_and_submit (self, entry, call, NULL);
+}
+
+/* {"fn": NAME, "args": {...}}; `client` is the fairness key. */
+static CrunchReply
+crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GVariant) args = NULL;
+  const CrunchFunction *fn = NULL;
+
+  args = crunch_args_from_job_body (info->body, info->body_len, &fn, &error);
+  if (args == NULL)
+    return crunch_reply_text (400, "POST /jobs: %s", error->message);
+  g_variant_ref_sink (args);
+  return submit_call (self, info, fn, args, NULL);
+}
+
+CrunchReply
+crunch_jobs_stream_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchFunction *fn,
+                         GVariant *args)
+{
+  CrunchStream *stream = crunch_stream_new (); /* first: the cap refuses before any work */
+
+  if (stream == NULL)
+    return streams_full ();
+  return submit_call (self, info, fn, args, stream);
 }
 
 /* ---- recovery ---- */
@@ -1410,15 +1734,32 @@ submit_handler (const CrunchRequestInfo *request, gpointer context)
   return crunch_jobs_submit (context, request);
 }
 
+/* GET /jobs/ID/events */
+static CrunchReply
+events_handler (const CrunchRequestInfo *request, gpointer context)
+{
+  CrunchJobs *self = context;
+  CrunchReply reply;
+  Entry *entry;
+
+  if (elsewhere (self, request->arg))
+    return crunch_reply_text (421,
+                              "job %s is run by another front end: its events are served "
+                              "there (GET /jobs/%s works here)",
+                              request->arg, request->arg);
+  g_mutex_lock (&self->lock);
+  entry = find_locked (self, request->arg);
+  reply = entry != NULL ? watch_locked (self, entry, request->last_event_id, NULL) : no_such_job ();
+  g_mutex_unlock (&self->lock);
+  return reply;
+}
+
 CrunchHandler
 crunch_jobs_handler (const gchar *verb)
 {
   static const CrunchNamedHandler handlers[] = {
-      {"submit", submit_handler},
-      {"describe", describe_handler},
-      {"result", result_handler},
-      {"delete", delete_handler},
-      {NULL, NULL},
+      {"submit", submit_handler}, {"describe", describe_handler}, {"result", result_handler},
+      {"delete", delete_handler}, {"events", events_handler},     {NULL, NULL},
   };
 
   return crunch_handler_find (handlers, verb);

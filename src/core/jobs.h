@@ -1,4 +1,5 @@
-/* jobs.h - the asynchronous jobs API: POST /jobs, GET /jobs/<id>[/result], DELETE /jobs/<id>.
+/* jobs.h - the asynchronous jobs API: POST /jobs, GET /jobs/<id>[/result|/events],
+ * DELETE /jobs/<id>.
  *
  * An async job is an ordinary CrunchJob that goes through the same admission and scheduler as a
  * synchronous call (same queue bound, fairness, deadline, cancellation), only nobody's connection
@@ -31,6 +32,12 @@ void crunch_jobs_cancel_all (CrunchJobs *self);
 /* Call after the scheduler is freed (no job can finish any more), before the calls service.
  * Writes everything to the store and closes it. */
 void crunch_jobs_free (CrunchJobs *self);
+
+/* GET/POST /fn/NAME with Accept: text/event-stream: the call becomes a job (as POST /jobs would
+ * make it; `info` as for the jobs lane) whose events (GET /jobs/ID/events) are the answer; the job
+ * is cancelled if every watcher leaves before it ends. */
+CrunchReply crunch_jobs_stream_call (CrunchJobs *self, const CrunchRequestInfo *info,
+                                     const CrunchFunction *fn, GVariant *args);
 
 /* The handler of a jobs route by its verb in the route table ("submit", "describe", "result",
  * "delete"); its context is the CrunchJobs. NULL for an unknown verb. */

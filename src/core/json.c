@@ -91,6 +91,9 @@ crunch_json_append_seconds (GString *out, gdouble seconds)
   g_string_append (out, g_str_equal (buf, "-0") ? "0" : buf);
 }
 
+static void append_members (GString *out, JsonObject *object, const gchar *open,
+                            const gchar *separator, const gchar *close);
+
 static void
 append_value (GString *out, JsonNode *node)
 {
@@ -98,6 +101,8 @@ append_value (GString *out, JsonNode *node)
 
   if (JSON_NODE_HOLDS_NULL (node))
     g_string_append (out, "null");
+  else if (JSON_NODE_HOLDS_OBJECT (node))
+    append_members (out, json_node_get_object (node), "{", ", ", "}");
   else if (!JSON_NODE_HOLDS_VALUE (node)) {
     g_autofree gchar *text = json_to_string (node, FALSE);
     g_string_append (out, text);
@@ -111,19 +116,32 @@ append_value (GString *out, JsonNode *node)
     g_string_append_printf (out, "%" G_GINT64_FORMAT, json_node_get_int (node));
 }
 
-void
-crunch_json_append_object (GString *out, JsonObject *object)
+static void
+append_members (GString *out, JsonObject *object, const gchar *open, const gchar *separator,
+                const gchar *close)
 {
   g_autoptr (GList) names = json_object_get_members (object); /* in insertion order */
 
   g_string_append_c (out, '{');
   for (GList *n = names; n != NULL; n = n->next) {
-    g_string_append (out, n == names ? "\n  " : ",\n  ");
+    g_string_append (out, n == names ? open + 1 : separator);
     crunch_json_append_string (out, n->data);
     g_string_append (out, ": ");
     append_value (out, json_object_get_member (object, n->data));
   }
-  g_string_append (out, names != NULL ? "\n}" : "}");
+  g_string_append (out, names != NULL ? close : "}");
+}
+
+void
+crunch_json_append_object (GString *out, JsonObject *object)
+{
+  append_members (out, object, "{\n  ", ",\n  ", "\n}");
+}
+
+void
+crunch_json_append_object_line (GString *out, JsonObject *object)
+{
+  append_members (out, object, "{", ", ", "}");
 }
 
 void

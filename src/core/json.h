@@ -31,10 +31,12 @@ CrunchJsonCheck crunch_json_check (const gchar *text, gsize len, guint max_depth
  * most: 4.8999999999999998e-05 -> 0.000049, 2.12345 -> 2.123, 299.53 -> 299.5, 30.0 -> 30. */
 void crunch_json_append_seconds (GString *out, gdouble seconds);
 
-/* Appends a flat object (string, integer, boolean, null and double members; nested values are
- * written by json-glib), one member per line. Doubles are taken to be durations and written with
- * crunch_json_append_seconds(). */
+/* Appends an object (string, integer, boolean, null, double and object members; arrays are
+ * written by json-glib), one top-level member per line. Doubles are taken to be durations (or
+ * fractions) and written with crunch_json_append_seconds(). */
 void crunch_json_append_object (GString *out, JsonObject *object);
+/* The same on one line (a Server-Sent Events "data:" line). */
+void crunch_json_append_object_line (GString *out, JsonObject *object);
 
 /* Members of the object a JsonBuilder is building (the jobs API, /fn, /openapi.json, the NATS
  * store's records). A NULL string adds nothing. */

@@ -224,6 +224,12 @@ crunch_parked_add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer ite
 }
 
 CrunchParkedEntry *
+crunch_parked_watch (CrunchParked *self, gint fd, gpointer item, const CrunchParkedKind *kind)
+{
+  return add (self, fd, 0, item, kind);
+}
+
+CrunchParkedEntry *
 crunch_parked_add_timer (CrunchParked *self, gint64 deadline_us, gpointer item,
                          const CrunchParkedKind *kind)
 {

@@ -34,6 +34,10 @@ CrunchParkedEntry *crunch_parked_add (CrunchParked *self, gint fd, gint64 deadli
  * thread serves as a timer. `expire` gets CRUNCH_JOB_TIMED_OUT. Any thread. */
 CrunchParkedEntry *crunch_parked_add_timer (CrunchParked *self, gint64 deadline_us, gpointer item,
                                             const CrunchParkedKind *kind);
+/* A socket only, for an item of another kind: `expire` gets CRUNCH_JOB_CLIENT_GONE once the peer
+ * hangs up. Any thread. */
+CrunchParkedEntry *crunch_parked_watch (CrunchParked *self, gint fd, gpointer item,
+                                        const CrunchParkedKind *kind);
 /* Move a timer entry's deadline (0 = disarm), whether or not it has fired: it fires (again) at
  * the new time. The caller keeps the entry valid (no concurrent remove()). Any thread. */
 void crunch_parked_rearm (CrunchParked *self, CrunchParkedEntry *entry, gint64 deadline_us);

@@ -1,7 +1,9 @@
 /* plugins.c - plugins are shared objects loaded with GModule at start-up.
  *
  * Each exports `crunchd_plugin` (a CrunchdPlugin); its first member is the ABI version it was
- * built for, checked before anything else is read. init() then calls host->register_function()
+ * built for, checked before anything else is read: CRUNCHD_PLUGIN_ABI_VERSION_MIN up to ours
+ * load (nothing a plugin hands us grew between them; CrunchdCall, which we hand it, only grew at
+ * its end). init() then calls host->register_function()
  * for each function, which lands in crunch_functions_add(). The built-ins go through
  * crunch_plugins_register() too, so every function is declared and validated the same way.
  *
@@ -42,11 +44,13 @@ crunch_plugins_register (const CrunchdPlugin *plugin, const gchar *label, GError
   CrunchdHost host = {CRUNCHD_PLUGIN_ABI_VERSION, host_register, &state};
   int status;
 
-  if (plugin->abi_version != CRUNCHD_PLUGIN_ABI_VERSION) {
+  if (plugin->abi_version < CRUNCHD_PLUGIN_ABI_VERSION_MIN ||
+      plugin->abi_version > CRUNCHD_PLUGIN_ABI_VERSION) {
     g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_REGISTRATION,
-                 "plugin '%s': built for plugin ABI %u, this crunchd speaks ABI %u: rebuild it "
-                 "against this crunchd's crunchd-plugin.h",
-                 label, plugin->abi_version, CRUNCHD_PLUGIN_ABI_VERSION);
+                 "plugin '%s': built for plugin ABI %u, this crunchd loads ABI %u to %u: rebuild "
+                 "it against this crunchd's crunchd-plugin.h",
+                 label, plugin->abi_version, CRUNCHD_PLUGIN_ABI_VERSION_MIN,
+                 CRUNCHD_PLUGIN_ABI_VERSION);
     return FALSE;
   }
   if (plugin->init == NULL) {

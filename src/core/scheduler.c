@@ -42,6 +42,7 @@ typedef struct {
   gboolean running;
   gint64 started_us; /* monotonic, when it went to the executor */
   gboolean stopping; /* cancelled while tickets still waited (it overran): count it once */
+  gdouble progress;  /* the highest fraction reported */
 } SchedJob;
 
 struct CrunchScheduler {
@@ -229,6 +230,28 @@ answer_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome out
   g_ptr_array_add (answers, ticket);
 }
 
+/* CrunchCancel.progress of every job (data: the CrunchJob, which the reporting executor holds a
+ * reference to): passed on to the job's tickets, never lower than the highest so far. */
+static void
+on_progress (gpointer data, gdouble fraction, const gchar *message)
+{
+  CrunchJob *job = data;
+  CrunchScheduler *self = job->scheduler;
+  SchedJob *sj;
+
+  g_mutex_lock (&self->lock);
+  sj = job->scheduler_data;
+  if (sj != NULL && sj->running) {
+    sj->progress = MAX (sj->progress, fraction);
+    for (guint i = 0; i < sj->tickets->len; i++) {
+      CrunchTicket *ticket = sj->tickets->pdata[i];
+      if (ticket->progress != NULL)
+        ticket->progress (ticket, sj->progress, message, ticket->answered_data);
+    }
+  }
+  g_mutex_unlock (&self->lock);
+}
+
 static void
 ticket_started (CrunchTicket *ticket)
 {
@@ -274,6 +297,7 @@ on_finished (CrunchJob *job, gpointer data)
 
   g_mutex_lock (&self->lock);
   g_hash_table_remove (self->running, sj);
+  job->scheduler_data = NULL; /* a late progress report finds no tickets */
   forget_key (self, sj);
   if (sj->key != NULL && job->outcome == CRUNCH_JOB_OK)
     crunch_cache_insert (self->cache, sj->key, job->result);
@@ -418,6 +442,9 @@ enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
     sj = g_new0 (SchedJob, 1);
     sj->job = crunch_job_new (ticket->fn, ticket->args);
     sj->job->scheduler_data = sj;
+    sj->job->scheduler = self;
+    sj->job->cancel.progress = on_progress;
+    sj->job->cancel.progress_data = sj->job;
     sj->tickets = g_ptr_array_new ();
     sj->owner = client_get (self, ticket->client);
     g_queue_push_tail (&sj->owner->queue, sj);
@@ -436,6 +463,8 @@ enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
   ticket->state = TICKET_ATTACHED;
   if (sj->running)
     ticket_started (ticket);
+  if (sj->running && sj->progress > 0 && ticket->progress != NULL)
+    ticket->progress (ticket, sj->progress, NULL, ticket->answered_data);
 }
 
 void

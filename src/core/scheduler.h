@@ -16,6 +16,8 @@ typedef enum {
 
 typedef struct CrunchTicket CrunchTicket;
 typedef void (*CrunchTicketFunc) (CrunchTicket *ticket, gpointer data);
+typedef void (*CrunchTicketProgressFunc) (CrunchTicket *ticket, gdouble fraction,
+                                          const gchar *message, gpointer data);
 
 /* Fields below `outcome` are written by the scheduler before `answered` is called and only read
  * after it. */
@@ -32,6 +34,9 @@ struct CrunchTicket {
    * scheduler's lock held (on the thread that dispatched it): it may only pass the news on, never
    * call the scheduler. Same data as `answered`. */
   CrunchTicketFunc started;
+  /* Optional: its job's progress report (fraction never lower than the one before), on the
+   * thread that got it, with the scheduler's lock held like `started`. Same data. */
+  CrunchTicketProgressFunc progress;
 
   CrunchJobOutcome outcome;
   GBytes *result;

@@ -66,8 +66,9 @@ typedef struct {
   Stage stage;
   gint64 due; /* when the timer should act; it may fire early after a re-arm */
   CrunchParkedEntry *timer;
-  GList link;      /* in `waiting` while `queued` */
-  gboolean queued; /* found every worker busy and no worker has taken it since */
+  GList link;         /* in `waiting` while `queued` */
+  gboolean queued;    /* found every worker busy and no worker has taken it since */
+  gint64 progress_us; /* the last progress report passed on */
 } Pending;
 
 /* A timer's item: which entry it belongs to (reference-counted, g_atomic_rc_box). A timer that
@@ -100,7 +101,7 @@ struct NatsExecutor {
 };
 
 /* What to do once the lock is released. */
-typedef enum { ACT_NONE, ACT_PUBLISH, ACT_PROBE, ACT_COMPLETE, ACT_FALLBACK } Action;
+typedef enum { ACT_NONE, ACT_PUBLISH, ACT_PROBE, ACT_COMPLETE, ACT_FALLBACK, ACT_PROGRESS } Action;
 
 typedef struct {
   Action action;
@@ -112,6 +113,8 @@ typedef struct {
   GBytes *result;
   gint64 elapsed_us;
   gboolean tell_workers; /* a worker may still be running it */
+  gdouble progress;      /* ACT_PROGRESS: the report, passed on outside the lock */
+  gchar *progress_message;
 } Step;
 
 static gint64
@@ -376,6 +379,28 @@ on_final_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, CrunchWireS
   step->tell_workers = step->attempt > 1; /* earlier attempts may still run somewhere */
 }
 
+/* A "running" message of the current attempt may carry a progress report (CRUNCH_HDR_PROGRESS,
+ * the message as payload): passed on at most CRUNCH_PROGRESS_PER_SECOND times a second. */
+static void
+progress_locked (Pending *p, natsMsg *msg, Step *step)
+{
+  const gchar *value = crunch_nats_header (msg, CRUNCH_HDR_PROGRESS);
+  gchar *end = NULL;
+  gdouble fraction;
+
+  if (value == NULL)
+    return;
+  fraction = g_ascii_strtod (value, &end);
+  if (end == value || *end != '\0' || !(fraction >= 0.0 && fraction <= 1.0) ||
+      !crunch_progress_due (&p->progress_us, fraction))
+    return;
+  step_keep (step, ACT_PROGRESS, p);
+  step->progress = fraction;
+  if (natsMsg_GetDataLength (msg) > 0)
+    step->progress_message =
+        g_strndup (natsMsg_GetData (msg), MIN (natsMsg_GetDataLength (msg), 4096));
+}
+
 static void
 on_job_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attempt, Step *step)
 {
@@ -396,6 +421,8 @@ on_job_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, guint attempt
   case CRUNCH_WIRE_RUNNING:
     if (p->stage == WAIT_REPLY)
       arm_locked (self, p, WAIT_REPLY, now () + self->attempt_timeout_us);
+    if (attempt == p->attempt)
+      progress_locked (p, msg, step);
     break;
   case CRUNCH_WIRE_SHUTDOWN:
   case CRUNCH_WIRE_CANCELLED:
@@ -547,6 +574,10 @@ perform (NatsExecutor *self, Step *step)
     if (step->tell_workers)
       publish_cancel (self, step->id);
     complete (self, step);
+    break;
+  case ACT_PROGRESS: /* the scheduler drops a report for a job it has finished with */
+    crunch_progress_report (&step->job->cancel, step->progress, step->progress_message);
+    g_free (step->progress_message);
     break;
   }
   crunch_job_unref (step->job);

@@ -30,7 +30,8 @@ struct CrunchJob {
   const CrunchFunction *fn;
   GVariant *args;
   CrunchCancel cancel;     /* its flag holds the CrunchJobOutcome that asked to stop */
-  gpointer scheduler_data; /* owned by the scheduler */
+  gpointer scheduler;      /* the scheduler it came from (it outlives its jobs) */
+  gpointer scheduler_data; /* owned by the scheduler; NULL once the job has finished there */
   guint64 executor_key;    /* the executor's name for it while it runs there */
   /* The latest deadline of the tickets waiting for it (monotonic, 0 = none), for executors that
    * pass it on (NATS workers). The scheduler raises it as tickets join; read it atomically. */

@@ -27,6 +27,9 @@
 #define CRUNCH_HDR_ERROR "Crunch-Error"
 #define CRUNCH_HDR_ELAPSED "Crunch-Elapsed" /* microseconds the function ran */
 #define CRUNCH_HDR_WORKER "Crunch-Worker"
+/* On a "running" message: how far the job got (a decimal fraction in [0, 1]); the payload is the
+ * progress message (UTF-8, maybe empty). Front ends that predate it see a heartbeat. */
+#define CRUNCH_HDR_PROGRESS "Crunch-Progress"
 
 typedef enum {
   CRUNCH_WIRE_OK,          /* payload = result */

@@ -343,7 +343,8 @@ typedef struct {
   Proc *proc;
   const CrunchCancel *cancel;
   gint64 id;
-  gint64 kill_at; /* 0 until `cancel` was sent */
+  gint64 kill_at;     /* 0 until `cancel` was sent */
+  gint64 progress_us; /* the last progress report passed on */
 } CallWait;
 
 /* While a frame is written to a child that does not read: a set cancel flag starts the
@@ -377,25 +378,51 @@ call_check (gpointer data)
          !g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED);
 }
 
+/* A progress frame of the call in flight: checked (a bad one is a protocol error, *broken set),
+ * then passed on unless one passed less than 1/CRUNCH_PROGRESS_PER_SECOND s ago. */
+static void
+take_progress (CallWait *w, CrunchWireFrame *frame, GError **broken)
+{
+  gdouble fraction;
+  const gchar *message = NULL;
+
+  if (!crunch_wire_get_number (frame->header, "fraction", &fraction, broken))
+    return;
+  if (!(fraction >= 0.0 && fraction <= 1.0)) {
+    g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
+                 "progress \"fraction\" %g is not in [0, 1]", fraction);
+    return;
+  }
+  if (json_object_has_member (frame->header, "message") &&
+      !json_object_get_null_member (frame->header, "message") &&
+      (message = crunch_wire_get_string (frame->header, "message", broken)) == NULL)
+    return;
+  if (crunch_progress_due (&w->progress_us, fraction))
+    crunch_progress_report (w->cancel, fraction, message);
+}
+
 /* A final reply (TRUE, with the result or *error), or a progress frame (FALSE). Anything else is
  * a protocol error (FALSE, *broken set). */
 static gboolean
-on_reply (CrunchProcPool *pool, const CrunchFunction *fn, CrunchWireFrame *frame, gint64 id,
-          GBytes **result, GError **broken, GError **error)
+on_reply (CallWait *w, const CrunchFunction *fn, CrunchWireFrame *frame, GBytes **result,
+          GError **broken, GError **error)
 {
+  CrunchProcPool *pool = w->pool;
   gint64 got;
   const gchar *message, *kind;
 
   if (!crunch_wire_get_int (frame->header, "id", &got, broken))
     return FALSE;
-  if (got != id) {
+  if (got != w->id) {
     g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
                  "a \"%s\" for call %" G_GINT64_FORMAT " while call %" G_GINT64_FORMAT " runs",
-                 frame->type, got, id);
+                 frame->type, got, w->id);
     return FALSE;
   }
-  if (g_str_equal (frame->type, "progress"))
+  if (g_str_equal (frame->type, "progress")) {
+    take_progress (w, frame, broken);
     return FALSE;
+  }
   if (g_str_equal (frame->type, "result")) {
     *result = g_bytes_ref (frame->payload);
   } else if (g_str_equal (frame->type, "cancelled")) {
@@ -473,7 +500,7 @@ static GBytes *
 exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *args,
           const CrunchCancel *cancel, gboolean *gone, GError **error)
 {
-  CallWait w = {pool, p, cancel, next_id (pool), 0};
+  CallWait w = {pool, p, cancel, next_id (pool), 0, 0};
   gint64 left = cancel->deadline_us != 0 ? cancel->deadline_us - g_get_monotonic_time ()
                                          : __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED);
   g_autoptr (GBytes) payload = NULL;
@@ -488,7 +515,7 @@ exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *arg
     g_autoptr (GError) broken = NULL;
     g_autoptr (CrunchWireFrame) frame =
         crunch_wire_read (p->reader, p->out_fd, call_check, &w, &broken);
-    if (frame != NULL && on_reply (pool, fn, frame, w.id, &result, &broken, error)) {
+    if (frame != NULL && on_reply (&w, fn, frame, &result, &broken, error)) {
       *gone = FALSE;
       return result;
     }

@@ -1,6 +1,8 @@
 /* reply.c - see reply.h. */
 #include "reply.h"
 
+#include "stream.h"
+
 #include <string.h>
 
 CrunchReply
@@ -29,4 +31,11 @@ crunch_reply_clear (CrunchReply *reply)
   g_clear_pointer (&reply->bytes, g_bytes_unref);
   g_clear_pointer (&reply->location, g_free);
   g_clear_pointer (&reply->retry_after, g_free);
+  g_clear_pointer (&reply->stream, crunch_stream_unref);
+}
+
+CrunchReply
+crunch_reply_stream (CrunchStream *stream)
+{
+  return (CrunchReply){.status = 200, .content_type = "text/event-stream", .stream = stream};
 }

@@ -5,15 +5,18 @@
 
 #include <glib.h>
 
+typedef struct CrunchStream CrunchStream;
+
 typedef struct {
   guint status;
   const gchar *text; /* a static body, sent without copying; or NULL */
   const gchar *content_type;
-  GBytes *bytes;      /* a body built for this request (owned); or NULL */
-  const gchar *allow; /* Allow (405), static */
-  gchar *location;    /* Location (owned) */
-  gchar *retry_after; /* Retry-After in seconds (owned) */
-  gboolean close;     /* Connection: close */
+  GBytes *bytes;        /* a body built for this request (owned); or NULL */
+  const gchar *allow;   /* Allow (405), static */
+  gchar *location;      /* Location (owned) */
+  gchar *retry_after;   /* Retry-After in seconds (owned) */
+  gboolean close;       /* Connection: close */
+  CrunchStream *stream; /* the body is this event stream (a reference, owned); see stream.h */
 } CrunchReply;
 
 #define CRUNCH_TEXT_PLAIN "text/plain; charset=utf-8"
@@ -37,4 +40,6 @@ crunch_reply_later (void)
 CrunchReply crunch_reply_text (guint status, const gchar *format, ...) G_GNUC_PRINTF (2, 3);
 /* A body built for this request; takes `bytes`. */
 CrunchReply crunch_reply_bytes (guint status, GBytes *bytes, const gchar *content_type);
+/* 200 text/event-stream: the body is `stream` (takes the reference). */
+CrunchReply crunch_reply_stream (CrunchStream *stream);
 void crunch_reply_clear (CrunchReply *reply);

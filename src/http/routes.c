@@ -36,6 +36,7 @@ static const CrunchRoute routes[] = {
     {"/jobs/*", GET_HEAD, CRUNCH_LANE_JOBS, NULL, "describe"},
     {"/jobs/*", CRUNCH_METHOD_DELETE, CRUNCH_LANE_JOBS, NULL, "delete"},
     {"/jobs/*/result", GET_HEAD, CRUNCH_LANE_JOBS, NULL, "result"},
+    {"/jobs/*/events", CRUNCH_METHOD_GET, CRUNCH_LANE_JOBS, NULL, "events"},
     {"/metrics", GET_HEAD, CRUNCH_LANE_OPS, NULL, "metrics"},
     {"/healthz", GET_HEAD, CRUNCH_LANE_OPS, NULL, "healthz"},
     {"/readyz", GET_HEAD, CRUNCH_LANE_OPS, NULL, "readyz"},

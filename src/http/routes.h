@@ -34,6 +34,7 @@ typedef struct {
   gsize body_len;
   const gchar *client;          /* the fairness key (jobs lane) */
   const gchar *idempotency_key; /* the Idempotency-Key header (jobs lane), or NULL */
+  const gchar *last_event_id;   /* the Last-Event-ID header (jobs lane), or NULL */
   /* Jobs lane: parks the connection (before the work is handed over) and returns the handle
    * whose answer() completes the request; the handler then returns crunch_reply_later(). NULL
    * when the server is stopping: the handler answers at once (503). */

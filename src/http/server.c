@@ -42,6 +42,7 @@
 #include "requestid.h"
 #include "routes.h"
 #include "status.h"
+#include "stream.h"
 #include "tls.h"
 
 /* Longest Request-Timeout / client key header value we look at. */
@@ -106,6 +107,7 @@ typedef struct {
   gboolean complete;  /* its header and body have arrived */
   CrunchLater later;  /* jobs lane: a reply given later by another thread */
   CrunchReply later_reply;
+  CrunchStream *stream; /* its body is this event stream */
   gboolean deferred;
   guint status;
   gsize bytes;
@@ -139,6 +141,37 @@ add_header (struct MHD_Response *resp, const gchar *name, const gchar *value)
     MHD_add_response_header (resp, name, value);
 }
 
+static void leave_flight (CrunchServer *server);
+static gint connection_fd (struct MHD_Connection *connection);
+
+/* An event stream: counted in flight, so that a drain waits for its last bytes; one that starts
+ * while the server drains (crunch_streams_end_all() has run) ends after what it has. */
+static enum MHD_Result
+respond_stream (CrunchRequest *req, CrunchReply *reply)
+{
+  CrunchServer *server = req->server;
+  struct MHD_Response *resp;
+  enum MHD_Result ret;
+
+  req->stream = g_steal_pointer (&reply->stream);
+  if (!req->in_flight) {
+    g_atomic_int_inc (&server->in_flight);
+    req->in_flight = TRUE;
+  }
+  if (g_atomic_int_get (&server->draining))
+    crunch_stream_end (req->stream);
+  resp = MHD_create_response_from_callback (MHD_SIZE_UNKNOWN, 4096, crunch_stream_read,
+                                            crunch_stream_ref (req->stream),
+                                            (MHD_ContentReaderFreeCallback)crunch_stream_unref);
+  MHD_add_response_header (resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  MHD_add_response_header (resp, "X-Accel-Buffering", "no"); /* nginx in front: do not buffer */
+  crunch_stream_attach (req->stream, req->connection, connection_fd (req->connection),
+                        crunch_calls_watcher (server->calls));
+  ret = queue (req, reply->status, resp, reply->content_type);
+  crunch_reply_clear (reply);
+  return ret;
+}
+
 /* The one place an answer becomes an MHD response (and consumes the reply). An error (status
  * >= 400 with a text body) is an error page: its line and " (request id ID)". */
 static enum MHD_Result
@@ -149,6 +182,8 @@ respond_reply (CrunchRequest *req, CrunchReply *reply)
   struct MHD_Response *resp;
   enum MHD_Result ret;
 
+  if (reply->stream != NULL)
+    return respond_stream (req, reply);
   if (reply->status >= 400 && g_str_has_prefix (reply->content_type, "text/plain")) {
     g_autofree gchar *line = g_strchomp (g_strndup (data, size));
     g_autofree gchar *page = g_strdup_printf ("%s (request id %s)\n", line, req->request_id);
@@ -404,6 +439,34 @@ parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
 }
 
 static enum MHD_Result start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args);
+static CrunchLater *request_defer (gpointer data);
+
+/* Accept names text/event-stream (a client that accepts anything gets the plain answer). */
+static gboolean
+wants_event_stream (struct MHD_Connection *connection)
+{
+  const gchar *accept = MHD_lookup_connection_value (connection, MHD_HEADER_KIND, "Accept");
+
+  return accept != NULL && g_strstr_len (accept, MAX_HEADER_VALUE * 8, "text/event-stream");
+}
+
+/* A call with Accept: text/event-stream becomes a job whose events answer it (jobs.c). */
+static enum MHD_Result
+stream_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
+{
+  g_autofree gchar *client = NULL;
+  CrunchRequestInfo info = {.method = req->method, .defer = request_defer, .request = req};
+  CrunchReply reply;
+
+  if (req->server->jobs == NULL)
+    return respond_error (req, MHD_HTTP_NOT_ACCEPTABLE,
+                          "event streams need the jobs API, which this server does not serve");
+  info.client = client = client_key (req);
+  reply = crunch_jobs_stream_call (req->server->jobs, &info, fn, args);
+  if (reply.status == 0) /* deferred: answered by later_answer() */
+    return MHD_YES;
+  return respond_reply (req, &reply);
+}
 
 /* Resolves the function and its canonical arguments; a bad request is answered here. /fib/N
  * keeps its own path syntax; /fn/<name> takes declared arguments. */
@@ -422,7 +485,10 @@ route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   args = route->name != NULL ? fn->parse (fn, arg, &error) : parse_fn_call (req, fn, &error);
   if (args == NULL)
     return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message);
-  return start_compute (req, fn, g_variant_ref_sink (args));
+  g_variant_ref_sink (args);
+  if (wants_event_stream (req->connection))
+    return stream_compute (req, fn, args);
+  return start_compute (req, fn, g_steal_pointer (&args));
 }
 
 static enum MHD_Result
@@ -447,7 +513,7 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
   client = client_key (req);
   req->call = crunch_call_new (server->calls, &(CrunchCallSpec){fn, args, client, deadline,
                                                                 connection_fd (req->connection),
-                                                                on_answered, req, NULL});
+                                                                on_answered, req, NULL, NULL});
   switch (crunch_call_admit (req->call)) {
   case CRUNCH_CALL_CACHED:
     req->cached = TRUE;
@@ -589,6 +655,8 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
     info.client = client = client_key (req);
     info.idempotency_key =
         MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Idempotency-Key");
+    info.last_event_id =
+        MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Last-Event-ID");
     info.defer = request_defer;
     info.request = req;
   }
@@ -840,9 +908,16 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
   set_suspended (req, FALSE);
   __atomic_add_fetch (&server->served, 1, __ATOMIC_RELAXED);
   g_clear_pointer (&req->call, crunch_call_unref);
+  if (req->stream != NULL) { /* its socket is still open: stop watching it */
+    crunch_stream_detach (req->stream);
+    g_clear_pointer (&req->stream, crunch_stream_unref);
+  }
   if (req->in_flight)
     leave_flight (server);
-  crunch_reply_clear (&req->later_reply); /* a deferred reply never sent (the client left) */
+  /* a deferred reply never sent (the client left) */
+  if (req->later_reply.stream != NULL)
+    crunch_stream_detach (req->later_reply.stream);
+  crunch_reply_clear (&req->later_reply);
   if (req->body != NULL)
     g_byte_array_unref (req->body);
   g_free (req->method);
@@ -908,6 +983,7 @@ crunch_server_fill_gauges (CrunchGauges *g, gpointer data)
     g->connections_timed_out += conns.timed_out;
     g->connections_made_room += conns.made_room;
   }
+  g->streams_open = crunch_streams_open ();
   g->draining = g_atomic_int_get (&self->draining);
 }
 
@@ -1086,6 +1162,7 @@ crunch_server_drain (CrunchServer *self, GSourceFunc drained, gpointer data)
   self->drained = drained;
   self->drained_data = data;
   g_atomic_int_set (&self->draining, TRUE);
+  crunch_streams_end_all (); /* their clients reconnect to the next process */
   for (guint i = 0; i < self->daemons->len; i++) {
     /* The daemon hands its listen socket back. Our own socket is shut down now, which refuses
      * new connections; an activated one is left to systemd, whose copy keeps new connections

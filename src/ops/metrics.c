@@ -83,7 +83,7 @@ static const struct {
 } rejections[CRUNCH_REJECT_COUNT] = {
     {"queue_full", 503},     {"draining", 503},   {"client_limit", 429},
     {"body_too_large", 413}, {"store_full", 503}, {"store_client_share", 429},
-    {"store_error", 503},
+    {"store_error", 503},    {"streams", 503},
 };
 
 void
@@ -661,6 +661,7 @@ render_gauges (GString *out)
   gauge (out, "crunchd_connections_suspended",
          "HTTP connections parked while their job is queued or running.",
          crunch_metrics_suspended ());
+  gauge (out, "crunchd_streams_open", "Event streams open (GET /jobs/ID/events).", g.streams_open);
   gauge (out, "crunchd_draining", "1 while the server is shutting down.", g.draining ? 1 : 0);
   header (out, "crunchd_connections_closed_total", "counter",
           "Connections crunchd closed before they completed a request: past [server] "

@@ -33,6 +33,7 @@ typedef enum {
   CRUNCH_REJECT_STORE_FULL,         /* 503: POST /jobs, [jobs] max_stored */
   CRUNCH_REJECT_STORE_CLIENT_SHARE, /* 429: POST /jobs, [jobs] max_stored_per_client */
   CRUNCH_REJECT_STORE_ERROR,        /* 503: POST /jobs, the job store could not record it */
+  CRUNCH_REJECT_STREAMS,            /* 503: an event stream past [jobs] max_streams */
   CRUNCH_REJECT_COUNT
 } CrunchRejection;
 
@@ -46,6 +47,7 @@ typedef struct {
   guint connections_open;
   guint64 connections_timed_out; /* closed: no complete request within request_timeout */
   guint64 connections_made_room; /* closed: waiting, the oldest, when the table was nearly full */
+  guint streams_open;            /* event streams (GET /jobs/ID/events) */
   gboolean draining;
 } CrunchGauges;
 

@@ -7,7 +7,9 @@
  * and queues a stop mark at end of input. A frame out of turn (a call while one is in flight), an
  * unknown type or a broken frame is a protocol error: the worker logs it and exits 1 at once.
  * The main thread owns the protocol's output: it runs one call at a time through
- * crunch_function_run() and writes the final reply. `lock` guards the id in flight and its cancel
+ * crunch_function_run() and writes the final reply; the call's progress reports go out as
+ * "progress" frames in between (`out_lock` keeps frames whole if a plugin reports from a thread
+ * of its own). `lock` guards the id in flight and its cancel
  * flag; the main thread clears the id *before* writing the reply, so a next call that crunchd
  * sends as soon as it reads the reply is never taken for one out of turn.
  * stdout is the protocol alone: its fd is moved away at start-up and fd 1 points at stderr, so
@@ -40,6 +42,7 @@ typedef struct {
   CrunchWireFrame *pending; /* a call the watcher read after the running one answered */
   gboolean eof;             /* the watcher saw the end of stdin */
   CrunchCancel cancel;
+  GMutex out_lock;   /* one frame at a time on out_fd: progress (any thread) and the reply */
   int in_fd, out_fd; /* the protocol's: the original stdin and stdout */
   int wake[2];       /* a byte wakes the watcher out of its read */
 } Worker;
@@ -209,6 +212,30 @@ reply_for (const CrunchFunction *fn, gint64 id, GBytes *result, const GError *er
   return header;
 }
 
+/* CrunchCancel.progress: a "progress" frame for the call in flight (throttled by the host). */
+static void
+send_progress (gpointer data, gdouble fraction, const gchar *message)
+{
+  Worker *w = data;
+  g_autoptr (JsonObject) header = NULL;
+  g_autoptr (GError) error = NULL;
+  gint64 id;
+
+  g_mutex_lock (&w->out_lock);
+  g_mutex_lock (&w->lock);
+  id = w->running_id;
+  g_mutex_unlock (&w->lock);
+  if (id >= 0) {
+    header = crunch_wire_header ("progress", id);
+    json_object_set_double_member (header, "fraction", fraction);
+    if (message != NULL)
+      json_object_set_string_member (header, "message", message);
+    if (!crunch_wire_write (w->out_fd, header, NULL, &error))
+      broken ("writing stdout", error);
+  }
+  g_mutex_unlock (&w->out_lock);
+}
+
 /* Main thread: one call, then its final reply. */
 static void
 run_call (Worker *w, CrunchWireFrame *frame)
@@ -238,8 +265,10 @@ run_call (Worker *w, CrunchWireFrame *frame)
   w->running_id = -1;
   stop_watching (w);
   g_mutex_unlock (&w->lock);
+  g_mutex_lock (&w->out_lock);
   if (!crunch_wire_write (w->out_fd, header, result, &write_error))
     broken ("writing stdout", write_error);
+  g_mutex_unlock (&w->out_lock);
 }
 
 /* stdin's and stdout's fds become the protocol's alone; fd 0 reads /dev/null and fd 1 is a
@@ -289,7 +318,10 @@ crunch_stdio_worker_run (void)
     broken ("pipe", NULL);
   w.reader = crunch_wire_reader_new (CRUNCH_WIRE_MAX_PAYLOAD);
   g_mutex_init (&w.lock);
+  g_mutex_init (&w.out_lock);
   g_cond_init (&w.changed);
+  w.cancel.progress = send_progress;
+  w.cancel.progress_data = &w;
   send_hello (w.out_fd);
   watcher = g_thread_new ("stdio-watcher", watcher_thread, &w);
   while ((frame = next_call (&w)) != NULL) {
@@ -303,6 +335,7 @@ crunch_stdio_worker_run (void)
   g_thread_join (watcher);
   crunch_wire_reader_free (w.reader);
   g_mutex_clear (&w.lock);
+  g_mutex_clear (&w.out_lock);
   g_cond_clear (&w.changed);
   close (w.wake[0]);
   close (w.wake[1]);

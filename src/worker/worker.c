@@ -87,6 +87,25 @@ reply (CrunchWorker *w, const gchar *subject, CrunchWireStatus status, GBytes *r
   natsMsg_Destroy (msg);
 }
 
+/* CrunchCancel.progress of a task's job, on the pool thread that runs it (throttled by the
+ * host): a "running" message that carries the report. */
+static void
+task_progress (gpointer data, gdouble fraction, const gchar *message)
+{
+  Task *t = data;
+  gchar value[G_ASCII_DTOSTR_BUF_SIZE];
+  natsMsg *msg = NULL;
+
+  if (natsMsg_Create (&msg, t->reply, NULL, message, message ? (int)strlen (message) : 0) !=
+      NATS_OK)
+    return;
+  natsMsgHeader_Set (msg, CRUNCH_HDR_STATUS, crunch_wire_status_name (CRUNCH_WIRE_RUNNING));
+  natsMsgHeader_Set (msg, CRUNCH_HDR_WORKER, t->slot->w->id);
+  natsMsgHeader_Set (msg, CRUNCH_HDR_PROGRESS, g_ascii_dtostr (value, sizeof value, fraction));
+  natsConnection_PublishMsg (t->slot->w->nc, msg);
+  natsMsg_Destroy (msg);
+}
+
 /* ---- slots ---- */
 
 static void on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
@@ -310,9 +329,11 @@ task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
     g_autoptr (GVariant) args =
         crunch_nats_args_decode (crunch_nats_header (msg, CRUNCH_HDR_ARGS_TYPE),
                                  natsMsg_GetData (msg), (gsize)natsMsg_GetDataLength (msg), &local);
-    if (args != NULL)
+    if (args != NULL) {
       t->job = crunch_job_new (t->fn, args);
-    else
+      t->job->cancel.progress = task_progress;
+      t->job->cancel.progress_data = t;
+    } else
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "bad arguments: %s", local->message);
   }
   return t;

@@ -1,0 +1,138 @@
+/* crunchd-plugin.h - the C ABI between crunchd and the compute functions it serves.
+ *
+ * A plugin is a shared object that exports one symbol, `crunchd_plugin` (define it with
+ * CRUNCHD_PLUGIN_DEFINE). crunchd reads its `abi_version` first and refuses a plugin built for
+ * another version, then calls `init`, which registers functions with `host->register_function`.
+ * A function declares its arguments (name, type, bounds); crunchd validates every request against
+ * them, so `run` only ever sees well-typed values inside their bounds, in the declared order.
+ *
+ * `run` is called on a worker thread, possibly on several threads at once: it must be reentrant.
+ * It checks crunchd_cancelled() now and then (the deadline passed, the client went away, the job
+ * was deleted, the server is stopping) and returns CRUNCHD_CANCELLED soon after it turns true.
+ * The header needs only the C standard library; a plugin never links against crunchd. */
+#ifndef CRUNCHD_PLUGIN_H
+#define CRUNCHD_PLUGIN_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped on every incompatible change to the structures below. */
+#define CRUNCHD_PLUGIN_ABI_VERSION 1u
+
+typedef enum {
+  CRUNCHD_ARG_INT = 1, /* 64-bit signed; bounds: value range (exact up to 2^53) */
+  CRUNCHD_ARG_FLOAT,   /* double, finite; bounds: value range */
+  CRUNCHD_ARG_STRING,  /* UTF-8, NUL-terminated; bounds: length in characters */
+  CRUNCHD_ARG_BYTES,   /* base64 on the wire, raw bytes in `run`; bounds: length in bytes */
+} CrunchdArgType;
+
+typedef struct {
+  const char *name; /* [a-z0-9_]+, unique within the function */
+  CrunchdArgType type;
+  double min, max; /* inclusive; see CrunchdArgType for what they bound */
+  /* Text used when the argument is absent, written as in a query string (bytes: base64);
+   * NULL makes the argument required. */
+  const char *default_value;
+  const char *description; /* one line, for humans */
+} CrunchdArg;
+
+typedef struct {
+  CrunchdArgType type;
+  union {
+    int64_t i;
+    double f;
+    struct {
+      const char *data; /* strings are also NUL-terminated */
+      size_t len;       /* in bytes */
+    } s;
+  } v;
+} CrunchdValue;
+
+typedef struct {
+  const CrunchdValue *args; /* one per declared argument, in declared order */
+  unsigned n_args;
+  void *user_data;   /* CrunchdFunction.user_data */
+  const int *cancel; /* read it with crunchd_cancelled() */
+} CrunchdCall;
+
+typedef enum {
+  CRUNCHD_OK = 0,
+  CRUNCHD_ERROR = 1,     /* -> 500 with result->error as the message */
+  CRUNCHD_CANCELLED = 2, /* stopped because crunchd_cancelled() said so */
+} CrunchdStatus;
+
+typedef struct {
+  void *data; /* the result body; crunchd frees it with `free_data` */
+  size_t len;
+  void (*free_data) (void *data); /* NULL: free() */
+  char error[256];                /* for CRUNCHD_ERROR; see crunchd_result_error() */
+} CrunchdResult;
+
+typedef CrunchdStatus (*CrunchdRunFunc) (const CrunchdCall *call, CrunchdResult *result);
+
+typedef struct {
+  const char *name; /* [a-z0-9_]+, unique in the server: /fn/<name> */
+  const char *description;
+  const CrunchdArg *args;
+  unsigned n_args;
+  /* Nonzero: the result depends only on the arguments, so identical concurrent calls may share
+   * one computation. */
+  int pure;
+  double deadline;          /* seconds a call may take before it is cancelled (504) */
+  const char *content_type; /* of every result, e.g. "text/plain; charset=utf-8", "image/png" */
+  CrunchdRunFunc run;
+  void *user_data;
+} CrunchdFunction;
+
+typedef struct CrunchdHost CrunchdHost;
+struct CrunchdHost {
+  unsigned abi_version; /* the host's CRUNCHD_PLUGIN_ABI_VERSION */
+  /* Copies nothing: `fn` and everything it points to must stay valid while the plugin is loaded
+   * (static storage is the usual choice). Returns 0, or -1 with a reason logged by crunchd (bad
+   * declaration, duplicate name); init should then return -1. */
+  int (*register_function) (CrunchdHost *host, const CrunchdFunction *fn);
+  void *priv; /* crunchd's */
+};
+
+typedef struct {
+  unsigned abi_version; /* must stay the first member: CRUNCHD_PLUGIN_ABI_VERSION */
+  const char *name;
+  const char *version;
+  int (*init) (CrunchdHost *host); /* 0 on success */
+} CrunchdPlugin;
+
+#define CRUNCHD_PLUGIN_SYMBOL "crunchd_plugin"
+
+/* Exports the entry point: CRUNCHD_PLUGIN_DEFINE ("primes", "1.0", primes_init); */
+#define CRUNCHD_PLUGIN_DEFINE(name, version, init)                                                 \
+  __attribute__ ((visibility ("default")))                                                         \
+  const CrunchdPlugin crunchd_plugin = {CRUNCHD_PLUGIN_ABI_VERSION, (name), (version), (init)}
+
+static inline int
+crunchd_cancelled (const CrunchdCall *call)
+{
+  return __atomic_load_n (call->cancel, __ATOMIC_RELAXED) != 0;
+}
+
+__attribute__ ((format (printf, 2, 3))) static inline CrunchdStatus
+crunchd_result_error (CrunchdResult *result, const char *format, ...)
+{
+  va_list ap;
+
+  va_start (ap, format);
+  vsnprintf (result->error, sizeof result->error, format, ap);
+  va_end (ap);
+  return CRUNCHD_ERROR;
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CRUNCHD_PLUGIN_H */
