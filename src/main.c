@@ -332,8 +332,12 @@ wire_metrics (Crunchd *app, gboolean on)
     crunch_metrics_remove_source (app->scheduler);
     crunch_metrics_remove_source (&app->worker_pool);
     crunch_metrics_remove_source (app->store);
+    crunch_metrics_remove_source (app->jobs);
     return;
   }
+  if (app->jobs != NULL)
+    crunch_metrics_add_source (
+        &(CrunchMetricsSource){.status = crunch_jobs_render_running, .data = app->jobs});
   if (app->store != NULL)
     crunch_metrics_add_source (&(CrunchMetricsSource){.render = render_store, .data = app->store});
   crunch_metrics_add_source (&(CrunchMetricsSource){.render = crunch_procpools_render_metrics,

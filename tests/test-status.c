@@ -1,7 +1,10 @@
 /* test-status.c - the live status page in a real browser (headless Chromium) while crunchd is
  * under load: the page must show live numbers (its request counter increases from sample to
  * sample) and fetch nothing but crunchd's own files. Saves a screenshot to
- * $CRUNCHD_TEST_OUTPUT/status.png (default tests/output/). */
+ * $CRUNCHD_TEST_OUTPUT/status.png (default tests/output/). While a slow job runs, the page's
+ * progress bar follows the job's events (tests/browser/status-progress.mjs, with puppeteer-core):
+ * screenshot status-progress.png. */
+#include <json-glib/json-glib.h>
 #include <string.h>
 
 #include "harness.h"
@@ -134,6 +137,96 @@ test_screenshot (void)
   g_test_message ("screenshot: %s", png);
 }
 
+/* puppeteer-core's node_modules (scripts/install-deps), or NULL when it is not installed. */
+static gchar *
+puppeteer_modules (void)
+{
+  g_autofree gchar *modules =
+      g_build_filename (g_get_user_cache_dir (), "crunchd", "npm", "node_modules", NULL);
+  g_autofree gchar *package = g_build_filename (modules, "puppeteer-core", "package.json", NULL);
+
+  if (g_file_test (package, G_FILE_TEST_EXISTS))
+    return g_steal_pointer (&modules);
+  if (g_getenv ("CI") != NULL)
+    g_error ("puppeteer-core not found under %s (scripts/install-deps installs it)", modules);
+  return NULL;
+}
+
+/* Runs the browser script on `url`; its one line of JSON. */
+static JsonObject *
+watch_page (const gchar *chromium, const gchar *modules, const gchar *url, const gchar *png)
+{
+  g_autofree gchar *script = g_build_filename (g_getenv ("CRUNCHD_SRCDIR"), "tests", "browser",
+                                               "status-progress.mjs", NULL);
+  const gchar *argv[] = {"timeout", "120", "node", script, modules, chromium, url, png, NULL};
+  g_autofree gchar *out = NULL, *err = NULL;
+  g_autoptr (JsonParser) parser = json_parser_new ();
+  gint status;
+
+  g_assert_true (g_spawn_sync (NULL, (gchar **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out,
+                               &err, &status, NULL));
+  if (!g_spawn_check_wait_status (status, NULL))
+    g_error ("the browser script failed:\n%s%s", out, err);
+  g_test_message ("the page saw: %s", out);
+  g_assert_true (json_parser_load_from_data (parser, out, -1, NULL));
+  return json_object_ref (json_node_get_object (json_parser_get_root (parser)));
+}
+
+/* A slow job's progress bar moves with the events of the page's own EventSource. */
+static void
+test_progress_bar (void)
+{
+  g_autofree gchar *chromium = find_chromium ();
+  g_autofree gchar *modules = puppeteer_modules ();
+  const gchar *dir = g_getenv ("CRUNCHD_TEST_OUTPUT");
+  g_autofree gchar *png =
+      g_build_filename (dir != NULL ? dir : "tests/output", "status-progress.png", NULL);
+  g_autofree gchar *ini = NULL, *jobs = NULL, *page = NULL, *events = NULL;
+  g_autoptr (TestServer) s = NULL;
+  g_autoptr (TestReply) posted = NULL;
+  g_autoptr (JsonObject) seen = NULL;
+  const gchar *id;
+  JsonArray *fractions, *requests;
+  gboolean watched = FALSE;
+
+  if (chromium == NULL || modules == NULL) {
+    g_test_skip ("chromium or puppeteer-core not installed");
+    return;
+  }
+  ini = g_strdup_printf ("[plugins]\ndir = %s\nload = spin\n[jobs]\nstore = memory\n",
+                         g_getenv ("CRUNCHD_PLUGINS"));
+  s = test_server_start (ini, NULL);
+  jobs = test_server_url (s, "/jobs");
+  posted = test_http_body ("POST", jobs, NULL,
+                           "{\"fn\": \"spin\", \"args\": {\"seconds\": 60, \"grain\": 20}}");
+  g_assert_cmpint (posted->status, ==, 202);
+  id = (const gchar *)g_hash_table_lookup (posted->headers, "location") + 6;
+  g_assert_cmpint (g_mkdir_with_parents (dir != NULL ? dir : "tests/output", 0755), ==, 0);
+  page = test_server_url (s, "/status");
+  seen = watch_page (chromium, modules, page, png);
+  g_assert_cmpstr (json_object_get_string_member (seen, "job"), ==, id);
+  g_assert_cmpstr (json_object_get_string_member (seen, "fn"), ==, "spin");
+  fractions = json_object_get_array_member (seen, "events");
+  g_assert_cmpuint (json_array_get_length (fractions), >=, 3);
+  for (guint i = 1; i < json_array_get_length (fractions); i++)
+    g_assert_cmpfloat (json_array_get_double_element (fractions, i), >,
+                       json_array_get_double_element (fractions, i - 1));
+  g_assert_true (g_str_has_suffix (json_object_get_string_member (seen, "width"), "%"));
+  g_assert_nonnull (strstr (json_object_get_string_member (seen, "text"), " s"));
+  events = g_strconcat ("/jobs/", id, "/events", NULL);
+  requests = json_object_get_array_member (seen, "requests");
+  for (guint i = 0; i < json_array_get_length (requests); i++)
+    watched |= g_str_equal (json_array_get_string_element (requests, i), events);
+  g_assert_true (watched);
+  g_assert_true (g_file_test (png, G_FILE_TEST_EXISTS));
+  g_test_message ("screenshot: %s", png);
+  {
+    g_autofree gchar *job = test_server_url (s, events + 0);
+    job[strlen (job) - strlen ("/events")] = '\0';
+    test_reply_free (test_http ("DELETE", job, NULL));
+  }
+}
+
 /* Everything the page loads comes from crunchd: no absolute URLs in what it serves. */
 static void
 test_self_contained (void)
@@ -168,6 +261,7 @@ main (int argc, char **argv)
   g_test_add_func ("/status/self-contained", test_self_contained);
   g_test_add_func ("/status/live-numbers", test_live_numbers);
   g_test_add_func ("/status/screenshot", test_screenshot);
+  g_test_add_func ("/status/progress-bar", test_progress_bar);
   status = g_test_run ();
   g_atomic_int_set (&stop_load, TRUE);
   g_thread_join (load);

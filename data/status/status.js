@@ -101,6 +101,72 @@ function renderSlowest(jobs) {
   }
 }
 
+// Running jobs. The bars of the first few follow the job's Server-Sent Events (GET
+// /jobs/ID/events) as they come; the others (and, with a separate ops listener, all of them)
+// move with the once-a-second poll. An EventSource holds one of the browser's six connections
+// to crunchd, so at most LIVE_MAX are open, leaving room for the poll.
+const LIVE_MAX = 4;
+const watched = new Map(); // job id -> { source, fraction, message, seen: [fractions] }
+
+function watch(id) {
+  const entry = { source: new EventSource('jobs/' + id + '/events'), fraction: null, message: null,
+                  seen: [] };
+  entry.source.addEventListener('progress', (e) => {
+    const p = JSON.parse(e.data);
+    entry.fraction = p.fraction;
+    entry.message = p.message || null;
+    entry.seen.push(p.fraction);
+    if (entry.seen.length > 50) entry.seen.shift();
+    drawBar(id);
+  });
+  entry.source.addEventListener('outcome', () => entry.source.close());
+  entry.source.onerror = () => { if (entry.source.readyState === EventSource.CLOSED) watched.delete(id); };
+  watched.set(id, entry);
+}
+
+function drawBar(id) {
+  const row = document.querySelector('#running tr[data-job="' + id + '"]');
+  const entry = watched.get(id);
+  if (!row || !entry || entry.fraction === null) return;
+  setBar(row, entry.fraction, entry.message);
+  row.dataset.events = entry.seen.join(',');
+}
+
+function setBar(row, fraction, message) {
+  const bar = row.querySelector('.bar');
+  bar.querySelector('.fill').style.width = (fraction === null ? 0 : fraction * 100) + '%';
+  bar.querySelector('.text').textContent = fraction === null ? 'no progress reported'
+    : (fraction * 100).toFixed(0) + '%' + (message ? ' \u2014 ' + message : '');
+  row.dataset.fraction = fraction === null ? '' : fraction;
+}
+
+function renderRunning(jobs) {
+  const body = $('running').tBodies[0];
+  const ids = new Set(jobs.map((j) => j.id));
+  for (const [id, entry] of watched) {
+    if (!ids.has(id)) {
+      entry.source.close();
+      watched.delete(id);
+    }
+  }
+  body.replaceChildren();
+  for (const j of jobs) {
+    if (!watched.has(j.id) && watched.size < LIVE_MAX) watch(j.id);
+    const row = body.insertRow();
+    row.dataset.job = j.id;
+    cell(row, j.fn);
+    cell(row, formatSeconds(j.age_seconds), 'num');
+    cell(row, j.client);
+    const bar = document.createElement('div');
+    bar.className = 'bar';
+    bar.innerHTML = '<div class="fill"></div><div class="text"></div>';
+    row.insertCell().appendChild(bar);
+    const entry = watched.get(j.id);
+    if (entry && entry.fraction !== null && entry.fraction >= (j.progress || 0)) drawBar(j.id);
+    else setBar(row, j.progress, j.message);
+  }
+}
+
 function render(s) {
   const rate = previous ? Math.max(0, (s.requests_total - previous.requests_total) /
                                         Math.max(s.time - previous.time, 0.001)) : 0;
@@ -123,6 +189,7 @@ function render(s) {
   $('jobs-shared').textContent = s.jobs.coalesced + ' / ' + s.jobs.cache_hit;
   // lines the executors contribute, e.g. worker processes alive / busy and unavailable functions
   $('notes').textContent = (s.notes || []).join('; ');
+  renderRunning(s.running_jobs || []);
   renderRoutes(s.routes);
   renderSlowest(s.slowest_jobs);
   drawChart($('chart-workers'), history.workers, '#2f6fdb', Math.max(1, s.workers_total));

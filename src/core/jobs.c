@@ -1754,6 +1754,72 @@ events_handler (const CrunchRequestInfo *request, gpointer context)
   return reply;
 }
 
+/* ---- the status page ---- */
+
+#define STATUS_RUNNING_MAX 20
+
+static gint
+by_creation (gconstpointer a, gconstpointer b)
+{
+  const Entry *x = *(Entry *const *)a, *y = *(Entry *const *)b;
+
+  return x->t_created < y->t_created ? -1 : x->t_created > y->t_created;
+}
+
+/* With both locks held. */
+static void
+append_running (GString *out, const Entry *entry, gint64 now)
+{
+  g_string_append (out, "{\"id\":");
+  crunch_json_append_string (out, entry->id);
+  g_string_append (out, ",\"fn\":");
+  crunch_json_append_string (out, entry->fn_name);
+  g_string_append (out, ",\"client\":");
+  crunch_json_append_string (out, entry->client);
+  g_string_append (out, ",\"age_seconds\":");
+  crunch_json_append_seconds (out, MAX (0, now - entry->t_created) / 1e6);
+  g_string_append (out, ",\"progress\":");
+  if (entry->progress_seq != 0)
+    crunch_json_append_seconds (out, entry->progress);
+  else
+    g_string_append (out, "null");
+  g_string_append (out, ",\"message\":");
+  if (entry->progress_message != NULL && entry->progress_seq != 0)
+    crunch_json_append_string (out, entry->progress_message);
+  else
+    g_string_append (out, "null");
+  g_string_append_c (out, '}');
+}
+
+void
+crunch_jobs_render_running (GString *out, gpointer data)
+{
+  CrunchJobs *self = data;
+  g_autoptr (GPtrArray) running = g_ptr_array_new ();
+  GHashTableIter iter;
+  gpointer value;
+  gint64 now = g_get_real_time ();
+
+  g_mutex_lock (&self->lock);
+  g_mutex_lock (&self->news);
+  g_hash_table_iter_init (&iter, self->entries);
+  while (g_hash_table_iter_next (&iter, NULL, &value)) {
+    Entry *entry = value;
+    if (entry->visible && entry->t_done == 0 && entry->started)
+      g_ptr_array_add (running, entry);
+  }
+  g_ptr_array_sort (running, by_creation);
+  g_string_append (out, "\"running_jobs\":[");
+  for (guint i = 0; i < MIN (running->len, STATUS_RUNNING_MAX); i++) {
+    if (i > 0)
+      g_string_append_c (out, ',');
+    append_running (out, running->pdata[i], now);
+  }
+  g_string_append (out, "],");
+  g_mutex_unlock (&self->news);
+  g_mutex_unlock (&self->lock);
+}
+
 CrunchHandler
 crunch_jobs_handler (const gchar *verb)
 {

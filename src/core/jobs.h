@@ -39,6 +39,10 @@ void crunch_jobs_free (CrunchJobs *self);
 CrunchReply crunch_jobs_stream_call (CrunchJobs *self, const CrunchRequestInfo *info,
                                      const CrunchFunction *fn, GVariant *args);
 
+/* For /status.json: "running_jobs":[{"id", "fn", "client", "age_seconds", "progress",
+ * "message"}, ...], (the oldest 20 running jobs, with a trailing comma). Any thread. */
+void crunch_jobs_render_running (GString *out, gpointer jobs);
+
 /* The handler of a jobs route by its verb in the route table ("submit", "describe", "result",
  * "delete"); its context is the CrunchJobs. NULL for an unknown verb. */
 CrunchHandler crunch_jobs_handler (const gchar *verb);

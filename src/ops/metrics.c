@@ -355,6 +355,17 @@ crunch_metrics_not_ready (void)
   return NULL;
 }
 
+void
+crunch_metrics_status_members (GString *out)
+{
+  CrunchMetricsSource copy[MAX_SOURCES];
+  guint n = sources (copy);
+
+  for (guint i = 0; i < n; i++)
+    if (copy[i].status != NULL)
+      copy[i].status (out, copy[i].data);
+}
+
 gchar **
 crunch_metrics_summaries (void)
 {

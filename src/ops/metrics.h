@@ -60,6 +60,8 @@ typedef struct {
   void (*render) (GString *out, gpointer data);
   const gchar *(*not_ready) (gpointer data); /* why not, or NULL when ready */
   gchar *(*summary) (void);                  /* a line for the status page, or NULL */
+  /* members of /status.json, each as "name":value followed by a comma */
+  void (*status) (GString *out, gpointer data);
   gpointer data;
 } CrunchMetricsSource;
 
@@ -71,6 +73,8 @@ gboolean crunch_metrics_enabled (void);
 void crunch_metrics_add_source (const CrunchMetricsSource *source);
 void crunch_metrics_remove_source (gpointer data);
 void crunch_metrics_get_gauges (CrunchGauges *gauges);
+/* The sources' members of /status.json. */
+void crunch_metrics_status_members (GString *out);
 /* The sources' status-page lines (free with g_strfreev). */
 gchar **crunch_metrics_summaries (void);
 /* The first source's reason not to be ready, or NULL. */

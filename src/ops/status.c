@@ -221,6 +221,7 @@ crunch_status_render_json (void)
   append_number (out, "connections_suspended", crunch_metrics_suspended ());
   g_string_append_printf (out, "\"draining\":%s,", g.draining ? "true" : "false");
   append_notes (out);
+  crunch_metrics_status_members (out); /* e.g. "running_jobs" */
   append_jobs (out);
   append_routes (out);
   append_slowest (out);
