@@ -59,6 +59,8 @@ test_errors (void)
                 "keys: [a] functions = ',': expected function names or globs, comma-separated "
                 "(for example fib, mandel*)");
   expect_error ("[a]\nsha256 = " HASH_A "\npriority = 1\n", "keys: [a] priority: unknown key");
+  expect_error ("[a]\nsha256 = " HASH_A "\nrate = 1/s\nrate = 2/s\n",
+                "keys: [a] rate: given more than once");
   expect_error ("[a]\nsha256 = " HASH_A "\n[b]\nsha256 = " HASH_A "\n",
                 "keys: [b]: the same sha256 as [a]");
   expect_error ("[a]\nsha256 = " HASH_A "\nmax_in_flight = -1\n",

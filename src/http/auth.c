@@ -240,6 +240,7 @@ parse_field (CrunchAuthKey *key, const gchar *field, const gchar *value, const g
       return fail (error, file, key->name, field, value,
                    "expected requests per second, minute or hour: N/s, N/min or N/h (N > 0, at "
                    "most 1000000/s)");
+    g_free (key->rate_text);
     key->rate_text = g_strdup (value);
   } else if (g_str_equal (field, "burst")) {
     if (!parse_number (value, 1, 1000000, &n))
@@ -255,6 +256,17 @@ parse_field (CrunchAuthKey *key, const gchar *field, const gchar *value, const g
     return FALSE;
   }
   return TRUE;
+}
+
+/* GKeyFile keeps a key written twice in a group, and reads the last: say so instead. */
+static gboolean
+repeated (gchar **fields, gchar **field)
+{
+  for (gchar **f = fields; f < field; f++) {
+    if (g_str_equal (*f, *field))
+      return TRUE;
+  }
+  return FALSE;
 }
 
 static CrunchAuthKey *
@@ -275,6 +287,11 @@ parse_key (GKeyFile *kf, const gchar *group, const gchar *file, GError **error)
   g_ptr_array_add (key->functions, g_pattern_spec_new ("*"));
   for (gchar **f = fields; f != NULL && *f != NULL; f++) {
     g_autofree gchar *value = g_key_file_get_string (kf, group, *f, NULL);
+    if (repeated (fields, f)) {
+      g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                   "%s: [%s] %s: given more than once", file, group, *f);
+      return NULL;
+    }
     if (value == NULL) {
       g_autofree gchar *raw = g_key_file_get_value (kf, group, *f, NULL);
       fail (error, file, group, *f, raw ? raw : "", "not a valid string");
@@ -457,18 +474,28 @@ find_key_constant_time (const CrunchKeyring *keyring, const guint8 hash[HASH_LEN
 /* ---- the running settings ---- */
 
 CrunchAuthSettings *
+crunch_auth_settings_new (CrunchKeyring *keyring, const gchar *path, const gchar *const *public)
+{
+  CrunchAuthSettings *settings = g_new0 (CrunchAuthSettings, 1);
+
+  settings->keyring = keyring;
+  settings->path = g_strdup (path);
+  settings->public = g_strdupv ((gchar **)public);
+  return settings;
+}
+
+CrunchAuthSettings *
 crunch_auth_settings_load (const CrunchConfig *config, GError **error)
 {
-  g_autoptr (CrunchAuthSettings) settings = g_new0 (CrunchAuthSettings, 1);
   const gchar *value = config->auth_keys_file;
   g_autofree gchar *path = NULL, *data = NULL;
   g_autoptr (GError) local = NULL;
+  CrunchKeyring *keyring;
   GStatBuf st;
   gsize len;
 
-  settings->public = g_strdupv (config->auth_public);
   if (*value == '\0')
-    return g_steal_pointer (&settings);
+    return crunch_auth_settings_new (NULL, NULL, (const gchar *const *)config->auth_public);
   path = crunch_config_resolve_path (config, value);
   if (g_stat (path, &st) == 0 && st.st_size > CRUNCH_AUTH_MAX_FILE_SIZE)
     g_set_error (&local, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s is larger than %d bytes", path,
@@ -481,9 +508,10 @@ crunch_auth_settings_load (const CrunchConfig *config, GError **error)
                  value, local->message);
     return NULL;
   }
-  settings->keyring = crunch_keyring_parse (data, len, path, error);
-  settings->path = g_steal_pointer (&path);
-  return settings->keyring != NULL ? g_steal_pointer (&settings) : NULL;
+  keyring = crunch_keyring_parse (data, len, path, error);
+  if (keyring == NULL)
+    return NULL;
+  return crunch_auth_settings_new (keyring, path, (const gchar *const *)config->auth_public);
 }
 
 void

@@ -54,6 +54,9 @@ typedef struct CrunchAuthKey CrunchAuthKey;
 /* The keys and public routes `config` names, read and checked, ready to publish. */
 typedef struct CrunchAuthSettings CrunchAuthSettings;
 CrunchAuthSettings *crunch_auth_settings_load (const CrunchConfig *config, GError **error);
+/* Settings from a parsed keyring (taken; NULL: authentication off) and public route patterns. */
+CrunchAuthSettings *crunch_auth_settings_new (CrunchKeyring *keyring, const gchar *path,
+                                              const gchar *const *public);
 void crunch_auth_settings_free (CrunchAuthSettings *settings);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchAuthSettings, crunch_auth_settings_free)
 
