@@ -599,7 +599,7 @@ print_new_key (const gchar *name)
   hash = crunch_auth_token_hash (token);
   g_print ("# The token of API key %s: give it to the client, who sends it as\n"
            "# \"Authorization: Bearer TOKEN\". It is not stored anywhere: keep it safe.\n"
-           "token = %s\n\n"
+           "token = %s\n"
            "# Add this group to the keys file ([auth] keys_file in crunchd.ini), then reload\n"
            "# crunchd (systemctl reload crunchd, or SIGHUP). See crunchd.ini(5) for limits.\n"
            "[%s]\nsha256 = %s\n",

@@ -55,9 +55,6 @@ test_errors (void)
                 "keys: [a] burst = '3': a burst needs a rate (rate = N/s)");
   expect_error ("[a]\nsha256 = " HASH_A "\nops = yes\n",
                 "keys: [a] ops = 'yes': expected true or false");
-  expect_error ("[a]\nsha256 = " HASH_A "\nfunctions = ,\n",
-                "keys: [a] functions = ',': expected function names or globs, comma-separated "
-                "(for example fib, mandel*)");
   expect_error ("[a]\nsha256 = " HASH_A "\npriority = 1\n", "keys: [a] priority: unknown key");
   expect_error ("[a]\nsha256 = " HASH_A "\nrate = 1/s\nrate = 2/s\n",
                 "keys: [a] rate: given more than once");

@@ -4,7 +4,7 @@
  * stored, never the token:
  *   [alice]
  *   sha256 = 64 hex digits   (crunchd --new-key alice prints the token and this group)
- *   functions = fib, mandel*  (names or globs, comma-separated; default *)
+ *   functions = fib, mandel*  (names or globs, comma-separated; default *; empty: none)
  *   max_in_flight = 4         (its requests being answered at once; 0 = no limit, the default)
  *   rate = 10/s               (token bucket: N/s, N/min or N/h; absent = no limit)
  *   burst = 20                (the bucket's size; default the rate per second rounded up)
