@@ -650,6 +650,34 @@ parse_command_line (Crunchd *app, CommandLine *cl, gint *argc, gchar ***argv)
   return TRUE;
 }
 
+static void
+free_files (Crunchd *app)
+{
+  crunch_tls_free (app->tls);
+  crunch_auth_free (app->auth);
+  crunch_config_free (app->config);
+}
+
+/* What start-up reads before serving: the configuration, the keys file, the certificate files,
+ * and the plugins (program plugins are started). FALSE, with nothing left, on any error. */
+static gboolean
+load_files (Crunchd *app, GError **error)
+{
+  CrunchAuthSettings *auth = NULL;
+
+  app->config = load_config (app, error);
+  if (app->config == NULL)
+    return FALSE;
+  app->auth = crunch_auth_new ();
+  if ((auth = crunch_auth_settings_load (app->config, error)) != NULL)
+    crunch_auth_publish (app->auth, auth);
+  if (auth != NULL && crunch_tls_new (app->config, &app->tls, error) &&
+      crunch_functions_init (app->config, error))
+    return TRUE;
+  free_files (app);
+  return FALSE;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -657,7 +685,6 @@ main (int argc, char **argv)
   CommandLine cl = {0};
   g_autofree gchar *config_path = NULL, *new_key = NULL;
   g_auto (GStrv) listen = NULL;
-  CrunchAuthSettings *auth;
   g_autoptr (GError) error = NULL;
   gboolean ok;
   gint status;
@@ -683,29 +710,8 @@ main (int argc, char **argv)
   app.config_explicit = config_path != NULL;
   app.config_path = config_path ? config_path : (gchar *)DEFAULT_CONFIG;
   app.cli_listen = listen;
-  app.config = load_config (&app, &error);
-  if (app.config == NULL) {
+  if (!load_files (&app, &error)) {
     g_printerr ("crunchd: %s\n", error->message);
-    return CRUNCH_EXIT_CONFIG;
-  }
-  if ((auth = crunch_auth_settings_load (app.config, &error)) == NULL) { /* the keys file */
-    g_printerr ("crunchd: %s\n", error->message);
-    crunch_config_free (app.config);
-    return CRUNCH_EXIT_CONFIG;
-  }
-  app.auth = crunch_auth_new ();
-  crunch_auth_publish (app.auth, auth);
-  if (!crunch_tls_new (app.config, &app.tls, &error)) { /* reads the certificate files */
-    g_printerr ("crunchd: %s\n", error->message);
-    crunch_auth_free (app.auth);
-    crunch_config_free (app.config);
-    return CRUNCH_EXIT_CONFIG;
-  }
-  if (!crunch_functions_init (app.config, &error)) { /* starts program plugins */
-    g_printerr ("crunchd: %s\n", error->message);
-    crunch_tls_free (app.tls);
-    crunch_auth_free (app.auth);
-    crunch_config_free (app.config);
     return CRUNCH_EXIT_CONFIG;
   }
   if (cl.check_config) {
@@ -714,15 +720,11 @@ main (int argc, char **argv)
     g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);
     g_print ("# %s: configuration OK\n# functions: %s\n%s", app.config_path, list, text);
     crunch_procpools_free_all (); /* program plugins were started to read their hello */
-    crunch_tls_free (app.tls);
-    crunch_auth_free (app.auth);
-    crunch_config_free (app.config);
+    free_files (&app);
     return EXIT_SUCCESS;
   }
   apply_live_settings (&app, app.config);
   status = run (&app);
-  crunch_tls_free (app.tls);   /* the daemons have stopped: no handshake is running */
-  crunch_auth_free (app.auth); /* and no request holds a key */
-  crunch_config_free (app.config);
+  free_files (&app); /* the daemons have stopped: no handshake runs, no request holds a key */
   return status;
 }
