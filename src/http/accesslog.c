@@ -67,10 +67,6 @@ format_json (const CrunchAccessRecord *r, GDateTime *when)
 
   crunch_json_append_string (out, time);
   json_field (out, "remote", r->client);
-  if (r->key != NULL)
-    json_field (out, "key", r->key);
-  else
-    g_string_append (out, ",\"key\":null");
   json_field (out, "method", r->method);
   json_field (out, "path", r->path);
   json_field (out, "protocol", r->protocol);
@@ -83,7 +79,13 @@ format_json (const CrunchAccessRecord *r, GDateTime *when)
     json_field (out, "outcome", r->outcome);
   else
     g_string_append (out, ",\"outcome\":null");
-  g_string_append_printf (out, ",\"coalesced\":%s}", r->coalesced ? "true" : "false");
+  g_string_append_printf (out, ",\"coalesced\":%s", r->coalesced ? "true" : "false");
+  /* last, so that readers of the fields before it see them as they were */
+  if (r->key != NULL)
+    json_field (out, "key", r->key);
+  else
+    g_string_append (out, ",\"key\":null");
+  g_string_append_c (out, '}');
   return g_string_free (out, FALSE);
 }
 
