@@ -157,6 +157,7 @@ test_check (void)
                                             "burst = 2\n",
                                             hash);
   g_autoptr (CrunchAuth) auth = auth_with (keys);
+  g_autofree gchar *long_value = NULL;
   CrunchAuthGrant grant = {0};
   CrunchReply refusal = {0};
 
@@ -165,6 +166,11 @@ test_check (void)
   g_assert_cmpuint (check (auth, "/fib/3", "Bearer tok-b", "fib"), ==, 401);
   g_assert_cmpuint (check (auth, "/fib/3", "Basic dG9rLWE=", "fib"), ==, 401);
   g_assert_cmpuint (check (auth, "/fib/3", "bearer tok-a", "fib"), ==, 200);
+  /* two fields joined, and a value past CRUNCH_AUTH_MAX_HEADER, are no token */
+  g_assert_cmpuint (check (auth, "/fib/3", "Bearer tok-a, Bearer tok-a", "fib"), ==, 401);
+  long_value = g_strnfill (CRUNCH_AUTH_MAX_HEADER + 1, 'A');
+  memcpy (long_value, "Bearer ", 7);
+  g_assert_cmpuint (check (auth, "/fib/3", long_value, "fib"), ==, 401);
   g_assert_cmpuint (check (auth, "/fn/sleep", "Bearer tok-a", "sleep"), ==, 403);
   g_assert_cmpuint (check (auth, "/metrics", "Bearer tok-a", NULL), ==, 403);
   /* the bucket held 2 and refills one per half hour: 1800 s until the next */
