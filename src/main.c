@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 
+#include "auth.h"
 #include "config.h"
 #include "executor-nats.h"
 #include "functions.h"
@@ -34,7 +35,8 @@ typedef struct {
   CrunchJobs *jobs;
   CrunchStore *store; /* the jobs' (they own it); NULL: [jobs] store = memory */
   CrunchServer *server;
-  CrunchTls *tls; /* [tls]: NULL = plain HTTP */
+  CrunchTls *tls;   /* [tls]: NULL = plain HTTP */
+  CrunchAuth *auth; /* [auth]: the API keys, swapped on reload */
   gchar *config_path;
   gboolean config_explicit;
   gchar **cli_listen;
@@ -169,10 +171,14 @@ on_reload (gpointer data)
   Crunchd *app = data;
   g_autoptr (GError) error = NULL;
   g_autoptr (CrunchConfig) config = NULL;
+  g_autoptr (CrunchAuthSettings) auth = NULL;
 
   crunch_service_notifyf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT, g_get_monotonic_time ());
   config = load_config (app, &error);
-  /* a certificate that cannot be read fails the whole reload, like any other error */
+  /* a keys file or certificate that cannot be read fails the whole reload, like any other
+   * error: the running keys stay */
+  if (config != NULL && (auth = crunch_auth_settings_load (config, &error)) == NULL)
+    g_clear_pointer (&config, crunch_config_free);
   if (config != NULL && !crunch_tls_reload (app->tls, config, &error))
     g_clear_pointer (&config, crunch_config_free);
   if (config == NULL) {
@@ -196,6 +202,7 @@ on_reload (gpointer data)
     g_free (config->backend);
     config->backend = g_strdup (app->config->backend);
     apply_live_settings (app, config);
+    crunch_auth_publish (app->auth, g_steal_pointer (&auth));
     crunch_procpools_forgive (); /* crash-looping functions get another chance */
     crunch_config_free (app->config);
     app->config = g_steal_pointer (&config);
@@ -333,8 +340,11 @@ wire_metrics (Crunchd *app, gboolean on)
     crunch_metrics_remove_source (&app->worker_pool);
     crunch_metrics_remove_source (app->store);
     crunch_metrics_remove_source (app->jobs);
+    crunch_metrics_remove_source (app->auth);
     return;
   }
+  crunch_metrics_add_source (
+      &(CrunchMetricsSource){.render = crunch_auth_render_metrics, .data = app->auth});
   if (app->jobs != NULL)
     crunch_metrics_add_source (
         &(CrunchMetricsSource){.status = crunch_jobs_render_running, .data = app->jobs});
@@ -499,6 +509,7 @@ run (Crunchd *app)
   app->server = crunch_server_new (app->scheduler, app->calls, app->config);
   crunch_server_set_jobs (app->server, app->jobs);
   crunch_server_set_tls (app->server, app->tls);
+  crunch_server_set_auth (app->server, app->auth);
   wire_metrics (app, TRUE);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
   app->loop = g_main_loop_new (NULL, FALSE);
@@ -564,9 +575,46 @@ check_command_line (gint argc, gchar **argv, gchar **listen, GError **error)
   return TRUE;
 }
 
+/* --new-key NAME: the name is a group of the keys file. */
+static gboolean
+check_key_name (const gchar *name, GError **error)
+{
+  if (crunch_auth_name_valid (name))
+    return TRUE;
+  g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+               "--new-key '%s': a key name is 1 to %d characters of A-Z, a-z, 0-9, '_', '.' and "
+               "'-'",
+               name, CRUNCH_AUTH_MAX_NAME);
+  return FALSE;
+}
+
+/* --new-key NAME: the token goes to whoever calls; the keys file gets only its hash. */
+static gint
+print_new_key (const gchar *name)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree gchar *token = crunch_auth_token_new (&error);
+  g_autofree gchar *hash = NULL;
+
+  if (token == NULL) {
+    g_printerr ("crunchd: %s\n", error->message);
+    return EXIT_FAILURE;
+  }
+  hash = crunch_auth_token_hash (token);
+  g_print ("# The token of API key %s: give it to the client, who sends it as\n"
+           "# \"Authorization: Bearer TOKEN\". It is not stored anywhere: keep it safe.\n"
+           "token = %s\n"
+           "# Add this group to the keys file ([auth] keys_file in crunchd.ini), then reload\n"
+           "# crunchd (systemctl reload crunchd, or SIGHUP). See crunchd.ini(5) for limits.\n"
+           "[%s]\nsha256 = %s\n",
+           name, token, name, hash);
+  return EXIT_SUCCESS;
+}
+
 typedef struct {
   gchar *config_path;
   gchar **listen;
+  gchar *new_key;
   gboolean check_config, version;
 } CommandLine;
 
@@ -583,6 +631,8 @@ parse_command_line (Crunchd *app, CommandLine *cl, gint *argc, gchar ***argv)
        "Worker threads, 0 to 1024 (0 = one per CPU; overrides [executor] threads)", "N"},
       {"check-config", 0, 0, G_OPTION_ARG_NONE, &cl->check_config,
        "Validate the configuration, print the effective settings and exit", NULL},
+      {"new-key", 0, 0, G_OPTION_ARG_STRING, &cl->new_key,
+       "Print a new random API key token and the group to add to the keys file, and exit", "NAME"},
       {"version", 'V', 0, G_OPTION_ARG_NONE, &cl->version, "Print the version and exit", NULL},
       {NULL}};
   g_autoptr (GOptionContext) context = g_option_context_new ("- HTTP server for slow computations");
@@ -596,11 +646,40 @@ parse_command_line (Crunchd *app, CommandLine *cl, gint *argc, gchar ***argv)
                                              "Exit status: 0 ok, 1 runtime failure, 64 usage, "
                                              "78 configuration error.");
   if (!g_option_context_parse (context, argc, argv, &error) ||
-      (!cl->version && !check_command_line (*argc, *argv, cl->listen, &error))) {
+      (!cl->version && !check_command_line (*argc, *argv, cl->listen, &error)) ||
+      (cl->new_key != NULL && !check_key_name (cl->new_key, &error))) {
     g_printerr ("crunchd: %s\nTry 'crunchd --help'.\n", error->message);
     return FALSE;
   }
   return TRUE;
+}
+
+static void
+free_files (Crunchd *app)
+{
+  crunch_tls_free (app->tls);
+  crunch_auth_free (app->auth);
+  crunch_config_free (app->config);
+}
+
+/* What start-up reads before serving: the configuration, the keys file, the certificate files,
+ * and the plugins (program plugins are started). FALSE, with nothing left, on any error. */
+static gboolean
+load_files (Crunchd *app, GError **error)
+{
+  CrunchAuthSettings *auth = NULL;
+
+  app->config = load_config (app, error);
+  if (app->config == NULL)
+    return FALSE;
+  app->auth = crunch_auth_new ();
+  if ((auth = crunch_auth_settings_load (app->config, error)) != NULL)
+    crunch_auth_publish (app->auth, auth);
+  if (auth != NULL && crunch_tls_new (app->config, &app->tls, error) &&
+      crunch_functions_init (app->config, error))
+    return TRUE;
+  free_files (app);
+  return FALSE;
 }
 
 int
@@ -608,7 +687,7 @@ main (int argc, char **argv)
 {
   Crunchd app = {.cli_threads = -1};
   CommandLine cl = {0};
-  g_autofree gchar *config_path = NULL;
+  g_autofree gchar *config_path = NULL, *new_key = NULL;
   g_auto (GStrv) listen = NULL;
   g_autoptr (GError) error = NULL;
   gboolean ok;
@@ -621,31 +700,22 @@ main (int argc, char **argv)
   ok = parse_command_line (&app, &cl, &argc, &argv);
   config_path = cl.config_path;
   listen = cl.listen;
+  new_key = cl.new_key;
   if (!ok)
     return 64; /* EX_USAGE */
   if (cl.version) {
     g_print ("crunchd %s\n", PACKAGE_VERSION);
     return EXIT_SUCCESS;
   }
+  if (new_key != NULL)
+    return print_new_key (new_key);
   crunch_logging_init ();
   crunch_metrics_init ();
   app.config_explicit = config_path != NULL;
   app.config_path = config_path ? config_path : (gchar *)DEFAULT_CONFIG;
   app.cli_listen = listen;
-  app.config = load_config (&app, &error);
-  if (app.config == NULL) {
+  if (!load_files (&app, &error)) {
     g_printerr ("crunchd: %s\n", error->message);
-    return CRUNCH_EXIT_CONFIG;
-  }
-  if (!crunch_tls_new (app.config, &app.tls, &error)) { /* reads the certificate files */
-    g_printerr ("crunchd: %s\n", error->message);
-    crunch_config_free (app.config);
-    return CRUNCH_EXIT_CONFIG;
-  }
-  if (!crunch_functions_init (app.config, &error)) { /* starts program plugins */
-    g_printerr ("crunchd: %s\n", error->message);
-    crunch_tls_free (app.tls);
-    crunch_config_free (app.config);
     return CRUNCH_EXIT_CONFIG;
   }
   if (cl.check_config) {
@@ -654,13 +724,11 @@ main (int argc, char **argv)
     g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);
     g_print ("# %s: configuration OK\n# functions: %s\n%s", app.config_path, list, text);
     crunch_procpools_free_all (); /* program plugins were started to read their hello */
-    crunch_tls_free (app.tls);
-    crunch_config_free (app.config);
+    free_files (&app);
     return EXIT_SUCCESS;
   }
   apply_live_settings (&app, app.config);
   status = run (&app);
-  crunch_tls_free (app.tls); /* the daemons have stopped: no handshake is running */
-  crunch_config_free (app.config);
+  free_files (&app); /* the daemons have stopped: no handshake runs, no request holds a key */
   return status;
 }

@@ -36,6 +36,21 @@ test_common (void)
   g_assert_null (crunch_access_format (CRUNCH_ACCESS_LOG_OFF, &fast, when));
 }
 
+/* With [auth], the API key name is CLF's user field, and "key" in JSON. */
+static void
+test_key (void)
+{
+  g_autoptr (GDateTime) when = g_date_time_new_utc (2026, 11, 5, 9, 7, 3);
+  CrunchAccessRecord keyed = fast;
+  g_autofree gchar *line = NULL, *json = NULL;
+
+  keyed.key = "alice";
+  line = crunch_access_format (CRUNCH_ACCESS_LOG_COMMON, &keyed, when);
+  g_assert_true (g_str_has_prefix (line, "127.0.0.1 - alice [05/Nov/2026:09:07:03 +0000] "));
+  json = crunch_access_format (CRUNCH_ACCESS_LOG_JSON, &keyed, when);
+  g_assert_true (g_str_has_suffix (json, ",\"coalesced\":false,\"key\":\"alice\"}"));
+}
+
 /* Compute requests also say how long they queued and ran, and how the job ended. */
 static void
 test_common_compute (void)
@@ -67,7 +82,7 @@ test_json (void)
                    "{\"time\":\"2026-11-25T09:00:00Z\",\"remote\":\"127.0.0.1\",\"method\":\"GET\","
                    "\"path\":\"/fast\",\"protocol\":\"HTTP/1.1\",\"status\":200,\"bytes\":6,"
                    "\"request_id\":\"abc-1\",\"duration_ms\":0.123,\"queue_ms\":null,"
-                   "\"run_ms\":null,\"outcome\":null,\"coalesced\":false}");
+                   "\"run_ms\":null,\"outcome\":null,\"coalesced\":false,\"key\":null}");
   job.path = "/fib/30";
   job.duration_us = 2501234;
   job.queue_us = 1500;
@@ -77,7 +92,7 @@ test_json (void)
   job_line = crunch_access_format (CRUNCH_ACCESS_LOG_JSON, &job, when);
   g_assert_nonnull (g_strstr_len (job_line, -1,
                                   "\"duration_ms\":2501.234,\"queue_ms\":1.500,\"run_ms\":2499.000,"
-                                  "\"outcome\":\"ok\",\"coalesced\":true}"));
+                                  "\"outcome\":\"ok\",\"coalesced\":true,\"key\":null}"));
 }
 
 static void
@@ -212,6 +227,7 @@ main (int argc, char **argv)
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/accesslog/common", test_common);
   g_test_add_func ("/accesslog/common-compute", test_common_compute);
+  g_test_add_func ("/accesslog/key", test_key);
   g_test_add_func ("/accesslog/json", test_json);
   g_test_add_func ("/accesslog/json-escape", test_json_escape);
   g_test_add_func ("/json/check", test_json_check);

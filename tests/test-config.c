@@ -79,6 +79,10 @@ test_bad_files (void)
        "t.ini: [metrics] listen = 'localhost:9100': 'localhost:9100': the address must be numeric "
        "(for example 127.0.0.1:8000 or [::1]:8000)"},
       {"[metrics]\nport = 9100\n", "t.ini: [metrics] port: unknown key"},
+      {"[auth]\npublic = /fast, /fib\n",
+       "t.ini: [auth] public = '/fast, /fib': '/fib' is not a route (routes: /fast, /fib/, /fn, "
+       "/fn/, /jobs, /jobs/*, /jobs/*/result, /jobs/*/events, /metrics, /healthz, /readyz, /status, /status/, "
+       "/status.json, /openapi.json)"},
       {"[log]\nlevel = loud\n",
        "t.ini: [log] level = 'loud': expected one of: error, critical, warning, message, info, "
        "debug"},

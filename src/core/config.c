@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "forwarded.h"
+#include "routes.h"
 
 G_DEFINE_QUARK (crunch - config - error - quark, crunch_config_error)
 
@@ -53,6 +54,8 @@ static const KeyDesc keys[] = {
     {"tls", "certificate", KEY_STRING, 0, 0, F (tls.certificate), NULL},
     {"tls", "key", KEY_STRING, 0, 0, F (tls.key), NULL},
     {"tls", "client_ca", KEY_STRING, 0, 0, F (tls.client_ca), NULL},
+    {"auth", "keys_file", KEY_STRING, 0, 0, F (auth_keys_file), NULL},
+    {"auth", "public", KEY_LIST, 0, 0, F (auth_public), NULL},
     {"executor", "threads", KEY_UINT, 0, 1024, F (threads), NULL},
     {"executor", "queue_limit", KEY_UINT, 1, 1000000, F (queue_limit), NULL},
     {"executor", "nice", KEY_INT, 0, 19, F (nice), NULL},
@@ -141,6 +144,7 @@ static const CrunchConfig defaults = {
     .metrics_enabled = TRUE,
 };
 static const gchar *const default_listen[] = {"127.0.0.1:8000", NULL};
+static const gchar *const default_public[] = {"/fast", "/healthz", "/readyz", NULL};
 static const gchar *const default_nats_servers[] = {"nats://127.0.0.1:4222", NULL};
 
 #define FIELD(config, desc, type) ((type *)((gchar *)(config) + (desc)->offset))
@@ -156,6 +160,8 @@ crunch_config_new_default (void)
   config->tls.certificate = g_strdup ("");
   config->tls.key = g_strdup ("");
   config->tls.client_ca = g_strdup ("");
+  config->auth_keys_file = g_strdup ("");
+  config->auth_public = g_strdupv ((gchar **)default_public);
   config->log_level = g_strdup ("info");
   config->client_key = g_strdup ("ip");
   config->backend = g_strdup ("local");
@@ -185,6 +191,8 @@ crunch_config_free (CrunchConfig *config)
   g_free (config->tls.certificate);
   g_free (config->tls.key);
   g_free (config->tls.client_ca);
+  g_free (config->auth_keys_file);
+  g_strfreev (config->auth_public);
   g_free (config->log_level);
   g_free (config->client_key);
   g_free (config->backend);
@@ -542,6 +550,29 @@ validate_tls (const CrunchConfig *config, const gchar *file, GError **error)
   return TRUE;
 }
 
+/* [auth] public names routes as the table writes them ("/fib/" covers every /fib/N): a typo
+ * would leave a route closed that was meant to be open, so it is an error. */
+static gboolean
+validate_auth (const CrunchConfig *config, const gchar *file, GError **error)
+{
+  for (gchar **p = config->auth_public; p != NULL && *p != NULL; p++) {
+    g_autoptr (GString) known = g_string_new (NULL);
+    gboolean found = FALSE;
+    for (guint i = 0; i < crunch_routes_n_labels (); i++) {
+      found |= g_str_equal (*p, crunch_routes_label (i));
+      g_string_append_printf (known, "%s%s", i > 0 ? ", " : "", crunch_routes_label (i));
+    }
+    if (!found) {
+      g_autofree gchar *list = g_strjoinv (", ", config->auth_public);
+      g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                   "%s: [auth] public = '%s': '%s' is not a route (routes: %s)", file, list, *p,
+                   known->str);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
 /* Relations between keys: checked after loading and after command-line overrides. */
 gboolean
 crunch_config_validate (const CrunchConfig *config, GError **error)
@@ -550,7 +581,7 @@ crunch_config_validate (const CrunchConfig *config, GError **error)
   guint threads = crunch_config_effective_threads (config);
 
   if (!validate_nats (config, file, error) || !validate_server (config, file, error) ||
-      !validate_tls (config, file, error))
+      !validate_tls (config, file, error) || !validate_auth (config, file, error))
     return FALSE;
   for (gchar **l = config->listen; l != NULL && *l != NULL; l++) {
     struct sockaddr_storage addr;
@@ -652,4 +683,18 @@ crunch_config_jobs_database (const CrunchConfig *config)
     return g_build_filename (dirs[0], "jobs.db", NULL);
   }
   return g_build_filename (g_get_user_state_dir (), "crunchd", "jobs.db", NULL);
+}
+
+gchar *
+crunch_config_resolve_path (const CrunchConfig *config, const gchar *value)
+{
+  const gchar *credentials = g_getenv ("CREDENTIALS_DIRECTORY");
+  g_autofree gchar *dir = NULL;
+
+  if (g_path_is_absolute (value))
+    return g_strdup (value);
+  if (credentials != NULL && *credentials != '\0')
+    return g_build_filename (credentials, value, NULL);
+  dir = config->path != NULL ? g_path_get_dirname (config->path) : g_get_current_dir ();
+  return g_build_filename (dir, value, NULL);
 }

@@ -70,6 +70,10 @@ typedef struct {
 
   CrunchTlsConfig tls; /* [tls] */
 
+  /* [auth] (auth.c) */
+  gchar *auth_keys_file; /* the keys file; "" = authentication off. Relative: as [tls] paths */
+  gchar **auth_public;   /* route patterns open without a key */
+
   /* [executor] */
   guint threads;          /* 0 = one per CPU */
   guint queue_limit;      /* jobs waiting for a worker before 503 */
@@ -137,6 +141,10 @@ guint crunch_config_effective_threads (const CrunchConfig *config);
 /* [jobs] database, or where it goes by default: $STATE_DIRECTORY/jobs.db (systemd's
  * StateDirectory=), else $XDG_STATE_HOME/crunchd/jobs.db (~/.local/state/crunchd/jobs.db). */
 gchar *crunch_config_jobs_database (const CrunchConfig *config);
+/* A file a key names ([tls] certificate, [auth] keys_file): an absolute path as it is; a
+ * relative one in $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when that is set, else
+ * beside the configuration file. */
+gchar *crunch_config_resolve_path (const CrunchConfig *config, const gchar *value);
 void crunch_config_free (CrunchConfig *config);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchConfig, crunch_config_free)
 

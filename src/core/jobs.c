@@ -1108,6 +1108,8 @@ submit_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchFuncti
   CrunchCall *call;
   Entry *entry;
 
+  if (info->may_call != NULL && !info->may_call (info->request, fn->name, &reply))
+    return reply; /* [auth]: 403 */
   if (info->idempotency_key != NULL) {
     const gchar *why = bad_idempotency_key (info->idempotency_key);
     if (why != NULL)
@@ -1493,6 +1495,7 @@ typedef struct {
   CrunchJobs *jobs;
   CrunchLater *later;
   RemoteVerb verb;
+  gchar *owner; /* [auth]: only this client's job is answered; NULL: anyone's */
 } Remote;
 
 /* A job read from the shared store, as an entry outside the table; NULL when its ttl has run
@@ -1573,7 +1576,8 @@ on_remote_got (CrunchStoredJob *record, const GError *error, gpointer data)
   if (error != NULL) {
     reply = crunch_reply_text (503, "the job store could not be read: %s", error->message);
     reply.retry_after = g_strdup ("1");
-  } else if (record == NULL) {
+  } else if (record == NULL ||
+             (remote->owner != NULL && g_strcmp0 (record->client, remote->owner) != 0)) {
     reply = no_such_job ();
   } else {
     Entry *entry = remote_entry (self, record);
@@ -1584,6 +1588,7 @@ on_remote_got (CrunchStoredJob *record, const GError *error, gpointer data)
   }
   crunch_stored_job_free (record);
   remote->later->answer (remote->later, &reply);
+  g_free (remote->owner);
   g_free (remote);
 }
 
@@ -1596,8 +1601,10 @@ remote (CrunchJobs *self, const CrunchRequestInfo *request, RemoteVerb verb)
 
   r->jobs = self;
   r->verb = verb;
+  r->owner = request->owned ? g_strdup (request->client) : NULL;
   r->later = request->defer (request->request);
   if (r->later == NULL) {
+    g_free (r->owner);
     g_free (r);
     reply = crunch_reply_text (503, "server is shutting down");
     reply.close = TRUE;
@@ -1655,10 +1662,28 @@ elsewhere (CrunchJobs *self, const gchar *id)
   return absent;
 }
 
+/* [auth]: the job is here but another caller's, who is told it does not exist. */
+static gboolean
+not_theirs (CrunchJobs *self, const CrunchRequestInfo *request)
+{
+  Entry *entry;
+  gboolean other;
+
+  if (!request->owned)
+    return FALSE;
+  g_mutex_lock (&self->lock);
+  entry = find_locked (self, request->arg);
+  other = entry != NULL && g_strcmp0 (entry->client, request->client) != 0;
+  g_mutex_unlock (&self->lock);
+  return other;
+}
+
 /* GET /jobs/ID */
 static CrunchReply
 describe_handler (const CrunchRequestInfo *request, gpointer context)
 {
+  if (not_theirs (context, request))
+    return no_such_job ();
   if (elsewhere (context, request->arg))
     return remote (context, request, REMOTE_DESCRIBE);
   return describe_id (context, request->arg, 200);
@@ -1672,6 +1697,8 @@ result_handler (const CrunchRequestInfo *request, gpointer context)
   CrunchReply reply;
   Entry *entry;
 
+  if (not_theirs (self, request))
+    return no_such_job ();
   if (elsewhere (self, request->arg))
     return remote (self, request, REMOTE_RESULT);
   g_mutex_lock (&self->lock);
@@ -1694,6 +1721,8 @@ delete_handler (const CrunchRequestInfo *request, gpointer context)
   g_autoptr (CrunchCall) call = NULL;
   Entry *entry;
 
+  if (not_theirs (self, request))
+    return no_such_job ();
   if (elsewhere (self, request->arg))
     return remote (self, request, REMOTE_DELETE);
   g_mutex_lock (&self->lock);
@@ -1742,6 +1771,8 @@ events_handler (const CrunchRequestInfo *request, gpointer context)
   CrunchReply reply;
   Entry *entry;
 
+  if (not_theirs (self, request))
+    return no_such_job ();
   if (elsewhere (self, request->arg))
     return crunch_reply_text (421,
                               "job %s is run by another front end: its events are served "

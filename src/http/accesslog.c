@@ -33,12 +33,13 @@ format_common (const CrunchAccessRecord *r, GDateTime *when)
   g_autofree gchar *path = g_strescape (r->path, NULL); /* no raw quotes or controls */
   g_autofree gchar *timing = format_timing (r);
 
-  return g_strdup_printf ("%s - - [%02d/%s/%04d:%02d:%02d:%02d %s] \"%s %s %s\" %u %zu \"%s\" %s",
-                          r->client, g_date_time_get_day_of_month (when),
-                          months[g_date_time_get_month (when) - 1], g_date_time_get_year (when),
-                          g_date_time_get_hour (when), g_date_time_get_minute (when),
-                          g_date_time_get_second (when), zone, r->method, path, r->protocol,
-                          r->status, r->bytes, r->request_id, timing);
+  /* the API key name goes where CLF has the authenticated user */
+  return g_strdup_printf (
+      "%s - %s [%02d/%s/%04d:%02d:%02d:%02d %s] \"%s %s %s\" %u %zu \"%s\" %s", r->client,
+      r->key != NULL ? r->key : "-", g_date_time_get_day_of_month (when),
+      months[g_date_time_get_month (when) - 1], g_date_time_get_year (when),
+      g_date_time_get_hour (when), g_date_time_get_minute (when), g_date_time_get_second (when),
+      zone, r->method, path, r->protocol, r->status, r->bytes, r->request_id, timing);
 }
 
 static void
@@ -78,7 +79,13 @@ format_json (const CrunchAccessRecord *r, GDateTime *when)
     json_field (out, "outcome", r->outcome);
   else
     g_string_append (out, ",\"outcome\":null");
-  g_string_append_printf (out, ",\"coalesced\":%s}", r->coalesced ? "true" : "false");
+  g_string_append_printf (out, ",\"coalesced\":%s", r->coalesced ? "true" : "false");
+  /* last, so that readers of the fields before it see them as they were */
+  if (r->key != NULL)
+    json_field (out, "key", r->key);
+  else
+    g_string_append (out, ",\"key\":null");
+  g_string_append_c (out, '}');
   return g_string_free (out, FALSE);
 }
 

@@ -7,6 +7,7 @@
 
 typedef struct {
   const gchar *client; /* numeric address */
+  const gchar *key;    /* the caller's API key name ([auth]), or NULL */
   const gchar *method, *path, *protocol;
   guint status;
   gsize bytes;
@@ -19,7 +20,8 @@ typedef struct {
 
 /* Formats the record as `format` asks: COMMON is the Common Log Format
  *   127.0.0.1 - - [25/Nov/2026:09:00:00 +0000] "GET /fast HTTP/1.1" 200 6 "REQUEST-ID"
- * (the request id appended in quotes, as "combined" appends fields); JSON is one object per
+ * (the request id appended in quotes, as "combined" appends fields; the API key name, if any,
+ * in CLF's user field: `127.0.0.1 - alice [...`); JSON is one object per
  * line, with the compute details (queue and run time, outcome, coalesced) as well. Returns NULL for
  * OFF. */
 gchar *crunch_access_format (CrunchAccessLog format, const CrunchAccessRecord *record,

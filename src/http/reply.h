@@ -11,12 +11,13 @@ typedef struct {
   guint status;
   const gchar *text; /* a static body, sent without copying; or NULL */
   const gchar *content_type;
-  GBytes *bytes;        /* a body built for this request (owned); or NULL */
-  const gchar *allow;   /* Allow (405), static */
-  gchar *location;      /* Location (owned) */
-  gchar *retry_after;   /* Retry-After in seconds (owned) */
-  gboolean close;       /* Connection: close */
-  CrunchStream *stream; /* the body is this event stream (a reference, owned); see stream.h */
+  GBytes *bytes;             /* a body built for this request (owned); or NULL */
+  const gchar *allow;        /* Allow (405), static */
+  const gchar *authenticate; /* WWW-Authenticate (401), static */
+  gchar *location;           /* Location (owned) */
+  gchar *retry_after;        /* Retry-After in seconds (owned) */
+  gboolean close;            /* Connection: close */
+  CrunchStream *stream;      /* the body is this event stream (a reference, owned); see stream.h */
 } CrunchReply;
 
 #define CRUNCH_TEXT_PLAIN "text/plain; charset=utf-8"

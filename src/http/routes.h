@@ -40,6 +40,12 @@ typedef struct {
    * when the server is stopping: the handler answers at once (503). */
   CrunchLater *(*defer) (gpointer request);
   gpointer request;
+  /* Jobs lane, with [auth] keys_file: a job belongs to the `client` that created it, and any
+   * other caller is told 404. FALSE: jobs are anyone's who knows the id. */
+  gboolean owned;
+  /* Jobs lane: whether the caller may call `function`; FALSE gives the refusal (403) to send.
+   * NULL: anyone may. */
+  gboolean (*may_call) (gpointer request, const gchar *function, CrunchReply *refusal);
 } CrunchRequestInfo;
 
 /* `context` is what the server holds for the route's lane: the jobs store for the jobs lane,

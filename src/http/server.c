@@ -20,7 +20,9 @@
  * public ones stop serving them; it stays up while draining, so /readyz can say 503.
  * Locks: proxies_lock only, a leaf: a polling thread reads [server] trusted_proxies under it
  * for each request's client address, the main thread replaces them on reload. The order of the
- * others is in the README ("Source code layout"). With [tls], the public daemons speak HTTPS:
+ * others is in the README ("Source code layout"). With [auth] keys_file, a routed request is
+ * checked by auth.c before its lane sees it; the grant it gets (the caller's key) is held until
+ * on_completed(). With [tls], the public daemons speak HTTPS:
  * tls.c hands GnuTLS the certificate, and a request without a verified client certificate (with
  * [tls] client_ca) is refused before anything else. */
 #include "server.h"
@@ -62,6 +64,7 @@ struct CrunchServer {
   CrunchCalls *calls;
   CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
   CrunchTls *tls;   /* HTTPS on the public daemons; NULL: plain HTTP */
+  CrunchAuth *auth; /* API keys; NULL: everyone is let in */
   GPtrArray *daemons;
   GArray *quiesced;         /* listen sockets handed back by MHD at drain: closed in free() */
   gboolean activated;       /* the listen sockets came from systemd */
@@ -99,13 +102,14 @@ typedef struct {
   gboolean suspended;               /* counted in crunch_metrics_suspended() */
   const CrunchRoute *route;
   guint64 body_bytes;
-  GByteArray *body;   /* up to max_body_size; POST /fn/<name> and /jobs read it */
-  CrunchCall *call;   /* compute lane */
-  gboolean in_flight; /* admitted: counted in server->in_flight until it ends */
-  gint64 timeout_us;  /* the deadline it was given, for the 504 message */
-  gboolean cached;    /* answered from the result cache */
-  gboolean complete;  /* its header and body have arrived */
-  CrunchLater later;  /* jobs lane: a reply given later by another thread */
+  GByteArray *body;      /* up to max_body_size; POST /fn/<name> and /jobs read it */
+  CrunchCall *call;      /* compute lane */
+  gboolean in_flight;    /* admitted: counted in server->in_flight until it ends */
+  gint64 timeout_us;     /* the deadline it was given, for the 504 message */
+  gboolean cached;       /* answered from the result cache */
+  gboolean complete;     /* its header and body have arrived */
+  CrunchAuthGrant grant; /* who is calling, with [auth] keys_file */
+  CrunchLater later;     /* jobs lane: a reply given later by another thread */
   CrunchReply later_reply;
   CrunchStream *stream; /* its body is this event stream */
   gboolean deferred;
@@ -196,6 +200,7 @@ respond_reply (CrunchRequest *req, CrunchReply *reply)
     resp = MHD_create_response_from_buffer (size, (void *)data, MHD_RESPMEM_PERSISTENT);
   }
   add_header (resp, MHD_HTTP_HEADER_ALLOW, reply->allow);
+  add_header (resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, reply->authenticate);
   add_header (resp, MHD_HTTP_HEADER_LOCATION, reply->location);
   add_header (resp, MHD_HTTP_HEADER_RETRY_AFTER, reply->retry_after);
   add_header (resp, MHD_HTTP_HEADER_CONNECTION, reply->close ? "close" : NULL);
@@ -351,12 +356,15 @@ resolve_client (CrunchRequest *req)
   g_rw_lock_reader_unlock (&server->proxies_lock);
 }
 
-/* The fairness key: the configured header's value if the request has one, else the address. */
+/* The fairness key: the caller's API key name; else the configured header's value if the request
+ * has one, else the address. */
 static gchar *
 client_key (CrunchRequest *req)
 {
   const gchar *value = NULL;
 
+  if (req->grant.key != NULL)
+    return g_strdup_printf ("auth:%s", crunch_auth_grant_name (&req->grant));
   if (req->server->client_key_header != NULL)
     value = MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND,
                                          req->server->client_key_header);
@@ -462,6 +470,7 @@ stream_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
     return respond_error (req, MHD_HTTP_NOT_ACCEPTABLE,
                           "event streams need the jobs API, which this server does not serve");
   info.client = client = client_key (req);
+  info.owned = req->grant.on; /* (the key may call fn: route_compute() checked) */
   reply = crunch_jobs_stream_call (req->server->jobs, &info, fn, args);
   if (reply.status == 0) /* deferred: answered by later_answer() */
     return MHD_YES;
@@ -476,12 +485,15 @@ route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   const CrunchFunction *fn = crunch_functions_lookup (route->name ? route->name : arg);
   g_autoptr (GError) error = NULL;
   g_autoptr (GVariant) args = NULL;
+  CrunchReply refusal;
 
   if (fn == NULL) {
     g_autofree gchar *name = crunch_args_echo (arg);
     g_autofree gchar *message = g_strdup_printf ("no such function '%s'", name);
     return respond_error (req, MHD_HTTP_NOT_FOUND, message);
   }
+  if (!crunch_auth_may_call (&req->grant, fn->name, &refusal))
+    return respond_reply (req, &refusal);
   args = route->name != NULL ? fn->parse (fn, arg, &error) : parse_fn_call (req, fn, &error);
   if (args == NULL)
     return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message);
@@ -543,6 +555,12 @@ void
 crunch_server_set_tls (CrunchServer *self, CrunchTls *tls)
 {
   self->tls = tls;
+}
+
+void
+crunch_server_set_auth (CrunchServer *self, CrunchAuth *auth)
+{
+  self->auth = auth;
 }
 
 /* With [tls] client_ca, a public request must come with a client certificate that verifies:
@@ -632,6 +650,15 @@ respond_later (CrunchRequest *req)
   return respond_reply (req, &reply);
 }
 
+/* CrunchRequestInfo.may_call: POST /jobs names its function in the body. */
+static gboolean
+request_may_call (gpointer data, const gchar *function, CrunchReply *refusal)
+{
+  CrunchRequest *req = data;
+
+  return crunch_auth_may_call (&req->grant, function, refusal);
+}
+
 /* The fast, ops and jobs lanes: the row's handler, resolved by the lane's owner. */
 static enum MHD_Result
 respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
@@ -659,11 +686,30 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
         MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Last-Event-ID");
     info.defer = request_defer;
     info.request = req;
+    info.owned = req->grant.on;
+    info.may_call = request_may_call;
   }
   reply = handler (&info, context);
   if (reply.status == 0) /* deferred: answered by later_answer() */
     return MHD_YES;
   return respond_reply (req, &reply);
+}
+
+/* [auth]: FALSE when the request has been refused (401, 403, 429). */
+static gboolean
+authorize (CrunchRequest *req, const CrunchRoute *route)
+{
+  g_autofree gchar *authorization = NULL;
+  CrunchReply refusal;
+
+  if (req->server->auth == NULL)
+    return TRUE;
+  /* every field, joined: two Authorization fields are no valid token */
+  authorization = joined_header (req->connection, MHD_HTTP_HEADER_AUTHORIZATION);
+  if (crunch_auth_check (req->server->auth, route, req->ops, authorization, &req->grant, &refusal))
+    return TRUE;
+  respond_reply (req, &refusal);
+  return FALSE;
 }
 
 static enum MHD_Result
@@ -694,6 +740,8 @@ route_request (CrunchRequest *req)
   case CRUNCH_ROUTE_FOUND:
     break;
   }
+  if (!authorize (req, match.route))
+    return MHD_YES; /* answered */
   arg = match.arg_len > 0 ? g_strndup (match.arg, match.arg_len) : NULL;
   if (match.route->lane == CRUNCH_LANE_COMPUTE)
     return route_compute (req, match.route, arg ? arg : "");
@@ -870,6 +918,7 @@ log_access (CrunchRequest *req, gint64 duration_us)
     return;
   crunch_access_log (&(CrunchAccessRecord){
       .client = req->client,
+      .key = crunch_auth_grant_name (&req->grant),
       .method = req->method,
       .path = req->path,
       .protocol = req->protocol,
@@ -905,6 +954,8 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
   duration_us = g_get_monotonic_time () - req->t_start;
   crunch_metrics_request (req->route, req->method, req->status, duration_us);
   log_access (req, duration_us);
+  if (server->auth != NULL)
+    crunch_auth_finish (server->auth, &req->grant);
   set_suspended (req, FALSE);
   __atomic_add_fetch (&server->served, 1, __ATOMIC_RELAXED);
   g_clear_pointer (&req->call, crunch_call_unref);

@@ -3,6 +3,7 @@
 
 #include <glib.h>
 
+#include "auth.h"
 #include "config.h"
 #include "jobs.h"
 #include "metrics.h"
@@ -19,6 +20,9 @@ void crunch_server_set_jobs (CrunchServer *self, CrunchJobs *jobs);
 /* Serve HTTPS on the public daemons with `tls` (not owned; it outlives the server). Before
  * start(). */
 void crunch_server_set_tls (CrunchServer *self, CrunchTls *tls);
+/* Check API keys with `auth` (not owned; it outlives the server). Before start(); without it
+ * every request is let in. */
+void crunch_server_set_auth (CrunchServer *self, CrunchAuth *auth);
 /* Listen on the systemd-passed sockets if any, else on config->listen. */
 gboolean crunch_server_start (CrunchServer *self, GArray *listen_fds, GError **error);
 /* Live settings that need no new daemon (body cap). */

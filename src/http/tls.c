@@ -63,29 +63,13 @@ static gboolean G_GNUC_PRINTF (5, 6)
   return FALSE;
 }
 
-/* A relative path is found in $CREDENTIALS_DIRECTORY (LoadCredential=) when it is set, else
- * beside the configuration file. */
-static gchar *
-resolve (const CrunchConfig *config, const gchar *value)
-{
-  const gchar *credentials = g_getenv ("CREDENTIALS_DIRECTORY");
-  g_autofree gchar *dir = NULL;
-
-  if (g_path_is_absolute (value))
-    return g_strdup (value);
-  if (credentials != NULL && *credentials != '\0')
-    return g_build_filename (credentials, value, NULL);
-  dir = config->path != NULL ? g_path_get_dirname (config->path) : g_get_current_dir ();
-  return g_build_filename (dir, value, NULL);
-}
-
 static gboolean
 read_pem (const CrunchConfig *config, const gchar *key, const gchar *value, gchar **path,
           gchar **data, gsize *len, GError **error)
 {
   g_autoptr (GError) local = NULL;
 
-  *path = resolve (config, value);
+  *path = crunch_config_resolve_path (config, value);
   if (!g_file_get_contents (*path, data, len, &local))
     return fail (error, config, key, value, "%s", local->message);
   if (*len > G_MAXINT32)
