@@ -1,5 +1,6 @@
 /* test-functions.c - the function registry: declarations through the plugin ABI, their
  * validation, the built-in fib's registration, running a declared function, canonical keys. */
+#include <math.h>
 #include <string.h>
 
 #include "args.h"
@@ -126,6 +127,55 @@ test_abi_version (void)
   g_assert_true (crunch_plugins_register (&v1, "v1", NULL)); /* the version policy: still loads */
 }
 
+typedef struct {
+  guint calls;
+  gdouble fraction;
+  gchar *message;
+} Reports;
+
+static void
+record_report (gpointer data, gdouble fraction, const gchar *message)
+{
+  Reports *r = data;
+
+  r->calls++;
+  r->fraction = fraction;
+  g_free (r->message);
+  r->message = g_strdup (message);
+}
+
+/* What a progress report may carry: fractions clamped into [0, 1], NaN dropped, the message
+ * made one valid UTF-8 line of at most CRUNCH_PROGRESS_MESSAGE_MAX bytes; at most
+ * CRUNCH_PROGRESS_PER_SECOND pass (a report of 1 always does). */
+static void
+test_progress_report (void)
+{
+  Reports r = {0};
+  CrunchCancel cancel = {.progress = record_report, .progress_data = &r};
+  g_autofree gchar *long_message = g_strnfill (300, 'x');
+  gint64 last = 0;
+
+  crunch_progress_report (&cancel, NAN, "nan");
+  g_assert_cmpuint (r.calls, ==, 0);
+  crunch_progress_report (&cancel, 7.5, "two\nlines\r");
+  g_assert_cmpfloat (r.fraction, ==, 1.0);
+  g_assert_cmpstr (r.message, ==, "two lines ");
+  crunch_progress_report (&cancel, -1, "caf\xc3\xa9 \xff");
+  g_assert_cmpfloat (r.fraction, ==, 0.0);
+  g_assert_true (g_utf8_validate (r.message, -1, NULL));
+  long_message[CRUNCH_PROGRESS_MESSAGE_MAX - 1] = '\xc3'; /* a character across the cut */
+  long_message[CRUNCH_PROGRESS_MESSAGE_MAX] = '\xa9';
+  crunch_progress_report (&cancel, 0.5, long_message);
+  g_assert_cmpuint (strlen (r.message), ==, CRUNCH_PROGRESS_MESSAGE_MAX - 1);
+  crunch_progress_report (&cancel, 0.5, NULL);
+  g_assert_null (r.message);
+  g_assert_true (crunch_progress_due (&last, 0.1, FALSE));
+  g_assert_false (crunch_progress_due (&last, 0.2, FALSE));
+  g_assert_false (crunch_progress_due (&last, 0.3, TRUE));
+  g_assert_true (crunch_progress_due (&last, 1.0, FALSE));
+  g_free (r.message);
+}
+
 static void
 test_run_and_key (void)
 {
@@ -209,6 +259,7 @@ main (int argc, char **argv)
   g_test_add_func ("/functions/bad-declarations", test_bad_declarations);
   g_test_add_func ("/functions/duplicate", test_duplicate);
   g_test_add_func ("/functions/abi-version", test_abi_version);
+  g_test_add_func ("/functions/progress-report", test_progress_report);
   g_test_add_func ("/functions/run-and-key", test_run_and_key);
   g_test_add_func ("/functions/builtins", test_builtins);
   g_test_add_func ("/functions/json-error-utf8", test_json_error_utf8);

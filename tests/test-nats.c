@@ -415,6 +415,30 @@ test_overhead (void)
   test_worker_stop (w1);
 }
 
+/* A function's progress on a worker reaches the front end (as "running" messages that carry
+ * it), and a streamed call shows it as progress events, in order. */
+static void
+streamed_progress (TestServer *front)
+{
+  const gchar *accept[] = {"Accept: text/event-stream", NULL};
+  g_autofree gchar *url = test_server_url (front, "/fn/spin?seconds=1&grain=10");
+  g_autoptr (TestReply) r = test_http ("GET", url, accept);
+  guint progress = 0;
+  gdouble last = 0;
+
+  g_assert_cmpint (r->status, ==, 200);
+  for (const gchar *p = r->body; (p = strstr (p, "event: progress\ndata: {\"fraction\": ")); p++) {
+    gdouble f = g_ascii_strtod (p + strlen ("event: progress\ndata: {\"fraction\": "), NULL);
+    g_assert_cmpfloat (f, >=, last);
+    last = f;
+    progress++;
+  }
+  g_test_message ("%u progress events through NATS, the last %g", progress, last);
+  g_assert_cmpuint (progress, >=, 2);
+  g_assert_nonnull (strstr (r->body, "event: outcome\ndata: {"));
+  g_assert_nonnull (strstr (r->body, "\"state\": \"done\""));
+}
+
 /* Plugin functions run on workers too: the worker loads the same [plugins] and gets the same
  * canonical arguments; a binary result crosses NATS intact, and a POST /jobs job runs remotely. */
 static void
@@ -447,6 +471,7 @@ test_plugins_remote (void)
   job =
       test_http_body ("POST", jobs_url, NULL, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.05}}");
   g_assert_cmpint (job->status, ==, 202);
+  streamed_progress (remote);
   g_assert_cmpint (test_server_stop (local), ==, 0);
   g_assert_cmpint (test_server_stop (remote), ==, 0);
   g_assert_cmpint (test_worker_stop (w), >=, 1);
