@@ -141,11 +141,11 @@ warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
   g_autofree gchar *d = g_strjoinv (",", new->plugins_load);
 
   if (!g_str_equal (a, b) || g_strcmp0 (old->metrics_listen, new->metrics_listen) != 0 ||
-      old->max_connections != new->max_connections ||
+      old->max_connections != new->max_connections || old->poll_threads != new->poll_threads ||
       old->max_connections_per_ip != new->max_connections_per_ip ||
       old->connection_timeout != new->connection_timeout ||
       !g_str_equal (old->client_key, new->client_key))
-    g_warning ("reload: [server] listen, max_connections, max_connections_per_ip, "
+    g_warning ("reload: [server] listen, threads, max_connections, max_connections_per_ip, "
                "connection_timeout, [executor] client_key and [metrics] listen apply only after "
                "a restart; keeping the old values");
   if (!g_str_equal (old->jobs_store, new->jobs_store) ||

@@ -174,6 +174,47 @@ test_worker_policy (void)
   g_assert_cmpint (worker_policy (s), ==, 5);
 }
 
+/* Threads of crunchd whose name (/proc/PID/task/TID/comm) is `name`. */
+static guint
+threads_named (TestServer *s, const gchar *name)
+{
+  g_autofree gchar *dir = g_strdup_printf ("/proc/%s/task", g_subprocess_get_identifier (s->proc));
+  g_autoptr (GDir) tasks = g_dir_open (dir, 0, NULL);
+  const gchar *tid;
+  guint n = 0;
+
+  while (tasks != NULL && (tid = g_dir_read_name (tasks)) != NULL) {
+    g_autofree gchar *path = g_strdup_printf ("%s/%s/comm", dir, tid);
+    g_autofree gchar *comm = NULL;
+    if (g_file_get_contents (path, &comm, NULL, NULL) && g_str_equal (g_strchomp (comm), name))
+      n++;
+  }
+  return n;
+}
+
+/* [server] threads: that many polling threads (MHD's pool) serve one listener, parked compute
+ * requests included. */
+static void
+test_poll_threads (void)
+{
+  g_autoptr (TestServer) s =
+      test_server_start ("[server]\nthreads = 3\n[executor]\nthreads = 2\n", NULL);
+  g_autofree gchar *fast = test_server_url (s, "/fast");
+  TestCall *calls[8];
+
+  g_assert_cmpuint (threads_named (s, "MHD-worker"), ==, 3);
+  for (guint i = 0; i < G_N_ELEMENTS (calls); i++)
+    calls[i] = test_call_start (g_strdup_printf ("%s/fib/%u", s->base, 20 + i));
+  for (guint i = 0; i < 20; i++) {
+    g_autoptr (TestReply) r = test_http ("GET", fast, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+  }
+  for (guint i = 0; i < G_N_ELEMENTS (calls); i++) {
+    g_autoptr (TestReply) r = test_call_finish (calls[i]);
+    g_assert_cmpint (r->status, ==, 200);
+  }
+}
+
 int
 main (int argc, char **argv)
 {
@@ -189,6 +230,7 @@ main (int argc, char **argv)
   g_test_add_func ("/http/keep-alive", test_keep_alive);
   g_test_add_func ("/http/simultaneous", test_simultaneous);
   g_test_add_func ("/http/worker-policy", test_worker_policy);
+  g_test_add_func ("/http/poll-threads", test_poll_threads);
   status = g_test_run ();
   g_assert_cmpint (test_server_stop (server), ==, 0);
   return status;

@@ -43,6 +43,7 @@ static const gchar *const access_formats[] = {"off", "common", "json", NULL};
 #define F(field) offsetof (CrunchConfig, field)
 static const KeyDesc keys[] = {
     {"server", "listen", KEY_LIST, 1, 0, F (listen), NULL},
+    {"server", "threads", KEY_UINT, 0, 64, F (poll_threads), NULL},
     {"server", "max_connections", KEY_UINT, 4, 1000000, F (max_connections), NULL},
     {"server", "max_connections_per_ip", KEY_UINT, 0, 1000000, F (max_connections_per_ip), NULL},
     {"server", "connection_timeout", KEY_UINT, 0, 86400, F (connection_timeout), NULL},

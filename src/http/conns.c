@@ -1,7 +1,8 @@
 /* conns.c - see conns.h.
  *
  * DESIGN
- * Threads: the daemon's MHD polling thread opens, completes, ends and closes connections; the
+ * Threads: the daemon's MHD polling threads (one, or a pool: [server] threads; each connection
+ * stays on one) open, complete, end and close connections; the
  * deadline timer (one entry on the compute calls' watcher thread, parked.c, due at the oldest
  * waiting connection's deadline) runs on that thread; /metrics readers take the stats. The
  * guard is reference-counted: a timer that fires holds a reference, so free() never pulls it

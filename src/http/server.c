@@ -1,7 +1,8 @@
 /* server.c - libmicrohttpd front end.
  *
  * DESIGN
- * Threads: each MHD daemon (one per listen address) runs its own internal polling thread (epoll).
+ * Threads: each MHD daemon (one per listen address) runs its own internal polling threads
+ * (epoll; [server] threads of them, a thread pool, for a public daemon; one for the ops daemon).
  * All access-handler calls and all MHD_queue_response() calls happen on those threads. Worker
  * and watcher threads touch a connection only through on_answered(), whose one action is
  * MHD_resume_connection(): the last thing any of them does with a request.
@@ -47,6 +48,9 @@
 #include "stream.h"
 #include "tls.h"
 
+/* [server] threads = 0: one polling thread per core, up to this many. */
+#define MAX_AUTO_POLL_THREADS 4
+
 /* Longest Request-Timeout / client key header value we look at. */
 #define MAX_HEADER_VALUE 128
 
@@ -73,6 +77,7 @@ struct CrunchServer {
   GRWLock proxies_lock;     /* guards proxies: read per request, replaced on reload */
   CrunchProxies *proxies;   /* [server] trusted_proxies */
   gint proxy_header;        /* atomic: a CrunchProxyHeader, the one header they write */
+  guint poll_threads;       /* per public daemon (MHD's thread pool); the ops daemon has one */
   guint max_connections, max_connections_per_ip, connection_timeout;
   guint request_timeout; /* atomic */
   gchar **listen;
@@ -1051,6 +1056,9 @@ crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchC
   self->daemons = g_ptr_array_new ();
   self->quiesced = g_array_new (FALSE, FALSE, sizeof (MHD_socket));
   self->guards = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_conns_free);
+  self->poll_threads = config->poll_threads != 0
+                           ? config->poll_threads
+                           : CLAMP (g_get_num_processors (), 1, MAX_AUTO_POLL_THREADS);
   self->max_connections = config->max_connections;
   self->max_connections_per_ip = config->max_connections_per_ip;
   self->connection_timeout = config->connection_timeout;
@@ -1145,6 +1153,8 @@ start_daemon (CrunchServer *self, gint fd, const struct sockaddr_storage *addr, 
       {MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_path, NULL},
       fd >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL}
               : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)addr},
+      /* polling threads (1: MHD's one internal thread, no pool); the ops daemon needs one */
+      {MHD_OPTION_THREAD_POOL_SIZE, ops ? 1 : self->poll_threads, NULL},
       {MHD_OPTION_END, 0, NULL}, /* room for tls_options() */
       {MHD_OPTION_END, 0, NULL},
       {MHD_OPTION_END, 0, NULL},
