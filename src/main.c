@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 
+#include "accesslog.h"
 #include "auth.h"
 #include "config.h"
 #include "executor-nats.h"
@@ -118,6 +119,7 @@ apply_live_settings (Crunchd *app, const CrunchConfig *config)
 {
   crunch_logging_set_level (config->log_level);
   crunch_logging_set_access (config->log_access);
+  crunch_access_log_configure (config->log_access_buffer, config->log_access_flush);
   crunch_metrics_set_enabled (config->metrics_enabled);
   crunch_functions_configure (config);
   if (app->scheduler != NULL) {
@@ -462,6 +464,7 @@ shut_down (Crunchd *app, gboolean nats)
     g_source_remove (app->shutdown_timer);
   wire_metrics (app, FALSE);
   crunch_server_free (app->server);   /* every compute request has been answered */
+  crunch_access_log_stop ();          /* every request is logged: write the last lines */
   crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
   log_totals (app->scheduler);
   crunch_scheduler_free (app->scheduler);
@@ -511,6 +514,7 @@ run (Crunchd *app)
   crunch_server_set_tls (app->server, app->tls);
   crunch_server_set_auth (app->server, app->auth);
   wire_metrics (app, TRUE);
+  crunch_access_log_start (app->config->log_access_buffer, app->config->log_access_flush);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
   app->loop = g_main_loop_new (NULL, FALSE);
   g_unix_signal_add (SIGHUP, on_reload, app);
@@ -520,6 +524,7 @@ run (Crunchd *app)
     g_critical ("%s", error->message);
     wire_metrics (app, FALSE);
     crunch_server_free (app->server);
+    crunch_access_log_stop ();
     crunch_jobs_cancel_all (app->jobs);
     crunch_scheduler_free (app->scheduler);
     crunch_jobs_free (app->jobs);

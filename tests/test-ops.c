@@ -254,6 +254,55 @@ test_access_formats (void)
   g_assert_null (strstr (off_log, "off-1"));
 }
 
+/* Whether crunchd's log has `needle` within `seconds`. */
+static gboolean
+log_shows (TestServer *server, const gchar *needle, gdouble seconds)
+{
+  gint64 until = g_get_monotonic_time () + (gint64)(seconds * G_USEC_PER_SEC);
+
+  do {
+    g_autofree gchar *log = test_server_log (server);
+    if (strstr (log, needle) != NULL)
+      return TRUE;
+    g_usleep (20000);
+  } while (g_get_monotonic_time () < until);
+  return FALSE;
+}
+
+/* The access log's writer thread holds lines up to [log] access_flush (or access_buffer bytes)
+ * and loses none at exit; access_buffer = 0 writes each line at once. */
+static void
+test_access_buffered (void)
+{
+  TestServer *server = test_server_start ("[log]\naccess = common\naccess_flush = 60\n", NULL);
+  g_autofree gchar *url = test_server_url (server, "/fast");
+  g_autofree gchar *log = NULL;
+  g_autoptr (TestServer) now = NULL, soon = NULL;
+
+  for (guint i = 0; i < 50; i++) {
+    g_autofree gchar *id = g_strdup_printf ("X-Request-Id: buf-%u", i);
+    test_reply_free (test_http ("GET", url, (const gchar *[]){id, NULL}));
+  }
+  g_assert_false (log_shows (server, "\"buf-", 0.3)); /* held: 50 lines are far from 64 KiB */
+  log = stop_and_read_log (server);                   /* SIGTERM: written at exit */
+  for (guint i = 0; i < 50; i++) {
+    g_autofree gchar *id = g_strdup_printf ("\"buf-%u\"", i);
+    const gchar *at = strstr (log, id);
+    g_assert_nonnull (at);
+    g_assert_null (strstr (at + 1, id)); /* once */
+  }
+  now = test_server_start ("[log]\naccess = common\naccess_buffer = 0\n", NULL);
+  g_free (url);
+  url = test_server_url (now, "/fast");
+  test_reply_free (test_http ("GET", url, (const gchar *[]){"X-Request-Id: direct-1", NULL}));
+  g_assert_true (log_shows (now, "\"direct-1\"", 2 * TEST_TIME_SCALE));
+  soon = test_server_start ("[log]\naccess = common\naccess_flush = 0.1\n", NULL);
+  g_free (url);
+  url = test_server_url (soon, "/fast");
+  test_reply_free (test_http ("GET", url, (const gchar *[]){"X-Request-Id: soon-1", NULL}));
+  g_assert_true (log_shows (soon, "\"soon-1\"", 2 * TEST_TIME_SCALE));
+}
+
 static void
 test_metrics_disabled (void)
 {
@@ -276,6 +325,7 @@ main (int argc, char **argv)
   g_test_add_func ("/ops/separate-listen", test_separate_listen);
   g_test_add_func ("/ops/request-ids", test_request_ids);
   g_test_add_func ("/ops/access-formats", test_access_formats);
+  g_test_add_func ("/ops/access-buffered", test_access_buffered);
   g_test_add_func ("/ops/metrics-disabled", test_metrics_disabled);
   return g_test_run ();
 }

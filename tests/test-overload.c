@@ -195,7 +195,8 @@ test_fairness (void)
        * this test is about */
       "[executor]\nqueue_limit = 400\nper_client_limit = 0\ncoalesce = false\nnice = 0\n"
       "client_key = header:X-Api-Key\n[server]\nshutdown_timeout = 0\n[fib]\ntimeout = "
-      "600\n", /* A's last jobs may wait long on a slow machine: no 504s */
+      "600\n"                       /* A's last jobs may wait long on a slow machine: no 504s */
+      "[log]\naccess_buffer = 0\n", /* the test reads the access lines as they come */
       /* one worker: B waits for at most the job running when it arrives, and CPU contention from
        * elsewhere slows the idle and the loaded measurement alike */
       (const gchar *[]){"--threads=1", NULL});

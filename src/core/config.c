@@ -102,6 +102,8 @@ static const KeyDesc keys[] = {
     {"jobs", "stream_heartbeat", KEY_DOUBLE, 0.1, 3600, F (jobs_stream_heartbeat), NULL},
     {"log", "level", KEY_STRING, 0, 0, F (log_level), log_levels},
     {"log", "access", KEY_ENUM, 0, 0, F (log_access), access_formats},
+    {"log", "access_buffer", KEY_UINT, 0, 16777216, F (log_access_buffer), NULL},
+    {"log", "access_flush", KEY_DOUBLE, 0.01, 60, F (log_access_flush), NULL},
     {"metrics", "enabled", KEY_BOOL, 0, 0, F (metrics_enabled), NULL},
     {"metrics", "listen", KEY_STRING, 0, 0, F (metrics_listen), NULL},
 };
@@ -142,6 +144,8 @@ static const CrunchConfig defaults = {
     .jobs_max_streams = 256,
     .jobs_stream_heartbeat = 15.0,
     .log_access = CRUNCH_ACCESS_LOG_COMMON,
+    .log_access_buffer = 65536,
+    .log_access_flush = 1.0,
     .metrics_enabled = TRUE,
 };
 static const gchar *const default_listen[] = {"127.0.0.1:8000", NULL};

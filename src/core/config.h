@@ -121,6 +121,8 @@ typedef struct {
   /* [log] */
   gchar *log_level; /* error|critical|warning|message|info|debug */
   CrunchAccessLog log_access;
+  guint log_access_buffer;  /* bytes of access lines the writer thread holds; 0 = write at once */
+  gdouble log_access_flush; /* seconds a queued access line waits at most */
 
   /* [metrics] */
   gboolean metrics_enabled;

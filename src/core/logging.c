@@ -91,6 +91,12 @@ crunch_logging_init (void)
   g_log_set_writer_func (writer, NULL, NULL);
 }
 
+gboolean
+crunch_logging_to_journal (void)
+{
+  return to_journal;
+}
+
 void
 crunch_logging_set_journal_sink (GLogWriterFunc sink, gpointer data)
 {

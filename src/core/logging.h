@@ -12,6 +12,8 @@ void crunch_logging_init (void);
 void crunch_logging_set_level (const gchar *level);
 void crunch_logging_set_access (CrunchAccessLog format);
 CrunchAccessLog crunch_logging_access_format (void);
+/* Whether records go to journald (set at init). */
+gboolean crunch_logging_to_journal (void);
 /* For tests: treat stderr as the journal and hand journal records (all their fields) to `sink`
  * instead of journald. Call after crunch_logging_init(). */
 void crunch_logging_set_journal_sink (GLogWriterFunc sink, gpointer data);

@@ -1,9 +1,44 @@
 /* accesslog.c - see accesslog.h. Called on the MHD polling threads, once per request, from the
- * request's completion; the format is read atomically, so a reload switches it live. */
+ * request's completion; the format is read atomically, so a reload switches it live.
+ *
+ * DESIGN
+ * With a writer (crunch_access_log_start(), [log] access_buffer > 0) the polling threads only
+ * format the line and queue it, under `lock`; the writer thread writes the queue when it holds
+ * access_buffer bytes or its oldest line is access_flush seconds old (nginx's access_log buffer=
+ * and flush=): on stderr as one write(2), to journald one entry per line (the entry is the unit
+ * there), so no polling thread waits for a disk, a pipe or journald. A queue past MAX_QUEUED
+ * (a writer that cannot keep up) makes the polling threads write their lines themselves, as
+ * without a writer: slower, never lost. crunch_access_log_stop() (main, once the server has
+ * stopped) writes what is left and joins the thread: nothing is lost at exit or on SIGTERM; a
+ * crash loses at most access_flush seconds of lines. */
 #include "accesslog.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "json.h"
 #include "logging.h"
+
+#define MAX_QUEUED (8u << 20)
+
+/* A queued line and the journald fields of its record. */
+typedef struct {
+  gchar *line, *request_id, *method, *path;
+  guint status;
+} Queued;
+
+static struct {
+  GMutex lock;
+  GCond wake;
+  GPtrArray *queue; /* Queued* */
+  gsize bytes;
+  gint64 oldest_us; /* monotonic: when the first queued line came */
+  gsize buffer;     /* [log] access_buffer; 0: no writer (write at once) */
+  gint64 flush_us;
+  gboolean stop;
+  GThread *thread;
+} w;
 
 /* CLF wants English month names whatever the locale. */
 static const gchar *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -103,21 +138,166 @@ crunch_access_format (CrunchAccessLog format, const CrunchAccessRecord *record, 
   }
 }
 
+static void
+log_line (const gchar *line, const gchar *request_id, const gchar *method, const gchar *path,
+          guint status)
+{
+  gchar code[16];
+
+  g_snprintf (code, sizeof code, "%u", status);
+  /* journald fields (see crunchd(8), LOGGING): journalctl -u crunchd STATUS=503 */
+  g_log_structured (CRUNCH_LOG_ACCESS_DOMAIN, G_LOG_LEVEL_INFO, "REQUEST_ID", request_id, "METHOD",
+                    method, "ROUTE", path, "STATUS", code, "MESSAGE", "%s", line);
+}
+
+static void
+queued_free (gpointer data)
+{
+  Queued *q = data;
+
+  g_free (q->line);
+  g_free (q->request_id);
+  g_free (q->method);
+  g_free (q->path);
+  g_free (q);
+}
+
+/* Queues the line for the writer; FALSE when there is none or its queue is full. */
+static gboolean
+enqueue (gchar *line, const CrunchAccessRecord *r)
+{
+  Queued *q;
+
+  g_mutex_lock (&w.lock);
+  if (w.thread == NULL || w.stop || w.bytes > MAX_QUEUED ||
+      __atomic_load_n (&w.buffer, __ATOMIC_RELAXED) == 0) {
+    g_mutex_unlock (&w.lock);
+    return FALSE;
+  }
+  q = g_new (Queued, 1);
+  *q =
+      (Queued){line, g_strdup (r->request_id), g_strdup (r->method), g_strdup (r->path), r->status};
+  g_ptr_array_add (w.queue, q);
+  w.bytes += strlen (line) + 1;
+  /* the first line starts the flush clock; a full buffer is written at once */
+  if (w.queue->len == 1)
+    w.oldest_us = g_get_monotonic_time ();
+  if (w.queue->len == 1 || w.bytes >= w.buffer)
+    g_cond_signal (&w.wake);
+  g_mutex_unlock (&w.lock);
+  return TRUE;
+}
+
 void
 crunch_access_log (const CrunchAccessRecord *record)
 {
   CrunchAccessLog format = crunch_logging_access_format ();
   g_autoptr (GDateTime) now = NULL;
-  g_autofree gchar *line = NULL;
-  g_autofree gchar *status = NULL;
+  gchar *line;
 
   if (format == CRUNCH_ACCESS_LOG_OFF)
     return;
   now = g_date_time_new_now_local ();
   line = crunch_access_format (format, record, now);
-  status = g_strdup_printf ("%u", record->status);
-  /* journald fields (see crunchd(8), LOGGING): journalctl -u crunchd STATUS=503 */
-  g_log_structured (CRUNCH_LOG_ACCESS_DOMAIN, G_LOG_LEVEL_INFO, "REQUEST_ID", record->request_id,
-                    "METHOD", record->method, "ROUTE", record->path, "STATUS", status, "MESSAGE",
-                    "%s", line);
+  if (enqueue (line, record))
+    return;
+  log_line (line, record->request_id, record->method, record->path, record->status);
+  g_free (line);
+}
+
+/* The writer thread: stderr gets the batch in one write; journald one entry per line. */
+static void
+write_batch (GPtrArray *batch, gsize bytes)
+{
+  g_autoptr (GString) text = NULL;
+
+  if (crunch_logging_to_journal ()) {
+    for (guint i = 0; i < batch->len; i++) {
+      Queued *q = batch->pdata[i];
+      log_line (q->line, q->request_id, q->method, q->path, q->status);
+    }
+    return;
+  }
+  text = g_string_sized_new (bytes + 1);
+  for (guint i = 0; i < batch->len; i++) {
+    g_string_append (text, ((Queued *)batch->pdata[i])->line);
+    g_string_append_c (text, '\n');
+  }
+  for (gsize done = 0; done < text->len;) {
+    gssize n = write (STDERR_FILENO, text->str + done, text->len - done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break; /* stderr is gone: nothing else could be done with the lines either */
+    done += (gsize)n;
+  }
+}
+
+static gpointer
+writer_thread (gpointer data)
+{
+  g_mutex_lock (&w.lock);
+  for (;;) {
+    g_autoptr (GPtrArray) batch = NULL;
+    gsize taken;
+    gint64 due = w.oldest_us + __atomic_load_n (&w.flush_us, __ATOMIC_RELAXED);
+    if (w.queue->len == 0 && w.stop)
+      break;
+    if (w.queue->len == 0 || (!w.stop && w.bytes < w.buffer && g_get_monotonic_time () < due)) {
+      if (w.queue->len == 0)
+        g_cond_wait (&w.wake, &w.lock);
+      else
+        g_cond_wait_until (&w.wake, &w.lock, due);
+      continue;
+    }
+    batch = g_steal_pointer (&w.queue);
+    taken = w.bytes;
+    w.queue = g_ptr_array_new_with_free_func (queued_free);
+    g_mutex_unlock (&w.lock);
+    write_batch (batch, taken);
+    g_mutex_lock (&w.lock);
+    w.bytes -= taken;
+  }
+  g_mutex_unlock (&w.lock);
+  return NULL;
+}
+
+void
+crunch_access_log_configure (gsize buffer, gdouble flush_s)
+{
+  g_mutex_lock (&w.lock);
+  __atomic_store_n (&w.buffer, buffer, __ATOMIC_RELAXED);
+  __atomic_store_n (&w.flush_us, (gint64)(flush_s * G_USEC_PER_SEC), __ATOMIC_RELAXED);
+  g_cond_signal (&w.wake);
+  g_mutex_unlock (&w.lock);
+}
+
+void
+crunch_access_log_start (gsize buffer, gdouble flush_s)
+{
+  crunch_access_log_configure (buffer, flush_s);
+  g_mutex_lock (&w.lock);
+  if (w.thread == NULL) {
+    w.queue = g_ptr_array_new_with_free_func (queued_free);
+    w.stop = FALSE;
+    w.thread = g_thread_new ("crunchd-accesslog", writer_thread, NULL);
+  }
+  g_mutex_unlock (&w.lock);
+}
+
+void
+crunch_access_log_stop (void)
+{
+  GThread *thread;
+
+  g_mutex_lock (&w.lock);
+  thread = g_steal_pointer (&w.thread);
+  w.stop = TRUE;
+  g_cond_signal (&w.wake);
+  g_mutex_unlock (&w.lock);
+  if (thread == NULL)
+    return;
+  g_thread_join (thread); /* it writes everything queued first */
+  g_clear_pointer (&w.queue, g_ptr_array_unref);
+  w.bytes = 0;
 }

@@ -26,5 +26,12 @@ typedef struct {
  * OFF. */
 gchar *crunch_access_format (CrunchAccessLog format, const CrunchAccessRecord *record,
                              GDateTime *when);
-/* Writes the record to the access log domain if the access log is on. */
+/* Writes the record to the access log domain if the access log is on: at once, or through the
+ * writer thread once one is started. Any thread. */
 void crunch_access_log (const CrunchAccessRecord *record);
+/* The writer thread ([log] access_buffer bytes, access_flush seconds; buffer 0: lines are
+ * written at once by the thread that logs them). configure() applies a reload. */
+void crunch_access_log_start (gsize buffer, gdouble flush_s);
+void crunch_access_log_configure (gsize buffer, gdouble flush_s);
+/* Writes every queued line and stops the writer thread (at exit). */
+void crunch_access_log_stop (void);
