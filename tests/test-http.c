@@ -202,6 +202,10 @@ test_poll_threads (void)
   g_autofree gchar *fast = test_server_url (s, "/fast");
   TestCall *calls[8];
 
+  /* (each thread names itself once it runs) */
+  for (gint64 until = g_get_monotonic_time () + 2 * G_USEC_PER_SEC * (gint64)TEST_TIME_SCALE;
+       threads_named (s, "MHD-worker") < 3 && g_get_monotonic_time () < until;)
+    g_usleep (10000);
   g_assert_cmpuint (threads_named (s, "MHD-worker"), ==, 3);
   for (guint i = 0; i < G_N_ELEMENTS (calls); i++)
     calls[i] = test_call_start (g_strdup_printf ("%s/fib/%u", s->base, 20 + i));

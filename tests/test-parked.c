@@ -2,6 +2,9 @@
  * executor and crunchd-worker (deadlines, retries, heartbeats). */
 #include "parked.h"
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 typedef struct {
   gint fired;
   gint last_why;
@@ -133,6 +136,47 @@ test_rearm_threads (void)
   crunch_parked_free (timers);
 }
 
+/* Sockets: a hang-up is seen whether it comes before the socket joins the epoll set (at the
+ * watcher's next tick) or after; one removed before that is never watched; a short deadline
+ * still fires on time (it wakes the watcher). */
+static void
+test_hangups (void)
+{
+  CrunchParked *parked = crunch_parked_new (on_fire, NULL, same, nothing);
+  Counter early = {0}, late = {0}, removed = {0}, timed = {0};
+  gint a[2], b[2], c[2];
+  CrunchParkedEntry *e1, *e2, *e3, *e4;
+  gint64 t0;
+
+  g_assert_cmpint (socketpair (AF_UNIX, SOCK_STREAM, 0, a), ==, 0);
+  g_assert_cmpint (socketpair (AF_UNIX, SOCK_STREAM, 0, b), ==, 0);
+  g_assert_cmpint (socketpair (AF_UNIX, SOCK_STREAM, 0, c), ==, 0);
+  e1 = crunch_parked_watch (parked, a[0], &early, &kind);
+  close (a[1]); /* before the tick */
+  e2 = crunch_parked_watch (parked, b[0], &late, &kind);
+  e3 = crunch_parked_watch (parked, c[0], &removed, &kind);
+  crunch_parked_remove (parked, e3);
+  t0 = g_get_monotonic_time ();
+  e4 = crunch_parked_add_timer (parked, t0 + 5000, &timed, &kind);
+  g_assert_cmpint (wait_fired (&timed, 1), ==, 1);
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 40000); /* not a whole tick late */
+  g_assert_cmpint (wait_fired (&early, 1), ==, 1);
+  g_assert_cmpint (g_atomic_int_get (&early.last_why), ==, CRUNCH_JOB_CLIENT_GONE);
+  g_usleep (120000); /* past the tick: b is watched now */
+  close (b[1]);
+  close (c[1]);
+  g_assert_cmpint (wait_fired (&late, 1), ==, 1);
+  g_usleep (100000);
+  g_assert_cmpint (g_atomic_int_get (&removed.fired), ==, 0);
+  crunch_parked_remove (parked, e1);
+  crunch_parked_remove (parked, e2);
+  crunch_parked_remove (parked, e4);
+  crunch_parked_free (parked);
+  close (a[0]);
+  close (b[0]);
+  close (c[0]);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -140,5 +184,6 @@ main (int argc, char *argv[])
   g_test_add_func ("/parked/timer/once-and-rearm", test_once_and_rearm);
   g_test_add_func ("/parked/timer/rearm-earlier", test_rearm_earlier);
   g_test_add_func ("/parked/timer/rearm-from-threads", test_rearm_threads);
+  g_test_add_func ("/parked/hangups", test_hangups);
   return g_test_run ();
 }

@@ -597,8 +597,9 @@ describe_locked (Entry *entry, guint status)
 
 /* ---- news: progress reports and event streams (GET /jobs/ID/events) ---- */
 
-/* With jobs->news held: an event to every watcher (`end`: the last one, the streams end). A
- * stream that has closed (its client left or reads nothing) is dropped. */
+/* With jobs->news held: an event to every watcher (`end`: the last one, the streams end and
+ * are dropped). A stream that has closed (its client left or reads nothing) stays until its
+ * `gone` (on_watcher_gone()) drops it: that is where a streamed call nobody watches stops. */
 static void
 broadcast_locked (Entry *entry, guint64 id, const gchar *event, const gchar *data, gboolean end)
 {
@@ -606,11 +607,11 @@ broadcast_locked (Entry *entry, guint64 id, const gchar *event, const gchar *dat
     return;
   for (guint i = entry->streams->len; i-- > 0;) {
     CrunchStream *stream = entry->streams->pdata[i];
-    gboolean sent = crunch_stream_event (stream, id, event, data);
-    if (end)
+    crunch_stream_event (stream, id, event, data);
+    if (end) {
       crunch_stream_end (stream);
-    if (!sent || end)
       g_ptr_array_remove_index_fast (entry->streams, i);
+    }
   }
 }
 

@@ -11,13 +11,23 @@
  * this thread with the compute calls' deadlines and hang-ups. A timer entry can be re-armed
  * (rearm()), fired or not, which is all the NATS executor and crunchd-worker need: they run a
  * CrunchParked of their own as their timer service, so every deadline, retry and heartbeat in
- * both programs goes through this one mechanism. */
+ * both programs goes through this one mechanism.
+ * Costs per parked request are kept off the common path (most compute requests are answered in
+ * milliseconds): a socket is added to the epoll set only at the first tick after it was parked
+ * (`unarmed` until then; EPOLLRDHUP is level-triggered, so a client that left meanwhile is seen at
+ * once), and while anything is parked or unarmed the watcher wakes every TICK_US by itself
+ * ("ticking"), so a new entry wakes it (an eventfd write) only when it is idle or the entry's
+ * deadline comes before the next tick. A request answered within a tick costs no system call
+ * here at all. */
 #include "parked.h"
 
 #include <errno.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+
+/* The watcher's period while entries are unarmed, and the longest a socket stays unarmed. */
+#define TICK_US (50 * 1000)
 
 struct CrunchParkedEntry {
   guint64 serial;
@@ -27,6 +37,9 @@ struct CrunchParkedEntry {
   const CrunchParkedKind *kind;
   GSequenceIter *by_deadline; /* NULL once fired or without deadline */
   gboolean fired;
+  gboolean armed;     /* its fd is in the epoll set */
+  gboolean unarmed;   /* it waits in self->unarmed for the next tick */
+  GList unarmed_link;
 };
 
 struct CrunchParked {
@@ -36,6 +49,8 @@ struct CrunchParked {
   gint64 next_wake_us;  /* what the watcher sleeps towards; G_MAXINT64 = no deadline */
   guint64 next_serial;
   gint epfd, wakefd;
+  GQueue unarmed;   /* entries whose fd the next tick adds to the epoll set */
+  gboolean ticking; /* the watcher wakes every TICK_US by itself */
   gboolean stop;
   GThread *thread;
   CrunchParkedKind kind; /* of entries added without one */
@@ -68,6 +83,36 @@ wake (CrunchParked *self)
     g_warning ("parked: eventfd write: %s", g_strerror (errno));
 }
 
+/* With the lock held: its socket is watched no more (or will not be). */
+static void
+disarm_locked (CrunchParked *self, CrunchParkedEntry *entry)
+{
+  if (entry->armed)
+    epoll_ctl (self->epfd, EPOLL_CTL_DEL, entry->fd, NULL);
+  else if (entry->unarmed)
+    g_queue_unlink (&self->unarmed, &entry->unarmed_link);
+  entry->armed = entry->unarmed = FALSE;
+}
+
+/* With the lock held (the watcher, at a tick): the sockets parked since the last tick join the
+ * epoll set; the tick goes on while there were any. */
+static void
+arm_locked (CrunchParked *self)
+{
+  GList *link;
+
+  self->ticking = self->unarmed.length > 0;
+  while ((link = g_queue_pop_head_link (&self->unarmed)) != NULL) {
+    CrunchParkedEntry *entry = link->data;
+    struct epoll_event ev = {.events = EPOLLRDHUP, .data.u64 = entry->serial};
+    entry->unarmed = FALSE;
+    if (epoll_ctl (self->epfd, EPOLL_CTL_ADD, entry->fd, &ev) < 0)
+      g_debug ("parked: cannot watch fd %d: %s", entry->fd, g_strerror (errno));
+    else
+      entry->armed = TRUE;
+  }
+}
+
 /* With the lock held: mark fired, take a reference for the caller. */
 static Fired
 fire_locked (CrunchParked *self, CrunchParkedEntry *entry)
@@ -78,8 +123,7 @@ fire_locked (CrunchParked *self, CrunchParkedEntry *entry)
     entry->by_deadline = NULL;
   }
   /* stop the level-triggered hang-up event from repeating */
-  if (entry->fd >= 0)
-    epoll_ctl (self->epfd, EPOLL_CTL_DEL, entry->fd, NULL);
+  disarm_locked (self, entry);
   return (Fired){entry->kind->ref (entry->item), entry->kind};
 }
 
@@ -122,7 +166,12 @@ watch_once (CrunchParked *self)
   gint timeout, n;
 
   g_mutex_lock (&self->lock);
+  arm_locked (self);
   timeout = collect_expired (self, expired);
+  if (self->ticking && (timeout < 0 || timeout > TICK_US / 1000)) {
+    timeout = TICK_US / 1000;
+    self->next_wake_us = g_get_monotonic_time () + TICK_US;
+  }
   g_mutex_unlock (&self->lock);
   expire_all (expired, CRUNCH_JOB_TIMED_OUT);
   if (expired->len > 0)
@@ -198,21 +247,24 @@ static CrunchParkedEntry *
 add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer item, const CrunchParkedKind *kind)
 {
   CrunchParkedEntry *entry = g_new0 (CrunchParkedEntry, 1);
-  struct epoll_event ev = {.events = EPOLLRDHUP};
-  gboolean earlier;
+  gboolean earlier, start_ticking = FALSE;
 
   entry->fd = fd;
   entry->kind = kind;
   entry->item = kind->ref (item);
+  entry->unarmed_link.data = entry;
   g_mutex_lock (&self->lock);
   entry->serial = self->next_serial++;
   g_hash_table_insert (self->entries, &entry->serial, entry);
-  ev.data.u64 = entry->serial;
-  if (fd >= 0 && epoll_ctl (self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
-    g_debug ("parked: cannot watch fd %d: %s", fd, g_strerror (errno));
+  if (fd >= 0) { /* watched from the next tick on */
+    g_queue_push_tail_link (&self->unarmed, &entry->unarmed_link);
+    entry->unarmed = TRUE;
+    start_ticking = !self->ticking;
+    self->ticking = TRUE;
+  }
   earlier = schedule_locked (self, entry, deadline_us);
   g_mutex_unlock (&self->lock);
-  if (earlier)
+  if (earlier || start_ticking)
     wake (self);
   return entry;
 }
@@ -263,8 +315,7 @@ crunch_parked_remove (CrunchParked *self, CrunchParkedEntry *entry)
   g_hash_table_remove (self->entries, &entry->serial);
   if (entry->by_deadline != NULL)
     g_sequence_remove (entry->by_deadline);
-  if (!entry->fired && entry->fd >= 0)
-    epoll_ctl (self->epfd, EPOLL_CTL_DEL, entry->fd, NULL);
+  disarm_locked (self, entry);
   g_mutex_unlock (&self->lock);
   entry->kind->unref (entry->item);
   g_free (entry);

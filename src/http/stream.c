@@ -29,6 +29,7 @@ struct CrunchStream {
   GString *out;    /* bytes not yet taken by MHD */
   gboolean ended;  /* the producer sent its last event */
   gboolean closed; /* the client left, the buffer overflowed, or the request ended */
+  gboolean told;   /* the producer has been told `gone` */
   gboolean suspended;
   struct MHD_Connection *connection;
   CrunchParked *watcher;
@@ -141,15 +142,24 @@ wake_locked (CrunchStream *self)
   }
 }
 
-/* Closes the stream (the client is gone or too slow); TRUE if the producer is to be told. */
+/* With the lock held: whether the producer is to be told `gone` now (once, and never after it
+ * ended the stream). Only threads that hold none of the producer's locks ask: the watcher's and
+ * the polling thread in detach(). */
 static gboolean
+take_tell_locked (CrunchStream *self)
+{
+  gboolean tell = !self->told && !self->ended && self->gone != NULL;
+
+  self->told |= tell;
+  return tell;
+}
+
+/* With the lock held: no more bytes go out; MHD ends the response (with an error). */
+static void
 close_locked (CrunchStream *self)
 {
-  gboolean tell = !self->closed && !self->ended && self->gone != NULL;
-
   self->closed = TRUE;
   wake_locked (self);
-  return tell;
 }
 
 static void
@@ -159,15 +169,15 @@ tell_gone (CrunchStream *self, gboolean tell)
     self->gone (self->gone_data);
 }
 
-/* With the lock held: `text` goes out (or the stream closes when the client reads nothing). */
+/* With the lock held: `text` goes out, or the stream closes when the client reads nothing (the
+ * producer hears of it from detach(), never here: it may hold its own locks). */
 static gboolean
-append_locked (CrunchStream *self, const gchar *text, gboolean *tell)
+append_locked (CrunchStream *self, const gchar *text)
 {
-  *tell = FALSE;
   if (self->closed || self->ended)
     return FALSE;
   if (self->out->len + strlen (text) > MAX_BUFFERED) {
-    *tell = close_locked (self);
+    close_locked (self);
     return FALSE;
   }
   g_string_append (self->out, text);
@@ -180,12 +190,11 @@ crunch_stream_event (CrunchStream *self, guint64 id, const gchar *event, const g
 {
   g_autofree gchar *text =
       g_strdup_printf ("id: %" G_GUINT64_FORMAT "\nevent: %s\ndata: %s\n\n", id, event, data);
-  gboolean sent, tell;
+  gboolean sent;
 
   g_mutex_lock (&self->lock);
-  sent = append_locked (self, text, &tell);
+  sent = append_locked (self, text);
   g_mutex_unlock (&self->lock);
-  tell_gone (self, tell);
   return sent;
 }
 
@@ -208,7 +217,8 @@ on_heartbeat (gpointer item, CrunchJobOutcome why, gpointer data)
 
   g_mutex_lock (&self->lock);
   if (self->heartbeat != NULL) { /* not detached yet: the entry is valid */
-    append_locked (self, ": heartbeat\n\n", &tell);
+    if (!append_locked (self, ": heartbeat\n\n"))
+      tell = self->closed && take_tell_locked (self);
     crunch_parked_rearm (self->watcher, self->heartbeat,
                          g_get_monotonic_time () +
                              __atomic_load_n (&heartbeat_us, __ATOMIC_RELAXED));
@@ -224,7 +234,8 @@ on_hangup (gpointer item, CrunchJobOutcome why, gpointer data)
   gboolean tell;
 
   g_mutex_lock (&self->lock);
-  tell = close_locked (self);
+  close_locked (self);
+  tell = take_tell_locked (self);
   g_mutex_unlock (&self->lock);
   tell_gone (self, tell);
 }
@@ -290,7 +301,8 @@ crunch_stream_detach (CrunchStream *self)
 
   g_mutex_lock (&self->lock);
   self->suspended = FALSE; /* (a suspended connection cannot complete) */
-  tell = close_locked (self);
+  close_locked (self);
+  tell = take_tell_locked (self);
   heartbeat = g_steal_pointer (&self->heartbeat);
   hangup = g_steal_pointer (&self->hangup);
   g_mutex_unlock (&self->lock);
