@@ -375,6 +375,49 @@ test_cap (void)
   delete_job (s, id);
 }
 
+/* Opens a stream on a raw connection and reads its status line; the connection stays open. */
+static GSocketConnection *
+open_stream (TestServer *s, const gchar *path)
+{
+  g_autoptr (GSocketClient) client = g_socket_client_new ();
+  g_autofree gchar *request =
+      g_strdup_printf ("GET %s HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n", path);
+  GSocketConnection *c = g_socket_client_connect_to_host (client, "127.0.0.1", s->port, NULL, NULL);
+  gchar head[64] = {0};
+
+  g_assert_nonnull (c);
+  g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (c)), request,
+                             strlen (request), NULL, NULL, NULL);
+  g_input_stream_read (g_io_stream_get_input_stream (G_IO_STREAM (c)), head, sizeof head - 1, NULL,
+                       NULL);
+  g_assert_true (g_str_has_prefix (head, "HTTP/1.1 200"));
+  return c;
+}
+
+/* One client holds at most [jobs] max_streams_per_client streams: beyond it 429, for it alone. */
+static void
+test_client_share (void)
+{
+  g_autoptr (TestServer) s = start ("max_streams_per_client = 1\n");
+  g_autofree gchar *id =
+      submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 30, \"grain\": 10}}");
+  g_autofree gchar *path = g_strconcat ("/jobs/", id, "/events", NULL);
+  g_autofree gchar *url = test_server_url (s, path);
+  GSocketConnection *held = open_stream (s, path);
+  const gchar *accept[] = {"Accept: text/event-stream", NULL};
+  g_autoptr (TestReply) over = test_http ("GET", url, accept);
+
+  g_assert_cmpint (over->status, ==, 429);
+  g_assert_cmpstr (over->body, ==,
+                   "this client has its share of event streams open ([jobs] "
+                   "max_streams_per_client): close one first\n");
+  g_assert_nonnull (g_hash_table_lookup (over->headers, "retry-after"));
+  g_assert_cmpfloat (
+      metric (s, "crunchd_rejections_total{reason=\"streams_client\",status=\"429\"}"), ==, 1);
+  g_object_unref (held);
+  delete_job (s, id);
+}
+
 /* A stream with nothing to say still writes a comment every [jobs] stream_heartbeat. */
 static void
 test_heartbeat (void)
@@ -499,6 +542,7 @@ main (int argc, char **argv)
   g_test_add_func ("/events/resume", test_resume);
   g_test_add_func ("/events/hangup", test_hangup);
   g_test_add_func ("/events/cap", test_cap);
+  g_test_add_func ("/events/client-share", test_client_share);
   g_test_add_func ("/events/heartbeat", test_heartbeat);
   g_test_add_func ("/events/streamed-call", test_streamed_call);
   g_test_add_func ("/events/errors", test_errors);

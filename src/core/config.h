@@ -116,6 +116,7 @@ typedef struct {
   gchar *jobs_bucket;            /* nats: the JetStream key-value bucket (restart) */
   gdouble jobs_lease;            /* nats: seconds a front end owns a job unrenewed (restart) */
   guint jobs_max_streams;        /* event streams open at once; beyond it 503 */
+  guint jobs_max_streams_per_client; /* of those, one client's; beyond it 429; 0 = no share */
   gdouble jobs_stream_heartbeat; /* seconds between comment lines on an idle stream */
 
   /* [log] */

@@ -210,7 +210,8 @@ crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
   self->max_result_size = config->jobs_max_result_size;
   self->max_crashes = config->jobs_max_crashes;
   g_mutex_unlock (&self->lock);
-  crunch_streams_configure (config->jobs_max_streams, config->jobs_stream_heartbeat);
+  crunch_streams_configure (config->jobs_max_streams, config->jobs_max_streams_per_client,
+                            config->jobs_stream_heartbeat);
 }
 
 void
@@ -777,19 +778,25 @@ catch_up_locked (Entry *entry, CrunchStream *stream, guint64 last, const gchar *
 }
 
 static CrunchReply
-streams_full (void)
+streams_full (gboolean client_full)
 {
-  CrunchReply reply = crunch_reply_text (503, "too many event streams open ([jobs] max_streams)");
+  CrunchReply reply =
+      client_full ? crunch_reply_text (429, "this client has its share of event streams open "
+                                            "([jobs] max_streams_per_client): close one first")
+                  : crunch_reply_text (503, "too many event streams open ([jobs] max_streams)");
 
-  crunch_metrics_rejection (CRUNCH_REJECT_STREAMS);
+  crunch_metrics_rejection (client_full ? CRUNCH_REJECT_STREAMS_CLIENT : CRUNCH_REJECT_STREAMS);
   reply.retry_after = g_strdup ("5");
   return reply;
 }
 
-/* With the lock held: the job's events, from `last` on, in `stream` (NULL: a new one). */
+/* With the lock held: the job's events, from `last` on, in `stream` (NULL: a new one of
+ * `client`'s). */
 static CrunchReply
-watch_locked (CrunchJobs *self, Entry *entry, const gchar *last_id, CrunchStream *stream)
+watch_locked (CrunchJobs *self, Entry *entry, const gchar *last_id, CrunchStream *stream,
+              const gchar *client)
 {
+  gboolean client_full = FALSE;
   gboolean done = entry->t_done != 0 && !entry->interrupted;
   g_autofree gchar *outcome = done ? describe_json_locked (entry, TRUE) : NULL;
   guint64 last = last_event_id (last_id);
@@ -803,8 +810,8 @@ watch_locked (CrunchJobs *self, Entry *entry, const gchar *last_id, CrunchStream
   g_mutex_unlock (&self->news);
   if (done && last != 0 && last >= entry->outcome_seq) /* it has the end: an EventSource stops */
     return (CrunchReply){.status = 204, .content_type = CRUNCH_TEXT_PLAIN};
-  if (stream == NULL && (stream = crunch_stream_new ()) == NULL)
-    return streams_full ();
+  if (stream == NULL && (stream = crunch_stream_new (client, &client_full)) == NULL)
+    return streams_full (client_full);
   w = g_new0 (Watcher, 1);
   *w = (Watcher){self, g_strdup (entry->id), stream};
   crunch_stream_set_gone (stream, on_watcher_gone, w, watcher_free);
@@ -986,7 +993,7 @@ admit_and_submit (CrunchJobs *self, Entry *entry, CrunchCall *call, CrunchLater 
     if (admission == CRUNCH_CALL_CACHED) /* a cache hit needs no job: it is done at once */
       finish_cached_locked (self, entry, crunch_call_cached (call));
     if (entry->pending_stream != NULL) /* a streamed call: its answer is the job's events */
-      reply = watch_locked (self, entry, NULL, g_steal_pointer (&entry->pending_stream));
+      reply = watch_locked (self, entry, NULL, g_steal_pointer (&entry->pending_stream), NULL);
     else
       reply = accepted_locked (entry);
   }
@@ -1168,10 +1175,12 @@ CrunchReply
 crunch_jobs_stream_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchFunction *fn,
                          GVariant *args)
 {
-  CrunchStream *stream = crunch_stream_new (); /* first: the cap refuses before any work */
+  gboolean client_full;
+  /* first: the caps refuse before any work */
+  CrunchStream *stream = crunch_stream_new (info->client, &client_full);
 
   if (stream == NULL)
-    return streams_full ();
+    return streams_full (client_full);
   return submit_call (self, info, fn, args, stream);
 }
 
@@ -1781,7 +1790,8 @@ events_handler (const CrunchRequestInfo *request, gpointer context)
                               request->arg, request->arg);
   g_mutex_lock (&self->lock);
   entry = find_locked (self, request->arg);
-  reply = entry != NULL ? watch_locked (self, entry, request->last_event_id, NULL) : no_such_job ();
+  reply = entry != NULL ? watch_locked (self, entry, request->last_event_id, NULL, request->client)
+                        : no_such_job ();
   g_mutex_unlock (&self->lock);
   return reply;
 }

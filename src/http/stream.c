@@ -27,6 +27,7 @@ struct CrunchStream {
   gint ref;
   GMutex lock;
   GString *out;    /* bytes not yet taken by MHD */
+  gchar *client;   /* whose: its share of [jobs] max_streams_per_client */
   gboolean ended;  /* the producer sent its last event */
   gboolean closed; /* the client left, the buffer overflowed, or the request ended */
   gboolean told;   /* the producer has been told `gone` */
@@ -41,14 +42,17 @@ struct CrunchStream {
 
 static GMutex streams_lock;
 static GHashTable *streams;     /* CrunchStream* set: the open ones, for end_all() */
-static guint max_streams = 256; /* under streams_lock */
+static GHashTable *per_client;  /* client -> streams it has open (GUINT_TO_POINTER) */
+static guint max_streams = 256; /* under streams_lock, as the next one */
+static guint max_per_client = 32;
 static gint64 heartbeat_us = 15 * G_USEC_PER_SEC; /* atomic */
 
 void
-crunch_streams_configure (guint max, gdouble heartbeat_s)
+crunch_streams_configure (guint max, guint client_max, gdouble heartbeat_s)
 {
   g_mutex_lock (&streams_lock);
   max_streams = max;
+  max_per_client = client_max;
   g_mutex_unlock (&streams_lock);
   __atomic_store_n (&heartbeat_us, (gint64)(heartbeat_s * G_USEC_PER_SEC), __ATOMIC_RELAXED);
 }
@@ -81,14 +85,19 @@ crunch_streams_end_all (void)
 }
 
 CrunchStream *
-crunch_stream_new (void)
+crunch_stream_new (const gchar *client, gboolean *client_full)
 {
   CrunchStream *self;
+  guint held;
 
   g_mutex_lock (&streams_lock);
-  if (streams == NULL)
+  if (streams == NULL) {
     streams = g_hash_table_new (NULL, NULL);
-  if (g_hash_table_size (streams) >= max_streams) {
+    per_client = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  }
+  held = GPOINTER_TO_UINT (g_hash_table_lookup (per_client, client));
+  *client_full = max_per_client > 0 && held >= max_per_client;
+  if (g_hash_table_size (streams) >= max_streams || *client_full) {
     g_mutex_unlock (&streams_lock);
     return NULL;
   }
@@ -96,7 +105,9 @@ crunch_stream_new (void)
   self->ref = 1;
   g_mutex_init (&self->lock);
   self->out = g_string_new (NULL);
+  self->client = g_strdup (client);
   g_hash_table_add (streams, self);
+  g_hash_table_insert (per_client, g_strdup (client), GUINT_TO_POINTER (held + 1));
   g_mutex_unlock (&streams_lock);
   return self;
 }
@@ -111,11 +122,19 @@ crunch_stream_ref (CrunchStream *self)
 void
 crunch_stream_unref (CrunchStream *self)
 {
+  guint held;
+
   if (self == NULL || !g_atomic_int_dec_and_test (&self->ref))
     return;
   g_mutex_lock (&streams_lock);
   g_hash_table_remove (streams, self);
+  held = GPOINTER_TO_UINT (g_hash_table_lookup (per_client, self->client));
+  if (held > 1)
+    g_hash_table_insert (per_client, g_strdup (self->client), GUINT_TO_POINTER (held - 1));
+  else
+    g_hash_table_remove (per_client, self->client);
   g_mutex_unlock (&streams_lock);
+  g_free (self->client);
   if (self->gone_destroy != NULL)
     self->gone_destroy (self->gone_data);
   g_string_free (self->out, TRUE);

@@ -19,15 +19,17 @@ typedef struct CrunchStream CrunchStream;
  * stream. Called at most once, on any thread, without the stream's lock. */
 typedef void (*CrunchStreamGone) (gpointer data);
 
-/* At most `max` streams open at once (0: none); reload may change it. */
-void crunch_streams_configure (guint max, gdouble heartbeat_s);
+/* At most `max` streams open at once (0: none), `per_client` of them one client's (0: no
+ * share); reload may change them. */
+void crunch_streams_configure (guint max, guint per_client, gdouble heartbeat_s);
 /* Streams open now (for /metrics and /status). */
 guint crunch_streams_open (void);
 /* Shutdown: ends every open stream (their clients reconnect to the next process). */
 void crunch_streams_end_all (void);
 
-/* A new stream, or NULL when [jobs] max_streams are open (answer 503). */
-CrunchStream *crunch_stream_new (void);
+/* A new stream for `client` (the fairness key), or NULL when [jobs] max_streams are open (answer
+ * 503) or, with *client_full, when this client has its share open (answer 429). */
+CrunchStream *crunch_stream_new (const gchar *client, gboolean *client_full);
 CrunchStream *crunch_stream_ref (CrunchStream *self);
 void crunch_stream_unref (CrunchStream *self);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchStream, crunch_stream_unref)
