@@ -891,7 +891,7 @@ test_silent_flood (void)
   g_autoptr (TestServer) s = start_sample ();
   gint *fds[ADDRESSES];
   gdouble worst = 0;
-  gint64 made_room;
+  gint64 made_room, open;
 
   for (guint a = 0; a < ADDRESSES; a++) {
     g_autofree gchar *source = g_strdup_printf ("127.0.1.%u", a + 1);
@@ -912,11 +912,16 @@ test_silent_flood (void)
     close_all (fds[a], PER_ADDRESS);
     g_free (fds[a]);
   }
-  /* recovered: the table empties, and a burst of clients is served */
+  /* recovered: the table empties (the scrape's own connection aside; the one before may still be
+   * closing on another polling thread, so the value that ended the wait is the one judged), and
+   * a burst of clients is served */
+  open = metric (s, "crunchd_connections_open");
   for (gint64 until = g_get_monotonic_time () + 5 * G_USEC_PER_SEC;
-       metric (s, "crunchd_connections_open") > 1 && g_get_monotonic_time () < until;)
+       open > 1 && g_get_monotonic_time () < until;) {
     g_usleep (50000);
-  g_assert_cmpint (metric (s, "crunchd_connections_open"), <=, 1);
+    open = metric (s, "crunchd_connections_open");
+  }
+  g_assert_cmpint (open, <=, 1);
   {
     g_autofree gchar *url = test_server_url (s, "/fast");
     g_autoptr (GArray) statuses = test_http_many (url, 200, NULL, 0);
