@@ -37,7 +37,9 @@ delete_job (TestServer *s, const gchar *id)
 /* ---- a Server-Sent Events client ---- */
 
 typedef struct {
-  guint64 id;
+  gchar *raw_id; /* "JOB.BOOT.SEQ", what an EventSource sends back as Last-Event-ID */
+  guint64 id;    /* SEQ */
+  gchar *job;    /* JOB */
   gchar *event;
   JsonObject *data;
 } Event;
@@ -47,6 +49,8 @@ event_free (gpointer data)
 {
   Event *e = data;
 
+  g_free (e->raw_id);
+  g_free (e->job);
   g_free (e->event);
   if (e->data != NULL)
     json_object_unref (e->data);
@@ -122,9 +126,14 @@ parse_events (const gchar *body)
     g_auto (GStrv) lines = g_strsplit (blocks[i], "\n", -1);
     Event *e = g_new0 (Event, 1);
     for (guint j = 0; lines[j] != NULL; j++) {
-      if (g_str_has_prefix (lines[j], "id: "))
-        e->id = g_ascii_strtoull (lines[j] + 4, NULL, 10);
-      else if (g_str_has_prefix (lines[j], "event: "))
+      if (g_str_has_prefix (lines[j], "id: ")) {
+        g_auto (GStrv) parts = g_strsplit (lines[j] + 4, ".", -1);
+        g_assert_cmpuint (g_strv_length (parts), ==, 3);
+        g_assert_cmpuint (strlen (parts[0]), ==, 32);
+        e->raw_id = g_strdup (lines[j] + 4);
+        e->job = g_strdup (parts[0]);
+        e->id = g_ascii_strtoull (parts[2], NULL, 10);
+      } else if (g_str_has_prefix (lines[j], "event: "))
         e->event = g_strdup (lines[j] + 7);
       else if (g_str_has_prefix (lines[j], "data: ")) {
         g_autoptr (JsonParser) parser = json_parser_new ();
@@ -282,7 +291,7 @@ test_resume (void)
   first = read_stream (s, path, NULL, 3, 10, &status); /* hangs up after three events */
   before = parse_events (first);
   g_assert_cmpuint (before->len, ==, 3);
-  last_id = g_strdup_printf ("%" G_GUINT64_FORMAT, last_event (before)->id);
+  last_id = g_strdup (last_event (before)->raw_id);
   g_usleep (500000); /* it moves on meanwhile */
   rest = read_stream (s, path, last_id, 0, 10, &status);
   g_assert_cmpint (status, ==, 200);
@@ -290,13 +299,15 @@ test_resume (void)
   g_assert_cmpuint (((Event *)after->pdata[0])->id, >, last_event (before)->id);
   check_order (after, "done");
   g_free (last_id);
-  last_id = g_strdup_printf ("%" G_GUINT64_FORMAT, last_event (after)->id);
+  last_id = g_strdup (last_event (after)->raw_id);
   again = read_stream (s, path, last_id, 0, 5, &status);
   g_assert_cmpint (status, ==, 204);
   g_assert_cmpstr (again, ==, "");
-  /* an id from before a restart (higher than any here) starts over: the outcome again */
+  /* an id of another process (before a restart) starts over: the outcome again */
   g_free (again);
-  again = read_stream (s, path, "999999", 0, 5, &status);
+  g_free (last_id);
+  last_id = g_strconcat (id, ".00000000.999999", NULL);
+  again = read_stream (s, path, last_id, 0, 5, &status);
   g_assert_cmpint (status, ==, 200);
   g_assert_nonnull (strstr (again, "event: outcome"));
 }
@@ -464,6 +475,59 @@ test_streamed_call (void)
   }
 }
 
+/* An EventSource that comes back on a streamed call (Last-Event-ID on /fn/NAME) watches the
+ * same job again: the function does not run a second time. */
+static void
+test_streamed_reconnect (void)
+{
+  g_autoptr (TestServer) s = start ("");
+  g_autofree gchar *first = NULL, *back = NULL, *gone = NULL;
+  g_autoptr (GPtrArray) a = NULL, b = NULL;
+  const gchar *call = "/fn/spin?seconds=0.8&grain=10";
+  long status;
+
+  first = read_stream (s, call, NULL, 2, 10, &status); /* hangs up after two events... */
+  a = parse_events (first);
+  back = read_stream (s, call, last_event (a)->raw_id, 0, 10, &status); /* ...and comes back */
+  g_assert_cmpint (status, ==, 200);
+  b = parse_events (back);
+  g_assert_cmpstr (((Event *)b->pdata[0])->job, ==, last_event (a)->job);
+  g_assert_cmpstr (last_event (b)->event, ==, "outcome");
+  g_assert_cmpfloat (metric (s, "crunchd_jobs_submitted_total{function=\"spin\"}"), ==, 1);
+  gone = read_stream (s, call, "0123456789abcdef0123456789abcdef.00000000.1", 0, 5, &status);
+  g_assert_cmpint (status, ==, 404);
+}
+
+/* Across a restart (a job store on disk), a watcher that comes back with an id of the old
+ * process gets the outcome, not 204: event numbers start again in every process. */
+static void
+test_resume_after_restart (void)
+{
+  g_autofree gchar *dir = g_dir_make_tmp ("crunchd-events-XXXXXX", NULL);
+  g_autofree gchar *ini = g_strdup_printf (
+      "[plugins]\ndir = %s\nload = spin\n[jobs]\nstore = sqlite\ndatabase = %s/jobs.db\n",
+      g_getenv ("CRUNCHD_PLUGINS"), dir);
+  TestServer *s = test_server_start (ini, NULL);
+  g_autofree gchar *id = submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.05}}");
+  g_autofree gchar *path = g_strconcat ("/jobs/", id, "/events", NULL);
+  g_autofree gchar *before = NULL, *after = NULL, *queued_id = NULL;
+  g_autoptr (GPtrArray) events = NULL;
+  long status;
+
+  wait_state (s, id, "done");
+  before = read_stream (s, path, NULL, 0, 5, &status);
+  events = parse_events (before);
+  queued_id = g_strconcat (id, ".", strchr (last_event (events)->raw_id, '.') + 1, NULL);
+  queued_id[strlen (queued_id) - 1] = '1'; /* an earlier event of that process */
+  g_assert_cmpint (test_server_stop (s), ==, 0);
+  s = test_server_start (ini, NULL);
+  after = read_stream (s, path, queued_id, 0, 5, &status);
+  g_assert_cmpint (status, ==, 200);
+  g_assert_nonnull (strstr (after, "event: outcome"));
+  g_assert_cmpint (test_server_stop (s), ==, 0);
+  test_remove_dir (dir);
+}
+
 /* Wrong uses: an unknown job, a method other than GET, a bad Last-Event-ID (ignored). */
 static void
 test_errors (void)
@@ -546,6 +610,8 @@ main (int argc, char **argv)
   g_test_add_func ("/events/heartbeat", test_heartbeat);
   g_test_add_func ("/events/streamed-call", test_streamed_call);
   g_test_add_func ("/events/errors", test_errors);
+  g_test_add_func ("/events/streamed-reconnect", test_streamed_reconnect);
+  g_test_add_func ("/events/resume-after-restart", test_resume_after_restart);
   g_test_add_func ("/events/progress-processes", test_progress_processes);
   g_test_add_func ("/events/progress-python", test_progress_python);
   g_test_add_func ("/events/abi1-plugin", test_abi1_plugin);

@@ -2,9 +2,10 @@
  *
  * A plugin is a shared object that exports one symbol, `crunchd_plugin` (define it with
  * CRUNCHD_PLUGIN_DEFINE). crunchd reads its `abi_version` first and refuses a plugin built for
- * another version, then calls `init`, which registers functions with `host->register_function`.
- * A function declares its arguments (name, type, bounds); crunchd validates every request against
- * them, so `run` only ever sees well-typed values inside their bounds, in the declared order.
+ * a version it does not load (see "Versions" below), then calls `init`, which registers functions
+ * with `host->register_function`. A function declares its arguments (name, type, bounds); crunchd
+ * validates every request against them, so `run` only ever sees well-typed values inside their
+ * bounds, in the declared order.
  *
  * `run` is called on a worker thread, possibly on several threads at once: it must be reentrant.
  * It checks crunchd_cancelled() now and then (the deadline passed, the client went away, the job
@@ -135,7 +136,8 @@ crunchd_cancelled (const CrunchdCall *call)
 /* ABI 2: how far the call has got, `fraction` from 0 to 1 (never going back), with an optional
  * one-line `message` (UTF-8, copied; NULL for none), e.g. "row 42 of 100". Cheap enough to call on
  * every iteration: crunchd keeps at most a few reports a second per call and drops the rest, so
- * the last report before a long silence may be one it dropped. Watchers see it in
+ * the last report before a long silence may be one it dropped. Only while `run` has not
+ * returned (also from threads of the function's own). Watchers see it in
  * GET /jobs/ID and as `progress` events of GET /jobs/ID/events. */
 static inline void
 crunchd_progress (const CrunchdCall *call, double fraction, const char *message)

@@ -364,14 +364,14 @@ matches_decl (const CrunchFunction *fn, GVariant *args)
 }
 
 gboolean
-crunch_progress_due (gint64 *last_us, gdouble fraction, gboolean relayed)
+crunch_progress_due (gint64 *last_us, gboolean relayed)
 {
   gint64 now = g_get_monotonic_time ();
   gint64 interval = G_USEC_PER_SEC / CRUNCH_PROGRESS_PER_SECOND;
 
   if (relayed)
     interval -= interval / 5;
-  if (fraction < 1.0 && *last_us != 0 && now - *last_us < interval)
+  if (*last_us != 0 && now - *last_us < interval)
     return FALSE;
   *last_us = now;
   return TRUE;
@@ -413,7 +413,7 @@ host_progress (const CrunchdCall *call, double fraction, const char *message)
   gboolean due;
 
   g_mutex_lock (&host->lock);
-  due = crunch_progress_due (&host->last_us, fraction, FALSE);
+  due = crunch_progress_due (&host->last_us, FALSE);
   if (due)
     crunch_progress_report (host->cancel, fraction, message);
   g_mutex_unlock (&host->lock);

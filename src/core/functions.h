@@ -51,10 +51,11 @@ typedef struct {
 #define CRUNCH_PROGRESS_MESSAGE_MAX 200
 
 /* Whether a report may pass now, given when the last one did (*last_us, monotonic; updated).
- * A report of 1 (done) always passes. `relayed`: the reports come from a worker that throttled
- * them already (a program's frames, a NATS worker's messages): the bound only guards against a
- * flood, so it allows a little jitter (a fifth) instead of dropping every other report. */
-gboolean crunch_progress_due (gint64 *last_us, gdouble fraction, gboolean relayed);
+ * `relayed`: the reports come from a worker that throttled them already (a program's frames, a
+ * NATS worker's messages): the bound only guards against a flood, so it allows a little jitter
+ * (a fifth) instead of dropping every other report. No value is exempt: the outcome follows the
+ * last report anyway. */
+gboolean crunch_progress_due (gint64 *last_us, gboolean relayed);
 /* A progress report from a function or a worker: a fraction outside [0, 1] is clamped, NaN
  * dropped; the message is made valid UTF-8 on one line and cut to CRUNCH_PROGRESS_MESSAGE_MAX.
  * Passes it to cancel->progress. Throttling is the caller's (crunch_progress_due()). */

@@ -67,6 +67,7 @@ struct CrunchJobs {
   /* A leaf under both our lock and the scheduler's (which holds it when a job starts or reports
    * progress): every entry's news, below. */
   GMutex news;
+  gchar boot[9]; /* this process's part of every event id (random), so ids never repeat */
 };
 
 typedef struct {
@@ -109,6 +110,8 @@ typedef struct {
 } Entry;
 
 #define ID_BYTES 16 /* 128 random bits */
+
+static Entry *find_locked (CrunchJobs *self, const gchar *id);
 
 /* its news (below) */
 static void news_started (Entry *entry);
@@ -184,6 +187,7 @@ crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *st
   g_mutex_init (&self->lock);
   g_mutex_init (&self->serial);
   g_mutex_init (&self->news);
+  g_snprintf (self->boot, sizeof self->boot, "%08x", g_random_int ());
   self->calls = calls;
   self->store = store;
   self->entries = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, entry_free);
@@ -598,14 +602,44 @@ describe_locked (Entry *entry, guint status)
 
 /* ---- news: progress reports and event streams (GET /jobs/ID/events) ---- */
 
+/* An event's id: "JOB.BOOT.SEQ". The job's id lets a streamed call's EventSource come back to
+ * its job (Last-Event-ID on /fn/NAME); the process's random part makes numbers from before a
+ * restart (counted again from 1) recognisable as such. */
+#define EVENT_ID_MAX (ID_BYTES * 2 + 1 + 8 + 1 + 20 + 1)
+
+static void
+event_id (const Entry *entry, guint64 seq, gchar id[EVENT_ID_MAX])
+{
+  g_snprintf (id, EVENT_ID_MAX, "%s.%s.%" G_GUINT64_FORMAT, entry->id, entry->jobs->boot, seq);
+}
+
+/* A Last-Event-ID: the job it names (NULL when it is not one of ours) and, when it is from this
+ * process, the event number (else 0: from before a restart, all is news). */
+static gchar *
+parse_event_id (CrunchJobs *self, const gchar *text, guint64 *seq)
+{
+  g_auto (GStrv) parts = text != NULL ? g_strsplit (text, ".", 4) : NULL;
+
+  *seq = 0;
+  if (parts == NULL || g_strv_length (parts) != 3 || !crunch_store_id_valid (parts[0]))
+    return NULL;
+  if (g_str_equal (parts[1], self->boot) &&
+      !g_ascii_string_to_unsigned (parts[2], 10, 1, G_MAXUINT64, seq, NULL))
+    *seq = 0;
+  return g_strdup (parts[0]);
+}
+
 /* With jobs->news held: an event to every watcher (`end`: the last one, the streams end and
  * are dropped). A stream that has closed (its client left or reads nothing) stays until its
  * `gone` (on_watcher_gone()) drops it: that is where a streamed call nobody watches stops. */
 static void
-broadcast_locked (Entry *entry, guint64 id, const gchar *event, const gchar *data, gboolean end)
+broadcast_locked (Entry *entry, guint64 seq, const gchar *event, const gchar *data, gboolean end)
 {
+  gchar id[EVENT_ID_MAX];
+
   if (entry->streams == NULL)
     return;
+  event_id (entry, seq, id);
   for (guint i = entry->streams->len; i-- > 0;) {
     CrunchStream *stream = entry->streams->pdata[i];
     crunch_stream_event (stream, id, event, data);
@@ -743,15 +777,14 @@ on_watcher_gone (gpointer data)
     crunch_call_cancel (call, CRUNCH_JOB_CLIENT_GONE);
 }
 
-/* Last-Event-ID as an event number; 0 when absent or not one of ours. */
-static guint64
-last_event_id (const gchar *text)
+static void
+send_event (CrunchStream *stream, const Entry *entry, guint64 seq, const gchar *event,
+            const gchar *data)
 {
-  guint64 id = 0;
+  gchar id[EVENT_ID_MAX];
 
-  if (text == NULL || !g_ascii_string_to_unsigned (text, 10, 1, G_MAXUINT64, &id, NULL))
-    return 0;
-  return id;
+  event_id (entry, seq, id);
+  crunch_stream_event (stream, id, event, data);
 }
 
 /* With both locks held: what a watcher that saw up to event `last` missed, oldest first. */
@@ -768,13 +801,13 @@ catch_up_locked (Entry *entry, CrunchStream *stream, guint64 last, const gchar *
     progress = progress_data (entry->progress, entry->progress_message);
   state_first = state != NULL && (progress == NULL || entry->state_seq < entry->progress_seq);
   if (state_first)
-    crunch_stream_event (stream, entry->state_seq, "state", state);
+    send_event (stream, entry, entry->state_seq, "state", state);
   if (progress != NULL)
-    crunch_stream_event (stream, entry->progress_seq, "progress", progress);
+    send_event (stream, entry, entry->progress_seq, "progress", progress);
   if (state != NULL && !state_first)
-    crunch_stream_event (stream, entry->state_seq, "state", state);
+    send_event (stream, entry, entry->state_seq, "state", state);
   if (outcome != NULL)
-    crunch_stream_event (stream, entry->outcome_seq, "outcome", outcome);
+    send_event (stream, entry, entry->outcome_seq, "outcome", outcome);
 }
 
 static CrunchReply
@@ -799,14 +832,17 @@ watch_locked (CrunchJobs *self, Entry *entry, const gchar *last_id, CrunchStream
   gboolean client_full = FALSE;
   gboolean done = entry->t_done != 0 && !entry->interrupted;
   g_autofree gchar *outcome = done ? describe_json_locked (entry, TRUE) : NULL;
-  guint64 last = last_event_id (last_id);
+  guint64 last;
+  g_autofree gchar *job = parse_event_id (self, last_id, &last);
   Watcher *w;
 
+  if (g_strcmp0 (job, entry->id) != 0)
+    last = 0; /* another job's, or none */
   g_mutex_lock (&self->news);
   if (done && entry->outcome_seq == 0) /* recovered finished: its outcome is news here */
     entry->outcome_seq = ++entry->seq;
   if (last > entry->seq)
-    last = 0; /* a number from before a restart: start over */
+    last = 0;
   g_mutex_unlock (&self->news);
   if (done && last != 0 && last >= entry->outcome_seq) /* it has the end: an EventSource stops */
     return (CrunchReply){.status = 204, .content_type = CRUNCH_TEXT_PLAIN};
@@ -1171,14 +1207,44 @@ crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
   return submit_call (self, info, fn, args, NULL);
 }
 
+/* An EventSource back on a streamed call (its Last-Event-ID names the job): that job's events
+ * again, never a second run. */
+static CrunchReply
+resume_streamed (CrunchJobs *self, const CrunchRequestInfo *info)
+{
+  guint64 seq;
+  g_autofree gchar *job = parse_event_id (self, info->last_event_id, &seq);
+  CrunchReply reply;
+  Entry *entry;
+
+  if (job == NULL)
+    return crunch_reply_text (400, "Last-Event-ID: not an event id of this server");
+  g_mutex_lock (&self->lock);
+  entry = find_locked (self, job);
+  if (entry != NULL && info->owned && g_strcmp0 (entry->client, info->client) != 0)
+    entry = NULL; /* [auth]: another key's */
+  if (entry != NULL)
+    reply = watch_locked (self, entry, info->last_event_id, NULL, info->client);
+  else
+    reply = crunch_reply_text (404,
+                               "the streamed call's job %s is gone (deleted, or expired "
+                               "after [jobs] ttl)",
+                               job);
+  g_mutex_unlock (&self->lock);
+  return reply;
+}
+
 CrunchReply
 crunch_jobs_stream_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchFunction *fn,
                          GVariant *args)
 {
   gboolean client_full;
-  /* first: the caps refuse before any work */
-  CrunchStream *stream = crunch_stream_new (info->client, &client_full);
+  CrunchStream *stream;
 
+  if (info->last_event_id != NULL)
+    return resume_streamed (self, info);
+  /* first: the caps refuse before any work */
+  stream = crunch_stream_new (info->client, &client_full);
   if (stream == NULL)
     return streams_full (client_full);
   return submit_call (self, info, fn, args, stream);

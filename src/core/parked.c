@@ -37,8 +37,8 @@ struct CrunchParkedEntry {
   const CrunchParkedKind *kind;
   GSequenceIter *by_deadline; /* NULL once fired or without deadline */
   gboolean fired;
-  gboolean armed;     /* its fd is in the epoll set */
-  gboolean unarmed;   /* it waits in self->unarmed for the next tick */
+  gboolean armed;   /* its fd is in the epoll set */
+  gboolean unarmed; /* it waits in self->unarmed for the next tick */
   GList unarmed_link;
 };
 

@@ -40,9 +40,10 @@ typedef struct {
   GList *link; /* in owner->queue while waiting */
   GPtrArray *tickets;
   gboolean running;
-  gint64 started_us; /* monotonic, when it went to the executor */
-  gboolean stopping; /* cancelled while tickets still waited (it overran): count it once */
-  gdouble progress;  /* the highest fraction reported */
+  gint64 started_us;       /* monotonic, when it went to the executor */
+  gboolean stopping;       /* cancelled while tickets still waited (it overran): count it once */
+  gdouble progress;        /* the highest fraction reported */
+  gchar *progress_message; /* with the latest report, for tickets that join later */
 } SchedJob;
 
 struct CrunchScheduler {
@@ -154,6 +155,7 @@ sched_job_free (SchedJob *sj)
   crunch_job_unref (sj->job);
   g_ptr_array_unref (sj->tickets);
   g_free (sj->key);
+  g_free (sj->progress_message);
   g_free (sj);
 }
 
@@ -243,6 +245,8 @@ on_progress (gpointer data, gdouble fraction, const gchar *message)
   sj = job->scheduler_data;
   if (sj != NULL && sj->running) {
     sj->progress = MAX (sj->progress, fraction);
+    g_free (sj->progress_message);
+    sj->progress_message = g_strdup (message);
     for (guint i = 0; i < sj->tickets->len; i++) {
       CrunchTicket *ticket = sj->tickets->pdata[i];
       if (ticket->progress != NULL)
@@ -464,7 +468,7 @@ enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
   if (sj->running)
     ticket_started (ticket);
   if (sj->running && sj->progress > 0 && ticket->progress != NULL)
-    ticket->progress (ticket, sj->progress, NULL, ticket->answered_data);
+    ticket->progress (ticket, sj->progress, sj->progress_message, ticket->answered_data);
 }
 
 void

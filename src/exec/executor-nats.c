@@ -392,7 +392,7 @@ progress_locked (Pending *p, natsMsg *msg, Step *step)
     return;
   fraction = g_ascii_strtod (value, &end);
   if (end == value || *end != '\0' || !(fraction >= 0.0 && fraction <= 1.0) ||
-      !crunch_progress_due (&p->progress_us, fraction, TRUE))
+      !crunch_progress_due (&p->progress_us, TRUE))
     return;
   step_keep (step, ACT_PROGRESS, p);
   step->progress = fraction;

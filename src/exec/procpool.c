@@ -397,7 +397,7 @@ take_progress (CallWait *w, CrunchWireFrame *frame, GError **broken)
       !json_object_get_null_member (frame->header, "message") &&
       (message = crunch_wire_get_string (frame->header, "message", broken)) == NULL)
     return;
-  if (crunch_progress_due (&w->progress_us, fraction, TRUE))
+  if (crunch_progress_due (&w->progress_us, TRUE))
     crunch_progress_report (w->cancel, fraction, message);
 }
 

@@ -153,8 +153,11 @@ add_header (struct MHD_Response *resp, const gchar *name, const gchar *value)
 static void leave_flight (CrunchServer *server);
 static gint connection_fd (struct MHD_Connection *connection);
 
-/* An event stream: counted in flight, so that a drain waits for its last bytes; one that starts
- * while the server drains (crunch_streams_end_all() has run) ends after what it has. */
+/* An event stream. It does not hold up a drain (a client that reads slowly could, for as long as
+ * it likes): the drain ends every stream (crunch_streams_end_all()), an ended stream never
+ * suspends its connection again, and MHD_stop_daemon() closes what is left. A deferred request
+ * (a streamed call waiting for the store) stops counting in flight here; one that starts while
+ * the server drains ends after what it has. */
 static enum MHD_Result
 respond_stream (CrunchRequest *req, CrunchReply *reply)
 {
@@ -163,15 +166,20 @@ respond_stream (CrunchRequest *req, CrunchReply *reply)
   enum MHD_Result ret;
 
   req->stream = g_steal_pointer (&reply->stream);
-  if (!req->in_flight) {
-    g_atomic_int_inc (&server->in_flight);
-    req->in_flight = TRUE;
+  if (req->in_flight) {
+    req->in_flight = FALSE;
+    leave_flight (server);
   }
   if (g_atomic_int_get (&server->draining))
     crunch_stream_end (req->stream);
   resp = MHD_create_response_from_callback (MHD_SIZE_UNKNOWN, 4096, crunch_stream_read,
                                             crunch_stream_ref (req->stream),
                                             (MHD_ContentReaderFreeCallback)crunch_stream_unref);
+  if (resp == NULL) { /* out of memory: close the connection */
+    crunch_stream_unref (req->stream);
+    crunch_reply_clear (reply);
+    return MHD_NO;
+  }
   MHD_add_response_header (resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
   MHD_add_response_header (resp, "X-Accel-Buffering", "no"); /* nginx in front: do not buffer */
   crunch_stream_attach (req->stream, req->connection, connection_fd (req->connection),
@@ -476,6 +484,8 @@ stream_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
                           "event streams need the jobs API, which this server does not serve");
   info.client = client = client_key (req);
   info.owned = req->grant.on; /* (the key may call fn: route_compute() checked) */
+  info.last_event_id =
+      MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Last-Event-ID");
   reply = crunch_jobs_stream_call (req->server->jobs, &info, fn, args);
   if (reply.status == 0) /* deferred: answered by later_answer() */
     return MHD_YES;

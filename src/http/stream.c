@@ -178,6 +178,7 @@ static void
 close_locked (CrunchStream *self)
 {
   self->closed = TRUE;
+  g_string_truncate (self->out, 0); /* nothing more for a client judged gone or too slow */
   wake_locked (self);
 }
 
@@ -195,7 +196,8 @@ append_locked (CrunchStream *self, const gchar *text)
 {
   if (self->closed || self->ended)
     return FALSE;
-  if (self->out->len + strlen (text) > MAX_BUFFERED) {
+  /* one event larger than the bound (an outcome with a long text result) goes out alone */
+  if (self->out->len > 0 && self->out->len + strlen (text) > MAX_BUFFERED) {
     close_locked (self);
     return FALSE;
   }
@@ -205,10 +207,9 @@ append_locked (CrunchStream *self, const gchar *text)
 }
 
 gboolean
-crunch_stream_event (CrunchStream *self, guint64 id, const gchar *event, const gchar *data)
+crunch_stream_event (CrunchStream *self, const gchar *id, const gchar *event, const gchar *data)
 {
-  g_autofree gchar *text =
-      g_strdup_printf ("id: %" G_GUINT64_FORMAT "\nevent: %s\ndata: %s\n\n", id, event, data);
+  g_autofree gchar *text = g_strdup_printf ("id: %s\nevent: %s\ndata: %s\n\n", id, event, data);
   gboolean sent;
 
   g_mutex_lock (&self->lock);

@@ -41,7 +41,7 @@ void crunch_stream_set_gone (CrunchStream *self, CrunchStreamGone gone, gpointer
 /* One event: "id: ID\nevent: EVENT\ndata: DATA\n\n" (`data` is one line of JSON). Any thread,
  * the producer's locks held. FALSE once the stream is closed (nothing is sent); the producer
  * keeps it until `gone` says so (it always does, from another thread). */
-gboolean crunch_stream_event (CrunchStream *self, guint64 id, const gchar *event,
+gboolean crunch_stream_event (CrunchStream *self, const gchar *id, const gchar *event,
                               const gchar *data);
 /* No more events: the body ends once the client has them. Any thread. */
 void crunch_stream_end (CrunchStream *self);
