@@ -515,7 +515,7 @@ route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   g_variant_ref_sink (args);
   if (wants_event_stream (req->connection))
     return stream_compute (req, fn, args);
-  return start_compute (req, fn, g_steal_pointer (&args));
+  return start_compute (req, fn, args); /* (borrowed: the call takes its own reference) */
 }
 
 static enum MHD_Result
