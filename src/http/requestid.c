@@ -12,16 +12,20 @@ allowed (gchar c)
 static void
 generate (gchar *id)
 {
-  /* The random prefix tells apart ids of different processes (restarts, several instances). */
-  static gsize prefix_once = 0;
+  /* The random prefix tells apart ids of different processes (restarts, several instances).
+   * Made by the first polling thread to need it, with plain atomics (0: not yet; several
+   * polling threads may race here, and TSan cannot see into g_once_init_enter()). */
   static guint32 prefix;
   static guint64 counter;
+  guint32 p = __atomic_load_n (&prefix, __ATOMIC_ACQUIRE);
 
-  if (g_once_init_enter (&prefix_once)) {
-    prefix = g_random_int ();
-    g_once_init_leave (&prefix_once, 1);
+  if (p == 0) {
+    guint32 mine = g_random_int () | 1u;
+    p = __atomic_compare_exchange_n (&prefix, &p, mine, FALSE, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+            ? mine
+            : p; /* another thread's, which the failed exchange loaded */
   }
-  snprintf (id, CRUNCH_REQUEST_ID_MAX + 1, "%08x-%08" G_GINT64_MODIFIER "x", prefix,
+  snprintf (id, CRUNCH_REQUEST_ID_MAX + 1, "%08x-%08" G_GINT64_MODIFIER "x", p,
             __atomic_add_fetch (&counter, 1, __ATOMIC_RELAXED));
 }
 
