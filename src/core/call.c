@@ -27,6 +27,9 @@ struct CrunchCall {
   gchar *client;
   GBytes *cached;
   CrunchAdmit verdict;
+  CrunchPrediction prediction; /* of its admission */
+  CrunchCallRefusal refusal;   /* set by admit() when it refuses */
+  gchar *refusal_message, *retry_after;
   CrunchTicket *ticket;
   gpointer watch; /* CrunchParkedEntry*, NULL before submit(), ANSWERED after the answer */
 };
@@ -96,9 +99,43 @@ count_refusal (CrunchAdmit verdict)
   case CRUNCH_ADMIT_DRAINING:
     crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
     break;
+  case CRUNCH_ADMIT_DEADLINE:
+    crunch_metrics_rejection (CRUNCH_REJECT_DEADLINE);
+    break;
   case CRUNCH_ADMIT_OK:
     break;
   }
+}
+
+/* The refusal's message: a deadline refusal gives the prediction. */
+static gchar *
+refusal_message (CrunchCall *call)
+{
+  const CrunchPrediction *p = &call->prediction;
+
+  switch (call->verdict) {
+  case CRUNCH_ADMIT_CLIENT_LIMIT:
+    return g_strdup ("too many requests in flight for this client, retry later");
+  case CRUNCH_ADMIT_DRAINING:
+    return g_strdup ("server is shutting down");
+  case CRUNCH_ADMIT_DEADLINE:
+    return g_strdup_printf ("%s: predicted wait %.1f s + run %.1f s exceeds the deadline of %.3g s",
+                            call->spec.fn->name, p->wait, p->run, p->timeout);
+  default:
+    return g_strdup ("job queue is full, retry later");
+  }
+}
+
+/* The HTTP answer to a refusal, with the Retry-After admission computed. */
+static void
+set_refusal (CrunchCall *call)
+{
+  call->refusal_message = refusal_message (call);
+  call->retry_after = g_strdup_printf (
+      "%u", call->verdict == CRUNCH_ADMIT_DRAINING ? 1 : call->prediction.retry_after);
+  call->refusal = (CrunchCallRefusal){call->verdict == CRUNCH_ADMIT_CLIENT_LIMIT ? 429 : 503,
+                                      call->refusal_message, call->retry_after,
+                                      call->verdict == CRUNCH_ADMIT_DRAINING};
 }
 
 CrunchCallAdmission
@@ -111,9 +148,16 @@ crunch_call_admit (CrunchCall *call)
     crunch_metrics_job_event (call->spec.fn, CRUNCH_JOB_EVENT_CACHE_HIT);
     return CRUNCH_CALL_CACHED;
   }
-  call->verdict = crunch_scheduler_admit (scheduler, call->client);
+  call->verdict = crunch_scheduler_admit_call (scheduler,
+                                               &(CrunchAdmitRequest){call->client, call->spec.fn,
+                                                                     call->spec.priority,
+                                                                     call->spec.deadline_us},
+                                               &call->prediction);
   count_refusal (call->verdict);
-  return call->verdict == CRUNCH_ADMIT_OK ? CRUNCH_CALL_ADMITTED : CRUNCH_CALL_REFUSED;
+  if (call->verdict == CRUNCH_ADMIT_OK)
+    return CRUNCH_CALL_ADMITTED;
+  set_refusal (call);
+  return CRUNCH_CALL_REFUSED;
 }
 
 /* Any thread, once: count, stop watching, then hand over. */
@@ -161,6 +205,7 @@ crunch_call_submit (CrunchCall *call)
   g_return_if_fail (call->verdict == CRUNCH_ADMIT_OK && call->ticket == NULL);
   ticket = crunch_ticket_new (call->spec.fn, call->args, call->client, call->spec.deadline_us,
                               on_answered, call);
+  ticket->priority = call->spec.priority;
   if (call->spec.started != NULL)
     ticket->started = on_started;
   if (call->spec.progress != NULL)
@@ -203,6 +248,8 @@ call_clear (gpointer data)
   g_clear_pointer (&call->cached, g_bytes_unref);
   g_variant_unref (call->args);
   g_free (call->client);
+  g_free (call->refusal_message);
+  g_free (call->retry_after);
 }
 
 void
@@ -221,19 +268,7 @@ crunch_call_cached (CrunchCall *call)
 const CrunchCallRefusal *
 crunch_call_refusal (CrunchCall *call)
 {
-  static const CrunchCallRefusal queue_full = {503, "job queue is full, retry later", "1", FALSE};
-  static const CrunchCallRefusal client_limit = {
-      429, "too many requests in flight for this client, retry later", "1", FALSE};
-  static const CrunchCallRefusal draining = {503, "server is shutting down", "1", TRUE};
-
-  switch (call->verdict) {
-  case CRUNCH_ADMIT_CLIENT_LIMIT:
-    return &client_limit;
-  case CRUNCH_ADMIT_DRAINING:
-    return &draining;
-  default:
-    return &queue_full;
-  }
+  return &call->refusal;
 }
 
 const CrunchTicket *
