@@ -198,6 +198,18 @@ test_header (void)
   bad = test_http ("GET", url, (const gchar *[]){"Crunch-Priority: high", NULL});
   g_assert_cmpint (bad->status, ==, 400);
   g_assert_cmpstr (bad->body, ==, "Crunch-Priority: expected an integer from 0 to 9, got 'high'\n");
+  g_free (url);
+  url = test_server_url (server, "/jobs");
+  g_clear_pointer (&bad, test_reply_free);
+  bad = test_http_body ("POST", url, (const gchar *[]){"Crunch-Priority: -1", NULL},
+                        "{\"fn\": \"spin\", \"args\": {\"seconds\": 0}}");
+  g_assert_cmpint (bad->status, ==, 400);
+  g_assert_cmpstr (bad->body, ==, "Crunch-Priority: expected an integer from 0 to 9, got '-1'\n");
+  g_free (url);
+  url = test_server_url (server, plain); /* only a submission reads the header */
+  g_clear_pointer (&bad, test_reply_free);
+  bad = test_http ("GET", url, (const gchar *[]){"Crunch-Priority: high", NULL});
+  g_assert_cmpint (bad->status, ==, 200);
 }
 
 /* GET /fn/spin?seconds=S with Request-Timeout: T. */

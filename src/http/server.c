@@ -722,7 +722,8 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
     info.request = req;
     info.owned = req->grant.on;
     info.may_call = request_may_call;
-    if (!request_priority (req, &info.priority, &why))
+    /* only a submission has a class: another verb ignores the header */
+    if (g_str_equal (route->name, "submit") && !request_priority (req, &info.priority, &why))
       return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
   }
   reply = handler (&info, context);
