@@ -244,7 +244,7 @@ assert_predicted (const TestReply *r)
 {
   g_assert_cmpint (r->status, ==, 503);
   g_assert_true (g_str_has_prefix (r->body, "spin: predicted wait "));
-  g_assert_nonnull (strstr (r->body, " s + run 0.1 s exceeds the deadline of 0.5 s\n"));
+  g_assert_true (g_str_has_suffix (r->body, " s + run 0.1 s exceeds the deadline of 0.5 s\n"));
   g_assert_cmpfloat (r->seconds, <, 0.3 * TEST_TIME_SCALE); /* at once, not after 0.5 s */
 }
 
@@ -279,7 +279,9 @@ test_deadline (void)
   g_usleep (200000);
   deep = spin_with_timeout (server, 0.1, "0.5");
   assert_predicted (deep);
-  g_test_message ("%s Retry-After %u s; deeper: %s Retry-After %u s", shallow->body,
+  g_strchomp (shallow->body);
+  g_strchomp (deep->body);
+  g_test_message ("%s: Retry-After %u s; deeper: %s: Retry-After %u s", shallow->body,
                   retry_after (shallow), deep->body, retry_after (deep));
   g_assert_cmpuint (retry_after (shallow), >=, 1);
   g_assert_cmpuint (retry_after (deep), >, retry_after (shallow));
@@ -291,6 +293,32 @@ test_deadline (void)
   g_array_unref (g_thread_join (b));
 }
 
+/* A client over per_client_limit gets 429 with Retry-After from its own queued work: with three
+ * spin(0.5) in flight (one runs, two wait), about 1.5 s, so 2. */
+static void
+test_client_limit (void)
+{
+  g_autofree gchar *ini =
+      g_strdup_printf ("[executor]\nthreads = 1\nper_client_limit = 3\ncoalesce = false\n"
+                       "[server]\nshutdown_timeout = 0\n[plugins]\ndir = %s\nload = spin\n",
+                       g_getenv ("CRUNCHD_PLUGINS"));
+  TestServer *server = test_server_start (ini, NULL);
+  g_autofree gchar *url = test_server_url (server, "/fn/spin?seconds=0.5&grain=5");
+  g_autoptr (TestReply) once = test_http ("GET", url, NULL), limited = NULL;
+  GThread *held;
+
+  g_assert_cmpint (once->status, ==, 200); /* the estimate: 0.5 s */
+  held = test_http_many_async (url, 3, NULL, 0);
+  g_usleep (200000);
+  limited = test_http ("GET", url, NULL);
+  g_assert_cmpint (limited->status, ==, 429);
+  g_test_message ("429 with Retry-After %u s", retry_after (limited));
+  g_assert_cmpuint (retry_after (limited), >=, 2);
+  g_assert_cmpuint (retry_after (limited), <=, 3);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+  g_array_unref (g_thread_join (held));
+}
+
 int
 main (int argc, char **argv)
 {
@@ -299,5 +327,6 @@ main (int argc, char **argv)
   g_test_add_func ("/priority/aging", test_aging);
   g_test_add_func ("/priority/header", test_header);
   g_test_add_func ("/priority/deadline", test_deadline);
+  g_test_add_func ("/priority/client-limit", test_client_limit);
   return g_test_run ();
 }
