@@ -317,6 +317,7 @@ new_nats_executor (const CrunchExecutorSettings *settings, CrunchJobFunc finishe
 static void
 render_executor (GString *out, gpointer scheduler)
 {
+  crunch_scheduler_render_metrics (scheduler, out);
   crunch_executor_render_metrics (crunch_scheduler_executor (scheduler), out);
 }
 

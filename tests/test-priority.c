@@ -262,6 +262,7 @@ test_deadline (void)
   TestServer *server = test_server_start (ini, NULL);
   g_autoptr (TestReply) first = NULL, shallow = NULL, fits = NULL, deep = NULL, m = NULL;
   g_autofree gchar *metrics = test_server_url (server, "/metrics");
+  const gchar *queued;
   GThread *a, *b;
 
   a = fill (server, 5);
@@ -289,6 +290,12 @@ test_deadline (void)
   m = test_http ("GET", metrics, NULL);
   g_assert_nonnull (
       strstr (m->body, "\ncrunchd_rejections_total{reason=\"deadline\",status=\"503\"} 2\n"));
+  /* the estimate admission used, and the jobs waiting in the default class */
+  g_assert_nonnull (
+      strstr (m->body, "\ncrunchd_function_run_estimate_seconds{function=\"spin\"} 0.1"));
+  queued = strstr (m->body, "\ncrunchd_jobs_queued_by_priority{priority=\"5\"} ");
+  g_assert_nonnull (queued);
+  g_assert_cmpuint (g_ascii_strtoull (strchr (queued, '}') + 2, NULL, 10), >=, 10);
   g_assert_cmpint (test_server_stop (server), ==, 0);
   g_array_unref (g_thread_join (a));
   g_array_unref (g_thread_join (b));

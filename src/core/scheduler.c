@@ -911,6 +911,32 @@ crunch_scheduler_cancel_running (CrunchScheduler *self, CrunchJobOutcome reason)
   g_mutex_unlock (&self->lock);
 }
 
+void
+crunch_scheduler_render_metrics (CrunchScheduler *self, GString *out)
+{
+  g_autoptr (GList) names = NULL;
+  gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+
+  g_string_append (out, "# HELP crunchd_function_run_estimate_seconds The running estimate of a "
+                        "function's run time (EWMA of its successful runs) that admission uses.\n"
+                        "# TYPE crunchd_function_run_estimate_seconds gauge\n");
+  g_mutex_lock (&self->lock);
+  names = g_list_sort (g_hash_table_get_keys (self->estimates), (GCompareFunc)g_strcmp0);
+  for (GList *l = names; l != NULL; l = l->next) {
+    const gdouble *seconds = g_hash_table_lookup (self->estimates, l->data);
+    /* (Prometheus wants '.', whatever the locale) */
+    g_string_append_printf (out, "crunchd_function_run_estimate_seconds{function=\"%s\"} %s\n",
+                            (const gchar *)l->data,
+                            g_ascii_formatd (buf, sizeof buf, "%.6f", *seconds));
+  }
+  g_string_append (out, "# HELP crunchd_jobs_queued_by_priority Jobs waiting for a worker, by "
+                        "priority class.\n# TYPE crunchd_jobs_queued_by_priority gauge\n");
+  for (guint c = 0; c < N_CLASSES; c++)
+    g_string_append_printf (out, "crunchd_jobs_queued_by_priority{priority=\"%u\"} %u\n", c,
+                            self->classes[c].queued);
+  g_mutex_unlock (&self->lock);
+}
+
 CrunchExecutor *
 crunch_scheduler_executor (CrunchScheduler *self)
 {

@@ -117,6 +117,9 @@ CrunchAdmit crunch_scheduler_admit_call (CrunchScheduler *self, const CrunchAdmi
                                          CrunchPrediction *prediction);
 /* The running estimate of fn's run time in seconds (an EWMA of its successful runs), or -1. */
 gdouble crunch_scheduler_estimate (CrunchScheduler *self, const CrunchFunction *fn);
+/* Prometheus families of its own: crunchd_function_run_estimate_seconds{function} and
+ * crunchd_jobs_queued_by_priority{priority}. Any thread. */
+void crunch_scheduler_render_metrics (CrunchScheduler *self, GString *out);
 void crunch_scheduler_submit (CrunchScheduler *self, CrunchTicket *ticket);
 /* A cached result for this call, or NULL (checked before admission: a hit needs no job). */
 GBytes *crunch_scheduler_cached (CrunchScheduler *self, const CrunchFunction *fn, GVariant *args);
