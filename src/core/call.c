@@ -107,11 +107,14 @@ count_refusal (CrunchAdmit verdict)
   }
 }
 
-/* The refusal's message: a deadline refusal gives the prediction. */
+/* The refusal's message: a deadline refusal gives the prediction (with '.' as the decimal mark,
+ * whatever the locale). */
 static gchar *
 refusal_message (CrunchCall *call)
 {
   const CrunchPrediction *p = &call->prediction;
+  gchar wait[G_ASCII_DTOSTR_BUF_SIZE], run[G_ASCII_DTOSTR_BUF_SIZE];
+  gchar timeout[G_ASCII_DTOSTR_BUF_SIZE];
 
   switch (call->verdict) {
   case CRUNCH_ADMIT_CLIENT_LIMIT:
@@ -119,8 +122,11 @@ refusal_message (CrunchCall *call)
   case CRUNCH_ADMIT_DRAINING:
     return g_strdup ("server is shutting down");
   case CRUNCH_ADMIT_DEADLINE:
-    return g_strdup_printf ("%s: predicted wait %.1f s + run %.1f s exceeds the deadline of %.3g s",
-                            call->spec.fn->name, p->wait, p->run, p->timeout);
+    return g_strdup_printf ("%s: predicted wait %s s + run %s s exceeds the deadline of %s s",
+                            call->spec.fn->name,
+                            g_ascii_formatd (wait, sizeof wait, "%.1f", p->wait),
+                            g_ascii_formatd (run, sizeof run, "%.1f", p->run),
+                            g_ascii_formatd (timeout, sizeof timeout, "%.3g", p->timeout));
   default:
     return g_strdup ("job queue is full, retry later");
   }
