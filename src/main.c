@@ -111,6 +111,7 @@ scheduler_settings (const Crunchd *app, const CrunchConfig *config)
       .nice = config->nice,
       .policy = crunch_worker_policy_from_string (config->policy),
       .cache_entries = config->cache_entries,
+      .priority_aging = config->priority_aging,
   };
 }
 
@@ -271,9 +272,11 @@ log_totals (CrunchScheduler *scheduler)
   g_message ("totals: jobs_started=%" G_GUINT64_FORMAT " coalesced=%" G_GUINT64_FORMAT
              " timed_out=%" G_GUINT64_FORMAT " client_gone=%" G_GUINT64_FORMAT
              " jobs_cancelled=%" G_GUINT64_FORMAT " rejected_queue_full=%" G_GUINT64_FORMAT
-             " rejected_client_limit=%" G_GUINT64_FORMAT " cache_hits=%" G_GUINT64_FORMAT,
+             " rejected_client_limit=%" G_GUINT64_FORMAT " rejected_deadline=%" G_GUINT64_FORMAT
+             " cache_hits=%" G_GUINT64_FORMAT,
              st.jobs_started, st.tickets_coalesced, st.tickets_timed_out, st.tickets_client_gone,
-             st.jobs_cancelled, st.rejected_queue_full, st.rejected_client_limit, st.cache_hits);
+             st.jobs_cancelled, st.rejected_queue_full, st.rejected_client_limit,
+             st.rejected_deadline, st.cache_hits);
 }
 
 /* Descriptors besides client connections: listen sockets, epoll, MHD's and GLib's wake-up pipes,
@@ -316,6 +319,7 @@ new_nats_executor (const CrunchExecutorSettings *settings, CrunchJobFunc finishe
 static void
 render_executor (GString *out, gpointer scheduler)
 {
+  crunch_scheduler_render_metrics (scheduler, out);
   crunch_executor_render_metrics (crunch_scheduler_executor (scheduler), out);
 }
 

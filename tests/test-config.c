@@ -112,6 +112,10 @@ test_bad_files (void)
       {"[executor]\nmax_jobs_per_process = -1\n",
        "t.ini: [executor] max_jobs_per_process = '-1': out of range (0 to 999999)"},
       {"[executor]\nretries = 2\n", "t.ini: [executor] retries = '2': out of range (0 to 1)"},
+      {"[executor]\ndefault_priority = 10\n",
+       "t.ini: [executor] default_priority = '10': out of range (0 to 9)"},
+      {"[executor]\npriority_aging = -1\n",
+       "t.ini: [executor] priority_aging = '-1': out of range (0 to 86400)"},
       {"[jobs]\nmax_stored = 0\n", "t.ini: [jobs] max_stored = '0': out of range (1 to 100000)"},
       {"[plugins]\nautoload = yes\n", "t.ini: [plugins] autoload: unknown key"},
       /* GKeyFile has no inline comments: say so, whatever the key's type */

@@ -23,7 +23,7 @@ static void
 test_parse (void)
 {
   const gchar *text = "# two keys\n[alice]\nsha256 = " HASH_A "\nfunctions = fib, mandel*\n"
-                      "rate = 10/s\nburst = 20\nmax_in_flight = 4\nops = true\n"
+                      "rate = 10/s\nburst = 20\nmax_in_flight = 4\nops = true\npriority = 7\n"
                       "[bob.2]\nsha256 = " HASH_B "\nrate = 30/min\n";
   g_autoptr (GError) error = NULL;
   g_autoptr (CrunchKeyring) keyring = NULL;
@@ -55,7 +55,11 @@ test_errors (void)
                 "keys: [a] burst = '3': a burst needs a rate (rate = N/s)");
   expect_error ("[a]\nsha256 = " HASH_A "\nops = yes\n",
                 "keys: [a] ops = 'yes': expected true or false");
-  expect_error ("[a]\nsha256 = " HASH_A "\npriority = 1\n", "keys: [a] priority: unknown key");
+  expect_error ("[a]\nsha256 = " HASH_A "\nweight = 1\n", "keys: [a] weight: unknown key");
+  expect_error ("[a]\nsha256 = " HASH_A "\npriority = 10\n",
+                "keys: [a] priority = '10': expected an integer from 0 to 9");
+  expect_error ("[a]\nsha256 = " HASH_A "\npriority = high\n",
+                "keys: [a] priority = 'high': expected an integer from 0 to 9");
   expect_error ("[a]\nsha256 = " HASH_A "\nrate = 1/s\nrate = 2/s\n",
                 "keys: [a] rate: given more than once");
   expect_error ("[a]\nsha256 = " HASH_A "\n[b]\nsha256 = " HASH_A "\n",
@@ -153,9 +157,10 @@ static void
 test_check (void)
 {
   g_autofree gchar *hash = crunch_auth_token_hash ("tok-a");
+  g_autofree gchar *hash_p = crunch_auth_token_hash ("tok-p");
   g_autofree gchar *keys = g_strdup_printf ("[a]\nsha256 = %s\nfunctions = fi*\nrate = 2/h\n"
-                                            "burst = 2\n",
-                                            hash);
+                                            "burst = 2\n[p]\nsha256 = %s\npriority = 8\n",
+                                            hash, hash_p);
   g_autoptr (CrunchAuth) auth = auth_with (keys);
   g_autofree gchar *long_value = NULL;
   CrunchAuthGrant grant = {0};
@@ -180,6 +185,12 @@ test_check (void)
   g_assert_cmpstr (refusal.retry_after, ==, "1800");
   crunch_reply_clear (&refusal);
   crunch_auth_finish (auth, &grant);
+  /* a key's priority, -1 for a key without one and for no key */
+  g_assert_true (
+      crunch_auth_check (auth, route ("/fib/3"), FALSE, "Bearer tok-p", &grant, &refusal));
+  g_assert_cmpint (crunch_auth_grant_priority (&grant), ==, 8);
+  crunch_auth_finish (auth, &grant);
+  g_assert_cmpint (crunch_auth_grant_priority (&grant), ==, -1);
   /* the ops listener is open */
   g_assert_true (crunch_auth_check (auth, route ("/metrics"), TRUE, NULL, &grant, &refusal));
   crunch_auth_finish (auth, &grant);

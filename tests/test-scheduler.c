@@ -1,5 +1,8 @@
-/* test-scheduler.c - admission, fairness, coalescing, abandonment, drain, with a fake function. */
+/* test-scheduler.c - admission, priorities and aging, fairness, coalescing, abandonment, drain,
+ * run-time estimates and deadline-aware admission, with a fake function. */
 #include "scheduler.h"
+
+#include <math.h>
 
 /* "nap": sleeps `ms` milliseconds in 1 ms steps, stopping early when cancelled. */
 static gint naps_started;
@@ -59,21 +62,35 @@ wait_for (Results *r, guint count)
 }
 
 static CrunchTicket *
-submit (CrunchScheduler *s, Results *r, const gchar *client, guint ms)
+submit_class (CrunchScheduler *s, Results *r, const gchar *client, guint ms, guint priority)
 {
   CrunchTicket *t;
 
   g_assert_cmpint (crunch_scheduler_admit (s, client), ==, CRUNCH_ADMIT_OK);
   t = crunch_ticket_new (&nap, g_variant_new ("(x)", (gint64)ms), client, 0, on_answered, r);
+  t->priority = priority;
   crunch_scheduler_submit (s, t);
   return t;
+}
+
+static CrunchTicket *
+submit (CrunchScheduler *s, Results *r, const gchar *client, guint ms)
+{
+  return submit_class (s, r, client, ms, 0);
+}
+
+static CrunchScheduler *
+scheduler_aging (guint threads, guint queue_limit, guint per_client, gboolean coalesce,
+                 gdouble aging)
+{
+  CrunchSchedulerSettings settings = {threads, queue_limit, per_client, coalesce, 0, 0, 0, aging};
+  return crunch_scheduler_new (&settings);
 }
 
 static CrunchScheduler *
 scheduler (guint threads, guint queue_limit, guint per_client, gboolean coalesce)
 {
-  CrunchSchedulerSettings settings = {threads, queue_limit, per_client, coalesce, 0, 0, 0};
-  return crunch_scheduler_new (&settings);
+  return scheduler_aging (threads, queue_limit, per_client, coalesce, 0);
 }
 
 static void
@@ -277,7 +294,7 @@ static void
 test_configure_threads (void)
 {
   CrunchScheduler *s = scheduler (1, 10, 0, FALSE);
-  CrunchSchedulerSettings more = {3, 10, 0, FALSE, 0, 0, 0};
+  CrunchSchedulerSettings more = {3, 10, 0, FALSE, 0, 0, 0, 0};
   Results r;
   CrunchTicket *t[3];
 
@@ -297,6 +314,203 @@ test_configure_threads (void)
   results_clear (&r);
 }
 
+/* The position of `t` among the answers. */
+static guint
+answer_index (Results *r, CrunchTicket *t)
+{
+  guint i;
+
+  g_assert_true (g_ptr_array_find (r->answered, t, &i));
+  return i;
+}
+
+/* A waiting higher class goes first; within a class, clients take turns. */
+static void
+test_priority_order (void)
+{
+  CrunchScheduler *s = scheduler (1, 100, 0, FALSE);
+  Results r;
+  CrunchTicket *blocker, *low[3], *mid, *high[4];
+
+  results_init (&r);
+  blocker = submit_class (s, &r, "a", 50, 0); /* runs: the rest wait */
+  for (gint i = 0; i < 3; i++)
+    low[i] = submit_class (s, &r, "a", 1 + i, 0);
+  mid = submit_class (s, &r, "c", 4, 5);
+  for (gint i = 0; i < 4; i++) /* a, a, b, b */
+    high[i] = submit_class (s, &r, i < 2 ? "a" : "b", 5 + i, 9);
+  wait_for (&r, 9);
+  g_assert_true (r.answered->pdata[0] == blocker);
+  g_assert_true (r.answered->pdata[1] == high[0]);
+  g_assert_true (r.answered->pdata[2] == high[2]); /* b's turn within class 9 */
+  g_assert_true (r.answered->pdata[3] == high[1]);
+  g_assert_true (r.answered->pdata[4] == high[3]);
+  g_assert_true (r.answered->pdata[5] == mid);
+  for (gint i = 0; i < 3; i++)
+    g_assert_true (r.answered->pdata[6 + i] == low[i]);
+  g_assert_cmpuint (stats (s).clients, ==, 0);
+  crunch_ticket_unref (blocker);
+  crunch_ticket_unref (mid);
+  for (gint i = 0; i < 3; i++)
+    crunch_ticket_unref (low[i]);
+  for (gint i = 0; i < 4; i++)
+    crunch_ticket_unref (high[i]);
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+/* 30 class-2 jobs of 10 ms wait ahead of one class-0 job: without aging it runs last; with
+ * priority_aging = 0.05 s it outranks them after about 0.1 s, long before their end. */
+static void
+test_aging (void)
+{
+  for (gint aging = 0; aging < 2; aging++) {
+    CrunchScheduler *s = scheduler_aging (1, 100, 0, FALSE, aging ? 0.05 : 0);
+    CrunchTicket *high[30], *low;
+    Results r;
+    guint at;
+
+    results_init (&r);
+    for (gint i = 0; i < 30; i++)
+      high[i] = submit_class (s, &r, "h", 10 + i, 2);
+    low = submit_class (s, &r, "l", 10, 0);
+    wait_for (&r, 31);
+    at = answer_index (&r, low);
+    g_test_message ("aging %s: the low job ran %uth of 31", aging ? "0.05 s" : "off", at + 1);
+    if (aging)
+      g_assert_cmpuint (at, <=, 20);
+    else
+      g_assert_cmpuint (at, ==, 30);
+    crunch_ticket_unref (low);
+    for (gint i = 0; i < 30; i++)
+      crunch_ticket_unref (high[i]);
+    crunch_scheduler_free (s);
+    results_clear (&r);
+  }
+}
+
+/* A higher-class ticket does not join an identical job waiting at a lower class's place: it gets
+ * a job of its own, which later identical tickets join. */
+static void
+test_coalescing_classes (void)
+{
+  CrunchScheduler *s = scheduler (1, 100, 0, TRUE);
+  CrunchTicket *blocker, *low, *high, *later;
+  Results r;
+
+  results_init (&r);
+  g_atomic_int_set (&naps_started, 0);
+  blocker = submit_class (s, &r, "a", 50, 0);
+  low = submit_class (s, &r, "b", 20, 0);
+  high = submit_class (s, &r, "c", 20, 9);
+  later = submit_class (s, &r, "d", 20, 0); /* joins high's job, the one in the table */
+  wait_for (&r, 4);
+  g_assert_false (high->coalesced);
+  g_assert_true (later->coalesced);
+  g_assert_true (r.answered->pdata[1] == high);
+  g_assert_true (r.answered->pdata[2] == later);
+  g_assert_true (r.answered->pdata[3] == low);
+  g_assert_cmpint (g_atomic_int_get (&naps_started), ==, 3);
+  crunch_ticket_unref (blocker);
+  crunch_ticket_unref (low);
+  crunch_ticket_unref (high);
+  crunch_ticket_unref (later);
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+static CrunchAdmit
+admit_call (CrunchScheduler *s, const gchar *client, guint priority, gdouble timeout,
+            CrunchPrediction *p)
+{
+  gint64 deadline = g_get_monotonic_time () + (gint64)(timeout * G_USEC_PER_SEC);
+
+  return crunch_scheduler_admit_call (s, &(CrunchAdmitRequest){client, &nap, priority, deadline},
+                                      p);
+}
+
+/* Submits a ticket for a place admit_call() reserved. */
+static CrunchTicket *
+submit_admitted (CrunchScheduler *s, Results *r, const gchar *client, guint ms, guint priority)
+{
+  CrunchTicket *t =
+      crunch_ticket_new (&nap, g_variant_new ("(x)", (gint64)ms), client, 0, on_answered, r);
+
+  t->priority = priority;
+  crunch_scheduler_submit (s, t);
+  return t;
+}
+
+/* No estimate: admitted whatever its deadline. With one (an EWMA of successful runs), a call
+ * whose predicted wait + run exceeds its deadline is refused with a Retry-After; a higher class
+ * has less ahead of it and fits. */
+static void
+test_deadline_admission (void)
+{
+  CrunchScheduler *s = scheduler (1, 100, 0, FALSE);
+  CrunchTicket *first, *t[5], *high;
+  CrunchPrediction p;
+  Results r;
+
+  results_init (&r);
+  g_assert_cmpfloat (crunch_scheduler_estimate (s, &nap), <, 0);
+  g_assert_cmpint (admit_call (s, "a", 0, 0.001, &p), ==, CRUNCH_ADMIT_OK);
+  g_assert_cmpfloat (p.run, <, 0);
+  first = submit_admitted (s, &r, "a", 50, 0);
+  wait_for (&r, 1);
+  g_assert_cmpfloat (crunch_scheduler_estimate (s, &nap), >=, 0.045);
+  for (gint i = 0; i < 5; i++)
+    t[i] = submit (s, &r, "a", 50); /* one runs, four wait: about 0.2 s of work ahead of a */
+  g_assert_cmpint (admit_call (s, "a", 0, 0.15, &p), ==, CRUNCH_ADMIT_DEADLINE);
+  g_test_message ("predicted wait %.3f s + run %.3f s > %.3f s, retry after %u s", p.wait, p.run,
+                  p.timeout, p.retry_after);
+  g_assert_cmpfloat (p.wait, >=, 0.2);
+  g_assert_cmpfloat (p.run, >=, 0.045);
+  g_assert_cmpuint (p.retry_after, >=, 1);
+  g_assert_cmpuint (stats (s).rejected_deadline, ==, 1);
+  g_assert_cmpint (admit_call (s, "a", 9, 0.15, &p), ==, CRUNCH_ADMIT_OK); /* nothing ahead */
+  g_assert_cmpfloat (p.wait, <=, 0.06);
+  high = submit_admitted (s, &r, "a", 1, 9);
+  wait_for (&r, 7);
+  g_assert_true (r.answered->pdata[2] == high); /* after the job running when it came */
+  crunch_ticket_unref (first);
+  crunch_ticket_unref (high);
+  for (gint i = 0; i < 5; i++)
+    crunch_ticket_unref (t[i]);
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
+/* Retry-After of a full queue grows with the work queued. */
+static void
+test_retry_after (void)
+{
+  CrunchScheduler *s = scheduler (1, 3, 0, FALSE);
+  CrunchTicket *t[4];
+  CrunchPrediction p;
+  Results r;
+  gdouble estimate;
+
+  results_init (&r);
+  t[0] = submit (s, &r, "a", 1200);
+  wait_for (&r, 1);
+  estimate = crunch_scheduler_estimate (s, &nap); /* 1.2 s and a little */
+  crunch_ticket_unref (t[0]);
+  for (gint i = 0; i < 4; i++)
+    t[i] = submit (s, &r, "a", 1200); /* one runs, three wait: the queue is full */
+  g_assert_cmpint (admit_call (s, "a", 0, 100, &p), ==, CRUNCH_ADMIT_QUEUE_FULL);
+  g_test_message ("estimate %.3f s; queue full, retry after %u s", estimate, p.retry_after);
+  /* 3 estimates queued, and what is left of the running one */
+  g_assert_cmpuint (p.retry_after, >=, (guint)ceil (3 * estimate));
+  g_assert_cmpuint (p.retry_after, <=, (guint)ceil (4 * estimate));
+  for (gint i = 0; i < 4; i++)
+    crunch_scheduler_abandon (s, t[i], CRUNCH_JOB_CLIENT_GONE);
+  for (gint i = 0; i < 4; i++)
+    crunch_ticket_unref (t[i]);
+  crunch_scheduler_free (s);
+  results_clear (&r);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -308,5 +522,10 @@ main (int argc, char **argv)
   g_test_add_func ("/scheduler/abandon", test_abandon);
   g_test_add_func ("/scheduler/drain-and-cancel", test_drain_and_cancel);
   g_test_add_func ("/scheduler/configure-threads", test_configure_threads);
+  g_test_add_func ("/scheduler/priority-order", test_priority_order);
+  g_test_add_func ("/scheduler/aging", test_aging);
+  g_test_add_func ("/scheduler/coalescing-classes", test_coalescing_classes);
+  g_test_add_func ("/scheduler/deadline-admission", test_deadline_admission);
+  g_test_add_func ("/scheduler/retry-after", test_retry_after);
   return g_test_run ();
 }

@@ -27,6 +27,9 @@ struct CrunchCall {
   gchar *client;
   GBytes *cached;
   CrunchAdmit verdict;
+  CrunchPrediction prediction; /* of its admission */
+  CrunchCallRefusal refusal;   /* set by admit() when it refuses */
+  gchar *refusal_message, *retry_after;
   CrunchTicket *ticket;
   gpointer watch; /* CrunchParkedEntry*, NULL before submit(), ANSWERED after the answer */
 };
@@ -96,9 +99,49 @@ count_refusal (CrunchAdmit verdict)
   case CRUNCH_ADMIT_DRAINING:
     crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
     break;
+  case CRUNCH_ADMIT_DEADLINE:
+    crunch_metrics_rejection (CRUNCH_REJECT_DEADLINE);
+    break;
   case CRUNCH_ADMIT_OK:
     break;
   }
+}
+
+/* The refusal's message: a deadline refusal gives the prediction (with '.' as the decimal mark,
+ * whatever the locale). */
+static gchar *
+refusal_message (CrunchCall *call)
+{
+  const CrunchPrediction *p = &call->prediction;
+  gchar wait[G_ASCII_DTOSTR_BUF_SIZE], run[G_ASCII_DTOSTR_BUF_SIZE];
+  gchar timeout[G_ASCII_DTOSTR_BUF_SIZE];
+
+  switch (call->verdict) {
+  case CRUNCH_ADMIT_CLIENT_LIMIT:
+    return g_strdup ("too many requests in flight for this client, retry later");
+  case CRUNCH_ADMIT_DRAINING:
+    return g_strdup ("server is shutting down");
+  case CRUNCH_ADMIT_DEADLINE:
+    return g_strdup_printf ("%s: predicted wait %s s + run %s s exceeds the deadline of %s s",
+                            call->spec.fn->name,
+                            g_ascii_formatd (wait, sizeof wait, "%.1f", p->wait),
+                            g_ascii_formatd (run, sizeof run, "%.1f", p->run),
+                            g_ascii_formatd (timeout, sizeof timeout, "%.3g", p->timeout));
+  default:
+    return g_strdup ("job queue is full, retry later");
+  }
+}
+
+/* The HTTP answer to a refusal, with the Retry-After admission computed. */
+static void
+set_refusal (CrunchCall *call)
+{
+  call->refusal_message = refusal_message (call);
+  call->retry_after = g_strdup_printf (
+      "%u", call->verdict == CRUNCH_ADMIT_DRAINING ? 1 : call->prediction.retry_after);
+  call->refusal = (CrunchCallRefusal){call->verdict == CRUNCH_ADMIT_CLIENT_LIMIT ? 429 : 503,
+                                      call->refusal_message, call->retry_after,
+                                      call->verdict == CRUNCH_ADMIT_DRAINING};
 }
 
 CrunchCallAdmission
@@ -111,9 +154,16 @@ crunch_call_admit (CrunchCall *call)
     crunch_metrics_job_event (call->spec.fn, CRUNCH_JOB_EVENT_CACHE_HIT);
     return CRUNCH_CALL_CACHED;
   }
-  call->verdict = crunch_scheduler_admit (scheduler, call->client);
+  call->verdict = crunch_scheduler_admit_call (scheduler,
+                                               &(CrunchAdmitRequest){call->client, call->spec.fn,
+                                                                     call->spec.priority,
+                                                                     call->spec.deadline_us},
+                                               &call->prediction);
   count_refusal (call->verdict);
-  return call->verdict == CRUNCH_ADMIT_OK ? CRUNCH_CALL_ADMITTED : CRUNCH_CALL_REFUSED;
+  if (call->verdict == CRUNCH_ADMIT_OK)
+    return CRUNCH_CALL_ADMITTED;
+  set_refusal (call);
+  return CRUNCH_CALL_REFUSED;
 }
 
 /* Any thread, once: count, stop watching, then hand over. */
@@ -161,6 +211,7 @@ crunch_call_submit (CrunchCall *call)
   g_return_if_fail (call->verdict == CRUNCH_ADMIT_OK && call->ticket == NULL);
   ticket = crunch_ticket_new (call->spec.fn, call->args, call->client, call->spec.deadline_us,
                               on_answered, call);
+  ticket->priority = call->spec.priority;
   if (call->spec.started != NULL)
     ticket->started = on_started;
   if (call->spec.progress != NULL)
@@ -203,6 +254,8 @@ call_clear (gpointer data)
   g_clear_pointer (&call->cached, g_bytes_unref);
   g_variant_unref (call->args);
   g_free (call->client);
+  g_free (call->refusal_message);
+  g_free (call->retry_after);
 }
 
 void
@@ -221,19 +274,7 @@ crunch_call_cached (CrunchCall *call)
 const CrunchCallRefusal *
 crunch_call_refusal (CrunchCall *call)
 {
-  static const CrunchCallRefusal queue_full = {503, "job queue is full, retry later", "1", FALSE};
-  static const CrunchCallRefusal client_limit = {
-      429, "too many requests in flight for this client, retry later", "1", FALSE};
-  static const CrunchCallRefusal draining = {503, "server is shutting down", "1", TRUE};
-
-  switch (call->verdict) {
-  case CRUNCH_ADMIT_CLIENT_LIMIT:
-    return &client_limit;
-  case CRUNCH_ADMIT_DRAINING:
-    return &draining;
-  default:
-    return &queue_full;
-  }
+  return &call->refusal;
 }
 
 const CrunchTicket *

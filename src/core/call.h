@@ -3,7 +3,8 @@
  * HTTP (/fib/N, /fn/NAME) and the jobs API (POST /jobs) are thin users of it:
  *   crunch_call_new()     the function, its canonical arguments, who asks, until when;
  *   crunch_call_admit()   the result cache (CACHED: the answer is there already), then
- *                         admission (REFUSED: say crunch_call_refusal()'s status and message);
+ *                         admission (REFUSED: say crunch_call_refusal()'s status and message:
+ *                         queue full, client limit, a deadline it is predicted to miss);
  *   crunch_call_submit()  ADMITTED: a ticket to the scheduler, its deadline (and the client's
  *                         socket, if any) watched; `answered` runs once, on any thread, maybe
  *                         before submit() returns. HTTP suspends its connection between admit()
@@ -43,6 +44,7 @@ typedef struct {
   /* Optional: a progress report of its computation (see CrunchTicket.progress: the scheduler's
    * lock is held, only pass it on). */
   CrunchCallProgressFunc progress;
+  guint priority; /* its class, 0 (the lowest) to CRUNCH_PRIORITY_MAX */
 } CrunchCallSpec;
 
 typedef enum {
@@ -53,10 +55,10 @@ typedef enum {
 
 /* How a refusal is answered over HTTP. */
 typedef struct {
-  guint status;         /* 503 or 429 */
-  const gchar *message; /* one line, no request id */
-  const gchar *retry_after;
-  gboolean close; /* the server is stopping: close the connection */
+  guint status;             /* 503 or 429 */
+  const gchar *message;     /* one line, no request id */
+  const gchar *retry_after; /* seconds, computed from the queue (scheduler.h) */
+  gboolean close;           /* the server is stopping: close the connection */
 } CrunchCallRefusal;
 
 CrunchCall *crunch_call_new (CrunchCalls *calls, const CrunchCallSpec *spec);

@@ -64,6 +64,7 @@ struct CrunchJobs {
   gpointer recovered_data;
   gint64 ttl_us;
   guint max_stored, max_per_client, max_result_size, max_crashes;
+  guint default_priority; /* the class of recovered jobs (the store does not keep one) */
   /* A leaf under both our lock and the scheduler's (which holds it when a job starts or reports
    * progress): every entry's news, below. */
   GMutex news;
@@ -83,6 +84,7 @@ typedef struct {
   CrunchLater *later;              /* the POST waiting for the store, NULL once answered */
   gboolean visible;                /* its id has been handed out */
   gboolean careful;                /* counted in jobs->careful */
+  guint priority;                  /* its class (CrunchCallSpec.priority) */
   gint64 t_created;                /* wall clock, for humans */
   gint64 t_submitted, deadline_us; /* monotonic, of the current run */
   gint64 t_done;                   /* monotonic; 0 while unfinished */
@@ -213,6 +215,7 @@ crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
   self->max_per_client = config->jobs_max_stored_per_client;
   self->max_result_size = config->jobs_max_result_size;
   self->max_crashes = config->jobs_max_crashes;
+  self->default_priority = config->default_priority;
   g_mutex_unlock (&self->lock);
   crunch_streams_configure (config->jobs_max_streams, config->jobs_max_streams_per_client,
                             config->jobs_stream_heartbeat);
@@ -895,6 +898,7 @@ add_entry_locked (CrunchJobs *self, gchar *id, const gchar *fn_name, GVariant *a
   entry->fn = crunch_functions_lookup (fn_name);
   entry->args = g_variant_ref (args);
   entry->client = g_strdup (client);
+  entry->priority = self->default_priority;
   entry->queued_us = entry->run_us = -1;
   entry->seq = entry->state_seq = 1; /* "queued" */
   g_hash_table_insert (self->entries, entry->id, entry);
@@ -975,7 +979,7 @@ new_call_locked (CrunchJobs *self, Entry *entry)
       entry->t_submitted + MAX (__atomic_load_n (&entry->fn->timeout_us, __ATOMIC_RELAXED), 1);
   entry->call = crunch_call_new (
       self->calls, &(CrunchCallSpec){entry->fn, entry->args, entry->client, entry->deadline_us, -1,
-                                     on_answered, entry, on_started, on_progress});
+                                     on_answered, entry, on_started, on_progress, entry->priority});
   return crunch_call_ref (entry->call);
 }
 
@@ -1174,6 +1178,7 @@ submit_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchFuncti
     g_mutex_unlock (&self->lock);
     return reply;
   }
+  entry->priority = info->priority;
   if (key != NULL) {
     entry->key = g_steal_pointer (&key);
     entry->body_hash = g_steal_pointer (&hash);

@@ -6,38 +6,79 @@
  * - worker threads, through on_finished(): a job ended, answer its tickets, start the next job;
  * - the parked-connection watcher thread: abandon() on a deadline or a client hang-up;
  * - the main thread: configure() on reload, drain() and cancel_running() on shutdown.
- * Each client (IP or API key) has its own FIFO of waiting jobs. Clients with waiting jobs take
- * turns by start-time fair queuing: each has a virtual start tag, the lowest tag goes next and
- * then moves one step on; a client that just became active starts at the current virtual time.
- * So a flood from one client cannot starve another, and a newcomer's job runs at the next free
- * worker instead of behind a full round. The executor is given at
- * most `threads` jobs, so the order is decided here and the queue bound is exact.
+ * Priorities: each job has a class, 0 to CRUNCH_PRIORITY_MAX (its first ticket's). The next job
+ * comes from the class with the highest *effective* class: its class plus one for every
+ * `priority_aging` seconds it has waited unserved (since it last had a job started, or since it
+ * got waiting work); ties go to the class that has waited longer. So a higher class goes first,
+ * and a lower one still gets a job started at least every few aging periods: it never starves.
+ * Within a class, each client (IP or API key) has its own FIFO of waiting jobs (a Flow).
+ * Clients with waiting jobs in a class take turns by start-time fair queuing: each flow has a
+ * virtual start tag, the lowest tag goes next and then moves one step on; a flow that just
+ * became active starts at its class's current virtual time. So a flood from one client cannot
+ * starve another of its class, and a newcomer's job runs at the next free worker instead of
+ * behind a full round. The executor is given at most `threads` jobs, so the order is decided
+ * here and the queue bound is exact.
  * A pure function's identical tickets share one job (keyed by function name and printed
- * arguments) while it is queued or running. A job nobody waits for any more is dropped from its
- * queue, or cancelled through its flag if it runs. Tickets are answered outside the mutex: their
- * callbacks resume connections. Contract with executors: submit() must not call `finished`
- * synchronously (it runs under this mutex). */
+ * arguments) while it is queued or running; a ticket of a higher class than a queued identical
+ * job gets a job of its own (which identical tickets then join), so it never waits at a lower
+ * class's place. A job nobody waits for any more is dropped from its queue, or cancelled through
+ * its flag if it runs. Tickets are answered outside the mutex: their callbacks resume
+ * connections. Contract with executors: submit() must not call `finished` synchronously (it runs
+ * under this mutex).
+ * Deadline-aware admission: on_finished() keeps an EWMA of each function's successful run times.
+ * admit_call() predicts a call's queue wait (the estimated work of the jobs that would start
+ * before it: higher classes, and its own class as fair queuing orders it; plus what is left of
+ * the running jobs; over `threads`) and refuses it when wait + run exceeds its deadline. The
+ * same figures give Retry-After. Aging and jobs not yet estimated are left out: the prediction
+ * errs towards admitting. */
 #include "scheduler.h"
+
+#include <math.h>
 
 #include "cache.h"
 #include "metrics.h"
 
 enum { TICKET_NEW, TICKET_ATTACHED, TICKET_ANSWERED };
 
+#define N_CLASSES CRUNCH_PRIORITY_LEVELS
+#define EWMA_WEIGHT 0.3 /* of the newest run time in a function's estimate */
+
+typedef struct Client Client;
+
+/* One client's waiting jobs of one class. */
 typedef struct {
-  gchar *key;
-  guint in_flight;     /* admitted tickets not yet answered */
+  Client *client;
+  guint cls;
   GQueue queue;        /* SchedJob*, waiting */
-  GSequenceIter *turn; /* in `active` while it has waiting jobs */
+  GSequenceIter *turn; /* in its class's `active` while it has waiting jobs */
   guint64 vtag;        /* virtual start time of its next job */
   guint64 seq;         /* breaks ties: earlier first */
-} Client;
+  gdouble work;        /* estimated seconds of its waiting jobs */
+} Flow;
+
+struct Client {
+  gchar *key;
+  guint in_flight; /* admitted tickets not yet answered */
+  guint queued;    /* its waiting jobs, every class */
+  Flow flows[N_CLASSES];
+};
+
+/* A priority class. */
+typedef struct {
+  GSequence *active; /* Flow* with waiting jobs, by (vtag, seq) */
+  guint64 vclock;
+  guint queued;    /* waiting jobs */
+  gdouble work;    /* their estimated seconds */
+  gint64 since_us; /* monotonic: it got waiting work, or last had a job started */
+} Class;
 
 typedef struct {
   CrunchJob *job;
   gchar *key; /* crunch_function_key(): NULL if the job may not be shared or cached */
-  Client *owner;
-  GList *link; /* in owner->queue while waiting */
+  Flow *flow; /* whose queue it waits in (its client and class) */
+  guint cls;
+  gdouble estimate; /* its function's estimated seconds when it was queued, 0 if none */
+  GList *link;      /* in flow->queue while waiting */
   GPtrArray *tickets;
   gboolean running;
   gint64 started_us;       /* monotonic, when it went to the executor */
@@ -54,8 +95,9 @@ struct CrunchScheduler {
   CrunchCache *cache;
   CrunchSchedulerSettings settings;
   GHashTable *clients; /* key -> Client */
-  GSequence *active;   /* Client* with waiting jobs, by (vtag, seq) */
-  guint64 vclock, next_seq;
+  Class classes[N_CLASSES];
+  guint64 next_seq;
+  GHashTable *estimates;  /* function name -> gdouble* seconds (EWMA of successful runs) */
   GHashTable *coalescing; /* key -> SchedJob, queued or running */
   GHashTable *running;    /* SchedJob set */
   guint queued, reserved;
@@ -134,7 +176,11 @@ client_get (CrunchScheduler *self, const gchar *key)
   if (client == NULL) {
     client = g_new0 (Client, 1);
     client->key = g_strdup (key);
-    g_queue_init (&client->queue);
+    for (guint c = 0; c < N_CLASSES; c++) {
+      client->flows[c].client = client;
+      client->flows[c].cls = c;
+      g_queue_init (&client->flows[c].queue);
+    }
     g_hash_table_insert (self->clients, client->key, client);
   }
   return client;
@@ -143,7 +189,7 @@ client_get (CrunchScheduler *self, const gchar *key)
 static void
 client_release (CrunchScheduler *self, Client *client)
 {
-  if (client->in_flight == 0 && client->queue.length == 0 && client->turn == NULL)
+  if (client->in_flight == 0 && client->queued == 0)
     g_hash_table_remove (self->clients, client->key);
 }
 
@@ -169,40 +215,66 @@ forget_key (CrunchScheduler *self, SchedJob *sj)
 static gint
 by_turn (gconstpointer a, gconstpointer b, gpointer user_data)
 {
-  const Client *x = a, *y = b;
+  const Flow *x = a, *y = b;
 
   if (x->vtag != y->vtag)
     return x->vtag < y->vtag ? -1 : 1;
   return x->seq < y->seq ? -1 : (x->seq > y->seq);
 }
 
-/* With the lock held: the client has waiting jobs; give it its place among the active ones. */
+/* With the lock held: the flow has waiting jobs; give it its place among its class's. */
 static void
-take_turn (CrunchScheduler *self, Client *client)
+take_turn (CrunchScheduler *self, Flow *flow)
 {
-  client->vtag = MAX (client->vtag, self->vclock);
-  client->seq = self->next_seq++;
-  client->turn = g_sequence_insert_sorted (self->active, client, by_turn, NULL);
+  Class *cls = &self->classes[flow->cls];
+
+  flow->vtag = MAX (flow->vtag, cls->vclock);
+  flow->seq = self->next_seq++;
+  flow->turn = g_sequence_insert_sorted (cls->active, flow, by_turn, NULL);
 }
 
 static void
-leave_turns (Client *client)
+leave_turns (Flow *flow)
 {
-  g_sequence_remove (client->turn);
-  client->turn = NULL;
+  g_sequence_remove (flow->turn);
+  flow->turn = NULL;
 }
 
-/* Take a waiting job out of its client's queue (and the client out of the turns if idle). */
+/* With the lock held: the job waits at the tail of its flow, counted in its class. */
+static void
+queue_job (CrunchScheduler *self, SchedJob *sj)
+{
+  Flow *flow = sj->flow;
+  Class *cls = &self->classes[sj->cls];
+
+  g_queue_push_tail (&flow->queue, sj);
+  sj->link = flow->queue.tail;
+  if (cls->queued++ == 0)
+    cls->since_us = g_get_monotonic_time ();
+  cls->work += sj->estimate;
+  flow->work += sj->estimate;
+  flow->client->queued++;
+  self->queued++;
+  if (flow->turn == NULL)
+    take_turn (self, flow);
+}
+
+/* With the lock held: the job leaves its flow's queue (and the flow the turns, if idle). */
 static void
 unqueue (CrunchScheduler *self, SchedJob *sj)
 {
-  Client *owner = sj->owner;
+  Flow *flow = sj->flow;
+  Class *cls = &self->classes[sj->cls];
 
-  g_queue_delete_link (&owner->queue, sj->link);
+  g_queue_delete_link (&flow->queue, sj->link);
   sj->link = NULL;
   self->queued--;
-  if (owner->queue.length == 0 && owner->turn != NULL)
-    leave_turns (owner);
+  flow->client->queued--;
+  /* sums of floating-point estimates: reset when empty, so rounding never accumulates */
+  cls->work = --cls->queued == 0 ? 0 : MAX (0, cls->work - sj->estimate);
+  flow->work = flow->queue.length == 0 ? 0 : MAX (0, flow->work - sj->estimate);
+  if (flow->queue.length == 0 && flow->turn != NULL)
+    leave_turns (flow);
 }
 
 /* With the lock held: mark the ticket answered and queue its callback in `answers`. The
@@ -263,25 +335,66 @@ ticket_started (CrunchTicket *ticket)
     ticket->started (ticket, ticket->answered_data);
 }
 
-/* With the lock held: start as many waiting jobs as there are free threads, the client with the
- * lowest tag first. */
+/* With the lock held: the class whose job starts next (the highest class after aging, ties to
+ * the one waiting longer), or -1 when nothing waits. */
+static gint
+next_class (CrunchScheduler *self, gint64 now)
+{
+  gdouble aging_us = self->settings.priority_aging * G_USEC_PER_SEC;
+  gint best = -1;
+  guint64 best_rank = 0;
+
+  for (gint c = N_CLASSES - 1; c >= 0; c--) {
+    const Class *cls = &self->classes[c];
+    guint64 rank = (guint64)c;
+    if (cls->queued == 0)
+      continue;
+    if (aging_us > 0)
+      rank += (guint64)MIN ((now - cls->since_us) / aging_us, 1e9);
+    if (best < 0 || rank > best_rank ||
+        (rank == best_rank && cls->since_us < self->classes[best].since_us)) {
+      best = c;
+      best_rank = rank;
+    }
+  }
+  return best;
+}
+
+/* With the lock held: the next job of a class, by its flows' turns. */
+static SchedJob *
+pop_job (CrunchScheduler *self, guint c, gint64 now)
+{
+  Class *cls = &self->classes[c];
+  Flow *flow = g_sequence_get (g_sequence_get_begin_iter (cls->active));
+  SchedJob *sj = g_queue_peek_head (&flow->queue);
+
+  cls->vclock = flow->vtag;
+  unqueue (self, sj); /* leaves the turns if it was the flow's last */
+  if (flow->turn != NULL)
+    leave_turns (flow);
+  flow->vtag++;
+  if (flow->queue.length > 0)
+    take_turn (self, flow);
+  cls->since_us = now;
+  return sj;
+}
+
+/* With the lock held: start as many waiting jobs as there are free threads, from the class
+ * next_class() picks, the flow with the lowest tag first. */
 static void
 dispatch_locked (CrunchScheduler *self)
 {
-  while (g_hash_table_size (self->running) < self->settings.threads &&
-         g_sequence_get_length (self->active) > 0) {
-    Client *client = g_sequence_get (g_sequence_get_begin_iter (self->active));
-    SchedJob *sj = g_queue_pop_head (&client->queue);
+  gint64 now = g_get_monotonic_time ();
+  gint c;
 
-    sj->link = NULL;
-    self->queued--;
-    leave_turns (client);
-    self->vclock = client->vtag;
-    client->vtag++;
-    if (client->queue.length > 0)
-      take_turn (self, client);
+  while (g_hash_table_size (self->running) < self->settings.threads &&
+         (c = next_class (self, now)) >= 0) {
+    SchedJob *sj = pop_job (self, (guint)c, now);
+    Client *client = sj->flow->client;
+
+    sj->flow = NULL; /* its client may go before it ends */
     sj->running = TRUE;
-    sj->started_us = g_get_monotonic_time ();
+    sj->started_us = now;
     for (guint i = 0; i < sj->tickets->len; i++)
       ticket_started (sj->tickets->pdata[i]);
     g_hash_table_add (self->running, sj);
@@ -289,6 +402,67 @@ dispatch_locked (CrunchScheduler *self)
     crunch_executor_submit (self->executor, sj->job);
     client_release (self, client);
   }
+}
+
+/* ---- run-time estimates ---- */
+
+/* With the lock held: fn's estimated seconds, or -1. */
+static gdouble
+estimate_locked (CrunchScheduler *self, const CrunchFunction *fn)
+{
+  const gdouble *seconds = g_hash_table_lookup (self->estimates, fn->name);
+
+  return seconds != NULL ? *seconds : -1;
+}
+
+/* With the lock held: fn's first estimate; its jobs already waiting (queued without one) take
+ * it, so that the work queued counts them. Once per function. */
+static void
+first_estimate_locked (CrunchScheduler *self, const CrunchFunction *fn, gdouble seconds)
+{
+  for (guint c = 0; c < N_CLASSES; c++) {
+    Class *cls = &self->classes[c];
+    for (GSequenceIter *it = g_sequence_get_begin_iter (cls->active); !g_sequence_iter_is_end (it);
+         it = g_sequence_iter_next (it)) {
+      Flow *flow = g_sequence_get (it);
+      for (GList *l = flow->queue.head; l != NULL; l = l->next) {
+        SchedJob *sj = l->data;
+        if (sj->estimate > 0 || !g_str_equal (sj->job->fn->name, fn->name))
+          continue;
+        sj->estimate = seconds;
+        flow->work += seconds;
+        cls->work += seconds;
+      }
+    }
+  }
+}
+
+/* With the lock held: a successful run of fn took `seconds`. */
+static void
+learn_locked (CrunchScheduler *self, const CrunchFunction *fn, gdouble seconds)
+{
+  gdouble *estimate = g_hash_table_lookup (self->estimates, fn->name);
+
+  seconds = MAX (seconds, 0);
+  if (estimate == NULL) {
+    estimate = g_new (gdouble, 1);
+    *estimate = seconds;
+    g_hash_table_insert (self->estimates, g_strdup (fn->name), estimate);
+    first_estimate_locked (self, fn, seconds);
+  } else {
+    *estimate += EWMA_WEIGHT * (seconds - *estimate);
+  }
+}
+
+gdouble
+crunch_scheduler_estimate (CrunchScheduler *self, const CrunchFunction *fn)
+{
+  gdouble seconds;
+
+  g_mutex_lock (&self->lock);
+  seconds = estimate_locked (self, fn);
+  g_mutex_unlock (&self->lock);
+  return seconds;
 }
 
 /* Executor callback, on the thread that ran the job. */
@@ -302,6 +476,8 @@ on_finished (CrunchJob *job, gpointer data)
   g_mutex_lock (&self->lock);
   g_hash_table_remove (self->running, sj);
   job->scheduler_data = NULL; /* a late progress report finds no tickets */
+  if (job->outcome == CRUNCH_JOB_OK)
+    learn_locked (self, job->fn, (job->t_finished - job->t_started) / 1e6);
   forget_key (self, sj);
   if (sj->key != NULL && job->outcome == CRUNCH_JOB_OK)
     crunch_cache_insert (self->cache, sj->key, job->result);
@@ -355,7 +531,9 @@ crunch_scheduler_new_full (const CrunchSchedulerSettings *settings, CrunchExecut
   }
   g_mutex_init (&self->lock);
   self->clients = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, client_free);
-  self->active = g_sequence_new (NULL);
+  for (guint c = 0; c < N_CLASSES; c++)
+    self->classes[c].active = g_sequence_new (NULL);
+  self->estimates = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   self->coalescing = g_hash_table_new (g_str_hash, g_str_equal);
   self->running = g_hash_table_new (NULL, NULL);
   self->cache = crunch_cache_new (settings->cache_entries);
@@ -372,7 +550,9 @@ crunch_scheduler_free (CrunchScheduler *self)
   g_hash_table_unref (self->running);
   g_hash_table_unref (self->coalescing);
   g_hash_table_unref (self->clients);
-  g_sequence_free (self->active);
+  for (guint c = 0; c < N_CLASSES; c++)
+    g_sequence_free (self->classes[c].active);
+  g_hash_table_unref (self->estimates);
   crunch_cache_free (self->cache);
   g_mutex_clear (&self->lock);
   g_free (self);
@@ -391,12 +571,123 @@ crunch_scheduler_configure (CrunchScheduler *self, const CrunchSchedulerSettings
   g_mutex_unlock (&self->lock);
 }
 
-CrunchAdmit
-crunch_scheduler_admit (CrunchScheduler *self, const gchar *client_key)
+/* ---- admission ---- */
+
+static guint
+retry_seconds (gdouble seconds)
 {
-  CrunchAdmit verdict = CRUNCH_ADMIT_OK;
+  return (guint)CLAMP (ceil (seconds), 1, CRUNCH_RETRY_AFTER_MAX);
+}
+
+static guint
+worker_count (CrunchScheduler *self)
+{
+  return MAX (self->settings.threads, 1);
+}
+
+/* With the lock held: estimated seconds left of the running jobs. */
+static gdouble
+running_left_locked (CrunchScheduler *self, gint64 now)
+{
+  GHashTableIter iter;
+  gpointer key;
+  gdouble left = 0;
+
+  g_hash_table_iter_init (&iter, self->running);
+  while (g_hash_table_iter_next (&iter, &key, NULL)) {
+    const SchedJob *sj = key;
+    left += MAX (0, sj->estimate - (now - sj->started_us) / 1e6);
+  }
+  return left;
+}
+
+/* With the lock held: estimated seconds of the waiting jobs that would start before a new job of
+ * `client` in class `cls`, and how many they are. Aging is left out. */
+static gdouble
+work_ahead_locked (CrunchScheduler *self, Client *client, guint cls, guint *count)
+{
+  const Flow *own = &client->flows[cls];
+  gdouble work = 0;
+
+  *count = 0;
+  for (guint c = cls + 1; c < N_CLASSES; c++) {
+    work += self->classes[c].work;
+    *count += self->classes[c].queued;
+  }
+  /* fair queuing: all of its own flow, and of each other flow of its class about as many jobs
+   * as its own flow will have with it */
+  for (GSequenceIter *it = g_sequence_get_begin_iter (self->classes[cls].active);
+       !g_sequence_iter_is_end (it); it = g_sequence_iter_next (it)) {
+    const Flow *flow = g_sequence_get (it);
+    guint len = flow->queue.length;
+    guint n = flow == own ? len : MIN (len, own->queue.length + 1);
+    work += len > 0 ? flow->work * n / len : 0;
+    *count += n;
+  }
+  return work;
+}
+
+/* With the lock held: predicted seconds until a new job of this client and class starts. */
+static gdouble
+predict_wait_locked (CrunchScheduler *self, Client *client, guint cls, gint64 now)
+{
+  guint ahead;
+  gdouble work = work_ahead_locked (self, client, cls, &ahead);
+
+  if (ahead == 0 && g_hash_table_size (self->running) < self->settings.threads)
+    return 0;
+  return (work + running_left_locked (self, now)) / worker_count (self);
+}
+
+/* With the lock held: the estimated seconds of every waiting job (`client`'s alone if set). */
+static gdouble
+queued_work_locked (CrunchScheduler *self, const Client *client)
+{
+  gdouble work = 0;
+
+  for (guint c = 0; c < N_CLASSES; c++)
+    work += client != NULL ? client->flows[c].work : self->classes[c].work;
+  return work;
+}
+
+/* With the lock held: the client's limit, then the call's deadline against the prediction. */
+static CrunchAdmit
+admit_client_locked (CrunchScheduler *self, Client *client, const CrunchAdmitRequest *request,
+                     CrunchPrediction *p, gint64 now)
+{
+  guint cls = MIN (request->priority, CRUNCH_PRIORITY_MAX);
+
+  if (self->settings.per_client_limit != 0 &&
+      client->in_flight >= self->settings.per_client_limit) {
+    self->counters.rejected_client_limit++;
+    p->retry_after =
+        retry_seconds ((queued_work_locked (self, client) + running_left_locked (self, now)) /
+                       worker_count (self));
+    return CRUNCH_ADMIT_CLIENT_LIMIT;
+  }
+  if (request->fn == NULL)
+    return CRUNCH_ADMIT_OK;
+  p->run = estimate_locked (self, request->fn);
+  p->wait = predict_wait_locked (self, client, cls, now);
+  if (p->run < 0 || request->deadline_us == 0 || p->wait + p->run <= p->timeout)
+    return CRUNCH_ADMIT_OK;
+  self->counters.rejected_deadline++;
+  /* when enough of the queue ahead of it will have drained for it to fit */
+  p->retry_after = retry_seconds (p->wait - MAX (p->timeout - p->run, 0));
+  return CRUNCH_ADMIT_DEADLINE;
+}
+
+CrunchAdmit
+crunch_scheduler_admit_call (CrunchScheduler *self, const CrunchAdmitRequest *request,
+                             CrunchPrediction *p)
+{
+  gint64 now = g_get_monotonic_time ();
+  CrunchAdmit verdict;
   Client *client;
 
+  *p = (CrunchPrediction){0, -1, 0, 1};
+  if (request->deadline_us != 0)
+    p->timeout = (request->deadline_us - now) / 1e6;
   g_mutex_lock (&self->lock);
   if (self->draining) {
     verdict = CRUNCH_ADMIT_DRAINING;
@@ -404,21 +695,31 @@ crunch_scheduler_admit (CrunchScheduler *self, const gchar *client_key)
              self->tickets >= self->settings.queue_limit + self->settings.threads) {
     verdict = CRUNCH_ADMIT_QUEUE_FULL;
     self->counters.rejected_queue_full++;
+    /* when the work queued now will have drained */
+    p->retry_after = retry_seconds (
+        (queued_work_locked (self, NULL) + running_left_locked (self, now)) / worker_count (self));
   } else {
-    client = client_get (self, client_key);
-    if (self->settings.per_client_limit != 0 &&
-        client->in_flight >= self->settings.per_client_limit) {
-      verdict = CRUNCH_ADMIT_CLIENT_LIMIT;
-      self->counters.rejected_client_limit++;
-      client_release (self, client);
-    } else {
+    client = client_get (self, request->client);
+    verdict = admit_client_locked (self, client, request, p, now);
+    if (verdict == CRUNCH_ADMIT_OK) {
       client->in_flight++;
       self->tickets++;
       self->reserved++;
+    } else {
+      client_release (self, client);
     }
   }
   g_mutex_unlock (&self->lock);
   return verdict;
+}
+
+CrunchAdmit
+crunch_scheduler_admit (CrunchScheduler *self, const gchar *client_key)
+{
+  CrunchPrediction prediction;
+
+  return crunch_scheduler_admit_call (self, &(CrunchAdmitRequest){client_key, NULL, 0, 0},
+                                      &prediction);
 }
 
 GBytes *
@@ -431,7 +732,28 @@ crunch_scheduler_cached (CrunchScheduler *self, const CrunchFunction *fn, GVaria
   return crunch_cache_lookup (self->cache, key);
 }
 
-/* With the lock held: attach the ticket to a job, an identical one if there is one. */
+/* With the lock held: a new waiting job for the ticket, in its client's flow of its class. */
+static SchedJob *
+new_job_locked (CrunchScheduler *self, CrunchTicket *ticket)
+{
+  SchedJob *sj = g_new0 (SchedJob, 1);
+  guint cls = MIN (ticket->priority, CRUNCH_PRIORITY_MAX);
+
+  sj->job = crunch_job_new (ticket->fn, ticket->args);
+  sj->job->scheduler_data = sj;
+  sj->job->scheduler = self;
+  sj->job->cancel.progress = on_progress;
+  sj->job->cancel.progress_data = sj->job;
+  sj->tickets = g_ptr_array_new ();
+  sj->cls = cls;
+  sj->estimate = MAX (estimate_locked (self, ticket->fn), 0);
+  sj->flow = &client_get (self, ticket->client)->flows[cls];
+  queue_job (self, sj);
+  return sj;
+}
+
+/* With the lock held: attach the ticket to a job, an identical one if there is one (running, or
+ * waiting in a class at least as high as the ticket's). */
 static void
 enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
 {
@@ -439,26 +761,16 @@ enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
   gboolean shared = key != NULL && self->settings.coalesce;
   SchedJob *sj = shared ? g_hash_table_lookup (self->coalescing, key) : NULL;
 
+  if (sj != NULL && !sj->running && sj->cls < ticket->priority)
+    sj = NULL; /* a job of its own, which later identical tickets join instead */
   if (sj != NULL) {
     ticket->coalesced = TRUE;
     self->counters.tickets_coalesced++;
   } else {
-    sj = g_new0 (SchedJob, 1);
-    sj->job = crunch_job_new (ticket->fn, ticket->args);
-    sj->job->scheduler_data = sj;
-    sj->job->scheduler = self;
-    sj->job->cancel.progress = on_progress;
-    sj->job->cancel.progress_data = sj->job;
-    sj->tickets = g_ptr_array_new ();
-    sj->owner = client_get (self, ticket->client);
-    g_queue_push_tail (&sj->owner->queue, sj);
-    sj->link = sj->owner->queue.tail;
-    self->queued++;
-    if (sj->owner->turn == NULL)
-      take_turn (self, sj->owner);
+    sj = new_job_locked (self, ticket);
     sj->key = g_steal_pointer (&key);
-    if (shared)
-      g_hash_table_insert (self->coalescing, sj->key, sj);
+    if (shared) /* replace(): the key string is the new job's */
+      g_hash_table_replace (self->coalescing, sj->key, sj);
   }
   g_ptr_array_add (sj->tickets, crunch_ticket_ref (ticket));
   if (ticket->deadline_us > __atomic_load_n (&sj->job->deadline_us, __ATOMIC_RELAXED))
@@ -522,7 +834,7 @@ detach_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why
     if (crunch_job_cancel (sj->job, why))
       crunch_executor_cancel (self->executor, sj->job);
   } else {
-    Client *owner = sj->owner;
+    Client *owner = sj->flow->client;
     unqueue (self, sj);
     client_release (self, owner);
     sched_job_free (sj);
@@ -565,18 +877,16 @@ crunch_scheduler_drain (CrunchScheduler *self)
 {
   GPtrArray *answers = g_ptr_array_new ();
   g_autoptr (GPtrArray) dropped = g_ptr_array_new_with_free_func ((GDestroyNotify)sched_job_free);
-  Client *client;
 
   g_mutex_lock (&self->lock);
   self->draining = TRUE;
   /* empty every queue first: answering may free idle clients */
-  while (g_sequence_get_length (self->active) > 0) {
-    SchedJob *sj;
-    client = g_sequence_get (g_sequence_get_begin_iter (self->active));
-    leave_turns (client);
-    while ((sj = g_queue_pop_head (&client->queue)) != NULL) {
-      sj->link = NULL;
-      self->queued--;
+  for (guint c = 0; c < N_CLASSES; c++) {
+    GSequence *active = self->classes[c].active;
+    while (g_sequence_get_length (active) > 0) {
+      Flow *flow = g_sequence_get (g_sequence_get_begin_iter (active));
+      SchedJob *sj = g_queue_peek_head (&flow->queue);
+      unqueue (self, sj); /* the flow leaves the turns with its last job */
       forget_key (self, sj);
       g_ptr_array_add (dropped, sj);
     }
@@ -602,6 +912,32 @@ crunch_scheduler_cancel_running (CrunchScheduler *self, CrunchJobOutcome reason)
   while (g_hash_table_iter_next (&iter, &sj, NULL))
     if (crunch_job_cancel (((SchedJob *)sj)->job, reason))
       crunch_executor_cancel (self->executor, ((SchedJob *)sj)->job);
+  g_mutex_unlock (&self->lock);
+}
+
+void
+crunch_scheduler_render_metrics (CrunchScheduler *self, GString *out)
+{
+  g_autoptr (GList) names = NULL;
+  gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+
+  g_string_append (out, "# HELP crunchd_function_run_estimate_seconds The running estimate of a "
+                        "function's run time (EWMA of its successful runs) that admission uses.\n"
+                        "# TYPE crunchd_function_run_estimate_seconds gauge\n");
+  g_mutex_lock (&self->lock);
+  names = g_list_sort (g_hash_table_get_keys (self->estimates), (GCompareFunc)g_strcmp0);
+  for (GList *l = names; l != NULL; l = l->next) {
+    const gdouble *seconds = g_hash_table_lookup (self->estimates, l->data);
+    /* (Prometheus wants '.', whatever the locale) */
+    g_string_append_printf (out, "crunchd_function_run_estimate_seconds{function=\"%s\"} %s\n",
+                            (const gchar *)l->data,
+                            g_ascii_formatd (buf, sizeof buf, "%.6f", *seconds));
+  }
+  g_string_append (out, "# HELP crunchd_jobs_queued_by_priority Jobs waiting for a worker, by "
+                        "priority class.\n# TYPE crunchd_jobs_queued_by_priority gauge\n");
+  for (guint c = 0; c < N_CLASSES; c++)
+    g_string_append_printf (out, "crunchd_jobs_queued_by_priority{priority=\"%u\"} %u\n", c,
+                            self->classes[c].queued);
   g_mutex_unlock (&self->lock);
 }
 

@@ -1,4 +1,5 @@
-/* scheduler.h - admission, per-client fairness, coalescing, and dispatch to the executor.
+/* scheduler.h - admission, priorities, per-client fairness, coalescing, and dispatch to the
+ * executor.
  *
  * A *ticket* is one request waiting for an answer; a *job* is one computation. Identical tickets
  * for a pure function share one job (coalescing). A ticket is answered exactly once: by its job
@@ -7,11 +8,20 @@
 
 #include "executor.h"
 
+/* Priority classes: 0 (lowest) to CRUNCH_PRIORITY_MAX; a waiting job of a higher class goes
+ * first, and aging ([executor] priority_aging) lifts a class that has waited. */
+#define CRUNCH_PRIORITY_MAX 9
+#define CRUNCH_PRIORITY_LEVELS (CRUNCH_PRIORITY_MAX + 1)
+
+/* Retry-After is at most this many seconds. */
+#define CRUNCH_RETRY_AFTER_MAX 3600
+
 typedef enum {
   CRUNCH_ADMIT_OK,
   CRUNCH_ADMIT_QUEUE_FULL,   /* -> 503 + Retry-After */
   CRUNCH_ADMIT_CLIENT_LIMIT, /* -> 429 + Retry-After */
   CRUNCH_ADMIT_DRAINING,     /* -> 503, the server is stopping */
+  CRUNCH_ADMIT_DEADLINE,     /* -> 503 + Retry-After: predicted to miss its deadline */
 } CrunchAdmit;
 
 typedef struct CrunchTicket CrunchTicket;
@@ -27,6 +37,7 @@ struct CrunchTicket {
   GVariant *args;
   gchar *client;
   gint64 deadline_us; /* monotonic */
+  guint priority;     /* its class, 0 to CRUNCH_PRIORITY_MAX (set before submit()) */
   gint64 t_submitted;
   CrunchTicketFunc answered; /* any thread, exactly once */
   gpointer answered_data;
@@ -63,6 +74,7 @@ typedef struct {
   gint nice;
   guint cache_entries;       /* LRU result cache; 0 = off */
   CrunchWorkerPolicy policy; /* of local worker threads */
+  gdouble priority_aging;    /* seconds a class waits unserved to count one class up; 0 = off */
 } CrunchSchedulerSettings;
 
 typedef struct CrunchScheduler CrunchScheduler;
@@ -82,6 +94,32 @@ void crunch_scheduler_configure (CrunchScheduler *self, const CrunchSchedulerSet
 /* Two steps, because the connection must be suspended between them: admit() reserves a place
  * for `client` (or refuses at once), submit() hands over the ticket and never fails. */
 CrunchAdmit crunch_scheduler_admit (CrunchScheduler *self, const gchar *client);
+
+/* What admission knows of a call, for its prediction. */
+typedef struct {
+  const gchar *client;
+  const CrunchFunction *fn; /* NULL: no prediction, never refused for its deadline */
+  guint priority;
+  gint64 deadline_us; /* monotonic; 0 = none */
+} CrunchAdmitRequest;
+
+/* Admission's prediction for a call (seconds), filled whatever the verdict. */
+typedef struct {
+  gdouble wait;      /* queue wait: the work that would run before it, over the workers */
+  gdouble run;       /* its function's estimated run time; < 0: no estimate yet */
+  gdouble timeout;   /* its deadline, from now */
+  guint retry_after; /* for a refusal: 1 to CRUNCH_RETRY_AFTER_MAX */
+} CrunchPrediction;
+
+/* admit() with a priority class and a prediction: a call whose predicted wait plus run time
+ * exceeds its deadline is refused (CRUNCH_ADMIT_DEADLINE) when its function has an estimate. */
+CrunchAdmit crunch_scheduler_admit_call (CrunchScheduler *self, const CrunchAdmitRequest *request,
+                                         CrunchPrediction *prediction);
+/* The running estimate of fn's run time in seconds (an EWMA of its successful runs), or -1. */
+gdouble crunch_scheduler_estimate (CrunchScheduler *self, const CrunchFunction *fn);
+/* Prometheus families of its own: crunchd_function_run_estimate_seconds{function} and
+ * crunchd_jobs_queued_by_priority{priority}. Any thread. */
+void crunch_scheduler_render_metrics (CrunchScheduler *self, GString *out);
 void crunch_scheduler_submit (CrunchScheduler *self, CrunchTicket *ticket);
 /* A cached result for this call, or NULL (checked before admission: a hit needs no job). */
 GBytes *crunch_scheduler_cached (CrunchScheduler *self, const CrunchFunction *fn, GVariant *args);
@@ -115,6 +153,7 @@ typedef struct {
   guint64 jobs_cancelled;      /* dropped from the queue or stopped: nobody waited any more */
   guint64 rejected_queue_full;
   guint64 rejected_client_limit;
+  guint64 rejected_deadline;
   guint cache_size;
   guint64 cache_hits, cache_misses;
 } CrunchSchedulerStats;

@@ -19,6 +19,8 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "scheduler.h"
+
 #define HASH_LEN 32
 #define TOKEN_BYTES 32
 #define MAX_PATTERN 128
@@ -54,7 +56,8 @@ struct CrunchAuthKey {
   gdouble burst;
   gchar *rate_text; /* as written, for the 429 message */
   gboolean ops;
-  State *state; /* set at publish */
+  gint priority; /* 0 to CRUNCH_PRIORITY_MAX; -1 = not set */
+  State *state;  /* set at publish */
 };
 
 struct CrunchKeyring {
@@ -247,6 +250,11 @@ parse_field (CrunchAuthKey *key, const gchar *field, const gchar *value, const g
     if (!g_str_equal (value, "true") && !g_str_equal (value, "false"))
       return fail (error, file, key->name, field, value, "expected true or false");
     key->ops = g_str_equal (value, "true");
+  } else if (g_str_equal (field, "priority")) {
+    if (!parse_number (value, 0, CRUNCH_PRIORITY_MAX, &n))
+      return fail (error, file, key->name, field, value, "expected an integer from 0 to %d",
+                   CRUNCH_PRIORITY_MAX);
+    key->priority = (gint)n;
   } else {
     g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
                  "%s: [%s] %s: unknown key", file, key->name, field);
@@ -273,6 +281,7 @@ parse_key (GKeyFile *kf, const gchar *group, const gchar *file, GError **error)
   g_auto (GStrv) fields = g_key_file_get_keys (kf, group, NULL, NULL);
 
   key->ref = 1;
+  key->priority = -1;
   key->name = g_strdup (group);
   key->functions = g_ptr_array_new_with_free_func ((GDestroyNotify)g_pattern_spec_free);
   if (!crunch_auth_name_valid (group)) {
@@ -740,6 +749,12 @@ const gchar *
 crunch_auth_grant_name (const CrunchAuthGrant *grant)
 {
   return grant->key != NULL ? grant->key->name : NULL;
+}
+
+gint
+crunch_auth_grant_priority (const CrunchAuthGrant *grant)
+{
+  return grant->key != NULL ? grant->key->priority : -1;
 }
 
 void

@@ -9,6 +9,8 @@
  *   rate = 10/s               (token bucket: N/s, N/min or N/h; absent = no limit)
  *   burst = 20                (the bucket's size; default the rate per second rounded up)
  *   ops = true                (the ops routes on the public listeners; default false)
+ *   priority = 7              (its requests' class, 0-9, and the most Crunch-Priority may ask;
+ *                             default [executor] default_priority)
  * The parser is pure (no HTTP, no clock), so it is unit-tested and fuzzed on its own
  * (tests/fuzz/fuzz-keys.c). */
 #pragma once
@@ -94,6 +96,8 @@ gboolean crunch_auth_may_call (CrunchAuthGrant *grant, const gchar *function, Cr
 void crunch_auth_finish (CrunchAuth *self, CrunchAuthGrant *grant);
 /* The grant's key name, or NULL. */
 const gchar *crunch_auth_grant_name (const CrunchAuthGrant *grant);
+/* The grant's key's `priority`, or -1 (no key, or a key without one). */
+gint crunch_auth_grant_priority (const CrunchAuthGrant *grant);
 
 /* crunchd_auth_requests_total{key,result}: a CrunchMetricsSource render function. */
 void crunch_auth_render_metrics (GString *out, gpointer auth);

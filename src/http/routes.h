@@ -33,6 +33,7 @@ typedef struct {
   const gchar *body;
   gsize body_len;
   const gchar *client;          /* the fairness key (jobs lane) */
+  guint priority;               /* POST /jobs: the class of the job (Crunch-Priority) */
   const gchar *idempotency_key; /* the Idempotency-Key header (jobs lane), or NULL */
   const gchar *last_event_id;   /* the Last-Event-ID header (jobs lane), or NULL */
   /* Jobs lane: parks the connection (before the work is handed over) and returns the handle

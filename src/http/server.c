@@ -79,7 +79,8 @@ struct CrunchServer {
   gint proxy_header;        /* atomic: a CrunchProxyHeader, the one header they write */
   guint poll_threads;       /* per public daemon (MHD's thread pool); the ops daemon has one */
   guint max_connections, max_connections_per_ip, connection_timeout;
-  guint request_timeout; /* atomic */
+  guint request_timeout;  /* atomic */
+  guint default_priority; /* atomic: [executor] default_priority */
   gchar **listen;
   gchar *metrics_listen;
   struct MHD_Daemon *ops_daemon; /* NULL: ops routes are served by the public daemons */
@@ -409,6 +410,30 @@ request_deadline (CrunchRequest *req, const CrunchFunction *fn, gint64 *deadline
   return TRUE;
 }
 
+/* The call's class: its key's `priority` (without one, [executor] default_priority), or a lower
+ * one it asks for with `Crunch-Priority: N`; never higher. FALSE (and a message) if the header
+ * is malformed. */
+static gboolean
+request_priority (CrunchRequest *req, guint *priority, gchar **why)
+{
+  gint cap = crunch_auth_grant_priority (&req->grant);
+  const gchar *value =
+      MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Crunch-Priority");
+  guint64 asked;
+
+  *priority =
+      cap >= 0 ? (guint)cap : __atomic_load_n (&req->server->default_priority, __ATOMIC_RELAXED);
+  if (value == NULL)
+    return TRUE;
+  if (!g_ascii_string_to_unsigned (value, 10, 0, CRUNCH_PRIORITY_MAX, &asked, NULL)) {
+    *why = g_strdup_printf ("Crunch-Priority: expected an integer from 0 to %d, got '%.*s'",
+                            CRUNCH_PRIORITY_MAX, MAX_HEADER_VALUE, value);
+    return FALSE;
+  }
+  *priority = MIN (*priority, (guint)asked);
+  return TRUE;
+}
+
 static gint
 connection_fd (struct MHD_Connection *connection)
 {
@@ -475,13 +500,15 @@ wants_event_stream (struct MHD_Connection *connection)
 static enum MHD_Result
 stream_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
 {
-  g_autofree gchar *client = NULL;
+  g_autofree gchar *client = NULL, *why = NULL;
   CrunchRequestInfo info = {.method = req->method, .defer = request_defer, .request = req};
   CrunchReply reply;
 
   if (req->server->jobs == NULL)
     return respond_error (req, MHD_HTTP_NOT_ACCEPTABLE,
                           "event streams need the jobs API, which this server does not serve");
+  if (!request_priority (req, &info.priority, &why))
+    return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
   info.client = client = client_key (req);
   info.owned = req->grant.on; /* (the key may call fn: route_compute() checked) */
   info.last_event_id =
@@ -534,13 +561,20 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
   CrunchServer *server = req->server;
   g_autofree gchar *client = NULL, *why = NULL;
   gint64 deadline;
+  guint priority;
 
-  if (!request_deadline (req, fn, &deadline, &why))
+  if (!request_deadline (req, fn, &deadline, &why) || !request_priority (req, &priority, &why))
     return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
   client = client_key (req);
-  req->call = crunch_call_new (server->calls, &(CrunchCallSpec){fn, args, client, deadline,
-                                                                connection_fd (req->connection),
-                                                                on_answered, req, NULL, NULL});
+  req->call =
+      crunch_call_new (server->calls, &(CrunchCallSpec){.fn = fn,
+                                                        .args = args,
+                                                        .client = client,
+                                                        .deadline_us = deadline,
+                                                        .watch_fd = connection_fd (req->connection),
+                                                        .answered = on_answered,
+                                                        .data = req,
+                                                        .priority = priority});
   switch (crunch_call_admit (req->call)) {
   case CRUNCH_CALL_CACHED:
     req->cached = TRUE;
@@ -678,7 +712,7 @@ request_may_call (gpointer data, const gchar *function, CrunchReply *refusal)
 static enum MHD_Result
 respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
 {
-  g_autofree gchar *client = NULL;
+  g_autofree gchar *client = NULL, *why = NULL;
   CrunchRequestInfo info = {.method = req->method,
                             .arg = arg,
                             .body = req->body ? (const gchar *)req->body->data : "",
@@ -703,6 +737,9 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
     info.request = req;
     info.owned = req->grant.on;
     info.may_call = request_may_call;
+    /* only a submission has a class: another verb ignores the header */
+    if (g_str_equal (route->name, "submit") && !request_priority (req, &info.priority, &why))
+      return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
   }
   reply = handler (&info, context);
   if (reply.status == 0) /* deferred: answered by later_answer() */
@@ -1088,6 +1125,7 @@ crunch_server_configure (CrunchServer *self, const CrunchConfig *config)
 
   __atomic_store_n (&self->max_body_size, (gint64)config->max_body_size, __ATOMIC_RELAXED);
   __atomic_store_n (&self->request_timeout, config->request_timeout, __ATOMIC_RELAXED);
+  __atomic_store_n (&self->default_priority, config->default_priority, __ATOMIC_RELAXED);
   __atomic_store_n (&self->proxy_header, (gint)config->proxy_header, __ATOMIC_RELAXED);
   /* validated with the configuration: cannot fail here */
   proxies = crunch_proxies_new ((const gchar *const *)config->trusted_proxies, NULL);

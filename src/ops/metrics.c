@@ -83,8 +83,8 @@ static const struct {
 } rejections[CRUNCH_REJECT_COUNT] = {
     {"queue_full", 503},     {"draining", 503},   {"client_limit", 429},
     {"body_too_large", 413}, {"store_full", 503}, {"store_client_share", 429},
-    {"store_error", 503},    {"streams", 503},
-    {"streams_client", 429},
+    {"store_error", 503},    {"streams", 503},    {"streams_client", 429},
+    {"deadline", 503},
 };
 
 void

@@ -35,6 +35,7 @@ typedef enum {
   CRUNCH_REJECT_STORE_ERROR,        /* 503: POST /jobs, the job store could not record it */
   CRUNCH_REJECT_STREAMS,            /* 503: an event stream past [jobs] max_streams */
   CRUNCH_REJECT_STREAMS_CLIENT,     /* 429: past [jobs] max_streams_per_client */
+  CRUNCH_REJECT_DEADLINE,           /* 503: predicted queue wait + run time past its deadline */
   CRUNCH_REJECT_COUNT
 } CrunchRejection;
 
