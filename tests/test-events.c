@@ -550,6 +550,36 @@ test_errors (void)
   g_assert_nonnull (strstr (body, "event: outcome"));
 }
 
+/* Accept with q=0 for event streams gets the plain answer; a stream's access log line has the
+ * size of what was sent. */
+static void
+test_accept_and_log (void)
+{
+  g_autoptr (TestServer) s = start_with ("", "[log]\naccess_buffer = 0\n");
+  g_autofree gchar *url = test_server_url (s, "/fn/spin?seconds=0.01");
+  const gchar *refuse[] = {"Accept: text/event-stream;q=0, text/plain", NULL};
+  g_autoptr (TestReply) plain = test_http ("GET", url, refuse);
+  g_autofree gchar *id = submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01}}");
+  g_autofree gchar *path = g_strconcat ("/jobs/", id, "/events", NULL);
+  g_autofree gchar *body = NULL, *needle = NULL, *log = NULL;
+  long status;
+
+  g_assert_cmpint (plain->status, ==, 200);
+  g_assert_true (
+      g_str_has_prefix (g_hash_table_lookup (plain->headers, "content-type"), "text/plain"));
+  wait_state (s, id, "done");
+  body = read_stream (s, path, NULL, 0, 5, &status);
+  needle = g_strdup_printf ("\"GET %s HTTP/1.1\" 200 %zu ", path, strlen (body));
+  for (gint64 until = g_get_monotonic_time () + 2 * G_USEC_PER_SEC; g_get_monotonic_time () < until;
+       g_usleep (20000)) {
+    g_free (log);
+    log = test_server_log (s);
+    if (strstr (log, needle) != NULL)
+      break;
+  }
+  g_assert_nonnull (strstr (log, needle));
+}
+
 /* Progress from outside the process: C plugins in crunchd-worker processes, and Python. */
 static void
 test_progress_processes (void)
@@ -610,6 +640,7 @@ main (int argc, char **argv)
   g_test_add_func ("/events/heartbeat", test_heartbeat);
   g_test_add_func ("/events/streamed-call", test_streamed_call);
   g_test_add_func ("/events/errors", test_errors);
+  g_test_add_func ("/events/accept-and-log", test_accept_and_log);
   g_test_add_func ("/events/streamed-reconnect", test_streamed_reconnect);
   g_test_add_func ("/events/resume-after-restart", test_resume_after_restart);
   g_test_add_func ("/events/progress-processes", test_progress_processes);

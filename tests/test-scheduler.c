@@ -469,7 +469,9 @@ test_deadline_admission (void)
   g_assert_cmpuint (p.retry_after, >=, 1);
   g_assert_cmpuint (stats (s).rejected_deadline, ==, 1);
   g_assert_cmpint (admit_call (s, "a", 9, 0.15, &p), ==, CRUNCH_ADMIT_OK); /* nothing ahead */
-  g_assert_cmpfloat (p.wait, <=, 0.06);
+  /* only what is left of the running job (its estimate, which a loaded machine stretches), not
+   * the 0.2 s queued in the lower class */
+  g_assert_cmpfloat (p.wait, <, 0.15);
   high = submit_admitted (s, &r, "a", 1, 9);
   wait_for (&r, 7);
   g_assert_true (r.answered->pdata[2] == high); /* after the job running when it came */

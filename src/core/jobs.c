@@ -1,4 +1,5 @@
-/* jobs.c - the asynchronous jobs API and its table of jobs.
+/* jobs.c - the asynchronous jobs API and its table of jobs. Watching them (progress, event
+ * streams, the status page's running jobs) is jobs-events.c; jobs-private.h is what both share.
  *
  * DESIGN
  * One mutex guards the table of entries, the queue of finished ones, the idempotency keys, the
@@ -32,7 +33,7 @@
  * passed. Unfinished entries are never freed (their call's callback points at them). Expired
  * entries are purged lazily, at the start of every call: finished ones are queued in the order
  * they finished, so the oldest is always at the head. */
-#include "jobs.h"
+#include "jobs-private.h"
 
 #include <errno.h>
 #include <json-glib/json-glib.h>
@@ -47,77 +48,6 @@
 
 #define BACKLOG_RETRY_MS 100
 #define IDEMPOTENCY_KEY_MAX 255
-
-struct CrunchJobs {
-  GMutex lock;
-  CrunchCalls *calls;
-  CrunchStore *store;    /* NULL: memory only */
-  GHashTable *entries;   /* id -> Entry* (owned) */
-  GQueue finished;       /* Entry*, oldest first */
-  GHashTable *held;      /* client -> entries it holds (GUINT_TO_POINTER) */
-  GHashTable *keys;      /* "client\nIdempotency-Key" -> Entry* */
-  GQueue backlog;        /* recovered Entry* waiting for admission, oldest first */
-  guint backlog_timer;   /* main loop source retrying the backlog, 0 = none */
-  gint careful;          /* recovered jobs after a crash still unfinished (atomic) */
-  GMutex serial;         /* held by the one job running while careful (gate_enter()) */
-  GSourceFunc recovered; /* main loop, once careful is back to 0 */
-  gpointer recovered_data;
-  gint64 ttl_us;
-  guint max_stored, max_per_client, max_result_size, max_crashes;
-  guint default_priority; /* the class of recovered jobs (the store does not keep one) */
-  /* A leaf under both our lock and the scheduler's (which holds it when a job starts or reports
-   * progress): every entry's news, below. */
-  GMutex news;
-  gchar boot[9]; /* this process's part of every event id (random), so ids never repeat */
-};
-
-typedef struct {
-  CrunchJobs *jobs;
-  gchar *id;
-  const CrunchFunction *fn; /* NULL: recovered, and its function is no longer registered */
-  gchar *fn_name;
-  GVariant *args;
-  gchar *client;                   /* who submitted it: its share of the store */
-  gchar *key;                      /* its place in jobs->keys, or NULL */
-  gchar *body_hash;                /* of the function and arguments, with an idempotency key */
-  CrunchCall *call;                /* its compute call, NULL before one is made */
-  CrunchLater *later;              /* the POST waiting for the store, NULL once answered */
-  gboolean visible;                /* its id has been handed out */
-  gboolean careful;                /* counted in jobs->careful */
-  guint priority;                  /* its class (CrunchCallSpec.priority) */
-  gint64 t_created;                /* wall clock, for humans */
-  gint64 t_submitted, deadline_us; /* monotonic, of the current run */
-  gint64 t_done;                   /* monotonic; 0 while unfinished */
-  gboolean cancel_requested;
-  guint attempts; /* runs started (atomic: on_started() has no lock) */
-  guint crashes;
-  /* the outcome, from t_done on */
-  CrunchJobOutcome outcome;
-  gboolean cached, coalesced;
-  gboolean interrupted;    /* stopped by a shutdown: queued again in the store */
-  gboolean lost;           /* shared store: another front end took it over (not ours to write) */
-  gboolean remote_running; /* a copy read from a shared store: its owner runs it */
-  GBytes *result;
-  gchar *error;
-  gint64 queued_us, run_us; /* -1: it never ran */
-  /* Its news, under jobs->news. Every event has the next number (`seq`); a watcher that comes
-   * back with Last-Event-ID N is sent what changed after N. */
-  guint64 seq, state_seq, progress_seq, outcome_seq; /* 0: no such event yet */
-  gboolean started;                                  /* a run has started ("running") */
-  gboolean unwatched_stop;      /* a streamed call: cancelled when its last watcher leaves */
-  gdouble progress;             /* the latest report, valid once progress_seq != 0 */
-  gchar *progress_message;      /* or NULL */
-  CrunchStream *pending_stream; /* a streamed call's, until it is accepted (our lock) */
-  GPtrArray *streams;           /* CrunchStream*, watching it (NULL: none yet) */
-} Entry;
-
-#define ID_BYTES 16 /* 128 random bits */
-
-static Entry *find_locked (CrunchJobs *self, const gchar *id);
-
-/* its news (below) */
-static void news_started (Entry *entry);
-static void news_finished_locked (Entry *entry);
 
 /* a shared store's hooks (below) */
 static void on_claimed (CrunchStoredJob *record, gpointer data);
@@ -337,7 +267,7 @@ finish_locked (CrunchJobs *self, Entry *entry)
     if (g_atomic_int_dec_and_test (&self->careful) && self->recovered != NULL)
       g_idle_add (self->recovered, self->recovered_data);
   }
-  news_finished_locked (entry);
+  jobs_news_finished_locked (entry);
   if (self->store == NULL || entry->lost)
     return;
   if (entry->interrupted) {
@@ -411,7 +341,7 @@ on_started (CrunchCall *call, gpointer data)
   Entry *entry = data;
   guint attempts = (guint)g_atomic_int_add (&entry->attempts, 1) + 1;
 
-  news_started (entry);
+  jobs_news_started (entry);
   if (entry->jobs->store != NULL)
     crunch_store_set_state (entry->jobs->store, entry->id, CRUNCH_STORED_RUNNING, attempts,
                             entry->crashes, NULL, NULL);
@@ -557,15 +487,15 @@ json_text (JsonBuilder *b, gboolean one_line)
   return g_string_free (text, FALSE);
 }
 
-static gchar *
-json_line (JsonBuilder *b)
+gchar *
+jobs_json_line (JsonBuilder *b)
 {
   return json_text (b, TRUE);
 }
 
 /* With the lock held: GET /jobs/ID's document. */
-static gchar *
-describe_json_locked (Entry *entry, gboolean one_line)
+gchar *
+jobs_describe_json_locked (Entry *entry, gboolean one_line)
 {
   g_autoptr (JsonBuilder) b = json_builder_new ();
   guint attempts = g_atomic_int_get (&entry->attempts);
@@ -594,277 +524,13 @@ describe_json_locked (Entry *entry, gboolean one_line)
 static CrunchReply
 describe_locked (Entry *entry, guint status)
 {
-  gchar *line = describe_json_locked (entry, FALSE);
+  gchar *line = jobs_describe_json_locked (entry, FALSE);
   gsize len = strlen (line);
 
   line = g_realloc (line, len + 2);
   line[len] = '\n';
   line[len + 1] = '\0';
   return crunch_reply_bytes (status, g_bytes_new_take (line, len + 1), "application/json");
-}
-
-/* ---- news: progress reports and event streams (GET /jobs/ID/events) ---- */
-
-/* An event's id: "JOB.BOOT.SEQ". The job's id lets a streamed call's EventSource come back to
- * its job (Last-Event-ID on /fn/NAME); the process's random part makes numbers from before a
- * restart (counted again from 1) recognisable as such. */
-#define EVENT_ID_MAX (ID_BYTES * 2 + 1 + 8 + 1 + 20 + 1)
-
-static void
-event_id (const Entry *entry, guint64 seq, gchar id[EVENT_ID_MAX])
-{
-  g_snprintf (id, EVENT_ID_MAX, "%s.%s.%" G_GUINT64_FORMAT, entry->id, entry->jobs->boot, seq);
-}
-
-/* A Last-Event-ID: the job it names (NULL when it is not one of ours) and, when it is from this
- * process, the event number (else 0: from before a restart, all is news). */
-static gchar *
-parse_event_id (CrunchJobs *self, const gchar *text, guint64 *seq)
-{
-  g_auto (GStrv) parts = text != NULL ? g_strsplit (text, ".", 4) : NULL;
-
-  *seq = 0;
-  if (parts == NULL || g_strv_length (parts) != 3 || !crunch_store_id_valid (parts[0]))
-    return NULL;
-  if (g_str_equal (parts[1], self->boot) &&
-      !g_ascii_string_to_unsigned (parts[2], 10, 1, G_MAXUINT64, seq, NULL))
-    *seq = 0;
-  return g_strdup (parts[0]);
-}
-
-/* With jobs->news held: an event to every watcher (`end`: the last one, the streams end and
- * are dropped). A stream that has closed (its client left or reads nothing) stays until its
- * `gone` (on_watcher_gone()) drops it: that is where a streamed call nobody watches stops. */
-static void
-broadcast_locked (Entry *entry, guint64 seq, const gchar *event, const gchar *data, gboolean end)
-{
-  gchar id[EVENT_ID_MAX];
-
-  if (entry->streams == NULL)
-    return;
-  event_id (entry, seq, id);
-  for (guint i = entry->streams->len; i-- > 0;) {
-    CrunchStream *stream = entry->streams->pdata[i];
-    crunch_stream_event (stream, id, event, data);
-    if (end) {
-      crunch_stream_end (stream);
-      g_ptr_array_remove_index_fast (entry->streams, i);
-    }
-  }
-}
-
-static gchar *
-state_data (const Entry *entry, const gchar *state, guint attempts)
-{
-  g_autoptr (JsonBuilder) b = json_builder_new ();
-
-  json_builder_begin_object (b);
-  crunch_json_member_string (b, "id", entry->id);
-  crunch_json_member_string (b, "state", state);
-  crunch_json_member_int (b, "attempts", attempts);
-  json_builder_end_object (b);
-  return json_line (b);
-}
-
-static gchar *
-progress_data (gdouble fraction, const gchar *message)
-{
-  g_autoptr (JsonBuilder) b = json_builder_new ();
-
-  json_builder_begin_object (b);
-  json_builder_set_member_name (b, "fraction");
-  json_builder_add_double_value (b, fraction);
-  if (message != NULL)
-    crunch_json_member_string (b, "message", message);
-  json_builder_end_object (b);
-  return json_line (b);
-}
-
-/* The scheduler's lock is held (on_started()): the job runs. */
-static void
-news_started (Entry *entry)
-{
-  CrunchJobs *self = entry->jobs;
-  g_autofree gchar *data = state_data (entry, "running", g_atomic_int_get (&entry->attempts));
-
-  g_mutex_lock (&self->news);
-  entry->started = TRUE;
-  entry->state_seq = ++entry->seq;
-  broadcast_locked (entry, entry->seq, "state", data, FALSE);
-  g_mutex_unlock (&self->news);
-}
-
-/* CrunchCallSpec.progress: the scheduler's lock is held. */
-static void
-on_progress (CrunchCall *call, gdouble fraction, const gchar *message, gpointer data)
-{
-  Entry *entry = data;
-  CrunchJobs *self = entry->jobs;
-  g_autofree gchar *json = progress_data (fraction, message);
-
-  g_mutex_lock (&self->news);
-  entry->progress = fraction;
-  g_free (entry->progress_message);
-  entry->progress_message = g_strdup (message);
-  entry->progress_seq = ++entry->seq;
-  broadcast_locked (entry, entry->seq, "progress", json, FALSE);
-  g_mutex_unlock (&self->news);
-}
-
-/* With the lock held (finish_locked()): the outcome is the last event. A job interrupted by a
- * shutdown has none here: its watchers reconnect to the next process. */
-static void
-news_finished_locked (Entry *entry)
-{
-  CrunchJobs *self = entry->jobs;
-  g_autofree gchar *outcome = NULL;
-  gboolean watched;
-
-  g_mutex_lock (&self->news);
-  watched = entry->streams != NULL && entry->streams->len > 0;
-  g_mutex_unlock (&self->news);
-  /* (no watcher can come meanwhile: watching takes our lock) */
-  if (watched && !entry->interrupted)
-    outcome = describe_json_locked (entry, TRUE);
-  g_mutex_lock (&self->news);
-  entry->outcome_seq = ++entry->seq;
-  if (outcome != NULL)
-    broadcast_locked (entry, entry->seq, "outcome", outcome, TRUE);
-  else if (entry->streams != NULL)
-    for (guint i = 0; i < entry->streams->len; i++)
-      crunch_stream_end (entry->streams->pdata[i]);
-  g_clear_pointer (&entry->streams, g_ptr_array_unref);
-  g_mutex_unlock (&self->news);
-}
-
-/* A watcher's stream, for its `gone` callback. */
-typedef struct {
-  CrunchJobs *jobs;
-  gchar *id;
-  CrunchStream *stream; /* not a reference: the stream calls us */
-} Watcher;
-
-static void
-watcher_free (gpointer data)
-{
-  Watcher *w = data;
-
-  g_free (w->id);
-  g_free (w);
-}
-
-/* CrunchStreamGone: a watcher left. A streamed call nobody watches any more is cancelled, as a
- * synchronous call is when its client hangs up. Any thread, no lock held. */
-static void
-on_watcher_gone (gpointer data)
-{
-  Watcher *w = data;
-  CrunchJobs *self = w->jobs;
-  g_autoptr (CrunchCall) call = NULL;
-  Entry *entry;
-
-  g_mutex_lock (&self->lock);
-  entry = g_hash_table_lookup (self->entries, w->id);
-  if (entry != NULL) {
-    g_mutex_lock (&self->news);
-    if (entry->streams != NULL && g_ptr_array_remove (entry->streams, w->stream) &&
-        entry->streams->len == 0 && entry->unwatched_stop && entry->t_done == 0) {
-      entry->cancel_requested = TRUE; /* (not submitted yet: its submitter cancels it) */
-      if (entry->call != NULL && crunch_call_ticket (entry->call) != NULL)
-        call = crunch_call_ref (entry->call);
-    }
-    g_mutex_unlock (&self->news);
-  }
-  g_mutex_unlock (&self->lock);
-  if (call != NULL)
-    crunch_call_cancel (call, CRUNCH_JOB_CLIENT_GONE);
-}
-
-static void
-send_event (CrunchStream *stream, const Entry *entry, guint64 seq, const gchar *event,
-            const gchar *data)
-{
-  gchar id[EVENT_ID_MAX];
-
-  event_id (entry, seq, id);
-  crunch_stream_event (stream, id, event, data);
-}
-
-/* With both locks held: what a watcher that saw up to event `last` missed, oldest first. */
-static void
-catch_up_locked (Entry *entry, CrunchStream *stream, guint64 last, const gchar *outcome)
-{
-  g_autofree gchar *state = NULL, *progress = NULL;
-  gboolean state_first;
-
-  if (outcome == NULL && entry->state_seq > last)
-    state = state_data (entry, entry->started ? "running" : "queued",
-                        g_atomic_int_get (&entry->attempts));
-  if (entry->progress_seq > last && outcome == NULL)
-    progress = progress_data (entry->progress, entry->progress_message);
-  state_first = state != NULL && (progress == NULL || entry->state_seq < entry->progress_seq);
-  if (state_first)
-    send_event (stream, entry, entry->state_seq, "state", state);
-  if (progress != NULL)
-    send_event (stream, entry, entry->progress_seq, "progress", progress);
-  if (state != NULL && !state_first)
-    send_event (stream, entry, entry->state_seq, "state", state);
-  if (outcome != NULL)
-    send_event (stream, entry, entry->outcome_seq, "outcome", outcome);
-}
-
-static CrunchReply
-streams_full (gboolean client_full)
-{
-  CrunchReply reply =
-      client_full ? crunch_reply_text (429, "this client has its share of event streams open "
-                                            "([jobs] max_streams_per_client): close one first")
-                  : crunch_reply_text (503, "too many event streams open ([jobs] max_streams)");
-
-  crunch_metrics_rejection (client_full ? CRUNCH_REJECT_STREAMS_CLIENT : CRUNCH_REJECT_STREAMS);
-  reply.retry_after = g_strdup ("5");
-  return reply;
-}
-
-/* With the lock held: the job's events, from `last` on, in `stream` (NULL: a new one of
- * `client`'s). */
-static CrunchReply
-watch_locked (CrunchJobs *self, Entry *entry, const gchar *last_id, CrunchStream *stream,
-              const gchar *client)
-{
-  gboolean client_full = FALSE;
-  gboolean done = entry->t_done != 0 && !entry->interrupted;
-  g_autofree gchar *outcome = done ? describe_json_locked (entry, TRUE) : NULL;
-  guint64 last;
-  g_autofree gchar *job = parse_event_id (self, last_id, &last);
-  Watcher *w;
-
-  if (g_strcmp0 (job, entry->id) != 0)
-    last = 0; /* another job's, or none */
-  g_mutex_lock (&self->news);
-  if (done && entry->outcome_seq == 0) /* recovered finished: its outcome is news here */
-    entry->outcome_seq = ++entry->seq;
-  if (last > entry->seq)
-    last = 0;
-  g_mutex_unlock (&self->news);
-  if (done && last != 0 && last >= entry->outcome_seq) /* it has the end: an EventSource stops */
-    return (CrunchReply){.status = 204, .content_type = CRUNCH_TEXT_PLAIN};
-  if (stream == NULL && (stream = crunch_stream_new (client, &client_full)) == NULL)
-    return streams_full (client_full);
-  w = g_new0 (Watcher, 1);
-  *w = (Watcher){self, g_strdup (entry->id), stream};
-  crunch_stream_set_gone (stream, on_watcher_gone, w, watcher_free);
-  g_mutex_lock (&self->news);
-  catch_up_locked (entry, stream, last, outcome);
-  if (done) {
-    crunch_stream_end (stream);
-  } else {
-    if (entry->streams == NULL)
-      entry->streams = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_stream_unref);
-    g_ptr_array_add (entry->streams, crunch_stream_ref (stream));
-  }
-  g_mutex_unlock (&self->news);
-  return crunch_reply_stream (stream);
 }
 
 /* ---- submitting ---- */
@@ -977,9 +643,10 @@ new_call_locked (CrunchJobs *self, Entry *entry)
   entry->t_submitted = g_get_monotonic_time ();
   entry->deadline_us =
       entry->t_submitted + MAX (__atomic_load_n (&entry->fn->timeout_us, __ATOMIC_RELAXED), 1);
-  entry->call = crunch_call_new (
-      self->calls, &(CrunchCallSpec){entry->fn, entry->args, entry->client, entry->deadline_us, -1,
-                                     on_answered, entry, on_started, on_progress, entry->priority});
+  entry->call = crunch_call_new (self->calls,
+                                 &(CrunchCallSpec){entry->fn, entry->args, entry->client,
+                                                   entry->deadline_us, -1, on_answered, entry,
+                                                   on_started, jobs_on_progress, entry->priority});
   return crunch_call_ref (entry->call);
 }
 
@@ -1033,7 +700,7 @@ admit_and_submit (CrunchJobs *self, Entry *entry, CrunchCall *call, CrunchLater 
     if (admission == CRUNCH_CALL_CACHED) /* a cache hit needs no job: it is done at once */
       finish_cached_locked (self, entry, crunch_call_cached (call));
     if (entry->pending_stream != NULL) /* a streamed call: its answer is the job's events */
-      reply = watch_locked (self, entry, NULL, g_steal_pointer (&entry->pending_stream), NULL);
+      reply = jobs_watch_locked (self, entry, NULL, g_steal_pointer (&entry->pending_stream), NULL);
     else
       reply = accepted_locked (entry);
   }
@@ -1145,9 +812,9 @@ store_new_locked (CrunchJobs *self, Entry *entry, const CrunchRequestInfo *info)
 }
 
 /* A new job for the call; with `stream` (taken), a streamed call whose answer is its events. */
-static CrunchReply
-submit_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchFunction *fn,
-             GVariant *args, CrunchStream *stream)
+CrunchReply
+jobs_submit_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchFunction *fn,
+                  GVariant *args, CrunchStream *stream)
 {
   g_autoptr (CrunchStream) owned = stream;
   g_autofree gchar *key = NULL, *hash = NULL;
@@ -1209,50 +876,7 @@ crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
   if (args == NULL)
     return crunch_reply_text (400, "POST /jobs: %s", error->message);
   g_variant_ref_sink (args);
-  return submit_call (self, info, fn, args, NULL);
-}
-
-/* An EventSource back on a streamed call (its Last-Event-ID names the job): that job's events
- * again, never a second run. */
-static CrunchReply
-resume_streamed (CrunchJobs *self, const CrunchRequestInfo *info)
-{
-  guint64 seq;
-  g_autofree gchar *job = parse_event_id (self, info->last_event_id, &seq);
-  CrunchReply reply;
-  Entry *entry;
-
-  if (job == NULL)
-    return crunch_reply_text (400, "Last-Event-ID: not an event id of this server");
-  g_mutex_lock (&self->lock);
-  entry = find_locked (self, job);
-  if (entry != NULL && info->owned && g_strcmp0 (entry->client, info->client) != 0)
-    entry = NULL; /* [auth]: another key's */
-  if (entry != NULL)
-    reply = watch_locked (self, entry, info->last_event_id, NULL, info->client);
-  else
-    reply = crunch_reply_text (404,
-                               "the streamed call's job %s is gone (deleted, or expired "
-                               "after [jobs] ttl)",
-                               job);
-  g_mutex_unlock (&self->lock);
-  return reply;
-}
-
-CrunchReply
-crunch_jobs_stream_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchFunction *fn,
-                         GVariant *args)
-{
-  gboolean client_full;
-  CrunchStream *stream;
-
-  if (info->last_event_id != NULL)
-    return resume_streamed (self, info);
-  /* first: the caps refuse before any work */
-  stream = crunch_stream_new (info->client, &client_full);
-  if (stream == NULL)
-    return streams_full (client_full);
-  return submit_call (self, info, fn, args, stream);
+  return jobs_submit_call (self, info, fn, args, NULL);
 }
 
 /* ---- recovery ---- */
@@ -1618,14 +1242,12 @@ remote_entry_free (Entry *entry)
   g_free (entry);
 }
 
-static CrunchReply no_such_job (void);
-
 /* Under the lock (for the limits it reads). */
 static CrunchReply
 remote_reply_locked (CrunchJobs *self, Entry *entry, RemoteVerb verb)
 {
   if (entry->lost)
-    return no_such_job ();
+    return jobs_no_such_job ();
   switch (verb) {
   case REMOTE_DESCRIBE:
     return describe_locked (entry, 200);
@@ -1643,7 +1265,7 @@ remote_reply_locked (CrunchJobs *self, Entry *entry, RemoteVerb verb)
     entry->cancel_requested = TRUE;
     return describe_locked (entry, 202);
   }
-  return no_such_job ();
+  return jobs_no_such_job ();
 }
 
 /* Store thread: the job as the shared store has it; answers the parked request. */
@@ -1659,7 +1281,7 @@ on_remote_got (CrunchStoredJob *record, const GError *error, gpointer data)
     reply.retry_after = g_strdup ("1");
   } else if (record == NULL ||
              (remote->owner != NULL && g_strcmp0 (record->client, remote->owner) != 0)) {
-    reply = no_such_job ();
+    reply = jobs_no_such_job ();
   } else {
     Entry *entry = remote_entry (self, record);
     g_mutex_lock (&self->lock);
@@ -1698,8 +1320,8 @@ remote (CrunchJobs *self, const CrunchRequestInfo *request, RemoteVerb verb)
 /* ---- the other verbs ---- */
 
 /* The entry whose id was handed out (lock held), or NULL. */
-static Entry *
-find_locked (CrunchJobs *self, const gchar *id)
+Entry *
+jobs_find_locked (CrunchJobs *self, const gchar *id)
 {
   Entry *entry;
 
@@ -1709,8 +1331,8 @@ find_locked (CrunchJobs *self, const gchar *id)
   return entry != NULL && entry->visible && !entry->lost ? entry : NULL;
 }
 
-static CrunchReply
-no_such_job (void)
+CrunchReply
+jobs_no_such_job (void)
 {
   return crunch_reply_text (404, "no such job (it never existed, was deleted, or expired after "
                                  "[jobs] ttl)");
@@ -1723,29 +1345,29 @@ describe_id (CrunchJobs *self, const gchar *id, guint status)
   Entry *entry;
 
   g_mutex_lock (&self->lock);
-  entry = find_locked (self, id);
-  reply = entry != NULL ? describe_locked (entry, status) : no_such_job ();
+  entry = jobs_find_locked (self, id);
+  reply = entry != NULL ? describe_locked (entry, status) : jobs_no_such_job ();
   g_mutex_unlock (&self->lock);
   return reply;
 }
 
 /* Whether a job this front end does not have is to be asked of the shared store. */
-static gboolean
-elsewhere (CrunchJobs *self, const gchar *id)
+gboolean
+jobs_elsewhere (CrunchJobs *self, const gchar *id)
 {
   gboolean absent;
 
   if (!crunch_store_shared (self->store) || !crunch_store_id_valid (id))
     return FALSE;
   g_mutex_lock (&self->lock);
-  absent = find_locked (self, id) == NULL;
+  absent = jobs_find_locked (self, id) == NULL;
   g_mutex_unlock (&self->lock);
   return absent;
 }
 
 /* [auth]: the job is here but another caller's, who is told it does not exist. */
-static gboolean
-not_theirs (CrunchJobs *self, const CrunchRequestInfo *request)
+gboolean
+jobs_not_theirs (CrunchJobs *self, const CrunchRequestInfo *request)
 {
   Entry *entry;
   gboolean other;
@@ -1753,7 +1375,7 @@ not_theirs (CrunchJobs *self, const CrunchRequestInfo *request)
   if (!request->owned)
     return FALSE;
   g_mutex_lock (&self->lock);
-  entry = find_locked (self, request->arg);
+  entry = jobs_find_locked (self, request->arg);
   other = entry != NULL && g_strcmp0 (entry->client, request->client) != 0;
   g_mutex_unlock (&self->lock);
   return other;
@@ -1763,9 +1385,9 @@ not_theirs (CrunchJobs *self, const CrunchRequestInfo *request)
 static CrunchReply
 describe_handler (const CrunchRequestInfo *request, gpointer context)
 {
-  if (not_theirs (context, request))
-    return no_such_job ();
-  if (elsewhere (context, request->arg))
+  if (jobs_not_theirs (context, request))
+    return jobs_no_such_job ();
+  if (jobs_elsewhere (context, request->arg))
     return remote (context, request, REMOTE_DESCRIBE);
   return describe_id (context, request->arg, 200);
 }
@@ -1778,14 +1400,14 @@ result_handler (const CrunchRequestInfo *request, gpointer context)
   CrunchReply reply;
   Entry *entry;
 
-  if (not_theirs (self, request))
-    return no_such_job ();
-  if (elsewhere (self, request->arg))
+  if (jobs_not_theirs (self, request))
+    return jobs_no_such_job ();
+  if (jobs_elsewhere (self, request->arg))
     return remote (self, request, REMOTE_RESULT);
   g_mutex_lock (&self->lock);
-  entry = find_locked (self, request->arg);
+  entry = jobs_find_locked (self, request->arg);
   if (entry == NULL)
-    reply = no_such_job ();
+    reply = jobs_no_such_job ();
   else if (entry->t_done == 0 || entry->interrupted || entry->outcome != CRUNCH_JOB_OK)
     reply = crunch_reply_text (409, "job %s is %s: no result", entry->id, state_name (entry));
   else
@@ -1802,12 +1424,12 @@ delete_handler (const CrunchRequestInfo *request, gpointer context)
   g_autoptr (CrunchCall) call = NULL;
   Entry *entry;
 
-  if (not_theirs (self, request))
-    return no_such_job ();
-  if (elsewhere (self, request->arg))
+  if (jobs_not_theirs (self, request))
+    return jobs_no_such_job ();
+  if (jobs_elsewhere (self, request->arg))
     return remote (self, request, REMOTE_DELETE);
   g_mutex_lock (&self->lock);
-  entry = find_locked (self, request->arg);
+  entry = jobs_find_locked (self, request->arg);
   if (entry == NULL || entry->t_done != 0) {
     if (entry != NULL) {
       g_queue_remove (&self->finished, entry);
@@ -1816,7 +1438,7 @@ delete_handler (const CrunchRequestInfo *request, gpointer context)
     }
     g_mutex_unlock (&self->lock);
     return entry != NULL ? (CrunchReply){.status = 204, .content_type = CRUNCH_TEXT_PLAIN}
-                         : no_such_job ();
+                         : jobs_no_such_job ();
   }
   entry->cancel_requested = TRUE;
   if (entry->call == NULL) { /* recovered, waiting for admission: in no queue but ours */
@@ -1844,101 +1466,12 @@ submit_handler (const CrunchRequestInfo *request, gpointer context)
   return crunch_jobs_submit (context, request);
 }
 
-/* GET /jobs/ID/events */
-static CrunchReply
-events_handler (const CrunchRequestInfo *request, gpointer context)
-{
-  CrunchJobs *self = context;
-  CrunchReply reply;
-  Entry *entry;
-
-  if (not_theirs (self, request))
-    return no_such_job ();
-  if (elsewhere (self, request->arg))
-    return crunch_reply_text (421,
-                              "job %s is run by another front end: its events are served "
-                              "there (GET /jobs/%s works here)",
-                              request->arg, request->arg);
-  g_mutex_lock (&self->lock);
-  entry = find_locked (self, request->arg);
-  reply = entry != NULL ? watch_locked (self, entry, request->last_event_id, NULL, request->client)
-                        : no_such_job ();
-  g_mutex_unlock (&self->lock);
-  return reply;
-}
-
-/* ---- the status page ---- */
-
-#define STATUS_RUNNING_MAX 20
-
-static gint
-by_creation (gconstpointer a, gconstpointer b)
-{
-  const Entry *x = *(Entry *const *)a, *y = *(Entry *const *)b;
-
-  return x->t_created < y->t_created ? -1 : x->t_created > y->t_created;
-}
-
-/* With both locks held. */
-static void
-append_running (GString *out, const Entry *entry, gint64 now)
-{
-  g_string_append (out, "{\"id\":");
-  crunch_json_append_string (out, entry->id);
-  g_string_append (out, ",\"fn\":");
-  crunch_json_append_string (out, entry->fn_name);
-  g_string_append (out, ",\"client\":");
-  crunch_json_append_string (out, entry->client);
-  g_string_append (out, ",\"age_seconds\":");
-  crunch_json_append_seconds (out, MAX (0, now - entry->t_created) / 1e6);
-  g_string_append (out, ",\"progress\":");
-  if (entry->progress_seq != 0)
-    crunch_json_append_seconds (out, entry->progress);
-  else
-    g_string_append (out, "null");
-  g_string_append (out, ",\"message\":");
-  if (entry->progress_message != NULL && entry->progress_seq != 0)
-    crunch_json_append_string (out, entry->progress_message);
-  else
-    g_string_append (out, "null");
-  g_string_append_c (out, '}');
-}
-
-void
-crunch_jobs_render_running (GString *out, gpointer data)
-{
-  CrunchJobs *self = data;
-  g_autoptr (GPtrArray) running = g_ptr_array_new ();
-  GHashTableIter iter;
-  gpointer value;
-  gint64 now = g_get_real_time ();
-
-  g_mutex_lock (&self->lock);
-  g_mutex_lock (&self->news);
-  g_hash_table_iter_init (&iter, self->entries);
-  while (g_hash_table_iter_next (&iter, NULL, &value)) {
-    Entry *entry = value;
-    if (entry->visible && entry->t_done == 0 && entry->started)
-      g_ptr_array_add (running, entry);
-  }
-  g_ptr_array_sort (running, by_creation);
-  g_string_append (out, "\"running_jobs\":[");
-  for (guint i = 0; i < MIN (running->len, STATUS_RUNNING_MAX); i++) {
-    if (i > 0)
-      g_string_append_c (out, ',');
-    append_running (out, running->pdata[i], now);
-  }
-  g_string_append (out, "],");
-  g_mutex_unlock (&self->news);
-  g_mutex_unlock (&self->lock);
-}
-
 CrunchHandler
 crunch_jobs_handler (const gchar *verb)
 {
   static const CrunchNamedHandler handlers[] = {
-      {"submit", submit_handler}, {"describe", describe_handler}, {"result", result_handler},
-      {"delete", delete_handler}, {"events", events_handler},     {NULL, NULL},
+      {"submit", submit_handler}, {"describe", describe_handler},  {"result", result_handler},
+      {"delete", delete_handler}, {"events", jobs_events_handler}, {NULL, NULL},
   };
 
   return crunch_handler_find (handlers, verb);

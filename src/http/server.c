@@ -487,13 +487,30 @@ parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
 static enum MHD_Result start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args);
 static CrunchLater *request_defer (gpointer data);
 
-/* Accept names text/event-stream (a client that accepts anything gets the plain answer). */
+/* Accept names text/event-stream, and not with q=0 (a client that accepts anything gets the
+ * plain answer). */
 static gboolean
 wants_event_stream (struct MHD_Connection *connection)
 {
   const gchar *accept = MHD_lookup_connection_value (connection, MHD_HEADER_KIND, "Accept");
+  g_auto (GStrv) ranges = NULL;
 
-  return accept != NULL && g_strstr_len (accept, MAX_HEADER_VALUE * 8, "text/event-stream");
+  if (accept == NULL || strlen (accept) > MAX_HEADER_VALUE * 8)
+    return FALSE;
+  ranges = g_strsplit (accept, ",", 64);
+  for (guint i = 0; ranges[i] != NULL; i++) {
+    g_auto (GStrv) parts = g_strsplit (ranges[i], ";", 16);
+    gboolean refused = FALSE;
+    if (g_ascii_strcasecmp (g_strstrip (parts[0]), "text/event-stream") != 0)
+      continue;
+    for (guint j = 1; parts[j] != NULL; j++) {
+      const gchar *param = g_strstrip (parts[j]);
+      if (g_ascii_strncasecmp (param, "q=", 2) == 0)
+        refused = g_ascii_strtod (param + 2, NULL) <= 0;
+    }
+    return !refused;
+  }
+  return FALSE;
 }
 
 /* A call with Accept: text/event-stream becomes a job whose events answer it (jobs.c). */
@@ -1004,6 +1021,8 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
   if (req->status == 0)
     req->status = 499; /* nginx's "client closed request": nothing was sent */
   duration_us = g_get_monotonic_time () - req->t_start;
+  if (req->stream != NULL) /* an event stream's body: what MHD took of it */
+    req->bytes = crunch_stream_sent (req->stream);
   crunch_metrics_request (req->route, req->method, req->status, duration_us);
   log_access (req, duration_us);
   if (server->auth != NULL)

@@ -28,6 +28,7 @@ struct CrunchStream {
   GMutex lock;
   GString *out;    /* bytes not yet taken by MHD */
   gchar *client;   /* whose: its share of [jobs] max_streams_per_client */
+  guint64 sent;    /* bytes MHD has taken (for the access log) */
   gboolean ended;  /* the producer sent its last event */
   gboolean closed; /* the client left, the buffer overflowed, or the request ended */
   gboolean told;   /* the producer has been told `gone` */
@@ -301,6 +302,7 @@ crunch_stream_read (gpointer cls, guint64 pos, gchar *buf, gsize max)
     n = (gssize)MIN (max, self->out->len);
     memcpy (buf, self->out->str, (gsize)n);
     g_string_erase (self->out, 0, n);
+    self->sent += (guint64)n;
   } else if (self->closed) {
     n = MHD_CONTENT_READER_END_WITH_ERROR;
   } else if (self->ended) {
@@ -311,6 +313,17 @@ crunch_stream_read (gpointer cls, guint64 pos, gchar *buf, gsize max)
   }
   g_mutex_unlock (&self->lock);
   return n;
+}
+
+guint64
+crunch_stream_sent (CrunchStream *self)
+{
+  guint64 sent;
+
+  g_mutex_lock (&self->lock);
+  sent = self->sent;
+  g_mutex_unlock (&self->lock);
+  return sent;
 }
 
 void

@@ -52,5 +52,7 @@ void crunch_stream_attach (CrunchStream *self, gpointer connection, gint fd, Cru
 /* server.c: MHD's content reader callback and its free callback (cls: the stream, whose
  * reference the response holds). */
 gssize crunch_stream_read (gpointer cls, guint64 pos, gchar *buf, gsize max);
+/* server.c: the bytes of the body MHD has taken so far (the access log's size). */
+guint64 crunch_stream_sent (CrunchStream *self);
 /* server.c: the request ended (MHD_OPTION_NOTIFY_COMPLETED), while its socket is still open. */
 void crunch_stream_detach (CrunchStream *self);
