@@ -340,52 +340,6 @@ test_hangup (void)
   delete_job (s, id);
 }
 
-/* Streams open at once are capped by [jobs] max_streams: beyond it 503 with Retry-After, for
- * job events and streamed calls alike; a closed one frees its place. */
-static void
-test_cap (void)
-{
-  g_autoptr (TestServer) s = start ("max_streams = 2\n");
-  g_autofree gchar *id =
-      submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 30, \"grain\": 10}}");
-  g_autofree gchar *path = g_strconcat ("/jobs/", id, "/events", NULL);
-  g_autofree gchar *url = test_server_url (s, path);
-  g_autofree gchar *fn = test_server_url (s, "/fn/spin?seconds=1");
-  GSocketConnection *open[2];
-  g_autoptr (TestReply) over = NULL, over_fn = NULL, again = NULL;
-  const gchar *accept[] = {"Accept: text/event-stream", NULL};
-
-  for (guint i = 0; i < 2; i++) {
-    g_autoptr (GSocketClient) client = g_socket_client_new ();
-    g_autofree gchar *request =
-        g_strdup_printf ("GET %s HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n", path);
-    gchar head[64] = {0};
-    open[i] = g_socket_client_connect_to_host (client, "127.0.0.1", s->port, NULL, NULL);
-    g_assert_nonnull (open[i]);
-    g_output_stream_write_all (g_io_stream_get_output_stream (G_IO_STREAM (open[i])), request,
-                               strlen (request), NULL, NULL, NULL);
-    g_input_stream_read (g_io_stream_get_input_stream (G_IO_STREAM (open[i])), head,
-                         sizeof head - 1, NULL, NULL);
-    g_assert_true (g_str_has_prefix (head, "HTTP/1.1 200"));
-  }
-  over = test_http ("GET", url, accept);
-  g_assert_cmpint (over->status, ==, 503);
-  g_assert_cmpstr (over->body, ==, "too many event streams open ([jobs] max_streams)\n");
-  g_assert_nonnull (g_hash_table_lookup (over->headers, "retry-after"));
-  over_fn = test_http ("GET", fn, accept);
-  g_assert_cmpint (over_fn->status, ==, 503);
-  g_io_stream_close (G_IO_STREAM (open[0]), NULL, NULL);
-  g_object_unref (open[0]);
-  for (gint64 until = g_get_monotonic_time () + (gint64)(5 * G_USEC_PER_SEC * TEST_TIME_SCALE);
-       metric (s, "crunchd_streams_open") > 1 && g_get_monotonic_time () < until;)
-    g_usleep (20000);
-  g_free (read_stream (s, path, NULL, 1, 5, &(long){0}));
-  g_assert_cmpfloat (metric (s, "crunchd_rejections_total{reason=\"streams\",status=\"503\"}"), ==,
-                     2);
-  g_object_unref (open[1]);
-  delete_job (s, id);
-}
-
 /* Opens a stream on a raw connection and reads its status line; the connection stays open. */
 static GSocketConnection *
 open_stream (TestServer *s, const gchar *path)
@@ -403,6 +357,41 @@ open_stream (TestServer *s, const gchar *path)
                        NULL);
   g_assert_true (g_str_has_prefix (head, "HTTP/1.1 200"));
   return c;
+}
+
+/* Streams open at once are capped by [jobs] max_streams: beyond it 503 with Retry-After, for
+ * job events and streamed calls alike; a closed one frees its place. */
+static void
+test_cap (void)
+{
+  g_autoptr (TestServer) s = start ("max_streams = 2\n");
+  g_autofree gchar *id =
+      submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 30, \"grain\": 10}}");
+  g_autofree gchar *path = g_strconcat ("/jobs/", id, "/events", NULL);
+  g_autofree gchar *url = test_server_url (s, path);
+  g_autofree gchar *fn = test_server_url (s, "/fn/spin?seconds=1");
+  GSocketConnection *open[2];
+  g_autoptr (TestReply) over = NULL, over_fn = NULL, again = NULL;
+  const gchar *accept[] = {"Accept: text/event-stream", NULL};
+
+  for (guint i = 0; i < 2; i++)
+    open[i] = open_stream (s, path);
+  over = test_http ("GET", url, accept);
+  g_assert_cmpint (over->status, ==, 503);
+  g_assert_cmpstr (over->body, ==, "too many event streams open ([jobs] max_streams)\n");
+  g_assert_nonnull (g_hash_table_lookup (over->headers, "retry-after"));
+  over_fn = test_http ("GET", fn, accept);
+  g_assert_cmpint (over_fn->status, ==, 503);
+  g_io_stream_close (G_IO_STREAM (open[0]), NULL, NULL);
+  g_object_unref (open[0]);
+  for (gint64 until = g_get_monotonic_time () + (gint64)(5 * G_USEC_PER_SEC * TEST_TIME_SCALE);
+       metric (s, "crunchd_streams_open") > 1 && g_get_monotonic_time () < until;)
+    g_usleep (20000);
+  g_free (read_stream (s, path, NULL, 1, 5, &(long){0}));
+  g_assert_cmpfloat (metric (s, "crunchd_rejections_total{reason=\"streams\",status=\"503\"}"), ==,
+                     2);
+  g_object_unref (open[1]);
+  delete_job (s, id);
 }
 
 /* One client holds at most [jobs] max_streams_per_client streams: beyond it 429, for it alone. */
