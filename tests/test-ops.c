@@ -260,6 +260,15 @@ test_access_formats (void)
   common_log = stop_and_read_log (server);
   assert_contains (common_log, "] \"GET /nope HTTP/1.1\" 404 33 \"clf-1\" ");
 
+  /* access lines are info records: a [log] level above info (here message) drops them */
+  server = test_server_start ("[log]\naccess = common\nlevel = message\n", NULL);
+  g_free (url);
+  url = test_server_url (server, "/fast");
+  test_reply_free (test_http ("GET", url, (const gchar *[]){"X-Request-Id: quiet-1", NULL}));
+  g_free (common_log);
+  common_log = stop_and_read_log (server);
+  g_assert_null (strstr (common_log, "quiet-1"));
+
   server = test_server_start ("[log]\naccess = off\n", NULL);
   g_free (url);
   url = test_server_url (server, "/fast");

@@ -62,12 +62,18 @@ access_line (const GLogField *fields, gsize n_fields)
   return access ? message : NULL;
 }
 
+gboolean
+crunch_logging_wants (GLogLevelFlags level)
+{
+  /* GLogLevelFlags grow numerically as severity falls: ERROR=4 ... DEBUG=128. */
+  return (level & G_LOG_LEVEL_MASK) <= (GLogLevelFlags)g_atomic_int_get (&max_level) ||
+         (level & G_LOG_FLAG_FATAL);
+}
+
 static GLogWriterOutput
 writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
 {
-  /* GLogLevelFlags grow numerically as severity falls: ERROR=4 ... DEBUG=128. */
-  if ((level & G_LOG_LEVEL_MASK) > (GLogLevelFlags)g_atomic_int_get (&max_level) &&
-      !(level & G_LOG_FLAG_FATAL))
+  if (!crunch_logging_wants (level))
     return G_LOG_WRITER_HANDLED;
   if (to_journal &&
       journal_sink (level, fields, n_fields, journal_sink_data) == G_LOG_WRITER_HANDLED)

@@ -10,6 +10,8 @@
 void crunch_logging_init (void);
 /* level: error|critical|warning|message|info|debug (validated by the config loader). */
 void crunch_logging_set_level (const gchar *level);
+/* Whether a record at `level` would be written ([log] level). Any thread. */
+gboolean crunch_logging_wants (GLogLevelFlags level);
 void crunch_logging_set_access (CrunchAccessLog format);
 CrunchAccessLog crunch_logging_access_format (void);
 /* Whether records go to journald (set at init). */

@@ -255,7 +255,9 @@ crunch_access_log (const CrunchAccessRecord *record)
   g_autoptr (GDateTime) now = NULL;
   gchar *line;
 
-  if (format == CRUNCH_ACCESS_LOG_OFF)
+  /* access lines are records at info, under [log] level like any other (the writer thread
+   * writes its batches itself, so the level is looked at here, before any formatting) */
+  if (format == CRUNCH_ACCESS_LOG_OFF || !crunch_logging_wants (G_LOG_LEVEL_INFO))
     return;
   if (format == CRUNCH_ACCESS_LOG_COMMON) {
     line = format_common_at (record, clf_now ());

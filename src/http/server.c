@@ -513,12 +513,31 @@ wants_event_stream (struct MHD_Connection *connection)
   return FALSE;
 }
 
+static gboolean request_may_call (gpointer data, const gchar *function, CrunchReply *refusal);
+
+/* What the jobs API reads of a request (the jobs lane, and streamed calls); returns the client
+ * key it points to, for the caller to free. */
+static gchar *
+jobs_request_info (CrunchRequest *req, CrunchRequestInfo *info)
+{
+  info->client = client_key (req);
+  info->idempotency_key =
+      MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Idempotency-Key");
+  info->last_event_id =
+      MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Last-Event-ID");
+  info->defer = request_defer;
+  info->request = req;
+  info->owned = req->grant.on;
+  info->may_call = request_may_call;
+  return (gchar *)info->client;
+}
+
 /* A call with Accept: text/event-stream becomes a job whose events answer it (jobs.c). */
 static enum MHD_Result
 stream_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
 {
   g_autofree gchar *client = NULL, *why = NULL;
-  CrunchRequestInfo info = {.method = req->method, .defer = request_defer, .request = req};
+  CrunchRequestInfo info = {.method = req->method};
   CrunchReply reply;
 
   if (req->server->jobs == NULL)
@@ -526,10 +545,8 @@ stream_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
                           "event streams need the jobs API, which this server does not serve");
   if (!request_priority (req, &info.priority, &why))
     return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
-  info.client = client = client_key (req);
-  info.owned = req->grant.on; /* (the key may call fn: route_compute() checked) */
-  info.last_event_id =
-      MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Last-Event-ID");
+  client = jobs_request_info (req, &info);
+  info.idempotency_key = NULL; /* a streamed call is not a POST /jobs */
   reply = crunch_jobs_stream_call (req->server->jobs, &info, fn, args);
   if (reply.status == 0) /* deferred: answered by later_answer() */
     return MHD_YES;
@@ -745,15 +762,7 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
       return respond_error (req, MHD_HTTP_NOT_FOUND, "no such route");
     handler = crunch_jobs_handler (route->name);
     context = req->server->jobs;
-    info.client = client = client_key (req);
-    info.idempotency_key =
-        MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Idempotency-Key");
-    info.last_event_id =
-        MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Last-Event-ID");
-    info.defer = request_defer;
-    info.request = req;
-    info.owned = req->grant.on;
-    info.may_call = request_may_call;
+    client = jobs_request_info (req, &info);
     /* only a submission has a class: another verb ignores the header */
     if (g_str_equal (route->name, "submit") && !request_priority (req, &info.priority, &why))
       return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
