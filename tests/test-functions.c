@@ -27,7 +27,7 @@ static const CrunchdArg good_args[] = {
 static CrunchdFunction
 good (const gchar *name)
 {
-  return (CrunchdFunction){name, NULL, good_args, 2, 1, 1, "text/plain", ok_run, NULL};
+  return (CrunchdFunction){name, NULL, good_args, 2, 1, 1, "text/plain", ok_run, NULL, 0, 0, NULL};
 }
 
 static void
@@ -50,28 +50,29 @@ test_bad_declarations (void)
     CrunchdFunction decl;
     const gchar *message;
   } cases[] = {
-      {{"Bad-Name", NULL, NULL, 0, 0, 1, "text/plain", ok_run, NULL},
+      {{"Bad-Name", NULL, NULL, 0, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'Bad-Name': name must match [a-z0-9_]+ (at most 64)"},
-      {{"f", NULL, NULL, 0, 0, 1, "text/plain", NULL, NULL},
+      {{"f", NULL, NULL, 0, 0, 1, "text/plain", NULL, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': no run function"},
-      {{"f", NULL, NULL, 0, 0, 1, NULL, ok_run, NULL}, "plugin 'p': function 'f': no content_type"},
-      {{"f", NULL, NULL, 0, 0, 1, "text/plain\r\nSet-Cookie: x=1", ok_run, NULL},
+      {{"f", NULL, NULL, 0, 0, 1, NULL, ok_run, NULL, 0, 0, NULL},
+       "plugin 'p': function 'f': no content_type"},
+      {{"f", NULL, NULL, 0, 0, 1, "text/plain\r\nSet-Cookie: x=1", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': content_type must be printable ASCII of at most 255 characters"},
-      {{"f", NULL, NULL, 0, 0, 0, "text/plain", ok_run, NULL},
+      {{"f", NULL, NULL, 0, 0, 0, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': deadline must be in (0, 86400] seconds"},
-      {{"f", NULL, NULL, 1, 0, 1, "text/plain", ok_run, NULL},
+      {{"f", NULL, NULL, 1, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': n_args > 0 but args is NULL"},
-      {{"f", NULL, bad_name, 1, 0, 1, "text/plain", ok_run, NULL},
+      {{"f", NULL, bad_name, 1, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': argument 0: name must match [a-z0-9_]+"},
-      {{"f", NULL, bad_type, 1, 0, 1, "text/plain", ok_run, NULL},
+      {{"f", NULL, bad_type, 1, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': argument 'n': unknown type 9"},
-      {{"f", NULL, bad_bounds, 1, 0, 1, "text/plain", ok_run, NULL},
+      {{"f", NULL, bad_bounds, 1, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': argument 'n': bounds must be finite with min <= max"},
-      {{"f", NULL, neg_len, 1, 0, 1, "text/plain", ok_run, NULL},
+      {{"f", NULL, neg_len, 1, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': argument 's': a length bound cannot be negative"},
-      {{"f", NULL, twice, 2, 0, 1, "text/plain", ok_run, NULL},
+      {{"f", NULL, twice, 2, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': argument 'n' declared twice"},
-      {{"f", NULL, bad_default, 1, 0, 1, "text/plain", ok_run, NULL},
+      {{"f", NULL, bad_default, 1, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': bad default_value: f: argument 'n' must be an integer from 0 to "
        "1, got '7'"},
   };

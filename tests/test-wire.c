@@ -22,7 +22,7 @@ static const CrunchdArg all_args[] = {
     {"b", CRUNCHD_ARG_BYTES, 0, 8, NULL, NULL},
 };
 static const CrunchdFunction all_decl = {"all", "every type", all_args, 4,   1,
-                                         2.5,   "text/plain", echo_run, NULL};
+                                         2.5,   "text/plain", echo_run, NULL, 0, 0, NULL};
 
 static const CrunchFunction *
 setup (void)

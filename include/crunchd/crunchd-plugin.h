@@ -11,6 +11,10 @@
  * It checks crunchd_cancelled() now and then (the deadline passed, the client went away, the job
  * was deleted, the server is stopping) and returns CRUNCHD_CANCELLED soon after it turns true.
  * It may report how far it got with crunchd_progress() (ABI 2), as often as it likes.
+ * A function that is cheaper per call when it computes many calls at once (a vectorised pass, a
+ * model's forward pass, one query for many keys) may also set `run_batch` with `max_batch` and
+ * `max_delay` (ABI 2): crunchd then groups its queued calls and passes up to max_batch of them in
+ * one call of `run_batch` (see CrunchdRunBatchFunc).
  * The header needs only the C standard library; a plugin never links against crunchd.
  *
  * Versions: a plugin records the ABI it was built for. crunchd loads plugins built for any
@@ -29,7 +33,8 @@
 extern "C" {
 #endif
 
-/* Bumped whenever the structures below grow or change. 2 added CrunchdCall.progress. */
+/* Bumped whenever the structures below grow or change. 2 added CrunchdCall.progress and
+ * CrunchdFunction.max_batch, max_delay and run_batch. */
 #define CRUNCHD_PLUGIN_ABI_VERSION 2u
 /* The oldest version this header's crunchd still loads. */
 #define CRUNCHD_PLUGIN_ABI_VERSION_MIN 1u
@@ -88,6 +93,14 @@ typedef struct {
 } CrunchdResult;
 
 typedef CrunchdStatus (*CrunchdRunFunc) (const CrunchdCall *call, CrunchdResult *result);
+/* ABI 2: computes n calls at once (1 <= n <= max_batch), each with its own arguments, cancel flag
+ * and progress: calls[i] is answered by results[i] and statuses[i] (CRUNCHD_OK, or CRUNCHD_ERROR
+ * with results[i].error, failing that call alone, or CRUNCHD_CANCELLED). crunchd zeroes results
+ * and sets every status to CRUNCHD_ERROR before the call, so a status left alone fails its call.
+ * A call whose client has gone has its flag set while the others go on: skip it if that is
+ * cheap; once every flag is set, return soon. Identical calls of a pure function come once. */
+typedef void (*CrunchdRunBatchFunc) (const CrunchdCall *const *calls, unsigned n,
+                                     CrunchdResult *results, CrunchdStatus *statuses);
 
 typedef struct {
   const char *name; /* [a-z0-9_]+, unique in the server: /fn/<name> */
@@ -99,8 +112,15 @@ typedef struct {
   int pure;
   double deadline;          /* seconds a call may take before it is cancelled (504) */
   const char *content_type; /* of every result, e.g. "text/plain; charset=utf-8", "image/png" */
-  CrunchdRunFunc run;
+  CrunchdRunFunc run; /* one call; may be NULL when run_batch is set (it then gets n = 1) */
   void *user_data;
+  /* ABI 2, dynamic batching. max_batch > 1 needs run_batch: while calls wait for a worker,
+   * crunchd hands a free worker up to max_batch of them (in its fair order across clients), and
+   * waits up to max_delay seconds (0 to 1) for more to arrive when fewer wait, never when that
+   * would make the oldest call miss its deadline. 0 or 1: no batching. */
+  unsigned max_batch; /* at most 1024 */
+  double max_delay;
+  CrunchdRunBatchFunc run_batch;
 } CrunchdFunction;
 
 typedef struct CrunchdHost CrunchdHost;

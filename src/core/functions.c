@@ -88,13 +88,31 @@ content_type_valid (const gchar *text)
   return n <= 255;
 }
 
+/* The batching members (ABI 2), checked. */
 static gboolean
-check_decl (const CrunchdFunction *decl, gboolean hooked, const gchar *plugin, GError **error)
+check_batch (const CrunchdFunction *decl, gboolean hooked, const gchar *plugin, GError **error)
 {
+  if (decl->max_batch > CRUNCH_MAX_BATCH)
+    return bad_decl (error, plugin, decl->name, "max_batch must be at most 1024");
+  if (!(decl->max_delay >= 0 && decl->max_delay <= 1))
+    return bad_decl (error, plugin, decl->name, "max_delay must be in [0, 1] seconds");
+  if (decl->max_batch > 1 && decl->run_batch == NULL && !hooked)
+    return bad_decl (error, plugin, decl->name, "max_batch > 1 needs run_batch");
+  return TRUE;
+}
+
+static gboolean
+check_decl (const CrunchdFunction *decl, guint abi, gboolean hooked, const gchar *plugin,
+            GError **error)
+{
+  gboolean batch_entry = abi >= 2 && decl->run_batch != NULL;
+
   if (!valid_name (decl->name))
     return bad_decl (error, plugin, decl->name, "name must match [a-z0-9_]+ (at most 64)");
-  if (decl->run == NULL && !hooked)
+  if (decl->run == NULL && !batch_entry && !hooked)
     return bad_decl (error, plugin, decl->name, "no run function");
+  if (abi >= 2 && !check_batch (decl, hooked, plugin, error))
+    return FALSE;
   if (decl->content_type == NULL || *decl->content_type == '\0')
     return bad_decl (error, plugin, decl->name, "no content_type");
   if (!content_type_valid (decl->content_type))
@@ -112,11 +130,18 @@ check_decl (const CrunchdFunction *decl, gboolean hooked, const gchar *plugin, G
 }
 
 static CrunchFunction *
-function_new (const CrunchdFunction *decl, const gchar *plugin, GError **error)
+function_new (const CrunchdFunction *decl, guint abi, const gchar *plugin, GError **error)
 {
   CrunchFunction *fn = g_new0 (CrunchFunction, 1);
 
   fn->decl = decl;
+  if (abi >= 2) { /* a version-1 declaration ends before these */
+    fn->max_batch = MAX (decl->max_batch, 1);
+    fn->max_delay_us = (gint64)(decl->max_delay * G_USEC_PER_SEC);
+    fn->batch_entry = decl->run_batch;
+  } else {
+    fn->max_batch = 1;
+  }
   fn->name = decl->name;
   fn->plugin = g_strdup (plugin);
   fn->pure = decl->pure != 0;
@@ -142,10 +167,20 @@ function_new (const CrunchdFunction *decl, const gchar *plugin, GError **error)
   return fn;
 }
 
+static gboolean add (const CrunchdFunction *decl, guint abi, const gchar *plugin, CrunchRunHook run,
+                     gpointer data, GError **error);
+
 gboolean
 crunch_functions_add (const CrunchdFunction *decl, const gchar *plugin, GError **error)
 {
-  return crunch_functions_add_hooked (decl, plugin, NULL, NULL, error);
+  return add (decl, CRUNCHD_PLUGIN_ABI_VERSION, plugin, NULL, NULL, error);
+}
+
+gboolean
+crunch_functions_add_abi (const CrunchdFunction *decl, guint abi, const gchar *plugin,
+                          GError **error)
+{
+  return add (decl, abi, plugin, NULL, NULL, error);
 }
 
 void
@@ -164,12 +199,19 @@ gboolean
 crunch_functions_add_hooked (const CrunchdFunction *decl, const gchar *plugin, CrunchRunHook run,
                              gpointer data, GError **error)
 {
+  return add (decl, CRUNCHD_PLUGIN_ABI_VERSION, plugin, run, data, error);
+}
+
+static gboolean
+add (const CrunchdFunction *decl, guint abi, const gchar *plugin, CrunchRunHook run, gpointer data,
+     GError **error)
+{
   const CrunchFunction *other;
   CrunchFunction *fn;
 
   if (decl == NULL)
     return bad_decl (error, plugin, NULL, "NULL declaration");
-  if (!check_decl (decl, run != NULL, plugin, error))
+  if (!check_decl (decl, abi, run != NULL, plugin, error))
     return FALSE;
   other = crunch_functions_lookup (decl->name);
   if (other != NULL) {
@@ -178,7 +220,7 @@ crunch_functions_add_hooked (const CrunchdFunction *decl, const gchar *plugin, C
                  decl->name, other->plugin);
     return FALSE;
   }
-  fn = function_new (decl, plugin, error);
+  fn = function_new (decl, abi, plugin, error);
   if (fn == NULL)
     return FALSE;
   fn->run = run;
@@ -403,6 +445,8 @@ typedef struct {
   const CrunchCancel *cancel;
   gint64 last_us; /* the last report passed on (the run's thread; a plugin's own threads too) */
   GMutex lock;    /* for a plugin that reports from several threads */
+  CrunchdValue *values; /* point into `children` */
+  GPtrArray *children;
 } HostCall;
 
 /* CrunchdCall.progress (ABI 2). */
@@ -419,49 +463,179 @@ host_progress (const CrunchdCall *call, double fraction, const char *message)
   g_mutex_unlock (&host->lock);
 }
 
-GBytes *
-crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCancel *cancel,
-                     GError **error)
+static void
+host_call_init (HostCall *host, const CrunchFunction *fn, GVariant *args,
+                const CrunchCancel *cancel)
 {
   guint n = fn->decl->n_args;
-  g_autofree CrunchdValue *values = g_new0 (CrunchdValue, n + 1);
-  g_autoptr (GPtrArray) children = g_ptr_array_new_with_free_func ((GDestroyNotify)g_variant_unref);
-  HostCall host = {
-      {values, n, fn->decl->user_data, &cancel->flag, host_progress, NULL}, cancel, 0, {0}};
-  CrunchdCall *call = &host.call;
-  CrunchdResult result = {0};
-  CrunchdStatus status;
-  gpointer *pair;
 
-  if (!matches_decl (fn, args)) {
-    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED,
-                 "%s: arguments %s do not match the declaration", fn->name,
-                 g_variant_get_type_string (args));
-    return NULL;
-  }
-  if (fn->run != NULL)
-    return fn->run (fn, args, cancel, fn->run_data, error);
+  host->values = g_new0 (CrunchdValue, n + 1);
+  host->children = g_ptr_array_new_with_free_func ((GDestroyNotify)g_variant_unref);
   for (guint i = 0; i < n; i++) {
     GVariant *child = g_variant_get_child_value (args, i);
-    g_ptr_array_add (children, child);
-    to_value (child, fn->decl->args[i].type, &values[i]);
+    g_ptr_array_add (host->children, child);
+    to_value (child, fn->decl->args[i].type, &host->values[i]);
   }
-  g_mutex_init (&host.lock);
-  status = fn->decl->run (call, &result);
-  g_mutex_clear (&host.lock);
-  if (status == CRUNCHD_OK && (result.data != NULL || result.len == 0)) {
+  host->call =
+      (CrunchdCall){host->values, n, fn->decl->user_data, &cancel->flag, host_progress, NULL};
+  host->cancel = cancel;
+  host->last_us = 0;
+  g_mutex_init (&host->lock);
+}
+
+static void
+host_call_clear (HostCall *host)
+{
+  g_mutex_clear (&host->lock);
+  g_free (host->values);
+  g_ptr_array_unref (host->children);
+}
+
+/* What a C function returned, as the result or an error. */
+static GBytes *
+host_call_outcome (const CrunchFunction *fn, const CrunchCancel *cancel, CrunchdStatus status,
+                   CrunchdResult *result, GError **error)
+{
+  gpointer *pair;
+
+  if (status == CRUNCHD_OK && (result->data != NULL || result->len == 0)) {
     pair = g_new (gpointer, 2);
-    pair[0] = result.data;
-    pair[1] = (gpointer)result.free_data;
-    return g_bytes_new_with_free_func (result.data, result.len, free_result, pair);
+    pair[0] = result->data;
+    pair[1] = (gpointer)result->free_data;
+    return g_bytes_new_with_free_func (result->data, result->len, free_result, pair);
   }
-  if (result.data != NULL)
-    (result.free_data != NULL ? result.free_data : free) (result.data);
+  if (result->data != NULL)
+    (result->free_data != NULL ? result->free_data : free) (result->data);
+  result->error[sizeof result->error - 1] = '\0';
   if (status == CRUNCHD_CANCELLED || crunch_cancelled (cancel))
     g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED, "%s: cancelled",
                  fn->name);
   else
     g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED, "%s: %s", fn->name,
-                 result.error[0] != '\0' ? result.error : "failed");
+                 result->error[0] != '\0' ? result->error : "failed");
   return NULL;
+}
+
+static gboolean
+check_args (const CrunchFunction *fn, GVariant *args, GError **error)
+{
+  if (matches_decl (fn, args))
+    return TRUE;
+  g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED,
+               "%s: arguments %s do not match the declaration", fn->name,
+               g_variant_get_type_string (args));
+  return FALSE;
+}
+
+/* Runs the C batch entry over calls that are all valid and not cancelled. */
+static void
+run_batch_entry (const CrunchFunction *fn, guint n, GVariant *const *args,
+                 const CrunchCancel *const *cancels, GBytes **results, GError **errors)
+{
+  g_autofree HostCall *hosts = g_new0 (HostCall, n);
+  g_autofree const CrunchdCall **calls = g_new0 (const CrunchdCall *, n);
+  g_autofree CrunchdResult *out = g_new0 (CrunchdResult, n);
+  g_autofree CrunchdStatus *statuses = g_new (CrunchdStatus, n);
+
+  for (guint i = 0; i < n; i++) {
+    host_call_init (&hosts[i], fn, args[i], cancels[i]);
+    calls[i] = &hosts[i].call;
+    statuses[i] = CRUNCHD_ERROR;
+  }
+  fn->batch_entry (calls, n, out, statuses);
+  for (guint i = 0; i < n; i++) {
+    host_call_clear (&hosts[i]);
+    results[i] = host_call_outcome (fn, cancels[i], statuses[i], &out[i], &errors[i]);
+  }
+}
+
+GBytes *
+crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCancel *cancel,
+                     GError **error)
+{
+  HostCall host;
+  CrunchdResult result = {0};
+  CrunchdStatus status;
+  GBytes *bytes = NULL;
+
+  if (!check_args (fn, args, error))
+    return NULL;
+  if (fn->run != NULL)
+    return fn->run (fn, args, cancel, fn->run_data, error);
+  if (fn->decl->run == NULL) { /* a batch entry alone: a batch of one */
+    run_batch_entry (fn, 1, &args, &cancel, &bytes, error);
+    return bytes;
+  }
+  host_call_init (&host, fn, args, cancel);
+  status = fn->decl->run (&host.call, &result);
+  host_call_clear (&host);
+  return host_call_outcome (fn, cancel, status, &result, error);
+}
+
+void
+crunch_function_run_batch (const CrunchFunction *fn, guint n, GVariant *const *args,
+                           const CrunchCancel *const *cancels, const CrunchCancel *all,
+                           GBytes **results, GError **errors)
+{
+  g_autofree guint *first = g_new (guint, n); /* the call whose answer call i takes */
+  g_autofree guint *index = g_new (guint, n); /* the calls that run, by position */
+  g_autoptr (GHashTable) seen = NULL;
+  guint m = 0;
+
+  if (fn->pure)
+    seen = g_hash_table_new (g_variant_hash, g_variant_equal);
+  for (guint i = 0; i < n; i++) {
+    gpointer at;
+    first[i] = i;
+    if (crunch_cancelled (cancels[i])) {
+      g_set_error (&errors[i], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED,
+                   "%s: cancelled", fn->name);
+    } else if (!check_args (fn, args[i], &errors[i])) {
+      /* fails alone */
+    } else if (seen != NULL && g_hash_table_lookup_extended (seen, args[i], NULL, &at)) {
+      first[i] = GPOINTER_TO_UINT (at);
+    } else {
+      if (seen != NULL)
+        g_hash_table_insert (seen, args[i], GUINT_TO_POINTER (i));
+      index[m++] = i;
+    }
+  }
+  if (m > 0) {
+    g_autofree GVariant **run_args = g_new (GVariant *, m);
+    g_autofree const CrunchCancel **run_cancels = g_new (const CrunchCancel *, m);
+    g_autofree GBytes **run_results = g_new0 (GBytes *, m);
+    g_autofree GError **run_errors = g_new0 (GError *, m);
+    for (guint j = 0; j < m; j++) {
+      run_args[j] = args[index[j]];
+      run_cancels[j] = cancels[index[j]];
+    }
+    if (fn->run_batch != NULL) {
+      fn->run_batch (fn, m, run_args, run_cancels, all, run_results, run_errors, fn->run_data);
+    } else if (fn->batch_entry != NULL && fn->run == NULL) {
+      run_batch_entry (fn, m, run_args, run_cancels, run_results, run_errors);
+    } else {
+      for (guint j = 0; j < m; j++) {
+        if (crunch_cancelled (all))
+          g_set_error (&run_errors[j], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED,
+                       "%s: cancelled", fn->name);
+        else
+          run_results[j] = crunch_function_run (fn, run_args[j], run_cancels[j], &run_errors[j]);
+      }
+    }
+    for (guint j = 0; j < m; j++) {
+      results[index[j]] = run_results[j];
+      errors[index[j]] = run_errors[j];
+      if (run_results[j] == NULL && run_errors[j] == NULL)
+        g_set_error (&errors[index[j]], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED,
+                     "%s: no answer for this call", fn->name);
+    }
+  }
+  for (guint i = 0; i < n; i++) {
+    if (first[i] == i)
+      continue;
+    if (results[first[i]] != NULL)
+      results[i] = g_bytes_ref (results[first[i]]);
+    else
+      errors[i] = g_error_copy (errors[first[i]]);
+  }
 }

@@ -49,6 +49,8 @@ typedef struct {
 #define CRUNCH_PROGRESS_PER_SECOND 5
 /* Longest progress message passed on, in bytes (cut at a character boundary). */
 #define CRUNCH_PROGRESS_MESSAGE_MAX 200
+/* The largest max_batch a function may declare. */
+#define CRUNCH_MAX_BATCH 1024
 
 /* Whether a report may pass now, given when the last one did (*last_us, monotonic; updated).
  * `relayed`: the reports come from a worker that throttled them already (a program's frames, a
@@ -72,6 +74,11 @@ typedef struct CrunchFunction CrunchFunction;
  * crunch_function_run(). */
 typedef GBytes *(*CrunchRunHook) (const CrunchFunction *fn, GVariant *args,
                                   const CrunchCancel *cancel, gpointer data, GError **error);
+/* Runs n calls of a batch function at once elsewhere (a worker process): results[i] for a call
+ * that succeeded, errors[i] otherwise (both start NULL), as crunch_function_run_batch(). */
+typedef void (*CrunchBatchHook) (const CrunchFunction *fn, guint n, GVariant *const *args,
+                                 const CrunchCancel *const *cancels, const CrunchCancel *all,
+                                 GBytes **results, GError **errors, gpointer data);
 struct CrunchFunction {
   const CrunchdFunction *decl; /* owned by the plugin, which is never unloaded */
   const gchar *name;           /* decl->name */
@@ -90,6 +97,13 @@ struct CrunchFunction {
    * under [executor] backend = processes); NULL: decl->run in the calling thread. */
   CrunchRunHook run;
   gpointer run_data;
+  /* Dynamic batching (decl ABI 2, or a program's declaration): max_batch > 1 lets the scheduler
+   * group queued calls; run_batch (with run_data) runs a group elsewhere, NULL: decl->run_batch
+   * in the calling thread. */
+  guint max_batch;
+  gint64 max_delay_us;
+  CrunchBatchHook run_batch;
+  CrunchdRunBatchFunc batch_entry; /* decl->run_batch, read only from ABI 2 declarations */
 };
 
 /* A built-in: a plugin linked into crunchd, plus its legacy hooks. */
@@ -121,6 +135,9 @@ const gchar **crunch_functions_list (void);
 
 /* Validates the declaration and adds it; `plugin` names the registrant in errors. */
 gboolean crunch_functions_add (const CrunchdFunction *decl, const gchar *plugin, GError **error);
+/* The same for a C plugin built for ABI `abi`: members a version lacks are not read. */
+gboolean crunch_functions_add_abi (const CrunchdFunction *decl, guint abi, const gchar *plugin,
+                                   GError **error);
 /* The same for a declaration without decl->run (a program plugin's): `run` runs its calls. */
 gboolean crunch_functions_add_hooked (const CrunchdFunction *decl, const gchar *plugin,
                                       CrunchRunHook run, gpointer data, GError **error);
@@ -133,6 +150,13 @@ gdouble crunch_function_arg_max (const CrunchFunction *fn, guint i);
  * CANCELLED or FAILED otherwise. */
 GBytes *crunch_function_run (const CrunchFunction *fn, GVariant *args, const CrunchCancel *cancel,
                              GError **error);
+/* Runs n calls at once (fn->max_batch > 1): fn->run_batch, decl->run_batch, or one after another.
+ * results[i] for a call that succeeded, errors[i] (CANCELLED, FAILED, ...) otherwise; both arrays
+ * start NULL. `all` is set when every call is cancelled (the batch may stop). Identical calls of
+ * a pure function are computed once. */
+void crunch_function_run_batch (const CrunchFunction *fn, guint n, GVariant *const *args,
+                                const CrunchCancel *const *cancels, const CrunchCancel *all,
+                                GBytes **results, GError **errors);
 
 /* fib.c */
 extern const CrunchBuiltin crunch_fib_builtin;

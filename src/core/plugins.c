@@ -19,6 +19,7 @@
 
 typedef struct {
   const gchar *label;
+  guint abi;     /* the plugin's */
   GError *error; /* the first registration error */
 } HostState;
 
@@ -28,7 +29,7 @@ host_register (CrunchdHost *host, const CrunchdFunction *fn)
   HostState *state = host->priv;
   GError *local = NULL;
 
-  if (crunch_functions_add (fn, state->label, &local))
+  if (crunch_functions_add_abi (fn, state->abi, state->label, &local))
     return 0;
   if (state->error == NULL)
     state->error = local;
@@ -40,7 +41,7 @@ host_register (CrunchdHost *host, const CrunchdFunction *fn)
 gboolean
 crunch_plugins_register (const CrunchdPlugin *plugin, const gchar *label, GError **error)
 {
-  HostState state = {label, NULL};
+  HostState state = {label, plugin->abi_version, NULL};
   CrunchdHost host = {CRUNCHD_PLUGIN_ABI_VERSION, host_register, &state};
   int status;
 

@@ -26,6 +26,15 @@ crunch_job_new (const CrunchFunction *fn, GVariant *args)
 }
 
 CrunchJob *
+crunch_job_new_batch (const CrunchFunction *fn)
+{
+  CrunchJob *job = crunch_job_new (fn, g_variant_new ("()"));
+
+  job->items = g_ptr_array_new_with_free_func ((GDestroyNotify)crunch_job_unref);
+  return job;
+}
+
+CrunchJob *
 crunch_job_ref (CrunchJob *job)
 {
   g_atomic_int_inc (&job->ref);
@@ -38,6 +47,7 @@ crunch_job_unref (CrunchJob *job)
   if (job == NULL || !g_atomic_int_dec_and_test (&job->ref))
     return;
   g_variant_unref (job->args);
+  g_clear_pointer (&job->items, g_ptr_array_unref);
   g_clear_pointer (&job->result, g_bytes_unref);
   g_free (job->error);
   g_free (job);
@@ -65,18 +75,10 @@ outcome_of_error (const GError *error)
   }
 }
 
-/* Runs the function and records the outcome; any thread. */
-void
-crunch_job_run (CrunchJob *job)
+/* Records the outcome of a run that gave `job->result` or `error`. */
+static void
+settle (CrunchJob *job, const GError *error)
 {
-  g_autoptr (GError) error = NULL;
-
-  job->t_started = g_get_monotonic_time ();
-  job->cancel.deadline_us = __atomic_load_n (&job->deadline_us, __ATOMIC_RELAXED);
-  if (!crunch_cancelled (&job->cancel))
-    job->result = crunch_function_run (job->fn, job->args, &job->cancel, &error);
-  job->t_finished = g_get_monotonic_time ();
-
   if (job->result != NULL) {
     job->outcome = CRUNCH_JOB_OK;
   } else if (crunch_cancelled (&job->cancel)) {
@@ -85,6 +87,62 @@ crunch_job_run (CrunchJob *job)
     job->outcome = outcome_of_error (error);
     job->error = g_strdup (error ? error->message : "the function returned no result");
   }
+}
+
+/* A batch: its items' calls at once, each item settled on its own. */
+static void
+run_batch (CrunchJob *batch)
+{
+  guint n;
+  gint64 t;
+
+  if (batch->gather != NULL)
+    batch->gather (batch);
+  n = batch->items->len;
+  g_autofree GVariant **args = g_new (GVariant *, n + 1);
+  g_autofree const CrunchCancel **cancels = g_new (const CrunchCancel *, n + 1);
+  g_autofree GBytes **results = g_new0 (GBytes *, n + 1);
+  g_autofree GError **errors = g_new0 (GError *, n + 1);
+
+  t = g_get_monotonic_time ();
+  batch->t_started = t;
+  for (guint i = 0; i < n; i++) {
+    CrunchJob *item = batch->items->pdata[i];
+    item->t_started = t;
+    item->cancel.deadline_us = __atomic_load_n (&item->deadline_us, __ATOMIC_RELAXED);
+    args[i] = item->args;
+    cancels[i] = &item->cancel;
+  }
+  batch->cancel.deadline_us = __atomic_load_n (&batch->deadline_us, __ATOMIC_RELAXED);
+  crunch_function_run_batch (batch->fn, n, args, cancels, &batch->cancel, results, errors);
+  t = g_get_monotonic_time ();
+  batch->t_finished = t;
+  batch->outcome = CRUNCH_JOB_OK;
+  for (guint i = 0; i < n; i++) {
+    CrunchJob *item = batch->items->pdata[i];
+    item->t_finished = t;
+    item->result = results[i];
+    settle (item, errors[i]);
+    g_clear_error (&errors[i]);
+  }
+}
+
+/* Runs the function (or the batch) and records the outcome; any thread. */
+void
+crunch_job_run (CrunchJob *job)
+{
+  g_autoptr (GError) error = NULL;
+
+  if (job->items != NULL) {
+    run_batch (job);
+    return;
+  }
+  job->t_started = g_get_monotonic_time ();
+  job->cancel.deadline_us = __atomic_load_n (&job->deadline_us, __ATOMIC_RELAXED);
+  if (!crunch_cancelled (&job->cancel))
+    job->result = crunch_function_run (job->fn, job->args, &job->cancel, &error);
+  job->t_finished = g_get_monotonic_time ();
+  settle (job, error);
 }
 
 const gchar *
@@ -223,6 +281,7 @@ local_free (CrunchExecutor *parent)
 
 static const CrunchExecutorClass local_class = {
     .name = "local",
+    .batches = TRUE,
     .submit = local_submit,
     .cancel = local_cancel,
     .apply = local_apply,

@@ -41,9 +41,18 @@ struct CrunchJob {
   CrunchJobOutcome outcome;
   GBytes *result;
   gchar *error;
+
+  /* A batch (crunch_job_new_batch(), for a function whose max_batch > 1): `items` are the calls
+   * it computes at once, jobs of their own whose outcomes crunch_job_run() sets (the batch's own
+   * is OK). Its cancel flag is set once every item's is. `gather`, set by the scheduler, is
+   * called first by the thread that runs it: it may add items (waiting up to the function's
+   * max_delay for them), and the list is fixed once it returns. */
+  GPtrArray *items;
+  void (*gather) (CrunchJob *batch);
 };
 
 CrunchJob *crunch_job_new (const CrunchFunction *fn, GVariant *args);
+CrunchJob *crunch_job_new_batch (const CrunchFunction *fn);
 CrunchJob *crunch_job_ref (CrunchJob *job);
 void crunch_job_unref (CrunchJob *job);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (CrunchJob, crunch_job_unref)
@@ -82,6 +91,7 @@ typedef struct {
 typedef struct CrunchExecutor CrunchExecutor;
 typedef struct {
   const gchar *name;
+  gboolean batches; /* it runs batch jobs (through crunch_job_run()) */
   /* Start the job; never fails. The executor calls `finished` exactly once per job, never from
    * inside submit() or cancel() (the scheduler calls both with its lock held). */
   void (*submit) (CrunchExecutor *self, CrunchJob *job);

@@ -27,7 +27,7 @@ run (const CrunchdCall *call, CrunchdResult *result)
 }
 
 static const CrunchdFunction decl = {
-    "every", NULL, args, G_N_ELEMENTS (args), 1, 1, "text/plain", run, NULL,
+    "every", NULL, args, G_N_ELEMENTS (args), 1, 1, "text/plain", run, NULL, 0, 0, NULL,
 };
 
 static GBytes *

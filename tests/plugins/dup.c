@@ -8,7 +8,7 @@ run (const CrunchdCall *call, CrunchdResult *result)
 }
 
 static const CrunchdFunction fib = {
-    "fib", "a second fib", NULL, 0, 1, 1, "text/plain", run, NULL,
+    "fib", "a second fib", NULL, 0, 1, 1, "text/plain", run, NULL, 0, 0, NULL,
 };
 
 static int

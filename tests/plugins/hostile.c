@@ -101,12 +101,12 @@ length_run (const CrunchdCall *call, CrunchdResult *result)
 }
 
 static const CrunchdFunction functions[] = {
-    {"crash", "crashes on request", crash_args, 1, 1, 10, "text/plain", crash_run, NULL},
-    {"stubborn", "ignores cancel", NULL, 0, 0, 0.3, "text/plain", stubborn_run, NULL},
-    {"hog", "allocates without bound", NULL, 0, 0, 10, "text/plain", hog_run, NULL},
-    {"noisy", "printf garbage", NULL, 0, 0, 10, "text/plain", noisy_run, NULL},
-    {"pid", "its process id", NULL, 0, 0, 10, "text/plain", pid_run, NULL},
-    {"length", "the length of s", length_args, 1, 1, 10, "text/plain", length_run, NULL},
+    {"crash", "crashes on request", crash_args, 1, 1, 10, "text/plain", crash_run, NULL, 0, 0, NULL},
+    {"stubborn", "ignores cancel", NULL, 0, 0, 0.3, "text/plain", stubborn_run, NULL, 0, 0, NULL},
+    {"hog", "allocates without bound", NULL, 0, 0, 10, "text/plain", hog_run, NULL, 0, 0, NULL},
+    {"noisy", "printf garbage", NULL, 0, 0, 10, "text/plain", noisy_run, NULL, 0, 0, NULL},
+    {"pid", "its process id", NULL, 0, 0, 10, "text/plain", pid_run, NULL, 0, 0, NULL},
+    {"length", "the length of s", length_args, 1, 1, 10, "text/plain", length_run, NULL, 0, 0, NULL},
 };
 
 static int

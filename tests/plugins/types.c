@@ -54,10 +54,10 @@ slow_run (const CrunchdCall *call, CrunchdResult *result)
 static const CrunchdArg slow_args[] = {{"seconds", CRUNCHD_ARG_FLOAT, 0, 60, NULL, NULL}};
 
 static const CrunchdFunction functions[] = {
-    {"slow", "sleeps, checking cancellation", slow_args, 1, 0, 0.5, "text/plain", slow_run, NULL},
+    {"slow", "sleeps, checking cancellation", slow_args, 1, 0, 0.5, "text/plain", slow_run, NULL, 0, 0, NULL},
     {"echo", "echo every argument type", args, sizeof args / sizeof args[0], 1, 5,
-     "text/plain; charset=utf-8", echo_run, NULL},
-    {"fail", "always fails", NULL, 0, 0, 5, "text/plain; charset=utf-8", fail_run, NULL},
+     "text/plain; charset=utf-8", echo_run, NULL, 0, 0, NULL},
+    {"fail", "always fails", NULL, 0, 0, 5, "text/plain; charset=utf-8", fail_run, NULL, 0, 0, NULL},
 };
 
 static int
