@@ -361,8 +361,10 @@ wire_metrics (Crunchd *app, gboolean on)
                                                     .data = &app->worker_pool});
   crunch_metrics_add_source (
       &(CrunchMetricsSource){.gauges = crunch_server_fill_gauges, .data = app->server});
-  crunch_metrics_add_source (&(CrunchMetricsSource){
-      .render = render_executor, .not_ready = executor_not_ready, .data = app->scheduler});
+  crunch_metrics_add_source (&(CrunchMetricsSource){.render = render_executor,
+                                                    .not_ready = executor_not_ready,
+                                                    .status = crunch_scheduler_render_status,
+                                                    .data = app->scheduler});
 }
 
 static void

@@ -188,7 +188,12 @@ function render(s) {
   $('jobs-client-gone').textContent = s.jobs.client_gone;
   $('jobs-shared').textContent = s.jobs.coalesced + ' / ' + s.jobs.cache_hit;
   // lines the executors contribute, e.g. worker processes alive / busy and unavailable functions
-  $('notes').textContent = (s.notes || []).join('; ');
+  // and the batch functions' mean batch size (dynamic batching)
+  const batchNotes = (s.batches || []).map(function (b) {
+    return b.function + ': mean batch ' + b.mean_size.toFixed(1) + ' of ' + b.max_batch +
+      ' (' + b.batches + ' batches, mean wait ' + (b.mean_wait_seconds * 1000).toFixed(1) + ' ms)';
+  });
+  $('notes').textContent = (s.notes || []).concat(batchNotes).join('; ');
   renderRunning(s.running_jobs || []);
   renderRoutes(s.routes);
   renderSlowest(s.slowest_jobs);

@@ -579,11 +579,11 @@ crunch_function_run_batch (const CrunchFunction *fn, guint n, GVariant *const *a
 {
   g_autofree guint *first = g_new (guint, n); /* the call whose answer call i takes */
   g_autofree guint *index = g_new (guint, n); /* the calls that run, by position */
-  g_autoptr (GHashTable) seen = NULL;
+  g_autoptr (GHashTable) seen = NULL; /* serialised arguments (canonical tuples) -> position */
   guint m = 0;
 
   if (fn->pure)
-    seen = g_hash_table_new (g_variant_hash, g_variant_equal);
+    seen = g_hash_table_new_full (g_bytes_hash, g_bytes_equal, (GDestroyNotify)g_bytes_unref, NULL);
   for (guint i = 0; i < n; i++) {
     gpointer at;
     first[i] = i;
@@ -592,11 +592,16 @@ crunch_function_run_batch (const CrunchFunction *fn, guint n, GVariant *const *a
                    "%s: cancelled", fn->name);
     } else if (!check_args (fn, args[i], &errors[i])) {
       /* fails alone */
-    } else if (seen != NULL && g_hash_table_lookup_extended (seen, args[i], NULL, &at)) {
-      first[i] = GPOINTER_TO_UINT (at);
+    } else if (seen != NULL) {
+      GBytes *data = g_variant_get_data_as_bytes (args[i]);
+      if (g_hash_table_lookup_extended (seen, data, NULL, &at)) {
+        first[i] = GPOINTER_TO_UINT (at);
+        g_bytes_unref (data);
+      } else {
+        g_hash_table_insert (seen, data, GUINT_TO_POINTER (i));
+        index[m++] = i;
+      }
     } else {
-      if (seen != NULL)
-        g_hash_table_insert (seen, args[i], GUINT_TO_POINTER (i));
       index[m++] = i;
     }
   }

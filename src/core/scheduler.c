@@ -30,7 +30,18 @@
  * before it: higher classes, and its own class as fair queuing orders it; plus what is left of
  * the running jobs; over `threads`) and refuses it when wait + run exceeds its deadline. The
  * same figures give Retry-After. Aging and jobs not yet estimated are left out: the prediction
- * errs towards admitting. */
+ * errs towards admitting.
+ * Dynamic batching: a job of a function with max_batch > 1 (on an executor that runs batches)
+ * starts a Batch instead of running alone: the worker slot takes up to max_batch waiting jobs of
+ * that function, in fair-queuing order (highest class first; within a class one job per flow per
+ * round, lowest tag first, each charged to its flow as if it had run alone). If fewer waited, the
+ * batch stays open: the worker thread that runs it waits in gather_batch() (on `batch_cond`) until
+ * it is full or close_us passes, which is max_delay after it opened, or earlier for a member's
+ * deadline (see join_batch()); dispatch_locked() moves new jobs of the function into the open batch
+ * first. Members are ordinary running jobs (tickets, coalescing, progress, cancellation work as
+ * alone); a cancelled member is answered at once and the batch goes on, unless every member is
+ * gone: then the batch's own flag is set. The estimate of a batch function is per call (a batch's
+ * run time over its size); the batch's own run time is learnt separately for the wait bound. */
 #include "scheduler.h"
 
 #include <math.h>
@@ -72,10 +83,13 @@ typedef struct {
   gint64 since_us; /* monotonic: it got waiting work, or last had a job started */
 } Class;
 
+typedef struct Batch Batch;
+
 typedef struct {
   CrunchJob *job;
-  gchar *key; /* crunch_function_key(): NULL if the job may not be shared or cached */
-  Flow *flow; /* whose queue it waits in (its client and class) */
+  gchar *key;   /* crunch_function_key(): NULL if the job may not be shared or cached */
+  Batch *batch; /* the batch it runs in, or NULL */
+  Flow *flow;   /* whose queue it waits in (its client and class) */
   guint cls;
   gdouble estimate; /* its function's estimated seconds when it was queued, 0 if none */
   GList *link;      /* in flow->queue while waiting */
@@ -87,8 +101,34 @@ typedef struct {
   gchar *progress_message; /* with the latest report, for tickets that join later */
 } SchedJob;
 
+/* One worker slot computing several jobs of one function at once (see DESIGN). */
+struct Batch {
+  CrunchJob *job;     /* the batch job; its items are the members' jobs */
+  GPtrArray *members; /* SchedJob*, running */
+  gboolean open;      /* jobs may still join: its worker waits in gather_batch() */
+  gint64 opened_us, close_us, closed_us;
+};
+
+/* What the scheduler learns of a function. */
+typedef struct {
+  gboolean estimated;    /* `seconds` holds something */
+  gdouble seconds;       /* EWMA of a successful call's run time (a batch's time over its size) */
+  gdouble batch_seconds; /* EWMA of a batch's run time; 0 before the first */
+  /* batch sizes and batching waits (histograms; the last bucket is +Inf) */
+  guint64 sizes[12], waits[12];
+  guint64 batches, items;
+  gdouble wait_sum;
+} Learnt;
+
+static const guint size_bounds[11] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+static const gdouble wait_bounds[11] = {0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01,
+                                        0.02,   0.05,   0.1,   0.25,  0.5};
+
 struct CrunchScheduler {
   GMutex lock;
+  GCond batch_cond;         /* an open batch got members, closed, or the server drains */
+  GHashTable *open_batches; /* CrunchFunction* -> Batch*, while open */
+  guint busy;               /* worker slots in use: single jobs and batches */
   CrunchExecutor *executor;
   CrunchExecutorFactory factory; /* NULL: the local pool */
   gpointer factory_data;
@@ -97,7 +137,7 @@ struct CrunchScheduler {
   GHashTable *clients; /* key -> Client */
   Class classes[N_CLASSES];
   guint64 next_seq;
-  GHashTable *estimates;  /* function name -> gdouble* seconds (EWMA of successful runs) */
+  GHashTable *estimates;  /* function name -> Learnt* */
   GHashTable *coalescing; /* key -> SchedJob, queued or running */
   GHashTable *running;    /* SchedJob set */
   guint queued, reserved;
@@ -379,40 +419,228 @@ pop_job (CrunchScheduler *self, guint c, gint64 now)
   return sj;
 }
 
+/* With the lock held: the job (out of its queue) is running from now on. */
+static void
+mark_running (CrunchScheduler *self, SchedJob *sj, gint64 now)
+{
+  Client *client = sj->flow->client;
+
+  sj->flow = NULL; /* its client may go before it ends */
+  sj->running = TRUE;
+  sj->started_us = now;
+  for (guint i = 0; i < sj->tickets->len; i++)
+    ticket_started (sj->tickets->pdata[i]);
+  g_hash_table_add (self->running, sj);
+  self->counters.jobs_started++;
+  client_release (self, client);
+}
+
+static gdouble estimate_locked (CrunchScheduler *self, const CrunchFunction *fn);
+static Learnt *learnt_locked (CrunchScheduler *self, const CrunchFunction *fn);
+
+static gboolean
+batches (CrunchScheduler *self, const CrunchFunction *fn)
+{
+  return fn->max_batch > 1 && self->executor->klass->batches;
+}
+
+/* With the lock held: the job joins the batch; the batch must close early enough for each of
+ * the job's callers to have its answer by its deadline: it waits at most half of what the
+ * deadline leaves after the batch's estimated run time (none, if nothing is left). */
+static void
+join_batch (CrunchScheduler *self, Batch *b, SchedJob *sj, gint64 now)
+{
+  gint64 run_us = (gint64)(learnt_locked (self, b->job->fn)->batch_seconds * G_USEC_PER_SEC);
+  gint64 deadline = __atomic_load_n (&sj->job->deadline_us, __ATOMIC_RELAXED);
+
+  for (guint i = 0; i < sj->tickets->len; i++) {
+    gint64 d = ((CrunchTicket *)sj->tickets->pdata[i])->deadline_us;
+    if (d != 0) /* at most half the time its deadline leaves after the run */
+      b->close_us = MIN (b->close_us, now + (d - now - run_us) / 2);
+  }
+  mark_running (self, sj, now);
+  sj->batch = b;
+  g_ptr_array_add (b->members, sj);
+  g_ptr_array_add (b->job->items, crunch_job_ref (sj->job));
+  if (deadline > __atomic_load_n (&b->job->deadline_us, __ATOMIC_RELAXED))
+    __atomic_store_n (&b->job->deadline_us, deadline, __ATOMIC_RELAXED);
+}
+
+/* With the lock held: this waiting job leaves its queue, charged to its flow as pop_job() does. */
+static void
+take_job (CrunchScheduler *self, SchedJob *sj)
+{
+  Flow *flow = sj->flow;
+
+  unqueue (self, sj); /* leaves the turns if it was the flow's last */
+  if (flow->turn != NULL)
+    leave_turns (flow);
+  flow->vtag++;
+  if (flow->queue.length > 0)
+    take_turn (self, flow);
+}
+
+/* With the lock held: the flow's oldest waiting job of fn, or NULL. */
+static SchedJob *
+first_of (Flow *flow, const CrunchFunction *fn)
+{
+  for (GList *l = flow->queue.head; l != NULL; l = l->next)
+    if (((SchedJob *)l->data)->job->fn == fn)
+      return l->data;
+  return NULL;
+}
+
+/* With the lock held: waiting jobs of the batch's function join it, up to max_batch, in fair
+ * order: the highest class first, and within a class rounds of one job per flow, lowest tag
+ * first. */
+static void
+gather_locked (CrunchScheduler *self, Batch *b, gint64 now)
+{
+  const CrunchFunction *fn = b->job->fn;
+
+  for (gint c = N_CLASSES - 1; c >= 0 && b->members->len < fn->max_batch; c--) {
+    Class *cls = &self->classes[c];
+    gboolean took = TRUE;
+    while (took && cls->queued > 0 && b->members->len < fn->max_batch) {
+      g_autoptr (GPtrArray) round = g_ptr_array_new ();
+      took = FALSE;
+      for (GSequenceIter *it = g_sequence_get_begin_iter (cls->active);
+           !g_sequence_iter_is_end (it); it = g_sequence_iter_next (it))
+        g_ptr_array_add (round, g_sequence_get (it));
+      for (guint i = 0; i < round->len && b->members->len < fn->max_batch; i++) {
+        SchedJob *sj = first_of (round->pdata[i], fn);
+        if (sj == NULL)
+          continue;
+        take_job (self, sj);
+        join_batch (self, b, sj, now);
+        took = TRUE;
+      }
+    }
+  }
+}
+
+/* With the lock held: the batch takes no more jobs; its worker stops waiting. */
+static void
+close_batch (CrunchScheduler *self, Batch *b, gint64 now)
+{
+  if (!b->open)
+    return;
+  b->open = FALSE;
+  b->closed_us = now;
+  if (g_hash_table_lookup (self->open_batches, b->job->fn) == b)
+    g_hash_table_remove (self->open_batches, b->job->fn);
+  g_cond_broadcast (&self->batch_cond);
+}
+
+/* CrunchJob.gather of a batch, on the worker thread that runs it: waits while it is open. */
+static void
+gather_batch (CrunchJob *job)
+{
+  CrunchScheduler *self = job->scheduler;
+  Batch *b = job->scheduler_data;
+
+  g_mutex_lock (&self->lock);
+  while (b->open && !self->draining && g_get_monotonic_time () < b->close_us)
+    g_cond_wait_until (&self->batch_cond, &self->lock, b->close_us);
+  close_batch (self, b, g_get_monotonic_time ());
+  g_mutex_unlock (&self->lock);
+}
+
+/* With the lock held: a worker slot computes sj and whatever waiting jobs of its function fit. */
+static void
+start_batch (CrunchScheduler *self, SchedJob *sj, gint64 now)
+{
+  const CrunchFunction *fn = sj->job->fn;
+  Batch *b = g_new0 (Batch, 1);
+
+  b->job = crunch_job_new_batch (fn);
+  b->job->scheduler = self;
+  b->job->scheduler_data = b;
+  b->job->gather = gather_batch;
+  b->members = g_ptr_array_new ();
+  b->opened_us = b->closed_us = now;
+  b->close_us = now + fn->max_delay_us;
+  join_batch (self, b, sj, now);
+  gather_locked (self, b, now);
+  b->open = TRUE;
+  if (b->members->len < fn->max_batch && b->close_us > now && !self->draining)
+    g_hash_table_insert (self->open_batches, (gpointer)fn, b);
+  else
+    close_batch (self, b, now);
+  self->busy++;
+  crunch_executor_submit (self->executor, b->job);
+}
+
+/* With the lock held: open batches take the waiting jobs of their functions first. */
+static void
+fill_open_batches (CrunchScheduler *self, gint64 now)
+{
+  GHashTableIter iter;
+  gpointer value;
+  g_autoptr (GPtrArray) full = NULL;
+
+  if (g_hash_table_size (self->open_batches) == 0 || self->queued == 0)
+    return;
+  full = g_ptr_array_new ();
+  g_hash_table_iter_init (&iter, self->open_batches);
+  while (g_hash_table_iter_next (&iter, NULL, &value)) {
+    Batch *b = value;
+    guint before = b->members->len;
+    gather_locked (self, b, now);
+    if (b->members->len >= b->job->fn->max_batch || b->close_us <= now)
+      g_ptr_array_add (full, b);
+    else if (b->members->len > before)
+      g_cond_broadcast (&self->batch_cond); /* a closer deadline */
+  }
+  for (guint i = 0; i < full->len; i++)
+    close_batch (self, full->pdata[i], now);
+}
+
 /* With the lock held: start as many waiting jobs as there are free threads, from the class
- * next_class() picks, the flow with the lowest tag first. */
+ * next_class() picks, the flow with the lowest tag first; a job of a batch function starts a
+ * batch. */
 static void
 dispatch_locked (CrunchScheduler *self)
 {
   gint64 now = g_get_monotonic_time ();
   gint c;
 
-  while (g_hash_table_size (self->running) < self->settings.threads &&
-         (c = next_class (self, now)) >= 0) {
+  fill_open_batches (self, now);
+  while (self->busy < self->settings.threads && (c = next_class (self, now)) >= 0) {
     SchedJob *sj = pop_job (self, (guint)c, now);
-    Client *client = sj->flow->client;
 
-    sj->flow = NULL; /* its client may go before it ends */
-    sj->running = TRUE;
-    sj->started_us = now;
-    for (guint i = 0; i < sj->tickets->len; i++)
-      ticket_started (sj->tickets->pdata[i]);
-    g_hash_table_add (self->running, sj);
-    self->counters.jobs_started++;
+    if (batches (self, sj->job->fn)) {
+      start_batch (self, sj, now);
+      continue;
+    }
+    mark_running (self, sj, now);
+    self->busy++;
     crunch_executor_submit (self->executor, sj->job);
-    client_release (self, client);
   }
 }
 
 /* ---- run-time estimates ---- */
 
+/* With the lock held: what has been learnt of fn (created empty on first use). */
+static Learnt *
+learnt_locked (CrunchScheduler *self, const CrunchFunction *fn)
+{
+  Learnt *learnt = g_hash_table_lookup (self->estimates, fn->name);
+
+  if (learnt == NULL) {
+    learnt = g_new0 (Learnt, 1);
+    g_hash_table_insert (self->estimates, g_strdup (fn->name), learnt);
+  }
+  return learnt;
+}
+
 /* With the lock held: fn's estimated seconds, or -1. */
 static gdouble
 estimate_locked (CrunchScheduler *self, const CrunchFunction *fn)
 {
-  const gdouble *seconds = g_hash_table_lookup (self->estimates, fn->name);
+  const Learnt *learnt = g_hash_table_lookup (self->estimates, fn->name);
 
-  return seconds != NULL ? *seconds : -1;
+  return learnt != NULL && learnt->estimated ? learnt->seconds : -1;
 }
 
 /* With the lock held: fn's first estimate; its jobs already waiting (queued without one) take
@@ -441,16 +669,15 @@ first_estimate_locked (CrunchScheduler *self, const CrunchFunction *fn, gdouble 
 static void
 learn_locked (CrunchScheduler *self, const CrunchFunction *fn, gdouble seconds)
 {
-  gdouble *estimate = g_hash_table_lookup (self->estimates, fn->name);
+  Learnt *learnt = learnt_locked (self, fn);
 
   seconds = MAX (seconds, 0);
-  if (estimate == NULL) {
-    estimate = g_new (gdouble, 1);
-    *estimate = seconds;
-    g_hash_table_insert (self->estimates, g_strdup (fn->name), estimate);
+  if (!learnt->estimated) {
+    learnt->estimated = TRUE;
+    learnt->seconds = seconds;
     first_estimate_locked (self, fn, seconds);
   } else {
-    *estimate += EWMA_WEIGHT * (seconds - *estimate);
+    learnt->seconds += EWMA_WEIGHT * (seconds - learnt->seconds);
   }
 }
 
@@ -465,30 +692,99 @@ crunch_scheduler_estimate (CrunchScheduler *self, const CrunchFunction *fn)
   return seconds;
 }
 
-/* Executor callback, on the thread that ran the job. */
+/* With the lock held: the job has ended; its tickets' answers go to `answers`. */
 static void
-on_finished (CrunchJob *job, gpointer data)
+job_ended_locked (CrunchScheduler *self, SchedJob *sj, GPtrArray *answers)
 {
-  CrunchScheduler *self = data;
-  SchedJob *sj = job->scheduler_data;
-  GPtrArray *answers = g_ptr_array_new ();
+  CrunchJob *job = sj->job;
 
-  g_mutex_lock (&self->lock);
   g_hash_table_remove (self->running, sj);
   job->scheduler_data = NULL; /* a late progress report finds no tickets */
-  if (job->outcome == CRUNCH_JOB_OK)
-    learn_locked (self, job->fn, (job->t_finished - job->t_started) / 1e6);
   forget_key (self, sj);
   if (sj->key != NULL && job->outcome == CRUNCH_JOB_OK)
     crunch_cache_insert (self->cache, sj->key, job->result);
   for (guint i = 0; i < sj->tickets->len; i++)
     answer_locked (self, sj->tickets->pdata[i], job->outcome, job, answers);
   g_ptr_array_set_size (sj->tickets, 0);
+}
+
+static guint
+bucket_of (gdouble value, const gdouble *bounds, guint n)
+{
+  guint i = 0;
+
+  while (i < n && value > bounds[i])
+    i++;
+  return i;
+}
+
+/* With the lock held: a batch ended; its members' answers go to `answers`. */
+static void
+batch_ended_locked (CrunchScheduler *self, Batch *b, GPtrArray *answers)
+{
+  Learnt *learnt = learnt_locked (self, b->job->fn);
+  gdouble seconds = (b->job->t_finished - b->job->t_started) / 1e6;
+  gdouble wait = (b->closed_us - b->opened_us) / 1e6;
+  guint n = b->members->len, ok = 0, size = 0;
+
+  for (guint i = 0; i < n; i++) {
+    SchedJob *sj = b->members->pdata[i];
+    ok += sj->job->outcome == CRUNCH_JOB_OK;
+    job_ended_locked (self, sj, answers);
+  }
+  while (size < G_N_ELEMENTS (size_bounds) && n > size_bounds[size])
+    size++;
+  learnt->sizes[size]++;
+  learnt->waits[bucket_of (wait, wait_bounds, G_N_ELEMENTS (wait_bounds))]++;
+  learnt->batches++;
+  learnt->items += n;
+  learnt->wait_sum += wait;
+  if (ok > 0) {
+    learn_locked (self, b->job->fn, seconds / n);
+    learnt->batch_seconds =
+        learnt->batch_seconds == 0
+            ? seconds
+            : learnt->batch_seconds + EWMA_WEIGHT * (seconds - learnt->batch_seconds);
+  }
+}
+
+/* Executor callback, on the thread that ran the job. */
+static void
+on_finished (CrunchJob *job, gpointer data)
+{
+  CrunchScheduler *self = data;
+  GPtrArray *answers = g_ptr_array_new ();
+  Batch *batch = job->items != NULL ? job->scheduler_data : NULL;
+  SchedJob *sj = batch == NULL ? job->scheduler_data : NULL;
+
+  g_mutex_lock (&self->lock);
+  if (batch != NULL) {
+    close_batch (self, batch, g_get_monotonic_time ()); /* (an executor that never gathered) */
+    batch_ended_locked (self, batch, answers);
+  } else {
+    if (job->outcome == CRUNCH_JOB_OK)
+      learn_locked (self, job->fn, (job->t_finished - job->t_started) / 1e6);
+    job_ended_locked (self, sj, answers);
+  }
+  self->busy--;
   dispatch_locked (self);
   g_mutex_unlock (&self->lock);
-  crunch_metrics_job_ran (job);
+  if (batch != NULL) {
+    for (guint i = 0; i < batch->members->len; i++)
+      crunch_metrics_job_ran (((SchedJob *)batch->members->pdata[i])->job);
+  } else {
+    crunch_metrics_job_ran (job);
+  }
   flush_answers (answers);
-  sched_job_free (sj);
+  if (batch != NULL) {
+    for (guint i = 0; i < batch->members->len; i++)
+      sched_job_free (batch->members->pdata[i]);
+    g_ptr_array_unref (batch->members);
+    crunch_job_unref (batch->job); /* the scheduler's; the executor still holds its own */
+    g_free (batch);
+  } else {
+    sched_job_free (sj);
+  }
 }
 
 /* ---- the public interface ---- */
@@ -530,6 +826,8 @@ crunch_scheduler_new_full (const CrunchSchedulerSettings *settings, CrunchExecut
     return NULL;
   }
   g_mutex_init (&self->lock);
+  g_cond_init (&self->batch_cond);
+  self->open_batches = g_hash_table_new (NULL, NULL);
   self->clients = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, client_free);
   for (guint c = 0; c < N_CLASSES; c++)
     self->classes[c].active = g_sequence_new (NULL);
@@ -548,6 +846,8 @@ crunch_scheduler_free (CrunchScheduler *self)
   crunch_scheduler_drain (self);
   crunch_executor_free (self->executor); /* waits for running jobs */
   g_hash_table_unref (self->running);
+  g_hash_table_unref (self->open_batches);
+  g_cond_clear (&self->batch_cond);
   g_hash_table_unref (self->coalescing);
   g_hash_table_unref (self->clients);
   for (guint c = 0; c < N_CLASSES; c++)
@@ -634,7 +934,7 @@ predict_wait_locked (CrunchScheduler *self, Client *client, guint cls, gint64 no
   guint ahead;
   gdouble work = work_ahead_locked (self, client, cls, &ahead);
 
-  if (ahead == 0 && g_hash_table_size (self->running) < self->settings.threads)
+  if (ahead == 0 && self->busy < self->settings.threads)
     return 0;
   return (work + running_left_locked (self, now)) / worker_count (self);
 }
@@ -814,6 +1114,27 @@ overran_locked (SchedJob *sj)
   return sj->running && timeout_us > 0 && g_get_monotonic_time () - sj->started_us >= timeout_us;
 }
 
+/* With the lock held: asks a running job to stop. A member of a batch stops alone (its flag,
+ * which its function may look at); the batch itself once every member has been asked. */
+static void
+cancel_running_locked (CrunchScheduler *self, SchedJob *sj, CrunchJobOutcome why)
+{
+  Batch *b = sj->batch;
+
+  if (!crunch_job_cancel (sj->job, why))
+    return;
+  if (b == NULL) {
+    crunch_executor_cancel (self->executor, sj->job);
+    return;
+  }
+  for (guint i = 0; i < b->members->len; i++)
+    if (!crunch_cancelled (&((SchedJob *)b->members->pdata[i])->job->cancel))
+      return;
+  close_batch (self, b, g_get_monotonic_time ()); /* nobody left to wait for */
+  if (crunch_job_cancel (b->job, why))
+    crunch_executor_cancel (self->executor, b->job);
+}
+
 /* With the lock held: the ticket no longer waits for its job; drop or stop the job if nobody
  * else does, or if it has overrun its function's deadline (its other tickets then get its
  * TIMED_OUT answer when it stops). */
@@ -831,8 +1152,7 @@ detach_locked (CrunchScheduler *self, CrunchTicket *ticket, CrunchJobOutcome why
   self->counters.jobs_cancelled++;
   forget_key (self, sj);
   if (sj->running) {
-    if (crunch_job_cancel (sj->job, why))
-      crunch_executor_cancel (self->executor, sj->job);
+    cancel_running_locked (self, sj, why);
   } else {
     Client *owner = sj->flow->client;
     unqueue (self, sj);
@@ -880,6 +1200,7 @@ crunch_scheduler_drain (CrunchScheduler *self)
 
   g_mutex_lock (&self->lock);
   self->draining = TRUE;
+  g_cond_broadcast (&self->batch_cond); /* open batches run with what they have */
   /* empty every queue first: answering may free idle clients */
   for (guint c = 0; c < N_CLASSES; c++) {
     GSequence *active = self->classes[c].active;
@@ -910,9 +1231,67 @@ crunch_scheduler_cancel_running (CrunchScheduler *self, CrunchJobOutcome reason)
   g_mutex_lock (&self->lock);
   g_hash_table_iter_init (&iter, self->running);
   while (g_hash_table_iter_next (&iter, &sj, NULL))
-    if (crunch_job_cancel (((SchedJob *)sj)->job, reason))
-      crunch_executor_cancel (self->executor, ((SchedJob *)sj)->job);
+    cancel_running_locked (self, sj, reason);
   g_mutex_unlock (&self->lock);
+}
+
+/* With the lock held: the batch-size and batching-wait histograms of the functions that have
+ * run batches. */
+static void
+render_batches_locked (CrunchScheduler *self, GList *names, GString *out)
+{
+  gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+
+  g_string_append (out, "# HELP crunchd_batch_size Calls computed together per batch, by function "
+                        "(functions that declare max_batch > 1).\n# TYPE crunchd_batch_size "
+                        "histogram\n");
+  for (GList *l = names; l != NULL; l = l->next) {
+    const Learnt *learnt = g_hash_table_lookup (self->estimates, l->data);
+    guint64 sum = 0;
+    if (learnt->batches == 0)
+      continue;
+    for (guint i = 0; i <= G_N_ELEMENTS (size_bounds); i++) {
+      sum += learnt->sizes[i];
+      if (i < G_N_ELEMENTS (size_bounds))
+        g_string_append_printf (
+            out, "crunchd_batch_size_bucket{function=\"%s\",le=\"%u\"} %" G_GUINT64_FORMAT "\n",
+            (const gchar *)l->data, size_bounds[i], sum);
+      else
+        g_string_append_printf (
+            out, "crunchd_batch_size_bucket{function=\"%s\",le=\"+Inf\"} %" G_GUINT64_FORMAT "\n",
+            (const gchar *)l->data, sum);
+    }
+    g_string_append_printf (out,
+                            "crunchd_batch_size_sum{function=\"%s\"} %" G_GUINT64_FORMAT "\n"
+                            "crunchd_batch_size_count{function=\"%s\"} %" G_GUINT64_FORMAT "\n",
+                            (const gchar *)l->data, learnt->items, (const gchar *)l->data,
+                            learnt->batches);
+  }
+  g_string_append (out, "# HELP crunchd_batch_wait_seconds How long a batch waited for more calls "
+                        "(up to its function's max_delay) before it ran, by function.\n"
+                        "# TYPE crunchd_batch_wait_seconds histogram\n");
+  for (GList *l = names; l != NULL; l = l->next) {
+    const Learnt *learnt = g_hash_table_lookup (self->estimates, l->data);
+    guint64 sum = 0;
+    if (learnt->batches == 0)
+      continue;
+    for (guint i = 0; i <= G_N_ELEMENTS (wait_bounds); i++) {
+      sum += learnt->waits[i];
+      g_string_append_printf (
+          out,
+          "crunchd_batch_wait_seconds_bucket{function=\"%s\",le=\"%s\"} %" G_GUINT64_FORMAT "\n",
+          (const gchar *)l->data,
+          i < G_N_ELEMENTS (wait_bounds) ? g_ascii_formatd (buf, sizeof buf, "%g", wait_bounds[i])
+                                         : "+Inf",
+          sum);
+    }
+    g_string_append_printf (
+        out,
+        "crunchd_batch_wait_seconds_sum{function=\"%s\"} %s\n"
+        "crunchd_batch_wait_seconds_count{function=\"%s\"} %" G_GUINT64_FORMAT "\n",
+        (const gchar *)l->data, g_ascii_formatd (buf, sizeof buf, "%.6f", learnt->wait_sum),
+        (const gchar *)l->data, learnt->batches);
+  }
 }
 
 void
@@ -927,18 +1306,50 @@ crunch_scheduler_render_metrics (CrunchScheduler *self, GString *out)
   g_mutex_lock (&self->lock);
   names = g_list_sort (g_hash_table_get_keys (self->estimates), (GCompareFunc)g_strcmp0);
   for (GList *l = names; l != NULL; l = l->next) {
-    const gdouble *seconds = g_hash_table_lookup (self->estimates, l->data);
+    const Learnt *learnt = g_hash_table_lookup (self->estimates, l->data);
+    if (!learnt->estimated)
+      continue;
     /* (Prometheus wants '.', whatever the locale) */
     g_string_append_printf (out, "crunchd_function_run_estimate_seconds{function=\"%s\"} %s\n",
                             (const gchar *)l->data,
-                            g_ascii_formatd (buf, sizeof buf, "%.6f", *seconds));
+                            g_ascii_formatd (buf, sizeof buf, "%.6f", learnt->seconds));
   }
+  render_batches_locked (self, names, out);
   g_string_append (out, "# HELP crunchd_jobs_queued_by_priority Jobs waiting for a worker, by "
                         "priority class.\n# TYPE crunchd_jobs_queued_by_priority gauge\n");
   for (guint c = 0; c < N_CLASSES; c++)
     g_string_append_printf (out, "crunchd_jobs_queued_by_priority{priority=\"%u\"} %u\n", c,
                             self->classes[c].queued);
   g_mutex_unlock (&self->lock);
+}
+
+void
+crunch_scheduler_render_status (GString *out, gpointer data)
+{
+  CrunchScheduler *self = data;
+  g_autoptr (GList) names = NULL;
+  gchar a[G_ASCII_DTOSTR_BUF_SIZE], b[G_ASCII_DTOSTR_BUF_SIZE];
+  gboolean first = TRUE;
+
+  g_string_append (out, "\"batches\":[");
+  g_mutex_lock (&self->lock);
+  names = g_list_sort (g_hash_table_get_keys (self->estimates), (GCompareFunc)g_strcmp0);
+  for (GList *l = names; l != NULL; l = l->next) {
+    const Learnt *learnt = g_hash_table_lookup (self->estimates, l->data);
+    const CrunchFunction *fn = crunch_functions_lookup (l->data);
+    if (learnt->batches == 0 || fn == NULL)
+      continue;
+    g_string_append_printf (
+        out,
+        "%s{\"function\":\"%s\",\"max_batch\":%u,\"batches\":%" G_GUINT64_FORMAT
+        ",\"mean_size\":%s,\"mean_wait_seconds\":%s}",
+        first ? "" : ",", fn->name, fn->max_batch, learnt->batches,
+        g_ascii_formatd (a, sizeof a, "%.3f", (gdouble)learnt->items / learnt->batches),
+        g_ascii_formatd (b, sizeof b, "%.6f", learnt->wait_sum / learnt->batches));
+    first = FALSE;
+  }
+  g_mutex_unlock (&self->lock);
+  g_string_append (out, "],");
 }
 
 CrunchExecutor *

@@ -120,6 +120,9 @@ gdouble crunch_scheduler_estimate (CrunchScheduler *self, const CrunchFunction *
 /* Prometheus families of its own: crunchd_function_run_estimate_seconds{function} and
  * crunchd_jobs_queued_by_priority{priority}. Any thread. */
 void crunch_scheduler_render_metrics (CrunchScheduler *self, GString *out);
+/* The /status.json member "batches" (a CrunchMetricsSource.status): per function that has run
+ * batches, {function, max_batch, batches, mean_size, mean_wait_seconds}, then a comma. */
+void crunch_scheduler_render_status (GString *out, gpointer self);
 void crunch_scheduler_submit (CrunchScheduler *self, CrunchTicket *ticket);
 /* A cached result for this call, or NULL (checked before admission: a hit needs no job). */
 GBytes *crunch_scheduler_cached (CrunchScheduler *self, const CrunchFunction *fn, GVariant *args);

@@ -1,0 +1,381 @@
+/* test-batch.c - dynamic batching (issue 20) against the real binary, with the batchy test plugin
+ * (max_batch 8, max_delay 0.3 s; each answer says which batch it ran in and how big it was), the
+ * forward example and a version-1 plugin, on one worker thread. */
+#include <stdio.h>
+#include <string.h>
+
+#include "harness.h"
+
+static const gchar *
+env_dir (const gchar *name)
+{
+  const gchar *dir = g_getenv (name);
+
+  g_assert_nonnull (dir);
+  return dir;
+}
+
+static TestServer *
+start (const gchar *extra)
+{
+  g_autofree gchar *ini =
+      g_strdup_printf ("[executor]\nthreads = 1\nclient_key = header:X-Api-Key\n%s\n"
+                       "[plugins]\ndir = %s\nload = forward, %s/batchy.so, %s/abi1.so\n",
+                       extra, env_dir ("CRUNCHD_PLUGINS"), env_dir ("CRUNCHD_TEST_PLUGINS"),
+                       env_dir ("CRUNCHD_TEST_PLUGINS"));
+
+  return test_server_start (ini, NULL);
+}
+
+/* One request on a thread of its own, with headers. */
+typedef struct {
+  gchar *url;
+  const gchar *headers[3];
+  GThread *thread;
+  TestReply *reply;
+  guint x, n;   /* from the answer "x=X n=N batch=B" */
+  gulong batch; /* 0 when the answer was not one */
+} Req;
+
+static gpointer
+req_run (gpointer data)
+{
+  Req *r = data;
+
+  r->reply = test_http ("GET", r->url, r->headers);
+  if (r->reply->status == 200 &&
+      sscanf (r->reply->body, "x=%u n=%u batch=%lu", &r->x, &r->n, &r->batch) != 3)
+    r->batch = 0;
+  return NULL;
+}
+
+static Req *
+req_start (TestServer *server, const gchar *query, const gchar *h1, const gchar *h2)
+{
+  Req *r = g_new0 (Req, 1);
+  g_autofree gchar *path = g_strconcat ("/fn/batchy?", query, NULL);
+
+  r->url = test_server_url (server, path);
+  r->headers[0] = h1;
+  r->headers[1] = h1 != NULL ? h2 : NULL;
+  r->thread = g_thread_new ("req", req_run, r);
+  return r;
+}
+
+static void
+req_join (Req *r)
+{
+  if (r->thread != NULL)
+    g_thread_join (r->thread);
+  r->thread = NULL;
+}
+
+static void
+req_free (Req *r)
+{
+  req_join (r);
+  test_reply_free (r->reply);
+  g_free (r->url);
+  g_free (r);
+}
+
+static gchar *
+get_body (TestServer *server, const gchar *path)
+{
+  g_autofree gchar *url = test_server_url (server, path);
+  g_autoptr (TestReply) reply = test_http ("GET", url, NULL);
+
+  g_assert_cmpint (reply->status, ==, 200);
+  return g_strdup (reply->body);
+}
+
+/* A metric's value from /metrics (the first line that starts with `series`), or -1. */
+static gdouble
+metric (TestServer *server, const gchar *series)
+{
+  g_autofree gchar *text = get_body (server, "/metrics");
+  g_autofree gchar *needle = g_strconcat ("\n", series, " ", NULL);
+  const gchar *at = strstr (text, needle);
+
+  return at != NULL ? g_ascii_strtod (at + strlen (needle), NULL) : -1;
+}
+
+/* A call that arrives alone waits max_delay (0.3 s) for company, no longer, and runs alone. */
+static void
+test_lone_call (void)
+{
+  TestServer *server = start ("");
+  g_autofree gchar *url = test_server_url (server, "/fn/batchy?x=1");
+
+  for (guint i = 0; i < 3; i++) {
+    g_autoptr (TestReply) reply = test_http ("GET", url, NULL);
+    g_autofree gchar *expect = g_strdup_printf ("x=1 n=1 batch=%u", i + 1);
+    g_test_message ("lone call %u: %.3f s", i, reply->seconds);
+    g_assert_cmpint (reply->status, ==, 200);
+    g_assert_cmpstr (reply->body, ==, expect);
+    g_assert_cmpfloat (reply->seconds, >=, 0.29);
+    g_assert_cmpfloat (reply->seconds, <, 0.3 + 1.0);
+  }
+  g_assert_cmpfloat (metric (server, "crunchd_batch_size_count{function=\"batchy\"}"), ==, 3);
+  g_assert_cmpfloat (metric (server, "crunchd_batch_size_sum{function=\"batchy\"}"), ==, 3);
+  /* the waits, as measured inside: at least max_delay, and not much more */
+  g_assert_cmpfloat (metric (server, "crunchd_batch_wait_seconds_bucket{function=\"batchy\","
+                                     "le=\"0.25\"}"),
+                     ==, 0);
+  g_assert_cmpfloat (metric (server, "crunchd_batch_wait_seconds_sum{function=\"batchy\"}"), <,
+                     3 * 0.6);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* Calls that arrive together run together, each answer reaching its own caller; never more than
+ * max_batch in one. */
+static void
+test_together (void)
+{
+  TestServer *server = start ("");
+  Req *reqs[20];
+  guint most = 0;
+  g_autoptr (GHashTable) batches = g_hash_table_new (NULL, NULL);
+
+  for (guint i = 0; i < 20; i++) {
+    g_autofree gchar *q = g_strdup_printf ("x=%u", 100 + i);
+    reqs[i] = req_start (server, q, NULL, NULL);
+  }
+  for (guint i = 0; i < 20; i++) {
+    req_join (reqs[i]);
+    g_assert_cmpint (reqs[i]->reply->status, ==, 200);
+    g_assert_cmpuint (reqs[i]->batch, !=, 0);
+    g_assert_cmpuint (reqs[i]->x, ==, 100 + i); /* its own answer */
+    g_assert_cmpuint (reqs[i]->n, <=, 8);
+    most = MAX (most, reqs[i]->n);
+    g_hash_table_add (batches, GSIZE_TO_POINTER (reqs[i]->batch));
+    req_free (reqs[i]);
+  }
+  g_test_message ("20 calls at once: %u batches, the largest %u", g_hash_table_size (batches),
+                  most);
+  g_assert_cmpuint (most, ==, 8);
+  g_assert_cmpuint (g_hash_table_size (batches), <=, 5); /* 8 + 8 + 4, and slack for stragglers */
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* The forward example under 32 concurrent clients: right answers, batches well above 1. */
+static void
+test_forward_example (void)
+{
+  TestServer *server = start ("");
+  g_autofree gchar *lone = test_server_url (server, "/fn/forward?x=7");
+  g_autoptr (TestReply) reply = test_http ("GET", lone, NULL);
+  GPtrArray *calls = g_ptr_array_new ();
+  gdouble count, sum;
+
+  g_assert_cmpint (reply->status, ==, 200);
+  g_assert_cmpstr (reply->body, ==, "forward(7) = 50\n");
+  for (guint i = 0; i < 32; i++)
+    g_ptr_array_add (
+        calls, test_call_start (g_strdup_printf ("%s/fn/forward?x=%u", server->base, 1000 + i)));
+  for (guint i = 0; i < 32; i++) {
+    g_autoptr (TestReply) r = test_call_finish (calls->pdata[i]);
+    g_autofree gchar *expect =
+        g_strdup_printf ("forward(%u) = %u\n", 1000 + i, (1000 + i) * (1000 + i) + 1);
+    g_assert_cmpint (r->status, ==, 200);
+    g_assert_cmpstr (r->body, ==, expect);
+  }
+  g_ptr_array_unref (calls);
+  count = metric (server, "crunchd_batch_size_count{function=\"forward\"}");
+  sum = metric (server, "crunchd_batch_size_sum{function=\"forward\"}");
+  g_test_message ("forward: 33 calls in %.0f batches (mean %.1f)", count, sum / count);
+  g_assert_cmpfloat (sum, ==, 33);
+  g_assert_cmpfloat (sum / count, >=, 3);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* A call whose deadline leaves little time is not held back for company: it waits at most half
+ * of what its deadline leaves. */
+static void
+test_short_deadline (void)
+{
+  TestServer *server = start ("");
+  g_autofree gchar *url = test_server_url (server, "/fn/batchy?x=2");
+  g_autoptr (TestReply) slow = test_http ("GET", url, NULL);
+  g_autoptr (TestReply) quick =
+      test_http ("GET", url, (const gchar *[]){"Request-Timeout: 0.3", NULL});
+  g_autoptr (TestReply) quicker =
+      test_http ("GET", url, (const gchar *[]){"Request-Timeout: 0.02", NULL});
+
+  g_test_message ("lone call %.3f s; with a 0.3 s deadline %.3f s; with 0.02 s %.3f s",
+                  slow->seconds, quick->seconds, quicker->seconds);
+  g_assert_cmpint (slow->status, ==, 200);
+  g_assert_cmpint (quick->status, ==, 200);
+  g_assert_cmpint (quicker->status, ==, 200);
+  g_assert_cmpfloat (slow->seconds, >=, 0.29);
+  g_assert_cmpfloat (quick->seconds, <, 0.28);
+  g_assert_cmpfloat (quicker->seconds, <, 0.3);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* One failing call fails alone; its batch mates get their answers. */
+static void
+test_bad_item (void)
+{
+  TestServer *server = start ("");
+  Req *bad = req_start (server, "x=20&fail=1", NULL, NULL);
+  Req *good[3];
+
+  for (guint i = 0; i < 3; i++) {
+    g_autofree gchar *q = g_strdup_printf ("x=%u", 21 + i);
+    good[i] = req_start (server, q, NULL, NULL);
+  }
+  req_join (bad);
+  g_assert_cmpint (bad->reply->status, ==, 500);
+  test_strip_request_id (bad->reply->body);
+  g_assert_cmpstr (bad->reply->body, ==, "batchy: call 20 failed on request\n");
+  for (guint i = 0; i < 3; i++) {
+    req_join (good[i]);
+    g_assert_cmpint (good[i]->reply->status, ==, 200);
+    g_assert_cmpuint (good[i]->x, ==, 21 + i);
+    g_assert_cmpuint (good[i]->n, ==, 4); /* in the failing call's batch */
+    req_free (good[i]);
+  }
+  req_free (bad);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* A member whose deadline passes while its batch runs is answered then (504), not when the batch
+ * ends; the batch goes on for the others. */
+static void
+test_cancel_one (void)
+{
+  TestServer *server = start ("");
+  Req *gone = req_start (server, "x=30&sleep_ms=1000", "Request-Timeout: 0.5", NULL);
+  Req *stay[2];
+
+  for (guint i = 0; i < 2; i++) {
+    g_autofree gchar *q = g_strdup_printf ("x=%u&sleep_ms=1000", 31 + i);
+    stay[i] = req_start (server, q, NULL, NULL);
+  }
+  req_join (gone);
+  g_test_message ("the member with a 0.5 s deadline: %ld after %.3f s", gone->reply->status,
+                  gone->reply->seconds);
+  g_assert_cmpint (gone->reply->status, ==, 504);
+  g_assert_cmpfloat (gone->reply->seconds, <, 0.9); /* its batch runs until ~1.25 s */
+  for (guint i = 0; i < 2; i++) {
+    req_join (stay[i]);
+    g_assert_cmpint (stay[i]->reply->status, ==, 200);
+    g_assert_cmpuint (stay[i]->x, ==, 31 + i);
+    g_assert_cmpuint (stay[i]->n, ==, 3);
+    g_assert_cmpfloat (stay[i]->reply->seconds, >=, 1.0);
+    req_free (stay[i]);
+  }
+  req_free (gone);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* When every member is gone the batch stops: the worker is free long before its 5 s are up. */
+static void
+test_cancel_all (void)
+{
+  TestServer *server = start ("");
+  Req *a = req_start (server, "x=40&sleep_ms=5000", "Request-Timeout: 0.5", NULL);
+  Req *b = req_start (server, "x=41&sleep_ms=5000", "Request-Timeout: 0.5", NULL);
+  g_autofree gchar *url = test_server_url (server, "/fn/batchy?x=42");
+  g_autoptr (TestReply) next = NULL;
+
+  req_join (a);
+  req_join (b);
+  g_assert_cmpint (a->reply->status, ==, 504);
+  g_assert_cmpint (b->reply->status, ==, 504);
+  next = test_http ("GET", url, NULL);
+  g_test_message ("after both members timed out, the next call took %.3f s", next->seconds);
+  g_assert_cmpint (next->status, ==, 200);
+  g_assert_cmpfloat (next->seconds, <, 2.5);
+  req_free (a);
+  req_free (b);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* Client A queues 40 calls; client B's 4, sent after, share the next batches with A's instead of
+ * waiting behind all of A's (which would be batch 6). */
+static void
+test_fairness (void)
+{
+  TestServer *server = start ("");
+  Req *a[40], *b[4];
+  gulong b_batch = 0;
+
+  for (guint i = 0; i < 40; i++) {
+    g_autofree gchar *q = g_strdup_printf ("x=%u&sleep_ms=100", 100 + i);
+    a[i] = req_start (server, q, "X-Api-Key: A", NULL);
+  }
+  g_usleep (150000);
+  for (guint i = 0; i < 4; i++) {
+    g_autofree gchar *q = g_strdup_printf ("x=%u&sleep_ms=100", 200 + i);
+    b[i] = req_start (server, q, "X-Api-Key: B", NULL);
+  }
+  for (guint i = 0; i < 4; i++) {
+    req_join (b[i]);
+    g_assert_cmpint (b[i]->reply->status, ==, 200);
+    g_assert_cmpuint (b[i]->x, ==, 200 + i);
+    b_batch = MAX (b_batch, b[i]->batch);
+  }
+  g_test_message ("B's calls ran in batch %lu or before (A's 40 need 5)", b_batch);
+  g_assert_cmpuint (b_batch, <=, 4);
+  for (guint i = 0; i < 40; i++) {
+    req_join (a[i]);
+    g_assert_cmpint (a[i]->reply->status, ==, 200);
+    g_assert_cmpuint (a[i]->x, ==, 100 + i);
+    req_free (a[i]);
+  }
+  for (guint i = 0; i < 4; i++)
+    req_free (b[i]);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* Identical calls of a pure function in one batch are computed once (coalescing off, so each is a
+ * job of its own); a version-1 plugin beside batch functions answers as before; /status.json
+ * gives the mean batch size. */
+static void
+test_dedupe_abi1_status (void)
+{
+  TestServer *server = start ("coalesce = false\n");
+  Req *reqs[6];
+  g_autofree gchar *old = get_body (server, "/fn/oldsum?a=2&b=3");
+  g_autofree gchar *status = NULL;
+  const gchar *batches;
+
+  for (guint i = 0; i < 6; i++) {
+    g_autofree gchar *q = g_strdup_printf ("x=%u", i < 4 ? 50 : 47 + i);
+    reqs[i] = req_start (server, q, NULL, NULL);
+  }
+  for (guint i = 0; i < 6; i++) {
+    req_join (reqs[i]);
+    g_assert_cmpint (reqs[i]->reply->status, ==, 200);
+    g_assert_cmpuint (reqs[i]->x, ==, i < 4 ? 50 : 47 + i);
+    g_assert_cmpuint (reqs[i]->n, ==, 3); /* 50 once, 51, 52 */
+    req_free (reqs[i]);
+  }
+  g_assert_cmpstr (old, ==, "5\n");
+  status = get_body (server, "/status.json");
+  batches = strstr (status, "\"batches\":[");
+  g_assert_nonnull (batches);
+  /* batchy alone: oldsum runs no batches */
+  g_assert_true (g_str_has_prefix (batches, "\"batches\":[{\"function\":\"batchy\",\"max_batch\":8,"
+                                            "\"batches\":1,\"mean_size\":6.000,"));
+  g_assert_cmpint (strchr (batches, ']') - batches, <, strlen ("\"batches\":[{") + 100);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/batch/lone-call", test_lone_call);
+  g_test_add_func ("/batch/together", test_together);
+  g_test_add_func ("/batch/forward-example", test_forward_example);
+  g_test_add_func ("/batch/short-deadline", test_short_deadline);
+  g_test_add_func ("/batch/bad-item", test_bad_item);
+  g_test_add_func ("/batch/cancel-one", test_cancel_one);
+  g_test_add_func ("/batch/cancel-all", test_cancel_all);
+  g_test_add_func ("/batch/fairness", test_fairness);
+  g_test_add_func ("/batch/dedupe-abi1-status", test_dedupe_abi1_status);
+  return g_test_run ();
+}
