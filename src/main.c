@@ -108,6 +108,7 @@ scheduler_settings (const Crunchd *app, const CrunchConfig *config)
       .queue_limit = config->queue_limit,
       .per_client_limit = config->per_client_limit,
       .coalesce = config->coalesce,
+      .batching = config->batching,
       .nice = config->nice,
       .policy = crunch_worker_policy_from_string (config->policy),
       .cache_entries = config->cache_entries,

@@ -364,6 +364,29 @@ test_dedupe_abi1_status (void)
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
+/* [executor] batching = false: every call runs alone, at once (no wait for company). */
+static void
+test_batching_off (void)
+{
+  TestServer *server = start ("batching = false\n");
+  Req *reqs[4];
+
+  for (guint i = 0; i < 4; i++) {
+    g_autofree gchar *q = g_strdup_printf ("x=%u", 60 + i);
+    reqs[i] = req_start (server, q, NULL, NULL);
+  }
+  for (guint i = 0; i < 4; i++) {
+    req_join (reqs[i]);
+    g_assert_cmpint (reqs[i]->reply->status, ==, 200);
+    g_assert_cmpuint (reqs[i]->x, ==, 60 + i);
+    g_assert_cmpuint (reqs[i]->n, ==, 1);
+    g_assert_cmpfloat (reqs[i]->reply->seconds, <, 0.29 * 4); /* no max_delay each */
+    req_free (reqs[i]);
+  }
+  g_assert_cmpfloat (metric (server, "crunchd_batch_size_count{function=\"batchy\"}"), ==, -1);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -377,5 +400,6 @@ main (int argc, char **argv)
   g_test_add_func ("/batch/cancel-all", test_cancel_all);
   g_test_add_func ("/batch/fairness", test_fairness);
   g_test_add_func ("/batch/dedupe-abi1-status", test_dedupe_abi1_status);
+  g_test_add_func ("/batch/off", test_batching_off);
   return g_test_run ();
 }

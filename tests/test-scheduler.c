@@ -83,7 +83,8 @@ static CrunchScheduler *
 scheduler_aging (guint threads, guint queue_limit, guint per_client, gboolean coalesce,
                  gdouble aging)
 {
-  CrunchSchedulerSettings settings = {threads, queue_limit, per_client, coalesce, 0, 0, 0, aging};
+  CrunchSchedulerSettings settings = {threads, queue_limit, per_client, coalesce, 0,
+                                      0,       0,           aging,      TRUE};
   return crunch_scheduler_new (&settings);
 }
 
@@ -294,7 +295,7 @@ static void
 test_configure_threads (void)
 {
   CrunchScheduler *s = scheduler (1, 10, 0, FALSE);
-  CrunchSchedulerSettings more = {3, 10, 0, FALSE, 0, 0, 0, 0};
+  CrunchSchedulerSettings more = {3, 10, 0, FALSE, 0, 0, 0, 0, TRUE};
   Results r;
   CrunchTicket *t[3];
 

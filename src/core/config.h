@@ -83,6 +83,7 @@ typedef struct {
   guint per_client_limit; /* tickets in flight per client before 429; 0 = none */
   gchar *client_key;      /* "ip" or "header:NAME" */
   gboolean coalesce;      /* identical jobs of pure functions share one computation */
+  gboolean batching;      /* functions that declare max_batch > 1 get their calls in batches */
   guint default_priority; /* class of calls without a key priority, 0 (lowest) to 9 */
   gdouble priority_aging; /* seconds a waiting class takes to count one class up; 0 = never */
   gchar *backend;         /* "local", "nats" or "processes" (restart) */

@@ -441,7 +441,7 @@ static Learnt *learnt_locked (CrunchScheduler *self, const CrunchFunction *fn);
 static gboolean
 batches (CrunchScheduler *self, const CrunchFunction *fn)
 {
-  return fn->max_batch > 1 && self->executor->klass->batches;
+  return fn->max_batch > 1 && self->settings.batching && self->executor->klass->batches;
 }
 
 /* With the lock held: the job joins the batch; the batch must close early enough for each of

@@ -75,6 +75,7 @@ typedef struct {
   guint cache_entries;       /* LRU result cache; 0 = off */
   CrunchWorkerPolicy policy; /* of local worker threads */
   gdouble priority_aging;    /* seconds a class waits unserved to count one class up; 0 = off */
+  gboolean batching;         /* group calls of functions that declare max_batch > 1 */
 } CrunchSchedulerSettings;
 
 typedef struct CrunchScheduler CrunchScheduler;
