@@ -1365,6 +1365,7 @@ crunch_scheduler_get_stats (CrunchScheduler *self, CrunchSchedulerStats *stats)
   *stats = self->counters;
   stats->queued = self->queued;
   stats->running = g_hash_table_size (self->running);
+  stats->busy = self->busy;
   stats->threads = self->settings.threads;
   stats->queue_limit = self->settings.queue_limit;
   stats->clients = g_hash_table_size (self->clients);

@@ -145,7 +145,8 @@ void crunch_scheduler_cancel_running (CrunchScheduler *self, CrunchJobOutcome re
 
 typedef struct {
   guint queued;  /* jobs waiting for a thread */
-  guint running; /* jobs on a thread */
+  guint running; /* jobs on a thread (each call of a batch counts) */
+  guint busy;    /* worker slots in use (a batch is one) */
   guint threads;
   guint queue_limit;
   guint clients; /* clients with a ticket in flight */

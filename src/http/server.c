@@ -1104,7 +1104,7 @@ crunch_server_fill_gauges (CrunchGauges *g, gpointer data)
   crunch_scheduler_get_stats (self->scheduler, &stats);
   g->jobs_queued = stats.queued;
   g->jobs_running = stats.running;
-  g->workers_busy = stats.running;
+  g->workers_busy = stats.busy;
   g->workers_total = stats.threads;
   g->queue_limit = stats.queue_limit;
   for (guint i = 0; i < self->guards->len; i++) {
