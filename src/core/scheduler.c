@@ -468,10 +468,11 @@ join_batch (CrunchScheduler *self, Batch *b, SchedJob *sj, gint64 now)
 
 /* With the lock held: this waiting job leaves its queue, charged to its flow as pop_job() does. */
 static void
-take_job (CrunchScheduler *self, SchedJob *sj)
+take_job (CrunchScheduler *self, SchedJob *sj, gint64 now)
 {
   Flow *flow = sj->flow;
 
+  self->classes[sj->cls].since_us = now; /* its class was served (aging) */
   unqueue (self, sj); /* leaves the turns if it was the flow's last */
   if (flow->turn != NULL)
     leave_turns (flow);
@@ -511,7 +512,7 @@ gather_locked (CrunchScheduler *self, Batch *b, gint64 now)
         SchedJob *sj = first_of (round->pdata[i], fn);
         if (sj == NULL)
           continue;
-        take_job (self, sj);
+        take_job (self, sj, now);
         join_batch (self, b, sj, now);
         took = TRUE;
       }
