@@ -116,8 +116,9 @@ typedef struct {
   void *user_data;
   /* ABI 2, dynamic batching. max_batch > 1 needs run_batch: while calls wait for a worker,
    * crunchd hands a free worker up to max_batch of them (in its fair order across clients), and
-   * waits up to max_delay seconds (0 to 1) for more to arrive when fewer wait, never when that
-   * would make the oldest call miss its deadline. 0 or 1: no batching. */
+   * when fewer wait while other calls of the function are under way, waits up to max_delay
+   * seconds (0 to 1) for more, never long enough to make a call miss its deadline. A lone call
+   * runs at once. 0 or 1: no batching. */
   unsigned max_batch; /* at most 1024 */
   double max_delay;
   CrunchdRunBatchFunc run_batch;

@@ -34,7 +34,8 @@
  * Dynamic batching: a job of a function with max_batch > 1 (on an executor that runs batches)
  * starts a Batch instead of running alone: the worker slot takes up to max_batch waiting jobs of
  * that function, in fair-queuing order (highest class first; within a class one job per flow per
- * round, lowest tag first, each charged to its flow as if it had run alone). If fewer waited, the
+ * round, lowest tag first, each charged to its flow as if it had run alone). If fewer waited and
+ * other calls of the function are running (company is likely: a lone caller never waits), the
  * batch stays open: the worker thread that runs it waits in gather_batch() (on `batch_cond`) until
  * it is full or close_us passes, which is max_delay after it opened, or earlier for a member's
  * deadline (see join_batch()); dispatch_locked() moves new jobs of the function into the open batch
@@ -118,6 +119,7 @@ typedef struct {
   guint64 sizes[12], waits[12];
   guint64 batches, items;
   gdouble wait_sum;
+  guint running; /* its calls on a worker now (a batch's each count) */
 } Learnt;
 
 static const guint size_bounds[11] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
@@ -420,11 +422,14 @@ pop_job (CrunchScheduler *self, guint c, gint64 now)
 }
 
 /* With the lock held: the job (out of its queue) is running from now on. */
+static Learnt *learnt_locked (CrunchScheduler *self, const CrunchFunction *fn);
+
 static void
 mark_running (CrunchScheduler *self, SchedJob *sj, gint64 now)
 {
   Client *client = sj->flow->client;
 
+  learnt_locked (self, sj->job->fn)->running++;
   sj->flow = NULL; /* its client may go before it ends */
   sj->running = TRUE;
   sj->started_us = now;
@@ -436,7 +441,6 @@ mark_running (CrunchScheduler *self, SchedJob *sj, gint64 now)
 }
 
 static gdouble estimate_locked (CrunchScheduler *self, const CrunchFunction *fn);
-static Learnt *learnt_locked (CrunchScheduler *self, const CrunchFunction *fn);
 
 static gboolean
 batches (CrunchScheduler *self, const CrunchFunction *fn)
@@ -564,7 +568,9 @@ start_batch (CrunchScheduler *self, SchedJob *sj, gint64 now)
   join_batch (self, b, sj, now);
   gather_locked (self, b, now);
   b->open = TRUE;
-  if (b->members->len < fn->max_batch && b->close_us > now && !self->draining)
+  /* company is likely only while other calls of fn are under way: a lone caller never waits */
+  if (b->members->len < fn->max_batch && b->close_us > now && !self->draining &&
+      learnt_locked (self, fn)->running > b->members->len)
     g_hash_table_insert (self->open_batches, (gpointer)fn, b);
   else
     close_batch (self, b, now);
@@ -700,6 +706,7 @@ job_ended_locked (CrunchScheduler *self, SchedJob *sj, GPtrArray *answers)
   CrunchJob *job = sj->job;
 
   g_hash_table_remove (self->running, sj);
+  learnt_locked (self, job->fn)->running--;
   job->scheduler_data = NULL; /* a late progress report finds no tickets */
   forget_key (self, sj);
   if (sj->key != NULL && job->outcome == CRUNCH_JOB_OK)
