@@ -10,6 +10,8 @@
  *                 (with --rss-pid, also the server's resident memory before and during), then
  *                 close every connection.
  *   --serial K    K requests one after another on one keep-alive connection (per-request cost).
+ *   -b A[,B...]   source addresses, taken in turn by the connections (127.0.0.2 as a second
+ *                 client; several to open more connections than one address has ports).
  * Output: one line of JSON on stdout (times in milliseconds). Exit 0 when the run itself worked,
  * even if the server answered errors (they are counted in the output); 2 on bad usage, 1 on a
  * local failure (cannot create sockets, ...).
@@ -45,8 +47,12 @@ typedef struct {
   size_t len;
 } Conn;
 
+#define BIND_MAX 16
+
 typedef struct {
-  const char *host, *bind_addr;
+  const char *host;
+  struct in_addr binds[BIND_MAX]; /* -b A,B,...: connections take them in turn */
+  int nbinds;
   int port;
   int n, repeat, serial;
   const char *probe;
@@ -128,11 +134,15 @@ open_conn (const Options *o, int epfd, Conn *c)
   if (c->fd < 0)
     die ("socket: %s (raise ulimit -n?)", strerror (errno));
   setsockopt (c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (o->bind_addr != NULL) {
-    struct sockaddr_in local = {.sin_family = AF_INET};
-    if (inet_pton (AF_INET, o->bind_addr, &local.sin_addr) != 1 ||
-        bind (c->fd, (struct sockaddr *)&local, sizeof local) != 0)
-      die ("cannot bind to %s: %s", o->bind_addr, strerror (errno));
+  if (o->nbinds > 0) {
+    static unsigned next;
+    struct sockaddr_in local = {.sin_family = AF_INET, .sin_addr = o->binds[next++ % o->nbinds]};
+
+    /* the port is chosen at connect(), per destination: with several source addresses a run
+     * is not held to one range of ephemeral ports shared by all of them */
+    setsockopt (c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    if (bind (c->fd, (struct sockaddr *)&local, sizeof local) != 0)
+      die ("cannot bind to %s: %s", inet_ntoa (local.sin_addr), strerror (errno));
   }
   if (inet_pton (AF_INET, o->host, &addr.sin_addr) != 1)
     die ("not a numeric IPv4 address: %s", o->host);
@@ -455,7 +465,7 @@ run_serial (const Options *o)
 static void
 usage (void)
 {
-  fputs ("usage: nsim [-h HOST] -p PORT [-b BIND_ADDR] [-n N] [-r REPEAT] [-s SERIAL]\n"
+  fputs ("usage: nsim [-h HOST] -p PORT [-b ADDR[,ADDR...]] [-n N] [-r REPEAT] [-s SERIAL]\n"
          "            [--probe PATH] [--probe-delay MS] [--hold MS] [--rss-pid PID]\n"
          "            [--timeout S] PATH...\n"
          "       nsim --free-port   (print a free TCP port on 127.0.0.1)\n",
@@ -512,9 +522,15 @@ main (int argc, char **argv)
     case 'p':
       o.port = atoi (optarg);
       break;
-    case 'b':
-      o.bind_addr = optarg;
+    case 'b': {
+      char *list = strdup (optarg), *save = NULL;
+
+      for (char *a = strtok_r (list, ",", &save); a != NULL; a = strtok_r (NULL, ",", &save))
+        if (o.nbinds == BIND_MAX || inet_pton (AF_INET, a, &o.binds[o.nbinds++]) != 1)
+          die ("-b: not a list of at most %d IPv4 addresses: %s", BIND_MAX, optarg);
+      free (list);
       break;
+    }
     case 'n':
       o.n = atoi (optarg);
       break;
