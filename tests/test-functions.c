@@ -255,6 +255,109 @@ test_json_error_utf8 (void)
   g_assert_true (g_str_has_prefix (error->message, "f: the request body is not valid JSON: "));
 }
 
+/* run_batch records what reached it: how many calls, and their n. */
+static guint batch_seen_n;
+static gint64 batch_seen[8];
+
+static void
+echo_batch (const CrunchdCall *const *calls, unsigned n, CrunchdResult *results,
+            CrunchdStatus *statuses)
+{
+  batch_seen_n = n;
+  for (unsigned i = 0; i < n; i++) {
+    batch_seen[i] = calls[i]->args[0].v.i;
+    if (calls[i]->args[0].v.i == 9) {
+      statuses[i] = crunchd_result_error (&results[i], "nine fails");
+      continue;
+    }
+    /* statuses[i] left alone for 8: crunchd set it to CRUNCHD_ERROR */
+    if (calls[i]->args[0].v.i != 8)
+      statuses[i] = ok_run (calls[i], &results[i]);
+  }
+}
+
+/* crunch_function_run_batch: identical calls of a pure function come once, a cancelled call or
+ * one whose arguments do not match never reaches run_batch, one failing call fails alone, a
+ * status left alone fails its call; a single call of a function with only run_batch is a batch of
+ * one; bad batch declarations are refused. */
+static void
+test_run_batch (void)
+{
+  static CrunchdFunction decl;
+  const CrunchFunction *fn;
+  CrunchCancel cancels[6] = {{0}}, all = {0};
+  const CrunchCancel *cp[6];
+  GVariant *args[6];
+  GBytes *results[6] = {NULL};
+  GError *errors[6] = {NULL};
+  static const gint64 ns[6] = {5, 5, 9, 7, 8, 3};
+  g_autoptr (GBytes) one = NULL;
+  g_autoptr (GError) error = NULL;
+  CrunchdFunction bad;
+
+  reset ();
+  decl = good ("b");
+  decl.run = NULL;
+  decl.max_batch = 8;
+  decl.max_delay = 0.01;
+  decl.run_batch = echo_batch;
+  g_assert_true (crunch_functions_add (&decl, "p", NULL));
+  fn = crunch_functions_lookup ("b");
+  g_assert_cmpuint (fn->max_batch, ==, 8);
+  g_assert_cmpint (fn->max_delay_us, ==, 10000);
+  for (guint i = 0; i < 6; i++) {
+    args[i] = g_variant_ref_sink (g_variant_new ("(xs)", ns[i], "ab"));
+    cp[i] = &cancels[i];
+  }
+  g_variant_unref (args[5]);
+  args[5] = g_variant_ref_sink (g_variant_new ("(xs)", (gint64)11, "ab")); /* out of bounds */
+  cancels[3].flag = CRUNCHD_CANCELLED;
+  crunch_function_run_batch (fn, 6, args, cp, &all, results, errors);
+  g_assert_cmpuint (batch_seen_n, ==, 3); /* 5 (once), 9, 8 */
+  g_assert_cmpint (batch_seen[0], ==, 5);
+  g_assert_cmpint (batch_seen[1], ==, 9);
+  g_assert_cmpint (batch_seen[2], ==, 8);
+  g_assert_cmpmem (g_bytes_get_data (results[0], NULL), g_bytes_get_size (results[0]), "5 ab", 4);
+  g_assert_true (results[1] == results[0]); /* the same answer, referenced twice */
+  g_assert_error (errors[2], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED);
+  g_assert_cmpstr (errors[2]->message, ==, "b: nine fails");
+  g_assert_error (errors[3], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED);
+  g_assert_error (errors[4], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED);
+  g_assert_cmpstr (errors[5]->message, ==, "b: arguments (xs) do not match the declaration");
+  for (guint i = 0; i < 6; i++) {
+    g_clear_pointer (&results[i], g_bytes_unref);
+    g_clear_error (&errors[i]);
+    g_variant_unref (args[i]);
+  }
+  /* one call alone goes through run_batch too */
+  args[0] = g_variant_ref_sink (g_variant_new ("(xs)", (gint64)4, "ab"));
+  one = crunch_function_run (fn, args[0], &cancels[0], &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (batch_seen_n, ==, 1);
+  g_assert_cmpmem (g_bytes_get_data (one, NULL), g_bytes_get_size (one), "4 ab", 4);
+  g_variant_unref (args[0]);
+  /* declarations */
+  bad = good ("c");
+  bad.max_batch = 4;
+  g_assert_false (crunch_functions_add (&bad, "p", &error));
+  g_assert_cmpstr (error->message, ==, "plugin 'p': function 'c': max_batch > 1 needs run_batch");
+  g_clear_error (&error);
+  bad.run_batch = echo_batch;
+  bad.max_batch = 2000;
+  g_assert_false (crunch_functions_add (&bad, "p", &error));
+  g_assert_cmpstr (error->message, ==, "plugin 'p': function 'c': max_batch must be at most 1024");
+  g_clear_error (&error);
+  bad.max_batch = 4;
+  bad.max_delay = 2;
+  g_assert_false (crunch_functions_add (&bad, "p", &error));
+  g_assert_cmpstr (error->message, ==,
+                   "plugin 'p': function 'c': max_delay must be in [0, 1] seconds");
+  g_clear_error (&error);
+  bad.max_delay = NAN;
+  g_assert_false (crunch_functions_add (&bad, "p", &error));
+  reset ();
+}
+
 int
 main (int argc, char **argv)
 {
@@ -264,6 +367,7 @@ main (int argc, char **argv)
   g_test_add_func ("/functions/abi-version", test_abi_version);
   g_test_add_func ("/functions/progress-report", test_progress_report);
   g_test_add_func ("/functions/run-and-key", test_run_and_key);
+  g_test_add_func ("/functions/run-batch", test_run_batch);
   g_test_add_func ("/functions/builtins", test_builtins);
   g_test_add_func ("/functions/json-error-utf8", test_json_error_utf8);
   return g_test_run ();
