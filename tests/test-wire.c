@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "functions.h"
+#include "procpool.h"
 #include "wire.h"
 
 static CrunchdStatus
@@ -747,6 +748,32 @@ test_hello_batching (void)
   crunch_functions_reset ();
 }
 
+/* The batch hook is set only where batches are declared and a run hook exists. */
+static void
+test_hook_batch (void)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchWireHello) hello =
+      parse_hello_text (HELLO ("[{\"name\":\"f\",\"pure\":true,\"deadline\":1,\"content_type\":"
+                               "\"text/plain\",\"max_batch\":8,\"args\":[]},"
+                               "{\"name\":\"g\",\"pure\":true,\"deadline\":1,\"content_type\":"
+                               "\"text/plain\",\"args\":[]}]"),
+                        &error);
+
+  g_assert_no_error (error);
+  crunch_functions_reset ();
+  g_assert_true (crunch_functions_add_hooked (&hello->functions[0], "p", hook_run, "", &error));
+  g_assert_true (crunch_functions_add_hooked (&hello->functions[1], "p", hook_run, "", &error));
+  g_assert_true (crunch_functions_hook_batch ("f", crunch_procpool_call_batch));
+  g_assert_true (crunch_functions_lookup ("f")->run_batch == crunch_procpool_call_batch);
+  g_assert_false (crunch_functions_hook_batch ("g", crunch_procpool_call_batch));
+  g_assert_false (crunch_functions_hook_batch ("nope", crunch_procpool_call_batch));
+  g_assert_null (crunch_functions_lookup ("g")->run_batch);
+  setup_batch (); /* a C batch function runs its own entry in the thread: no run hook */
+  g_assert_false (crunch_functions_hook_batch ("all", crunch_procpool_call_batch));
+  crunch_functions_reset ();
+}
+
 int
 main (int argc, char **argv)
 {
@@ -768,5 +795,6 @@ main (int argc, char **argv)
   g_test_add_func ("/wire/batch-result-hostile", test_batch_result_hostile);
   g_test_add_func ("/wire/progress", test_progress);
   g_test_add_func ("/wire/hello-batching", test_hello_batching);
+  g_test_add_func ("/wire/hook-batch", test_hook_batch);
   return g_test_run ();
 }
