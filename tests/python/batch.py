@@ -2,7 +2,8 @@
 """Batch functions for the tests. pybatch(x) answers "x:n" for each call, n being the size of
 the batch it came in (so a test sees how calls were grouped); x = 13 fails that call alone, 12
 fails the whole batch (the function raises), 14 crashes the process (os.abort()), 15 waits up to
-5 s for a cancel. It reports progress for the whole batch, then for each call. pywrong returns
+5 s for a cancel, and x >= 100 makes the run take x ms first (a call that keeps the process busy
+while others queue up). It reports progress for the whole batch, then for each call. pywrong returns
 one result too few."""
 import os
 import time
@@ -15,6 +16,7 @@ from crunchd import Arg, function, serve
 def pybatch(x):
     """Each call's x and the size of its batch."""
     crunchd.progress(0.0, "started")
+    time.sleep(max(x) / 1000 if max(x) >= 100 else 0)
     if 14 in x:
         os.abort()
     if 12 in x:
