@@ -663,9 +663,9 @@ def cancelled():
     went away, its job was deleted, crunchd is stopping, or crunchd closed the stream). Cheap:
     check it every few tens of milliseconds of work, then return (or raise); the call is then
     answered "cancelled" whatever it returns. In a batch it is the batch's: true once crunchd
-    asks the whole batch to stop (every call of it is gone); a call of a batch whose client left
-    alone is answered by crunchd itself, and its result is dropped. Outside a call (say in a
-    unit test of your function) it is always False."""
+    asks the whole batch to stop (every call of it is gone); the worker is not told of a single
+    call of the batch that goes meanwhile. Outside a call (say in a unit test of your function)
+    it is always False."""
     call = _current
     return call is not None and call.cancelled
 
