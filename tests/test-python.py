@@ -139,7 +139,9 @@ class TestHello(WorkerTest):
         self.assertEqual(hello["name"], "pyexample")
         self.assertEqual(hello["version"], "1.0")
         fns = {f["name"]: f for f in hello["functions"]}
-        self.assertEqual(list(fns), ["pyfib", "pyprimes"])
+        self.assertEqual(list(fns), ["pyfib", "pyprimes", "pysum_batch"])
+        self.assertEqual((fns["pysum_batch"]["max_batch"], fns["pysum_batch"]["max_delay"]),
+                         (64, 0.005))
         self.assertEqual(fns["pyfib"], {
             "name": "pyfib",
             "description": "The n-th Fibonacci number, computed the slow way (naive recursion), in Python.",
@@ -395,7 +397,10 @@ class TestBatches(WorkerTest):
         self.assertEqual((fns["pybatch"]["max_batch"], fns["pybatch"]["max_delay"]), (16, 0.05))
         self.assertEqual((fns["pywrong"]["max_batch"], fns["pywrong"]["max_delay"]), (4, 0.0))
         example = self.start(EXAMPLE)
-        self.assertNotIn("max_batch", example.hello()["functions"][0])
+        self.assertNotIn("max_batch", example.hello()["functions"][0])  # pyfib
+        batch_id = self.batch(example, "pysum_batch", [{"a": 1, "b": 2}, {"a": -5, "b": 0}])
+        header, body, _ = example.reply(batch_id)
+        self.assertEqual(self.results(header, body), [("ok", b"3\n"), ("ok", b"-5\n")])
         self.assertEqual(w.close(), 0)
 
     def test_batch_with_one_bad_call(self):
