@@ -5,7 +5,8 @@
  * /batch-procs/direct/... drive the batch path without the scheduler: the registry and the
  * process pools are set up as crunchd does at start-up, then crunch_function_run_batch() runs
  * groups of calls on real worker processes, as a worker thread of the local executor does with a
- * batch job. They hold in any tree.
+ * batch job, and a worker that breaks the protocol in its batch replies is killed. They hold in
+ * any tree.
  * /batch-procs/http/... run the real binary and send requests at once: they need the scheduler
  * to group queued calls into batch jobs (issue 20, part 2). Until it does, every call runs alone
  * (its batch size is 1) and the grouping assertions fail; the per-call outcomes (one bad call
@@ -46,6 +47,8 @@ registry_open (Registry *r)
 {
   g_autoptr (GError) error = NULL;
   g_autofree gchar *python = g_build_filename (g_getenv ("CRUNCHD_TEST_PYTHON"), "batch.py", NULL);
+  g_autofree gchar *hostile =
+      g_build_filename (g_getenv ("CRUNCHD_TEST_PYTHON"), "badbatch.py", NULL);
   g_autofree gchar *ini = NULL;
   g_autofree gchar *path = NULL;
   const gchar *argv[] = {g_getenv ("CRUNCHD_WORKER"), "--stdio", "--config", NULL, NULL};
@@ -56,8 +59,8 @@ registry_open (Registry *r)
   g_assert_no_error (error);
   path = g_build_filename (r->dir, "crunchd.ini", NULL);
   ini = g_strdup_printf ("[executor]\nbackend = processes\nthreads = 2\nkill_grace = 1\n"
-                         "retries = 0\n[plugins]\ndir = %s\nload = cbatch, %s\n",
-                         g_getenv ("CRUNCHD_TEST_PLUGINS"), python);
+                         "retries = 0\n[plugins]\ndir = %s\nload = cbatch, %s, %s\n",
+                         g_getenv ("CRUNCHD_TEST_PLUGINS"), python, hostile);
   g_assert_true (g_file_set_contents (path, ini, -1, &error));
   r->config = crunch_config_load (path, &error);
   g_assert_no_error (error);
@@ -258,6 +261,42 @@ test_direct_cancel (gconstpointer data)
   registry_close (&r);
 }
 
+/* A worker that breaks the protocol in a batch reply is killed, every call of the batch fails
+ * (502, "protocol error: ..."), and the next batch gets a fresh process. */
+static void
+test_direct_hostile (void)
+{
+  static const struct {
+    gint64 mode;
+    const gchar *message;
+  } cases[] = {
+      {1, "pbad: protocol error: 2 results for a batch of 3 calls"},
+      {2, "pbad: protocol error: result 2: bytes 2+2 outside the payload of 3"},
+      {3, "pbad: protocol error: progress \"item\" 3 is not in 0 .. 2 of the batch"},
+      {4, "pbad: protocol error: unexpected \"result\" (a batch runs)"},
+      {5, "pbad: protocol error: a \"batch-result\" for call"},
+  };
+  Registry r;
+
+  registry_open (&r);
+  g_assert_true (crunch_functions_lookup ("pbad")->run_batch == crunch_procpool_call_batch);
+  for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
+    const gint64 xs[] = {cases[c].mode, 7, 8};
+    static const gint64 good[] = {0, 1, 2};
+    Batch *b = batch_new ("pbad", xs, 3);
+    Batch *next = batch_new ("pbad", good, 3);
+    batch_run (b);
+    for (guint i = 0; i < 3; i++)
+      expect_error (b, i, CRUNCH_FUNCTION_ERROR_PROTOCOL, cases[c].message);
+    batch_run (next);
+    expect_result (next, 0, "0");
+    expect_result (next, 2, "2");
+    batch_free (b);
+    batch_free (next);
+  }
+  registry_close (&r);
+}
+
 /* ---- http: the real binary (grouping needs the scheduler) ---- */
 
 static TestServer *
@@ -412,6 +451,7 @@ main (int argc, char **argv)
   g_test_add_data_func ("/batch-procs/direct/c-crash", "bsum", test_direct_crash);
   g_test_add_data_func ("/batch-procs/direct/python-cancel", "pybatch", test_direct_cancel);
   g_test_add_data_func ("/batch-procs/direct/c-cancel", "bsum", test_direct_cancel);
+  g_test_add_func ("/batch-procs/direct/hostile", test_direct_hostile);
   g_test_add_func ("/batch-procs/http/grouping", test_http_grouping);
   g_test_add_func ("/batch-procs/http/bad-call", test_http_bad_call);
   g_test_add_func ("/batch-procs/http/crash", test_http_crash);
