@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""pyexample - two compute functions in Python, served by crunchd as a program plugin.
+"""pyexample - three compute functions in Python, served by crunchd as a program plugin.
 
     [plugins]
     load = pyexample.py
@@ -9,7 +9,10 @@ crunchd module (python/crunchd.py), then serves:
 
     curl '127.0.0.1:8000/fn/pyfib?n=25'          naive recursive Fibonacci, as the built-in fib
     curl '127.0.0.1:8000/fn/pyprimes?n=2000000'  counts primes below n, reporting progress
+    curl '127.0.0.1:8000/fn/pysum_batch?a=1&b=2' a + b, computed in batches of up to 64 calls
 """
+import time
+
 import crunchd
 from crunchd import Arg, function, serve
 
@@ -52,6 +55,16 @@ def pyprimes(n):
             d += 1
         count += d * d > k
     return f"{count}\n"
+
+
+@function(args=[Arg("a", int, min=-1_000_000, max=1_000_000, description="a number"),
+                Arg("b", int, min=-1_000_000, max=1_000_000, default=0, description="another")],
+          pure=True, deadline=10, content_type="text/plain; charset=utf-8",
+          batch=64, max_delay=0.005)
+def pysum_batch(a, b):
+    """a + b, in batches: 20 ms per run plus 0.1 ms per call, the cost shape of a model."""
+    time.sleep(0.020 + 0.0001 * len(a))  # one "forward pass" for the whole batch
+    return [f"{x + y}\n" for x, y in zip(a, b)]
 
 
 if __name__ == "__main__":

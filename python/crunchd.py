@@ -16,14 +16,27 @@ A program declares its functions with @function and then calls serve()::
         crunchd.progress(0.5, "half way")
         return str(result)        # str (sent as UTF-8) or bytes
 
+    @function(args=[Arg("x", float, min=-1e9, max=1e9)], batch=32, max_delay=0.005)
+    def double(x):                # x is a list of up to 32 floats: one per call
+        return [f"{2 * v}" for v in x]  # one result per call, in order
+
     serve()
 
 crunchd runs the program as N worker processes and speaks to each over its stdin and stdout
 (see crunchd-worker-protocol(7), version 1); stderr goes to crunchd's log. The module needs
 only the standard library.
 
-DESIGN: two threads. The main thread runs serve(): it sends `hello`, then takes calls from a
-queue one at a time, runs the user's function and sends the final reply. The reader thread
+Batches: a function declared with batch=N is cheaper per call when it computes many calls at
+once (a vectorised numpy pass, a model's forward pass). crunchd then groups up to N queued calls
+(waiting at most max_delay seconds for company) and the function receives lists: one list per
+argument, all of the same length n (1 <= n <= N), call i being made of the i-th elements. It
+returns a list (or tuple) of n results, in the same order; an item may be an Exception instance
+instead, which fails that call alone (with the exception's type and text, as when a plain
+function raises). An exception raised by the function fails every call of the batch. A single
+call that crunchd sends on its own comes as a batch of one.
+
+DESIGN: two threads. The main thread runs serve(): it sends `hello`, then takes calls (and
+batches) from a queue one at a time, runs the user's function and sends the final reply. The reader thread
 reads frames from crunchd, checks them (any violation: a message on stderr and exit 1, at
 once, even during a call), puts `call`s and the end of input on the queue, and handles `cancel`
 itself by setting the running call's flag, so that cancelled() turns true while the function
@@ -54,6 +67,7 @@ MAX_PAYLOAD = 256 << 20  # bytes: what this module accepts, and what crunchd acc
 MAX_MESSAGE = 255  # bytes of an error message, as the C ABI's CrunchdResult.error
 PROGRESS_INTERVAL = 0.2  # seconds between two progress frames of one call, at least
 MAX_NAME = 64
+MAX_BATCH = 1024  # the largest batch a function may declare
 
 _TYPES = {int: "int", float: "float", str: "string", bytes: "bytes"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
@@ -162,22 +176,28 @@ class Arg:
 
 
 class _Function:
-    def __init__(self, fn, name, args, pure, deadline, content_type, description):
+    def __init__(self, fn, name, args, pure, deadline, content_type, description, batch=None,
+                 max_delay=0.0):
         self.fn, self.name, self.args = fn, name, args
         self.pure, self.deadline, self.content_type = pure, deadline, content_type
         self.description = description
+        self.batch, self.max_delay = batch, max_delay  # batch: None, or the largest batch
 
     def _declaration(self):
-        return {"name": self.name, "description": self.description, "pure": self.pure,
+        decl = {"name": self.name, "description": self.description, "pure": self.pure,
                 "deadline": self.deadline, "content_type": self.content_type,
                 "args": [a._declaration() for a in self.args]}
+        if self.batch is not None:
+            decl["max_batch"] = self.batch
+            decl["max_delay"] = self.max_delay
+        return decl
 
 
 _functions = {}  # name -> _Function, in declaration order
 
 
 def function(*, args=(), pure=False, deadline=60.0, content_type="text/plain; charset=utf-8",
-             description=None, name=None):
+             description=None, name=None, batch=None, max_delay=0.0):
     """Declares a function for crunchd (the C ABI's CrunchdFunction) and returns it unchanged.
 
     args: a list of Arg, passed to the function as keyword arguments. pure: the result depends
@@ -185,6 +205,14 @@ def function(*, args=(), pure=False, deadline=60.0, content_type="text/plain; ch
     cache it). deadline: seconds a call may take before crunchd cancels it, in (0, 86400].
     content_type: of every result. description: one line; by default the first line of the
     docstring. name: /fn/NAME, [a-z0-9_]+; by default the Python function's name.
+
+    batch: None (the default), or the largest number of calls, 1 to 1024, that the function
+    computes at once (the C ABI's max_batch). It then receives a list per argument, all n long
+    (n <= batch), and returns a list of n results in the same order, where an item may be an
+    Exception instance that fails its call alone; a single call comes as a batch of one.
+    max_delay: with batch, the longest crunchd may hold a call, in seconds (0 to 1), waiting for
+    others to fill a batch; never when that would make a call miss its deadline. Every call of
+    a batch shares the process: deadline applies to the batch as a whole.
     Raises DeclarationError for anything crunchd would refuse.
     """
 
@@ -209,6 +237,12 @@ def function(*, args=(), pure=False, deadline=60.0, content_type="text/plain; ch
             seen.add(a.name)
         if not isinstance(pure, bool):
             raise DeclarationError(f"{where}: pure must be True or False")
+        if batch is not None and (not _is_int(batch) or not 1 <= batch <= MAX_BATCH):
+            raise DeclarationError(f"{where}: batch must be None or an int in 1..{MAX_BATCH}, got {batch!r}")
+        if not _is_number(max_delay) or not 0 <= max_delay <= 1:
+            raise DeclarationError(f"{where}: max_delay must be in [0, 1] seconds, got {max_delay!r}")
+        if batch is None and max_delay != 0:
+            raise DeclarationError(f"{where}: max_delay needs batch=N")
         if not _is_number(deadline) or not 0 < deadline <= 86400:
             raise DeclarationError(f"{where}: deadline must be in (0, 86400] seconds, got {deadline!r}")
         if not isinstance(content_type, str) or not content_type:
@@ -230,7 +264,8 @@ def function(*, args=(), pure=False, deadline=60.0, content_type="text/plain; ch
             ) from None
         except ValueError:
             pass  # no signature to check (a builtin): the call will tell
-        _functions[fname] = _Function(fn, fname, arglist, pure, float(deadline), content_type, text)
+        _functions[fname] = _Function(fn, fname, arglist, pure, float(deadline), content_type, text,
+                                      batch, float(max_delay))
         return fn
 
     return declare
@@ -246,12 +281,13 @@ _stdin_closed = False
 
 
 class _Call:
-    __slots__ = ("id", "function", "kwargs", "cancelled", "last_progress")
+    """A call, or a batch of calls (items: one kwargs dict per call; None for a call)."""
+    __slots__ = ("id", "function", "kwargs", "items", "cancelled", "last_progress")
 
-    def __init__(self, call_id, fn, kwargs):
-        self.id, self.function, self.kwargs = call_id, fn, kwargs
+    def __init__(self, call_id, fn, kwargs, items=None):
+        self.id, self.function, self.kwargs, self.items = call_id, fn, kwargs, items
         self.cancelled = False
-        self.last_progress = None
+        self.last_progress = {}  # item (None: the call, or every call of the batch) -> time
 
 
 def _take_stdio():
@@ -420,12 +456,40 @@ def _parse_call(header, payload):
     args = header.get("args")
     if not isinstance(args, dict):
         raise ProtocolError('call without an "args" object')
+    return _Call(call_id, fn, _parse_args(fn, args, payload, f"call of {fn.name}"))
+
+
+def _parse_args(fn, args, payload, where):
+    if not isinstance(args, dict):
+        raise ProtocolError(f'{where}: no "args" object')
     declared = {a.name for a in fn.args}
     if set(args) != declared:
         missing, unknown = sorted(declared - set(args)), sorted(set(args) - declared)
-        raise ProtocolError(f"call of {fn.name}: arguments missing {missing}, unknown {unknown}")
-    kwargs = {a.name: _arg_value(a, args[a.name], payload, fn.name) for a in fn.args}
-    return _Call(call_id, fn, kwargs)
+        raise ProtocolError(f"{where}: arguments missing {missing}, unknown {unknown}")
+    return {a.name: _arg_value(a, args[a.name], payload, fn.name) for a in fn.args}
+
+
+def _parse_batch(header, payload):
+    batch_id = header.get("id")
+    if not _is_int(batch_id):
+        raise ProtocolError('batch without an integer "id"')
+    fname = header.get("function")
+    fn = _functions.get(fname) if isinstance(fname, str) else None
+    if fn is None:
+        raise ProtocolError(f"batch of an undeclared function {fname!r}")
+    if fn.batch is None or fn.batch < 2:
+        raise ProtocolError(f"batch of {fn.name}, which takes no batches")
+    if "deadline" in header and not _is_number(header["deadline"]):
+        raise ProtocolError('batch with a "deadline" that is not a number')
+    calls = header.get("calls")
+    if not isinstance(calls, list) or not 1 <= len(calls) <= fn.batch:
+        raise ProtocolError(f'batch of {fn.name}: "calls" must be a list of 1 to {fn.batch} calls')
+    items = []
+    for i, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise ProtocolError(f"batch of {fn.name}: call {i} is not an object")
+        items.append(_parse_args(fn, call.get("args"), payload, f"batch of {fn.name}: call {i}"))
+    return _Call(batch_id, fn, None, items)
 
 
 def _reader(calls):
@@ -442,8 +506,8 @@ def _reader(calls):
                 return
             header, payload = frame
             kind = header["type"]
-            if kind == "call":
-                call = _parse_call(header, payload)
+            if kind in ("call", "batch"):
+                call = _parse_call(header, payload) if kind == "call" else _parse_batch(header, payload)
                 with _send_lock:
                     if _current is not None:
                         raise ProtocolError(f"call {call.id} while call {_current.id} runs")
@@ -488,13 +552,29 @@ def _print_traceback(e):
     sys.stderr.flush()
 
 
-def _run(call):
-    """The final reply for one call: (header, payload)."""
-    fn = call.function
+def _body(fn, value):
+    """(payload, None) for a value a function may return, or (None, error message)."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8"), None
+        except UnicodeEncodeError as e:
+            return None, _one_line(f"{fn.name} returned a str that is not valid Unicode: {e}")
+    if isinstance(value, (bytes, bytearray)):
+        body = value
+    elif isinstance(value, memoryview):
+        body = value.tobytes()  # any shape or item size: its bytes, in C order
+    else:
+        return None, f"{fn.name} returned {type(value).__name__}, not bytes or str"
+    if len(body) > MAX_PAYLOAD:
+        return None, f"{fn.name}: result of {len(body)} bytes is above crunchd's limit of {MAX_PAYLOAD}"
+    return body, None
+
+
+def _invoke(call, kwargs):
+    """The function's value, or (when it raised) None and the error entry to answer with."""
     try:
-        value = fn.fn(**call.kwargs)
+        return call.function.fn(**kwargs), None
     except MemoryError as e:
-        value = None
         # the frames in the traceback still hold what the function allocated: free it first
         traceback.clear_frames(e.__traceback__)
         if not call.cancelled:
@@ -502,32 +582,72 @@ def _run(call):
                 _print_traceback(e)
             except MemoryError:
                 pass
-            return {"type": "error", "id": call.id, "message": _one_line(_describe(e)),
-                    "kind": "memory"}, b""
+        return None, {"status": "error", "message": _one_line(_describe(e)), "kind": "memory"}
     except Exception as e:
-        value = None
         if not call.cancelled:
             _print_traceback(e)
-            return {"type": "error", "id": call.id, "message": _one_line(_describe(e))}, b""
+        return None, {"status": "error", "message": _one_line(_describe(e))}
+
+
+def _run_batch(call, items):
+    """One entry per call of the batch ({"status": ...}, body or None) from one run."""
+    fn, n = call.function, len(items)
+    value, failed = _invoke(call, {a.name: [kw[a.name] for kw in items] for a in fn.args})
+    if call.cancelled:
+        return [({"status": "cancelled"}, None)] * n
+    if failed is not None:
+        return [(failed, None)] * n
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        what = f"{len(value)} results" if isinstance(value, (list, tuple)) else type(value).__name__
+        message = f"{fn.name} returned {what}, not a list of {n} results"
+        return [({"status": "error", "message": message}, None)] * n
+    out = []
+    for item in value:
+        if isinstance(item, BaseException):
+            out.append(({"status": "error", "message": _one_line(_describe(item))}, None))
+            continue
+        body, message = _body(fn, item)
+        out.append(({"status": "error", "message": message}, None) if body is None
+                   else ({"status": "ok"}, body))
+    return out
+
+
+def _reply(call, entry):
+    """A call's final reply from an entry of a batch-result without a body."""
+    header = {key: value for key, value in entry.items() if key != "status"}
+    header.update(type=entry["status"], id=call.id)
+    return header, b""
+
+
+def _run(call):
+    """The final reply for one call or batch: (header, payload)."""
+    fn = call.function
+    if fn.batch is not None:
+        outcomes = _run_batch(call, call.items if call.items is not None else [call.kwargs])
+        if call.items is None:  # a call of a batch function: its one outcome, as a call's reply
+            entry, body = outcomes[0]
+            if entry["status"] == "ok":
+                return {"type": "result", "id": call.id}, body
+            return _reply(call, entry)
+        results, chunks, size = [], [], 0
+        for entry, body in outcomes:
+            if body is not None and size + len(body) > MAX_PAYLOAD:
+                entry, body = {"status": "error", "message": f"{fn.name}: the batch's results "
+                               f"pass crunchd's limit of {MAX_PAYLOAD} bytes"}, None
+            if body is not None:
+                entry = {"status": "ok", "offset": size, "length": len(body)}
+                chunks.append(body)
+                size += len(body)
+            results.append(entry)
+        return {"type": "batch-result", "id": call.id, "results": results}, b"".join(chunks)
+    value, failed = _invoke(call, call.kwargs)
     if call.cancelled:
         return {"type": "cancelled", "id": call.id}, b""
-    if isinstance(value, str):
-        try:
-            body = value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return {"type": "error", "id": call.id,
-                    "message": _one_line(f"{fn.name} returned a str that is not valid Unicode: {e}")}, b""
-    elif isinstance(value, (bytes, bytearray)):
-        body = value
-    elif isinstance(value, memoryview):
-        body = value.tobytes()  # any shape or item size: its bytes, in C order
-    else:
-        return {"type": "error", "id": call.id,
-                "message": f"{fn.name} returned {type(value).__name__}, not bytes or str"}, b""
-    size = len(body)
-    if size > MAX_PAYLOAD:
-        return {"type": "error", "id": call.id,
-                "message": f"{fn.name}: result of {size} bytes is above crunchd's limit of {MAX_PAYLOAD}"}, b""
+    if failed is not None:
+        return _reply(call, failed)
+    body, message = _body(fn, value)
+    if body is None:
+        return {"type": "error", "id": call.id, "message": message}, b""
     return {"type": "result", "id": call.id}, body
 
 
@@ -542,30 +662,46 @@ def cancelled():
     """True once crunchd has asked the running call to stop (its deadline passed, its client
     went away, its job was deleted, crunchd is stopping, or crunchd closed the stream). Cheap:
     check it every few tens of milliseconds of work, then return (or raise); the call is then
-    answered "cancelled" whatever it returns. Outside a call (say in a unit test of your
-    function) it is always False."""
+    answered "cancelled" whatever it returns. In a batch it is the batch's: true once crunchd
+    asks the whole batch to stop (every call of it is gone); the worker is not told of a single
+    call of the batch that goes meanwhile. Outside a call (say in a unit test of your function)
+    it is always False."""
     call = _current
     return call is not None and call.cancelled
 
 
-def progress(fraction, message=None):
+def progress(fraction, message=None, item=None):
     """Reports how far the running call is: fraction in [0, 1], an optional one-line message.
     Call it as often as you like: at most one frame per PROGRESS_INTERVAL seconds is sent, the
-    others are dropped. Outside a call it does nothing."""
+    others are dropped. Outside a call it does nothing.
+
+    In a batch function, item=None (the default) reports for every call of the batch, and
+    item=i for call i alone (0 <= i < n, the index in the argument lists); each is throttled on
+    its own. A batch of one takes item=None or item=0."""
     if not _is_number(fraction) or not 0.0 <= fraction <= 1.0:
         raise ValueError(f"progress fraction must be a number in [0, 1], got {fraction!r}")
     if message is not None and not isinstance(message, str):
         raise TypeError(f"progress message must be a str or None, not {type(message).__name__}")
+    if item is not None and not _is_int(item):
+        raise TypeError(f"progress item must be an int or None, not {type(item).__name__}")
     call = _current
     if call is None or _out_fd is None:
         return
+    n = len(call.items) if call.items is not None else 1
+    if item is not None and not 0 <= item < n:
+        raise ValueError(f"progress item {item} is not a call of this batch of {n}")
+    if call.items is None:
+        item = None  # a call (of a batch function: a batch of one) has no items on the wire
     now = time.monotonic()
-    if call.last_progress is not None and now - call.last_progress < PROGRESS_INTERVAL:
+    last = call.last_progress.get(item)
+    if last is not None and now - last < PROGRESS_INTERVAL:
         return
-    call.last_progress = now
+    call.last_progress[item] = now
     header = {"type": "progress", "id": call.id, "fraction": float(fraction)}
     if message is not None:
         header["message"] = _one_line(message)
+    if item is not None:
+        header["item"] = item
     _send(header, for_call=call)
 
 

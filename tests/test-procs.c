@@ -582,8 +582,9 @@ expect_job_result (TestServer *server, const gchar *location, const gchar *body)
   g_error ("%s: no result within 10 s", path);
 }
 
-/* The shipped example: pyfib (pure, cancellable) and pyprimes (progress), through every entry
- * point a C function has, with bounds from its declaration; a cancelled pyfib stops by itself. */
+/* The shipped example: pyfib (pure, cancellable), pyprimes (progress) and pysum_batch (batches),
+ * through every entry point a C function has, with bounds from its declaration; a cancelled pyfib
+ * stops by itself. */
 static void
 test_python_example (void)
 {
@@ -600,6 +601,7 @@ test_python_example (void)
   expect (server, "/fn/pyfib", 200, "55\n"); /* the declared default */
   expect (server, "/fn/pyfib?n=91", 400, NULL);
   expect (server, "/fn/pyprimes?n=100", 200, "25\n");
+  expect (server, "/fn/pysum_batch?a=40&b=2", 200, "42\n"); /* a batch function, called alone */
   posted = test_http_body ("POST", jobs, NULL, "{\"fn\":\"pyfib\",\"args\":{\"n\":20}}");
   g_assert_cmpint (posted->status, ==, 202);
   expect_job_result (server, g_hash_table_lookup (posted->headers, "location"), "6765\n");

@@ -139,7 +139,9 @@ class TestHello(WorkerTest):
         self.assertEqual(hello["name"], "pyexample")
         self.assertEqual(hello["version"], "1.0")
         fns = {f["name"]: f for f in hello["functions"]}
-        self.assertEqual(list(fns), ["pyfib", "pyprimes"])
+        self.assertEqual(list(fns), ["pyfib", "pyprimes", "pysum_batch"])
+        self.assertEqual((fns["pysum_batch"]["max_batch"], fns["pysum_batch"]["max_delay"]),
+                         (64, 0.005))
         self.assertEqual(fns["pyfib"], {
             "name": "pyfib",
             "description": "The n-th Fibonacci number, computed the slow way (naive recursion), in Python.",
@@ -368,6 +370,114 @@ class TestCancelAndProgress(WorkerTest):
         self.assertEqual(w.close(), 0)
 
 
+class TestBatches(WorkerTest):
+    """Functions declared with batch=N: batch frames, a call as a batch of one."""
+
+    def batch(self, w, function, calls, payload=b""):
+        batch_id = w.next_id
+        w.next_id += 1
+        w.send({"type": "batch", "id": batch_id, "function": function, "deadline": 5.0,
+                "calls": [{"args": a} for a in calls]}, payload)
+        return batch_id
+
+    def results(self, header, body):
+        """Each call's (status, body or message)."""
+        self.assertEqual(header["type"], "batch-result")
+        out = []
+        for entry in header["results"]:
+            if entry["status"] == "ok":
+                out.append(("ok", body[entry["offset"]:entry["offset"] + entry["length"]]))
+            else:
+                out.append((entry["status"], entry.get("message")))
+        return out
+
+    def test_hello_declares_batches(self):
+        w = self.start(program("batch.py"))
+        fns = {f["name"]: f for f in w.hello()["functions"]}
+        self.assertEqual((fns["pybatch"]["max_batch"], fns["pybatch"]["max_delay"]), (16, 0.05))
+        self.assertEqual((fns["pywrong"]["max_batch"], fns["pywrong"]["max_delay"]), (4, 0.0))
+        example = self.start(EXAMPLE)
+        self.assertNotIn("max_batch", example.hello()["functions"][0])  # pyfib
+        batch_id = self.batch(example, "pysum_batch", [{"a": 1, "b": 2}, {"a": -5, "b": 0}])
+        header, body, _ = example.reply(batch_id)
+        self.assertEqual(self.results(header, body), [("ok", b"3\n"), ("ok", b"-5\n")])
+        self.assertEqual(w.close(), 0)
+
+    def test_batch_with_one_bad_call(self):
+        w = self.start(program("batch.py"))
+        w.hello()
+        batch_id = self.batch(w, "pybatch", [{"x": 1}, {"x": 13}, {"x": -7}])
+        header, body, progress = w.reply(batch_id)
+        self.assertEqual(self.results(header, body),
+                         [("ok", b"1:3"), ("error", "ValueError: unlucky 13"), ("ok", b"-7:3")])
+        self.assertNotIn("item", progress[0])  # for the whole batch
+        self.assertEqual(sorted(p["item"] for p in progress[1:]), [0, 1, 2])  # then each call
+        self.assertEqual(w.close(), 0)
+
+    def test_raising_fails_every_call(self):
+        w = self.start(program("batch.py"))
+        w.hello()
+        batch_id = self.batch(w, "pybatch", [{"x": 1}, {"x": 12}])
+        header, body, _ = w.reply(batch_id)
+        self.assertEqual(self.results(header, body),
+                         [("error", "RuntimeError: 12 spoils the batch")] * 2)
+        batch_id = self.batch(w, "pywrong", [{"x": 1}, {"x": 2}])
+        header, body, _ = w.reply(batch_id)
+        self.assertEqual(self.results(header, body),
+                         [("error", "pywrong returned 1 results, not a list of 2 results")] * 2)
+        self.assertEqual(w.close(), 0)
+
+    def test_a_call_is_a_batch_of_one(self):
+        w = self.start(program("batch.py"))
+        w.hello()
+        call_id = w.call("pybatch", {"x": 5})
+        header, body, progress = w.reply(call_id)
+        self.assertEqual((header, body), ({"type": "result", "id": call_id}, b"5:1"))
+        self.assertTrue(all("item" not in p for p in progress))  # a call has no items
+        call_id = w.call("pybatch", {"x": 13})
+        header, body, _ = w.reply(call_id)
+        self.assertEqual((header, body), ({"type": "error", "id": call_id,
+                                           "message": "ValueError: unlucky 13"}, b""))
+        self.assertEqual(w.close(), 0)
+
+    def test_cancel_of_a_batch(self):
+        w = self.start(program("batch.py"))
+        w.hello()
+        batch_id = self.batch(w, "pybatch", [{"x": 15}, {"x": 1}])
+        time.sleep(0.2)
+        start = time.monotonic()
+        w.send({"type": "cancel", "id": batch_id})
+        header, body, _ = w.reply(batch_id)
+        self.assertEqual(self.results(header, body), [("cancelled", None)] * 2)
+        self.assertLess(time.monotonic() - start, 2.0)
+        self.assertEqual(w.close(), 0)
+
+    def test_bad_batches_are_protocol_errors(self):
+        cases = [
+            ({"function": "pywrong", "calls": [{"args": {"x": 1}}] * 5},
+             "batch of pywrong: \"calls\" must be a list of 1 to 4 calls"),
+            ({"function": "pywrong", "calls": []},
+             "batch of pywrong: \"calls\" must be a list of 1 to 4 calls"),
+            ({"function": "pywrong", "calls": [7]}, "batch of pywrong: call 0 is not an object"),
+            ({"function": "pywrong", "calls": [{"args": {"y": 1}}]},
+             "batch of pywrong: call 0: arguments missing ['x'], unknown ['y']"),
+            ({"function": "pywrong", "calls": [{}]}, 'batch of pywrong: call 0: no "args" object'),
+            ({"function": "nope", "calls": []}, "batch of an undeclared function 'nope'"),
+        ]
+        for fields, message in cases:
+            with self.subTest(message=message):
+                w = self.start(program("batch.py"))
+                w.hello()
+                w.send(dict({"type": "batch", "id": 1}, **fields))
+                self.assertEqual(w.proc.wait(TIMEOUT), 1)
+                self.assertIn("protocol error from crunchd: " + message, w.errors())
+        w = self.start(EXAMPLE)
+        w.hello()
+        w.send({"type": "batch", "id": 1, "function": "pyfib", "calls": [{"args": {"n": 1}}]})
+        self.assertEqual(w.proc.wait(TIMEOUT), 1)
+        self.assertIn("batch of pyfib, which takes no batches", w.errors())
+
+
 class TestEndOfStream(WorkerTest):
     def test_eof_when_idle_exits_0(self):
         w = self.start(EXAMPLE)
@@ -559,6 +669,11 @@ class TestDeclarations(unittest.TestCase):
              "function 'f': content_type must be one line without control characters"),
             ("description='two\\nlines'", "function 'f': description must be one line"),
             ("content_type='text/plain; x=\u00e9'", "function 'f': content_type must be ASCII"),
+            ("batch=0", "function 'f': batch must be None or an int in 1..1024, got 0"),
+            ("batch=1025", "function 'f': batch must be None or an int in 1..1024, got 1025"),
+            ("batch=True", "function 'f': batch must be None or an int in 1..1024, got True"),
+            ("batch=8, max_delay=2", "function 'f': max_delay must be in [0, 1] seconds, got 2"),
+            ("max_delay=0.01", "function 'f': max_delay needs batch=N"),
         ]
         for declaration, message in cases:
             with self.subTest(declaration=declaration):

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "functions.h"
+#include "procpool.h"
 #include "wire.h"
 
 static CrunchdStatus
@@ -21,8 +22,8 @@ static const CrunchdArg all_args[] = {
     {"s", CRUNCHD_ARG_STRING, 0, 8, "ab", NULL},
     {"b", CRUNCHD_ARG_BYTES, 0, 8, NULL, NULL},
 };
-static const CrunchdFunction all_decl = {"all", "every type", all_args, 4,   1,
-                                         2.5,   "text/plain", echo_run, NULL, 0, 0, NULL};
+static const CrunchdFunction all_decl = {"all",        "every type", all_args, 4, 1, 2.5,
+                                         "text/plain", echo_run,     NULL,     0, 0, NULL};
 
 static const CrunchFunction *
 setup (void)
@@ -444,6 +445,335 @@ test_hello_rules (void)
       "plugin 'prog': function 'f': argument 'n': bounds must be finite with min <= max");
 }
 
+/* ---- batches ---- */
+
+static void
+sum_batch (const CrunchdCall *const *calls, unsigned n, CrunchdResult *results,
+           CrunchdStatus *statuses)
+{
+}
+
+static const CrunchdFunction batch_decl = {
+    "all",     "every type, in batches", all_args, 4, 1, 2.5, "text/plain", NULL, NULL, 4, 0.005,
+    sum_batch,
+};
+
+static const CrunchFunction *
+setup_batch (void)
+{
+  crunch_functions_reset ();
+  g_assert_true (crunch_functions_add (&batch_decl, "test", NULL));
+  return crunch_functions_lookup ("all");
+}
+
+static CrunchWireFrame *
+frame_of_text (const gchar *json, gsize payload_len)
+{
+  g_autoptr (JsonParser) parser = json_parser_new ();
+  g_autoptr (GBytes) payload = g_bytes_new_take (g_malloc0 (payload_len), payload_len);
+
+  g_assert_true (json_parser_load_from_data (parser, json, -1, NULL));
+  return frame_of (json_node_get_object (json_parser_get_root (parser)), payload);
+}
+
+static void
+test_batch (void)
+{
+  const CrunchFunction *fn = setup_batch (), *got = NULL;
+  GVariant *args[3];
+  g_autoptr (GBytes) payload = NULL;
+  g_autoptr (JsonObject) header = NULL;
+  g_autoptr (CrunchWireFrame) frame = NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) back = NULL;
+  gint64 id = 0;
+
+  args[0] = g_variant_ref_sink (g_variant_new_parsed ("(@x 1, 0.5, 'a', @ay [120, 121])"));
+  args[1] = g_variant_ref_sink (g_variant_new_parsed ("(@x -2, 0.0, 'héllo', @ay [])"));
+  args[2] = g_variant_ref_sink (g_variant_new_parsed ("(@x 3, -1.0, '', @ay [122, 122, 122])"));
+  header = crunch_wire_encode_batch (fn, 3, args, 17, 9.5, &payload);
+  g_assert_cmpstr (json_object_get_string_member (header, "type"), ==, "batch");
+  g_assert_cmpuint (g_bytes_get_size (payload), ==, 5); /* xy + zzz, one payload */
+  frame = frame_of (header, payload);
+  back = crunch_wire_decode_batch (frame, &got, &id, &error);
+  g_assert_no_error (error);
+  g_assert_true (got == fn);
+  g_assert_cmpint (id, ==, 17);
+  g_assert_cmpuint (back->len, ==, 3);
+  for (guint i = 0; i < 3; i++) {
+    g_assert_true (g_variant_equal (back->pdata[i], args[i]));
+    g_variant_unref (args[i]);
+  }
+  crunch_functions_reset ();
+}
+
+#define BATCH(calls)                                                                               \
+  "{\"type\":\"batch\",\"id\":1,\"function\":\"all\",\"deadline\":1,\"calls\":" calls "}"
+#define GOOD ARGS ("1", "0", "\"a\"", "{\"offset\":0,\"length\":1}")
+
+static void
+expect_bad_batch (const gchar *json, gsize payload_len, const gchar *message_part)
+{
+  const CrunchFunction *fn = NULL;
+  g_autoptr (CrunchWireFrame) frame = frame_of_text (json, payload_len);
+  g_autoptr (GError) error = NULL;
+  gint64 id;
+
+  g_assert_null (crunch_wire_decode_batch (frame, &fn, &id, &error));
+  g_assert_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL);
+  if (strstr (error->message, message_part) == NULL)
+    g_error ("'%s' does not say '%s'", error->message, message_part);
+}
+
+static void
+test_batch_hostile (void)
+{
+  setup_batch ();
+  expect_bad_batch ("{\"type\":\"batch\",\"id\":1,\"function\":\"nope\",\"calls\":[]}", 0,
+                    "no function \"nope\"");
+  expect_bad_batch ("{\"type\":\"batch\",\"id\":1,\"function\":\"all\"}", 0,
+                    "\"calls\" must be an array");
+  expect_bad_batch (BATCH ("{}"), 0, "\"calls\" must be an array");
+  expect_bad_batch (BATCH ("[]"), 0, "a batch of 0 calls (all takes 1 to 4)");
+  expect_bad_batch (BATCH ("[{\"args\":" GOOD "},{\"args\":" GOOD "},{\"args\":" GOOD
+                           "},{\"args\":" GOOD "},{\"args\":" GOOD "}]"),
+                    1, "a batch of 5 calls (all takes 1 to 4)");
+  expect_bad_batch (BATCH ("[{\"args\":" GOOD "},7]"), 1, "call 1: call 1 is not an object");
+  expect_bad_batch (BATCH ("[{\"arg\":" GOOD "}]"), 1, "call 0: member \"args\" must be an object");
+  expect_bad_batch (BATCH ("[{\"args\":{\"n\":1}}]"), 1, "call 0: \"args\" must hold exactly");
+  expect_bad_batch (BATCH ("[{\"args\":" GOOD "},{\"args\":" ARGS (
+                        "1", "0", "\"a\"", "{\"offset\":1,\"length\":1}") "}]"),
+                    1, "call 1: argument \"b\": bytes 1+1 outside the payload of 1");
+  /* a function that takes no batches takes none */
+  setup ();
+  expect_bad_batch (BATCH ("[{\"args\":" GOOD "}]"), 1, "a batch of all, which takes no batches");
+  crunch_functions_reset ();
+}
+
+static void
+test_batch_result (void)
+{
+  const CrunchFunction *fn = setup_batch ();
+  g_autoptr (GBytes) one = g_bytes_new_static ("one", 3);
+  g_autoptr (GBytes) none = g_bytes_new_static ("", 0);
+  GBytes *results[5] = {one, NULL, NULL, NULL, none};
+  GError *errors[5] = {NULL};
+  GBytes *back[5] = {NULL};
+  GError *back_errors[5] = {NULL};
+  g_autoptr (GBytes) payload = NULL;
+  g_autoptr (JsonObject) header = NULL;
+  g_autoptr (CrunchWireFrame) frame = NULL;
+  g_autoptr (GError) error = NULL;
+
+  g_set_error (&errors[1], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED, "all: bad n");
+  g_set_error (&errors[2], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED, "cancelled");
+  g_set_error (&errors[3], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_OUT_OF_MEMORY, "big");
+  header = crunch_wire_encode_batch_result (fn, 17, 5, results, errors, &payload);
+  frame = frame_of (header, payload);
+  g_assert_cmpstr (frame->type, ==, "batch-result");
+  /* a batch of another size is answered wrongly */
+  g_assert_false (crunch_wire_parse_batch_result (frame, fn, 4, back, back_errors, &error));
+  g_assert_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL);
+  g_assert_cmpstr (error->message, ==, "5 results for a batch of 4 calls");
+  g_clear_error (&error);
+  g_assert_true (crunch_wire_parse_batch_result (frame, fn, 5, back, back_errors, &error));
+  g_assert_no_error (error);
+  g_assert_true (g_bytes_equal (back[0], one));
+  g_assert_true (g_bytes_equal (back[4], none));
+  g_assert_error (back_errors[1], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED);
+  g_assert_cmpstr (back_errors[1]->message, ==, "all: bad n"); /* named once */
+  g_assert_error (back_errors[2], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED);
+  g_assert_error (back_errors[3], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_OUT_OF_MEMORY);
+  g_assert_cmpstr (back_errors[3]->message, ==, "all: out of memory: big");
+  for (guint i = 0; i < 5; i++) {
+    g_assert_true ((back[i] == NULL) != (back_errors[i] == NULL));
+    g_clear_pointer (&back[i], g_bytes_unref);
+    g_clear_error (&back_errors[i]);
+    g_clear_error (&errors[i]);
+  }
+  crunch_functions_reset ();
+}
+
+#define RESULTS(list) "{\"type\":\"batch-result\",\"id\":1,\"results\":" list "}"
+#define OK(o, l) "{\"status\":\"ok\",\"offset\":" #o ",\"length\":" #l "}"
+
+static void
+test_batch_result_hostile (void)
+{
+  static const struct {
+    const gchar *json;
+    guint n;
+    const gchar *message;
+  } cases[] = {
+      {"{\"type\":\"batch-result\",\"id\":1}", 1, "\"results\" must be an array"},
+      {RESULTS ("[" OK (0, 1) "]"), 2, "1 results for a batch of 2 calls"},
+      {RESULTS ("[" OK (0, 1) "," OK (0, 1) "," OK (0, 1) "]"), 2, "3 results for a batch of 2"},
+      {RESULTS ("[" OK (0, 4) "," OK (3, 2) "]"), 2,
+       "result 1: bytes 3+2 outside the payload of 4"},
+      {RESULTS ("[" OK (-1, 1) "]"), 1, "result 0: bytes -1+1 outside"},
+      {RESULTS ("[" OK (0, 9223372036854775807) "]"), 1, "outside the payload"},
+      {RESULTS ("[{\"status\":\"ok\",\"offset\":0}]"), 1, "result 0: member \"length\""},
+      {RESULTS ("[" OK (0, 1) ",\"ok\"]"), 2, "result 1: result 1 is not an object"},
+      {RESULTS ("[{\"status\":\"fine\"}]"), 1, "result 0: unknown status \"fine\""},
+      {RESULTS ("[{\"status\":7}]"), 1, "result 0: member \"status\" must be a string"},
+      {RESULTS ("[{\"status\":\"error\"}]"), 1, "result 0: member \"message\""},
+      {RESULTS ("[{\"status\":\"error\",\"message\":\"x\",\"kind\":1}]"), 1,
+       "member \"kind\" must be a string"},
+  };
+  const CrunchFunction *fn = setup_batch ();
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autoptr (CrunchWireFrame) frame = frame_of_text (cases[i].json, 4);
+    g_autoptr (GError) error = NULL;
+    GBytes *results[3] = {NULL};
+    GError *errors[3] = {NULL};
+    g_assert_false (
+        crunch_wire_parse_batch_result (frame, fn, cases[i].n, results, errors, &error));
+    g_assert_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL);
+    if (strstr (error->message, cases[i].message) == NULL)
+      g_error ("case %u: '%s' does not say '%s'", i, error->message, cases[i].message);
+    for (guint j = 0; j < 3; j++) /* all or nothing */
+      g_assert_true (results[j] == NULL && errors[j] == NULL);
+  }
+  crunch_functions_reset ();
+}
+
+static void
+test_progress (void)
+{
+  static const struct {
+    const gchar *json;
+    guint n_items;
+    const gchar *message; /* NULL: accepted */
+    gint item;
+  } cases[] = {
+      {"{\"type\":\"progress\",\"id\":1,\"fraction\":0.5}", 0, NULL, -1},
+      {"{\"type\":\"progress\",\"id\":1,\"fraction\":0.5}", 3, NULL, -1},
+      {"{\"type\":\"progress\",\"id\":1,\"fraction\":1,\"item\":2,\"message\":\"m\"}", 3, NULL, 2},
+      {"{\"type\":\"progress\",\"id\":1,\"fraction\":0.5,\"item\":0}", 0, "for a call", 0},
+      {"{\"type\":\"progress\",\"id\":1,\"fraction\":0.5,\"item\":3}", 3,
+       "\"item\" 3 is not in 0 .. 2", 0},
+      {"{\"type\":\"progress\",\"id\":1,\"fraction\":0.5,\"item\":-1}", 3, "\"item\" -1", 0},
+      {"{\"type\":\"progress\",\"id\":1,\"fraction\":0.5,\"item\":1.5}", 3,
+       "\"item\" must be an integer", 0},
+      {"{\"type\":\"progress\",\"id\":1,\"fraction\":1.5,\"item\":0}", 3, "not in [0, 1]", 0},
+      {"{\"type\":\"progress\",\"id\":1,\"fraction\":0.5,\"message\":3}", 0,
+       "\"message\" must be a string", 0},
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autoptr (CrunchWireFrame) frame = frame_of_text (cases[i].json, 0);
+    g_autoptr (GError) error = NULL;
+    gdouble fraction = -1;
+    const gchar *message = NULL;
+    gint item = 7;
+    gboolean ok =
+        crunch_wire_parse_progress (frame, cases[i].n_items, &fraction, &message, &item, &error);
+    if (cases[i].message == NULL) {
+      g_assert_no_error (error);
+      g_assert_true (ok);
+      g_assert_cmpint (item, ==, cases[i].item);
+      continue;
+    }
+    g_assert_false (ok);
+    g_assert_error (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL);
+    if (strstr (error->message, cases[i].message) == NULL)
+      g_error ("case %u: '%s' does not say '%s'", i, error->message, cases[i].message);
+  }
+}
+
+#define BFN(batching)                                                                              \
+  "[{\"name\":\"f\",\"pure\":true,\"deadline\":1,\"content_type\":\"text/plain\"," batching        \
+  "\"args\":[]}]"
+
+/* A program declares max_batch and max_delay; a C function's hello carries them. */
+static void
+test_hello_batching (void)
+{
+  static const struct {
+    const gchar *json, *message;
+  } bad[] = {
+      {HELLO (BFN ("\"max_batch\":0,")), "function \"f\": \"max_batch\" 0 is not in 1 .. 1024"},
+      {HELLO (BFN ("\"max_batch\":1025,")), "\"max_batch\" 1025 is not in 1 .. 1024"},
+      {HELLO (BFN ("\"max_batch\":-4294967295,")), "is not in 1 .. 1024"},
+      {HELLO (BFN ("\"max_batch\":\"8\",")), "member \"max_batch\" must be an integer"},
+      {HELLO (BFN ("\"max_batch\":8.0,")), "member \"max_batch\" must be an integer"},
+      {HELLO (BFN ("\"max_batch\":8,\"max_delay\":\"1ms\",")), "\"max_delay\" must be a number"},
+  };
+  const CrunchFunction *fn = setup_batch (), *again;
+  g_autoptr (JsonObject) header = crunch_wire_encode_hello ("t", "1.0", &fn, 1);
+  g_autoptr (CrunchWireFrame) frame = frame_of (header, NULL);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchWireHello) hello = crunch_wire_parse_hello (frame, &error);
+  g_autoptr (CrunchWireHello) plain = NULL;
+  g_autoptr (CrunchWireHello) slow = NULL;
+
+  g_assert_no_error (error);
+  g_assert_cmpuint (hello->functions[0].max_batch, ==, 4);
+  g_assert_cmpfloat_with_epsilon (hello->functions[0].max_delay, 0.005, 1e-9);
+  crunch_functions_reset ();
+  g_assert_true (
+      crunch_functions_add_hooked (&hello->functions[0], "prog", hook_run, "hi", &error));
+  again = crunch_functions_lookup ("all");
+  g_assert_cmpuint (again->max_batch, ==, 4);
+  g_assert_cmpint (again->max_delay_us, ==, 5000);
+  g_assert_null (again->run_batch); /* until a batch hook is set */
+  crunch_functions_reset ();
+  /* absent: 1 and 0, and a hello without batches does not mention them */
+  plain = parse_hello_text (HELLO (BFN ("")), &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (plain->functions[0].max_batch, ==, 1);
+  g_assert_cmpfloat (plain->functions[0].max_delay, ==, 0);
+  setup ();
+  fn = crunch_functions_lookup ("all");
+  g_clear_pointer (&header, json_object_unref);
+  header = crunch_wire_encode_hello ("t", "1.0", &fn, 1);
+  g_assert_false (json_object_has_member (
+      json_array_get_object_element (json_object_get_array_member (header, "functions"), 0),
+      "max_batch"));
+  for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
+    g_autoptr (GError) local = NULL;
+    g_assert_null (parse_hello_text (bad[i].json, &local));
+    g_assert_error (local, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL);
+    if (strstr (local->message, bad[i].message) == NULL)
+      g_error ("case %u: '%s' does not say '%s'", i, local->message, bad[i].message);
+  }
+  /* the range of max_delay is the registry's rule, as for a C plugin */
+  slow = parse_hello_text (HELLO (BFN ("\"max_batch\":8,\"max_delay\":2,")), &error);
+  g_assert_no_error (error);
+  crunch_functions_reset ();
+  g_assert_false (crunch_functions_add_hooked (&slow->functions[0], "prog", hook_run, "", &error));
+  g_assert_cmpstr (error->message, ==,
+                   "plugin 'prog': function 'f': max_delay must be in [0, 1] seconds");
+  crunch_functions_reset ();
+}
+
+/* The batch hook is set only where batches are declared and a run hook exists. */
+static void
+test_hook_batch (void)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchWireHello) hello =
+      parse_hello_text (HELLO ("[{\"name\":\"f\",\"pure\":true,\"deadline\":1,\"content_type\":"
+                               "\"text/plain\",\"max_batch\":8,\"args\":[]},"
+                               "{\"name\":\"g\",\"pure\":true,\"deadline\":1,\"content_type\":"
+                               "\"text/plain\",\"args\":[]}]"),
+                        &error);
+
+  g_assert_no_error (error);
+  crunch_functions_reset ();
+  g_assert_true (crunch_functions_add_hooked (&hello->functions[0], "p", hook_run, "", &error));
+  g_assert_true (crunch_functions_add_hooked (&hello->functions[1], "p", hook_run, "", &error));
+  g_assert_true (crunch_functions_hook_batch ("f", crunch_procpool_call_batch));
+  g_assert_true (crunch_functions_lookup ("f")->run_batch == crunch_procpool_call_batch);
+  g_assert_false (crunch_functions_hook_batch ("g", crunch_procpool_call_batch));
+  g_assert_false (crunch_functions_hook_batch ("nope", crunch_procpool_call_batch));
+  g_assert_null (crunch_functions_lookup ("g")->run_batch);
+  setup_batch (); /* a C batch function runs its own entry in the thread: no run hook */
+  g_assert_false (crunch_functions_hook_batch ("all", crunch_procpool_call_batch));
+  crunch_functions_reset ();
+}
+
 int
 main (int argc, char **argv)
 {
@@ -459,5 +789,12 @@ main (int argc, char **argv)
   g_test_add_func ("/wire/hello-round-trip", test_hello_round_trip);
   g_test_add_func ("/wire/hello-hostile", test_hello_hostile);
   g_test_add_func ("/wire/hello-rules", test_hello_rules);
+  g_test_add_func ("/wire/batch", test_batch);
+  g_test_add_func ("/wire/batch-hostile", test_batch_hostile);
+  g_test_add_func ("/wire/batch-result", test_batch_result);
+  g_test_add_func ("/wire/batch-result-hostile", test_batch_result_hostile);
+  g_test_add_func ("/wire/progress", test_progress);
+  g_test_add_func ("/wire/hello-batching", test_hello_batching);
+  g_test_add_func ("/wire/hook-batch", test_hook_batch);
   return g_test_run ();
 }

@@ -196,6 +196,17 @@ crunch_functions_run_elsewhere (CrunchRunHook run, gpointer data)
 }
 
 gboolean
+crunch_functions_hook_batch (const gchar *name, CrunchBatchHook run_batch)
+{
+  CrunchFunction *fn = (CrunchFunction *)crunch_functions_lookup (name);
+
+  if (fn == NULL || fn->max_batch <= 1 || fn->run == NULL)
+    return FALSE;
+  fn->run_batch = run_batch;
+  return TRUE;
+}
+
+gboolean
 crunch_functions_add_hooked (const CrunchdFunction *decl, const gchar *plugin, CrunchRunHook run,
                              gpointer data, GError **error)
 {

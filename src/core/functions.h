@@ -144,6 +144,10 @@ gboolean crunch_functions_add_hooked (const CrunchdFunction *decl, const gchar *
 /* Start-up, before serving: every function without a hook runs through `run` from now on
  * ([executor] backend = processes). */
 void crunch_functions_run_elsewhere (CrunchRunHook run, gpointer data);
+/* Start-up, before serving: the batches of `name` (a function with max_batch > 1 and a run hook)
+ * run through `run_batch`, called with the run hook's data. FALSE (nothing changed) if there is
+ * no such function, it takes no batches or it has no run hook. */
+gboolean crunch_functions_hook_batch (const gchar *name, CrunchBatchHook run_batch);
 
 gdouble crunch_function_arg_max (const CrunchFunction *fn, guint i);
 /* Runs on a worker thread: the tuple becomes CrunchdValues, the result a GBytes. NULL with

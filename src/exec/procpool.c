@@ -6,7 +6,9 @@
  * reads its stdout, kills and reaps it, so a Proc has no lock of its own. While a call runs the
  * job thread polls the child's stdout in steps of 10 ms (wire.c) and looks at the job's cancel
  * flag between steps: a set flag sends `cancel`; no final reply within kill_grace -> SIGKILL,
- * waitpid, and the slot is free for a fresh process.
+ * waitpid, and the slot is free for a fresh process. A batch (crunch_procpool_call_batch()) is
+ * the same exchange with one `batch` frame and one `batch-result`: the flag looked at is the
+ * batch's own (set once every call's is), and progress frames go to the call they name.
  * Starting children (the spawner thread) and logging their stderr is child.c's.
  * Pool figures (alive, busy, events, unavailable functions) are under `lock`; the list of pools
  * is under `pools_lock` (taken before a pool's `lock`, never after).
@@ -189,7 +191,8 @@ same_functions (const CrunchWireHello *first, const CrunchWireHello *again, GErr
 
   for (guint i = 0; same && first != NULL && i < first->n_functions; i++)
     same = g_str_equal (first->functions[i].name, again->functions[i].name) &&
-           first->functions[i].n_args == again->functions[i].n_args;
+           first->functions[i].n_args == again->functions[i].n_args &&
+           first->functions[i].max_batch == again->functions[i].max_batch;
   if (!same)
     g_set_error_literal (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
                          "it declares other functions than at start-up");
@@ -341,10 +344,14 @@ release (CrunchProcPool *pool, Proc *p)
 typedef struct {
   CrunchProcPool *pool;
   Proc *proc;
-  const CrunchCancel *cancel;
+  const CrunchCancel *cancel; /* a batch's: set once every call's is */
   gint64 id;
   gint64 kill_at;     /* 0 until `cancel` was sent */
   gint64 progress_us; /* the last progress report passed on */
+  /* A batch: its calls' cancels (where their progress goes) and last reports passed on. */
+  guint n_items;
+  const CrunchCancel *const *items;
+  gint64 *items_progress_us;
 } CallWait;
 
 /* While a frame is written to a child that does not read: a set cancel flag starts the
@@ -378,27 +385,27 @@ call_check (gpointer data)
          !g_error_matches (error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED);
 }
 
-/* A progress frame of the call in flight: checked (a bad one is a protocol error, *broken set),
- * then passed on unless one passed less than 1/CRUNCH_PROGRESS_PER_SECOND s ago. */
+/* A progress frame of the call (or batch) in flight: checked (a bad one is a protocol error,
+ * *broken set), then passed on unless one passed less than 1/CRUNCH_PROGRESS_PER_SECOND s ago. A
+ * batch's frame goes to the call it names ("item"), or to every call of the batch. */
 static void
 take_progress (CallWait *w, CrunchWireFrame *frame, GError **broken)
 {
   gdouble fraction;
-  const gchar *message = NULL;
+  const gchar *message;
+  gint item;
 
-  if (!crunch_wire_get_number (frame->header, "fraction", &fraction, broken))
+  if (!crunch_wire_parse_progress (frame, w->n_items, &fraction, &message, &item, broken))
     return;
-  if (!(fraction >= 0.0 && fraction <= 1.0)) {
-    g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
-                 "progress \"fraction\" %g is not in [0, 1]", fraction);
+  if (w->n_items == 0) {
+    if (crunch_progress_due (&w->progress_us, TRUE))
+      crunch_progress_report (w->cancel, fraction, message);
     return;
   }
-  if (json_object_has_member (frame->header, "message") &&
-      !json_object_get_null_member (frame->header, "message") &&
-      (message = crunch_wire_get_string (frame->header, "message", broken)) == NULL)
-    return;
-  if (crunch_progress_due (&w->progress_us, TRUE))
-    crunch_progress_report (w->cancel, fraction, message);
+  for (guint i = item < 0 ? 0 : (guint)item; i < (item < 0 ? w->n_items : (guint)item + 1); i++) {
+    if (crunch_progress_due (&w->items_progress_us[i], TRUE))
+      crunch_progress_report (w->items[i], fraction, message);
+  }
 }
 
 /* A final reply (TRUE, with the result or *error), or a progress frame (FALSE). Anything else is
@@ -494,13 +501,31 @@ send_call (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, JsonObject *
   return FALSE;
 }
 
+/* The process failed the call (or batch) in flight: killed after an ignored cancel, killed for
+ * breaking the protocol, or dead. Its slot is free again. */
+static void
+lost (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, const GError *broken, GError **error)
+{
+  if (g_error_matches (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED)) {
+    g_message ("%s[%d]: %s did not stop within %g s of its cancel: killed", pool->s.program,
+               (gint)p->pid, fn->name, pool->s.kill_grace);
+    kill_now (pool, p, EV_KILL);
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED,
+                 "%s: cancelled (killed)", fn->name);
+  } else if (g_error_matches (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL)) {
+    protocol_broken (pool, p, fn->name, broken, error);
+  } else {
+    crashed (pool, p, fn->name, error);
+  }
+}
+
 /* Sends the call and waits for its final reply. *gone: the process was killed or died (its
  * slot is free again); otherwise it is the caller's to release. */
 static GBytes *
 exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *args,
           const CrunchCancel *cancel, gboolean *gone, GError **error)
 {
-  CallWait w = {pool, p, cancel, next_id (pool), 0, 0};
+  CallWait w = {.pool = pool, .proc = p, .cancel = cancel, .id = next_id (pool)};
   gint64 left = cancel->deadline_us != 0 ? cancel->deadline_us - g_get_monotonic_time ()
                                          : __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED);
   g_autoptr (GBytes) payload = NULL;
@@ -521,18 +546,104 @@ exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *arg
     }
     if (frame != NULL && broken == NULL)
       continue; /* progress */
-    if (g_error_matches (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED)) {
-      g_message ("%s[%d]: %s did not stop within %g s of its cancel: killed", pool->s.program,
-                 (gint)p->pid, fn->name, pool->s.kill_grace);
-      kill_now (pool, p, EV_KILL);
-      g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED,
-                   "%s: cancelled (killed)", fn->name);
-    } else if (g_error_matches (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL)) {
-      protocol_broken (pool, p, fn->name, broken, error);
-    } else {
-      crashed (pool, p, fn->name, error);
-    }
+    lost (pool, p, fn, broken, error);
     return NULL;
+  }
+}
+
+/* ---- a batch ---- */
+
+/* A final reply to the batch in flight (TRUE, results[] and errors[] filled), or a progress
+ * frame (FALSE). Anything else is a protocol error (FALSE, *broken set). */
+static gboolean
+on_batch_reply (CallWait *w, const CrunchFunction *fn, CrunchWireFrame *frame, GBytes **results,
+                GError **errors, GError **broken)
+{
+  gint64 got;
+
+  if (!crunch_wire_get_int (frame->header, "id", &got, broken))
+    return FALSE;
+  if (got != w->id) {
+    g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
+                 "a \"%s\" for call %" G_GINT64_FORMAT " while batch %" G_GINT64_FORMAT " runs",
+                 frame->type, got, w->id);
+    return FALSE;
+  }
+  if (g_str_equal (frame->type, "progress")) {
+    take_progress (w, frame, broken);
+    return FALSE;
+  }
+  if (!g_str_equal (frame->type, "batch-result")) {
+    g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
+                 "unexpected \"%s\" (a batch runs)", frame->type);
+    return FALSE;
+  }
+  if (!crunch_wire_parse_batch_result (frame, fn, w->n_items, results, errors, broken))
+    return FALSE;
+  for (guint i = 0; i < w->n_items; i++) {
+    if (g_error_matches (errors[i], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_OUT_OF_MEMORY))
+      count (w->pool, EV_OOM);
+  }
+  return TRUE;
+}
+
+/* When the batch's caller stops waiting: its latest call's deadline, or the function's. */
+static gint64
+batch_left_us (const CrunchFunction *fn, guint n, const CrunchCancel *const *cancels,
+               const CrunchCancel *all)
+{
+  gint64 latest = all->deadline_us;
+
+  for (guint i = 0; latest >= 0 && i < n; i++)
+    latest = cancels[i]->deadline_us == 0 ? -1 : MAX (latest, cancels[i]->deadline_us);
+  if (latest <= 0)
+    return __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED);
+  return latest - g_get_monotonic_time ();
+}
+
+/* Sends the batch and waits for its batch-result: TRUE with results[] and errors[] filled. FALSE
+ * with *error for the whole batch; *gone as in exchange(). A batch too large for one frame fails
+ * with CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT, the process untouched (and not gone). */
+static gboolean
+exchange_batch (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, guint n,
+                GVariant *const *args, const CrunchCancel *const *cancels, const CrunchCancel *all,
+                GBytes **results, GError **errors, gboolean *gone, GError **error)
+{
+  g_autofree gint64 *progress_us = g_new0 (gint64, n);
+  CallWait w = {.pool = pool,
+                .proc = p,
+                .cancel = all,
+                .id = next_id (pool),
+                .n_items = n,
+                .items = cancels,
+                .items_progress_us = progress_us};
+  gint64 left = batch_left_us (fn, n, cancels, all);
+  g_autoptr (GBytes) payload = NULL;
+  g_autoptr (JsonObject) batch =
+      crunch_wire_encode_batch (fn, n, args, w.id, (gdouble)left / 1e6, &payload);
+
+  *gone = FALSE;
+  if (g_bytes_get_size (payload) > CRUNCH_WIRE_MAX_PAYLOAD) {
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
+                 "%s: a batch of %u calls has %zu bytes of arguments, more than a frame's %u",
+                 fn->name, n, g_bytes_get_size (payload), CRUNCH_WIRE_MAX_PAYLOAD);
+    return FALSE;
+  }
+  if (!send_call (pool, p, fn, batch, payload, &w, gone, error))
+    return FALSE;
+  *gone = TRUE;
+  for (;;) {
+    g_autoptr (GError) broken = NULL;
+    g_autoptr (CrunchWireFrame) frame =
+        crunch_wire_read (p->reader, p->out_fd, call_check, &w, &broken);
+    if (frame != NULL && on_batch_reply (&w, fn, frame, results, errors, &broken)) {
+      *gone = FALSE;
+      return TRUE;
+    }
+    if (frame != NULL && broken == NULL)
+      continue; /* progress */
+    lost (pool, p, fn, broken, error);
+    return FALSE;
   }
 }
 
@@ -633,6 +744,61 @@ crunch_procpool_call (const CrunchFunction *fn, GVariant *args, const CrunchCanc
   }
 }
 
+/* Every call of the batch fails with `why`. */
+static void
+fail_all (guint n, GError **errors, const GError *why)
+{
+  for (guint i = 0; i < n; i++)
+    errors[i] = g_error_copy (why);
+}
+
+void
+crunch_procpool_call_batch (const CrunchFunction *fn, guint n, GVariant *const *args,
+                            const CrunchCancel *const *cancels, const CrunchCancel *all,
+                            GBytes **results, GError **errors, gpointer data)
+{
+  CrunchProcPool *pool = data;
+  guint attempts = fn->pure && pool->s.retries > 0 ? 2 : 1;
+
+  if (n > fn->max_batch) { /* never from the scheduler; the worker would refuse it */
+    for (guint i = 0; i < n; i += fn->max_batch)
+      crunch_procpool_call_batch (fn, MIN (fn->max_batch, n - i), args + i, cancels + i, all,
+                                  results + i, errors + i, data);
+    return;
+  }
+  for (guint attempt = 1;; attempt++) {
+    g_autoptr (GError) local = NULL;
+    gboolean gone = FALSE, done;
+    Proc *p;
+
+    if (!available (pool, fn, &local) || (p = acquire (pool, fn, all, &local)) == NULL) {
+      fail_all (n, errors, local);
+      return;
+    }
+    done = exchange_batch (pool, p, fn, n, args, cancels, all, results, errors, &gone, &local);
+    g_mutex_lock (&pool->lock);
+    pool->busy--;
+    g_mutex_unlock (&pool->lock);
+    if (!gone)
+      release (pool, p);
+    if (done)
+      return;
+    if (g_error_matches (local, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT)) {
+      /* too large for one frame: one call at a time, each within the limits or failing alone */
+      for (guint i = 0; i < n; i++)
+        results[i] = crunch_procpool_call (fn, args[i], cancels[i], pool, &errors[i]);
+      return;
+    }
+    if (!g_error_matches (local, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CRASHED) ||
+        record_crash (pool, fn) || attempt >= attempts || crunch_cancelled (all)) {
+      fail_all (n, errors, local);
+      return;
+    }
+    g_message ("%s: retrying a batch of %u calls of %s on a fresh process", pool->s.program, n,
+               fn->name);
+  }
+}
+
 void
 crunch_procpool_settings_from_config (const CrunchConfig *config, const gchar *program,
                                       gchar **argv, CrunchProcPoolSettings *settings)
@@ -713,6 +879,8 @@ crunch_procpool_load_program (const CrunchConfig *config, const gchar *name, con
                    local->message, path);
       return FALSE;
     }
+    if (pool->hello->functions[i].max_batch > 1)
+      crunch_functions_hook_batch (pool->hello->functions[i].name, crunch_procpool_call_batch);
   }
   g_info ("plugin '%s': program %s (%s %s) declared %u function(s)", name, path, pool->hello->name,
           pool->hello->version, pool->hello->n_functions);
@@ -739,6 +907,11 @@ crunch_procpool_host_functions (CrunchProcPool *pool, GError **error)
     }
   }
   crunch_functions_run_elsewhere (crunch_procpool_call, pool);
+  /* batches go to the worker as batch frames where it takes them (it loads the same plugins) */
+  for (guint j = 0; j < hello->n_functions; j++) {
+    if (hello->functions[j].max_batch > 1)
+      crunch_functions_hook_batch (hello->functions[j].name, crunch_procpool_call_batch);
+  }
   return TRUE;
 }
 

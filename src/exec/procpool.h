@@ -3,7 +3,8 @@
  * crunch_procpool_call() is a blocking call made by a thread that runs jobs (the local
  * executor's threads, crunchd-worker's NATS threads), so admission, fairness, coalescing,
  * deadlines and the jobs API apply unchanged: a job runs in a process instead of in the thread.
- * Each process runs one call at a time; processes start lazily, up to `size`. A crash fails that
+ * Each process runs one call (or one batch, crunch_procpool_call_batch()) at a time; processes
+ * start lazily, up to `size`. A crash fails that
  * call alone (502), a cancelled call that does not stop within kill_grace gets its process
  * killed (SIGKILL) and replaced, a function that crashes 5 times within 60 s is unavailable
  * (503) for 60 s. */
@@ -38,6 +39,13 @@ CrunchWireHello *crunch_procpool_start (CrunchProcPool *pool, GError **error);
 /* A CrunchRunHook: `data` is the pool. */
 GBytes *crunch_procpool_call (const CrunchFunction *fn, GVariant *args, const CrunchCancel *cancel,
                               gpointer data, GError **error);
+/* A CrunchBatchHook (`data` is the pool): n calls of a function whose worker declared
+ * max_batch > 1, in one batch frame on one process, with the same cancel, kill and crash rules as
+ * a call (a crash fails every call of the batch, 502); each call's progress goes to its own
+ * cancel. A batch too large for one frame runs as single calls. */
+void crunch_procpool_call_batch (const CrunchFunction *fn, guint n, GVariant *const *args,
+                                 const CrunchCancel *const *cancels, const CrunchCancel *all,
+                                 GBytes **results, GError **errors, gpointer data);
 void crunch_procpool_set_size (CrunchProcPool *pool, guint size);
 /* Closes every process's stdin, waits kill_grace for them to exit, SIGKILLs the rest. Only
  * when no call runs. */

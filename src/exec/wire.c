@@ -386,22 +386,30 @@ encode_arg (GVariant *child, CrunchdArgType type, GByteArray *payload)
   g_return_val_if_reached (json_node_init_null (node));
 }
 
+/* One call's "args" object; its bytes go to the end of `payload`. */
+static JsonObject *
+encode_args (const CrunchFunction *fn, GVariant *args, GByteArray *payload)
+{
+  JsonObject *values = json_object_new ();
+
+  for (guint i = 0; i < fn->decl->n_args; i++) {
+    g_autoptr (GVariant) child = g_variant_get_child_value (args, i);
+    json_object_set_member (values, fn->decl->args[i].name,
+                            encode_arg (child, fn->decl->args[i].type, payload));
+  }
+  return values;
+}
+
 JsonObject *
 crunch_wire_encode_call (const CrunchFunction *fn, GVariant *args, gint64 id, gdouble deadline_s,
                          GBytes **payload)
 {
   JsonObject *header = crunch_wire_header ("call", id);
-  JsonObject *values = json_object_new ();
   GByteArray *bytes = g_byte_array_new ();
 
   json_object_set_string_member (header, "function", fn->name);
   json_object_set_double_member (header, "deadline", MAX (deadline_s, 0));
-  for (guint i = 0; i < fn->decl->n_args; i++) {
-    g_autoptr (GVariant) child = g_variant_get_child_value (args, i);
-    json_object_set_member (values, fn->decl->args[i].name,
-                            encode_arg (child, fn->decl->args[i].type, bytes));
-  }
-  json_object_set_object_member (header, "args", values);
+  json_object_set_object_member (header, "args", encode_args (fn, args, bytes));
   *payload = g_byte_array_free_to_bytes (bytes);
   return header;
 }
@@ -454,40 +462,54 @@ decode_arg (JsonObject *values, const CrunchdArg *arg, GBytes *payload, GError *
   g_return_val_if_reached (NULL);
 }
 
-GVariant *
-crunch_wire_decode_call (const CrunchWireFrame *frame, const CrunchFunction **fn, gint64 *id,
-                         GError **error)
+/* The "args" member of `holder` (a call's header, or one call of a batch) as the tuple. */
+static GVariant *
+decode_args (JsonObject *holder, const CrunchFunction *fn, GBytes *payload, GError **error)
 {
-  const gchar *name;
-  JsonNode *node;
+  JsonNode *node = json_object_get_member (holder, "args");
   JsonObject *values;
   g_autoptr (GPtrArray) children = g_ptr_array_new_with_free_func ((GDestroyNotify)g_variant_unref);
 
-  if (!crunch_wire_get_int (frame->header, "id", id, error) ||
-      (name = crunch_wire_get_string (frame->header, "function", error)) == NULL)
-    return NULL;
-  if ((*fn = crunch_functions_lookup (name)) == NULL) {
-    protocol_error (error, "no function \"%s\" here", name);
-    return NULL;
-  }
-  node = json_object_get_member (frame->header, "args");
   if (node == NULL || !JSON_NODE_HOLDS_OBJECT (node)) {
     protocol_error (error, "member \"args\" must be an object");
     return NULL;
   }
   values = json_node_get_object (node);
-  if (json_object_get_size (values) != (*fn)->decl->n_args) {
+  if (json_object_get_size (values) != fn->decl->n_args) {
     protocol_error (error, "\"args\" must hold exactly the %u declared arguments",
-                    (*fn)->decl->n_args);
+                    fn->decl->n_args);
     return NULL;
   }
-  for (guint i = 0; i < (*fn)->decl->n_args; i++) {
-    GVariant *child = decode_arg (values, &(*fn)->decl->args[i], frame->payload, error);
+  for (guint i = 0; i < fn->decl->n_args; i++) {
+    GVariant *child = decode_arg (values, &fn->decl->args[i], payload, error);
     if (child == NULL)
       return NULL;
     g_ptr_array_add (children, g_variant_ref_sink (child));
   }
   return g_variant_new_tuple ((GVariant **)children->pdata, children->len);
+}
+
+/* A call's or a batch's "id" and "function" (which must be registered here). */
+static gboolean
+decode_target (const CrunchWireFrame *frame, const CrunchFunction **fn, gint64 *id, GError **error)
+{
+  const gchar *name;
+
+  if (!crunch_wire_get_int (frame->header, "id", id, error) ||
+      (name = crunch_wire_get_string (frame->header, "function", error)) == NULL)
+    return FALSE;
+  if ((*fn = crunch_functions_lookup (name)) == NULL)
+    return protocol_error (error, "no function \"%s\" here", name);
+  return TRUE;
+}
+
+GVariant *
+crunch_wire_decode_call (const CrunchWireFrame *frame, const CrunchFunction **fn, gint64 *id,
+                         GError **error)
+{
+  if (!decode_target (frame, fn, id, error))
+    return NULL;
+  return decode_args (frame->header, *fn, frame->payload, error);
 }
 
 /* ---- hello ---- */
@@ -513,8 +535,9 @@ encode_arg_decl (const CrunchdArg *arg)
 }
 
 static JsonObject *
-encode_function (const CrunchdFunction *decl)
+encode_function (const CrunchFunction *fn)
 {
+  const CrunchdFunction *decl = fn->decl;
   JsonObject *o = json_object_new ();
   JsonArray *args = json_array_new ();
 
@@ -526,6 +549,10 @@ encode_function (const CrunchdFunction *decl)
   for (guint i = 0; i < decl->n_args; i++)
     json_array_add_object_element (args, encode_arg_decl (&decl->args[i]));
   json_object_set_array_member (o, "args", args);
+  if (fn->max_batch > 1) { /* only then: a hello without batches is as it always was */
+    json_object_set_int_member (o, "max_batch", fn->max_batch);
+    json_object_set_double_member (o, "max_delay", (gdouble)fn->max_delay_us / G_USEC_PER_SEC);
+  }
   return o;
 }
 
@@ -541,7 +568,7 @@ crunch_wire_encode_hello (const gchar *name, const gchar *version,
   json_object_set_string_member (header, "name", name);
   json_object_set_string_member (header, "version", version);
   for (guint i = 0; i < n; i++)
-    json_array_add_object_element (list, encode_function (functions[i]->decl));
+    json_array_add_object_element (list, encode_function (functions[i]));
   json_object_set_array_member (header, "functions", list);
   return header;
 }
@@ -643,6 +670,28 @@ parse_args (JsonObject *o, CrunchdFunction *decl, GError **error)
   return TRUE;
 }
 
+/* Optional "max_batch" (an integer, 1 .. CRUNCH_MAX_BATCH, default 1) and "max_delay" (seconds,
+ * default 0; its range is the registry's rule, as for a C plugin). */
+static gboolean
+parse_batching (JsonObject *o, CrunchdFunction *decl, GError **error)
+{
+  gint64 max_batch = 1;
+
+  decl->max_batch = 1;
+  decl->max_delay = 0;
+  if (json_object_has_member (o, "max_batch") &&
+      !crunch_wire_get_int (o, "max_batch", &max_batch, error))
+    return FALSE;
+  if (max_batch < 1 || max_batch > CRUNCH_MAX_BATCH)
+    return protocol_error (error, "\"max_batch\" %" G_GINT64_FORMAT " is not in 1 .. %d", max_batch,
+                           CRUNCH_MAX_BATCH);
+  decl->max_batch = (unsigned)max_batch;
+  if (json_object_has_member (o, "max_delay") &&
+      !crunch_wire_get_number (o, "max_delay", &decl->max_delay, error))
+    return FALSE;
+  return TRUE;
+}
+
 static gboolean
 parse_function (JsonObject *o, CrunchdFunction *decl, GError **error)
 {
@@ -666,6 +715,10 @@ parse_function (JsonObject *o, CrunchdFunction *decl, GError **error)
   }
   decl->content_type = g_strdup (content_type);
   decl->description = description ? description : g_strdup ("");
+  if (!parse_batching (o, decl, error)) {
+    g_prefix_error (error, "function \"%s\": ", name);
+    return FALSE;
+  }
   return parse_args (o, decl, error);
 }
 
@@ -735,4 +788,207 @@ crunch_wire_hello_free (CrunchWireHello *hello)
   g_free (hello->name);
   g_free (hello->version);
   g_free (hello);
+}
+
+/* ---- batch ---- */
+
+JsonObject *
+crunch_wire_encode_batch (const CrunchFunction *fn, guint n, GVariant *const *args, gint64 id,
+                          gdouble deadline_s, GBytes **payload)
+{
+  JsonObject *header = crunch_wire_header ("batch", id);
+  JsonArray *calls = json_array_new ();
+  GByteArray *bytes = g_byte_array_new ();
+
+  json_object_set_string_member (header, "function", fn->name);
+  json_object_set_double_member (header, "deadline", MAX (deadline_s, 0));
+  for (guint i = 0; i < n; i++) {
+    JsonObject *call = json_object_new ();
+    json_object_set_object_member (call, "args", encode_args (fn, args[i], bytes));
+    json_array_add_object_element (calls, call);
+  }
+  json_object_set_array_member (header, "calls", calls);
+  *payload = g_byte_array_free_to_bytes (bytes);
+  return header;
+}
+
+GPtrArray *
+crunch_wire_decode_batch (const CrunchWireFrame *frame, const CrunchFunction **fn, gint64 *id,
+                          GError **error)
+{
+  g_autoptr (GPtrArray) tuples = g_ptr_array_new_with_free_func ((GDestroyNotify)g_variant_unref);
+  JsonArray *calls;
+  guint n;
+
+  if (!decode_target (frame, fn, id, error) ||
+      (calls = array_member (frame->header, "calls", error)) == NULL)
+    return NULL;
+  n = json_array_get_length (calls);
+  if ((*fn)->max_batch <= 1) {
+    protocol_error (error, "a batch of %s, which takes no batches", (*fn)->name);
+    return NULL;
+  }
+  if (n < 1 || n > (*fn)->max_batch) {
+    protocol_error (error, "a batch of %u calls (%s takes 1 to %u)", n, (*fn)->name,
+                    (*fn)->max_batch);
+    return NULL;
+  }
+  for (guint i = 0; i < n; i++) {
+    JsonObject *call = element_object (calls, i, "call", error);
+    GVariant *tuple = call != NULL ? decode_args (call, *fn, frame->payload, error) : NULL;
+    if (tuple == NULL) {
+      g_prefix_error (error, "call %u: ", i);
+      return NULL;
+    }
+    g_ptr_array_add (tuples, g_variant_ref_sink (tuple));
+  }
+  return g_steal_pointer (&tuples);
+}
+
+/* An error's message without the function's name in front ("bad n", not "f: bad n"): the
+ * receiver names the function itself. */
+static const gchar *
+own_message (const CrunchFunction *fn, const GError *error)
+{
+  gsize len = strlen (fn->name);
+
+  if (error == NULL)
+    return "failed";
+  if (g_str_has_prefix (error->message, fn->name) && g_str_has_prefix (error->message + len, ": "))
+    return error->message + len + 2;
+  return error->message;
+}
+
+JsonObject *
+crunch_wire_encode_batch_result (const CrunchFunction *fn, gint64 id, guint n,
+                                 GBytes *const *results, GError *const *errors, GBytes **payload)
+{
+  JsonObject *header = crunch_wire_header ("batch-result", id);
+  JsonArray *list = json_array_new ();
+  GByteArray *bytes = g_byte_array_new ();
+
+  for (guint i = 0; i < n; i++) {
+    JsonObject *o = json_object_new ();
+    gsize len = 0;
+    gconstpointer data;
+    if (results[i] != NULL) {
+      data = g_bytes_get_data (results[i], &len);
+      json_object_set_string_member (o, "status", "ok");
+      json_object_set_int_member (o, "offset", bytes->len);
+      json_object_set_int_member (o, "length", (gint64)len);
+      g_byte_array_append (bytes, data, (guint)len);
+    } else if (g_error_matches (errors[i], CRUNCH_FUNCTION_ERROR,
+                                CRUNCH_FUNCTION_ERROR_CANCELLED)) {
+      json_object_set_string_member (o, "status", "cancelled");
+    } else {
+      json_object_set_string_member (o, "status", "error");
+      json_object_set_string_member (o, "message", own_message (fn, errors[i]));
+      if (g_error_matches (errors[i], CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_OUT_OF_MEMORY))
+        json_object_set_string_member (o, "kind", "memory");
+    }
+    json_array_add_object_element (list, o);
+  }
+  json_object_set_array_member (header, "results", list);
+  *payload = g_byte_array_free_to_bytes (bytes);
+  return header;
+}
+
+/* One entry of a batch-result: results[i] or errors[i] set, or FALSE with a protocol error. */
+static gboolean
+parse_outcome (JsonObject *o, const CrunchFunction *fn, GBytes *payload, GBytes **result,
+               GError **outcome, GError **error)
+{
+  const gchar *status = crunch_wire_get_string (o, "status", error), *message, *kind = "";
+  gint64 offset, length;
+  gsize size = g_bytes_get_size (payload);
+
+  if (status == NULL)
+    return FALSE;
+  if (g_str_equal (status, "ok")) {
+    if (!crunch_wire_get_int (o, "offset", &offset, error) ||
+        !crunch_wire_get_int (o, "length", &length, error))
+      return FALSE;
+    if (offset < 0 || length < 0 || (guint64)offset > size || (guint64)length > size - offset)
+      return protocol_error (
+          error, "bytes %" G_GINT64_FORMAT "+%" G_GINT64_FORMAT " outside the payload of %zu",
+          offset, length, size);
+    *result = g_bytes_new_from_bytes (payload, (gsize)offset, (gsize)length);
+  } else if (g_str_equal (status, "cancelled")) {
+    g_set_error (outcome, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED, "%s: cancelled",
+                 fn->name);
+  } else if (g_str_equal (status, "error")) {
+    if ((message = crunch_wire_get_string (o, "message", error)) == NULL ||
+        (json_object_has_member (o, "kind") &&
+         (kind = crunch_wire_get_string (o, "kind", error)) == NULL))
+      return FALSE;
+    if (g_str_equal (kind, "memory"))
+      g_set_error (outcome, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_OUT_OF_MEMORY,
+                   "%s: out of memory: %s", fn->name, message);
+    else
+      g_set_error (outcome, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_FAILED, "%s: %s", fn->name,
+                   message);
+  } else {
+    return protocol_error (error, "unknown status \"%s\"", status);
+  }
+  return TRUE;
+}
+
+gboolean
+crunch_wire_parse_batch_result (const CrunchWireFrame *frame, const CrunchFunction *fn, guint n,
+                                GBytes **results, GError **errors, GError **error)
+{
+  JsonArray *list = array_member (frame->header, "results", error);
+  guint got = list != NULL ? json_array_get_length (list) : 0;
+  guint i;
+
+  if (list == NULL)
+    return FALSE;
+  if (got != n)
+    return protocol_error (error, "%u results for a batch of %u calls", got, n);
+  for (i = 0; i < n; i++) {
+    JsonObject *o = element_object (list, i, "result", error);
+    if (o == NULL || !parse_outcome (o, fn, frame->payload, &results[i], &errors[i], error)) {
+      g_prefix_error (error, "result %u: ", i);
+      break;
+    }
+  }
+  if (i == n)
+    return TRUE;
+  for (guint j = 0; j < i; j++) { /* all or nothing */
+    g_clear_pointer (&results[j], g_bytes_unref);
+    g_clear_error (&errors[j]);
+  }
+  return FALSE;
+}
+
+/* ---- progress ---- */
+
+gboolean
+crunch_wire_parse_progress (const CrunchWireFrame *frame, guint n_items, gdouble *fraction,
+                            const gchar **message, gint *item, GError **error)
+{
+  JsonObject *h = frame->header;
+  gint64 i;
+
+  *message = NULL;
+  *item = -1;
+  if (!crunch_wire_get_number (h, "fraction", fraction, error))
+    return FALSE;
+  if (!(*fraction >= 0.0 && *fraction <= 1.0))
+    return protocol_error (error, "progress \"fraction\" %g is not in [0, 1]", *fraction);
+  if (json_object_has_member (h, "message") && !json_object_get_null_member (h, "message") &&
+      (*message = crunch_wire_get_string (h, "message", error)) == NULL)
+    return FALSE;
+  if (!json_object_has_member (h, "item"))
+    return TRUE;
+  if (n_items == 0)
+    return protocol_error (error, "progress with an \"item\" for a call (not a batch)");
+  if (!crunch_wire_get_int (h, "item", &i, error))
+    return FALSE;
+  if (i < 0 || i >= n_items)
+    return protocol_error (error,
+                           "progress \"item\" %" G_GINT64_FORMAT " is not in 0 .. %u of the batch",
+                           i, n_items - 1);
+  *item = (gint)i;
+  return TRUE;
 }

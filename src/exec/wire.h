@@ -90,6 +90,35 @@ JsonObject *crunch_wire_encode_call (const CrunchFunction *fn, GVariant *args, g
 GVariant *crunch_wire_decode_call (const CrunchWireFrame *frame, const CrunchFunction **fn,
                                    gint64 *id, GError **error);
 
+/* batch: n calls of one function at once (1 <= n <= fn->max_batch), sent only to a worker that
+ * declared max_batch > 1 for it: {"calls": [{"args": {...}}, ...]}, each call's arguments as in
+ * a call, the bytes of all of them concatenated in one payload. */
+JsonObject *crunch_wire_encode_batch (const CrunchFunction *fn, guint n, GVariant *const *args,
+                                      gint64 id, gdouble deadline_s, GBytes **payload);
+/* batch (worker side): the function and its calls' canonical tuples (GVariant*, owned), checked
+ * as crunch_wire_decode_call() checks one call; their number must be 1 .. fn->max_batch. */
+GPtrArray *crunch_wire_decode_batch (const CrunchWireFrame *frame, const CrunchFunction **fn,
+                                     gint64 *id, GError **error);
+/* batch-result (worker side): the final reply to a batch of n calls, results[i] or errors[i]
+ * (a CRUNCH_FUNCTION_ERROR: CANCELLED, OUT_OF_MEMORY, anything else "error") for call i; the
+ * results concatenated in the payload. */
+JsonObject *crunch_wire_encode_batch_result (const CrunchFunction *fn, gint64 id, guint n,
+                                             GBytes *const *results, GError *const *errors,
+                                             GBytes **payload);
+/* batch-result (crunchd side), answering a batch of n calls of fn: one entry per call, each
+ * "ok" with its bytes inside the payload (results[i], a slice of it) or "error" / "cancelled"
+ * (errors[i], a CRUNCH_FUNCTION_ERROR naming fn). FALSE with a protocol error (and nothing set)
+ * if anything is wrong with the frame. */
+gboolean crunch_wire_parse_batch_result (const CrunchWireFrame *frame, const CrunchFunction *fn,
+                                         guint n, GBytes **results, GError **errors,
+                                         GError **error);
+
+/* progress (crunchd side): "fraction" in [0, 1], "message" (*message NULL when absent or null)
+ * and "item": *item -1 when absent; for a call (n_items 0) an item is a protocol error, for a
+ * batch of n_items calls it must be in 0 .. n_items - 1. */
+gboolean crunch_wire_parse_progress (const CrunchWireFrame *frame, guint n_items, gdouble *fraction,
+                                     const gchar **message, gint *item, GError **error);
+
 /* hello: what a worker declares. */
 JsonObject *crunch_wire_encode_hello (const gchar *name, const gchar *version,
                                       const CrunchFunction *const *functions, guint n);

@@ -2,18 +2,19 @@
  * the built-in fib and the configured C plugins for a process pool in crunchd.
  *
  * DESIGN
- * Two threads. The reader thread owns stdin: it reads frames, hands each `call` to the main
- * thread through an async queue, sets the running call's cancel flag on a `cancel` for its id,
- * and queues a stop mark at end of input. A frame out of turn (a call while one is in flight), an
- * unknown type or a broken frame is a protocol error: the worker logs it and exits 1 at once.
- * The main thread owns the protocol's output: it runs one call at a time through
- * crunch_function_run() and writes the final reply; the call's progress reports go out as
- * "progress" frames in between (`out_lock` keeps frames whole if a plugin reports from a thread
- * of its own). `lock` guards the id in flight and its cancel
- * flag; the main thread clears the id *before* writing the reply, so a next call that crunchd
- * sends as soon as it reads the reply is never taken for one out of turn.
- * stdout is the protocol alone: its fd is moved away at start-up and fd 1 points at stderr, so
- * a plugin's printf() ends up in crunchd's log instead of corrupting the stream. */
+ * Two threads. The reader thread owns stdin: it reads frames, hands each `call` (or `batch`) to
+ * the main thread through an async queue, sets the running call's cancel flag on a `cancel` for
+ * its id (a batch's: its own flag and every call's), and queues a stop mark at end of input. A
+ * frame out of turn (a call while one is in flight), an unknown type or a broken frame is a
+ * protocol error: the worker logs it and exits 1 at once. The main thread owns the protocol's
+ * output: it runs one call at a time through crunch_function_run() (a batch through
+ * crunch_function_run_batch(), answered by one batch-result) and writes the final reply; the call's
+ * progress reports go out as "progress" frames in between (`out_lock` keeps frames whole if a
+ * plugin reports from a thread of its own). `lock` guards the id in flight and its cancel flag; the
+ * main thread clears the id *before* writing the reply, so a next call that crunchd sends as soon
+ * as it reads the reply is never taken for one out of turn. stdout is the protocol alone: its fd is
+ * moved away at start-up and fd 1 points at stderr, so a plugin's printf() ends up in crunchd's log
+ * instead of corrupting the stream. */
 #include "stdio-worker.h"
 
 #include <errno.h>
@@ -41,7 +42,9 @@ typedef struct {
   gint64 running_id;        /* -1: no call in flight */
   CrunchWireFrame *pending; /* a call the watcher read after the running one answered */
   gboolean eof;             /* the watcher saw the end of stdin */
-  CrunchCancel cancel;
+  CrunchCancel cancel;      /* a batch's own: set by a cancel, with every call's */
+  CrunchCancel *items;      /* the calls of the batch in flight, NULL for a call */
+  guint n_items;
   GMutex out_lock;   /* one frame at a time on out_fd: progress (any thread) and the reply */
   int in_fd, out_fd; /* the protocol's: the original stdin and stdout */
   int wake[2];       /* a byte wakes the watcher out of its read */
@@ -54,7 +57,7 @@ broken (const gchar *what, const GError *error)
   exit (EXIT_FAILURE);
 }
 
-/* A frame's id; anything but a call or a cancel is a protocol error. */
+/* A frame's id; anything but a call, a batch or a cancel is a protocol error. */
 static gint64
 frame_id (const CrunchWireFrame *frame)
 {
@@ -63,7 +66,8 @@ frame_id (const CrunchWireFrame *frame)
 
   if (!crunch_wire_get_int (frame->header, "id", &id, &error))
     broken (frame->type, error);
-  if (!g_str_equal (frame->type, "call") && !g_str_equal (frame->type, "cancel"))
+  if (!g_str_equal (frame->type, "call") && !g_str_equal (frame->type, "batch") &&
+      !g_str_equal (frame->type, "cancel"))
     broken ("unknown message type", NULL);
   return id;
 }
@@ -89,8 +93,11 @@ on_watched (Worker *w, CrunchWireFrame *frame)
   gint64 id = frame_id (frame);
 
   if (g_str_equal (frame->type, "cancel")) {
-    if (id == w->running_id)
+    if (id == w->running_id) {
+      for (guint i = 0; i < w->n_items; i++)
+        g_atomic_int_set (&w->items[i].flag, 1);
       g_atomic_int_set (&w->cancel.flag, 1);
+    }
     crunch_wire_frame_free (frame);
     return TRUE;
   }
@@ -187,7 +194,7 @@ next_call (Worker *w)
     if (frame == NULL)
       broken ("reading stdin", error);
     frame_id (frame);
-    if (g_str_equal (frame->type, "call"))
+    if (!g_str_equal (frame->type, "cancel"))
       return frame;
     crunch_wire_frame_free (frame); /* a cancel for a call already answered */
   }
@@ -212,11 +219,10 @@ reply_for (const CrunchFunction *fn, gint64 id, GBytes *result, const GError *er
   return header;
 }
 
-/* CrunchCancel.progress: a "progress" frame for the call in flight (throttled by the host). */
+/* A "progress" frame for the call in flight, or for call `item` of the batch in flight. */
 static void
-send_progress (gpointer data, gdouble fraction, const gchar *message)
+write_progress (Worker *w, gint item, gdouble fraction, const gchar *message)
 {
-  Worker *w = data;
   g_autoptr (JsonObject) header = NULL;
   g_autoptr (GError) error = NULL;
   gint64 id;
@@ -230,10 +236,33 @@ send_progress (gpointer data, gdouble fraction, const gchar *message)
     json_object_set_double_member (header, "fraction", fraction);
     if (message != NULL)
       json_object_set_string_member (header, "message", message);
+    if (item >= 0)
+      json_object_set_int_member (header, "item", item);
     if (!crunch_wire_write (w->out_fd, header, NULL, &error))
       broken ("writing stdout", error);
   }
   g_mutex_unlock (&w->out_lock);
+}
+
+/* CrunchCancel.progress: for the call in flight (throttled by the host). */
+static void
+send_progress (gpointer data, gdouble fraction, const gchar *message)
+{
+  write_progress (data, -1, fraction, message);
+}
+
+/* One call of a batch: where its progress goes. */
+typedef struct {
+  Worker *w;
+  gint index;
+} ItemRef;
+
+static void
+send_item_progress (gpointer data, gdouble fraction, const gchar *message)
+{
+  ItemRef *ref = data;
+
+  write_progress (ref->w, ref->index, fraction, message);
 }
 
 /* Main thread: one call, then its final reply. */
@@ -269,6 +298,59 @@ run_call (Worker *w, CrunchWireFrame *frame)
   if (!crunch_wire_write (w->out_fd, header, result, &write_error))
     broken ("writing stdout", write_error);
   g_mutex_unlock (&w->out_lock);
+}
+
+/* Main thread: a batch (crunch_function_run_batch(): the plugin's batch entry, identical pure
+ * calls once), then its batch-result. */
+static void
+run_batch (Worker *w, CrunchWireFrame *frame)
+{
+  const CrunchFunction *fn = NULL;
+  gint64 id = -1;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GPtrArray) calls = crunch_wire_decode_batch (frame, &fn, &id, &error);
+  g_autoptr (GBytes) payload = NULL;
+  g_autoptr (JsonObject) header = NULL;
+  guint n = calls != NULL ? calls->len : 0;
+  g_autofree CrunchCancel *items = g_new0 (CrunchCancel, n + 1);
+  g_autofree const CrunchCancel **cancels = g_new0 (const CrunchCancel *, n + 1);
+  g_autofree ItemRef *refs = g_new0 (ItemRef, n + 1);
+  g_autofree GBytes **results = g_new0 (GBytes *, n + 1);
+  g_autofree GError **errors = g_new0 (GError *, n + 1);
+
+  if (calls == NULL)
+    broken ("batch", error);
+  for (guint i = 0; i < n; i++) {
+    refs[i] = (ItemRef){w, (gint)i};
+    items[i].progress = send_item_progress;
+    items[i].progress_data = &refs[i];
+    cancels[i] = &items[i];
+  }
+  g_mutex_lock (&w->lock);
+  w->running_id = id;
+  g_atomic_int_set (&w->cancel.flag, 0);
+  w->items = items;
+  w->n_items = n;
+  w->state = WATCH_ON;
+  g_cond_broadcast (&w->changed);
+  g_mutex_unlock (&w->lock);
+  crunch_function_run_batch (fn, n, (GVariant *const *)calls->pdata, cancels, &w->cancel, results,
+                             errors);
+  header = crunch_wire_encode_batch_result (fn, id, n, results, errors, &payload);
+  g_mutex_lock (&w->lock); /* as in run_call(): before the reply */
+  w->running_id = -1;
+  w->items = NULL;
+  w->n_items = 0;
+  stop_watching (w);
+  g_mutex_unlock (&w->lock);
+  g_mutex_lock (&w->out_lock);
+  if (!crunch_wire_write (w->out_fd, header, payload, &error))
+    broken ("writing stdout", error);
+  g_mutex_unlock (&w->out_lock);
+  for (guint i = 0; i < n; i++) {
+    g_clear_pointer (&results[i], g_bytes_unref);
+    g_clear_error (&errors[i]);
+  }
 }
 
 /* stdin's and stdout's fds become the protocol's alone; fd 0 reads /dev/null and fd 1 is a
@@ -325,7 +407,10 @@ crunch_stdio_worker_run (void)
   send_hello (w.out_fd);
   watcher = g_thread_new ("stdio-watcher", watcher_thread, &w);
   while ((frame = next_call (&w)) != NULL) {
-    run_call (&w, frame);
+    if (g_str_equal (frame->type, "batch"))
+      run_batch (&w, frame);
+    else
+      run_call (&w, frame);
     crunch_wire_frame_free (frame);
   }
   g_mutex_lock (&w.lock);
