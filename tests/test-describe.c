@@ -11,7 +11,7 @@ static TestServer *
 start (void)
 {
   g_autofree gchar *ini = g_strdup_printf (
-      "[fib]\nmax_n = 50\n[plugins]\ndir = %s\nload = mandelbrot, spin\n[log]\naccess = off\n",
+      "[fib]\nmax_n = 50\n[plugins]\ndir = %s\nload = mandelbrot, spin, forward\n[log]\naccess = off\n",
       g_getenv ("CRUNCHD_PLUGINS"));
   return test_server_start (ini, NULL);
 }
@@ -51,9 +51,14 @@ test_functions (void)
   g_autoptr (JsonNode) root = get_json (s, "/fn", NULL);
   JsonArray *fns = json_object_get_array_member (json_node_get_object (root), "functions");
   JsonObject *fib = find_named (fns, "fib"), *mandel = find_named (fns, "mandelbrot");
+  JsonObject *forward = find_named (fns, "forward");
   JsonObject *n, *size;
 
-  g_assert_cmpuint (json_array_get_length (fns), ==, 3);
+  g_assert_cmpuint (json_array_get_length (fns), ==, 4);
+  /* a batch function says how it batches; the others say nothing of it */
+  g_assert_cmpint (json_object_get_int_member (forward, "max_batch"), ==, 32);
+  g_assert_cmpfloat (json_object_get_double_member (forward, "max_delay_seconds"), ==, 0.005);
+  g_assert_false (json_object_has_member (fib, "max_batch"));
   g_assert_nonnull (fib);
   g_assert_nonnull (mandel);
   g_assert_nonnull (find_named (fns, "spin"));
@@ -213,7 +218,7 @@ test_openapi_requests (void)
     generated_post (s, l->data, json_object_get_object_member (item, "post"));
     calls += 2;
   }
-  g_assert_cmpuint (calls, ==, 6); /* fib, mandelbrot, spin */
+  g_assert_cmpuint (calls, ==, 8); /* fib, mandelbrot, spin, forward */
 }
 
 int

@@ -86,6 +86,11 @@ describe_function (JsonBuilder *b, const CrunchFunction *fn)
   member_number (b, "deadline_seconds",
                  __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED) / (gdouble)G_USEC_PER_SEC);
   crunch_json_member_string (b, "content_type", fn->content_type);
+  if (fn->max_batch > 1) { /* takes batches (dynamic batching) */
+    json_builder_set_member_name (b, "max_batch");
+    json_builder_add_int_value (b, fn->max_batch);
+    member_number (b, "max_delay_seconds", fn->max_delay_us / (gdouble)G_USEC_PER_SEC);
+  }
   json_builder_set_member_name (b, "args");
   json_builder_begin_array (b);
   for (guint i = 0; i < fn->decl->n_args; i++)
