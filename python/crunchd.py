@@ -211,7 +211,8 @@ def function(*, args=(), pure=False, deadline=60.0, content_type="text/plain; ch
     (n <= batch), and returns a list of n results in the same order, where an item may be an
     Exception instance that fails its call alone; a single call comes as a batch of one.
     max_delay: with batch, the longest crunchd may hold a call, in seconds (0 to 1), waiting for
-    others to fill a batch; never when that would make a call miss its deadline. Every call of
+    others to fill a batch while other calls of the function are under way (a lone call runs at
+    once); never when that would make a call miss its deadline. Every call of
     a batch shares the process: deadline applies to the batch as a whole.
     Raises DeclarationError for anything crunchd would refuse.
     """

@@ -7,10 +7,8 @@
  * groups of calls on real worker processes, as a worker thread of the local executor does with a
  * batch job, and a worker that breaks the protocol in its batch replies is killed. They hold in
  * any tree.
- * /batch-procs/http/... run the real binary and send requests at once: they need the scheduler
- * to group queued calls into batch jobs (issue 20, part 2). Until it does, every call runs alone
- * (its batch size is 1) and the grouping assertions fail; the per-call outcomes (one bad call
- * fails alone, results land with the right caller) hold either way. */
+ * /batch-procs/http/... run the real binary and send requests at once: the scheduler groups the
+ * queued calls into batch jobs, which go to one worker process each. */
 #include <string.h>
 
 #include "config.h"
@@ -354,7 +352,7 @@ free_replies (TestReply **replies, guint n)
   g_free (replies);
 }
 
-/* 16 calls queued together run in batches: larger than one (SCHEDULER), and a call arriving
+/* 16 calls queued together run in batches: larger than one, and a call arriving
  * alone runs alone. */
 static void
 test_http_grouping (void)
@@ -376,11 +374,10 @@ test_http_grouping (void)
     g_autoptr (TestReply) alone = test_http ("GET", url, NULL);
     g_assert_cmpuint (batch_size (alone, 7), ==, 1);
   }
-  g_assert_cmpuint (largest, >, 1); /* SCHEDULER: needs batch jobs */
+  g_assert_cmpuint (largest, >, 1);
 }
 
-/* One bad call among 16 fails alone (500), the others are answered (200), in batches
- * (SCHEDULER). */
+/* One bad call among 16 fails alone (500), the others are answered (200), in batches. */
 static void
 test_http_bad_call (void)
 {
@@ -401,11 +398,11 @@ test_http_bad_call (void)
     }
   }
   free_replies (replies, 16);
-  g_assert_cmpuint (largest, >, 1); /* SCHEDULER: needs batch jobs */
+  g_assert_cmpuint (largest, >, 1);
 }
 
 /* A crash fails every call of its batch with 502; the 15 calls queued together form one batch
- * (SCHEDULER: without batches only x=14 gets 502). The next call gets a fresh process. */
+ * (all in one batch). The next call gets a fresh process. */
 static void
 test_http_crash (void)
 {
@@ -433,7 +430,7 @@ test_http_crash (void)
     g_assert_cmpuint (batch_size (after, 3), ==, 1);
   }
   g_test_message ("%u calls failed with the crash", failed);
-  g_assert_cmpuint (failed, ==, 15); /* SCHEDULER: one batch of 15 */
+  g_assert_cmpuint (failed, ==, 15); /* one batch of 15 */
 }
 
 int
