@@ -591,6 +591,7 @@ crunch_function_run_batch (const CrunchFunction *fn, guint n, GVariant *const *a
   g_autofree guint *first = g_new (guint, n); /* the call whose answer call i takes */
   g_autofree guint *index = g_new (guint, n); /* the calls that run, by position */
   g_autoptr (GHashTable) seen = NULL; /* serialised arguments (canonical tuples) -> position */
+  g_autoptr (GList) rerun = NULL;
   guint m = 0;
 
   if (fn->pure)
@@ -651,7 +652,30 @@ crunch_function_run_batch (const CrunchFunction *fn, guint n, GVariant *const *a
       continue;
     if (results[first[i]] != NULL)
       results[i] = g_bytes_ref (results[first[i]]);
-    else
+    else if (!g_error_matches (errors[first[i]], CRUNCH_FUNCTION_ERROR,
+                               CRUNCH_FUNCTION_ERROR_CANCELLED) ||
+             crunch_cancelled (cancels[i]))
       errors[i] = g_error_copy (errors[first[i]]);
+    else
+      rerun = g_list_prepend (rerun, GUINT_TO_POINTER (i));
+  }
+  if (rerun != NULL) {
+    /* the call that ran for them was cancelled (its caller left) while they still wait: run
+     * them again (each round drops the call that ran, so this ends) */
+    guint k = g_list_length (rerun), j = 0;
+    g_autofree GVariant **again_args = g_new (GVariant *, k);
+    g_autofree const CrunchCancel **again_cancels = g_new (const CrunchCancel *, k);
+    g_autofree GBytes **again_results = g_new0 (GBytes *, k);
+    g_autofree GError **again_errors = g_new0 (GError *, k);
+    for (GList *l = rerun; l != NULL; l = l->next, j++) {
+      again_args[j] = args[GPOINTER_TO_UINT (l->data)];
+      again_cancels[j] = cancels[GPOINTER_TO_UINT (l->data)];
+    }
+    crunch_function_run_batch (fn, k, again_args, again_cancels, all, again_results, again_errors);
+    j = 0;
+    for (GList *l = rerun; l != NULL; l = l->next, j++) {
+      results[GPOINTER_TO_UINT (l->data)] = again_results[j];
+      errors[GPOINTER_TO_UINT (l->data)] = again_errors[j];
+    }
   }
 }
