@@ -790,7 +790,19 @@ crunch_procpool_call_batch (const CrunchFunction *fn, guint n, GVariant *const *
       return;
     }
     if (!g_error_matches (local, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CRASHED) ||
-        record_crash (pool, fn) || attempt >= attempts || crunch_cancelled (all)) {
+        record_crash (pool, fn) || crunch_cancelled (all)) {
+      fail_all (n, errors, local);
+      return;
+    }
+    if (n > 1) {
+      /* one call may have crashed it: run them one at a time, so that only that call fails */
+      g_message ("%s: a batch of %u calls of %s crashed its process; running them one at a time",
+                 pool->s.program, n, fn->name);
+      for (guint i = 0; i < n; i++)
+        results[i] = crunch_procpool_call (fn, args[i], cancels[i], pool, &errors[i]);
+      return;
+    }
+    if (attempt >= attempts) {
       fail_all (n, errors, local);
       return;
     }
