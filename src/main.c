@@ -108,7 +108,8 @@ scheduler_settings (const Crunchd *app, const CrunchConfig *config)
       .queue_limit = config->queue_limit,
       .per_client_limit = config->per_client_limit,
       .coalesce = config->coalesce,
-      .batching = config->batching,
+      /* after a crash jobs run one at a time, each alone, so a crash names its job */
+      .batching = config->batching && !one_at_a_time (app, config),
       .nice = config->nice,
       .policy = crunch_worker_policy_from_string (config->policy),
       .cache_entries = config->cache_entries,

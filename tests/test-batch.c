@@ -239,6 +239,14 @@ test_forward_example (void)
   g_test_message ("forward: 33 calls in %.0f batches (mean %.1f)", count, sum / count);
   g_assert_cmpfloat (sum, ==, 33);
   g_assert_cmpfloat (sum / count, >=, 3);
+  {
+    /* admission: the estimate per call is a batch's time over its size (under 1 ms here), but a
+     * lone call pays for a whole pass (20 ms): a 10 ms deadline is refused at once */
+    g_autoptr (TestReply) refused =
+        test_http ("GET", lone, (const gchar *[]){"Request-Timeout: 0.01", NULL});
+    g_assert_cmpint (refused->status, ==, 503);
+    g_assert_nonnull (strstr (refused->body, "predicted"));
+  }
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
@@ -265,6 +273,54 @@ test_short_deadline (void)
   g_assert_cmpfloat (quick->seconds, <, 0.28);
   g_assert_cmpfloat (quicker->seconds, <, 0.3);
   blocker_done (block);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* An identical call that joins a member of an open batch (coalescing) with a short deadline
+ * makes the batch close early enough for it. */
+static void
+test_coalesced_deadline (void)
+{
+  TestServer *server = start_threads (2, "");
+  Req *block = blocker (server, 2000);
+  Req *first = req_start (server, "x=80", NULL, NULL), *second;
+
+  g_usleep (50000);
+  second = req_start (server, "x=80", "Request-Timeout: 0.3", NULL);
+  req_join (first);
+  req_join (second);
+  g_test_message ("first %.3f s, the identical one with a 0.3 s deadline %.3f s",
+                  first->reply->seconds, second->reply->seconds);
+  g_assert_cmpint (second->reply->status, ==, 200);
+  g_assert_cmpuint (first->batch, ==, second->batch);
+  g_assert_cmpfloat (first->reply->seconds, <, 0.29); /* not max_delay */
+  blocker_done (block);
+  req_free (first);
+  req_free (second);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
+/* Identical calls of a pure function in one batch run once; when the caller of the call that ran
+ * leaves, its twin still waiting is not answered "cancelled": it runs again. */
+static void
+test_twin_left (void)
+{
+  TestServer *server = start ("coalesce = false\n");
+  Req *block = blocker (server, 200);
+  Req *gone = req_start (server, "x=90&sleep_ms=600", "Request-Timeout: 0.4", NULL), *stay;
+
+  g_usleep (20000);
+  stay = req_start (server, "x=90&sleep_ms=600", NULL, NULL);
+  req_join (gone);
+  req_join (stay);
+  g_test_message ("the one that left: %ld; its twin: %ld %s", gone->reply->status,
+                  stay->reply->status, stay->reply->body);
+  g_assert_cmpint (gone->reply->status, ==, 504);
+  g_assert_cmpint (stay->reply->status, ==, 200);
+  g_assert_cmpuint (stay->x, ==, 90);
+  blocker_done (block);
+  req_free (gone);
+  req_free (stay);
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
@@ -460,6 +516,8 @@ main (int argc, char **argv)
   g_test_add_func ("/batch/together", test_together);
   g_test_add_func ("/batch/forward-example", test_forward_example);
   g_test_add_func ("/batch/short-deadline", test_short_deadline);
+  g_test_add_func ("/batch/coalesced-deadline", test_coalesced_deadline);
+  g_test_add_func ("/batch/twin-left", test_twin_left);
   g_test_add_func ("/batch/bad-item", test_bad_item);
   g_test_add_func ("/batch/cancel-one", test_cancel_one);
   g_test_add_func ("/batch/cancel-all", test_cancel_all);

@@ -116,13 +116,13 @@ typedef struct {
   gdouble seconds;       /* EWMA of a successful call's run time (a batch's time over its size) */
   gdouble batch_seconds; /* EWMA of a batch's run time; 0 before the first */
   /* batch sizes and batching waits (histograms; the last bucket is +Inf) */
-  guint64 sizes[12], waits[12];
+  guint64 sizes[11 + 1], waits[11 + 1]; /* by size_bounds, wait_bounds; then +Inf */
   guint64 batches, items;
   gdouble wait_sum;
   guint running; /* its calls on a worker now (a batch's each count) */
 } Learnt;
 
-static const guint size_bounds[11] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+static const gdouble size_bounds[11] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 static const gdouble wait_bounds[11] = {0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01,
                                         0.02,   0.05,   0.1,   0.25,  0.5};
 
@@ -442,26 +442,37 @@ mark_running (CrunchScheduler *self, SchedJob *sj, gint64 now)
 
 static gdouble estimate_locked (CrunchScheduler *self, const CrunchFunction *fn);
 
+/* Whether fn's calls go in batches: it declares them, they are on, the executor runs batch jobs,
+ * and the function has a way to compute several calls at once (a C batch entry, or a worker
+ * process that declared batches); otherwise a batch would only run its calls one after another
+ * on one worker. */
 static gboolean
 batches (CrunchScheduler *self, const CrunchFunction *fn)
 {
-  return fn->max_batch > 1 && self->settings.batching && self->executor->klass->batches;
+  return fn->max_batch > 1 && self->settings.batching && self->executor->klass->batches &&
+         (fn->run_batch != NULL || (fn->batch_entry != NULL && fn->run == NULL));
 }
 
-/* With the lock held: the job joins the batch; the batch must close early enough for each of
- * the job's callers to have its answer by its deadline: it waits at most half of what the
- * deadline leaves after the batch's estimated run time (none, if nothing is left). */
+/* With the lock held: the open batch must close early enough for this caller to have its answer
+ * by its deadline: it waits at most half of what the deadline leaves after the batch's estimated
+ * run time (none, if nothing is left). */
+static void
+bound_close (CrunchScheduler *self, Batch *b, const CrunchTicket *ticket, gint64 now)
+{
+  gint64 run_us = (gint64)(learnt_locked (self, b->job->fn)->batch_seconds * G_USEC_PER_SEC);
+
+  if (b->open && ticket->deadline_us != 0)
+    b->close_us = MIN (b->close_us, now + (ticket->deadline_us - now - run_us) / 2);
+}
+
+/* With the lock held: the job joins the batch (see bound_close() for each of its callers). */
 static void
 join_batch (CrunchScheduler *self, Batch *b, SchedJob *sj, gint64 now)
 {
-  gint64 run_us = (gint64)(learnt_locked (self, b->job->fn)->batch_seconds * G_USEC_PER_SEC);
   gint64 deadline = __atomic_load_n (&sj->job->deadline_us, __ATOMIC_RELAXED);
 
-  for (guint i = 0; i < sj->tickets->len; i++) {
-    gint64 d = ((CrunchTicket *)sj->tickets->pdata[i])->deadline_us;
-    if (d != 0) /* at most half the time its deadline leaves after the run */
-      b->close_us = MIN (b->close_us, now + (d - now - run_us) / 2);
-  }
+  for (guint i = 0; i < sj->tickets->len; i++)
+    bound_close (self, b, sj->tickets->pdata[i], now);
   mark_running (self, sj, now);
   sj->batch = b;
   g_ptr_array_add (b->members, sj);
@@ -477,7 +488,7 @@ take_job (CrunchScheduler *self, SchedJob *sj, gint64 now)
   Flow *flow = sj->flow;
 
   self->classes[sj->cls].since_us = now; /* its class was served (aging) */
-  unqueue (self, sj); /* leaves the turns if it was the flow's last */
+  unqueue (self, sj);                    /* leaves the turns if it was the flow's last */
   if (flow->turn != NULL)
     leave_turns (flow);
   flow->vtag++;
@@ -565,9 +576,9 @@ start_batch (CrunchScheduler *self, SchedJob *sj, gint64 now)
   b->members = g_ptr_array_new ();
   b->opened_us = b->closed_us = now;
   b->close_us = now + fn->max_delay_us;
+  b->open = TRUE;
   join_batch (self, b, sj, now);
   gather_locked (self, b, now);
-  b->open = TRUE;
   /* company is likely only while other calls of fn are under way: a lone caller never waits */
   if (b->members->len < fn->max_batch && b->close_us > now && !self->draining &&
       learnt_locked (self, fn)->running > b->members->len)
@@ -586,13 +597,19 @@ fill_open_batches (CrunchScheduler *self, gint64 now)
   gpointer value;
   g_autoptr (GPtrArray) full = NULL;
 
-  if (g_hash_table_size (self->open_batches) == 0 || self->queued == 0)
+  if (g_hash_table_size (self->open_batches) == 0)
     return;
   full = g_ptr_array_new ();
   g_hash_table_iter_init (&iter, self->open_batches);
   while (g_hash_table_iter_next (&iter, NULL, &value)) {
     Batch *b = value;
     guint before = b->members->len;
+    if (!batches (self, b->job->fn)) { /* turned off by a reload: run with what it has */
+      g_ptr_array_add (full, b);
+      continue;
+    }
+    if (self->queued == 0)
+      continue;
     gather_locked (self, b, now);
     if (b->members->len >= b->job->fn->max_batch || b->close_us <= now)
       g_ptr_array_add (full, b);
@@ -733,22 +750,21 @@ batch_ended_locked (CrunchScheduler *self, Batch *b, GPtrArray *answers)
   Learnt *learnt = learnt_locked (self, b->job->fn);
   gdouble seconds = (b->job->t_finished - b->job->t_started) / 1e6;
   gdouble wait = (b->closed_us - b->opened_us) / 1e6;
-  guint n = b->members->len, ok = 0, size = 0;
+  guint n = b->members->len, ok = 0, computed = 0;
 
   for (guint i = 0; i < n; i++) {
     SchedJob *sj = b->members->pdata[i];
     ok += sj->job->outcome == CRUNCH_JOB_OK;
+    computed += sj->job->outcome == CRUNCH_JOB_OK || sj->job->outcome == CRUNCH_JOB_FAILED;
     job_ended_locked (self, sj, answers);
   }
-  while (size < G_N_ELEMENTS (size_bounds) && n > size_bounds[size])
-    size++;
-  learnt->sizes[size]++;
+  learnt->sizes[bucket_of (n, size_bounds, G_N_ELEMENTS (size_bounds))]++;
   learnt->waits[bucket_of (wait, wait_bounds, G_N_ELEMENTS (wait_bounds))]++;
   learnt->batches++;
   learnt->items += n;
   learnt->wait_sum += wait;
   if (ok > 0) {
-    learn_locked (self, b->job->fn, seconds / n);
+    learn_locked (self, b->job->fn, seconds / MAX (computed, 1));
     learnt->batch_seconds =
         learnt->batch_seconds == 0
             ? seconds
@@ -976,6 +992,8 @@ admit_client_locked (CrunchScheduler *self, Client *client, const CrunchAdmitReq
   if (request->fn == NULL)
     return CRUNCH_ADMIT_OK;
   p->run = estimate_locked (self, request->fn);
+  if (p->run >= 0 && batches (self, request->fn)) /* alone, a call pays for a whole pass */
+    p->run = MAX (p->run, learnt_locked (self, request->fn)->batch_seconds);
   p->wait = predict_wait_locked (self, client, cls, now);
   if (p->run < 0 || request->deadline_us == 0 || p->wait + p->run <= p->timeout)
     return CRUNCH_ADMIT_OK;
@@ -1085,6 +1103,10 @@ enqueue_locked (CrunchScheduler *self, CrunchTicket *ticket)
     __atomic_store_n (&sj->job->deadline_us, ticket->deadline_us, __ATOMIC_RELAXED);
   ticket->job = sj;
   ticket->state = TICKET_ATTACHED;
+  if (sj->batch != NULL && sj->batch->open) { /* its deadline may not wait for company */
+    bound_close (self, sj->batch, ticket, g_get_monotonic_time ());
+    g_cond_broadcast (&self->batch_cond);
+  }
   if (sj->running)
     ticket_started (ticket);
   if (sj->running && sj->progress > 0 && ticket->progress != NULL)
@@ -1263,7 +1285,7 @@ render_batches_locked (CrunchScheduler *self, GList *names, GString *out)
       if (i < G_N_ELEMENTS (size_bounds))
         g_string_append_printf (
             out, "crunchd_batch_size_bucket{function=\"%s\",le=\"%u\"} %" G_GUINT64_FORMAT "\n",
-            (const gchar *)l->data, size_bounds[i], sum);
+            (const gchar *)l->data, (guint)size_bounds[i], sum);
       else
         g_string_append_printf (
             out, "crunchd_batch_size_bucket{function=\"%s\",le=\"+Inf\"} %" G_GUINT64_FORMAT "\n",
