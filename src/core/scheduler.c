@@ -1265,6 +1265,26 @@ crunch_scheduler_cancel_running (CrunchScheduler *self, CrunchJobOutcome reason)
   g_mutex_unlock (&self->lock);
 }
 
+/* One function's series of a histogram family: cumulative buckets by `bounds` (n of them, then
+ * +Inf), its sum (text) and count. */
+static void
+render_histogram (GString *out, const gchar *family, const gchar *fn, const guint64 *counts,
+                  const gdouble *bounds, guint n, const gchar *sum, guint64 count)
+{
+  gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+  guint64 total = 0;
+
+  for (guint i = 0; i <= n; i++) {
+    total += counts[i];
+    g_string_append_printf (
+        out, "%s_bucket{function=\"%s\",le=\"%s\"} %" G_GUINT64_FORMAT "\n", family, fn,
+        i < n ? g_ascii_formatd (buf, sizeof buf, "%g", bounds[i]) : "+Inf", total);
+  }
+  g_string_append_printf (
+      out, "%s_sum{function=\"%s\"} %s\n%s_count{function=\"%s\"} %" G_GUINT64_FORMAT "\n", family,
+      fn, sum, family, fn, count);
+}
+
 /* With the lock held: the batch-size and batching-wait histograms of the functions that have
  * run batches. */
 static void
@@ -1277,50 +1297,21 @@ render_batches_locked (CrunchScheduler *self, GList *names, GString *out)
                         "histogram\n");
   for (GList *l = names; l != NULL; l = l->next) {
     const Learnt *learnt = g_hash_table_lookup (self->estimates, l->data);
-    guint64 sum = 0;
-    if (learnt->batches == 0)
-      continue;
-    for (guint i = 0; i <= G_N_ELEMENTS (size_bounds); i++) {
-      sum += learnt->sizes[i];
-      if (i < G_N_ELEMENTS (size_bounds))
-        g_string_append_printf (
-            out, "crunchd_batch_size_bucket{function=\"%s\",le=\"%u\"} %" G_GUINT64_FORMAT "\n",
-            (const gchar *)l->data, (guint)size_bounds[i], sum);
-      else
-        g_string_append_printf (
-            out, "crunchd_batch_size_bucket{function=\"%s\",le=\"+Inf\"} %" G_GUINT64_FORMAT "\n",
-            (const gchar *)l->data, sum);
-    }
-    g_string_append_printf (out,
-                            "crunchd_batch_size_sum{function=\"%s\"} %" G_GUINT64_FORMAT "\n"
-                            "crunchd_batch_size_count{function=\"%s\"} %" G_GUINT64_FORMAT "\n",
-                            (const gchar *)l->data, learnt->items, (const gchar *)l->data,
-                            learnt->batches);
+    g_autofree gchar *items = g_strdup_printf ("%" G_GUINT64_FORMAT, learnt->items);
+    if (learnt->batches > 0)
+      render_histogram (out, "crunchd_batch_size", l->data, learnt->sizes, size_bounds,
+                        G_N_ELEMENTS (size_bounds), items, learnt->batches);
   }
   g_string_append (out, "# HELP crunchd_batch_wait_seconds How long a batch waited for more calls "
                         "(up to its function's max_delay) before it ran, by function.\n"
                         "# TYPE crunchd_batch_wait_seconds histogram\n");
   for (GList *l = names; l != NULL; l = l->next) {
     const Learnt *learnt = g_hash_table_lookup (self->estimates, l->data);
-    guint64 sum = 0;
-    if (learnt->batches == 0)
-      continue;
-    for (guint i = 0; i <= G_N_ELEMENTS (wait_bounds); i++) {
-      sum += learnt->waits[i];
-      g_string_append_printf (
-          out,
-          "crunchd_batch_wait_seconds_bucket{function=\"%s\",le=\"%s\"} %" G_GUINT64_FORMAT "\n",
-          (const gchar *)l->data,
-          i < G_N_ELEMENTS (wait_bounds) ? g_ascii_formatd (buf, sizeof buf, "%g", wait_bounds[i])
-                                         : "+Inf",
-          sum);
-    }
-    g_string_append_printf (
-        out,
-        "crunchd_batch_wait_seconds_sum{function=\"%s\"} %s\n"
-        "crunchd_batch_wait_seconds_count{function=\"%s\"} %" G_GUINT64_FORMAT "\n",
-        (const gchar *)l->data, g_ascii_formatd (buf, sizeof buf, "%.6f", learnt->wait_sum),
-        (const gchar *)l->data, learnt->batches);
+    if (learnt->batches > 0)
+      render_histogram (out, "crunchd_batch_wait_seconds", l->data, learnt->waits, wait_bounds,
+                        G_N_ELEMENTS (wait_bounds),
+                        g_ascii_formatd (buf, sizeof buf, "%.6f", learnt->wait_sum),
+                        learnt->batches);
   }
 }
 

@@ -408,6 +408,29 @@ take_progress (CallWait *w, CrunchWireFrame *frame, GError **broken)
   }
 }
 
+/* A frame read while the call or batch (`what`) w->id runs: TRUE when it is a final reply to
+ * look at; FALSE after passing on a progress frame, or with *broken set when it names another
+ * id. */
+static gboolean
+own_final_frame (CallWait *w, CrunchWireFrame *frame, const gchar *what, GError **broken)
+{
+  gint64 got;
+
+  if (!crunch_wire_get_int (frame->header, "id", &got, broken))
+    return FALSE;
+  if (got != w->id) {
+    g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
+                 "a \"%s\" for call %" G_GINT64_FORMAT " while %s %" G_GINT64_FORMAT " runs",
+                 frame->type, got, what, w->id);
+    return FALSE;
+  }
+  if (g_str_equal (frame->type, "progress")) {
+    take_progress (w, frame, broken);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* A final reply (TRUE, with the result or *error), or a progress frame (FALSE). Anything else is
  * a protocol error (FALSE, *broken set). */
 static gboolean
@@ -415,21 +438,10 @@ on_reply (CallWait *w, const CrunchFunction *fn, CrunchWireFrame *frame, GBytes 
           GError **broken, GError **error)
 {
   CrunchProcPool *pool = w->pool;
-  gint64 got;
   const gchar *message, *kind;
 
-  if (!crunch_wire_get_int (frame->header, "id", &got, broken))
+  if (!own_final_frame (w, frame, "call", broken))
     return FALSE;
-  if (got != w->id) {
-    g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
-                 "a \"%s\" for call %" G_GINT64_FORMAT " while call %" G_GINT64_FORMAT " runs",
-                 frame->type, got, w->id);
-    return FALSE;
-  }
-  if (g_str_equal (frame->type, "progress")) {
-    take_progress (w, frame, broken);
-    return FALSE;
-  }
   if (g_str_equal (frame->type, "result")) {
     *result = g_bytes_ref (frame->payload);
   } else if (g_str_equal (frame->type, "cancelled")) {
@@ -559,20 +571,8 @@ static gboolean
 on_batch_reply (CallWait *w, const CrunchFunction *fn, CrunchWireFrame *frame, GBytes **results,
                 GError **errors, GError **broken)
 {
-  gint64 got;
-
-  if (!crunch_wire_get_int (frame->header, "id", &got, broken))
+  if (!own_final_frame (w, frame, "batch", broken))
     return FALSE;
-  if (got != w->id) {
-    g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
-                 "a \"%s\" for call %" G_GINT64_FORMAT " while batch %" G_GINT64_FORMAT " runs",
-                 frame->type, got, w->id);
-    return FALSE;
-  }
-  if (g_str_equal (frame->type, "progress")) {
-    take_progress (w, frame, broken);
-    return FALSE;
-  }
   if (!g_str_equal (frame->type, "batch-result")) {
     g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
                  "unexpected \"%s\" (a batch runs)", frame->type);
