@@ -402,6 +402,21 @@ next_class (CrunchScheduler *self, gint64 now)
   return best;
 }
 
+/* With the lock held: this waiting job leaves its queue, charged to its flow's turn. */
+static void
+take_job (CrunchScheduler *self, SchedJob *sj, gint64 now)
+{
+  Flow *flow = sj->flow;
+
+  self->classes[sj->cls].since_us = now; /* its class was served (aging) */
+  unqueue (self, sj);                    /* leaves the turns if it was the flow's last */
+  if (flow->turn != NULL)
+    leave_turns (flow);
+  flow->vtag++;
+  if (flow->queue.length > 0)
+    take_turn (self, flow);
+}
+
 /* With the lock held: the next job of a class, by its flows' turns. */
 static SchedJob *
 pop_job (CrunchScheduler *self, guint c, gint64 now)
@@ -411,19 +426,13 @@ pop_job (CrunchScheduler *self, guint c, gint64 now)
   SchedJob *sj = g_queue_peek_head (&flow->queue);
 
   cls->vclock = flow->vtag;
-  unqueue (self, sj); /* leaves the turns if it was the flow's last */
-  if (flow->turn != NULL)
-    leave_turns (flow);
-  flow->vtag++;
-  if (flow->queue.length > 0)
-    take_turn (self, flow);
-  cls->since_us = now;
+  take_job (self, sj, now);
   return sj;
 }
 
-/* With the lock held: the job (out of its queue) is running from now on. */
 static Learnt *learnt_locked (CrunchScheduler *self, const CrunchFunction *fn);
 
+/* With the lock held: the job (out of its queue) is running from now on. */
 static void
 mark_running (CrunchScheduler *self, SchedJob *sj, gint64 now)
 {
@@ -439,8 +448,6 @@ mark_running (CrunchScheduler *self, SchedJob *sj, gint64 now)
   self->counters.jobs_started++;
   client_release (self, client);
 }
-
-static gdouble estimate_locked (CrunchScheduler *self, const CrunchFunction *fn);
 
 /* Whether fn's calls go in batches: it declares them, they are on, the executor runs batch jobs,
  * and the function has a way to compute several calls at once (a C batch entry, or a worker
@@ -479,21 +486,6 @@ join_batch (CrunchScheduler *self, Batch *b, SchedJob *sj, gint64 now)
   g_ptr_array_add (b->job->items, crunch_job_ref (sj->job));
   if (deadline > __atomic_load_n (&b->job->deadline_us, __ATOMIC_RELAXED))
     __atomic_store_n (&b->job->deadline_us, deadline, __ATOMIC_RELAXED);
-}
-
-/* With the lock held: this waiting job leaves its queue, charged to its flow as pop_job() does. */
-static void
-take_job (CrunchScheduler *self, SchedJob *sj, gint64 now)
-{
-  Flow *flow = sj->flow;
-
-  self->classes[sj->cls].since_us = now; /* its class was served (aging) */
-  unqueue (self, sj);                    /* leaves the turns if it was the flow's last */
-  if (flow->turn != NULL)
-    leave_turns (flow);
-  flow->vtag++;
-  if (flow->queue.length > 0)
-    take_turn (self, flow);
 }
 
 /* With the lock held: the flow's oldest waiting job of fn, or NULL. */
