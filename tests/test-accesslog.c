@@ -176,6 +176,10 @@ test_request_id (void)
   g_assert_true (g_regex_match (generated, id, 0, NULL));
   g_assert_true (g_regex_match (generated, other, 0, NULL));
   g_assert_cmpstr (id, !=, other);
+  /* the same process prefix, then a counter */
+  g_assert_cmpint (strncmp (id, other, 9), ==, 0);
+  g_assert_cmpuint (g_ascii_strtoull (other + 9, NULL, 16), ==,
+                    g_ascii_strtoull (id + 9, NULL, 16) + 1);
 }
 
 /* The strict scan before json-glib's recursive parser sees a body. */

@@ -1,12 +1,24 @@
 /* requestid.c - see requestid.h. Called on the MHD polling threads; the counter is atomic. */
 #include "requestid.h"
 
-#include <stdio.h>
-
 static gboolean
 allowed (gchar c)
 {
   return g_ascii_isalnum (c) || c == '.' || c == '_' || c == ':' || c == '-';
+}
+
+/* `value` in lower-case hex, at least `width` digits; returns the end. (snprintf() was 1.5 % of
+ * a /fast request's CPU.) */
+static gchar *
+put_hex (gchar *out, guint64 value, guint width)
+{
+  guint digits = width;
+
+  while (digits < 16 && (value >> (4 * digits)) != 0)
+    digits++;
+  for (guint i = digits; i-- > 0; value >>= 4)
+    out[i] = "0123456789abcdef"[value & 0xf];
+  return out + digits;
 }
 
 static void
@@ -25,8 +37,9 @@ generate (gchar *id)
             ? mine
             : p; /* another thread's, which the failed exchange loaded */
   }
-  snprintf (id, CRUNCH_REQUEST_ID_MAX + 1, "%08x-%08" G_GINT64_MODIFIER "x", p,
-            __atomic_add_fetch (&counter, 1, __ATOMIC_RELAXED));
+  id = put_hex (id, p, 8);
+  *id++ = '-';
+  *put_hex (id, __atomic_add_fetch (&counter, 1, __ATOMIC_RELAXED), 8) = '\0';
 }
 
 void
