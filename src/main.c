@@ -112,6 +112,7 @@ scheduler_settings (const Crunchd *app, const CrunchConfig *config)
       .batching = config->batching && !one_at_a_time (app, config),
       .nice = config->nice,
       .policy = crunch_worker_policy_from_string (config->policy),
+      .idle_grace = config->idle_grace,
       .cache_entries = config->cache_entries,
       .priority_aging = config->priority_aging,
   };

@@ -43,6 +43,8 @@ gint test_server_stop_with_log (TestServer *server, gchar **log);
 void test_server_signal (TestServer *server, gint signum);
 gchar *test_server_log (TestServer *server);
 gchar *test_server_url (TestServer *server, const gchar *path);
+/* The value of one series (name and labels, as printed) on the server's /metrics, or -1. */
+gdouble test_server_metric (TestServer *server, const gchar *series);
 
 /* Removes a temporary directory and everything in it. */
 void test_remove_dir (const gchar *dir);

@@ -251,7 +251,7 @@ test_nats (void)
       {"[executor]\nbackend = ssh\n",
        "t.ini: [executor] backend = 'ssh': expected one of: local, nats, processes"},
       {"[executor]\npolicy = fifo\n",
-       "t.ini: [executor] policy = 'fifo': expected one of: other, batch, idle"},
+       "t.ini: [executor] policy = 'fifo': expected one of: other, batch, idle, auto"},
       {"[nats]\nservers = http://h:1\n",
        "t.ini: [nats] servers = 'http://h:1': expected nats://HOST:PORT (or tls://HOST:PORT)"},
       {"[nats]\nservers = nats://h\n",
@@ -266,13 +266,16 @@ test_nats (void)
        "t.ini: [nats] fallback = 'remote': expected one of: none, local"},
       {"[nats]\nattempt_timeout = 0\n",
        "t.ini: [nats] attempt_timeout = '0': out of range (0.05 to 3600)"},
+      {"[executor]\nidle_grace = 0\n",
+       "t.ini: [executor] idle_grace = '0': out of range (0.1 to 3600)"},
       {"[nats]\nmax_reconnect = -2\n",
        "t.ini: [nats] max_reconnect = '-2': out of range (-1 to 1e+06)"},
       {"[worker]\nthreads = many\n", "t.ini: [worker] threads = 'many': not an integer"},
   };
 
   g_assert_cmpstr (d->backend, ==, "local");
-  g_assert_cmpstr (d->policy, ==, "other");
+  g_assert_cmpstr (d->policy, ==, "auto");
+  g_assert_cmpfloat (d->idle_grace, ==, 5.0);
   g_assert_cmpstr (d->nats.servers[0], ==, "nats://127.0.0.1:4222");
   g_assert_cmpstr (d->nats.subject_prefix, ==, "crunchd.v1");
   g_assert_cmpstr (d->nats.fallback, ==, "none");

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "idleguard.h"
 
 static TestServer *server;
 
@@ -174,6 +175,54 @@ test_worker_policy (void)
   g_assert_cmpint (worker_policy (s), ==, 5);
 }
 
+/* The default, policy = auto: SCHED_IDLE workers where crunchd may raise them again (root, or
+ * RLIMIT_NICE), else the normal policy, and crunchd says why. */
+static void
+test_worker_policy_auto (void)
+{
+  g_autoptr (TestServer) s = test_server_start ("[executor]\nthreads = 1\npolicy = auto\n", NULL);
+  g_autofree gchar *url = test_server_url (s, "/fib/20");
+  g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+  g_autofree gchar *log = test_server_log (s);
+
+  g_assert_cmpint (r->status, ==, 200);
+  if (crunch_idle_guard_permitted (10)) {
+    g_assert_cmpint (worker_policy (s), ==, 5);
+  } else {
+    g_assert_cmpint (worker_policy (s), ==, 0);
+    g_assert_nonnull (strstr (log, "policy = auto: workers run as policy = other"));
+  }
+}
+
+/* The idle guard: with every core taken by busy neighbours, a SCHED_IDLE job would get almost
+ * no CPU (a few per mille); after idle_grace seconds it is raised to the normal policy at nice
+ * 10, finishes, and its worker goes back to SCHED_IDLE. */
+static void
+test_idle_guard (void)
+{
+  g_autoptr (GPtrArray) hogs = g_ptr_array_new_with_free_func (g_object_unref);
+  g_autoptr (TestServer) s = NULL;
+  g_autofree gchar *url = NULL;
+  g_autoptr (TestReply) r = NULL;
+
+  if (!crunch_idle_guard_permitted (10)) {
+    g_test_skip ("this process may not raise a thread out of SCHED_IDLE");
+    return;
+  }
+  s = test_server_start ("[executor]\nthreads = 1\npolicy = auto\nidle_grace = 0.3\n", NULL);
+  url = test_server_url (s, "/fib/36");
+  for (guint i = 0; i < g_get_num_processors (); i++)
+    g_ptr_array_add (hogs, g_subprocess_new (G_SUBPROCESS_FLAGS_NONE, NULL, "sh", "-c",
+                                             "while :; do :; done", NULL));
+  g_usleep (100 * 1000); /* (until they spin) */
+  r = test_http ("GET", url, NULL);
+  for (guint i = 0; i < hogs->len; i++)
+    g_subprocess_force_exit (hogs->pdata[i]);
+  g_assert_cmpint (r->status, ==, 200);
+  g_assert_cmpfloat (test_server_metric (s, "crunchd_worker_raised_total"), ==, 1);
+  g_assert_cmpint (worker_policy (s), ==, 5);
+}
+
 /* Threads of crunchd whose name (/proc/PID/task/TID/comm) is `name`. */
 static guint
 threads_named (TestServer *s, const gchar *name)
@@ -234,6 +283,8 @@ main (int argc, char **argv)
   g_test_add_func ("/http/keep-alive", test_keep_alive);
   g_test_add_func ("/http/simultaneous", test_simultaneous);
   g_test_add_func ("/http/worker-policy", test_worker_policy);
+  g_test_add_func ("/http/worker-policy-auto", test_worker_policy_auto);
+  g_test_add_func ("/http/idle-guard", test_idle_guard);
   g_test_add_func ("/http/poll-threads", test_poll_threads);
   status = g_test_run ();
   g_assert_cmpint (test_server_stop (server), ==, 0);

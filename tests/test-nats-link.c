@@ -79,7 +79,7 @@ run_without_server (const gchar *fallback, CrunchJobOutcome expect)
   g_cond_init (&f.cond);
 
   g_test_expect_message ("crunchd", G_LOG_LEVEL_WARNING, "nats: no server reachable at *");
-  ex = crunch_nats_executor_new (config, &(CrunchExecutorSettings){1, 0, 0}, on_finished, &f,
+  ex = crunch_nats_executor_new (config, &(CrunchExecutorSettings){.threads = 1}, on_finished, &f,
                                  &error);
   g_test_assert_expected_messages ();
   g_assert_no_error (error);

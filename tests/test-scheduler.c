@@ -83,8 +83,12 @@ static CrunchScheduler *
 scheduler_aging (guint threads, guint queue_limit, guint per_client, gboolean coalesce,
                  gdouble aging)
 {
-  CrunchSchedulerSettings settings = {threads, queue_limit, per_client, coalesce, 0,
-                                      0,       0,           aging,      TRUE};
+  CrunchSchedulerSettings settings = {.threads = threads,
+                                      .queue_limit = queue_limit,
+                                      .per_client_limit = per_client,
+                                      .coalesce = coalesce,
+                                      .priority_aging = aging,
+                                      .batching = TRUE};
   return crunch_scheduler_new (&settings);
 }
 
@@ -295,7 +299,7 @@ static void
 test_configure_threads (void)
 {
   CrunchScheduler *s = scheduler (1, 10, 0, FALSE);
-  CrunchSchedulerSettings more = {3, 10, 0, FALSE, 0, 0, 0, 0, TRUE};
+  CrunchSchedulerSettings more = {.threads = 3, .queue_limit = 10, .batching = TRUE};
   Results r;
   CrunchTicket *t[3];
 

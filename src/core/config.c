@@ -31,7 +31,7 @@ typedef struct {
 static const gchar *const log_levels[] = {"error", "critical", "warning", "message",
                                           "info",  "debug",    NULL};
 static const gchar *const backends[] = {"local", "nats", "processes", NULL};
-static const gchar *const policies[] = {"other", "batch", "idle", NULL};
+static const gchar *const policies[] = {"other", "batch", "idle", "auto", NULL};
 static const gchar *const fallbacks[] = {"none", "local", NULL};
 static const gchar *const stores[] = {"memory", "sqlite", "nats", NULL};
 static const gchar *const sync_levels[] = {"normal", "full", NULL};
@@ -61,6 +61,7 @@ static const KeyDesc keys[] = {
     {"executor", "queue_limit", KEY_UINT, 1, 1000000, F (queue_limit), NULL},
     {"executor", "nice", KEY_INT, 0, 19, F (nice), NULL},
     {"executor", "policy", KEY_STRING, 0, 0, F (policy), policies},
+    {"executor", "idle_grace", KEY_DOUBLE, 0.1, 3600, F (idle_grace), NULL},
     {"executor", "per_client_limit", KEY_UINT, 0, 1000000, F (per_client_limit), NULL},
     {"executor", "client_key", KEY_STRING, 0, 0, F (client_key), NULL},
     {"executor", "coalesce", KEY_BOOL, 0, 0, F (coalesce), NULL},
@@ -130,6 +131,7 @@ static const CrunchConfig defaults = {
     .batching = TRUE,
     .default_priority = 5,
     .priority_aging = 10.0,
+    .idle_grace = 5.0,
     .kill_grace = 1.0,
     .start_timeout = 30.0,
     .retries = 1,
@@ -179,7 +181,7 @@ crunch_config_new_default (void)
   config->log_level = g_strdup ("info");
   config->client_key = g_strdup ("ip");
   config->backend = g_strdup ("local");
-  config->policy = g_strdup ("other");
+  config->policy = g_strdup ("auto");
   config->nats.servers = g_strdupv ((gchar **)default_nats_servers);
   config->nats.subject_prefix = g_strdup ("crunchd.v1");
   config->nats.fallback = g_strdup ("none");

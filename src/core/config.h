@@ -79,13 +79,14 @@ typedef struct {
   guint threads;          /* 0 = one per CPU */
   guint queue_limit;      /* jobs waiting for a worker before 503 */
   gint nice;              /* worker thread niceness, so the polling thread wins */
-  gchar *policy;          /* worker scheduling policy: "other", "batch" or "idle" */
+  gchar *policy;          /* worker scheduling policy: "auto", "other", "batch" or "idle" */
   guint per_client_limit; /* tickets in flight per client before 429; 0 = none */
   gchar *client_key;      /* "ip" or "header:NAME" */
   gboolean coalesce;      /* identical jobs of pure functions share one computation */
   gboolean batching;      /* functions that declare max_batch > 1 get their calls in batches */
   guint default_priority; /* class of calls without a key priority, 0 (lowest) to 9 */
   gdouble priority_aging; /* seconds a waiting class takes to count one class up; 0 = never */
+  gdouble idle_grace;     /* policy auto: seconds a job may be starved before it is raised */
   gchar *backend;         /* "local", "nats" or "processes" (restart) */
   /* worker processes (backend = processes, and program plugins); restart */
   gdouble kill_grace;         /* seconds a cancelled call gets before SIGKILL */

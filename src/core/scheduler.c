@@ -808,7 +808,8 @@ on_finished (CrunchJob *job, gpointer data)
 static CrunchExecutorSettings
 executor_settings (const CrunchSchedulerSettings *settings)
 {
-  return (CrunchExecutorSettings){settings->threads, settings->nice, settings->policy};
+  return (CrunchExecutorSettings){settings->threads, settings->nice, settings->policy,
+                                  settings->idle_grace};
 }
 
 static CrunchExecutor *

@@ -76,6 +76,7 @@ typedef struct {
   CrunchWorkerPolicy policy; /* of local worker threads */
   gdouble priority_aging;    /* seconds a class waits unserved to count one class up; 0 = off */
   gboolean batching;         /* group calls of functions that declare max_batch > 1 */
+  gdouble idle_grace;        /* policy auto: seconds starved before a job is raised */
 } CrunchSchedulerSettings;
 
 typedef struct CrunchScheduler CrunchScheduler;

@@ -5,10 +5,13 @@
  * threads, so the pool's own queue stays (almost) empty and fairness is not undone here.
  * Threads: the pool's workers call crunch_job_run(), then the `finished` callback (the scheduler),
  * which ends by resuming the waiting connection; after that the worker only drops its reference.
- * Workers lower their own CPU priority (`nice`, and optionally the SCHED_BATCH or SCHED_IDLE
- * policy) so the MHD polling thread wins the CPU when every core computes; both are re-read per
- * job, so a reload applies them. */
+ * Workers lower their own CPU priority (`nice`, and the SCHED_BATCH or SCHED_IDLE policy) so
+ * the MHD polling thread wins the CPU when every core computes; both are re-read per job, so a
+ * reload applies them. Under policy auto they run SCHED_IDLE and the idle guard (idleguard.c, a
+ * thread of its own) raises a job that has been starved for too long. */
 #include "executor.h"
+
+#include "idleguard.h"
 
 #include <sched.h>
 #include <sys/resource.h>
@@ -159,7 +162,9 @@ typedef struct {
   CrunchExecutor parent;
   GThreadPool *pool;
   gint nice;
-  gint policy; /* CrunchWorkerPolicy */
+  gint policy;            /* CrunchWorkerPolicy in force: auto is resolved to idle or other */
+  gint guarded;           /* policy auto as SCHED_IDLE: jobs pass the guard */
+  CrunchIdleGuard *guard; /* made at the first apply that needs it, kept until free */
 } LocalExecutor;
 
 CrunchWorkerPolicy
@@ -169,6 +174,8 @@ crunch_worker_policy_from_string (const gchar *name)
     return CRUNCH_WORKER_POLICY_BATCH;
   if (g_strcmp0 (name, "idle") == 0)
     return CRUNCH_WORKER_POLICY_IDLE;
+  if (g_strcmp0 (name, "auto") == 0)
+    return CRUNCH_WORKER_POLICY_AUTO;
   return CRUNCH_WORKER_POLICY_OTHER;
 }
 
@@ -180,9 +187,11 @@ static void
 set_thread_policy (CrunchWorkerPolicy policy)
 {
   static __thread gint applied = CRUNCH_WORKER_POLICY_OTHER;
-  static const int policies[] = {SCHED_OTHER, SCHED_BATCH, SCHED_IDLE};
+  static const int policies[] = {SCHED_OTHER, SCHED_BATCH, SCHED_IDLE, SCHED_OTHER};
   struct sched_param param = {.sched_priority = 0};
 
+  if (policy == CRUNCH_WORKER_POLICY_AUTO)
+    policy = CRUNCH_WORKER_POLICY_OTHER;
   if (applied == (gint)policy)
     return;
   /* With a thread id, sched_setscheduler() changes that thread alone. */
@@ -235,9 +244,16 @@ local_worker (gpointer data, gpointer user_data)
   gboolean (*enter) (gpointer) = __atomic_load_n (&gate.enter, __ATOMIC_ACQUIRE);
   gboolean held = enter != NULL && enter (gate.data);
 
+  gboolean guarded = g_atomic_int_get (&self->guarded);
+
   crunch_worker_thread_prepare (g_atomic_int_get (&self->nice),
-                                (CrunchWorkerPolicy)g_atomic_int_get (&self->policy));
+                                guarded ? CRUNCH_WORKER_POLICY_IDLE
+                                        : (CrunchWorkerPolicy)g_atomic_int_get (&self->policy));
+  if (guarded)
+    crunch_idle_guard_enter (self->guard);
   crunch_job_run (job);
+  if (guarded)
+    crunch_idle_guard_leave (self->guard);
   self->parent.finished (job, self->parent.finished_data);
   if (held)
     gate.leave (gate.data);
@@ -259,14 +275,55 @@ local_cancel (CrunchExecutor *parent, CrunchJob *job)
 {
 }
 
+/* Policy auto: SCHED_IDLE under the guard where this process may raise a worker again, else
+ * plain SCHED_OTHER (said once per start or reload). */
+static void
+apply_policy (LocalExecutor *self, const CrunchExecutorSettings *settings)
+{
+  gboolean guarded = FALSE;
+
+  if (settings->policy == CRUNCH_WORKER_POLICY_AUTO) {
+    guarded = crunch_idle_guard_permitted (settings->nice);
+    if (!guarded)
+      g_message ("[executor] policy = auto: workers run as policy = other, because this process "
+                 "may not raise a thread out of SCHED_IDLE at nice %d (it needs CAP_SYS_NICE or "
+                 "RLIMIT_NICE >= %d; under systemd LimitNICE=+%d)",
+                 settings->nice, 20 - settings->nice, settings->nice);
+    else if (self->guard == NULL)
+      g_atomic_pointer_set (&self->guard,
+                            crunch_idle_guard_new (settings->nice, settings->idle_grace));
+    else
+      crunch_idle_guard_set (self->guard, settings->nice, settings->idle_grace);
+  }
+  g_atomic_int_set (&self->nice, settings->nice);
+  g_atomic_int_set (&self->policy, (gint)(settings->policy == CRUNCH_WORKER_POLICY_AUTO
+                                              ? CRUNCH_WORKER_POLICY_OTHER
+                                              : settings->policy));
+  g_atomic_int_set (&self->guarded, guarded);
+}
+
 static void
 local_apply (CrunchExecutor *parent, const CrunchExecutorSettings *settings)
 {
   LocalExecutor *self = (LocalExecutor *)parent;
 
   g_thread_pool_set_max_threads (self->pool, (gint)settings->threads, NULL);
-  g_atomic_int_set (&self->nice, settings->nice);
-  g_atomic_int_set (&self->policy, (gint)settings->policy);
+  apply_policy (self, settings);
+}
+
+static void
+local_render_metrics (CrunchExecutor *parent, GString *out)
+{
+  LocalExecutor *self = (LocalExecutor *)parent;
+  CrunchIdleGuard *guard = g_atomic_pointer_get (&self->guard);
+
+  g_string_append_printf (
+      out,
+      "# HELP crunchd_worker_raised_total Jobs the idle guard raised out of SCHED_IDLE after "
+      "idle_grace seconds with less than half a core ([executor] policy = auto).\n"
+      "# TYPE crunchd_worker_raised_total counter\n"
+      "crunchd_worker_raised_total %" G_GUINT64_FORMAT "\n",
+      guard != NULL ? crunch_idle_guard_raised (guard) : 0);
 }
 
 static void
@@ -276,6 +333,7 @@ local_free (CrunchExecutor *parent)
 
   /* wait = TRUE: queued jobs still run, so every job reaches `finished`. */
   g_thread_pool_free (self->pool, FALSE, TRUE);
+  crunch_idle_guard_free (self->guard);
   g_free (self);
 }
 
@@ -285,6 +343,7 @@ static const CrunchExecutorClass local_class = {
     .submit = local_submit,
     .cancel = local_cancel,
     .apply = local_apply,
+    .render_metrics = local_render_metrics,
     .free = local_free,
 };
 
@@ -297,8 +356,7 @@ crunch_local_executor_new (const CrunchExecutorSettings *settings, CrunchJobFunc
   self->parent.klass = &local_class;
   self->parent.finished = finished;
   self->parent.finished_data = finished_data;
-  self->nice = settings->nice;
-  self->policy = (gint)settings->policy;
+  apply_policy (self, settings);
   /* exclusive: the threads are ours, start now, and keep their niceness */
   self->pool = g_thread_pool_new (local_worker, self, (gint)settings->threads, TRUE, NULL);
   return &self->parent;

@@ -70,15 +70,19 @@ void crunch_executor_set_gate (gboolean (*enter) (gpointer data), void (*leave) 
 
 /* How worker threads are scheduled against the polling thread ([executor] policy). */
 typedef enum {
-  CRUNCH_WORKER_POLICY_OTHER, /* SCHED_OTHER at `nice` (the default) */
+  CRUNCH_WORKER_POLICY_OTHER, /* SCHED_OTHER at `nice` */
   CRUNCH_WORKER_POLICY_BATCH, /* SCHED_BATCH at `nice`: never preempts on wake-up */
   CRUNCH_WORKER_POLICY_IDLE,  /* SCHED_IDLE: runs only when nothing else wants the CPU */
+  CRUNCH_WORKER_POLICY_AUTO,  /* the default: local workers SCHED_IDLE with a starvation guard
+                               * (idleguard.h) where the process may raise them, else OTHER */
 } CrunchWorkerPolicy;
 
-/* "other", "batch" or "idle" (validated by the config loader); anything else is "other". */
+/* "other", "batch", "idle" or "auto" (validated by the config loader); anything else is
+ * "other". */
 CrunchWorkerPolicy crunch_worker_policy_from_string (const gchar *name);
 /* Gives the calling thread this niceness and policy (cheap when they are already in force): a
- * thread that runs jobs calls it before each job, so a reload applies to the next one. */
+ * thread that runs jobs calls it before each job, so a reload applies to the next one. Only the
+ * local executor guards workers: here "auto" is "other". */
 void crunch_worker_thread_prepare (gint nice, CrunchWorkerPolicy policy);
 
 /* What an executor can be told, at start and on reload. */
@@ -86,6 +90,7 @@ typedef struct {
   guint threads;             /* jobs it runs at once (local threads; NATS: jobs in flight) */
   gint nice;                 /* of threads that run jobs in this process */
   CrunchWorkerPolicy policy; /* likewise */
+  gdouble idle_grace;        /* policy auto: seconds starved before a job is raised */
 } CrunchExecutorSettings;
 
 typedef struct CrunchExecutor CrunchExecutor;
