@@ -102,7 +102,6 @@ test_server_start_with (const gchar *ini, const gchar *const *args, const TestSe
   g_autoptr (GSubprocessLauncher) launcher = g_subprocess_launcher_new (G_SUBPROCESS_FLAGS_NONE);
   TestServer *server = g_new0 (TestServer, 1);
   g_autofree gchar *ini_path = NULL;
-  g_autofree gchar *ini_text = NULL;
   gint64 until = g_get_monotonic_time () + START_TIMEOUT_US;
   gboolean tls = FALSE;
 
@@ -110,14 +109,7 @@ test_server_start_with (const gchar *ini, const gchar *const *args, const TestSe
   g_assert_no_error (error);
   ini_path = g_build_filename (server->dir, "crunchd.ini", NULL);
   server->log_path = g_build_filename (server->dir, "crunchd.log", NULL);
-  /* The tests run side by side (make -j): under the default policy (auto), SCHED_IDLE workers
-   * would wait up to idle_grace for the other tests' busy processes, which measures the machine,
-   * not crunchd. A test about the policy names one. */
-  ini_text = g_strconcat (
-      ini ? ini : "",
-      ini != NULL && strstr (ini, "policy =") != NULL ? "" : "\n[executor]\npolicy = other\n",
-      NULL);
-  g_assert_true (g_file_set_contents (ini_path, ini_text, -1, &error));
+  g_assert_true (g_file_set_contents (ini_path, ini ? ini : "", -1, &error));
 
   g_subprocess_launcher_unsetenv (launcher, "NOTIFY_SOCKET");
   g_subprocess_launcher_unsetenv (launcher, "LISTEN_FDS");

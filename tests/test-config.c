@@ -274,7 +274,7 @@ test_nats (void)
   };
 
   g_assert_cmpstr (d->backend, ==, "local");
-  g_assert_cmpstr (d->policy, ==, "auto");
+  g_assert_cmpstr (d->policy, ==, "other");
   g_assert_cmpfloat (d->idle_grace, ==, 5.0);
   g_assert_cmpstr (d->nats.servers[0], ==, "nats://127.0.0.1:4222");
   g_assert_cmpstr (d->nats.subject_prefix, ==, "crunchd.v1");

@@ -181,7 +181,7 @@ crunch_config_new_default (void)
   config->log_level = g_strdup ("info");
   config->client_key = g_strdup ("ip");
   config->backend = g_strdup ("local");
-  config->policy = g_strdup ("auto");
+  config->policy = g_strdup ("other");
   config->nats.servers = g_strdupv ((gchar **)default_nats_servers);
   config->nats.subject_prefix = g_strdup ("crunchd.v1");
   config->nats.fallback = g_strdup ("none");

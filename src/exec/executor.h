@@ -70,11 +70,11 @@ void crunch_executor_set_gate (gboolean (*enter) (gpointer data), void (*leave) 
 
 /* How worker threads are scheduled against the polling thread ([executor] policy). */
 typedef enum {
-  CRUNCH_WORKER_POLICY_OTHER, /* SCHED_OTHER at `nice` */
+  CRUNCH_WORKER_POLICY_OTHER, /* SCHED_OTHER at `nice` (the default) */
   CRUNCH_WORKER_POLICY_BATCH, /* SCHED_BATCH at `nice`: never preempts on wake-up */
   CRUNCH_WORKER_POLICY_IDLE,  /* SCHED_IDLE: runs only when nothing else wants the CPU */
-  CRUNCH_WORKER_POLICY_AUTO,  /* the default: local workers SCHED_IDLE with a starvation guard
-                               * (idleguard.h) where the process may raise them, else OTHER */
+  CRUNCH_WORKER_POLICY_AUTO,  /* local workers SCHED_IDLE with a starvation guard (idleguard.h)
+                               * where the process may raise them again, else OTHER */
 } CrunchWorkerPolicy;
 
 /* "other", "batch", "idle" or "auto" (validated by the config loader); anything else is
