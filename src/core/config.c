@@ -116,7 +116,7 @@ static const KeyDesc keys[] = {
 
 /* The defaults, in one place; data/crunchd.ini documents the same values. */
 static const CrunchConfig defaults = {
-    .poll_threads = 0,
+    .poll_threads = 1,
     .max_connections = 1024,
     .max_connections_per_ip = 256,
     .connection_timeout = 30,
