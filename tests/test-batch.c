@@ -116,17 +116,6 @@ get_body (TestServer *server, const gchar *path)
   return g_strdup (reply->body);
 }
 
-/* A metric's value from /metrics (the first line that starts with `series`), or -1. */
-static gdouble
-metric (TestServer *server, const gchar *series)
-{
-  g_autofree gchar *text = get_body (server, "/metrics");
-  g_autofree gchar *needle = g_strconcat ("\n", series, " ", NULL);
-  const gchar *at = strstr (text, needle);
-
-  return at != NULL ? g_ascii_strtod (at + strlen (needle), NULL) : -1;
-}
-
 /* Calls that arrive one at a time run alone, at once: no other call of the function is under
  * way, so there is no company to wait for. */
 static void
@@ -143,8 +132,10 @@ test_lone_call (void)
     g_assert_cmpstr (reply->body, ==, expect);
     g_assert_cmpfloat (reply->seconds, <, 0.25); /* max_delay is 0.3 s */
   }
-  g_assert_cmpfloat (metric (server, "crunchd_batch_size_count{function=\"batchy\"}"), ==, 3);
-  g_assert_cmpfloat (metric (server, "crunchd_batch_size_sum{function=\"batchy\"}"), ==, 3);
+  g_assert_cmpfloat (test_server_metric (server, "crunchd_batch_size_count{function=\"batchy\"}"),
+                     ==, 3);
+  g_assert_cmpfloat (test_server_metric (server, "crunchd_batch_size_sum{function=\"batchy\"}"), ==,
+                     3);
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
@@ -170,7 +161,7 @@ test_max_delay (void)
   g_assert_cmpfloat (first->reply->seconds, >=, 0.29);
   g_assert_cmpfloat (first->reply->seconds, <, 0.3 + 0.5);
   /* the wait, as measured inside: at least max_delay, and not much more */
-  waited = metric (server, "crunchd_batch_wait_seconds_sum{function=\"batchy\"}");
+  waited = test_server_metric (server, "crunchd_batch_wait_seconds_sum{function=\"batchy\"}");
   g_assert_cmpfloat (waited, >=, 0.29);
   g_assert_cmpfloat (waited, <, 0.3 + 0.3);
   blocker_done (block);
@@ -211,7 +202,10 @@ test_together (void)
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
-/* The forward example under 32 concurrent clients: right answers, batches well above 1. */
+/* The forward example under 32 concurrent clients: right answers, batches well above 1. The
+ * clients' calls wait behind a batchy call on the one worker, so how many share a pass does not
+ * depend on how fast a loaded (or sanitized) machine starts 32 client threads: under TSan in CI,
+ * without the wait, they once trickled in as 13 batches of 2.5. */
 static void
 test_forward_example (void)
 {
@@ -220,12 +214,15 @@ test_forward_example (void)
   g_autoptr (TestReply) reply = test_http ("GET", lone, NULL);
   GPtrArray *calls = g_ptr_array_new ();
   gdouble count, sum;
+  Req *block;
 
   g_assert_cmpint (reply->status, ==, 200);
   g_assert_cmpstr (reply->body, ==, "forward(7) = 50\n");
+  block = blocker (server, 1000);
   for (guint i = 0; i < 32; i++)
     g_ptr_array_add (
         calls, test_call_start (g_strdup_printf ("%s/fn/forward?x=%u", server->base, 1000 + i)));
+  blocker_done (block);
   for (guint i = 0; i < 32; i++) {
     g_autoptr (TestReply) r = test_call_finish (calls->pdata[i]);
     g_autofree gchar *expect =
@@ -234,11 +231,11 @@ test_forward_example (void)
     g_assert_cmpstr (r->body, ==, expect);
   }
   g_ptr_array_unref (calls);
-  count = metric (server, "crunchd_batch_size_count{function=\"forward\"}");
-  sum = metric (server, "crunchd_batch_size_sum{function=\"forward\"}");
+  count = test_server_metric (server, "crunchd_batch_size_count{function=\"forward\"}");
+  sum = test_server_metric (server, "crunchd_batch_size_sum{function=\"forward\"}");
   g_test_message ("forward: 33 calls in %.0f batches (mean %.1f)", count, sum / count);
   g_assert_cmpfloat (sum, ==, 33);
-  g_assert_cmpfloat (sum / count, >=, 3);
+  g_assert_cmpfloat (sum / count, >=, 4);
   {
     /* admission: the estimate per call is a batch's time over its size (under 1 ms here), but a
      * lone call pays for a whole pass (20 ms): a 10 ms deadline is refused at once */
@@ -503,7 +500,8 @@ test_batching_off (void)
     g_assert_cmpfloat (reqs[i]->reply->seconds, <, 0.29 * 4); /* no max_delay each */
     req_free (reqs[i]);
   }
-  g_assert_cmpfloat (metric (server, "crunchd_batch_size_count{function=\"batchy\"}"), ==, -1);
+  g_assert_cmpfloat (test_server_metric (server, "crunchd_batch_size_count{function=\"batchy\"}"),
+                     ==, -1);
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
