@@ -79,7 +79,7 @@ typedef struct {
   guint threads;          /* 0 = one per CPU */
   guint queue_limit;      /* jobs waiting for a worker before 503 */
   gint nice;              /* worker thread niceness, so the polling thread wins */
-  gchar *policy;          /* worker scheduling policy: "auto", "other", "batch" or "idle" */
+  gchar *policy;          /* worker scheduling policy: "other", "batch", "idle" or "auto" */
   guint per_client_limit; /* tickets in flight per client before 429; 0 = none */
   gchar *client_key;      /* "ip" or "header:NAME" */
   gboolean coalesce;      /* identical jobs of pure functions share one computation */

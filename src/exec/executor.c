@@ -187,7 +187,7 @@ static void
 set_thread_policy (CrunchWorkerPolicy policy)
 {
   static __thread gint applied = CRUNCH_WORKER_POLICY_OTHER;
-  static const int policies[] = {SCHED_OTHER, SCHED_BATCH, SCHED_IDLE, SCHED_OTHER};
+  static const int policies[] = {SCHED_OTHER, SCHED_BATCH, SCHED_IDLE};
   struct sched_param param = {.sched_priority = 0};
 
   if (policy == CRUNCH_WORKER_POLICY_AUTO)
@@ -290,10 +290,9 @@ apply_policy (LocalExecutor *self, const CrunchExecutorSettings *settings)
                  "RLIMIT_NICE >= %d; under systemd LimitNICE=+%d)",
                  settings->nice, 20 - settings->nice, settings->nice);
     else if (self->guard == NULL)
-      g_atomic_pointer_set (&self->guard,
-                            crunch_idle_guard_new (settings->nice, settings->idle_grace));
+      g_atomic_pointer_set (&self->guard, crunch_idle_guard_new (settings->idle_grace));
     else
-      crunch_idle_guard_set (self->guard, settings->nice, settings->idle_grace);
+      crunch_idle_guard_set (self->guard, settings->idle_grace);
   }
   g_atomic_int_set (&self->nice, settings->nice);
   g_atomic_int_set (&self->policy, (gint)(settings->policy == CRUNCH_WORKER_POLICY_AUTO

@@ -5,12 +5,12 @@
  * to every other program on the machine: a busy neighbour would starve it. The guard bounds
  * that: each worker thread keeps a "starved" account, grown by every tick (100 ms) of a job in
  * which it had less than half a core and shrunk by every tick in which it had more; once the
- * account reaches `grace` seconds, the job's thread is raised to SCHED_OTHER at `nice` until the
- * job ends. The account is the thread's, not the job's: while a neighbour keeps taking the CPU,
- * the thread's next job is raised after one starved tick instead of another `grace`.
- * Threads: one, "crunchd-guard", which sleeps while no guarded job runs. Workers register
- * around each job (enter/leave, under the guard's mutex); the guard reads their CPU clocks and
- * raises them with sched_setscheduler() on their thread id. A raised worker puts itself back
+ * account reaches `grace` seconds, the job's thread is raised to SCHED_OTHER (at its niceness,
+ * [executor] nice) until the job ends. The account is the thread's, not the job's: while a
+ * neighbour keeps taking the CPU, the thread's next job is raised after one starved tick instead of
+ * another `grace`. Threads: one, "crunchd-guard", which sleeps while no guarded job runs. Workers
+ * register around each job (enter/leave, under the guard's mutex); the guard reads their CPU clocks
+ * and raises them with sched_setscheduler() on their thread id. A raised worker puts itself back
  * into SCHED_IDLE in leave(). Leaving SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE that
  * allows `nice` (LimitNICE= under systemd): crunch_idle_guard_permitted() tries it. */
 #include "idleguard.h"
@@ -39,7 +39,6 @@ struct CrunchIdleGuard {
   GCond wake;
   GPtrArray *slots; /* Slot *, one per worker thread that ran a guarded job */
   guint busy;       /* slots with busy set */
-  gint nice;
   gint64 grace_us;
   guint64 raised; /* jobs raised, ever */
   gboolean stopping;
@@ -78,15 +77,15 @@ tick_locked (CrunchIdleGuard *self, gint64 now)
     s->cpu_us = cpu;
     if (s->starved_us < self->grace_us)
       continue;
-    /* The thread keeps its niceness (`nice`) across the change of policy. */
+    /* The thread keeps its niceness across the change of policy. */
     if (sched_setscheduler (s->tid, SCHED_OTHER, &(struct sched_param){.sched_priority = 0}) != 0) {
       g_debug ("guard: could not raise worker %d: %s", (int)s->tid, g_strerror (errno));
       continue;
     }
     s->raised = TRUE;
     self->raised++;
-    g_debug ("guard: worker %d had less than half a core for %.1f s: raised to nice %d",
-             (int)s->tid, (gdouble)self->grace_us / G_USEC_PER_SEC, self->nice);
+    g_debug ("guard: worker %d had less than half a core for %.1f s: raised to SCHED_OTHER",
+             (int)s->tid, (gdouble)self->grace_us / G_USEC_PER_SEC);
   }
 }
 
@@ -119,23 +118,22 @@ guard_thread (gpointer data)
 }
 
 CrunchIdleGuard *
-crunch_idle_guard_new (gint nice, gdouble grace)
+crunch_idle_guard_new (gdouble grace)
 {
   CrunchIdleGuard *self = g_new0 (CrunchIdleGuard, 1);
 
   g_mutex_init (&self->lock);
   g_cond_init (&self->wake);
   self->slots = g_ptr_array_new_with_free_func (g_free);
-  crunch_idle_guard_set (self, nice, grace);
+  crunch_idle_guard_set (self, grace);
   self->thread = g_thread_new ("crunchd-guard", guard_thread, self);
   return self;
 }
 
 void
-crunch_idle_guard_set (CrunchIdleGuard *self, gint nice, gdouble grace)
+crunch_idle_guard_set (CrunchIdleGuard *self, gdouble grace)
 {
   g_mutex_lock (&self->lock);
-  self->nice = nice;
   self->grace_us = (gint64)(grace * G_USEC_PER_SEC);
   g_mutex_unlock (&self->lock);
 }
@@ -169,8 +167,7 @@ crunch_idle_guard_enter (CrunchIdleGuard *self)
   if (s == NULL) {
     s = own_slot = g_new0 (Slot, 1);
     s->tid = (pid_t)gettid ();
-    if (pthread_getcpuclockid (pthread_self (), &s->clock) != 0)
-      s->clock = CLOCK_THREAD_CPUTIME_ID; /* not reached on Linux; read from this thread only */
+    pthread_getcpuclockid (pthread_self (), &s->clock); /* cannot fail for the calling thread */
     g_ptr_array_add (self->slots, s);
   }
   s->busy = TRUE;

@@ -9,10 +9,10 @@ typedef struct CrunchIdleGuard CrunchIdleGuard;
  * on a short-lived thread): CAP_SYS_NICE, or RLIMIT_NICE of at least 20 - nice. */
 gboolean crunch_idle_guard_permitted (gint nice);
 
-/* A guard that raises a worker to SCHED_OTHER (at the niceness it has, `nice`) once it has had
- * less than half a core for `grace` seconds, net, while running jobs. */
-CrunchIdleGuard *crunch_idle_guard_new (gint nice, gdouble grace);
-void crunch_idle_guard_set (CrunchIdleGuard *self, gint nice, gdouble grace);
+/* A guard that raises a worker to SCHED_OTHER (at the niceness it has) once it has had less than
+ * half a core for `grace` seconds, net, while running jobs. */
+CrunchIdleGuard *crunch_idle_guard_new (gdouble grace);
+void crunch_idle_guard_set (CrunchIdleGuard *self, gdouble grace);
 void crunch_idle_guard_free (CrunchIdleGuard *self);
 
 /* Called by a worker thread, already in SCHED_IDLE, around each job. */
