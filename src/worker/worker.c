@@ -7,10 +7,12 @@
  * receiving new jobs without having to do anything. A finished job re-subscribes its slot
  * *before* its reply is published: the front end sees the answer and sends the next job only
  * after the server (same connection, in order) knows the slot is free again.
- * Threads: nats.c's shared delivery thread runs on_job (decode, register, push to the pool),
- * on_presence and on_cancel; pool threads run the functions, re-subscribe and reply; the thread
- * of our timer service (a CrunchParked of parked.c, the same timers crunchd uses) sends "running"
- * heartbeats and cancels jobs past their deadline; the main thread calls new, stop and free.
+ * Threads: each slot is one long task of the GThreadPool (slot_loop()): its subscription is
+ * synchronous, so nats.c's reader thread hands a job message straight to the thread that runs
+ * it (decode, register, run, re-subscribe, reply), with no delivery thread in between. nats.c's
+ * shared delivery thread runs on_presence and on_cancel; the thread of our timer service (a
+ * CrunchParked of parked.c, the same timers crunchd uses) sends "running" heartbeats and cancels
+ * jobs past their deadline; the main thread calls new, stop and free.
  * `lock` guards the slots, the set of running tasks, each task's timer entries and the counters.
  * A timer holds a reference to its task and acts only while the task still has that timer (a
  * finished task's timers are removed under `lock`). Lock order: `lock`, then the timers'. */
@@ -32,7 +34,7 @@
 typedef struct {
   CrunchWorker *w;
   guint index;
-  natsSubscription *sub; /* NULL while busy or stopping */
+  natsSubscription *sub; /* synchronous; replaced and destroyed by the slot's thread only */
 } Slot;
 
 typedef struct {
@@ -50,7 +52,7 @@ struct CrunchWorker {
   Slot *slots;
   guint n_slots;
   natsSubscription *presence, *cancel;
-  GThreadPool *pool;
+  GThreadPool *pool; /* one slot_loop() per slot */
   gint nice;
   CrunchParked *timers; /* our timer service (parked.c): deadlines and heartbeats */
 
@@ -108,11 +110,10 @@ task_progress (gpointer data, gdouble fraction, const gchar *message)
 
 /* ---- slots ---- */
 
-static void on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
-
-/* nats.c ends a subscription with a message to its shared delivery thread; one still queued at
- * exit is leaked. So every subscription is counted until that message has been handled (its
- * completion callback), and crunch_worker_free() waits for the count to reach zero. */
+/* nats.c ends an asynchronous subscription (presence, cancel) with a message to its shared
+ * delivery thread; one still queued at exit is leaked. So each is counted until that message has
+ * been handled (its completion callback), and crunch_worker_free() waits for the count to reach
+ * zero. */
 static void
 on_sub_complete (void *closure)
 {
@@ -135,7 +136,7 @@ track_locked (CrunchWorker *w, natsSubscription *sub)
   return s;
 }
 
-/* With the lock held: listen for exactly one more job on this slot. */
+/* With the lock held, on the slot's thread: listen for exactly one more job on this slot. */
 static void
 subscribe_slot_locked (Slot *slot)
 {
@@ -145,10 +146,8 @@ subscribe_slot_locked (Slot *slot)
   g_clear_pointer (&slot->sub, natsSubscription_Destroy);
   if (w->stopping)
     return;
-  s = natsConnection_QueueSubscribe (&slot->sub, w->nc, w->job_subject, CRUNCH_NATS_QUEUE_GROUP,
-                                     on_job, slot);
-  if (s == NATS_OK)
-    s = track_locked (w, slot->sub);
+  s = natsConnection_QueueSubscribeSync (&slot->sub, w->nc, w->job_subject,
+                                         CRUNCH_NATS_QUEUE_GROUP);
   if (s == NATS_OK)
     s = natsSubscription_AutoUnsubscribe (slot->sub, 1);
   if (s != NATS_OK) {
@@ -209,16 +208,14 @@ wire_status (CrunchJobOutcome reason)
   }
 }
 
-/* A pool thread: run (as the front end's local threads do), free the slot, reply. */
+/* The slot's thread: run (as the front end's local threads do), free the slot, reply. */
 static void
-run_task (gpointer data, gpointer user_data)
+run_task (Task *t)
 {
-  Task *t = data;
-  CrunchWorker *w = user_data;
+  CrunchWorker *w = t->slot->w;
   CrunchJob *job = t->job;
   CrunchWireStatus status;
 
-  crunch_worker_thread_prepare (w->nice, CRUNCH_WORKER_POLICY_OTHER);
   crunch_job_run (job);
   if (job->outcome == CRUNCH_JOB_OK)
     status = CRUNCH_WIRE_OK;
@@ -339,18 +336,18 @@ task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
   return t;
 }
 
-/* nats.c's delivery thread: the slot's one job. */
+/* The slot's thread: its one job, refused or run; the slot listens again before the reply. The
+ * message is destroyed after the reply: nats.c hands it to its garbage-collector thread, and
+ * that wake-up is kept off the answer's path. */
 static void
-on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+take_job (Slot *slot, natsMsg *msg)
 {
-  Slot *slot = closure;
   CrunchWorker *w = slot->w;
   g_autoptr (GError) error = NULL;
   gint64 deadline_us;
   Task *t = task_new (slot, msg, &deadline_us, &error);
   CrunchWireStatus refusal = CRUNCH_WIRE_UNKNOWN;
 
-  natsMsg_Destroy (msg);
   g_mutex_lock (&w->lock);
   if (error != NULL)
     refusal = CRUNCH_WIRE_FAILED;
@@ -363,6 +360,7 @@ on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
     g_mutex_unlock (&w->lock);
     reply (w, t->reply, refusal, NULL, error ? error->message : NULL, 0);
     task_free (t);
+    natsMsg_Destroy (msg);
     return;
   }
   g_hash_table_add (w->running, t);
@@ -374,7 +372,46 @@ on_job (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
     t->heartbeat = crunch_parked_add_timer (w->timers, g_get_monotonic_time () + t->heartbeat_us, t,
                                             &heartbeat_kind);
   g_mutex_unlock (&w->lock);
-  g_thread_pool_push (w->pool, t, NULL);
+  run_task (t);
+  natsMsg_Destroy (msg);
+}
+
+/* How long a slot waits for a job before it looks at `stopping` again (stop() also ends the wait
+ * by unsubscribing), and before it subscribes again after a failure. */
+#define SLOT_WAIT_MS 500
+#define SLOT_RETRY_US (100 * 1000)
+
+/* A pool thread, for the worker's life: one slot's jobs, one at a time. */
+static void
+slot_loop (gpointer data, gpointer user_data)
+{
+  Slot *slot = data;
+  CrunchWorker *w = user_data;
+
+  crunch_worker_thread_prepare (w->nice, CRUNCH_WORKER_POLICY_OTHER);
+  g_mutex_lock (&w->lock);
+  subscribe_slot_locked (slot);
+  while (!w->stopping) {
+    natsSubscription *sub = slot->sub; /* only this thread replaces or destroys it */
+    natsMsg *msg = NULL;
+    natsStatus s;
+
+    g_mutex_unlock (&w->lock);
+    s = sub != NULL ? natsSubscription_NextMsg (&msg, sub, SLOT_WAIT_MS)
+                    : NATS_INVALID_SUBSCRIPTION;
+    if (s == NATS_OK)
+      take_job (slot, msg);
+    else if (s != NATS_TIMEOUT && !g_atomic_int_get (&w->stopping)) {
+      g_debug ("slot %u: no job message (%s); subscribing again", slot->index,
+               natsStatus_GetText (s));
+      g_usleep (SLOT_RETRY_US);
+    }
+    g_mutex_lock (&w->lock);
+    if (s != NATS_OK && s != NATS_TIMEOUT)
+      subscribe_slot_locked (slot);
+  }
+  g_clear_pointer (&slot->sub, natsSubscription_Destroy);
+  g_mutex_unlock (&w->lock);
 }
 
 /* Any live worker answers at once: tells a front end "workers exist, all busy". */
@@ -480,9 +517,9 @@ subscribe_all (CrunchWorker *w, GError **error)
     crunch_nats_set_error (error, s, "NATS subscribe");
     return FALSE;
   }
-  for (guint i = 0; i < w->n_slots; i++)
-    subscribe_slot_locked (&w->slots[i]);
   g_mutex_unlock (&w->lock);
+  for (guint i = 0; i < w->n_slots; i++)
+    g_thread_pool_push (w->pool, &w->slots[i], NULL);
   return TRUE;
 }
 
@@ -507,7 +544,7 @@ crunch_worker_new (const CrunchConfig *config, guint threads, const gchar *id, G
   g_cond_init (&w->cond);
   w->running = g_hash_table_new (NULL, NULL);
   w->timers = crunch_parked_new (on_deadline, NULL, task_ref, task_free);
-  w->pool = g_thread_pool_new (run_task, w, (gint)threads, TRUE, NULL);
+  w->pool = g_thread_pool_new (slot_loop, w, (gint)threads, TRUE, NULL);
 
   name = g_strconcat ("crunchd-worker ", id, NULL);
   /* one delivery thread for all slot subscriptions, not one thread per subscription */
@@ -537,8 +574,10 @@ crunch_worker_stop (CrunchWorker *w, GSourceFunc stopped, gpointer data)
   g_atomic_int_set (&w->stopping, TRUE); /* on_disconnected reads it without the lock */
   w->stopped = stopped;
   w->stopped_data = data;
+  /* ends a slot's wait at once; its thread destroys the subscription */
   for (guint i = 0; i < w->n_slots; i++)
-    g_clear_pointer (&w->slots[i].sub, natsSubscription_Destroy); /* unsubscribes */
+    if (w->slots[i].sub != NULL)
+      natsSubscription_Unsubscribe (w->slots[i].sub);
   g_clear_pointer (&w->presence, natsSubscription_Destroy);
   if (w->active == 0)
     g_idle_add (stopped, data);
@@ -576,7 +615,11 @@ crunch_worker_free (CrunchWorker *w)
 
   if (w == NULL)
     return;
-  g_thread_pool_free (w->pool, FALSE, TRUE); /* idle after `stopped`; waits otherwise */
+  /* the slots' loops end once `stopping` is set (by stop(), or here after a failed new()) */
+  g_mutex_lock (&w->lock);
+  g_atomic_int_set (&w->stopping, TRUE);
+  g_mutex_unlock (&w->lock);
+  g_thread_pool_free (w->pool, FALSE, TRUE);
   g_message ("crunchd-worker %s stopped: %" G_GUINT64_FORMAT " job(s) done", w->id, w->done);
   if (w->nc != NULL) {
     /* the last replies; without a connection there is nothing to flush to, and waiting would
