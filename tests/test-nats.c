@@ -553,6 +553,42 @@ test_prompt_exit (void)
   g_assert_cmpint (done, >=, 1);
 }
 
+/* A worker whose connection is closed for good ([nats] max_reconnect spent) says so once, does
+ * not try its slots' subscriptions again and again (each slot waits on its own subscription), and
+ * still stops at once on SIGTERM. */
+static void
+test_worker_closed_for_good (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = g_strdup_printf (
+      "[nats]\nservers = %s\nreconnect_wait = 0.05\nmax_reconnect = 1\n", nats->url);
+  TestWorker *w = test_worker_start (wini, "closing", 2);
+  g_autofree gchar *log = NULL;
+  gint64 t0;
+  guint warnings = 0;
+
+  test_nats_kill (nats);
+  for (gint i = 0; i < 100; i++) { /* two attempts 0.05 s apart, then closed */
+    g_clear_pointer (&log, g_free);
+    g_file_get_contents (w->log_path, &log, NULL, NULL);
+    if (log != NULL && strstr (log, "closed for good") != NULL)
+      break;
+    g_usleep (50000);
+  }
+  g_assert_nonnull (strstr (log, "closed for good"));
+  g_usleep (1000000);
+  g_clear_pointer (&log, g_free);
+  g_file_get_contents (w->log_path, &log, NULL, NULL);
+  for (const gchar *at = log; (at = strstr (at, "cannot subscribe")) != NULL; at++)
+    warnings++;
+  g_test_message ("after the connection closed for good: %u subscribe warnings in 1 s", warnings);
+  g_assert_cmpuint (warnings, <=, 2); /* at most one per slot */
+  t0 = g_get_monotonic_time ();
+  g_assert_cmpint (test_worker_stop (w), ==, 0);
+  g_test_message ("worker exit: %.3f s", (g_get_monotonic_time () - t0) / 1e6);
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 0.8 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -576,5 +612,6 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/plugins-remote", test_plugins_remote);
   g_test_add_func ("/nats/program-remote", test_program_remote);
   g_test_add_func ("/nats/prompt-exit", test_prompt_exit);
+  g_test_add_func ("/nats/worker-closed-for-good", test_worker_closed_for_good);
   return g_test_run ();
 }

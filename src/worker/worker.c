@@ -407,8 +407,12 @@ slot_loop (gpointer data, gpointer user_data)
       g_usleep (SLOT_RETRY_US);
     }
     g_mutex_lock (&w->lock);
-    if (s != NATS_OK && s != NATS_TIMEOUT)
+    if (s != NATS_OK && s != NATS_TIMEOUT) {
+      /* a connection closed for good ([nats] max_reconnect) takes no subscription: wait */
+      while (w->conn_closed && !w->stopping)
+        g_cond_wait (&w->cond, &w->lock);
       subscribe_slot_locked (slot);
+    }
   }
   g_clear_pointer (&slot->sub, natsSubscription_Destroy);
   g_mutex_unlock (&w->lock);
@@ -572,6 +576,7 @@ crunch_worker_stop (CrunchWorker *w, GSourceFunc stopped, gpointer data)
 {
   g_mutex_lock (&w->lock);
   g_atomic_int_set (&w->stopping, TRUE); /* on_disconnected reads it without the lock */
+  g_cond_broadcast (&w->cond);
   w->stopped = stopped;
   w->stopped_data = data;
   /* ends a slot's wait at once; its thread destroys the subscription */
@@ -618,6 +623,7 @@ crunch_worker_free (CrunchWorker *w)
   /* the slots' loops end once `stopping` is set (by stop(), or here after a failed new()) */
   g_mutex_lock (&w->lock);
   g_atomic_int_set (&w->stopping, TRUE);
+  g_cond_broadcast (&w->cond);
   g_mutex_unlock (&w->lock);
   g_thread_pool_free (w->pool, FALSE, TRUE);
   g_message ("crunchd-worker %s stopped: %" G_GUINT64_FORMAT " job(s) done", w->id, w->done);
