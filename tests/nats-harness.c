@@ -91,6 +91,7 @@ nats_spawn (TestNats *nats)
   g_ptr_array_add (argv, g_strdup ("-a"));
   g_ptr_array_add (argv, g_strdup ("127.0.0.1"));
   g_ptr_array_add (argv, g_strdup_printf ("--port=%u", nats->port));
+  g_ptr_array_add (argv, g_strdup_printf ("--http_port=%u", nats->monitor_port));
   if (nats->cluster_port != 0) {
     g_ptr_array_add (argv, g_strdup ("--cluster_name=crunchd-test"));
     g_ptr_array_add (argv, g_strdup_printf ("--cluster=nats://127.0.0.1:%u", nats->cluster_port));
@@ -122,6 +123,7 @@ nats_start (gboolean cluster, const gchar *routes, gboolean jetstream)
   nats->dir = g_dir_make_tmp ("crunchd-nats-XXXXXX", &error);
   g_assert_no_error (error);
   nats->port = test_free_port ();
+  nats->monitor_port = test_free_port ();
   if (cluster)
     nats->cluster_port = test_free_port ();
   nats->routes = g_strdup (routes);

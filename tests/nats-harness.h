@@ -12,8 +12,9 @@ typedef struct {
   GSubprocess *proc;
   gchar *dir;
   guint16 port, cluster_port;
-  gchar *routes; /* "nats://127.0.0.1:P,..." or NULL */
-  gchar *url;    /* "nats://127.0.0.1:PORT" */
+  guint16 monitor_port; /* nats-server's HTTP monitoring (/connz, /subsz) */
+  gchar *routes;        /* "nats://127.0.0.1:P,..." or NULL */
+  gchar *url;           /* "nats://127.0.0.1:PORT" */
   gboolean jetstream;
 } TestNats;
 

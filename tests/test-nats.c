@@ -553,6 +553,28 @@ test_prompt_exit (void)
   g_assert_cmpint (done, >=, 1);
 }
 
+/* "ready" means every slot listens: the server knows all of a new worker's job subscriptions
+ * when it says so (its slots subscribe before the flush that precedes the message; the first
+ * version of the synchronous slots subscribed on their own threads, later). */
+static void
+test_ready_means_subscribed (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *connz =
+      g_strdup_printf ("http://127.0.0.1:%u/connz?subs=1", nats->monitor_port);
+  TestWorker *w = test_worker_start (wini, "eight", 8);
+  g_autoptr (TestReply) r = test_http ("GET", connz, NULL);
+  guint slots = 0;
+
+  g_assert_cmpint (r->status, ==, 200);
+  for (const gchar *at = r->body; (at = strstr (at, "\"crunchd.v1.job.*\"")) != NULL; at++)
+    slots++;
+  g_test_message ("job subscriptions on the server when the worker said ready: %u", slots);
+  g_assert_cmpuint (slots, ==, 8);
+  g_assert_cmpint (test_worker_stop (w), ==, 0);
+}
+
 /* A worker whose connection is closed for good ([nats] max_reconnect spent) says so once, does
  * not try its slots' subscriptions again and again (each slot waits on its own subscription), and
  * still stops at once on SIGTERM. */
@@ -613,5 +635,6 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/program-remote", test_program_remote);
   g_test_add_func ("/nats/prompt-exit", test_prompt_exit);
   g_test_add_func ("/nats/worker-closed-for-good", test_worker_closed_for_good);
+  g_test_add_func ("/nats/ready-means-subscribed", test_ready_means_subscribed);
   return g_test_run ();
 }

@@ -34,7 +34,8 @@
 typedef struct {
   CrunchWorker *w;
   guint index;
-  natsSubscription *sub; /* synchronous; replaced and destroyed by the slot's thread only */
+  natsSubscription *sub; /* synchronous; made by subscribe_all(), then replaced and destroyed
+                          * by the slot's thread only */
 } Slot;
 
 typedef struct {
@@ -390,7 +391,6 @@ slot_loop (gpointer data, gpointer user_data)
 
   crunch_worker_thread_prepare (w->nice, CRUNCH_WORKER_POLICY_OTHER);
   g_mutex_lock (&w->lock);
-  subscribe_slot_locked (slot);
   while (!w->stopping) {
     natsSubscription *sub = slot->sub; /* only this thread replaces or destroys it */
     natsMsg *msg = NULL;
@@ -521,6 +521,9 @@ subscribe_all (CrunchWorker *w, GError **error)
     crunch_nats_set_error (error, s, "NATS subscribe");
     return FALSE;
   }
+  /* every slot listens before new() returns, so "ready" (after a flush) means ready */
+  for (guint i = 0; i < w->n_slots; i++)
+    subscribe_slot_locked (&w->slots[i]);
   g_mutex_unlock (&w->lock);
   for (guint i = 0; i < w->n_slots; i++)
     g_thread_pool_push (w->pool, &w->slots[i], NULL);
@@ -551,7 +554,7 @@ crunch_worker_new (const CrunchConfig *config, guint threads, const gchar *id, G
   w->pool = g_thread_pool_new (slot_loop, w, (gint)threads, TRUE, NULL);
 
   name = g_strconcat ("crunchd-worker ", id, NULL);
-  /* one delivery thread for all slot subscriptions, not one thread per subscription */
+  /* one delivery thread for the presence and cancel subscriptions */
   w->nc = crunch_nats_connect (config, name, TRUE, &handlers, &connected, error);
   if (w->nc == NULL || !subscribe_all (w, error)) {
     w->stopping = TRUE;
@@ -571,18 +574,27 @@ crunch_worker_id (CrunchWorker *self)
   return self->id;
 }
 
-void
-crunch_worker_stop (CrunchWorker *w, GSourceFunc stopped, gpointer data)
+/* With the lock held: no new jobs; each slot's loop ends after its job, if it has one. A job
+ * message the server sent just before the UNSUB is dropped with the subscription (the front end
+ * sends it again after its attempt_timeout). */
+static void
+stop_slots_locked (CrunchWorker *w)
 {
-  g_mutex_lock (&w->lock);
   g_atomic_int_set (&w->stopping, TRUE); /* on_disconnected reads it without the lock */
   g_cond_broadcast (&w->cond);
-  w->stopped = stopped;
-  w->stopped_data = data;
   /* ends a slot's wait at once; its thread destroys the subscription */
   for (guint i = 0; i < w->n_slots; i++)
     if (w->slots[i].sub != NULL)
       natsSubscription_Unsubscribe (w->slots[i].sub);
+}
+
+void
+crunch_worker_stop (CrunchWorker *w, GSourceFunc stopped, gpointer data)
+{
+  g_mutex_lock (&w->lock);
+  stop_slots_locked (w);
+  w->stopped = stopped;
+  w->stopped_data = data;
   g_clear_pointer (&w->presence, natsSubscription_Destroy);
   if (w->active == 0)
     g_idle_add (stopped, data);
@@ -620,10 +632,8 @@ crunch_worker_free (CrunchWorker *w)
 
   if (w == NULL)
     return;
-  /* the slots' loops end once `stopping` is set (by stop(), or here after a failed new()) */
-  g_mutex_lock (&w->lock);
-  g_atomic_int_set (&w->stopping, TRUE);
-  g_cond_broadcast (&w->cond);
+  g_mutex_lock (&w->lock); /* already done by stop(), except after a failed new() */
+  stop_slots_locked (w);
   g_mutex_unlock (&w->lock);
   g_thread_pool_free (w->pool, FALSE, TRUE);
   g_message ("crunchd-worker %s stopped: %" G_GUINT64_FORMAT " job(s) done", w->id, w->done);
@@ -641,9 +651,7 @@ crunch_worker_free (CrunchWorker *w)
                  w->live_subs, (gint)(CLOSE_WAIT_US / G_USEC_PER_SEC));
     g_mutex_unlock (&w->lock);
   }
-  for (guint i = 0; i < w->n_slots; i++)
-    g_clear_pointer (&w->slots[i].sub, natsSubscription_Destroy);
-  g_clear_pointer (&w->presence, natsSubscription_Destroy);
+  g_clear_pointer (&w->presence, natsSubscription_Destroy); /* the slots' loops did theirs */
   g_clear_pointer (&w->cancel, natsSubscription_Destroy);
   natsConnection_Destroy (w->nc);
   crunch_parked_free (w->timers);
