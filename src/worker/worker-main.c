@@ -88,15 +88,17 @@ run (App *app, const gchar *id, guint threads)
   g_autoptr (GError) error = NULL;
   g_autoptr (CrunchHeartbeat) heartbeat = NULL;
 
+  /* Caught from here on and handled once the loop runs: crunch_worker_new() says "ready", and a
+   * SIGTERM right after that must drain, not kill (it did, under TSan in the tests). */
+  g_unix_signal_add (SIGINT, on_terminate, app);
+  g_unix_signal_add (SIGTERM, on_terminate, app);
+  g_unix_signal_add (SIGHUP, on_hangup, app);
   app->worker = crunch_worker_new (app->config, threads, id, &error);
   if (app->worker == NULL) {
     g_critical ("%s", error->message);
     return EXIT_FAILURE;
   }
   app->loop = g_main_loop_new (NULL, FALSE);
-  g_unix_signal_add (SIGINT, on_terminate, app);
-  g_unix_signal_add (SIGTERM, on_terminate, app);
-  g_unix_signal_add (SIGHUP, on_hangup, app);
   heartbeat = crunch_heartbeat_new (1000, status_text, app);
   crunch_service_notify ("READY=1");
   g_main_loop_run (app->loop);
