@@ -137,7 +137,8 @@ track_locked (CrunchWorker *w, natsSubscription *sub)
   return s;
 }
 
-/* With the lock held, on the slot's thread: listen for exactly one more job on this slot. */
+/* With the lock held, on the slot's thread (or before its loop starts): listen for exactly one
+ * more job on this slot. */
 static void
 subscribe_slot_locked (Slot *slot)
 {
