@@ -174,6 +174,16 @@ test_server_metric (TestServer *server, const gchar *series)
   return at != NULL ? g_ascii_strtod (at + strlen (needle), NULL) : -1;
 }
 
+guint
+test_count (const gchar *text, const gchar *needle)
+{
+  guint n = 0;
+
+  for (const gchar *at = text; at != NULL && (at = strstr (at, needle)) != NULL; at++)
+    n++;
+  return n;
+}
+
 gchar *
 test_server_url (TestServer *server, const gchar *path)
 {

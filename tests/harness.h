@@ -42,6 +42,8 @@ gint test_server_stop (TestServer *server);
 gint test_server_stop_with_log (TestServer *server, gchar **log);
 void test_server_signal (TestServer *server, gint signum);
 gchar *test_server_log (TestServer *server);
+/* How many times `needle` occurs in `text` (0 for NULL text). */
+guint test_count (const gchar *text, const gchar *needle);
 gchar *test_server_url (TestServer *server, const gchar *path);
 /* The value of one series (name and labels, as printed) on the server's /metrics, or -1. */
 gdouble test_server_metric (TestServer *server, const gchar *series);

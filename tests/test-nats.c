@@ -566,11 +566,10 @@ test_ready_means_subscribed (void)
       g_strdup_printf ("http://127.0.0.1:%u/connz?subs=1", nats->monitor_port);
   TestWorker *w = test_worker_start (wini, "eight", 8);
   g_autoptr (TestReply) r = test_http ("GET", connz, NULL);
-  guint slots = 0;
+  guint slots;
 
   g_assert_cmpint (r->status, ==, 200);
-  for (const gchar *at = r->body; (at = strstr (at, "\"crunchd.v1.job.*\"")) != NULL; at++)
-    slots++;
+  slots = test_count (r->body, "\"crunchd.v1.job.*\"");
   g_test_message ("job subscriptions on the server when the worker said ready: %u", slots);
   g_assert_cmpuint (slots, ==, 8);
   g_assert_cmpint (test_worker_stop (w), ==, 0);
@@ -588,7 +587,7 @@ test_worker_closed_for_good (void)
   TestWorker *w = test_worker_start (wini, "closing", 2);
   g_autofree gchar *log = NULL;
   gint64 t0;
-  guint warnings = 0;
+  guint warnings;
 
   test_nats_kill (nats);
   for (gint i = 0; i < 100; i++) { /* two attempts 0.05 s apart, then closed */
@@ -602,8 +601,7 @@ test_worker_closed_for_good (void)
   g_usleep (1000000);
   g_clear_pointer (&log, g_free);
   g_file_get_contents (w->log_path, &log, NULL, NULL);
-  for (const gchar *at = log; (at = strstr (at, "cannot subscribe")) != NULL; at++)
-    warnings++;
+  warnings = test_count (log, "cannot subscribe");
   g_test_message ("after the connection closed for good: %u subscribe warnings in 1 s", warnings);
   g_assert_cmpuint (warnings, <=, 2); /* at most one per slot */
   t0 = g_get_monotonic_time ();

@@ -299,7 +299,7 @@ test_access_json_time (void)
   TestServer *server = test_server_start_with ("[log]\naccess = json\n", NULL, &setup);
   g_autofree gchar *url = test_server_url (server, "/fast");
   g_autofree gchar *log = NULL;
-  g_autoptr (GDateTime) first = NULL, second = NULL;
+  GDateTime *times[2];
   const gchar *at;
   gint64 t0 = g_get_real_time ();
 
@@ -321,15 +321,13 @@ test_access_json_time (void)
     text = g_strndup (at, strcspn (at, "\""));
     g_test_message ("request %u: %s", i + 1, text);
     g_assert_true (g_str_has_suffix (text, "+05:30"));
-    if (i == 0)
-      first = g_date_time_new_from_iso8601 (text, NULL);
-    else
-      second = g_date_time_new_from_iso8601 (text, NULL);
+    times[i] = g_date_time_new_from_iso8601 (text, NULL);
+    g_assert_nonnull (times[i]);
   }
-  g_assert_nonnull (first);
-  g_assert_nonnull (second);
-  g_assert_cmpint (llabs (g_date_time_to_unix (first) - t0 / G_USEC_PER_SEC), <=, 5);
-  g_assert_cmpint (g_date_time_difference (second, first), >=, 1100000);
+  g_assert_cmpint (llabs (g_date_time_to_unix (times[0]) - t0 / G_USEC_PER_SEC), <=, 5);
+  g_assert_cmpint (g_date_time_difference (times[1], times[0]), >=, 1100000);
+  g_date_time_unref (times[0]);
+  g_date_time_unref (times[1]);
 }
 
 /* Whether crunchd's log has `needle` within `seconds`. */

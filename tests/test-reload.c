@@ -40,13 +40,8 @@ static guint
 count_reloads (TestServer *server)
 {
   g_autofree gchar *log = test_server_log (server);
-  guint n = 0;
 
-  for (const gchar *at = log; (at = strstr (at, "configuration reloaded from")) != NULL; at++)
-    n++;
-  for (const gchar *at = log; (at = strstr (at, "reload failed")) != NULL; at++)
-    n++;
-  return n;
+  return test_count (log, "configuration reloaded from") + test_count (log, "reload failed");
 }
 
 /* Writes the new file, sends SIGHUP and returns once crunchd has logged the outcome (and, with

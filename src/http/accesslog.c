@@ -135,7 +135,7 @@ local_zone (void)
   static __thread GTimeZone *zone;
   gint64 now = g_get_monotonic_time () / G_USEC_PER_SEC;
 
-  if (now != second || zone == NULL) {
+  if (now != second) { /* -1 at first */
     g_clear_pointer (&zone, g_time_zone_unref);
     zone = g_time_zone_new_local ();
     second = now;
