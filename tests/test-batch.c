@@ -117,7 +117,9 @@ get_body (TestServer *server, const gchar *path)
 }
 
 /* Calls that arrive one at a time run alone, at once: no other call of the function is under
- * way, so there is no company to wait for. */
+ * way, so there is no company to wait for. The wait is read from the server's own histogram
+ * (exactly 0 for a batch closed as it opened): a sanitized build's first call can take longer
+ * than max_delay from the client's side (0.27 s under TSan once) without having waited at all. */
 static void
 test_lone_call (void)
 {
@@ -130,8 +132,9 @@ test_lone_call (void)
     g_test_message ("lone call %u: %.3f s", i, reply->seconds);
     g_assert_cmpint (reply->status, ==, 200);
     g_assert_cmpstr (reply->body, ==, expect);
-    g_assert_cmpfloat (reply->seconds, <, 0.25); /* max_delay is 0.3 s */
   }
+  g_assert_cmpfloat (
+      test_server_metric (server, "crunchd_batch_wait_seconds_sum{function=\"batchy\"}"), ==, 0);
   g_assert_cmpfloat (test_server_metric (server, "crunchd_batch_size_count{function=\"batchy\"}"),
                      ==, 3);
   g_assert_cmpfloat (test_server_metric (server, "crunchd_batch_size_sum{function=\"batchy\"}"), ==,
