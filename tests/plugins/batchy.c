@@ -4,7 +4,9 @@
  * counts the batches this process ran. sleep_ms (the batch sleeps the largest of its calls',
  * checking every millisecond whether all its calls are gone), fail=1 fails that call alone.
  * max_batch 8, max_delay 0.3 s: long enough to see a lone call wait, and to fill a batch from
- * threads that send at once. */
+ * threads that send at once. /fn/patient is the same with max_delay 1 s (the most a plugin may
+ * ask), for tests that show a batch closing early: a bound of 0.6 s tells early from max_delay even
+ * on a starved machine. */
 #include <crunchd/crunchd-plugin.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,10 +76,25 @@ static const CrunchdFunction batchy = {
     .run_batch = batchy_batch,
 };
 
+static const CrunchdFunction patient = {
+    .name = "patient",
+    .description = "batchy with max_delay 1 s",
+    .args = args,
+    .n_args = sizeof args / sizeof args[0],
+    .pure = 1,
+    .deadline = 20,
+    .content_type = "text/plain",
+    .max_batch = 8,
+    .max_delay = 1.0,
+    .run_batch = batchy_batch,
+};
+
 static int
 init (CrunchdHost *host)
 {
-  return host->register_function (host, &batchy);
+  int rc = host->register_function (host, &batchy);
+
+  return rc != 0 ? rc : host->register_function (host, &patient);
 }
 
 CRUNCHD_PLUGIN_DEFINE ("batchy", "1.0", init);
