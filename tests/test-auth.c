@@ -271,7 +271,8 @@ typedef struct {
   TestServer *server;
   const gchar *token;
   gint stop;
-  guint total, failed;
+  gint total; /* atomic: read while the loop runs */
+  guint failed;
 } Load;
 
 /* A client loop: synchronous compute requests with a key that stays valid throughout. */
@@ -282,13 +283,24 @@ load_loop (gpointer data)
 
   while (!g_atomic_int_get (&load->stop)) {
     g_autoptr (TestReply) r = as (load->server, load->token, "GET", "/fn/spin?seconds=0.005", NULL);
-    load->total++;
+    g_atomic_int_inc (&load->total);
     if (r->status != 200) {
       g_printerr ("# under reload: %ld %s", r->status, r->body ? r->body : "");
       load->failed++;
     }
   }
   return NULL;
+}
+
+/* Waits until the load loop has made `more` requests more than `since` (bounded), so that
+ * requests run between reloads however slowly a sanitized build on a busy machine goes. */
+static void
+wait_load (Load *load, gint since, gint more)
+{
+  gint64 until = g_get_monotonic_time () + (gint64)(5 * G_USEC_PER_SEC * TEST_TIME_SCALE);
+
+  while (g_atomic_int_get (&load->total) < since + more && g_get_monotonic_time () < until)
+    g_usleep (5000);
 }
 
 /* Reloads (SIGHUP) and waits until the log says the n-th one is done. */
@@ -328,7 +340,7 @@ test_reload_under_load (void)
   for (guint i = 1; i <= 6; i++) {
     keys_write (keys, i % 2 ? after : before);
     reload (server, "configuration reloaded", i);
-    g_usleep (50000);
+    wait_load (&load, g_atomic_int_get (&load.total), 4);
   }
   keys_write (keys, after);
   reload (server, "configuration reloaded", 7);
@@ -341,9 +353,9 @@ test_reload_under_load (void)
   expect (server, gone, "GET", "/fib/5", NULL, 401);
   g_atomic_int_set (&load.stop, TRUE);
   g_thread_join (thread);
-  g_test_message ("%u requests during the reloads", load.total);
+  g_test_message ("%d requests during the reloads", load.total);
   g_assert_cmpuint (load.failed, ==, 0);
-  g_assert_cmpuint (load.total, >, 20);
+  g_assert_cmpint (load.total, >, 20);
   g_autofree gchar *log = test_server_log (server);
   g_assert_nonnull (strstr (log, "[stay] sha256 = 'nope'"));
 }
