@@ -17,8 +17,9 @@
  * (`unarmed` until then; EPOLLRDHUP is level-triggered, so a client that left meanwhile is seen at
  * once), and while anything is parked or unarmed the watcher wakes every TICK_US by itself
  * ("ticking"), so a new entry wakes it (an eventfd write) only when it is idle or the entry's
- * deadline comes before the next tick. A request answered within a tick costs no system call
- * here at all. */
+ * deadline comes before the next tick. The first tick is TICK_US after the entry that started
+ * the ticking, not at that wake-up. A request answered within a tick costs no system call here
+ * at all, and the watcher wakes at most once a tick however many come and go. */
 #include "parked.h"
 
 #include <errno.h>
@@ -51,6 +52,8 @@ struct CrunchParked {
   gint epfd, wakefd;
   GQueue unarmed;   /* entries whose fd the next tick adds to the epoll set */
   gboolean ticking; /* the watcher wakes every TICK_US by itself */
+  gint64 tick_us;   /* while ticking: when the next tick is due */
+  guint64 watched;  /* sockets that joined the epoll set, ever */
   gboolean stop;
   GThread *thread;
   CrunchParkedKind kind; /* of entries added without one */
@@ -97,11 +100,12 @@ disarm_locked (CrunchParked *self, CrunchParkedEntry *entry)
 /* With the lock held (the watcher, at a tick): the sockets parked since the last tick join the
  * epoll set; the tick goes on while there were any. */
 static void
-arm_locked (CrunchParked *self)
+arm_locked (CrunchParked *self, gint64 now)
 {
   GList *link;
 
   self->ticking = self->unarmed.length > 0;
+  self->tick_us = now + TICK_US;
   while ((link = g_queue_pop_head_link (&self->unarmed)) != NULL) {
     CrunchParkedEntry *entry = link->data;
     struct epoll_event ev = {.events = EPOLLRDHUP, .data.u64 = entry->serial};
@@ -110,6 +114,7 @@ arm_locked (CrunchParked *self)
       g_debug ("parked: cannot watch fd %d: %s", entry->fd, g_strerror (errno));
     else
       entry->armed = TRUE;
+    self->watched++;
   }
 }
 
@@ -166,11 +171,16 @@ watch_once (CrunchParked *self)
   gint timeout, n;
 
   g_mutex_lock (&self->lock);
-  arm_locked (self);
+  if (self->ticking && g_get_monotonic_time () >= self->tick_us)
+    arm_locked (self, g_get_monotonic_time ());
   timeout = collect_expired (self, expired);
-  if (self->ticking && (timeout < 0 || timeout > TICK_US / 1000)) {
-    timeout = TICK_US / 1000;
-    self->next_wake_us = g_get_monotonic_time () + TICK_US;
+  if (self->ticking) {
+    /* round up, as collect_expired() does */
+    gint tick = (gint)MAX ((self->tick_us - g_get_monotonic_time () + 999) / 1000, 0);
+    if (timeout < 0 || timeout > tick) {
+      timeout = tick;
+      self->next_wake_us = self->tick_us;
+    }
   }
   g_mutex_unlock (&self->lock);
   expire_all (expired, CRUNCH_JOB_TIMED_OUT);
@@ -259,8 +269,13 @@ add (CrunchParked *self, gint fd, gint64 deadline_us, gpointer item, const Crunc
   if (fd >= 0) { /* watched from the next tick on */
     g_queue_push_tail_link (&self->unarmed, &entry->unarmed_link);
     entry->unarmed = TRUE;
-    start_ticking = !self->ticking;
-    self->ticking = TRUE;
+    if (!self->ticking) { /* the first tick is a whole TICK_US away */
+      self->ticking = TRUE;
+      self->tick_us = g_get_monotonic_time () + TICK_US;
+      start_ticking = self->tick_us < self->next_wake_us;
+      if (start_ticking)
+        self->next_wake_us = self->tick_us;
+    }
   }
   earlier = schedule_locked (self, entry, deadline_us);
   g_mutex_unlock (&self->lock);
@@ -319,6 +334,17 @@ crunch_parked_remove (CrunchParked *self, CrunchParkedEntry *entry)
   g_mutex_unlock (&self->lock);
   entry->kind->unref (entry->item);
   g_free (entry);
+}
+
+guint64
+crunch_parked_sockets_watched (CrunchParked *self)
+{
+  guint64 n;
+
+  g_mutex_lock (&self->lock);
+  n = self->watched;
+  g_mutex_unlock (&self->lock);
+  return n;
 }
 
 void

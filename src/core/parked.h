@@ -43,5 +43,8 @@ CrunchParkedEntry *crunch_parked_watch (CrunchParked *self, gint fd, gpointer it
 void crunch_parked_rearm (CrunchParked *self, CrunchParkedEntry *entry, gint64 deadline_us);
 /* Stop watching; call while the socket is still open. Any thread; NULL is a no-op. */
 void crunch_parked_remove (CrunchParked *self, CrunchParkedEntry *entry);
+/* How many sockets have joined the epoll set so far (each costs two epoll_ctl calls): those still
+ * parked at the tick after they were added. For tests. */
+guint64 crunch_parked_sockets_watched (CrunchParked *self);
 /* Stops the watcher thread; entries must have been removed. */
 void crunch_parked_free (CrunchParked *self);
