@@ -76,24 +76,16 @@ static const CrunchdFunction batchy = {
     .run_batch = batchy_batch,
 };
 
-static const CrunchdFunction patient = {
-    .name = "patient",
-    .description = "batchy with max_delay 1 s",
-    .args = args,
-    .n_args = sizeof args / sizeof args[0],
-    .pure = 1,
-    .deadline = 20,
-    .content_type = "text/plain",
-    .max_batch = 8,
-    .max_delay = 1.0,
-    .run_batch = batchy_batch,
-};
-
 static int
 init (CrunchdHost *host)
 {
+  static CrunchdFunction patient;
   int rc = host->register_function (host, &batchy);
 
+  patient = batchy;
+  patient.name = "patient";
+  patient.description = "batchy with max_delay 1 s";
+  patient.max_delay = 1.0;
   return rc != 0 ? rc : host->register_function (host, &patient);
 }
 
