@@ -42,9 +42,14 @@ pin (gint cpu)
 static void
 answer (gpointer item, gpointer efd)
 {
+  static __thread gint pinned = G_MININT; /* pool threads outlive a pool: pin on a change only */
+  gint cpu = GPOINTER_TO_INT (item) - 2;  /* the item is worker_cpu + 2 */
   uint64_t one = 1;
 
-  pin (GPOINTER_TO_INT (item) - 2); /* the item is worker_cpu + 2 */
+  if (cpu != pinned) {
+    pin (cpu);
+    pinned = cpu;
+  }
   if (write (GPOINTER_TO_INT (efd), &one, sizeof one) != sizeof one)
     abort ();
 }

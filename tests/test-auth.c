@@ -310,10 +310,7 @@ reload (TestServer *server, const gchar *needle, guint n)
   test_server_signal (server, SIGHUP);
   for (gint tries = 0; tries < 1000; tries++) {
     g_autofree gchar *log = test_server_log (server);
-    guint seen = 0;
-    for (const gchar *p = log; (p = strstr (p, needle)) != NULL; p++)
-      seen++;
-    if (seen >= n)
+    if (test_count (log, needle) >= n)
       return;
     g_usleep (10000);
   }

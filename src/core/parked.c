@@ -114,7 +114,7 @@ arm_locked (CrunchParked *self, gint64 now)
       g_debug ("parked: cannot watch fd %d: %s", entry->fd, g_strerror (errno));
     else
       entry->armed = TRUE;
-    self->watched++;
+    self->watched += entry->armed;
   }
 }
 
@@ -142,12 +142,11 @@ expire_all (GArray *fired, CrunchJobOutcome why)
   }
 }
 
-/* With the lock held: collect the entries whose deadline passed; return ms until the next one. */
+/* With the lock held: collect the entries whose deadline passed by `now`; return ms until the
+ * next one. */
 static gint
-collect_expired (CrunchParked *self, GArray *expired)
+collect_expired (CrunchParked *self, GArray *expired, gint64 now)
 {
-  gint64 now = g_get_monotonic_time ();
-
   while (g_sequence_get_length (self->deadlines) > 0) {
     CrunchParkedEntry *first = g_sequence_get (g_sequence_get_begin_iter (self->deadlines));
     if (first->deadline_us > now) {
@@ -168,15 +167,17 @@ watch_once (CrunchParked *self)
   struct epoll_event events[64];
   g_autoptr (GArray) expired = g_array_new (FALSE, FALSE, sizeof (Fired));
   g_autoptr (GArray) gone = g_array_new (FALSE, FALSE, sizeof (Fired));
+  gint64 now;
   gint timeout, n;
 
   g_mutex_lock (&self->lock);
-  if (self->ticking && g_get_monotonic_time () >= self->tick_us)
-    arm_locked (self, g_get_monotonic_time ());
-  timeout = collect_expired (self, expired);
+  now = g_get_monotonic_time ();
+  if (self->ticking && now >= self->tick_us)
+    arm_locked (self, now);
+  timeout = collect_expired (self, expired, now);
   if (self->ticking) {
     /* round up, as collect_expired() does */
-    gint tick = (gint)MAX ((self->tick_us - g_get_monotonic_time () + 999) / 1000, 0);
+    gint tick = (gint)MAX ((self->tick_us - now + 999) / 1000, 0);
     if (timeout < 0 || timeout > tick) {
       timeout = tick;
       self->next_wake_us = self->tick_us;
