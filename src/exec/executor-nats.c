@@ -786,6 +786,10 @@ on_local_finished (CrunchJob *job, gpointer data)
   NatsExecutor *self = data;
 
   self->parent.finished (job, self->parent.finished_data);
+  /* The scheduler may have sent the next job from this pool thread, and a failed publish gives
+   * the thread nats.c's error state; the pool's threads may end after the library is closed,
+   * when that state could no longer be freed. */
+  nats_ReleaseThreadMemory ();
 }
 
 /* Waits (bounded) until nats.c has made its last call into us. */
@@ -822,6 +826,9 @@ nats_free (CrunchExecutor *parent)
   g_mutex_unlock (&self->lock);
   for (guint i = 0; i < steps->len; i++)
     perform (self, &g_array_index (steps, Step, i));
+  /* Nothing is pending, so nothing arms a timer again; joining the timer thread waits out a
+   * callback that decided to publish before the take-all, while the connection is still open. */
+  g_clear_pointer (&self->timers, crunch_parked_free);
 
   natsSubscription_Unsubscribe (self->replies);
   natsConnection_Close (self->nc);
@@ -836,7 +843,6 @@ nats_free (CrunchExecutor *parent)
              self->stats.disconnects);
   natsSubscription_Destroy (self->replies);
   natsConnection_Destroy (self->nc);
-  crunch_parked_free (self->timers);  /* after the last re-arm: no more callbacks */
   crunch_executor_free (self->local); /* waits for jobs running locally */
   g_hash_table_unref (self->pending);
   g_mutex_clear (&self->lock);

@@ -641,6 +641,9 @@ crunch_worker_free (CrunchWorker *w)
   stop_slots_locked (w);
   g_mutex_unlock (&w->lock);
   g_thread_pool_free (w->pool, FALSE, TRUE);
+  /* No task is left, so no timer either; joining the timer thread waits out a heartbeat that
+   * fired just before the last job ended and has yet to publish: the connection is still open. */
+  g_clear_pointer (&w->timers, crunch_parked_free);
   g_message ("crunchd-worker %s stopped: %" G_GUINT64_FORMAT " job(s) done", w->id, w->done);
   if (w->nc != NULL) {
     /* the last replies; without a connection there is nothing to flush to, and waiting would
@@ -659,7 +662,6 @@ crunch_worker_free (CrunchWorker *w)
   g_clear_pointer (&w->presence, natsSubscription_Destroy); /* the slots' loops did theirs */
   g_clear_pointer (&w->cancel, natsSubscription_Destroy);
   natsConnection_Destroy (w->nc);
-  crunch_parked_free (w->timers);
   g_hash_table_unref (w->running);
   g_mutex_clear (&w->lock);
   g_cond_clear (&w->cond);
