@@ -87,7 +87,7 @@ struct CrunchServer {
   gboolean has_ops;              /* ops_daemon is wanted; fixed before any daemon starts */
   Listener public_listener, ops_listener;
   gint64 max_body_size; /* atomic */
-  gint in_flight;       /* compute requests admitted and not yet completed */
+  gint in_flight;       /* compute requests past their checks and not yet completed */
   guint64 served;       /* requests answered (any status), atomic; for STATUS= */
   gint draining;
   gint drained_fired;
@@ -110,7 +110,7 @@ typedef struct {
   guint64 body_bytes;
   GByteArray *body;      /* up to max_body_size; POST /fn/<name> and /jobs read it */
   CrunchCall *call;      /* compute lane */
-  gboolean in_flight;    /* admitted: counted in server->in_flight until it ends */
+  gboolean in_flight;    /* counted in server->in_flight until it ends */
   gint64 timeout_us;     /* the deadline it was given, for the 504 message */
   gboolean cached;       /* answered from the result cache */
   gboolean complete;     /* its header and body have arrived */
@@ -599,6 +599,16 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
 
   if (!request_deadline (req, fn, &deadline, &why) || !request_priority (req, &priority, &why))
     return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
+  /* Counted first, then the drain looked at, as in request_defer(): either the drain waits for
+   * this request or it is refused here. Counted after admission (as it was), a request admitted
+   * just as the drain found nothing in flight could be suspended still when MHD_stop_daemon()
+   * ran: an abort, or a client without an answer. */
+  g_atomic_int_inc (&server->in_flight);
+  req->in_flight = TRUE;
+  if (g_atomic_int_get (&server->draining)) {
+    crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
+    return respond_unavailable (req, "server is shutting down", TRUE);
+  }
   client = client_key (req);
   req->call =
       crunch_call_new (server->calls, &(CrunchCallSpec){.fn = fn,
@@ -618,8 +628,6 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
   case CRUNCH_CALL_ADMITTED:
     break;
   }
-  g_atomic_int_inc (&server->in_flight);
-  req->in_flight = TRUE;
   /* Suspend first: the job may finish (and resume us) before submit() even returns. */
   MHD_suspend_connection (req->connection);
   set_suspended (req, TRUE);
