@@ -88,6 +88,7 @@ struct CrunchServer {
   Listener public_listener, ops_listener;
   gint64 max_body_size; /* atomic */
   gint in_flight;       /* compute requests past their checks and not yet completed */
+  gint resuming;        /* threads inside resume() */
   guint64 served;       /* requests answered (any status), atomic; for STATUS= */
   gint draining;
   gint drained_fired;
@@ -292,14 +293,25 @@ respond_ticket (CrunchRequest *req)
 
 /* ---- the compute lane ---- */
 
-/* Worker or watcher thread: the call has its answer. Resuming is the last touch of the
- * request. */
+/* Any thread but a polling thread: the last touch of a suspended request. libmicrohttpd may
+ * answer it, and the drain end, before MHD_resume_connection() has returned (it wakes the
+ * polling thread last), so crunch_server_free() waits for `resuming` to be 0 before it stops
+ * the daemon that call still uses. */
+static void
+resume (CrunchRequest *req)
+{
+  CrunchServer *server = req->server; /* req may be gone when the call returns */
+
+  g_atomic_int_inc (&server->resuming);
+  MHD_resume_connection (req->connection);
+  g_atomic_int_add (&server->resuming, -1);
+}
+
+/* Worker or watcher thread: the call has its answer. */
 static void
 on_answered (CrunchCall *call, gpointer data)
 {
-  CrunchRequest *req = data;
-
-  MHD_resume_connection (req->connection);
+  resume (data);
 }
 
 static void
@@ -694,7 +706,7 @@ later_answer (CrunchLater *later, CrunchReply *reply)
   CrunchRequest *req = (CrunchRequest *)((gchar *)later - G_STRUCT_OFFSET (CrunchRequest, later));
 
   req->later_reply = *reply;
-  MHD_resume_connection (req->connection);
+  resume (req);
 }
 
 /* A request counted in flight has ended: the last one while draining fires `drained`. */
@@ -1343,6 +1355,8 @@ crunch_server_free (CrunchServer *self)
   if (self == NULL)
     return;
   g_warn_if_fail (g_atomic_int_get (&self->in_flight) == 0);
+  while (g_atomic_int_get (&self->resuming) > 0) /* a few instructions at most */
+    g_usleep (100);
   for (guint i = 0; i < self->daemons->len; i++)
     MHD_stop_daemon (self->daemons->pdata[i]);
   for (guint i = 0; i < self->quiesced->len; i++)
