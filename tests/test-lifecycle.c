@@ -135,6 +135,8 @@ test_sigterm_under_load (void)
     g_test_message ("round %u: %u answered, %u refused, %u closed unread (curl %d)", round,
                     storm.answered, storm.refused, storm.other, storm.other_code);
     g_assert_cmpuint (storm.answered, >, 0);
+    if (strstr (log, "runtime check failed") != NULL || strstr (log, "CRITICAL") != NULL)
+      g_test_message ("crunchd's log:\n%s", log);
     g_assert_null (strstr (log, "runtime check failed"));
     g_assert_null (strstr (log, "CRITICAL"));
     g_free (storm.url);

@@ -616,11 +616,12 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
    * just as the drain found nothing in flight could be suspended still when MHD_stop_daemon()
    * ran: an abort, or a client without an answer. */
   g_atomic_int_inc (&server->in_flight);
-  req->in_flight = TRUE;
   if (g_atomic_int_get (&server->draining)) {
+    leave_flight (server); /* never suspended: the daemon may stop before this answer is out */
     crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
     return respond_unavailable (req, "server is shutting down", TRUE);
   }
+  req->in_flight = TRUE;
   client = client_key (req);
   req->call =
       crunch_call_new (server->calls, &(CrunchCallSpec){.fn = fn,
