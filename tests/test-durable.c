@@ -555,6 +555,46 @@ test_foreign (Fixture *f, gconstpointer data)
   }
 }
 
+/* Another program holds the write lock for a moment (an operator's sqlite3 shell, a backup):
+ * the job is accepted once the lock is free, and its later writes (running, done) land too. It
+ * used to be refused at once (503), and a later write of an accepted job failed and was lost. */
+static void
+test_outside_lock (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "");
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GSubprocess) p = NULL;
+  g_autoptr (GDataInputStream) out = NULL;
+  g_autofree gchar *line = NULL, *id = NULL;
+  g_autoptr (GPtrArray) jobs = g_ptr_array_new ();
+  g_autoptr (JsonObject) o = NULL;
+  gint64 t0;
+
+  p = g_subprocess_new (G_SUBPROCESS_FLAGS_STDOUT_PIPE, &error, "python3", "-c",
+                        "import sqlite3, sys, time\n"
+                        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
+                        "time.sleep(0.5); c.execute('COMMIT')",
+                        f->db, NULL);
+  g_assert_no_error (error);
+  out = g_data_input_stream_new (g_subprocess_get_stdout_pipe (p));
+  line = g_data_input_stream_read_line (out, NULL, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (line, ==, "locked");
+  t0 = g_get_monotonic_time ();
+  id = submit (s, "{\"fn\": \"length\", \"args\": {\"s\": \"abc\"}}", NULL);
+  g_test_message ("accepted after %.3f s", (g_get_monotonic_time () - t0) / 1e6);
+  g_assert_true (g_subprocess_wait_check (p, NULL, NULL));
+  g_ptr_array_add (jobs, id);
+  g_hash_table_unref (wait_all_finished (s, jobs, 10));
+  test_server_stop (s);
+  /* on disk: done, with its result (a restart reads it back) */
+  s = start (f, "");
+  o = describe (s, id);
+  g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "done");
+  test_server_stop (s);
+}
+
 static void
 test_in_use (Fixture *f, gconstpointer data)
 {
@@ -606,6 +646,7 @@ main (int argc, char **argv)
   ADD ("/durable/damaged-file", test_damaged);
   ADD ("/durable/foreign-file", test_foreign);
   ADD ("/durable/in-use", test_in_use);
+  ADD ("/durable/outside-lock", test_outside_lock);
   ADD ("/durable/max-result-size", test_max_result_size);
   return g_test_run ();
 }

@@ -24,6 +24,9 @@
 
 #define BATCH_MAX 512
 #define SCHEMA_VERSION 1
+/* How long a write waits for another program's lock on the file (an operator's sqlite3 shell,
+ * a backup) before it fails: a failed write of a job already accepted is not tried again. */
+#define BUSY_TIMEOUT_MS 2000
 
 typedef enum { OP_PUT, OP_STATE, OP_REMOVE, OP_STOP } OpKind;
 
@@ -250,6 +253,8 @@ crunch_store_sqlite_open (const CrunchSqliteSettings *settings, GError **error)
     /* said */
   } else if (sqlite3_open_v2 (self->path, &self->db, flags, NULL) != SQLITE_OK) {
     fail (error, self, "cannot open it");
+  } else if (sqlite3_busy_timeout (self->db, BUSY_TIMEOUT_MS) != SQLITE_OK) {
+    fail (error, self, "cannot set its busy timeout");
   } else if (check_file (self, error) && set_journal (self, settings, error) &&
              bound_size (self, settings->max_size, error) && prepare (self, error)) {
     crunch_store_queue_init (&self->queue);
