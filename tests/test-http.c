@@ -194,6 +194,23 @@ test_worker_policy_auto (void)
   }
 }
 
+/* utime + stime of a child process, in clock ticks (/proc/PID/stat fields 14 and 15). */
+static guint64
+cpu_ticks (GSubprocess *p)
+{
+  g_autofree gchar *path = g_strdup_printf ("/proc/%s/stat", g_subprocess_get_identifier (p));
+  g_autofree gchar *stat = NULL;
+  g_auto (GStrv) fields = NULL;
+  const gchar *end;
+
+  if (!g_file_get_contents (path, &stat, NULL, NULL) || (end = strrchr (stat, ')')) == NULL)
+    return 0;
+  fields = g_strsplit (end + 2, " ", 0); /* from field 3, the state */
+  if (g_strv_length (fields) < 13)
+    return 0;
+  return g_ascii_strtoull (fields[11], NULL, 10) + g_ascii_strtoull (fields[12], NULL, 10);
+}
+
 /* The idle guard: with every core taken by busy neighbours, a SCHED_IDLE job would get almost
  * no CPU (a few per mille); after idle_grace seconds it is raised to the normal policy at nice
  * 10, finishes, and its worker goes back to SCHED_IDLE. */
@@ -210,11 +227,15 @@ test_idle_guard (void)
     return;
   }
   s = test_server_start ("[executor]\nthreads = 1\npolicy = auto\nidle_grace = 0.3\n", NULL);
-  url = test_server_url (s, "/fib/36");
+  url = test_server_url (s, "/fib/37");
   for (guint i = 0; i < g_get_num_processors (); i++)
     g_ptr_array_add (hogs, g_subprocess_new (G_SUBPROCESS_FLAGS_NONE, NULL, "sh", "-c",
                                              "while :; do :; done", NULL));
-  g_usleep (100 * 1000); /* (until they spin) */
+  /* until each has run 50 ms: a hog still starting (a busy machine) left a core to the job,
+   * which then ended before its grace without being raised */
+  for (guint i = 0; i < hogs->len; i++)
+    while (cpu_ticks (hogs->pdata[i]) < 5)
+      g_usleep (10 * 1000);
   r = test_http ("GET", url, NULL);
   for (guint i = 0; i < hogs->len; i++)
     g_subprocess_force_exit (hogs->pdata[i]);
