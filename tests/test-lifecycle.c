@@ -127,7 +127,7 @@ test_sigterm_under_load (void)
 
     for (guint i = 0; i < G_N_ELEMENTS (clients); i++)
       clients[i] = g_thread_new ("storm", storm_client, &storm);
-    g_usleep ((50 + 20 * round) * 1000);
+    g_usleep ((gulong)((50 + 20 * round) * 1000 * TEST_TIME_SCALE)); /* TSan: slower requests */
     g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
     g_atomic_int_set (&storm.stop, 1);
     for (guint i = 0; i < G_N_ELEMENTS (clients); i++)
