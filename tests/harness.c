@@ -184,6 +184,17 @@ test_count (const gchar *text, const gchar *needle)
   return n;
 }
 
+gchar **
+test_proc_stat (const gchar *path)
+{
+  g_autofree gchar *stat = NULL;
+  const gchar *after_comm; /* the command name may hold spaces and ')' */
+
+  if (!g_file_get_contents (path, &stat, NULL, NULL) || (after_comm = strrchr (stat, ')')) == NULL)
+    return NULL;
+  return g_strsplit (after_comm + 2, " ", -1);
+}
+
 gchar *
 test_server_url (TestServer *server, const gchar *path)
 {

@@ -44,6 +44,9 @@ void test_server_signal (TestServer *server, gint signum);
 gchar *test_server_log (TestServer *server);
 /* How many times `needle` occurs in `text` (0 for NULL text). */
 guint test_count (const gchar *text, const gchar *needle);
+/* The fields of a /proc stat file (e.g. "/proc/PID/stat") from field 3, the state, on: field N
+ * is [N - 3]. NULL if it cannot be read. */
+gchar **test_proc_stat (const gchar *path);
 gchar *test_server_url (TestServer *server, const gchar *path);
 /* The value of one series (name and labels, as printed) on the server's /metrics, or -1. */
 gdouble test_server_metric (TestServer *server, const gchar *series);

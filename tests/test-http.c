@@ -150,15 +150,15 @@ worker_policy (TestServer *s)
   const gchar *tid;
 
   while (tasks != NULL && (tid = g_dir_read_name (tasks)) != NULL) {
-    g_autofree gchar *path = g_strdup_printf ("%s/%s/stat", dir, tid);
-    g_autofree gchar *stat = NULL;
-    const gchar *after_comm;
-    if (!g_file_get_contents (path, &stat, NULL, NULL) || strstr (stat, "(pool-") == NULL ||
-        (after_comm = strrchr (stat, ')')) == NULL)
+    g_autofree gchar *path = g_strdup_printf ("%s/%s/comm", dir, tid);
+    g_autofree gchar *comm = NULL;
+    if (!g_file_get_contents (path, &comm, NULL, NULL) || !g_str_has_prefix (comm, "pool-"))
       continue;
-    g_auto (GStrv) fields = g_strsplit (after_comm + 2, " ", -1);
-    if (g_strv_length (fields) > 38)
-      return atoi (fields[38]); /* field 41; fields[0] is field 3 */
+    g_free (path);
+    path = g_strdup_printf ("%s/%s/stat", dir, tid);
+    g_auto (GStrv) fields = test_proc_stat (path);
+    if (fields != NULL && g_strv_length (fields) > 38)
+      return atoi (fields[38]); /* field 41 */
   }
   return -1;
 }
@@ -199,14 +199,9 @@ static guint64
 cpu_ticks (GSubprocess *p)
 {
   g_autofree gchar *path = g_strdup_printf ("/proc/%s/stat", g_subprocess_get_identifier (p));
-  g_autofree gchar *stat = NULL;
-  g_auto (GStrv) fields = NULL;
-  const gchar *end;
+  g_auto (GStrv) fields = test_proc_stat (path);
 
-  if (!g_file_get_contents (path, &stat, NULL, NULL) || (end = strrchr (stat, ')')) == NULL)
-    return 0;
-  fields = g_strsplit (end + 2, " ", 0); /* from field 3, the state */
-  if (g_strv_length (fields) < 13)
+  if (fields == NULL || g_strv_length (fields) < 13)
     return 0;
   return g_ascii_strtoull (fields[11], NULL, 10) + g_ascii_strtoull (fields[12], NULL, 10);
 }

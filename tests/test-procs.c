@@ -556,11 +556,9 @@ static gint
 niceness (GPid pid)
 {
   g_autofree gchar *path = g_strdup_printf ("/proc/%d/stat", (gint)pid);
-  g_autofree gchar *stat = NULL;
-  g_auto (GStrv) fields = NULL;
+  g_auto (GStrv) fields = test_proc_stat (path);
 
-  g_assert_true (g_file_get_contents (path, &stat, NULL, NULL));
-  fields = g_strsplit (strrchr (stat, ')') + 2, " ", -1); /* from field 3, the state */
+  g_assert_nonnull (fields);
   return (gint)g_ascii_strtoll (fields[16], NULL, 10);
 }
 

@@ -153,6 +153,19 @@ add_header (struct MHD_Response *resp, const gchar *name, const gchar *value)
 }
 
 static void leave_flight (CrunchServer *server);
+
+/* A request that will be suspended: counted first, then the drain looked at (both sequentially
+ * consistent, as in drain()). Either the drain waits for it, or FALSE: not counted, refuse it. */
+static gboolean
+enter_flight (CrunchServer *server)
+{
+  g_atomic_int_inc (&server->in_flight);
+  if (!g_atomic_int_get (&server->draining))
+    return TRUE;
+  leave_flight (server);
+  return FALSE;
+}
+
 static gint connection_fd (struct MHD_Connection *connection);
 
 /* An event stream. It does not hold up a drain (a client that reads slowly could, for as long as
@@ -611,13 +624,9 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
 
   if (!request_deadline (req, fn, &deadline, &why) || !request_priority (req, &priority, &why))
     return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
-  /* Counted first, then the drain looked at, as in request_defer(): either the drain waits for
-   * this request or it is refused here. Counted after admission (as it was), a request admitted
-   * just as the drain found nothing in flight could be suspended still when MHD_stop_daemon()
-   * ran: an abort, or a client without an answer. */
-  g_atomic_int_inc (&server->in_flight);
-  if (g_atomic_int_get (&server->draining)) {
-    leave_flight (server); /* never suspended: the daemon may stop before this answer is out */
+  /* Before admission: counted after it, a request admitted just as the drain found nothing in
+   * flight could be suspended still when MHD_stop_daemon() ran (an abort, or no answer). */
+  if (!enter_flight (server)) {
     crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
     return respond_unavailable (req, "server is shutting down", TRUE);
   }
@@ -726,13 +735,8 @@ request_defer (gpointer data)
 {
   CrunchRequest *req = data;
 
-  /* counted first, then the drain looked at (both sequentially consistent, as in drain()): either
-   * the drain waits for us, or we see it and refuse (NULL) */
-  g_atomic_int_inc (&req->server->in_flight);
-  if (g_atomic_int_get (&req->server->draining)) {
-    leave_flight (req->server);
+  if (!enter_flight (req->server))
     return NULL;
-  }
   req->in_flight = TRUE;
   req->deferred = TRUE;
   req->later.answer = later_answer;
