@@ -24,6 +24,7 @@
 #include "service.h"
 #include "nats.h"
 #include "sqlite.h"
+#include "timeslice.h"
 #include "tls.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
@@ -113,6 +114,7 @@ scheduler_settings (const Crunchd *app, const CrunchConfig *config)
       .nice = config->nice,
       .policy = crunch_worker_policy_from_string (config->policy),
       .idle_grace = config->idle_grace,
+      .timeslice = config->timeslice,
       .cache_entries = config->cache_entries,
       .priority_aging = config->priority_aging,
   };
@@ -522,6 +524,8 @@ run (Crunchd *app)
   crunch_server_set_jobs (app->server, app->jobs);
   crunch_server_set_tls (app->server, app->tls);
   crunch_server_set_auth (app->server, app->auth);
+  /* workers computing here get timer ticks while requests come, see timeslice.c */
+  crunch_server_set_busy_hook (app->server, crunch_timeslice_busy);
   wire_metrics (app, TRUE);
   crunch_access_log_start (app->config->log_access_buffer, app->config->log_access_flush);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */

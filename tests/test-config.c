@@ -268,6 +268,10 @@ test_nats (void)
        "t.ini: [nats] attempt_timeout = '0': out of range (0.05 to 3600)"},
       {"[executor]\nidle_grace = 0\n",
        "t.ini: [executor] idle_grace = '0': out of range (0.1 to 3600)"},
+      {"[executor]\ntimeslice = 0.5\n",
+       "t.ini: [executor] timeslice = '0.5': out of range (0 to 0.1)"},
+      {"[executor]\ntimeslice = 0.00001\n",
+       "t.ini: [executor] timeslice = '1e-05': 0 (off) or from 0.0001 to 0.1 seconds"},
       {"[nats]\nmax_reconnect = -2\n",
        "t.ini: [nats] max_reconnect = '-2': out of range (-1 to 1e+06)"},
       {"[worker]\nthreads = many\n", "t.ini: [worker] threads = 'many': not an integer"},
@@ -276,6 +280,7 @@ test_nats (void)
   g_assert_cmpstr (d->backend, ==, "local");
   g_assert_cmpstr (d->policy, ==, "other");
   g_assert_cmpfloat (d->idle_grace, ==, 5.0);
+  g_assert_cmpfloat (d->timeslice, ==, 0.0005);
   g_assert_cmpstr (d->nats.servers[0], ==, "nats://127.0.0.1:4222");
   g_assert_cmpstr (d->nats.subject_prefix, ==, "crunchd.v1");
   g_assert_cmpstr (d->nats.fallback, ==, "none");

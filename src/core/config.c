@@ -62,6 +62,7 @@ static const KeyDesc keys[] = {
     {"executor", "nice", KEY_INT, 0, 19, F (nice), NULL},
     {"executor", "policy", KEY_STRING, 0, 0, F (policy), policies},
     {"executor", "idle_grace", KEY_DOUBLE, 0.1, 3600, F (idle_grace), NULL},
+    {"executor", "timeslice", KEY_DOUBLE, 0, 0.1, F (timeslice), NULL},
     {"executor", "per_client_limit", KEY_UINT, 0, 1000000, F (per_client_limit), NULL},
     {"executor", "client_key", KEY_STRING, 0, 0, F (client_key), NULL},
     {"executor", "coalesce", KEY_BOOL, 0, 0, F (coalesce), NULL},
@@ -132,6 +133,7 @@ static const CrunchConfig defaults = {
     .default_priority = 5,
     .priority_aging = 10.0,
     .idle_grace = 5.0,
+    .timeslice = 0.0005,
     .kill_grace = 1.0,
     .start_timeout = 30.0,
     .retries = 1,
@@ -615,6 +617,13 @@ crunch_config_validate (const CrunchConfig *config, GError **error)
     g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
                  "%s: [executor] client_key = '%s': expected ip or header:NAME", file,
                  config->client_key);
+    return FALSE;
+  }
+  /* every tick costs the computing thread a signal: a few microseconds, more on a VM */
+  if (config->timeslice > 0 && config->timeslice < 0.0001) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [executor] timeslice = '%g': 0 (off) or from 0.0001 to 0.1 seconds", file,
+                 config->timeslice);
     return FALSE;
   }
   if (config->metrics_listen != NULL && *config->metrics_listen != '\0') {

@@ -809,7 +809,7 @@ static CrunchExecutorSettings
 executor_settings (const CrunchSchedulerSettings *settings)
 {
   return (CrunchExecutorSettings){settings->threads, settings->nice, settings->policy,
-                                  settings->idle_grace};
+                                  settings->idle_grace, settings->timeslice};
 }
 
 static CrunchExecutor *

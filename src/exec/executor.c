@@ -8,10 +8,14 @@
  * Workers lower their own CPU priority (`nice`, and the SCHED_BATCH or SCHED_IDLE policy) so
  * the MHD polling thread wins the CPU when every core computes; both are re-read per job, so a
  * reload applies them. Under policy auto they run SCHED_IDLE and the idle guard (idleguard.c, a
- * thread of its own) raises a job that has been starved for too long. */
+ * thread of its own) raises a job that has been starved for too long. A worker that runs the
+ * function's code itself (not a child process's) gets a timer tick every [executor] timeslice
+ * while HTTP requests come (timeslice.c), so a woken polling thread does not wait for the
+ * kernel's scheduler tick. */
 #include "executor.h"
 
 #include "idleguard.h"
+#include "timeslice.h"
 
 #include <sched.h>
 #include <sys/resource.h>
@@ -197,8 +201,10 @@ set_thread_policy (CrunchWorkerPolicy policy)
   /* With a thread id, sched_setscheduler() changes that thread alone. */
   if (sched_setscheduler ((pid_t)gettid (), policies[policy], &param) != 0)
     g_debug ("could not set worker scheduling policy %d: %s", policy, g_strerror (errno));
-  else
+  else {
     applied = (gint)policy;
+    crunch_timeslice_policy_changed ();
+  }
 }
 
 static void
@@ -245,13 +251,21 @@ local_worker (gpointer data, gpointer user_data)
   gboolean held = enter != NULL && enter (gate.data);
 
   gboolean guarded = g_atomic_int_get (&self->guarded);
+  CrunchWorkerPolicy policy =
+      guarded ? CRUNCH_WORKER_POLICY_IDLE : (CrunchWorkerPolicy)g_atomic_int_get (&self->policy);
+  /* Ticks where the function's code runs on this thread (not in a child process it waits for)
+   * and a woken thread does not preempt it at once anyway (SCHED_IDLE) */
+  gboolean here = job->fn->run == NULL && (job->items == NULL || job->fn->run_batch == NULL) &&
+                  policy != CRUNCH_WORKER_POLICY_IDLE;
 
-  crunch_worker_thread_prepare (g_atomic_int_get (&self->nice),
-                                guarded ? CRUNCH_WORKER_POLICY_IDLE
-                                        : (CrunchWorkerPolicy)g_atomic_int_get (&self->policy));
+  crunch_worker_thread_prepare (g_atomic_int_get (&self->nice), policy);
   if (guarded)
     crunch_idle_guard_enter (self->guard);
+  if (here)
+    crunch_timeslice_enter ();
   crunch_job_run (job);
+  if (here)
+    crunch_timeslice_leave ();
   if (guarded)
     crunch_idle_guard_leave (self->guard);
   self->parent.finished (job, self->parent.finished_data);
@@ -299,6 +313,7 @@ apply_policy (LocalExecutor *self, const CrunchExecutorSettings *settings)
                                               ? CRUNCH_WORKER_POLICY_OTHER
                                               : settings->policy));
   g_atomic_int_set (&self->guarded, guarded);
+  crunch_timeslice_set (settings->timeslice);
 }
 
 static void
@@ -321,8 +336,12 @@ local_render_metrics (CrunchExecutor *parent, GString *out)
       "# HELP crunchd_worker_raised_total Jobs the idle guard raised out of SCHED_IDLE after "
       "idle_grace seconds with less than half a core ([executor] policy = auto).\n"
       "# TYPE crunchd_worker_raised_total counter\n"
-      "crunchd_worker_raised_total %" G_GUINT64_FORMAT "\n",
-      guard != NULL ? crunch_idle_guard_raised (guard) : 0);
+      "crunchd_worker_raised_total %" G_GUINT64_FORMAT "\n"
+      "# HELP crunchd_worker_ticks_total Timer ticks that interrupted a computing worker while "
+      "HTTP requests came ([executor] timeslice).\n"
+      "# TYPE crunchd_worker_ticks_total counter\n"
+      "crunchd_worker_ticks_total %" G_GUINT64_FORMAT "\n",
+      guard != NULL ? crunch_idle_guard_raised (guard) : 0, crunch_timeslice_ticks ());
 }
 
 static void

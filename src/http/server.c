@@ -66,9 +66,10 @@ typedef struct {
 struct CrunchServer {
   CrunchScheduler *scheduler; /* for its gauges */
   CrunchCalls *calls;
-  CrunchJobs *jobs; /* the asynchronous jobs API; NULL: not served */
-  CrunchTls *tls;   /* HTTPS on the public daemons; NULL: plain HTTP */
-  CrunchAuth *auth; /* API keys; NULL: everyone is let in */
+  CrunchJobs *jobs;          /* the asynchronous jobs API; NULL: not served */
+  CrunchTls *tls;            /* HTTPS on the public daemons; NULL: plain HTTP */
+  CrunchAuth *auth;          /* API keys; NULL: everyone is let in */
+  void (*busy) (gint64 now); /* told of every request (timeslice.c), or NULL */
   GPtrArray *daemons;
   GArray *quiesced;         /* listen sockets handed back by MHD at drain: closed in free() */
   gboolean activated;       /* the listen sockets came from systemd */
@@ -676,6 +677,12 @@ crunch_server_set_auth (CrunchServer *self, CrunchAuth *auth)
   self->auth = auth;
 }
 
+void
+crunch_server_set_busy_hook (CrunchServer *self, void (*busy) (gint64 now))
+{
+  self->busy = busy;
+}
+
 /* With [tls] client_ca, a public request must come with a client certificate that verifies:
  * checked on a connection's first request (a signature check), remembered for the rest. */
 static gboolean
@@ -972,6 +979,8 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
     req->conn =
         MHD_get_connection_info (connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT)->socket_context;
     req->t_start = g_get_monotonic_time ();
+    if (req->server->busy != NULL)
+      req->server->busy (req->t_start);
     req->method = g_strdup (method);
     req->path = g_strdup (url);
     req->protocol = g_str_equal (version, MHD_HTTP_VERSION_1_0) ? "HTTP/1.0" : "HTTP/1.1";

@@ -3,6 +3,7 @@
  * the batch it came in; x = 13 fails that call alone, 14 crashes the process (abort()), 15 waits
  * up to 5 s for every call of the batch to be cancelled. Each call reports progress once. */
 #include <crunchd/crunchd-plugin.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -27,8 +28,11 @@ bsum_batch (const CrunchdCall *const *calls, unsigned n, CrunchdResult *results,
     if (x == 14)
       abort ();
     if (x == 15) {
-      for (int step = 0; step < 500 && !all_cancelled (calls, n); step++)
-        nanosleep (&(struct timespec){0, 10000000}, NULL);
+      for (int step = 0; step < 500 && !all_cancelled (calls, n); step++) {
+        struct timespec ts = {0, 10000000};
+        while (nanosleep (&ts, &ts) != 0 && errno == EINTR)
+          ;
+      }
     }
   }
   for (unsigned i = 0; i < n; i++) {
