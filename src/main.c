@@ -524,7 +524,7 @@ run (Crunchd *app)
   crunch_server_set_jobs (app->server, app->jobs);
   crunch_server_set_tls (app->server, app->tls);
   crunch_server_set_auth (app->server, app->auth);
-  /* workers computing here get timer ticks while requests come, see timeslice.c */
+  /* workers computing here get timer ticks while the fast lane is in use, see timeslice.c */
   crunch_server_set_busy_hook (app->server, crunch_timeslice_busy);
   wire_metrics (app, TRUE);
   crunch_access_log_start (app->config->log_access_buffer, app->config->log_access_flush);

@@ -240,25 +240,31 @@ test_idle_guard (void)
   g_assert_cmpint (worker_policy (s), ==, 5);
 }
 
-/* Runs a job of about 0.3 s while /fast requests come every 15 ms; returns the worker ticks
- * the server has counted since it started. */
+/* Runs a job of about 0.3 s while requests for `other` come every 15 ms; returns the worker
+ * ticks the server has counted since it started. */
 static gdouble
-ticks_during_job (TestServer *s)
+ticks_during_job_with (TestServer *s, const gchar *other)
 {
   g_autofree gchar *path = g_strdup_printf ("/fib/%u", test_fib_n_for (s, 0.3));
-  g_autofree gchar *fast = test_server_url (s, "/fast");
+  g_autofree gchar *url = test_server_url (s, other);
   TestCall *call = test_call_start (test_server_url (s, path));
   const gint64 until = g_get_monotonic_time () + 250 * 1000;
   g_autoptr (TestReply) r = NULL;
 
   while (g_get_monotonic_time () < until) {
-    g_autoptr (TestReply) f = test_http ("GET", fast, NULL);
+    g_autoptr (TestReply) f = test_http ("GET", url, NULL);
     g_assert_cmpint (f->status, ==, 200);
     g_usleep (15 * 1000);
   }
   r = test_call_finish (call);
   g_assert_cmpint (r->status, ==, 200);
   return test_server_metric (s, "crunchd_worker_ticks_total");
+}
+
+static gdouble
+ticks_during_job (TestServer *s)
+{
+  return ticks_during_job_with (s, "/fast");
 }
 
 /* ThreadSanitizer holds a signal back until the thread calls into libc, which fib does not, so
@@ -269,16 +275,18 @@ ticks_during_job (TestServer *s)
 #define MIN_TICKS 20
 #endif
 
-/* [executor] timeslice: a worker computing while requests come gets timer ticks (0.5 ms by
- * default); 0 turns them off. */
+/* [executor] timeslice: a worker computing while the fast lane answers requests gets timer ticks
+ * (0.5 ms by default); 0 turns them off. */
 static void
 test_timeslice (void)
 {
   g_autoptr (TestServer) on = test_server_start ("[executor]\nthreads = 1\n", NULL);
   g_autoptr (TestServer) off = test_server_start ("[executor]\nthreads = 1\ntimeslice = 0\n", NULL);
 
-  g_assert_cmpfloat (ticks_during_job (on), >=, MIN_TICKS);
   g_assert_cmpfloat (ticks_during_job (off), ==, 0);
+  /* compute requests alone are not the fast lane: no ticks */
+  g_assert_cmpfloat (ticks_during_job_with (on, "/fib/1"), ==, 0);
+  g_assert_cmpfloat (ticks_during_job (on), >=, MIN_TICKS);
 }
 
 /* A reload turns them on (and off). */

@@ -1,12 +1,15 @@
-/* test-timeslice.c - timeslice.c: while requests come a computing thread gets a tick every
+/* test-timeslice.c - timeslice.c: while requests come (the fast lane's) a computing thread gets a tick every
  * interval; none when it is idle, when no request comes, or once requests have stopped for
  * 100 ms; the timer goes with its thread; a sleep inside a job may end early (the EINTR that
  * crunchd-plugin(3) documents). */
 #include "timeslice.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/utsname.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Spins for `ms` milliseconds, calling into libc (where ThreadSanitizer delivers signals). */
 static void
@@ -192,6 +195,63 @@ test_new_interval (void)
   g_assert_cmpuint (slow.ticks_computing, <=, 5);
 }
 
+/* se.slice (ns) of the calling thread from /proc, or -1 where the kernel does not show it. */
+static gint64
+own_slice (void)
+{
+  g_autofree gchar *path = g_strdup_printf ("/proc/self/task/%d/sched", (int)gettid ());
+  g_autofree gchar *text = NULL;
+  const gchar *line;
+
+  if (!g_file_get_contents (path, &text, NULL, NULL) ||
+      (line = strstr (text, "\nse.slice ")) == NULL)
+    return -1;
+  return g_ascii_strtoll (strchr (line, ':') + 1, NULL, 10);
+}
+
+/* Whether this kernel honours a normal thread's own slice (sched_setattr, Linux 6.12). */
+static gboolean
+custom_slices (void)
+{
+  struct utsname u;
+  guint major = 0, minor = 0;
+
+  return uname (&u) == 0 && sscanf (u.release, "%u.%u", &major, &minor) == 2 &&
+         (major > 6 || (major == 6 && minor >= 12));
+}
+
+static gpointer
+slice_thread (gpointer data)
+{
+  gint64 *slices = data;
+
+  crunch_timeslice_set (0.001);
+  crunch_timeslice_enter ();
+  slices[0] = own_slice ();
+  crunch_timeslice_leave ();
+  crunch_timeslice_set (0);
+  crunch_timeslice_enter ();
+  slices[1] = own_slice ();
+  crunch_timeslice_leave ();
+  return NULL;
+}
+
+/* A computing thread asks for a slice as long as the interval, and for the kernel's own again
+ * when ticks are turned off. */
+static void
+test_slice (void)
+{
+  gint64 slices[2] = {0, 0};
+
+  if (!custom_slices ()) {
+    g_test_skip ("the kernel has no slices of a thread's own (Linux 6.12)");
+    return;
+  }
+  g_thread_join (g_thread_new ("slice", slice_thread, slices));
+  g_assert_cmpint (slices[0], ==, 1000000);
+  g_assert_cmpint (slices[1], !=, 1000000);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -202,5 +262,6 @@ main (int argc, char **argv)
   g_test_add_func ("/timeslice/off", test_off);
   g_test_add_func ("/timeslice/sleep-interrupted", test_sleep_interrupted);
   g_test_add_func ("/timeslice/new-interval", test_new_interval);
+  g_test_add_func ("/timeslice/slice", test_slice);
   return g_test_run ();
 }

@@ -10,7 +10,7 @@
  * reload applies them. Under policy auto they run SCHED_IDLE and the idle guard (idleguard.c, a
  * thread of its own) raises a job that has been starved for too long. A worker that runs the
  * function's code itself (not a child process's) gets a timer tick every [executor] timeslice
- * while HTTP requests come (timeslice.c), so a woken polling thread does not wait for the
+ * while the fast lane answers requests (timeslice.c), so a woken polling thread does not wait for the
  * kernel's scheduler tick. */
 #include "executor.h"
 
@@ -338,7 +338,7 @@ local_render_metrics (CrunchExecutor *parent, GString *out)
       "# TYPE crunchd_worker_raised_total counter\n"
       "crunchd_worker_raised_total %" G_GUINT64_FORMAT "\n"
       "# HELP crunchd_worker_ticks_total Timer ticks that interrupted a computing worker while "
-      "HTTP requests came ([executor] timeslice).\n"
+      "the fast lane answered requests ([executor] timeslice).\n"
       "# TYPE crunchd_worker_ticks_total counter\n"
       "crunchd_worker_ticks_total %" G_GUINT64_FORMAT "\n",
       guard != NULL ? crunch_idle_guard_raised (guard) : 0, crunch_timeslice_ticks ());

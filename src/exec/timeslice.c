@@ -1,5 +1,5 @@
-/* timeslice.c - while the HTTP side is busy, threads computing in crunchd's process get a timer
- * tick every [executor] timeslice seconds.
+/* timeslice.c - while the fast lane answers requests, threads computing in crunchd's process get
+ * a timer tick every [executor] timeslice seconds.
  *
  * DESIGN
  * Why: a worker at nice 10 that computes keeps its CPU after the HTTP polling thread (or the
@@ -16,18 +16,19 @@
  * How: a POSIX timer per computing thread (CLOCK_MONOTONIC, SIGEV_THREAD_ID) sends it SIGRTMIN
  * every interval. A tick is not free (about 45 us of CPU on the VM of bench/NOTES.md, a
  * microsecond or two on bare metal), so timers run only while they can help: the HTTP side calls
- * crunch_timeslice_busy() per request, which at most every MARK_US starts the timers of
- * computing threads whose timer is off; the handler stops its timer when it finds the thread
- * idle or no request for QUIET_US. A job's start starts nothing: a job shorter than MARK_US
- * seldom gets a tick (it needs none), a stream of short jobs costs no system call per job, and a
- * long one gets ticks within MARK_US of a request that comes while it runs. The handler uses
- * SA_RESTART, but a signal still ends some blocking calls early with EINTR (poll, nanosleep):
- * crunchd-plugin(3) tells plugin authors.
- * Threads: none of its own. Each computing thread owns one Slot (its timer, and atomics its
- * handler and the marking thread share); `lock` guards the list of slots, which the marking
- * thread walks and a thread leaves when it ends. Arming is CAS(armed 0 -> interval) then
- * timer_settime(); disarming (the handler, on its own thread) is timer_settime() then armed = 0,
- * so a race leaves the timer off with armed = 0, for the next mark to start. */
+ * crunch_timeslice_busy() as each request answered inline ends (compute requests do not: with
+ * jobs of 28 ms, ticks on their arrivals cost E6 5-19 % of its jobs/s here), which at most every
+ * MARK_US starts the timers of computing threads whose timer is off; the handler stops its timer
+ * when it finds the thread idle or no request for QUIET_US. A job's start starts nothing: a job
+ * shorter than MARK_US seldom gets a tick (it needs none), a stream of short jobs costs no system
+ * call per job, and a long one gets ticks within MARK_US of a request that comes while it runs. The
+ * handler uses SA_RESTART, but a signal still ends some blocking calls early with EINTR (poll,
+ * nanosleep): crunchd-plugin(3) tells plugin authors. Threads: none of its own. Each computing
+ * thread owns one Slot (its timer, and atomics its handler and the marking thread share); `lock`
+ * guards the list of slots, which the marking thread walks and a thread leaves when it ends. Arming
+ * is CAS(armed 0 -> interval) then timer_settime(); disarming (the handler, on its own thread) is
+ * timer_settime() then armed = 0, so a race leaves the timer off with armed = 0, for the next mark
+ * to start. */
 #include "timeslice.h"
 
 #include <errno.h>
@@ -163,7 +164,7 @@ install_handler (void)
 
 /* Asks the kernel (Linux 6.12+; older ones ignore it) for a slice of `us` for the calling
  * thread, keeping its policy and niceness: a slice that runs no longer than a tick's interval
- * is over at the next tick. */
+ * is over at the next tick. 0: the kernel's own slice again. */
 static void
 set_slice (gint64 us)
 {
@@ -225,7 +226,14 @@ crunch_timeslice_enter (void)
   const gint64 us = __atomic_load_n (&interval_us, __ATOMIC_RELAXED);
   Slot *s;
 
-  if (us <= 0 || (s = slot_get ()) == NULL)
+  if (us <= 0) {
+    if (slice_us != 0) { /* turned off: back to the kernel's slice */
+      set_slice (0);
+      slice_us = 0;
+    }
+    return;
+  }
+  if ((s = slot_get ()) == NULL)
     return;
   if (slice_us != us) {
     set_slice (us);

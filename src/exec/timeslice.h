@@ -1,16 +1,16 @@
-/* timeslice.h - while the HTTP side is busy, threads computing in crunchd's process get a timer
- * tick every [executor] timeslice seconds, so that a woken polling thread does not wait for the
- * kernel's own scheduler tick (up to 4 ms) to get a CPU. */
+/* timeslice.h - while the fast lane answers requests, threads computing in crunchd's process get a
+ * timer tick every [executor] timeslice seconds, so that a woken polling thread does not wait for
+ * the kernel's own scheduler tick (up to 4 ms) to get a CPU. */
 #pragma once
 
 #include <glib.h>
 
-/* The interval from now on (timers running at another one change at their thread's next job);
- * 0 turns ticks off. The first non-zero interval installs the signal handler (SIGRTMIN,
- * process-wide). Any thread. */
+/* The interval from now on (a timer already running keeps its own until it stops, at its thread's
+ * first idle tick); 0 turns ticks off. The first non-zero interval installs the signal handler
+ * (SIGRTMIN, process-wide). Any thread. */
 void crunch_timeslice_set (gdouble seconds);
 
-/* The HTTP side has a request at `now` (g_get_monotonic_time()): computing threads get ticks
+/* The fast lane answered a request at `now` (g_get_monotonic_time()): computing threads get ticks
  * until it has been quiet for 100 ms. Cheap enough for every request: it does more than a
  * compare at most every 10 ms. Any thread. */
 void crunch_timeslice_busy (gint64 now);

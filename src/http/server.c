@@ -69,7 +69,7 @@ struct CrunchServer {
   CrunchJobs *jobs;          /* the asynchronous jobs API; NULL: not served */
   CrunchTls *tls;            /* HTTPS on the public daemons; NULL: plain HTTP */
   CrunchAuth *auth;          /* API keys; NULL: everyone is let in */
-  void (*busy) (gint64 now); /* told of every request (timeslice.c), or NULL */
+  void (*busy) (gint64 now); /* told of every request answered inline (timeslice.c), or NULL */
   GPtrArray *daemons;
   GArray *quiesced;         /* listen sockets handed back by MHD at drain: closed in free() */
   gboolean activated;       /* the listen sockets came from systemd */
@@ -979,8 +979,6 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
     req->conn =
         MHD_get_connection_info (connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT)->socket_context;
     req->t_start = g_get_monotonic_time ();
-    if (req->server->busy != NULL)
-      req->server->busy (req->t_start);
     req->method = g_strdup (method);
     req->path = g_strdup (url);
     req->protocol = g_str_equal (version, MHD_HTTP_VERSION_1_0) ? "HTTP/1.0" : "HTTP/1.1";
@@ -1068,6 +1066,8 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
     req->bytes = crunch_stream_sent (req->stream);
   crunch_metrics_request (req->route, req->method, req->status, duration_us);
   log_access (req, duration_us);
+  if (server->busy != NULL && req->call == NULL && !req->deferred && req->stream == NULL)
+    server->busy (req->t_start + duration_us); /* answered inline: the fast lane is in use */
   if (server->auth != NULL)
     crunch_auth_finish (server->auth, &req->grant);
   set_suspended (req, FALSE);

@@ -23,8 +23,9 @@ void crunch_server_set_tls (CrunchServer *self, CrunchTls *tls);
 /* Check API keys with `auth` (not owned; it outlives the server). Before start(); without it
  * every request is let in. */
 void crunch_server_set_auth (CrunchServer *self, CrunchAuth *auth);
-/* Calls `busy` with the request's start time (g_get_monotonic_time()) as each request begins,
- * on a polling thread: it must be cheap. Before start(). */
+/* Calls `busy` with the time (g_get_monotonic_time()) as each request answered inline (the fast
+ * lane: not parked for a job, not an event stream) ends, on a polling thread: it must be cheap.
+ * Before start(). */
 void crunch_server_set_busy_hook (CrunchServer *self, void (*busy) (gint64 now));
 /* Listen on the systemd-passed sockets if any, else on config->listen. */
 gboolean crunch_server_start (CrunchServer *self, GArray *listen_fds, GError **error);
