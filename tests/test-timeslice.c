@@ -1,6 +1,6 @@
-/* test-timeslice.c - timeslice.c: while requests come (the fast lane's) a computing thread gets a tick every
- * interval; none when it is idle, when no request comes, or once requests have stopped for
- * 100 ms; the timer goes with its thread; a sleep inside a job may end early (the EINTR that
+/* test-timeslice.c - timeslice.c: while requests come (the fast lane's) a computing thread gets a
+ * tick every interval; none when it is idle, when no request comes, or once requests have stopped
+ * for 100 ms; the timer goes with its thread; a sleep inside a job may end early (the EINTR that
  * crunchd-plugin(3) documents). */
 #include "timeslice.h"
 
@@ -195,6 +195,37 @@ test_new_interval (void)
   g_assert_cmpuint (slow.ticks_computing, <=, 5);
 }
 
+/* A reload to 0 stops the ticks of a job already running, though requests keep coming. */
+static void
+test_off_stops_running (void)
+{
+  Run run = {.ms = 300};
+  GThread *t;
+  guint64 at_off = 0, at_end;
+  gint64 start, off_at = 0;
+
+  crunch_timeslice_set (0.001);
+  quiet ();
+  t = g_thread_new ("computing", computing_thread, &run);
+  while (!g_atomic_int_get (&run.started))
+    g_usleep (100);
+  start = g_get_monotonic_time ();
+  while (g_get_monotonic_time () - start < 250 * 1000) {
+    crunch_timeslice_busy (g_get_monotonic_time ());
+    if (off_at == 0 && g_get_monotonic_time () - start >= 60 * 1000) {
+      crunch_timeslice_set (0);
+      off_at = g_get_monotonic_time ();
+    } else if (at_off == 0 && off_at != 0 && g_get_monotonic_time () - off_at >= 10 * 1000) {
+      at_off = crunch_timeslice_ticks ();
+    }
+    g_usleep (11 * 1000);
+  }
+  at_end = crunch_timeslice_ticks ();
+  g_thread_join (t);
+  g_assert_cmpuint (at_off, >, 0);
+  g_assert_cmpuint (at_end - at_off, <=, 1);
+}
+
 /* se.slice (ns) of the calling thread from /proc, or -1 where the kernel does not show it. */
 static gint64
 own_slice (void)
@@ -262,6 +293,7 @@ main (int argc, char **argv)
   g_test_add_func ("/timeslice/off", test_off);
   g_test_add_func ("/timeslice/sleep-interrupted", test_sleep_interrupted);
   g_test_add_func ("/timeslice/new-interval", test_new_interval);
+  g_test_add_func ("/timeslice/off-stops-running", test_off_stops_running);
   g_test_add_func ("/timeslice/slice", test_slice);
   return g_test_run ();
 }

@@ -87,7 +87,7 @@ typedef struct {
   guint default_priority; /* class of calls without a key priority, 0 (lowest) to 9 */
   gdouble priority_aging; /* seconds a waiting class takes to count one class up; 0 = never */
   gdouble idle_grace;     /* policy auto: seconds a job may be starved before it is raised */
-  gdouble timeslice;      /* seconds a computing worker thread runs before it yields; 0 = never */
+  gdouble timeslice;      /* seconds between a computing worker's ticks; 0 = none */
   gchar *backend;         /* "local", "nats" or "processes" (restart) */
   /* worker processes (backend = processes, and program plugins); restart */
   gdouble kill_grace;         /* seconds a cancelled call gets before SIGKILL */

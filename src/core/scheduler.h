@@ -77,7 +77,7 @@ typedef struct {
   gdouble priority_aging;    /* seconds a class waits unserved to count one class up; 0 = off */
   gboolean batching;         /* group calls of functions that declare max_batch > 1 */
   gdouble idle_grace;        /* policy auto: seconds starved before a job is raised */
-  gdouble timeslice;         /* seconds a computing worker runs before it yields; 0 = never */
+  gdouble timeslice;         /* seconds between a computing worker's ticks; 0 = none */
 } CrunchSchedulerSettings;
 
 typedef struct CrunchScheduler CrunchScheduler;

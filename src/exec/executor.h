@@ -91,7 +91,7 @@ typedef struct {
   gint nice;                 /* of threads that run jobs in this process */
   CrunchWorkerPolicy policy; /* likewise */
   gdouble idle_grace;        /* policy auto: seconds starved before a job is raised */
-  gdouble timeslice;         /* seconds a computing thread runs before it yields; 0 = never */
+  gdouble timeslice;         /* seconds between a computing thread's ticks; 0 = none */
 } CrunchExecutorSettings;
 
 typedef struct CrunchExecutor CrunchExecutor;

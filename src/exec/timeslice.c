@@ -13,22 +13,26 @@
  * and the default 0.75 ms slice, 0.4-0.9 ms with both. The kernel still decides, so shares stay
  * those of nice. (Not sched_yield(): since Linux 6.17 a yield forfeits the rest of the slice, and
  * a worker yielding every 0.5 ms beside a busy neighbour starved: fib(34) took 100 s, not 0.25 s.)
+ *
  * How: a POSIX timer per computing thread (CLOCK_MONOTONIC, SIGEV_THREAD_ID) sends it SIGRTMIN
  * every interval. A tick is not free (about 45 us of CPU on the VM of bench/NOTES.md, a
- * microsecond or two on bare metal), so timers run only while they can help: the HTTP side calls
- * crunch_timeslice_busy() as each request answered inline ends (compute requests do not: with
- * jobs of 28 ms, ticks on their arrivals cost E6 5-19 % of its jobs/s here), which at most every
- * MARK_US starts the timers of computing threads whose timer is off; the handler stops its timer
- * when it finds the thread idle or no request for QUIET_US. A job's start starts nothing: a job
- * shorter than MARK_US seldom gets a tick (it needs none), a stream of short jobs costs no system
- * call per job, and a long one gets ticks within MARK_US of a request that comes while it runs. The
- * handler uses SA_RESTART, but a signal still ends some blocking calls early with EINTR (poll,
- * nanosleep): crunchd-plugin(3) tells plugin authors. Threads: none of its own. Each computing
- * thread owns one Slot (its timer, and atomics its handler and the marking thread share); `lock`
- * guards the list of slots, which the marking thread walks and a thread leaves when it ends. Arming
- * is CAS(armed 0 -> interval) then timer_settime(); disarming (the handler, on its own thread) is
- * timer_settime() then armed = 0, so a race leaves the timer off with armed = 0, for the next mark
- * to start. */
+ * microsecond or two on bare metal), so timers run only while they can help. The HTTP side calls
+ * crunch_timeslice_busy() as each request answered inline ends (not compute requests: with jobs
+ * of 28 ms, ticks on their arrivals cost E6 5-19 % of its jobs/s here); at most every MARK_US
+ * that starts the timers of computing threads whose timer is off. The handler stops its timer
+ * when it finds the thread idle, no such request for QUIET_US (by the clock: ticks that come
+ * while the thread waits for a CPU arrive as one), or the interval changed (a reload; the next
+ * mark starts it again). A job's start starts nothing: a job shorter than MARK_US seldom gets a
+ * tick (it needs none), a stream of short jobs costs no system call per job, and a long one gets
+ * ticks within MARK_US of a request that comes while it runs. The handler uses SA_RESTART, but a
+ * signal still ends some blocking calls early with EINTR (poll, nanosleep): crunchd-plugin(3)
+ * tells plugin authors.
+ *
+ * Threads: none of its own. Each computing thread owns one Slot (its timer, and atomics its
+ * handler and the marking thread share); `lock` guards the list of slots, which the marking
+ * thread walks and a thread leaves when it ends. Arming is CAS(armed 0 -> interval) then
+ * timer_settime(); disarming (the handler, on its own thread) is timer_settime() then armed = 0;
+ * a race that leaves a timer running with armed = 0 ends at its next tick (armed != interval). */
 #include "timeslice.h"
 
 #include <errno.h>
@@ -42,15 +46,12 @@
 
 typedef struct {
   timer_t timer;
-  gint64 armed;    /* atomic: the interval the timer runs at (us); 0 = off */
-  gint computing;  /* atomic */
-  guint seen_mark; /* handler only: the last mark it saw */
-  gint64 quiet_us; /* handler only: ticks' time since that mark changed */
+  gint64 armed;   /* atomic: the interval the timer runs at (us); 0 = off */
+  gint computing; /* atomic */
 } Slot;
 
 static gint64 interval_us; /* atomic; 0 = off */
 static gint64 busy_at;     /* atomic: the last mark, g_get_monotonic_time() */
-static guint marks;        /* atomic: bumped at each mark */
 static guint64 ticks;      /* atomic */
 static GMutex lock;        /* guards `slots` */
 static GPtrArray *slots;
@@ -75,27 +76,26 @@ on_tick (int signo)
   const int saved = errno;
   Slot *s = self_slot;
   const struct itimerspec off = {{0, 0}, {0, 0}};
-  guint mark;
+  struct timespec t;
+  gint64 us;
 
   (void)signo;
   if (s == NULL)
     goto out;
-  if (__atomic_load_n (&s->computing, __ATOMIC_RELAXED)) {
-    mark = __atomic_load_n (&marks, __ATOMIC_RELAXED);
-    if (mark != s->seen_mark) {
-      s->seen_mark = mark;
-      s->quiet_us = 0;
-    } else {
-      s->quiet_us += __atomic_load_n (&s->armed, __ATOMIC_RELAXED);
-    }
-    if (s->quiet_us < QUIET_US) {
-      struct timespec cpu;
-      /* Reading its own CPU clock makes the kernel account the thread's run time now
-       * (update_curr()), and so see that its slice is over and another thread should run. */
-      clock_gettime (CLOCK_THREAD_CPUTIME_ID, &cpu);
-      __atomic_add_fetch (&ticks, 1, __ATOMIC_RELAXED);
-      goto out;
-    }
+  /* Decided by the clock, not by counting ticks: ticks that come while the thread waits for a
+   * CPU arrive as one. A timer at an old interval (a reload) or turned off stops too; the next
+   * mark starts it at the new one. */
+  us = __atomic_load_n (&interval_us, __ATOMIC_ACQUIRE);
+  if (__atomic_load_n (&s->computing, __ATOMIC_RELAXED) && us > 0 &&
+      us == __atomic_load_n (&s->armed, __ATOMIC_RELAXED) &&
+      clock_gettime (CLOCK_MONOTONIC, &t) == 0 &&
+      t.tv_sec * G_USEC_PER_SEC + t.tv_nsec / 1000 - __atomic_load_n (&busy_at, __ATOMIC_RELAXED) <
+          QUIET_US) {
+    /* Reading its own CPU clock makes the kernel account the thread's run time now
+     * (update_curr()), and so see that its slice is over and another thread should run. */
+    clock_gettime (CLOCK_THREAD_CPUTIME_ID, &t);
+    __atomic_add_fetch (&ticks, 1, __ATOMIC_RELAXED);
+    goto out;
   }
   timer_settime (s->timer, 0, &off, NULL);
   __atomic_store_n (&s->armed, 0, __ATOMIC_RELAXED);
@@ -192,7 +192,7 @@ crunch_timeslice_set (gdouble seconds)
 
   if (us > 0)
     install_handler ();
-  __atomic_store_n (&interval_us, us, __ATOMIC_RELAXED);
+  __atomic_store_n (&interval_us, us, __ATOMIC_RELEASE); /* after install_handler()'s list */
 }
 
 void
@@ -204,8 +204,7 @@ crunch_timeslice_busy (gint64 now)
   if (now - last < MARK_US || !__atomic_compare_exchange_n (&busy_at, &last, now, FALSE,
                                                             __ATOMIC_RELAXED, __ATOMIC_RELAXED))
     return;
-  __atomic_add_fetch (&marks, 1, __ATOMIC_RELAXED);
-  us = __atomic_load_n (&interval_us, __ATOMIC_RELAXED);
+  us = __atomic_load_n (&interval_us, __ATOMIC_ACQUIRE);
   if (us <= 0)
     return;
   g_mutex_lock (&lock);
@@ -223,7 +222,7 @@ crunch_timeslice_busy (gint64 now)
 void
 crunch_timeslice_enter (void)
 {
-  const gint64 us = __atomic_load_n (&interval_us, __ATOMIC_RELAXED);
+  const gint64 us = __atomic_load_n (&interval_us, __ATOMIC_ACQUIRE);
   Slot *s;
 
   if (us <= 0) {
