@@ -11,11 +11,11 @@
  * It checks crunchd_cancelled() now and then (the deadline passed, the client went away, the job
  * was deleted, the server is stopping) and returns CRUNCHD_CANCELLED soon after it turns true.
  * It may report how far it got with crunchd_progress() (ABI 2), as often as it likes.
- * While its fast lane answers requests, crunchd interrupts a worker thread that computes every [executor]
- * timeslice (a signal, SIGRTMIN, SA_RESTART) so that its HTTP threads get a CPU soon: a blocking
- * call that the kernel does not restart (poll, select, nanosleep, sleep) may then return early
- * with EINTR. Loop on EINTR, as code that lives with signals does (crunchd.ini(5), timeslice),
- * and leave SIGRTMIN alone (no handler of your own, do not block it).
+ * While its fast lane answers requests, crunchd interrupts a worker thread that computes every
+ * [executor] timeslice (a signal, SIGRTMIN, SA_RESTART) so that its HTTP threads get a CPU soon: a
+ * blocking call that the kernel does not restart (poll, select, nanosleep, sleep) may then return
+ * early with EINTR. Loop on EINTR, as code that lives with signals does (crunchd.ini(5),
+ * timeslice), and leave SIGRTMIN alone (no handler of your own, do not block it).
  * A function that is cheaper per call when it computes many calls at once (a vectorised pass, a
  * model's forward pass, one query for many keys) may also set `run_batch` with `max_batch` and
  * `max_delay` (ABI 2): crunchd then groups its queued calls and passes up to max_batch of them in

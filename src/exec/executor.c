@@ -10,8 +10,8 @@
  * reload applies them. Under policy auto they run SCHED_IDLE and the idle guard (idleguard.c, a
  * thread of its own) raises a job that has been starved for too long. A worker that runs the
  * function's code itself (not a child process's) gets a timer tick every [executor] timeslice
- * while the fast lane answers requests (timeslice.c), so a woken polling thread does not wait for the
- * kernel's scheduler tick. */
+ * while the fast lane answers requests (timeslice.c), so a woken polling thread does not wait for
+ * the kernel's scheduler tick. */
 #include "executor.h"
 
 #include "idleguard.h"
