@@ -289,6 +289,20 @@ test_timeslice (void)
   g_assert_cmpfloat (ticks_during_job (on), >=, MIN_TICKS);
 }
 
+/* Writes `ini`, sends SIGHUP and waits (up to 5 s) for crunchd's `n`th reload line. */
+static void
+reload (TestServer *s, const gchar *ini, guint n)
+{
+  test_server_write_config (s, ini);
+  test_server_signal (s, SIGHUP);
+  for (guint i = 0; i < 500; i++) {
+    g_autofree gchar *log = test_server_log (s);
+    if (test_count (log, "configuration reloaded") >= n)
+      break;
+    g_usleep (10 * 1000);
+  }
+}
+
 /* A reload turns them on (and off). */
 static void
 test_timeslice_reload (void)
@@ -297,24 +311,10 @@ test_timeslice_reload (void)
   gdouble before;
 
   g_assert_cmpfloat (ticks_during_job (s), ==, 0);
-  test_server_write_config (s, "[executor]\nthreads = 1\ntimeslice = 0.001\n");
-  test_server_signal (s, SIGHUP);
-  for (guint i = 0; i < 500; i++) {
-    g_autofree gchar *log = test_server_log (s);
-    if (strstr (log, "configuration reloaded") != NULL)
-      break;
-    g_usleep (10 * 1000);
-  }
+  reload (s, "[executor]\nthreads = 1\ntimeslice = 0.001\n", 1);
   before = ticks_during_job (s);
   g_assert_cmpfloat (before, >=, MIN_TICKS / 2);
-  test_server_write_config (s, "[executor]\nthreads = 1\ntimeslice = 0\n");
-  test_server_signal (s, SIGHUP);
-  for (guint i = 0; i < 500; i++) {
-    g_autofree gchar *log = test_server_log (s);
-    if (test_count (log, "configuration reloaded") == 2)
-      break;
-    g_usleep (10 * 1000);
-  }
+  reload (s, "[executor]\nthreads = 1\ntimeslice = 0\n", 2);
   before = test_server_metric (s, "crunchd_worker_ticks_total");
   g_assert_cmpfloat (ticks_during_job (s), ==, before);
 }
