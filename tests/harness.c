@@ -423,16 +423,18 @@ gdouble
 test_time_fib (TestServer *server, guint n)
 {
   g_autofree gchar *url = g_strdup_printf ("%s/fib/%u", server->base, n);
-  gdouble times[3];
+  gdouble best = G_MAXDOUBLE;
 
-  for (guint i = 0; i < G_N_ELEMENTS (times); i++) {
+  /* the fastest of five, 20 ms apart: load only adds time, and workers at nice 10 run several
+   * times slower beside a burst from another test; a time taken in such a burst planned jobs
+   * that then ended long before the test expected (test-ops once saw its queue never fill) */
+  for (guint i = 0; i < 5; i++) {
     g_autoptr (TestReply) r = test_http ("GET", url, NULL);
     g_assert_cmpint (r->status, ==, 200);
-    times[i] = r->seconds;
+    best = MIN (best, r->seconds);
+    g_usleep (20000);
   }
-  /* median of three */
-  gdouble a = times[0], b = times[1], c = times[2];
-  return MAX (MIN (a, b), MIN (MAX (a, b), c));
+  return best;
 }
 
 guint

@@ -98,7 +98,7 @@ gchar *test_notify_wait (TestNotify *notify, const gchar *prefix, gdouble second
 void test_notify_free (TestNotify *notify);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestNotify, test_notify_free)
 
-/* The time a single /fib/n takes on this server, median of a few, in seconds. */
+/* The time a single /fib/n takes on this server, the fastest of a few, in seconds. */
 gdouble test_time_fib (TestServer *server, guint n);
 /* The smallest n whose /fib/n is expected to take at least `seconds` (from timing fib(base)). */
 guint test_fib_n_for (TestServer *server, gdouble seconds);

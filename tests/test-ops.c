@@ -117,22 +117,38 @@ wait_status (TestServer *server, const gchar *path, long status)
   }
 }
 
-/* One worker busy and the one queue place taken: not ready, and compute requests get 503. */
+/* Polls the metric `series` until it is `value` (bounded); returns the last value read. */
+static gdouble
+wait_metric (TestServer *server, const gchar *series, gdouble value)
+{
+  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
+  gdouble v;
+
+  while ((v = test_server_metric (server, series)) != value && g_get_monotonic_time () < until)
+    g_usleep (20000);
+  return v;
+}
+
+/* One worker busy and the one queue place taken: not ready, and compute requests get 503. The
+ * busy worker runs an async fib(60) (hours) until DELETE stops it, so no job's length depends on
+ * the machine's speed or load (a fib timed at a busy moment once ended before the queue filled). */
 static void
 test_readyz_queue_full (void)
 {
   g_autoptr (TestServer) server =
-      test_server_start ("[executor]\nthreads = 1\nqueue_limit = 1\n[fib]\nmax_n = 60\n", NULL);
-  guint n = test_fib_n_for (server, 1.5);
-  TestCall *calls[2];
-  TestReply *replies[2];
-  g_autoptr (TestReply) ready = NULL, refused = NULL, metrics = NULL;
+      test_server_start ("[executor]\nthreads = 1\nqueue_limit = 1\n", NULL);
+  g_autofree gchar *jobs = test_server_url (server, "/jobs");
+  g_autoptr (TestReply) posted = NULL, ready = NULL, refused = NULL, metrics = NULL;
+  g_autoptr (TestReply) deleted = NULL, reply = NULL;
+  g_autofree gchar *job = NULL;
+  TestCall *call;
 
-  for (gint i = 0; i < 2; i++) {
-    /* different arguments: identical ones would share one job (coalescing) */
-    calls[i] = test_call_start (g_strdup_printf ("%s/fib/%u", server->base, n - (guint)i));
-    g_usleep (100000);
-  }
+  posted = test_http_body ("POST", jobs, NULL, "{\"fn\": \"fib\", \"args\": {\"n\": 60}}");
+  g_assert_cmpint (posted->status, ==, 202);
+  job = test_server_url (server, g_hash_table_lookup (posted->headers, "location"));
+  g_assert_cmpfloat (wait_metric (server, "crunchd_workers_busy", 1), ==, 1);
+  /* queued behind it, its connection suspended */
+  call = test_call_start (test_server_url (server, "/fib/20"));
   ready = wait_status (server, "/readyz", 503);
   g_assert_cmpint (ready->status, ==, 503);
   g_assert_cmpstr (ready->body, ==, "not ready: job queue full\n");
@@ -144,12 +160,13 @@ test_readyz_queue_full (void)
                    "\ncrunchd_rejections_total{reason=\"queue_full\",status=\"503\"} 1\n");
   assert_contains (metrics->body, "\ncrunchd_jobs_queued 1\n");
   assert_contains (metrics->body, "\ncrunchd_workers_busy 1\n");
-  assert_contains (metrics->body, "\ncrunchd_connections_suspended 2\n");
-  for (gint i = 0; i < 2; i++) {
-    replies[i] = test_call_finish (calls[i]);
-    g_assert_cmpint (replies[i]->status, ==, 200);
-    test_reply_free (replies[i]);
-  }
+  assert_contains (metrics->body, "\ncrunchd_connections_suspended 1\n");
+  /* cancelling the running job frees the worker for the queued request */
+  deleted = test_http ("DELETE", job, NULL);
+  g_assert_cmpint (deleted->status, ==, 202);
+  reply = test_call_finish (call);
+  g_assert_cmpint (reply->status, ==, 200);
+  g_assert_cmpstr (reply->body, ==, "6765");
   test_reply_free (wait_status (server, "/readyz", 200));
 }
 
@@ -175,11 +192,12 @@ ops_port (TestServer *server)
 static void
 test_separate_listen (void)
 {
-  g_autoptr (TestServer) server =
-      /* shutdown_timeout: the drain waits for the job however slow a loaded machine makes it */
-      test_server_start ("[metrics]\nlisten = 127.0.0.1:0\n[fib]\nmax_n = 60\n"
-                         "[server]\nshutdown_timeout = 120\n",
-                         (const gchar *[]){"--threads=1", NULL});
+  g_autofree gchar *ini =
+      g_strdup_printf ("[metrics]\nlisten = 127.0.0.1:0\n[plugins]\ndir = %s\nload = spin\n"
+                       /* the drain waits for the job however slow a loaded machine makes it */
+                       "[server]\nshutdown_timeout = 120\n",
+                       g_getenv ("CRUNCHD_PLUGINS"));
+  g_autoptr (TestServer) server = test_server_start (ini, (const gchar *[]){"--threads=1", NULL});
   g_autofree gchar *ops = g_strdup_printf ("http://127.0.0.1:%u", ops_port (server));
   g_autofree gchar *ops_metrics = g_strconcat (ops, "/metrics", NULL);
   g_autofree gchar *ops_fast = g_strconcat (ops, "/fast", NULL);
@@ -188,10 +206,9 @@ test_separate_listen (void)
   g_autoptr (TestReply) m = test_http ("GET", ops_metrics, NULL);
   g_autoptr (TestReply) f = test_http ("GET", ops_fast, NULL);
   g_autoptr (TestReply) r = NULL;
-  /* long enough that it still runs at SIGTERM even when a loaded machine (a sanitizer build
-   * with tests beside it) made the calibration several times too high: the drain waits for it */
-  guint n = test_fib_n_for (server, 2.0);
-  TestCall *call = test_call_start (g_strdup_printf ("%s/fib/%u", server->base, n));
+  /* 2 s by the clock, so it still runs when /readyz is asked during the drain, however loaded
+   * the machine (a fib timed at a busy moment may end much sooner than planned) */
+  TestCall *call = test_call_start (test_server_url (server, "/fn/spin?seconds=2"));
   gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
 
   g_assert_cmpint (pub->status, ==, 404);
