@@ -419,6 +419,13 @@ test_call_finish (TestCall *call)
   return reply;
 }
 
+gchar *
+test_ini_with_spin (const gchar *ini)
+{
+  return g_strdup_printf ("%s[plugins]\ndir = %s\nload = spin\n", ini,
+                          g_getenv ("CRUNCHD_PLUGINS"));
+}
+
 gdouble
 test_time_fib (TestServer *server, guint n)
 {

@@ -98,6 +98,10 @@ gchar *test_notify_wait (TestNotify *notify, const gchar *prefix, gdouble second
 void test_notify_free (TestNotify *notify);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestNotify, test_notify_free)
 
+/* `ini` followed by a [plugins] section that loads the example plugin spin (/fn/spin?seconds=S
+ * keeps a worker busy for S seconds by the clock): for jobs that must outlast a check however
+ * loaded the machine, which a timed fib cannot promise. */
+gchar *test_ini_with_spin (const gchar *ini);
 /* The time a single /fib/n takes on this server, the fastest of a few, in seconds. */
 gdouble test_time_fib (TestServer *server, guint n);
 /* The smallest n whose /fib/n is expected to take at least `seconds` (from timing fib(base)). */

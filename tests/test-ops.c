@@ -193,10 +193,9 @@ static void
 test_separate_listen (void)
 {
   g_autofree gchar *ini =
-      g_strdup_printf ("[metrics]\nlisten = 127.0.0.1:0\n[plugins]\ndir = %s\nload = spin\n"
-                       /* the drain waits for the job however slow a loaded machine makes it */
-                       "[server]\nshutdown_timeout = 120\n",
-                       g_getenv ("CRUNCHD_PLUGINS"));
+      test_ini_with_spin ("[metrics]\nlisten = 127.0.0.1:0\n"
+                          /* the drain waits for the job however slow a loaded machine makes it */
+                          "[server]\nshutdown_timeout = 120\n");
   g_autoptr (TestServer) server = test_server_start (ini, (const gchar *[]){"--threads=1", NULL});
   g_autofree gchar *ops = g_strdup_printf ("http://127.0.0.1:%u", ops_port (server));
   g_autofree gchar *ops_metrics = g_strconcat (ops, "/metrics", NULL);

@@ -7,8 +7,6 @@
 #include "harness.h"
 
 #define WAIT_S 15.0
-/* Jobs here take seconds on purpose; on a loaded machine they must not hit the deadline. */
-#define SLOW_JOBS "[fib]\ntimeout = 600\n"
 
 typedef struct {
   TestNotify *notify;
@@ -129,13 +127,14 @@ static void
 test_reload_threads (void)
 {
   Fixture f;
-  g_autofree gchar *path = NULL;
+  g_autofree gchar *one = test_ini_with_spin ("[executor]\nthreads = 1\nqueue_limit = 8\n");
+  g_autofree gchar *two = test_ini_with_spin ("[executor]\nthreads = 2\nqueue_limit = 20\n");
+  const gchar *path = "/fn/spin?seconds=2.5"; /* STATUS= is refreshed every second */
 
-  fixture_start (&f, "[executor]\nthreads = 1\nqueue_limit = 8\ncoalesce = false\n" SLOW_JOBS);
+  fixture_start (&f, one);
   assert_status (&f, "jobs: 0 running on 1 threads, 0 queued (limit 8)");
-  path = g_strdup_printf ("/fib/%u", test_fib_n_for (f.server, 2.0));
   observe_jobs (&f, 2, path, "jobs: 1 running on 1 threads, 1 queued (limit 8)");
-  reload (&f, "[executor]\nthreads = 2\nqueue_limit = 20\ncoalesce = false\n" SLOW_JOBS);
+  reload (&f, two);
   observe_jobs (&f, 2, path, "jobs: 2 running on 2 threads, 0 queued (limit 20)");
   fixture_stop (&f);
 }
@@ -180,12 +179,13 @@ test_reload_in_flight (void)
 {
   enum { CALLS = 3 };
   Fixture f;
-  g_autofree gchar *path = NULL;
+  g_autofree gchar *before = test_ini_with_spin ("[executor]\nthreads = 1\n");
+  g_autofree gchar *after = test_ini_with_spin ("[executor]\nthreads = 2\n[log]\nlevel = debug\n");
+  const gchar *path = "/fn/spin?seconds=1.5";
   TestCall *calls[CALLS];
   TestReply *replies[CALLS];
 
-  fixture_start (&f, "[executor]\nthreads = 1\ncoalesce = false\n" SLOW_JOBS);
-  path = g_strdup_printf ("/fib/%u", test_fib_n_for (f.server, 1.5));
+  fixture_start (&f, before);
   for (guint i = 0; i < CALLS; i++)
     calls[i] = test_call_start (test_server_url (f.server, path));
 #ifdef HAVE_SYSTEMD
@@ -194,7 +194,7 @@ test_reload_in_flight (void)
 #else
   g_usleep (300000);
 #endif
-  reload (&f, "[executor]\nthreads = 2\n[log]\nlevel = debug\n" SLOW_JOBS);
+  reload (&f, after);
   for (guint i = 0; i < CALLS; i++) {
     replies[i] = test_call_finish (calls[i]);
     g_assert_cmpint (replies[i]->curl_code, ==, 0);
