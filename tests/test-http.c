@@ -240,14 +240,13 @@ test_idle_guard (void)
   g_assert_cmpint (worker_policy (s), ==, 5);
 }
 
-/* Runs a job of about 0.3 s while requests for `other` come every 15 ms; returns the worker
- * ticks the server has counted since it started. */
+/* Runs a job of 0.3 s (a spin: by the clock, however loaded the machine) while requests for
+ * `other` come every 15 ms; returns the worker ticks the server has counted since it started. */
 static gdouble
 ticks_during_job_with (TestServer *s, const gchar *other)
 {
-  g_autofree gchar *path = g_strdup_printf ("/fib/%u", test_fib_n_for (s, 0.3));
   g_autofree gchar *url = test_server_url (s, other);
-  TestCall *call = test_call_start (test_server_url (s, path));
+  TestCall *call = test_call_start (test_server_url (s, "/fn/spin?seconds=0.3"));
   const gint64 until = g_get_monotonic_time () + 250 * 1000;
   g_autoptr (TestReply) r = NULL;
 
@@ -267,8 +266,8 @@ ticks_during_job (TestServer *s)
   return ticks_during_job_with (s, "/fast");
 }
 
-/* ThreadSanitizer holds a signal back until the thread calls into libc, which fib does not, so
- * there a job may get no tick. */
+/* ThreadSanitizer holds a signal back until the thread calls into libc, so there a job may get
+ * no tick. */
 #ifdef __SANITIZE_THREAD__
 #define MIN_TICKS 0
 #else
@@ -280,8 +279,10 @@ ticks_during_job (TestServer *s)
 static void
 test_timeslice (void)
 {
-  g_autoptr (TestServer) on = test_server_start ("[executor]\nthreads = 1\n", NULL);
-  g_autoptr (TestServer) off = test_server_start ("[executor]\nthreads = 1\ntimeslice = 0\n", NULL);
+  g_autofree gchar *on_ini = test_ini_with_spin ("[executor]\nthreads = 1\n");
+  g_autofree gchar *off_ini = test_ini_with_spin ("[executor]\nthreads = 1\ntimeslice = 0\n");
+  g_autoptr (TestServer) on = test_server_start (on_ini, NULL);
+  g_autoptr (TestServer) off = test_server_start (off_ini, NULL);
 
   g_assert_cmpfloat (ticks_during_job (off), ==, 0);
   /* compute requests alone are not the fast lane: no ticks */
@@ -307,14 +308,16 @@ reload (TestServer *s, const gchar *ini, guint n)
 static void
 test_timeslice_reload (void)
 {
-  g_autoptr (TestServer) s = test_server_start ("[executor]\nthreads = 1\ntimeslice = 0\n", NULL);
+  g_autofree gchar *off = test_ini_with_spin ("[executor]\nthreads = 1\ntimeslice = 0\n");
+  g_autofree gchar *on = test_ini_with_spin ("[executor]\nthreads = 1\ntimeslice = 0.001\n");
+  g_autoptr (TestServer) s = test_server_start (off, NULL);
   gdouble before;
 
   g_assert_cmpfloat (ticks_during_job (s), ==, 0);
-  reload (s, "[executor]\nthreads = 1\ntimeslice = 0.001\n", 1);
+  reload (s, on, 1);
   before = ticks_during_job (s);
   g_assert_cmpfloat (before, >=, MIN_TICKS / 2);
-  reload (s, "[executor]\nthreads = 1\ntimeslice = 0\n", 2);
+  reload (s, off, 2);
   before = test_server_metric (s, "crunchd_worker_ticks_total");
   g_assert_cmpfloat (ticks_during_job (s), ==, before);
 }
