@@ -174,6 +174,17 @@ test_server_metric (TestServer *server, const gchar *series)
   return at != NULL ? g_ascii_strtod (at + strlen (needle), NULL) : -1;
 }
 
+gdouble
+test_wait_metric (TestServer *server, const gchar *series, gdouble value)
+{
+  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC * TEST_TIME_SCALE;
+  gdouble v;
+
+  while ((v = test_server_metric (server, series)) != value && g_get_monotonic_time () < until)
+    g_usleep (20000);
+  return v;
+}
+
 guint
 test_count (const gchar *text, const gchar *needle)
 {

@@ -1027,12 +1027,12 @@ test_coalesced_deadline (void)
 static void
 test_parked_kept (void)
 {
-  g_autoptr (TestServer) s = test_server_start ("[server]\nrequest_timeout = 1\n"
-                                                "max_connections = 64\n"
-                                                "[executor]\nthreads = 1\nqueue_limit = 8\n",
-                                                NULL);
-  guint n = test_fib_n_for (s, 2.5);
-  g_autofree gchar *request = g_strdup_printf ("GET /fib/%u HTTP/1.1\r\nHost: x\r\n\r\n", n);
+  g_autofree gchar *ini = test_ini_with_spin ("[server]\nrequest_timeout = 1\n"
+                                              "max_connections = 64\n"
+                                              "[executor]\nthreads = 1\nqueue_limit = 8\n");
+  g_autoptr (TestServer) s = test_server_start (ini, NULL);
+  /* 2 s by the clock: parked past request_timeout and while the table overflows */
+  const gchar *request = "GET /fn/spin?seconds=2 HTTP/1.1\r\nHost: x\r\n\r\n";
   g_autoptr (Conn) parked = conn_open_from (s, "127.0.0.3");
   g_autoptr (Response) r = NULL;
   g_autofree gint *fds = NULL;

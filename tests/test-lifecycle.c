@@ -47,16 +47,16 @@ test_sigterm_drains (void)
   enum { RUNNING = 2, QUEUED = 3 };
   g_autofree gchar *ini = test_ini_with_spin ("[server]\nshutdown_timeout = 30\n");
   TestServer *server = test_server_start (ini, (const gchar *[]){"--threads=2", NULL});
-  const gchar *path = "/fn/spin?seconds=1"; /* by the clock: still running at SIGTERM */
+  const gchar *path = "/fn/spin?seconds=2"; /* by the clock: still running at SIGTERM */
   TestCall *calls[RUNNING + QUEUED];
   TestReply *replies[RUNNING + QUEUED];
   guint ok = 0, unavailable = 0;
 
-  for (gint i = 0; i < RUNNING + QUEUED; i++) {
+  for (gint i = 0; i < RUNNING + QUEUED; i++)
     calls[i] = test_call_start (test_server_url (server, path));
-    g_usleep (30000); /* the first two take the workers */
-  }
-  g_usleep (100000);
+  /* all in: two take the workers, three wait */
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_running", RUNNING), ==, RUNNING);
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_queued", QUEUED), ==, QUEUED);
   test_server_signal (server, SIGTERM);
   for (gint i = 0; i < RUNNING + QUEUED; i++) {
     replies[i] = test_call_finish (calls[i]);

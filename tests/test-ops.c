@@ -117,18 +117,6 @@ wait_status (TestServer *server, const gchar *path, long status)
   }
 }
 
-/* Polls the metric `series` until it is `value` (bounded); returns the last value read. */
-static gdouble
-wait_metric (TestServer *server, const gchar *series, gdouble value)
-{
-  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
-  gdouble v;
-
-  while ((v = test_server_metric (server, series)) != value && g_get_monotonic_time () < until)
-    g_usleep (20000);
-  return v;
-}
-
 /* One worker busy and the one queue place taken: not ready, and compute requests get 503. The
  * busy worker runs an async fib(60) (hours) until DELETE stops it, so no job's length depends on
  * the machine's speed or load (a fib timed at a busy moment once ended before the queue filled). */
@@ -146,7 +134,7 @@ test_readyz_queue_full (void)
   posted = test_http_body ("POST", jobs, NULL, "{\"fn\": \"fib\", \"args\": {\"n\": 60}}");
   g_assert_cmpint (posted->status, ==, 202);
   job = test_server_url (server, g_hash_table_lookup (posted->headers, "location"));
-  g_assert_cmpfloat (wait_metric (server, "crunchd_workers_busy", 1), ==, 1);
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_workers_busy", 1), ==, 1);
   /* queued behind it, its connection suspended */
   call = test_call_start (test_server_url (server, "/fib/20"));
   ready = wait_status (server, "/readyz", 503);

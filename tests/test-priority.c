@@ -265,10 +265,11 @@ test_deadline (void)
   const gchar *queued;
   GThread *a, *b;
 
-  a = fill (server, 5);
-  g_usleep (30000);                                /* the first spin(0.1) runs, none has finished */
-  first = spin_with_timeout (server, 0.1, "0.05"); /* no estimate: admitted, then 504 */
+  /* before any spin has finished there is no estimate: admitted, then 504 (sent after a fill, it
+   * could come once the fill's first spin had finished, and be refused on its estimate) */
+  first = spin_with_timeout (server, 0.1, "0.05");
   g_assert_cmpint (first->status, ==, 504);
+  a = fill (server, 5);
   g_array_unref (g_thread_join (a)); /* now spin's estimate is about 0.1 s */
 
   a = fill (server, 10); /* about 1 s of work */
