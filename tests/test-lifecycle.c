@@ -148,7 +148,7 @@ test_shutdown_timeout_cancels (void)
   TestReply *reply;
   gint64 t0;
 
-  g_usleep (200000);
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_running", 1), ==, 1);
   t0 = g_get_monotonic_time ();
   test_server_signal (server, SIGTERM);
   reply = test_call_finish (call);

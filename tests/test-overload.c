@@ -34,7 +34,7 @@ test_admission (void)
   g_autoptr (TestReply) full = NULL, limited = NULL;
   g_autoptr (GArray) held_statuses = NULL;
 
-  g_usleep (300000);
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_queued", 2), ==, 2);
   full = test_http ("GET", url, (const gchar *[]){"X-Test: full", NULL});
   g_assert_cmpint (full->status, ==, 503);
   g_assert_cmpstr (full->body, ==, "job queue is full, retry later\n");
@@ -49,7 +49,7 @@ test_admission (void)
   url = g_strdup_printf ("%s/fib/%u", server->base, n);
   g_thread_join (held);
   held = test_http_many_async (url, 2, NULL, 0);
-  g_usleep (300000);
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_queued", 1), ==, 1);
   limited = test_http ("GET", url, NULL);
   g_assert_cmpint (limited->status, ==, 429);
   g_assert_cmpstr (g_hash_table_lookup (limited->headers, "retry-after"), ==, "1");

@@ -318,7 +318,7 @@ test_client_limit (void)
 
   g_assert_cmpint (once->status, ==, 200); /* the estimate: 0.5 s */
   held = test_http_many_async (url, 3, NULL, 0);
-  g_usleep (200000);
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_queued", 2), ==, 2);
   limited = test_http ("GET", url, NULL);
   g_assert_cmpint (limited->status, ==, 429);
   g_test_message ("429 with Retry-After %u s", retry_after (limited));

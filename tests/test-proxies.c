@@ -123,7 +123,7 @@ run_limit (gboolean trusted)
       url, 1, (const gchar *[]){"X-Forwarded-For: 203.0.113.1", "Request-Timeout: 2", NULL}, 0);
   g_autoptr (GArray) held_status = NULL;
 
-  g_usleep (300000);
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_running", 1), ==, 1);
   g_autoptr (TestReply) second =
       test_http ("GET", other,
                  (const gchar *[]){"X-Forwarded-For: 203.0.113.2", "Request-Timeout: 0.2", NULL});
