@@ -239,6 +239,12 @@ test_worker_free (TestWorker *w)
 gint
 test_worker_stop (TestWorker *w)
 {
+  return test_worker_stop_with_log (w, NULL);
+}
+
+gint
+test_worker_stop_with_log (TestWorker *w, gchar **out)
+{
   g_autofree gchar *log = NULL;
   const gchar *at;
   gint status = reap (w->proc, SIGTERM), done = -1;
@@ -251,6 +257,8 @@ test_worker_stop (TestWorker *w)
     g_test_message ("crunchd-worker %s: exit %d, log:\n%s", w->id, status, log ? log : "");
   g_assert_cmpint (status, ==, 0);
   test_worker_free (w);
+  if (out != NULL)
+    *out = g_steal_pointer (&log);
   return done;
 }
 

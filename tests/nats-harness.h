@@ -40,6 +40,8 @@ TestWorker *test_worker_start (const gchar *ini, const gchar *id, guint threads)
 void test_worker_signal (TestWorker *worker, gint signum);
 /* SIGTERM, bounded wait; returns the jobs it reports done (-1 if it did not say). */
 gint test_worker_stop (TestWorker *worker);
+/* The same, and its log (free it) in *log. */
+gint test_worker_stop_with_log (TestWorker *worker, gchar **log);
 /* After SIGKILL: reap and free. */
 void test_worker_free (TestWorker *worker);
 

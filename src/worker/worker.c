@@ -13,7 +13,11 @@
  * shared delivery thread runs on_presence and on_cancel; the thread of our timer service (a
  * CrunchParked of parked.c, the same timers crunchd uses) sends "running" heartbeats and cancels
  * jobs past their deadline; the main thread calls new, stop and free.
- * `lock` guards the slots, the set of running tasks, each task's timer entries and the counters.
+ * Subscriptions are never freed while the connection's reader thread may still hold one: they
+ * are retired (taken out of nats.c's table) and freed by reap() on the main thread once a flush
+ * has come back, or after the connection is closed (see retire_locked()).
+ * `lock` guards the slots, the set of running tasks, each task's timer entries, the retired
+ * subscriptions and the counters.
  * A timer holds a reference to its task and acts only while the task still has that timer (a
  * finished task's timers are removed under `lock`). Lock order: `lock`, then the timers'. */
 #include "worker.h"
@@ -30,6 +34,10 @@
 #include "parked.h"
 
 #define CLOSE_WAIT_US (5 * G_USEC_PER_SEC)
+/* How often retired subscriptions are freed, and how long the flush that proves them unused may
+ * take (the main thread waits for it) */
+#define REAP_INTERVAL_S 1
+#define REAP_FLUSH_MS 500
 
 typedef struct {
   CrunchWorker *w;
@@ -63,7 +71,10 @@ struct CrunchWorker {
   guint active;        /* accepted, reply not yet sent */
   guint64 done;
   gboolean stopping, conn_closed;
-  guint live_subs; /* subscriptions nats.c has not finished with (see track_locked) */
+  guint live_subs;    /* subscriptions nats.c has not finished with (see track_locked) */
+  GPtrArray *retired; /* natsSubscription*, out of nats.c's table, not yet freed */
+  guint64 reaped;     /* retired subscriptions reap() has freed */
+  guint reaper;       /* reap(), on the main context */
   GSourceFunc stopped;
   gpointer stopped_data;
 };
@@ -137,6 +148,50 @@ track_locked (CrunchWorker *w, natsSubscription *sub)
   return s;
 }
 
+/* With the lock held: ends *sub (if any) without freeing it. nats.c 3.4 (Debian 12) looks up an
+ * incoming message's subscription, lets go of its table's lock, and only then locks the
+ * subscription; one freed in that gap is used after it was freed (nats.c #637, fixed in 3.6;
+ * ASan caught the reader thread crashing in CI when a slot re-subscribed right after a job). So
+ * it is unsubscribed (out of the table) here and freed by reap() after a flush: the reader
+ * handles the flush's PONG after everything it read before, so by then it holds no pointer to
+ * it. */
+static void
+retire_locked (CrunchWorker *w, natsSubscription **sub)
+{
+  if (*sub == NULL)
+    return;
+  if (natsSubscription_IsValid (*sub))
+    natsSubscription_Unsubscribe (*sub);
+  g_ptr_array_add (w->retired, g_steal_pointer (sub));
+}
+
+/* Main thread, every REAP_INTERVAL_S: frees the subscriptions retired before a flush that came
+ * back; after a failed one (no connection) they wait for the next. */
+static gboolean
+reap (gpointer data)
+{
+  CrunchWorker *w = data;
+  g_autoptr (GPtrArray) batch = NULL;
+  natsStatus s;
+
+  g_mutex_lock (&w->lock);
+  if (w->retired->len > 0) {
+    batch = g_steal_pointer (&w->retired);
+    w->retired = g_ptr_array_new_with_free_func ((GDestroyNotify)natsSubscription_Destroy);
+  }
+  g_mutex_unlock (&w->lock);
+  if (batch == NULL)
+    return G_SOURCE_CONTINUE;
+  s = natsConnection_FlushTimeout (w->nc, REAP_FLUSH_MS);
+  g_mutex_lock (&w->lock);
+  if (s == NATS_OK)
+    w->reaped += batch->len;
+  else
+    g_ptr_array_extend_and_steal (w->retired, g_steal_pointer (&batch));
+  g_mutex_unlock (&w->lock);
+  return G_SOURCE_CONTINUE;
+}
+
 /* With the lock held, on the slot's thread (or before its loop starts): listen for exactly one
  * more job on this slot. */
 static void
@@ -145,7 +200,7 @@ subscribe_slot_locked (Slot *slot)
   CrunchWorker *w = slot->w;
   natsStatus s;
 
-  g_clear_pointer (&slot->sub, natsSubscription_Destroy);
+  retire_locked (w, &slot->sub);
   if (w->stopping)
     return;
   s = natsConnection_QueueSubscribeSync (&slot->sub, w->nc, w->job_subject,
@@ -155,7 +210,7 @@ subscribe_slot_locked (Slot *slot)
   if (s != NATS_OK) {
     g_warning ("slot %u: cannot subscribe to %s: %s", slot->index, w->job_subject,
                natsStatus_GetText (s));
-    g_clear_pointer (&slot->sub, natsSubscription_Destroy);
+    retire_locked (w, &slot->sub);
   }
 }
 
@@ -415,7 +470,7 @@ slot_loop (gpointer data, gpointer user_data)
       subscribe_slot_locked (slot);
     }
   }
-  g_clear_pointer (&slot->sub, natsSubscription_Destroy);
+  retire_locked (w, &slot->sub);
   g_mutex_unlock (&w->lock);
   /* nats.c's error state for this thread (every wait that timed out set it). A pool thread may
    * end only after crunch_nats_library_close() deleted the library's key, and then that state
@@ -555,6 +610,7 @@ crunch_worker_new (const CrunchConfig *config, guint threads, const gchar *id, G
   g_mutex_init (&w->lock);
   g_cond_init (&w->cond);
   w->running = g_hash_table_new (NULL, NULL);
+  w->retired = g_ptr_array_new_with_free_func ((GDestroyNotify)natsSubscription_Destroy);
   w->timers = crunch_parked_new (on_deadline, NULL, task_ref, task_free);
   w->pool = g_thread_pool_new (slot_loop, w, (gint)threads, TRUE, NULL);
 
@@ -566,6 +622,7 @@ crunch_worker_new (const CrunchConfig *config, guint threads, const gchar *id, G
     crunch_worker_free (w);
     return NULL;
   }
+  w->reaper = g_timeout_add_seconds (REAP_INTERVAL_S, reap, w);
   if (connected)
     announce (w);
   else
@@ -600,7 +657,7 @@ crunch_worker_stop (CrunchWorker *w, GSourceFunc stopped, gpointer data)
   stop_slots_locked (w);
   w->stopped = stopped;
   w->stopped_data = data;
-  g_clear_pointer (&w->presence, natsSubscription_Destroy);
+  retire_locked (w, &w->presence);
   if (w->active == 0)
     g_idle_add (stopped, data);
   g_mutex_unlock (&w->lock);
@@ -637,6 +694,7 @@ crunch_worker_free (CrunchWorker *w)
 
   if (w == NULL)
     return;
+  g_clear_handle_id (&w->reaper, g_source_remove);
   g_mutex_lock (&w->lock); /* already done by stop(), except after a failed new() */
   stop_slots_locked (w);
   g_mutex_unlock (&w->lock);
@@ -644,7 +702,9 @@ crunch_worker_free (CrunchWorker *w)
   /* No task is left, so no timer either; joining the timer thread waits out a heartbeat that
    * fired just before the last job ended and has yet to publish: the connection is still open. */
   g_clear_pointer (&w->timers, crunch_parked_free);
-  g_message ("crunchd-worker %s stopped: %" G_GUINT64_FORMAT " job(s) done", w->id, w->done);
+  g_message ("crunchd-worker %s stopped: %" G_GUINT64_FORMAT " job(s) done, %" G_GUINT64_FORMAT
+             " ended subscription(s) freed while running",
+             w->id, w->done, w->reaped);
   if (w->nc != NULL) {
     /* the last replies; without a connection there is nothing to flush to, and waiting would
      * only delay the exit by the whole timeout */
@@ -659,8 +719,10 @@ crunch_worker_free (CrunchWorker *w)
                  w->live_subs, (gint)(CLOSE_WAIT_US / G_USEC_PER_SEC));
     g_mutex_unlock (&w->lock);
   }
-  g_clear_pointer (&w->presence, natsSubscription_Destroy); /* the slots' loops did theirs */
+  /* closed: nats.c's reader thread has ended, so none of them is in use */
+  g_clear_pointer (&w->presence, natsSubscription_Destroy); /* the slots' loops retired theirs */
   g_clear_pointer (&w->cancel, natsSubscription_Destroy);
+  g_clear_pointer (&w->retired, g_ptr_array_unref);
   natsConnection_Destroy (w->nc);
   g_hash_table_unref (w->running);
   g_mutex_clear (&w->lock);
