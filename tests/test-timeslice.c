@@ -181,6 +181,49 @@ test_sleep_interrupted (void)
   g_assert_cmpint (result[1], <, 150);
 }
 
+static gpointer
+blocked_thread (gpointer data)
+{
+  gint *state = data;
+  struct timespec ts = {0, 200 * 1000 * 1000}; /* 200 ms, resumed after each signal */
+
+  crunch_timeslice_enter ();
+  g_atomic_int_set (&state[0], 1);
+  while (nanosleep (&ts, &ts) != 0 && errno == EINTR)
+    ;
+  crunch_timeslice_leave ();
+  g_atomic_int_set (&state[1], 1);
+  return NULL;
+}
+
+/* A job blocked in a call (a plugin waiting for I/O) holds no CPU: while requests come it gets
+ * at most two ticks per mark (the first takes its count of voluntary switches, the next sees it
+ * slept), not one per interval (200 in these 200 ms). */
+static void
+test_blocked (void)
+{
+  gint state[2] = {0, 0};
+  guint marks = 0;
+  guint64 before;
+  GThread *t;
+
+  crunch_timeslice_set (0.001);
+  quiet ();
+  t = g_thread_new ("blocked", blocked_thread, state);
+  while (!g_atomic_int_get (&state[0]))
+    g_usleep (100);
+  before = crunch_timeslice_ticks ();
+  while (!g_atomic_int_get (&state[1])) {
+    crunch_timeslice_busy (g_get_monotonic_time ());
+    marks++;
+    g_usleep (11 * 1000);
+  }
+  g_thread_join (t);
+  g_test_message ("%u marks, %" G_GUINT64_FORMAT " ticks", marks,
+                  crunch_timeslice_ticks () - before);
+  g_assert_cmpuint (crunch_timeslice_ticks () - before, <=, 2 * marks);
+}
+
 /* A new interval (a reload) applies to timers started from then on. */
 static void
 test_new_interval (void)
@@ -292,6 +335,7 @@ main (int argc, char **argv)
   g_test_add_func ("/timeslice/quiet-stops", test_quiet_stops);
   g_test_add_func ("/timeslice/off", test_off);
   g_test_add_func ("/timeslice/sleep-interrupted", test_sleep_interrupted);
+  g_test_add_func ("/timeslice/blocked", test_blocked);
   g_test_add_func ("/timeslice/new-interval", test_new_interval);
   g_test_add_func ("/timeslice/off-stops-running", test_off_stops_running);
   g_test_add_func ("/timeslice/slice", test_slice);

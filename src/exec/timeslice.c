@@ -21,12 +21,14 @@
  * of 28 ms, ticks on their arrivals cost E6 5-19 % of its jobs/s here); at most every MARK_US
  * that starts the timers of computing threads whose timer is off. The handler stops its timer
  * when it finds the thread idle, no such request for QUIET_US (by the clock: ticks that come
- * while the thread waits for a CPU arrive as one), or the interval changed (a reload; the next
- * mark starts it again). A job's start starts nothing: a job shorter than MARK_US seldom gets a
- * tick (it needs none), a stream of short jobs costs no system call per job, and a long one gets
- * ticks within MARK_US of a request that comes while it runs. The handler uses SA_RESTART, but a
- * signal still ends some blocking calls early with EINTR (poll, nanosleep): crunchd-plugin(3)
- * tells plugin authors.
+ * while the thread waits for a CPU arrive as one), the interval changed (a reload; the next
+ * mark starts it again), or the thread slept since the previous tick (its count of voluntary
+ * context switches moved: a plugin's blocking call holds no CPU, and a timer on the monotonic
+ * clock would wake it every interval; so it gets two ticks per mark, not one per interval). A job's
+ * start starts nothing: a job shorter than MARK_US seldom gets a tick (it needs none), a stream of
+ * short jobs costs no system call per job, and a long one gets ticks within MARK_US of a request
+ * that comes while it runs. The handler uses SA_RESTART, but a signal still ends some blocking
+ * calls early with EINTR (poll, nanosleep): crunchd-plugin(3) tells plugin authors.
  *
  * Threads: none of its own. Each computing thread owns one Slot (its timer, and atomics its
  * handler and the marking thread share); `lock` guards the list of slots, which the marking
@@ -37,6 +39,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,6 +51,7 @@ typedef struct {
   timer_t timer;
   gint64 armed;   /* atomic: the interval the timer runs at (us); 0 = off */
   gint computing; /* atomic */
+  glong nvcsw;    /* atomic: voluntary context switches at the last tick; -1 = not yet seen */
 } Slot;
 
 static gint64 interval_us; /* atomic; 0 = off */
@@ -77,20 +81,25 @@ on_tick (int signo)
   Slot *s = self_slot;
   const struct itimerspec off = {{0, 0}, {0, 0}};
   struct timespec t;
+  struct rusage ru;
   gint64 us;
+  glong seen;
 
   (void)signo;
   if (s == NULL)
     goto out;
   /* Decided by the clock, not by counting ticks: ticks that come while the thread waits for a
    * CPU arrive as one. A timer at an old interval (a reload) or turned off stops too; the next
-   * mark starts it at the new one. */
+   * mark starts it at the new one. So does one whose thread slept since the previous tick. */
   us = __atomic_load_n (&interval_us, __ATOMIC_ACQUIRE);
   if (__atomic_load_n (&s->computing, __ATOMIC_RELAXED) && us > 0 &&
       us == __atomic_load_n (&s->armed, __ATOMIC_RELAXED) &&
       clock_gettime (CLOCK_MONOTONIC, &t) == 0 &&
       t.tv_sec * G_USEC_PER_SEC + t.tv_nsec / 1000 - __atomic_load_n (&busy_at, __ATOMIC_RELAXED) <
-          QUIET_US) {
+          QUIET_US &&
+      getrusage (RUSAGE_THREAD, &ru) == 0 &&
+      ((seen = __atomic_exchange_n (&s->nvcsw, ru.ru_nvcsw, __ATOMIC_RELAXED)) == -1 ||
+       seen == ru.ru_nvcsw)) {
     /* Reading its own CPU clock makes the kernel account the thread's run time now
      * (update_curr()), and so see that its slice is over and another thread should run. */
     clock_gettime (CLOCK_THREAD_CPUTIME_ID, &t);
@@ -213,8 +222,10 @@ crunch_timeslice_busy (gint64 now)
     gint64 off = 0;
     if (__atomic_load_n (&s->computing, __ATOMIC_RELAXED) &&
         __atomic_compare_exchange_n (&s->armed, &off, us, FALSE, __ATOMIC_RELAXED,
-                                     __ATOMIC_RELAXED))
+                                     __ATOMIC_RELAXED)) {
+      __atomic_store_n (&s->nvcsw, -1, __ATOMIC_RELAXED); /* the first tick takes the count */
       arm (s, us);
+    }
   }
   g_mutex_unlock (&lock);
 }
