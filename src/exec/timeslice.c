@@ -51,7 +51,8 @@ typedef struct {
   timer_t timer;
   gint64 armed;   /* atomic: the interval the timer runs at (us); 0 = off */
   gint computing; /* atomic */
-  glong nvcsw;    /* atomic: voluntary context switches at the last tick; -1 = not yet seen */
+  glong nvcsw;    /* voluntary context switches at the last tick, -1 = to be taken (written by
+                   * its thread's handler only) */
 } Slot;
 
 static gint64 interval_us; /* atomic; 0 = off */
@@ -107,6 +108,7 @@ on_tick (int signo)
     goto out;
   }
   timer_settime (s->timer, 0, &off, NULL);
+  __atomic_store_n (&s->nvcsw, -1, __ATOMIC_RELAXED); /* the next start's first tick takes it */
   __atomic_store_n (&s->armed, 0, __ATOMIC_RELAXED);
 out:
   errno = saved;
@@ -138,6 +140,7 @@ slot_get (void)
   if (self_slot != NULL)
     return self_slot;
   s = g_new0 (Slot, 1);
+  s->nvcsw = -1;
   ev.sigev_notify = SIGEV_THREAD_ID;
   ev.sigev_signo = SIGRTMIN;
   ev._sigev_un._tid = gettid ();
@@ -222,10 +225,8 @@ crunch_timeslice_busy (gint64 now)
     gint64 off = 0;
     if (__atomic_load_n (&s->computing, __ATOMIC_RELAXED) &&
         __atomic_compare_exchange_n (&s->armed, &off, us, FALSE, __ATOMIC_RELAXED,
-                                     __ATOMIC_RELAXED)) {
-      __atomic_store_n (&s->nvcsw, -1, __ATOMIC_RELAXED); /* the first tick takes the count */
+                                     __ATOMIC_RELAXED))
       arm (s, us);
-    }
   }
   g_mutex_unlock (&lock);
 }

@@ -42,7 +42,7 @@
 typedef struct {
   CrunchWorker *w;
   guint index;
-  natsSubscription *sub; /* synchronous; made by subscribe_all(), then replaced and destroyed
+  natsSubscription *sub; /* synchronous; made by subscribe_all(), then replaced and retired
                           * by the slot's thread only */
 } Slot;
 
@@ -166,7 +166,8 @@ retire_locked (CrunchWorker *w, natsSubscription **sub)
 }
 
 /* Main thread, every REAP_INTERVAL_S: frees the subscriptions retired before a flush that came
- * back; after a failed one (no connection) they wait for the next. */
+ * back; after a failed one they wait for the next. Not tried while the connection is down (a
+ * flush would only wait out its timeout, and the main thread with it). */
 static gboolean
 reap (gpointer data)
 {
@@ -174,6 +175,8 @@ reap (gpointer data)
   g_autoptr (GPtrArray) batch = NULL;
   natsStatus s;
 
+  if (natsConnection_Status (w->nc) != NATS_CONN_STATUS_CONNECTED)
+    return G_SOURCE_CONTINUE;
   g_mutex_lock (&w->lock);
   if (w->retired->len > 0) {
     batch = g_steal_pointer (&w->retired);
@@ -448,7 +451,7 @@ slot_loop (gpointer data, gpointer user_data)
   crunch_worker_thread_prepare (w->nice, CRUNCH_WORKER_POLICY_OTHER);
   g_mutex_lock (&w->lock);
   while (!w->stopping) {
-    natsSubscription *sub = slot->sub; /* only this thread replaces or destroys it */
+    natsSubscription *sub = slot->sub; /* only this thread replaces or retires it */
     natsMsg *msg = NULL;
     natsStatus s;
 
@@ -644,7 +647,7 @@ stop_slots_locked (CrunchWorker *w)
 {
   g_atomic_int_set (&w->stopping, TRUE); /* on_disconnected reads it without the lock */
   g_cond_broadcast (&w->cond);
-  /* ends a slot's wait at once; its thread destroys the subscription */
+  /* ends a slot's wait at once; its thread retires the subscription */
   for (guint i = 0; i < w->n_slots; i++)
     if (w->slots[i].sub != NULL)
       natsSubscription_Unsubscribe (w->slots[i].sub);
