@@ -500,9 +500,8 @@ static void
 test_resume_after_restart (void)
 {
   g_autofree gchar *dir = g_dir_make_tmp ("crunchd-events-XXXXXX", NULL);
-  g_autofree gchar *ini = g_strdup_printf (
-      "[plugins]\ndir = %s\nload = spin\n[jobs]\nstore = sqlite\ndatabase = %s/jobs.db\n",
-      g_getenv ("CRUNCHD_PLUGINS"), dir);
+  g_autofree gchar *base = g_strdup_printf ("[jobs]\nstore = sqlite\ndatabase = %s/jobs.db\n", dir);
+  g_autofree gchar *ini = test_ini_with_spin (base);
   TestServer *s = test_server_start (ini, NULL);
   g_autofree gchar *id = submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.05}}");
   g_autofree gchar *path = g_strconcat ("/jobs/", id, "/events", NULL);

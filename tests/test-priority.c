@@ -50,17 +50,17 @@ start (guint low, guint high, const gchar *extra)
   g_autofree gchar *lt = NULL, *ht = NULL, *lp = g_strdup_printf ("priority = %u\n", low);
   g_autofree gchar *hp = g_strdup_printf ("priority = %u\n", high);
   g_autofree gchar *l = new_key ("low", lp, &lt), *h = new_key ("high", hp, &ht);
-  g_autofree gchar *keys = g_strconcat (l, h, NULL), *path = NULL, *ini = NULL;
+  g_autofree gchar *keys = g_strconcat (l, h, NULL), *path = NULL, *base = NULL, *ini = NULL;
 
   s->dir = g_dir_make_tmp ("crunchd-prio-XXXXXX", NULL);
   path = g_build_filename (s->dir, "keys", NULL);
   g_assert_true (g_file_set_contents (path, keys, -1, NULL));
-  ini = g_strdup_printf (
+  base = g_strdup_printf (
       "[auth]\nkeys_file = %s\n[executor]\nthreads = 1\nqueue_limit = 500\nper_client_limit = 0\n"
       "coalesce = false\nnice = 0\n[jobs]\nstore = memory\nmax_stored = 2000\n"
-      "max_stored_per_client = 0\n[server]\nshutdown_timeout = 0\n[log]\naccess = off\n"
-      "[plugins]\ndir = %s\nload = spin\n%s",
-      path, g_getenv ("CRUNCHD_PLUGINS"), extra);
+      "max_stored_per_client = 0\n[server]\nshutdown_timeout = 0\n[log]\naccess = off\n%s",
+      path, extra);
+  ini = test_ini_with_spin (base);
   s->server = test_server_start (ini, NULL);
   s->low = g_strdup_printf ("Authorization: Bearer %s", lt);
   s->high = g_strdup_printf ("Authorization: Bearer %s", ht);
@@ -174,10 +174,9 @@ static void
 test_header (void)
 {
   TestServer *server = NULL;
-  g_autofree gchar *ini = g_strdup_printf (
+  g_autofree gchar *ini = test_ini_with_spin (
       "[executor]\nthreads = 1\ncoalesce = false\ndefault_priority = 3\n[jobs]\nstore = memory\n"
-      "[server]\nshutdown_timeout = 0\n[plugins]\ndir = %s\nload = spin\n",
-      g_getenv ("CRUNCHD_PLUGINS"));
+      "[server]\nshutdown_timeout = 0\n");
   g_autofree gchar *blocker = NULL, *lowered = NULL, *plain = NULL, *raised = NULL;
   g_autofree gchar *url = NULL;
   g_autoptr (TestReply) bad = NULL;
@@ -255,10 +254,9 @@ assert_predicted (const TestReply *r)
 static void
 test_deadline (void)
 {
-  g_autofree gchar *ini = g_strdup_printf (
+  g_autofree gchar *ini = test_ini_with_spin (
       "[executor]\nthreads = 1\nqueue_limit = 100\nper_client_limit = 0\ncoalesce = false\n"
-      "[server]\nshutdown_timeout = 0\n[plugins]\ndir = %s\nload = spin\n",
-      g_getenv ("CRUNCHD_PLUGINS"));
+      "[server]\nshutdown_timeout = 0\n");
   TestServer *server = test_server_start (ini, NULL);
   g_autoptr (TestReply) first = NULL, shallow = NULL, fits = NULL, deep = NULL, m = NULL;
   g_autofree gchar *metrics = test_server_url (server, "/metrics");
@@ -308,9 +306,8 @@ static void
 test_client_limit (void)
 {
   g_autofree gchar *ini =
-      g_strdup_printf ("[executor]\nthreads = 1\nper_client_limit = 3\ncoalesce = false\n"
-                       "[server]\nshutdown_timeout = 0\n[plugins]\ndir = %s\nload = spin\n",
-                       g_getenv ("CRUNCHD_PLUGINS"));
+      test_ini_with_spin ("[executor]\nthreads = 1\nper_client_limit = 3\ncoalesce = false\n"
+                          "[server]\nshutdown_timeout = 0\n");
   TestServer *server = test_server_start (ini, NULL);
   g_autofree gchar *url = test_server_url (server, "/fn/spin?seconds=0.5&grain=5");
   g_autoptr (TestReply) once = test_http ("GET", url, NULL), limited = NULL;

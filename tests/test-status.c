@@ -193,8 +193,7 @@ test_progress_bar (void)
     g_test_skip ("chromium or puppeteer-core not installed");
     return;
   }
-  ini = g_strdup_printf ("[plugins]\ndir = %s\nload = spin\n[jobs]\nstore = memory\n",
-                         g_getenv ("CRUNCHD_PLUGINS"));
+  ini = test_ini_with_spin ("[jobs]\nstore = memory\n");
   s = test_server_start (ini, NULL);
   jobs = test_server_url (s, "/jobs");
   posted = test_http_body ("POST", jobs, NULL,

@@ -62,6 +62,14 @@ computing_thread (gpointer data)
   return NULL;
 }
 
+/* Until another thread sets *flag (it has begun). */
+static void
+wait_set (gint *flag)
+{
+  while (!g_atomic_int_get (flag))
+    g_usleep (100);
+}
+
 /* Runs `run` on a thread of its own while "requests" come every 11 ms for `busy_ms` from the
  * job's start (a mark counts at most every 10 ms). */
 static void
@@ -70,8 +78,7 @@ run_job (Run *run, guint busy_ms)
   GThread *t = g_thread_new ("computing", computing_thread, run);
   gint64 until;
 
-  while (!g_atomic_int_get (&run->started))
-    g_usleep (100);
+  wait_set (&run->started);
   until = g_get_monotonic_time () + busy_ms * 1000;
   while (g_get_monotonic_time () < until) {
     crunch_timeslice_busy (g_get_monotonic_time ());
@@ -173,8 +180,7 @@ test_sleep_interrupted (void)
   crunch_timeslice_set (0.001);
   quiet ();
   t = g_thread_new ("sleeping", sleeping_thread, result);
-  while (!g_atomic_int_get (&result[2]))
-    g_usleep (100);
+  wait_set (&result[2]);
   crunch_timeslice_busy (g_get_monotonic_time ());
   g_thread_join (t);
   g_assert_cmpint (result[0], ==, EINTR);
@@ -204,14 +210,13 @@ test_blocked (void)
 {
   gint state[2] = {0, 0};
   guint marks = 0;
-  guint64 before;
+  guint64 before, ticks;
   GThread *t;
 
   crunch_timeslice_set (0.001);
   quiet ();
   t = g_thread_new ("blocked", blocked_thread, state);
-  while (!g_atomic_int_get (&state[0]))
-    g_usleep (100);
+  wait_set (&state[0]);
   before = crunch_timeslice_ticks ();
   while (!g_atomic_int_get (&state[1])) {
     crunch_timeslice_busy (g_get_monotonic_time ());
@@ -219,10 +224,10 @@ test_blocked (void)
     g_usleep (11 * 1000);
   }
   g_thread_join (t);
-  g_test_message ("%u marks, %" G_GUINT64_FORMAT " ticks", marks,
-                  crunch_timeslice_ticks () - before);
-  g_assert_cmpuint (crunch_timeslice_ticks () - before, >=, 1); /* the timer did run */
-  g_assert_cmpuint (crunch_timeslice_ticks () - before, <=, 2 * marks);
+  ticks = crunch_timeslice_ticks () - before;
+  g_test_message ("%u marks, %" G_GUINT64_FORMAT " ticks", marks, ticks);
+  g_assert_cmpuint (ticks, >=, 1); /* the timer did run */
+  g_assert_cmpuint (ticks, <=, 2 * marks);
 }
 
 /* A new interval (a reload) applies to timers started from then on. */
@@ -251,8 +256,7 @@ test_off_stops_running (void)
   crunch_timeslice_set (0.001);
   quiet ();
   t = g_thread_new ("computing", computing_thread, &run);
-  while (!g_atomic_int_get (&run.started))
-    g_usleep (100);
+  wait_set (&run.started);
   start = g_get_monotonic_time ();
   while (g_get_monotonic_time () - start < 250 * 1000) {
     crunch_timeslice_busy (g_get_monotonic_time ());
