@@ -41,7 +41,7 @@ static void
 test_load_ok (void)
 {
   g_autofree gchar *ini =
-      g_strdup_printf ("[plugins]\ndir = %s\nload = mandelbrot, spin, %s/types.so\n",
+      g_strdup_printf ("[plugins]\ndir = %s\nload = mandelbrot, spin, %s/alltypes.so\n",
                        env_dir ("CRUNCHD_PLUGINS"), env_dir ("CRUNCHD_TEST_PLUGINS"));
   g_autofree gchar *err = NULL;
 
@@ -59,7 +59,8 @@ test_load_failures (void)
       {"noentry", "plugin 'noentry': @/noentry.so has no entry point 'crunchd_plugin'"},
       {"badabi", "plugin 'badabi': built for plugin ABI 3, this crunchd loads ABI 1 to 2"},
       {"dup", "plugin 'dup': function 'fib' is already registered by plugin 'builtin'"},
-      {"types, types", "plugin 'types': function 'slow' is already registered by plugin 'types'"},
+      {"alltypes, alltypes",
+       "plugin 'alltypes': function 'slow' is already registered by plugin 'alltypes'"},
   };
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
@@ -196,7 +197,7 @@ test_body_cap (void)
 {
   g_autofree gchar *ini =
       g_strdup_printf ("[server]\nmax_body_size = 64\n[plugins]\ndir = %s\n"
-                       "load = %s/types.so\n",
+                       "load = %s/alltypes.so\n",
                        env_dir ("CRUNCHD_PLUGINS"), env_dir ("CRUNCHD_TEST_PLUGINS"));
   g_autoptr (TestServer) s = test_server_start (ini, NULL);
   g_autofree gchar *url = test_server_url (s, "/fn/echo");
@@ -308,7 +309,7 @@ static gchar *
 one_worker_ini (const gchar *extra)
 {
   return g_strdup_printf ("[executor]\nthreads = 1\n[server]\nshutdown_timeout = "
-                          "0.2\n[plugins]\ndir = %s\nload = spin, %s/types.so\n%s",
+                          "0.2\n[plugins]\ndir = %s\nload = spin, %s/alltypes.so\n%s",
                           env_dir ("CRUNCHD_PLUGINS"), env_dir ("CRUNCHD_TEST_PLUGINS"), extra);
 }
 
@@ -352,7 +353,7 @@ main (int argc, char **argv)
 
   g_test_init (&argc, &argv, NULL);
   ini = g_strdup_printf (
-      "[fib]\nmax_n = 40\n[plugins]\ndir = %s\nload = mandelbrot, spin, %s/types.so\n",
+      "[fib]\nmax_n = 40\n[plugins]\ndir = %s\nload = mandelbrot, spin, %s/alltypes.so\n",
       env_dir ("CRUNCHD_PLUGINS"), env_dir ("CRUNCHD_TEST_PLUGINS"));
   server = test_server_start (ini, NULL);
   g_test_add_func ("/plugins/load-ok", test_load_ok);

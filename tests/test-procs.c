@@ -13,7 +13,7 @@ static TestServer *
 start (const gchar *executor_extra)
 {
   g_autofree gchar *ini = g_strdup_printf ("[executor]\nbackend = processes\nthreads = 1\n%s\n"
-                                           "[plugins]\ndir = %s\nload = hostile, types\n",
+                                           "[plugins]\ndir = %s\nload = hostile, alltypes\n",
                                            executor_extra, g_getenv ("CRUNCHD_TEST_PLUGINS"));
 
   g_assert_nonnull (g_getenv ("CRUNCHD_WORKER")); /* set by make check */

@@ -1,4 +1,4 @@
-/* types.c - test plugin: one argument of every type, echoed back. */
+/* alltypes.c - test plugin: one argument of every type, echoed back. */
 #include <crunchd/crunchd-plugin.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,10 +54,12 @@ slow_run (const CrunchdCall *call, CrunchdResult *result)
 static const CrunchdArg slow_args[] = {{"seconds", CRUNCHD_ARG_FLOAT, 0, 60, NULL, NULL}};
 
 static const CrunchdFunction functions[] = {
-    {"slow", "sleeps, checking cancellation", slow_args, 1, 0, 0.5, "text/plain", slow_run, NULL, 0, 0, NULL},
+    {"slow", "sleeps, checking cancellation", slow_args, 1, 0, 0.5, "text/plain", slow_run, NULL, 0,
+     0, NULL},
     {"echo", "echo every argument type", args, sizeof args / sizeof args[0], 1, 5,
      "text/plain; charset=utf-8", echo_run, NULL, 0, 0, NULL},
-    {"fail", "always fails", NULL, 0, 0, 5, "text/plain; charset=utf-8", fail_run, NULL, 0, 0, NULL},
+    {"fail", "always fails", NULL, 0, 0, 5, "text/plain; charset=utf-8", fail_run, NULL, 0, 0,
+     NULL},
 };
 
 static int
@@ -70,4 +72,4 @@ init (CrunchdHost *host)
   return 0;
 }
 
-CRUNCHD_PLUGIN_DEFINE ("types", "1.0", init);
+CRUNCHD_PLUGIN_DEFINE ("alltypes", "1.0", init);
