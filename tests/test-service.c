@@ -126,6 +126,25 @@ free_port (void)
   return g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
 }
 
+/* Until something accepts connections on 127.0.0.1:port (10 s x TEST_TIME_SCALE at most). */
+static void
+wait_listening (guint16 port)
+{
+  g_autoptr (GSocketClient) client = g_socket_client_new ();
+  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC * TEST_TIME_SCALE;
+
+  for (;;) {
+    g_autoptr (GSocketConnection) conn =
+        g_socket_client_connect_to_host (client, "127.0.0.1", port, NULL, NULL);
+
+    if (conn != NULL)
+      return;
+    if (g_get_monotonic_time () > until)
+      g_error ("nothing listens on 127.0.0.1:%u", port);
+    g_usleep (20 * 1000);
+  }
+}
+
 static void
 test_activation_systemd_socket_activate (void)
 {
@@ -146,7 +165,7 @@ test_activation_systemd_socket_activate (void)
       "", NULL,
       &(TestServerSetup){.wrapper = (const gchar *[]){tool, "-l", listen, "-E", "G_SLICE", NULL},
                          .lazy_port = port});
-  g_usleep (300000); /* let the tool bind before the first connection */
+  wait_listening (port); /* the tool binds after it starts: a fixed 0.3 s once missed in CI */
   assert_fast (server);
   /* crunchd served on the socket it was given, not on --listen's 127.0.0.1:0 (read the log
    * after exit: MHD may answer before the main thread has logged the address) */
