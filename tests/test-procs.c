@@ -152,8 +152,9 @@ test_retry (void)
   g_assert_cmpfloat (metric (server, EVENTS ("crash")), ==, 2);
 }
 
-/* A function that ignores its cancel flag: killed within kill_grace + 100 ms of its deadline
- * (stubborn: 0.3 s), and the next call gets a fresh process. */
+/* A function that ignores its cancel flag: killed once kill_grace has passed after its deadline
+ * (stubborn: 0.3 s), and the next call gets a fresh process. The window allows a second past the
+ * grace for a loaded machine; the function would spin for longer. */
 static void
 test_hard_kill (void)
 {
@@ -162,7 +163,7 @@ test_hard_kill (void)
   g_autoptr (TestReply) r = get (server, "/fn/stubborn");
 
   g_assert_cmpint (r->status, ==, 504);
-  g_assert_true (gone_within (before, 0.2 + 0.1));
+  g_assert_true (gone_within (before, 0.2 + 1.0));
   g_assert_cmpfloat (metric (server, EVENTS ("kill")), ==, 1);
   after = child_pid (server);
   g_assert_cmpint (after, !=, before);
@@ -204,7 +205,7 @@ test_recycle (void)
   GPid first = child_pid (server);
 
   g_assert_cmpint (child_pid (server), ==, first);
-  g_assert_true (gone_within (first, 1.0));
+  g_assert_true (gone_within (first, 2.0));
   g_assert_cmpint (child_pid (server), !=, first);
   g_assert_cmpfloat (metric (server, EVENTS ("recycle")), ==, 1);
 }
@@ -274,7 +275,7 @@ test_no_child_left (void)
   GPid pid = child_pid (server);
 
   g_assert_cmpint (test_server_stop (server), ==, 0);
-  g_assert_true (gone_within (pid, 0.5));
+  g_assert_true (gone_within (pid, 2.0));
   /* a child busy with a call that ignores cancel: shutdown_timeout, then kill_grace */
   server = start ("kill_grace = 0.1");
   pid = child_pid (server);
@@ -285,11 +286,11 @@ test_no_child_left (void)
     g_assert_cmpint (test_server_stop (server), ==, 0);
     test_reply_free (test_call_finish (call));
   }
-  g_assert_true (gone_within (pid, 0.5));
+  g_assert_true (gone_within (pid, 2.0));
   server = start ("");
   pid = child_pid (server);
   test_server_signal (server, SIGKILL);
-  g_assert_true (gone_within (pid, 1.0));
+  g_assert_true (gone_within (pid, 2.0));
   test_server_stop (server);
 }
 
@@ -404,7 +405,7 @@ test_program_protocol_errors (void)
 
   g_assert_cmpint (garbage->status, ==, 502);
   g_assert_true (g_str_has_prefix (garbage->body, "pgarbage: protocol error: header length"));
-  g_assert_true (gone_within (before, 0.5));
+  g_assert_true (gone_within (before, 2.0));
   wrong = get (server, "/fn/pwrongid");
   g_assert_cmpint (wrong->status, ==, 502);
   g_assert_nonnull (strstr (wrong->body, "protocol error: a \"result\" for call"));
@@ -430,7 +431,9 @@ test_program_changed (void)
   expect (server, "/fn/pprogress", 200, "done");
 }
 
-/* A program that ignores cancel (sleeps through it): killed within kill_grace + 100 ms. */
+/* A program that ignores cancel (sleeps 30 s through it): killed once kill_grace has passed.
+ * The window allows a second past the grace for a loaded machine (make -j distcheck); a process
+ * gone that soon was killed. */
 static void
 test_program_kill (void)
 {
@@ -440,7 +443,7 @@ test_program_kill (void)
   g_autoptr (TestReply) r = get (server, "/fn/psleep");
 
   g_assert_cmpint (r->status, ==, 504);
-  g_assert_true (gone_within (before, 0.2 + 0.1));
+  g_assert_true (gone_within (before, 0.2 + 1.0));
   g_assert_cmpint (child_pid (server), !=, before);
 }
 
@@ -612,8 +615,8 @@ test_python_example (void)
   expect (server, "/fn/pyfib?n=12", 200, "144\n");
 }
 
-/* A Python function that ignores cancellation is killed within kill_grace + 100 ms, and a
- * fresh process serves the next call. */
+/* A Python function that ignores cancellation (it would spin 30 s) is killed once kill_grace
+ * has passed (a second of slack for a loaded machine), and a fresh process serves the next call. */
 static void
 test_python_ignores_cancel (void)
 {
@@ -625,7 +628,7 @@ test_python_ignores_cancel (void)
       test_http ("GET", url, (const gchar *const[]){"Request-Timeout: 0.5", NULL});
 
   g_assert_cmpint (r->status, ==, 504);
-  g_assert_true (gone_within (before, 0.3 + 0.1));
+  g_assert_true (gone_within (before, 0.3 + 1.0));
   g_assert_cmpfloat (metric (server, PY_EVENTS ("spin.py", "kill")), ==, 1);
   expect (server, "/fn/pyecho?s=hi", 200, "hi");
   g_assert_cmpint (child_pid_of (server, "spin.py"), !=, before);
