@@ -228,6 +228,30 @@ test_remove_dir (const gchar *dir)
   g_rmdir (dir);
 }
 
+guint16
+test_free_port (void)
+{
+  g_autoptr (GSocket) sock =
+      g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr (GInetAddress) lo = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (lo, 0);
+  g_autoptr (GSocketAddress) bound = NULL;
+
+  g_assert_true (g_socket_bind (sock, any, FALSE, NULL));
+  bound = g_socket_get_local_address (sock, NULL);
+  return g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
+}
+
+gboolean
+test_port_open (guint16 port)
+{
+  g_autoptr (GSocketClient) client = g_socket_client_new ();
+  g_autoptr (GSocketConnection) conn =
+      g_socket_client_connect_to_host (client, "127.0.0.1", port, NULL, NULL);
+
+  return conn != NULL;
+}
+
 /* Bounded wait: a server that does not stop is killed and the test fails. */
 gint
 test_server_stop (TestServer *server)

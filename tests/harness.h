@@ -54,6 +54,12 @@ gdouble test_server_metric (TestServer *server, const gchar *series);
 /* Removes a temporary directory and everything in it. */
 void test_remove_dir (const gchar *dir);
 
+/* A loopback port nobody listens on right now (bound and released: a small race until the
+ * caller binds it again). */
+guint16 test_free_port (void);
+/* TRUE if something accepts connections on 127.0.0.1:port now. */
+gboolean test_port_open (guint16 port);
+
 /* Runs crunchd with arguments to completion; returns exit status, stderr/stdout in out params. */
 gint test_run_crunchd (const gchar *const *args, gchar **out, gchar **err);
 

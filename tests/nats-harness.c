@@ -10,20 +10,6 @@
 #define START_TIMEOUT_US (15 * G_USEC_PER_SEC)
 #define STOP_TIMEOUT_US (20 * G_USEC_PER_SEC)
 
-guint16
-test_free_port (void)
-{
-  g_autoptr (GSocket) sock =
-      g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
-  g_autoptr (GInetAddress) lo = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
-  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (lo, 0);
-  g_autoptr (GSocketAddress) bound = NULL;
-
-  g_assert_true (g_socket_bind (sock, any, FALSE, NULL));
-  bound = g_socket_get_local_address (sock, NULL);
-  return g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
-}
-
 static void
 die_with_parent (gpointer data)
 {
@@ -70,16 +56,6 @@ reap (GSubprocess *proc, gint signum)
 
 /* ---- nats-server ---- */
 
-static gboolean
-port_open (guint16 port)
-{
-  g_autoptr (GSocketClient) client = g_socket_client_new ();
-  g_autoptr (GSocketConnection) conn =
-      g_socket_client_connect_to_host (client, "127.0.0.1", port, NULL, NULL);
-
-  return conn != NULL;
-}
-
 static void
 nats_spawn (TestNats *nats)
 {
@@ -104,7 +80,7 @@ nats_spawn (TestNats *nats)
   }
   g_ptr_array_add (argv, NULL);
   nats->proc = spawn ((const gchar *const *)argv->pdata, log);
-  while (!port_open (nats->port)) {
+  while (!test_port_open (nats->port)) {
     if (g_subprocess_get_identifier (nats->proc) == NULL || g_get_monotonic_time () > until) {
       g_autofree gchar *text = NULL;
       g_file_get_contents (log, &text, NULL, NULL);

@@ -5,9 +5,6 @@
 
 #include "harness.h"
 
-/* A port nobody listens on right now (bound and released). */
-guint16 test_free_port (void);
-
 typedef struct {
   GSubprocess *proc;
   gchar *dir;

@@ -111,34 +111,13 @@ test_notify_reload (void)
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
-/* A free loopback port (there is a small race until the caller binds it again). */
-static guint16
-free_port (void)
-{
-  g_autoptr (GSocket) s =
-      g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
-  g_autoptr (GInetAddress) lo = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
-  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (lo, 0);
-  g_autoptr (GSocketAddress) bound = NULL;
-
-  g_assert_true (g_socket_bind (s, any, TRUE, NULL));
-  bound = g_socket_get_local_address (s, NULL);
-  return g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
-}
-
 /* Until something accepts connections on 127.0.0.1:port (10 s x TEST_TIME_SCALE at most). */
 static void
 wait_listening (guint16 port)
 {
-  g_autoptr (GSocketClient) client = g_socket_client_new ();
   gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC * TEST_TIME_SCALE;
 
-  for (;;) {
-    g_autoptr (GSocketConnection) conn =
-        g_socket_client_connect_to_host (client, "127.0.0.1", port, NULL, NULL);
-
-    if (conn != NULL)
-      return;
+  while (!test_port_open (port)) {
     if (g_get_monotonic_time () > until)
       g_error ("nothing listens on 127.0.0.1:%u", port);
     g_usleep (20 * 1000);
@@ -150,7 +129,7 @@ test_activation_systemd_socket_activate (void)
 {
   g_autofree gchar *tool = g_find_program_in_path ("systemd-socket-activate");
   g_autofree gchar *listen = NULL;
-  guint16 port = free_port ();
+  guint16 port = test_free_port ();
   TestServer *server;
 
   if (tool == NULL) {
