@@ -63,10 +63,10 @@ keys_new (const gchar *text)
 static TestServer *
 start (const Keys *keys, const gchar *extra)
 {
-  g_autofree gchar *base =
-      g_strdup_printf ("[auth]\nkeys_file = %s\n[log]\naccess = common\naccess_buffer = "
-                       "0\n[executor]\nthreads = 2\n%s",
-                       keys->path, extra);
+  g_autofree gchar *base = g_strdup_printf ("[auth]\nkeys_file = %s\n"
+                                            "[log]\naccess = common\naccess_buffer = 0\n"
+                                            "[executor]\nthreads = 2\n%s",
+                                            keys->path, extra);
   g_autofree gchar *ini = test_ini_with_spin (base);
 
   return test_server_start (ini, NULL);

@@ -59,7 +59,7 @@ typedef struct {
 
   /* [server] */
   gchar **listen;     /* "ADDR:PORT", IPv6 as "[ADDR]:PORT" */
-  guint poll_threads; /* MHD polling threads per listener (1); 0 = one per core, at most 4 (restart) */
+  guint poll_threads; /* MHD polling threads per listener (1); 0: one per core, max 4 (restart) */
   guint max_connections;
   guint max_connections_per_ip; /* 0 = no per-IP limit */
   guint connection_timeout;     /* seconds of idleness before MHD closes */
