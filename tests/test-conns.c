@@ -66,6 +66,7 @@ iterate_for (gdouble seconds)
   g_usleep ((gulong)(seconds * G_USEC_PER_SEC));
 }
 
+/* A 2 s deadline; each check comes 0.5 s from one, so a loaded machine has room either way. */
 static void
 test_deadline (void)
 {
@@ -73,20 +74,20 @@ test_deadline (void)
   CrunchConnsStats stats;
   Pair waiting, busy, again;
 
-  crunch_conns_set_timeout (guard, 1);
+  crunch_conns_set_timeout (guard, 2);
   pair_open (guard, &waiting);
   pair_open (guard, &busy);
   pair_open (guard, &again);
   crunch_conns_request_complete (busy.conn);
-  /* a kept-alive connection whose request ended waits again, with a fresh deadline */
+  /* a kept-alive connection whose request ended waits again, with a fresh deadline (at 3 s) */
   crunch_conns_request_complete (again.conn);
-  iterate_for (0.5);
+  iterate_for (1.0);
   crunch_conns_request_ended (again.conn);
-  iterate_for (0.8);
+  iterate_for (1.5);
   g_assert_true (pair_shut (&waiting));
   g_assert_false (pair_shut (&busy));
   g_assert_false (pair_shut (&again));
-  iterate_for (0.5);
+  iterate_for (1.0);
   g_assert_true (pair_shut (&again));
   g_assert_false (pair_shut (&busy));
   crunch_conns_get_stats (guard, &stats);
@@ -176,10 +177,10 @@ test_reconfigure (void)
   crunch_conns_set_timeout (guard, 0);
   pair_open (guard, &a);
   iterate_for (0.3);
-  crunch_conns_set_timeout (guard, 1);
-  iterate_for (0.4);
+  crunch_conns_set_timeout (guard, 2); /* due 2 s after a opened */
+  iterate_for (1.2);
   g_assert_false (pair_shut (&a));
-  iterate_for (0.6);
+  iterate_for (1.0);
   g_assert_true (pair_shut (&a));
   pair_close (&a);
   crunch_conns_free (guard);

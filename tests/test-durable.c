@@ -101,6 +101,31 @@ wait_running (TestServer *s, const gchar *location)
   }
 }
 
+/* Polls the database itself (python3's sqlite3, read-only) until the outcome of the job at
+ * `location` (/jobs/ID) is on disk, 10 s x TEST_TIME_SCALE at most. */
+static void
+wait_stored (Fixture *f, const gchar *location)
+{
+  const gchar *id = strrchr (location, '/') + 1;
+  g_autofree gchar *limit = g_strdup_printf ("%g", 10 * TEST_TIME_SCALE);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GSubprocess) p = g_subprocess_new (
+      G_SUBPROCESS_FLAGS_NONE, &error, "python3", "-c",
+      "import sqlite3, sys, time\n"
+      "end = time.monotonic() + float(sys.argv[3])\n"
+      "while time.monotonic() < end:\n"
+      "    c = sqlite3.connect('file:%s?mode=ro' % sys.argv[1], uri=True)\n"
+      "    row = c.execute('SELECT finished FROM jobs WHERE id = ?', (sys.argv[2],)).fetchone()\n"
+      "    c.close()\n"
+      "    if row and row[0] is not None: sys.exit(0)\n"
+      "    time.sleep(0.02)\n"
+      "sys.exit('not stored: ' + sys.argv[2])\n",
+      f->db, id, limit, NULL);
+
+  g_assert_no_error (error);
+  g_assert_true (g_subprocess_wait_check (p, NULL, NULL));
+}
+
 /* Polls until every job has left queued/running; returns how many ended in each state. */
 static GHashTable *
 wait_all_finished (TestServer *s, GPtrArray *jobs, gdouble seconds)
@@ -408,7 +433,7 @@ test_recovery_edges (Fixture *f, gconstpointer data)
   states = wait_all_finished (s, one, 10);
   /* its outcome reaches the disk from the store thread a moment after it is visible: let it,
    * or the kill would make quick a job to run again rather than one whose ttl ran out */
-  g_usleep (300000);
+  wait_stored (f, quick);
   test_server_signal (s, SIGKILL);
   test_server_stop (s);
   g_usleep ((gulong)(1.2 * G_USEC_PER_SEC)); /* quick's ttl runs out while crunchd is down */

@@ -37,7 +37,9 @@ test_fast_lane_not_blocked (void)
     test_reply_free (replies[i]);
   }
   g_test_message ("slowest /fast while two spins ran: %.3f ms", worst * 1000);
-  g_assert_cmpfloat (worst, <, 0.050 * TEST_TIME_SCALE);
+  /* one that waited for a worker would take a second; 0.5 s leaves room for other tests on the
+   * same cores (make -j check), the latency itself is measured in bench/ (E4b) */
+  g_assert_cmpfloat (worst, <, 0.5 * TEST_TIME_SCALE);
 }
 
 /* SIGTERM with jobs running and queued: running ones finish, queued ones get 503, exit 0. */

@@ -58,7 +58,9 @@ test_admission (void)
   assert_all (held_statuses, 503); /* cancelled by the stop, but answered */
 }
 
-/* Past its deadline a job answers 504 at once and its worker is free again within 100 ms. */
+/* Past its deadline a job answers 504 at once and its worker is free again at once. fib(60)
+ * would run for hours, so the time bounds leave a second for a loaded machine (make -j
+ * distcheck) and the bodies say which deadline applied. */
 static void
 test_deadlines (void)
 {
@@ -82,16 +84,18 @@ test_deadlines (void)
   g_assert_cmpint (slow->status, ==, 504);
   g_assert_cmpstr (slow->body, ==, "fib: deadline of 0.3 s exceeded\n");
   g_assert_cmpfloat (slow->seconds, >=, 0.29);
-  g_assert_cmpfloat (slow->seconds, <, 0.6 * TEST_TIME_SCALE);
+  g_assert_cmpfloat (slow->seconds, <, 1.3 * TEST_TIME_SCALE);
   /* the one worker was told to stop: the next job does not wait behind fib(n) */
   g_assert_cmpint (after->status, ==, 200);
   g_test_message ("504 after %.3f s; next job answered in %.3f ms", slow->seconds,
                   after->seconds * 1000);
-  g_assert_cmpfloat (after->seconds, <, 0.1 * TEST_TIME_SCALE);
+  g_assert_cmpfloat (after->seconds, <, 1.0 * TEST_TIME_SCALE);
   g_assert_cmpint (shorter->status, ==, 504);
-  g_assert_cmpfloat (shorter->seconds, <, 0.25 * TEST_TIME_SCALE);
+  g_assert_cmpstr (shorter->body, ==, "fib: deadline of 0.1 s exceeded\n");
+  g_assert_cmpfloat (shorter->seconds, <, 1.1 * TEST_TIME_SCALE);
   g_assert_cmpint (longer->status, ==, 504); /* a client cannot extend [fib] timeout */
-  g_assert_cmpfloat (longer->seconds, <, 0.6 * TEST_TIME_SCALE);
+  g_assert_cmpstr (longer->body, ==, "fib: deadline of 0.3 s exceeded\n");
+  g_assert_cmpfloat (longer->seconds, <, 1.3 * TEST_TIME_SCALE);
   g_assert_cmpint (bad->status, ==, 400);
   g_assert_cmpstr (bad->body, ==,
                    "Request-Timeout: expected a positive number of seconds, got 'soon'\n");
@@ -99,8 +103,9 @@ test_deadlines (void)
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
-/* 100 clients ask for a long fib and hang up after 100 ms (1 s under TSan, so that every request
- * reaches the slowed server first): every job is dropped or stopped. */
+/* 100 clients ask for a long fib (20 s) and hang up after 100 ms (1 s under TSan, so that every
+ * request reaches the slowed server first): every job is dropped or stopped, so quick jobs find
+ * the workers idle (the bounds leave a loaded machine seconds; a job left running takes 20). */
 static void
 test_hang_up_cancels (void)
 {
@@ -123,8 +128,8 @@ test_hang_up_cancels (void)
     worst = MAX (worst, r->seconds);
   }
   g_test_message ("workers idle %.0f ms after the hang-ups", (g_get_monotonic_time () - t0) / 1e3);
-  g_assert_cmpfloat (worst, <, 0.1 * TEST_TIME_SCALE);
-  g_assert_cmpint (g_get_monotonic_time () - t0, <, G_USEC_PER_SEC);
+  g_assert_cmpfloat (worst, <, 1.0 * TEST_TIME_SCALE);
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 3 * G_USEC_PER_SEC * TEST_TIME_SCALE);
   g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
   g_assert_cmpint (test_log_total (log, "client_gone"), ==, 100);
   g_assert_cmpint (test_log_total (log, "jobs_cancelled"), ==, 100);
@@ -279,7 +284,9 @@ test_cache (void)
   g_assert_nonnull (strstr (log, "\"outcome\":\"cached\""));
 }
 
-/* With every worker busy, 200 sequential /fast requests keep a p99 under 20 ms. */
+/* With every worker busy (30 s jobs), 200 sequential /fast requests keep a p99 under 200 ms:
+ * none waits for a worker. The bound leaves room for other tests on the same cores (make -j
+ * check); the latency itself is the benchmark's to measure (bench/run, E4b). */
 static void
 test_fast_lane_p99 (void)
 {
@@ -301,7 +308,7 @@ test_fast_lane_p99 (void)
   qsort (times, G_N_ELEMENTS (times), sizeof (gdouble), compare_doubles);
   g_test_message ("/fast with all workers busy: p50 %.3f ms, p99 %.3f ms", times[99] * 1000,
                   times[197] * 1000);
-  g_assert_cmpfloat (times[197], <, 0.020 * TEST_TIME_SCALE);
+  g_assert_cmpfloat (times[197], <, 0.200 * TEST_TIME_SCALE);
   g_assert_cmpint (test_server_stop (server), ==, 0);
   busy_statuses = g_thread_join (busy);
   assert_all (busy_statuses, 503); /* still running at the stop: cancelled, answered */
