@@ -240,14 +240,15 @@ test_idle_guard (void)
   g_assert_cmpint (worker_policy (s), ==, 5);
 }
 
-/* Runs a job of 0.3 s (a spin: by the clock, however loaded the machine) while requests for
- * `other` come every 15 ms; returns the worker ticks the server has counted since it started. */
+/* Runs a job of 1 s (a spin: by the clock, however loaded the machine) while requests for
+ * `other` come every 15 ms for 0.9 s; returns the worker ticks the server has counted since it
+ * started. (With 0.3 s, a loaded machine answered too few requests for 20 ticks.) */
 static gdouble
 ticks_during_job_with (TestServer *s, const gchar *other)
 {
   g_autofree gchar *url = test_server_url (s, other);
-  TestCall *call = test_call_start (test_server_url (s, "/fn/spin?seconds=0.3"));
-  const gint64 until = g_get_monotonic_time () + 250 * 1000;
+  TestCall *call = test_call_start (test_server_url (s, "/fn/spin?seconds=1"));
+  const gint64 until = g_get_monotonic_time () + 900 * 1000;
   g_autoptr (TestReply) r = NULL;
 
   while (g_get_monotonic_time () < until) {
