@@ -337,8 +337,8 @@ test_post_during_drain (Fixture *f, gconstpointer data)
   }
 }
 
-/* Runs crunchd until it stays up for a second (it crashes while its poison job runs); returns
- * how many times it died. */
+/* Runs crunchd until it stays up for 3 s (it crashes while its poison job runs, a moment after
+ * it starts; 3 s leave a loaded machine room); returns how many times it died. */
 static guint
 crash_loop (Fixture *f, const gchar *ini_path, guint max)
 {
@@ -349,7 +349,7 @@ crash_loop (Fixture *f, const gchar *ini_path, guint max)
     g_autoptr (GSubprocess) p =
         g_subprocess_new (G_SUBPROCESS_FLAGS_STDERR_SILENCE, &error, g_getenv ("CRUNCHD"),
                           "--config", ini_path, "--listen", "127.0.0.1:0", NULL);
-    gint64 until = g_get_monotonic_time () + (gint64)(1.5 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+    gint64 until = g_get_monotonic_time () + (gint64)(3 * TEST_TIME_SCALE * G_USEC_PER_SEC);
 
     g_assert_no_error (error);
     /* an identifier until it has exited (and been reaped) */

@@ -123,7 +123,12 @@ test_sigterm_under_load (void)
 
     for (guint i = 0; i < G_N_ELEMENTS (clients); i++)
       clients[i] = g_thread_new ("storm", storm_client, &storm);
-    g_usleep ((gulong)((50 + 20 * round) * 1000 * TEST_TIME_SCALE)); /* TSan: slower requests */
+    /* the storm is answered (not a fixed wait: a loaded machine once took longer), then the
+     * SIGTERM comes at a different moment each round */
+    for (gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC * TEST_TIME_SCALE;
+         g_atomic_int_get (&storm.answered) == 0 && g_get_monotonic_time () < until;)
+      g_usleep (1000);
+    g_usleep ((gulong)((20 * round) * 1000 * TEST_TIME_SCALE)); /* TSan: slower requests */
     g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
     g_atomic_int_set (&storm.stop, 1);
     for (guint i = 0; i < G_N_ELEMENTS (clients); i++)
