@@ -321,7 +321,7 @@ class TestCancelAndProgress(WorkerTest):
     def test_cancel_of_a_spinning_function_after_it_returns(self):
         w = self.start(program("spin.py"))
         w.hello()
-        call_id = w.call("pyspin", {"seconds": 0.5})
+        call_id = w.call("pyspin", {"seconds": 2.0})  # the cancel surely comes while it spins
         time.sleep(0.1)
         w.send({"type": "cancel", "id": call_id})
         header, body, _ = w.reply(call_id)
