@@ -177,10 +177,11 @@ test_ops_listener (void)
 static void
 test_rate (void)
 {
-  g_autofree gchar *slow = NULL, *one = NULL;
+  g_autofree gchar *slow = NULL, *one = NULL, *watcher = NULL;
   g_autofree gchar *a = new_key ("slow", "rate = 1/min\nburst = 2\n", &slow);
   g_autofree gchar *b = new_key ("one", "max_in_flight = 1\n", &one);
-  g_autofree gchar *text = g_strconcat (a, b, NULL);
+  g_autofree gchar *c = new_key ("watcher", "ops = true\n", &watcher);
+  g_autofree gchar *text = g_strconcat (a, b, c, NULL);
   g_autoptr (Keys) keys = keys_new (text);
   g_autoptr (TestServer) server = start (keys, "");
   g_autofree gchar *spin = test_server_url (server, "/fn/spin?seconds=1");
@@ -197,15 +198,17 @@ test_rate (void)
   g_assert_cmpstr (over->body, ==, "key slow is over its rate of 1/min\n");
 
   held = test_http_many_async (spin, 1, (const gchar *[]){header, NULL}, 0);
-  /* refused once the held request is in (asked until it is: a fixed wait missed under load) */
-  g_autoptr (TestReply) busy = NULL;
+  /* once the held request runs (seen in /metrics by another key, not after a fixed wait, which
+   * missed under load), a second one of `one` is refused */
   for (gint64 until = g_get_monotonic_time () + 5 * G_USEC_PER_SEC;;) {
-    g_clear_pointer (&busy, test_reply_free);
-    busy = as (server, one, "GET", "/fn", NULL);
-    if (busy->status != 200 || g_get_monotonic_time () > until)
+    g_autoptr (TestReply) m = as (server, watcher, "GET", "/metrics", NULL);
+    g_assert_cmpint (m->status, ==, 200);
+    if (strstr (m->body, "\ncrunchd_jobs_running 1\n") != NULL)
       break;
+    g_assert_cmpint (g_get_monotonic_time (), <, until);
     g_usleep (10000);
   }
+  g_autoptr (TestReply) busy = as (server, one, "GET", "/fn", NULL);
   g_assert_cmpint (busy->status, ==, 429);
   g_assert_cmpstr (g_hash_table_lookup (busy->headers, "retry-after"), ==, "1");
   statuses = g_thread_join (held);

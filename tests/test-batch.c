@@ -275,10 +275,10 @@ test_forward_example (void)
 
 /* A call whose deadline leaves little time is not held back for company: it waits at most half
  * of what its deadline leaves. On /fn/patient (max_delay 1 s) with deadlines under that, so a
- * 200 itself says the call was not held back (held for max_delay, it would be a 504), and each
- * has 0.3-0.4 s to run and answer on a loaded machine. (History: with batchy's 0.3 s max_delay
- * and deadlines of 0.02-0.3 s, busy machines and TSan missed them outright or stretched the
- * waits past the bounds.) */
+ * 200 itself says the call was not held for max_delay (that would be a 504), the server's wait
+ * total says it waited about half, and each has 0.3-0.4 s to run and answer on a loaded machine.
+ * (History: with batchy's 0.3 s max_delay and deadlines of 0.02-0.3 s, busy machines and TSan
+ * missed them outright or stretched the waits past the bounds.) */
 static void
 test_short_deadline (void)
 {
@@ -290,6 +290,7 @@ test_short_deadline (void)
   g_autoptr (TestReply) quicker =
       test_http ("GET", url, (const gchar *[]){"Request-Timeout: 0.6", NULL});
   g_autoptr (TestReply) slow = test_http ("GET", url, NULL);
+  gdouble waited;
 
   g_test_message ("with a 0.8 s deadline %.3f s; with 0.6 s %.3f s; without %.3f s", quick->seconds,
                   quicker->seconds, slow->seconds);
@@ -297,6 +298,11 @@ test_short_deadline (void)
   g_assert_cmpint (quicker->status, ==, 200);
   g_assert_cmpint (slow->status, ==, 200);
   g_assert_cmpfloat (slow->seconds, >=, 0.99); /* max_delay */
+  /* the server's own waits: about 0.4 + 0.3 (half of what each deadline left) + 1.0; had the two
+   * waited out most of their deadlines instead, about 2.4 (looser under a sanitizer) */
+  waited = test_server_metric (server, "crunchd_batch_wait_seconds_sum{function=\"patient\"}");
+  g_test_message ("the server's batch waits: %.3f s in all", waited);
+  g_assert_cmpfloat (waited, <, 1.7 + 0.3 * TEST_TIME_SCALE);
   blocker_done (block);
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }

@@ -102,7 +102,8 @@ wait_running (TestServer *s, const gchar *location)
 }
 
 /* Polls the database itself (python3's sqlite3, read-only) until the outcome of the job at
- * `location` (/jobs/ID) is on disk, 10 s x TEST_TIME_SCALE at most. */
+ * `location` (/jobs/ID) is on disk (only a finished row has one), 10 s x TEST_TIME_SCALE at
+ * most. */
 static void
 wait_stored (Fixture *f, const gchar *location)
 {
@@ -115,7 +116,7 @@ wait_stored (Fixture *f, const gchar *location)
       "end = time.monotonic() + float(sys.argv[3])\n"
       "while time.monotonic() < end:\n"
       "    c = sqlite3.connect('file:%s?mode=ro' % sys.argv[1], uri=True)\n"
-      "    row = c.execute('SELECT finished FROM jobs WHERE id = ?', (sys.argv[2],)).fetchone()\n"
+      "    row = c.execute('SELECT outcome FROM jobs WHERE id = ?', (sys.argv[2],)).fetchone()\n"
       "    c.close()\n"
       "    if row and row[0] is not None: sys.exit(0)\n"
       "    time.sleep(0.02)\n"

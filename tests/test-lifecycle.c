@@ -37,9 +37,10 @@ test_fast_lane_not_blocked (void)
     test_reply_free (replies[i]);
   }
   g_test_message ("slowest /fast while two spins ran: %.3f ms", worst * 1000);
-  /* one that waited for a worker would take a second; 0.5 s leaves room for other tests on the
-   * same cores (make -j check), the latency itself is measured in bench/ (E4b) */
-  g_assert_cmpfloat (worst, <, 0.5 * TEST_TIME_SCALE);
+  /* one that waited for a worker would take a second or more; 0.5 s leaves room for other tests
+   * on the same cores (make -j check), the latency itself is measured in bench/ (E4b); at most
+   * 1 s under a sanitizer */
+  g_assert_cmpfloat (worst, <, MIN (0.5 * TEST_TIME_SCALE, 1.0));
 }
 
 /* SIGTERM with jobs running and queued: running ones finish, queued ones get 503, exit 0. */

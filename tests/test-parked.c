@@ -153,9 +153,11 @@ test_deadline_before_tick (CrunchParked *parked)
 
     g_usleep (120000); /* past any tick: the watcher is idle */
     g_assert_cmpint (socketpair (AF_UNIX, SOCK_STREAM, 0, sv), ==, 0);
-    watched = crunch_parked_watch (parked, sv[0], &quiet, &kind); /* starts the ticking */
+    /* t0 before the watch, whose tick is due 50 ms after a moment inside it: a timer that
+     * waited for that tick is at least 50 ms late by t0 in every round */
     t0 = g_get_monotonic_time ();
-    timer = crunch_parked_add_timer (parked, t0 + 5000, &timed, &kind);
+    watched = crunch_parked_watch (parked, sv[0], &quiet, &kind); /* starts the ticking */
+    timer = crunch_parked_add_timer (parked, g_get_monotonic_time () + 5000, &timed, &kind);
     g_assert_cmpint (wait_fired (&timed, 1), ==, 1);
     on_time = g_get_monotonic_time () - t0 < 40000; /* not a whole tick late */
     g_assert_cmpint (g_atomic_int_get (&timed.last_why), ==, CRUNCH_JOB_TIMED_OUT);
