@@ -174,15 +174,29 @@ test_server_metric (TestServer *server, const gchar *series)
   return at != NULL ? g_ascii_strtod (at + strlen (needle), NULL) : -1;
 }
 
-gdouble
-test_wait_metric (TestServer *server, const gchar *series, gdouble value)
+/* Polls `series` until it is `value` (exactly, or at least), 10 s x TEST_TIME_SCALE at most. */
+static gdouble
+wait_metric (TestServer *server, const gchar *series, gdouble value, gboolean at_least)
 {
   gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC * TEST_TIME_SCALE;
   gdouble v;
 
-  while ((v = test_server_metric (server, series)) != value && g_get_monotonic_time () < until)
+  while ((v = test_server_metric (server, series)) != value && !(at_least && v > value) &&
+         g_get_monotonic_time () < until)
     g_usleep (20000);
   return v;
+}
+
+gdouble
+test_wait_metric (TestServer *server, const gchar *series, gdouble value)
+{
+  return wait_metric (server, series, value, FALSE);
+}
+
+gdouble
+test_wait_metric_at_least (TestServer *server, const gchar *series, gdouble value)
+{
+  return wait_metric (server, series, value, TRUE);
 }
 
 guint

@@ -107,6 +107,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (TestNotify, test_notify_free)
 /* Polls the metric `series` until it is `value` (for at most 10 s x TEST_TIME_SCALE); returns the
  * last value read. */
 gdouble test_wait_metric (TestServer *server, const gchar *series, gdouble value);
+/* The same until it is at least `value`. */
+gdouble test_wait_metric_at_least (TestServer *server, const gchar *series, gdouble value);
 /* `ini` followed by a [plugins] section that loads the example plugin spin (/fn/spin?seconds=S
  * keeps a worker busy for S seconds by the clock): for jobs that must outlast a check however
  * loaded the machine, which a timed fib cannot promise. */

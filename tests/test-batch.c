@@ -101,13 +101,8 @@ blocker_fn (TestServer *server, const gchar *fn, guint ms)
 {
   g_autofree gchar *q = g_strdup_printf ("x=999999&sleep_ms=%u", ms);
   Req *r = req_start_fn (server, fn, q, NULL, NULL);
-  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC * TEST_TIME_SCALE;
 
-  while (test_server_metric (server, "crunchd_jobs_running") < 1)
-    if (g_get_monotonic_time () > until)
-      g_error ("the blocker did not start within 10 s");
-    else
-      g_usleep (5000);
+  g_assert_cmpfloat (test_wait_metric_at_least (server, "crunchd_jobs_running", 1), >=, 1);
   return r;
 }
 

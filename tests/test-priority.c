@@ -241,19 +241,6 @@ fill (TestServer *server, guint count)
   return test_http_many_async (url, count, NULL, 0);
 }
 
-/* Waits until at least `n` jobs are queued (10 s x TEST_TIME_SCALE at most). */
-static void
-wait_queued (TestServer *server, guint n)
-{
-  gint64 until = g_get_monotonic_time () + 10 * G_USEC_PER_SEC * TEST_TIME_SCALE;
-
-  while (test_server_metric (server, "crunchd_jobs_queued") < n)
-    if (g_get_monotonic_time () > until)
-      g_error ("fewer than %u jobs queued after 10 s", n);
-    else
-      g_usleep (10000);
-}
-
 /* A refusal's body: "spin: predicted wait W s + run R s exceeds the deadline of 0.5 s", R the
  * estimate of spin(0.1) (more on a loaded machine, where a spin by the clock overruns). A 503
  * with the prediction is a refusal at admission: one after the deadline would be a 504. */
@@ -290,13 +277,13 @@ test_deadline (void)
   g_array_unref (g_thread_join (a)); /* now spin's estimate is about 0.1 s */
 
   a = fill (server, 10); /* about 1 s of work */
-  wait_queued (server, 7);
+  g_assert_cmpfloat (test_wait_metric_at_least (server, "crunchd_jobs_queued", 7), >=, 7);
   shallow = spin_with_timeout (server, 0.1, "0.5");
   assert_predicted (shallow);
   fits = spin_with_timeout (server, 0.1, "5"); /* waits for the queue, then 200 */
   g_assert_cmpint (fits->status, ==, 200);
   b = fill (server, 30); /* about 3 s of work */
-  wait_queued (server, 25);
+  g_assert_cmpfloat (test_wait_metric_at_least (server, "crunchd_jobs_queued", 25), >=, 25);
   deep = spin_with_timeout (server, 0.1, "0.5");
   assert_predicted (deep);
   g_strchomp (shallow->body);
