@@ -474,6 +474,26 @@ expect_check_config_fails (Programs *p, const gchar *extra, const gchar *name, c
     g_error ("expected '%s' in: %s", message, err);
 }
 
+/* A program that dies while a process it started keeps its stdout open (so its stdout shows no
+ * EOF): 502 at once, not 504 at its deadline (5 s), and what it started is killed with it. */
+static void
+test_program_orphan (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "");
+  g_autofree gchar *pid_file = g_build_filename (p->dir, "orphan.pid", NULL);
+  g_autofree gchar *pid = NULL;
+  gint64 t0 = g_get_monotonic_time ();
+  g_autoptr (TestReply) r = get (server, "/fn/porphan");
+
+  g_assert_cmpint (r->status, ==, 502);
+  g_assert_true (g_str_has_prefix (r->body, "porphan crashed (exited with status 0)"));
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 2 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+  g_assert_true (g_file_get_contents (pid_file, &pid, NULL, NULL));
+  g_assert_true (gone_within ((GPid)g_ascii_strtoll (pid, NULL, 10), 2.0));
+  expect (server, "/fn/pid", 200, NULL);
+}
+
 /* A bad declaration, or none: exit 78 naming the program. */
 static void
 test_program_bad_hello (void)
@@ -714,6 +734,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/program-protocol-errors", test_program_protocol_errors);
   g_test_add_func ("/procs/program-changed", test_program_changed);
   g_test_add_func ("/procs/program-kill", test_program_kill);
+  g_test_add_func ("/procs/program-orphan", test_program_orphan);
   g_test_add_func ("/procs/program-bad-hello", test_program_bad_hello);
   g_test_add_func ("/procs/call-too-large", test_call_too_large);
   g_test_add_func ("/procs/python-example", test_python_example);

@@ -215,6 +215,15 @@ crunch_child_kill (GPid pid)
   kill (pid, SIGKILL);  /* in case it could not have a group of its own */
 }
 
+gboolean
+crunch_child_exited (GPid pid)
+{
+  siginfo_t info = {0};
+
+  /* WNOWAIT: it stays a zombie, for crunch_child_reap() to reap and describe */
+  return waitid (P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
+}
+
 gchar *
 crunch_child_describe_exit (gint status)
 {

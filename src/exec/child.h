@@ -20,5 +20,7 @@ gboolean crunch_child_spawn (gchar **argv, const gchar *program, guint memory_li
 gint crunch_child_reap (GPid pid, gint64 grace_us);
 /* SIGKILL to the child and to every process it started (its process group). */
 void crunch_child_kill (GPid pid);
+/* Whether `pid` (a child of ours) has exited; it is left to be reaped (crunch_child_reap()). */
+gboolean crunch_child_exited (GPid pid);
 /* "killed by signal SIGSEGV", "exited with status 3" */
 gchar *crunch_child_describe_exit (gint status);

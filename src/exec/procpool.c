@@ -347,6 +347,7 @@ typedef struct {
   const CrunchCancel *cancel; /* a batch's: set once every call's is */
   gint64 id;
   gint64 kill_at;     /* 0 until `cancel` was sent */
+  gboolean exited;    /* the child died (seen by call_check()) */
   gint64 progress_us; /* the last progress report passed on */
   /* A batch: its calls' cancels (where their progress goes) and last reports passed on. */
   guint n_items;
@@ -367,15 +368,22 @@ write_check (gpointer data)
   return w->kill_at == 0 || now < w->kill_at;
 }
 
-/* Between poll steps for the reply: pass a set cancel flag on once, then give the call
- * kill_grace. */
+/* Between poll steps for the reply: stop when the child has died, pass a set cancel flag on
+ * once, then give the call kill_grace. A dead child usually shows as EOF on its stdout, but not
+ * while something it started keeps that pipe open: so its exit is looked at too, once the pipe
+ * has nothing left to read (it may have written its reply just before it exited). */
 static gboolean
 call_check (gpointer data)
 {
   CallWait *w = data;
   g_autoptr (JsonObject) cancel = NULL;
   g_autoptr (GError) error = NULL;
+  struct pollfd out = {.fd = w->proc->out_fd, .events = POLLIN};
 
+  if (crunch_child_exited (w->proc->pid) && poll (&out, 1, 0) == 0) {
+    w->exited = TRUE;
+    return FALSE;
+  }
   if (w->kill_at != 0 || !crunch_cancelled (w->cancel))
     return write_check (w);
   write_check (w); /* starts the clock */
@@ -514,7 +522,7 @@ send_call (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, JsonObject *
 }
 
 /* The process failed the call (or batch) in flight: killed after an ignored cancel, killed for
- * breaking the protocol, or dead. Its slot is free again. */
+ * breaking the protocol, or dead (`broken` NULL). Its slot is free again. */
 static void
 lost (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, const GError *broken, GError **error)
 {
@@ -558,7 +566,7 @@ exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *arg
     }
     if (frame != NULL && broken == NULL)
       continue; /* progress */
-    lost (pool, p, fn, broken, error);
+    lost (pool, p, fn, w.exited ? NULL : broken, error);
     return NULL;
   }
 }
@@ -642,7 +650,7 @@ exchange_batch (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, guint n
     }
     if (frame != NULL && broken == NULL)
       continue; /* progress */
-    lost (pool, p, fn, broken, error);
+    lost (pool, p, fn, w.exited ? NULL : broken, error);
     return FALSE;
   }
 }

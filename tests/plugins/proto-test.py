@@ -38,7 +38,7 @@ functions = [
                  {"name": "b", "type": "bytes", "min": 0, "max": 16, "default": "AAE="},
                  {"name": "x", "type": "float", "min": -1, "max": 1, "default": "0.5"}], pure=True),
     fn("pgarbage"), fn("pwrongid"), fn("pmemory"), fn("pprogress"), fn("pid"),
-    fn("pbits", [n_arg]), fn("psleep", deadline=0.3), fn("pdeadline"),
+    fn("pbits", [n_arg]), fn("psleep", deadline=0.3), fn("pdeadline"), fn("porphan"),
 ]
 if os.path.exists(os.path.join(os.path.dirname(sys.argv[0]), "extra")):
     functions.append(fn("pextra"))  # a later process that declares more than the first one
@@ -68,6 +68,14 @@ while True:
         send({"type": "result", "id": i}, str(os.getpid()).encode())
     elif f == "pdeadline":
         send({"type": "result", "id": i}, ("%.3f" % call["deadline"]).encode())
+    elif f == "porphan":  # dies while a process it started keeps its stdout open
+        child = os.fork()
+        if child == 0:
+            time.sleep(30)
+            os._exit(0)
+        with open(os.path.join(os.path.dirname(sys.argv[0]), "orphan.pid"), "w") as f:
+            f.write(str(child))
+        os._exit(0)
     elif f == "psleep":
         time.sleep(30)  # never looks at cancel: crunchd kills it
     else:
