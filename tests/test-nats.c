@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 #include <signal.h>
 #include <string.h>
+#include <nats/nats.h>
 #include <unistd.h>
 
 #include "nats-harness.h"
@@ -382,6 +383,81 @@ test_cancel_reaches_worker (void)
   g_assert_cmpint (test_worker_stop (w1), >=, 4); /* 2 abandoned + 2 quick */
 }
 
+/* A job message published straight to the job subject, as anyone allowed on the server could:
+ * fib(60) (hours), the reply on its own inbox, with `heartbeat` and `deadline` headers (NULL:
+ * none). Returns the "running" messages the worker sent, and its final status in *final. */
+static guint
+hostile_job (const gchar *url, const gchar *heartbeat, const gchar *deadline, gdouble listen_s,
+             gchar **final)
+{
+  g_autoptr (GVariant) args = g_variant_ref_sink (g_variant_new ("(x)", (gint64)60));
+  natsConnection *nc = NULL;
+  natsSubscription *sub = NULL;
+  natsMsg *msg = NULL;
+  guint running = 0;
+  gint64 until = g_get_monotonic_time () + (gint64)(listen_s * G_USEC_PER_SEC);
+
+  g_assert_cmpint (natsConnection_ConnectTo (&nc, url), ==, NATS_OK);
+  g_assert_cmpint (natsConnection_SubscribeSync (&sub, nc, "hostile.inbox"), ==, NATS_OK);
+  g_assert_cmpint (natsMsg_Create (&msg, "crunchd.v1.job.fib", "hostile.inbox",
+                                   g_variant_get_data (args), (int)g_variant_get_size (args)),
+                   ==, NATS_OK);
+  natsMsgHeader_Set (msg, "Crunch-Request-Id", "hostile-1");
+  natsMsgHeader_Set (msg, "Crunch-Args-Type", "(x)");
+  natsMsgHeader_Set (msg, "Crunch-Attempt", "1");
+  if (heartbeat != NULL)
+    natsMsgHeader_Set (msg, "Crunch-Heartbeat", heartbeat);
+  if (deadline != NULL)
+    natsMsgHeader_Set (msg, "Crunch-Deadline", deadline);
+  g_assert_cmpint (natsConnection_PublishMsg (nc, msg), ==, NATS_OK);
+  natsMsg_Destroy (msg);
+  *final = NULL;
+  while (*final == NULL && g_get_monotonic_time () < until) {
+    const gchar *status = NULL;
+    if (natsSubscription_NextMsg (&msg, sub, 100) != NATS_OK)
+      continue;
+    natsMsgHeader_Get (msg, "Crunch-Status", &status);
+    if (g_strcmp0 (status, "running") == 0)
+      running++;
+    else
+      *final = g_strdup (status);
+    natsMsg_Destroy (msg);
+  }
+  natsSubscription_Destroy (sub);
+  natsConnection_Destroy (nc);
+  return running;
+}
+
+/* A job message's numbers are bounded by the worker: a heartbeat of 1 us is sent every 10 ms
+ * (it was sent in a loop: 180,000 messages in 2.5 s), one near INT64_MAX does not overflow into
+ * a loop either, and a message without a deadline gets the function's own ([fib] timeout). */
+static void
+test_hostile_job_message (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini =
+      g_strdup_printf ("[nats]\nservers = %s\n[fib]\ntimeout = 1\n", nats->url);
+  TestWorker *w = test_worker_start (wini, "w1", 1);
+  g_autofree gchar *in_half_s =
+      g_strdup_printf ("%" G_GINT64_FORMAT, g_get_real_time () + G_USEC_PER_SEC / 2);
+  g_autofree gchar *final = NULL;
+  guint running;
+
+  running = hostile_job (nats->url, "1", in_half_s, 3.0, &final);
+  g_test_message ("heartbeat 1 us: %u running messages, then %s", running, final);
+  g_assert_cmpstr (final, ==, "timed-out");
+  g_assert_cmpuint (running, <=, 100); /* 0.5 s at 10 ms */
+  g_clear_pointer (&final, g_free);
+
+  running = hostile_job (nats->url, "9223372036854775807", NULL, 3.0 * TEST_TIME_SCALE, &final);
+  g_test_message ("heartbeat INT64_MAX, no deadline: %u running messages, then %s", running, final);
+  g_assert_cmpstr (final, ==, "timed-out");
+  g_assert_cmpuint (running, <=, 2);
+  g_clear_pointer (&final, g_free);
+
+  g_assert_cmpint (test_worker_stop (w), >=, 2);
+}
+
 static gint
 cmp_double (gconstpointer a, gconstpointer b)
 {
@@ -690,5 +766,6 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/worker-closed-for-good", test_worker_closed_for_good);
   g_test_add_func ("/nats/ready-means-subscribed", test_ready_means_subscribed);
   g_test_add_func ("/nats/stop-while-busy", test_stop_while_busy);
+  g_test_add_func ("/nats/hostile-job-message", test_hostile_job_message);
   return g_test_run ();
 }

@@ -19,7 +19,7 @@
 /* request headers */
 #define CRUNCH_HDR_REQUEST_ID "Crunch-Request-Id"
 #define CRUNCH_HDR_ATTEMPT "Crunch-Attempt"
-#define CRUNCH_HDR_DEADLINE "Crunch-Deadline"   /* wall clock, microseconds since 1970; 0 = none */
+#define CRUNCH_HDR_DEADLINE "Crunch-Deadline"   /* wall clock, us since 1970; 0: fn's own */
 #define CRUNCH_HDR_HEARTBEAT "Crunch-Heartbeat" /* microseconds between "running" messages */
 #define CRUNCH_HDR_ARGS_TYPE "Crunch-Args-Type"
 /* reply headers */

@@ -34,6 +34,10 @@
 #include "parked.h"
 
 #define CLOSE_WAIT_US (5 * G_USEC_PER_SEC)
+/* Bounds on what a job message asks for (task_new()). */
+#define HEARTBEAT_MIN_US (10 * 1000)
+#define HEARTBEAT_MAX_US (900 * G_USEC_PER_SEC)
+#define DEADLINE_MAX_US ((gint64)30 * 24 * 3600 * G_USEC_PER_SEC)
 /* How often retired subscriptions are freed, and how long the flush that proves them unused may
  * take (the main thread waits for it) */
 #define REAP_INTERVAL_S 1
@@ -372,10 +376,20 @@ task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
   t->reply = g_strdup (natsMsg_GetReply (msg));
   t->request_id = g_strdup (crunch_nats_header (msg, CRUNCH_HDR_REQUEST_ID));
   t->fn = crunch_functions_lookup (name);
+  /* Anyone who may publish on the server can send a job message, so its numbers are bounded:
+   * a heartbeat within what a front end's attempt_timeout gives (a quarter of 0.05-3600 s); a
+   * message without a deadline gets the function's own (as crunchd gives its calls). */
   t->heartbeat_us = crunch_nats_header_int (msg, CRUNCH_HDR_HEARTBEAT, 0);
+  if (t->heartbeat_us > 0)
+    t->heartbeat_us = CLAMP (t->heartbeat_us, HEARTBEAT_MIN_US, HEARTBEAT_MAX_US);
   wall = crunch_nats_header_int (msg, CRUNCH_HDR_DEADLINE, 0);
   /* the front end's wall-clock deadline, on our monotonic clock */
-  *deadline_us = wall > 0 ? g_get_monotonic_time () + (wall - g_get_real_time ()) : 0;
+  if (wall > 0)
+    *deadline_us = g_get_monotonic_time () + MIN (wall - g_get_real_time (), DEADLINE_MAX_US);
+  else if (t->fn != NULL && __atomic_load_n (&t->fn->timeout_us, __ATOMIC_RELAXED) > 0)
+    *deadline_us = g_get_monotonic_time () + __atomic_load_n (&t->fn->timeout_us, __ATOMIC_RELAXED);
+  else
+    *deadline_us = 0;
   if (t->fn == NULL) {
     g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "worker %s has no function '%s'",
                  slot->w->id, name);
