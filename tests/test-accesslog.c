@@ -189,37 +189,73 @@ test_json_check (void)
   g_autoptr (GString) deep = g_string_new (NULL);
   const gchar *text;
 
-#define OK(t, d) g_assert_cmpint (crunch_json_check (t, strlen (t), d), ==, CRUNCH_JSON_OK)
-#define DEEP(t, d) g_assert_cmpint (crunch_json_check (t, strlen (t), d), ==, CRUNCH_JSON_TOO_DEEP)
-#define LAX(t) g_assert_cmpint (crunch_json_check (t, strlen (t), 32), ==, CRUNCH_JSON_NOT_STRICT)
-  OK ("", 2);
+#define OK(t, d) g_assert_cmpint (crunch_json_check (t, strlen (t), d, NULL), ==, CRUNCH_JSON_OK)
+#define DEEP(t, d)                                                                                 \
+  g_assert_cmpint (crunch_json_check (t, strlen (t), d, NULL), ==, CRUNCH_JSON_TOO_DEEP)
+#define LAX(t, reason)                                                                             \
+  do {                                                                                             \
+    const gchar *why = NULL;                                                                       \
+    g_assert_cmpint (crunch_json_check (t, strlen (t), 32, &why), ==, CRUNCH_JSON_NOT_STRICT);     \
+    g_assert_cmpstr (why, ==, reason);                                                             \
+  } while (0)
   OK ("{\"a\": [1, {\"b\": 2}]}", 3);
   DEEP ("{\"a\": [1, {\"b\": 2}]}", 2);
-  OK ("{\"n\": -1.5e+3, \"t\": true, \"f\": false, \"z\": null}\r\n\t", 1);
+  OK ("{\"n\": -1.5e+3, \"t\": true, \"f\": false, \"z\": null, \"e\": [], \"o\": {}}\r\n\t", 2);
+  OK ("[0, -0, 0.5, 1E9, -9223372036854775808, 9223372036854775807, \"\\u00e9\\n\\/\"]", 1);
+  OK ("\"a lone string\"", 0);
   /* brackets inside strings, escaped quotes included, do not count */
   text = "{\"a\": \"[[[\\\"{{{\"}";
   OK (text, 1);
-  /* closing brackets never go below zero, and siblings do not add up */
-  OK ("]]]][[", 2);
-  DEEP ("]]]][[[", 2);
-  OK ("[[]][[]][[]]", 2);
+  OK ("[[], [[]], [[]]]", 3);
+  DEEP ("[[], [[]], [[[]]]]", 3);
   /* what json-glib accepts beyond RFC 8259 would hide brackets from the count (found by an
    * attack review: a body 200,000 deep behind a ' or a comment crashed crunchd) */
-  LAX ("{'n': 5}");
-  LAX ("{\"x\": ['\"', [[[[]]]]]}");
-  LAX ("{\"n\": /* \" */ 5}");
-  LAX ("{\"n\": 5} // x");
-  LAX ("{\"n\": 5} # x");
-  LAX ("{\"n\": Infinity}");
-  g_assert_cmpint (crunch_json_check ("[\0]", 3, 32), ==, CRUNCH_JSON_NOT_STRICT);
+  LAX ("{'n': 5}", "a member name that is not a \"string\"");
+  LAX ("{\"x\": ['\"', [[[[]]]]]}", "an unexpected character");
+  LAX ("{\"n\": /* \" */ 5}", "an unexpected character");
+  LAX ("{\"n\": 5} // x", "more than one value");
+  LAX ("{\"n\": 5} # x", "more than one value");
+  LAX ("{\"n\": Infinity}", "an unexpected character");
+  /* and what it reads wrongly or loosely (a second attack review): a wrapped integer, a
+   * truncated string, the last of two values, hex, leading zeros, a second body */
+  LAX ("{\"i\": 18446744073709551615}", "an integer beyond 64 bits");
+  LAX ("{\"i\": -9223372036854775809}", "an integer beyond 64 bits");
+  LAX ("{\"f\": 1e999}", "a number beyond a double's range");
+  LAX ("{\"s\": \"a\\u0000bc\"}", "\\u0000 in a string");
+  LAX ("{\"s\": \"a\x01\"}", "a control character inside a string");
+  LAX ("{\"n\": 1, \"n\": 90}", "a member name given twice");
+  LAX ("{\"n\": 1, \"\\u006e\": 90}", "a member name given twice");
+  LAX ("{\"n\": 0x10}", "an unexpected character");
+  LAX ("{\"n\": 05}", "a number with a leading zero");
+  LAX ("{\"n\": 5}{\"n\": 6}", "more than one value");
+  LAX ("{\"n\": 1.}", "a malformed number");
+  LAX ("{\"n\": -}", "a malformed number");
+  LAX ("{\"n\": 5,}", "a member name that is not a \"string\"");
+  LAX ("[1,]", "an unexpected character");
+  LAX ("{\"n\" 5}", "a member without a colon");
+  LAX ("{\"s\": \"\\x\"}", "a bad escape in a string");
+  LAX ("{\"s\": \"\\u12g4\"}", "a bad \\u escape");
+  OK ("\"\\ud83d\\ude00 \\u00e9\"", 0); /* a surrogate pair is one character */
+  LAX ("\"\\uDDDD\"", "a lone surrogate in a \\u escape");
+  LAX ("\"\\ud83d\"", "a lone surrogate in a \\u escape");
+  LAX ("\"\\ud83d\\u0041\"", "a lone surrogate in a \\u escape");
+  LAX ("\"\\ud83d\\ud83d\"", "a lone surrogate in a \\u escape");
+  LAX ("{\"s\": \"open}", "an unterminated string");
+  LAX ("{\"n\": 5", "the text ends before its value does");
+  LAX ("", "the text ends before its value does");
+  LAX ("[1]]", "more than one value");
+  /* a member name may come again in another object */
+  OK ("[{\"n\": 1}, {\"n\": 2, \"m\": {\"n\": 3}}]", 3);
+  g_assert_cmpint (crunch_json_check ("[\0]", 3, 32, NULL), ==, CRUNCH_JSON_NOT_STRICT);
   /* the length is respected: no NUL needed */
-  g_assert_cmpint (crunch_json_check ("[[[", 2, 2), ==, CRUNCH_JSON_OK);
+  g_assert_cmpint (crunch_json_check ("[1]]]", 3, 2, NULL), ==, CRUNCH_JSON_OK);
   for (guint i = 0; i < 100000; i++)
     g_string_append_c (deep, '[');
-  g_assert_cmpint (crunch_json_check (deep->str, deep->len, CRUNCH_JSON_MAX_DEPTH), ==,
+  g_assert_cmpint (crunch_json_check (deep->str, deep->len, CRUNCH_JSON_MAX_DEPTH, NULL), ==,
                    CRUNCH_JSON_TOO_DEEP);
-  g_assert_cmpint (crunch_json_check (deep->str, CRUNCH_JSON_MAX_DEPTH, CRUNCH_JSON_MAX_DEPTH), ==,
-                   CRUNCH_JSON_OK);
+  g_assert_cmpint (
+      crunch_json_check (deep->str, CRUNCH_JSON_MAX_DEPTH, CRUNCH_JSON_MAX_DEPTH, NULL), ==,
+      CRUNCH_JSON_NOT_STRICT);
 #undef OK
 #undef DEEP
 #undef LAX

@@ -1048,6 +1048,47 @@ test_parked_kept (void)
   g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
 }
 
+/* JSON that json-glib accepts but reads wrongly or loosely (an attack review): an integer beyond
+ * 64 bits wrapped into range, \u0000 cut a string short, a repeated name kept its last value,
+ * hex, leading zeros and a second value were read. Each is a 400 saying what was wrong. */
+static void
+test_lax_json (void)
+{
+  g_autoptr (TestServer) s = start_sample ();
+  g_autofree gchar *jobs = test_server_url (s, "/jobs");
+  g_autofree gchar *fn = test_server_url (s, "/fn/fib");
+  const gchar *json[] = {"Content-Type: application/json", NULL};
+  const struct {
+    gboolean job;
+    const gchar *body, *why;
+  } cases[] = {
+      {FALSE, "{\"n\": 18446744073709551615}", "an integer beyond 64 bits"},
+      {FALSE, "{\"n\": -9223372036854775809}", "an integer beyond 64 bits"},
+      {FALSE, "{\"n\": 1, \"n\": 90}", "a member name given twice"},
+      {FALSE, "{\"n\": 0x10}", "an unexpected character"},
+      {FALSE, "{\"n\": 05}", "a number with a leading zero"},
+      {FALSE, "{\"n\": 5}{\"n\": 6}", "more than one value"},
+      {TRUE, "{\"fn\": \"fi\\u0000b\", \"args\": {\"n\": 5}}", "\\u0000 in a string"},
+      {TRUE, "{\"fn\": \"fib\", \"args\": {\"n\": 5}, \"fn\": \"fib\"}",
+       "a member name given twice"},
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_autoptr (TestReply) r =
+        test_http_body ("POST", cases[i].job ? jobs : fn, json, cases[i].body);
+    g_assert_cmpint (r->status, ==, 400);
+    g_assert_nonnull (strstr (r->body, "not strict JSON (RFC 8259): "));
+    g_assert_nonnull (strstr (r->body, cases[i].why));
+    g_assert_nonnull (r->body_request_id);
+  }
+  {
+    g_autoptr (TestReply) r = test_http_body ("POST", fn, json, "{\"n\": 9223372036854775807}");
+    g_assert_cmpint (r->status, ==, 400); /* in range for JSON, beyond fib's max_n */
+    g_assert_null (strstr (r->body, "not strict JSON"));
+  }
+  assert_serving (s);
+}
+
 /* JSON nested 100,000 levels deep (a 200 KB body, far below max_body_size) on both routes that
  * read JSON: 400 naming the limit, never a crash (json-glib's parser recurses per level). */
 static void
@@ -1262,6 +1303,7 @@ main (int argc, char **argv)
   g_test_add_func ("/hostile/slowloris", test_slowloris);
   g_test_add_func ("/hostile/idle-connections", test_idle_connections);
   g_test_add_func ("/hostile/deep-json", test_deep_json);
+  g_test_add_func ("/hostile/lax-json", test_lax_json);
   g_test_add_func ("/hostile/ambiguous-framing", test_ambiguous_framing);
   g_test_add_func ("/hostile/trickle-flood", test_trickle_flood);
   g_test_add_func ("/hostile/silent-flood", test_silent_flood);

@@ -186,7 +186,7 @@ test_types_invalid (void)
       g_autofree gchar *line = g_strconcat (cases[i].message, "\n", NULL);
       g_assert_cmpstr (r->body, ==, line);
     } else {
-      g_assert_true (g_str_has_prefix (r->body, "echo: the request body is not valid JSON: "));
+      g_assert_true (g_str_has_prefix (r->body, "echo: the request body is not strict JSON "));
     }
   }
 }

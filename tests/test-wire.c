@@ -233,17 +233,18 @@ test_hostile_frames (void)
   expect_protocol_error (0, 0, "", "header length 0");
   expect_protocol_error ((1u << 20) + 1, 0, "{}", "header length 1048577");
   expect_protocol_error (2, 1025, "{}", "payload length 1025 over the limit of 1024");
-  expect_protocol_error (4, 0, "[1,]", "not JSON");
+  expect_protocol_error (4, 0, "[1,]", "not strict JSON: an unexpected character");
   expect_protocol_error (3, 0, "[1]", "not a JSON object");
   expect_protocol_error (2, 0, "42", "not a JSON object");
   expect_protocol_error (2, 0, "{}", "\"type\" is missing");
   expect_protocol_error (10, 0, "{\"type\":1}", "\"type\" must be a string");
   expect_protocol_error (14, 0, "{\"type\":\"\xff\"}  ", "not UTF-8");
   /* json-glib decodes a lone surrogate escape into bytes that are not UTF-8 */
-  expect_protocol_error (18, 0, "{\"type\":\"\\ud800x\"}", "\"type\" is not valid UTF-8");
+  expect_protocol_error (18, 0, "{\"type\":\"\\ud800x\"}",
+                         "not strict JSON: a lone surrogate in a \\u escape");
   /* nesting bounded before json-glib recurses */
   g_autofree gchar *deep = g_strnfill (1000, '[');
-  expect_protocol_error (1000, 0, deep, "not JSON");
+  expect_protocol_error (1000, 0, deep, "not strict JSON: arrays or objects nested too deep");
 }
 
 static void

@@ -285,18 +285,17 @@ body_object (JsonParser *parser, const gchar *who, const gchar *body, gsize len,
              const gchar *expected, GError **error)
 {
   g_autoptr (GError) local = NULL;
+  const gchar *strict = NULL;
   JsonNode *root;
 
-  switch (crunch_json_check (body, len, CRUNCH_JSON_MAX_DEPTH)) {
+  switch (crunch_json_check (body, len, CRUNCH_JSON_MAX_DEPTH, &strict)) {
   case CRUNCH_JSON_TOO_DEEP:
     invalid (error, "%s%sthe request body nests arrays or objects deeper than %d levels",
              who ? who : "", who ? ": " : "", CRUNCH_JSON_MAX_DEPTH);
     return NULL;
   case CRUNCH_JSON_NOT_STRICT:
-    invalid (error,
-             "%s%sthe request body is not strict JSON (RFC 8259: no single quotes, comments or "
-             "other extensions)",
-             who ? who : "", who ? ": " : "");
+    invalid (error, "%s%sthe request body is not strict JSON (RFC 8259): %s", who ? who : "",
+             who ? ": " : "", strict);
     return NULL;
   case CRUNCH_JSON_OK:
     break;

@@ -1,6 +1,7 @@
 /* json.c - see json.h. */
 #include "json.h"
 
+#include <math.h>
 #include <string.h>
 
 void
@@ -36,33 +37,253 @@ crunch_json_append_string (GString *out, const gchar *value)
   g_string_append_c (out, '"');
 }
 
-CrunchJsonCheck
-crunch_json_check (const gchar *text, gsize len, guint max_depth)
-{
-  /* what RFC 8259 allows outside strings: whitespace, structure, numbers, true/false/null */
-  static const gchar outside[] = " \t\n\r,:0123456789+-.Eabcdefghijklmnopqrstuvwxyz";
-  gboolean in_string = FALSE;
-  guint depth = 0;
+/* ---- the strict check (crunch_json_check()) ---- */
 
-  for (gsize i = 0; i < len; i++) {
-    gchar c = text[i];
-    if (in_string) {
-      if (c == '\\')
-        i++; /* the escaped character cannot end the string */
-      else if (c == '"')
-        in_string = FALSE;
-    } else if (c == '"') {
-      in_string = TRUE;
-    } else if (c == '[' || c == '{') {
-      if (++depth > max_depth)
-        return CRUNCH_JSON_TOO_DEEP;
-    } else if (c == ']' || c == '}') {
-      depth -= depth > 0;
-    } else if (c == '\0' || strchr (outside, c) == NULL) {
-      return CRUNCH_JSON_NOT_STRICT;
+typedef struct {
+  const gchar *p, *end;
+  const gchar *why;
+} Scan;
+
+static gboolean
+refuse (Scan *s, const gchar *why)
+{
+  s->why = why;
+  return FALSE;
+}
+
+static void
+skip_space (Scan *s)
+{
+  while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+    s->p++;
+}
+
+static gboolean
+digit_at (Scan *s)
+{
+  return s->p < s->end && g_ascii_isdigit (*s->p);
+}
+
+/* The four hex digits at s->p + at, or -1. */
+static gint
+hex4 (Scan *s, gint at)
+{
+  gint value = 0;
+
+  if (s->end - s->p < at + 4)
+    return -1;
+  for (gint i = at; i < at + 4; i++) {
+    gint digit = g_ascii_xdigit_value (s->p[i]);
+    if (digit < 0)
+      return -1;
+    value = value * 16 + digit;
+  }
+  return value;
+}
+
+/* A string, s->p at its opening quote; *escaped if it has a backslash escape. */
+static gboolean
+scan_string (Scan *s, gboolean *escaped)
+{
+  *escaped = FALSE;
+  for (s->p++; s->p < s->end; s->p++) {
+    guchar c = (guchar)*s->p;
+    if (c == '"') {
+      s->p++;
+      return TRUE;
+    }
+    if (c < 0x20)
+      return refuse (s, "a control character inside a string");
+    if (c != '\\')
+      continue;
+    *escaped = TRUE;
+    if (++s->p >= s->end)
+      break;
+    if (*s->p == 'u') {
+      gint unit = hex4 (s, 1);
+      if (unit < 0)
+        return refuse (s, "a bad \\u escape");
+      if (unit == 0)
+        return refuse (s, "\\u0000 in a string");
+      /* json-glib turns a lone surrogate into bytes that are not UTF-8 */
+      if (unit >= 0xDC00 && unit <= 0xDFFF)
+        return refuse (s, "a lone surrogate in a \\u escape");
+      if (unit >= 0xD800 && unit <= 0xDBFF) {
+        gint low = s->end - s->p >= 11 && s->p[5] == '\\' && s->p[6] == 'u' ? hex4 (s, 7) : -1;
+        if (low < 0xDC00 || low > 0xDFFF)
+          return refuse (s, "a lone surrogate in a \\u escape");
+        s->p += 6;
+      }
+      s->p += 4;
+    } else if (*s->p == '\0' || strchr ("\"\\/bfnrt", *s->p) == NULL) {
+      return refuse (s, "a bad escape in a string");
     }
   }
-  return CRUNCH_JSON_OK;
+  return refuse (s, "an unterminated string");
+}
+
+/* A number, s->p at its first character. json-glib reads an integer that does not fit in 64 bits
+ * as a wrapped one, and a float beyond a double's range as infinity: both are refused here. */
+static gboolean
+scan_number (Scan *s)
+{
+  const gchar *start = s->p;
+  gboolean integer = TRUE;
+  g_autofree gchar *text = NULL;
+
+  if (*s->p == '-')
+    s->p++;
+  if (!digit_at (s))
+    return refuse (s, "a malformed number");
+  if (*s->p == '0' && s->p + 1 < s->end && g_ascii_isdigit (s->p[1]))
+    return refuse (s, "a number with a leading zero");
+  while (digit_at (s))
+    s->p++;
+  if (s->p < s->end && *s->p == '.') {
+    integer = FALSE;
+    s->p++;
+    if (!digit_at (s))
+      return refuse (s, "a malformed number");
+    while (digit_at (s))
+      s->p++;
+  }
+  if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+    integer = FALSE;
+    s->p++;
+    if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+      s->p++;
+    if (!digit_at (s))
+      return refuse (s, "a malformed number");
+    while (digit_at (s))
+      s->p++;
+  }
+  text = g_strndup (start, (gsize)(s->p - start));
+  if (integer && !g_ascii_string_to_signed (text, 10, G_MININT64, G_MAXINT64, NULL, NULL))
+    return refuse (s, "an integer beyond 64 bits");
+  if (!integer && !isfinite (g_ascii_strtod (text, NULL)))
+    return refuse (s, "a number beyond a double's range");
+  return TRUE;
+}
+
+static gboolean
+scan_literal (Scan *s)
+{
+  static const gchar *const literals[] = {"true", "false", "null"};
+
+  for (guint i = 0; i < G_N_ELEMENTS (literals); i++) {
+    gsize n = strlen (literals[i]);
+    if ((gsize)(s->end - s->p) >= n && memcmp (s->p, literals[i], n) == 0) {
+      s->p += n;
+      return TRUE;
+    }
+  }
+  return refuse (s, "an unexpected character");
+}
+
+/* Adds the member name that ends at s->p to `names`; FALSE if it is there already. A name with
+ * escapes is compared decoded ("a" and "\u0061" are one name), decoded by json-glib. */
+static gboolean
+add_name (Scan *s, GHashTable *names, const gchar *start, gboolean escaped)
+{
+  g_autofree gchar *quoted = escaped ? g_strndup (start, (gsize)(s->p - start)) : NULL;
+  g_autoptr (JsonNode) node = NULL;
+  gchar *name;
+
+  if (escaped && (node = json_from_string (quoted, NULL)) != NULL)
+    name = g_strdup (json_node_get_string (node));
+  else
+    name = g_strndup (start + 1, (gsize)(s->p - start - 2));
+  return g_hash_table_add (names, name) || refuse (s, "a member name given twice");
+}
+
+CrunchJsonCheck
+crunch_json_check (const gchar *text, gsize len, guint max_depth, const gchar **why)
+{
+  /* what comes next: a value, the first value or ], a name or }, a name, the colon, or (after a
+   * value) a comma, the container's end or the end of the text */
+  enum { VALUE, VALUE_OR_CLOSE, NAME_OR_CLOSE, NAME, COLON, NEXT } want = VALUE;
+  Scan s = {text, text + len, NULL};
+  g_autofree gchar *open = g_malloc (max_depth + 1);                    /* '[' or '{' per level */
+  g_autofree GHashTable **names = g_new0 (GHashTable *, max_depth + 1); /* an object's names */
+  CrunchJsonCheck result = CRUNCH_JSON_NOT_STRICT;
+  guint depth = 0;
+
+  for (;;) {
+    const gchar *start;
+    gboolean escaped, ok = TRUE;
+
+    skip_space (&s);
+    if (s.p >= s.end) {
+      if (want == NEXT && depth == 0)
+        result = CRUNCH_JSON_OK;
+      else
+        s.why = "the text ends before its value does";
+      break;
+    }
+    switch (want) {
+    case NEXT:
+      if (depth == 0) {
+        ok = refuse (&s, "more than one value");
+      } else if (*s.p == ',') {
+        s.p++;
+        want = open[depth - 1] == '{' ? NAME : VALUE;
+      } else if (*s.p == (open[depth - 1] == '{' ? '}' : ']')) {
+        s.p++;
+        g_clear_pointer (&names[--depth], g_hash_table_unref);
+      } else {
+        ok = refuse (&s, "an unexpected character");
+      }
+      break;
+    case NAME_OR_CLOSE:
+    case NAME:
+      if (want == NAME_OR_CLOSE && *s.p == '}') {
+        s.p++;
+        g_clear_pointer (&names[--depth], g_hash_table_unref);
+        want = NEXT;
+        break;
+      }
+      start = s.p;
+      ok = *s.p == '"'
+               ? scan_string (&s, &escaped) && add_name (&s, names[depth - 1], start, escaped)
+               : refuse (&s, "a member name that is not a \"string\"");
+      want = COLON;
+      break;
+    case COLON:
+      ok = *s.p++ == ':' || refuse (&s, "a member without a colon");
+      want = VALUE;
+      break;
+    case VALUE_OR_CLOSE:
+    case VALUE:
+      if (want == VALUE_OR_CLOSE && *s.p == ']') {
+        s.p++;
+        depth--;
+        want = NEXT;
+      } else if (*s.p == '[' || *s.p == '{') {
+        if (depth >= max_depth) {
+          result = CRUNCH_JSON_TOO_DEEP;
+          goto done;
+        }
+        if (*s.p == '{')
+          names[depth] = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+        open[depth++] = *s.p;
+        want = *s.p++ == '{' ? NAME_OR_CLOSE : VALUE_OR_CLOSE;
+      } else {
+        ok = *s.p == '"'                             ? scan_string (&s, &escaped)
+             : *s.p == '-' || g_ascii_isdigit (*s.p) ? scan_number (&s)
+                                                     : scan_literal (&s);
+        want = NEXT;
+      }
+      break;
+    }
+    if (!ok)
+      break;
+  }
+done:
+  for (guint i = 0; i < depth; i++)
+    g_clear_pointer (&names[i], g_hash_table_unref);
+  if (why != NULL)
+    *why = result == CRUNCH_JSON_TOO_DEEP ? "arrays or objects nested too deep" : s.why;
+  return result;
 }
 
 void

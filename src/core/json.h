@@ -17,15 +17,19 @@ void crunch_json_append_string (GString *out, const gchar *value);
 typedef enum {
   CRUNCH_JSON_OK,
   CRUNCH_JSON_TOO_DEEP,   /* arrays and objects nest deeper than asked */
-  CRUNCH_JSON_NOT_STRICT, /* outside a "string", a byte RFC 8259 does not allow there */
+  CRUNCH_JSON_NOT_STRICT, /* not one RFC 8259 value, or one crunchd cannot take as it is */
 } CrunchJsonCheck;
 
-/* A linear scan of `text` (len bytes, not necessarily NUL-terminated) before json-glib sees it.
- * json-glib's parser recurses once per level, and its lexer accepts more than RFC 8259 ('single
- * quoted' strings, comments), which would hide brackets from a scan that knows only "strings".
- * So: outside "strings" only whitespace, structure, numbers and lower-case literals are allowed,
- * and arrays and objects nest at most `max_depth` deep. Anything else the parser still checks. */
-CrunchJsonCheck crunch_json_check (const gchar *text, gsize len, guint max_depth);
+/* Checks `text` (len bytes, not necessarily NUL-terminated) in one linear pass before json-glib
+ * sees it. json-glib's parser recurses once per level, and it accepts more than RFC 8259 ('single
+ * quoted' strings, comments, hex and leading zeros, a second value after the first, bare control
+ * characters in strings) and reads some of what it accepts wrongly (an integer beyond 64 bits
+ * wraps around, a repeated member name keeps the last value, \u0000 ends a string early). So
+ * the text must be exactly one RFC 8259 value, nested at most `max_depth` deep, with integers
+ * that fit in 64 bits, finite numbers, no member name twice in an object and no \u0000; `why`
+ * (if not NULL) gets what was wrong, a static string. UTF-8 is the parser's to check. */
+CrunchJsonCheck crunch_json_check (const gchar *text, gsize len, guint max_depth,
+                                   const gchar **why);
 
 /* Appends seconds rounded to 4 significant digits, in plain notation and to the microsecond at
  * most: 4.8999999999999998e-05 -> 0.000049, 2.12345 -> 2.123, 299.53 -> 299.5, 30.0 -> 30. */

@@ -174,17 +174,21 @@ parse_header (const gchar *text, gsize len, GError **error)
 {
   g_autoptr (JsonParser) parser = json_parser_new_immutable ();
   g_autoptr (GError) local = NULL;
+  const gchar *strict = NULL;
   JsonNode *root;
 
   if (!g_utf8_validate (text, (gssize)len, NULL)) {
     protocol_error (error, "header is not UTF-8");
     return NULL;
   }
-  if (crunch_json_check (text, len, CRUNCH_JSON_MAX_DEPTH) != CRUNCH_JSON_OK ||
-      !json_parser_load_from_data (parser, text, (gssize)len, &local)) {
-    /* json-glib may quote what it read, lone surrogates decoded: keep the message UTF-8 */
-    g_autofree gchar *why = local ? g_utf8_make_valid (local->message, -1) : NULL;
-    protocol_error (error, "header is not JSON%s%s", why ? ": " : "", why ? why : "");
+  if (crunch_json_check (text, len, CRUNCH_JSON_MAX_DEPTH, &strict) != CRUNCH_JSON_OK) {
+    protocol_error (error, "header is not strict JSON: %s", strict);
+    return NULL;
+  }
+  if (!json_parser_load_from_data (parser, text, (gssize)len, &local)) {
+    /* json-glib may quote what it read: keep the message UTF-8 */
+    g_autofree gchar *why = g_utf8_make_valid (local->message, -1);
+    protocol_error (error, "header is not JSON: %s", why);
     return NULL;
   }
   root = json_parser_get_root (parser);
