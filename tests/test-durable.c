@@ -455,6 +455,9 @@ test_idempotency (Fixture *f, gconstpointer data)
 {
   static const gchar *const key_a[] = {"Idempotency-Key: order-17", NULL};
   static const gchar *const bad_key[] = {"Idempotency-Key: \x01", NULL};
+  /* a proxy in front might take the other one (an attack review) */
+  static const gchar *const two_keys[] = {"Idempotency-Key: order-17",
+                                          "Idempotency-Key: order-18", NULL};
   TestServer *s = start (f, "");
   g_autofree gchar *first = submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01}}", key_a);
   /* the same call, written differently: the same job */
@@ -474,6 +477,12 @@ test_idempotency (Fixture *f, gconstpointer data)
   g_assert_nonnull (strstr (other->body, "Idempotency-Key was used for a different request"));
   g_assert_null (strstr (other->body, first + strlen ("/jobs/"))); /* the id is a capability */
   g_assert_cmpint (bad->status, ==, 400);
+  {
+    g_autoptr (TestReply) twice =
+        call (s, "POST", "/jobs", two_keys, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01}}");
+    g_assert_cmpint (twice->status, ==, 400);
+    g_assert_nonnull (strstr (twice->body, "Idempotency-Key: given more than once"));
+  }
   g_ptr_array_add (jobs, first);
   g_clear_pointer (&states, g_hash_table_unref);
   states = wait_all_finished (s, jobs, 10); /* done before the stop: not interrupted */

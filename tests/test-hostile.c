@@ -1209,6 +1209,18 @@ test_ambiguous_framing (void)
     g_assert_cmpuint (r->status, ==, 200);
     g_assert_cmpstr (r->body, ==, "13");
   }
+  {
+    /* the absolute form of the request target, which a server must accept (RFC 9112 3.2.2; it
+     * got 404, found by an attack review) */
+    g_autoptr (Response) r = EXCHANGE ("GET http://x:80/fib/7 HTTP/1.1\r\nHost: x\r\n\r\n");
+    g_autoptr (Response) upper = EXCHANGE ("GET HTTPS://x/fib/8 HTTP/1.1\r\nHost: x\r\n\r\n");
+    g_assert_nonnull (r);
+    g_assert_cmpuint (r->status, ==, 200);
+    g_assert_cmpstr (r->body, ==, "13");
+    g_assert_nonnull (upper);
+    g_assert_cmpuint (upper->status, ==, 200);
+    g_assert_cmpstr (upper->body, ==, "21");
+  }
   assert_serving (server);
 }
 

@@ -798,6 +798,13 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
     /* only a submission has a class: another verb ignores the header */
     if (g_str_equal (route->name, "submit") && !request_priority (req, &info.priority, &why))
       return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
+    /* two keys: a proxy in front may have taken the other one */
+    if (g_str_equal (route->name, "submit") && info.idempotency_key != NULL) {
+      g_autofree gchar *all = joined_header (req->connection, "Idempotency-Key");
+      if (g_strcmp0 (all, info.idempotency_key) != 0)
+        return respond_error (req, MHD_HTTP_BAD_REQUEST,
+                              "POST /jobs: Idempotency-Key: given more than once");
+    }
   }
   reply = handler (&info, context);
   if (reply.status == 0) /* deferred: answered by later_answer() */
@@ -964,6 +971,21 @@ check_request_line (CrunchRequest *req)
   return MHD_YES;
 }
 
+/* The path of a request target: the absolute form ("http://host/fib/5", RFC 9112 3.2.2: a
+ * server must accept it) without its scheme and authority. */
+static const gchar *
+origin_form (const gchar *url)
+{
+  const gchar *rest = g_ascii_strncasecmp (url, "http://", 7) == 0    ? url + 7
+                      : g_ascii_strncasecmp (url, "https://", 8) == 0 ? url + 8
+                                                                      : NULL;
+
+  if (rest == NULL)
+    return url;
+  rest = strchr (rest, '/');
+  return rest != NULL ? rest : "/";
+}
+
 static enum MHD_Result
 on_request (void *cls, struct MHD_Connection *connection, const char *url, const char *method,
             const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls)
@@ -980,7 +1002,7 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
         MHD_get_connection_info (connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT)->socket_context;
     req->t_start = g_get_monotonic_time ();
     req->method = g_strdup (method);
-    req->path = g_strdup (url);
+    req->path = g_strdup (origin_form (url));
     req->protocol = g_str_equal (version, MHD_HTTP_VERSION_1_0) ? "HTTP/1.0" : "HTTP/1.1";
     crunch_request_id (req->request_id, MHD_lookup_connection_value (connection, MHD_HEADER_KIND,
                                                                      CRUNCH_REQUEST_ID_HEADER));
