@@ -474,6 +474,34 @@ expect_check_config_fails (Programs *p, const gchar *extra, const gchar *name, c
     g_error ("expected '%s' in: %s", message, err);
 }
 
+/* A program that prints 3,000 lines to stderr at once: the first 200 are logged, the rest
+ * counted and said in one line (the journal would otherwise drop crunchd's own messages). */
+static void
+test_program_stderr_flood (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "");
+  gint64 until = g_get_monotonic_time () + 5 * TEST_TIME_SCALE * G_USEC_PER_SEC;
+  g_autofree gchar *log = NULL;
+  guint noise = 0;
+
+  expect (server, "/fn/pnoisy", 200, "noisy");
+  while (g_get_monotonic_time () < until) {
+    g_clear_pointer (&log, g_free);
+    log = test_server_log (server);
+    if (strstr (log, "after the noise") != NULL)
+      break;
+    g_usleep (10000);
+  }
+  g_assert_nonnull (strstr (log, "after the noise"));
+  for (const gchar *at = log; (at = strstr (at, "]: noise ")) != NULL; at++)
+    noise++;
+  g_test_message ("%u of 3000 lines logged", noise);
+  g_assert_cmpuint (noise, >=, 200);
+  g_assert_cmpuint (noise, <, 400);
+  g_assert_nonnull (strstr (log, " lines of its stderr not logged: more than 100 a second)"));
+}
+
 /* A program that dies while a process it started keeps its stdout open (so its stdout shows no
  * EOF): 502 at once, not 504 at its deadline (5 s), and what it started is killed with it. */
 static void
@@ -735,6 +763,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/program-changed", test_program_changed);
   g_test_add_func ("/procs/program-kill", test_program_kill);
   g_test_add_func ("/procs/program-orphan", test_program_orphan);
+  g_test_add_func ("/procs/program-stderr-flood", test_program_stderr_flood);
   g_test_add_func ("/procs/program-bad-hello", test_program_bad_hello);
   g_test_add_func ("/procs/call-too-large", test_call_too_large);
   g_test_add_func ("/procs/python-example", test_python_example);

@@ -6,8 +6,10 @@
  * child (job threads of a GThreadPool) may come and go. A caller queues a request and waits on
  * its condition variable until the spawner has forked.
  * Each child's stderr is read by a small detached thread that logs it line by line (at most
- * 4096 bytes a line), tagged with the program and pid; it ends at EOF, when the child has
- * exited. */
+ * 4096 bytes a line), tagged with the program and pid, at most LOG_BURST lines at once and
+ * LOG_RATE a second after that (a plugin printing in a loop would otherwise flood the journal,
+ * whose own limit is per service and would drop crunchd's messages too); it counts what it
+ * drops, says so, and ends at EOF, when the child has exited. */
 #include "child.h"
 
 #include <errno.h>
@@ -22,6 +24,8 @@
 #include "wire.h"
 
 #define LOG_LINE_MAX 4096
+#define LOG_BURST 200.0
+#define LOG_RATE 100.0 /* lines a second, after the burst */
 
 typedef struct {
   gchar **argv;
@@ -121,34 +125,65 @@ typedef struct {
   gchar *program;
   GPid pid;
   int fd;
+  gdouble tokens; /* lines that may be logged now */
+  gint64 refilled;
+  guint64 dropped; /* since the last line logged */
 } LogTail;
+
+static void
+say_dropped (LogTail *t)
+{
+  if (t->dropped > 0)
+    g_message ("%s[%d]: (%" G_GUINT64_FORMAT " lines of its stderr not logged: more than %g a "
+               "second)",
+               t->program, (gint)t->pid, t->dropped, LOG_RATE);
+  t->dropped = 0;
+}
+
+/* Logs one line of the child's stderr, or counts it as dropped. */
+static void
+log_line (LogTail *t, const gchar *line, gint len)
+{
+  gint64 now = g_get_monotonic_time ();
+
+  t->tokens = MIN (LOG_BURST, t->tokens + (gdouble)(now - t->refilled) * LOG_RATE / 1e6);
+  t->refilled = now;
+  if (t->tokens < 1) {
+    t->dropped++;
+    return;
+  }
+  t->tokens--;
+  say_dropped (t);
+  g_message ("%s[%d]: %.*s", t->program, (gint)t->pid, len, line);
+}
 
 static gpointer
 stderr_thread (gpointer data)
 {
   LogTail *t = data;
-  gchar buf[LOG_LINE_MAX + 1];
+  gchar buf[LOG_LINE_MAX];
   gsize len = 0;
   ssize_t got;
 
+  t->tokens = LOG_BURST;
+  t->refilled = g_get_monotonic_time ();
   while ((got = read (t->fd, buf + len, LOG_LINE_MAX - len)) > 0 || (got < 0 && errno == EINTR)) {
     gchar *start = buf, *nl;
     len += got > 0 ? (gsize)got : 0;
     while ((nl = memchr (start, '\n', len - (gsize)(start - buf))) != NULL) {
-      *nl = '\0';
-      g_message ("%s[%d]: %s", t->program, (gint)t->pid, start);
+      log_line (t, start, (gint)(nl - start));
       start = nl + 1;
     }
     len -= (gsize)(start - buf);
     memmove (buf, start, len);
     if (len == LOG_LINE_MAX) { /* a line too long: log it in pieces */
-      buf[len] = '\0';
-      g_message ("%s[%d]: %s", t->program, (gint)t->pid, buf);
+      log_line (t, buf, (gint)len);
       len = 0;
     }
   }
   if (len > 0)
-    g_message ("%s[%d]: %.*s", t->program, (gint)t->pid, (gint)len, buf);
+    log_line (t, buf, (gint)len);
+  say_dropped (t);
   close (t->fd);
   g_free (t->program);
   g_free (t);

@@ -39,6 +39,7 @@ functions = [
                  {"name": "x", "type": "float", "min": -1, "max": 1, "default": "0.5"}], pure=True),
     fn("pgarbage"), fn("pwrongid"), fn("pmemory"), fn("pprogress"), fn("pid"),
     fn("pbits", [n_arg]), fn("psleep", deadline=0.3), fn("pdeadline"), fn("porphan"),
+    fn("pnoisy"),
 ]
 if os.path.exists(os.path.join(os.path.dirname(sys.argv[0]), "extra")):
     functions.append(fn("pextra"))  # a later process that declares more than the first one
@@ -68,6 +69,13 @@ while True:
         send({"type": "result", "id": i}, str(os.getpid()).encode())
     elif f == "pdeadline":
         send({"type": "result", "id": i}, ("%.3f" % call["deadline"]).encode())
+    elif f == "pnoisy":  # floods its stderr, then says one line more after a pause
+        for n in range(3000):
+            print("noise %d" % n, file=sys.stderr)
+        sys.stderr.flush()
+        time.sleep(0.1)
+        print("after the noise", file=sys.stderr, flush=True)
+        send({"type": "result", "id": i}, b"noisy")
     elif f == "porphan":  # dies while a process it started keeps its stdout open
         child = os.fork()
         if child == 0:
