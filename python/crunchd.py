@@ -533,8 +533,10 @@ def _reader(calls):
 # ---- running calls (the main thread) ----
 
 def _one_line(text):
-    # a message may hold anything, lone surrogates from undecodable file names included
-    line = " ".join(str(text).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    # a message may hold anything, lone surrogates from undecodable file names included, and
+    # NUL, which crunchd refuses in a frame (it would cut the string short): written as \x00
+    line = " ".join(str(text).split()).replace("\0", "\\x00")
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
     data = line.encode("utf-8")
     if len(data) <= MAX_MESSAGE:
         return line

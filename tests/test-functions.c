@@ -62,6 +62,8 @@ test_bad_declarations (void)
        "plugin 'p': function 'f': deadline must be in (0, 86400] seconds"},
       {{"f", NULL, NULL, 1, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': n_args > 0 but args is NULL"},
+      {{"f", NULL, bad_name, 257, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
+       "plugin 'p': function 'f': more than 256 arguments"}, /* a JSON body's most members */
       {{"f", NULL, bad_name, 1, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},
        "plugin 'p': function 'f': argument 0: name must match [a-z0-9_]+"},
       {{"f", NULL, bad_type, 1, 0, 1, "text/plain", ok_run, NULL, 0, 0, NULL},

@@ -520,6 +520,14 @@ test_program_orphan (void)
   g_assert_true (g_file_get_contents (pid_file, &pid, NULL, NULL));
   g_assert_true (gone_within ((GPid)g_ascii_strtoll (pid, NULL, 10), 2.0));
   expect (server, "/fn/pid", 200, NULL);
+  /* one that answers first and then dies the same way: its answer is read, not lost, and the
+   * next call goes to a new process, not to the dead one */
+  for (guint i = 0; i < 5; i++) {
+    g_autoptr (TestReply) who = get (server, "/fn/pid");
+    expect (server, "/fn/porphan_reply", 200, "answered");
+    g_assert_true (gone_within ((GPid)g_ascii_strtoll (who->body, NULL, 10), 2.0));
+  }
+  expect (server, "/fn/pid", 200, NULL);
 }
 
 /* A bad declaration, or none: exit 78 naming the program. */
@@ -728,6 +736,14 @@ test_python_failures (void)
     g_assert_true (gone_within (dying, 5.0));
   }
   expect (server, "/fn/pycrash?n=6", 200, "6\n");
+  {
+    /* a NUL in the message is written as \x00 (crunchd refuses \u0000 in a frame) */
+    GPid before = child_pid_of (server, "crash.py");
+    g_autoptr (TestReply) nul = get (server, "/fn/pycrash?n=16");
+    g_assert_cmpint (nul->status, ==, 500);
+    g_assert_true (g_str_has_prefix (nul->body, "pycrash: ValueError: bad\\x00value"));
+    g_assert_cmpint (child_pid_of (server, "crash.py"), ==, before);
+  }
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
   {
     g_autoptr (TestReply) hog = get (server, "/fn/pyhog");

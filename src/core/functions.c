@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "args.h"
+#include "json.h"
 #include "plugins.h"
 #include "procpool.h"
 
@@ -122,6 +123,9 @@ check_decl (const CrunchdFunction *decl, guint abi, gboolean hooked, const gchar
     return bad_decl (error, plugin, decl->name, "deadline must be in (0, 86400] seconds");
   if (decl->n_args > 0 && decl->args == NULL)
     return bad_decl (error, plugin, decl->name, "n_args > 0 but args is NULL");
+  if (decl->n_args > CRUNCH_JSON_MAX_MEMBERS) /* they could not all come in a JSON body */
+    return bad_decl (error, plugin, decl->name,
+                     "more than " G_STRINGIFY (CRUNCH_JSON_MAX_MEMBERS) " arguments");
   for (guint i = 0; i < decl->n_args; i++) {
     if (!check_arg (&decl->args[i], decl, i, plugin, error))
       return FALSE;

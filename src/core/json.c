@@ -189,6 +189,10 @@ add_name (Scan *s, GHashTable *names, const gchar *start, gboolean escaped)
   g_autoptr (JsonNode) node = NULL;
   gchar *name;
 
+  /* GLib's string hash is not seeded: names chosen to collide make each lookup linear, here and
+   * in json-glib (a 1 MiB body of them cost 14 s of CPU). No object crunchd reads has many. */
+  if (g_hash_table_size (names) >= CRUNCH_JSON_MAX_MEMBERS)
+    return refuse (s, "an object with more than " G_STRINGIFY (CRUNCH_JSON_MAX_MEMBERS) " members");
   if (escaped && (node = json_from_string (quoted, NULL)) != NULL)
     name = g_strdup (json_node_get_string (node));
   else

@@ -13,6 +13,8 @@ void crunch_json_append_string (GString *out, const gchar *value);
  * ({"fn": ..., "args": {...}} at most two levels), and json-glib's parser recurses once per
  * level on the calling thread's stack: a body nested 100,000 deep would overflow it. */
 #define CRUNCH_JSON_MAX_DEPTH 32
+/* The most members an object may have: more arguments than any function declares. */
+#define CRUNCH_JSON_MAX_MEMBERS 256
 
 typedef enum {
   CRUNCH_JSON_OK,
@@ -25,9 +27,10 @@ typedef enum {
  * quoted' strings, comments, hex and leading zeros, a second value after the first, bare control
  * characters in strings) and reads some of what it accepts wrongly (an integer beyond 64 bits
  * wraps around, a repeated member name keeps the last value, \u0000 ends a string early). So
- * the text must be exactly one RFC 8259 value, nested at most `max_depth` deep, with integers
- * that fit in 64 bits, finite numbers, no member name twice in an object and no \u0000; `why`
- * (if not NULL) gets what was wrong, a static string. UTF-8 is the parser's to check. */
+ * the text must be exactly one RFC 8259 value, nested at most `max_depth` deep, with at most
+ * CRUNCH_JSON_MAX_MEMBERS members an object, integers that fit in 64 bits, finite numbers, no
+ * member name twice in an object and no \u0000; `why` (if not NULL) gets what was wrong, a static
+ * string. UTF-8 is the parser's to check. */
 CrunchJsonCheck crunch_json_check (const gchar *text, gsize len, guint max_depth,
                                    const gchar **why);
 

@@ -245,15 +245,16 @@ start_proc (CrunchProcPool *pool, const CrunchCancel *cancel, CrunchWireHello **
   return p;
 }
 
-/* An idle process must be quiet: one that hung up or wrote out of turn died (or broke the
- * protocol) while nobody asked it anything. It is reaped and counted as a crash of the program,
- * not blamed on the call that would have been sent to it. */
+/* An idle process must be quiet and alive: one that hung up, wrote out of turn or exited (while
+ * something it started keeps its stdout open) died or broke the protocol while nobody asked it
+ * anything. It is reaped and counted as a crash of the program, not blamed on the call that
+ * would have been sent to it. */
 static gboolean
 idle_healthy (CrunchProcPool *pool, Proc *p)
 {
   struct pollfd pfd = {.fd = p->out_fd, .events = POLLIN};
 
-  if (poll (&pfd, 1, 0) == 0)
+  if (poll (&pfd, 1, 0) == 0 && !crunch_child_exited (p->pid))
     return TRUE;
   g_warning ("%s[%d]: died or wrote out of turn while idle; replacing it", pool->s.program,
              (gint)p->pid);

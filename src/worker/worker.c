@@ -384,8 +384,8 @@ task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
     t->heartbeat_us = CLAMP (t->heartbeat_us, HEARTBEAT_MIN_US, HEARTBEAT_MAX_US);
   wall = crunch_nats_header_int (msg, CRUNCH_HDR_DEADLINE, 0);
   /* the front end's wall-clock deadline, on our monotonic clock */
-  if (wall > 0)
-    *deadline_us = g_get_monotonic_time () + MIN (wall - g_get_real_time (), DEADLINE_MAX_US);
+  if (wall > 0) /* 0 would read as none: one long past is as good */
+    *deadline_us = g_get_monotonic_time () + MIN (wall - g_get_real_time (), DEADLINE_MAX_US) ?: -1;
   else if (t->fn != NULL && __atomic_load_n (&t->fn->timeout_us, __ATOMIC_RELAXED) > 0)
     *deadline_us = g_get_monotonic_time () + __atomic_load_n (&t->fn->timeout_us, __ATOMIC_RELAXED);
   else

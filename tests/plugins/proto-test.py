@@ -39,7 +39,7 @@ functions = [
                  {"name": "x", "type": "float", "min": -1, "max": 1, "default": "0.5"}], pure=True),
     fn("pgarbage"), fn("pwrongid"), fn("pmemory"), fn("pprogress"), fn("pid"),
     fn("pbits", [n_arg]), fn("psleep", deadline=0.3), fn("pdeadline"), fn("porphan"),
-    fn("pnoisy"),
+    fn("pnoisy"), fn("porphan_reply"),
 ]
 if os.path.exists(os.path.join(os.path.dirname(sys.argv[0]), "extra")):
     functions.append(fn("pextra"))  # a later process that declares more than the first one
@@ -76,6 +76,12 @@ while True:
         time.sleep(0.1)
         print("after the noise", file=sys.stderr, flush=True)
         send({"type": "result", "id": i}, b"noisy")
+    elif f == "porphan_reply":  # answers, then dies while a process it started holds stdout
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        send({"type": "result", "id": i}, b"answered")
+        os._exit(0)
     elif f == "porphan":  # dies while a process it started keeps its stdout open
         child = os.fork()
         if child == 0:
