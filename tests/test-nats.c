@@ -443,7 +443,7 @@ test_hostile_job_message (void)
   g_autofree gchar *final = NULL;
   guint running;
 
-  running = hostile_job (nats->url, "1", in_half_s, 3.0, &final);
+  running = hostile_job (nats->url, "1", in_half_s, 3.0 * TEST_TIME_SCALE, &final);
   g_test_message ("heartbeat 1 us: %u running messages, then %s", running, final);
   g_assert_cmpstr (final, ==, "timed-out");
   g_assert_cmpuint (running, <=, 100); /* 0.5 s at 10 ms */
