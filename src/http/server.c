@@ -795,13 +795,14 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
     handler = crunch_jobs_handler (route->name);
     context = req->server->jobs;
     client = jobs_request_info (req, &info);
-    /* only a submission has a class: another verb ignores the header */
-    if (g_str_equal (route->name, "submit") && !request_priority (req, &info.priority, &why))
-      return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
-    /* two keys: a proxy in front may have taken the other one */
-    if (g_str_equal (route->name, "submit") && info.idempotency_key != NULL) {
-      g_autofree gchar *all = joined_header (req->connection, "Idempotency-Key");
-      if (g_strcmp0 (all, info.idempotency_key) != 0)
+    if (g_str_equal (route->name, "submit")) {
+      /* only a submission has a class: another verb ignores the header */
+      g_autofree gchar *keys =
+          info.idempotency_key != NULL ? joined_header (req->connection, "Idempotency-Key") : NULL;
+      if (!request_priority (req, &info.priority, &why))
+        return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
+      /* two keys: a proxy in front may have taken the other one */
+      if (g_strcmp0 (keys, info.idempotency_key) != 0)
         return respond_error (req, MHD_HTTP_BAD_REQUEST,
                               "POST /jobs: Idempotency-Key: given more than once");
     }

@@ -369,7 +369,7 @@ task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
   const gchar *name = strrchr (subject, '.') + 1; /* PREFIX.job.<function> */
   g_autoptr (GError) local = NULL;
   Task *t;
-  gint64 wall;
+  gint64 wall, own;
 
   t = g_atomic_rc_box_new0 (Task);
   t->slot = slot;
@@ -383,13 +383,12 @@ task_new (Slot *slot, natsMsg *msg, gint64 *deadline_us, GError **error)
   if (t->heartbeat_us > 0)
     t->heartbeat_us = CLAMP (t->heartbeat_us, HEARTBEAT_MIN_US, HEARTBEAT_MAX_US);
   wall = crunch_nats_header_int (msg, CRUNCH_HDR_DEADLINE, 0);
+  own = t->fn != NULL ? __atomic_load_n (&t->fn->timeout_us, __ATOMIC_RELAXED) : 0;
   /* the front end's wall-clock deadline, on our monotonic clock */
   if (wall > 0) /* 0 would read as none: one long past is as good */
     *deadline_us = g_get_monotonic_time () + MIN (wall - g_get_real_time (), DEADLINE_MAX_US) ?: -1;
-  else if (t->fn != NULL && __atomic_load_n (&t->fn->timeout_us, __ATOMIC_RELAXED) > 0)
-    *deadline_us = g_get_monotonic_time () + __atomic_load_n (&t->fn->timeout_us, __ATOMIC_RELAXED);
   else
-    *deadline_us = 0;
+    *deadline_us = own > 0 ? g_get_monotonic_time () + own : 0;
   if (t->fn == NULL) {
     g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "worker %s has no function '%s'",
                  slot->w->id, name);
