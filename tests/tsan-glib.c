@@ -255,6 +255,16 @@ g_idle_add (GSourceFunc function, gpointer data)
   return id;
 }
 
+/* GThreadPool keeps the threads of a freed pool and hands them to the next pool through its own
+ * futex-locked queue, which TSan does not see: a reused thread that frees the next pool's memory
+ * looks like a race with the thread that allocated it (test-scheduler creates a pool per test;
+ * found in CI). TSan builds keep no unused threads, so every pool's threads are new. */
+__attribute__ ((constructor)) static void
+keep_no_unused_threads (void)
+{
+  g_thread_pool_set_max_unused_threads (0);
+}
+
 /* ---- suppressions: only reports inside GLib or libc internals, each checked by hand ---- */
 
 const char *__tsan_default_suppressions (void);
