@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "args.h"
+#include "decode.h"
 #include "functions.h"
 #include "plugins.h"
 
@@ -256,6 +257,7 @@ test_json_error_utf8 (void)
   g_assert_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT);
   g_assert_true (g_utf8_validate (error->message, -1, NULL));
   g_assert_true (g_str_has_prefix (error->message, "f: the request body is not strict JSON "));
+  reset (); /* the registry points at `decl`, on this stack */
 }
 
 /* run_batch records what reached it: how many calls, and their n. */
@@ -361,6 +363,82 @@ test_run_batch (void)
   reset ();
 }
 
+/* The decoder (decode.c) gives what crunch_args_from_body() and crunch_args_from_job_body() give,
+ * calls each `done` once from its own thread, and decodes everything queued before free returns:
+ * a request waiting for it is never dropped at shutdown. */
+typedef struct {
+  GMutex lock;
+  guint done;
+  gboolean on_caller;
+} DecodeSeen;
+
+static GThread *decode_caller;
+
+static void
+decode_done (CrunchDecode *decode, gpointer data)
+{
+  DecodeSeen *seen = data;
+
+  g_mutex_lock (&seen->lock);
+  seen->done++;
+  seen->on_caller |= g_thread_self () == decode_caller;
+  g_mutex_unlock (&seen->lock);
+}
+
+static void
+test_decoder (void)
+{
+  static const gchar *bodies[] = {
+      "{\"n\": 7, \"s\": \"xy\"}",
+      "{\"n\": 70}",
+      "{\"fn\": \"f\", \"args\": {\"s\": \"q\"}}",
+      "{\"fn\": \"g\"}",
+  };
+  enum { N = 64 };
+  CrunchDecode decodes[N];
+  DecodeSeen seen = {0};
+  CrunchDecoder *decoder;
+  CrunchdFunction decl;
+  const CrunchFunction *fn;
+
+  reset ();
+  decl = good ("f");
+  g_assert_true (crunch_functions_add (&decl, "p", NULL));
+  fn = crunch_functions_lookup ("f");
+  decode_caller = g_thread_self ();
+  g_mutex_init (&seen.lock);
+  decoder = crunch_decoder_new (2, 5);
+  for (guint i = 0; i < N; i++) {
+    const gchar *body = bodies[i % G_N_ELEMENTS (bodies)];
+    decodes[i] = (CrunchDecode){.body = body,
+                                .len = strlen (body),
+                                .fn = i % 4 < 2 ? fn : NULL,
+                                .done = decode_done,
+                                .data = &seen};
+    crunch_decoder_submit (decoder, &decodes[i]);
+  }
+  crunch_decoder_free (decoder);
+  g_assert_cmpuint (seen.done, ==, N);
+  g_assert_false (seen.on_caller);
+  for (guint i = 0; i < N; i += 4) {
+    g_autofree gchar *a = g_variant_print (decodes[i].args, FALSE);
+    g_autofree gchar *c = g_variant_print (decodes[i + 2].args, FALSE);
+    g_assert_cmpstr (a, ==, "(7, 'xy')");
+    g_assert_false (g_variant_is_floating (decodes[i].args));
+    g_assert_null (decodes[i + 1].args);
+    g_assert_cmpstr (decodes[i + 1].error->message, ==,
+                     "f: argument 'n' must be an integer from 0 to 10, got 70");
+    g_assert_true (decodes[i + 2].fn == fn);
+    g_assert_cmpstr (c, ==, "(3, 'q')");
+    g_assert_null (decodes[i + 3].args);
+    g_assert_cmpstr (decodes[i + 3].error->message, ==, "no such function 'g'");
+  }
+  for (guint i = 0; i < N; i++)
+    crunch_decode_clear (&decodes[i]);
+  g_mutex_clear (&seen.lock);
+  reset ();
+}
+
 int
 main (int argc, char **argv)
 {
@@ -373,5 +451,6 @@ main (int argc, char **argv)
   g_test_add_func ("/functions/run-batch", test_run_batch);
   g_test_add_func ("/functions/builtins", test_builtins);
   g_test_add_func ("/functions/json-error-utf8", test_json_error_utf8);
+  g_test_add_func ("/functions/decoder", test_decoder);
   return g_test_run ();
 }

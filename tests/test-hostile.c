@@ -1155,6 +1155,112 @@ test_deep_json (void)
   g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
 }
 
+/* A JSON array of `count` small numbers in an object of fib's arguments: about the costliest JSON
+ * there is for its size (json-glib takes about 150 ms for each MiB of it). */
+static gchar *
+costly_json (guint count)
+{
+  GString *body = g_string_new ("{\"n\": 5, \"pad\": [1");
+
+  for (guint i = 1; i < count; i++)
+    g_string_append (body, ",1");
+  g_string_append (body, "]}");
+  return g_string_free (body, FALSE);
+}
+
+static gchar *
+raw_post (const gchar *path, const gchar *body)
+{
+  return g_strdup_printf ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %zu\r\n\r\n%s",
+                          path, strlen (body), body);
+}
+
+/* A large body is decoded off the polling thread (decode.c): while json-glib works through a
+ * 2 MiB body for hundreds of milliseconds, /fast keeps answering. Before, the polling thread
+ * parsed it, and two clients posting such bodies in a loop held /fast at 53 req/s, 150 ms each.
+ * Large bodies still get every answer a small one gets, and one being decoded when SIGTERM
+ * comes is answered before crunchd exits. */
+static void
+test_large_bodies (void)
+{
+  g_autoptr (TestServer) s = test_server_start ("[server]\nmax_body_size = 4194304\n", NULL);
+  g_autofree gchar *costly = costly_json (1 << 20);
+  g_autofree gchar *request = raw_post ("/fn/fib", costly);
+  g_autofree gchar *fn = test_server_url (s, "/fn/fib");
+  g_autofree gchar *jobs = test_server_url (s, "/jobs");
+  const gchar *json[] = {"Content-Type: application/json", NULL};
+  g_autoptr (Conn) fast = conn_open_from (s, NULL);
+  gdouble worst = 0, total;
+  guint answered = 0;
+  gint64 t0;
+
+  g_assert_cmpuint (strlen (costly), >, 2000000);
+  {
+    g_autoptr (Conn) big = conn_open_from (s, NULL);
+    g_autoptr (Response) r = NULL;
+    struct pollfd pfd = {.fd = big->fd, .events = POLLIN};
+    t0 = g_get_monotonic_time ();
+    conn_send_str (big, request);
+    /* /fast on another kept-alive connection, every 10 ms, until the big one is answered */
+    while (poll (&pfd, 1, 10) == 0 && g_get_monotonic_time () - t0 < TIMEOUT_S * G_USEC_PER_SEC) {
+      gint64 t = g_get_monotonic_time ();
+      g_autoptr (Response) f = NULL;
+      conn_send_str (fast, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n");
+      f = conn_read_response (fast, TIMEOUT_S);
+      g_assert_nonnull (f);
+      g_assert_cmpuint (f->status, ==, 200);
+      worst = MAX (worst, (g_get_monotonic_time () - t) / 1e6);
+      answered++;
+    }
+    r = conn_read_response (big, TIMEOUT_S);
+    total = (g_get_monotonic_time () - t0) / 1e6;
+    g_assert_nonnull (r);
+    g_assert_cmpuint (r->status, ==, 400);
+    g_assert_cmpstr (r->body, ==, "fib: unknown argument 'pad' (arguments: n)\n");
+    g_test_message ("2 MiB body answered in %.3f s; meanwhile %u /fast, the slowest %.4f s", total,
+                    answered, worst);
+    /* the polling thread never waited for the parse */
+    g_assert_cmpuint (answered, >=, 5);
+    g_assert_cmpfloat (worst, <, total / 3);
+  }
+  {
+    /* valid: past the inline limit with blanks only */
+    g_autofree gchar *body = g_strdup_printf ("{\"n\": 20%*s}", 3000, "");
+    g_autofree gchar *job =
+        g_strdup_printf ("{\"fn\": \"fib\", \"args\": {\"n\": 21}%*s}", 3000, "");
+    g_autofree gchar *job_bad = g_strdup_printf ("{\"fn\": \"fob\"%*s}", 3000, "");
+    g_autoptr (TestReply) r = test_http_body ("POST", fn, json, body);
+    g_autoptr (TestReply) j = test_http_body ("POST", jobs, json, job);
+    g_autoptr (TestReply) bad = test_http_body ("POST", jobs, json, job_bad);
+    g_autofree gchar *stream_url = g_strdup (fn);
+    const gchar *stream_headers[] = {"Content-Type: application/json", "Accept: text/event-stream",
+                                     NULL};
+    g_autoptr (TestReply) st = test_http_body ("POST", stream_url, stream_headers, body);
+    g_assert_cmpint (r->status, ==, 200);
+    g_assert_cmpstr (r->body, ==, "6765");
+    g_assert_cmpint (j->status, ==, 202);
+    g_assert_nonnull (strstr (j->body, "\"fn\": \"fib\""));
+    g_assert_cmpint (bad->status, ==, 400);
+    g_assert_cmpstr (bad->body, ==, "POST /jobs: no such function 'fob'\n");
+    g_assert_nonnull (bad->body_request_id);
+    g_assert_cmpint (st->status, ==, 200);
+    g_assert_nonnull (strstr (st->body, "6765"));
+  }
+  {
+    /* SIGTERM while a large body is being decoded: it is in flight, so it gets its answer */
+    g_autoptr (Conn) big = conn_open_from (s, NULL);
+    g_autoptr (Response) r = NULL;
+    conn_send_str (big, request);
+    g_usleep (total * G_USEC_PER_SEC / 4);
+    test_server_signal (s, SIGTERM);
+    r = conn_read_response (big, TIMEOUT_S);
+    g_assert_nonnull (r);
+    g_assert_cmpuint (r->status, ==, 400);
+  }
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
+}
+
 /* RFC 9112 6.1, 6.3: framing a proxy could read differently is refused and the connection
  * closed, so the bytes after the header never become a second request (request smuggling). */
 static void
@@ -1316,6 +1422,7 @@ main (int argc, char **argv)
   g_test_add_func ("/hostile/idle-connections", test_idle_connections);
   g_test_add_func ("/hostile/deep-json", test_deep_json);
   g_test_add_func ("/hostile/lax-json", test_lax_json);
+  g_test_add_func ("/hostile/large-bodies", test_large_bodies);
   g_test_add_func ("/hostile/ambiguous-framing", test_ambiguous_framing);
   g_test_add_func ("/hostile/trickle-flood", test_trickle_flood);
   g_test_add_func ("/hostile/silent-flood", test_silent_flood);

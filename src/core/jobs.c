@@ -41,6 +41,7 @@
 #include <sys/random.h>
 
 #include "args.h"
+#include "decode.h"
 #include "executor.h"
 #include "json.h"
 #include "metrics.h"
@@ -872,10 +873,17 @@ crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
   g_autoptr (GVariant) args = NULL;
   const CrunchFunction *fn = NULL;
 
-  args = crunch_args_from_job_body (info->body, info->body_len, &fn, &error);
-  if (args == NULL)
-    return crunch_reply_text (400, "POST /jobs: %s", error->message);
-  g_variant_ref_sink (args);
+  if (info->decoded != NULL) { /* by the server's decoder (decode.c) */
+    if (info->decoded->args == NULL)
+      return crunch_reply_text (400, "POST /jobs: %s", info->decoded->error->message);
+    fn = info->decoded->fn;
+    args = g_variant_ref (info->decoded->args);
+  } else {
+    args = crunch_args_from_job_body (info->body, info->body_len, &fn, &error);
+    if (args == NULL)
+      return crunch_reply_text (400, "POST /jobs: %s", error->message);
+    g_variant_ref_sink (args);
+  }
   return jobs_submit_call (self, info, fn, args, NULL);
 }
 

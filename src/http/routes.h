@@ -47,6 +47,9 @@ typedef struct {
   /* Jobs lane: whether the caller may call `function`; FALSE gives the refusal (403) to send.
    * NULL: anyone may. */
   gboolean (*may_call) (gpointer request, const gchar *function, CrunchReply *refusal);
+  /* POST /jobs: a large body already decoded off the polling thread (decode.h), or NULL: the
+   * handler decodes `body` itself */
+  const struct CrunchDecode *decoded;
 } CrunchRequestInfo;
 
 /* `context` is what the server holds for the route's lane: the jobs store for the jobs lane,

@@ -3,13 +3,16 @@
  * DESIGN
  * Threads: each MHD daemon (one per listen address) runs its own internal polling threads
  * (epoll; [server] threads of them, a thread pool, for a public daemon; one for the ops daemon).
- * All access-handler calls and all MHD_queue_response() calls happen on those threads. Worker
- * and watcher threads touch a connection only through on_answered(), whose one action is
- * MHD_resume_connection(): the last thing any of them does with a request.
+ * All access-handler calls and all MHD_queue_response() calls happen on those threads. Worker,
+ * watcher and decoder threads touch a connection only through on_answered() or on_decoded(),
+ * whose one action is MHD_resume_connection(): the last thing any of them does with a request.
  *
  * Life of a request: first call allocates a CrunchRequest into *req_cls;
  * body chunks are kept up to max_body_size (beyond it counted and dropped); the final call routes
- * it. Fast lane: answered at once. Compute lane: parse arguments (400), then a compute call
+ * it. A JSON body over CRUNCH_DECODE_INLINE_MAX is not parsed on a polling thread: the request is
+ * counted in flight, suspended and handed to the decoder (decode.c), whose thread resumes it as
+ * a job's would; route_decoded() then carries on in its lane with the result. Fast lane: answered
+ * at once. Compute lane: parse arguments (400), then a compute call
  * (call.c): admission (cache hit, or 503/429), MHD_suspend_connection() *before* the call is
  * submitted. While suspended, the connection is "parked": the call watches its deadline and its
  * socket for a hang-up. Whoever answers first - its job finishing, the deadline (504), the
@@ -38,6 +41,7 @@
 #include "args.h"
 #include "call.h"
 #include "conns.h"
+#include "decode.h"
 #include "forwarded.h"
 #include "headers.h"
 #include "logging.h"
@@ -50,6 +54,8 @@
 
 /* [server] threads = 0: one polling thread per core, up to this many. */
 #define MAX_AUTO_POLL_THREADS 4
+/* Decoder threads for large request bodies (decode.c): one per core, up to this many. */
+#define MAX_DECODER_THREADS 4
 
 /* Longest Request-Timeout / client key header value we look at. */
 #define MAX_HEADER_VALUE 128
@@ -69,6 +75,7 @@ struct CrunchServer {
   CrunchJobs *jobs;          /* the asynchronous jobs API; NULL: not served */
   CrunchTls *tls;            /* HTTPS on the public daemons; NULL: plain HTTP */
   CrunchAuth *auth;          /* API keys; NULL: everyone is let in */
+  CrunchDecoder *decoder;    /* large request bodies are decoded there (decode.c) */
   void (*busy) (gint64 now); /* told of every request answered inline (timeslice.c), or NULL */
   GPtrArray *daemons;
   GArray *quiesced;         /* listen sockets handed back by MHD at drain: closed in free() */
@@ -121,6 +128,11 @@ typedef struct {
   CrunchReply later_reply;
   CrunchStream *stream; /* its body is this event stream */
   gboolean deferred;
+  /* A large body goes to the decoder: BODY_DECODING while it is there (parked), then the
+   * request carries on in route_lane() with `arg` and the result in `decode` */
+  enum { BODY_INLINE, BODY_DECODING, BODY_DECODED } body_state;
+  CrunchDecode decode;
+  gchar *arg;
   guint status;
   gsize bytes;
 } CrunchRequest;
@@ -165,6 +177,17 @@ enter_flight (CrunchServer *server)
     return TRUE;
   leave_flight (server);
   return FALSE;
+}
+
+/* enter_flight() for a request, once: one handed to the decoder is in flight already when it
+ * goes on to be computed or deferred. */
+static gboolean
+request_enter_flight (CrunchRequest *req)
+{
+  if (!req->in_flight && !enter_flight (req->server))
+    return FALSE;
+  req->in_flight = TRUE;
+  return TRUE;
 }
 
 static gint connection_fd (struct MHD_Connection *connection);
@@ -496,6 +519,11 @@ parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
                  fn->name);
     return NULL;
   }
+  if (g_str_equal (req->method, "POST") && req->body_state == BODY_DECODED) {
+    if (req->decode.args == NULL)
+      g_propagate_error (error, g_steal_pointer (&req->decode.error));
+    return g_steal_pointer (&req->decode.args); /* not floating */
+  }
   if (g_str_equal (req->method, "POST"))
     return crunch_args_from_body (fn, req->body ? (const gchar *)req->body->data : "",
                                   req->body ? req->body->len : 0, error);
@@ -512,6 +540,45 @@ parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
 
 static enum MHD_Result start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args);
 static CrunchLater *request_defer (gpointer data);
+
+/* Decoder thread: the last touch of the request. */
+static void
+on_decoded (CrunchDecode *decode, gpointer data)
+{
+  resume (data);
+}
+
+/* A POST body too long to decode on the polling thread (decode.h). */
+static gboolean
+wants_decoder (CrunchRequest *req)
+{
+  return req->body_state == BODY_INLINE && req->body != NULL &&
+         req->body->len > CRUNCH_DECODE_INLINE_MAX && g_str_equal (req->method, "POST");
+}
+
+/* The body goes to the decoder the way a job goes to the executor: counted in flight, suspended,
+ * handed over; on_decoded() resumes the request and route_decoded() carries on with it. `fn`:
+ * the function whose arguments it holds, or NULL: a POST /jobs body names its own. */
+static enum MHD_Result
+decode_later (CrunchRequest *req, const gchar *arg, const CrunchFunction *fn)
+{
+  if (!request_enter_flight (req)) {
+    crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
+    return respond_unavailable (req, "server is shutting down", TRUE);
+  }
+  req->body_state = BODY_DECODING;
+  req->arg = g_strdup (arg);
+  req->decode = (CrunchDecode){.body = (const gchar *)req->body->data,
+                               .len = req->body->len,
+                               .fn = fn,
+                               .done = on_decoded,
+                               .data = req};
+  MHD_suspend_connection (req->connection);
+  set_suspended (req, TRUE);
+  crunch_conns_request_parked (req->conn, TRUE);
+  crunch_decoder_submit (req->server->decoder, &req->decode);
+  return MHD_YES;
+}
 
 /* Accept names text/event-stream, and not with q=0 (a client that accepts anything gets the
  * plain answer). */
@@ -596,10 +663,12 @@ route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   }
   if (!crunch_auth_may_call (&req->grant, fn->name, &refusal))
     return respond_reply (req, &refusal);
+  if (route->name == NULL && wants_decoder (req))
+    return decode_later (req, arg, fn);
   args = route->name != NULL ? fn->parse (fn, arg, &error) : parse_fn_call (req, fn, &error);
   if (args == NULL)
     return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message);
-  g_variant_ref_sink (args);
+  g_variant_take_ref (args); /* floating, or the decoder's */
   if (wants_event_stream (req->connection))
     return stream_compute (req, fn, args);
   return start_compute (req, fn, args); /* (borrowed: the call takes its own reference) */
@@ -627,11 +696,10 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
     return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
   /* Before admission: counted after it, a request admitted just as the drain found nothing in
    * flight could be suspended still when MHD_stop_daemon() ran (an abort, or no answer). */
-  if (!enter_flight (server)) {
+  if (!request_enter_flight (req)) {
     crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
     return respond_unavailable (req, "server is shutting down", TRUE);
   }
-  req->in_flight = TRUE;
   client = client_key (req);
   req->call =
       crunch_call_new (server->calls, &(CrunchCallSpec){.fn = fn,
@@ -742,9 +810,8 @@ request_defer (gpointer data)
 {
   CrunchRequest *req = data;
 
-  if (!enter_flight (req->server))
+  if (!request_enter_flight (req))
     return NULL;
-  req->in_flight = TRUE;
   req->deferred = TRUE;
   req->later.answer = later_answer;
   MHD_suspend_connection (req->connection);
@@ -805,6 +872,10 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
       if (g_strcmp0 (keys, info.idempotency_key) != 0)
         return respond_error (req, MHD_HTTP_BAD_REQUEST,
                               "POST /jobs: Idempotency-Key: given more than once");
+      if (wants_decoder (req))
+        return decode_later (req, arg, NULL);
+      if (req->body_state == BODY_DECODED)
+        info.decoded = &req->decode;
     }
   }
   reply = handler (&info, context);
@@ -828,6 +899,25 @@ authorize (CrunchRequest *req, const CrunchRoute *route)
     return TRUE;
   respond_reply (req, &refusal);
   return FALSE;
+}
+
+static enum MHD_Result
+route_lane (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
+{
+  if (route->lane == CRUNCH_LANE_COMPUTE)
+    return route_compute (req, route, arg);
+  return respond_handler (req, route, arg);
+}
+
+/* The decoder has resumed the request: on to its lane, as if it had been decoded here (routed
+ * and authorized already). */
+static enum MHD_Result
+route_decoded (CrunchRequest *req)
+{
+  req->body_state = BODY_DECODED;
+  set_suspended (req, FALSE);
+  crunch_conns_request_parked (req->conn, FALSE);
+  return route_lane (req, req->route, req->arg);
 }
 
 static enum MHD_Result
@@ -861,9 +951,7 @@ route_request (CrunchRequest *req)
   if (!authorize (req, match.route))
     return MHD_YES; /* answered */
   arg = match.arg_len > 0 ? g_strndup (match.arg, match.arg_len) : NULL;
-  if (match.route->lane == CRUNCH_LANE_COMPUTE)
-    return route_compute (req, match.route, arg ? arg : "");
-  return respond_handler (req, match.route, arg ? arg : "");
+  return route_lane (req, match.route, arg ? arg : "");
 }
 
 /* First call: Content-Length already over the cap can be refused before the body is read. */
@@ -1038,6 +1126,8 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
     return respond_ticket (req);
   if (req->deferred)
     return respond_later (req);
+  if (req->body_state == BODY_DECODING)
+    return route_decoded (req);
   return route_request (req);
 }
 
@@ -1089,7 +1179,8 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
     req->bytes = crunch_stream_sent (req->stream);
   crunch_metrics_request (req->route, req->method, req->status, duration_us);
   log_access (req, duration_us);
-  if (server->busy != NULL && req->call == NULL && !req->deferred && req->stream == NULL)
+  if (server->busy != NULL && req->call == NULL && !req->deferred && req->stream == NULL &&
+      req->body_state == BODY_INLINE)
     server->busy (req->t_start + duration_us); /* answered inline: the fast lane is in use */
   if (server->auth != NULL)
     crunch_auth_finish (server->auth, &req->grant);
@@ -1106,6 +1197,8 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
   if (req->later_reply.stream != NULL)
     crunch_stream_detach (req->later_reply.stream);
   crunch_reply_clear (&req->later_reply);
+  crunch_decode_clear (&req->decode);
+  g_free (req->arg);
   if (req->body != NULL)
     g_byte_array_unref (req->body);
   g_free (req->method);
@@ -1199,6 +1292,8 @@ crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchC
   self->has_ops = *self->metrics_listen != '\0';
   self->public_listener = (Listener){self, FALSE};
   self->ops_listener = (Listener){self, TRUE};
+  self->decoder =
+      crunch_decoder_new (CLAMP (g_get_num_processors (), 1, MAX_DECODER_THREADS), config->nice);
   crunch_server_configure (self, config);
   return self;
 }
@@ -1212,6 +1307,7 @@ crunch_server_configure (CrunchServer *self, const CrunchConfig *config)
   __atomic_store_n (&self->request_timeout, config->request_timeout, __ATOMIC_RELAXED);
   __atomic_store_n (&self->default_priority, config->default_priority, __ATOMIC_RELAXED);
   __atomic_store_n (&self->proxy_header, (gint)config->proxy_header, __ATOMIC_RELAXED);
+  crunch_decoder_set_nice (self->decoder, config->nice);
   /* validated with the configuration: cannot fail here */
   proxies = crunch_proxies_new ((const gchar *const *)config->trusted_proxies, NULL);
   g_rw_lock_writer_lock (&self->proxies_lock);
@@ -1392,6 +1488,7 @@ crunch_server_free (CrunchServer *self)
   if (self == NULL)
     return;
   g_warn_if_fail (g_atomic_int_get (&self->in_flight) == 0);
+  crunch_decoder_free (self->decoder);           /* nothing is queued: it would be in flight */
   while (g_atomic_int_get (&self->resuming) > 0) /* a few instructions at most */
     g_usleep (100);
   for (guint i = 0; i < self->daemons->len; i++)

@@ -1,0 +1,39 @@
+/* decode.h - request bodies too large to decode on a polling thread, decoded on a pool of their
+ * own (the compute lane's shape: suspend, pool, resume). */
+#pragma once
+
+#include <glib.h>
+
+#include "functions.h"
+
+/* Bodies up to this many bytes are decoded inline: the costliest JSON of that size (an array of
+ * small numbers) takes json-glib about 0.1 ms. Longer ones go to the decoder. */
+#define CRUNCH_DECODE_INLINE_MAX 1024
+
+typedef struct CrunchDecoder CrunchDecoder;
+typedef struct CrunchDecode CrunchDecode;
+
+struct CrunchDecode {
+  /* in: the body (borrowed until `done`); `fn` the function it holds the arguments of
+   * (POST /fn/NAME), or NULL: the body names it (a POST /jobs body, {"fn": ..., "args": ...}) */
+  const gchar *body;
+  gsize len;
+  const CrunchFunction *fn;
+  /* out: the canonical arguments (owned), with `fn` set; or NULL and `error` (a 400's reason) */
+  GVariant *args;
+  GError *error;
+  /* called once, last, on a decoder thread */
+  void (*done) (CrunchDecode *decode, gpointer data);
+  gpointer data;
+};
+
+/* `threads` decoder threads at niceness `nice`. */
+CrunchDecoder *crunch_decoder_new (guint threads, gint nice);
+/* [executor] nice on reload: the decoders keep the workers' niceness. */
+void crunch_decoder_set_nice (CrunchDecoder *self, gint nice);
+/* Any thread: decode->done will be called from a decoder thread. */
+void crunch_decoder_submit (CrunchDecoder *self, CrunchDecode *decode);
+/* Decodes everything queued first (every `done` is called), then stops the threads. */
+void crunch_decoder_free (CrunchDecoder *self);
+/* The results of a decode, freed (the CrunchDecode itself is the caller's). */
+void crunch_decode_clear (CrunchDecode *decode);
