@@ -1261,6 +1261,183 @@ test_large_bodies (void)
   g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
 }
 
+/* utime + stime of the server, in clock ticks (/proc/PID/stat fields 14 and 15). */
+static guint64
+server_cpu_ticks (TestServer *s)
+{
+  g_autofree gchar *path = g_strdup_printf ("/proc/%s/stat", g_subprocess_get_identifier (s->proc));
+  g_auto (GStrv) fields = test_proc_stat (path);
+
+  g_assert_nonnull (fields);
+  return g_ascii_strtoull (fields[11], NULL, 10) + g_ascii_strtoull (fields[12], NULL, 10);
+}
+
+/* Opens `n` connections and sends `request` on each. */
+static Conn **
+send_on_many (TestServer *s, guint n, const gchar *request)
+{
+  Conn **conns = g_new0 (Conn *, n);
+
+  for (guint i = 0; i < n; i++) {
+    conns[i] = conn_open_from (s, NULL);
+    conn_send_str (conns[i], request);
+  }
+  return conns;
+}
+
+/* The decoder's queue (review of the decoder): shorter bodies go first, at most max_connections
+ * / 8 bodies wait (503 beyond), a body whose client has gone is not decoded, and at SIGTERM what
+ * still waits gets 503 at once instead of being decoded first. */
+static void
+test_decoder_queue (void)
+{
+  enum { AHEAD = 6, COSTLY = 8, LIMIT = 8 };
+  g_autoptr (TestServer) s =
+      test_server_start ("[server]\nmax_body_size = 4194304\nmax_connections = 64\n"
+                         "[executor]\nqueue_limit = 16\n",
+                         NULL);
+  g_autofree gchar *costly = costly_json (1 << 20);
+  g_autofree gchar *request = raw_post ("/fn/fib", costly);
+  g_autofree gchar *small_body = g_strdup_printf ("{\"n\": 20%*s}", 2000, "");
+  g_autofree gchar *small = raw_post ("/fn/fib", small_body);
+  guint refused = 0, before_small = 0;
+  gint64 t0;
+  gdouble one, one_cpu;
+
+  {
+    /* one alone: how long a decode takes here */
+    g_autoptr (Conn) c = conn_open_from (s, NULL);
+    g_autoptr (Response) r = NULL;
+    guint64 ticks = server_cpu_ticks (s);
+    t0 = g_get_monotonic_time ();
+    conn_send_str (c, request);
+    r = conn_read_response (c, TIMEOUT_S);
+    g_assert_nonnull (r);
+    g_assert_cmpuint (r->status, ==, 400);
+    one = (g_get_monotonic_time () - t0) / 1e6;
+    one_cpu = (server_cpu_ticks (s) - ticks) / (gdouble)sysconf (_SC_CLK_TCK);
+  }
+  {
+    /* a small body sent after six costly ones overtakes those still waiting */
+    Conn **conns = send_on_many (s, AHEAD, request);
+    g_autoptr (Conn) c = conn_open_from (s, NULL);
+    g_autoptr (Response) r = NULL;
+    g_usleep (one * G_USEC_PER_SEC / 4);
+    conn_send_str (c, small);
+    r = conn_read_response (c, TIMEOUT_S);
+    g_assert_nonnull (r);
+    g_assert_cmpuint (r->status, ==, 200);
+    g_assert_cmpstr (r->body, ==, "6765");
+    for (guint i = 0; i < AHEAD; i++) {
+      struct pollfd pfd = {.fd = conns[i]->fd, .events = POLLIN};
+      before_small += poll (&pfd, 1, 0) > 0;
+    }
+    for (guint i = 0; i < AHEAD; i++) {
+      g_autoptr (Response) b = conn_read_response (conns[i], 4 * TIMEOUT_S);
+      g_assert_nonnull (b);
+      g_assert_cmpuint (b->status, ==, 400);
+      conn_free (conns[i]);
+    }
+    g_free (conns);
+    g_test_message ("one decode %.3f s; costly bodies answered before the small one: %u of %d", one,
+                    before_small, AHEAD);
+    g_assert_cmpuint (before_small, <=, 4); /* those already being decoded (at most 4 threads) */
+  }
+  {
+    /* the deadline counts from the end of the request: a wait for the decoder is part of it */
+    Conn **conns = send_on_many (s, 4, request);
+    g_autofree gchar *hurried =
+        g_strdup_printf ("POST /fn/fib HTTP/1.1\r\nHost: x\r\nRequest-Timeout: "
+                         "0.05\r\nContent-Length: %zu\r\n\r\n%s",
+                         strlen (small_body), small_body);
+    g_autoptr (Conn) c = conn_open_from (s, NULL);
+    g_autoptr (Response) r = NULL;
+    g_usleep (one * G_USEC_PER_SEC / 4);
+    conn_send_str (c, hurried);
+    r = conn_read_response (c, TIMEOUT_S);
+    g_assert_nonnull (r);
+    g_assert_cmpuint (r->status, ==, 504);
+    g_assert_cmpstr (r->body, ==, "fib: deadline of 0.05 s exceeded before the call could start\n");
+    for (guint i = 0; i < 4; i++) {
+      g_autoptr (Response) b = conn_read_response (conns[i], 4 * TIMEOUT_S);
+      g_assert_nonnull (b);
+      conn_free (conns[i]);
+    }
+    g_free (conns);
+  }
+  {
+    /* three times the limit at once: the ones past it get 503 at once */
+    Conn **conns = send_on_many (s, 3 * LIMIT, request);
+    for (guint i = 0; i < 3 * LIMIT; i++) {
+      g_autoptr (Response) b = conn_read_response (conns[i], 4 * TIMEOUT_S);
+      g_assert_nonnull (b);
+      g_assert_true (b->status == 400 || b->status == 503);
+      if (b->status == 503) {
+        g_assert_cmpstr (b->body, ==, "too many large request bodies waiting to be decoded\n");
+        refused++;
+      }
+      conn_free (conns[i]);
+    }
+    g_free (conns);
+    g_assert_cmpuint (refused, >=, LIMIT);
+    g_assert_cmpint (metric (s, "crunchd_rejections_total{reason=\"decoder_full\",status=\"503\"}"),
+                     ==, refused);
+  }
+  {
+    /* bodies whose clients left while they waited cost no decoding: two keep the decoder
+     * threads busy (on this 2-core machine; more cores decode up to two of the others too), six
+     * wait behind them and their clients close */
+    const gchar *left =
+        "crunchd_http_requests_total{route=\"/fn/\",method=\"POST\",status=\"499\"}";
+    gint64 left_before = MAX (metric (s, left), 0);
+    guint64 ticks = server_cpu_ticks (s);
+    Conn **live = send_on_many (s, 2, request);
+    Conn **gone = send_on_many (s, COSTLY - 2, request);
+    gdouble cpu;
+    g_usleep (one * G_USEC_PER_SEC / 4);
+    for (guint i = 0; i < COSTLY - 2; i++)
+      conn_free (gone[i]);
+    g_free (gone);
+    for (guint i = 0; i < 2; i++) {
+      g_autoptr (Response) b = conn_read_response (live[i], 4 * TIMEOUT_S);
+      g_assert_nonnull (b);
+      g_assert_cmpuint (b->status, ==, 400);
+      conn_free (live[i]);
+    }
+    g_free (live);
+    g_assert_cmpfloat (test_wait_metric (s, "crunchd_connections_suspended", 0), ==, 0);
+    cpu = (server_cpu_ticks (s) - ticks) / (gdouble)sysconf (_SC_CLK_TCK);
+    g_test_message ("%.2f s of CPU for 2 bodies and %d abandoned ones (one body: %.2f s)", cpu,
+                    COSTLY - 2, one_cpu);
+    /* not decoded: no 400, the access log's 499 (client closed request) */
+    g_assert_cmpint (metric (s, left) - left_before, >=, COSTLY - 4);
+  }
+  {
+    /* SIGTERM: the bodies being decoded are answered, the rest get 503 without being decoded */
+    Conn **conns = send_on_many (s, COSTLY, request);
+    guint unavailable = 0;
+    gdouble answered;
+    g_usleep (one * G_USEC_PER_SEC / 4);
+    t0 = g_get_monotonic_time ();
+    test_server_signal (s, SIGTERM);
+    for (guint i = 0; i < COSTLY; i++) {
+      g_autoptr (Response) b = conn_read_response (conns[i], 4 * TIMEOUT_S);
+      g_assert_nonnull (b);
+      g_assert_true (b->status == 400 || b->status == 503);
+      unavailable += b->status == 503;
+      conn_free (conns[i]);
+    }
+    g_free (conns);
+    answered = (g_get_monotonic_time () - t0) / 1e6;
+    g_test_message ("after SIGTERM: %u of %d got 503, all answered in %.3f s", unavailable, COSTLY,
+                    answered);
+    g_assert_cmpuint (unavailable, >=, COSTLY - 4);
+    /* only those being decoded were finished (all eight were answered in 5.5 s here) */
+    g_assert_cmpfloat (answered, <, 8 * one);
+    g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
+  }
+}
+
 /* RFC 9112 6.1, 6.3: framing a proxy could read differently is refused and the connection
  * closed, so the bytes after the header never become a second request (request smuggling). */
 static void
@@ -1423,6 +1600,7 @@ main (int argc, char **argv)
   g_test_add_func ("/hostile/deep-json", test_deep_json);
   g_test_add_func ("/hostile/lax-json", test_lax_json);
   g_test_add_func ("/hostile/large-bodies", test_large_bodies);
+  g_test_add_func ("/hostile/decoder-queue", test_decoder_queue);
   g_test_add_func ("/hostile/ambiguous-framing", test_ambiguous_framing);
   g_test_add_func ("/hostile/trickle-flood", test_trickle_flood);
   g_test_add_func ("/hostile/silent-flood", test_silent_flood);

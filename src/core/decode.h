@@ -22,6 +22,8 @@ struct CrunchDecode {
   /* out: the canonical arguments (owned), with `fn` set; or NULL and `error` (a 400's reason) */
   GVariant *args;
   GError *error;
+  /* on a decoder thread, before decoding: FALSE skips it (`args` and `error` stay NULL) */
+  gboolean (*wanted) (CrunchDecode *decode, gpointer data);
   /* called once, last, on a decoder thread */
   void (*done) (CrunchDecode *decode, gpointer data);
   gpointer data;
@@ -31,7 +33,8 @@ struct CrunchDecode {
 CrunchDecoder *crunch_decoder_new (guint threads, gint nice);
 /* [executor] nice on reload: the decoders keep the workers' niceness. */
 void crunch_decoder_set_nice (CrunchDecoder *self, gint nice);
-/* Any thread: decode->done will be called from a decoder thread. */
+/* Any thread: decode->done will be called from a decoder thread. Shorter bodies go first: a
+ * small one never waits for a queue of large ones, only for those already being decoded. */
 void crunch_decoder_submit (CrunchDecoder *self, CrunchDecode *decode);
 /* Decodes everything queued first (every `done` is called), then stops the threads. */
 void crunch_decoder_free (CrunchDecoder *self);

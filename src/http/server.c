@@ -34,6 +34,7 @@
 #include <arpa/inet.h>
 #include <gio/gio.h>
 #include <microhttpd.h>
+#include <poll.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -56,6 +57,8 @@
 #define MAX_AUTO_POLL_THREADS 4
 /* Decoder threads for large request bodies (decode.c): one per core, up to this many. */
 #define MAX_DECODER_THREADS 4
+/* Requests that may wait for the decoder at once: an eighth of max_connections, up to this. */
+#define MAX_DECODE_WAITING 64
 
 /* Longest Request-Timeout / client key header value we look at. */
 #define MAX_HEADER_VALUE 128
@@ -96,6 +99,8 @@ struct CrunchServer {
   Listener public_listener, ops_listener;
   gint64 max_body_size; /* atomic */
   gint in_flight;       /* compute requests past their checks and not yet completed */
+  gint decoding;        /* requests handed to the decoder and not back yet, atomic */
+  guint decode_limit;   /* how many of them may wait at once; more get 503 */
   gint resuming;        /* threads inside resume() */
   guint64 served;       /* requests answered (any status), atomic; for STATUS= */
   gint draining;
@@ -109,6 +114,7 @@ typedef struct {
   struct MHD_Connection *connection;
   CrunchConn *conn; /* the connection guard's record of it */
   gint64 t_start;
+  gint64 t_complete; /* its body ended: a compute deadline counts from here */
   gchar *method, *path;
   const gchar *protocol;
   gchar request_id[CRUNCH_REQUEST_ID_MAX + 1];
@@ -455,7 +461,7 @@ request_deadline (CrunchRequest *req, const CrunchFunction *fn, gint64 *deadline
     timeout_us = MIN (timeout_us, asked_us);
   }
   req->timeout_us = MAX (timeout_us, 1);
-  *deadline = g_get_monotonic_time () + req->timeout_us;
+  *deadline = req->t_complete + req->timeout_us; /* a wait for the decoder counts */
   return TRUE;
 }
 
@@ -541,11 +547,28 @@ parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
 static enum MHD_Result start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args);
 static CrunchLater *request_defer (gpointer data);
 
+/* Decoder thread: not worth decoding once the server drains or the client has closed its side
+ * (as the hang-up watcher sees it); route_decoded() answers 503, or nobody. */
+static gboolean
+decode_wanted (CrunchDecode *decode, gpointer data)
+{
+  CrunchRequest *req = data;
+  struct pollfd pfd = {.fd = connection_fd (req->connection), .events = POLLRDHUP};
+
+  if (g_atomic_int_get (&req->server->draining))
+    return FALSE;
+  return pfd.fd < 0 || poll (&pfd, 1, 0) <= 0 ||
+         (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0;
+}
+
 /* Decoder thread: the last touch of the request. */
 static void
 on_decoded (CrunchDecode *decode, gpointer data)
 {
-  resume (data);
+  CrunchRequest *req = data;
+
+  g_atomic_int_add (&req->server->decoding, -1);
+  resume (req);
 }
 
 /* A POST body too long to decode on the polling thread (decode.h). */
@@ -562,7 +585,15 @@ wants_decoder (CrunchRequest *req)
 static enum MHD_Result
 decode_later (CrunchRequest *req, const gchar *arg, const CrunchFunction *fn)
 {
+  CrunchServer *server = req->server;
+
+  if (g_atomic_int_add (&server->decoding, 1) >= (gint)server->decode_limit) {
+    g_atomic_int_add (&server->decoding, -1);
+    crunch_metrics_rejection (CRUNCH_REJECT_DECODER_FULL);
+    return respond_unavailable (req, "too many large request bodies waiting to be decoded", FALSE);
+  }
   if (!request_enter_flight (req)) {
+    g_atomic_int_add (&server->decoding, -1);
     crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
     return respond_unavailable (req, "server is shutting down", TRUE);
   }
@@ -571,12 +602,13 @@ decode_later (CrunchRequest *req, const gchar *arg, const CrunchFunction *fn)
   req->decode = (CrunchDecode){.body = (const gchar *)req->body->data,
                                .len = req->body->len,
                                .fn = fn,
+                               .wanted = decode_wanted,
                                .done = on_decoded,
                                .data = req};
   MHD_suspend_connection (req->connection);
   set_suspended (req, TRUE);
   crunch_conns_request_parked (req->conn, TRUE);
-  crunch_decoder_submit (req->server->decoder, &req->decode);
+  crunch_decoder_submit (server->decoder, &req->decode);
   return MHD_YES;
 }
 
@@ -694,6 +726,12 @@ start_compute (CrunchRequest *req, const CrunchFunction *fn, GVariant *args)
 
   if (!request_deadline (req, fn, &deadline, &why) || !request_priority (req, &priority, &why))
     return respond_error (req, MHD_HTTP_BAD_REQUEST, why);
+  if (deadline <= g_get_monotonic_time ()) { /* spent waiting for the decoder */
+    g_autofree gchar *message =
+        g_strdup_printf ("%s: deadline of %.3g s exceeded before the call could start", fn->name,
+                         req->timeout_us / 1e6);
+    return respond_error (req, MHD_HTTP_GATEWAY_TIMEOUT, message);
+  }
   /* Before admission: counted after it, a request admitted just as the drain found nothing in
    * flight could be suspended still when MHD_stop_daemon() ran (an abort, or no answer). */
   if (!request_enter_flight (req)) {
@@ -917,6 +955,12 @@ route_decoded (CrunchRequest *req)
   req->body_state = BODY_DECODED;
   set_suspended (req, FALSE);
   crunch_conns_request_parked (req->conn, FALSE);
+  if (req->decode.args == NULL && req->decode.error == NULL) { /* skipped by decode_wanted() */
+    if (!g_atomic_int_get (&req->server->draining))
+      return MHD_NO; /* the client has gone: nobody to answer */
+    crunch_metrics_rejection (CRUNCH_REJECT_DRAINING);
+    return respond_unavailable (req, "server is shutting down", TRUE);
+  }
   return route_lane (req, req->route, req->arg);
 }
 
@@ -1118,6 +1162,7 @@ on_request (void *cls, struct MHD_Connection *connection, const char *url, const
   }
   if (!req->complete) {
     req->complete = TRUE;
+    req->t_complete = g_get_monotonic_time ();
     crunch_conns_request_complete (req->conn);
   }
   if (req->status != 0)
@@ -1285,6 +1330,7 @@ crunch_server_new (CrunchScheduler *scheduler, CrunchCalls *calls, const CrunchC
                            ? config->poll_threads
                            : CLAMP (g_get_num_processors (), 1, MAX_AUTO_POLL_THREADS);
   self->max_connections = config->max_connections;
+  self->decode_limit = CLAMP (config->max_connections / 8, 1, MAX_DECODE_WAITING);
   self->max_connections_per_ip = config->max_connections_per_ip;
   self->connection_timeout = config->connection_timeout;
   self->listen = g_strdupv (config->listen);

@@ -81,10 +81,10 @@ static const struct {
   const gchar *reason;
   guint status;
 } rejections[CRUNCH_REJECT_COUNT] = {
-    {"queue_full", 503},     {"draining", 503},   {"client_limit", 429},
-    {"body_too_large", 413}, {"store_full", 503}, {"store_client_share", 429},
-    {"store_error", 503},    {"streams", 503},    {"streams_client", 429},
-    {"deadline", 503},
+    {"queue_full", 503},     {"draining", 503},     {"client_limit", 429},
+    {"body_too_large", 413}, {"store_full", 503},   {"store_client_share", 429},
+    {"store_error", 503},    {"streams", 503},      {"streams_client", 429},
+    {"deadline", 503},       {"decoder_full", 503},
 };
 
 void

@@ -36,6 +36,7 @@ typedef enum {
   CRUNCH_REJECT_STREAMS,            /* 503: an event stream past [jobs] max_streams */
   CRUNCH_REJECT_STREAMS_CLIENT,     /* 429: past [jobs] max_streams_per_client */
   CRUNCH_REJECT_DEADLINE,           /* 503: predicted queue wait + run time past its deadline */
+  CRUNCH_REJECT_DECODER_FULL,       /* 503: too many large bodies waiting for the decoder */
   CRUNCH_REJECT_COUNT
 } CrunchRejection;
 
