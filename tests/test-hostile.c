@@ -1285,6 +1285,44 @@ send_on_many (TestServer *s, guint n, const gchar *request)
   return conns;
 }
 
+/* One response on each of `n` connections (each must come): statuses[i] = its status. Frees the
+ * connections and the array. */
+static void
+read_each (Conn **conns, guint n, guint *statuses)
+{
+  for (guint i = 0; i < n; i++) {
+    g_autoptr (Response) r = conn_read_response (conns[i], 4 * TIMEOUT_S);
+    g_assert_nonnull (r);
+    statuses[i] = r->status;
+    conn_free (conns[i]);
+  }
+  g_free (conns);
+}
+
+static guint
+count_status (const guint *statuses, guint n, guint status)
+{
+  guint count = 0;
+
+  for (guint i = 0; i < n; i++)
+    count += statuses[i] == status;
+  return count;
+}
+
+/* `n` copies of `costly` on connections of their own (*ahead), and a quarter of a decode later,
+ * while they wait or are being decoded, `request` on another: its response. */
+static Response *
+behind_costly (TestServer *s, guint n, const gchar *costly, gdouble one, const gchar *request,
+               Conn ***ahead)
+{
+  g_autoptr (Conn) c = conn_open_from (s, NULL);
+
+  *ahead = send_on_many (s, n, costly);
+  g_usleep (one * G_USEC_PER_SEC / 4);
+  conn_send_str (c, request);
+  return conn_read_response (c, TIMEOUT_S);
+}
+
 /* The decoder's queue (review of the decoder): shorter bodies go first, at most max_connections
  * / 8 bodies wait (503 beyond), a body whose client has gone is not decoded, and at SIGTERM what
  * still waits gets 503 at once instead of being decoded first. */
@@ -1300,7 +1338,7 @@ test_decoder_queue (void)
   g_autofree gchar *request = raw_post ("/fn/fib", costly);
   g_autofree gchar *small_body = g_strdup_printf ("{\"n\": 20%*s}", 2000, "");
   g_autofree gchar *small = raw_post ("/fn/fib", small_body);
-  guint refused = 0, before_small = 0;
+  guint before_small = 0, statuses[3 * LIMIT];
   gint64 t0;
   gdouble one, one_cpu;
 
@@ -1319,12 +1357,8 @@ test_decoder_queue (void)
   }
   {
     /* a small body sent after six costly ones overtakes those still waiting */
-    Conn **conns = send_on_many (s, AHEAD, request);
-    g_autoptr (Conn) c = conn_open_from (s, NULL);
-    g_autoptr (Response) r = NULL;
-    g_usleep (one * G_USEC_PER_SEC / 4);
-    conn_send_str (c, small);
-    r = conn_read_response (c, TIMEOUT_S);
+    Conn **conns = NULL;
+    g_autoptr (Response) r = behind_costly (s, AHEAD, request, one, small, &conns);
     g_assert_nonnull (r);
     g_assert_cmpuint (r->status, ==, 200);
     g_assert_cmpstr (r->body, ==, "6765");
@@ -1332,53 +1366,31 @@ test_decoder_queue (void)
       struct pollfd pfd = {.fd = conns[i]->fd, .events = POLLIN};
       before_small += poll (&pfd, 1, 0) > 0;
     }
-    for (guint i = 0; i < AHEAD; i++) {
-      g_autoptr (Response) b = conn_read_response (conns[i], 4 * TIMEOUT_S);
-      g_assert_nonnull (b);
-      g_assert_cmpuint (b->status, ==, 400);
-      conn_free (conns[i]);
-    }
-    g_free (conns);
+    read_each (conns, AHEAD, statuses);
+    g_assert_cmpuint (count_status (statuses, AHEAD, 400), ==, AHEAD);
     g_test_message ("one decode %.3f s; costly bodies answered before the small one: %u of %d", one,
                     before_small, AHEAD);
     g_assert_cmpuint (before_small, <=, 4); /* those already being decoded (at most 4 threads) */
   }
   {
     /* the deadline counts from the end of the request: a wait for the decoder is part of it */
-    Conn **conns = send_on_many (s, 4, request);
     g_autofree gchar *hurried =
         g_strdup_printf ("POST /fn/fib HTTP/1.1\r\nHost: x\r\nRequest-Timeout: "
                          "0.05\r\nContent-Length: %zu\r\n\r\n%s",
                          strlen (small_body), small_body);
-    g_autoptr (Conn) c = conn_open_from (s, NULL);
-    g_autoptr (Response) r = NULL;
-    g_usleep (one * G_USEC_PER_SEC / 4);
-    conn_send_str (c, hurried);
-    r = conn_read_response (c, TIMEOUT_S);
+    Conn **conns = NULL;
+    g_autoptr (Response) r = behind_costly (s, 4, request, one, hurried, &conns);
     g_assert_nonnull (r);
     g_assert_cmpuint (r->status, ==, 504);
     g_assert_cmpstr (r->body, ==, "fib: deadline of 0.05 s exceeded before the call could start\n");
-    for (guint i = 0; i < 4; i++) {
-      g_autoptr (Response) b = conn_read_response (conns[i], 4 * TIMEOUT_S);
-      g_assert_nonnull (b);
-      conn_free (conns[i]);
-    }
-    g_free (conns);
+    read_each (conns, 4, statuses);
   }
   {
     /* three times the limit at once: the ones past it get 503 at once */
-    Conn **conns = send_on_many (s, 3 * LIMIT, request);
-    for (guint i = 0; i < 3 * LIMIT; i++) {
-      g_autoptr (Response) b = conn_read_response (conns[i], 4 * TIMEOUT_S);
-      g_assert_nonnull (b);
-      g_assert_true (b->status == 400 || b->status == 503);
-      if (b->status == 503) {
-        g_assert_cmpstr (b->body, ==, "too many large request bodies waiting to be decoded\n");
-        refused++;
-      }
-      conn_free (conns[i]);
-    }
-    g_free (conns);
+    guint refused;
+    read_each (send_on_many (s, 3 * LIMIT, request), 3 * LIMIT, statuses);
+    refused = count_status (statuses, 3 * LIMIT, 503);
+    g_assert_cmpuint (refused + count_status (statuses, 3 * LIMIT, 400), ==, 3 * LIMIT);
     g_assert_cmpuint (refused, >=, LIMIT);
     g_assert_cmpint (metric (s, "crunchd_rejections_total{reason=\"decoder_full\",status=\"503\"}"),
                      ==, refused);
@@ -1398,13 +1410,8 @@ test_decoder_queue (void)
     for (guint i = 0; i < COSTLY - 2; i++)
       conn_free (gone[i]);
     g_free (gone);
-    for (guint i = 0; i < 2; i++) {
-      g_autoptr (Response) b = conn_read_response (live[i], 4 * TIMEOUT_S);
-      g_assert_nonnull (b);
-      g_assert_cmpuint (b->status, ==, 400);
-      conn_free (live[i]);
-    }
-    g_free (live);
+    read_each (live, 2, statuses);
+    g_assert_cmpuint (count_status (statuses, 2, 400), ==, 2);
     g_assert_cmpfloat (test_wait_metric (s, "crunchd_connections_suspended", 0), ==, 0);
     cpu = (server_cpu_ticks (s) - ticks) / (gdouble)sysconf (_SC_CLK_TCK);
     g_test_message ("%.2f s of CPU for 2 bodies and %d abandoned ones (one body: %.2f s)", cpu,
@@ -1415,19 +1422,14 @@ test_decoder_queue (void)
   {
     /* SIGTERM: the bodies being decoded are answered, the rest get 503 without being decoded */
     Conn **conns = send_on_many (s, COSTLY, request);
-    guint unavailable = 0;
+    guint unavailable;
     gdouble answered;
     g_usleep (one * G_USEC_PER_SEC / 4);
     t0 = g_get_monotonic_time ();
     test_server_signal (s, SIGTERM);
-    for (guint i = 0; i < COSTLY; i++) {
-      g_autoptr (Response) b = conn_read_response (conns[i], 4 * TIMEOUT_S);
-      g_assert_nonnull (b);
-      g_assert_true (b->status == 400 || b->status == 503);
-      unavailable += b->status == 503;
-      conn_free (conns[i]);
-    }
-    g_free (conns);
+    read_each (conns, COSTLY, statuses);
+    unavailable = count_status (statuses, COSTLY, 503);
+    g_assert_cmpuint (unavailable + count_status (statuses, COSTLY, 400), ==, COSTLY);
     answered = (g_get_monotonic_time () - t0) / 1e6;
     g_test_message ("after SIGTERM: %u of %d got 503, all answered in %.3f s", unavailable, COSTLY,
                     answered);
