@@ -1211,7 +1211,8 @@ test_large_bodies (void)
       g_assert_nonnull (f);
       g_assert_cmpuint (f->status, ==, 200);
       worst = MAX (worst, (g_get_monotonic_time () - t) / 1e6);
-      answered++;
+      if (++answered == 5) /* 50 ms in: its body is with the decoder */
+        g_assert_cmpint (metric (s, "crunchd_bodies_decoding"), ==, 1);
     }
     r = conn_read_response (big, TIMEOUT_S);
     total = (g_get_monotonic_time () - t0) / 1e6;
@@ -1394,6 +1395,7 @@ test_decoder_queue (void)
     g_assert_cmpuint (refused, >=, LIMIT);
     g_assert_cmpint (metric (s, "crunchd_rejections_total{reason=\"decoder_full\",status=\"503\"}"),
                      ==, refused);
+    g_assert_cmpint (metric (s, "crunchd_bodies_decoding"), ==, 0);
   }
   {
     /* bodies whose clients left while they waited cost no decoding: two keep the decoder

@@ -1310,6 +1310,7 @@ crunch_server_fill_gauges (CrunchGauges *g, gpointer data)
     g->connections_made_room += conns.made_room;
   }
   g->streams_open = crunch_streams_open ();
+  g->bodies_decoding = (guint)MAX (g_atomic_int_get (&self->decoding), 0);
   g->draining = g_atomic_int_get (&self->draining);
 }
 

@@ -674,6 +674,8 @@ render_gauges (GString *out)
          "HTTP connections parked while their job is queued or running.",
          crunch_metrics_suspended ());
   gauge (out, "crunchd_streams_open", "Event streams open (GET /jobs/ID/events).", g.streams_open);
+  gauge (out, "crunchd_bodies_decoding",
+         "Large request bodies waiting for a decoder thread or being decoded.", g.bodies_decoding);
   gauge (out, "crunchd_draining", "1 while the server is shutting down.", g.draining ? 1 : 0);
   header (out, "crunchd_connections_closed_total", "counter",
           "Connections crunchd closed before they completed a request: past [server] "

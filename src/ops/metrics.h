@@ -51,6 +51,7 @@ typedef struct {
   guint64 connections_timed_out; /* closed: no complete request within request_timeout */
   guint64 connections_made_room; /* closed: waiting, the oldest, when the table was nearly full */
   guint streams_open;            /* event streams (GET /jobs/ID/events) */
+  guint bodies_decoding;         /* large request bodies waiting for the decoder or in it */
   gboolean draining;
 } CrunchGauges;
 
