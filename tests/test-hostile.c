@@ -1234,10 +1234,9 @@ test_large_bodies (void)
     g_autoptr (TestReply) r = test_http_body ("POST", fn, json, body);
     g_autoptr (TestReply) j = test_http_body ("POST", jobs, json, job);
     g_autoptr (TestReply) bad = test_http_body ("POST", jobs, json, job_bad);
-    g_autofree gchar *stream_url = g_strdup (fn);
     const gchar *stream_headers[] = {"Content-Type: application/json", "Accept: text/event-stream",
                                      NULL};
-    g_autoptr (TestReply) st = test_http_body ("POST", stream_url, stream_headers, body);
+    g_autoptr (TestReply) st = test_http_body ("POST", fn, stream_headers, body);
     g_assert_cmpint (r->status, ==, 200);
     g_assert_cmpstr (r->body, ==, "6765");
     g_assert_cmpint (j->status, ==, 202);
@@ -1257,7 +1256,8 @@ test_large_bodies (void)
     test_server_signal (s, SIGTERM);
     r = conn_read_response (big, TIMEOUT_S);
     g_assert_nonnull (r);
-    g_assert_cmpuint (r->status, ==, 400);
+    /* 503 only on a machine so busy that its body had not even arrived by then */
+    g_assert_true (r->status == 400 || r->status == 503);
   }
   g_assert_cmpint (test_server_stop (g_steal_pointer (&s)), ==, 0);
 }
