@@ -1,9 +1,10 @@
 /* args.h - declared arguments: text (query string) and JSON values -> the canonical tuple.
  *
- * Every check a function's declaration asks for happens here, on the HTTP thread, before a job
- * exists: type, bounds, unknown, missing and repeated arguments. Errors are
- * CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT (-> 400) and name the function, the argument and the
- * rule, e.g. "primes: argument 'n' must be an integer from 2 to 100000000, got 'x'". */
+ * Every check a function's declaration asks for happens here, before a job exists (on the HTTP
+ * thread; a body over 1 KiB on a decoder thread, decode.h): type, bounds, unknown, missing and
+ * repeated arguments. Errors are CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT (-> 400) and name the
+ * function, the argument and the rule, e.g. "primes: argument 'n' must be an integer from 2 to
+ * 100000000, got 'x'". */
 #pragma once
 
 #include <json-glib/json-glib.h>

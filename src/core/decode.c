@@ -25,6 +25,17 @@ struct CrunchDecoder {
   gint nice; /* atomic */
 };
 
+void
+crunch_decode_run (CrunchDecode *d)
+{
+  if (d->fn != NULL)
+    d->args = crunch_args_from_body (d->fn, d->body, d->len, &d->error);
+  else
+    d->args = crunch_args_from_job_body (d->body, d->len, &d->fn, &d->error);
+  if (d->args != NULL)
+    g_variant_ref_sink (d->args);
+}
+
 static void
 decode (gpointer data, gpointer user_data)
 {
@@ -33,14 +44,8 @@ decode (gpointer data, gpointer user_data)
 
   /* as a worker thread is: the policy stays SCHED_OTHER */
   crunch_worker_thread_prepare (g_atomic_int_get (&self->nice), CRUNCH_WORKER_POLICY_OTHER);
-  if (d->wanted == NULL || d->wanted (d, d->data)) {
-    if (d->fn != NULL)
-      d->args = crunch_args_from_body (d->fn, d->body, d->len, &d->error);
-    else
-      d->args = crunch_args_from_job_body (d->body, d->len, &d->fn, &d->error);
-    if (d->args != NULL)
-      g_variant_ref_sink (d->args);
-  }
+  if (d->wanted == NULL || d->wanted (d, d->data))
+    crunch_decode_run (d);
   d->done (d, d->data);
 }
 

@@ -1,5 +1,5 @@
-/* decode.h - request bodies too large to decode on a polling thread, decoded on a pool of their
- * own (the compute lane's shape: suspend, pool, resume). */
+/* decode.h - request bodies -> a function and its arguments: on the polling thread when short,
+ * on a pool of their own when long (the compute lane's shape: suspend, pool, resume). */
 #pragma once
 
 #include <glib.h>
@@ -29,6 +29,9 @@ struct CrunchDecode {
   gpointer data;
 };
 
+/* Decodes on the calling thread (a body short enough for a polling thread); `wanted` and
+ * `done` are not used. */
+void crunch_decode_run (CrunchDecode *decode);
 /* `threads` decoder threads at niceness `nice`. */
 CrunchDecoder *crunch_decoder_new (guint threads, gint nice);
 /* [executor] nice on reload: the decoders keep the workers' niceness. */

@@ -40,7 +40,6 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "args.h"
 #include "decode.h"
 #include "executor.h"
 #include "json.h"
@@ -869,22 +868,11 @@ jobs_submit_call (CrunchJobs *self, const CrunchRequestInfo *info, const CrunchF
 static CrunchReply
 crunch_jobs_submit (CrunchJobs *self, const CrunchRequestInfo *info)
 {
-  g_autoptr (GError) error = NULL;
-  g_autoptr (GVariant) args = NULL;
-  const CrunchFunction *fn = NULL;
+  const CrunchDecode *body = info->decoded;
 
-  if (info->decoded != NULL) { /* by the server's decoder (decode.c) */
-    if (info->decoded->args == NULL)
-      return crunch_reply_text (400, "POST /jobs: %s", info->decoded->error->message);
-    fn = info->decoded->fn;
-    args = g_variant_ref (info->decoded->args);
-  } else {
-    args = crunch_args_from_job_body (info->body, info->body_len, &fn, &error);
-    if (args == NULL)
-      return crunch_reply_text (400, "POST /jobs: %s", error->message);
-    g_variant_ref_sink (args);
-  }
-  return jobs_submit_call (self, info, fn, args, NULL);
+  if (body->args == NULL)
+    return crunch_reply_text (400, "POST /jobs: %s", body->error->message);
+  return jobs_submit_call (self, info, body->fn, body->args, NULL);
 }
 
 /* ---- recovery ---- */

@@ -29,11 +29,9 @@ struct CrunchLater {
 /* What a handler may read of its request. */
 typedef struct {
   const gchar *method;
-  const gchar *arg; /* the path's variable part: after a prefix pattern, or the '*' segment */
-  const gchar *body;
-  gsize body_len;
-  const gchar *client;          /* the fairness key (jobs lane) */
-  guint priority;               /* POST /jobs: the class of the job (Crunch-Priority) */
+  const gchar *arg;    /* the path's variable part: after a prefix pattern, or the '*' segment */
+  const gchar *client; /* the fairness key (jobs lane) */
+  guint priority;      /* POST /jobs: the class of the job (Crunch-Priority) */
   const gchar *idempotency_key; /* the Idempotency-Key header (jobs lane), or NULL */
   const gchar *last_event_id;   /* the Last-Event-ID header (jobs lane), or NULL */
   /* Jobs lane: parks the connection (before the work is handed over) and returns the handle
@@ -47,8 +45,7 @@ typedef struct {
   /* Jobs lane: whether the caller may call `function`; FALSE gives the refusal (403) to send.
    * NULL: anyone may. */
   gboolean (*may_call) (gpointer request, const gchar *function, CrunchReply *refusal);
-  /* POST /jobs: a large body already decoded off the polling thread (decode.h), or NULL: the
-   * handler decodes `body` itself */
+  /* POST /jobs: its body, decoded by the server (decode.h: on a decoder thread when large) */
   const struct CrunchDecode *decoded;
 } CrunchRequestInfo;
 

@@ -512,6 +512,25 @@ collect_query_arg (void *cls, enum MHD_ValueKind kind, const char *key, const ch
   return MHD_YES;
 }
 
+/* The request's body, to be decoded for `fn`, the function whose arguments it holds, or NULL: a
+ * POST /jobs body names its own. */
+static void
+body_decode (CrunchRequest *req, const CrunchFunction *fn)
+{
+  req->decode = (CrunchDecode){.body = req->body ? (const gchar *)req->body->data : "",
+                               .len = req->body ? req->body->len : 0,
+                               .fn = fn};
+}
+
+/* A body short enough to decode on the polling thread (decode.h), decoded. */
+static void
+decode_here (CrunchRequest *req, const CrunchFunction *fn)
+{
+  body_decode (req, fn);
+  crunch_decode_run (&req->decode);
+  req->body_state = BODY_DECODED;
+}
+
 /* /fn/<name>: arguments from the query string (GET, HEAD) or a JSON object body (POST). */
 static GVariant *
 parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
@@ -525,14 +544,13 @@ parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
                  fn->name);
     return NULL;
   }
-  if (g_str_equal (req->method, "POST") && req->body_state == BODY_DECODED) {
+  if (g_str_equal (req->method, "POST")) {
+    if (req->body_state == BODY_INLINE)
+      decode_here (req, fn);
     if (req->decode.args == NULL)
       g_propagate_error (error, g_steal_pointer (&req->decode.error));
     return g_steal_pointer (&req->decode.args); /* not floating */
   }
-  if (g_str_equal (req->method, "POST"))
-    return crunch_args_from_body (fn, req->body ? (const gchar *)req->body->data : "",
-                                  req->body ? req->body->len : 0, error);
   values = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
   MHD_get_connection_values (req->connection, MHD_GET_ARGUMENT_KIND, collect_query_arg, values);
   if (g_hash_table_contains (values, REPEATED)) {
@@ -599,12 +617,10 @@ decode_later (CrunchRequest *req, const gchar *arg, const CrunchFunction *fn)
   }
   req->body_state = BODY_DECODING;
   req->arg = g_strdup (arg);
-  req->decode = (CrunchDecode){.body = (const gchar *)req->body->data,
-                               .len = req->body->len,
-                               .fn = fn,
-                               .wanted = decode_wanted,
-                               .done = on_decoded,
-                               .data = req};
+  body_decode (req, fn);
+  req->decode.wanted = decode_wanted;
+  req->decode.done = on_decoded;
+  req->decode.data = req;
   MHD_suspend_connection (req->connection);
   set_suspended (req, TRUE);
   crunch_conns_request_parked (req->conn, TRUE);
@@ -700,7 +716,7 @@ route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   args = route->name != NULL ? fn->parse (fn, arg, &error) : parse_fn_call (req, fn, &error);
   if (args == NULL)
     return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message);
-  g_variant_take_ref (args); /* floating, or the decoder's */
+  g_variant_take_ref (args); /* floating (query string), or the body's, owned */
   if (wants_event_stream (req->connection))
     return stream_compute (req, fn, args);
   return start_compute (req, fn, args); /* (borrowed: the call takes its own reference) */
@@ -884,10 +900,7 @@ static enum MHD_Result
 respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
 {
   g_autofree gchar *client = NULL, *why = NULL;
-  CrunchRequestInfo info = {.method = req->method,
-                            .arg = arg,
-                            .body = req->body ? (const gchar *)req->body->data : "",
-                            .body_len = req->body ? req->body->len : 0};
+  CrunchRequestInfo info = {.method = req->method, .arg = arg};
   CrunchHandler handler = route->handler;
   gpointer context = NULL;
   CrunchReply reply;
@@ -912,8 +925,9 @@ respond_handler (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
                               "POST /jobs: Idempotency-Key: given more than once");
       if (wants_decoder (req))
         return decode_later (req, arg, NULL);
-      if (req->body_state == BODY_DECODED)
-        info.decoded = &req->decode;
+      if (req->body_state == BODY_INLINE)
+        decode_here (req, NULL);
+      info.decoded = &req->decode;
     }
   }
   reply = handler (&info, context);
