@@ -456,8 +456,8 @@ test_idempotency (Fixture *f, gconstpointer data)
   static const gchar *const key_a[] = {"Idempotency-Key: order-17", NULL};
   static const gchar *const bad_key[] = {"Idempotency-Key: \x01", NULL};
   /* a proxy in front might take the other one (an attack review) */
-  static const gchar *const two_keys[] = {"Idempotency-Key: order-17",
-                                          "Idempotency-Key: order-18", NULL};
+  static const gchar *const two_keys[] = {"Idempotency-Key: order-17", "Idempotency-Key: order-18",
+                                          NULL};
   TestServer *s = start (f, "");
   g_autofree gchar *first = submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01}}", key_a);
   /* the same call, written differently: the same job */
@@ -590,33 +590,43 @@ test_foreign (Fixture *f, gconstpointer data)
   }
 }
 
-/* Another program holds the write lock for a moment (an operator's sqlite3 shell, a backup):
- * the job is accepted once the lock is free, and its later writes (running, done) land too. It
- * used to be refused at once (503), and a later write of an accepted job failed and was lost. */
-static void
-test_outside_lock (Fixture *f, gconstpointer data)
+/* Another program (python3's sqlite3) takes the database's write lock and keeps it `seconds`;
+ * returns once it has it. */
+static GSubprocess *
+lock_database (Fixture *f, gdouble seconds)
 {
-  TestServer *s = start (f, "");
+  gchar text[G_ASCII_DTOSTR_BUF_SIZE];
   g_autoptr (GError) error = NULL;
-  g_autoptr (GSubprocess) p = NULL;
   g_autoptr (GDataInputStream) out = NULL;
-  g_autofree gchar *line = NULL, *id = NULL;
-  g_autoptr (GPtrArray) jobs = g_ptr_array_new ();
-  g_autoptr (JsonObject) o = NULL;
-  gint64 t0;
+  g_autofree gchar *line = NULL;
+  GSubprocess *p = g_subprocess_new (G_SUBPROCESS_FLAGS_STDOUT_PIPE, &error, "python3", "-c",
+                                     "import sqlite3, sys, time\n"
+                                     "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                                     "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
+                                     "time.sleep(float(sys.argv[2])); c.execute('COMMIT')",
+                                     f->db, g_ascii_dtostr (text, sizeof text, seconds), NULL);
 
-  p = g_subprocess_new (G_SUBPROCESS_FLAGS_STDOUT_PIPE, &error, "python3", "-c",
-                        "import sqlite3, sys, time\n"
-                        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
-                        "time.sleep(0.5); c.execute('COMMIT')",
-                        f->db, NULL);
   g_assert_no_error (error);
   out = g_data_input_stream_new (g_subprocess_get_stdout_pipe (p));
   line = g_data_input_stream_read_line (out, NULL, NULL, &error);
   g_assert_no_error (error);
   g_assert_cmpstr (line, ==, "locked");
-  t0 = g_get_monotonic_time ();
+  return p;
+}
+
+/* Another program holds the write lock for a moment (an operator's sqlite3 shell, a backup):
+ * the job is accepted once the lock is free, and its later writes (running, done) land too. It
+ * used to be refused at once (503). */
+static void
+test_outside_lock (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "");
+  g_autoptr (GSubprocess) p = lock_database (f, 0.5);
+  g_autofree gchar *id = NULL;
+  g_autoptr (GPtrArray) jobs = g_ptr_array_new ();
+  g_autoptr (JsonObject) o = NULL;
+  gint64 t0 = g_get_monotonic_time ();
+
   id = submit (s, "{\"fn\": \"length\", \"args\": {\"s\": \"abc\"}}", NULL);
   g_test_message ("accepted after %.3f s", (g_get_monotonic_time () - t0) / 1e6);
   g_assert_true (g_subprocess_wait_check (p, NULL, NULL));
@@ -627,6 +637,45 @@ test_outside_lock (Fixture *f, gconstpointer data)
   s = start (f, "");
   o = describe (s, id);
   g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "done");
+  test_server_stop (s);
+}
+
+/* The lock is kept longer than a write waits for it (2 s) while two accepted jobs finish and one
+ * of them is deleted: their writes fail, are held (crunchd_store_held) and tried again every
+ * second until they land, so a kill -9 afterwards finds one job done on disk and the other gone
+ * (the job's removal replaced its held write, never overtook it). Such a write used to be logged
+ * and lost: the restart found the job unfinished and ran it again. */
+static void
+test_outside_lock_held (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "");
+  g_autoptr (GPtrArray) jobs = submit_spins (s, 2, 0.3);
+  g_autoptr (GSubprocess) p = NULL;
+  g_autoptr (JsonObject) o = NULL;
+  g_autoptr (TestReply) del = NULL, gone = NULL;
+  const gchar *kept = jobs->pdata[0], *deleted = jobs->pdata[1];
+
+  wait_running (s, kept);
+  wait_running (s, deleted);
+  p = lock_database (f, 6);                             /* a write waits 2 s: three of them fail */
+  g_hash_table_unref (wait_all_finished (s, jobs, 10)); /* in memory */
+  del = call (s, "DELETE", deleted, NULL, NULL);
+  g_assert_cmpint (del->status, ==, 204);
+  /* their writes waited 2 s for the lock, failed and are held */
+  g_assert_cmpfloat (test_wait_metric (s, "crunchd_store_held", 2), ==, 2);
+  g_assert_cmpfloat (test_server_metric (s, "crunchd_store_errors_total"), >=, 1);
+  g_assert_true (g_subprocess_wait_check (p, NULL, NULL)); /* the lock is free */
+  g_assert_cmpfloat (test_wait_metric (s, "crunchd_store_held", 0), ==, 0);
+  wait_stored (f, kept);
+  test_server_signal (s, SIGKILL);
+  test_server_stop (s);
+  s = start (f, "");
+  o = describe (s, kept);
+  g_assert_cmpstr (json_object_get_string_member (o, "state"), ==, "done");
+  g_assert_cmpint (json_object_get_int_member (o, "attempts"), ==, 1);
+  g_assert_false (json_object_has_member (o, "crashes"));
+  gone = call (s, "GET", deleted, NULL, NULL);
+  g_assert_cmpint (gone->status, ==, 404);
   test_server_stop (s);
 }
 
@@ -682,6 +731,7 @@ main (int argc, char **argv)
   ADD ("/durable/foreign-file", test_foreign);
   ADD ("/durable/in-use", test_in_use);
   ADD ("/durable/outside-lock", test_outside_lock);
+  ADD ("/durable/outside-lock-held", test_outside_lock_held);
   ADD ("/durable/max-result-size", test_max_result_size);
   return g_test_run ();
 }

@@ -6,7 +6,10 @@
  * store thread takes everything queued (up to BATCH_MAX), applies it in one transaction, commits,
  * and only then runs the writes' `done` callbacks, outside every lock: group commit, so a burst of
  * POST /jobs costs one commit, not one each. A batch that fails is retried one write per
- * transaction, so one write that does not fit (SQLITE_FULL) fails alone. free() queues a stop
+ * transaction, so one write that does not fit (SQLITE_FULL) fails alone (unless the file is
+ * locked: then they all would). A failed write without `done` belongs to a job already accepted:
+ * it is held (one per job, the newest state) and tried again every RETRY_US and at stop, and the
+ * job's later writes wait behind it, so the file never goes back in time. free() queues a stop
  * after everything else and joins the thread: every write made before it is applied.
  * Durability: WAL with synchronous = NORMAL by default: a commit is in the WAL file when it
  * returns, so it survives crunchd being killed at any moment; on power loss or a kernel crash the
@@ -25,8 +28,10 @@
 #define BATCH_MAX 512
 #define SCHEMA_VERSION 1
 /* How long a write waits for another program's lock on the file (an operator's sqlite3 shell,
- * a backup) before it fails: a failed write of a job already accepted is not tried again. */
+ * a backup) before it fails. */
 #define BUSY_TIMEOUT_MS 2000
+/* How often held writes (accepted jobs' writes that failed) are tried again. */
+#define RETRY_US (1 * G_USEC_PER_SEC)
 
 typedef enum { OP_PUT, OP_STATE, OP_REMOVE, OP_STOP } OpKind;
 
@@ -46,8 +51,12 @@ typedef struct {
   sqlite3_stmt *put, *state, *remove;
   CrunchStoreQueue queue; /* Op* */
   GThread *thread;
+  /* store thread only: job id -> the held Op (see hold()), and when to try them again */
+  GHashTable *held;
+  gint64 next_retry;
   /* figures, atomic */
   guint64 writes, transactions, errors;
+  gint held_count;     /* g_hash_table_size (held) */
   gint64 last_warning; /* monotonic, store thread only */
 } SqliteStore;
 
@@ -445,24 +454,86 @@ apply (SqliteStore *self, Op *op)
   return rc == SQLITE_DONE;
 }
 
-/* One transaction for `ops`; FALSE (and rolled back) if any of them failed. */
-static gboolean
+/* One transaction for `ops`: SQLITE_OK, or the failing call's code (and rolled back). */
+static gint
 transaction (SqliteStore *self, Op **ops, guint n, GError **error)
 {
   gboolean ok = sqlite3_exec (self->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
+  gint rc = SQLITE_OK;
 
   for (guint i = 0; ok && i < n; i++)
     ok = apply (self, ops[i]);
   if (ok)
     ok = sqlite3_exec (self->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK;
   if (!ok) {
+    rc = sqlite3_errcode (self->db);
     g_set_error (error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "job database %s: %s", self->path,
                  sqlite3_errmsg (self->db));
     if (!sqlite3_get_autocommit (self->db))
       sqlite3_exec (self->db, "ROLLBACK", NULL, NULL, NULL);
   }
   __atomic_add_fetch (&self->transactions, 1, __ATOMIC_RELAXED);
-  return ok;
+  return ok ? SQLITE_OK : (rc != SQLITE_OK ? rc : SQLITE_ERROR);
+}
+
+/* The whole file is unavailable (another program's lock): every write would fail alike. */
+static gboolean
+locked_out (gint rc)
+{
+  return (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED;
+}
+
+/* At most one line a second: a full disk fails every write. */
+static void
+warn (SqliteStore *self, const GError *error)
+{
+  if (g_get_monotonic_time () - self->last_warning >= G_USEC_PER_SEC) {
+    self->last_warning = g_get_monotonic_time ();
+    g_warning ("%s", error->message);
+  }
+}
+
+static void
+op_free (Op *op)
+{
+  crunch_stored_job_free (op->record);
+  g_free (op);
+}
+
+/* Keeps an accepted job's write that failed (taken), merged with what is held for the job
+ * already: the newest write wins, except that a state change updates a held record and is
+ * dropped after a held removal. */
+static void
+hold (SqliteStore *self, Op *op)
+{
+  Op *old = g_hash_table_lookup (self->held, op->record->id);
+
+  if (old != NULL && op->kind == OP_STATE && old->kind != OP_STATE) {
+    if (old->kind == OP_PUT) {
+      old->record->state = op->record->state;
+      old->record->attempts = op->record->attempts;
+      old->record->crashes = op->record->crashes;
+    }
+    op_free (op);
+    return;
+  }
+  if (g_hash_table_size (self->held) == 0)
+    self->next_retry = g_get_monotonic_time () + RETRY_US;
+  g_hash_table_replace (self->held, op->record->id, op); /* frees `old` */
+  g_atomic_int_set (&self->held_count, (gint)g_hash_table_size (self->held));
+}
+
+/* A later write of a job whose earlier one is held goes behind it, never before it. */
+static gboolean
+hold_if_behind (SqliteStore *self, Op *op)
+{
+  if (op->done != NULL || g_hash_table_size (self->held) == 0 ||
+      !g_hash_table_contains (self->held, op->record->id))
+    return FALSE;
+  __atomic_add_fetch (&self->writes, 1, __ATOMIC_RELAXED);
+  crunch_store_queue_done (&self->queue, op->seq);
+  hold (self, op);
+  return TRUE;
 }
 
 static void
@@ -470,40 +541,83 @@ finish_op (SqliteStore *self, Op *op, const GError *error)
 {
   if (error != NULL) {
     __atomic_add_fetch (&self->errors, 1, __ATOMIC_RELAXED);
-    /* at most one line a second: a full disk fails every write */
-    if (g_get_monotonic_time () - self->last_warning >= G_USEC_PER_SEC) {
-      self->last_warning = g_get_monotonic_time ();
-      g_warning ("%s", error->message);
-    }
+    warn (self, error);
   }
   __atomic_add_fetch (&self->writes, 1, __ATOMIC_RELAXED);
   if (op->done != NULL)
     op->done (error, op->data);
   crunch_store_queue_done (&self->queue, op->seq); /* after the callback: see barrier() */
-  crunch_stored_job_free (op->record);
-  g_free (op);
+  if (error != NULL && op->done == NULL)
+    hold (self, op); /* no one to tell: an accepted job's, so it is tried again */
+  else
+    op_free (op);
 }
 
-/* Applies a batch: together, or (if that fails) one by one; then the callbacks. */
+/* Applies a batch: together, or (if that fails, and not on a lock) one by one; then the
+ * callbacks. */
 static void
 write_batch (SqliteStore *self, Op **ops, guint n)
 {
   g_autoptr (GError) error = NULL;
+  gint rc = transaction (self, ops, n, &error);
 
-  if (transaction (self, ops, n, n > 1 ? NULL : &error)) {
+  if (rc == SQLITE_OK || n == 1 || locked_out (rc)) {
     for (guint i = 0; i < n; i++)
-      finish_op (self, ops[i], NULL);
-    return;
-  }
-  if (n == 1) { /* it failed alone: no need to try it again */
-    finish_op (self, ops[0], error);
+      if (!hold_if_behind (self, ops[i])) /* an earlier write of it failed just now */
+        finish_op (self, ops[i], rc == SQLITE_OK ? NULL : error);
     return;
   }
   for (guint i = 0; i < n; i++) {
+    if (hold_if_behind (self, ops[i]))
+      continue;
     g_clear_error (&error);
     transaction (self, &ops[i], 1, &error);
     finish_op (self, ops[i], error);
   }
+}
+
+/* Tries the held writes again: together, or (if that fails, and not on a lock) one by one. */
+static void
+retry_held (SqliteStore *self)
+{
+  g_autoptr (GError) error = NULL;
+  Op *batch[BATCH_MAX];
+  GHashTableIter iter;
+  gpointer value;
+  guint n = 0;
+  gint rc;
+
+  self->next_retry = g_get_monotonic_time () + RETRY_US;
+  g_hash_table_iter_init (&iter, self->held);
+  while (n < BATCH_MAX && g_hash_table_iter_next (&iter, NULL, &value))
+    batch[n++] = value;
+  if (n == 0)
+    return;
+  rc = transaction (self, batch, n, &error);
+  for (guint i = 0; i < n; i++)
+    if (rc == SQLITE_OK ||
+        (n > 1 && !locked_out (rc) && transaction (self, &batch[i], 1, NULL) == SQLITE_OK))
+      g_hash_table_remove (self->held, batch[i]->record->id);
+  g_atomic_int_set (&self->held_count, (gint)g_hash_table_size (self->held));
+  if (g_hash_table_size (self->held) == 0)
+    g_message ("job database %s: writable again; the jobs' held writes are on disk", self->path);
+  else if (rc != SQLITE_OK)
+    warn (self, error);
+  if (g_hash_table_size (self->held) > 0 && n == BATCH_MAX && rc == SQLITE_OK)
+    self->next_retry = 0; /* more than one batch was held: the next one at once */
+}
+
+/* The next write, waiting no longer than the next retry of held writes (NULL: its time). */
+static Op *
+next_op (SqliteStore *self)
+{
+  gint64 wait;
+
+  if (g_hash_table_size (self->held) == 0)
+    return g_async_queue_pop (self->queue.queue);
+  wait = self->next_retry - g_get_monotonic_time ();
+  return wait > 0 ? g_async_queue_timeout_pop (self->queue.queue, (guint64)wait)
+                  : g_async_queue_try_pop (self->queue.queue);
 }
 
 static gpointer
@@ -513,24 +627,35 @@ store_thread (gpointer data)
   Op *batch[BATCH_MAX];
   gboolean stop = FALSE;
 
+  self->held = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, (GDestroyNotify)op_free);
   while (!stop) {
     guint n = 0;
-    Op *op = g_async_queue_pop (self->queue.queue);
-    do {
+    Op *op = next_op (self);
+    while (op != NULL) {
       if (op->kind == OP_STOP) {
         stop = TRUE;
         crunch_store_queue_done (&self->queue, op->seq);
         g_free (op);
         break;
       }
-      batch[n++] = op;
-    } while (n < BATCH_MAX && (op = g_async_queue_try_pop (self->queue.queue)) != NULL);
+      if (!hold_if_behind (self, op))
+        batch[n++] = op;
+      op = n < BATCH_MAX ? g_async_queue_try_pop (self->queue.queue) : NULL;
+    }
     if (n > 0)
       write_batch (self, batch, n);
+    if (g_hash_table_size (self->held) > 0 && g_get_monotonic_time () >= self->next_retry)
+      retry_held (self);
   }
   /* writes the last batch's callbacks made after the stop was queued */
   for (Op *op; (op = g_async_queue_try_pop (self->queue.queue)) != NULL;)
-    write_batch (self, &op, 1);
+    if (!hold_if_behind (self, op))
+      write_batch (self, &op, 1);
+  retry_held (self); /* a last try */
+  if (g_hash_table_size (self->held) > 0)
+    g_warning ("job database %s: the latest state of %u jobs could not be written before the "
+               "stop: they run again after a restart if it showed them unfinished",
+               self->path, g_hash_table_size (self->held));
   return NULL;
 }
 
@@ -599,10 +724,15 @@ sqlite_render_metrics (CrunchStore *store, GString *out)
       "crunchd_store_errors_total %" G_GUINT64_FORMAT "\n"
       "# HELP crunchd_store_pending Job store writes queued and not yet applied.\n"
       "# TYPE crunchd_store_pending gauge\n"
-      "crunchd_store_pending %d\n",
+      "crunchd_store_pending %d\n"
+      "# HELP crunchd_store_held Jobs whose latest write failed and is tried again every "
+      "second.\n"
+      "# TYPE crunchd_store_held gauge\n"
+      "crunchd_store_held %d\n",
       __atomic_load_n (&self->writes, __ATOMIC_RELAXED),
       __atomic_load_n (&self->transactions, __ATOMIC_RELAXED),
-      __atomic_load_n (&self->errors, __ATOMIC_RELAXED), g_atomic_int_get (&self->queue.pending));
+      __atomic_load_n (&self->errors, __ATOMIC_RELAXED), g_atomic_int_get (&self->queue.pending),
+      g_atomic_int_get (&self->held_count));
 }
 
 static void
@@ -618,6 +748,7 @@ sqlite_free (CrunchStore *store)
       g_warning ("%s", error->message);
   }
   crunch_store_queue_clear (&self->queue);
+  g_clear_pointer (&self->held, g_hash_table_unref);
   close_db (self);
   g_free (self->path);
   g_free (self);

@@ -6,7 +6,8 @@
  * Writes are asynchronous and ordered: each is queued and applied by the store's own thread in
  * the order it was made, many to one transaction. `done`, when given, runs on that thread after
  * the transaction that holds the write committed (error NULL) or failed; it may call anything
- * but the store's blocking functions. */
+ * but the store's blocking functions. A write without `done` (the later writes of an accepted
+ * job) that fails is tried again by the SQLite store until it lands. */
 #pragma once
 
 #include <glib.h>
