@@ -86,19 +86,33 @@ other_exec (Fixture *f, const gchar *sql)
   g_assert_cmpint (sqlite3_exec (f->other, sql, NULL, NULL, NULL), ==, SQLITE_OK);
 }
 
-/* The job's state on disk as the other connection reads it; -1: no row. */
+/* A job's state on disk as the other connection reads it, with its counters; -1: no row. */
 static gint
-stored_state (Fixture *f)
+stored_row (Fixture *f, const gchar *id, gint *attempts, gint *crashes)
 {
   sqlite3_stmt *stmt;
   gint state = -1;
 
-  g_assert_cmpint (sqlite3_prepare_v2 (f->other, "SELECT state FROM jobs", -1, &stmt, NULL), ==,
-                   SQLITE_OK);
-  if (sqlite3_step (stmt) == SQLITE_ROW)
+  g_assert_cmpint (sqlite3_prepare_v2 (f->other,
+                                       "SELECT state, attempts, crashes FROM jobs WHERE id = ?1",
+                                       -1, &stmt, NULL),
+                   ==, SQLITE_OK);
+  sqlite3_bind_text (stmt, 1, id, -1, SQLITE_STATIC);
+  if (sqlite3_step (stmt) == SQLITE_ROW) {
     state = sqlite3_column_int (stmt, 0);
+    if (attempts != NULL)
+      *attempts = sqlite3_column_int (stmt, 1);
+    if (crashes != NULL)
+      *crashes = sqlite3_column_int (stmt, 2);
+  }
   sqlite3_finalize (stmt);
   return state;
+}
+
+static gint
+stored_state (Fixture *f)
+{
+  return stored_row (f, ID, NULL, NULL);
 }
 
 static gint
@@ -182,15 +196,37 @@ test_removal_not_overtaken (Fixture *f, gconstpointer data)
   g_assert_cmpint (stored_state (f), ==, -1);
 }
 
-/* Writes queued behind one that waits for the lock fail together after one more wait, not one
- * wait each (the file is locked for all of them). */
+typedef struct {
+  gint called;
+  gboolean failed;
+} Answer;
+
+static void
+on_done (const GError *error, gpointer data)
+{
+  Answer *answer = data;
+
+  answer->failed = error != NULL;
+  g_atomic_int_set (&answer->called, 1);
+}
+
+/* Writes queued while one waits for the lock form the next batch, which fails after one wait (the
+ * file is locked for all of them), not one wait each. While they are held, a new job's write
+ * still gets its answer after about the 2 s a write waits: a retry of held writes waits for the
+ * lock only briefly. */
 static void
 test_locked_batch (Fixture *f, gconstpointer data)
 {
+  CrunchStoredJob record = {.id = "ffffffffffffffffffffffffffffffff",
+                            .fn = "length",
+                            .args = g_variant_ref_sink (g_variant_new ("(s)", "abc")),
+                            .state = CRUNCH_STORED_QUEUED};
+  Answer answer = {0};
   gint64 t0 = g_get_monotonic_time ();
   gdouble took;
 
   finish_while_locked (f);
+  g_usleep (500000); /* the store thread waits for the lock with the first write */
   for (guint i = 1; i <= 8; i++) {
     g_autofree gchar *id = g_strdup_printf ("%032x", i);
     put_job (f, id, CRUNCH_STORED_FINISHED);
@@ -198,10 +234,103 @@ test_locked_batch (Fixture *f, gconstpointer data)
   wait_held (f, 9);
   took = (g_get_monotonic_time () - t0) / 1e6;
   g_test_message ("9 writes held after %.2f s", took);
-  g_assert_cmpfloat (took, <, 5.5); /* two waits of 2 s; one each would be 18 s */
+  g_assert_cmpfloat (took, <, 5.5); /* two waits of 2 s; a wait each would be 18 s */
   g_assert_cmpint (g_atomic_int_get (&locked_warnings), >=, 1); /* at most one a second */
+  t0 = g_get_monotonic_time ();
+  crunch_store_put (f->store, &record, on_done, &answer); /* POST /jobs */
+  while (!g_atomic_int_get (&answer.called)) {
+    g_assert_cmpfloat ((g_get_monotonic_time () - t0) / 1e6, <, 10);
+    g_usleep (10000);
+  }
+  took = (g_get_monotonic_time () - t0) / 1e6;
+  g_test_message ("a new job's write failed after %.2f s", took);
+  g_assert_true (answer.failed);
+  g_assert_cmpfloat (took, <, 2.8);
+  g_variant_unref (record.args);
   other_exec (f, "COMMIT");
   wait_held (f, 0);
+}
+
+/* What is held for a job is its newest state: a state change updates a held record, a removal
+ * replaces it and a state change after a removal is dropped, so the retry writes where each job
+ * ended. */
+static void
+test_merges (Fixture *f, gconstpointer data)
+{
+  const gchar *removed = "00000000000000000000000000000001";
+  gint attempts = 0, crashes = 0;
+
+  other_exec (f, "BEGIN IMMEDIATE");
+  put_job (f, ID, CRUNCH_STORED_QUEUED);
+  put_job (f, removed, CRUNCH_STORED_FINISHED);
+  wait_held (f, 2);
+  crunch_store_set_state (f->store, ID, CRUNCH_STORED_RUNNING, 2, 1, NULL, NULL);
+  crunch_store_remove (f->store, removed);
+  crunch_store_set_state (f->store, removed, CRUNCH_STORED_RUNNING, 3, 0, NULL, NULL);
+  crunch_store_barrier (f->store);
+  g_assert_cmpint (metric (f, "crunchd_store_held"), ==, 2);
+  other_exec (f, "COMMIT");
+  wait_held (f, 0);
+  g_assert_cmpint (stored_row (f, ID, &attempts, &crashes), ==, CRUNCH_STORED_RUNNING);
+  g_assert_cmpint (attempts, ==, 2);
+  g_assert_cmpint (crashes, ==, 1);
+  g_assert_cmpint (stored_row (f, removed, NULL, NULL), ==, -1);
+}
+
+/* A write queued behind a held one of its job still counts in queue order: a barrier returns
+ * only once every write before it has its answer, here a new job's that waits for the lock. */
+static void
+test_barrier_in_order (Fixture *f, gconstpointer data)
+{
+  CrunchStoredJob record = {.id = "ffffffffffffffffffffffffffffffff",
+                            .fn = "length",
+                            .args = g_variant_ref_sink (g_variant_new ("(s)", "abc")),
+                            .state = CRUNCH_STORED_QUEUED};
+  Answer answer = {0};
+
+  finish_while_locked (f);
+  wait_held (f, 1);
+  crunch_store_put (f->store, &record, on_done, &answer);
+  crunch_store_set_state (f->store, ID, CRUNCH_STORED_FINISHED, 2, 0, NULL, NULL);
+  crunch_store_barrier (f->store);
+  g_assert_cmpint (g_atomic_int_get (&answer.called), ==, 1);
+  g_assert_true (answer.failed);
+  g_variant_unref (record.args);
+  other_exec (f, "COMMIT");
+}
+
+static gpointer
+commit_later (gpointer data)
+{
+  Fixture *f = data;
+
+  g_usleep (500000);
+  other_exec (f, "COMMIT");
+  return NULL;
+}
+
+/* More writes held than two transactions take (512 each), and the lock is freed while the store
+ * stops: its last try writes them all. */
+static void
+test_many_at_stop (Fixture *f, gconstpointer data)
+{
+  sqlite3_stmt *stmt;
+  GThread *thread;
+
+  finish_while_locked (f);
+  for (guint i = 1; i < 1100; i++) {
+    g_autofree gchar *id = g_strdup_printf ("%032x", i);
+    put_job (f, id, CRUNCH_STORED_FINISHED);
+  }
+  wait_held (f, 1100);
+  thread = g_thread_new ("commit", commit_later, f);
+  g_clear_pointer (&f->store, crunch_store_free); /* its last try waits for the lock */
+  g_thread_join (thread);
+  g_assert_cmpint (sqlite3_prepare_v2 (f->other, "SELECT count(*) FROM jobs", -1, &stmt, NULL), ==,
+                   SQLITE_OK);
+  g_assert_cmpint (sqlite3_step (stmt), ==, SQLITE_ROW);
+  g_assert_cmpint (sqlite3_column_int (stmt, 0), ==, 1100);
+  sqlite3_finalize (stmt);
 }
 
 /* The stop tries the held writes once more. */
@@ -228,6 +357,9 @@ main (int argc, char **argv)
   ADD ("/store/held-then-written", test_held_then_written);
   ADD ("/store/removal-not-overtaken", test_removal_not_overtaken);
   ADD ("/store/locked-batch", test_locked_batch);
+  ADD ("/store/merges", test_merges);
+  ADD ("/store/barrier-in-order", test_barrier_in_order);
   ADD ("/store/written-at-stop", test_written_at_stop);
+  ADD ("/store/many-at-stop", test_many_at_stop);
   return g_test_run ();
 }

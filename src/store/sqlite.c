@@ -6,11 +6,12 @@
  * store thread takes everything queued (up to BATCH_MAX), applies it in one transaction, commits,
  * and only then runs the writes' `done` callbacks, outside every lock: group commit, so a burst of
  * POST /jobs costs one commit, not one each. A batch that fails is retried one write per
- * transaction, so one write that does not fit (SQLITE_FULL) fails alone (unless the file is
+ * transaction, so one write that does not fit (SQLITE_FULL) fails alone (not when the file is
  * locked: then they all would). A failed write without `done` belongs to a job already accepted:
- * it is held (one per job, the newest state) and tried again every RETRY_US and at stop, and the
- * job's later writes wait behind it, so the file never goes back in time. free() queues a stop
- * after everything else and joins the thread: every write made before it is applied.
+ * it is held (one per job, the newest state), tried again every RETRY_US (waiting for a lock only
+ * briefly) and at stop, and the job's later writes join it, so the file never goes back in time.
+ * Callbacks and barrier() still count every write in queue order. free() queues a stop after
+ * everything else and joins the thread: every write made before it is applied or held.
  * Durability: WAL with synchronous = NORMAL by default: a commit is in the WAL file when it
  * returns, so it survives crunchd being killed at any moment; on power loss or a kernel crash the
  * last transactions may roll back. FULL also fsyncs every commit (one per batch). The file is
@@ -30,8 +31,10 @@
 /* How long a write waits for another program's lock on the file (an operator's sqlite3 shell,
  * a backup) before it fails. */
 #define BUSY_TIMEOUT_MS 2000
-/* How often held writes (accepted jobs' writes that failed) are tried again. */
+/* How often held writes (accepted jobs' writes that failed) are tried again, and how long such a
+ * try waits for a lock: new writes queue behind it. */
 #define RETRY_US (1 * G_USEC_PER_SEC)
+#define RETRY_BUSY_TIMEOUT_MS 100
 
 typedef enum { OP_PUT, OP_STATE, OP_REMOVE, OP_STOP } OpKind;
 
@@ -523,17 +526,12 @@ hold (SqliteStore *self, Op *op)
   g_atomic_int_set (&self->held_count, (gint)g_hash_table_size (self->held));
 }
 
-/* A later write of a job whose earlier one is held goes behind it, never before it. */
+/* A later write of a job whose earlier one is held must go behind it, never before it. */
 static gboolean
-hold_if_behind (SqliteStore *self, Op *op)
+is_behind (SqliteStore *self, Op *op)
 {
-  if (op->done != NULL || g_hash_table_size (self->held) == 0 ||
-      !g_hash_table_contains (self->held, op->record->id))
-    return FALSE;
-  __atomic_add_fetch (&self->writes, 1, __ATOMIC_RELAXED);
-  crunch_store_queue_done (&self->queue, op->seq);
-  hold (self, op);
-  return TRUE;
+  return op->done == NULL && g_hash_table_size (self->held) > 0 &&
+         g_hash_table_contains (self->held, op->record->id);
 }
 
 static void
@@ -553,58 +551,99 @@ finish_op (SqliteStore *self, Op *op, const GError *error)
     op_free (op);
 }
 
-/* Applies a batch: together, or (if that fails, and not on a lock) one by one; then the
- * callbacks. */
+/* Merged into the job's held write, in its place in the queue (barrier() counts in order). */
+static void
+finish_behind (SqliteStore *self, Op *op)
+{
+  __atomic_add_fetch (&self->writes, 1, __ATOMIC_RELAXED);
+  crunch_store_queue_done (&self->queue, op->seq);
+  hold (self, op);
+}
+
+/* Applies a batch (in queue order): together, or (if that fails, and not on a lock) one by one
+ * until a lock; then the callbacks, in order. Writes of held jobs join their held write. */
 static void
 write_batch (SqliteStore *self, Op **ops, guint n)
 {
   g_autoptr (GError) error = NULL;
-  gint rc = transaction (self, ops, n, &error);
+  Op *todo[BATCH_MAX];
+  gboolean behind[BATCH_MAX];
+  guint m = 0;
+  gint rc = SQLITE_OK;
 
-  if (rc == SQLITE_OK || n == 1 || locked_out (rc)) {
-    for (guint i = 0; i < n; i++)
-      if (!hold_if_behind (self, ops[i])) /* an earlier write of it failed just now */
+  for (guint i = 0; i < n; i++)
+    if (!(behind[i] = is_behind (self, ops[i])))
+      todo[m++] = ops[i];
+  if (m > 0)
+    rc = transaction (self, todo, m, &error);
+  if (rc == SQLITE_OK || m == 1 || locked_out (rc)) {
+    for (guint i = 0; i < n; i++) {
+      if (behind[i])
+        finish_behind (self, ops[i]);
+      else
         finish_op (self, ops[i], rc == SQLITE_OK ? NULL : error);
+    }
     return;
   }
   for (guint i = 0; i < n; i++) {
-    if (hold_if_behind (self, ops[i]))
+    if (behind[i] || is_behind (self, ops[i])) { /* held before, or just now */
+      finish_behind (self, ops[i]);
       continue;
-    g_clear_error (&error);
-    transaction (self, &ops[i], 1, &error);
-    finish_op (self, ops[i], error);
+    }
+    if (!locked_out (rc)) {
+      g_clear_error (&error);
+      rc = transaction (self, &ops[i], 1, &error);
+    }
+    finish_op (self, ops[i], rc == SQLITE_OK ? NULL : error);
   }
 }
 
-/* Tries the held writes again: together, or (if that fails, and not on a lock) one by one. */
-static void
+/* Tries the held writes again (at most BATCH_MAX of them): together, or (if that fails, and not
+ * on a lock) one by one until a lock. TRUE if some landed. */
+static gboolean
 retry_held (SqliteStore *self)
 {
   g_autoptr (GError) error = NULL;
   Op *batch[BATCH_MAX];
   GHashTableIter iter;
   gpointer value;
-  guint n = 0;
+  guint n = 0, before = g_hash_table_size (self->held);
   gint rc;
 
-  self->next_retry = g_get_monotonic_time () + RETRY_US;
   g_hash_table_iter_init (&iter, self->held);
   while (n < BATCH_MAX && g_hash_table_iter_next (&iter, NULL, &value))
     batch[n++] = value;
   if (n == 0)
-    return;
+    return FALSE;
   rc = transaction (self, batch, n, &error);
-  for (guint i = 0; i < n; i++)
-    if (rc == SQLITE_OK ||
-        (n > 1 && !locked_out (rc) && transaction (self, &batch[i], 1, NULL) == SQLITE_OK))
+  for (guint i = 0; rc == SQLITE_OK && i < n; i++)
+    g_hash_table_remove (self->held, batch[i]->record->id);
+  for (guint i = 0; rc != SQLITE_OK && n > 1 && !locked_out (rc) && i < n; i++) {
+    gint one = transaction (self, &batch[i], 1, NULL);
+    if (one == SQLITE_OK)
       g_hash_table_remove (self->held, batch[i]->record->id);
+    else if (locked_out (one))
+      break;
+  }
   g_atomic_int_set (&self->held_count, (gint)g_hash_table_size (self->held));
   if (g_hash_table_size (self->held) == 0)
     g_message ("job database %s: writable again; the jobs' held writes are on disk", self->path);
-  else if (rc != SQLITE_OK)
+  else if (error != NULL)
     warn (self, error);
-  if (g_hash_table_size (self->held) > 0 && n == BATCH_MAX && rc == SQLITE_OK)
-    self->next_retry = 0; /* more than one batch was held: the next one at once */
+  /* from the end of this try: a retry that waited for a lock must not follow at once */
+  self->next_retry = g_get_monotonic_time () + RETRY_US;
+  return g_hash_table_size (self->held) < before;
+}
+
+/* A retry waits for another program's lock only briefly: writes of new jobs queue behind it. */
+static void
+retry_held_briefly (SqliteStore *self)
+{
+  sqlite3_busy_timeout (self->db, RETRY_BUSY_TIMEOUT_MS);
+  /* more than BATCH_MAX held: the next batch at once */
+  while (retry_held (self) && g_hash_table_size (self->held) > 0)
+    ;
+  sqlite3_busy_timeout (self->db, BUSY_TIMEOUT_MS);
 }
 
 /* The next write, waiting no longer than the next retry of held writes (NULL: its time). */
@@ -638,23 +677,24 @@ store_thread (gpointer data)
         g_free (op);
         break;
       }
-      if (!hold_if_behind (self, op))
-        batch[n++] = op;
+      batch[n++] = op;
       op = n < BATCH_MAX ? g_async_queue_try_pop (self->queue.queue) : NULL;
     }
     if (n > 0)
       write_batch (self, batch, n);
     if (g_hash_table_size (self->held) > 0 && g_get_monotonic_time () >= self->next_retry)
-      retry_held (self);
+      retry_held_briefly (self);
   }
   /* writes the last batch's callbacks made after the stop was queued */
   for (Op *op; (op = g_async_queue_try_pop (self->queue.queue)) != NULL;)
-    if (!hold_if_behind (self, op))
-      write_batch (self, &op, 1);
-  retry_held (self); /* a last try */
+    write_batch (self, &op, 1);
+  /* a last try, with the full wait for a lock */
+  while (retry_held (self) && g_hash_table_size (self->held) > 0)
+    ;
   if (g_hash_table_size (self->held) > 0)
-    g_warning ("job database %s: the latest state of %u jobs could not be written before the "
-               "stop: they run again after a restart if it showed them unfinished",
+    g_warning ("job database %s: the latest writes of %u jobs could not be made before the stop: "
+               "after a restart they show an older state (a finished job may run again, a "
+               "deleted one come back)",
                self->path, g_hash_table_size (self->held));
   return NULL;
 }

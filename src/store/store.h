@@ -7,7 +7,7 @@
  * the order it was made, many to one transaction. `done`, when given, runs on that thread after
  * the transaction that holds the write committed (error NULL) or failed; it may call anything
  * but the store's blocking functions. A write without `done` (the later writes of an accepted
- * job) that fails is tried again by the SQLite store until it lands. */
+ * job) that fails is held by the SQLite store and tried again every second and at the stop. */
 #pragma once
 
 #include <glib.h>
