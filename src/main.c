@@ -183,6 +183,9 @@ on_reload (gpointer data)
 
   crunch_service_notifyf ("RELOADING=1\nMONOTONIC_USEC=%" G_GINT64_FORMAT, g_get_monotonic_time ());
   config = load_config (app, &error);
+  /* max_connections stays what it is (below): the new queue must fit in it */
+  if (config != NULL && !crunch_config_check_budget (config, app->config->max_connections, &error))
+    g_clear_pointer (&config, crunch_config_free);
   /* a keys file or certificate that cannot be read fails the whole reload, like any other
    * error: the running keys stay */
   if (config != NULL && (auth = crunch_auth_settings_load (config, &error)) == NULL)

@@ -173,6 +173,28 @@ test_reload_restart_only (void)
   fixture_stop (&f);
 }
 
+/* The job queue must fit in the connections in force: max_connections changes only at a restart,
+ * so a reload that raises both is refused whole (it used to keep the old max_connections and take
+ * the new queue_limit, and parked requests could then take every connection from /fast). */
+static void
+test_reload_queue_budget (void)
+{
+  Fixture f;
+  g_autofree gchar *log = NULL;
+
+  fixture_start (&f, "[server]\nmax_connections = 64\n[executor]\nthreads = 1\n"
+                     "queue_limit = 40\n[fib]\nmax_n = 30\n");
+  reload (&f, "[server]\nmax_connections = 100000\n[executor]\nthreads = 1\n"
+              "queue_limit = 5000\n[fib]\nmax_n = 31\n");
+  g_assert_cmpint (get_status (f.server, "/fib/31"), ==, 400); /* nothing of it applied */
+  g_assert_cmpfloat (test_server_metric (f.server, "crunchd_queue_limit"), ==, 40);
+  log = test_server_log (f.server);
+  g_assert_nonnull (strstr (log, "reload failed, keeping the running configuration"));
+  g_assert_nonnull (strstr (log, "[executor] queue_limit = '5000'"));
+  g_assert_nonnull (strstr (log, "max_connections (64, in force until a restart)"));
+  fixture_stop (&f);
+}
+
 /* Requests running and queued while the file is reloaded get their answers. */
 static void
 test_reload_in_flight (void)
@@ -214,6 +236,7 @@ main (int argc, char **argv)
 #endif
   g_test_add_func ("/reload/broken-file", test_reload_broken_file);
   g_test_add_func ("/reload/restart-only", test_reload_restart_only);
+  g_test_add_func ("/reload/queue-budget", test_reload_queue_budget);
   g_test_add_func ("/reload/in-flight", test_reload_in_flight);
   return g_test_run ();
 }

@@ -596,7 +596,6 @@ gboolean
 crunch_config_validate (const CrunchConfig *config, GError **error)
 {
   const gchar *file = config->path ? config->path : "(command line)";
-  guint threads = crunch_config_effective_threads (config);
 
   if (!validate_nats (config, file, error) || !validate_server (config, file, error) ||
       !validate_tls (config, file, error) || !validate_auth (config, file, error))
@@ -636,16 +635,25 @@ crunch_config_validate (const CrunchConfig *config, GError **error)
       return FALSE;
     }
   }
-  /* Parked requests hold connections: if running + queued jobs could use up every connection,
-   * slow work would lock out the fast lane. Keep a quarter of the connections for it. */
-  if ((guint64)config->queue_limit + threads > (guint64)config->max_connections * 3 / 4) {
-    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
-                 "%s: [executor] queue_limit = '%u': queue_limit + threads (%u) must not exceed "
-                 "3/4 of [server] max_connections (%u), or parked jobs could lock out /fast",
-                 file, config->queue_limit, threads, config->max_connections);
-    return FALSE;
-  }
-  return TRUE;
+  return crunch_config_check_budget (config, config->max_connections, error);
+}
+
+/* Parked requests hold connections: if running + queued jobs could use up every connection,
+ * slow work would lock out the fast lane. Keep a quarter of the connections for it. */
+gboolean
+crunch_config_check_budget (const CrunchConfig *config, guint max_connections, GError **error)
+{
+  const gchar *file = config->path ? config->path : "(command line)";
+  guint threads = crunch_config_effective_threads (config);
+
+  if ((guint64)config->queue_limit + threads <= (guint64)max_connections * 3 / 4)
+    return TRUE;
+  g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+               "%s: [executor] queue_limit = '%u': queue_limit + threads (%u) must not exceed "
+               "3/4 of [server] max_connections (%u%s), or parked jobs could lock out /fast",
+               file, config->queue_limit, threads, max_connections,
+               max_connections != config->max_connections ? ", in force until a restart" : "");
+  return FALSE;
 }
 
 guint

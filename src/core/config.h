@@ -147,6 +147,10 @@ CrunchConfig *crunch_config_load_data (const gchar *data, const gchar *name, GEr
 gboolean crunch_config_validate (const CrunchConfig *config, GError **error);
 gchar *crunch_config_to_string (const CrunchConfig *config);
 guint crunch_config_effective_threads (const CrunchConfig *config);
+/* queue_limit + threads fit in 3/4 of `max_connections` (a reload checks against the running
+ * value, which changes only at a restart). */
+gboolean crunch_config_check_budget (const CrunchConfig *config, guint max_connections,
+                                     GError **error);
 /* [jobs] database, or where it goes by default: $STATE_DIRECTORY/jobs.db (systemd's
  * StateDirectory=), else $XDG_STATE_HOME/crunchd/jobs.db (~/.local/state/crunchd/jobs.db). */
 gchar *crunch_config_jobs_database (const CrunchConfig *config);
