@@ -296,7 +296,7 @@ test_long_uri (void)
 static void
 test_percent_encoding (void)
 {
-  const gchar *bad = "malformed percent-encoding (or %00) in the request path\n";
+  const gchar *bad = "the request path is empty or has malformed percent-encoding (or %00)\n";
   const struct {
     const gchar *target;
     guint status;
@@ -313,6 +313,7 @@ test_percent_encoding (void)
       {"/fib/1%00", 400, NULL},
       {"/fast%00junk", 400, NULL},
       {"/fib/%2F10", 400, "fib: N must be a non-negative integer, got '/10'\n"},
+      {"?a=1", 400, NULL}, /* no path at all */
   };
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
@@ -323,6 +324,28 @@ test_percent_encoding (void)
     g_assert_cmpuint (r->status, ==, cases[i].status);
     g_assert_cmpstr (r->body, ==, cases[i].body ? cases[i].body : bad);
   }
+  assert_serving (server);
+}
+
+/* HEAD with Accept: text/event-stream is not streamed: it gets the plain call's headers and no
+ * body. It was streamed, and libmicrohttpd 0.9.75 writes a chunked answer's last chunk even for
+ * HEAD, so the next answer on the connection was read as "0". */
+static void
+test_head_not_streamed (void)
+{
+  g_autoptr (Conn) c = conn_open ();
+  gint64 until = g_get_monotonic_time () + (gint64)(TIMEOUT_S * G_USEC_PER_SEC);
+  const gchar *next;
+
+  conn_send_str (c, "HEAD /fib/10 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+                    "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n");
+  while (strstr (c->in->str, "Hello!") == NULL)
+    g_assert_true (conn_fill (c, until));
+  g_test_message ("%s", c->in->str);
+  g_assert_true (g_str_has_prefix (c->in->str, "HTTP/1.1 200 "));
+  g_assert_null (strstr (c->in->str, "event-stream"));
+  next = strstr (c->in->str, "\r\n\r\n") + 4; /* the HEAD's headers end, the GET's answer follows */
+  g_assert_true (g_str_has_prefix (next, "HTTP/1.1 200 "));
   assert_serving (server);
 }
 
@@ -1590,6 +1613,7 @@ main (int argc, char **argv)
   g_test_add_func ("/hostile/oversized-headers", test_oversized_headers);
   g_test_add_func ("/hostile/long-uri", test_long_uri);
   g_test_add_func ("/hostile/percent-encoding", test_percent_encoding);
+  g_test_add_func ("/hostile/head-not-streamed", test_head_not_streamed);
   g_test_add_func ("/hostile/nul-bytes", test_nul_bytes);
   g_test_add_func ("/hostile/garbage", test_garbage);
   g_test_add_func ("/hostile/unknown-methods", test_unknown_methods);

@@ -717,7 +717,9 @@ route_compute (CrunchRequest *req, const CrunchRoute *route, const gchar *arg)
   if (args == NULL)
     return respond_error (req, MHD_HTTP_BAD_REQUEST, error->message);
   g_variant_take_ref (args); /* floating (query string), or the body's, owned */
-  if (wants_event_stream (req->connection))
+  /* never HEAD: its answer has no body to stream (and libmicrohttpd 0.9.75 would still end a
+   * chunked one, putting the connection out of step) */
+  if (!g_str_equal (req->method, "HEAD") && wants_event_stream (req->connection))
     return stream_compute (req, fn, args);
   return start_compute (req, fn, args); /* (borrowed: the call takes its own reference) */
 }
@@ -987,9 +989,9 @@ route_request (CrunchRequest *req)
 
   if (req->body_bytes > (guint64)__atomic_load_n (&req->server->max_body_size, __ATOMIC_RELAXED))
     return respond_too_large (req);
-  if (*req->path == '\0') /* emptied by unescape_path() */
+  if (*req->path == '\0') /* none, or emptied by unescape_path() */
     return respond_error (req, MHD_HTTP_BAD_REQUEST,
-                          "malformed percent-encoding (or %00) in the request path");
+                          "the request path is empty or has malformed percent-encoding (or %00)");
 
   found = crunch_routes_match (req->method, req->path, &match);
   if (found != CRUNCH_ROUTE_NOT_FOUND && !served_here (req, match.route))
