@@ -70,7 +70,6 @@ put_job (Fixture *f, const gchar *id, CrunchStoredState state)
 
   g_variant_ref_sink (record.args);
   crunch_store_put (f->store, &record, NULL, NULL);
-  g_variant_unref (record.args);
   g_clear_pointer (&record.result, g_bytes_unref);
 }
 
@@ -210,6 +209,19 @@ on_done (const GError *error, gpointer data)
   g_atomic_int_set (&answer->called, 1);
 }
 
+/* A new job's first write (POST /jobs waits for its answer). */
+static void
+put_new (Fixture *f, Answer *answer)
+{
+  CrunchStoredJob record = {.id = "ffffffffffffffffffffffffffffffff",
+                            .fn = "length",
+                            .args = g_variant_ref_sink (g_variant_new ("(s)", "abc")),
+                            .state = CRUNCH_STORED_QUEUED};
+
+  crunch_store_put (f->store, &record, on_done, answer);
+  g_variant_unref (record.args);
+}
+
 /* Writes queued while one waits for the lock form the next batch, which fails after one wait (the
  * file is locked for all of them), not one wait each. While they are held, a new job's write
  * still gets its answer after about the 2 s a write waits: a retry of held writes waits for the
@@ -217,10 +229,6 @@ on_done (const GError *error, gpointer data)
 static void
 test_locked_batch (Fixture *f, gconstpointer data)
 {
-  CrunchStoredJob record = {.id = "ffffffffffffffffffffffffffffffff",
-                            .fn = "length",
-                            .args = g_variant_ref_sink (g_variant_new ("(s)", "abc")),
-                            .state = CRUNCH_STORED_QUEUED};
   Answer answer = {0};
   gint64 t0 = g_get_monotonic_time ();
   gdouble took;
@@ -237,7 +245,7 @@ test_locked_batch (Fixture *f, gconstpointer data)
   g_assert_cmpfloat (took, <, 5.5); /* two waits of 2 s; a wait each would be 18 s */
   g_assert_cmpint (g_atomic_int_get (&locked_warnings), >=, 1); /* at most one a second */
   t0 = g_get_monotonic_time ();
-  crunch_store_put (f->store, &record, on_done, &answer); /* POST /jobs */
+  put_new (f, &answer);
   while (!g_atomic_int_get (&answer.called)) {
     g_assert_cmpfloat ((g_get_monotonic_time () - t0) / 1e6, <, 10);
     g_usleep (10000);
@@ -246,7 +254,6 @@ test_locked_batch (Fixture *f, gconstpointer data)
   g_test_message ("a new job's write failed after %.2f s", took);
   g_assert_true (answer.failed);
   g_assert_cmpfloat (took, <, 2.8);
-  g_variant_unref (record.args);
   other_exec (f, "COMMIT");
   wait_held (f, 0);
 }
@@ -282,20 +289,15 @@ test_merges (Fixture *f, gconstpointer data)
 static void
 test_barrier_in_order (Fixture *f, gconstpointer data)
 {
-  CrunchStoredJob record = {.id = "ffffffffffffffffffffffffffffffff",
-                            .fn = "length",
-                            .args = g_variant_ref_sink (g_variant_new ("(s)", "abc")),
-                            .state = CRUNCH_STORED_QUEUED};
   Answer answer = {0};
 
   finish_while_locked (f);
   wait_held (f, 1);
-  crunch_store_put (f->store, &record, on_done, &answer);
+  put_new (f, &answer);
   crunch_store_set_state (f->store, ID, CRUNCH_STORED_FINISHED, 2, 0, NULL, NULL);
   crunch_store_barrier (f->store);
   g_assert_cmpint (g_atomic_int_get (&answer.called), ==, 1);
   g_assert_true (answer.failed);
-  g_variant_unref (record.args);
   other_exec (f, "COMMIT");
 }
 
