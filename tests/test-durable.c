@@ -683,6 +683,33 @@ test_outside_lock_held (Fixture *f, gconstpointer data)
   test_server_stop (s);
 }
 
+/* SIGTERM while another program holds the lock (or the disk is full): crunchd cannot write that
+ * the stop was clean, but the marker file it removes says so, and the restart counts no crash.
+ * It used to count one for every job that was running, and recover them one at a time. */
+static void
+test_stop_while_locked (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "[server]\nshutdown_timeout = 0.2\n");
+  g_autoptr (GPtrArray) jobs = submit_spins (s, 1, 60);
+  g_autoptr (GSubprocess) p = NULL;
+  g_autoptr (JsonObject) o = NULL;
+  g_autofree gchar *log = NULL, *marker = g_strconcat (f->db, ".running", NULL);
+
+  wait_running (s, jobs->pdata[0]);
+  g_assert_true (g_file_test (marker, G_FILE_TEST_EXISTS));
+  p = lock_database (f, 60);
+  g_assert_cmpint (test_server_stop (s), ==, 0); /* its last writes wait for the lock in vain */
+  g_subprocess_force_exit (p);
+  g_subprocess_wait (p, NULL, NULL);
+  g_assert_false (g_file_test (marker, G_FILE_TEST_EXISTS));
+  s = start (f, "[server]\nshutdown_timeout = 0.2\n"); /* it runs the job again */
+  log = test_server_log (s);
+  g_assert_null (strstr (log, "the last stop was not clean"));
+  o = describe (s, jobs->pdata[0]);
+  g_assert_false (json_object_has_member (o, "crashes"));
+  test_server_stop (s);
+}
+
 static void
 test_in_use (Fixture *f, gconstpointer data)
 {
@@ -736,6 +763,7 @@ main (int argc, char **argv)
   ADD ("/durable/in-use", test_in_use);
   ADD ("/durable/outside-lock", test_outside_lock);
   ADD ("/durable/outside-lock-held", test_outside_lock_held);
+  ADD ("/durable/stop-while-locked", test_stop_while_locked);
   ADD ("/durable/max-result-size", test_max_result_size);
   return g_test_run ();
 }

@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glib/gstdio.h>
 #include <sqlite3.h>
 #include <string.h>
 #include <sys/file.h>
@@ -49,7 +50,8 @@ typedef struct {
 typedef struct {
   CrunchStore parent;
   gchar *path;
-  gint lock_fd; /* flock()ed: this process owns the file */
+  gchar *marker; /* path.running: exists while a crunchd runs on it (see take_clean_stop()) */
+  gint lock_fd;  /* flock()ed: this process owns the file */
   sqlite3 *db;
   sqlite3_stmt *put, *state, *remove;
   CrunchStoreQueue queue; /* Op* */
@@ -256,6 +258,7 @@ crunch_store_sqlite_open (const CrunchSqliteSettings *settings, GError **error)
 
   self->parent.klass = &sqlite_class;
   self->path = g_strdup (settings->path);
+  self->marker = g_strconcat (settings->path, ".running", NULL);
   self->lock_fd = -1;
   if (g_mkdir_with_parents (dir, 0750) != 0) {
     g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (errno),
@@ -274,6 +277,7 @@ crunch_store_sqlite_open (const CrunchSqliteSettings *settings, GError **error)
   }
   close_db (self);
   g_free (self->path);
+  g_free (self->marker);
   g_free (self);
   return NULL;
 }
@@ -334,16 +338,32 @@ read_row (sqlite3_stmt *stmt)
 }
 
 /* Whether the last process to hold the file stopped cleanly; from now on it has not. */
+/* Whether the last process stopped cleanly, and this one starts: the database says so, or, when
+ * it could not be written at that stop (a full disk, another program's lock), the marker file
+ * that process created at its start (meta 'marker' = 1) is gone, for removing it needs no space.
+ * This process creates its own marker and writes both. */
 static gboolean
 take_clean_stop (SqliteStore *self, gboolean *clean_stop, GError **error)
 {
   g_autofree gchar *value =
       query_text (self, "SELECT value FROM meta WHERE key = 'clean_stop'", error);
+  g_autofree gchar *marked = NULL, *sql = NULL;
+  gint fd;
 
   if (value == NULL)
     return FALSE;
-  *clean_stop = g_str_equal (value, "1");
-  return exec (self, "UPDATE meta SET value = 0 WHERE key = 'clean_stop'", error);
+  marked = query_text (self, "SELECT coalesce ((SELECT value FROM meta WHERE key = 'marker'), 0)",
+                       error);
+  if (marked == NULL)
+    return FALSE;
+  *clean_stop = g_str_equal (value, "1") ||
+                (g_str_equal (marked, "1") && !g_file_test (self->marker, G_FILE_TEST_EXISTS));
+  fd = open (self->marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+  if (fd >= 0)
+    close (fd);
+  sql = g_strdup_printf ("INSERT OR REPLACE INTO meta VALUES ('clean_stop', 0), ('marker', %d)",
+                         fd >= 0);
+  return exec (self, sql, error);
 }
 
 static GPtrArray *
@@ -785,12 +805,14 @@ sqlite_free (CrunchStore *store)
     push (self, OP_STOP, NULL, NULL, NULL);
     g_thread_join (self->thread);
     if (!exec (self, "UPDATE meta SET value = 1 WHERE key = 'clean_stop'", &error))
-      g_warning ("%s", error->message);
+      g_warning ("%s (the removed %s says the stop was clean)", error->message, self->marker);
+    g_unlink (self->marker);
   }
   crunch_store_queue_clear (&self->queue);
   g_clear_pointer (&self->held, g_hash_table_unref);
   close_db (self);
   g_free (self->path);
+  g_free (self->marker);
   g_free (self);
 }
 
