@@ -441,6 +441,8 @@ on_recovered (gpointer data)
   Crunchd *app = data;
   CrunchSchedulerSettings settings = scheduler_settings (app, app->config);
 
+  if (app->stopping) /* they were interrupted, not done */
+    return G_SOURCE_REMOVE;
   g_message ("jobs: the recovered jobs are done; back to %u worker thread(s)", settings.threads);
   crunch_scheduler_configure (app->scheduler, &settings);
   return G_SOURCE_REMOVE;

@@ -231,6 +231,25 @@ test_kill9 (Fixture *f, gconstpointer data)
   test_server_stop (s);
 }
 
+/* SIGTERM while jobs recovered after a crash run: they are interrupted, not done, and the log
+ * does not say they are done (it did). */
+static void
+test_sigterm_while_recovering (Fixture *f, gconstpointer data)
+{
+  TestServer *s = start (f, "");
+  g_autoptr (GPtrArray) jobs = submit_spins (s, 2, 60);
+  g_autofree gchar *log = NULL;
+
+  wait_running (s, jobs->pdata[0]);
+  test_server_signal (s, SIGKILL);
+  test_server_stop (s);
+  s = start (f, "[server]\nshutdown_timeout = 0.2\n");
+  wait_running (s, jobs->pdata[0]);
+  g_assert_cmpint (test_server_stop_with_log (s, &log), ==, 0);
+  g_assert_nonnull (strstr (log, "one job at a time until the recovered jobs are done"));
+  g_assert_null (strstr (log, "the recovered jobs are done;"));
+}
+
 static void
 test_sigterm (Fixture *f, gconstpointer data)
 {
@@ -752,6 +771,7 @@ main (int argc, char **argv)
 #define ADD(path, fn) g_test_add (path, Fixture, NULL, fixture_set_up, fn, fixture_tear_down)
   ADD ("/durable/kill9-200-in-flight", test_kill9);
   ADD ("/durable/sigterm-200-in-flight", test_sigterm);
+  ADD ("/durable/sigterm-while-recovering", test_sigterm_while_recovering);
   ADD ("/durable/sigterm-lets-running-finish", test_sigterm_lets_running_finish);
   ADD ("/durable/post-during-drain", test_post_during_drain);
   ADD ("/durable/poison", test_poison);
