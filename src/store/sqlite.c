@@ -337,7 +337,6 @@ read_row (sqlite3_stmt *stmt)
   return g_steal_pointer (&r);
 }
 
-/* Whether the last process to hold the file stopped cleanly; from now on it has not. */
 /* Whether the last process stopped cleanly, and this one starts: the database says so, or, when
  * it could not be written at that stop (a full disk, another program's lock), the marker file
  * that process created at its start (meta 'marker' = 1) is gone, for removing it needs no space.
