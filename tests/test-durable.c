@@ -712,12 +712,15 @@ test_stop_while_locked (Fixture *f, gconstpointer data)
   g_autoptr (GPtrArray) jobs = submit_spins (s, 1, 60);
   g_autoptr (GSubprocess) p = NULL;
   g_autoptr (JsonObject) o = NULL;
-  g_autofree gchar *log = NULL, *marker = g_strconcat (f->db, ".running", NULL);
+  g_autofree gchar *stop_log = NULL, *log = NULL;
+  g_autofree gchar *marker = g_strconcat (f->db, ".running", NULL);
 
   wait_running (s, jobs->pdata[0]);
   g_assert_true (g_file_test (marker, G_FILE_TEST_EXISTS));
   p = lock_database (f, 60);
-  g_assert_cmpint (test_server_stop (s), ==, 0); /* its last writes wait for the lock in vain */
+  /* its last writes wait for the lock in vain, the clean-stop flag's too */
+  g_assert_cmpint (test_server_stop_with_log (s, &stop_log), ==, 0);
+  g_assert_nonnull (strstr (stop_log, ".running says the stop was clean)"));
   g_subprocess_force_exit (p);
   g_subprocess_wait (p, NULL, NULL);
   g_assert_false (g_file_test (marker, G_FILE_TEST_EXISTS));

@@ -69,7 +69,8 @@ put_job (Fixture *f, const gchar *id, CrunchStoredState state)
   };
 
   g_variant_ref_sink (record.args);
-  crunch_store_put (f->store, &record, NULL, NULL);
+  crunch_store_put (f->store, &record, NULL, NULL); /* copies it */
+  g_variant_unref (record.args);
   g_clear_pointer (&record.result, g_bytes_unref);
 }
 
