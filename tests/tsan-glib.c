@@ -13,8 +13,8 @@
  *   (and try_pop, timeout_pop)    (child.c's spawn requests, stdio-worker.c's calls, the job
  *                                 store's writes);
  *   g_idle_add + callback         release on the data when added, acquire when it runs;
- *   g_bytes_unref, g_variant_unref, g_atomic_rc_box_release_full  an acquire-release on the
- *                                 object, as the atomic count does.
+ *   g_bytes_unref, g_variant_unref, g_atomic_rc_box_release_full  one lock, so that the
+ *                                 unref that frees comes after every other one.
  * Definitions in the executable take precedence over libglib's for crunchd's own calls, so only
  * crunchd's uses are annotated; races that remain are real, except for the few inside GLib and
  * libc listed (each with the reason) in __tsan_default_suppressions() at the end. They are
@@ -22,6 +22,7 @@
  * (systemd-socket-activate, for one, passes no environment on). */
 #include <dlfcn.h>
 #include <glib.h>
+#include <pthread.h>
 #include <sanitizer/tsan_interface.h>
 
 /* The real function, looked up once; several threads may get here first, so the pointer is
@@ -175,37 +176,39 @@ g_thread_pool_free (GThreadPool *pool, gboolean immediate, gboolean wait_)
 /* ---- reference counts: GLib's atomics are not instrumented ---- */
 
 /* The last unref frees, on whichever thread it happens (a job's result is dropped by the worker,
- * the cache and MHD's response in any order). Each unref releases what its thread did and
- * acquires what earlier unrefs released, as the atomic decrement does. */
+ * the cache and MHD's response in any order), so the freeing unref must come after every other
+ * unref and what its thread did before. An acquire-release on the object before the real unref
+ * is not enough: two threads may annotate in one order and decrement in the other, and then the
+ * free seems to race with the other thread's last read (found in CI: MHD's sendmsg() of a result
+ * against the worker's free). So every unref holds one lock that TSan sees (a pthread mutex, as
+ * the atomic count serializes them); recursive, as a free may drop other references. */
+static pthread_mutex_t unref_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+
 void
 g_bytes_unref (GBytes *bytes)
 {
   REAL (g_bytes_unref);
-  if (bytes != NULL) {
-    __tsan_release (bytes);
-    __tsan_acquire (bytes);
-  }
+  pthread_mutex_lock (&unref_lock);
   real_g_bytes_unref (bytes);
+  pthread_mutex_unlock (&unref_lock);
 }
 
 void
 g_atomic_rc_box_release_full (gpointer mem_block, GDestroyNotify clear_func)
 {
   REAL (g_atomic_rc_box_release_full);
-  if (mem_block != NULL) {
-    __tsan_release (mem_block);
-    __tsan_acquire (mem_block);
-  }
+  pthread_mutex_lock (&unref_lock);
   real_g_atomic_rc_box_release_full (mem_block, clear_func);
+  pthread_mutex_unlock (&unref_lock);
 }
 
 void
 g_variant_unref (GVariant *value)
 {
   REAL (g_variant_unref);
-  __tsan_release (value);
-  __tsan_acquire (value);
+  pthread_mutex_lock (&unref_lock);
   real_g_variant_unref (value);
+  pthread_mutex_unlock (&unref_lock);
 }
 
 /* ---- g_idle_add: data handed to the thread that runs the main context ---- */
