@@ -50,8 +50,9 @@ typedef struct {
 typedef struct {
   CrunchStore parent;
   gchar *path;
-  gchar *marker; /* path.running: exists while a crunchd runs on it (see take_clean_stop()) */
-  gint lock_fd;  /* flock()ed: this process owns the file */
+  gchar *marker;   /* path.running: exists while a crunchd runs on it (see take_clean_stop()) */
+  gboolean marked; /* this process created it */
+  gint lock_fd;    /* flock()ed: this process owns the file */
   sqlite3 *db;
   sqlite3_stmt *put, *state, *remove;
   CrunchStoreQueue queue; /* Op* */
@@ -358,10 +359,11 @@ take_clean_stop (SqliteStore *self, gboolean *clean_stop, GError **error)
   *clean_stop = g_str_equal (value, "1") ||
                 (g_str_equal (marked, "1") && !g_file_test (self->marker, G_FILE_TEST_EXISTS));
   fd = open (self->marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+  self->marked = fd >= 0;
   if (fd >= 0)
     close (fd);
   sql = g_strdup_printf ("INSERT OR REPLACE INTO meta VALUES ('clean_stop', 0), ('marker', %d)",
-                         fd >= 0);
+                         self->marked);
   return exec (self, sql, error);
 }
 
@@ -654,12 +656,12 @@ retry_held (SqliteStore *self)
   return g_hash_table_size (self->held) < before;
 }
 
-/* A retry waits for another program's lock only briefly: writes of new jobs queue behind it. */
+/* Tries every held write, BATCH_MAX at a time while they land, waiting `busy_ms` for a lock:
+ * briefly while serving (writes of new jobs queue behind it), the full wait at the stop. */
 static void
-retry_held_briefly (SqliteStore *self)
+retry_all_held (SqliteStore *self, gint busy_ms)
 {
-  sqlite3_busy_timeout (self->db, RETRY_BUSY_TIMEOUT_MS);
-  /* more than BATCH_MAX held: the next batch at once */
+  sqlite3_busy_timeout (self->db, busy_ms);
   while (retry_held (self) && g_hash_table_size (self->held) > 0)
     ;
   sqlite3_busy_timeout (self->db, BUSY_TIMEOUT_MS);
@@ -702,14 +704,12 @@ store_thread (gpointer data)
     if (n > 0)
       write_batch (self, batch, n);
     if (g_hash_table_size (self->held) > 0 && g_get_monotonic_time () >= self->next_retry)
-      retry_held_briefly (self);
+      retry_all_held (self, RETRY_BUSY_TIMEOUT_MS);
   }
   /* writes the last batch's callbacks made after the stop was queued */
   for (Op *op; (op = g_async_queue_try_pop (self->queue.queue)) != NULL;)
     write_batch (self, &op, 1);
-  /* a last try, with the full wait for a lock */
-  while (retry_held (self) && g_hash_table_size (self->held) > 0)
-    ;
+  retry_all_held (self, BUSY_TIMEOUT_MS); /* a last try */
   if (g_hash_table_size (self->held) > 0)
     g_warning ("job database %s: the latest writes of %u jobs could not be made before the stop: "
                "after a restart they show an older state (a finished job may run again, a "
@@ -803,9 +803,12 @@ sqlite_free (CrunchStore *store)
   if (self->thread != NULL) {
     push (self, OP_STOP, NULL, NULL, NULL);
     g_thread_join (self->thread);
-    if (!exec (self, "UPDATE meta SET value = 1 WHERE key = 'clean_stop'", &error))
+    if (self->marked)
+      g_unlink (self->marker);
+    if (!exec (self, "UPDATE meta SET value = 1 WHERE key = 'clean_stop'", &error) && self->marked)
       g_warning ("%s (the removed %s says the stop was clean)", error->message, self->marker);
-    g_unlink (self->marker);
+    else if (error != NULL)
+      g_warning ("%s: the next start takes this stop for a crash", error->message);
   }
   crunch_store_queue_clear (&self->queue);
   g_clear_pointer (&self->held, g_hash_table_unref);
