@@ -401,6 +401,42 @@ test_cap (void)
   delete_job (s, id);
 }
 
+/* Streams park connections too: they get what the connection budget leaves beside queue_limit +
+ * threads, so that a small max_connections is not taken whole by the default 256 streams and
+ * /fast still gets in. Here 3/4 of 16 = 12, less 8 + 1: 3 streams. */
+static void
+test_cap_in_budget (void)
+{
+  g_autofree gchar *ini = g_strdup_printf (
+      "[server]\nmax_connections = 16\n[executor]\nthreads = 1\nqueue_limit = 8\n[plugins]\n"
+      "dir = %s\nload = spin\n[jobs]\nstore = memory\n",
+      g_getenv ("CRUNCHD_PLUGINS"));
+  g_autoptr (TestServer) s = test_server_start (ini, NULL);
+  g_autofree gchar *id =
+      submit (s, "{\"fn\": \"spin\", \"args\": {\"seconds\": 30, \"grain\": 10}}");
+  g_autofree gchar *path = g_strconcat ("/jobs/", id, "/events", NULL);
+  g_autofree gchar *url = test_server_url (s, path);
+  g_autofree gchar *fast = test_server_url (s, "/fast");
+  GSocketConnection *open[3];
+  g_autoptr (TestReply) over = NULL, ok = NULL;
+  g_autofree gchar *log = NULL;
+  const gchar *accept[] = {"Accept: text/event-stream", NULL};
+
+  for (guint i = 0; i < G_N_ELEMENTS (open); i++)
+    open[i] = open_stream (s, path);
+  over = test_http ("GET", url, accept);
+  g_assert_cmpint (over->status, ==, 503);
+  g_assert_cmpstr (over->body, ==, "too many event streams open ([jobs] max_streams)\n");
+  ok = test_http ("GET", fast, NULL);
+  g_assert_cmpint (ok->status, ==, 200);
+  log = test_server_log (s);
+  g_assert_nonnull (strstr (log, "[jobs] max_streams = 256: 3 at most, what 3/4 of [server] "
+                                 "max_connections (16) leaves beside queue_limit + threads"));
+  for (guint i = 0; i < G_N_ELEMENTS (open); i++)
+    g_object_unref (open[i]);
+  delete_job (s, id);
+}
+
 /* One client holds at most [jobs] max_streams_per_client streams: beyond it 429, for it alone. */
 static void
 test_client_share (void)
@@ -631,6 +667,7 @@ main (int argc, char **argv)
   g_test_add_func ("/events/resume", test_resume);
   g_test_add_func ("/events/hangup", test_hangup);
   g_test_add_func ("/events/cap", test_cap);
+  g_test_add_func ("/events/cap-in-budget", test_cap_in_budget);
   g_test_add_func ("/events/client-share", test_client_share);
   g_test_add_func ("/events/heartbeat", test_heartbeat);
   g_test_add_func ("/events/streamed-call", test_streamed_call);

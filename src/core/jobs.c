@@ -136,6 +136,25 @@ crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *st
   return self;
 }
 
+/* An open stream parks a connection, as a running or queued request does: the streams get what
+ * the connection budget (crunch_config_check_budget()) leaves beside queue_limit + threads, so
+ * that /fast keeps its quarter of max_connections (the one in force: main.c puts it back into a
+ * reloaded config). */
+static guint
+max_streams_in_budget (const CrunchConfig *config)
+{
+  guint64 budget = (guint64)config->max_connections * 3 / 4;
+  guint64 parked = (guint64)config->queue_limit + crunch_config_effective_threads (config);
+  guint64 left = budget > parked ? budget - parked : 0;
+
+  if (config->jobs_max_streams <= left)
+    return config->jobs_max_streams;
+  g_message ("[jobs] max_streams = %u: %" G_GUINT64_FORMAT " at most, what 3/4 of [server] "
+             "max_connections (%u) leaves beside queue_limit + threads",
+             config->jobs_max_streams, left, config->max_connections);
+  return (guint)left;
+}
+
 void
 crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
 {
@@ -147,7 +166,7 @@ crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
   self->max_crashes = config->jobs_max_crashes;
   self->default_priority = config->default_priority;
   g_mutex_unlock (&self->lock);
-  crunch_streams_configure (config->jobs_max_streams, config->jobs_max_streams_per_client,
+  crunch_streams_configure (max_streams_in_budget (config), config->jobs_max_streams_per_client,
                             config->jobs_stream_heartbeat);
 }
 
