@@ -139,40 +139,6 @@ apply_live_settings (Crunchd *app, const CrunchConfig *config)
   crunch_procpools_resize (crunch_config_effective_threads (config));
 }
 
-/* Settings fixed for the daemon's lifetime; changing them needs a restart, and we say so. */
-static void
-warn_restart_needed (const CrunchConfig *old, const CrunchConfig *new)
-{
-  g_autofree gchar *a = g_strjoinv (",", old->listen);
-  g_autofree gchar *b = g_strjoinv (",", new->listen);
-  g_autofree gchar *c = g_strjoinv (",", old->plugins_load);
-  g_autofree gchar *d = g_strjoinv (",", new->plugins_load);
-
-  if (!g_str_equal (a, b) || g_strcmp0 (old->metrics_listen, new->metrics_listen) != 0 ||
-      old->max_connections != new->max_connections || old->poll_threads != new->poll_threads ||
-      old->max_connections_per_ip != new->max_connections_per_ip ||
-      old->connection_timeout != new->connection_timeout ||
-      !g_str_equal (old->client_key, new->client_key))
-    g_warning ("reload: [server] listen, threads, max_connections, max_connections_per_ip, "
-               "connection_timeout, [executor] client_key and [metrics] listen apply only after "
-               "a restart; keeping the old values");
-  if (!g_str_equal (old->jobs_store, new->jobs_store) ||
-      !g_str_equal (old->jobs_database, new->jobs_database) ||
-      !g_str_equal (old->jobs_synchronous, new->jobs_synchronous) ||
-      !g_str_equal (old->jobs_bucket, new->jobs_bucket) || old->jobs_lease != new->jobs_lease ||
-      old->jobs_max_database_size != new->jobs_max_database_size)
-    g_warning ("reload: [jobs] store, database, synchronous, max_database_size, bucket and lease "
-               "apply only after a restart");
-  if ((*old->tls.certificate == '\0') != (*new->tls.certificate == '\0'))
-    g_warning ("reload: turning HTTPS on or off ([tls] certificate) applies only after a restart");
-  if (!g_str_equal (old->backend, new->backend))
-    g_warning ("reload: [executor] backend and the [nats] group apply only after a restart");
-  /* plugins are never loaded or unloaded while serving: see plugins.c */
-  if (!g_str_equal (c, d) || g_strcmp0 (old->plugins_dir, new->plugins_dir) != 0)
-    g_warning ("reload: [plugins] dir and load apply only after a restart; keeping the "
-               "loaded plugins");
-}
-
 static gboolean
 on_reload (gpointer data)
 {
@@ -195,23 +161,15 @@ on_reload (gpointer data)
   if (config == NULL) {
     g_warning ("reload failed, keeping the running configuration: %s", error->message);
   } else {
-    warn_restart_needed (app->config, config);
+    g_autoptr (GString) changed = g_string_new (NULL);
     /* keep what cannot change live, so the next comparison is against what really runs */
-    g_strfreev (config->listen);
-    config->listen = g_strdupv (app->config->listen);
-    g_free (config->metrics_listen);
-    config->metrics_listen = g_strdup (app->config->metrics_listen);
-    config->max_connections = app->config->max_connections;
-    config->max_connections_per_ip = app->config->max_connections_per_ip;
-    g_strfreev (config->plugins_load);
-    config->plugins_load = g_strdupv (app->config->plugins_load);
-    g_free (config->plugins_dir);
-    config->plugins_dir = g_strdup (app->config->plugins_dir);
-    config->connection_timeout = app->config->connection_timeout;
-    g_free (config->client_key);
-    config->client_key = g_strdup (app->config->client_key);
-    g_free (config->backend);
-    config->backend = g_strdup (app->config->backend);
+    crunch_config_keep_restart_keys (config, app->config, changed);
+    if (changed->len > 0)
+      g_warning ("reload: changed keys that apply only after a restart, running values kept: %s",
+                 changed->str);
+    if ((*app->config->tls.certificate == '\0') != (*config->tls.certificate == '\0'))
+      g_warning ("reload: turning HTTPS on or off ([tls] certificate) applies only after a "
+                 "restart");
     apply_live_settings (app, config);
     crunch_auth_publish (app->auth, g_steal_pointer (&auth));
     crunch_procpools_forgive (); /* crash-looping functions get another chance */
@@ -745,7 +703,8 @@ main (int argc, char **argv)
     g_autofree gchar *text = crunch_config_to_string (app.config);
     g_autofree const gchar **names = crunch_functions_list ();
     g_autofree gchar *list = g_strjoinv (", ", (gchar **)names);
-    g_print ("# %s: configuration OK\n# functions: %s\n%s", app.config_path, list, text);
+    g_print ("# %s: configuration OK%s\n# functions: %s\n%s", app.config_path,
+             app.config->path == NULL ? " (no such file: the built-in defaults)" : "", list, text);
     crunch_procpools_free_all (); /* program plugins were started to read their hello */
     free_files (&app);
     return EXIT_SUCCESS;

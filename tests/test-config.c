@@ -81,7 +81,8 @@ test_bad_files (void)
       {"[metrics]\nport = 9100\n", "t.ini: [metrics] port: unknown key"},
       {"[auth]\npublic = /fast, /fib\n",
        "t.ini: [auth] public = '/fast, /fib': '/fib' is not a route (routes: /fast, /fib/, /fn, "
-       "/fn/, /jobs, /jobs/*, /jobs/*/result, /jobs/*/events, /metrics, /healthz, /readyz, /status, /status/, "
+       "/fn/, /jobs, /jobs/*, /jobs/*/result, /jobs/*/events, /metrics, /healthz, /readyz, "
+       "/status, /status/, "
        "/status.json, /openapi.json)"},
       {"[log]\nlevel = loud\n",
        "t.ini: [log] level = 'loud': expected one of: error, critical, warning, message, info, "
@@ -96,8 +97,15 @@ test_bad_files (void)
        "t.ini: [server] listen = '127.0.0.1:80000': '127.0.0.1:80000': port out of range (0 to "
        "65535)"},
       {"[server]\nmax_connections = 100\n[executor]\nthreads = 4\nqueue_limit = 80\n",
-       "t.ini: [executor] queue_limit = '80': queue_limit + threads (4) must not exceed 3/4 of "
-       "[server] max_connections (100), or parked jobs could lock out /fast"},
+       "t.ini: [executor] queue_limit = '80': queue_limit + threads (80 + 4) must not exceed 3/4 "
+       "of [server] max_connections (100), or parked jobs could lock out /fast"},
+      {"[server]\nmax_body_size = 1073741825\n",
+       "t.ini: [server] max_body_size = '1073741825': out of range (0 to 1073741824)"},
+      {"[server]\nthreads = 1\nthreads = 2\n", "t.ini: [server] threads: given more than once"},
+      {"[server]\nthreads = 1\n[fib]\nmax_n = 9\n[server]\nthreads = 1\n",
+       "t.ini: [server] threads: given more than once"},
+      {"[executor]\nbackend = nats\n[nats]\nservers =\n",
+       "t.ini: [nats] servers = '': [executor] backend = nats needs at least one nats://HOST:PORT"},
       {"[executor]\nclient_key = cookie\n",
        "t.ini: [executor] client_key = 'cookie': expected ip or header:NAME"},
       {"[executor]\nclient_key = header:X Key\n",
@@ -273,7 +281,7 @@ test_nats (void)
       {"[executor]\ntimeslice = 0.00001\n",
        "t.ini: [executor] timeslice = '1e-05': 0 (off) or from 0.0001 to 0.1 seconds"},
       {"[nats]\nmax_reconnect = -2\n",
-       "t.ini: [nats] max_reconnect = '-2': out of range (-1 to 1e+06)"},
+       "t.ini: [nats] max_reconnect = '-2': out of range (-1 to 1000000)"},
       {"[worker]\nthreads = many\n", "t.ini: [worker] threads = 'many': not an integer"},
   };
 

@@ -158,18 +158,34 @@ test_reload_broken_file (void)
   fixture_stop (&f);
 }
 
-/* Settings bound to the listening daemon are refused with a warning, the rest applies. */
+/* Settings read at start only (the listening daemon, worker processes, the job store) are
+ * refused with a warning naming each changed key, the rest applies. Each reload compares with the
+ * running values: the same file again warns again, the file put back warns no more (the [jobs]
+ * keys were compared with the previous file, and [executor] kill_grace was not reported at all). */
 static void
 test_reload_restart_only (void)
 {
   Fixture f;
-  g_autofree gchar *log = NULL;
+  const gchar *changed = "[server]\nmax_connections = 600\n[executor]\nkill_grace = 2\n"
+                         "[jobs]\nstore = sqlite\n[fib]\nmax_n = 31\n";
+  const gchar *warning = "reload: changed keys that apply only after a restart, running values "
+                         "kept: [server] max_connections, [executor] kill_grace, [jobs] store";
 
-  fixture_start (&f, "[server]\nmax_connections = 500\n[fib]\nmax_n = 30\n");
-  reload (&f, "[server]\nmax_connections = 600\n[fib]\nmax_n = 31\n");
+  fixture_start (&f, "[server]\nmax_connections = 500\n[jobs]\nstore = memory\n"
+                     "[fib]\nmax_n = 30\n");
+  reload (&f, changed);
   g_assert_cmpint (get_status (f.server, "/fib/31"), ==, 200);
-  log = test_server_log (f.server);
-  g_assert_nonnull (strstr (log, "apply only after a restart"));
+  {
+    g_autofree gchar *log = test_server_log (f.server);
+    g_assert_nonnull (strstr (log, warning));
+  }
+  reload (&f, changed);
+  reload (&f, "[server]\nmax_connections = 500\n[jobs]\nstore = memory\n[fib]\nmax_n = 30\n");
+  {
+    g_autofree gchar *log = test_server_log (f.server);
+    g_assert_cmpuint (test_count (log, warning), ==, 2);
+    g_assert_cmpuint (test_count (log, "apply only after a restart"), ==, 2);
+  }
   fixture_stop (&f);
 }
 

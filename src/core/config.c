@@ -271,7 +271,7 @@ load_number (const KeyDesc *k, const gchar *value, CrunchConfig *config, const g
   if (!parse_number (value, k, &number))
     return fail (error, file, k, value, k->type == KEY_DOUBLE ? "not a number" : "not an integer");
   if (number < k->min || number > k->max) {
-    g_autofree gchar *why = g_strdup_printf ("out of range (%g to %g)", k->min, k->max);
+    g_autofree gchar *why = g_strdup_printf ("out of range (%.15g to %.15g)", k->min, k->max);
     return fail (error, file, k, value, why);
   }
   if (k->type == KEY_UINT)
@@ -385,6 +385,14 @@ reject_unknown (GKeyFile *kf, const gchar *file, GError **error)
         g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
                      "%s: [%s] %s: unknown key", file, *g, *n);
         return FALSE;
+      }
+      /* GKeyFile keeps every line and reads the last: say so rather than pick one */
+      for (gchar **m = names; m < n; m++) {
+        if (g_str_equal (*m, *n)) {
+          g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                       "%s: [%s] %s: given more than once", file, *g, *n);
+          return FALSE;
+        }
       }
     }
   }
@@ -509,6 +517,16 @@ valid_subject_prefix (const gchar *prefix)
 static gboolean
 validate_nats (const CrunchConfig *config, const gchar *file, GError **error)
 {
+  gboolean needed =
+      g_str_equal (config->backend, "nats") || g_str_equal (config->jobs_store, "nats");
+
+  if (needed && (config->nats.servers == NULL || config->nats.servers[0] == NULL)) {
+    g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
+                 "%s: [nats] servers = '': %s needs at least one nats://HOST:PORT", file,
+                 g_str_equal (config->backend, "nats") ? "[executor] backend = nats"
+                                                       : "[jobs] store = nats");
+    return FALSE;
+  }
   for (gchar **s = config->nats.servers; s != NULL && *s != NULL; s++) {
     if (!valid_nats_url (*s)) {
       g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
@@ -649,9 +667,10 @@ crunch_config_check_budget (const CrunchConfig *config, guint max_connections, G
   if ((guint64)config->queue_limit + threads <= (guint64)max_connections * 3 / 4)
     return TRUE;
   g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
-               "%s: [executor] queue_limit = '%u': queue_limit + threads (%u) must not exceed "
-               "3/4 of [server] max_connections (%u%s), or parked jobs could lock out /fast",
-               file, config->queue_limit, threads, max_connections,
+               "%s: [executor] queue_limit = '%u': queue_limit + threads (%u + %u%s) must not "
+               "exceed 3/4 of [server] max_connections (%u%s), or parked jobs could lock out /fast",
+               file, config->queue_limit, config->queue_limit, threads,
+               config->threads == 0 ? " (one per CPU)" : "", max_connections,
                max_connections != config->max_connections ? ", in force until a restart" : "");
   return FALSE;
 }
@@ -660,6 +679,92 @@ guint
 crunch_config_effective_threads (const CrunchConfig *config)
 {
   return config->threads != 0 ? config->threads : (guint)g_get_num_processors ();
+}
+
+/* Keys read at start only: the listening daemon, the worker processes, the NATS connection, the
+ * job store and the plugins (loaded once, see plugins.c). [worker] is crunchd-worker's. */
+static const gchar *const restart_keys[] = {"server/listen",
+                                            "server/threads",
+                                            "server/max_connections",
+                                            "server/max_connections_per_ip",
+                                            "server/connection_timeout",
+                                            "executor/client_key",
+                                            "executor/backend",
+                                            "executor/kill_grace",
+                                            "executor/start_timeout",
+                                            "executor/memory_limit",
+                                            "executor/max_jobs_per_process",
+                                            "executor/retries",
+                                            "nats/*",
+                                            "jobs/store",
+                                            "jobs/database",
+                                            "jobs/synchronous",
+                                            "jobs/max_database_size",
+                                            "jobs/bucket",
+                                            "jobs/lease",
+                                            "plugins/dir",
+                                            "plugins/load",
+                                            "metrics/listen",
+                                            NULL};
+
+static gboolean
+is_restart_key (const KeyDesc *k)
+{
+  g_autofree gchar *name = g_strconcat (k->group, "/", k->name, NULL);
+  g_autofree gchar *group = g_strconcat (k->group, "/*", NULL);
+
+  return g_strv_contains (restart_keys, name) || g_strv_contains (restart_keys, group);
+}
+
+/* Puts the running value of every key that needs a restart back into `next` (a reloaded
+ * config), so that what runs and what the next reload is compared with stay the same; the
+ * keys whose value the file changed are listed in `changed` ("[server] threads, ..."). */
+void
+crunch_config_keep_restart_keys (CrunchConfig *next, const CrunchConfig *running, GString *changed)
+{
+  for (gsize i = 0; i < G_N_ELEMENTS (keys); i++) {
+    const KeyDesc *k = &keys[i];
+    gboolean same;
+
+    if (!is_restart_key (k))
+      continue;
+    switch (k->type) {
+    case KEY_UINT:
+      same = *FIELD (next, k, guint) == *FIELD (running, k, guint);
+      *FIELD (next, k, guint) = *FIELD (running, k, guint);
+      break;
+    case KEY_INT:
+    case KEY_ENUM:
+      same = *FIELD (next, k, gint) == *FIELD (running, k, gint);
+      *FIELD (next, k, gint) = *FIELD (running, k, gint);
+      break;
+    case KEY_BOOL:
+      same = !*FIELD (next, k, gboolean) == !*FIELD (running, k, gboolean);
+      *FIELD (next, k, gboolean) = *FIELD (running, k, gboolean);
+      break;
+    case KEY_DOUBLE:
+      same = *FIELD (next, k, gdouble) == *FIELD (running, k, gdouble);
+      *FIELD (next, k, gdouble) = *FIELD (running, k, gdouble);
+      break;
+    case KEY_STRING:
+      same = g_strcmp0 (*FIELD (next, k, gchar *), *FIELD (running, k, gchar *)) == 0;
+      g_free (*FIELD (next, k, gchar *));
+      *FIELD (next, k, gchar *) = g_strdup (*FIELD (running, k, gchar *));
+      break;
+    case KEY_LIST:
+    default:
+      same = (*FIELD (next, k, gchar **) == NULL) == (*FIELD (running, k, gchar **) == NULL) &&
+             (*FIELD (next, k, gchar **) == NULL ||
+              g_strv_equal ((const gchar *const *)*FIELD (next, k, gchar **),
+                            (const gchar *const *)*FIELD (running, k, gchar **)));
+      g_strfreev (*FIELD (next, k, gchar **));
+      *FIELD (next, k, gchar **) = g_strdupv (*FIELD (running, k, gchar **));
+      break;
+    }
+    if (!same)
+      g_string_append_printf (changed, "%s[%s] %s", changed->len > 0 ? ", " : "", k->group,
+                              k->name);
+  }
 }
 
 /* The effective settings as an ini file (for --check-config). */

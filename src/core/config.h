@@ -151,6 +151,10 @@ guint crunch_config_effective_threads (const CrunchConfig *config);
  * value, which changes only at a restart). */
 gboolean crunch_config_check_budget (const CrunchConfig *config, guint max_connections,
                                      GError **error);
+/* A reload: the keys that need a restart keep their running values; those the file changed are
+ * appended to `changed` as "[group] key, ...". */
+void crunch_config_keep_restart_keys (CrunchConfig *next, const CrunchConfig *running,
+                                      GString *changed);
 /* [jobs] database, or where it goes by default: $STATE_DIRECTORY/jobs.db (systemd's
  * StateDirectory=), else $XDG_STATE_HOME/crunchd/jobs.db (~/.local/state/crunchd/jobs.db). */
 gchar *crunch_config_jobs_database (const CrunchConfig *config);
