@@ -211,10 +211,11 @@ test_json_check (void)
   /* what json-glib accepts beyond RFC 8259 would hide brackets from the count (found by an
    * attack review: a body 200,000 deep behind a ' or a comment crashed crunchd) */
   LAX ("{'n': 5}", "a member name that is not a \"string\"");
-  LAX ("{\"x\": ['\"', [[[[]]]]]}", "an unexpected character");
-  LAX ("{\"n\": /* \" */ 5}", "an unexpected character");
-  LAX ("{\"n\": 5} // x", "more than one value");
-  LAX ("{\"n\": 5} # x", "more than one value");
+  LAX ("{\"x\": ['\"', [[[[]]]]]}", "a single quote (JSON strings take double quotes)");
+  LAX ("{\"n\": /* \" */ 5}", "a comment (JSON has none)");
+  LAX ("{\"n\": 5} // x", "a comment (JSON has none)");
+  LAX ("{\"n\": 5} # x", "a comment (JSON has none)");
+  LAX ("{\"n\": 5, // x\n\"m\": 1}", "a member name that is not a \"string\"");
   LAX ("{\"n\": Infinity}", "an unexpected character");
   /* and what it reads wrongly or loosely (a second attack review): a wrapped integer, a
    * truncated string, the last of two values, hex, leading zeros, a second body */
@@ -225,7 +226,10 @@ test_json_check (void)
   LAX ("{\"s\": \"a\x01\"}", "a control character inside a string");
   LAX ("{\"n\": 1, \"n\": 90}", "a member name given twice");
   LAX ("{\"n\": 1, \"\\u006e\": 90}", "a member name given twice");
-  LAX ("{\"n\": 0x10}", "an unexpected character");
+  LAX ("{\"n\": 0x10}", "a hex number (JSON numbers are decimal)");
+  LAX ("[1, 2 3]", "an unexpected character");
+  LAX ("{\"n\": x}", "an unexpected character");
+  LAX ("0x10", "a hex number (JSON numbers are decimal)");
   LAX ("{\"n\": 05}", "a number with a leading zero");
   LAX ("{\"n\": 5}{\"n\": 6}", "more than one value");
   LAX ("{\"n\": 1.}", "a malformed number");

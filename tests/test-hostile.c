@@ -314,6 +314,13 @@ test_percent_encoding (void)
       {"/fast%00junk", 400, NULL},
       {"/fib/%2F10", 400, "fib: N must be a non-negative integer, got '/10'\n"},
       {"?a=1", 400, NULL}, /* no path at all */
+      /* a function's arguments: a bad escape was read as an empty value ("got ''") */
+      {"/fn/fib?n=%31%30", 200, "55"},
+      {"/fn/fib?n=%zz", 400, "fib: argument 'n' has malformed percent-encoding (or %00)\n"},
+      {"/fn/fib?n=1%00", 400, "fib: argument 'n' has malformed percent-encoding (or %00)\n"},
+      {"/fn/fib?n=1%2", 400, "fib: argument 'n' has malformed percent-encoding (or %00)\n"},
+      {"/fn/fib?%zz=1", 400, "fib: argument '' has malformed percent-encoding (or %00)\n"},
+      {"/fn/fib?n=", 400, "fib: argument 'n' must be an integer from 0 to 40, got ''\n"},
   };
 
   for (gsize i = 0; i < G_N_ELEMENTS (cases); i++) {
@@ -1088,7 +1095,8 @@ test_lax_json (void)
       {FALSE, "{\"n\": 18446744073709551615}", "an integer beyond 64 bits"},
       {FALSE, "{\"n\": -9223372036854775809}", "an integer beyond 64 bits"},
       {FALSE, "{\"n\": 1, \"n\": 90}", "a member name given twice"},
-      {FALSE, "{\"n\": 0x10}", "an unexpected character"},
+      {FALSE, "{\"n\": 0x10}", "a hex number (JSON numbers are decimal)"},
+      {FALSE, "{\"n\": 5} // five", "a comment (JSON has none)"},
       {FALSE, "{\"n\": 05}", "a number with a leading zero"},
       {FALSE, "{\"n\": 5}{\"n\": 6}", "more than one value"},
       {TRUE, "{\"fn\": \"fi\\u0000b\", \"args\": {\"n\": 5}}", "\\u0000 in a string"},

@@ -51,6 +51,26 @@ refuse (Scan *s, const gchar *why)
   return FALSE;
 }
 
+/* What a lax parser would have taken there, named (a comment, a single quote) */
+static gboolean
+unexpected (Scan *s)
+{
+  if (*s->p == '/' || *s->p == '#')
+    return refuse (s, "a comment (JSON has none)");
+  if (*s->p == '\'')
+    return refuse (s, "a single quote (JSON strings take double quotes)");
+  return refuse (s, "an unexpected character");
+}
+
+/* The same after a value (s->p is past its first character): 0x10 reads as 0, then x */
+static gboolean
+unexpected_after_value (Scan *s)
+{
+  if ((*s->p == 'x' || *s->p == 'X') && s->p[-1] == '0')
+    return refuse (s, "a hex number (JSON numbers are decimal)");
+  return unexpected (s);
+}
+
 static void
 skip_space (Scan *s)
 {
@@ -177,7 +197,7 @@ scan_literal (Scan *s)
       return TRUE;
     }
   }
-  return refuse (s, "an unexpected character");
+  return unexpected (s);
 }
 
 /* Adds the member name that ends at s->p to `names`; FALSE if it is there already. A name with
@@ -227,7 +247,8 @@ crunch_json_check (const gchar *text, gsize len, guint max_depth, const gchar **
     switch (want) {
     case NEXT:
       if (depth == 0) {
-        ok = refuse (&s, "more than one value");
+        ok = *s.p != '\0' && strchr ("/#xX", *s.p) != NULL ? unexpected_after_value (&s)
+                                                           : refuse (&s, "more than one value");
       } else if (*s.p == ',') {
         s.p++;
         want = open[depth - 1] == '{' ? NAME : VALUE;
@@ -235,7 +256,7 @@ crunch_json_check (const gchar *text, gsize len, guint max_depth, const gchar **
         s.p++;
         g_clear_pointer (&names[--depth], g_hash_table_unref);
       } else {
-        ok = refuse (&s, "an unexpected character");
+        ok = unexpected_after_value (&s);
       }
       break;
     case NAME_OR_CLOSE:

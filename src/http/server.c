@@ -497,13 +497,20 @@ connection_fd (struct MHD_Connection *connection)
   return info != NULL ? info->connect_fd : -1;
 }
 
-#define REPEATED "\001" /* a key no query string can produce: marks a repeated name */
+#define REPEATED "\001"  /* a key no query string can produce: marks a repeated name */
+#define MALFORMED "\002" /* and one that marks a malformed percent-encoding */
 
 static enum MHD_Result
-collect_query_arg (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+collect_query_arg (void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                   const char *value, size_t value_size)
 {
   GHashTable *values = cls;
 
+  /* unescape_path() leaves "\0" with length 1 for a malformed escape or %00 */
+  if (strlen (key) != key_size || (value != NULL && strlen (value) != value_size)) {
+    g_hash_table_insert (values, g_strdup (MALFORMED), g_strdup (key));
+    return MHD_NO;
+  }
   if (g_hash_table_contains (values, key)) {
     g_hash_table_insert (values, g_strdup (REPEATED), g_strdup (key));
     return MHD_NO;
@@ -552,7 +559,13 @@ parse_fn_call (CrunchRequest *req, const CrunchFunction *fn, GError **error)
     return g_steal_pointer (&req->decode.args); /* not floating */
   }
   values = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
-  MHD_get_connection_values (req->connection, MHD_GET_ARGUMENT_KIND, collect_query_arg, values);
+  MHD_get_connection_values_n (req->connection, MHD_GET_ARGUMENT_KIND, collect_query_arg, values);
+  if (g_hash_table_contains (values, MALFORMED)) {
+    g_autofree gchar *name = crunch_args_echo (g_hash_table_lookup (values, MALFORMED));
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
+                 "%s: argument '%s' has malformed percent-encoding (or %%00)", fn->name, name);
+    return NULL;
+  }
   if (g_hash_table_contains (values, REPEATED)) {
     g_autofree gchar *name = crunch_args_echo (g_hash_table_lookup (values, REPEATED));
     g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_INVALID_ARGUMENT,
@@ -1272,7 +1285,8 @@ on_completed (void *cls, struct MHD_Connection *connection, void **req_cls,
 /* MHD_OPTION_UNESCAPE_CALLBACK, for the path and the query arguments. MHD's own decoder keeps
  * malformed escapes as they are and turns %00 into a NUL that silently truncates the path
  * ("/fib/1%00x" would compute fib(1)); ours empties such a string instead, and an empty path
- * gets 400 in route_request(). */
+ * gets 400 in route_request(). The length 1 of that empty string (MHD ignores the path's) tells
+ * collect_query_arg() an argument so emptied from one that was empty. */
 static size_t
 unescape_path (void *cls, struct MHD_Connection *connection, char *s)
 {
@@ -1281,7 +1295,7 @@ unescape_path (void *cls, struct MHD_Connection *connection, char *s)
   if (crunch_path_unescape (s, &len))
     return len;
   s[0] = '\0';
-  return 0;
+  return 1;
 }
 
 static void
