@@ -458,6 +458,67 @@ test_hostile_job_message (void)
   g_assert_cmpint (test_worker_stop (w), >=, 2);
 }
 
+/* A forged worker in the workers' queue group: answers every fib job "ok" at once, claiming
+ * that it ran for `cls` (a Crunch-Elapsed header) microseconds. */
+static void
+forge_reply (natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *cls)
+{
+  natsMsg *out = NULL;
+
+  if (natsMsg_GetReply (msg) != NULL &&
+      natsMsg_Create (&out, natsMsg_GetReply (msg), NULL, "forged", 6) == NATS_OK) {
+    natsMsgHeader_Set (out, "Crunch-Status", "ok");
+    natsMsgHeader_Set (out, "Crunch-Worker", "forger");
+    natsMsgHeader_Set (out, "Crunch-Elapsed", cls);
+    natsConnection_PublishMsg (nc, out);
+    natsMsg_Destroy (out);
+  }
+  natsMsg_Destroy (msg);
+}
+
+/* A reply's run time is the worker's word, kept within what the front end saw: one that said
+ * INT64_MAX (or its negative) overflowed the run-time estimate (UBSan) and every later call of
+ * the function was refused 503 "predicted ... exceeds the deadline", until a restart. */
+static void
+test_forged_elapsed (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *wini = worker_ini (nats->url);
+  g_autofree gchar *fini = front_ini (nats->url, NULL);
+  TestWorker *w = test_worker_start (wini, "w1", 1);
+  TestServer *server = test_server_start (fini, NULL);
+  g_autofree gchar *url = test_server_url (server, "/fib/10");
+  const gchar *claims[] = {"9223372036854775807", "-9223372036854775807"};
+  natsConnection *nc = NULL;
+  natsSubscription *sub[2] = {NULL, NULL};
+  guint forged = 0;
+
+  g_assert_cmpint (natsConnection_ConnectTo (&nc, nats->url), ==, NATS_OK);
+  for (guint i = 0; i < 2; i++) {
+    g_assert_cmpint (natsConnection_QueueSubscribe (&sub[i], nc, "crunchd.v1.job.fib",
+                                                    "crunchd-workers", forge_reply,
+                                                    (void *)claims[i]),
+                     ==, NATS_OK);
+  }
+  natsConnection_Flush (nc);
+  /* the queue group spreads the jobs over the real worker and the two forgers */
+  for (guint i = 0; i < 30; i++) {
+    g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+    g_assert_cmpint (r->status, ==, 200);
+    forged += g_str_equal (r->body, "forged");
+  }
+  g_test_message ("%u of 30 answered by a forger", forged);
+  g_assert_cmpuint (forged, >, 0);
+  g_assert_cmpfloat (
+      test_server_metric (server, "crunchd_function_run_estimate_seconds{function=\"fib\"}"), <,
+      30);
+  for (guint i = 0; i < 2; i++)
+    natsSubscription_Destroy (sub[i]);
+  natsConnection_Destroy (nc);
+  test_server_stop (server);
+  test_worker_stop (w);
+}
+
 static gint
 cmp_double (gconstpointer a, gconstpointer b)
 {
@@ -767,5 +828,6 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/ready-means-subscribed", test_ready_means_subscribed);
   g_test_add_func ("/nats/stop-while-busy", test_stop_while_busy);
   g_test_add_func ("/nats/hostile-job-message", test_hostile_job_message);
+  g_test_add_func ("/nats/forged-elapsed", test_forged_elapsed);
   return g_test_run ();
 }

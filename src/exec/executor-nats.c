@@ -69,6 +69,7 @@ typedef struct {
   GList link;         /* in `waiting` while `queued` */
   gboolean queued;    /* found every worker busy and no worker has taken it since */
   gint64 progress_us; /* the last progress report passed on */
+  gint64 t_submitted; /* bounds the run time a worker reports */
 } Pending;
 
 /* A timer's item: which entry it belongs to (reference-counted, g_atomic_rc_box). A timer that
@@ -375,7 +376,9 @@ on_final_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, CrunchWireS
                                 error ? error : "the worker sent an unknown status"));
     break;
   }
-  step->elapsed_us = elapsed;
+  /* the worker's own figure (it feeds the run-time estimate), trusted only within what this
+   * end saw: a reply's header cannot make the job negative or longer than its wait */
+  step->elapsed_us = CLAMP (elapsed, 0, now () - p->t_submitted);
   step->tell_workers = step->attempt > 1; /* earlier attempts may still run somewhere */
 }
 
@@ -678,6 +681,7 @@ nats_submit (CrunchExecutor *parent, CrunchJob *job)
   TimerKey *key = g_atomic_rc_box_new0 (TimerKey);
   Step step = {0};
 
+  p->t_submitted = now ();
   p->job = crunch_job_ref (job);
   key->self = self;
   g_mutex_lock (&self->lock);
