@@ -386,14 +386,6 @@ reject_unknown (GKeyFile *kf, const gchar *file, GError **error)
                      "%s: [%s] %s: unknown key", file, *g, *n);
         return FALSE;
       }
-      /* GKeyFile keeps every line and reads the last: say so rather than pick one */
-      for (gchar **m = names; m < n; m++) {
-        if (g_str_equal (*m, *n)) {
-          g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
-                       "%s: [%s] %s: given more than once", file, *g, *n);
-          return FALSE;
-        }
-      }
     }
   }
   return TRUE;
