@@ -430,7 +430,10 @@ test_poison (Fixture *f, gconstpointer data)
                   json_object_get_int_member_with_default (b, "crashes", 0),
                   json_object_get_string_member_with_default (b, "error", ""));
   g_assert_cmpstr (json_object_get_string_member (b, "state"), ==, "done");
-  g_assert_cmpint (json_object_get_int_member (b, "crashes"), ==, 1);
+  /* 1 if its start was on disk at the first crash; 0 if the crash came first (CI's ASan run:
+   * the poison job's write can overtake it, as wait_running() reads the table, not the file).
+   * Never more: the later crashes are not pinned on it. */
+  g_assert_cmpint (json_object_get_int_member_with_default (b, "crashes", 0), <=, 1);
   test_server_stop (s);
 }
 

@@ -350,7 +350,11 @@ on_final_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, CrunchWireS
                        Step *step)
 {
   const gchar *error = crunch_nats_header (msg, CRUNCH_HDR_ERROR);
-  gint64 elapsed = crunch_nats_header_int (msg, CRUNCH_HDR_ELAPSED, 0);
+  /* the worker's own figure (it feeds the run-time estimate), trusted only within what this end
+   * saw: a reply's header cannot make the job negative or longer than its wait. Read before
+   * step_take() frees `p`. */
+  gint64 elapsed =
+      CLAMP (crunch_nats_header_int (msg, CRUNCH_HDR_ELAPSED, 0), 0, now () - p->t_submitted);
 
   switch (status) {
   case CRUNCH_WIRE_OK:
@@ -376,9 +380,7 @@ on_final_reply_locked (NatsExecutor *self, Pending *p, natsMsg *msg, CrunchWireS
                                 error ? error : "the worker sent an unknown status"));
     break;
   }
-  /* the worker's own figure (it feeds the run-time estimate), trusted only within what this
-   * end saw: a reply's header cannot make the job negative or longer than its wait */
-  step->elapsed_us = CLAMP (elapsed, 0, now () - p->t_submitted);
+  step->elapsed_us = elapsed;
   step->tell_workers = step->attempt > 1; /* earlier attempts may still run somewhere */
 }
 
