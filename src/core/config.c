@@ -650,13 +650,20 @@ crunch_config_validate (const CrunchConfig *config, GError **error)
 
 /* Parked requests hold connections: if running + queued jobs could use up every connection,
  * slow work would lock out the fast lane. Keep a quarter of the connections for it. */
+gint64
+crunch_config_connections_spare (const CrunchConfig *config, guint max_connections)
+{
+  return (gint64)max_connections * 3 / 4 -
+         ((gint64)config->queue_limit + crunch_config_effective_threads (config));
+}
+
 gboolean
 crunch_config_check_budget (const CrunchConfig *config, guint max_connections, GError **error)
 {
   const gchar *file = config->path ? config->path : "(command line)";
   guint threads = crunch_config_effective_threads (config);
 
-  if ((guint64)config->queue_limit + threads <= (guint64)max_connections * 3 / 4)
+  if (crunch_config_connections_spare (config, max_connections) >= 0)
     return TRUE;
   g_set_error (error, CRUNCH_CONFIG_ERROR, CRUNCH_CONFIG_ERROR_INVALID,
                "%s: [executor] queue_limit = '%u': queue_limit + threads (%u + %u%s) must not "

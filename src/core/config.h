@@ -117,12 +117,12 @@ typedef struct {
   gchar *jobs_store;       /* "sqlite" (the default) or "memory" (restart) */
   gchar *jobs_database;    /* sqlite: the file; "" = crunch_config_jobs_database() (restart) */
   gchar *jobs_synchronous; /* sqlite: "normal" or "full" (restart) */
-  guint jobs_max_database_size;  /* sqlite: MiB, 0 = no bound (restart) */
-  gchar *jobs_bucket;            /* nats: the JetStream key-value bucket (restart) */
-  gdouble jobs_lease;            /* nats: seconds a front end owns a job unrenewed (restart) */
-  guint jobs_max_streams;        /* event streams open at once; beyond it 503 */
+  guint jobs_max_database_size;      /* sqlite: MiB, 0 = no bound (restart) */
+  gchar *jobs_bucket;                /* nats: the JetStream key-value bucket (restart) */
+  gdouble jobs_lease;                /* nats: seconds a front end owns a job unrenewed (restart) */
+  guint jobs_max_streams;            /* event streams open at once; beyond it 503 */
   guint jobs_max_streams_per_client; /* of those, one client's; beyond it 429; 0 = no share */
-  gdouble jobs_stream_heartbeat; /* seconds between comment lines on an idle stream */
+  gdouble jobs_stream_heartbeat;     /* seconds between comment lines on an idle stream */
 
   /* [log] */
   gchar *log_level; /* error|critical|warning|message|info|debug */
@@ -147,6 +147,9 @@ CrunchConfig *crunch_config_load_data (const gchar *data, const gchar *name, GEr
 gboolean crunch_config_validate (const CrunchConfig *config, GError **error);
 gchar *crunch_config_to_string (const CrunchConfig *config);
 guint crunch_config_effective_threads (const CrunchConfig *config);
+/* What 3/4 of `max_connections` leaves beside queue_limit + threads (below 0: they do not fit);
+ * the rest is the fast lane's. */
+gint64 crunch_config_connections_spare (const CrunchConfig *config, guint max_connections);
 /* queue_limit + threads fit in 3/4 of `max_connections` (a reload checks against the running
  * value, which changes only at a restart). */
 gboolean crunch_config_check_budget (const CrunchConfig *config, guint max_connections,

@@ -137,19 +137,16 @@ crunch_jobs_new (CrunchCalls *calls, const CrunchConfig *config, CrunchStore *st
 }
 
 /* An open stream parks a connection, as a running or queued request does: the streams get what
- * the connection budget (crunch_config_check_budget()) leaves beside queue_limit + threads, so
- * that /fast keeps its quarter of max_connections (the one in force: main.c puts it back into a
- * reloaded config). */
+ * the connection budget leaves beside queue_limit + threads, so that /fast keeps its quarter of
+ * max_connections (the one in force: main.c puts it back into a reloaded config). */
 static guint
 max_streams_in_budget (const CrunchConfig *config)
 {
-  guint64 budget = (guint64)config->max_connections * 3 / 4;
-  guint64 parked = (guint64)config->queue_limit + crunch_config_effective_threads (config);
-  guint64 left = budget > parked ? budget - parked : 0;
+  gint64 left = MAX (crunch_config_connections_spare (config, config->max_connections), 0);
 
   if (config->jobs_max_streams <= left)
     return config->jobs_max_streams;
-  g_message ("[jobs] max_streams = %u: %" G_GUINT64_FORMAT " at most, what 3/4 of [server] "
+  g_message ("[jobs] max_streams = %u: %" G_GINT64_FORMAT " at most, what 3/4 of [server] "
              "max_connections (%u) leaves beside queue_limit + threads",
              config->jobs_max_streams, left, config->max_connections);
   return (guint)left;
