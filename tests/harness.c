@@ -266,6 +266,24 @@ test_port_open (guint16 port)
   return conn != NULL;
 }
 
+/* A server that does not stop: where each of its threads is, if gdb is at hand (it is on CI's
+ * machines), so that a hang seen once in CI can be understood from its log. */
+void
+test_log_backtraces (const gchar *pid)
+{
+  g_autofree gchar *gdb = g_find_program_in_path ("gdb");
+  g_autofree gchar *out = NULL;
+  g_autoptr (GSubprocess) proc = NULL;
+
+  if (gdb == NULL)
+    return;
+  proc = g_subprocess_new (G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_MERGE, NULL,
+                           "timeout", "60", gdb, "-p", pid, "-batch", "-nx", "-ex",
+                           "thread apply all bt 30", NULL);
+  if (proc != NULL && g_subprocess_communicate_utf8 (proc, NULL, NULL, &out, NULL, NULL))
+    g_test_message ("its threads, as gdb saw them:\n%s", out);
+}
+
 /* Bounded wait: a server that does not stop is killed and the test fails. */
 gint
 test_server_stop (TestServer *server)
@@ -286,6 +304,7 @@ test_server_stop_with_log (TestServer *server, gchar **log_out)
     g_usleep (5000);
   }
   if (g_subprocess_get_identifier (server->proc) != NULL) {
+    test_log_backtraces (g_subprocess_get_identifier (server->proc));
     g_subprocess_force_exit (server->proc);
     g_subprocess_wait (server->proc, NULL, NULL);
     g_test_message ("crunchd did not stop within %d s", (gint)(STOP_TIMEOUT_US / G_USEC_PER_SEC));

@@ -40,6 +40,8 @@ void test_server_write_config (TestServer *server, const gchar *ini);
 gint test_server_stop (TestServer *server);
 /* The same, and hands over crunchd's whole log (stderr) in *log. */
 gint test_server_stop_with_log (TestServer *server, gchar **log);
+/* Where each thread of process `pid` is (gdb, if installed), as a test message. */
+void test_log_backtraces (const gchar *pid);
 void test_server_signal (TestServer *server, gint signum);
 gchar *test_server_log (TestServer *server);
 /* How many times `needle` occurs in `text` (0 for NULL text). */

@@ -46,6 +46,7 @@ reap (GSubprocess *proc, gint signum)
   }
   if (g_subprocess_get_identifier (proc) != NULL) {
     g_test_message ("pid %s did not stop; killing it", g_subprocess_get_identifier (proc));
+    test_log_backtraces (g_subprocess_get_identifier (proc));
     g_subprocess_force_exit (proc);
     g_test_fail ();
   }
