@@ -75,6 +75,10 @@ nats_spawn (TestNats *nats)
     if (nats->routes != NULL)
       g_ptr_array_add (argv, g_strdup_printf ("--routes=%s", nats->routes));
   }
+  if (nats->conf != NULL) {
+    g_ptr_array_add (argv, g_strdup ("-c"));
+    g_ptr_array_add (argv, g_strdup (nats->conf));
+  }
   if (nats->jetstream) {
     g_ptr_array_add (argv, g_strdup ("-js"));
     g_ptr_array_add (argv, g_strdup_printf ("--store_dir=%s", nats->dir));
@@ -92,7 +96,7 @@ nats_spawn (TestNats *nats)
 }
 
 static TestNats *
-nats_start (gboolean cluster, const gchar *routes, gboolean jetstream)
+nats_start (gboolean cluster, const gchar *routes, gboolean jetstream, const gchar *conf)
 {
   TestNats *nats = g_new0 (TestNats, 1);
   g_autoptr (GError) error = NULL;
@@ -106,6 +110,10 @@ nats_start (gboolean cluster, const gchar *routes, gboolean jetstream)
   nats->routes = g_strdup (routes);
   nats->url = g_strdup_printf ("nats://127.0.0.1:%u", nats->port);
   nats->jetstream = jetstream;
+  if (conf != NULL) {
+    nats->conf = g_build_filename (nats->dir, "nats.conf", NULL);
+    g_assert_true (g_file_set_contents (nats->conf, conf, -1, NULL));
+  }
   nats_spawn (nats);
   return nats;
 }
@@ -113,13 +121,19 @@ nats_start (gboolean cluster, const gchar *routes, gboolean jetstream)
 TestNats *
 test_nats_start (gboolean cluster, const gchar *routes)
 {
-  return nats_start (cluster, routes, FALSE);
+  return nats_start (cluster, routes, FALSE, NULL);
 }
 
 TestNats *
 test_nats_start_js (void)
 {
-  return nats_start (FALSE, NULL, TRUE);
+  return nats_start (FALSE, NULL, TRUE, NULL);
+}
+
+TestNats *
+test_nats_start_conf (const gchar *conf)
+{
+  return nats_start (FALSE, NULL, FALSE, conf);
 }
 
 void
@@ -148,6 +162,7 @@ test_nats_free (TestNats *nats)
   test_remove_dir (nats->dir);
   g_free (nats->dir);
   g_free (nats->routes);
+  g_free (nats->conf);
   g_free (nats->url);
   g_free (nats);
 }

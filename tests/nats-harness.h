@@ -13,6 +13,7 @@ typedef struct {
   gchar *routes;        /* "nats://127.0.0.1:P,..." or NULL */
   gchar *url;           /* "nats://127.0.0.1:PORT" */
   gboolean jetstream;
+  gchar *conf; /* nats-server's configuration file, or NULL */
 } TestNats;
 
 /* Starts nats-server on a free port (and, with `cluster`, a free cluster port, joining
@@ -20,6 +21,8 @@ typedef struct {
 TestNats *test_nats_start (gboolean cluster, const gchar *routes);
 /* A single node with JetStream on (its store in the node's directory). */
 TestNats *test_nats_start_js (void);
+/* A single node with this configuration file's text (nats-server -c), e.g. "max_payload: 4096". */
+TestNats *test_nats_start_conf (const gchar *conf);
 /* Starts it again on the same ports after test_nats_kill(). */
 void test_nats_restart (TestNats *nats);
 /* SIGKILL and reap; the struct stays usable for a restart. */

@@ -799,6 +799,48 @@ test_stop_while_busy (void)
   }
 }
 
+/* A NATS message cannot pass the server's max_payload: a job whose arguments or result do not fit
+ * fails once, with a message that names the limit (both were dropped silently: the front end
+ * tried again until "no worker answered", and the worker computed the result on every try). */
+static void
+test_too_large (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start_conf ("max_payload: 8192\n");
+  g_autofree gchar *plugins =
+      g_strdup_printf ("[plugins]\ndir = %s\nload = mandelbrot, %s/hostile.so\n",
+                       g_getenv ("CRUNCHD_PLUGINS"), g_getenv ("CRUNCHD_TEST_PLUGINS"));
+  g_autofree gchar *wbase = worker_ini (nats->url);
+  g_autofree gchar *wini = g_strconcat (wbase, plugins, NULL);
+  g_autofree gchar *fini = front_ini (nats->url, plugins);
+  TestWorker *w = test_worker_start (wini, "w1", 2);
+  TestServer *front = test_server_start (fini, NULL);
+  g_autofree gchar *image_url = test_server_url (front, "/fn/mandelbrot?size=256");
+  g_autofree gchar *length_url = test_server_url (front, "/fn/length");
+  g_autofree gchar *text = g_strnfill (10000, 'x');
+  g_autofree gchar *body = g_strdup_printf ("{\"s\": \"%s\"}", text);
+  g_autoptr (TestReply) image = NULL, args = NULL;
+  gint64 t0;
+
+  wait_serving (front, 10);
+  t0 = g_get_monotonic_time ();
+  image = test_http ("GET", image_url, NULL); /* a PNG of about 64 KiB */
+  g_test_message ("%ld %s", image->status, image->body);
+  g_assert_cmpint (image->status, ==, 500);
+  g_assert_true (g_str_has_prefix (image->body, "mandelbrot: its result takes "));
+  g_assert_nonnull (strstr (image->body, "more than the NATS server's max_payload of 8192 bytes"));
+  args = test_http_body ("POST", length_url, NULL, body);
+  g_test_message ("%ld %s", args->status, args->body);
+  g_assert_cmpint (args->status, ==, 500);
+  g_assert_true (g_str_has_prefix (args->body, "length: its arguments take "));
+  g_assert_nonnull (strstr (args->body, "more than the NATS server's max_payload of 8192 bytes"));
+  /* at once: not after 6 attempts of 0.5 s */
+  g_assert_cmpint (g_get_monotonic_time () - t0, <, 2 * G_USEC_PER_SEC);
+  get_expect (front, "/fn/length?s=abc", 200, "3");
+  g_assert_cmpint (test_server_stop (front), ==, 0);
+  /* wait_serving's /fib/1, the image once, the short length */
+  g_assert_cmpint (test_worker_stop (w), ==, 3);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -829,5 +871,6 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/stop-while-busy", test_stop_while_busy);
   g_test_add_func ("/nats/hostile-job-message", test_hostile_job_message);
   g_test_add_func ("/nats/forged-elapsed", test_forged_elapsed);
+  g_test_add_func ("/nats/too-large", test_too_large);
   return g_test_run ();
 }

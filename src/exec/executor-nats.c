@@ -70,6 +70,7 @@ typedef struct {
   gboolean queued;    /* found every worker busy and no worker has taken it since */
   gint64 progress_us; /* the last progress report passed on */
   gint64 t_submitted; /* bounds the run time a worker reports */
+  gchar *too_large;   /* its message could not be sent (max_payload): the timer fails it */
 } Pending;
 
 /* A timer's item: which entry it belongs to (reference-counted, g_atomic_rc_box). A timer that
@@ -145,7 +146,7 @@ request_id (NatsExecutor *self, guint64 id)
 
 /* ---- publishing (never with the lock held) ---- */
 
-static void
+static natsStatus
 publish_job (NatsExecutor *self, CrunchJob *job, guint64 id, guint attempt)
 {
   g_autofree gchar *suffix = g_strconcat ("job.", job->fn->name, NULL);
@@ -173,9 +174,10 @@ publish_job (NatsExecutor *self, CrunchJob *job, guint64 id, guint attempt)
     s = natsConnection_PublishMsg (self->nc, msg);
   }
   natsMsg_Destroy (msg);
-  if (s != NATS_OK)
+  if (s != NATS_OK && s != NATS_MAX_PAYLOAD)
     g_debug ("nats: job %s attempt %u not sent (%s); its timer will retry", rid, attempt,
              natsStatus_GetText (s));
+  return s;
 }
 
 static void
@@ -264,6 +266,7 @@ step_take (NatsExecutor *self, Step *step, Pending *p, Action action, CrunchJobO
   step->outcome = outcome;
   step->error = error;
   step->tell_workers = p->attempt > 0;
+  g_free (p->too_large);
   g_free (p);
 }
 
@@ -513,6 +516,8 @@ on_timer (gpointer item, CrunchJobOutcome why, gpointer data)
     if (crunch_cancelled (&p->job->cancel)) {
       step_take (self, &step, p, ACT_COMPLETE,
                  (CrunchJobOutcome)g_atomic_int_get (&p->job->cancel.flag), NULL);
+    } else if (p->too_large != NULL) {
+      step_take (self, &step, p, ACT_COMPLETE, CRUNCH_JOB_FAILED, g_steal_pointer (&p->too_large));
     } else if (t < p->due) {
       crunch_parked_rearm (self->timers, p->timer, p->due); /* re-armed while it fired */
     } else if (deadline_of (p->job) != 0 && t >= deadline_of (p->job)) {
@@ -558,6 +563,27 @@ complete (NatsExecutor *self, Step *step)
   self->parent.finished (job, self->parent.finished_data);
 }
 
+/* Its arguments do not fit in one NATS message: no attempt can succeed, so the job fails now
+ * (by its timer: perform() may run inside submit(), which must not finish a job). */
+static void
+too_large (NatsExecutor *self, Step *step)
+{
+  Pending *p;
+
+  g_mutex_lock (&self->lock);
+  p = g_hash_table_lookup (self->pending, &step->id);
+  if (p != NULL && p->job == step->job && p->too_large == NULL) {
+    p->too_large = g_strdup_printf (
+        "%s: its arguments take %" G_GSIZE_FORMAT " bytes, more than the NATS server's "
+        "max_payload of %" G_GINT64_FORMAT " bytes allows in one message",
+        p->job->fn->name, g_variant_get_size (p->job->args),
+        natsConnection_GetMaxPayload (self->nc));
+    p->due = now ();
+    crunch_parked_rearm (self->timers, p->timer, p->due);
+  }
+  g_mutex_unlock (&self->lock);
+}
+
 static void
 perform (NatsExecutor *self, Step *step)
 {
@@ -565,7 +591,8 @@ perform (NatsExecutor *self, Step *step)
   case ACT_NONE:
     return;
   case ACT_PUBLISH:
-    publish_job (self, step->job, step->id, step->attempt);
+    if (publish_job (self, step->job, step->id, step->attempt) == NATS_MAX_PAYLOAD)
+      too_large (self, step);
     break;
   case ACT_PROBE:
     publish_probe (self, step->id, step->attempt);

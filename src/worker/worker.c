@@ -85,24 +85,31 @@ struct CrunchWorker {
 
 /* ---- replies ---- */
 
-static void
+static natsStatus
 reply (CrunchWorker *w, const gchar *subject, CrunchWireStatus status, GBytes *result,
        const gchar *error, gint64 elapsed_us)
 {
   gsize size = 0;
   gconstpointer data = result ? g_bytes_get_data (result, &size) : NULL;
   natsMsg *msg = NULL;
+  natsStatus s;
 
-  if (subject == NULL || natsMsg_Create (&msg, subject, NULL, data, (int)size) != NATS_OK)
-    return;
+  if (subject == NULL)
+    return NATS_INVALID_ARG;
+  if (size > G_MAXINT)
+    return NATS_MAX_PAYLOAD;
+  s = natsMsg_Create (&msg, subject, NULL, data, (int)size);
+  if (s != NATS_OK)
+    return s;
   natsMsgHeader_Set (msg, CRUNCH_HDR_STATUS, crunch_wire_status_name (status));
   natsMsgHeader_Set (msg, CRUNCH_HDR_WORKER, w->id);
   if (error != NULL)
     natsMsgHeader_Set (msg, CRUNCH_HDR_ERROR, error);
   if (status != CRUNCH_WIRE_RUNNING)
     crunch_nats_header_set_int (msg, CRUNCH_HDR_ELAPSED, elapsed_us);
-  natsConnection_PublishMsg (w->nc, msg);
+  s = natsConnection_PublishMsg (w->nc, msg);
   natsMsg_Destroy (msg);
+  return s;
 }
 
 /* CrunchCancel.progress of a task's job, on the pool thread that runs it (throttled by the
@@ -294,7 +301,18 @@ run_task (Task *t)
   subscribe_slot_locked (t->slot);
   g_mutex_unlock (&w->lock);
 
-  reply (w, t->reply, status, job->result, job->error, job->t_finished - job->t_started);
+  if (reply (w, t->reply, status, job->result, job->error, job->t_finished - job->t_started) ==
+      NATS_MAX_PAYLOAD) {
+    /* one message cannot carry it: fail the job once, rather than let the front end wait, try
+     * again and compute it on every attempt */
+    g_autofree gchar *error = g_strdup_printf (
+        "its result takes %" G_GSIZE_FORMAT " bytes, more than the NATS server's max_payload "
+        "of %" G_GINT64_FORMAT " bytes allows in one message",
+        job->result ? g_bytes_get_size (job->result) : 0,
+        natsConnection_GetMaxPayload (w->nc));
+    g_message ("%s", error);
+    reply (w, t->reply, CRUNCH_WIRE_FAILED, NULL, error, job->t_finished - job->t_started);
+  }
 
   g_mutex_lock (&w->lock);
   w->active--;
