@@ -424,6 +424,29 @@ test_program_protocol_errors (void)
   expect (server, "/fib/10", 200, "55");
 }
 
+/* Frames for a call that has its answer (a late progress report, a second result) that come
+ * while the next call runs are dropped: that call is answered by the same process (it got 502,
+ * "a \"progress\" for call 2 while call 3 runs"). */
+static void
+test_program_late_frames (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server = start_program (p, "proto-test", "");
+  GPid before = child_pid (server);
+  g_autofree gchar *log = NULL;
+
+  expect (server, "/fn/plate", 200, "first");
+  expect (server, "/fn/pecho?s=next", 200, NULL); /* sent before the late frames come */
+  g_assert_cmpint (child_pid (server), ==, before);
+  g_assert_cmpfloat (metric (server, PROGRAM_EVENTS ("protocol_error")), ==, 0);
+  g_assert_cmpfloat (metric (server, PROGRAM_EVENTS ("crash")), ==, 0);
+  log = test_server_log (server);
+  /* call 1 was child_pid()'s */
+  g_assert_nonnull (strstr (log, "a \"progress\" for call 2, which has its answer, came while "
+                                 "call 3 runs: dropped"));
+  g_assert_null (strstr (log, "a \"result\" for call 2")); /* said once per call */
+}
+
 /* A later process of the program that declares other functions is not used: 503. */
 static void
 test_program_changed (void)
@@ -776,6 +799,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/worker-missing", test_worker_missing);
   g_test_add_func ("/procs/program-calls", test_program_calls);
   g_test_add_func ("/procs/program-protocol-errors", test_program_protocol_errors);
+  g_test_add_func ("/procs/program-late-frames", test_program_late_frames);
   g_test_add_func ("/procs/program-changed", test_program_changed);
   g_test_add_func ("/procs/program-kill", test_program_kill);
   g_test_add_func ("/procs/program-orphan", test_program_orphan);

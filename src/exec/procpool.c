@@ -350,6 +350,7 @@ typedef struct {
   gint64 kill_at;     /* 0 until `cancel` was sent */
   gboolean exited;    /* the child died (seen by call_check()) */
   gint64 progress_us; /* the last progress report passed on */
+  gboolean told_late; /* a late frame of an earlier call was logged */
   /* A batch: its calls' cancels (where their progress goes) and last reports passed on. */
   guint n_items;
   const CrunchCancel *const *items;
@@ -418,8 +419,11 @@ take_progress (CallWait *w, CrunchWireFrame *frame, GError **broken)
 }
 
 /* A frame read while the call or batch (`what`) w->id runs: TRUE when it is a final reply to
- * look at; FALSE after passing on a progress frame, or with *broken set when it names another
- * id. */
+ * look at; FALSE after passing on a progress frame or dropping a late one, or with *broken set
+ * when it names an id not given yet. A frame for an earlier call (ids only grow) is late: a
+ * progress report that lost the race with its call's result, or a second reply. Nothing waits
+ * for it, and the call in flight is not to blame (it failed with 502 when idle_healthy() had
+ * looked before the frame came). */
 static gboolean
 own_final_frame (CallWait *w, CrunchWireFrame *frame, const gchar *what, GError **broken)
 {
@@ -427,6 +431,14 @@ own_final_frame (CallWait *w, CrunchWireFrame *frame, const gchar *what, GError 
 
   if (!crunch_wire_get_int (frame->header, "id", &got, broken))
     return FALSE;
+  if (got > 0 && got < w->id) {
+    if (!w->told_late) /* once per call: a flood of them must not flood the log */
+      g_message ("%s[%d]: a \"%s\" for call %" G_GINT64_FORMAT
+                 ", which has its answer, came while %s %" G_GINT64_FORMAT " runs: dropped",
+                 w->pool->s.program, (gint)w->proc->pid, frame->type, got, what, w->id);
+    w->told_late = TRUE;
+    return FALSE;
+  }
   if (got != w->id) {
     g_set_error (broken, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_PROTOCOL,
                  "a \"%s\" for call %" G_GINT64_FORMAT " while %s %" G_GINT64_FORMAT " runs",

@@ -39,7 +39,7 @@ functions = [
                  {"name": "x", "type": "float", "min": -1, "max": 1, "default": "0.5"}], pure=True),
     fn("pgarbage"), fn("pwrongid"), fn("pmemory"), fn("pprogress"), fn("pid"),
     fn("pbits", [n_arg]), fn("psleep", deadline=0.3), fn("pdeadline"), fn("porphan"),
-    fn("pnoisy"), fn("porphan_reply"),
+    fn("pnoisy"), fn("porphan_reply"), fn("plate"),
 ]
 if os.path.exists(os.path.join(os.path.dirname(sys.argv[0]), "extra")):
     functions.append(fn("pextra"))  # a later process that declares more than the first one
@@ -90,6 +90,11 @@ while True:
         with open(os.path.join(os.path.dirname(sys.argv[0]), "orphan.pid"), "w") as f:
             f.write(str(child))
         os._exit(0)
+    elif f == "plate":  # answers, then (too late, while its next call runs) reports progress
+        send({"type": "result", "id": i}, b"first")  # and answers again
+        time.sleep(0.2)
+        send({"type": "progress", "id": i, "fraction": 0.9})
+        send({"type": "result", "id": i}, b"second")
     elif f == "psleep":
         time.sleep(30)  # never looks at cancel: crunchd kills it
     else:
