@@ -345,7 +345,7 @@ programs_new (void)
   Programs *p = g_new0 (Programs, 1);
   g_autofree gchar *script =
       g_build_filename (g_getenv ("CRUNCHD_SRCDIR"), "tests", "plugins", "proto-test.py", NULL);
-  const gchar *names[] = {"proto-test", "proto-bad", "proto-silent"};
+  const gchar *names[] = {"proto-test", "proto-bad", "proto-silent", "proto-slowexit"};
 
   p->dir = g_dir_make_tmp ("crunchd-programs-XXXXXX", NULL);
   for (guint i = 0; i < G_N_ELEMENTS (names); i++) {
@@ -445,6 +445,27 @@ test_program_late_frames (void)
   g_assert_nonnull (strstr (log, "a \"progress\" for call 2, which has its answer, came while "
                                  "call 3 runs: dropped"));
   g_assert_null (strstr (log, "a \"result\" for call 2")); /* said once per call */
+}
+
+/* A process recycled after max_jobs_per_process calls may take its time to exit (up to
+ * kill_grace): its last call is answered at once, not once it has exited (it waited 1.5 s). */
+static void
+test_program_recycle_slow_exit (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autoptr (TestServer) server =
+      start_program (p, "proto-slowexit", "max_jobs_per_process = 1\nkill_grace = 5");
+  gint64 t0 = g_get_monotonic_time ();
+  gdouble took;
+
+  expect (server, "/fn/pecho?s=a", 200, NULL);
+  took = (g_get_monotonic_time () - t0) / 1e6;
+  g_test_message ("the recycled process's call took %.3f s", took);
+  g_assert_cmpfloat (took, <, 1.0 * TEST_TIME_SCALE);
+  expect (server, "/fn/pecho?s=b", 200, NULL); /* a fresh process, once the old one is gone */
+  g_assert_cmpfloat (
+      metric (server, "crunchd_process_events_total{program=\"proto-slowexit\",event=\"recycle\"}"),
+      ==, 2);
 }
 
 /* A later process of the program that declares other functions is not used: 503. */
@@ -800,6 +821,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/program-calls", test_program_calls);
   g_test_add_func ("/procs/program-protocol-errors", test_program_protocol_errors);
   g_test_add_func ("/procs/program-late-frames", test_program_late_frames);
+  g_test_add_func ("/procs/program-recycle-slow-exit", test_program_recycle_slow_exit);
   g_test_add_func ("/procs/program-changed", test_program_changed);
   g_test_add_func ("/procs/program-kill", test_program_kill);
   g_test_add_func ("/procs/program-orphan", test_program_orphan);

@@ -2,7 +2,8 @@
  *
  * DESIGN
  * A Proc (one child process) is owned by exactly one thread at a time: the pool's idle queue
- * (under `lock`), or the job thread that took it for a call. That thread alone writes its stdin,
+ * (under `lock`), the job thread that took it for a call, or (recycled after max_jobs calls) a
+ * short-lived retire() thread that waits for it to exit. That thread alone writes its stdin,
  * reads its stdout, kills and reaps it, so a Proc has no lock of its own. While a call runs the
  * job thread polls the child's stdout in steps of 10 ms (wire.c) and looks at the job's cancel
  * flag between steps: a set flag sends `cancel`; no final reply within kill_grace -> SIGKILL,
@@ -53,6 +54,7 @@ struct CrunchProcPool {
   GQueue idle;     /* Proc* */
   guint alive;     /* processes (and slots reserved for a start) */
   guint busy;      /* running a call */
+  guint retiring;  /* recycled processes being ended by a retire() thread */
   guint crash_run; /* crashes since the last good reply (back-off) */
   gint64 next_start_us;
   GHashTable *crashes; /* function name -> CrashRecord* */
@@ -321,23 +323,52 @@ acquire (CrunchProcPool *pool, const CrunchFunction *fn, const CrunchCancel *can
   return p;
 }
 
+typedef struct {
+  CrunchProcPool *pool;
+  Proc *proc;
+} Retiring;
+
+/* A thread of its own: a recycled process gets kill_grace to exit after its stdin closes, and its
+ * last call's answer must not wait for that (it did: a program that took 1.5 s to exit made a 1
+ * ms call take 1.5 s). Its slot stays taken until it is gone, so the pool never has more than
+ * `size` processes; crunch_procpool_free() waits for these threads. */
+static gpointer
+retire (gpointer data)
+{
+  Retiring *r = data;
+  CrunchProcPool *pool = r->pool;
+
+  drop (pool, r->proc, (gint64)(pool->s.kill_grace * G_USEC_PER_SEC));
+  g_free (r);
+  g_mutex_lock (&pool->lock);
+  pool->retiring--;
+  g_cond_broadcast (&pool->freed);
+  g_mutex_unlock (&pool->lock);
+  return NULL;
+}
+
 /* After a final reply: back to the idle queue, or replaced after max_jobs calls. */
 static void
 release (CrunchProcPool *pool, Proc *p)
 {
   gboolean recycle = pool->s.max_jobs > 0 && ++p->jobs >= pool->s.max_jobs;
+  Retiring *r;
 
   g_mutex_lock (&pool->lock);
   pool->crash_run = 0;
   if (recycle) {
     pool->events[EV_RECYCLE]++;
+    pool->retiring++;
   } else {
     g_queue_push_tail (&pool->idle, p);
     g_cond_signal (&pool->freed);
   }
   g_mutex_unlock (&pool->lock);
-  if (recycle)
-    drop (pool, p, (gint64)(pool->s.kill_grace * G_USEC_PER_SEC));
+  if (!recycle)
+    return;
+  r = g_new (Retiring, 1);
+  *r = (Retiring){pool, p};
+  g_thread_unref (g_thread_new ("crunchd-retire", retire, r));
 }
 
 /* ---- one call ---- */
@@ -977,6 +1008,10 @@ crunch_procpool_free (CrunchProcPool *pool)
   g_mutex_lock (&pools_lock);
   g_ptr_array_remove (pools, pool);
   g_mutex_unlock (&pools_lock);
+  g_mutex_lock (&pool->lock); /* recycled processes: bounded by kill_grace, then SIGKILL */
+  while (pool->retiring > 0)
+    g_cond_wait (&pool->freed, &pool->lock);
+  g_mutex_unlock (&pool->lock);
   /* close every stdin first, so they all stop at once, then wait for each */
   for (GList *l = pool->idle.head; l != NULL; l = l->next) {
     Proc *q = l->data;

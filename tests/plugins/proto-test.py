@@ -2,7 +2,7 @@
 # proto-test.py - a program plugin written directly against the worker protocol (struct + json
 # only), for tests/test-procs.c. Its behaviour is chosen by its file name (symlinks in the test):
 # "proto-test" declares good functions; "proto-bad" declares min > max; "proto-silent" never
-# says hello. A file "extra" beside it adds a function (a program that changed under crunchd).
+# says hello; "proto-slowexit" takes 1.5 s to exit once its stdin is closed. A file "extra" beside it adds a function (a program that changed under crunchd).
 import json, os, struct, sys, time
 
 out = sys.stdout.buffer
@@ -48,6 +48,8 @@ print("proto-test started", file=sys.stderr, flush=True)
 while True:
     call, payload = read()
     if call is None:
+        if mode == "proto-slowexit":
+            time.sleep(1.5)  # a model that takes its time to unload
         sys.exit(0)
     if call["type"] == "cancel":
         continue
