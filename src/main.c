@@ -677,6 +677,7 @@ main (int argc, char **argv)
   /* a worker process that died leaves a pipe with no reader: writing to it must fail that
    * call (EPIPE), not kill us; children get the default back (child.c) */
   signal (SIGPIPE, SIG_IGN);
+  crunch_service_confine_signals (); /* before any thread */
   setlocale (LC_ALL, "");
   ok = parse_command_line (&app, &cl, &argc, &argv);
   config_path = cl.config_path;

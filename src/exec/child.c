@@ -57,6 +57,11 @@ child_setup (gpointer data)
   if (getppid () != c->parent)
     _exit (1); /* crunchd died before prctl took effect */
   signal (SIGPIPE, SIG_DFL);
+  { /* crunchd blocks its stop and reload signals outside the main loop's wait (service.c) */
+    sigset_t none;
+    sigemptyset (&none);
+    sigprocmask (SIG_SETMASK, &none, NULL);
+  }
   /* the niceness of crunchd's worker threads ([executor] nice), not the spawner thread's */
   setpriority (PRIO_PROCESS, 0, c->nice);
   if (c->memory_limit_mb > 0) {

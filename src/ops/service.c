@@ -3,12 +3,48 @@
  * DESIGN
  * Everything here runs on the main thread: notifications are sent from the GMainLoop (start-up,
  * reload, stop, and the heartbeat's timers), never from MHD or worker threads, so that a
- * watchdog ping proves the main loop is alive. */
+ * watchdog ping proves the main loop is alive.
+ * Stop and reload signals go to the main thread too (crunch_service_confine_signals()). A
+ * process-directed signal goes to any thread that does not block it; in a ThreadSanitizer build
+ * a thread that then sleeps in a raw futex wait (an idle GThreadPool worker) never runs the
+ * handler, and SIGTERM was lost (CI: crunchd ignored it for 30 s after a reload made a new
+ * worker thread). Without sanitizers the handler runs on any thread, but it still cuts short a
+ * plugin's blocking call there with EINTR. */
 #include "service.h"
+
+#include <poll.h>
+#include <signal.h>
 
 #ifdef HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
 #endif
+
+static sigset_t open_mask; /* the main thread's mask while it polls */
+
+/* The default main context's poll: poll() with the stop and reload signals unblocked. */
+static gint
+poll_open (GPollFD *fds, guint nfds, gint timeout_ms)
+{
+  struct timespec ts = {timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
+
+  G_STATIC_ASSERT (sizeof (GPollFD) == sizeof (struct pollfd));
+  return ppoll ((struct pollfd *)fds, nfds, timeout_ms >= 0 ? &ts : NULL, &open_mask);
+}
+
+void
+crunch_service_confine_signals (void)
+{
+  static const int handled[] = {SIGHUP, SIGINT, SIGTERM};
+  sigset_t set;
+
+  sigemptyset (&set);
+  for (guint i = 0; i < G_N_ELEMENTS (handled); i++)
+    sigaddset (&set, handled[i]);
+  pthread_sigmask (SIG_BLOCK, &set, &open_mask);
+  for (guint i = 0; i < G_N_ELEMENTS (handled); i++)
+    sigdelset (&open_mask, handled[i]);
+  g_main_context_set_poll_func (NULL, poll_open);
+}
 
 void
 crunch_service_notify (const gchar *state)

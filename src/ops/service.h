@@ -9,6 +9,12 @@ void crunch_service_notify (const gchar *state);
 void crunch_service_notifyf (const gchar *format, ...) G_GNUC_PRINTF (1, 2);
 /* Listening sockets passed by systemd (LISTEN_FDS); empty without activation. */
 GArray *crunch_service_listen_fds (void);
+/* SIGHUP, SIGINT and SIGTERM reach the main thread only, while its main loop polls: they are
+ * blocked in every thread, and the default main context polls with ppoll(), which unblocks them
+ * for the wait. Call it first in main(), before any thread starts (threads inherit the mask), and
+ * handle the signals with g_unix_signal_add(). A child process gets the usual mask back
+ * (child.c). */
+void crunch_service_confine_signals (void);
 /* The watchdog interval systemd asked for (WATCHDOG_USEC for this process), 0 when none. */
 guint64 crunch_service_watchdog_usec (void);
 

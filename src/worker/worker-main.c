@@ -225,6 +225,8 @@ main (int argc, char **argv)
   signal (SIGPIPE, SIG_IGN);
   setlocale (LC_ALL, "");
   status = parse_options (&argc, &argv, &options);
+  if (status < 0 && !options.stdio)
+    crunch_service_confine_signals (); /* before any thread; --stdio has no main loop */
   if (status < 0) {
     crunch_logging_init ();
     status = configure (&app, &options);
