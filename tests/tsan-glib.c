@@ -5,8 +5,10 @@
  * GThreadPool or an idle source. Linked into TSan builds only (configure
  * --enable-sanitizers=thread), this file defines the GLib functions crunchd calls, calls the real
  * ones (dlsym RTLD_NEXT) and tells TSan the happens-before edge each one creates:
- *   g_mutex_lock/trylock/unlock   acquire/release on the mutex;
- *   g_cond_wait/wait_until        release the mutex while waiting, acquire it again after;
+ *   g_mutex_lock/trylock/unlock   TSan's mutex annotations, so that it also reports lock-order
+ *                                 inversions (potential deadlocks) between crunchd's mutexes,
+ *                                 and the unref lock below;
+ *   g_cond_wait/wait_until        an unlock of the mutex while waiting, a lock again after;
  *   g_thread_pool_push + worker   release on the item when pushed, acquire when a worker gets it;
  *   g_thread_pool_free            acquire what every worker released after its last item;
  *   g_async_queue_push + pop      release on the item when pushed, acquire when it is popped
@@ -40,35 +42,42 @@ void
 g_mutex_lock (GMutex *mutex)
 {
   REAL (g_mutex_lock);
+  __tsan_mutex_pre_lock (mutex, 0);
   real_g_mutex_lock (mutex);
-  __tsan_acquire (mutex);
+  __tsan_mutex_post_lock (mutex, 0, 0);
 }
 
 gboolean
 g_mutex_trylock (GMutex *mutex)
 {
   REAL (g_mutex_trylock);
-  if (!real_g_mutex_trylock (mutex))
-    return FALSE;
-  __tsan_acquire (mutex);
-  return TRUE;
+  gboolean got;
+
+  __tsan_mutex_pre_lock (mutex, __tsan_mutex_try_lock);
+  got = real_g_mutex_trylock (mutex);
+  __tsan_mutex_post_lock (
+      mutex, got ? __tsan_mutex_try_lock : __tsan_mutex_try_lock | __tsan_mutex_try_lock_failed, 0);
+  return got;
 }
 
 void
 g_mutex_unlock (GMutex *mutex)
 {
   REAL (g_mutex_unlock);
-  __tsan_release (mutex);
+  __tsan_mutex_pre_unlock (mutex, 0);
   real_g_mutex_unlock (mutex);
+  __tsan_mutex_post_unlock (mutex, 0);
 }
 
 void
 g_cond_wait (GCond *cond, GMutex *mutex)
 {
   REAL (g_cond_wait);
-  __tsan_release (mutex);
+  __tsan_mutex_pre_unlock (mutex, 0);
+  __tsan_mutex_post_unlock (mutex, 0);
   real_g_cond_wait (cond, mutex);
-  __tsan_acquire (mutex);
+  __tsan_mutex_pre_lock (mutex, 0);
+  __tsan_mutex_post_lock (mutex, 0, 0);
 }
 
 gboolean
@@ -77,9 +86,11 @@ g_cond_wait_until (GCond *cond, GMutex *mutex, gint64 end_time)
   REAL (g_cond_wait_until);
   gboolean signalled;
 
-  __tsan_release (mutex);
+  __tsan_mutex_pre_unlock (mutex, 0);
+  __tsan_mutex_post_unlock (mutex, 0);
   signalled = real_g_cond_wait_until (cond, mutex, end_time);
-  __tsan_acquire (mutex);
+  __tsan_mutex_pre_lock (mutex, 0);
+  __tsan_mutex_post_lock (mutex, 0, 0);
   return signalled;
 }
 
