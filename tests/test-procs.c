@@ -345,7 +345,8 @@ programs_new (void)
   Programs *p = g_new0 (Programs, 1);
   g_autofree gchar *script =
       g_build_filename (g_getenv ("CRUNCHD_SRCDIR"), "tests", "plugins", "proto-test.py", NULL);
-  const gchar *names[] = {"proto-test", "proto-bad", "proto-silent", "proto-slowexit"};
+  const gchar *names[] = {"proto-test", "proto-bad", "proto-silent", "proto-slowexit",
+                          "proto-slowstart"};
 
   p->dir = g_dir_make_tmp ("crunchd-programs-XXXXXX", NULL);
   for (guint i = 0; i < G_N_ELEMENTS (names); i++) {
@@ -466,6 +467,35 @@ test_program_recycle_slow_exit (void)
   g_assert_cmpfloat (
       metric (server, "crunchd_process_events_total{program=\"proto-slowexit\",event=\"recycle\"}"),
       ==, 2);
+}
+
+/* SIGTERM while a call waits for a process that is starting: the start is abandoned once
+ * shutdown_timeout has passed, the call gets 503 and crunchd exits (it waited for the start, up
+ * to start_timeout, and the client got 504). */
+static void
+test_program_stop_while_starting (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  TestServer *server = start_program (p, "proto-slowstart",
+                                      "max_jobs_per_process = 1\n[server]\nshutdown_timeout = 0.3");
+  g_autofree gchar *url = test_server_url (server, "/fn/pecho");
+  TestCall *call;
+  g_autoptr (TestReply) r = NULL;
+  g_autofree gchar *log = NULL;
+  gint64 t0;
+  gdouble took;
+
+  expect (server, "/fn/pecho", 200, NULL); /* its process is recycled: the next one starts */
+  call = test_call_start (g_strdup (url));
+  g_usleep (G_USEC_PER_SEC); /* it waits for the new process's hello */
+  t0 = g_get_monotonic_time ();
+  g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
+  took = (g_get_monotonic_time () - t0) / 1e6;
+  r = test_call_finish (call);
+  g_test_message ("stopped in %.3f s; the waiting call got %ld %s", took, r->status, r->body);
+  g_assert_cmpint (r->status, ==, 503);
+  g_assert_cmpfloat (took, <, 5.0 * TEST_TIME_SCALE);
+  g_assert_nonnull (strstr (log, "its start is abandoned: crunchd is stopping"));
 }
 
 /* A later process of the program that declares other functions is not used: 503. */
@@ -822,6 +852,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/program-protocol-errors", test_program_protocol_errors);
   g_test_add_func ("/procs/program-late-frames", test_program_late_frames);
   g_test_add_func ("/procs/program-recycle-slow-exit", test_program_recycle_slow_exit);
+  g_test_add_func ("/procs/program-stop-while-starting", test_program_stop_while_starting);
   g_test_add_func ("/procs/program-changed", test_program_changed);
   g_test_add_func ("/procs/program-kill", test_program_kill);
   g_test_add_func ("/procs/program-orphan", test_program_orphan);

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "child.h"
+#include "executor.h"
 
 enum { EV_START, EV_CRASH, EV_KILL, EV_RECYCLE, EV_PROTOCOL, EV_OOM, EV_COUNT };
 static const gchar *const event_names[] = {"start",   "crash",          "kill",
@@ -172,16 +173,18 @@ protocol_broken (CrunchProcPool *pool, Proc *p, const gchar *what, const GError 
 /* ---- starting processes ---- */
 
 typedef struct {
-  const CrunchCancel *cancel; /* may be NULL */
+  const CrunchCancel *job; /* the call that waits for the start, or NULL */
   gint64 deadline;
 } StartWait;
 
+/* A start ends at start_timeout, or when the server stops (the job waiting for it is cancelled
+ * for shutdown): not when that job's client gives up (the process then serves the next call). */
 static gboolean
 start_check (gpointer data)
 {
   StartWait *w = data;
 
-  return !(w->cancel != NULL && crunch_cancelled (w->cancel)) &&
+  return !(w->job != NULL && g_atomic_int_get (&w->job->flag) == (gint)CRUNCH_JOB_SHUTDOWN) &&
          g_get_monotonic_time () < w->deadline;
 }
 
@@ -222,12 +225,12 @@ start_failed (CrunchProcPool *pool, Proc *p, const GError *why, GError **error)
   g_mutex_unlock (&pool->lock);
 }
 
-/* A new process that has said hello; its hello in *hello if asked for. */
+/* A new process that has said hello; its hello in *hello if asked for. `job` (may be NULL) is the
+ * call that waits for it: a shutdown stops the start. */
 static Proc *
-start_proc (CrunchProcPool *pool, const CrunchCancel *cancel, CrunchWireHello **hello,
-            GError **error)
+start_proc (CrunchProcPool *pool, const CrunchCancel *job, CrunchWireHello **hello, GError **error)
 {
-  StartWait w = {cancel, g_get_monotonic_time () + (gint64)(pool->s.start_timeout * 1e6)};
+  StartWait w = {job, g_get_monotonic_time () + (gint64)(pool->s.start_timeout * 1e6)};
   g_autoptr (GError) local = NULL;
   g_autoptr (CrunchWireFrame) frame = NULL;
   g_autoptr (CrunchWireHello) parsed = NULL;
@@ -236,6 +239,19 @@ start_proc (CrunchProcPool *pool, const CrunchCancel *cancel, CrunchWireHello **
   if (p == NULL)
     return NULL;
   frame = crunch_wire_read (p->reader, p->out_fd, start_check, &w, &local);
+  if (frame == NULL && job != NULL &&
+      g_atomic_int_get (&job->flag) == (gint)CRUNCH_JOB_SHUTDOWN &&
+      g_error_matches (local, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED)) {
+    /* the server stops: not the program's fault, no back-off */
+    g_message ("%s[%d]: its start is abandoned: crunchd is stopping", pool->s.program,
+               (gint)p->pid);
+    crunch_child_kill (p->pid);
+    crunch_child_reap (p->pid, 0);
+    proc_free (p);
+    g_set_error (error, CRUNCH_FUNCTION_ERROR, CRUNCH_FUNCTION_ERROR_CANCELLED,
+                 "%s: cancelled while it started", pool->s.program);
+    return NULL;
+  }
   if (frame != NULL)
     parsed = crunch_wire_parse_hello (frame, &local);
   if (parsed == NULL || !same_functions (pool->hello, parsed, &local)) {
@@ -265,12 +281,12 @@ idle_healthy (CrunchProcPool *pool, Proc *p)
 }
 
 /* A started process for the pool. The start is not bound by the caller's deadline (a model may
- * take longer to load than one call may wait), only by start_timeout: if the caller has given
- * up meanwhile, the process joins the idle queue for the next call. */
+ * take longer to load than one call may wait), only by start_timeout and shutdown: if the caller
+ * has given up meanwhile, the process joins the idle queue for the next call. */
 static Proc *
 start_for (CrunchProcPool *pool, const CrunchCancel *cancel, GError **error)
 {
-  Proc *p = start_proc (pool, NULL, NULL, error);
+  Proc *p = start_proc (pool, cancel, NULL, error);
 
   g_mutex_lock (&pool->lock);
   if (p == NULL) {

@@ -2,7 +2,8 @@
 # proto-test.py - a program plugin written directly against the worker protocol (struct + json
 # only), for tests/test-procs.c. Its behaviour is chosen by its file name (symlinks in the test):
 # "proto-test" declares good functions; "proto-bad" declares min > max; "proto-silent" never
-# says hello; "proto-slowexit" takes 1.5 s to exit once its stdin is closed. A file "extra" beside it adds a function (a program that changed under crunchd).
+# says hello; "proto-slowexit" takes 1.5 s to exit once its stdin is closed; "proto-slowstart"
+# takes 20 s to say hello, but for its first process. A file "extra" beside it adds a function (a program that changed under crunchd).
 import json, os, struct, sys, time
 
 out = sys.stdout.buffer
@@ -43,6 +44,11 @@ functions = [
 ]
 if os.path.exists(os.path.join(os.path.dirname(sys.argv[0]), "extra")):
     functions.append(fn("pextra"))  # a later process that declares more than the first one
+if mode == "proto-slowstart":  # its first process starts at once, later ones take 20 s
+    once = os.path.join(os.path.dirname(sys.argv[0]), "slowstart.once")
+    if os.path.exists(once):
+        time.sleep(20)
+    open(once, "w").close()
 send({"type": "hello", "protocol": 1, "name": mode, "version": "1.0", "functions": functions})
 print("proto-test started", file=sys.stderr, flush=True)
 while True:
