@@ -276,7 +276,7 @@ test_nats (void)
       {"[executor]\ntimeslice = 0.5\n",
        "t.ini: [executor] timeslice = '0.5': out of range (0 to 0.1)"},
       {"[executor]\ntimeslice = 0.00001\n",
-       "t.ini: [executor] timeslice = '1e-05': 0 (off) or from 0.0001 to 0.1 seconds"},
+       "t.ini: [executor] timeslice = '0.00001': 0 (off) or from 0.0001 to 0.1 seconds"},
       {"[nats]\nmax_reconnect = -2\n",
        "t.ini: [nats] max_reconnect = '-2': out of range (-1 to 1000000)"},
       {"[worker]\nthreads = many\n", "t.ini: [worker] threads = 'many': not an integer"},
