@@ -167,7 +167,7 @@ on_reload (gpointer data)
     if (changed->len > 0)
       g_warning ("reload: changed keys that apply only after a restart, running values kept: %s",
                  changed->str);
-    if ((*app->config->tls.certificate == '\0') != (*config->tls.certificate == '\0'))
+    if ((app->tls == NULL) != (*config->tls.certificate == '\0')) /* what runs, not the file */
       g_warning ("reload: turning HTTPS on or off ([tls] certificate) applies only after a "
                  "restart");
     apply_live_settings (app, config);

@@ -236,6 +236,31 @@ test_reload (void)
   g_assert_cmpint (test_server_stop (server), ==, 0);
 }
 
+/* HTTPS cannot be turned on (or off) by a reload: each reload whose file differs from what runs
+ * says so, the second too (it compared with the previous file, and was silent), and plain HTTP
+ * keeps serving. */
+static void
+test_on_off_reload (void)
+{
+  g_autofree gchar *ini = tls_ini ("server.pem", "server.key", NULL);
+  TestServer *server = test_server_start ("", NULL);
+  const gchar *warning = "turning HTTPS on or off ([tls] certificate) applies only after a restart";
+  g_autofree gchar *log = NULL;
+
+  g_assert_true (g_str_has_prefix (server->base, "http://"));
+  test_server_write_config (server, ini);
+  for (guint i = 1; i <= 2; i++) {
+    test_server_signal (server, SIGHUP);
+    wait_log (server, "configuration reloaded", i);
+  }
+  log = test_server_log (server);
+  g_assert_cmpuint (test_count (log, warning), ==, 2);
+  g_autofree gchar *url = test_server_url (server, "/fast");
+  g_autoptr (TestReply) r = test_http ("GET", url, NULL);
+  g_assert_cmpint (r->status, ==, 200);
+  g_assert_cmpint (test_server_stop (server), ==, 0);
+}
+
 /* A client certificate is checked once per connection: the next requests on it pass too. */
 static void
 assert_kept_connection (TestServer *server)
@@ -361,6 +386,7 @@ main (int argc, char **argv)
   g_test_add_func ("/tls/expired", test_expired);
   g_test_add_func ("/tls/versions", test_versions);
   g_test_add_func ("/tls/reload", test_reload);
+  g_test_add_func ("/tls/on-off-reload", test_on_off_reload);
   g_test_add_func ("/tls/client-certificates", test_client_certificates);
   g_test_add_func ("/tls/credentials-directory", test_credentials_directory);
   g_test_add_func ("/tls/bad-files", test_bad_files);
