@@ -3,7 +3,6 @@
  * The main thread owns the GMainLoop: it handles SIGHUP (reload), SIGINT/SIGTERM (drain and
  * stop) and talks to systemd. Requests are served on MHD's threads, jobs run on the executor's. */
 #include <errno.h>
-#include <glib-unix.h>
 #include <locale.h>
 #include <signal.h>
 #include <stdio.h>
@@ -207,6 +206,7 @@ on_shutdown_timeout (gpointer data)
   app->shutdown_timer = 0;
   g_message ("shutdown_timeout reached: cancelling %u running request(s)",
              crunch_server_in_flight (app->server));
+  crunch_procpools_stopping (); /* a process still starting is not waited for */
   crunch_scheduler_cancel_running (app->scheduler, CRUNCH_JOB_SHUTDOWN);
   return G_SOURCE_REMOVE;
 }
@@ -493,9 +493,9 @@ run (Crunchd *app)
   crunch_access_log_start (app->config->log_access_buffer, app->config->log_access_flush);
   /* Handlers first: once MHD serves, a client (or systemd) may signal us at any moment. */
   app->loop = g_main_loop_new (NULL, FALSE);
-  g_unix_signal_add (SIGHUP, on_reload, app);
-  g_unix_signal_add (SIGINT, on_terminate, app);
-  g_unix_signal_add (SIGTERM, on_terminate, app);
+  crunch_service_on_signal (SIGHUP, on_reload, app);
+  crunch_service_on_signal (SIGINT, on_terminate, app);
+  crunch_service_on_signal (SIGTERM, on_terminate, app);
   if (!crunch_server_start (app->server, fds, &error)) {
     g_critical ("%s", error->message);
     wire_metrics (app, FALSE);

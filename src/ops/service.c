@@ -4,46 +4,119 @@
  * Everything here runs on the main thread: notifications are sent from the GMainLoop (start-up,
  * reload, stop, and the heartbeat's timers), never from MHD or worker threads, so that a
  * watchdog ping proves the main loop is alive.
- * Stop and reload signals go to the main thread too (crunch_service_confine_signals()). A
- * process-directed signal goes to any thread that does not block it; in a ThreadSanitizer build
- * a thread that then sleeps in a raw futex wait (an idle GThreadPool worker) never runs the
- * handler, and SIGTERM was lost (CI: crunchd ignored it for 30 s after a reload made a new
- * worker thread). Without sanitizers the handler runs on any thread, but it still cuts short a
- * plugin's blocking call there with EINTR. */
+ * Stop and reload signals are taken by a thread of their own, which only passes them to the main
+ * loop (crunch_service_confine_signals()). A process-directed signal goes to any thread that does
+ * not block it: in a ThreadSanitizer build a thread that then sleeps in a raw futex wait (an idle
+ * GThreadPool worker) never ran GLib's handler, and SIGTERM was lost (CI: crunchd ignored it for
+ * 30 s after a reload had made a new worker thread); in any build the handler cut short a
+ * plugin's blocking call on that thread with EINTR. With every thread blocking them, the kernel
+ * keeps them pending for sigwaitinfo(). */
 #include "service.h"
 
-#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 
 #ifdef HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
 #endif
 
-static sigset_t open_mask; /* the main thread's mask while it polls */
+#define N_HANDLED 3
+static const gint handled_signals[N_HANDLED] = {SIGHUP, SIGINT, SIGTERM};
 
-/* The default main context's poll: poll() with the stop and reload signals unblocked. */
+typedef struct {
+  GSourceFunc func; /* NULL: the default action */
+  gpointer data;
+} SignalHandler;
+
+static GMutex handlers_lock;
+static SignalHandler handlers[N_HANDLED];
+
 static gint
-poll_open (GPollFD *fds, guint nfds, gint timeout_ms)
+handler_index (gint signum)
 {
-  struct timespec ts = {timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
+  for (gint i = 0; i < N_HANDLED; i++)
+    if (handled_signals[i] == signum)
+      return i;
+  g_return_val_if_reached (-1);
+}
 
-  G_STATIC_ASSERT (sizeof (GPollFD) == sizeof (struct pollfd));
-  return ppoll ((struct pollfd *)fds, nfds, timeout_ms >= 0 ? &ts : NULL, &open_mask);
+/* Main context: one signal's delivery. */
+static gboolean
+deliver (gpointer data)
+{
+  const SignalHandler *h = data; /* written once, on this thread, before the signal came */
+
+  h->func (h->data);
+  return G_SOURCE_REMOVE;
+}
+
+/* The default action, as if the signal had not been blocked: the process ends by it. */
+static void
+die_by (gint signum)
+{
+  struct sigaction dfl = {.sa_handler = SIG_DFL};
+  sigset_t one;
+
+  sigemptyset (&one);
+  sigaddset (&one, signum);
+  sigaction (signum, &dfl, NULL);
+  pthread_sigmask (SIG_UNBLOCK, &one, NULL);
+  raise (signum);
+}
+
+static gpointer
+signal_thread (gpointer data)
+{
+  const sigset_t *set = data;
+
+  for (;;) {
+    gint signum = sigwaitinfo (set, NULL);
+    SignalHandler *h;
+    if (signum < 0)
+      continue; /* EINTR */
+    g_mutex_lock (&handlers_lock);
+    h = &handlers[handler_index (signum)];
+    if (h->func != NULL)
+      g_idle_add (deliver, h);
+    g_mutex_unlock (&handlers_lock);
+    if (h->func == NULL)
+      die_by (signum);
+  }
+  return NULL;
+}
+
+/* After fork(), in the child: no signal blocked, as a program expects (exec keeps the mask). */
+static void
+unblock_in_child (void)
+{
+  sigset_t none;
+
+  sigemptyset (&none);
+  pthread_sigmask (SIG_SETMASK, &none, NULL);
 }
 
 void
 crunch_service_confine_signals (void)
 {
-  static const int handled[] = {SIGHUP, SIGINT, SIGTERM};
-  sigset_t set;
+  static sigset_t set;
 
   sigemptyset (&set);
-  for (guint i = 0; i < G_N_ELEMENTS (handled); i++)
-    sigaddset (&set, handled[i]);
-  pthread_sigmask (SIG_BLOCK, &set, &open_mask);
-  for (guint i = 0; i < G_N_ELEMENTS (handled); i++)
-    sigdelset (&open_mask, handled[i]);
-  g_main_context_set_poll_func (NULL, poll_open);
+  for (gint i = 0; i < N_HANDLED; i++)
+    sigaddset (&set, handled_signals[i]);
+  pthread_sigmask (SIG_BLOCK, &set, NULL);
+  pthread_atfork (NULL, NULL, unblock_in_child);
+  g_thread_unref (g_thread_new ("crunchd-signals", signal_thread, &set));
+}
+
+void
+crunch_service_on_signal (gint signum, GSourceFunc func, gpointer data)
+{
+  gint i = handler_index (signum);
+
+  g_return_if_fail (i >= 0);
+  g_mutex_lock (&handlers_lock);
+  handlers[i] = (SignalHandler){func, data};
+  g_mutex_unlock (&handlers_lock);
 }
 
 void

@@ -9,12 +9,15 @@ void crunch_service_notify (const gchar *state);
 void crunch_service_notifyf (const gchar *format, ...) G_GNUC_PRINTF (1, 2);
 /* Listening sockets passed by systemd (LISTEN_FDS); empty without activation. */
 GArray *crunch_service_listen_fds (void);
-/* SIGHUP, SIGINT and SIGTERM reach the main thread only, while its main loop polls: they are
- * blocked in every thread, and the default main context polls with ppoll(), which unblocks them
- * for the wait. Call it first in main(), before any thread starts (threads inherit the mask), and
- * handle the signals with g_unix_signal_add(). A child process gets the usual mask back
- * (child.c). */
+/* SIGHUP, SIGINT and SIGTERM are taken by one thread of their own ("crunchd-signals", in
+ * sigwaitinfo()) and blocked in every other thread. Call it first in main(), before any thread
+ * starts (threads inherit the mask). Until crunch_service_on_signal() has been called for a
+ * signal, it has its default action: the process ends, as a start-up that takes too long (or
+ * --check-config) can be interrupted. A child process gets the usual mask back after fork(). */
 void crunch_service_confine_signals (void);
+/* From now on `signum` (one of the three) calls func(data) on the main context, each time it
+ * comes, as g_unix_signal_add() would (func's return value is ignored). Main thread only. */
+void crunch_service_on_signal (gint signum, GSourceFunc func, gpointer data);
 /* The watchdog interval systemd asked for (WATCHDOG_USEC for this process), 0 when none. */
 guint64 crunch_service_watchdog_usec (void);
 

@@ -3,7 +3,6 @@
  * The main thread runs the GMainLoop: SIGTERM/SIGINT stop taking jobs, let running ones finish
  * for [worker] shutdown_timeout seconds, then cancel them (their front ends retry elsewhere);
  * it also pings the systemd watchdog. Jobs run on the worker's own threads (worker.c). */
-#include <glib-unix.h>
 #include <locale.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -45,6 +44,7 @@ on_shutdown_timeout (gpointer data)
   app->shutdown_timer = 0;
   g_message ("shutdown_timeout reached: cancelling %u running job(s)",
              crunch_worker_running (app->worker));
+  crunch_procpools_stopping (); /* a process still starting is not waited for */
   crunch_worker_cancel_running (app->worker);
   return G_SOURCE_REMOVE;
 }
@@ -90,9 +90,9 @@ run (App *app, const gchar *id, guint threads)
 
   /* Caught from here on and handled once the loop runs: crunch_worker_new() says "ready", and a
    * SIGTERM right after that must drain, not kill (it did, under TSan in the tests). */
-  g_unix_signal_add (SIGINT, on_terminate, app);
-  g_unix_signal_add (SIGTERM, on_terminate, app);
-  g_unix_signal_add (SIGHUP, on_hangup, app);
+  crunch_service_on_signal (SIGINT, on_terminate, app);
+  crunch_service_on_signal (SIGTERM, on_terminate, app);
+  crunch_service_on_signal (SIGHUP, on_hangup, app);
   app->worker = crunch_worker_new (app->config, threads, id, &error);
   if (app->worker == NULL) {
     g_critical ("%s", error->message);
@@ -226,7 +226,7 @@ main (int argc, char **argv)
   setlocale (LC_ALL, "");
   status = parse_options (&argc, &argv, &options);
   if (status < 0 && !options.stdio)
-    crunch_service_confine_signals (); /* before any thread; --stdio has no main loop */
+    crunch_service_confine_signals (); /* before any thread (--stdio: signals keep their default) */
   if (status < 0) {
     crunch_logging_init ();
     status = configure (&app, &options);
