@@ -456,14 +456,12 @@ test_program_recycle_slow_exit (void)
   g_autoptr (Programs) p = programs_new ();
   g_autoptr (TestServer) server =
       start_program (p, "proto-slowexit", "max_jobs_per_process = 1\nkill_grace = 5");
-  gint64 t0 = g_get_monotonic_time ();
-  gdouble took;
+  GPid first = child_pid (server); /* its only call: the process is recycled */
 
-  expect (server, "/fn/pecho?s=a", 200, NULL);
-  took = (g_get_monotonic_time () - t0) / 1e6;
-  g_test_message ("the recycled process's call took %.3f s", took);
-  g_assert_cmpfloat (took, <, 1.0 * TEST_TIME_SCALE);
-  expect (server, "/fn/pecho?s=b", 200, NULL); /* a fresh process, once the old one is gone */
+  /* answered while it still takes its 1.5 s to exit, not once it has */
+  g_assert_true (alive (first));
+  g_assert_true (gone_within (first, 5.0 * TEST_TIME_SCALE));
+  g_assert_cmpint (child_pid (server), !=, first); /* a fresh process, once the old one is gone */
   g_assert_cmpfloat (
       metric (server, "crunchd_process_events_total{program=\"proto-slowexit\",event=\"recycle\"}"),
       ==, 2);
@@ -471,31 +469,40 @@ test_program_recycle_slow_exit (void)
 
 /* SIGTERM while a call waits for a process that is starting: the start is abandoned once
  * shutdown_timeout has passed, the call gets 503 and crunchd exits (it waited for the start, up
- * to start_timeout, and the client got 504). */
+ * to start_timeout, and the client got 504). The same when that call's client has already had
+ * its 504 (its deadline passed while the process started). */
 static void
 test_program_stop_while_starting (void)
 {
-  g_autoptr (Programs) p = programs_new ();
-  TestServer *server = start_program (p, "proto-slowstart",
-                                      "max_jobs_per_process = 1\n[server]\nshutdown_timeout = 0.3");
-  g_autofree gchar *url = test_server_url (server, "/fn/pecho");
-  TestCall *call;
-  g_autoptr (TestReply) r = NULL;
-  g_autofree gchar *log = NULL;
-  gint64 t0;
-  gdouble took;
+  for (guint timed_out = 0; timed_out <= 1; timed_out++) {
+    g_autoptr (Programs) p = programs_new ();
+    TestServer *server = start_program (
+        p, "proto-slowstart", "max_jobs_per_process = 1\n[server]\nshutdown_timeout = 0.3");
+    g_autofree gchar *url = test_server_url (server, "/fn/pecho");
+    TestCall *call = NULL;
+    g_autoptr (TestReply) r = NULL;
+    g_autofree gchar *log = NULL;
+    gint64 t0;
+    gdouble took;
 
-  expect (server, "/fn/pecho", 200, NULL); /* its process is recycled: the next one starts */
-  call = test_call_start (g_strdup (url));
-  g_usleep (G_USEC_PER_SEC); /* it waits for the new process's hello */
-  t0 = g_get_monotonic_time ();
-  g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
-  took = (g_get_monotonic_time () - t0) / 1e6;
-  r = test_call_finish (call);
-  g_test_message ("stopped in %.3f s; the waiting call got %ld %s", took, r->status, r->body);
-  g_assert_cmpint (r->status, ==, 503);
-  g_assert_cmpfloat (took, <, 5.0 * TEST_TIME_SCALE);
-  g_assert_nonnull (strstr (log, "its start is abandoned: crunchd is stopping"));
+    expect (server, "/fn/pecho", 200, NULL); /* its process is recycled: the next one starts */
+    if (timed_out) {
+      r = test_http ("GET", url, (const gchar *[]){"Request-Timeout: 0.5", NULL});
+      g_assert_cmpint (r->status, ==, 504);
+    } else {
+      call = test_call_start (g_strdup (url));
+      g_usleep (G_USEC_PER_SEC); /* it waits for the new process's hello */
+    }
+    t0 = g_get_monotonic_time ();
+    g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 0);
+    took = (g_get_monotonic_time () - t0) / 1e6;
+    if (call != NULL)
+      r = test_call_finish (call);
+    g_test_message ("stopped in %.3f s; the waiting call got %ld %s", took, r->status, r->body);
+    g_assert_cmpint (r->status, ==, timed_out ? 504 : 503);
+    g_assert_cmpfloat (took, <, 5.0 * TEST_TIME_SCALE);
+    g_assert_nonnull (strstr (log, "its start is abandoned: crunchd is stopping"));
+  }
 }
 
 /* A later process of the program that declares other functions is not used: 503. */
@@ -546,6 +553,39 @@ expect_check_config_fails (Programs *p, const gchar *extra, const gchar *name, c
       test_run_crunchd ((const gchar *const[]){arg, "--check-config", NULL}, &out, &err), ==, 78);
   if (strstr (err, message) == NULL)
     g_error ("expected '%s' in: %s", message, err);
+}
+
+/* SIGINT (Ctrl-C) or SIGTERM while a program's first process is starting: crunchd ends by it at
+ * once, as before it handles signals, not after start_timeout (the signal waited, blocked, for
+ * the main loop; --check-config then even exited 0). */
+static void
+test_signal_during_start (void)
+{
+  g_autoptr (Programs) p = programs_new ();
+  g_autofree gchar *path = g_build_filename (p->dir, "crunchd.ini", NULL);
+  g_autofree gchar *ini = g_strdup_printf (
+      "[executor]\nstart_timeout = 20\n[plugins]\ndir = %s\nload = proto-silent\n", p->dir);
+  g_autofree gchar *arg = g_strdup_printf ("--config=%s", path);
+  const gchar *const modes[] = {"--check-config", "--listen=127.0.0.1:0"};
+
+  g_assert_true (g_file_set_contents (path, ini, -1, NULL));
+  for (guint m = 0; m < G_N_ELEMENTS (modes); m++) {
+    g_autoptr (GError) error = NULL;
+    g_autoptr (GSubprocess) proc = g_subprocess_new (G_SUBPROCESS_FLAGS_STDERR_SILENCE, &error,
+                                                     g_getenv ("CRUNCHD"), arg, modes[m], NULL);
+    gint64 t0;
+    gdouble took;
+    g_assert_no_error (error);
+    g_usleep (G_USEC_PER_SEC / 2); /* it waits for the program's hello */
+    t0 = g_get_monotonic_time ();
+    g_subprocess_send_signal (proc, m == 0 ? SIGINT : SIGTERM);
+    g_assert_true (g_subprocess_wait (proc, NULL, NULL));
+    took = (g_get_monotonic_time () - t0) / 1e6;
+    g_test_message ("%s: ended %.3f s after the signal", modes[m], took);
+    g_assert_true (g_subprocess_get_if_signaled (proc));
+    g_assert_cmpint (g_subprocess_get_term_sig (proc), ==, m == 0 ? SIGINT : SIGTERM);
+    g_assert_cmpfloat (took, <, 5.0);
+  }
 }
 
 /* A program that prints 3,000 lines to stderr at once: the first 200 are logged, the rest
@@ -853,6 +893,7 @@ main (int argc, char **argv)
   g_test_add_func ("/procs/program-late-frames", test_program_late_frames);
   g_test_add_func ("/procs/program-recycle-slow-exit", test_program_recycle_slow_exit);
   g_test_add_func ("/procs/program-stop-while-starting", test_program_stop_while_starting);
+  g_test_add_func ("/procs/signal-during-start", test_signal_during_start);
   g_test_add_func ("/procs/program-changed", test_program_changed);
   g_test_add_func ("/procs/program-kill", test_program_kill);
   g_test_add_func ("/procs/program-orphan", test_program_orphan);

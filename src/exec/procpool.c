@@ -24,7 +24,6 @@
 #include <unistd.h>
 
 #include "child.h"
-#include "executor.h"
 
 enum { EV_START, EV_CRASH, EV_KILL, EV_RECYCLE, EV_PROTOCOL, EV_OOM, EV_COUNT };
 static const gchar *const event_names[] = {"start",   "crash",          "kill",
@@ -39,6 +38,7 @@ typedef struct {
   int in_fd, out_fd;
   CrunchWireReader *reader;
   guint jobs;
+  gint64 last_id; /* of the call (or batch) it was given last */
 } Proc;
 
 typedef struct {
@@ -66,6 +66,7 @@ struct CrunchProcPool {
 
 static GMutex pools_lock;
 static GPtrArray *pools; /* CrunchProcPool*, under pools_lock */
+static gint stopping;    /* atomic: crunch_procpools_stopping() was called */
 
 static void
 count (CrunchProcPool *pool, guint event)
@@ -173,19 +174,18 @@ protocol_broken (CrunchProcPool *pool, Proc *p, const gchar *what, const GError 
 /* ---- starting processes ---- */
 
 typedef struct {
-  const CrunchCancel *job; /* the call that waits for the start, or NULL */
+  gboolean for_call; /* a call waits for it (not crunchd's own start-up) */
   gint64 deadline;
 } StartWait;
 
-/* A start ends at start_timeout, or when the server stops (the job waiting for it is cancelled
- * for shutdown): not when that job's client gives up (the process then serves the next call). */
+/* A start ends at start_timeout, or for a call when the server stops: not when that call's
+ * client gives up (the process then serves the next call). */
 static gboolean
 start_check (gpointer data)
 {
   StartWait *w = data;
 
-  return !(w->job != NULL && g_atomic_int_get (&w->job->flag) == (gint)CRUNCH_JOB_SHUTDOWN) &&
-         g_get_monotonic_time () < w->deadline;
+  return !(w->for_call && g_atomic_int_get (&stopping)) && g_get_monotonic_time () < w->deadline;
 }
 
 /* A program's later processes must declare what its first one did (the registry holds that). */
@@ -225,12 +225,12 @@ start_failed (CrunchProcPool *pool, Proc *p, const GError *why, GError **error)
   g_mutex_unlock (&pool->lock);
 }
 
-/* A new process that has said hello; its hello in *hello if asked for. `job` (may be NULL) is the
- * call that waits for it: a shutdown stops the start. */
+/* A new process that has said hello; its hello in *hello if asked for. `for_call`: a call waits
+ * for it, and a shutdown stops the start. */
 static Proc *
-start_proc (CrunchProcPool *pool, const CrunchCancel *job, CrunchWireHello **hello, GError **error)
+start_proc (CrunchProcPool *pool, gboolean for_call, CrunchWireHello **hello, GError **error)
 {
-  StartWait w = {job, g_get_monotonic_time () + (gint64)(pool->s.start_timeout * 1e6)};
+  StartWait w = {for_call, g_get_monotonic_time () + (gint64)(pool->s.start_timeout * 1e6)};
   g_autoptr (GError) local = NULL;
   g_autoptr (CrunchWireFrame) frame = NULL;
   g_autoptr (CrunchWireHello) parsed = NULL;
@@ -239,8 +239,7 @@ start_proc (CrunchProcPool *pool, const CrunchCancel *job, CrunchWireHello **hel
   if (p == NULL)
     return NULL;
   frame = crunch_wire_read (p->reader, p->out_fd, start_check, &w, &local);
-  if (frame == NULL && job != NULL &&
-      g_atomic_int_get (&job->flag) == (gint)CRUNCH_JOB_SHUTDOWN &&
+  if (frame == NULL && for_call && g_atomic_int_get (&stopping) &&
       g_error_matches (local, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_STOPPED)) {
     /* the server stops: not the program's fault, no back-off */
     g_message ("%s[%d]: its start is abandoned: crunchd is stopping", pool->s.program,
@@ -286,7 +285,7 @@ idle_healthy (CrunchProcPool *pool, Proc *p)
 static Proc *
 start_for (CrunchProcPool *pool, const CrunchCancel *cancel, GError **error)
 {
-  Proc *p = start_proc (pool, cancel, NULL, error);
+  Proc *p = start_proc (pool, TRUE, NULL, error);
 
   g_mutex_lock (&pool->lock);
   if (p == NULL) {
@@ -397,7 +396,8 @@ typedef struct {
   gint64 kill_at;     /* 0 until `cancel` was sent */
   gboolean exited;    /* the child died (seen by call_check()) */
   gint64 progress_us; /* the last progress report passed on */
-  gboolean told_late; /* a late frame of an earlier call was logged */
+  gint64 late_id;     /* the process's previous call (0: none): its frames now come late */
+  gboolean told_late; /* a late frame of it was logged */
   /* A batch: its calls' cancels (where their progress goes) and last reports passed on. */
   guint n_items;
   const CrunchCancel *const *items;
@@ -467,10 +467,10 @@ take_progress (CallWait *w, CrunchWireFrame *frame, GError **broken)
 
 /* A frame read while the call or batch (`what`) w->id runs: TRUE when it is a final reply to
  * look at; FALSE after passing on a progress frame or dropping a late one, or with *broken set
- * when it names an id not given yet. A frame for an earlier call (ids only grow) is late: a
- * progress report that lost the race with its call's result, or a second reply. Nothing waits
- * for it, and the call in flight is not to blame (it failed with 502 when idle_healthy() had
- * looked before the frame came). */
+ * when it names another id. A frame for the process's previous call is late: a progress report
+ * that lost the race with its call's result, or a second reply. Nothing waits for it, and the
+ * call in flight is not to blame (it failed with 502 when idle_healthy() had looked before the
+ * frame came). Any other id is a protocol error, at once. */
 static gboolean
 own_final_frame (CallWait *w, CrunchWireFrame *frame, const gchar *what, GError **broken)
 {
@@ -478,7 +478,7 @@ own_final_frame (CallWait *w, CrunchWireFrame *frame, const gchar *what, GError 
 
   if (!crunch_wire_get_int (frame->header, "id", &got, broken))
     return FALSE;
-  if (got > 0 && got < w->id) {
+  if (got > 0 && got == w->late_id) {
     if (!w->told_late) /* once per call: a flood of them must not flood the log */
       g_message ("%s[%d]: a \"%s\" for call %" G_GINT64_FORMAT
                  ", which has its answer, came while %s %" G_GINT64_FORMAT " runs: dropped",
@@ -561,6 +561,7 @@ send_call (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, JsonObject *
   g_autoptr (GError) write_error = NULL;
 
   *gone = TRUE;
+  p->last_id = w->id;
   if (crunch_wire_write_checked (p->in_fd, call, payload, write_check, w, &write_error))
     return TRUE;
   if (g_error_matches (write_error, CRUNCH_WIRE_ERROR, CRUNCH_WIRE_ERROR_TOO_LARGE)) {
@@ -605,7 +606,8 @@ static GBytes *
 exchange (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, GVariant *args,
           const CrunchCancel *cancel, gboolean *gone, GError **error)
 {
-  CallWait w = {.pool = pool, .proc = p, .cancel = cancel, .id = next_id (pool)};
+  CallWait w = {
+      .pool = pool, .proc = p, .cancel = cancel, .id = next_id (pool), .late_id = p->last_id};
   gint64 left = cancel->deadline_us != 0 ? cancel->deadline_us - g_get_monotonic_time ()
                                          : __atomic_load_n (&fn->timeout_us, __ATOMIC_RELAXED);
   g_autoptr (GBytes) payload = NULL;
@@ -682,6 +684,7 @@ exchange_batch (CrunchProcPool *pool, Proc *p, const CrunchFunction *fn, guint n
                 .proc = p,
                 .cancel = all,
                 .id = next_id (pool),
+                .late_id = p->last_id,
                 .n_items = n,
                 .items = cancels,
                 .items_progress_us = progress_us};
@@ -925,7 +928,7 @@ crunch_procpool_start (CrunchProcPool *pool, GError **error)
   g_mutex_lock (&pool->lock);
   pool->alive++;
   g_mutex_unlock (&pool->lock);
-  p = start_proc (pool, NULL, &hello, error);
+  p = start_proc (pool, FALSE, &hello, error);
   g_mutex_lock (&pool->lock);
   if (p != NULL)
     g_queue_push_tail (&pool->idle, p);
@@ -1016,7 +1019,7 @@ crunch_procpool_set_size (CrunchProcPool *pool, guint size)
 void
 crunch_procpool_free (CrunchProcPool *pool)
 {
-  gint64 until = g_get_monotonic_time () + (gint64)(pool->s.kill_grace * G_USEC_PER_SEC);
+  gint64 until;
   Proc *p;
 
   if (pool == NULL)
@@ -1024,16 +1027,17 @@ crunch_procpool_free (CrunchProcPool *pool)
   g_mutex_lock (&pools_lock);
   g_ptr_array_remove (pools, pool);
   g_mutex_unlock (&pools_lock);
-  g_mutex_lock (&pool->lock); /* recycled processes: bounded by kill_grace, then SIGKILL */
-  while (pool->retiring > 0)
-    g_cond_wait (&pool->freed, &pool->lock);
-  g_mutex_unlock (&pool->lock);
   /* close every stdin first, so they all stop at once, then wait for each */
   for (GList *l = pool->idle.head; l != NULL; l = l->next) {
     Proc *q = l->data;
     close (q->in_fd);
     q->in_fd = -1;
   }
+  g_mutex_lock (&pool->lock); /* recycled processes: bounded by kill_grace, then SIGKILL */
+  while (pool->retiring > 0)
+    g_cond_wait (&pool->freed, &pool->lock);
+  g_mutex_unlock (&pool->lock);
+  until = g_get_monotonic_time () + (gint64)(pool->s.kill_grace * G_USEC_PER_SEC);
   while ((p = g_queue_pop_head (&pool->idle)) != NULL) {
     crunch_child_reap (p->pid, MAX (until - g_get_monotonic_time (), 0));
     proc_free (p);
@@ -1058,6 +1062,12 @@ crunch_procpools_free_all (void)
     g_mutex_lock (&pools_lock);
   }
   g_mutex_unlock (&pools_lock);
+}
+
+void
+crunch_procpools_stopping (void)
+{
+  g_atomic_int_set (&stopping, TRUE);
 }
 
 void

@@ -69,5 +69,8 @@ void crunch_procpools_render_metrics (GString *out, gpointer data);
 gchar *crunch_procpools_summary (void);
 /* SIGHUP: functions marked unavailable are tried again. */
 void crunch_procpools_forgive (void);
+/* Shutdown past shutdown_timeout (running jobs are being cancelled): a process still starting is
+ * abandoned, whatever its waiting call's cancel reason (any thread). */
+void crunch_procpools_stopping (void);
 /* Exit: frees every pool still open. */
 void crunch_procpools_free_all (void);

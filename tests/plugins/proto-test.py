@@ -51,8 +51,10 @@ if mode == "proto-slowstart":  # its first process starts at once, later ones ta
     open(once, "w").close()
 send({"type": "hello", "protocol": 1, "name": mode, "version": "1.0", "functions": functions})
 print("proto-test started", file=sys.stderr, flush=True)
+pending = None  # a call read ahead (plate)
 while True:
-    call, payload = read()
+    call, payload = pending if pending else read()
+    pending = None
     if call is None:
         if mode == "proto-slowexit":
             time.sleep(1.5)  # a model that takes its time to unload
@@ -98,9 +100,9 @@ while True:
         with open(os.path.join(os.path.dirname(sys.argv[0]), "orphan.pid"), "w") as f:
             f.write(str(child))
         os._exit(0)
-    elif f == "plate":  # answers, then (too late, while its next call runs) reports progress
+    elif f == "plate":  # answers, then (too late: its next call has come) reports progress
         send({"type": "result", "id": i}, b"first")  # and answers again
-        time.sleep(0.2)
+        pending = read()
         send({"type": "progress", "id": i, "fraction": 0.9})
         send({"type": "result", "id": i}, b"second")
     elif f == "psleep":
