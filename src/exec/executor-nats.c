@@ -574,8 +574,8 @@ too_large (NatsExecutor *self, Step *step)
   p = g_hash_table_lookup (self->pending, &step->id);
   if (p != NULL && p->job == step->job && p->too_large == NULL) {
     p->too_large = g_strdup_printf (
-        "%s: its arguments take %" G_GSIZE_FORMAT " bytes, more than the NATS server's "
-        "max_payload of %" G_GINT64_FORMAT " bytes allows in one message",
+        "%s: its arguments (%" G_GSIZE_FORMAT " bytes, and the message's headers) do not fit "
+        "in one NATS message: the server's max_payload is %" G_GINT64_FORMAT " bytes",
         p->job->fn->name, g_variant_get_size (p->job->args),
         natsConnection_GetMaxPayload (self->nc));
     p->due = now ();

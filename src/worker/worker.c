@@ -306,10 +306,9 @@ run_task (Task *t)
     /* one message cannot carry it: fail the job once, rather than let the front end wait, try
      * again and compute it on every attempt */
     g_autofree gchar *error = g_strdup_printf (
-        "its result takes %" G_GSIZE_FORMAT " bytes, more than the NATS server's max_payload "
-        "of %" G_GINT64_FORMAT " bytes allows in one message",
-        job->result ? g_bytes_get_size (job->result) : 0,
-        natsConnection_GetMaxPayload (w->nc));
+        "its result (%" G_GSIZE_FORMAT " bytes, and the message's headers) does not fit in one "
+        "NATS message: the server's max_payload is %" G_GINT64_FORMAT " bytes",
+        job->result ? g_bytes_get_size (job->result) : 0, natsConnection_GetMaxPayload (w->nc));
     g_message ("%s", error);
     reply (w, t->reply, CRUNCH_WIRE_FAILED, NULL, error, job->t_finished - job->t_started);
   }
