@@ -275,6 +275,7 @@ test_nats (void)
        "t.ini: [executor] idle_grace = '0': out of range (0.1 to 3600)"},
       {"[executor]\ntimeslice = 0.5\n",
        "t.ini: [executor] timeslice = '0.5': out of range (0 to 0.1)"},
+      {"[executor]\nkill_grace = nan\n", "t.ini: [executor] kill_grace = 'nan': not a number"},
       {"[executor]\ntimeslice = 0.00001\n",
        "t.ini: [executor] timeslice = '0.00001': 0 (off) or from 0.0001 to 0.1 seconds"},
       {"[nats]\nmax_reconnect = -2\n",

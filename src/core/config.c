@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <gio/gio.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <string.h>
@@ -247,7 +248,8 @@ parse_number (const gchar *raw, const KeyDesc *k, gdouble *out)
     *out = g_ascii_strtod (raw, &end);
   else
     *out = (gdouble)g_ascii_strtoll (raw, &end, 10);
-  return errno == 0 && end != raw && *end == '\0';
+  /* "nan" would pass every range check (each comparison is false); "inf" is out of range */
+  return errno == 0 && end != raw && *end == '\0' && !isnan (*out);
 }
 
 /* GKeyFile has no inline comments: in "threads = 32  # in flight" the comment is part of the
