@@ -114,6 +114,9 @@ crunch_service_on_signal (gint signum, GSourceFunc func, gpointer data)
   gint i = handler_index (signum);
 
   g_return_if_fail (i >= 0);
+  /* the context g_idle_add() wakes exists before the signal thread can see the handler (TSan
+   * saw its wakeup fd created after, without an order between the two threads) */
+  g_main_context_default ();
   g_mutex_lock (&handlers_lock);
   handlers[i] = (SignalHandler){func, data};
   g_mutex_unlock (&handlers_lock);
