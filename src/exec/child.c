@@ -57,7 +57,7 @@ child_setup (gpointer data)
   if (getppid () != c->parent)
     _exit (1); /* crunchd died before prctl took effect */
   signal (SIGPIPE, SIG_DFL);
-  { /* crunchd blocks its stop and reload signals outside the main loop's wait (service.c) */
+  { /* crunchd blocks its stop and reload signals in every thread (service.c) */
     sigset_t none;
     sigemptyset (&none);
     sigprocmask (SIG_SETMASK, &none, NULL);

@@ -1,16 +1,16 @@
 /* service.c - systemd glue, optional at build time.
  *
  * DESIGN
- * Everything here runs on the main thread: notifications are sent from the GMainLoop (start-up,
- * reload, stop, and the heartbeat's timers), never from MHD or worker threads, so that a
- * watchdog ping proves the main loop is alive.
- * Stop and reload signals are taken by a thread of their own, which only passes them to the main
- * loop (crunch_service_confine_signals()). A process-directed signal goes to any thread that does
- * not block it: in a ThreadSanitizer build a thread that then sleeps in a raw futex wait (an idle
- * GThreadPool worker) never ran GLib's handler, and SIGTERM was lost (CI: crunchd ignored it for
- * 30 s after a reload had made a new worker thread); in any build the handler cut short a
- * plugin's blocking call on that thread with EINTR. With every thread blocking them, the kernel
- * keeps them pending for sigwaitinfo(). */
+ * Everything here runs on the main thread but one thread of its own: notifications are sent from
+ * the GMainLoop (start-up, reload, stop, and the heartbeat's timers), never from MHD or worker
+ * threads, so that a watchdog ping proves the main loop is alive.
+ * Stop and reload signals are taken by that thread ("crunchd-signals", for the process's life),
+ * which only passes them to the main loop (crunch_service_confine_signals()). A process-directed
+ * signal goes to any thread that does not block it: in a ThreadSanitizer build a thread that then
+ * sleeps in a raw futex wait (an idle GThreadPool worker) never ran GLib's handler, and SIGTERM was
+ * lost (CI: crunchd ignored it for 30 s after a reload had made a new worker thread); in any build
+ * the handler cut short a plugin's blocking call on that thread with EINTR. With every thread
+ * blocking them, the kernel keeps them pending for sigwaitinfo(). */
 #include "service.h"
 
 #include <pthread.h>
