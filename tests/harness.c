@@ -220,6 +220,43 @@ test_proc_stat (const gchar *path)
   return g_strsplit (after_comm + 2, " ", -1);
 }
 
+GArray *
+test_children (const gchar *pid)
+{
+  GArray *children = g_array_new (FALSE, FALSE, sizeof (GPid));
+  g_autoptr (GDir) proc = g_dir_open ("/proc", 0, NULL);
+  gint64 parent = g_ascii_strtoll (pid, NULL, 10);
+  const gchar *name;
+
+  while (proc != NULL && (name = g_dir_read_name (proc)) != NULL) {
+    g_autofree gchar *path = g_build_filename ("/proc", name, "stat", NULL);
+    g_auto (GStrv) fields = NULL;
+    if (!g_ascii_isdigit (name[0]) || (fields = test_proc_stat (path)) == NULL ||
+        g_strv_length (fields) < 2)
+      continue;
+    if (!g_str_equal (fields[0], "Z") && g_ascii_strtoll (fields[1], NULL, 10) == parent) {
+      GPid child = (GPid)g_ascii_strtoll (name, NULL, 10);
+      g_array_append_val (children, child);
+    }
+  }
+  return children;
+}
+
+void
+test_server_wait_log (TestServer *server, const gchar *text, guint count, gdouble seconds)
+{
+  gint64 until = g_get_monotonic_time () + (gint64)(seconds * G_USEC_PER_SEC);
+
+  for (;;) {
+    g_autofree gchar *log = test_server_log (server);
+    if (test_count (log, text) >= count)
+      return;
+    if (g_get_monotonic_time () > until)
+      g_error ("no '%s' (%u times) in crunchd's log after %g s", text, count, seconds);
+    g_usleep (10000);
+  }
+}
+
 gchar *
 test_server_url (TestServer *server, const gchar *path)
 {

@@ -49,6 +49,10 @@ guint test_count (const gchar *text, const gchar *needle);
 /* The fields of a /proc stat file (e.g. "/proc/PID/stat") from field 3, the state, on: field N
  * is [N - 3]. NULL if it cannot be read. */
 gchar **test_proc_stat (const gchar *path);
+/* The live (not zombie) child processes of `pid`, as GPid. */
+GArray *test_children (const gchar *pid);
+/* Waits until `text` occurs `count` times in the server's log; fails the test after `seconds`. */
+void test_server_wait_log (TestServer *server, const gchar *text, guint count, gdouble seconds);
 gchar *test_server_url (TestServer *server, const gchar *path);
 /* The value of one series (name and labels, as printed) on the server's /metrics, or -1. */
 gdouble test_server_metric (TestServer *server, const gchar *series);

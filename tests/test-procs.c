@@ -698,26 +698,19 @@ child_pid_of (TestServer *server, const gchar *script)
   gint64 until = g_get_monotonic_time () + 5 * G_USEC_PER_SEC;
 
   do {
-    g_autoptr (GDir) proc = g_dir_open ("/proc", 0, NULL);
-    const gchar *name;
-    while ((name = g_dir_read_name (proc)) != NULL) {
-      g_autofree gchar *stat_path = g_build_filename ("/proc", name, "stat", NULL);
-      g_autofree gchar *cmd_path = g_build_filename ("/proc", name, "cmdline", NULL);
-      g_autofree gchar *stat = NULL, *cmd = NULL;
+    g_autoptr (GArray) children = test_children (server_pid);
+    for (guint c = 0; c < children->len; c++) {
+      GPid pid = g_array_index (children, GPid, c);
+      g_autofree gchar *cmd_path = g_strdup_printf ("/proc/%d/cmdline", (gint)pid);
+      g_autofree gchar *cmd = NULL;
       gsize len = 0;
-      const gchar *after;
-      if (!g_ascii_isdigit (name[0]) || !g_file_get_contents (stat_path, &stat, NULL, NULL) ||
-          !g_file_get_contents (cmd_path, &cmd, &len, NULL) ||
-          (after = strrchr (stat, ')')) == NULL)
+      if (!g_file_get_contents (cmd_path, &cmd, &len, NULL))
         continue;
       for (gsize i = 0; i + 1 < len; i++)
         if (cmd[i] == '\0')
           cmd[i] = ' ';
-      /* ") S PPID ..." */
-      if (after[1] == ' ' && after[2] != 'Z' &&
-          g_ascii_strtoll (after + 4, NULL, 10) == g_ascii_strtoll (server_pid, NULL, 10) &&
-          strstr (cmd, script) != NULL)
-        return (GPid)g_ascii_strtoll (name, NULL, 10);
+      if (strstr (cmd, script) != NULL)
+        return pid;
     }
     g_usleep (10000);
   } while (g_get_monotonic_time () < until);

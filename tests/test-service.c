@@ -256,20 +256,14 @@ test_signals_one_thread (void)
   g_autofree gchar *url = test_server_url (s, "/fib/20");
   g_autoptr (TestReply) r = test_http ("GET", url, NULL);
   g_autoptr (GDir) tasks = NULL;
-  g_autoptr (GDir) procs = NULL;
+  g_autoptr (GArray) children = NULL;
   const gchar *name;
-  guint threads = 0, children = 0, signal_threads = 0;
+  guint threads = 0, signal_threads = 0;
 
   g_assert_cmpint (r->status, ==, 200);
   test_server_write_config (s, "[executor]\nbackend = processes\nthreads = 3\n");
   test_server_signal (s, SIGHUP);
-  for (gint64 until = g_get_monotonic_time () + (gint64)(WAIT_S * G_USEC_PER_SEC);;) {
-    g_autofree gchar *log = test_server_log (s);
-    if (strstr (log, "configuration reloaded from") != NULL)
-      break;
-    g_assert_cmpint (g_get_monotonic_time (), <, until);
-    g_usleep (10000);
-  }
+  test_server_wait_log (s, "configuration reloaded from", 1, WAIT_S);
   g_clear_pointer (&r, test_reply_free);
   r = test_http ("GET", url, NULL); /* on the threads the reload made */
   g_assert_cmpint (r->status, ==, 200);
@@ -286,25 +280,16 @@ test_signals_one_thread (void)
     g_assert_cmpint (blocks_stop_signals (dir), ==, 1);
     threads++;
   }
-  procs = g_dir_open ("/proc", 0, NULL);
-  while ((name = g_dir_read_name (procs)) != NULL) {
-    g_autofree gchar *stat_path = g_build_filename ("/proc", name, "stat", NULL);
-    g_autofree gchar *stat = NULL;
-    g_autofree gchar *dir = g_build_filename ("/proc", name, NULL);
-    const gchar *after;
-    if (!g_ascii_isdigit (name[0]) || !g_file_get_contents (stat_path, &stat, NULL, NULL) ||
-        (after = strrchr (stat, ')')) == NULL)
-      continue;
-    if (g_ascii_strtoll (strchr (after + 3, ' ') + 1, NULL, 10) != g_ascii_strtoll (pid, NULL, 10))
-      continue; /* "pid (comm) S ppid ...": not crunchd's child */
+  children = test_children (pid);
+  for (guint i = 0; i < children->len; i++) {
+    g_autofree gchar *dir = g_strdup_printf ("/proc/%d", (gint)g_array_index (children, GPid, i));
     g_assert_cmpint (blocks_stop_signals (dir), ==, 0);
-    children++;
   }
   g_test_message ("%u threads block SIGHUP, SIGINT and SIGTERM; %u worker process(es) do not",
-                  threads, children);
+                  threads, children->len);
   g_assert_cmpuint (threads, >=, 4);
   g_assert_cmpuint (signal_threads, ==, 1);
-  g_assert_cmpuint (children, >=, 1);
+  g_assert_cmpuint (children->len, >=, 1);
   g_assert_cmpint (test_server_stop (s), ==, 0);
 }
 

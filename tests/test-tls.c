@@ -175,22 +175,6 @@ copy_file (const gchar *from, const gchar *to)
   g_assert_true (g_file_set_contents (dst, data, (gssize)len, NULL));
 }
 
-/* Waits until the log has `text` `count` times. */
-static void
-wait_log (TestServer *server, const gchar *text, guint count)
-{
-  for (gint i = 0; i < 1000; i++) {
-    g_autofree gchar *log = test_server_log (server);
-    guint seen = 0;
-    for (const gchar *at = log ? strstr (log, text) : NULL; at != NULL; at = strstr (at + 1, text))
-      seen++;
-    if (seen >= count)
-      return;
-    g_usleep (10000);
-  }
-  g_error ("no '%s' in crunchd's log", text);
-}
-
 /* SIGHUP with renewed files: new connections get the new certificate, a connection opened before
  * keeps working; a bad file at reload is logged and the running certificate stays. */
 static void
@@ -215,7 +199,7 @@ test_reload (void)
   copy_file ("renewed.pem", "live.pem");
   copy_file ("renewed.key", "live.key");
   test_server_signal (server, SIGHUP);
-  wait_log (server, "configuration reloaded", 1);
+  test_server_wait_log (server, "configuration reloaded", 1, 10);
   g_autofree gchar *log = test_server_log (server);
   g_assert_nonnull (strstr (log, "new TLS certificate"));
   fetch (server, "/fast", &(Client){.ca = "ca.pem"}, &after);
@@ -229,7 +213,7 @@ test_reload (void)
 
   copy_file ("notpem.pem", "live.pem");
   test_server_signal (server, SIGHUP);
-  wait_log (server, "reload failed", 1);
+  test_server_wait_log (server, "reload failed", 1, 10);
   fetch (server, "/fast", &(Client){.ca = "ca.pem"}, &bad);
   g_assert_cmpint (bad.status, ==, 200);
   g_assert_nonnull (strstr (bad.subject, "crunchd renewed server"));
@@ -251,7 +235,7 @@ test_on_off_reload (void)
   test_server_write_config (server, ini);
   for (guint i = 1; i <= 2; i++) {
     test_server_signal (server, SIGHUP);
-    wait_log (server, "configuration reloaded", i);
+    test_server_wait_log (server, "configuration reloaded", i, 10);
   }
   log = test_server_log (server);
   g_assert_cmpuint (test_count (log, warning), ==, 2);

@@ -55,13 +55,8 @@ child_setup (gpointer data)
   prctl (PR_SET_PDEATHSIG, SIGKILL);
   setpgid (0, 0); /* its own group: whatever it starts is stopped with it (crunch_child_kill) */
   if (getppid () != c->parent)
-    _exit (1); /* crunchd died before prctl took effect */
-  signal (SIGPIPE, SIG_DFL);
-  { /* crunchd blocks its stop and reload signals in every thread (service.c) */
-    sigset_t none;
-    sigemptyset (&none);
-    sigprocmask (SIG_SETMASK, &none, NULL);
-  }
+    _exit (1);               /* crunchd died before prctl took effect */
+  signal (SIGPIPE, SIG_DFL); /* (the signal mask is reset after fork() by service.c) */
   /* the niceness of crunchd's worker threads ([executor] nice), not the spawner thread's */
   setpriority (PRIO_PROCESS, 0, c->nice);
   if (c->memory_limit_mb > 0) {

@@ -72,14 +72,16 @@ signal_thread (gpointer data)
   for (;;) {
     gint signum = sigwaitinfo (set, NULL);
     SignalHandler *h;
+    gboolean handled;
     if (signum < 0)
       continue; /* EINTR */
     g_mutex_lock (&handlers_lock);
     h = &handlers[handler_index (signum)];
-    if (h->func != NULL)
+    handled = h->func != NULL;
+    if (handled)
       g_idle_add (deliver, h);
     g_mutex_unlock (&handlers_lock);
-    if (h->func == NULL)
+    if (!handled)
       die_by (signum);
   }
   return NULL;

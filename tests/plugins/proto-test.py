@@ -3,7 +3,8 @@
 # only), for tests/test-procs.c. Its behaviour is chosen by its file name (symlinks in the test):
 # "proto-test" declares good functions; "proto-bad" declares min > max; "proto-silent" never
 # says hello; "proto-slowexit" takes 1.5 s to exit once its stdin is closed; "proto-slowstart"
-# takes 20 s to say hello, but for its first process. A file "extra" beside it adds a function (a program that changed under crunchd).
+# takes 20 s to say hello, but for its first process. A file "extra" beside it adds a function
+# (a program that changed under crunchd).
 import json, os, struct, sys, time
 
 out = sys.stdout.buffer
