@@ -32,6 +32,7 @@ fixture_set_up (Fixture *f, gconstpointer data)
   g_assert_no_error (error);
   g_assert_cmpuint (jobs->len, ==, 0);
   g_assert_cmpint (sqlite3_open (f->path, &f->other), ==, SQLITE_OK);
+  sqlite3_busy_timeout (f->other, 10000); /* waits for a write the store is making */
 }
 
 static void
@@ -341,6 +342,7 @@ static void
 test_written_at_stop (Fixture *f, gconstpointer data)
 {
   put (f, CRUNCH_STORED_RUNNING);
+  crunch_store_barrier (f->store); /* else the store may hold the lock when the other takes it */
   finish_while_locked (f);
   wait_held (f, 1);
   g_assert_cmpint (g_atomic_int_get (&locked_warnings), ==, 1);
