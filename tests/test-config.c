@@ -191,6 +191,87 @@ test_sample_is_defaults (void)
   g_assert_cmpstr (a, ==, b);
 }
 
+/* The sample ini's [group] has a line "key =" or, commented out, "#key =". */
+static gboolean
+in_section (const gchar *ini, const gchar *group, const gchar *key)
+{
+  g_autofree gchar *header = g_strdup_printf ("\n[%s]\n", group);
+  g_autofree gchar *line = g_strdup_printf ("\n%s =", key);
+  g_autofree gchar *commented = g_strdup_printf ("\n#%s =", key);
+  const gchar *start = strstr (ini, header), *end;
+  g_autofree gchar *section = NULL;
+
+  if (start == NULL)
+    return FALSE;
+  end = strstr (start + 1, "\n[");
+  section = end != NULL ? g_strndup (start, end - start) : g_strdup (start);
+  return strstr (section, line) != NULL || strstr (section, commented) != NULL;
+}
+
+/* Every key is documented where a user looks: the sample ini, the README's table and
+ * crunchd.ini(5), whose entry says when a change applies: reload, or restart (what crunchd's
+ * reload does with the key; crunchd-worker, whose [worker] it is, never reloads). */
+static void
+test_every_key_documented (void)
+{
+  const gchar *srcdir = g_getenv ("CRUNCHD_SRCDIR");
+  g_autoptr (GError) error = NULL;
+  g_autoptr (CrunchConfig) defaults = crunch_config_new_default ();
+  g_autofree gchar *ini = crunch_config_to_string (defaults);
+  g_autoptr (GKeyFile) all = g_key_file_new ();
+  g_autofree gchar *sample = NULL, *readme = NULL, *man = NULL;
+  g_autofree gchar *readme_path = g_build_filename (srcdir, "README", NULL);
+  g_autofree gchar *man_path = g_build_filename (srcdir, "man", "crunchd.ini.5", NULL);
+  g_autoptr (GHashTable) marks = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+  g_auto (GStrv) lines = NULL;
+  g_auto (GStrv) groups = NULL;
+  g_autofree gchar *group = NULL;
+  guint checked = 0;
+
+  g_assert_nonnull (srcdir);
+  g_assert_true (g_key_file_load_from_data (all, ini, -1, G_KEY_FILE_NONE, &error));
+  g_assert_true (g_file_get_contents (g_getenv ("CRUNCHD_SAMPLE_INI"), &sample, NULL, &error));
+  g_assert_true (g_file_get_contents (readme_path, &readme, NULL, &error));
+  g_assert_true (g_file_get_contents (man_path, &man, NULL, &error));
+  g_assert_no_error (error);
+  /* crunchd.ini(5): ".SH [group]", then one ".BR key \" (type, default ...; reload)\"" a key */
+  lines = g_strsplit (man, "\n", -1);
+  for (gchar **line = lines; *line != NULL; line++) {
+    if (g_str_has_prefix (*line, ".SH ")) {
+      g_free (group);
+      group = **line && (*line)[4] == '[' ? g_strndup (*line + 5, strcspn (*line + 5, "]")) : NULL;
+    } else if (group != NULL && g_str_has_prefix (*line, ".BR ")) {
+      const gchar *name = *line + 4;
+      const gchar *mark = strrchr (*line, ';');
+      g_autofree gchar *key = g_strdup_printf ("%s/%.*s", group, (gint)strcspn (name, " "), name);
+      if (mark == NULL || strstr (*line, " \" (") == NULL)
+        continue;
+      g_hash_table_insert (marks, g_steal_pointer (&key),
+                           g_strndup (mark + 2, strcspn (mark + 2, ")")));
+    }
+  }
+  groups = g_key_file_get_groups (all, NULL);
+  for (gchar **g = groups; *g != NULL; g++) {
+    g_auto (GStrv) keys = g_key_file_get_keys (all, *g, NULL, NULL);
+    for (gchar **k = keys; *k != NULL; k++) {
+      g_autofree gchar *name = g_strdup_printf ("%s/%s", *g, *k);
+      g_autofree gchar *row = g_strdup_printf ("\n| `[%s] %s` |", *g, *k);
+      const gchar *mark = g_hash_table_lookup (marks, name);
+      /* tls.c compares [tls] client_ca's contents at a reload, and warns itself */
+      gboolean restart = crunch_config_needs_restart (*g, *k) || g_str_equal (*g, "worker") ||
+                         g_str_equal (name, "tls/client_ca");
+
+      g_test_message ("[%s] %s: %s", *g, *k, mark);
+      g_assert_true (in_section (sample, *g, *k));
+      g_assert_nonnull (strstr (readme, row));
+      g_assert_nonnull (mark);
+      g_assert_cmpstr (mark, ==, restart ? "restart" : "reload");
+      checked++;
+    }
+  }
+  g_assert_cmpuint (checked, >=, 70);
+}
+
 static void
 test_missing_file (void)
 {
@@ -322,6 +403,7 @@ main (int argc, char **argv)
   g_test_add_func ("/config/plugins-and-jobs", test_plugins_and_jobs);
   g_test_add_func ("/config/missing-file", test_missing_file);
   g_test_add_func ("/config/sample-is-defaults", test_sample_is_defaults);
+  g_test_add_func ("/config/every-key-documented", test_every_key_documented);
   g_test_add_func ("/config/round-trip", test_round_trip);
   g_test_add_func ("/config/listen-addresses", test_listen_addresses);
   return g_test_run ();

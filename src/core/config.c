@@ -704,13 +704,19 @@ static const gchar *const restart_keys[] = {"server/listen",
                                             "metrics/listen",
                                             NULL};
 
+gboolean
+crunch_config_needs_restart (const gchar *group, const gchar *key)
+{
+  g_autofree gchar *name = g_strconcat (group, "/", key, NULL);
+  g_autofree gchar *all = g_strconcat (group, "/*", NULL);
+
+  return g_strv_contains (restart_keys, name) || g_strv_contains (restart_keys, all);
+}
+
 static gboolean
 is_restart_key (const KeyDesc *k)
 {
-  g_autofree gchar *name = g_strconcat (k->group, "/", k->name, NULL);
-  g_autofree gchar *group = g_strconcat (k->group, "/*", NULL);
-
-  return g_strv_contains (restart_keys, name) || g_strv_contains (restart_keys, group);
+  return crunch_config_needs_restart (k->group, k->name);
 }
 
 /* Puts the running value of every key that needs a restart back into `next` (a reloaded

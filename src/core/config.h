@@ -154,6 +154,8 @@ gint64 crunch_config_connections_spare (const CrunchConfig *config, guint max_co
  * value, which changes only at a restart). */
 gboolean crunch_config_check_budget (const CrunchConfig *config, guint max_connections,
                                      GError **error);
+/* Whether crunchd reads [group] key at start only (a reload keeps its running value). */
+gboolean crunch_config_needs_restart (const gchar *group, const gchar *key);
 /* A reload: the keys that need a restart keep their running values; those the file changed are
  * appended to `changed` as "[group] key, ...". */
 void crunch_config_keep_restart_keys (CrunchConfig *next, const CrunchConfig *running,
