@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "accesslog.h"
 #include "auth.h"
@@ -44,12 +45,17 @@ typedef struct {
   gint cli_threads;
   gboolean stopping;
   guint shutdown_timer;
+  guint grace_timer;
+  guint stuck; /* jobs left on their threads at the stop: their functions ignored the cancel */
   CrunchHeartbeat *heartbeat;
   CrunchProcPool *worker_pool; /* [executor] backend = processes */
 } Crunchd;
 
 #define STATUS_INTERVAL_MS 1000
 #define DRAIN_POLL_MS 20
+/* after kill_grace, before a stop leaves behind a job that ignores its cancel (a worker process
+ * SIGKILLed at kill_grace has been reaped by then) */
+#define ABANDON_AFTER_KILL_MS 1000
 
 /* systemctl status shows this line: live figures, sent only when they change. */
 static gchar *
@@ -190,11 +196,33 @@ on_drained (gpointer data)
   CrunchSchedulerStats stats;
 
   crunch_scheduler_get_stats (app->scheduler, &stats);
-  if (stats.running > 0) {
+  if (stats.running > app->stuck) {
     g_timeout_add (DRAIN_POLL_MS, on_drained, app);
     return G_SOURCE_REMOVE;
   }
   g_main_loop_quit (app->loop);
+  return G_SOURCE_REMOVE;
+}
+
+/* kill_grace (and a second) after the cancel, jobs still on a thread run functions that ignore
+ * it, and a thread cannot be killed: their callers get 503 now and crunchd stops without them
+ * (exit status 1) instead of waiting for ever. A job in a worker process was SIGKILLed by now:
+ * the second is the kill's, and the reaping's. */
+static gboolean
+on_cancel_ignored (gpointer data)
+{
+  Crunchd *app = data;
+  CrunchSchedulerStats stats;
+
+  app->grace_timer = 0;
+  crunch_scheduler_get_stats (app->scheduler, &stats);
+  if (stats.running == 0)
+    return G_SOURCE_REMOVE;
+  app->stuck = stats.running;
+  g_warning ("%u job(s) still running %g s after their cancel ([executor] kill_grace + 1 s): "
+             "their function ignores it, and a thread cannot be stopped; stopping without them",
+             app->stuck, app->config->kill_grace + ABANDON_AFTER_KILL_MS / 1000.0);
+  crunch_scheduler_answer_running (app->scheduler, CRUNCH_JOB_SHUTDOWN);
   return G_SOURCE_REMOVE;
 }
 
@@ -208,6 +236,8 @@ on_shutdown_timeout (gpointer data)
              crunch_server_in_flight (app->server));
   crunch_procpools_stopping (); /* a process still starting is not waited for */
   crunch_scheduler_cancel_running (app->scheduler, CRUNCH_JOB_SHUTDOWN);
+  app->grace_timer = g_timeout_add ((guint)(app->config->kill_grace * 1000) + ABANDON_AFTER_KILL_MS,
+                                    on_cancel_ignored, app);
   return G_SOURCE_REMOVE;
 }
 
@@ -434,12 +464,20 @@ static void
 shut_down (Crunchd *app, gboolean nats)
 {
   g_clear_pointer (&app->heartbeat, crunch_heartbeat_free);
-  if (app->shutdown_timer != 0)
-    g_source_remove (app->shutdown_timer);
+  g_clear_handle_id (&app->shutdown_timer, g_source_remove);
+  g_clear_handle_id (&app->grace_timer, g_source_remove);
   wire_metrics (app, FALSE);
   crunch_server_free (app->server);   /* every compute request has been answered */
   crunch_access_log_stop ();          /* every request is logged: write the last lines */
   crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
+  if (app->stuck > 0) {
+    /* The scheduler cannot be freed under a thread that never returns: the job store is closed
+     * (every write made, the stuck async jobs handed back to run again), nothing else is
+     * touched, and the process ends here. */
+    crunch_jobs_free (app->jobs);
+    g_warning ("stopped, leaving %u job(s) on their threads", app->stuck);
+    _exit (EXIT_FAILURE);
+  }
   log_totals (app->scheduler);
   crunch_scheduler_free (app->scheduler);
   crunch_jobs_free (app->jobs);   /* after the scheduler: no ticket can be answered any more */

@@ -235,6 +235,16 @@ test_worker_stop (TestWorker *w)
 }
 
 gint
+test_worker_stop_status (TestWorker *w, gchar **log)
+{
+  gint status = reap (w->proc, SIGTERM);
+
+  g_file_get_contents (w->log_path, log, NULL, NULL);
+  test_worker_free (w);
+  return status;
+}
+
+gint
 test_worker_stop_with_log (TestWorker *w, gchar **out)
 {
   g_autofree gchar *log = NULL;

@@ -42,6 +42,9 @@ void test_worker_signal (TestWorker *worker, gint signum);
 gint test_worker_stop (TestWorker *worker);
 /* The same, and its log (free it) in *log. */
 gint test_worker_stop_with_log (TestWorker *worker, gchar **log);
+/* SIGTERM, bounded wait; returns its exit status (128+signal) whatever it is, its log (free it)
+ * in *log, and frees the worker. */
+gint test_worker_stop_status (TestWorker *worker, gchar **log);
 /* After SIGKILL: reap and free. */
 void test_worker_free (TestWorker *worker);
 

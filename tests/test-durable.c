@@ -437,6 +437,28 @@ test_poison (Fixture *f, gconstpointer data)
   test_server_stop (s);
 }
 
+/* An async job whose function ignores its cancel (hostile.so's deaf) does not hold the stop:
+ * crunchd ends kill_grace + 1 s after the cancel (status 1), and the job, handed back like any job
+ * a stop interrupts, runs again after the restart. */
+static void
+test_stubborn_job_at_stop (Fixture *f, gconstpointer data)
+{
+  const gchar *extra = "[server]\nshutdown_timeout = 0.3\n[executor]\nkill_grace = 0.2\n";
+  TestServer *s = start (f, extra);
+  g_autofree gchar *deaf = submit (s, "{\"fn\": \"deaf\"}", NULL);
+  g_autofree gchar *log = NULL;
+  g_autoptr (JsonObject) o = NULL;
+
+  wait_running (s, deaf);
+  g_assert_cmpint (test_server_stop_with_log (s, &log), ==, 1);
+  g_assert_nonnull (strstr (log, "stopped, leaving 1 job(s) on their threads"));
+  s = start (f, extra);
+  wait_running (s, deaf);
+  o = describe (s, deaf);
+  g_assert_cmpint (json_object_get_int_member (o, "attempts"), ==, 2);
+  g_assert_cmpint (test_server_stop (s), ==, 1);
+}
+
 /* After a restart without the plugin, its unfinished job fails saying why; a finished job whose
  * ttl ran out while crunchd was down is gone (404), one still within it is kept. */
 static void
@@ -781,6 +803,7 @@ main (int argc, char **argv)
   ADD ("/durable/sigterm-lets-running-finish", test_sigterm_lets_running_finish);
   ADD ("/durable/post-during-drain", test_post_during_drain);
   ADD ("/durable/poison", test_poison);
+  ADD ("/durable/stubborn-job-at-stop", test_stubborn_job_at_stop);
   ADD ("/durable/recovery-edges", test_recovery_edges);
   ADD ("/durable/idempotency", test_idempotency);
   ADD ("/durable/full-database", test_full);

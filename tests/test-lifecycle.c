@@ -166,6 +166,70 @@ test_shutdown_timeout_cancels (void)
   g_assert_cmpint (g_get_monotonic_time () - t0, <, 3 * G_USEC_PER_SEC);
 }
 
+/* A function that ignores its cancel (hostile.so's stubborn spins for ever) on one of crunchd's
+ * own threads: its client gets 504 at the deadline, and SIGTERM still ends crunchd,
+ * shutdown_timeout + kill_grace + 1 s later, with status 1 and a warning. It used to wait for the
+ * thread for ever. */
+static void
+test_stubborn_function_stop (void)
+{
+  g_autofree gchar *ini = g_strdup_printf (
+      "[server]\nshutdown_timeout = 0.3\n[executor]\nthreads = 2\nkill_grace = 0.2\n"
+      "[plugins]\ndir = %s\nload = hostile\n",
+      g_getenv ("CRUNCHD_TEST_PLUGINS"));
+  TestServer *server = test_server_start (ini, NULL);
+  g_autofree gchar *url = test_server_url (server, "/fn/stubborn");
+  g_autofree gchar *fast = test_server_url (server, "/fast");
+  g_autofree gchar *log = NULL;
+  TestReply *reply = test_http ("GET", url, NULL);
+  gdouble took;
+  gint64 t0;
+
+  g_assert_cmpint (reply->status, ==, 504);
+  test_reply_free (reply);
+  reply = test_http ("GET", fast, NULL);
+  g_assert_cmpint (reply->status, ==, 200);
+  test_reply_free (reply);
+  t0 = g_get_monotonic_time ();
+  g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 1);
+  took = (g_get_monotonic_time () - t0) / 1e6;
+  g_test_message ("stopped after %.2f s", took);
+  g_assert_cmpfloat (took, >=, 0.3 + 0.2 + 1);
+  g_assert_cmpfloat (took, <, 5 * TEST_TIME_SCALE);
+  g_assert_nonnull (strstr (log, "1 job(s) still running 1.2 s after their cancel ([executor] "
+                                 "kill_grace + 1 s): their function ignores it"));
+  g_assert_nonnull (strstr (log, "stopped, leaving 1 job(s) on their threads"));
+}
+
+/* The same while a client still waits for such a job (deaf: a deadline of 60 s): it gets 503
+ * when crunchd gives up on the job, not when its deadline passes. */
+static void
+test_stubborn_function_waited_for (void)
+{
+  g_autofree gchar *ini = g_strdup_printf (
+      "[server]\nshutdown_timeout = 0.3\n[executor]\nthreads = 1\nkill_grace = 0.2\n"
+      "[plugins]\ndir = %s\nload = hostile\n",
+      g_getenv ("CRUNCHD_TEST_PLUGINS"));
+  TestServer *server = test_server_start (ini, NULL);
+  TestCall *call = test_call_start (test_server_url (server, "/fn/deaf"));
+  g_autofree gchar *log = NULL;
+  TestReply *reply;
+  gint64 t0;
+
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_running", 1), ==, 1);
+  t0 = g_get_monotonic_time ();
+  test_server_signal (server, SIGTERM);
+  reply = test_call_finish (call);
+  g_test_message ("%ld %s after %.2f s", reply->status, reply->body,
+                  (g_get_monotonic_time () - t0) / 1e6);
+  g_assert_cmpint (reply->status, ==, 503);
+  g_assert_cmpfloat (reply->seconds, <, 5 * TEST_TIME_SCALE);
+  test_reply_free (reply);
+  g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 1);
+  g_assert_cmpfloat ((g_get_monotonic_time () - t0) / 1e6, <, 5 * TEST_TIME_SCALE);
+  g_assert_nonnull (strstr (log, "stopped, leaving 1 job(s) on their threads"));
+}
+
 static void
 test_bad_config_exits_78 (void)
 {
@@ -348,6 +412,8 @@ main (int argc, char **argv)
   g_test_add_func ("/lifecycle/sigterm-drains", test_sigterm_drains);
   g_test_add_func ("/lifecycle/sigterm-under-load", test_sigterm_under_load);
   g_test_add_func ("/lifecycle/shutdown-timeout-cancels", test_shutdown_timeout_cancels);
+  g_test_add_func ("/lifecycle/stubborn-function-stop", test_stubborn_function_stop);
+  g_test_add_func ("/lifecycle/stubborn-function-waited-for", test_stubborn_function_waited_for);
   g_test_add_func ("/lifecycle/bad-config-exits-78", test_bad_config_exits_78);
   g_test_add_func ("/lifecycle/missing-config-exits-78", test_missing_config_exits_78);
   g_test_add_func ("/lifecycle/check-config-sample", test_check_config_sample);

@@ -845,6 +845,48 @@ test_too_large (void)
   g_assert_cmpint (test_worker_stop (w), ==, 3);
 }
 
+/* A function that ignores its cancel (hostile.so's stubborn spins for ever) on the worker's own
+ * threads: its client gets 504 at the deadline, and SIGTERM still ends crunchd-worker,
+ * shutdown_timeout + [executor] kill_grace + 1 s later, with status 1 and a warning; the front end
+ * goes on with another worker. It used to wait for the thread for ever. */
+static void
+test_stubborn_worker_stop (void)
+{
+  g_autoptr (TestNats) nats = test_nats_start (FALSE, NULL);
+  g_autofree gchar *plugins =
+      g_strdup_printf ("[plugins]\ndir = %s\nload = %s/hostile.so\n", g_getenv ("CRUNCHD_PLUGINS"),
+                       g_getenv ("CRUNCHD_TEST_PLUGINS"));
+  g_autofree gchar *wbase = worker_ini (nats->url);
+  g_autofree gchar *wini = g_strconcat (
+      wbase, "[worker]\nshutdown_timeout = 0.3\n[executor]\nkill_grace = 0.2\n", plugins, NULL);
+  g_autofree gchar *fini = front_ini (nats->url, plugins);
+  TestWorker *w = test_worker_start (wini, "w1", 2), *w2;
+  TestServer *front = test_server_start (fini, NULL);
+  g_autofree gchar *url = test_server_url (front, "/fn/stubborn");
+  g_autofree gchar *log = NULL;
+  g_autoptr (TestReply) r = NULL;
+  gdouble took;
+  gint64 t0;
+
+  wait_serving (front, 10);
+  r = test_http ("GET", url, NULL);
+  g_assert_cmpint (r->status, ==, 504);
+  t0 = g_get_monotonic_time ();
+  g_assert_cmpint (test_worker_stop_status (w, &log), ==, 1);
+  took = (g_get_monotonic_time () - t0) / 1e6;
+  g_test_message ("crunchd-worker stopped after %.2f s", took);
+  g_assert_cmpfloat (took, >=, 0.3 + 0.2 + 1);
+  g_assert_cmpfloat (took, <, 5 * TEST_TIME_SCALE);
+  g_assert_nonnull (strstr (log, "1 job(s) still running 1.2 s after their cancel ([executor] "
+                                 "kill_grace + 1 s): their function ignores it"));
+  g_assert_nonnull (strstr (log, "crunchd-worker w1 stopped, leaving 1 job(s) on their threads"));
+  w2 = test_worker_start (wini, "w2", 1);
+  wait_serving (front, 10);
+  get_expect (front, "/fib/20", 200, "6765");
+  g_assert_cmpint (test_server_stop (front), ==, 0);
+  g_assert_cmpint (test_worker_stop (w2), >=, 1);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -870,6 +912,7 @@ main (int argc, char **argv)
   g_test_add_func ("/nats/plugins-remote", test_plugins_remote);
   g_test_add_func ("/nats/program-remote", test_program_remote);
   g_test_add_func ("/nats/prompt-exit", test_prompt_exit);
+  g_test_add_func ("/nats/stubborn-worker-stop", test_stubborn_worker_stop);
   g_test_add_func ("/nats/worker-closed-for-good", test_worker_closed_for_good);
   g_test_add_func ("/nats/ready-means-subscribed", test_ready_means_subscribed);
   g_test_add_func ("/nats/stop-while-busy", test_stop_while_busy);

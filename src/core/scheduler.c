@@ -1258,6 +1258,25 @@ crunch_scheduler_cancel_running (CrunchScheduler *self, CrunchJobOutcome reason)
   g_mutex_unlock (&self->lock);
 }
 
+void
+crunch_scheduler_answer_running (CrunchScheduler *self, CrunchJobOutcome why)
+{
+  GPtrArray *answers = g_ptr_array_new ();
+  GHashTableIter iter;
+  gpointer sj;
+
+  g_mutex_lock (&self->lock);
+  g_hash_table_iter_init (&iter, self->running);
+  while (g_hash_table_iter_next (&iter, &sj, NULL)) {
+    GPtrArray *tickets = ((SchedJob *)sj)->tickets;
+    for (guint i = 0; i < tickets->len; i++)
+      answer_locked (self, tickets->pdata[i], why, NULL, answers);
+    g_ptr_array_set_size (tickets, 0);
+  }
+  g_mutex_unlock (&self->lock);
+  flush_answers (answers);
+}
+
 /* One function's series of a histogram family: cumulative buckets by `bounds` (n of them, then
  * +Inf), its sum (text) and count. */
 static void

@@ -144,6 +144,9 @@ CrunchExecutor *crunch_scheduler_executor (CrunchScheduler *self);
 void crunch_scheduler_drain (CrunchScheduler *self);
 /* Ask every running job to stop. */
 void crunch_scheduler_cancel_running (CrunchScheduler *self, CrunchJobOutcome reason);
+/* Answer the tickets of every running job now (`why`), leaving the jobs on their threads: at a
+ * stop, for functions that ignore their cancel. */
+void crunch_scheduler_answer_running (CrunchScheduler *self, CrunchJobOutcome why);
 
 typedef struct {
   guint queued;  /* jobs waiting for a thread */

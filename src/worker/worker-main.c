@@ -1,8 +1,9 @@
 /* worker-main.c - crunchd-worker: command line, start-up, signals, exit codes.
  *
  * The main thread runs the GMainLoop: SIGTERM/SIGINT stop taking jobs, let running ones finish
- * for [worker] shutdown_timeout seconds, then cancel them (their front ends retry elsewhere);
- * it also pings the systemd watchdog. Jobs run on the worker's own threads (worker.c). */
+ * for [worker] shutdown_timeout seconds, then cancel them (their front ends retry elsewhere),
+ * and [executor] kill_grace + 1 s later ends without those that ignore it; it also pings the
+ * systemd watchdog. Jobs run on the worker's own threads (worker.c). */
 #include <locale.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -18,6 +19,9 @@
 #include "worker.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
+/* after kill_grace, before a stop leaves behind a job that ignores its cancel (a program
+ * plugin's process SIGKILLed at kill_grace has been reaped by then) */
+#define ABANDON_AFTER_KILL_MS 1000
 
 typedef struct {
   GMainLoop *loop;
@@ -25,6 +29,7 @@ typedef struct {
   CrunchWorker *worker;
   gboolean stopping;
   guint shutdown_timer;
+  guint grace_timer;
 } App;
 
 static gboolean
@@ -34,6 +39,27 @@ on_stopped (gpointer data)
 
   g_main_loop_quit (app->loop);
   return G_SOURCE_REMOVE;
+}
+
+/* [executor] kill_grace (and a second) after the cancel, jobs still running run functions that
+ * ignore it, and a thread cannot be killed: the worker ends without them (status 1) instead of
+ * waiting for ever; their front ends miss the heartbeats and send the jobs elsewhere. */
+static gboolean
+on_cancel_ignored (gpointer data)
+{
+  App *app = data;
+  guint running = crunch_worker_running (app->worker);
+
+  app->grace_timer = 0;
+  if (running == 0)
+    return G_SOURCE_REMOVE;
+  g_warning ("%u job(s) still running %g s after their cancel ([executor] kill_grace + 1 s): "
+             "their function ignores it, and a thread cannot be stopped; stopping without them",
+             running, app->config->kill_grace + ABANDON_AFTER_KILL_MS / 1000.0);
+  crunch_worker_abandon (app->worker);
+  g_warning ("crunchd-worker %s stopped, leaving %u job(s) on their threads",
+             crunch_worker_id (app->worker), running);
+  _exit (EXIT_FAILURE);
 }
 
 static gboolean
@@ -46,6 +72,8 @@ on_shutdown_timeout (gpointer data)
              crunch_worker_running (app->worker));
   crunch_procpools_stopping (); /* a process still starting is not waited for */
   crunch_worker_cancel_running (app->worker);
+  app->grace_timer = g_timeout_add ((guint)(app->config->kill_grace * 1000) + ABANDON_AFTER_KILL_MS,
+                                    on_cancel_ignored, app);
   return G_SOURCE_REMOVE;
 }
 
@@ -103,8 +131,8 @@ run (App *app, const gchar *id, guint threads)
   crunch_service_notify ("READY=1");
   g_main_loop_run (app->loop);
   g_clear_pointer (&heartbeat, crunch_heartbeat_free);
-  if (app->shutdown_timer != 0)
-    g_source_remove (app->shutdown_timer);
+  g_clear_handle_id (&app->shutdown_timer, g_source_remove);
+  g_clear_handle_id (&app->grace_timer, g_source_remove);
   crunch_worker_free (app->worker);
   crunch_procpools_free_all (); /* program plugins' processes */
   g_main_loop_unref (app->loop);

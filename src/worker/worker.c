@@ -721,6 +721,16 @@ crunch_worker_running (CrunchWorker *w)
 }
 
 void
+crunch_worker_abandon (CrunchWorker *w)
+{
+  if (w->nc == NULL)
+    return;
+  if (natsConnection_Status (w->nc) == NATS_CONN_STATUS_CONNECTED)
+    natsConnection_FlushTimeout (w->nc, 1000);
+  natsConnection_Close (w->nc); /* the heartbeats stop: front ends send the jobs elsewhere */
+}
+
+void
 crunch_worker_free (CrunchWorker *w)
 {
   gint64 until = g_get_monotonic_time () + CLOSE_WAIT_US;

@@ -18,5 +18,9 @@ void crunch_worker_stop (CrunchWorker *self, GSourceFunc stopped, gpointer data)
 /* Stop running jobs (their front ends retry them elsewhere). */
 void crunch_worker_cancel_running (CrunchWorker *self);
 guint crunch_worker_running (CrunchWorker *self);
+/* For an exit that cannot wait for jobs whose functions ignore their cancel: the replies made so
+ * far go out and the connection closes, the jobs stay on their threads (the worker is not freed:
+ * the process ends). */
+void crunch_worker_abandon (CrunchWorker *self);
 /* Closes the connection; only after `stopped`. */
 void crunch_worker_free (CrunchWorker *self);

@@ -1,7 +1,8 @@
 /* hostile.c - test plugin for the process backend: functions that misbehave on purpose.
  * crash n: 0 answers "ok", 1 SIGSEGV, 2 abort(), 3 exit(3) (pure, so retried once).
- * stubborn: spins, ignoring its cancel flag. hog: allocates until malloc fails (or forever).
- * noisy: printf()s garbage to stdout, then answers. pid: its process id (which process ran it). */
+ * stubborn: spins, ignoring its cancel flag (deaf: the same with a deadline of 60 s). hog:
+ * allocates until malloc fails (or forever). noisy: printf()s garbage to stdout, then answers. pid:
+ * its process id (which process ran it). */
 #include <crunchd/crunchd-plugin.h>
 #include <signal.h>
 #include <stdio.h>
@@ -101,12 +102,16 @@ length_run (const CrunchdCall *call, CrunchdResult *result)
 }
 
 static const CrunchdFunction functions[] = {
-    {"crash", "crashes on request", crash_args, 1, 1, 10, "text/plain", crash_run, NULL, 0, 0, NULL},
+    {"crash", "crashes on request", crash_args, 1, 1, 10, "text/plain", crash_run, NULL, 0, 0,
+     NULL},
     {"stubborn", "ignores cancel", NULL, 0, 0, 0.3, "text/plain", stubborn_run, NULL, 0, 0, NULL},
+    {"deaf", "ignores cancel, 60 s deadline", NULL, 0, 0, 60, "text/plain", stubborn_run, NULL, 0,
+     0, NULL},
     {"hog", "allocates without bound", NULL, 0, 0, 10, "text/plain", hog_run, NULL, 0, 0, NULL},
     {"noisy", "printf garbage", NULL, 0, 0, 10, "text/plain", noisy_run, NULL, 0, 0, NULL},
     {"pid", "its process id", NULL, 0, 0, 10, "text/plain", pid_run, NULL, 0, 0, NULL},
-    {"length", "the length of s", length_args, 1, 1, 10, "text/plain", length_run, NULL, 0, 0, NULL},
+    {"length", "the length of s", length_args, 1, 1, 10, "text/plain", length_run, NULL, 0, 0,
+     NULL},
 };
 
 static int
