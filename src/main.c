@@ -474,7 +474,7 @@ shut_down (Crunchd *app, gboolean nats)
     /* The scheduler cannot be freed under a thread that never returns: the job store is closed
      * (every write made, the stuck async jobs handed back to run again), nothing else is
      * touched, and the process ends here. */
-    crunch_jobs_free (app->jobs);
+    crunch_jobs_close_store (app->jobs);
     g_warning ("stopped, leaving %u job(s) on their threads", app->stuck);
     _exit (EXIT_FAILURE);
   }

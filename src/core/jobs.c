@@ -192,6 +192,12 @@ crunch_jobs_cancel_all (CrunchJobs *self)
 }
 
 void
+crunch_jobs_close_store (CrunchJobs *self)
+{
+  crunch_store_free (self->store);
+}
+
+void
 crunch_jobs_free (CrunchJobs *self)
 {
   if (self == NULL)

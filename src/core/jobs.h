@@ -32,6 +32,10 @@ void crunch_jobs_cancel_all (CrunchJobs *self);
 /* Call after the scheduler is freed (no job can finish any more), before the calls service.
  * Writes everything to the store and closes it. */
 void crunch_jobs_free (CrunchJobs *self);
+/* For an exit that leaves jobs on their threads (functions that ignore their cancel): every
+ * write made to the job store so far reaches the disk and the store closes; nothing else is
+ * freed, for those threads may still read it until the process ends. */
+void crunch_jobs_close_store (CrunchJobs *self);
 
 /* GET/POST /fn/NAME with Accept: text/event-stream: the call becomes a job (as POST /jobs would
  * make it; `info` as for the jobs lane) whose events (GET /jobs/ID/events) are the answer; the job
