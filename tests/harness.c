@@ -279,18 +279,32 @@ test_remove_dir (const gchar *dir)
   g_rmdir (dir);
 }
 
+void
+test_free_ports (guint16 *ports, guint n)
+{
+  g_autoptr (GPtrArray) held = g_ptr_array_new_with_free_func (g_object_unref);
+  g_autoptr (GInetAddress) lo = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
+  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (lo, 0);
+
+  for (guint i = 0; i < n; i++) {
+    GSocket *sock =
+        g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+    g_autoptr (GSocketAddress) bound = NULL;
+
+    g_assert_true (g_socket_bind (sock, any, FALSE, NULL));
+    bound = g_socket_get_local_address (sock, NULL);
+    ports[i] = g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
+    g_ptr_array_add (held, sock); /* bound until all are picked: no port comes twice */
+  }
+}
+
 guint16
 test_free_port (void)
 {
-  g_autoptr (GSocket) sock =
-      g_socket_new (G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
-  g_autoptr (GInetAddress) lo = g_inet_address_new_loopback (G_SOCKET_FAMILY_IPV4);
-  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (lo, 0);
-  g_autoptr (GSocketAddress) bound = NULL;
+  guint16 port;
 
-  g_assert_true (g_socket_bind (sock, any, FALSE, NULL));
-  bound = g_socket_get_local_address (sock, NULL);
-  return g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound));
+  test_free_ports (&port, 1);
+  return port;
 }
 
 gboolean

@@ -63,6 +63,9 @@ void test_remove_dir (const gchar *dir);
 /* A loopback port nobody listens on right now (bound and released: a small race until the
  * caller binds it again). */
 guint16 test_free_port (void);
+/* `n` such ports, all different (a process that needs several: two calls of test_free_port()
+ * return the same port about once in 16,000). */
+void test_free_ports (guint16 *ports, guint n);
 /* TRUE if something accepts connections on 127.0.0.1:port now. */
 gboolean test_port_open (guint16 port);
 

@@ -100,13 +100,15 @@ nats_start (gboolean cluster, const gchar *routes, gboolean jetstream, const gch
 {
   TestNats *nats = g_new0 (TestNats, 1);
   g_autoptr (GError) error = NULL;
+  guint16 ports[3];
 
   nats->dir = g_dir_make_tmp ("crunchd-nats-XXXXXX", &error);
   g_assert_no_error (error);
-  nats->port = test_free_port ();
-  nats->monitor_port = test_free_port ();
+  test_free_ports (ports, 3);
+  nats->port = ports[0];
+  nats->monitor_port = ports[1];
   if (cluster)
-    nats->cluster_port = test_free_port ();
+    nats->cluster_port = ports[2];
   nats->routes = g_strdup (routes);
   nats->url = g_strdup_printf ("nats://127.0.0.1:%u", nats->port);
   nats->jetstream = jetstream;
