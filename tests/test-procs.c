@@ -247,17 +247,13 @@ static void
 test_stdout_is_protected (void)
 {
   g_autoptr (TestServer) server = start ("");
-  gint64 until = g_get_monotonic_time () + G_USEC_PER_SEC;
-  gboolean logged = FALSE;
+  g_autofree gchar *log = NULL;
 
   expect (server, "/fn/noisy", 200, "still fine");
   /* the child's stderr is logged by a thread of its own: the line may come after the reply */
-  while (!logged && g_get_monotonic_time () < until) {
-    g_autofree gchar *log = test_server_log (server);
-    logged = strstr (log, "crunchd-worker[") != NULL && strstr (log, "garbage on stdout") != NULL;
-    g_usleep (10000);
-  }
-  g_assert_true (logged);
+  test_server_wait_log (server, "garbage on stdout", 1, 5 * TEST_TIME_SCALE);
+  log = test_server_log (server);
+  g_assert_nonnull (strstr (log, "crunchd-worker["));
 }
 
 /* Crashes and kills while other requests run: every request gets its answer. */
@@ -374,8 +370,7 @@ test_program_calls (void)
   g_autoptr (Programs) p = programs_new ();
   g_autoptr (TestServer) server = start_program (p, "proto-test", "");
   g_autoptr (TestReply) echo = get (server, "/fn/pecho?s=abc&b=AAEC&x=0.25");
-  gint64 until = g_get_monotonic_time () + G_USEC_PER_SEC;
-  gboolean logged = FALSE;
+  g_autofree gchar *log = NULL;
 
   g_assert_cmpint (echo->status, ==, 200);
   g_assert_cmpmem (echo->body, echo->body_len, "abc 000102 0.25 \0\1\2", 19);
@@ -396,12 +391,9 @@ test_program_calls (void)
     g_assert_true (a > 1.0 && a <= 2.0);
   }
   expect (server, "/fib/10", 200, "55");
-  while (!logged && g_get_monotonic_time () < until) {
-    g_autofree gchar *log = test_server_log (server);
-    logged = strstr (log, "proto-test[") != NULL && strstr (log, "proto-test started") != NULL;
-    g_usleep (10000);
-  }
-  g_assert_true (logged);
+  test_server_wait_log (server, "proto-test started", 1, 5 * TEST_TIME_SCALE);
+  log = test_server_log (server);
+  g_assert_nonnull (strstr (log, "proto-test["));
 }
 
 /* Garbage on stdout, or a reply to another call: that process is killed, its call alone fails. */

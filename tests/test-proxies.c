@@ -51,7 +51,7 @@ logged_client (TestServer *server, const gchar *header, guint i)
 static void
 test_untrusted_ignored (void)
 {
-  TestServer *server = test_server_start ("[log]\naccess = common\n", NULL);
+  TestServer *server = test_server_start ("[log]\naccess = common\naccess_buffer = 0\n", NULL);
   const gchar *spoofs[] = {"X-Forwarded-For: 203.0.113.7", "Forwarded: for=203.0.113.7"};
 
   for (guint i = 0; i < G_N_ELEMENTS (spoofs); i++) {
@@ -99,10 +99,10 @@ test_trusted_used (void)
   };
 
   check_clients ("[server]\ntrusted_proxies = 10.0.0.0/8, 127.0.0.1/32, ::1/128\n"
-                 "[log]\naccess = common\n",
+                 "[log]\naccess = common\naccess_buffer = 0\n",
                  xff, G_N_ELEMENTS (xff));
   check_clients ("[server]\ntrusted_proxies = 10.0.0.0/8, 127.0.0.1\nproxy_header = Forwarded\n"
-                 "[log]\naccess = common\n",
+                 "[log]\naccess = common\naccess_buffer = 0\n",
                  rfc, G_N_ELEMENTS (rfc));
 }
 

@@ -4,16 +4,29 @@
 
 #include <math.h>
 
-/* "nap": sleeps `ms` milliseconds in 1 ms steps, stopping early when cancelled. */
-static gint naps_started;
+/* "nap": sleeps `ms` milliseconds in 1 ms steps, stopping early when cancelled; nap(HELD) runs
+ * until the test releases it (one release() lets one held nap end), so that what a test submits
+ * behind it waits however slowly the test runs (10 s at most). */
+#define HELD 99999
+static gint naps_started, releases;
+
+static void
+release (void)
+{
+  g_atomic_int_inc (&releases);
+}
 
 static CrunchdStatus
 nap_run (const CrunchdCall *call, CrunchdResult *result)
 {
   g_atomic_int_inc (&naps_started);
-  for (gint64 i = 0; i < call->args[0].v.i; i++) {
+  for (gint64 i = 0; i < (call->args[0].v.i == HELD ? 10000 : call->args[0].v.i); i++) {
+    gint n = g_atomic_int_get (&releases);
     if (crunchd_cancelled (call))
       return CRUNCHD_CANCELLED;
+    if (call->args[0].v.i == HELD && n > 0 &&
+        g_atomic_int_compare_and_exchange (&releases, n, n - 1))
+      break;
     g_usleep (1000);
   }
   result->data = g_strdup ("done");
@@ -160,12 +173,15 @@ test_fair_turns (void)
   CrunchTicket *a[6], *b[3];
 
   results_init (&r);
+  g_atomic_int_set (&releases, 0);
   for (gint i = 0; i < 6; i++)
-    a[i] = submit (s, &r, "a", 20 + i);
+    a[i] = submit (s, &r, "a", i < 2 ? HELD : 20 + i);
   b[0] = submit (s, &r, "b", 20);
-  wait_for (&r, 2);
+  release ();
+  wait_for (&r, 2);               /* a[1] runs, held */
   b[1] = submit (s, &r, "b", 21); /* b is active again while a still waits */
   b[2] = submit (s, &r, "b", 22);
+  release ();
   wait_for (&r, 9);
   g_assert_true (r.answered->pdata[0] == a[0]);
   g_assert_true (r.answered->pdata[1] == b[0]);
@@ -338,12 +354,14 @@ test_priority_order (void)
   CrunchTicket *blocker, *low[3], *mid, *high[4];
 
   results_init (&r);
-  blocker = submit_class (s, &r, "a", 50, 0); /* runs: the rest wait */
+  g_atomic_int_set (&releases, 0);
+  blocker = submit_class (s, &r, "a", HELD, 0); /* runs: the rest wait */
   for (gint i = 0; i < 3; i++)
     low[i] = submit_class (s, &r, "a", 1 + i, 0);
   mid = submit_class (s, &r, "c", 4, 5);
   for (gint i = 0; i < 4; i++) /* a, a, b, b */
     high[i] = submit_class (s, &r, i < 2 ? "a" : "b", 5 + i, 9);
+  release ();
   wait_for (&r, 9);
   g_assert_true (r.answered->pdata[0] == blocker);
   g_assert_true (r.answered->pdata[1] == high[0]);
@@ -405,10 +423,12 @@ test_coalescing_classes (void)
 
   results_init (&r);
   g_atomic_int_set (&naps_started, 0);
-  blocker = submit_class (s, &r, "a", 50, 0);
+  g_atomic_int_set (&releases, 0);
+  blocker = submit_class (s, &r, "a", HELD, 0);
   low = submit_class (s, &r, "b", 20, 0);
   high = submit_class (s, &r, "c", 20, 9);
   later = submit_class (s, &r, "d", 20, 0); /* joins high's job, the one in the table */
+  release ();
   wait_for (&r, 4);
   g_assert_false (high->coalesced);
   g_assert_true (later->coalesced);
