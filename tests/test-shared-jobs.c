@@ -13,14 +13,26 @@ typedef struct {
   TestServer *a, *b;
 } Fixture;
 
+static gchar *
+front_end_ini (Fixture *f, const gchar *extra)
+{
+  return g_strdup_printf (
+      "[executor]\nthreads = 2\n[nats]\nservers = %s\n[plugins]\ndir = %s\nload = spin, "
+      "mandelbrot\n[jobs]\nstore = nats\nlease = %g\n[log]\naccess = off\n%s",
+      f->nats->url, g_getenv ("CRUNCHD_PLUGINS"), 1.0 * TEST_TIME_SCALE, extra);
+}
+
+static TestServer *
+front_end_with (Fixture *f, const gchar *extra)
+{
+  g_autofree gchar *ini = front_end_ini (f, extra);
+  return test_server_start (ini, NULL);
+}
+
 static TestServer *
 front_end (Fixture *f)
 {
-  g_autofree gchar *ini = g_strdup_printf (
-      "[executor]\nthreads = 2\n[nats]\nservers = %s\n[plugins]\ndir = %s\nload = spin, "
-      "mandelbrot\n[jobs]\nstore = nats\nlease = %g\n[log]\naccess = off\n",
-      f->nats->url, g_getenv ("CRUNCHD_PLUGINS"), 1.0 * TEST_TIME_SCALE);
-  return test_server_start (ini, NULL);
+  return front_end_with (f, "");
 }
 
 static void
@@ -36,7 +48,8 @@ tear_down (Fixture *f, gconstpointer data)
 {
   if (f->a != NULL)
     test_server_stop (f->a);
-  test_server_stop (f->b);
+  if (f->b != NULL)
+    test_server_stop (f->b);
   test_nats_free (f->nats);
 }
 
@@ -146,6 +159,50 @@ test_kill9_a (Fixture *f, gconstpointer data)
   g_assert_nonnull (strstr (log, "took over job"));
 }
 
+/* [jobs] ttl applies at a reload to the shared store too: a finished job is deleted from the
+ * bucket after the new ttl (B then says 404), not the one A started with (it was kept). */
+static void
+test_ttl_reload (Fixture *f, gconstpointer data)
+{
+  g_autofree gchar *job = submit (f->a, "{\"fn\": \"spin\", \"args\": {\"seconds\": 0.01}}");
+  g_autoptr (JsonObject) done = wait_state (f->b, job, "done", 10);
+  g_autofree gchar *ini = front_end_ini (f, "[jobs]\nttl = 0.5\n");
+  gint64 until = g_get_monotonic_time () + (gint64)(10 * TEST_TIME_SCALE * G_USEC_PER_SEC);
+
+  test_server_write_config (f->a, ini);
+  test_server_signal (f->a, SIGHUP);
+  for (;;) {
+    g_autoptr (TestReply) r = call (f->b, "GET", job, NULL);
+    if (r->status == 404)
+      break;
+    g_assert_cmpint (r->status, ==, 200);
+    g_assert_cmpint (g_get_monotonic_time (), <, until);
+    g_usleep (50000);
+  }
+}
+
+/* A front end stopped (SIGTERM) while a job runs hands it back; started again, it takes the job
+ * up at once, before anything else runs on its main thread, and runs it a second time. */
+static void
+test_sigterm_hands_back (Fixture *f, gconstpointer data)
+{
+  const gchar *quick_stop = "[server]\nshutdown_timeout = 0.1\n";
+  g_autofree gchar *job = NULL;
+  g_autoptr (JsonObject) again = NULL;
+
+  /* A alone, one that stops quickly */
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&f->b)), ==, 0);
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&f->a)), ==, 0);
+  f->a = front_end_with (f, quick_stop);
+  job = submit (f->a, "{\"fn\": \"spin\", \"args\": {\"seconds\": 30, \"grain\": 10}}");
+  json_object_unref (wait_state (f->a, job, "running", 10));
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&f->a)), ==, 0);
+  f->a = front_end_with (f, quick_stop);
+  again = wait_state (f->a, job, "running", 10);
+  g_assert_cmpint (json_object_get_int_member (again, "attempts"), ==, 2);
+  g_assert_cmpint (test_server_stop (g_steal_pointer (&f->a)), ==, 0);
+}
+
 /* A result larger than one NATS message (1 MiB) is refused: the job fails, saying why. */
 static void
 test_result_too_large (Fixture *f, gconstpointer data)
@@ -175,5 +232,7 @@ main (int argc, char **argv)
   ADD ("/shared/cancel-on-b", test_cancel_on_b);
   ADD ("/shared/kill9-a-mid-job", test_kill9_a);
   ADD ("/shared/result-too-large", test_result_too_large);
+  ADD ("/shared/ttl-reload", test_ttl_reload);
+  ADD ("/shared/sigterm-hands-back", test_sigterm_hands_back);
   return g_test_run ();
 }

@@ -157,6 +157,7 @@ crunch_jobs_configure (CrunchJobs *self, const CrunchConfig *config)
 {
   g_mutex_lock (&self->lock);
   self->ttl_us = (gint64)(config->jobs_ttl * G_USEC_PER_SEC);
+  crunch_store_set_ttl (self->store, self->ttl_us); /* a shared store expires jobs itself */
   self->max_stored = config->jobs_max_stored;
   self->max_per_client = config->jobs_max_stored_per_client;
   self->max_result_size = config->jobs_max_result_size;

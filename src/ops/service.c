@@ -102,6 +102,10 @@ crunch_service_confine_signals (void)
 {
   static sigset_t set;
 
+  /* The context g_idle_add() wakes (from this thread, and from the job store's when it hands a
+   * recovered job over) exists before any thread does: made later by whichever thread came
+   * first, TSan saw no order between its creation and another thread's use. */
+  g_main_context_default ();
   sigemptyset (&set);
   for (gint i = 0; i < N_HANDLED; i++)
     sigaddset (&set, handled_signals[i]);
@@ -116,9 +120,6 @@ crunch_service_on_signal (gint signum, GSourceFunc func, gpointer data)
   gint i = handler_index (signum);
 
   g_return_if_fail (i >= 0);
-  /* the context g_idle_add() wakes exists before the signal thread can see the handler (TSan
-   * saw its wakeup fd created after, without an order between the two threads) */
-  g_main_context_default ();
   g_mutex_lock (&handlers_lock);
   handlers[i] = (SignalHandler){func, data};
   g_mutex_unlock (&handlers_lock);

@@ -13,7 +13,8 @@ GArray *crunch_service_listen_fds (void);
  * sigwaitinfo()) and blocked in every other thread. Call it first in main(), before any thread
  * starts (threads inherit the mask). Until crunch_service_on_signal() has been called for a
  * signal, it has its default action: the process ends, as a start-up that takes too long (or
- * --check-config) can be interrupted. A child process gets the usual mask back after fork(). */
+ * --check-config) can be interrupted. A child process gets the usual mask back after fork(). It
+ * also makes the default main context, so that it exists before any thread. */
 void crunch_service_confine_signals (void);
 /* From now on `signum` (one of the three) calls func(data) on the main context, each time it
  * comes, as g_unix_signal_add() would (func's return value is ignored). Main thread only. */

@@ -489,7 +489,8 @@ scan_one (NatsStore *self, const gchar *id, gint64 now)
   if (r == NULL)
     return;
   if (r->state == CRUNCH_STORED_FINISHED) {
-    if (now - r->finished >= self->ttl_us) /* expired: whoever sees it first deletes it */
+    /* expired: whoever sees it first deletes it */
+    if (now - r->finished >= __atomic_load_n (&self->ttl_us, __ATOMIC_RELAXED))
       kvStore_Delete (self->kv, id);
   } else if (r->lease_until < now) {
     claim (self, r, revision);
@@ -692,6 +693,12 @@ nats_set_hooks (CrunchStore *store, const CrunchStoreHooks *hooks)
   ((NatsStore *)store)->hooks = *hooks;
 }
 
+static void
+nats_set_ttl (CrunchStore *store, gint64 ttl_us)
+{
+  __atomic_store_n (&((NatsStore *)store)->ttl_us, ttl_us, __ATOMIC_RELAXED);
+}
+
 static guint64
 nats_max_result_size (CrunchStore *store)
 {
@@ -774,6 +781,7 @@ static const CrunchStoreClass nats_class = {
     .get = nats_get,
     .request_cancel = nats_request_cancel,
     .set_hooks = nats_set_hooks,
+    .set_ttl = nats_set_ttl,
     .max_result_size = nats_max_result_size,
     .render_metrics = nats_render_metrics,
     .free = nats_free,

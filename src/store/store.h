@@ -88,6 +88,8 @@ typedef struct {
   /* Marks the job cancelled for its owner, wherever it runs. */
   void (*request_cancel) (CrunchStore *self, const gchar *id, CrunchStoreDone done, gpointer data);
   void (*set_hooks) (CrunchStore *self, const CrunchStoreHooks *hooks);
+  /* Shared stores only: how long a finished job is kept ([jobs] ttl, at a reload); any thread. */
+  void (*set_ttl) (CrunchStore *self, gint64 ttl_us);
   /* The largest result the store can keep, in bytes (0: no bound of its own). */
   guint64 (*max_result_size) (CrunchStore *self);
   /* Prometheus families (crunchd_store_*), from any thread. */
@@ -136,6 +138,13 @@ static inline gboolean
 crunch_store_shared (CrunchStore *self)
 {
   return self != NULL && self->klass->get != NULL;
+}
+
+static inline void
+crunch_store_set_ttl (CrunchStore *self, gint64 ttl_us)
+{
+  if (self != NULL && self->klass->set_ttl != NULL)
+    self->klass->set_ttl (self, ttl_us);
 }
 
 static inline void
