@@ -47,6 +47,7 @@ typedef struct {
   guint shutdown_timer;
   guint grace_timer;
   guint stuck; /* jobs left on their threads at the stop: their functions ignored the cancel */
+  guint stuck_threads;
   CrunchHeartbeat *heartbeat;
   CrunchProcPool *worker_pool; /* [executor] backend = processes */
 } Crunchd;
@@ -470,12 +471,18 @@ shut_down (Crunchd *app, gboolean nats)
   crunch_server_free (app->server);   /* every compute request has been answered */
   crunch_access_log_stop ();          /* every request is logged: write the last lines */
   crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
+  if (app->stuck > 0) {               /* a job may have ended since */
+    CrunchSchedulerStats stats;
+    crunch_scheduler_get_stats (app->scheduler, &stats);
+    app->stuck = stats.running;
+    app->stuck_threads = stats.busy;
+  }
   if (app->stuck > 0) {
     /* The scheduler cannot be freed under a thread that never returns: the job store is closed
      * (every write made, the stuck async jobs handed back to run again), nothing else is
      * touched, and the process ends here. */
     crunch_jobs_close_store (app->jobs);
-    g_warning ("stopped, leaving %u job(s) on their threads", app->stuck);
+    g_warning ("stopped, leaving %u job(s) on %u thread(s)", app->stuck, app->stuck_threads);
     _exit (EXIT_FAILURE);
   }
   log_totals (app->scheduler);

@@ -242,6 +242,8 @@ test_worker_stop_status (TestWorker *w, gchar **log)
   gint status = reap (w->proc, SIGTERM);
 
   g_file_get_contents (w->log_path, log, NULL, NULL);
+  if (status != 0) /* into the test's log, where CI looks for sanitizer reports */
+    g_test_message ("crunchd-worker %s: exit %d, log:\n%s", w->id, status, *log ? *log : "");
   test_worker_free (w);
   return status;
 }

@@ -451,7 +451,7 @@ test_stubborn_job_at_stop (Fixture *f, gconstpointer data)
 
   wait_running (s, deaf);
   g_assert_cmpint (test_server_stop_with_log (s, &log), ==, 1);
-  g_assert_nonnull (strstr (log, "stopped, leaving 1 job(s) on their threads"));
+  g_assert_nonnull (strstr (log, "stopped, leaving 1 job(s) on 1 thread(s)"));
   s = start (f, extra);
   wait_running (s, deaf);
   o = describe (s, deaf);

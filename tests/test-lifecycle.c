@@ -198,7 +198,7 @@ test_stubborn_function_stop (void)
   g_assert_cmpfloat (took, <, 5 * TEST_TIME_SCALE);
   g_assert_nonnull (strstr (log, "1 job(s) still running 1.2 s after their cancel ([executor] "
                                  "kill_grace + 1 s): their function ignores it"));
-  g_assert_nonnull (strstr (log, "stopped, leaving 1 job(s) on their threads"));
+  g_assert_nonnull (strstr (log, "stopped, leaving 1 job(s) on 1 thread(s)"));
 }
 
 /* The same while a client still waits for such a job (deaf: a deadline of 60 s): it gets 503
@@ -227,7 +227,7 @@ test_stubborn_function_waited_for (void)
   test_reply_free (reply);
   g_assert_cmpint (test_server_stop_with_log (server, &log), ==, 1);
   g_assert_cmpfloat ((g_get_monotonic_time () - t0) / 1e6, <, 5 * TEST_TIME_SCALE);
-  g_assert_nonnull (strstr (log, "stopped, leaving 1 job(s) on their threads"));
+  g_assert_nonnull (strstr (log, "stopped, leaving 1 job(s) on 1 thread(s)"));
 }
 
 static void

@@ -57,6 +57,12 @@ on_cancel_ignored (gpointer data)
              "their function ignores it, and a thread cannot be stopped; stopping without them",
              running, app->config->kill_grace + ABANDON_AFTER_KILL_MS / 1000.0);
   crunch_worker_abandon (app->worker);
+  running = crunch_worker_running (app->worker); /* a job may have ended since */
+  if (running == 0) {
+    g_message ("crunchd-worker %s stopped: its last job ended meanwhile",
+               crunch_worker_id (app->worker));
+    _exit (EXIT_SUCCESS);
+  }
   g_warning ("crunchd-worker %s stopped, leaving %u job(s) on their threads",
              crunch_worker_id (app->worker), running);
   _exit (EXIT_FAILURE);
