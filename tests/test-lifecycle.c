@@ -145,6 +145,17 @@ test_sigterm_under_load (void)
   }
 }
 
+/* SIGTERM while `call` runs (crunchd_jobs_running 1); its reply, and in *t0 when the signal went.
+ */
+static TestReply *
+sigterm_while_running (TestServer *server, TestCall *call, gint64 *t0)
+{
+  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_running", 1), ==, 1);
+  *t0 = g_get_monotonic_time ();
+  test_server_signal (server, SIGTERM);
+  return test_call_finish (call);
+}
+
 /* A job longer than shutdown_timeout is cancelled, its client gets 503, and the exit is prompt. */
 static void
 test_shutdown_timeout_cancels (void)
@@ -153,13 +164,9 @@ test_shutdown_timeout_cancels (void)
                                           (const gchar *[]){"--threads=1", NULL});
   g_autofree gchar *path = g_strdup_printf ("/fib/%u", test_fib_n_for (server, 30.0));
   TestCall *call = test_call_start (test_server_url (server, path));
-  TestReply *reply;
   gint64 t0;
+  TestReply *reply = sigterm_while_running (server, call, &t0);
 
-  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_running", 1), ==, 1);
-  t0 = g_get_monotonic_time ();
-  test_server_signal (server, SIGTERM);
-  reply = test_call_finish (call);
   g_assert_cmpint (reply->status, ==, 503);
   test_reply_free (reply);
   g_assert_cmpint (test_server_stop (server), ==, 0);
@@ -170,14 +177,20 @@ test_shutdown_timeout_cancels (void)
  * own threads: its client gets 504 at the deadline, and SIGTERM still ends crunchd,
  * shutdown_timeout + kill_grace + 1 s later, with status 1 and a warning. It used to wait for the
  * thread for ever. */
+static TestServer *
+start_hostile (guint threads)
+{
+  g_autofree gchar *ini = g_strdup_printf (
+      "[server]\nshutdown_timeout = 0.3\n[executor]\nthreads = %u\nkill_grace = 0.2\n"
+      "[plugins]\ndir = %s\nload = hostile\n",
+      threads, g_getenv ("CRUNCHD_TEST_PLUGINS"));
+  return test_server_start (ini, NULL);
+}
+
 static void
 test_stubborn_function_stop (void)
 {
-  g_autofree gchar *ini = g_strdup_printf (
-      "[server]\nshutdown_timeout = 0.3\n[executor]\nthreads = 2\nkill_grace = 0.2\n"
-      "[plugins]\ndir = %s\nload = hostile\n",
-      g_getenv ("CRUNCHD_TEST_PLUGINS"));
-  TestServer *server = test_server_start (ini, NULL);
+  TestServer *server = start_hostile (2);
   g_autofree gchar *url = test_server_url (server, "/fn/stubborn");
   g_autofree gchar *fast = test_server_url (server, "/fast");
   g_autofree gchar *log = NULL;
@@ -206,20 +219,12 @@ test_stubborn_function_stop (void)
 static void
 test_stubborn_function_waited_for (void)
 {
-  g_autofree gchar *ini = g_strdup_printf (
-      "[server]\nshutdown_timeout = 0.3\n[executor]\nthreads = 1\nkill_grace = 0.2\n"
-      "[plugins]\ndir = %s\nload = hostile\n",
-      g_getenv ("CRUNCHD_TEST_PLUGINS"));
-  TestServer *server = test_server_start (ini, NULL);
+  TestServer *server = start_hostile (1);
   TestCall *call = test_call_start (test_server_url (server, "/fn/deaf"));
   g_autofree gchar *log = NULL;
-  TestReply *reply;
   gint64 t0;
+  TestReply *reply = sigterm_while_running (server, call, &t0);
 
-  g_assert_cmpfloat (test_wait_metric (server, "crunchd_jobs_running", 1), ==, 1);
-  t0 = g_get_monotonic_time ();
-  test_server_signal (server, SIGTERM);
-  reply = test_call_finish (call);
   g_test_message ("%ld %s after %.2f s", reply->status, reply->body,
                   (g_get_monotonic_time () - t0) / 1e6);
   g_assert_cmpint (reply->status, ==, 503);
