@@ -47,16 +47,12 @@ typedef struct {
   guint shutdown_timer;
   guint grace_timer;
   guint stuck; /* jobs left on their threads at the stop: their functions ignored the cancel */
-  guint stuck_threads;
   CrunchHeartbeat *heartbeat;
   CrunchProcPool *worker_pool; /* [executor] backend = processes */
 } Crunchd;
 
 #define STATUS_INTERVAL_MS 1000
 #define DRAIN_POLL_MS 20
-/* after kill_grace, before a stop leaves behind a job that ignores its cancel (a worker process
- * SIGKILLed at kill_grace has been reaped by then) */
-#define ABANDON_AFTER_KILL_MS 1000
 
 /* systemctl status shows this line: live figures, sent only when they change. */
 static gchar *
@@ -222,7 +218,7 @@ on_cancel_ignored (gpointer data)
   app->stuck = stats.running;
   g_warning ("%u job(s) still running %g s after their cancel ([executor] kill_grace + 1 s): "
              "their function ignores it, and a thread cannot be stopped; stopping without them",
-             app->stuck, app->config->kill_grace + ABANDON_AFTER_KILL_MS / 1000.0);
+             app->stuck, crunch_config_abandon_ms (app->config) / 1000.0);
   crunch_scheduler_answer_running (app->scheduler, CRUNCH_JOB_SHUTDOWN);
   return G_SOURCE_REMOVE;
 }
@@ -237,8 +233,7 @@ on_shutdown_timeout (gpointer data)
              crunch_server_in_flight (app->server));
   crunch_procpools_stopping (); /* a process still starting is not waited for */
   crunch_scheduler_cancel_running (app->scheduler, CRUNCH_JOB_SHUTDOWN);
-  app->grace_timer = g_timeout_add ((guint)(app->config->kill_grace * 1000) + ABANDON_AFTER_KILL_MS,
-                                    on_cancel_ignored, app);
+  app->grace_timer = g_timeout_add (crunch_config_abandon_ms (app->config), on_cancel_ignored, app);
   return G_SOURCE_REMOVE;
 }
 
@@ -471,19 +466,17 @@ shut_down (Crunchd *app, gboolean nats)
   crunch_server_free (app->server);   /* every compute request has been answered */
   crunch_access_log_stop ();          /* every request is logged: write the last lines */
   crunch_jobs_cancel_all (app->jobs); /* async jobs have nobody waiting: stop them now */
-  if (app->stuck > 0) {               /* a job may have ended since */
-    CrunchSchedulerStats stats;
-    crunch_scheduler_get_stats (app->scheduler, &stats);
-    app->stuck = stats.running;
-    app->stuck_threads = stats.busy;
-  }
   if (app->stuck > 0) {
-    /* The scheduler cannot be freed under a thread that never returns: the job store is closed
-     * (every write made, the stuck async jobs handed back to run again), nothing else is
-     * touched, and the process ends here. */
-    crunch_jobs_close_store (app->jobs);
-    g_warning ("stopped, leaving %u job(s) on %u thread(s)", app->stuck, app->stuck_threads);
-    _exit (EXIT_FAILURE);
+    CrunchSchedulerStats stats;
+    crunch_scheduler_get_stats (app->scheduler, &stats); /* a job may have ended since */
+    if (stats.running > 0) {
+      /* The scheduler cannot be freed under a thread that never returns: the job store is
+       * closed (every write made, the stuck async jobs handed back to run again), nothing else
+       * is touched, and the process ends here. */
+      crunch_jobs_close_store (app->jobs);
+      g_warning ("stopped, leaving %u job(s) on %u thread(s)", stats.running, stats.busy);
+      _exit (EXIT_FAILURE);
+    }
   }
   log_totals (app->scheduler);
   crunch_scheduler_free (app->scheduler);

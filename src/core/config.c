@@ -704,6 +704,12 @@ static const gchar *const restart_keys[] = {"server/listen",
                                             "metrics/listen",
                                             NULL};
 
+guint
+crunch_config_abandon_ms (const CrunchConfig *config)
+{
+  return (guint)(config->kill_grace * 1000) + 1000;
+}
+
 gboolean
 crunch_config_needs_restart (const gchar *group, const gchar *key)
 {

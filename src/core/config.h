@@ -154,6 +154,10 @@ gint64 crunch_config_connections_spare (const CrunchConfig *config, guint max_co
  * value, which changes only at a restart). */
 gboolean crunch_config_check_budget (const CrunchConfig *config, guint max_connections,
                                      GError **error);
+/* At a stop, how long after its cancel a job still running on a thread is given up (the process
+ * exits without it), in ms: kill_grace, and a second for a worker process SIGKILLed at
+ * kill_grace to be reaped. */
+guint crunch_config_abandon_ms (const CrunchConfig *config);
 /* Whether crunchd reads [group] key at start only (a reload keeps its running value). */
 gboolean crunch_config_needs_restart (const gchar *group, const gchar *key);
 /* A reload: the keys that need a restart keep their running values; those the file changed are

@@ -19,9 +19,6 @@
 #include "worker.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/crunchd/crunchd.ini"
-/* after kill_grace, before a stop leaves behind a job that ignores its cancel (a program
- * plugin's process SIGKILLed at kill_grace has been reaped by then) */
-#define ABANDON_AFTER_KILL_MS 1000
 
 typedef struct {
   GMainLoop *loop;
@@ -55,7 +52,7 @@ on_cancel_ignored (gpointer data)
     return G_SOURCE_REMOVE;
   g_warning ("%u job(s) still running %g s after their cancel ([executor] kill_grace + 1 s): "
              "their function ignores it, and a thread cannot be stopped; stopping without them",
-             running, app->config->kill_grace + ABANDON_AFTER_KILL_MS / 1000.0);
+             running, crunch_config_abandon_ms (app->config) / 1000.0);
   crunch_worker_abandon (app->worker);
   running = crunch_worker_running (app->worker); /* a job may have ended since */
   if (running == 0) {
@@ -78,8 +75,7 @@ on_shutdown_timeout (gpointer data)
              crunch_worker_running (app->worker));
   crunch_procpools_stopping (); /* a process still starting is not waited for */
   crunch_worker_cancel_running (app->worker);
-  app->grace_timer = g_timeout_add ((guint)(app->config->kill_grace * 1000) + ABANDON_AFTER_KILL_MS,
-                                    on_cancel_ignored, app);
+  app->grace_timer = g_timeout_add (crunch_config_abandon_ms (app->config), on_cancel_ignored, app);
   return G_SOURCE_REMOVE;
 }
 
